@@ -1,0 +1,30 @@
+//! base64url without padding (RFC 7515 section 2), strict on input: no padding, no
+//! whitespace, nothing outside the alphabet, no non-canonical trailing bits.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+
+pub fn encode(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn decode(text: impl AsRef<[u8]>) -> Result<Vec<u8>, base64::DecodeError> {
+    URL_SAFE_NO_PAD.decode(text)
+}
+
+/// Standard base64 with padding, the form `openssl rand -base64 32` writes.
+pub fn decode_standard(text: impl AsRef<[u8]>) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::STANDARD.decode(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_is_strict() {
+        assert_eq!(decode("AQAB").unwrap(), vec![1, 0, 1]);
+        for bad in ["AQAB=", "AQ AB", "AQ+B", "AQ/B", "AR", "A"] {
+            assert!(decode(bad).is_err(), "{bad:?} must not decode");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The command line: flags with `TA_*` environment fallbacks, parsed by clap and then
+//! checked as a whole, so a bad value stops the process with one clear line before any
+//! port is bound.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "token-authority",
+    version,
+    about = "A gRPC token authority: mints and verifies signed JWTs, rotates its keys, publishes a JWKS."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the authority: gRPC API and HTTP JWKS endpoint.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the keystore and the generated admin token.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Address of the gRPC API (also serves gRPC health and reflection).
+    #[arg(long, env = "TA_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+
+    /// Address of the HTTP endpoints (JWKS, OpenID discovery, health).
+    #[arg(long, env = "TA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+
+    /// The `iss` of every token, and the base of the JWKS URL in the discovery document.
+    /// Default: http://<the bound HTTP address>.
+    #[arg(long, env = "TA_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// File holding the admin bearer token. Default: <data-dir>/admin-token, generated
+    /// (mode 0600) on the first start.
+    #[arg(long, env = "TA_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// File of key-encryption keys, one base64 line of 32 bytes each; the first seals
+    /// private keys at rest, all of them unseal. Without it keys are stored unencrypted.
+    #[arg(long, env = "TA_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+
+    /// Lifetime of a token when the request sets none.
+    #[arg(long, env = "TA_DEFAULT_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Longest lifetime a request may ask for.
+    #[arg(long, env = "TA_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Clock skew tolerated when checking exp, nbf and iat.
+    #[arg(long, env = "TA_LEEWAY", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub leeway: Duration,
+
+    /// Cache-Control max-age of the JWKS response.
+    #[arg(long, env = "TA_JWKS_MAX_AGE", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub jwks_max_age: Duration,
+
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "TA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "TA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The checked configuration of `serve`. Durations are whole seconds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub issuer: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub kek_file: Option<PathBuf>,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    pub leeway: u64,
+    pub jwks_max_age: u64,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Tokens longer than this are rejected before parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Config, ConfigError> {
+        let seconds = |flag: &str, value: Duration, min: u64| -> Result<u64, ConfigError> {
+            if value.subsec_nanos() != 0 {
+                return Err(ConfigError(format!(
+                    "{flag} must be a whole number of seconds"
+                )));
+            }
+            if value.as_secs() < min {
+                return Err(ConfigError(format!("{flag} must be at least {min}s")));
+            }
+            Ok(value.as_secs())
+        };
+        let default_ttl = seconds("--default-ttl", args.default_ttl, 1)?;
+        let max_ttl = seconds("--max-ttl", args.max_ttl, 1)?;
+        let leeway = seconds("--leeway", args.leeway, 0)?;
+        let jwks_max_age = seconds("--jwks-max-age", args.jwks_max_age, 0)?;
+        if default_ttl > max_ttl {
+            return Err(ConfigError(format!(
+                "--default-ttl ({default_ttl}s) is above --max-ttl ({max_ttl}s)"
+            )));
+        }
+        if max_ttl > 366 * 24 * 3600 {
+            return Err(ConfigError("--max-ttl must be at most 366 days".into()));
+        }
+        if leeway > 3600 {
+            return Err(ConfigError("--leeway must be at most 1h".into()));
+        }
+        if let Some(issuer) = &args.issuer {
+            let scheme_ok = issuer.starts_with("https://") || issuer.starts_with("http://");
+            if !scheme_ok || issuer.chars().any(char::is_whitespace) || issuer.ends_with('/') {
+                return Err(ConfigError(format!(
+                    "--issuer {issuer:?} must be an http(s) URL without whitespace or a trailing slash"
+                )));
+            }
+        }
+        Ok(Config {
+            data_dir: args.data_dir,
+            grpc_listen: args.grpc_listen,
+            http_listen: args.http_listen,
+            issuer: args.issuer,
+            admin_token_file: args.admin_token_file,
+            kek_file: args.kek_file,
+            default_ttl,
+            max_ttl,
+            leeway,
+            jwks_max_age,
+            shutdown_grace: args.shutdown_grace,
+            log_format: args.log_format,
+            max_token_bytes: MAX_TOKEN_BYTES,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["token-authority", "serve"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command;
+        Config::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.default_ttl, 900);
+        assert_eq!(config.max_ttl, 86400);
+        assert_eq!(config.leeway, 60);
+        assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--max-ttl", "soon"], "--max-ttl"),
+            (&["--default-ttl", "2h", "--max-ttl", "1h"], "--default-ttl"),
+            (&["--default-ttl", "0s"], "--default-ttl"),
+            (&["--leeway", "1500ms"], "--leeway"),
+            (&["--grpc-listen", "localhost"], "--grpc-listen"),
+            (&["--issuer", "ftp://x"], "--issuer"),
+            (&["--issuer", "https://x/"], "--issuer"),
+            (&["--log-format", "xml"], "--log-format"),
+        ];
+        for (args, flag) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}

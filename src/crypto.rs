@@ -1,0 +1,301 @@
+//! The crypto provider: the only module that names `ring` and `rsa`.
+//!
+//! Everything above this module speaks of algorithms, PKCS#8 documents, signatures and
+//! random bytes; which library computes them is decided here alone, so a second provider
+//! can replace this module without any other module noticing.
+
+use std::fmt;
+
+use ring::{
+    digest,
+    rand::{SecureRandom, SystemRandom},
+    signature::{self, KeyPair as _, RsaKeyPair, UnparsedPublicKey},
+};
+use zeroize::Zeroizing;
+
+/// A JWS signing algorithm this authority supports (RFC 7518 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Algorithm {
+    RS256,
+}
+
+impl Algorithm {
+    pub const ALL: &'static [Algorithm] = &[Algorithm::RS256];
+
+    /// The JOSE `alg` name, compared exactly: `rs256` is not `RS256`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL
+            .iter()
+            .copied()
+            .find(|alg| alg.name() == name)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("key generation failed: {0}")]
+    Generation(String),
+    #[error("the stored private key is not a valid {alg} PKCS#8 document: {reason}")]
+    BadPrivateKey { alg: Algorithm, reason: String },
+    #[error("signing failed")]
+    Signing,
+    #[error("the system random number generator failed")]
+    Random,
+    #[error("sealing or unsealing a private key failed")]
+    Aead,
+}
+
+/// Fills a fresh buffer with `len` bytes from the operating system's CSPRNG.
+pub fn random_bytes(len: usize) -> Result<Vec<u8>, CryptoError> {
+    let mut bytes = vec![0u8; len];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CryptoError::Random)?;
+    Ok(bytes)
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = digest::digest(&digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Generates a new private key for `alg` as a PKCS#8 v1 DER document.
+///
+/// ring cannot generate RSA keys, so the `rsa` crate does; ring then loads the result like
+/// any key made by `openssl genpkey`.
+pub fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    match alg {
+        Algorithm::RS256 => {
+            use rsa::pkcs8::EncodePrivateKey as _;
+            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
+                .map_err(|e| CryptoError::Generation(e.to_string()))?;
+            let der = key
+                .to_pkcs8_der()
+                .map_err(|e| CryptoError::Generation(e.to_string()))?;
+            Ok(Zeroizing::new(der.as_bytes().to_vec()))
+        }
+    }
+}
+
+/// The public half of a key, in the form a JWK publishes it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PublicComponents {
+    /// Big-endian modulus and exponent without leading zeros.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+}
+
+impl fmt::Debug for PublicComponents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublicComponents::Rsa { n, .. } => write!(f, "Rsa({} bit)", n.len() * 8),
+        }
+    }
+}
+
+/// A private key parsed once and ready to sign.
+pub struct SigningKey {
+    alg: Algorithm,
+    rsa: RsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for SigningKey {
+    // Never print key material, whatever the caller's format string.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    pub fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<SigningKey, CryptoError> {
+        let rsa = match alg {
+            Algorithm::RS256 => {
+                RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| CryptoError::BadPrivateKey {
+                    alg,
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        Ok(SigningKey {
+            alg,
+            rsa,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn public_components(&self) -> PublicComponents {
+        let components = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(self.rsa.public());
+        PublicComponents::Rsa {
+            n: components.n,
+            e: components.e,
+        }
+    }
+
+    /// The verifier for this key's public half.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey {
+            alg: self.alg,
+            public_der: self.rsa.public_key().as_ref().to_vec(),
+            signature_len: self.rsa.public().modulus_len(),
+            components: self.public_components(),
+        }
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut signature = vec![0u8; self.rsa.public().modulus_len()];
+        let padding = match self.alg {
+            Algorithm::RS256 => &signature::RSA_PKCS1_SHA256,
+        };
+        self.rsa
+            .sign(padding, &self.rng, message, &mut signature)
+            .map_err(|_| CryptoError::Signing)?;
+        Ok(signature)
+    }
+}
+
+/// A public key parsed once per key-set change and ready to verify.
+#[derive(Clone, Debug)]
+pub struct VerifyingKey {
+    alg: Algorithm,
+    public_der: Vec<u8>,
+    signature_len: usize,
+    components: PublicComponents,
+}
+
+impl VerifyingKey {
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn components(&self) -> &PublicComponents {
+        &self.components
+    }
+
+    /// The exact signature length this key produces; anything else is rejected before
+    /// any arithmetic is spent on it.
+    pub fn signature_len(&self) -> usize {
+        self.signature_len
+    }
+
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        if signature.len() != self.signature_len {
+            return false;
+        }
+        let params = match self.alg {
+            Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        };
+        UnparsedPublicKey::new(params, &self.public_der)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// AES-256-GCM sealing of private keys at rest under a key-encryption key.
+pub mod aead {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+
+    use super::{random_bytes, CryptoError};
+
+    pub const KEY_LEN: usize = 32;
+
+    /// A key-encryption key. `Debug` never shows the bytes.
+    pub struct Kek {
+        key: LessSafeKey,
+    }
+
+    impl std::fmt::Debug for Kek {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Kek(..)")
+        }
+    }
+
+    impl Kek {
+        pub fn new(bytes: &[u8]) -> Result<Kek, CryptoError> {
+            let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| CryptoError::Aead)?;
+            Ok(Kek {
+                key: LessSafeKey::new(unbound),
+            })
+        }
+
+        /// Returns (nonce, ciphertext with tag). A fresh random nonce per seal: each key
+        /// is sealed a handful of times in its life, far from GCM's random-nonce bound.
+        pub fn seal(
+            &self,
+            aad: &[u8],
+            plaintext: &[u8],
+        ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+            let nonce_bytes = random_bytes(NONCE_LEN)?;
+            let nonce =
+                Nonce::try_assume_unique_for_key(&nonce_bytes).map_err(|_| CryptoError::Aead)?;
+            let mut in_out = plaintext.to_vec();
+            self.key
+                .seal_in_place_append_tag(nonce, Aad::from(aad), &mut in_out)
+                .map_err(|_| CryptoError::Aead)?;
+            Ok((nonce_bytes, in_out))
+        }
+
+        pub fn open(
+            &self,
+            aad: &[u8],
+            nonce: &[u8],
+            sealed: &[u8],
+        ) -> Result<Vec<u8>, CryptoError> {
+            let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Aead)?;
+            let mut in_out = sealed.to_vec();
+            let plain = self
+                .key
+                .open_in_place(nonce, Aad::from(aad), &mut in_out)
+                .map_err(|_| CryptoError::Aead)?;
+            Ok(plain.to_vec())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsa_sign_then_verify_and_reject_tampering() {
+        let pkcs8 = generate_pkcs8(Algorithm::RS256).unwrap();
+        let key = SigningKey::from_pkcs8(Algorithm::RS256, &pkcs8).unwrap();
+        let verifier = key.verifying_key();
+        let sig = key.sign(b"message").unwrap();
+        assert_eq!(sig.len(), 256);
+        assert!(verifier.verify(b"message", &sig));
+        assert!(!verifier.verify(b"messagE", &sig));
+        assert!(!verifier.verify(b"message", &sig[..255]));
+        let PublicComponents::Rsa { n, e } = key.public_components();
+        assert_eq!(n.len(), 256);
+        assert_eq!(e, vec![1, 0, 1]);
+    }
+
+    #[test]
+    fn aead_binds_associated_data() {
+        let kek = aead::Kek::new(&[7u8; 32]).unwrap();
+        let (nonce, sealed) = kek.seal(b"kid-a", b"secret").unwrap();
+        assert_eq!(kek.open(b"kid-a", &nonce, &sealed).unwrap(), b"secret");
+        assert!(kek.open(b"kid-b", &nonce, &sealed).is_err());
+        assert!(!format!("{kek:?}").contains('7'));
+    }
+}

@@ -1,0 +1,218 @@
+//! Typed, validated request values. The gRPC layer turns each request into these first;
+//! only values that passed every check go further.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::jwt::json::{parse_object, JsonError};
+
+/// The registered claims the authority sets itself; callers may not supply them.
+pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+pub const MAX_AUDIENCES: usize = 16;
+pub const MAX_AUDIENCE_BYTES: usize = 256;
+pub const MAX_CLAIMS_JSON_BYTES: usize = 16 * 1024;
+
+/// A request that is wrong as a request: names the field and says why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidArgument {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid<T>(field: &'static str, reason: impl Into<String>) -> Result<T, InvalidArgument> {
+    Err(InvalidArgument {
+        field,
+        reason: reason.into(),
+    })
+}
+
+/// The ttl rules of this authority, in whole seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct TtlPolicy {
+    pub default: u64,
+    pub max: u64,
+}
+
+/// A requested lifetime as the wire carries it (a protobuf Duration).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestedTtl {
+    pub seconds: i64,
+    pub nanos: i32,
+}
+
+/// A validated IssueToken request.
+#[derive(Clone, PartialEq)]
+pub struct IssueRequest {
+    pub subject: String,
+    pub audiences: Vec<String>,
+    /// Whole seconds, 1..=max.
+    pub ttl: u64,
+    pub claims: Map<String, Value>,
+}
+
+impl fmt::Debug for IssueRequest {
+    // Custom claims may hold personal data: logs get their names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueRequest")
+            .field("subject_len", &self.subject.len())
+            .field("audiences", &self.audiences.len())
+            .field("ttl", &self.ttl)
+            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl IssueRequest {
+    pub fn parse(
+        subject: String,
+        audiences: Vec<String>,
+        ttl: Option<RequestedTtl>,
+        claims_json: &str,
+        policy: TtlPolicy,
+    ) -> Result<IssueRequest, InvalidArgument> {
+        Ok(IssueRequest {
+            subject: parse_subject(subject)?,
+            audiences: parse_audiences(audiences)?,
+            ttl: parse_ttl(ttl, policy)?,
+            claims: parse_claims(claims_json)?,
+        })
+    }
+}
+
+fn parse_subject(subject: String) -> Result<String, InvalidArgument> {
+    if subject.trim().is_empty() {
+        return invalid("subject", "is required");
+    }
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return invalid(
+            "subject",
+            format!("is longer than {MAX_SUBJECT_BYTES} bytes"),
+        );
+    }
+    if subject.chars().any(char::is_control) {
+        return invalid("subject", "contains control characters");
+    }
+    Ok(subject)
+}
+
+fn parse_audiences(audiences: Vec<String>) -> Result<Vec<String>, InvalidArgument> {
+    if audiences.len() > MAX_AUDIENCES {
+        return invalid("audience", format!("has more than {MAX_AUDIENCES} entries"));
+    }
+    for audience in &audiences {
+        if audience.trim().is_empty() {
+            return invalid("audience", "holds an empty entry");
+        }
+        if audience.len() > MAX_AUDIENCE_BYTES {
+            return invalid(
+                "audience",
+                format!("holds an entry longer than {MAX_AUDIENCE_BYTES} bytes"),
+            );
+        }
+    }
+    Ok(audiences)
+}
+
+fn parse_ttl(ttl: Option<RequestedTtl>, policy: TtlPolicy) -> Result<u64, InvalidArgument> {
+    let Some(ttl) = ttl else {
+        return Ok(policy.default);
+    };
+    if ttl.seconds < 0 || ttl.nanos < 0 || (ttl.seconds == 0 && ttl.nanos == 0) {
+        return invalid("ttl", "must be positive");
+    }
+    if ttl.nanos != 0 {
+        return invalid(
+            "ttl",
+            "must be a whole number of seconds (JWT times are in seconds)",
+        );
+    }
+    let seconds = ttl.seconds.unsigned_abs();
+    if seconds > policy.max {
+        return invalid("ttl", format!("is above the maximum of {}s", policy.max));
+    }
+    Ok(seconds)
+}
+
+fn parse_claims(claims_json: &str) -> Result<Map<String, Value>, InvalidArgument> {
+    if claims_json.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    if claims_json.len() > MAX_CLAIMS_JSON_BYTES {
+        return invalid(
+            "claims_json",
+            format!("is larger than {MAX_CLAIMS_JSON_BYTES} bytes"),
+        );
+    }
+    let claims = parse_object(claims_json.as_bytes()).or_else(|e| match e {
+        JsonError::NotAnObject => invalid("claims_json", "must be a JSON object"),
+        JsonError::Syntax(reason) => invalid(
+            "claims_json",
+            format!("is not a valid JSON object: {reason}"),
+        ),
+    })?;
+    if let Some(reserved) = RESERVED_CLAIMS
+        .iter()
+        .find(|name| claims.contains_key(**name))
+    {
+        return invalid(
+            "claims_json",
+            format!("sets the reserved claim {reserved:?}; the authority sets iss, sub, aud, exp, nbf, iat and jti itself"),
+        );
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: TtlPolicy = TtlPolicy {
+        default: 900,
+        max: 86400,
+    };
+
+    fn ttl(seconds: i64, nanos: i32) -> Option<RequestedTtl> {
+        Some(RequestedTtl { seconds, nanos })
+    }
+
+    #[test]
+    fn ttl_rules() {
+        assert_eq!(parse_ttl(None, POLICY), Ok(900));
+        assert_eq!(parse_ttl(ttl(60, 0), POLICY), Ok(60));
+        assert_eq!(parse_ttl(ttl(86400, 0), POLICY), Ok(86400));
+        for (bad, reason) in [
+            (ttl(0, 0), "positive"),
+            (ttl(-5, 0), "positive"),
+            (ttl(0, -1), "positive"),
+            (ttl(0, 500_000_000), "whole"),
+            (ttl(86401, 0), "maximum"),
+        ] {
+            let err = parse_ttl(bad, POLICY).unwrap_err();
+            assert_eq!(err.field, "ttl");
+            assert!(err.reason.contains(reason), "{err}");
+        }
+    }
+
+    #[test]
+    fn claims_rules() {
+        assert!(parse_claims("").unwrap().is_empty());
+        assert_eq!(
+            parse_claims(r#"{"role":"admin","n":12345678901234}"#).unwrap()["n"],
+            12345678901234u64
+        );
+        for bad in [
+            "[]",
+            "1",
+            "{",
+            r#"{"a":1,"a":2}"#,
+            r#"{"exp":1}"#,
+            r#"{"jti":"x"}"#,
+        ] {
+            assert_eq!(parse_claims(bad).unwrap_err().field, "claims_json", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTP shim: the JWKS and OpenID discovery documents for off-the-shelf verifiers, and
+//! health endpoints. The JWKS body and ETag come pre-rendered from the key set; a request
+//! only compares a header and clones a reference-counted buffer.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+
+use crate::authority::Authority;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    pub authority: Arc<Authority>,
+    /// True from keys loaded until shutdown starts.
+    pub ready: Arc<AtomicBool>,
+    pub jwks_max_age: u64,
+}
+
+pub fn router(state: HttpState) -> Router {
+    // `get` answers HEAD too, and 405 (with `Allow`) for any other method on these paths.
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn jwks(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let keys = state.authority.keys();
+    let jwks = keys.jwks();
+    let cache_control = format!("public, max-age={}", state.jwks_max_age);
+    let etag =
+        HeaderValue::from_str(&jwks.etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    if if_none_match_hits(&headers, &jwks.etag) {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag),
+                (header::CACHE_CONTROL, header_value(&cache_control)),
+            ],
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, header_value(&cache_control)),
+        ],
+        Body::from(jwks.body.clone()),
+    )
+        .into_response()
+}
+
+/// RFC 9110 section 13.1.2: `*` or any listed tag, compared weakly (a `W/` prefix on the
+/// client's copy still names the same representation).
+fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
+    let settings = state.authority.settings();
+    let algorithms: Vec<&str> = settings.algorithms.iter().map(|alg| alg.name()).collect();
+    Json(serde_json::json!({
+        "issuer": settings.issuer,
+        "jwks_uri": format!("{}/.well-known/jwks.json", settings.issuer),
+        "id_token_signing_alg_values_supported": algorithms,
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"],
+    }))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}

@@ -1,0 +1,98 @@
+//! Key records: what the authority knows about each signing key, and the states of its life.
+//!
+//! A record carries its whole history (created, activated, retired, revoked times and the
+//! largest ttl it signed with), so the lifecycle can be decided from stored facts alone.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::Algorithm;
+
+/// Where a key is in its life: `Next -> Current -> Retired`, or `Revoked` at any time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Published, not yet signing.
+    Next,
+    /// The one key that signs for its algorithm.
+    Current,
+    /// No longer signs; published and verifying until its tokens have expired.
+    Retired,
+    /// Withdrawn: unpublished, and its tokens are rejected.
+    Revoked,
+}
+
+impl KeyState {
+    /// Whether the key belongs in the JWKS and verifies tokens.
+    pub fn is_published(self) -> bool {
+        !matches!(self, KeyState::Revoked)
+    }
+}
+
+/// A PKCS#8 DER private key, wiped from memory on drop and never printed.
+#[derive(Clone)]
+pub struct PrivateKeyDer(Zeroizing<Vec<u8>>);
+
+impl PrivateKeyDer {
+    pub fn new(der: Zeroizing<Vec<u8>>) -> PrivateKeyDer {
+        PrivateKeyDer(der)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateKeyDer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKeyDer(..)")
+    }
+}
+
+/// Everything the authority records about one key.
+#[derive(Clone, Debug)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub state: KeyState,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub activated_at: Option<u64>,
+    pub retired_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+    pub revoked_reason: Option<String>,
+    /// The largest ttl a token signed by this key may have had, in seconds. Stored with the
+    /// key so that lowering `--max-ttl` later never shortens the life of issued tokens.
+    pub max_token_ttl: u64,
+    pub private_key: PrivateKeyDer,
+}
+
+/// A freshly generated key, before the lifecycle gives it a place.
+pub struct GeneratedKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub private_key: PrivateKeyDer,
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a key for `alg`; its kid is the RFC 7638 thumbprint of its public half.
+/// Slow for RSA (hundreds of milliseconds): call it off the async reactor.
+pub fn generate(alg: Algorithm) -> Result<GeneratedKey, crate::crypto::CryptoError> {
+    let der = crate::crypto::generate_pkcs8(alg)?;
+    let signing = crate::crypto::SigningKey::from_pkcs8(alg, &der)?;
+    Ok(GeneratedKey {
+        kid: crate::jwk::thumbprint(&signing.public_components()),
+        alg,
+        private_key: PrivateKeyDer::new(der),
+    })
+}

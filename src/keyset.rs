@@ -1,0 +1,147 @@
+//! The in-memory key set: an immutable snapshot built once per key-set change.
+//!
+//! Every expensive thing is done here, at build time: private keys parsed, public keys
+//! prepared for verification, the JWS header segment of each signer encoded, the JWKS body
+//! rendered and its ETag computed. The hot paths only read a snapshot through an atomic
+//! pointer, so they take no lock and never touch the store.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::{
+    b64,
+    crypto::{sha256, Algorithm, CryptoError, SigningKey, VerifyingKey},
+    jwk::{render_jwks, PublicJwk},
+    keys::{KeyRecord, KeyState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    #[error("key {kid}: {source}")]
+    Key { kid: String, source: CryptoError },
+    #[error("no current key for {0}")]
+    NoCurrentKey(Algorithm),
+    #[error("more than one current key for {0}")]
+    SeveralCurrentKeys(Algorithm),
+}
+
+/// The key that signs for one algorithm, with its constant JWS header already encoded.
+#[derive(Debug)]
+pub struct Signer {
+    pub kid: String,
+    pub key: SigningKey,
+    /// base64url of `{"alg":..,"kid":..,"typ":"JWT"}`: the same for every token of this key.
+    pub header_segment: String,
+}
+
+/// A key the verifier knows: published ones verify; revoked ones are kept to say so.
+#[derive(Debug)]
+pub struct KnownKey {
+    pub state: KeyState,
+    pub key: VerifyingKey,
+}
+
+/// The JWKS as served: body bytes, strong ETag, and the structured keys.
+#[derive(Debug)]
+pub struct Jwks {
+    pub body: bytes::Bytes,
+    pub etag: String,
+    pub keys: Vec<PublicJwk>,
+}
+
+#[derive(Debug)]
+pub struct KeySet {
+    records: Vec<KeyRecord>,
+    known: HashMap<String, KnownKey>,
+    signers: HashMap<Algorithm, Arc<Signer>>,
+    jwks: Jwks,
+    encrypted_at_rest: bool,
+}
+
+impl KeySet {
+    /// Builds the snapshot from the full list of records. Each algorithm in `algorithms`
+    /// must have exactly one current key.
+    pub fn build(
+        records: Vec<KeyRecord>,
+        algorithms: &[Algorithm],
+        encrypted_at_rest: bool,
+    ) -> Result<KeySet, KeySetError> {
+        let mut known = HashMap::new();
+        let mut signers = HashMap::new();
+        let mut published = Vec::new();
+        for record in &records {
+            let key_error = |source| KeySetError::Key {
+                kid: record.kid.clone(),
+                source,
+            };
+            let signing = SigningKey::from_pkcs8(record.alg, record.private_key.as_bytes())
+                .map_err(key_error)?;
+            let verifying = signing.verifying_key();
+            if record.state.is_published() {
+                published.push(PublicJwk::new(
+                    &record.kid,
+                    record.alg,
+                    verifying.components(),
+                ));
+            }
+            if record.state == KeyState::Current {
+                let signer = Signer {
+                    header_segment: header_segment(record.alg, &record.kid),
+                    kid: record.kid.clone(),
+                    key: signing,
+                };
+                if signers.insert(record.alg, Arc::new(signer)).is_some() {
+                    return Err(KeySetError::SeveralCurrentKeys(record.alg));
+                }
+            }
+            known.insert(
+                record.kid.clone(),
+                KnownKey {
+                    state: record.state,
+                    key: verifying,
+                },
+            );
+        }
+        if let Some(alg) = algorithms.iter().find(|alg| !signers.contains_key(alg)) {
+            return Err(KeySetError::NoCurrentKey(*alg));
+        }
+        let body = render_jwks(&published);
+        let etag = format!("\"{}\"", &b64::encode(sha256(&body))[..27]);
+        Ok(KeySet {
+            records,
+            known,
+            signers,
+            jwks: Jwks {
+                body: bytes::Bytes::from(body),
+                etag,
+                keys: published,
+            },
+            encrypted_at_rest,
+        })
+    }
+
+    /// Every record, including private material: for the lifecycle writer only.
+    pub fn records(&self) -> &[KeyRecord] {
+        &self.records
+    }
+
+    pub fn signer(&self, alg: Algorithm) -> Option<&Arc<Signer>> {
+        self.signers.get(&alg)
+    }
+
+    pub fn known(&self, kid: &str) -> Option<&KnownKey> {
+        self.known.get(kid)
+    }
+
+    pub fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+
+    pub fn encrypted_at_rest(&self) -> bool {
+        self.encrypted_at_rest
+    }
+}
+
+fn header_segment(alg: Algorithm, kid: &str) -> String {
+    let header = serde_json::json!({ "alg": alg.name(), "kid": kid, "typ": "JWT" });
+    b64::encode(header.to_string())
+}

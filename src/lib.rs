@@ -1,0 +1,34 @@
+//! token-authority: a gRPC token authority. It mints signed JWTs, verifies them, rotates its
+//! signing keys without breaking verifiers, and publishes the public keys as a JWKS over
+//! gRPC and at `/.well-known/jwks.json`.
+//!
+//! # Layout
+//! - `config`: the command line and its checks; `telemetry`: logging.
+//! - `server`: wiring and shutdown; `grpc` and `http`: the two transports.
+//! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
+//! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
+//!   as pure functions of records and time; `keys`: key records.
+//! - `store`: the sled keystore; `kek`: key-encryption keys sealing private keys at rest.
+//! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
+//! - `crypto`: the crypto provider (ring); `b64`: base64url; `admin`: the admin token.
+//! - `pb`: generated protobuf and gRPC code.
+#![deny(clippy::unwrap_used)]
+
+pub mod admin;
+pub mod authority;
+pub mod b64;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod grpc;
+pub mod http;
+pub mod jwk;
+pub mod jwt;
+pub mod kek;
+pub mod keys;
+pub mod keyset;
+pub mod lifecycle;
+pub mod pb;
+pub mod server;
+pub mod store;
+pub mod telemetry;

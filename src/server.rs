@@ -1,0 +1,248 @@
+//! Wiring: opens the keystore, builds the authority, serves gRPC and HTTP on listeners the
+//! caller has bound, and shuts down in order when the shutdown future completes.
+//!
+//! Production passes the SIGTERM|SIGINT future; tests pass a oneshot receiver. Shutdown:
+//! health goes NOT_SERVING, both servers stop accepting and drain within the grace period,
+//! the keystore is flushed.
+
+use std::{
+    future::{Future, IntoFuture as _},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::{
+    admin::{AdminToken, AdminTokenError, AdminTokenSource},
+    authority::{Authority, AuthorityError, Settings},
+    config::Config,
+    crypto::Algorithm,
+    grpc::GrpcService,
+    http::{self, HttpState},
+    kek::{KekError, Keks},
+    pb::{self, token_authority_server::TokenAuthorityServer},
+    store::{KeyStore, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    AdminToken(#[from] AdminTokenError),
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot load the keys: {0}")]
+    Authority(#[from] AuthorityError),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(std::io::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(String),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(String),
+}
+
+/// The two bound listeners the server runs on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(grpc).await?,
+            http: TcpListener::bind(http).await?,
+        })
+    }
+}
+
+/// Where the keystore lives inside the data directory.
+pub fn keystore_path(config: &Config) -> PathBuf {
+    config.data_dir.join("keystore")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the authority until `shutdown` completes, then drains and flushes.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let http_addr = listeners.http.local_addr().map_err(ServerError::Listener)?;
+    let grpc_addr = listeners.grpc.local_addr().map_err(ServerError::Listener)?;
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let (admin, admin_source) =
+        AdminToken::load(config.admin_token_file.as_deref(), &config.data_dir)?;
+    match &admin_source {
+        AdminTokenSource::Generated(path) => {
+            tracing::warn!(path = %path.display(), "generated a new admin token; read it from this file")
+        }
+        AdminTokenSource::Existing(path) | AdminTokenSource::Configured(path) => {
+            tracing::info!(path = %path.display(), "admin token loaded")
+        }
+    }
+    let keks = config.kek_file.as_deref().map(Keks::load).transpose()?;
+    match &keks {
+        Some(keks) => tracing::info!(
+            sealing_kek = keks.sealing_id(),
+            "private keys are encrypted at rest"
+        ),
+        None => tracing::warn!(
+            "no --kek-file: private keys are stored UNENCRYPTED in the data directory; \
+             give a key-encryption key in production"
+        ),
+    }
+
+    let settings = Settings {
+        issuer: issuer.clone(),
+        default_ttl: config.default_ttl,
+        max_ttl: config.max_ttl,
+        leeway: config.leeway,
+        max_token_bytes: config.max_token_bytes,
+        algorithms: vec![Algorithm::RS256],
+    };
+    let store_path = keystore_path(&config);
+    let authority = tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
+        let (store, records) = KeyStore::open(&store_path, keks)?;
+        let fresh = records.is_empty();
+        let authority = Authority::open(store, records, settings, unix_now())?;
+        if fresh {
+            tracing::info!(path = %store_path.display(), "created a new keystore");
+        }
+        Ok(authority)
+    })
+    .await
+    .map_err(|e| ServerError::Task(e.to_string()))??;
+    let authority = Arc::new(authority);
+    let current: Vec<String> = authority
+        .keys()
+        .records()
+        .iter()
+        .filter(|r| r.state == crate::keys::KeyState::Current)
+        .map(|r| format!("{}:{}", r.alg, r.kid))
+        .collect();
+    tracing::info!(
+        ?current,
+        keys = authority.keys().records().len(),
+        "keys loaded"
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TokenAuthorityServer<GrpcService>>()
+        .await;
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let ready = Arc::new(AtomicBool::new(true));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // grpcurl 1.8.x asks for v1alpha only.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let service = GrpcService::new(Arc::clone(&authority), Arc::new(admin));
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TokenAuthorityServer::new(service))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+    let http_state = HttpState {
+        authority: Arc::clone(&authority),
+        ready: Arc::clone(&ready),
+        jwks_max_age: config.jwks_max_age,
+    };
+    let http_server = axum::serve(listeners.http, http::router(http_state))
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future();
+
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, "serving");
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(http_server);
+    let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
+
+    shutdown.await;
+    tracing::info!("shutting down: health NOT_SERVING, draining");
+    ready.store(false, Ordering::Release);
+    health_reporter
+        .set_not_serving::<TokenAuthorityServer<GrpcService>>()
+        .await;
+    health_reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(true);
+
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    let result = match drained {
+        Ok((grpc, http)) => {
+            let grpc = grpc
+                .map_err(|e| ServerError::Task(e.to_string()))?
+                .map_err(|e| ServerError::Grpc(e.to_string()));
+            let http = http
+                .map_err(|e| ServerError::Task(e.to_string()))?
+                .map_err(ServerError::Http);
+            grpc.and(http)
+        }
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "drain took longer than the grace period; closing");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            Ok(())
+        }
+    };
+    authority.flush().await?;
+    tracing::info!("keystore flushed; stopped");
+    result
+}

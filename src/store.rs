@@ -1,0 +1,411 @@
+//! The keystore: key records in sled, the only module that names sled.
+//!
+//! Every write is one transaction, flushed to disk before the call returns, so a change the
+//! authority acts on is a change that survives `kill -9`. Opening is strict: a store that
+//! exists but cannot be read, parsed or unsealed is an error, never a reason to start over.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sled::{
+    transaction::{ConflictableTransactionError, TransactionError},
+    Transactional as _,
+};
+
+use crate::{
+    b64,
+    crypto::Algorithm,
+    kek::{Keks, SealedKey, UnsealError},
+    keys::{KeyRecord, KeyState, PrivateKeyDer},
+};
+
+/// The marker that says "this sled database is a token-authority keystore, format 1".
+/// Written in the same transaction as the first keys, so its absence means no key was ever
+/// stored.
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT_V1: &[u8] = b"token-authority-keystore/1";
+const KEYS_TREE: &str = "keys";
+/// sled's default cache is 1 GiB; a key set is a few kilobytes.
+const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the keystore {path} is in use by another process (sled holds an exclusive lock); stop the other token-authority first")]
+    Locked { path: String },
+    #[error("cannot open the keystore {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the keystore {path} is not a token-authority keystore ({reason}); refusing to create new keys over it")]
+    Foreign { path: String, reason: String },
+    #[error("the keystore {path} is unreadable: key record {kid:?}: {reason}; refusing to start with new keys")]
+    Corrupt {
+        path: String,
+        kid: String,
+        reason: String,
+    },
+    #[error("the keystore {path} holds encrypted private keys but no --kek-file was given")]
+    KekRequired { path: String },
+    #[error("the keystore {path}: key {kid}: {source}")]
+    Unseal {
+        path: String,
+        kid: String,
+        source: UnsealError,
+    },
+    #[error("keystore write failed: {0}")]
+    Write(String),
+}
+
+/// The stored form of a record: plain JSON, with the private key sealed when a KEK is set.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    kid: String,
+    alg: Algorithm,
+    state: KeyState,
+    created_at: u64,
+    activated_at: Option<u64>,
+    retired_at: Option<u64>,
+    revoked_at: Option<u64>,
+    revoked_reason: Option<String>,
+    max_token_ttl: u64,
+    private_key: StoredPrivateKey,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum StoredPrivateKey {
+    /// PKCS#8 DER, base64url. Only when the server runs without a KEK.
+    Plain { pkcs8: String },
+    /// AES-256-GCM under the named KEK, the kid and algorithm bound in.
+    Sealed {
+        kek_id: String,
+        nonce: String,
+        ciphertext: String,
+    },
+}
+
+pub struct KeyStore {
+    path: PathBuf,
+    db: sled::Db,
+    keys: sled::Tree,
+    keks: Option<Keks>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("path", &self.path)
+            .field("keks", &self.keks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Opens (or creates) the keystore at `path` and reads every record. An empty result
+    /// means a new store on which no key was ever written.
+    pub fn open(path: &Path, keks: Option<Keks>) -> Result<(KeyStore, Vec<KeyRecord>), StoreError> {
+        let shown = path.display().to_string();
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|e| open_error(&shown, e))?;
+        let keys = db.open_tree(KEYS_TREE).map_err(|e| open_error(&shown, e))?;
+        let store = KeyStore {
+            path: path.to_owned(),
+            db,
+            keys,
+            keks,
+        };
+        let records = store.read_all()?;
+        Ok((store, records))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether private keys are sealed under a KEK when written.
+    pub fn encrypts_at_rest(&self) -> bool {
+        self.keks.is_some()
+    }
+
+    fn read_all(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let shown = self.path.display().to_string();
+        let format = self.db.get(FORMAT_KEY).map_err(|e| open_error(&shown, e))?;
+        match format {
+            None => {
+                // No marker: nothing was ever committed here, unless something else wrote it.
+                let foreign_trees = self
+                    .db
+                    .tree_names()
+                    .into_iter()
+                    .filter(|name| {
+                        name.as_ref() != b"__sled__default" && name.as_ref() != KEYS_TREE.as_bytes()
+                    })
+                    .count();
+                if !self.keys.is_empty() || !self.db.is_empty() || foreign_trees > 0 {
+                    return Err(StoreError::Foreign {
+                        path: shown,
+                        reason: "it holds data but no token-authority format marker".into(),
+                    });
+                }
+                return Ok(Vec::new());
+            }
+            Some(value) if value.as_ref() == FORMAT_V1 => {}
+            Some(value) => {
+                return Err(StoreError::Foreign {
+                    path: shown,
+                    reason: format!(
+                        "unknown format {:?}",
+                        String::from_utf8_lossy(&value)
+                            .chars()
+                            .take(64)
+                            .collect::<String>()
+                    ),
+                })
+            }
+        }
+        let mut records = Vec::new();
+        for entry in self.keys.iter() {
+            let (kid, value) = entry.map_err(|e| open_error(&shown, e))?;
+            let kid = String::from_utf8_lossy(&kid).into_owned();
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: shown.clone(),
+                kid: kid.clone(),
+                reason,
+            };
+            let stored: StoredKey =
+                serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
+            if stored.kid != kid {
+                return Err(corrupt(format!(
+                    "record is filed under another kid ({:?})",
+                    stored.kid
+                )));
+            }
+            records.push(self.decode(stored)?);
+        }
+        if records.is_empty() {
+            return Err(StoreError::Foreign {
+                path: shown,
+                reason: "it is marked as a keystore but holds no keys".into(),
+            });
+        }
+        Ok(records)
+    }
+
+    fn decode(&self, stored: StoredKey) -> Result<KeyRecord, StoreError> {
+        let shown = self.path.display().to_string();
+        let private_key = match stored.private_key {
+            StoredPrivateKey::Plain { pkcs8 } => {
+                let der = b64::decode(&pkcs8).map_err(|e| StoreError::Corrupt {
+                    path: shown.clone(),
+                    kid: stored.kid.clone(),
+                    reason: format!("private key: {e}"),
+                })?;
+                PrivateKeyDer::new(zeroize::Zeroizing::new(der))
+            }
+            StoredPrivateKey::Sealed {
+                kek_id,
+                nonce,
+                ciphertext,
+            } => {
+                let keks = self.keks.as_ref().ok_or_else(|| StoreError::KekRequired {
+                    path: shown.clone(),
+                })?;
+                let corrupt = |what: &str| StoreError::Corrupt {
+                    path: shown.clone(),
+                    kid: stored.kid.clone(),
+                    reason: format!("sealed private key: bad {what}"),
+                };
+                let sealed = SealedKey {
+                    kek_id,
+                    nonce: b64::decode(&nonce).map_err(|_| corrupt("nonce"))?,
+                    ciphertext: b64::decode(&ciphertext).map_err(|_| corrupt("ciphertext"))?,
+                };
+                keks.unseal(&stored.kid, stored.alg.name(), &sealed)
+                    .map_err(|source| StoreError::Unseal {
+                        path: shown.clone(),
+                        kid: stored.kid.clone(),
+                        source,
+                    })?
+            }
+        };
+        Ok(KeyRecord {
+            kid: stored.kid,
+            alg: stored.alg,
+            state: stored.state,
+            created_at: stored.created_at,
+            activated_at: stored.activated_at,
+            retired_at: stored.retired_at,
+            revoked_at: stored.revoked_at,
+            revoked_reason: stored.revoked_reason,
+            max_token_ttl: stored.max_token_ttl,
+            private_key,
+        })
+    }
+
+    fn encode(&self, record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
+        let private_key = match &self.keks {
+            None => StoredPrivateKey::Plain {
+                pkcs8: b64::encode(record.private_key.as_bytes()),
+            },
+            Some(keks) => {
+                let sealed = keks
+                    .seal(record)
+                    .map_err(|e| StoreError::Write(e.to_string()))?;
+                StoredPrivateKey::Sealed {
+                    kek_id: sealed.kek_id,
+                    nonce: b64::encode(&sealed.nonce),
+                    ciphertext: b64::encode(&sealed.ciphertext),
+                }
+            }
+        };
+        let stored = StoredKey {
+            kid: record.kid.clone(),
+            alg: record.alg,
+            state: record.state,
+            created_at: record.created_at,
+            activated_at: record.activated_at,
+            retired_at: record.retired_at,
+            revoked_at: record.revoked_at,
+            revoked_reason: record.revoked_reason.clone(),
+            max_token_ttl: record.max_token_ttl,
+            private_key,
+        };
+        serde_json::to_vec(&stored).map_err(|e| StoreError::Write(e.to_string()))
+    }
+
+    /// Writes `records` (inserting or replacing by kid) in one transaction together with
+    /// the format marker, then flushes. Returns only once the change is on disk.
+    pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        let encoded = records
+            .iter()
+            .map(|record| Ok((record.kid.clone(), self.encode(record)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let default_tree: &sled::Tree = &self.db;
+        (default_tree, &self.keys)
+            .transaction(|(meta, keys)| {
+                meta.insert(FORMAT_KEY, FORMAT_V1)?;
+                for (kid, value) in &encoded {
+                    keys.insert(kid.as_bytes(), value.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| StoreError::Write(format!("{e:?}")))?;
+        self.flush()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::Write(e.to_string()))
+    }
+}
+
+fn open_error(path: &str, error: sled::Error) -> StoreError {
+    match &error {
+        // sled reports its lock as a formatted `Other` error; the text is all there is to match.
+        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.to_owned(),
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kid: &str) -> KeyRecord {
+        KeyRecord {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            state: KeyState::Current,
+            created_at: 10,
+            activated_at: Some(10),
+            retired_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            max_token_ttl: 3600,
+            private_key: PrivateKeyDer::new(zeroize::Zeroizing::new(
+                b"not-really-a-key-but-secret".to_vec(),
+            )),
+        }
+    }
+
+    #[test]
+    fn round_trips_records_plain_and_sealed() {
+        for keks in [None, Some([[1u8; 32]])] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keystore");
+            {
+                let (store, records) =
+                    KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+                assert!(records.is_empty());
+                store.write(&[record("a"), record("b")]).unwrap();
+            }
+            let (_, records) = KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+            let kids: Vec<_> = records.iter().map(|r| r.kid.as_str()).collect();
+            assert_eq!(kids, ["a", "b"]);
+            assert_eq!(
+                records[0].private_key.as_bytes(),
+                b"not-really-a-key-but-secret"
+            );
+        }
+    }
+
+    #[test]
+    fn sealed_store_needs_the_right_kek_and_leaves_files_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        {
+            let (store, _) = KeyStore::open(&path, Some(Keks::from_bytes(&[[1u8; 32]]))).unwrap();
+            store.write(&[record("a")]).unwrap();
+        }
+        let err = KeyStore::open(&path, None).unwrap_err();
+        assert!(matches!(err, StoreError::KekRequired { .. }), "{err}");
+        let err = KeyStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32]]))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unseal {
+                    source: UnsealError::UnknownKek(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Both KEKs, new one first: old records still open.
+        let (_, records) =
+            KeyStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32], [1u8; 32]]))).unwrap();
+        assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn second_open_of_a_held_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        let (_held, _) = KeyStore::open(&path, None).unwrap();
+        let err = KeyStore::open(&path, None).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn marked_store_without_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        {
+            let db = sled::open(&path).unwrap();
+            db.insert(FORMAT_KEY, FORMAT_V1).unwrap();
+            db.flush().unwrap();
+        }
+        let err = KeyStore::open(&path, None).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    }
+}
