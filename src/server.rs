@@ -80,6 +80,15 @@ pub fn keystore_path(config: &Config) -> PathBuf {
     config.data_dir.join("keystore")
 }
 
+/// The data directory holds private keys and the admin token: owner-only when we create it.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -100,7 +109,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
 
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+    create_private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;

@@ -25,6 +25,8 @@ use crate::{
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT_V1: &[u8] = b"token-authority-keystore/1";
 const KEYS_TREE: &str = "keys";
+/// A counter bumped in the same transaction as every write, and mirrored in the guard file.
+const GENERATION_KEY: &[u8] = b"generation";
 /// sled's default cache is 1 GiB; a key set is a few kilobytes.
 const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 
@@ -50,6 +52,8 @@ pub enum StoreError {
         kid: String,
         source: UnsealError,
     },
+    #[error("the keystore {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
+    Damaged { path: String, reason: String },
     #[error("keystore write failed: {0}")]
     Write(String),
 }
@@ -88,6 +92,8 @@ pub struct KeyStore {
     db: sled::Db,
     keys: sled::Tree,
     keks: Option<Keks>,
+    /// Serialises writers so each gets the next generation.
+    generation: std::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -110,14 +116,81 @@ impl KeyStore {
             .open()
             .map_err(|e| open_error(&shown, e))?;
         let keys = db.open_tree(KEYS_TREE).map_err(|e| open_error(&shown, e))?;
-        let store = KeyStore {
+        let mut store = KeyStore {
             path: path.to_owned(),
             db,
             keys,
             keks,
+            generation: std::sync::Mutex::new(0),
         };
         let records = store.read_all()?;
+        let generation = store.check_guard(records.is_empty())?;
+        store.generation = std::sync::Mutex::new(generation);
         Ok((store, records))
+    }
+
+    /// The guard file beside the sled directory records the last generation written. sled
+    /// opens a damaged log as an empty (or older) database without an error; the guard turns
+    /// that into a refusal instead of a silent start with new keys.
+    fn guard_path(&self) -> PathBuf {
+        self.path.with_extension("guard")
+    }
+
+    fn check_guard(&self, empty: bool) -> Result<u64, StoreError> {
+        let shown = self.path.display().to_string();
+        let damaged = |reason: String| StoreError::Damaged {
+            path: shown.clone(),
+            reason,
+        };
+        let stored = match self
+            .db
+            .get(GENERATION_KEY)
+            .map_err(|e| open_error(&shown, e))?
+        {
+            None => 0,
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| damaged("its generation counter is not 8 bytes".into()))?;
+                u64::from_be_bytes(bytes)
+            }
+        };
+        let guard_path = self.guard_path();
+        let guarded = match std::fs::read_to_string(&guard_path) {
+            Ok(text) => Some(parse_guard(&text).ok_or_else(|| {
+                damaged(format!(
+                    "the guard file {} is unreadable",
+                    guard_path.display()
+                ))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(damaged(format!(
+                    "cannot read the guard file {}: {e}",
+                    guard_path.display()
+                )))
+            }
+        };
+        match guarded {
+            Some(expected) if empty || stored < expected => Err(damaged(format!(
+                "{} records that generation {expected} was written, but the database holds {}",
+                guard_path.display(),
+                if empty {
+                    "no keys".to_owned()
+                } else {
+                    format!("only generation {stored}")
+                }
+            ))),
+            // A crash between the sled flush and the guard update leaves sled ahead: fine.
+            Some(_) => Ok(stored),
+            None if !empty => {
+                // A store written before the guard existed (or whose guard was removed).
+                write_guard(&guard_path, stored).map_err(|e| StoreError::Write(e.to_string()))?;
+                Ok(stored)
+            }
+            None => Ok(stored),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -282,17 +355,25 @@ impl KeyStore {
             .iter()
             .map(|record| Ok((record.kid.clone(), self.encode(record)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut generation = self
+            .generation
+            .lock()
+            .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
+        let next = *generation + 1;
         let default_tree: &sled::Tree = &self.db;
         (default_tree, &self.keys)
             .transaction(|(meta, keys)| {
                 meta.insert(FORMAT_KEY, FORMAT_V1)?;
+                meta.insert(GENERATION_KEY, &next.to_be_bytes())?;
                 for (kid, value) in &encoded {
                     keys.insert(kid.as_bytes(), value.as_slice())?;
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| StoreError::Write(format!("{e:?}")))?;
-        self.flush()
+        self.flush()?;
+        *generation = next;
+        write_guard(&self.guard_path(), next).map_err(|e| StoreError::Write(e.to_string()))
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -301,6 +382,26 @@ impl KeyStore {
             .map(|_| ())
             .map_err(|e| StoreError::Write(e.to_string()))
     }
+}
+
+const GUARD_PREFIX: &str = "token-authority-keystore/1 generation ";
+
+fn parse_guard(text: &str) -> Option<u64> {
+    text.trim().strip_prefix(GUARD_PREFIX)?.parse().ok()
+}
+
+/// Replaces the guard file atomically and durably: temp file, fsync, rename, fsync the dir.
+fn write_guard(path: &Path, generation: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temp = path.with_extension("guard.tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    writeln!(file, "{GUARD_PREFIX}{generation}")?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn open_error(path: &str, error: sled::Error) -> StoreError {
@@ -394,6 +495,42 @@ mod tests {
         let (_held, _) = KeyStore::open(&path, None).unwrap();
         let err = KeyStore::open(&path, None).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_log_that_sled_opens_as_empty_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        {
+            let (store, _) = KeyStore::open(&path, None).unwrap();
+            store.write(&[record("a")]).unwrap();
+            store.write(&[record("b")]).unwrap();
+        }
+        let log = path.join("db");
+        let zeroes = vec![0u8; std::fs::metadata(&log).unwrap().len() as usize];
+        std::fs::write(&log, zeroes).unwrap();
+        let err = KeyStore::open(&path, None).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(
+            err.to_string().contains("generation 2 was written"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_store_behind_its_guard_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        {
+            let (store, _) = KeyStore::open(&path, None).unwrap();
+            store.write(&[record("a")]).unwrap();
+        }
+        write_guard(&path.with_extension("guard"), 5).unwrap();
+        let err = KeyStore::open(&path, None).unwrap_err();
+        assert!(err.to_string().contains("holds only generation 1"), "{err}");
+        // Sled ahead of the guard (a crash between the two writes) opens fine.
+        write_guard(&path.with_extension("guard"), 0).unwrap();
+        assert!(KeyStore::open(&path, None).is_ok());
     }
 
     #[test]

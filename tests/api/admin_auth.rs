@@ -1,0 +1,84 @@
+use token_authority::pb;
+use tonic::{metadata::MetadataValue, Code, Request};
+
+use crate::helpers::{DataDir, TestServer};
+
+fn with_authorization<T>(message: T, value: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(value) = value {
+        let value: MetadataValue<_> = value.parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+#[tokio::test]
+async fn admin_rpcs_need_the_admin_token() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let cases = [
+        ("missing", None),
+        ("wrong token", Some("Bearer not-the-token")),
+        ("prefix of the token", Some("Bearer test-admin")),
+        ("wrong scheme", Some("Basic dGVzdDp0ZXN0")),
+        ("no scheme", Some(crate::helpers::ADMIN_TOKEN)),
+    ];
+    for (name, value) in cases {
+        let mut client = server.client.clone();
+        let status = client
+            .rotate_keys(with_authorization(pb::RotateKeysRequest {}, value))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "RotateKeys, {name}");
+        let status = client
+            .list_keys(with_authorization(pb::ListKeysRequest {}, value))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "ListKeys, {name}");
+    }
+    // Nothing rotated.
+    let jwks = server.http_jwks().await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn generated_admin_token_is_written_privately_and_works() {
+    let dir = DataDir::new();
+    // No --admin-token-file: the server generates one into the data directory.
+    let data_dir = dir.path.display().to_string();
+    let args = [
+        "token-authority",
+        "serve",
+        "--data-dir",
+        &data_dir,
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let token_authority::config::Command::Serve(args) =
+        <token_authority::config::Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .command;
+    let server =
+        TestServer::start_with(token_authority::config::Config::try_from(args).unwrap()).await;
+    let path = dir.path.join("admin-token");
+    let token = std::fs::read_to_string(&path).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let listed = server
+        .client
+        .clone()
+        .list_keys(with_authorization(
+            pb::ListKeysRequest {},
+            Some(&format!("Bearer {}", token.trim())),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().keys.len(), 1);
+    server.stop().await;
+}

@@ -1,0 +1,192 @@
+use token_authority::{b64, pb::VerifyFailureReason as R};
+
+use crate::helpers::{now, DataDir, KnownKey, TestServer};
+
+/// Each bad token gets `valid = false` and its own reason; none is an RPC error.
+#[tokio::test]
+async fn bad_tokens_are_rejected_with_their_reason() {
+    let dir = DataDir::new();
+    let key = KnownKey::seed(&dir);
+    let server = TestServer::start_with(crate::helpers::config(&dir, &["--leeway", "30s"])).await;
+    let iss = server.issuer.clone();
+    let t = now();
+    let claims = |extra: &str| {
+        format!(
+            r#"{{"iss":"{iss}","sub":"svc","aud":"api","iat":{t},"exp":{}{extra}}}"#,
+            t + 300
+        )
+    };
+    let good = key.forge(&key.header(), &claims(""));
+    assert!(
+        server.verify(&good, "api").await.valid,
+        "the forged baseline must be valid"
+    );
+
+    let segments: Vec<&str> = good.split('.').collect();
+    let with =
+        |header: &str, payload: &str, signature: &str| format!("{header}.{payload}.{signature}");
+    let tampered_payload = with(
+        segments[0],
+        &b64::encode(claims(r#","admin":true"#)),
+        segments[2],
+    );
+    let mut signature = b64::decode(segments[2]).unwrap();
+    signature[10] ^= 0x01;
+    let tampered_signature = with(segments[0], segments[1], &b64::encode(&signature));
+    let unknown_kid = key.forge(
+        r#"{"alg":"RS256","kid":"not-a-key","typ":"JWT"}"#,
+        &claims(""),
+    );
+    let no_kid = key.forge(r#"{"alg":"RS256","typ":"JWT"}"#, &claims(""));
+    let alg_none = with(
+        &b64::encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, key.kid)),
+        segments[1],
+        "",
+    );
+    // The classic confusion: HMAC keyed with the public key the JWKS publishes.
+    let hs256 = {
+        let jwks = server.http_jwks().await;
+        let public = serde_json::to_vec(&jwks["keys"][0]).unwrap();
+        let header = b64::encode(format!(
+            r#"{{"alg":"HS256","kid":"{}","typ":"JWT"}}"#,
+            key.kid
+        ));
+        let input = format!("{header}.{}", segments[1]);
+        let mac = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &public),
+            input.as_bytes(),
+        );
+        format!("{input}.{}", b64::encode(mac.as_ref()))
+    };
+    let lower_alg = key.forge(
+        &format!(r#"{{"alg":"rs256","kid":"{}"}}"#, key.kid),
+        &claims(""),
+    );
+    let expired = key.forge(
+        &key.header(),
+        &format!(
+            r#"{{"iss":"{iss}","sub":"svc","iat":{},"exp":{}}}"#,
+            t - 600,
+            t - 31
+        ),
+    );
+    let within_leeway = key.forge(
+        &key.header(),
+        &format!(
+            r#"{{"iss":"{iss}","sub":"svc","iat":{},"exp":{}}}"#,
+            t - 600,
+            t - 5
+        ),
+    );
+    let not_yet = key.forge(&key.header(), &claims(&format!(r#","nbf":{}"#, t + 120)));
+    let wrong_iss = key.forge(
+        &key.header(),
+        &format!(
+            r#"{{"iss":"https://evil.example","sub":"svc","aud":"api","exp":{}}}"#,
+            t + 300
+        ),
+    );
+    let no_exp = key.forge(&key.header(), &format!(r#"{{"iss":"{iss}","sub":"svc"}}"#));
+    let string_exp = key.forge(
+        &key.header(),
+        &format!(r#"{{"iss":"{iss}","sub":"svc","exp":"{}"}}"#, t + 300),
+    );
+    let duplicate = key.forge(
+        &key.header(),
+        &format!(
+            r#"{{"iss":"{iss}","sub":"svc","exp":{},"sub":"admin"}}"#,
+            t + 300
+        ),
+    );
+    let crit = key.forge(
+        &format!(r#"{{"alg":"RS256","kid":"{}","crit":["exp"]}}"#, key.kid),
+        &claims(""),
+    );
+    let typ = key.forge(
+        &format!(r#"{{"alg":"RS256","kid":"{}","typ":"at+jwt"}}"#, key.kid),
+        &claims(""),
+    );
+    let typ_lower = key.forge(
+        &format!(r#"{{"alg":"RS256","kid":"{}","typ":"jwt"}}"#, key.kid),
+        &claims(""),
+    );
+    let jku = key.forge(
+        &format!(
+            r#"{{"alg":"RS256","kid":"{}","jku":"https://evil.example/jwks.json"}}"#,
+            key.kid
+        ),
+        &claims(""),
+    );
+    let payload_array = key.forge(&key.header(), "[1,2,3]");
+    let padded = format!("{}=.{}.{}", segments[0], segments[1], segments[2]);
+    let truncated_signature = with(
+        segments[0],
+        segments[1],
+        &b64::encode(&b64::decode(segments[2]).unwrap()[..200]),
+    );
+    let oversized = key.forge(
+        &key.header(),
+        &claims(&format!(r#","pad":"{}""#, "x".repeat(9000))),
+    );
+
+    let cases: Vec<(&str, String, &str, R)> = vec![
+        ("tampered payload", tampered_payload, "api", R::BadSignature),
+        (
+            "tampered signature",
+            tampered_signature,
+            "api",
+            R::BadSignature,
+        ),
+        (
+            "truncated signature",
+            truncated_signature,
+            "api",
+            R::BadSignature,
+        ),
+        ("unknown kid", unknown_kid, "api", R::UnknownKey),
+        ("no kid", no_kid, "api", R::UnknownKey),
+        ("alg none", alg_none, "api", R::AlgorithmNotAllowed),
+        (
+            "HS256 keyed with the public key",
+            hs256,
+            "api",
+            R::AlgorithmNotAllowed,
+        ),
+        (
+            "alg in lower case",
+            lower_alg,
+            "api",
+            R::AlgorithmNotAllowed,
+        ),
+        ("expired beyond leeway", expired, "", R::Expired),
+        ("not yet valid", not_yet, "api", R::NotYetValid),
+        ("wrong issuer", wrong_iss, "api", R::IssuerMismatch),
+        ("wrong audience", good.clone(), "other", R::AudienceMismatch),
+        ("no exp", no_exp, "", R::MissingClaim),
+        ("exp a string", string_exp, "", R::Malformed),
+        ("duplicate claim", duplicate, "", R::Malformed),
+        ("crit header", crit, "api", R::UnsupportedHeader),
+        ("typ not JWT", typ, "api", R::UnsupportedHeader),
+        ("jku header", jku, "api", R::UnsupportedHeader),
+        ("payload not an object", payload_array, "", R::Malformed),
+        ("padded base64", padded, "api", R::Malformed),
+        ("four segments", format!("{good}.x"), "api", R::Malformed),
+        ("garbage", "definitely not a token".into(), "", R::Malformed),
+        ("empty", String::new(), "", R::Malformed),
+        ("over 8 KiB", oversized, "api", R::Malformed),
+    ];
+    for (name, token, audience, reason) in cases {
+        let verdict = server.verify(&token, audience).await;
+        assert!(!verdict.valid, "{name}: accepted");
+        assert_eq!(verdict.reason, reason as i32, "{name}: {verdict:?}");
+        assert!(
+            verdict.subject.is_empty() && verdict.claims_json.is_empty(),
+            "{name}: leaked claims"
+        );
+        assert!(!verdict.detail.is_empty(), "{name}: no detail");
+    }
+    // Within the leeway is still valid; typ is compared case-insensitively.
+    assert!(server.verify(&within_leeway, "").await.valid);
+    assert!(server.verify(&typ_lower, "api").await.valid);
+    server.stop().await;
+}

@@ -1,0 +1,187 @@
+//! The real binary as a child process: flags, start-up errors, signals.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::helpers::DataDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_token-authority");
+
+/// A running binary and the addresses it logged.
+pub struct Process {
+    pub child: Child,
+    pub http: String,
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `token-authority serve` on ephemeral ports and waits for its "serving" line.
+pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--data-dir", dir.path.to_str().unwrap()])
+        .args(["--admin-token-file", dir.admin_token_file.to_str().unwrap()])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Owned by `Process` from here on, so a failed start is still killed and reaped.
+    let mut process = Process {
+        child,
+        http: String::new(),
+        log: rx,
+    };
+    loop {
+        let line = process
+            .log
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server logged no 'serving' line");
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        if event["fields"]["message"] == "serving" {
+            process.http = event["fields"]["http"].as_str().unwrap().to_owned();
+            return process;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_one_clear_line_before_binding() {
+    // Hold a port: a bad value must be reported, not a bind failure.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = held.local_addr().unwrap().to_string();
+    let dir = DataDir::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--max-ttl", "forever"], "--max-ttl"),
+        (&["--default-ttl", "2d", "--max-ttl", "1d"], "--default-ttl"),
+        (&["--grpc-listen", "not-an-address"], "--grpc-listen"),
+        (&["--log-format", "yaml"], "--log-format"),
+        (&["--issuer", "tokens.example"], "--issuer"),
+    ];
+    for (args, flag) in cases {
+        let output = Command::new(BIN)
+            .arg("serve")
+            .args([
+                "--data-dir",
+                dir.path.to_str().unwrap(),
+                "--grpc-listen",
+                &held,
+                "--http-listen",
+                &held,
+            ])
+            .args(*args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(flag),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("bind"), "{args:?}: {stderr}");
+        assert!(
+            !dir.path.exists(),
+            "{args:?}: the data directory was created"
+        );
+    }
+}
+
+#[test]
+fn help_documents_every_flag_and_env_var() {
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, env) in [
+        ("--data-dir", "TA_DATA_DIR"),
+        ("--grpc-listen", "TA_GRPC_LISTEN"),
+        ("--http-listen", "TA_HTTP_LISTEN"),
+        ("--issuer", "TA_ISSUER"),
+        ("--admin-token-file", "TA_ADMIN_TOKEN_FILE"),
+        ("--kek-file", "TA_KEK_FILE"),
+        ("--default-ttl", "TA_DEFAULT_TTL"),
+        ("--max-ttl", "TA_MAX_TTL"),
+        ("--leeway", "TA_LEEWAY"),
+        ("--jwks-max-age", "TA_JWKS_MAX_AGE"),
+        ("--shutdown-grace", "TA_SHUTDOWN_GRACE"),
+        ("--log-format", "TA_LOG_FORMAT"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(env),
+            "{flag} / {env} missing from --help"
+        );
+    }
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("token-authority "));
+}
+
+#[test]
+fn sigterm_drains_flushes_and_exits_zero() {
+    let dir = DataDir::new();
+    let mut process = spawn_binary(&dir, &[]);
+    let jwks = reqwest::blocking_get(&format!("http://{}/.well-known/jwks.json", process.http));
+    assert!(jwks.contains("\"keys\""));
+    let pid = process.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = process.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let messages: Vec<String> = process
+        .log
+        .try_iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .filter_map(|event| event["fields"]["message"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("NOT_SERVING")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("keystore flushed")),
+        "{messages:?}"
+    );
+}
+
+mod reqwest {
+    /// A minimal blocking GET over a fresh runtime, for the synchronous process tests.
+    pub fn blocking_get(url: &str) -> String {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+}

@@ -1,0 +1,128 @@
+//! The admin's tool: the real grpcurl, discovering the API by reflection.
+
+use std::process::{Command, Output};
+
+use crate::helpers::{DataDir, TestServer, ADMIN_TOKEN};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(crate::tools::grpcurl())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+// grpcurl runs as a blocking child process: a second worker keeps the server answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_discovers_and_drives_the_api() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let addr = server.grpc_addr.to_string();
+    let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
+
+    let services = ok(&["-plaintext", &addr, "list"]);
+    assert!(
+        services.contains("tokenauthority.v1.TokenAuthority"),
+        "{services}"
+    );
+    assert!(services.contains("grpc.health.v1.Health"), "{services}");
+    let methods = ok(&[
+        "-plaintext",
+        &addr,
+        "list",
+        "tokenauthority.v1.TokenAuthority",
+    ]);
+    for method in [
+        "IssueToken",
+        "VerifyToken",
+        "GetJwks",
+        "RotateKeys",
+        "ListKeys",
+    ] {
+        assert!(
+            methods.contains(&format!("tokenauthority.v1.TokenAuthority.{method}")),
+            "{methods}"
+        );
+    }
+    let described = ok(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "tokenauthority.v1.IssueTokenRequest",
+    ]);
+    assert!(described.contains("claims_json"), "{described}");
+
+    let health = ok(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("SERVING"), "{health}");
+
+    let issued: serde_json::Value = serde_json::from_str(&ok(&[
+        "-plaintext", "-d", r#"{"subject":"billing","audience":["ledger"],"ttl":"300s","claims_json":"{\"tenant\":\"acme\"}"}"#,
+        &addr, "tokenauthority.v1.TokenAuthority/IssueToken",
+    ]))
+    .unwrap();
+    let token = issued["token"].as_str().unwrap();
+    let verify_body = serde_json::json!({ "token": token, "audience": "ledger" }).to_string();
+    let verdict: serde_json::Value = serde_json::from_str(&ok(&[
+        "-plaintext",
+        "-d",
+        &verify_body,
+        &addr,
+        "tokenauthority.v1.TokenAuthority/VerifyToken",
+    ]))
+    .unwrap();
+    assert_eq!(verdict["valid"], true, "{verdict}");
+
+    let listed = ok(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        &addr,
+        "tokenauthority.v1.TokenAuthority/ListKeys",
+    ]);
+    assert!(listed.contains("KEY_STATE_CURRENT"), "{listed}");
+    let rotated: serde_json::Value = serde_json::from_str(&ok(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        &addr,
+        "tokenauthority.v1.TokenAuthority/RotateKeys",
+    ]))
+    .unwrap();
+    assert_eq!(rotated["previousKeyId"], issued["keyId"], "{rotated}");
+
+    // Errors are readable: the code and the message, exit status 64 + code.
+    let denied = run(&[
+        "-plaintext",
+        &addr,
+        "tokenauthority.v1.TokenAuthority/RotateKeys",
+    ]);
+    assert_eq!(denied.status.code(), Some(64 + 16));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("authorization: Bearer"),
+        "{stderr}"
+    );
+    let bad = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"subject":""}"#,
+        &addr,
+        "tokenauthority.v1.TokenAuthority/IssueToken",
+    ]);
+    assert_eq!(bad.status.code(), Some(64 + 3));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("subject: is required"),
+        "{stderr}"
+    );
+    server.stop().await;
+}

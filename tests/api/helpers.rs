@@ -1,0 +1,297 @@
+//! Test helpers: start the real server on ephemeral ports with its own data directory,
+//! talk to it over real gRPC and HTTP, and stop it through its shutdown future.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use clap::Parser as _;
+use token_authority::{
+    b64,
+    config::{Cli, Command, Config},
+    crypto::{Algorithm, SigningKey},
+    keys, lifecycle,
+    pb::{self, token_authority_client::TokenAuthorityClient},
+    server::{self, Listeners, ServerError},
+    store::KeyStore,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{metadata::MetadataValue, transport::Channel, Request};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A data directory that outlives the servers started on it.
+pub struct DataDir {
+    _temp: tempfile::TempDir,
+    pub path: PathBuf,
+    pub admin_token_file: PathBuf,
+}
+
+impl DataDir {
+    pub fn new() -> DataDir {
+        let temp = tempfile::tempdir().unwrap();
+        let admin_token_file = temp.path().join("admin-token-secret");
+        std::fs::write(&admin_token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+        DataDir {
+            path: temp.path().join("data"),
+            admin_token_file,
+            _temp: temp,
+        }
+    }
+}
+
+/// A key the test holds the private half of, stored as the current key of a data
+/// directory before the server starts: lets tests forge tokens the server must judge.
+pub struct KnownKey {
+    pub kid: String,
+    pub signer: SigningKey,
+}
+
+impl KnownKey {
+    /// Writes a fresh current RS256 key into `dir`'s keystore.
+    pub fn seed(dir: &DataDir) -> KnownKey {
+        std::fs::create_dir_all(&dir.path).unwrap();
+        let generated = keys::generate(Algorithm::RS256).unwrap();
+        let signer =
+            SigningKey::from_pkcs8(Algorithm::RS256, generated.private_key.as_bytes()).unwrap();
+        let kid = generated.kid.clone();
+        let record = lifecycle::first_key(generated, now() - 10, 86400);
+        let (store, existing) = KeyStore::open(&dir.path.join("keystore"), None).unwrap();
+        assert!(existing.is_empty(), "seed only a new data directory");
+        store.write(&[record]).unwrap();
+        KnownKey { kid, signer }
+    }
+
+    /// Signs arbitrary header and payload JSON texts.
+    pub fn forge(&self, header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", b64::encode(header), b64::encode(payload));
+        let signature = self.signer.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64::encode(signature))
+    }
+
+    pub fn header(&self) -> String {
+        format!(r#"{{"alg":"RS256","kid":"{}","typ":"JWT"}}"#, self.kid)
+    }
+}
+
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub issuer: String,
+    pub client: TokenAuthorityClient<Channel>,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+/// Parses `serve` flags as the binary would, with test defaults for the data directory,
+/// the admin token and ports.
+pub fn config(dir: &DataDir, extra: &[&str]) -> Config {
+    let data_dir = dir.path.display().to_string();
+    let admin = dir.admin_token_file.display().to_string();
+    let mut argv = vec![
+        "token-authority",
+        "serve",
+        "--data-dir",
+        &data_dir,
+        "--admin-token-file",
+        &admin,
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    // A fixed issuer: the default follows the HTTP port, which changes across restarts here.
+    if !extra.contains(&"--issuer") {
+        argv.extend_from_slice(&["--issuer", "http://token-authority.test"]);
+    }
+    argv.extend_from_slice(extra);
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
+    Config::try_from(args).unwrap()
+}
+
+impl TestServer {
+    pub async fn start(dir: &DataDir) -> TestServer {
+        TestServer::start_with(config(dir, &[])).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let (server, ready) = TestServer::try_start(config).await;
+        ready.expect("the server failed to start");
+        server.expect("server handle")
+    }
+
+    /// Starts the server; when start-up fails, returns the error it stopped with.
+    pub async fn try_start(config: Config) -> (Option<TestServer>, Result<(), ServerError>) {
+        let listeners = Listeners::bind(config.grpc_listen, config.http_listen)
+            .await
+            .unwrap();
+        let grpc_addr = listeners.grpc.local_addr().unwrap();
+        let http_addr = listeners.http.local_addr().unwrap();
+        let issuer = config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let mut handle = tokio::spawn(server::run(config, listeners, async {
+            let _ = stop.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        // The listener is bound before the server starts, so this call waits in the accept
+        // queue until the keys are loaded; if start-up fails instead, the handle says why.
+        let check = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        tokio::select! {
+            result = check => {
+                if let Err(status) = result {
+                    let stopped = handle.await.unwrap();
+                    assert!(stopped.is_err(), "health check failed ({status}) on a running server");
+                    return (None, stopped);
+                }
+            }
+            stopped = &mut handle => return (None, stopped.unwrap()),
+        }
+        (
+            Some(TestServer {
+                grpc_addr,
+                http_addr,
+                issuer,
+                client: TokenAuthorityClient::new(channel),
+                http: reqwest::Client::new(),
+                shutdown: Some(shutdown),
+                handle: Some(handle),
+            }),
+            Ok(()),
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http_addr, path)
+    }
+
+    /// Stops the server through its shutdown future and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn issue(&self, subject: &str, audience: &[&str]) -> pb::IssueTokenResponse {
+        self.client
+            .clone()
+            .issue_token(pb::IssueTokenRequest {
+                subject: subject.into(),
+                audience: audience.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn verify(&self, token: &str, audience: &str) -> pb::VerifyTokenResponse {
+        self.client
+            .clone()
+            .verify_token(pb::VerifyTokenRequest {
+                token: token.into(),
+                audience: audience.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn rotate(&self) -> pb::RotateKeysResponse {
+        self.client
+            .clone()
+            .rotate_keys(admin(pb::RotateKeysRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn http_jwks(&self) -> serde_json::Value {
+        self.http
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// Wraps `message` with the admin bearer token.
+pub fn admin<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {ADMIN_TOKEN}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Verifies `token` with the `jsonwebtoken` crate from a JWKS document: an implementation
+/// independent of ours.
+pub fn verify_independently(
+    jwks: &serde_json::Value,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+) -> Result<serde_json::Value, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let kid = header.kid.ok_or("no kid")?;
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
+    let jwk = set
+        .find(&kid)
+        .ok_or_else(|| format!("kid {kid} not in the JWKS"))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| e.to_string())
+}
+
+/// The kids in a JWKS document.
+pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn keystore_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}

@@ -1,0 +1,14 @@
+//! Integration tests: each starts the real server on `127.0.0.1:0` with its own data
+//! directory and talks to it over real gRPC and HTTP.
+
+mod admin_auth;
+mod bad_requests;
+mod bad_tokens;
+mod binary;
+mod grpcurl;
+mod helpers;
+mod jwks_http;
+mod persistence_and_rotation;
+mod round_trip;
+mod startup_refusals;
+mod tools;

@@ -1,0 +1,166 @@
+use token_authority::server::ServerError;
+
+use crate::helpers::{config, DataDir, KnownKey, TestServer};
+
+async fn start_error(dir: &DataDir) -> String {
+    let (server, result) = TestServer::try_start(config(dir, &[])).await;
+    assert!(server.is_none(), "the server started");
+    let error: ServerError = result.unwrap_err();
+    error.to_string()
+}
+
+/// An existing data directory that cannot be read never becomes a fresh one.
+#[tokio::test]
+async fn unreadable_keystores_stop_the_server_and_are_left_alone() {
+    // Each case damages a keystore that held a key, then expects a refusal naming why.
+    // Where sled's own log is unreadable, sled resets that log while opening it (the data was
+    // already gone); there the test checks that the server wrote nothing of its own.
+    type Damage = fn(&std::path::Path, &str);
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "garbage record",
+            |store, kid| {
+                let db = sled::open(store).unwrap();
+                db.open_tree("keys")
+                    .unwrap()
+                    .insert(kid, &b"{not json"[..])
+                    .unwrap();
+                db.flush().unwrap();
+            },
+            "is unreadable: key record",
+        ),
+        (
+            "record under another kid",
+            |store, kid| {
+                let db = sled::open(store).unwrap();
+                let keys = db.open_tree("keys").unwrap();
+                let value = keys.get(kid).unwrap().unwrap();
+                keys.remove(kid).unwrap();
+                keys.insert("some-other-kid", value).unwrap();
+                db.flush().unwrap();
+            },
+            "filed under another kid",
+        ),
+        (
+            "all keys deleted",
+            |store, kid| {
+                let db = sled::open(store).unwrap();
+                db.open_tree("keys").unwrap().remove(kid).unwrap();
+                db.flush().unwrap();
+            },
+            "holds no keys",
+        ),
+        (
+            "foreign format",
+            |store, _| {
+                let db = sled::open(store).unwrap();
+                db.insert("format", "something-else/9").unwrap();
+                db.flush().unwrap();
+            },
+            "not a token-authority keystore",
+        ),
+        (
+            "broken private key",
+            |store, kid| {
+                let db = sled::open(store).unwrap();
+                let keys = db.open_tree("keys").unwrap();
+                let mut record: serde_json::Value =
+                    serde_json::from_slice(&keys.get(kid).unwrap().unwrap()).unwrap();
+                record["private_key"]["pkcs8"] = "AAAA".into();
+                keys.insert(kid, serde_json::to_vec(&record).unwrap())
+                    .unwrap();
+                db.flush().unwrap();
+            },
+            "cannot load the keys",
+        ),
+        (
+            "log zeroed (sled opens it as empty)",
+            |store, _| {
+                let log = store.join("db");
+                let len = std::fs::metadata(&log).unwrap().len() as usize;
+                std::fs::write(&log, vec![0u8; len]).unwrap();
+            },
+            "is damaged: ",
+        ),
+        (
+            "log truncated",
+            |store, _| {
+                std::fs::write(store.join("db"), b"").unwrap();
+            },
+            "is damaged: ",
+        ),
+        (
+            "guard file unreadable",
+            |store, _| {
+                std::fs::write(store.with_extension("guard"), "garbage").unwrap();
+            },
+            "guard file",
+        ),
+        (
+            "corrupt sled files",
+            |store, _| {
+                for file in crate::helpers::keystore_files(store) {
+                    let len = std::fs::metadata(&file).unwrap().len() as usize;
+                    std::fs::write(&file, vec![0xA5; len.max(64)]).unwrap();
+                }
+            },
+            "keystore",
+        ),
+    ];
+    for (name, damage, expected) in cases {
+        let dir = DataDir::new();
+        let key = KnownKey::seed(&dir);
+        let store = dir.path.join("keystore");
+        damage(&store, &key.kid);
+        let log_readable = !name.starts_with("log ") && name != "corrupt sled files";
+        let guard = std::fs::read(store.with_extension("guard")).unwrap();
+        let before = log_readable.then(|| contents(&store));
+        let error = start_error(&dir).await;
+        assert!(error.contains(expected), "{name}: {error}");
+        assert!(
+            std::fs::read(store.with_extension("guard")).unwrap() == guard,
+            "{name}: the guard was rewritten"
+        );
+        if let Some(before) = before {
+            assert!(
+                contents(&store) == before,
+                "{name}: the keystore was modified"
+            );
+        } else {
+            // sled may refuse its own damaged files outright; if it opens them, no key is there.
+            if let Ok(db) = sled::open(&store) {
+                assert!(
+                    db.open_tree("keys").unwrap().is_empty(),
+                    "{name}: a key was written"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_directory_held_by_another_server_is_refused() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let error = start_error(&dir).await;
+    assert!(error.contains("in use by another process"), "{error}");
+    server.stop().await;
+}
+
+/// Everything stored, as sled reads it: the metadata and every key record.
+fn contents(store: &std::path::Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let db = sled::open(store).unwrap();
+    let mut out = Vec::new();
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name).unwrap();
+        for entry in tree.iter() {
+            let (key, value) = entry.unwrap();
+            out.push((
+                String::from_utf8_lossy(&name).into_owned(),
+                key.to_vec(),
+                value.to_vec(),
+            ));
+        }
+    }
+    out
+}
