@@ -18,9 +18,9 @@ use crate::{
         self,
         verify::{Policy, Rejection, Verified},
     },
-    keys::{self, KeyRecord},
+    keys::{self, GeneratedKey, KeyRecord},
     keyset::{KeySet, KeySetError},
-    lifecycle::{self, LifecycleError},
+    lifecycle::{self, LifecycleError, Plan, Timing},
     store::{KeyStore, StoreError},
 };
 
@@ -51,6 +51,38 @@ pub struct Settings {
     pub max_token_bytes: usize,
     /// The configured algorithms; the first is the default for IssueToken.
     pub algorithms: Vec<Algorithm>,
+    pub publish_lead: u64,
+    pub rotation_period: u64,
+}
+
+impl Settings {
+    pub fn timing(&self) -> Timing {
+        Timing {
+            publish_lead: self.publish_lead,
+            rotation_period: self.rotation_period,
+            max_ttl: self.max_ttl,
+            leeway: self.leeway,
+        }
+    }
+
+    /// `alg`, or the default algorithm; an unconfigured one is a caller's mistake.
+    pub fn algorithm(&self, alg: Option<Algorithm>) -> Result<Algorithm, InvalidArgument> {
+        match alg {
+            None => Ok(self.algorithms[0]),
+            Some(alg) if self.algorithms.contains(&alg) => Ok(alg),
+            Some(alg) => Err(InvalidArgument {
+                field: "algorithm",
+                reason: format!(
+                    "{alg} is not configured on this authority (configured: {})",
+                    self.algorithms
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
 }
 
 /// A minted token and the facts a caller needs about it.
@@ -89,32 +121,36 @@ impl std::fmt::Debug for Authority {
 }
 
 impl Authority {
-    /// Builds the authority from the stored records. A new store (no records) gets its first
-    /// key per algorithm, persisted before anything is served. Blocking: generates keys and
-    /// writes to disk; call it off the async reactor.
+    /// Builds the authority from the stored records, first applying whatever the lifecycle
+    /// says is due (a new store's first keys, a rotation missed while the server was down,
+    /// deletions), persisted before anything is served. Blocking: generates keys and writes to
+    /// disk; call it off the async reactor.
     pub fn open(
         store: KeyStore,
         records: Vec<KeyRecord>,
         settings: Settings,
         now: u64,
     ) -> Result<Authority, AuthorityError> {
-        let mut records = records;
-        let mut changed = Vec::new();
-        for alg in &settings.algorithms {
-            if !records.iter().any(|r| r.alg == *alg) {
-                changed.push(lifecycle::first_key(
-                    keys::generate(*alg)?,
-                    now,
-                    settings.max_ttl,
-                ));
-            }
+        let mut generate = keys::generate;
+        let plan = lifecycle::due(
+            &records,
+            &settings.algorithms,
+            settings.timing(),
+            now,
+            &mut generate,
+        )?;
+        // Build first: a keystore whose records do not load is refused before anything is
+        // written to it.
+        let set = KeySet::build(
+            plan.apply_to(&records),
+            &settings.algorithms,
+            store.encrypts_at_rest(),
+            settings.timing(),
+        )?;
+        if !plan.is_empty() {
+            store.apply(&plan.changed, &plan.deleted)?;
+            log_plan(&plan);
         }
-        changed.extend(lifecycle::on_start(&records, settings.max_ttl));
-        if !changed.is_empty() {
-            store.write(&changed)?;
-            records = lifecycle::merge(&records, &changed);
-        }
-        let set = KeySet::build(records, &settings.algorithms, store.encrypts_at_rest())?;
         let policy = Policy {
             issuer: settings.issuer.clone(),
             leeway: settings.leeway,
@@ -145,7 +181,7 @@ impl Authority {
         alg: Option<Algorithm>,
         now: u64,
     ) -> Result<Issued, AuthorityError> {
-        let alg = alg.unwrap_or(self.settings.algorithms[0]);
+        let alg = self.settings.algorithm(alg)?;
         let keys = self.keys.load();
         let signer = keys.signer(alg).ok_or_else(|| InvalidArgument {
             field: "algorithm",
@@ -194,32 +230,119 @@ impl Authority {
         jwt::verify::verify(token, &self.keys.load(), &self.policy, audience, now)
     }
 
-    /// A fresh key becomes current for the default algorithm; the previous one retires and
-    /// keeps verifying. Returns once the change is on disk and being served.
-    pub async fn rotate(&self, now: u64) -> Result<RotationOutcome, AuthorityError> {
-        let _writer = self.writer.lock().await;
-        let alg = self.settings.algorithms[0];
-        let generated = blocking(move || keys::generate(alg)).await??;
-        let current = self.keys.load_full();
-        let rotation = lifecycle::rotate(current.records(), generated, now, self.settings.max_ttl)?;
-        let records = lifecycle::merge(current.records(), &rotation.changed);
+    /// The operator's rotation of `alg` (default: the first configured): the next key
+    /// becomes current if it has been published for the publish lead, or at once with `force`.
+    pub async fn rotate(
+        &self,
+        alg: Option<Algorithm>,
+        force: bool,
+        now: u64,
+    ) -> Result<RotationOutcome, AuthorityError> {
+        let alg = self.settings.algorithm(alg)?;
+        let timing = self.settings.timing();
+        let (plan, keys) = self
+            .transition(move |records, generate| {
+                lifecycle::rotate(records, alg, force, timing, now, generate)
+            })
+            .await?;
+        let (_, current_kid, previous_kid) = plan
+            .rotated
+            .into_iter()
+            .find(|(rotated, _, _)| *rotated == alg)
+            .ok_or(LifecycleError::NoCurrentKey(alg))?;
+        Ok(RotationOutcome {
+            current_kid,
+            previous_kid,
+            keys,
+        })
+    }
+
+    /// Emergency revocation; returns the kid that now signs for the revoked key's algorithm.
+    pub async fn revoke(
+        &self,
+        kid: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<(String, Arc<KeySet>), AuthorityError> {
+        let timing = self.settings.timing();
+        let alg = self
+            .keys
+            .load()
+            .records()
+            .iter()
+            .find(|r| r.kid == kid)
+            .map(|r| r.alg)
+            .ok_or_else(|| LifecycleError::UnknownKey(kid.to_owned()))?;
+        let (kid, reason) = (kid.to_owned(), reason.to_owned());
+        let (_, keys) = self
+            .transition(move |records, generate| {
+                lifecycle::revoke(records, &kid, &reason, timing, now, generate)
+            })
+            .await?;
+        let current = keys
+            .signer(alg)
+            .map(|signer| signer.kid.clone())
+            .unwrap_or_default();
+        Ok((current, keys))
+    }
+
+    /// Performs what the schedule says is due at `now`. Called by the background task.
+    pub async fn tick(&self, now: u64) -> Result<Plan, AuthorityError> {
+        let timing = self.settings.timing();
         let algorithms = self.settings.algorithms.clone();
+        let (plan, _) = self
+            .transition(move |records, generate| {
+                lifecycle::due(records, &algorithms, timing, now, generate)
+            })
+            .await?;
+        Ok(plan)
+    }
+
+    /// When the key set changes next by itself, if ever.
+    pub fn next_change(&self) -> Option<u64> {
+        self.keys.load().next_change()
+    }
+
+    /// One lifecycle change: plan it from the current records, build the next key set,
+    /// persist the change (flushed), and only then serve the new set. Writers are serialised;
+    /// readers never wait.
+    async fn transition<F>(&self, plan: F) -> Result<(Plan, Arc<KeySet>), AuthorityError>
+    where
+        F: FnOnce(
+                &[KeyRecord],
+                &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
+            ) -> Result<Plan, LifecycleError>
+            + Send
+            + 'static,
+    {
+        let _writer = self.writer.lock().await;
+        let current = self.keys.load_full();
+        let algorithms = self.settings.algorithms.clone();
+        let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
         let store = Arc::clone(&self.store);
-        let next = blocking(move || -> Result<KeySet, AuthorityError> {
-            // Build first (a record that does not parse must not reach the disk), then persist.
-            let next = KeySet::build(records, &algorithms, encrypted)?;
-            store.write(&rotation.changed)?;
-            Ok(next)
+        let (plan, next) = blocking(move || -> Result<(Plan, Option<KeySet>), AuthorityError> {
+            let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> = keys::generate;
+            let plan = plan(current.records(), &mut generate)?;
+            if plan.is_empty() {
+                return Ok((plan, None));
+            }
+            // Build first (a record that does not load must not reach the disk), then persist.
+            let next = KeySet::build(
+                plan.apply_to(current.records()),
+                &algorithms,
+                encrypted,
+                timing,
+            )?;
+            store.apply(&plan.changed, &plan.deleted)?;
+            Ok((plan, Some(next)))
         })
         .await??;
-        let next = Arc::new(next);
-        self.keys.store(Arc::clone(&next));
-        Ok(RotationOutcome {
-            current_kid: rotation.current_kid,
-            previous_kid: rotation.previous_kid,
-            keys: next,
-        })
+        if let Some(next) = next {
+            self.keys.store(Arc::new(next));
+            log_plan(&plan);
+        }
+        Ok((plan, self.keys.load_full()))
     }
 
     /// Flushes the keystore; part of an orderly shutdown.
@@ -236,4 +359,16 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| AuthorityError::Task(e.to_string()))
+}
+
+fn log_plan(plan: &Plan) {
+    for (alg, current, previous) in &plan.rotated {
+        tracing::info!(%alg, %current, %previous, "key rotated");
+    }
+    for record in &plan.changed {
+        tracing::info!(kid = %record.kid, alg = %record.alg, state = ?record.state, "key state written");
+    }
+    for kid in &plan.deleted {
+        tracing::info!(%kid, "retired key deleted after its retention");
+    }
 }

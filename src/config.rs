@@ -70,7 +70,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_LEEWAY", default_value = "60s", value_parser = humantime::parse_duration)]
     pub leeway: Duration,
 
-    /// Cache-Control max-age of the JWKS response.
+    /// How long a new key is published in the JWKS before it may sign. Longer than the JWKS
+    /// max-age and the refresh intervals of common clients (jwks-rsa 10 min, PyJWKClient 5).
+    #[arg(long, env = "TA_PUBLISH_LEAD", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub publish_lead: Duration,
+
+    /// How long a key signs before the scheduled rotation replaces it.
+    #[arg(long, env = "TA_ROTATION_PERIOD", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub rotation_period: Duration,
+
+    /// Longest Cache-Control max-age of the JWKS response (shorter when the key set is
+    /// about to change).
     #[arg(long, env = "TA_JWKS_MAX_AGE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub jwks_max_age: Duration,
 
@@ -96,6 +106,8 @@ pub struct Config {
     pub max_ttl: u64,
     pub leeway: u64,
     pub jwks_max_age: u64,
+    pub publish_lead: u64,
+    pub rotation_period: u64,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub max_token_bytes: usize,
@@ -127,6 +139,13 @@ impl TryFrom<ServeArgs> for Config {
         let max_ttl = seconds("--max-ttl", args.max_ttl, 1)?;
         let leeway = seconds("--leeway", args.leeway, 0)?;
         let jwks_max_age = seconds("--jwks-max-age", args.jwks_max_age, 0)?;
+        let publish_lead = seconds("--publish-lead", args.publish_lead, 0)?;
+        let rotation_period = seconds("--rotation-period", args.rotation_period, 1)?;
+        if publish_lead > 0 && publish_lead < jwks_max_age {
+            return Err(ConfigError(format!(
+                "--publish-lead ({publish_lead}s) is shorter than --jwks-max-age ({jwks_max_age}s): verifiers could miss a new key"
+            )));
+        }
         if default_ttl > max_ttl {
             return Err(ConfigError(format!(
                 "--default-ttl ({default_ttl}s) is above --max-ttl ({max_ttl}s)"
@@ -157,6 +176,8 @@ impl TryFrom<ServeArgs> for Config {
             max_ttl,
             leeway,
             jwks_max_age,
+            publish_lead,
+            rotation_period,
             shutdown_grace: args.shutdown_grace,
             log_format: args.log_format,
             max_token_bytes: MAX_TOKEN_BYTES,

@@ -43,7 +43,7 @@ impl fmt::Display for Algorithm {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("key generation failed: {0}")]
     Generation(String),

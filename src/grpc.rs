@@ -13,10 +13,13 @@ use tracing::{field, Instrument as _};
 use crate::{
     admin::AdminToken,
     authority::{Authority, AuthorityError},
+    crypto::Algorithm,
+    domain::InvalidArgument,
     domain::{IssueRequest, RequestedTtl, TtlPolicy},
     jwt::verify::Reason,
     keys::KeyState,
     keyset::KeySet,
+    lifecycle::LifecycleError,
     pb::{self, token_authority_server::TokenAuthority},
 };
 
@@ -55,6 +58,12 @@ impl From<AuthorityError> for Status {
         match error {
             AuthorityError::InvalidArgument(invalid) => {
                 Status::invalid_argument(invalid.to_string())
+            }
+            AuthorityError::Lifecycle(
+                error @ (LifecycleError::NotYetSafe { .. } | LifecycleError::LastUsableKey(..)),
+            ) => Status::failed_precondition(error.to_string()),
+            AuthorityError::Lifecycle(error @ LifecycleError::UnknownKey(_)) => {
+                Status::not_found(error.to_string())
             }
             other => {
                 tracing::error!(error = %other, "request failed");
@@ -129,6 +138,7 @@ fn state_to_pb(state: KeyState) -> pb::KeyState {
 }
 
 fn key_infos(keys: &KeySet) -> Vec<pb::KeyInfo> {
+    let timing = keys.timing();
     keys.records()
         .iter()
         .map(|record| pb::KeyInfo {
@@ -139,8 +149,27 @@ fn key_infos(keys: &KeySet) -> Vec<pb::KeyInfo> {
             activated_at: record.activated_at.map(timestamp),
             retired_at: record.retired_at.map(timestamp),
             encrypted_at_rest: keys.encrypted_at_rest(),
+            published_at: Some(timestamp(record.published_at)),
+            activates_at: (record.state == KeyState::Next)
+                .then(|| timestamp(record.published_at + timing.publish_lead)),
+            delete_after: record.delete_after.map(timestamp),
+            revoked_at: record.revoked_at.map(timestamp),
+            revoked_reason: record.revoked_reason.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+/// An optional algorithm name from a request: empty means the default; names are exact.
+fn parse_algorithm(name: &str) -> Result<Option<Algorithm>, AuthorityError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    Algorithm::from_name(name).map(Some).ok_or_else(|| {
+        AuthorityError::InvalidArgument(InvalidArgument {
+            field: "algorithm",
+            reason: format!("{name:?} is not a supported algorithm (RS256, PS256, ES256, EdDSA)"),
+        })
+    })
 }
 
 fn jwks_response(keys: &KeySet) -> pb::GetJwksResponse {
@@ -188,9 +217,10 @@ impl TokenAuthority for GrpcService {
                 },
             )
             .map_err(AuthorityError::from)?;
+            let alg = parse_algorithm(&request.algorithm)?;
             let authority = Arc::clone(&self.authority);
             // An RSA signature is about a millisecond of CPU: keep it off the reactor.
-            let issued = tokio::task::spawn_blocking(move || authority.issue(&parsed, None, now()))
+            let issued = tokio::task::spawn_blocking(move || authority.issue(&parsed, alg, now()))
                 .await
                 .map_err(|e| AuthorityError::Task(e.to_string()))??;
             tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
@@ -256,12 +286,41 @@ impl TokenAuthority for GrpcService {
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
         observe("RotateKeys", async {
             self.check_admin(&request)?;
-            let outcome = self.authority.rotate(now()).await?;
+            let request = request.into_inner();
+            let alg = parse_algorithm(&request.algorithm)?;
+            let outcome = self.authority.rotate(alg, request.force, now()).await?;
             tracing::info!(current = %outcome.current_kid, previous = %outcome.previous_kid, "keys rotated");
             Ok(Response::new(pb::RotateKeysResponse {
                 current_key_id: outcome.current_kid,
                 previous_key_id: outcome.previous_kid,
                 keys: key_infos(&outcome.keys),
+            }))
+        })
+        .await
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        observe("RevokeKey", async {
+            self.check_admin(&request)?;
+            let request = request.into_inner();
+            if request.key_id.is_empty() {
+                return Err(Status::invalid_argument("key_id: is required"));
+            }
+            let reason = request.reason.trim();
+            if reason.len() > 512 {
+                return Err(Status::invalid_argument("reason: is longer than 512 bytes"));
+            }
+            let (current, keys) = self
+                .authority
+                .revoke(&request.key_id, reason, now())
+                .await?;
+            tracing::warn!(kid = %request.key_id, reason, current = %current, "key revoked");
+            Ok(Response::new(pb::RevokeKeyResponse {
+                current_key_id: current,
+                keys: key_infos(&keys),
             }))
         })
         .await

@@ -41,7 +41,7 @@ pub fn router(state: HttpState) -> Router {
 async fn jwks(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let keys = state.authority.keys();
     let jwks = keys.jwks();
-    let cache_control = format!("public, max-age={}", state.jwks_max_age);
+    let cache_control = cache_control(state.jwks_max_age, keys.next_change(), unix_now());
     let etag =
         HeaderValue::from_str(&jwks.etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
     if if_none_match_hits(&headers, &jwks.etag) {
@@ -81,6 +81,20 @@ fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
+/// `max-age` never runs past the next scheduled change of the set. Serving stale on error
+/// or while revalidating is safe: a key is published for the publish lead before it signs.
+fn cache_control(max_age: u64, next_change: Option<u64>, now: u64) -> String {
+    let max_age = next_change.map_or(max_age, |at| max_age.min(at.saturating_sub(now)));
+    format!("public, max-age={max_age}, stale-while-revalidate=60, stale-if-error=86400")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -112,4 +126,17 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 
 async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "not found\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_control;
+
+    #[test]
+    fn max_age_stops_at_the_next_change() {
+        assert!(cache_control(300, None, 1000).starts_with("public, max-age=300,"));
+        assert!(cache_control(300, Some(1100), 1000).starts_with("public, max-age=100,"));
+        assert!(cache_control(300, Some(900), 1000).starts_with("public, max-age=0,"));
+        assert!(cache_control(300, Some(5000), 1000).contains("stale-if-error="));
+    }
 }

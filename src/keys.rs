@@ -59,8 +59,14 @@ pub struct KeyRecord {
     pub state: KeyState,
     /// Unix seconds.
     pub created_at: u64,
+    /// When the key entered the JWKS. It may sign once it has been published for the
+    /// publish lead, so every verifier's cached JWKS holds it before its first token.
+    pub published_at: u64,
     pub activated_at: Option<u64>,
     pub retired_at: Option<u64>,
+    /// For a retired key: when its last possible token has expired (retired_at + the
+    /// largest ttl it signed with + leeway), and the key may be deleted.
+    pub delete_after: Option<u64>,
     pub revoked_at: Option<u64>,
     pub revoked_reason: Option<String>,
     /// The largest ttl a token signed by this key may have had, in seconds. Stored with the

@@ -12,6 +12,7 @@ use crate::{
     crypto::{sha256, Algorithm, CryptoError, SigningKey, VerifyingKey},
     jwk::{render_jwks, PublicJwk},
     keys::{KeyRecord, KeyState},
+    lifecycle::{self, Timing},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub struct KeySet {
     signers: HashMap<Algorithm, Arc<Signer>>,
     jwks: Jwks,
     encrypted_at_rest: bool,
+    next_change: Option<u64>,
+    timing: Timing,
 }
 
 impl KeySet {
@@ -64,6 +67,7 @@ impl KeySet {
         records: Vec<KeyRecord>,
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
+        timing: Timing,
     ) -> Result<KeySet, KeySetError> {
         let mut known = HashMap::new();
         let mut signers = HashMap::new();
@@ -107,6 +111,8 @@ impl KeySet {
         let body = render_jwks(&published);
         let etag = format!("\"{}\"", &b64::encode(sha256(&body))[..27]);
         Ok(KeySet {
+            next_change: lifecycle::next_change(&records, timing),
+            timing,
             records,
             known,
             signers,
@@ -138,6 +144,16 @@ impl KeySet {
 
     pub fn encrypted_at_rest(&self) -> bool {
         self.encrypted_at_rest
+    }
+
+    /// When the published set changes next without anyone asking (unix seconds).
+    pub fn next_change(&self) -> Option<u64> {
+        self.next_change
+    }
+
+    /// The timings this set was built under.
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 }
 

@@ -80,6 +80,26 @@ pub fn keystore_path(config: &Config) -> PathBuf {
     config.data_dir.join("keystore")
 }
 
+/// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
+/// of the key set, and at least every minute so a jump of the wall clock is noticed.
+async fn run_schedule(authority: Arc<Authority>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let now = unix_now();
+        let wait = authority
+            .next_change()
+            .map_or(60, |at| at.saturating_sub(now))
+            .clamp(1, 60);
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = authority.tick(unix_now()).await {
+            // The set in memory is unchanged when a transition fails; the next wake retries.
+            tracing::error!(%error, "scheduled key lifecycle step failed");
+        }
+    }
+}
+
 /// The data directory holds private keys and the admin token: owner-only when we create it.
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
@@ -142,6 +162,8 @@ pub async fn run(
         leeway: config.leeway,
         max_token_bytes: config.max_token_bytes,
         algorithms: vec![Algorithm::RS256],
+        publish_lead: config.publish_lead,
+        rotation_period: config.rotation_period,
     };
     let store_path = keystore_path(&config);
     let authority = tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
@@ -214,6 +236,7 @@ pub async fn run(
         .into_future();
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, "serving");
+    let lifecycle_task = tokio::spawn(run_schedule(Arc::clone(&authority), stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http_server);
     let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
@@ -228,6 +251,8 @@ pub async fn run(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = stop_tx.send(true);
+    // A transition in progress completes (it is one transaction); no new one starts.
+    let _ = lifecycle_task.await;
 
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         let grpc = grpc_task.await;

@@ -66,8 +66,13 @@ struct StoredKey {
     alg: Algorithm,
     state: KeyState,
     created_at: u64,
+    /// Absent in records written before the lifecycle kept it: then equal to created_at.
+    #[serde(default)]
+    published_at: Option<u64>,
     activated_at: Option<u64>,
     retired_at: Option<u64>,
+    #[serde(default)]
+    delete_after: Option<u64>,
     revoked_at: Option<u64>,
     revoked_reason: Option<String>,
     max_token_ttl: u64,
@@ -308,8 +313,10 @@ impl KeyStore {
             alg: stored.alg,
             state: stored.state,
             created_at: stored.created_at,
+            published_at: stored.published_at.unwrap_or(stored.created_at),
             activated_at: stored.activated_at,
             retired_at: stored.retired_at,
+            delete_after: stored.delete_after,
             revoked_at: stored.revoked_at,
             revoked_reason: stored.revoked_reason,
             max_token_ttl: stored.max_token_ttl,
@@ -338,8 +345,10 @@ impl KeyStore {
             alg: record.alg,
             state: record.state,
             created_at: record.created_at,
+            published_at: Some(record.published_at),
             activated_at: record.activated_at,
             retired_at: record.retired_at,
+            delete_after: record.delete_after,
             revoked_at: record.revoked_at,
             revoked_reason: record.revoked_reason.clone(),
             max_token_ttl: record.max_token_ttl,
@@ -351,6 +360,12 @@ impl KeyStore {
     /// Writes `records` (inserting or replacing by kid) in one transaction together with
     /// the format marker, then flushes. Returns only once the change is on disk.
     pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        self.apply(records, &[])
+    }
+
+    /// Writes `records` and deletes the keys named in `deleted`, in one transaction, then
+    /// flushes. Returns only once the change is on disk.
+    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
         let encoded = records
             .iter()
             .map(|record| Ok((record.kid.clone(), self.encode(record)?)))
@@ -367,6 +382,9 @@ impl KeyStore {
                 meta.insert(GENERATION_KEY, &next.to_be_bytes())?;
                 for (kid, value) in &encoded {
                     keys.insert(kid.as_bytes(), value.as_slice())?;
+                }
+                for kid in deleted {
+                    keys.remove(kid.as_bytes())?;
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -429,8 +447,10 @@ mod tests {
             alg: Algorithm::RS256,
             state: KeyState::Current,
             created_at: 10,
+            published_at: 10,
             activated_at: Some(10),
             retired_at: None,
+            delete_after: None,
             revoked_at: None,
             revoked_reason: None,
             max_token_ttl: 3600,

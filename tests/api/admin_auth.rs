@@ -26,7 +26,7 @@ async fn admin_rpcs_need_the_admin_token() {
     for (name, value) in cases {
         let mut client = server.client.clone();
         let status = client
-            .rotate_keys(with_authorization(pb::RotateKeysRequest {}, value))
+            .rotate_keys(with_authorization(pb::RotateKeysRequest::default(), value))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "RotateKeys, {name}");
@@ -35,10 +35,21 @@ async fn admin_rpcs_need_the_admin_token() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "ListKeys, {name}");
+        let status = client
+            .revoke_key(with_authorization(
+                pb::RevokeKeyRequest {
+                    key_id: "x".into(),
+                    reason: String::new(),
+                },
+                value,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "RevokeKey, {name}");
     }
-    // Nothing rotated.
+    // Nothing rotated: still one current and one next.
     let jwks = server.http_jwks().await;
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     server.stop().await;
 }
 
@@ -79,6 +90,6 @@ async fn generated_admin_token_is_written_privately_and_works() {
         ))
         .await
         .unwrap();
-    assert_eq!(listed.into_inner().keys.len(), 1);
+    assert_eq!(listed.into_inner().keys.len(), 2);
     server.stop().await;
 }

@@ -89,15 +89,42 @@ async fn grpcurl_discovers_and_drives_the_api() {
         "tokenauthority.v1.TokenAuthority/ListKeys",
     ]);
     assert!(listed.contains("KEY_STATE_CURRENT"), "{listed}");
-    let rotated: serde_json::Value = serde_json::from_str(&ok(&[
+    // Right after the first start the next key has not been published for the lead yet.
+    let early = run(&[
         "-plaintext",
         "-H",
         &auth,
         &addr,
         "tokenauthority.v1.TokenAuthority/RotateKeys",
+    ]);
+    assert_eq!(early.status.code(), Some(64 + 9), "{early:?}");
+    assert!(String::from_utf8_lossy(&early.stderr).contains("set force"));
+    let rotated: serde_json::Value = serde_json::from_str(&ok(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"force":true}"#,
+        &addr,
+        "tokenauthority.v1.TokenAuthority/RotateKeys",
     ]))
     .unwrap();
     assert_eq!(rotated["previousKeyId"], issued["keyId"], "{rotated}");
+    let revoke_body =
+        serde_json::json!({ "key_id": issued["keyId"], "reason": "drill" }).to_string();
+    let revoked = ok(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        &revoke_body,
+        &addr,
+        "tokenauthority.v1.TokenAuthority/RevokeKey",
+    ]);
+    assert!(
+        revoked.contains("KEY_STATE_REVOKED") && revoked.contains("drill"),
+        "{revoked}"
+    );
 
     // Errors are readable: the code and the message, exit status 64 + code.
     let denied = run(&[

@@ -12,7 +12,7 @@ use token_authority::{
     b64,
     config::{Cli, Command, Config},
     crypto::{Algorithm, SigningKey},
-    keys, lifecycle,
+    keys::{self, KeyRecord, KeyState},
     pb::{self, token_authority_client::TokenAuthorityClient},
     server::{self, Listeners, ServerError},
     store::KeyStore,
@@ -59,12 +59,30 @@ pub struct KnownKey {
 impl KnownKey {
     /// Writes a fresh current RS256 key into `dir`'s keystore.
     pub fn seed(dir: &DataDir) -> KnownKey {
+        KnownKey::seed_activated(dir, now() - 10)
+    }
+
+    /// Like `seed`, with the key current since `activated_at`.
+    pub fn seed_activated(dir: &DataDir, activated_at: u64) -> KnownKey {
         std::fs::create_dir_all(&dir.path).unwrap();
         let generated = keys::generate(Algorithm::RS256).unwrap();
         let signer =
             SigningKey::from_pkcs8(Algorithm::RS256, generated.private_key.as_bytes()).unwrap();
         let kid = generated.kid.clone();
-        let record = lifecycle::first_key(generated, now() - 10, 86400);
+        let record = KeyRecord {
+            kid: generated.kid,
+            alg: generated.alg,
+            state: KeyState::Current,
+            created_at: activated_at,
+            published_at: activated_at,
+            activated_at: Some(activated_at),
+            retired_at: None,
+            delete_after: None,
+            revoked_at: None,
+            revoked_reason: None,
+            max_token_ttl: 86400,
+            private_key: generated.private_key,
+        };
         let (store, existing) = KeyStore::open(&dir.path.join("keystore"), None).unwrap();
         assert!(existing.is_empty(), "seed only a new data directory");
         store.write(&[record]).unwrap();
@@ -217,10 +235,14 @@ impl TestServer {
             .into_inner()
     }
 
+    /// A forced rotation: the published next key signs at once.
     pub async fn rotate(&self) -> pb::RotateKeysResponse {
         self.client
             .clone()
-            .rotate_keys(admin(pb::RotateKeysRequest {}))
+            .rotate_keys(admin(pb::RotateKeysRequest {
+                force: true,
+                ..Default::default()
+            }))
             .await
             .unwrap()
             .into_inner()

@@ -13,7 +13,7 @@ async fn jwks_has_cache_headers_a_strong_etag_and_answers_304() {
     assert_eq!(first.headers()[header::CONTENT_TYPE], "application/json");
     assert_eq!(
         first.headers()[header::CACHE_CONTROL],
-        "public, max-age=120"
+        "public, max-age=120, stale-while-revalidate=60, stale-if-error=86400"
     );
     let etag = first.headers()[header::ETAG].to_str().unwrap().to_owned();
     assert!(
@@ -48,7 +48,7 @@ async fn jwks_has_cache_headers_a_strong_etag_and_answers_304() {
         assert_eq!(response.headers()[header::ETAG], etag.as_str(), "{name}");
         assert_eq!(
             response.headers()[header::CACHE_CONTROL],
-            "public, max-age=120",
+            "public, max-age=120, stale-while-revalidate=60, stale-if-error=86400",
             "{name}"
         );
         if status == StatusCode::NOT_MODIFIED {

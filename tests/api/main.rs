@@ -8,6 +8,7 @@ mod binary;
 mod grpcurl;
 mod helpers;
 mod jwks_http;
+mod lifecycle;
 mod persistence_and_rotation;
 mod round_trip;
 mod startup_refusals;

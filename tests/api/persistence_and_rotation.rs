@@ -73,22 +73,64 @@ async fn list_keys_shows_every_key_with_state_and_times() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.keys.len(), 3);
-    let current: Vec<_> = listed
-        .keys
-        .iter()
-        .filter(|k| k.state == pb::KeyState::Current as i32)
-        .collect();
-    assert_eq!(current.len(), 1);
+    // Two retired, one current, one next.
+    assert_eq!(listed.keys.len(), 4);
+    for state in [pb::KeyState::Current, pb::KeyState::Next] {
+        assert_eq!(
+            listed
+                .keys
+                .iter()
+                .filter(|k| k.state == state as i32)
+                .count(),
+            1
+        );
+    }
     for key in &listed.keys {
+        let state = pb::KeyState::try_from(key.state).unwrap();
         assert_eq!(key.algorithm, "RS256");
-        assert!(key.created_at.is_some() && key.activated_at.is_some());
+        assert!(key.created_at.is_some() && key.published_at.is_some());
+        assert_eq!(
+            key.activated_at.is_some(),
+            state != pb::KeyState::Next,
+            "{key:?}"
+        );
+        assert_eq!(
+            key.activates_at.is_some(),
+            state == pb::KeyState::Next,
+            "{key:?}"
+        );
         assert_eq!(
             key.retired_at.is_some(),
-            key.state == pb::KeyState::Retired as i32
+            state == pb::KeyState::Retired,
+            "{key:?}"
+        );
+        assert_eq!(
+            key.delete_after.is_some(),
+            state == pb::KeyState::Retired,
+            "{key:?}"
         );
         assert!(!key.encrypted_at_rest);
     }
+    let next = listed
+        .keys
+        .iter()
+        .find(|k| k.state == pb::KeyState::Next as i32)
+        .unwrap();
+    // The default publish lead is 15 minutes.
+    assert_eq!(
+        next.activates_at.unwrap().seconds - next.published_at.unwrap().seconds,
+        15 * 60
+    );
+    let retired = listed
+        .keys
+        .iter()
+        .find(|k| k.state == pb::KeyState::Retired as i32)
+        .unwrap();
+    // Retention: retired_at + max ttl (24h) + leeway (60s).
+    assert_eq!(
+        retired.delete_after.unwrap().seconds - retired.retired_at.unwrap().seconds,
+        86400 + 60
+    );
     server.stop().await;
 }
 

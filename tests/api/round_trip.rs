@@ -20,6 +20,7 @@ async fn issued_token_verifies_with_the_claims_asked_for() {
             }),
             claims_json: r#"{"tenant":"acme","scopes":["read","write"],"n":9007199254740993}"#
                 .into(),
+            algorithm: String::new(),
         })
         .await
         .unwrap()
@@ -109,8 +110,9 @@ async fn grpc_and_http_serve_the_same_jwks_without_private_members() {
     assert_eq!(grpc.jwks_json, http_body);
     let jwks: serde_json::Value = serde_json::from_str(&http_body).unwrap();
     let keys = jwks["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 2);
-    assert_eq!(grpc.keys.len(), 2);
+    // retired + current + next
+    assert_eq!(keys.len(), 3);
+    assert_eq!(grpc.keys.len(), 3);
     for (key, structured) in keys.iter().zip(&grpc.keys) {
         let members: Vec<&str> = key
             .as_object()

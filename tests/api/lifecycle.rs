@@ -1,0 +1,217 @@
+//! The key lifecycle invariants over the real server: publish before sign, retention,
+//! revocation, and a schedule that survives restarts.
+
+use token_authority::pb;
+use tonic::Code;
+
+use crate::helpers::{
+    admin, config, kids, now, verify_independently, DataDir, KnownKey, TestServer,
+};
+
+/// A verifier that cached the JWKS before a rotation verifies every token issued after it.
+#[tokio::test]
+async fn publish_before_sign_a_cached_jwks_verifies_tokens_after_rotations() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let cached = server.http_jwks().await;
+    let rotated = server.rotate().await;
+    assert!(
+        kids(&cached).contains(&rotated.current_key_id),
+        "the new signer was not published before"
+    );
+    let token = server.issue("svc", &["api"]).await;
+    assert_eq!(token.key_id, rotated.current_key_id);
+    verify_independently(&cached, &token.token, &server.issuer, "api").unwrap();
+    // Every token returned carries a kid both JWKS views already serve.
+    let grpc_jwks = server
+        .client
+        .clone()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grpc_jwks.keys.iter().any(|k| k.kid == token.key_id));
+    server.stop().await;
+}
+
+/// A manual rotation before the next key has been published for the lead is refused with
+/// when it will be safe.
+#[tokio::test]
+async fn early_rotation_is_refused_unless_forced() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(&dir, &["--publish-lead", "10m"])).await;
+    let status = server
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("publish lead") && status.message().contains("set force"),
+        "{}",
+        status.message()
+    );
+    let forced = server.rotate().await;
+    assert!(!forced.current_key_id.is_empty());
+    // A zero lead rotates at once.
+    server.stop().await;
+    let server = TestServer::start_with(config(&dir, &["--publish-lead", "0s"])).await;
+    server
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest::default()))
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+/// A token stays verifiable until its own exp across several rotations.
+#[tokio::test]
+async fn retention_old_tokens_verify_across_rotations() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let mut tokens = Vec::new();
+    for _ in 0..4 {
+        tokens.push(server.issue("svc", &["api"]).await);
+        server.rotate().await;
+    }
+    let jwks = server.http_jwks().await;
+    for token in &tokens {
+        assert!(server.verify(&token.token, "api").await.valid);
+        verify_independently(&jwks, &token.token, &server.issuer, "api").unwrap();
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn revocation_withdraws_the_key_at_once_and_is_remembered() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let token = server.issue("svc", &["api"]).await;
+    let before = server.http_jwks().await;
+    let revoked = server
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: token.key_id.clone(),
+            reason: "private key leaked".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    // The next key, already published, signs at once.
+    assert_ne!(revoked.current_key_id, token.key_id);
+    assert!(kids(&before).contains(&revoked.current_key_id));
+    let http = server.http_jwks().await;
+    let grpc = server
+        .client
+        .clone()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!kids(&http).contains(&token.key_id));
+    assert!(!grpc.keys.iter().any(|k| k.kid == token.key_id));
+    let verdict = server.verify(&token.token, "api").await;
+    assert!(!verdict.valid);
+    assert_eq!(verdict.reason, pb::VerifyFailureReason::RevokedKey as i32);
+    assert_eq!(
+        server.issue("svc", &[]).await.key_id,
+        revoked.current_key_id
+    );
+    let info = revoked
+        .keys
+        .iter()
+        .find(|k| k.key_id == token.key_id)
+        .unwrap();
+    assert_eq!(info.state, pb::KeyState::Revoked as i32);
+    assert_eq!(info.revoked_reason, "private key leaked");
+
+    let unknown = server
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: "no-such-kid".into(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Remembered across a restart: never back in the JWKS, its tokens still rejected.
+    server.stop().await;
+    let server = TestServer::start(&dir).await;
+    assert!(!kids(&server.http_jwks().await).contains(&token.key_id));
+    assert_eq!(
+        server.verify(&token.token, "api").await.reason,
+        pb::VerifyFailureReason::RevokedKey as i32
+    );
+    server.stop().await;
+}
+
+/// The schedule is computed from stored times: a restart neither rotates early nor forgets
+/// a rotation that fell due while the server was down.
+#[tokio::test]
+async fn restart_keeps_the_schedule() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(&dir, &["--rotation-period", "1h"])).await;
+    let signer = server.issue("svc", &[]).await.key_id;
+    server.stop().await;
+    let server = TestServer::start_with(config(&dir, &["--rotation-period", "1h"])).await;
+    assert_eq!(
+        server.issue("svc", &[]).await.key_id,
+        signer,
+        "rotated early on restart"
+    );
+    server.stop().await;
+
+    // A key current for two days under a one-day period: the start performs the rotation.
+    let dir = DataDir::new();
+    let old = KnownKey::seed_activated(&dir, now() - 2 * 86400);
+    let server = TestServer::start_with(config(&dir, &["--publish-lead", "0s"])).await;
+    let listed = server
+        .client
+        .clone()
+        .list_keys(admin(pb::ListKeysRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let old_info = listed.keys.iter().find(|k| k.key_id == old.kid).unwrap();
+    assert_eq!(old_info.state, pb::KeyState::Retired as i32, "{listed:?}");
+    assert_ne!(server.issue("svc", &[]).await.key_id, old.kid);
+    server.stop().await;
+}
+
+/// The JWKS max-age never reaches past the next scheduled change of the set.
+#[tokio::test]
+async fn jwks_max_age_follows_the_schedule() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(
+        &dir,
+        &["--rotation-period", "100s", "--publish-lead", "0s"],
+    ))
+    .await;
+    let response = server
+        .http
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    let cache_control = response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let max_age: u64 = cache_control
+        .split(", ")
+        .find_map(|part| part.strip_prefix("max-age="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max_age <= 100, "{cache_control}");
+    assert!(
+        cache_control.contains("stale-while-revalidate=")
+            && cache_control.contains("stale-if-error=")
+    );
+    server.stop().await;
+}
