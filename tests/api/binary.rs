@@ -13,6 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_token-authority");
 /// A running binary and the addresses it logged.
 pub struct Process {
     pub child: Child,
+    pub grpc: String,
     pub http: String,
     pub log: std::sync::mpsc::Receiver<String>,
 }
@@ -48,6 +49,7 @@ pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
     // Owned by `Process` from here on, so a failed start is still killed and reaped.
     let mut process = Process {
         child,
+        grpc: String::new(),
         http: String::new(),
         log: rx,
     };
@@ -59,6 +61,7 @@ pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
         let event: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         if event["fields"]["message"] == "serving" {
+            process.grpc = event["fields"]["grpc"].as_str().unwrap().to_owned();
             process.http = event["fields"]["http"].as_str().unwrap().to_owned();
             return process;
         }

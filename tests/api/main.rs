@@ -5,6 +5,7 @@ mod admin_auth;
 mod bad_requests;
 mod bad_tokens;
 mod binary;
+mod crash;
 mod grpcurl;
 mod helpers;
 mod jwks_http;
