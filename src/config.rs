@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::crypto::Algorithm;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "token-authority",
@@ -58,6 +60,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
 
+    /// Signing algorithms, comma-separated, from RS256, PS256, ES256, EdDSA. Each keeps its
+    /// own keys; the first is the default for IssueToken.
+    #[arg(
+        long,
+        env = "TA_ALGORITHMS",
+        default_value = "RS256",
+        value_delimiter = ','
+    )]
+    pub algorithms: Vec<String>,
+
     /// Lifetime of a token when the request sets none.
     #[arg(long, env = "TA_DEFAULT_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub default_ttl: Duration,
@@ -106,6 +118,7 @@ pub struct Config {
     pub max_ttl: u64,
     pub leeway: u64,
     pub jwks_max_age: u64,
+    pub algorithms: Vec<Algorithm>,
     pub publish_lead: u64,
     pub rotation_period: u64,
     pub shutdown_grace: Duration,
@@ -157,6 +170,22 @@ impl TryFrom<ServeArgs> for Config {
         if leeway > 3600 {
             return Err(ConfigError("--leeway must be at most 1h".into()));
         }
+        let mut algorithms = Vec::new();
+        for name in &args.algorithms {
+            let name = name.trim();
+            let alg = Algorithm::from_name(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "--algorithms: {name:?} is not one of RS256, PS256, ES256, EdDSA (names are case-sensitive)"
+                ))
+            })?;
+            if algorithms.contains(&alg) {
+                return Err(ConfigError(format!("--algorithms names {name} twice")));
+            }
+            algorithms.push(alg);
+        }
+        if algorithms.is_empty() {
+            return Err(ConfigError("--algorithms names no algorithm".into()));
+        }
         if let Some(issuer) = &args.issuer {
             let scheme_ok = issuer.starts_with("https://") || issuer.starts_with("http://");
             if !scheme_ok || issuer.chars().any(char::is_whitespace) || issuer.ends_with('/') {
@@ -176,6 +205,7 @@ impl TryFrom<ServeArgs> for Config {
             max_ttl,
             leeway,
             jwks_max_age,
+            algorithms,
             publish_lead,
             rotation_period,
             shutdown_grace: args.shutdown_grace,
@@ -219,6 +249,9 @@ mod tests {
             (&["--issuer", "ftp://x"], "--issuer"),
             (&["--issuer", "https://x/"], "--issuer"),
             (&["--log-format", "xml"], "--log-format"),
+            (&["--algorithms", "RS256,HS256"], "--algorithms"),
+            (&["--algorithms", "es256"], "--algorithms"),
+            (&["--algorithms", "RS256,RS256"], "--algorithms"),
         ];
         for (args, flag) in cases {
             let err = parse(args).unwrap_err();

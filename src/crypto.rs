@@ -9,23 +9,38 @@ use std::fmt;
 use ring::{
     digest,
     rand::{SecureRandom, SystemRandom},
-    signature::{self, KeyPair as _, RsaKeyPair, UnparsedPublicKey},
+    signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, UnparsedPublicKey},
 };
 use zeroize::Zeroizing;
 
 /// A JWS signing algorithm this authority supports (RFC 7518 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, RSA-2048.
     RS256,
+    /// RSASSA-PSS with SHA-256, RSA-2048.
+    PS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
 }
 
 impl Algorithm {
-    pub const ALL: &'static [Algorithm] = &[Algorithm::RS256];
+    pub const ALL: &'static [Algorithm] = &[
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ];
 
     /// The JOSE `alg` name, compared exactly: `rs256` is not `RS256`.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+            Algorithm::ES256 => "ES256",
+            Algorithm::EdDSA => "EdDSA",
         }
     }
 
@@ -78,8 +93,20 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// ring cannot generate RSA keys, so the `rsa` crate does; ring then loads the result like
 /// any key made by `openssl genpkey`.
 pub fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let rng = SystemRandom::new();
     match alg {
-        Algorithm::RS256 => {
+        Algorithm::ES256 => {
+            let document =
+                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| CryptoError::Generation("ECDSA P-256".into()))?;
+            Ok(Zeroizing::new(document.as_ref().to_vec()))
+        }
+        Algorithm::EdDSA => {
+            let document = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| CryptoError::Generation("Ed25519".into()))?;
+            Ok(Zeroizing::new(document.as_ref().to_vec()))
+        }
+        Algorithm::RS256 | Algorithm::PS256 => {
             use rsa::pkcs8::EncodePrivateKey as _;
             let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
                 .map_err(|e| CryptoError::Generation(e.to_string()))?;
@@ -96,20 +123,33 @@ pub fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, CryptoError>
 pub enum PublicComponents {
     /// Big-endian modulus and exponent without leading zeros.
     Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// P-256 point coordinates, 32 bytes each.
+    EcP256 { x: Vec<u8>, y: Vec<u8> },
+    /// The 32-byte Ed25519 public key.
+    Ed25519 { x: Vec<u8> },
 }
 
 impl fmt::Debug for PublicComponents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublicComponents::Rsa { n, .. } => write!(f, "Rsa({} bit)", n.len() * 8),
+            PublicComponents::EcP256 { .. } => f.write_str("EcP256"),
+            PublicComponents::Ed25519 { .. } => f.write_str("Ed25519"),
         }
     }
+}
+
+/// A parsed private key of one of the supported types.
+enum KeyPair {
+    Rsa(RsaKeyPair),
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
 }
 
 /// A private key parsed once and ready to sign.
 pub struct SigningKey {
     alg: Algorithm,
-    rsa: RsaKeyPair,
+    pair: KeyPair,
     rng: SystemRandom,
 }
 
@@ -124,19 +164,23 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<SigningKey, CryptoError> {
-        let rsa = match alg {
-            Algorithm::RS256 => {
-                RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| CryptoError::BadPrivateKey {
-                    alg,
-                    reason: e.to_string(),
-                })?
+        let rng = SystemRandom::new();
+        let bad = |reason: String| CryptoError::BadPrivateKey { alg, reason };
+        let pair = match alg {
+            Algorithm::RS256 | Algorithm::PS256 => {
+                KeyPair::Rsa(RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| bad(e.to_string()))?)
             }
+            Algorithm::ES256 => KeyPair::Ecdsa(
+                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            // `maybe_unchecked` also accepts PKCS#8 v1 documents, as `openssl genpkey` writes.
+            Algorithm::EdDSA => KeyPair::Ed25519(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
         };
-        Ok(SigningKey {
-            alg,
-            rsa,
-            rng: SystemRandom::new(),
-        })
+        Ok(SigningKey { alg, pair, rng })
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -144,32 +188,64 @@ impl SigningKey {
     }
 
     pub fn public_components(&self) -> PublicComponents {
-        let components = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(self.rsa.public());
-        PublicComponents::Rsa {
-            n: components.n,
-            e: components.e,
+        match &self.pair {
+            KeyPair::Rsa(rsa) => {
+                let components = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(rsa.public());
+                PublicComponents::Rsa {
+                    n: components.n,
+                    e: components.e,
+                }
+            }
+            KeyPair::Ecdsa(ec) => {
+                // An uncompressed point: 0x04 || x || y.
+                let point = ec.public_key().as_ref();
+                PublicComponents::EcP256 {
+                    x: point[1..33].to_vec(),
+                    y: point[33..65].to_vec(),
+                }
+            }
+            KeyPair::Ed25519(ed) => PublicComponents::Ed25519 {
+                x: ed.public_key().as_ref().to_vec(),
+            },
         }
     }
 
     /// The verifier for this key's public half.
     pub fn verifying_key(&self) -> VerifyingKey {
+        let (public_der, signature_len) = match &self.pair {
+            KeyPair::Rsa(rsa) => (
+                rsa.public_key().as_ref().to_vec(),
+                rsa.public().modulus_len(),
+            ),
+            KeyPair::Ecdsa(ec) => (ec.public_key().as_ref().to_vec(), 64),
+            KeyPair::Ed25519(ed) => (ed.public_key().as_ref().to_vec(), 64),
+        };
         VerifyingKey {
             alg: self.alg,
-            public_der: self.rsa.public_key().as_ref().to_vec(),
-            signature_len: self.rsa.public().modulus_len(),
+            public_der,
+            signature_len,
             components: self.public_components(),
         }
     }
 
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut signature = vec![0u8; self.rsa.public().modulus_len()];
-        let padding = match self.alg {
-            Algorithm::RS256 => &signature::RSA_PKCS1_SHA256,
-        };
-        self.rsa
-            .sign(padding, &self.rng, message, &mut signature)
-            .map_err(|_| CryptoError::Signing)?;
-        Ok(signature)
+        match &self.pair {
+            KeyPair::Rsa(rsa) => {
+                let mut signature = vec![0u8; rsa.public().modulus_len()];
+                let padding: &dyn signature::RsaEncoding = match self.alg {
+                    Algorithm::PS256 => &signature::RSA_PSS_SHA256,
+                    _ => &signature::RSA_PKCS1_SHA256,
+                };
+                rsa.sign(padding, &self.rng, message, &mut signature)
+                    .map_err(|_| CryptoError::Signing)?;
+                Ok(signature)
+            }
+            KeyPair::Ecdsa(ec) => ec
+                .sign(&self.rng, message)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| CryptoError::Signing),
+            KeyPair::Ed25519(ed) => Ok(ed.sign(message).as_ref().to_vec()),
+        }
     }
 }
 
@@ -201,8 +277,11 @@ impl VerifyingKey {
         if signature.len() != self.signature_len {
             return false;
         }
-        let params = match self.alg {
+        let params: &dyn signature::VerificationAlgorithm = match self.alg {
             Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+            Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Algorithm::EdDSA => &signature::ED25519,
         };
         UnparsedPublicKey::new(params, &self.public_der)
             .verify(message, signature)
@@ -285,9 +364,33 @@ mod tests {
         assert!(verifier.verify(b"message", &sig));
         assert!(!verifier.verify(b"messagE", &sig));
         assert!(!verifier.verify(b"message", &sig[..255]));
-        let PublicComponents::Rsa { n, e } = key.public_components();
+        let PublicComponents::Rsa { n, e } = key.public_components() else {
+            panic!("an RSA key")
+        };
         assert_eq!(n.len(), 256);
         assert_eq!(e, vec![1, 0, 1]);
+    }
+
+    #[test]
+    fn every_algorithm_signs_and_verifies_and_rejects_the_others() {
+        let keys: Vec<SigningKey> = Algorithm::ALL
+            .iter()
+            .map(|&alg| SigningKey::from_pkcs8(alg, &generate_pkcs8(alg).unwrap()).unwrap())
+            .collect();
+        for key in &keys {
+            let sig = key.sign(b"payload").unwrap();
+            assert_eq!(
+                sig.len(),
+                key.verifying_key().signature_len(),
+                "{}",
+                key.algorithm()
+            );
+            for other in &keys {
+                let expected = std::ptr::eq(key, other);
+                assert_eq!(other.verifying_key().verify(b"payload", &sig), expected);
+            }
+            assert!(!key.verifying_key().verify(b"payloaD", &sig));
+        }
     }
 
     #[test]

@@ -186,9 +186,9 @@ fn jwks_response(keys: &KeySet) -> pb::GetJwksResponse {
                 alg: jwk.alg.to_owned(),
                 n: jwk.n.clone().unwrap_or_default(),
                 e: jwk.e.clone().unwrap_or_default(),
-                crv: String::new(),
-                x: String::new(),
-                y: String::new(),
+                crv: jwk.crv.unwrap_or_default().to_owned(),
+                x: jwk.x.clone().unwrap_or_default(),
+                y: jwk.y.clone().unwrap_or_default(),
             })
             .collect(),
     }

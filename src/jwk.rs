@@ -22,18 +22,46 @@ pub struct PublicJwk {
     pub n: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
 }
 
 impl PublicJwk {
     pub fn new(kid: &str, alg: Algorithm, public: &PublicComponents) -> PublicJwk {
+        let base = PublicJwk {
+            kty: "",
+            kid: kid.to_owned(),
+            use_: "sig",
+            alg: alg.name(),
+            n: None,
+            e: None,
+            crv: None,
+            x: None,
+            y: None,
+        };
         match public {
             PublicComponents::Rsa { n, e } => PublicJwk {
                 kty: "RSA",
-                kid: kid.to_owned(),
-                use_: "sig",
-                alg: alg.name(),
                 n: Some(b64::encode(n)),
                 e: Some(b64::encode(e)),
+                ..base
+            },
+            PublicComponents::EcP256 { x, y } => PublicJwk {
+                kty: "EC",
+                crv: Some("P-256"),
+                x: Some(b64::encode(x)),
+                y: Some(b64::encode(y)),
+                ..base
+            },
+            PublicComponents::Ed25519 { x } => PublicJwk {
+                kty: "OKP",
+                crv: Some("Ed25519"),
+                x: Some(b64::encode(x)),
+                ..base
             },
         }
     }
@@ -49,6 +77,17 @@ pub fn thumbprint(public: &PublicComponents) -> String {
             b64::encode(e),
             b64::encode(n)
         ),
+        PublicComponents::EcP256 { x, y } => format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            b64::encode(x),
+            b64::encode(y)
+        ),
+        PublicComponents::Ed25519 { x } => {
+            format!(
+                r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+                b64::encode(x)
+            )
+        }
     };
     b64::encode(sha256(canonical.as_bytes()))
 }
@@ -75,6 +114,16 @@ mod tests {
         assert_eq!(
             thumbprint(&PublicComponents::Rsa { n, e }),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    /// RFC 8037 appendix A.3: the thumbprint of its example Ed25519 key.
+    #[test]
+    fn thumbprint_matches_rfc8037_example() {
+        let x = b64::decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo").unwrap();
+        assert_eq!(
+            thumbprint(&PublicComponents::Ed25519 { x }),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
     }
 }

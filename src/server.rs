@@ -24,7 +24,6 @@ use crate::{
     admin::{AdminToken, AdminTokenError, AdminTokenSource},
     authority::{Authority, AuthorityError, Settings},
     config::Config,
-    crypto::Algorithm,
     grpc::GrpcService,
     http::{self, HttpState},
     kek::{KekError, Keks},
@@ -161,7 +160,7 @@ pub async fn run(
         max_ttl: config.max_ttl,
         leeway: config.leeway,
         max_token_bytes: config.max_token_bytes,
-        algorithms: vec![Algorithm::RS256],
+        algorithms: config.algorithms.clone(),
         publish_lead: config.publish_lead,
         rotation_period: config.rotation_period,
     };

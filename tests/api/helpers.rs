@@ -284,7 +284,15 @@ pub fn verify_independently(
         .find(&kid)
         .ok_or_else(|| format!("kid {kid} not in the JWKS"))?;
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // The algorithm the JWK names, as a careful verifier pins it (never the token's header).
+    let alg: jsonwebtoken::Algorithm = jwk
+        .common
+        .key_algorithm
+        .ok_or("the JWK has no alg")?
+        .to_string()
+        .parse()
+        .map_err(|e: jsonwebtoken::errors::Error| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(alg);
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[audience]);
     jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)

@@ -2,6 +2,7 @@
 //! directory and talks to it over real gRPC and HTTP.
 
 mod admin_auth;
+mod algorithms;
 mod bad_requests;
 mod bad_tokens;
 mod binary;
