@@ -23,6 +23,54 @@ pub struct Cli {
 pub enum Command {
     /// Run the authority: gRPC API and HTTP JWKS endpoint.
     Serve(ServeArgs),
+    /// Work on the keys of a stopped authority's data directory.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print every key with its state and times (what ListKeys answers).
+    List(ListArgs),
+    /// Add an existing PKCS#8 private key (PEM, as `openssl genpkey` writes) as the next key;
+    /// it then rotates in under the usual rules.
+    Import(ImportArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ListArgs {
+    /// The data directory of a stopped authority.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The KEK file the server uses (needed when the keystore is encrypted).
+    #[arg(long, env = "TA_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// The server's publish lead, to show when the next key may sign.
+    #[arg(long, env = "TA_PUBLISH_LEAD", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub publish_lead: Duration,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ImportArgs {
+    /// The data directory of a stopped authority.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The KEK file the server uses (the imported key is sealed under its first KEK).
+    #[arg(long, env = "TA_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// The private key: a PEM "PRIVATE KEY" (PKCS#8) block, RSA, P-256 or Ed25519.
+    #[arg(long)]
+    pub pem: PathBuf,
+    /// Keep an existing key id (so tokens already issued under it still verify).
+    /// Default: the RFC 7638 thumbprint.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// For an RSA key: RS256 (default) or PS256.
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// The server's max ttl: the retention bound recorded with the key.
+    #[arg(long, env = "TA_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -223,7 +271,9 @@ mod tests {
         let mut argv = vec!["token-authority", "serve"];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            unreachable!("serve was parsed")
+        };
         Config::try_from(args).map_err(|e| e.to_string())
     }
 

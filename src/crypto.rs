@@ -118,6 +118,27 @@ pub fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, CryptoError>
     }
 }
 
+/// The algorithm a PKCS#8 private key can sign with, judged by which key type parses it.
+/// RSA keys answer RS256 (the same key could sign PS256: the caller may say so).
+pub fn detect_algorithm(pkcs8: &[u8]) -> Option<Algorithm> {
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
+        .into_iter()
+        .find(|&alg| SigningKey::from_pkcs8(alg, pkcs8).is_ok())
+}
+
+/// The DER inside a PEM `PRIVATE KEY` block (PKCS#8, as `openssl genpkey` writes).
+pub fn pkcs8_from_pem(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    let (label, der) =
+        pem_rfc7468::decode_vec(pem).map_err(|e| format!("not a PEM document: {e}"))?;
+    let der = Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return Err(format!(
+            "a PEM \"{label}\" block; expected \"PRIVATE KEY\" (PKCS#8). Convert with: openssl pkcs8 -topk8 -nocrypt -in key.pem"
+        ));
+    }
+    Ok(der)
+}
+
 /// The public half of a key, in the form a JWK publishes it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicComponents {

@@ -8,6 +8,7 @@
 //! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.
+//! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
 //! - `store`: the sled keystore; `kek`: key-encryption keys sealing private keys at rest.
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
 //! - `crypto`: the crypto provider (ring); `b64`: base64url; `admin`: the admin token.
@@ -26,6 +27,7 @@ pub mod jwk;
 pub mod jwt;
 pub mod kek;
 pub mod keys;
+pub mod keys_command;
 pub mod keyset;
 pub mod lifecycle;
 pub mod pb;

@@ -345,6 +345,31 @@ pub fn revoke(
     Ok(draft.finish())
 }
 
+/// Adds an existing key (a team's own, made with `openssl genpkey`) as the `next` key of its
+/// algorithm; it then rotates in under the same rules. A generated next key it replaces never
+/// signed, so it is deleted. On a store without keys the imported key is the only one, and
+/// it signs from the first start.
+pub fn import(
+    records: &[KeyRecord],
+    key: GeneratedKey,
+    now: u64,
+    max_ttl: u64,
+) -> Result<Plan, LifecycleError> {
+    if records.iter().any(|r| r.kid == key.kid) {
+        return Err(LifecycleError::DuplicateKid(key.kid));
+    }
+    let mut plan = Plan::default();
+    if let Some(next) = records
+        .iter()
+        .find(|r| r.alg == key.alg && r.state == KeyState::Next && r.activated_at.is_none())
+    {
+        plan.deleted.push(next.kid.clone());
+    }
+    plan.changed
+        .push(new_record(key, KeyState::Next, now, max_ttl));
+    Ok(plan)
+}
+
 /// When the published set changes next without anyone asking (a rotation or a deletion),
 /// if ever: the JWKS may not be cached past it.
 pub fn next_change(records: &[KeyRecord], timing: Timing) -> Option<u64> {
@@ -636,6 +661,63 @@ mod tests {
         )
         .unwrap();
         assert!(!later.deleted.contains(&"k1".to_owned()));
+    }
+
+    #[test]
+    fn an_imported_key_replaces_next_and_rotates_in_under_the_rules() {
+        let mut keys = Counter(0);
+        let records = start(&mut keys, 1000);
+        let imported = Counter(100).generate(Algorithm::RS256).unwrap();
+        let plan = import(&records, imported, 2000, HOUR).unwrap();
+        assert_eq!(plan.deleted, ["k2"]);
+        let records = plan.apply_to(&records);
+        assert_eq!(
+            states(&records),
+            [("k1", KeyState::Current), ("k101", KeyState::Next)]
+        );
+        let err = rotate(
+            &records,
+            Algorithm::RS256,
+            false,
+            TIMING,
+            2000 + 60,
+            &mut keys,
+        )
+        .unwrap_err();
+        assert!(matches!(err, LifecycleError::NotYetSafe { .. }));
+        let plan = rotate(
+            &records,
+            Algorithm::RS256,
+            false,
+            TIMING,
+            2000 + 900,
+            &mut keys,
+        )
+        .unwrap();
+        assert_eq!(plan.rotated[0].1, "k101");
+        // Into an empty store: the imported key signs from the first start.
+        let only = import(
+            &[],
+            Counter(200).generate(Algorithm::ES256).unwrap(),
+            10,
+            HOUR,
+        )
+        .unwrap()
+        .apply_to(&[]);
+        let started = due(&only, &[Algorithm::ES256], TIMING, 20, &mut keys)
+            .unwrap()
+            .apply_to(&only);
+        assert_eq!(
+            started.iter().find(|r| r.kid == "k201").unwrap().state,
+            KeyState::Current
+        );
+        assert!(import(
+            &started,
+            Counter(200).generate(Algorithm::ES256).unwrap(),
+            30,
+            HOUR
+        )
+        .is_err());
     }
 
     #[test]

@@ -4,14 +4,44 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use token_authority::{
-    config::{Cli, Command, Config},
+    config::{Cli, Command, Config, KeysCommand},
+    keys_command,
     server::{self, Listeners},
     telemetry,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command;
+fn main() -> ExitCode {
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Keys(command) => return keys(&command),
+    };
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(serve(args)),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys(command: &KeysCommand) -> ExitCode {
+    let result = match command {
+        KeysCommand::List(args) => keys_command::list(args),
+        KeysCommand::Import(args) => keys_command::import(args),
+    };
+    match result {
+        Ok(output) => {
+            println!("{}", output.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: token_authority::config::ServeArgs) -> ExitCode {
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(error) => {
@@ -20,6 +50,13 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("error: cannot install the SIGTERM/SIGINT handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listeners = match Listeners::bind(config.grpc_listen, config.http_listen).await {
         Ok(listeners) => listeners,
         Err(error) => {
@@ -30,7 +67,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(config, listeners, shutdown_signal()).await {
+    match server::run(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -40,27 +77,21 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM (what Kubernetes sends) or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGTERM (what Kubernetes sends) or SIGINT. The handlers are installed when
+/// this is called, not when the future is first polled: a signal that arrives while the
+/// server is still starting is not lost (nor does it kill the process undrained).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

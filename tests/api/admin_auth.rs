@@ -71,7 +71,10 @@ async fn generated_admin_token_is_written_privately_and_works() {
     let token_authority::config::Command::Serve(args) =
         <token_authority::config::Cli as clap::Parser>::try_parse_from(args)
             .unwrap()
-            .command;
+            .command
+    else {
+        unreachable!("serve was parsed")
+    };
     let server =
         TestServer::start_with(token_authority::config::Config::try_from(args).unwrap()).await;
     let path = dir.path.join("admin-token");

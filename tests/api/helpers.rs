@@ -133,7 +133,9 @@ pub fn config(dir: &DataDir, extra: &[&str]) -> Config {
         argv.extend_from_slice(&["--issuer", "http://token-authority.test"]);
     }
     argv.extend_from_slice(extra);
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command;
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!("serve was parsed")
+    };
     Config::try_from(args).unwrap()
 }
 

@@ -10,6 +10,7 @@ mod crash;
 mod grpcurl;
 mod helpers;
 mod jwks_http;
+mod keys_command;
 mod lifecycle;
 mod persistence_and_rotation;
 mod round_trip;
