@@ -215,3 +215,65 @@ async fn jwks_max_age_follows_the_schedule() {
     );
     server.stop().await;
 }
+
+/// The background schedule rotates a running server's keys and deletes retired keys once
+/// their tokens have expired, with no request asking. Short timings stand in for days; the
+/// test watches for the change (with a deadline) rather than sleeping a fixed time.
+#[tokio::test]
+async fn the_schedule_rotates_and_deletes_on_its_own() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(
+        &dir,
+        &[
+            "--rotation-period",
+            "2s",
+            "--publish-lead",
+            "0s",
+            "--jwks-max-age",
+            "0s",
+            "--max-ttl",
+            "1s",
+            "--default-ttl",
+            "1s",
+            "--leeway",
+            "0s",
+        ],
+    ))
+    .await;
+    let first = server.issue("svc", &[]).await.key_id;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut rotated, mut deleted) = (false, false);
+    while !(rotated && deleted) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated: {rotated}, deleted: {deleted}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let listed = server
+            .client
+            .clone()
+            .list_keys(admin(pb::ListKeysRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first_state = listed
+            .keys
+            .iter()
+            .find(|k| k.key_id == first)
+            .map(|k| k.state);
+        rotated |= first_state == Some(pb::KeyState::Retired as i32);
+        deleted |= rotated && first_state.is_none();
+        for state in [pb::KeyState::Current, pb::KeyState::Next] {
+            assert_eq!(
+                listed
+                    .keys
+                    .iter()
+                    .filter(|k| k.state == state as i32)
+                    .count(),
+                1
+            );
+        }
+    }
+    assert!(!kids(&server.http_jwks().await).contains(&first));
+    server.stop().await;
+}
