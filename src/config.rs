@@ -35,6 +35,19 @@ pub enum KeysCommand {
     /// Add an existing PKCS#8 private key (PEM, as `openssl genpkey` writes) as the next key;
     /// it then rotates in under the usual rules.
     Import(ImportArgs),
+    /// Re-seal every private key under the first KEK of --kek-file (after putting a new KEK
+    /// first), or seal a keystore that was written without one.
+    Rewrap(RewrapArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RewrapArgs {
+    /// The data directory of a stopped authority.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The KEK file: the first KEK seals; every KEK listed may unseal the current records.
+    #[arg(long, env = "TA_KEK_FILE")]
+    pub kek_file: PathBuf,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -5,12 +5,12 @@
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
-    config::{ImportArgs, ListArgs},
+    config::{ImportArgs, ListArgs, RewrapArgs},
     crypto::{self, Algorithm},
     jwk,
     kek::{KekError, Keks},
@@ -158,6 +158,14 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
     Ok(out)
 }
 
+/// Re-writes every record, which seals each private key under the first KEK.
+pub fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
+    let (store, records) = open(&args.data_dir, Some(&args.kek_file))?;
+    let sealing = Keks::load(&args.kek_file)?.sealing_id().to_owned();
+    store.apply(&records, &[])?;
+    Ok(format!("re-sealed {} keys under {sealing}", records.len()))
+}
+
 fn check_kid(kid: &str) -> Result<String, KeysCommandError> {
     let ok = !kid.is_empty()
         && kid.len() <= 128
@@ -169,9 +177,4 @@ fn check_kid(kid: &str) -> Result<String, KeysCommandError> {
     } else {
         Err(KeysCommandError::BadKid(kid.to_owned()))
     }
-}
-
-/// The keystore directory of a data directory (for messages).
-pub fn keystore_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("keystore")
 }

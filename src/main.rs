@@ -28,6 +28,7 @@ fn keys(command: &KeysCommand) -> ExitCode {
     let result = match command {
         KeysCommand::List(args) => keys_command::list(args),
         KeysCommand::Import(args) => keys_command::import(args),
+        KeysCommand::Rewrap(args) => keys_command::rewrap(args),
     };
     match result {
         Ok(output) => {

@@ -167,6 +167,12 @@ pub async fn run(
     let store_path = keystore_path(&config);
     let authority = tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
         let (store, records) = KeyStore::open(&store_path, keks)?;
+        if store.encrypts_at_rest() && store.unsealed_at_open() > 0 {
+            tracing::warn!(
+                unsealed = store.unsealed_at_open(),
+                "some private keys are still stored unencrypted; run `token-authority keys rewrap`"
+            );
+        }
         let fresh = records.is_empty();
         let authority = Authority::open(store, records, settings, unix_now())?;
         if fresh {

@@ -99,6 +99,8 @@ pub struct KeyStore {
     keks: Option<Keks>,
     /// Serialises writers so each gets the next generation.
     generation: std::sync::Mutex<u64>,
+    /// Records found unsealed when the store was opened.
+    unsealed_at_open: usize,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -127,8 +129,10 @@ impl KeyStore {
             keys,
             keks,
             generation: std::sync::Mutex::new(0),
+            unsealed_at_open: 0,
         };
-        let records = store.read_all()?;
+        let (records, unsealed) = store.read_all()?;
+        store.unsealed_at_open = unsealed;
         let generation = store.check_guard(records.is_empty())?;
         store.generation = std::sync::Mutex::new(generation);
         Ok((store, records))
@@ -207,7 +211,13 @@ impl KeyStore {
         self.keks.is_some()
     }
 
-    fn read_all(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    /// How many records were stored unsealed when the store was opened (written before a
+    /// KEK was configured; `keys rewrap` seals them).
+    pub fn unsealed_at_open(&self) -> usize {
+        self.unsealed_at_open
+    }
+
+    fn read_all(&self) -> Result<(Vec<KeyRecord>, usize), StoreError> {
         let shown = self.path.display().to_string();
         let format = self.db.get(FORMAT_KEY).map_err(|e| open_error(&shown, e))?;
         match format {
@@ -227,7 +237,7 @@ impl KeyStore {
                         reason: "it holds data but no token-authority format marker".into(),
                     });
                 }
-                return Ok(Vec::new());
+                return Ok((Vec::new(), 0));
             }
             Some(value) if value.as_ref() == FORMAT_V1 => {}
             Some(value) => {
@@ -244,6 +254,7 @@ impl KeyStore {
             }
         }
         let mut records = Vec::new();
+        let mut unsealed = 0;
         for entry in self.keys.iter() {
             let (kid, value) = entry.map_err(|e| open_error(&shown, e))?;
             let kid = String::from_utf8_lossy(&kid).into_owned();
@@ -260,6 +271,7 @@ impl KeyStore {
                     stored.kid
                 )));
             }
+            unsealed += usize::from(matches!(stored.private_key, StoredPrivateKey::Plain { .. }));
             records.push(self.decode(stored)?);
         }
         if records.is_empty() {
@@ -268,7 +280,7 @@ impl KeyStore {
                 reason: "it is marked as a keystore but holds no keys".into(),
             });
         }
-        Ok(records)
+        Ok((records, unsealed))
     }
 
     fn decode(&self, stored: StoredKey) -> Result<KeyRecord, StoreError> {

@@ -3,6 +3,7 @@
 
 mod admin_auth;
 mod algorithms;
+mod at_rest;
 mod bad_requests;
 mod bad_tokens;
 mod binary;
