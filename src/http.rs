@@ -35,7 +35,21 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(refuse_bodies))
         .with_state(state)
+}
+
+/// These endpoints take no body; a request that carries one is refused unread (413).
+async fn refuse_bodies(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "requests take no body\n").into_response();
+    }
+    next.run(request).await
 }
 
 async fn jwks(State(state): State<HttpState>, headers: HeaderMap) -> Response {

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `config`: the command line and its checks; `telemetry`: logging.
-//! - `server`: wiring and shutdown; `grpc` and `http`: the two transports.
+//! - `server`: wiring and shutdown; `grpc` and `http`: the two transports;
+//!   `http_server`: the HTTP connection limits.
 //! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.
@@ -23,6 +24,7 @@ pub mod crypto;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod http_server;
 pub mod jwk;
 pub mod jwt;
 pub mod kek;

@@ -6,14 +6,14 @@
 //! the keystore is flushed.
 
 use std::{
-    future::{Future, IntoFuture as _},
+    future::Future,
     net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{net::TcpListener, sync::watch};
@@ -26,6 +26,7 @@ use crate::{
     config::Config,
     grpc::GrpcService,
     http::{self, HttpState},
+    http_server,
     kek::{KekError, Keks},
     pb::{self, token_authority_server::TokenAuthorityServer},
     store::{KeyStore, StoreError},
@@ -58,6 +59,14 @@ pub enum ServerError {
     Task(String),
 }
 
+/// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
+/// Larger ones are refused before they are decoded.
+pub const GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub const GRPC_REQUESTS_PER_CONNECTION: usize = 256;
+pub const GRPC_STREAMS_PER_CONNECTION: u32 = 512;
+pub const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
+pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The two bound listeners the server runs on.
 #[derive(Debug)]
 pub struct Listeners {
@@ -89,7 +98,7 @@ async fn run_schedule(authority: Arc<Authority>, mut stop: watch::Receiver<bool>
             .map_or(60, |at| at.saturating_sub(now))
             .clamp(1, 60);
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            () = tokio::time::sleep(Duration::from_secs(wait)) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         if let Err(error) = authority.tick(unix_now()).await {
@@ -225,10 +234,22 @@ pub async fn run(
     let service = GrpcService::new(Arc::clone(&authority), Arc::new(admin));
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
+        // One connection cannot take the server: beyond this many requests in flight it is
+        // refused at once (RESOURCE_EXHAUSTED) instead of queueing, and other connections go on.
+        .concurrency_limit_per_connection(GRPC_REQUESTS_PER_CONNECTION)
+        .load_shed(true)
+        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
+        .timeout(GRPC_REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TokenAuthorityServer::new(service))
+        .add_service(
+            TokenAuthorityServer::new(service).max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
     let http_state = HttpState {
@@ -236,9 +257,11 @@ pub async fn run(
         ready: Arc::clone(&ready),
         jwks_max_age: config.jwks_max_age,
     };
-    let http_server = axum::serve(listeners.http, http::router(http_state))
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future();
+    let http_stop = stopped(stop_rx.clone());
+    let http_server = async move {
+        http_server::serve(listeners.http, http::router(http_state), http_stop).await;
+        Ok::<(), std::io::Error>(())
+    };
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, "serving");
     let lifecycle_task = tokio::spawn(run_schedule(Arc::clone(&authority), stop_rx.clone()));

@@ -13,6 +13,7 @@ mod helpers;
 mod jwks_http;
 mod keys_command;
 mod lifecycle;
+mod limits;
 mod persistence_and_rotation;
 mod round_trip;
 mod startup_refusals;
