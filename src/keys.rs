@@ -102,3 +102,46 @@ pub fn generate(alg: Algorithm) -> Result<GeneratedKey, crate::crypto::CryptoErr
         private_key: PrivateKeyDer::new(der),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_private_bytes() {
+        let generated = generate(Algorithm::ES256).unwrap();
+        let der = generated.private_key.as_bytes().to_vec();
+        let record = KeyRecord {
+            kid: generated.kid.clone(),
+            alg: generated.alg,
+            state: KeyState::Current,
+            created_at: 1,
+            published_at: 1,
+            activated_at: Some(1),
+            retired_at: None,
+            delete_after: None,
+            revoked_at: None,
+            revoked_reason: None,
+            max_token_ttl: 60,
+            private_key: generated.private_key.clone(),
+        };
+        let signing = crate::crypto::SigningKey::from_pkcs8(Algorithm::ES256, &der).unwrap();
+        for text in [
+            format!("{generated:?}"),
+            format!("{record:?}"),
+            format!("{record:#?}"),
+            format!("{signing:?}"),
+        ] {
+            assert!(text.contains("..") || text.contains("SigningKey"), "{text}");
+            // The private scalar sits in the last 32+ bytes of the document; no byte run of it
+            // may show, in decimal lists or in hex.
+            let tail = &der[der.len() - 40..der.len() - 8];
+            assert!(
+                !text.contains(&format!("{:?}", &tail[..4]).trim_matches(['[', ']'])),
+                "{text}"
+            );
+            let hex: String = tail[..8].iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!text.to_lowercase().contains(&hex), "{text}");
+        }
+    }
+}

@@ -146,6 +146,31 @@ fn help_documents_every_flag_and_env_var() {
             "{flag} / {env} missing from --help"
         );
     }
+    for (command, flags) in [
+        ("list", &["--data-dir", "--kek-file", "--publish-lead"][..]),
+        (
+            "import",
+            &[
+                "--data-dir",
+                "--kek-file",
+                "--pem",
+                "--kid",
+                "--algorithm",
+                "--max-ttl",
+            ][..],
+        ),
+        ("rewrap", &["--data-dir", "--kek-file"][..]),
+    ] {
+        let output = Command::new(BIN)
+            .args(["keys", command, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "keys {command} --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for flag in flags {
+            assert!(help.contains(flag), "keys {command} --help lacks {flag}");
+        }
+    }
     let version = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("token-authority "));
 }
