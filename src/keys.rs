@@ -137,7 +137,7 @@ mod tests {
             // may show, in decimal lists or in hex.
             let tail = &der[der.len() - 40..der.len() - 8];
             assert!(
-                !text.contains(&format!("{:?}", &tail[..4]).trim_matches(['[', ']'])),
+                !text.contains(format!("{:?}", &tail[..4]).trim_matches(['[', ']'])),
                 "{text}"
             );
             let hex: String = tail[..8].iter().map(|b| format!("{b:02x}")).collect();
