@@ -89,6 +89,7 @@ impl Settings {
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub token: String,
+    pub alg: Algorithm,
     pub kid: String,
     pub jti: String,
     /// Unix seconds.
@@ -214,6 +215,7 @@ impl Authority {
         let token = jwt::sign(signer, &claims)?;
         Ok(Issued {
             token,
+            alg,
             kid: signer.kid.clone(),
             jti,
             issued_at: now,

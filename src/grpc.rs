@@ -14,12 +14,12 @@ use crate::{
     admin::AdminToken,
     authority::{Authority, AuthorityError},
     crypto::Algorithm,
-    domain::InvalidArgument,
-    domain::{IssueRequest, RequestedTtl, TtlPolicy},
+    domain::{InvalidArgument, IssueRequest, RequestedTtl, TtlPolicy},
     jwt::verify::Reason,
     keys::KeyState,
     keyset::KeySet,
     lifecycle::LifecycleError,
+    metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
 };
 
@@ -28,11 +28,20 @@ use crate::{
 pub struct GrpcService {
     authority: Arc<Authority>,
     admin: Arc<AdminToken>,
+    metrics: Arc<Metrics>,
 }
 
 impl GrpcService {
-    pub fn new(authority: Arc<Authority>, admin: Arc<AdminToken>) -> GrpcService {
-        GrpcService { authority, admin }
+    pub fn new(
+        authority: Arc<Authority>,
+        admin: Arc<AdminToken>,
+        metrics: Arc<Metrics>,
+    ) -> GrpcService {
+        GrpcService {
+            authority,
+            admin,
+            metrics,
+        }
     }
 
     fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -90,6 +99,7 @@ fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency.
 async fn observe<T>(
+    metrics: &Metrics,
     method: &'static str,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
@@ -106,7 +116,9 @@ async fn observe<T>(
         Err(status) => format!("{:?}", status.code()),
     };
     span.record("outcome", outcome.as_str());
-    span.record("latency_us", started.elapsed().as_micros() as u64);
+    let latency = started.elapsed();
+    metrics.rpc(method, latency);
+    span.record("latency_us", latency.as_micros() as u64);
     span.in_scope(|| tracing::info!("rpc finished"));
     result
 }
@@ -200,7 +212,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        observe("IssueToken", async {
+        observe(&self.metrics, "IssueToken", async {
             let request = request.into_inner();
             let settings = self.authority.settings();
             let parsed = IssueRequest::parse(
@@ -220,9 +232,15 @@ impl TokenAuthority for GrpcService {
             let alg = parse_algorithm(&request.algorithm)?;
             let authority = Arc::clone(&self.authority);
             // An RSA signature is about a millisecond of CPU: keep it off the reactor.
-            let issued = tokio::task::spawn_blocking(move || authority.issue(&parsed, alg, now()))
-                .await
-                .map_err(|e| AuthorityError::Task(e.to_string()))??;
+            let (issued, signing) = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let issued = authority.issue(&parsed, alg, now());
+                (issued, started.elapsed())
+            })
+            .await
+            .map_err(|e| AuthorityError::Task(e.to_string()))?;
+            let issued = issued?;
+            self.metrics.token_issued(issued.alg, signing);
             tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
             Ok(Response::new(pb::IssueTokenResponse {
                 token: issued.token,
@@ -239,10 +257,12 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
-        observe("VerifyToken", async {
+        observe(&self.metrics, "VerifyToken", async {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
-            let response = match self.authority.verify(&request.token, audience, now()) {
+            let verdict = self.authority.verify(&request.token, audience, now());
+            self.metrics.verified(verdict.as_ref().err().map(|rejection| rejection.reason));
+            let response = match verdict {
                 Ok(verified) => pb::VerifyTokenResponse {
                     valid: true,
                     reason: pb::VerifyFailureReason::Unspecified as i32,
@@ -274,7 +294,7 @@ impl TokenAuthority for GrpcService {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        observe("GetJwks", async {
+        observe(&self.metrics, "GetJwks", async {
             Ok(Response::new(jwks_response(&self.authority.keys())))
         })
         .await
@@ -284,11 +304,12 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
-        observe("RotateKeys", async {
+        observe(&self.metrics, "RotateKeys", async {
             self.check_admin(&request)?;
             let request = request.into_inner();
             let alg = parse_algorithm(&request.algorithm)?;
             let outcome = self.authority.rotate(alg, request.force, now()).await?;
+            self.metrics.key_events(1, 0, 0);
             tracing::info!(current = %outcome.current_kid, previous = %outcome.previous_kid, "keys rotated");
             Ok(Response::new(pb::RotateKeysResponse {
                 current_key_id: outcome.current_kid,
@@ -303,7 +324,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        observe("RevokeKey", async {
+        observe(&self.metrics, "RevokeKey", async {
             self.check_admin(&request)?;
             let request = request.into_inner();
             if request.key_id.is_empty() {
@@ -317,6 +338,7 @@ impl TokenAuthority for GrpcService {
                 .authority
                 .revoke(&request.key_id, reason, now())
                 .await?;
+            self.metrics.key_events(0, 1, 0);
             tracing::warn!(kid = %request.key_id, reason, current = %current, "key revoked");
             Ok(Response::new(pb::RevokeKeyResponse {
                 current_key_id: current,
@@ -330,7 +352,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        observe("ListKeys", async {
+        observe(&self.metrics, "ListKeys", async {
             self.check_admin(&request)?;
             Ok(Response::new(pb::ListKeysResponse {
                 keys: key_infos(&self.authority.keys()),

@@ -16,7 +16,7 @@ use axum::{
     Json, Router,
 };
 
-use crate::authority::Authority;
+use crate::{authority::Authority, metrics::Metrics};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -25,6 +25,7 @@ pub struct HttpState {
     /// True from keys loaded until shutdown starts.
     pub ready: Arc<AtomicBool>,
     pub jwks_max_age: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -34,6 +35,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(refuse_bodies))
         .with_state(state)
@@ -58,7 +60,9 @@ async fn jwks(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let cache_control = cache_control(state.jwks_max_age, keys.next_change(), unix_now());
     let etag =
         HeaderValue::from_str(&jwks.etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-    if if_none_match_hits(&headers, &jwks.etag) {
+    let not_modified = if_none_match_hits(&headers, &jwks.etag);
+    state.metrics.jwks_response(not_modified);
+    if not_modified {
         return (
             StatusCode::NOT_MODIFIED,
             [
@@ -124,6 +128,21 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
         "subject_types_supported": ["public"],
         "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"],
     }))
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let keys = state.authority.keys();
+    let text = state
+        .metrics
+        .render(keys.records(), keys.timing(), unix_now());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -12,6 +12,7 @@
 //! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
 //! - `store`: the sled keystore; `kek`: key-encryption keys sealing private keys at rest.
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
+//! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring); `b64`: base64url; `admin`: the admin token.
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]
@@ -32,6 +33,7 @@ pub mod keys;
 pub mod keys_command;
 pub mod keyset;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod store;

@@ -28,6 +28,7 @@ use crate::{
     http::{self, HttpState},
     http_server,
     kek::{KekError, Keks},
+    metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
     store::{KeyStore, StoreError},
 };
@@ -90,7 +91,11 @@ pub fn keystore_path(config: &Config) -> PathBuf {
 
 /// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
 /// of the key set, and at least every minute so a jump of the wall clock is noticed.
-async fn run_schedule(authority: Arc<Authority>, mut stop: watch::Receiver<bool>) {
+async fn run_schedule(
+    authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let now = unix_now();
         let wait = authority
@@ -101,9 +106,10 @@ async fn run_schedule(authority: Arc<Authority>, mut stop: watch::Receiver<bool>
             () = tokio::time::sleep(Duration::from_secs(wait)) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        if let Err(error) = authority.tick(unix_now()).await {
+        match authority.tick(unix_now()).await {
+            Ok(plan) => metrics.key_events(plan.rotated.len(), 0, plan.deleted.len()),
             // The set in memory is unchanged when a transition fails; the next wake retries.
-            tracing::error!(%error, "scheduled key lifecycle step failed");
+            Err(error) => tracing::error!(%error, "scheduled key lifecycle step failed"),
         }
     }
 }
@@ -231,7 +237,12 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let service = GrpcService::new(Arc::clone(&authority), Arc::new(admin));
+    let metrics = Arc::new(Metrics::new(&config.algorithms));
+    let service = GrpcService::new(
+        Arc::clone(&authority),
+        Arc::new(admin),
+        Arc::clone(&metrics),
+    );
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
         // One connection cannot take the server: beyond this many requests in flight it is
@@ -256,6 +267,7 @@ pub async fn run(
         authority: Arc::clone(&authority),
         ready: Arc::clone(&ready),
         jwks_max_age: config.jwks_max_age,
+        metrics: Arc::clone(&metrics),
     };
     let http_stop = stopped(stop_rx.clone());
     let http_server = async move {
@@ -264,7 +276,11 @@ pub async fn run(
     };
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, "serving");
-    let lifecycle_task = tokio::spawn(run_schedule(Arc::clone(&authority), stop_rx.clone()));
+    let lifecycle_task = tokio::spawn(run_schedule(
+        Arc::clone(&authority),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http_server);
     let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];

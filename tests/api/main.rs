@@ -14,6 +14,7 @@ mod jwks_http;
 mod keys_command;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod persistence_and_rotation;
 mod round_trip;
 mod startup_refusals;

@@ -53,3 +53,11 @@ pub fn grpcurl() -> PathBuf {
         ),
     }
 }
+
+/// The Python of the test virtualenv, with `tests/requirements.txt` installed.
+pub fn python() -> PathBuf {
+    match install_python_tools() {
+        Ok(bin) => bin.join("python"),
+        Err(reason) => panic!("the test virtualenv could not be set up: {reason}"),
+    }
+}

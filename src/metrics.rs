@@ -1,0 +1,278 @@
+//! Prometheus metrics, made with `prometheus-client` and served at `GET /metrics`.
+//!
+//! Every label combination is created once at start, and the hot paths keep plain handles to
+//! them: recording a count is an atomic add, never a map lookup under a lock.
+
+use std::{collections::HashMap, time::Duration};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{
+    crypto::Algorithm,
+    jwt::verify::Reason,
+    keys::{KeyRecord, KeyState},
+    lifecycle::Timing,
+};
+
+type Labels = Vec<(String, String)>;
+
+/// The RPC methods, for the latency histogram.
+pub const METHODS: [&str; 6] = [
+    "IssueToken",
+    "VerifyToken",
+    "GetJwks",
+    "RotateKeys",
+    "RevokeKey",
+    "ListKeys",
+];
+
+const REASONS: [Reason; 11] = [
+    Reason::Malformed,
+    Reason::UnknownKey,
+    Reason::BadSignature,
+    Reason::AlgorithmNotAllowed,
+    Reason::Expired,
+    Reason::NotYetValid,
+    Reason::IssuerMismatch,
+    Reason::AudienceMismatch,
+    Reason::RevokedKey,
+    Reason::MissingClaim,
+    Reason::UnsupportedHeader,
+];
+
+/// The reason label: the name the gRPC enum uses.
+pub fn reason_label(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Malformed => "MALFORMED",
+        Reason::UnknownKey => "UNKNOWN_KEY",
+        Reason::BadSignature => "BAD_SIGNATURE",
+        Reason::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
+        Reason::Expired => "EXPIRED",
+        Reason::NotYetValid => "NOT_YET_VALID",
+        Reason::IssuerMismatch => "ISSUER_MISMATCH",
+        Reason::AudienceMismatch => "AUDIENCE_MISMATCH",
+        Reason::RevokedKey => "REVOKED_KEY",
+        Reason::MissingClaim => "MISSING_CLAIM",
+        Reason::UnsupportedHeader => "UNSUPPORTED_HEADER",
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Latency buckets from 100 µs to about 3 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 16,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    issued: HashMap<Algorithm, Counter>,
+    signing: HashMap<Algorithm, Histogram>,
+    valid: Counter,
+    invalid: HashMap<Reason, Counter>,
+    rpc: HashMap<&'static str, Histogram>,
+    jwks_200: Counter,
+    jwks_304: Counter,
+    rotations: Counter,
+    revocations: Counter,
+    deletions: Counter,
+    key_age: HashMap<Algorithm, Gauge>,
+    until_rotation: HashMap<Algorithm, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
+}
+
+impl Metrics {
+    pub fn new(algorithms: &[Algorithm]) -> Metrics {
+        let mut registry = Registry::with_prefix("token_authority");
+
+        let issued_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tokens_issued",
+            "Tokens issued, by algorithm",
+            issued_family.clone(),
+        );
+        let signing_family = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "signing_duration_seconds",
+            "Time to sign a token, by algorithm",
+            signing_family.clone(),
+        );
+        let verified_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "verifications",
+            "VerifyToken answers, by outcome and reason",
+            verified_family.clone(),
+        );
+        let rpc_family = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC request latency, by method",
+            rpc_family.clone(),
+        );
+        let jwks_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "jwks_responses",
+            "JWKS HTTP responses, by status",
+            jwks_family.clone(),
+        );
+        let lifecycle_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "key_events",
+            "Key lifecycle events: rotations, revocations, deletions",
+            lifecycle_family.clone(),
+        );
+        let age_family = Family::<Labels, Gauge>::default();
+        registry.register(
+            "current_key_age_seconds",
+            "How long the current key has been signing, by algorithm",
+            age_family.clone(),
+        );
+        let until_family = Family::<Labels, Gauge>::default();
+        registry.register(
+            "seconds_until_next_rotation",
+            "Time until the scheduled rotation, by algorithm (0: due, waiting for the next key's publish lead)",
+            until_family.clone(),
+        );
+
+        let per_alg = |family: &Family<Labels, Counter>| -> HashMap<Algorithm, Counter> {
+            algorithms
+                .iter()
+                .map(|alg| {
+                    (
+                        *alg,
+                        family.get_or_create_owned(&labels(&[("algorithm", alg.name())])),
+                    )
+                })
+                .collect()
+        };
+        let per_alg_gauge = |family: &Family<Labels, Gauge>| -> HashMap<Algorithm, Gauge> {
+            algorithms
+                .iter()
+                .map(|alg| {
+                    (
+                        *alg,
+                        family.get_or_create_owned(&labels(&[("algorithm", alg.name())])),
+                    )
+                })
+                .collect()
+        };
+        Metrics {
+            issued: per_alg(&issued_family),
+            signing: algorithms
+                .iter()
+                .map(|alg| {
+                    (
+                        *alg,
+                        signing_family.get_or_create_owned(&labels(&[("algorithm", alg.name())])),
+                    )
+                })
+                .collect(),
+            valid: verified_family
+                .get_or_create_owned(&labels(&[("outcome", "valid"), ("reason", "")])),
+            invalid: REASONS
+                .iter()
+                .map(|reason| {
+                    let set = labels(&[("outcome", "invalid"), ("reason", reason_label(*reason))]);
+                    (*reason, verified_family.get_or_create_owned(&set))
+                })
+                .collect(),
+            rpc: METHODS
+                .iter()
+                .map(|method| {
+                    (
+                        *method,
+                        rpc_family.get_or_create_owned(&labels(&[("method", method)])),
+                    )
+                })
+                .collect(),
+            jwks_200: jwks_family.get_or_create_owned(&labels(&[("status", "200")])),
+            jwks_304: jwks_family.get_or_create_owned(&labels(&[("status", "304")])),
+            rotations: lifecycle_family.get_or_create_owned(&labels(&[("event", "rotation")])),
+            revocations: lifecycle_family.get_or_create_owned(&labels(&[("event", "revocation")])),
+            deletions: lifecycle_family.get_or_create_owned(&labels(&[("event", "deletion")])),
+            key_age: per_alg_gauge(&age_family),
+            until_rotation: per_alg_gauge(&until_family),
+            registry,
+        }
+    }
+
+    pub fn token_issued(&self, alg: Algorithm, signing: Duration) {
+        if let Some(counter) = self.issued.get(&alg) {
+            counter.inc();
+        }
+        if let Some(histogram) = self.signing.get(&alg) {
+            histogram.observe(signing.as_secs_f64());
+        }
+    }
+
+    pub fn verified(&self, rejection: Option<Reason>) {
+        match rejection {
+            None => {
+                self.valid.inc();
+            }
+            Some(reason) => {
+                if let Some(counter) = self.invalid.get(&reason) {
+                    counter.inc();
+                }
+            }
+        };
+    }
+
+    pub fn rpc(&self, method: &str, latency: Duration) {
+        if let Some(histogram) = self.rpc.get(method) {
+            histogram.observe(latency.as_secs_f64());
+        }
+    }
+
+    pub fn jwks_response(&self, not_modified: bool) {
+        if not_modified {
+            self.jwks_304.inc();
+        } else {
+            self.jwks_200.inc();
+        }
+    }
+
+    pub fn key_events(&self, rotations: usize, revocations: usize, deletions: usize) {
+        self.rotations.inc_by(rotations as u64);
+        self.revocations.inc_by(revocations as u64);
+        self.deletions.inc_by(deletions as u64);
+    }
+
+    /// Renders the OpenMetrics text, first setting the gauges that follow from the key set.
+    pub fn render(&self, records: &[KeyRecord], timing: Timing, now: u64) -> String {
+        for record in records.iter().filter(|r| r.state == KeyState::Current) {
+            let activated = record.activated_at.unwrap_or(record.created_at);
+            if let Some(gauge) = self.key_age.get(&record.alg) {
+                gauge.set(now.saturating_sub(activated) as i64);
+            }
+            if let Some(gauge) = self.until_rotation.get(&record.alg) {
+                let due = activated + timing.rotation_period;
+                gauge.set(due.saturating_sub(now) as i64);
+            }
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,228 @@
+//! `/metrics`: scraped from the real server and parsed with the official Prometheus client's
+//! OpenMetrics parser; the counts match what the test did.
+
+use std::{io::Write as _, process::Stdio};
+
+use serde_json::Value;
+use token_authority::pb;
+
+use crate::helpers::{admin, DataDir, TestServer};
+
+/// Parses OpenMetrics text with prometheus_client's strict parser: {sample name: [[labels, value]]}.
+fn parse(text: &str) -> serde_json::Map<String, Value> {
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.setdefault(s.name, []).append([s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(crate::tools::python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the parser refused /metrics: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn value(samples: &serde_json::Map<String, Value>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let series = samples
+        .get(name)
+        .unwrap_or_else(|| panic!("no sample {name}"));
+    series
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| labels.iter().all(|(k, v)| s[0][*k] == *v))
+        .unwrap_or_else(|| panic!("no {name} with {labels:?}: {series}"))[1]
+        .as_f64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_and_parse_as_openmetrics() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(crate::helpers::config(
+        &dir,
+        &["--algorithms", "RS256,EdDSA"],
+    ))
+    .await;
+    let token = server.issue("svc", &["api"]).await;
+    server.issue("svc", &["api"]).await;
+    server
+        .client
+        .clone()
+        .issue_token(pb::IssueTokenRequest {
+            subject: "s".into(),
+            algorithm: "EdDSA".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(server.verify(&token.token, "api").await.valid);
+    server.verify("garbage", "").await;
+    server.verify(&token.token, "other").await;
+    server.rotate().await;
+    let url = server.url("/.well-known/jwks.json");
+    let first = server.http.get(&url).send().await.unwrap();
+    let etag = first.headers()["etag"].clone();
+    server
+        .http
+        .get(&url)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    server
+        .client
+        .clone()
+        .list_keys(admin(pb::ListKeysRequest {}))
+        .await
+        .unwrap();
+
+    let response = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let samples = parse(&response.text().await.unwrap());
+    let p = "token_authority_";
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}tokens_issued_total"),
+            &[("algorithm", "RS256")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}tokens_issued_total"),
+            &[("algorithm", "EdDSA")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}signing_duration_seconds_count"),
+            &[("algorithm", "RS256")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}verifications_total"),
+            &[("outcome", "valid")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}verifications_total"),
+            &[("outcome", "invalid"), ("reason", "MALFORMED")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}verifications_total"),
+            &[("outcome", "invalid"), ("reason", "AUDIENCE_MISMATCH")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}key_events_total"),
+            &[("event", "rotation")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}key_events_total"),
+            &[("event", "revocation")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}jwks_responses_total"),
+            &[("status", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}jwks_responses_total"),
+            &[("status", "304")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}rpc_duration_seconds_count"),
+            &[("method", "IssueToken")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}rpc_duration_seconds_count"),
+            &[("method", "VerifyToken")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            &format!("{p}rpc_duration_seconds_count"),
+            &[("method", "ListKeys")]
+        ),
+        1.0
+    );
+    let age = value(
+        &samples,
+        &format!("{p}current_key_age_seconds"),
+        &[("algorithm", "RS256")],
+    );
+    assert!((0.0..5.0).contains(&age), "{age}");
+    let until = value(
+        &samples,
+        &format!("{p}seconds_until_next_rotation"),
+        &[("algorithm", "EdDSA")],
+    );
+    assert!((86000.0..=86400.0).contains(&until), "{until}");
+    server.stop().await;
+}
