@@ -213,3 +213,69 @@ mod reqwest {
             .block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
     }
 }
+
+/// `--log-format json`: every line of a run is one JSON object, and each RPC's event carries
+/// the span fields method, outcome and latency.
+#[test]
+fn json_logs_are_one_object_per_line_with_rpc_fields() {
+    let dir = DataDir::new();
+    let mut process = spawn_binary(&dir, &[]);
+    let grpc = process.grpc.clone();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut client =
+                token_authority::pb::token_authority_client::TokenAuthorityClient::connect(
+                    format!("http://{grpc}"),
+                )
+                .await
+                .unwrap();
+            client
+                .issue_token(token_authority::pb::IssueTokenRequest {
+                    subject: "svc".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            client
+                .issue_token(token_authority::pb::IssueTokenRequest::default())
+                .await
+                .unwrap_err();
+        });
+    let pid = process.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
+    let mut rpcs = Vec::new();
+    while let Ok(line) = process.log.recv_timeout(Duration::from_secs(5)) {
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+        if event["fields"]["message"] == "rpc finished" {
+            rpcs.push(event["span"].clone());
+        }
+    }
+    let outcomes: Vec<(String, String)> = rpcs
+        .iter()
+        .map(|span| {
+            assert!(span["latency_us"].is_number(), "{span}");
+            (
+                span["method"].as_str().unwrap().to_owned(),
+                span["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("IssueToken".into(), "ok".into()),
+            ("IssueToken".into(), "InvalidArgument".into())
+        ]
+    );
+}
