@@ -147,6 +147,33 @@ async fn discovery_document_points_at_the_jwks() {
         doc["id_token_signing_alg_values_supported"],
         serde_json::json!(["RS256"])
     );
+    // The members OpenID Connect Discovery 1.0 section 3 requires of a provider that only
+    // issues tokens (no authorization or token endpoint), as Kubernetes' service-account
+    // issuer publishes them.
+    assert_eq!(
+        doc["response_types_supported"],
+        serde_json::json!(["id_token"])
+    );
+    assert_eq!(
+        doc["subject_types_supported"],
+        serde_json::json!(["public"])
+    );
+    for member in [
+        "issuer",
+        "jwks_uri",
+        "response_types_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ] {
+        assert!(!doc[member].is_null(), "{member} missing");
+    }
+    // The jwks_uri answers with the JWKS.
+    let jwks_path = doc["jwks_uri"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://tokens.example.internal");
+    let jwks = server.http.get(server.url(jwks_path)).send().await.unwrap();
+    assert_eq!(jwks.status(), 200);
     let issued = server.issue("svc", &[]).await;
     let verdict = server.verify(&issued.token, "").await;
     let claims: serde_json::Value = serde_json::from_str(&verdict.claims_json).unwrap();
