@@ -92,15 +92,7 @@ async fn every_algorithm_issues_tokens_any_library_verifies() {
         ),
         "ES256"
     );
-    let discovery: serde_json::Value = server
-        .http
-        .get(server.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery: serde_json::Value = server.http_json("/.well-known/openid-configuration").await;
     assert_eq!(
         discovery["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256", "RS256", "PS256", "EdDSA"])

@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
-use token_authority::{kek::Keks, pb, store::KeyStore};
+use token_authority::{kek::Keks, store::KeyStore};
 
 use crate::{
     binary::BIN,
-    helpers::{admin, config, keystore_files, DataDir, TestServer},
+    helpers::{config, keystore_files, DataDir, TestServer},
 };
 
 fn kek_file(dir: &std::path::Path, name: &str, keks: &[[u8; 32]]) -> String {
@@ -56,13 +56,7 @@ async fn sealed_keys_never_touch_disk_in_the_clear_and_rewrap_rotates_the_kek() 
     .await;
     let token = server.issue("svc", &["api"]).await;
     server.rotate().await;
-    let listed = server
-        .client
-        .clone()
-        .list_keys(admin(pb::ListKeysRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = server.list_keys().await;
     assert!(listed.keys.iter().all(|k| k.encrypted_at_rest));
     server.stop().await;
 

@@ -5,25 +5,15 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use token_authority::pb::{self, token_authority_client::TokenAuthorityClient};
-use tonic::transport::Channel;
+use token_authority::pb;
 
 use crate::{
     binary::spawn_binary,
-    helpers::{admin, kids, verify_independently, DataDir},
+    helpers::{admin, connect, kids, verify_independently, DataDir},
 };
 
 const KILLS: usize = 24;
 const ISSUER: &str = "http://token-authority.test";
-
-async fn connect(addr: &str) -> TokenAuthorityClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    TokenAuthorityClient::new(channel)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_any_moment_restarts_into_a_consistent_key_set() {

@@ -250,6 +250,27 @@ impl TestServer {
             .into_inner()
     }
 
+    pub async fn list_keys(&self) -> pb::ListKeysResponse {
+        self.client
+            .clone()
+            .list_keys(admin(pb::ListKeysRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// GET `path` on the HTTP port and parse the body as JSON.
+    pub async fn http_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn http_jwks(&self) -> serde_json::Value {
         self.http
             .get(self.url("/.well-known/jwks.json"))
@@ -260,6 +281,16 @@ impl TestServer {
             .await
             .unwrap()
     }
+}
+
+/// A client on a connection of its own.
+pub async fn connect(addr: impl std::fmt::Display) -> TokenAuthorityClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TokenAuthorityClient::new(channel)
 }
 
 /// Wraps `message` with the admin bearer token.

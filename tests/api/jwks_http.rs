@@ -129,15 +129,7 @@ async fn discovery_document_points_at_the_jwks() {
         &["--issuer", "https://tokens.example.internal"],
     ))
     .await;
-    let doc: serde_json::Value = server
-        .http
-        .get(server.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = server.http_json("/.well-known/openid-configuration").await;
     assert_eq!(doc["issuer"], "https://tokens.example.internal");
     assert_eq!(
         doc["jwks_uri"],

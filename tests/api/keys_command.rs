@@ -3,14 +3,11 @@
 
 use std::process::Command;
 
-use token_authority::{
-    crypto::{self, Algorithm, SigningKey},
-    pb,
-};
+use token_authority::crypto::{self, Algorithm, SigningKey};
 
 use crate::{
     binary::BIN,
-    helpers::{admin, config, now, verify_independently, DataDir, TestServer},
+    helpers::{config, now, verify_independently, DataDir, TestServer},
 };
 
 fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
@@ -121,13 +118,7 @@ async fn imported_openssl_keys_keep_their_kid_and_rotate_in() {
             "{args:?}: {stderr}"
         );
     }
-    let listed = server
-        .client
-        .clone()
-        .list_keys(admin(pb::ListKeysRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = server.list_keys().await;
     assert_eq!(
         listed.keys.len(),
         6,

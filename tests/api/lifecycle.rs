@@ -170,13 +170,7 @@ async fn restart_keeps_the_schedule() {
     let dir = DataDir::new();
     let old = KnownKey::seed_activated(&dir, now() - 2 * 86400);
     let server = TestServer::start_with(config(&dir, &["--publish-lead", "0s"])).await;
-    let listed = server
-        .client
-        .clone()
-        .list_keys(admin(pb::ListKeysRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = server.list_keys().await;
     let old_info = listed.keys.iter().find(|k| k.key_id == old.kid).unwrap();
     assert_eq!(old_info.state, pb::KeyState::Retired as i32, "{listed:?}");
     assert_ne!(server.issue("svc", &[]).await.key_id, old.kid);
@@ -249,13 +243,7 @@ async fn the_schedule_rotates_and_deletes_on_its_own() {
             "rotated: {rotated}, deleted: {deleted}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let listed = server
-            .client
-            .clone()
-            .list_keys(admin(pb::ListKeysRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let listed = server.list_keys().await;
         let first_state = listed
             .keys
             .iter()

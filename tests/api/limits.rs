@@ -3,26 +3,17 @@
 
 use std::time::Duration;
 
-use token_authority::pb::{self, token_authority_client::TokenAuthorityClient};
+use token_authority::pb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
-use crate::helpers::{DataDir, TestServer};
-
-async fn channel(server: &TestServer) -> TokenAuthorityClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    TokenAuthorityClient::new(channel)
-}
+use crate::helpers::{connect, DataDir, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_message_is_refused_and_others_carry_on() {
     let dir = DataDir::new();
     let server = TestServer::start(&dir).await;
-    let mut hostile = channel(&server).await;
+    let mut hostile = connect(server.grpc_addr).await;
     let huge = pb::VerifyTokenRequest {
         token: "x".repeat(100 * 1024 * 1024),
         audience: String::new(),
@@ -45,7 +36,11 @@ async fn a_huge_message_is_refused_and_others_carry_on() {
         claims_json: format!(r#"{{"pad":"{}"}}"#, "x".repeat(70 * 1024)),
         ..Default::default()
     };
-    let status = channel(&server).await.issue_token(over).await.unwrap_err();
+    let status = connect(server.grpc_addr)
+        .await
+        .issue_token(over)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(
         status.message().contains("too large"),
@@ -54,7 +49,7 @@ async fn a_huge_message_is_refused_and_others_carry_on() {
     );
     // Another client, and a new connection of the same one, still work.
     assert!(!server.issue("svc", &[]).await.token.is_empty());
-    let mut again = channel(&server).await;
+    let mut again = connect(server.grpc_addr).await;
     again.get_jwks(pb::GetJwksRequest {}).await.unwrap();
     server.stop().await;
 }
@@ -64,7 +59,7 @@ async fn a_huge_message_is_refused_and_others_carry_on() {
 async fn a_flood_of_streams_from_one_client_is_refused_not_queued() {
     let dir = DataDir::new();
     let server = TestServer::start(&dir).await;
-    let flooder = channel(&server).await;
+    let flooder = connect(server.grpc_addr).await;
     let mut flood = tokio::task::JoinSet::new();
     for i in 0..3000 {
         let mut client = flooder.clone();
@@ -80,7 +75,7 @@ async fn a_flood_of_streams_from_one_client_is_refused_not_queued() {
         });
     }
     // While the flood is in flight, another client is served.
-    let mut bystander = channel(&server).await;
+    let mut bystander = connect(server.grpc_addr).await;
     for _ in 0..5 {
         let issued = tokio::time::timeout(
             Duration::from_secs(30),

@@ -66,13 +66,7 @@ async fn list_keys_shows_every_key_with_state_and_times() {
     let server = TestServer::start(&dir).await;
     server.rotate().await;
     server.rotate().await;
-    let listed = server
-        .client
-        .clone()
-        .list_keys(admin(pb::ListKeysRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = server.list_keys().await;
     // Two retired, one current, one next.
     assert_eq!(listed.keys.len(), 4);
     for state in [pb::KeyState::Current, pb::KeyState::Next] {
