@@ -49,7 +49,11 @@ impl GrpcService {
             .metadata()
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            // RFC 7235: the scheme is case-insensitive.
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            });
         match presented {
             Some(token) if self.admin.matches(token.trim()) => Ok(()),
             Some(_) => Err(Status::unauthenticated("the admin token is not valid")),

@@ -34,7 +34,7 @@ pub struct Signer {
     pub header_segment: String,
 }
 
-/// A key the verifier knows: published ones verify; revoked ones are kept to say so.
+/// A published key the verifier knows.
 #[derive(Debug)]
 pub struct KnownKey {
     pub state: KeyState,
@@ -53,6 +53,8 @@ pub struct Jwks {
 pub struct KeySet {
     records: Vec<KeyRecord>,
     known: HashMap<String, KnownKey>,
+    /// Revoked kids: their private halves are erased; only the kid is kept, to say so.
+    revoked: std::collections::HashSet<String>,
     signers: HashMap<Algorithm, Arc<Signer>>,
     jwks: Jwks,
     encrypted_at_rest: bool,
@@ -72,7 +74,12 @@ impl KeySet {
         let mut known = HashMap::new();
         let mut signers = HashMap::new();
         let mut published = Vec::new();
+        let mut revoked = std::collections::HashSet::new();
         for record in &records {
+            if record.state == KeyState::Revoked {
+                revoked.insert(record.kid.clone());
+                continue;
+            }
             let key_error = |source| KeySetError::Key {
                 kid: record.kid.clone(),
                 source,
@@ -115,6 +122,7 @@ impl KeySet {
             timing,
             records,
             known,
+            revoked,
             signers,
             jwks: Jwks {
                 body: bytes::Bytes::from(body),
@@ -134,8 +142,13 @@ impl KeySet {
         self.signers.get(&alg)
     }
 
+    /// A published key (next, current or retired).
     pub fn known(&self, kid: &str) -> Option<&KnownKey> {
         self.known.get(kid)
+    }
+
+    pub fn is_revoked(&self, kid: &str) -> bool {
+        self.revoked.contains(kid)
     }
 
     pub fn jwks(&self) -> &Jwks {

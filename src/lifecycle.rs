@@ -338,6 +338,9 @@ pub fn revoke(
         r.revoked_at = Some(now);
         r.revoked_reason = Some(reason);
         r.delete_after = None;
+        // It will never sign or verify again: erase the private half (a compromised key should
+        // not stay on disk). The kid stays, so it can never come back.
+        r.private_key = crate::keys::PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new()));
     });
     if draft.find(alg, KeyState::Next).is_none() {
         draft.add(alg, KeyState::Next)?;
@@ -629,6 +632,10 @@ mod tests {
             ]
         );
         assert_eq!(records[0].revoked_reason.as_deref(), Some("leaked"));
+        assert!(
+            records[0].private_key.as_bytes().is_empty(),
+            "a revoked key keeps its private half"
+        );
         // Revoking next replaces it; revoking again changes nothing.
         let records = revoke(&records, "k3", "test", TIMING, 1002, &mut keys)
             .unwrap()

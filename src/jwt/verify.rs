@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::json::parse_object;
-use crate::{b64, keys::KeyState, keyset::KeySet};
+use crate::{b64, keyset::KeySet};
 
 /// Why a token was rejected. Each reason is distinct so callers and metrics can tell them
 /// apart.
@@ -110,15 +110,15 @@ pub fn verify(
     let Some(kid) = kid.as_str() else {
         return reject(Reason::Malformed, "the header's kid is not a string");
     };
-    let Some(known) = keys.known(kid) else {
-        return reject(Reason::UnknownKey, "the kid is not a key of this authority");
-    };
-    if known.state == KeyState::Revoked {
+    if keys.is_revoked(kid) {
         return reject(
             Reason::RevokedKey,
             "the key that signed this token was revoked",
         );
     }
+    let Some(known) = keys.known(kid) else {
+        return reject(Reason::UnknownKey, "the kid is not a key of this authority");
+    };
     let expected_alg = known.key.algorithm().name();
     match header.get("alg").and_then(Value::as_str) {
         Some(alg) if alg == expected_alg => {}

@@ -89,7 +89,8 @@ async fn generated_admin_token_is_written_privately_and_works() {
         .clone()
         .list_keys(with_authorization(
             pb::ListKeysRequest {},
-            Some(&format!("Bearer {}", token.trim())),
+            // The scheme is case-insensitive (RFC 7235).
+            Some(&format!("bearer {}", token.trim())),
         ))
         .await
         .unwrap();

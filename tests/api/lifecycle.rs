@@ -148,6 +148,11 @@ async fn revocation_withdraws_the_key_at_once_and_is_remembered() {
         pb::VerifyFailureReason::RevokedKey as i32
     );
     server.stop().await;
+    // The revoked key's private half is erased from the keystore; its record stays.
+    let (_, records) =
+        token_authority::store::KeyStore::open(&dir.path.join("keystore"), None).unwrap();
+    let record = records.iter().find(|r| r.kid == token.key_id).unwrap();
+    assert!(record.private_key.as_bytes().is_empty());
 }
 
 /// The schedule is computed from stored times: a restart neither rotates early nor forgets
