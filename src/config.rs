@@ -26,6 +26,62 @@ pub enum Command {
     /// Work on the keys of a stopped authority's data directory.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Drive a running authority with load and report requests/s and latency percentiles.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// IssueToken.
+    Issue,
+    /// VerifyToken over a pool of tokens minted first.
+    Verify,
+    /// GET /.well-known/jwks.json.
+    Jwks,
+    /// GET /.well-known/jwks.json with a matching If-None-Match (304).
+    Jwks304,
+    /// grpc.health.v1.Health/Check: what a trivial unary RPC costs here.
+    Health,
+    /// 70% verify, 20% issue, 10% JWKS.
+    Mixed,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    /// The authority's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// The authority's HTTP address (JWKS modes).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http_target: String,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring, not recorded.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// gRPC connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Signing algorithm for issue/verify (default: the server's first).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// Also measure, in the same run, the raw crypto ceiling of this mode (sign for issue,
+    /// verify for verify) on every core with no server, and report the ratio to it.
+    #[arg(long)]
+    pub reference: bool,
+    /// How long the reference measurement runs.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub reference_duration: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,12 +14,14 @@
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
 //! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring); `b64`: base64url; `admin`: the admin token.
+//! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]
 
 pub mod admin;
 pub mod authority;
 pub mod b64;
+pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -11,14 +11,39 @@ use token_authority::{
 };
 
 fn main() -> ExitCode {
-    let args = match Cli::parse().command {
-        Command::Serve(args) => args,
-        Command::Keys(command) => return keys(&command),
-    };
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(serve(args)),
+    let command = Cli::parse().command;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Keys(command) => keys(&command),
+        Command::Bench(args) => runtime.block_on(bench(args)),
+    }
+}
+
+async fn bench(args: token_authority::config::BenchArgs) -> ExitCode {
+    match token_authority::bench::run(&args).await {
+        Ok(report) if args.json => match serde_json::to_string(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(report) => {
+            print!("{}", token_authority::bench::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }

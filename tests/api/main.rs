@@ -6,6 +6,7 @@ mod algorithms;
 mod at_rest;
 mod bad_requests;
 mod bad_tokens;
+mod bench;
 mod binary;
 mod crash;
 mod grpcurl;

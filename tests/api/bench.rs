@@ -1,0 +1,124 @@
+//! `token-authority bench` against a real test server: it runs a short load and reports
+//! sane numbers (not timing assertions: speed is for the benchmark runs themselves).
+
+use std::process::Command;
+
+use crate::{
+    binary::BIN,
+    helpers::{config, DataDir, TestServer},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_every_mode_and_reports_sane_numbers() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(&dir, &["--algorithms", "RS256,EdDSA"])).await;
+    let target = format!("http://{}", server.grpc_addr);
+    let http_target = format!("http://{}", server.http_addr);
+    for (mode, extra) in [
+        ("health", &[][..]),
+        (
+            "issue",
+            &[
+                "--algorithm",
+                "EdDSA",
+                "--reference",
+                "--reference-duration",
+                "200ms",
+            ][..],
+        ),
+        (
+            "verify",
+            &["--reference", "--reference-duration", "200ms"][..],
+        ),
+        ("jwks", &[][..]),
+        ("jwks304", &[][..]),
+        ("mixed", &[][..]),
+    ] {
+        let output = tokio::task::block_in_place(|| {
+            Command::new(BIN)
+                .args([
+                    "bench",
+                    mode,
+                    "--target",
+                    &target,
+                    "--http-target",
+                    &http_target,
+                ])
+                .args([
+                    "--duration",
+                    "500ms",
+                    "--warmup",
+                    "100ms",
+                    "--concurrency",
+                    "4",
+                    "--connections",
+                    "2",
+                    "--json",
+                ])
+                .args(extra)
+                .output()
+                .unwrap()
+        });
+        assert!(
+            output.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let requests = report["requests"].as_u64().unwrap();
+        assert!(requests > 0, "{mode}: {report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{mode}: {report}");
+        let rate = report["requests_per_s"].as_f64().unwrap();
+        let seconds = report["duration_s"].as_f64().unwrap();
+        assert!(
+            (rate * seconds - requests as f64).abs() < 1.0,
+            "{mode}: {report}"
+        );
+        let latency = &report["latency_us"];
+        let (p50, p99, max) = (
+            latency["p50"].as_u64().unwrap(),
+            latency["p99"].as_u64().unwrap(),
+            latency["max"].as_u64().unwrap(),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= max, "{mode}: {report}");
+        if extra.contains(&"--reference") {
+            let ceiling = report["reference_ops_per_s"].as_f64().unwrap();
+            let ratio = report["ratio_to_reference"].as_f64().unwrap();
+            assert!(
+                ceiling > 0.0 && (ratio - rate / ceiling).abs() < 1e-9,
+                "{mode}: {report}"
+            );
+        }
+    }
+    // The human report says the same.
+    let output = Command::new(BIN)
+        .args([
+            "bench",
+            "health",
+            "--target",
+            &target,
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("req/s") && text.contains("p99") && text.contains("errors: none"),
+        "{text}"
+    );
+    // An unreachable target is a clear error.
+    let output = Command::new(BIN)
+        .args(["bench", "health", "--target", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot connect to http://127.0.0.1:1")
+    );
+    server.stop().await;
+}
