@@ -61,3 +61,30 @@ pub fn python() -> PathBuf {
         Err(reason) => panic!("the test virtualenv could not be set up: {reason}"),
     }
 }
+
+/// `tests/clients` with its pinned node packages installed (`npm ci`, once per run).
+pub fn node_clients() -> PathBuf {
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+        let output = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("npm: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "npm ci failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(dir)
+    });
+    match installed {
+        Ok(dir) => dir.clone(),
+        Err(reason) => panic!(
+            "the node clients are needed and could not be installed ({reason}); \
+             install Node.js 18+ with npm"
+        ),
+    }
+}

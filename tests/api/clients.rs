@@ -1,0 +1,143 @@
+//! Real verifier clients, as teams run them, verifying our tokens from the HTTP JWKS URL
+//! alone: PyJWT's PyJWKClient, Node's jsonwebtoken + jwks-rsa, and Node by hand (jwk-to-pem +
+//! crypto.createVerify). Each verifies old and new tokens across a rotation and rejects a
+//! tampered one, for every algorithm it supports.
+
+use std::{io::Write as _, path::PathBuf, process::Stdio};
+
+use serde_json::{json, Value};
+use token_authority::pb;
+
+use crate::{
+    helpers::{config, DataDir, TestServer},
+    tools,
+};
+
+/// Runs a client script with the request on stdin; returns one verdict per token.
+fn run_client(program: PathBuf, script: PathBuf, request: &Value) -> Vec<Value> {
+    let mut child = std::process::Command::new(&program)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+async fn issue(server: &TestServer, alg: &str, subject: &str) -> String {
+    server
+        .client
+        .clone()
+        .issue_token(pb::IssueTokenRequest {
+            subject: subject.into(),
+            audience: vec!["billing".into()],
+            algorithm: alg.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+fn tamper(token: &str) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut payload: Value =
+        serde_json::from_slice(&token_authority::b64::decode(parts[1]).unwrap()).unwrap();
+    payload["sub"] = "admin".into();
+    let forged = token_authority::b64::encode(payload.to_string());
+    format!("{}.{}.{}", parts[0], forged, parts[2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_verify_across_a_rotation_and_reject_tampering() {
+    let dir = DataDir::new();
+    let server =
+        TestServer::start_with(config(&dir, &["--algorithms", "RS256,PS256,ES256,EdDSA"])).await;
+    let node = PathBuf::from("node");
+    let clients_dir = tokio::task::block_in_place(tools::node_clients);
+    let python = tokio::task::block_in_place(tools::python);
+    // (client, program, script, the algorithms it supports)
+    let clients: Vec<(&str, PathBuf, PathBuf, &[&str])> = vec![
+        (
+            "PyJWT",
+            python,
+            clients_dir.join("pyjwt_verify.py"),
+            &["RS256", "PS256", "ES256", "EdDSA"],
+        ),
+        (
+            "jsonwebtoken + jwks-rsa",
+            node.clone(),
+            clients_dir.join("jwks_rsa_verify.js"),
+            &["RS256", "PS256", "ES256"],
+        ),
+        (
+            "by hand (jwk-to-pem)",
+            node,
+            clients_dir.join("by_hand_verify.js"),
+            &["RS256"],
+        ),
+    ];
+    for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
+        let old = issue(&server, alg, "before").await;
+        server
+            .client
+            .clone()
+            .rotate_keys(crate::helpers::admin(pb::RotateKeysRequest {
+                force: true,
+                algorithm: alg.into(),
+            }))
+            .await
+            .unwrap();
+        let new = issue(&server, alg, "after").await;
+        let request = json!({
+            "jwks_uri": server.url("/.well-known/jwks.json"),
+            "issuer": server.issuer,
+            "audience": "billing",
+            "algorithms": [alg],
+            "tokens": [old, new, tamper(&old)],
+        });
+        for (name, program, script, supported) in &clients {
+            if !supported.contains(&alg) {
+                continue;
+            }
+            let verdicts = tokio::task::block_in_place(|| {
+                run_client(program.clone(), script.clone(), &request)
+            });
+            assert_eq!(verdicts.len(), 3, "{name} {alg}: {verdicts:?}");
+            assert_eq!(
+                verdicts[0],
+                json!({"valid": true, "sub": "before"}),
+                "{name} {alg}: old token"
+            );
+            assert_eq!(
+                verdicts[1],
+                json!({"valid": true, "sub": "after"}),
+                "{name} {alg}: new token"
+            );
+            assert_eq!(
+                verdicts[2]["valid"], false,
+                "{name} {alg}: tampered token accepted"
+            );
+        }
+    }
+    server.stop().await;
+}
