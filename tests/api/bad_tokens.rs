@@ -175,6 +175,210 @@ async fn bad_tokens_are_rejected_with_their_reason() {
         ("empty", String::new(), "", R::Malformed),
         ("over 8 KiB", oversized, "api", R::Malformed),
     ];
+    let mut cases = cases;
+    let h = |header: &str| key.forge(header, &claims(""));
+    let kid = &key.kid;
+    let raw = |header: &str, payload: &str, signature: &str| {
+        format!(
+            "{}.{}.{}",
+            b64::encode(header),
+            b64::encode(payload),
+            signature
+        )
+    };
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let es_shaped = b64::encode([7u8; 64]);
+    cases.extend([
+        (
+            "alg with a trailing space",
+            h(&format!(r#"{{"alg":"RS256 ","kid":"{kid}"}}"#)),
+            "api",
+            R::AlgorithmNotAllowed,
+        ),
+        (
+            "alg a number",
+            h(&format!(r#"{{"alg":256,"kid":"{kid}"}}"#)),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "alg absent",
+            h(&format!(r#"{{"kid":"{kid}"}}"#)),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "duplicate alg in the header",
+            h(&format!(r#"{{"alg":"RS256","alg":"none","kid":"{kid}"}}"#)),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "kid with path characters",
+            h(r#"{"alg":"RS256","kid":"../../../../etc/passwd"}"#),
+            "api",
+            R::UnknownKey,
+        ),
+        (
+            "kid with SQL characters",
+            h(r#"{"alg":"RS256","kid":"x' OR '1'='1' --"}"#),
+            "api",
+            R::UnknownKey,
+        ),
+        (
+            "kid a number",
+            h(r#"{"alg":"RS256","kid":1}"#),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "embedded jwk header",
+            h(&format!(
+                r#"{{"alg":"RS256","kid":"{kid}","jwk":{{"kty":"RSA","n":"AQAB","e":"AQAB"}}}}"#
+            )),
+            "api",
+            R::UnsupportedHeader,
+        ),
+        (
+            "x5u header",
+            h(&format!(
+                r#"{{"alg":"RS256","kid":"{kid}","x5u":"https://evil.example/cert.pem"}}"#
+            )),
+            "api",
+            R::UnsupportedHeader,
+        ),
+        (
+            "x5c header",
+            h(&format!(
+                r#"{{"alg":"RS256","kid":"{kid}","x5c":["MIIB"]}}"#
+            )),
+            "api",
+            R::UnsupportedHeader,
+        ),
+        (
+            "typ a number",
+            h(&format!(r#"{{"alg":"RS256","kid":"{kid}","typ":1}}"#)),
+            "api",
+            R::UnsupportedHeader,
+        ),
+        (
+            "header a JSON array",
+            raw("[1]", &claims(""), &b64::encode([0u8; 256])),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "huge header over the limit",
+            h(&format!(
+                r#"{{"alg":"RS256","kid":"{kid}","x":"{}"}}"#,
+                "a".repeat(8200)
+            )),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "deep nesting in the payload",
+            key.forge(&key.header(), &claims(&format!(r#","deep":{deep}"#))),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "an ES256-shaped signature on an RS256 key",
+            with(segments[0], segments[1], &es_shaped),
+            "api",
+            R::BadSignature,
+        ),
+        (
+            "empty signature",
+            with(segments[0], segments[1], ""),
+            "api",
+            R::BadSignature,
+        ),
+        (
+            "empty header segment",
+            with("", segments[1], segments[2]),
+            "api",
+            R::Malformed,
+        ),
+        ("only dots", "..".into(), "", R::Malformed),
+        (
+            "whitespace inside a segment",
+            format!("{} .{}.{}", segments[0], segments[1], segments[2]),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "a '+' (standard base64) in the signature",
+            with(segments[0], segments[1], &format!("+{}", &segments[2][1..])),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "non-ASCII in a segment",
+            format!("{}é.{}.{}", segments[0], segments[1], segments[2]),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "iat in the future beyond leeway",
+            key.forge(
+                &key.header(),
+                &format!(
+                    r#"{{"iss":"{iss}","sub":"svc","aud":"api","iat":{},"exp":{}}}"#,
+                    t + 600,
+                    t + 900
+                ),
+            ),
+            "api",
+            R::NotYetValid,
+        ),
+        (
+            "aud a number",
+            key.forge(
+                &key.header(),
+                &format!(r#"{{"iss":"{iss}","sub":"svc","aud":7,"exp":{}}}"#, t + 300),
+            ),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "aud array holding a number",
+            key.forge(
+                &key.header(),
+                &format!(
+                    r#"{{"iss":"{iss}","sub":"svc","aud":["api",7],"exp":{}}}"#,
+                    t + 300
+                ),
+            ),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "nbf a string",
+            key.forge(&key.header(), &claims(&format!(r#","nbf":"{t}""#))),
+            "api",
+            R::Malformed,
+        ),
+        (
+            "sub absent",
+            key.forge(
+                &key.header(),
+                &format!(r#"{{"iss":"{iss}","aud":"api","exp":{}}}"#, t + 300),
+            ),
+            "api",
+            R::MissingClaim,
+        ),
+        (
+            "iss absent",
+            key.forge(
+                &key.header(),
+                &format!(r#"{{"sub":"svc","aud":"api","exp":{}}}"#, t + 300),
+            ),
+            "api",
+            R::MissingClaim,
+        ),
+    ]);
+    assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, token, audience, reason) in cases {
         let verdict = server.verify(&token, audience).await;
         assert!(!verdict.valid, "{name}: accepted");
