@@ -20,7 +20,17 @@ pub struct Process {
 
 /// Starts `token-authority serve` on ephemeral ports and waits for its "serving" line.
 pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
-    let mut child = Command::new(BIN)
+    spawn_binary_logging(dir, extra, None)
+}
+
+/// Like `spawn_binary`, with `RUST_LOG` set to `filter` (None: the default, info).
+pub fn spawn_binary_logging(dir: &DataDir, extra: &[&str], filter: Option<&str>) -> Process {
+    let mut command = Command::new(BIN);
+    command.env_remove("RUST_LOG");
+    if let Some(filter) = filter {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command
         .arg("serve")
         .args(["--data-dir", dir.path.to_str().unwrap()])
         .args(["--admin-token-file", dir.admin_token_file.to_str().unwrap()])
@@ -32,7 +42,6 @@ pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
         ])
         .args(["--log-format", "json"])
         .args(extra)
-        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

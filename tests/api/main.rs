@@ -16,6 +16,7 @@ mod jwks_http;
 mod keys_command;
 mod lifecycle;
 mod limits;
+mod log_hygiene;
 mod metrics;
 mod persistence_and_rotation;
 mod round_trip;
