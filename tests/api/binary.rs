@@ -169,11 +169,27 @@ fn help_documents_every_flag_and_env_var() {
             ][..],
         ),
         ("rewrap", &["--data-dir", "--kek-file"][..]),
+        (
+            "bench",
+            &[
+                "--target",
+                "--http-target",
+                "--duration",
+                "--warmup",
+                "--concurrency",
+                "--connections",
+                "--algorithm",
+                "--reference",
+                "--json",
+            ][..],
+        ),
     ] {
-        let output = Command::new(BIN)
-            .args(["keys", command, "--help"])
-            .output()
-            .unwrap();
+        let args: &[&str] = if command == "bench" {
+            &["bench", "--help"]
+        } else {
+            &["keys", command, "--help"]
+        };
+        let output = Command::new(BIN).args(args).output().unwrap();
         assert!(output.status.success(), "keys {command} --help");
         let help = String::from_utf8_lossy(&output.stdout);
         for flag in flags {
