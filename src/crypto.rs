@@ -44,6 +44,12 @@ impl Algorithm {
         }
     }
 
+    /// Whether one signature costs enough CPU (RSA: about a millisecond) that it must not
+    /// run on the async reactor.
+    pub fn is_slow_to_sign(self) -> bool {
+        matches!(self, Algorithm::RS256 | Algorithm::PS256)
+    }
+
     pub fn from_name(name: &str) -> Option<Algorithm> {
         Algorithm::ALL
             .iter()
