@@ -77,6 +77,29 @@ pub fn spawn_binary_logging(dir: &DataDir, extra: &[&str], filter: Option<&str>)
     }
 }
 
+impl Process {
+    /// Sends SIGTERM, asserts the drained exit 0, and returns every log line written.
+    pub fn terminate(&mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(
+            self.child.wait().unwrap().code(),
+            Some(0),
+            "exit status after SIGTERM"
+        );
+        // The reader thread ends with the process, which closes the channel.
+        let mut lines = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -206,17 +229,9 @@ fn sigterm_drains_flushes_and_exits_zero() {
     let mut process = spawn_binary(&dir, &[]);
     let jwks = reqwest::blocking_get(&format!("http://{}/.well-known/jwks.json", process.http));
     assert!(jwks.contains("\"keys\""));
-    let pid = process.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = process.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
     let messages: Vec<String> = process
-        .log
-        .try_iter()
+        .terminate()
+        .into_iter()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
         .filter_map(|event| event["fields"]["message"].as_str().map(str::to_owned))
         .collect();
@@ -267,15 +282,8 @@ fn json_logs_are_one_object_per_line_with_rpc_fields() {
                 .await
                 .unwrap_err();
         });
-    let pid = process.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(process.child.wait().unwrap().code(), Some(0));
     let mut rpcs = Vec::new();
-    while let Ok(line) = process.log.recv_timeout(Duration::from_secs(5)) {
+    for line in process.terminate() {
         let event: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
         assert!(

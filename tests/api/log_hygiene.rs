@@ -1,8 +1,6 @@
 //! Logs never carry a token, the admin token or key material, even at debug level and while
 //! the server is fed hostile tokens.
 
-use std::{process::Command, time::Duration};
-
 use token_authority::{b64, pb};
 
 use crate::{
@@ -77,18 +75,7 @@ async fn logs_carry_no_token_and_no_key_material() {
         .list_keys(admin(pb::ListKeysRequest {}))
         .await
         .unwrap();
-    let pid = process.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(process.child.wait().unwrap().code(), Some(0));
-    let mut log = String::new();
-    while let Ok(line) = process.log.recv_timeout(Duration::from_secs(5)) {
-        log.push_str(&line);
-        log.push('\n');
-    }
+    let log = process.terminate().join("\n");
     assert!(
         log.contains("rpc finished") && log.contains("token rejected"),
         "the log is not what was expected:\n{log}"
