@@ -16,16 +16,22 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 
 # Only what the build reads: the manifest and lockfile, the build script, the proto
-# contract it compiles, and the sources.
+# contract it compiles, and the sources. benches/ too: Cargo refuses a manifest whose
+# declared bench targets are missing, even for a build that does not compile them.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
+COPY benches ./benches
+
+# The crypto provider: ring by default; `--build-arg FEATURES=aws-lc-rs` for AWS-LC
+# (faster RSA; see the README's Performance section).
+ARG FEATURES=""
 
 # --locked: build exactly the dependency versions in Cargo.lock, or fail.
 # The cache mounts keep the registry and target dir between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --release --locked ${FEATURES:+--features "$FEATURES"} \
     && install -D -m 0755 target/release/token-authority /out/usr/local/bin/token-authority \
     && install -d -m 0700 /out/var/lib/token-authority
 

@@ -86,7 +86,7 @@ impl KeySet {
             };
             let signing = SigningKey::from_pkcs8(record.alg, record.private_key.as_bytes())
                 .map_err(key_error)?;
-            let verifying = signing.verifying_key();
+            let verifying = signing.verifying_key().map_err(key_error)?;
             if record.state.is_published() {
                 published.push(PublicJwk::new(
                     &record.kid,

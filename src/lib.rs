@@ -13,7 +13,7 @@
 //! - `store`: the sled keystore; `kek`: key-encryption keys sealing private keys at rest.
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
 //! - `metrics`: Prometheus metrics.
-//! - `crypto`: the crypto provider (ring); `b64`: base64url; `admin`: the admin token.
+//! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
 //! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]

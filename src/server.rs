@@ -275,7 +275,7 @@ pub async fn run(
         Ok::<(), std::io::Error>(())
     };
 
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, "serving");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, crypto = crate::crypto::PROVIDER, "serving");
     let lifecycle_task = tokio::spawn(run_schedule(
         Arc::clone(&authority),
         Arc::clone(&metrics),

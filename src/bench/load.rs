@@ -221,6 +221,7 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
     let requests = latency.len();
     Ok(Report {
         mode: format!("{:?}", args.mode).to_lowercase(),
+        provider: crate::crypto::PROVIDER,
         algorithm: alg.map(|a| a.name().to_owned()),
         duration_s: as_duration(elapsed),
         concurrency: args.concurrency,

@@ -29,6 +29,8 @@ pub enum BenchError {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub mode: String,
+    /// The crypto provider of this binary, which computed the reference.
+    pub provider: &'static str,
     pub algorithm: Option<String>,
     pub duration_s: f64,
     pub concurrency: usize,
@@ -111,7 +113,8 @@ pub fn render(report: &Report) -> String {
     );
     if let (Some(ceiling), Some(ratio)) = (report.reference_ops_per_s, report.ratio_to_reference) {
         out.push_str(&format!(
-            "reference (crypto alone, every core, same run): {ceiling:.0} ops/s; service = {:.1}% of it\n",
+            "reference ({}, crypto alone, every core, same run): {ceiling:.0} ops/s; service = {:.1}% of it\n",
+            report.provider,
             ratio * 100.0
         ));
     }

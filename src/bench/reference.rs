@@ -30,7 +30,9 @@ pub fn ops_per_second(
                 scope.spawn(move || -> Result<u64, BenchError> {
                     let key = SigningKey::from_pkcs8(alg, der)
                         .map_err(|e| BenchError::Prepare(e.to_string()))?;
-                    let verifier = key.verifying_key();
+                    let verifier = key
+                        .verifying_key()
+                        .map_err(|e| BenchError::Prepare(e.to_string()))?;
                     let signature = key
                         .sign(message)
                         .map_err(|e| BenchError::Prepare(e.to_string()))?;

@@ -805,7 +805,10 @@ def check_dockerfile_build_stage() -> None:
     assert "target/release/token-authority" in runs, "the build stage does not take target/release/token-authority"
     copied = [shlex.split(rest)[:-1] for word, rest in stages[0] if word == "COPY"]
     sources = {s.rstrip("/") for c in copied for s in c if not s.startswith("--")}
-    for needed in ("Cargo.toml", "Cargo.lock", "build.rs", "proto", "src"):
+    # Cargo refuses a manifest whose declared bench targets are missing, so their folder
+    # is part of what every build needs.
+    bench_dirs = {b.get("path", f"benches/{b['name']}.rs").split("/")[0] for b in cargo.get("bench", [])}
+    for needed in ("Cargo.toml", "Cargo.lock", "build.rs", "proto", "src", *sorted(bench_dirs)):
         assert needed in sources, f"the build stage does not COPY {needed}"
 
 
@@ -849,7 +852,8 @@ def check_dockerignore() -> None:
                     break
         return result
 
-    for kept in ("Cargo.toml", "Cargo.lock", "build.rs", "proto/tokenauthority/v1/token_authority.proto", "src/main.rs"):
+    for kept in ("Cargo.toml", "Cargo.lock", "build.rs", "proto/tokenauthority/v1/token_authority.proto", "src/main.rs",
+                 "benches/crypto.rs"):
         assert not excluded(kept), f".dockerignore excludes {kept}, which the build needs"
     for dropped in ("target/debug/token-authority", ".git/config", "data/db", "helm/token-authority/values.yaml"):
         assert excluded(dropped), f".dockerignore lets {dropped} into the build context"

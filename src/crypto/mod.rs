@@ -1,17 +1,40 @@
-//! The crypto provider: the only module that names `ring` and `rsa`.
+//! The crypto layer: the only module that names a cryptography library.
 //!
-//! Everything above this module speaks of algorithms, PKCS#8 documents, signatures and
-//! random bytes; which library computes them is decided here alone, so a second provider
-//! can replace this module without any other module noticing.
+//! Everything above it speaks of algorithms, PKCS#8 documents, signatures and random bytes.
+//! Which library computes them is a build-time choice, the way rustls does it: `ring` by
+//! default, `aws-lc-rs` with `--features aws-lc-rs` (it wins when both are enabled). Each
+//! provider is one small module with the same items; no other module knows which is in use.
+//!
+//! # Layout
+//! - `ring_provider`: ring (and the `rsa` crate, for RSA key generation only).
+//! - `aws_lc_provider`: aws-lc-rs.
 
 use std::fmt;
 
-use ring::{
+use zeroize::Zeroizing;
+
+#[cfg(feature = "aws-lc-rs")]
+mod aws_lc_provider;
+#[cfg(feature = "aws-lc-rs")]
+use aws_lc_provider as provider;
+
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+mod ring_provider;
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+use ring_provider as provider;
+
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!(
+    "token-authority needs a crypto provider: the `ring` (default) or `aws-lc-rs` feature"
+);
+
+use provider::lib::{
     digest,
     rand::{SecureRandom, SystemRandom},
-    signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, UnparsedPublicKey},
 };
-use zeroize::Zeroizing;
+
+/// The provider this binary was built with, as logs and bench reports name it.
+pub const PROVIDER: &str = provider::NAME;
 
 /// A JWS signing algorithm this authority supports (RFC 7518 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -95,33 +118,8 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Generates a new private key for `alg` as a PKCS#8 v1 DER document.
-///
-/// ring cannot generate RSA keys, so the `rsa` crate does; ring then loads the result like
-/// any key made by `openssl genpkey`.
 pub fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let rng = SystemRandom::new();
-    match alg {
-        Algorithm::ES256 => {
-            let document =
-                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map_err(|_| CryptoError::Generation("ECDSA P-256".into()))?;
-            Ok(Zeroizing::new(document.as_ref().to_vec()))
-        }
-        Algorithm::EdDSA => {
-            let document = Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| CryptoError::Generation("Ed25519".into()))?;
-            Ok(Zeroizing::new(document.as_ref().to_vec()))
-        }
-        Algorithm::RS256 | Algorithm::PS256 => {
-            use rsa::pkcs8::EncodePrivateKey as _;
-            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
-                .map_err(|e| CryptoError::Generation(e.to_string()))?;
-            let der = key
-                .to_pkcs8_der()
-                .map_err(|e| CryptoError::Generation(e.to_string()))?;
-            Ok(Zeroizing::new(der.as_bytes().to_vec()))
-        }
-    }
+    provider::generate_pkcs8(alg)
 }
 
 /// The algorithm a PKCS#8 private key can sign with, judged by which key type parses it.
@@ -156,6 +154,16 @@ pub enum PublicComponents {
     Ed25519 { x: Vec<u8> },
 }
 
+impl PublicComponents {
+    /// From an uncompressed SEC1 P-256 point: 0x04 || x || y.
+    fn from_p256_point(point: &[u8]) -> PublicComponents {
+        PublicComponents::EcP256 {
+            x: point[1..33].to_vec(),
+            y: point[33..65].to_vec(),
+        }
+    }
+}
+
 impl fmt::Debug for PublicComponents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -166,18 +174,10 @@ impl fmt::Debug for PublicComponents {
     }
 }
 
-/// A parsed private key of one of the supported types.
-enum KeyPair {
-    Rsa(RsaKeyPair),
-    Ecdsa(EcdsaKeyPair),
-    Ed25519(Ed25519KeyPair),
-}
-
 /// A private key parsed once and ready to sign.
 pub struct SigningKey {
     alg: Algorithm,
-    pair: KeyPair,
-    rng: SystemRandom,
+    key: provider::PrivateKey,
 }
 
 impl fmt::Debug for SigningKey {
@@ -191,23 +191,9 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<SigningKey, CryptoError> {
-        let rng = SystemRandom::new();
-        let bad = |reason: String| CryptoError::BadPrivateKey { alg, reason };
-        let pair = match alg {
-            Algorithm::RS256 | Algorithm::PS256 => {
-                KeyPair::Rsa(RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| bad(e.to_string()))?)
-            }
-            Algorithm::ES256 => KeyPair::Ecdsa(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-            // `maybe_unchecked` also accepts PKCS#8 v1 documents, as `openssl genpkey` writes.
-            Algorithm::EdDSA => KeyPair::Ed25519(
-                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-        };
-        Ok(SigningKey { alg, pair, rng })
+        let key = provider::PrivateKey::from_pkcs8(alg, pkcs8)
+            .map_err(|reason| CryptoError::BadPrivateKey { alg, reason })?;
+        Ok(SigningKey { alg, key })
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -215,74 +201,40 @@ impl SigningKey {
     }
 
     pub fn public_components(&self) -> PublicComponents {
-        match &self.pair {
-            KeyPair::Rsa(rsa) => {
-                let components = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(rsa.public());
-                PublicComponents::Rsa {
-                    n: components.n,
-                    e: components.e,
-                }
-            }
-            KeyPair::Ecdsa(ec) => {
-                // An uncompressed point: 0x04 || x || y.
-                let point = ec.public_key().as_ref();
-                PublicComponents::EcP256 {
-                    x: point[1..33].to_vec(),
-                    y: point[33..65].to_vec(),
-                }
-            }
-            KeyPair::Ed25519(ed) => PublicComponents::Ed25519 {
-                x: ed.public_key().as_ref().to_vec(),
-            },
-        }
+        self.key.public_components()
     }
 
-    /// The verifier for this key's public half.
-    pub fn verifying_key(&self) -> VerifyingKey {
-        let (public_der, signature_len) = match &self.pair {
-            KeyPair::Rsa(rsa) => (
-                rsa.public_key().as_ref().to_vec(),
-                rsa.public().modulus_len(),
-            ),
-            KeyPair::Ecdsa(ec) => (ec.public_key().as_ref().to_vec(), 64),
-            KeyPair::Ed25519(ed) => (ed.public_key().as_ref().to_vec(), 64),
-        };
-        VerifyingKey {
+    /// The verifier for this key's public half, parsed now so that verifying parses nothing.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
+        Ok(VerifyingKey {
             alg: self.alg,
-            public_der,
-            signature_len,
+            key: self.key.public_key(self.alg)?,
+            signature_len: self.key.signature_len(),
             components: self.public_components(),
-        }
+        })
     }
 
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        match &self.pair {
-            KeyPair::Rsa(rsa) => {
-                let mut signature = vec![0u8; rsa.public().modulus_len()];
-                let padding: &dyn signature::RsaEncoding = match self.alg {
-                    Algorithm::PS256 => &signature::RSA_PSS_SHA256,
-                    _ => &signature::RSA_PKCS1_SHA256,
-                };
-                rsa.sign(padding, &self.rng, message, &mut signature)
-                    .map_err(|_| CryptoError::Signing)?;
-                Ok(signature)
-            }
-            KeyPair::Ecdsa(ec) => ec
-                .sign(&self.rng, message)
-                .map(|sig| sig.as_ref().to_vec())
-                .map_err(|_| CryptoError::Signing),
-            KeyPair::Ed25519(ed) => Ok(ed.sign(message).as_ref().to_vec()),
-        }
+        self.key.sign(self.alg, message)
     }
 }
 
 /// A public key parsed once per key-set change and ready to verify.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VerifyingKey {
     alg: Algorithm,
-    public_der: Vec<u8>,
+    key: provider::PublicKey,
     signature_len: usize,
     components: PublicComponents,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("alg", &self.alg)
+            .field("components", &self.components)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VerifyingKey {
@@ -301,24 +253,13 @@ impl VerifyingKey {
     }
 
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        if signature.len() != self.signature_len {
-            return false;
-        }
-        let params: &dyn signature::VerificationAlgorithm = match self.alg {
-            Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-            Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-            Algorithm::EdDSA => &signature::ED25519,
-        };
-        UnparsedPublicKey::new(params, &self.public_der)
-            .verify(message, signature)
-            .is_ok()
+        signature.len() == self.signature_len && self.key.verify(message, signature)
     }
 }
 
 /// AES-256-GCM sealing of private keys at rest under a key-encryption key.
 pub mod aead {
-    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+    use super::provider::lib::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
     use super::{random_bytes, CryptoError};
 
@@ -385,7 +326,7 @@ mod tests {
     fn rsa_sign_then_verify_and_reject_tampering() {
         let pkcs8 = generate_pkcs8(Algorithm::RS256).unwrap();
         let key = SigningKey::from_pkcs8(Algorithm::RS256, &pkcs8).unwrap();
-        let verifier = key.verifying_key();
+        let verifier = key.verifying_key().unwrap();
         let sig = key.sign(b"message").unwrap();
         assert_eq!(sig.len(), 256);
         assert!(verifier.verify(b"message", &sig));
@@ -408,15 +349,18 @@ mod tests {
             let sig = key.sign(b"payload").unwrap();
             assert_eq!(
                 sig.len(),
-                key.verifying_key().signature_len(),
+                key.verifying_key().unwrap().signature_len(),
                 "{}",
                 key.algorithm()
             );
             for other in &keys {
                 let expected = std::ptr::eq(key, other);
-                assert_eq!(other.verifying_key().verify(b"payload", &sig), expected);
+                assert_eq!(
+                    other.verifying_key().unwrap().verify(b"payload", &sig),
+                    expected
+                );
             }
-            assert!(!key.verifying_key().verify(b"payloaD", &sig));
+            assert!(!key.verifying_key().unwrap().verify(b"payloaD", &sig));
         }
     }
 

@@ -1,0 +1,132 @@
+//! The in-process paths without the network: the IssueToken and VerifyToken handlers as
+//! tonic calls them (validation, signing or verifying, metrics, the response), the JWT
+//! sign and verify steps under them, and the JWKS render a key-set change pays once.
+//! `cargo bench --bench handlers`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use token_authority::{
+    admin::AdminToken,
+    authority::{Authority, Settings},
+    crypto::Algorithm,
+    grpc::GrpcService,
+    jwk::{render_jwks, PublicJwk},
+    metrics::Metrics,
+    pb::{self, token_authority_server::TokenAuthority},
+    store::KeyStore,
+};
+use tonic::Request;
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+];
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A real authority over a real sled keystore in a temporary directory.
+fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
+    let (store, records) = KeyStore::open(&dir.join("keystore"), None).unwrap();
+    let settings = Settings {
+        issuer: "https://token-authority.bench".into(),
+        default_ttl: 300,
+        max_ttl: 3600,
+        leeway: 30,
+        max_token_bytes: 16 * 1024,
+        algorithms: ALGORITHMS.to_vec(),
+        publish_lead: 900,
+        rotation_period: 86_400,
+    };
+    let authority = Arc::new(Authority::open(store, records, settings, now()).unwrap());
+    let service = GrpcService::new(
+        Arc::clone(&authority),
+        Arc::new(AdminToken::new("bench-admin-token")),
+        Arc::new(Metrics::new(&ALGORITHMS)),
+    );
+    (service, authority)
+}
+
+fn issue_request(alg: Algorithm) -> pb::IssueTokenRequest {
+    pb::IssueTokenRequest {
+        subject: "service-a".into(),
+        audience: vec!["service-b".into()],
+        algorithm: alg.name().into(),
+        claims_json: r#"{"scope":"read write","tenant":"t-42"}"#.into(),
+        ..Default::default()
+    }
+}
+
+fn handlers(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, authority) = service(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut issue = c.benchmark_group("IssueToken handler");
+    for alg in ALGORITHMS {
+        issue.bench_function(BenchmarkId::from_parameter(alg), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(service.issue_token(Request::new(issue_request(alg))))
+                    .unwrap()
+            })
+        });
+    }
+    issue.finish();
+
+    let mut verify = c.benchmark_group("VerifyToken handler");
+    for alg in ALGORITHMS {
+        let token = runtime
+            .block_on(service.issue_token(Request::new(issue_request(alg))))
+            .unwrap()
+            .into_inner()
+            .token;
+        verify.bench_function(BenchmarkId::from_parameter(alg), |b| {
+            b.iter(|| {
+                let verdict = runtime
+                    .block_on(service.verify_token(Request::new(pb::VerifyTokenRequest {
+                        token: token.clone(),
+                        audience: "service-b".into(),
+                    })))
+                    .unwrap()
+                    .into_inner();
+                assert!(verdict.valid, "{}", verdict.detail);
+            })
+        });
+    }
+    verify.finish();
+
+    // The verification rules alone (no gRPC types, no metrics): what VerifyToken adds
+    // around the signature check.
+    let mut rules = c.benchmark_group("jwt verify");
+    for alg in ALGORITHMS {
+        let token = runtime
+            .block_on(service.issue_token(Request::new(issue_request(alg))))
+            .unwrap()
+            .into_inner()
+            .token;
+        rules.bench_function(BenchmarkId::from_parameter(alg), |b| {
+            b.iter(|| authority.verify(&token, Some("service-b"), now()).unwrap())
+        });
+    }
+    rules.finish();
+
+    let keys = authority.keys();
+    let published: Vec<PublicJwk> = keys.jwks().keys.clone();
+    c.bench_function(&format!("JWKS render ({} keys)", published.len()), |b| {
+        b.iter(|| render_jwks(&published))
+    });
+}
+
+criterion_group!(benches, handlers);
+criterion_main!(benches);
