@@ -42,6 +42,8 @@ pub enum BenchMode {
     Jwks304,
     /// grpc.health.v1.Health/Check: what a trivial unary RPC costs here.
     Health,
+    /// GET /healthz: what a trivial HTTP request costs here (the JWKS modes' ceiling).
+    Healthz,
     /// 70% verify, 20% issue, 10% JWKS.
     Mixed,
 }
@@ -82,6 +84,14 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Force a key rotation (RotateKeys with force, of --algorithm or the default) this
+    /// often during the measured phase, and report the latency of the requests in flight
+    /// across each rotation separately. Needs --admin-token-file.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rotate_every: Option<Duration>,
+    /// The file holding the admin token, for --rotate-every.
+    #[arg(long, env = "TA_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

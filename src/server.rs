@@ -136,6 +136,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let started = std::time::Instant::now();
     let http_addr = listeners.http.local_addr().map_err(ServerError::Listener)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(ServerError::Listener)?;
     let issuer = config
@@ -275,7 +276,16 @@ pub async fn run(
         Ok::<(), std::io::Error>(())
     };
 
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, issuer = %issuer, crypto = crate::crypto::PROVIDER, "serving");
+    // startup_ms: from opening the data directory to answering; the operator's figure for
+    // how long a restarted pod is out of its Service.
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        issuer = %issuer,
+        crypto = crate::crypto::PROVIDER,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "serving"
+    );
     let lifecycle_task = tokio::spawn(run_schedule(
         Arc::clone(&authority),
         Arc::clone(&metrics),

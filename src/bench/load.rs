@@ -4,7 +4,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -14,7 +17,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tonic::transport::Channel;
 
-use super::{as_duration, BenchError, Percentiles, Report};
+use super::{as_duration, BenchError, Percentiles, Report, Rotations};
 use crate::{
     config::{BenchArgs, BenchMode},
     crypto::Algorithm,
@@ -30,14 +33,37 @@ struct Target {
     channels: Vec<Channel>,
     http: HttpClient,
     jwks_uri: hyper::Uri,
+    healthz_uri: hyper::Uri,
     etag: Option<String>,
     tokens: Vec<String>,
+    /// The latest forced rotation, in µs since `epoch`: start, and end (`u64::MAX` while it
+    /// runs; `start` is `u64::MAX` before the first).
+    rotation_start: AtomicU64,
+    rotation_end: AtomicU64,
+    epoch: Instant,
 }
 
 /// What one task saw.
 struct Tally {
     latency: Histogram<u64>,
+    /// The requests in flight while a forced rotation ran.
+    around_rotations: Histogram<u64>,
     errors: BTreeMap<String, u64>,
+}
+
+impl Target {
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Whether a request that ran from `started` to `ended` overlapped the latest rotation.
+    /// Rotations are a second or more apart and requests milliseconds long, so the latest
+    /// one is the only one a request can overlap.
+    fn overlaps_rotation(&self, started: Instant, ended: Instant) -> bool {
+        let start = self.rotation_start.load(Ordering::Acquire);
+        let end = self.rotation_end.load(Ordering::Acquire);
+        start != u64::MAX && self.micros(started) <= end && self.micros(ended) >= start
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -93,8 +119,13 @@ impl Target {
                 .await
                 .map(|_| ())
                 .map_err(|status| format!("grpc {:?}", status.code())),
-            BenchMode::Jwks | BenchMode::Jwks304 => {
-                let mut request = hyper::Request::get(self.jwks_uri.clone());
+            BenchMode::Jwks | BenchMode::Jwks304 | BenchMode::Healthz => {
+                let uri = if mode == BenchMode::Healthz {
+                    &self.healthz_uri
+                } else {
+                    &self.jwks_uri
+                };
+                let mut request = hyper::Request::get(uri.clone());
                 if let (BenchMode::Jwks304, Some(etag)) = (mode, &self.etag) {
                     request = request.header(hyper::header::IF_NONE_MATCH, etag);
                 }
@@ -145,15 +176,30 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
         channels.push(connect(&args.target).await?);
     }
     let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let jwks_uri: hyper::Uri = format!(
-        "{}/.well-known/jwks.json",
-        args.http_target.trim_end_matches('/')
-    )
-    .parse()
-    .map_err(|e: hyper::http::uri::InvalidUri| BenchError::Connect {
-        target: args.http_target.clone(),
-        reason: e.to_string(),
-    })?;
+    let http_uri = |path: &str| -> Result<hyper::Uri, BenchError> {
+        format!("{}{path}", args.http_target.trim_end_matches('/'))
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| BenchError::Connect {
+                target: args.http_target.clone(),
+                reason: e.to_string(),
+            })
+    };
+    let jwks_uri = http_uri("/.well-known/jwks.json")?;
+    let healthz_uri = http_uri("/healthz")?;
+    let admin_token = match (&args.rotate_every, &args.admin_token_file) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(BenchError::Prepare(
+                "--rotate-every needs --admin-token-file".into(),
+            ))
+        }
+        (Some(_), Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| BenchError::Prepare(format!("{}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+    };
     let algorithm = alg.map(|a| a.name().to_owned()).unwrap_or_default();
 
     // Verification needs tokens: mint a pool first.
@@ -181,8 +227,12 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
         channels,
         http,
         jwks_uri,
+        healthz_uri,
         etag: None,
         tokens,
+        rotation_start: AtomicU64::new(u64::MAX),
+        rotation_end: AtomicU64::new(u64::MAX),
+        epoch: Instant::now(),
     };
     if args.mode == BenchMode::Jwks304 {
         let request = hyper::Request::get(target.jwks_uri.clone())
@@ -206,14 +256,33 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
     if !args.warmup.is_zero() {
         phase(&target, args.concurrency, args.warmup).await;
     }
+    let rotator = match (args.rotate_every, admin_token) {
+        (Some(every), Some(token)) => Some(tokio::spawn(rotate(
+            Arc::clone(&target),
+            every,
+            args.duration,
+            token,
+        ))),
+        _ => None,
+    };
     let started = Instant::now();
     let tallies = phase(&target, args.concurrency, args.duration).await;
     let elapsed = started.elapsed();
+    let rotations = match rotator {
+        Some(rotator) => Some(
+            rotator
+                .await
+                .map_err(|e| BenchError::Prepare(e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let mut latency = histogram();
+    let mut around_rotations = histogram();
     let mut errors = BTreeMap::new();
     for tally in tallies {
         let _ = latency.add(&tally.latency);
+        let _ = around_rotations.add(&tally.around_rotations);
         for (status, count) in tally.errors {
             *errors.entry(status).or_insert(0) += count;
         }
@@ -228,14 +297,14 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
         connections: args.connections.max(1),
         requests,
         requests_per_s: requests as f64 / elapsed.as_secs_f64(),
-        latency_us: Percentiles {
-            p50: latency.value_at_quantile(0.5),
-            p90: latency.value_at_quantile(0.9),
-            p99: latency.value_at_quantile(0.99),
-            p999: latency.value_at_quantile(0.999),
-            max: latency.max(),
-        },
+        latency_us: Percentiles::of(&latency),
         errors,
+        rotations: rotations.map(|(performed, failed)| Rotations {
+            performed,
+            failed,
+            requests_in_flight: around_rotations.len(),
+            latency_us: Percentiles::of(&around_rotations),
+        }),
         reference_ops_per_s: None,
         ratio_to_reference: None,
     })
@@ -251,6 +320,7 @@ async fn phase(target: &Arc<Target>, concurrency: usize, duration: Duration) -> 
         tasks.spawn(async move {
             let mut tally = Tally {
                 latency: histogram(),
+                around_rotations: histogram(),
                 errors: BTreeMap::new(),
             };
             let mut iteration = 0u64;
@@ -258,8 +328,12 @@ async fn phase(target: &Arc<Target>, concurrency: usize, duration: Duration) -> 
                 let started = Instant::now();
                 match target.request(task, iteration).await {
                     Ok(()) => {
-                        let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                        let ended = Instant::now();
+                        let micros = (ended - started).as_micros().clamp(1, 60_000_000) as u64;
                         let _ = tally.latency.record(micros);
+                        if target.overlaps_rotation(started, ended) {
+                            let _ = tally.around_rotations.record(micros);
+                        }
                     }
                     Err(status) => *tally.errors.entry(status).or_insert(0) += 1,
                 }
@@ -275,4 +349,48 @@ async fn phase(target: &Arc<Target>, concurrency: usize, duration: Duration) -> 
         }
     }
     tallies
+}
+
+/// Forces a rotation every `every` until `duration` is over, recording each one's window;
+/// returns (performed, failed).
+async fn rotate(
+    target: Arc<Target>,
+    every: Duration,
+    duration: Duration,
+    token: String,
+) -> (u64, u64) {
+    let deadline = Instant::now() + duration;
+    let mut client = TokenAuthorityClient::new(target.channels[0].clone());
+    let (mut performed, mut failed) = (0, 0);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let mut request = tonic::Request::new(pb::RotateKeysRequest {
+            force: true,
+            algorithm: target.algorithm.clone(),
+        });
+        let Ok(bearer) = format!("Bearer {token}").parse() else {
+            failed += 1;
+            break;
+        };
+        request.metadata_mut().insert("authorization", bearer);
+        target.rotation_end.store(u64::MAX, Ordering::Release);
+        target
+            .rotation_start
+            .store(target.micros(Instant::now()), Ordering::Release);
+        let outcome = client.rotate_keys(request).await;
+        target
+            .rotation_end
+            .store(target.micros(Instant::now()), Ordering::Release);
+        match outcome {
+            Ok(_) => performed += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    (performed, failed)
 }

@@ -44,6 +44,17 @@ pub struct Report {
     pub reference_ops_per_s: Option<f64>,
     /// requests_per_s / reference_ops_per_s.
     pub ratio_to_reference: Option<f64>,
+    /// With `--rotate-every`: the rotations forced during the run.
+    pub rotations: Option<Rotations>,
+}
+
+/// Forced rotations during a run, and the requests that were in flight across one.
+#[derive(Debug, Serialize)]
+pub struct Rotations {
+    pub performed: u64,
+    pub failed: u64,
+    pub requests_in_flight: u64,
+    pub latency_us: Percentiles,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +64,18 @@ pub struct Percentiles {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+impl Percentiles {
+    pub(crate) fn of(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50: histogram.value_at_quantile(0.5),
+            p90: histogram.value_at_quantile(0.9),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
 }
 
 /// Runs the benchmark `args` asks for.
@@ -116,6 +139,17 @@ pub fn render(report: &Report) -> String {
             "reference ({}, crypto alone, every core, same run): {ceiling:.0} ops/s; service = {:.1}% of it\n",
             report.provider,
             ratio * 100.0
+        ));
+    }
+    if let Some(rotations) = &report.rotations {
+        out.push_str(&format!(
+            "rotations forced: {} ({} failed); {} requests in flight across them: p50 {} p99 {} max {} us\n",
+            rotations.performed,
+            rotations.failed,
+            rotations.requests_in_flight,
+            rotations.latency_us.p50,
+            rotations.latency_us.p99,
+            rotations.latency_us.max,
         ));
     }
     if report.errors.is_empty() {

@@ -14,6 +14,8 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
     let server = TestServer::start_with(config(&dir, &["--algorithms", "RS256,EdDSA"])).await;
     let target = format!("http://{}", server.grpc_addr);
     let http_target = format!("http://{}", server.http_addr);
+    let admin_token_file = dir.admin_token_file.display().to_string();
+    let current_before = server.current_kid("RS256").await;
     for (mode, extra) in [
         ("health", &[][..]),
         (
@@ -32,7 +34,17 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
         ),
         ("jwks", &[][..]),
         ("jwks304", &[][..]),
+        ("healthz", &[][..]),
         ("mixed", &[][..]),
+        (
+            "mixed",
+            &[
+                "--rotate-every",
+                "150ms",
+                "--admin-token-file",
+                &admin_token_file,
+            ][..],
+        ),
     ] {
         let output = tokio::task::block_in_place(|| {
             Command::new(BIN)
@@ -81,6 +93,24 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
             latency["max"].as_u64().unwrap(),
         );
         assert!(0 < p50 && p50 <= p99 && p99 <= max, "{mode}: {report}");
+        assert_eq!(
+            report["provider"],
+            token_authority::crypto::PROVIDER,
+            "{report}"
+        );
+        if extra.contains(&"--rotate-every") {
+            // 500 ms at one forced rotation per 150 ms, and not one failed request.
+            let rotations = &report["rotations"];
+            assert!(rotations["performed"].as_u64().unwrap() >= 2, "{report}");
+            assert_eq!(rotations["failed"], 0, "{report}");
+            assert_ne!(
+                server.current_kid("RS256").await,
+                current_before,
+                "no rotation happened"
+            );
+        } else {
+            assert!(report["rotations"].is_null(), "{report}");
+        }
         if extra.contains(&"--reference") {
             let ceiling = report["reference_ops_per_s"].as_f64().unwrap();
             let ratio = report["ratio_to_reference"].as_f64().unwrap();

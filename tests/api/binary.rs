@@ -255,7 +255,8 @@ mod reqwest {
 }
 
 /// `--log-format json`: every line of a run is one JSON object, and each RPC's event carries
-/// the span fields method, outcome and latency.
+/// the span fields method, outcome and latency. At the default level (info) a failed RPC is
+/// logged and a successful data-plane RPC is not.
 #[test]
 fn json_logs_are_one_object_per_line_with_rpc_fields() {
     let dir = DataDir::new();
@@ -304,11 +305,5 @@ fn json_logs_are_one_object_per_line_with_rpc_fields() {
             )
         })
         .collect();
-    assert_eq!(
-        outcomes,
-        [
-            ("IssueToken".into(), "ok".into()),
-            ("IssueToken".into(), "InvalidArgument".into())
-        ]
-    );
+    assert_eq!(outcomes, [("IssueToken".into(), "InvalidArgument".into())]);
 }

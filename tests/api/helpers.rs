@@ -250,6 +250,15 @@ impl TestServer {
             .into_inner()
     }
 
+    /// The kid of the current key of `alg`.
+    pub async fn current_kid(&self, alg: &str) -> String {
+        let keys = self.list_keys().await.keys;
+        keys.iter()
+            .find(|k| k.state == pb::KeyState::Current as i32 && k.algorithm == alg)
+            .map(|k| k.key_id.clone())
+            .expect("a current key")
+    }
+
     pub async fn list_keys(&self) -> pb::ListKeysResponse {
         self.client
             .clone()
