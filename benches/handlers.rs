@@ -14,6 +14,7 @@ use token_authority::{
     jwk::{render_jwks, PublicJwk},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
+    signing_pool::SigningPool,
     store::KeyStore,
 };
 use tonic::Request;
@@ -50,6 +51,7 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         Arc::clone(&authority),
         Arc::new(AdminToken::new("bench-admin-token")),
         Arc::new(Metrics::new(&ALGORITHMS)),
+        Arc::new(SigningPool::per_core().unwrap()),
     );
     (service, authority)
 }

@@ -5,6 +5,7 @@
 //! # Layout
 //! - `config`: the command line and its checks; `telemetry`: logging.
 //! - `server`: wiring and shutdown; `grpc` and `http`: the two transports;
+//!   `signing_pool`: the threads that compute RSA signatures;
 //!   `http_server`: the HTTP connection limits.
 //! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
@@ -38,5 +39,6 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pb;
 pub mod server;
+pub mod signing_pool;
 pub mod store;
 pub mod telemetry;

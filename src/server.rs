@@ -30,6 +30,7 @@ use crate::{
     kek::{KekError, Keks},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
+    signing_pool::SigningPool,
     store::{KeyStore, StoreError},
 };
 
@@ -58,6 +59,8 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error("a start-up task failed: {0}")]
     Task(String),
+    #[error("cannot start the signing threads: {0}")]
+    SigningPool(std::io::Error),
 }
 
 /// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
@@ -239,10 +242,12 @@ pub async fn run(
     };
 
     let metrics = Arc::new(Metrics::new(&config.algorithms));
+    let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
     let service = GrpcService::new(
         Arc::clone(&authority),
         Arc::new(admin),
         Arc::clone(&metrics),
+        Arc::new(signing_pool),
     );
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()

@@ -67,7 +67,7 @@ impl Algorithm {
         }
     }
 
-    /// Whether one signature costs enough CPU (RSA: about a millisecond) that it must not
+    /// Whether one signature costs enough CPU (RSA: hundreds of microseconds) that it must not
     /// run on the async reactor.
     pub fn is_slow_to_sign(self) -> bool {
         matches!(self, Algorithm::RS256 | Algorithm::PS256)
