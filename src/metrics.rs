@@ -7,7 +7,12 @@ use std::{collections::HashMap, time::Duration};
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -97,6 +102,21 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// One handle per configured algorithm, created up front so that the hot path only looks
+/// one up and never takes the family's lock.
+fn per_algorithm<M: Clone, C: MetricConstructor<M>>(
+    family: &Family<Labels, M, C>,
+    algorithms: &[Algorithm],
+) -> HashMap<Algorithm, M> {
+    algorithms
+        .iter()
+        .map(|alg| {
+            let set = labels(&[("algorithm", alg.name())]);
+            (*alg, family.get_or_create_owned(&set))
+        })
+        .collect()
+}
+
 impl Metrics {
     pub fn new(algorithms: &[Algorithm]) -> Metrics {
         let mut registry = Registry::with_prefix("token_authority");
@@ -154,39 +174,9 @@ impl Metrics {
             until_family.clone(),
         );
 
-        let per_alg = |family: &Family<Labels, Counter>| -> HashMap<Algorithm, Counter> {
-            algorithms
-                .iter()
-                .map(|alg| {
-                    (
-                        *alg,
-                        family.get_or_create_owned(&labels(&[("algorithm", alg.name())])),
-                    )
-                })
-                .collect()
-        };
-        let per_alg_gauge = |family: &Family<Labels, Gauge>| -> HashMap<Algorithm, Gauge> {
-            algorithms
-                .iter()
-                .map(|alg| {
-                    (
-                        *alg,
-                        family.get_or_create_owned(&labels(&[("algorithm", alg.name())])),
-                    )
-                })
-                .collect()
-        };
         Metrics {
-            issued: per_alg(&issued_family),
-            signing: algorithms
-                .iter()
-                .map(|alg| {
-                    (
-                        *alg,
-                        signing_family.get_or_create_owned(&labels(&[("algorithm", alg.name())])),
-                    )
-                })
-                .collect(),
+            issued: per_algorithm(&issued_family, algorithms),
+            signing: per_algorithm(&signing_family, algorithms),
             valid: verified_family
                 .get_or_create_owned(&labels(&[("outcome", "valid"), ("reason", "")])),
             invalid: REASONS
@@ -210,8 +200,8 @@ impl Metrics {
             rotations: lifecycle_family.get_or_create_owned(&labels(&[("event", "rotation")])),
             revocations: lifecycle_family.get_or_create_owned(&labels(&[("event", "revocation")])),
             deletions: lifecycle_family.get_or_create_owned(&labels(&[("event", "deletion")])),
-            key_age: per_alg_gauge(&age_family),
-            until_rotation: per_alg_gauge(&until_family),
+            key_age: per_algorithm(&age_family, algorithms),
+            until_rotation: per_algorithm(&until_family, algorithms),
             registry,
         }
     }

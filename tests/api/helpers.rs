@@ -250,6 +250,16 @@ impl TestServer {
             .into_inner()
     }
 
+    /// GetJwks over gRPC.
+    pub async fn grpc_jwks(&self) -> pb::GetJwksResponse {
+        self.client
+            .clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// The kid of the current key of `alg`.
     pub async fn current_kid(&self, alg: &str) -> String {
         let keys = self.list_keys().await.keys;

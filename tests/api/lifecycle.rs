@@ -23,13 +23,7 @@ async fn publish_before_sign_a_cached_jwks_verifies_tokens_after_rotations() {
     assert_eq!(token.key_id, rotated.current_key_id);
     verify_independently(&cached, &token.token, &server.issuer, "api").unwrap();
     // Every token returned carries a kid both JWKS views already serve.
-    let grpc_jwks = server
-        .client
-        .clone()
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let grpc_jwks = server.grpc_jwks().await;
     assert!(grpc_jwks.keys.iter().any(|k| k.kid == token.key_id));
     server.stop().await;
 }
@@ -104,13 +98,7 @@ async fn revocation_withdraws_the_key_at_once_and_is_remembered() {
     assert_ne!(revoked.current_key_id, token.key_id);
     assert!(kids(&before).contains(&revoked.current_key_id));
     let http = server.http_jwks().await;
-    let grpc = server
-        .client
-        .clone()
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let grpc = server.grpc_jwks().await;
     assert!(!kids(&http).contains(&token.key_id));
     assert!(!grpc.keys.iter().any(|k| k.kid == token.key_id));
     let verdict = server.verify(&token.token, "api").await;

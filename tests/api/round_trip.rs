@@ -91,13 +91,7 @@ async fn grpc_and_http_serve_the_same_jwks_without_private_members() {
     let dir = DataDir::new();
     let server = TestServer::start(&dir).await;
     server.rotate().await;
-    let grpc = server
-        .client
-        .clone()
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let grpc = server.grpc_jwks().await;
     let http_body = server
         .http
         .get(server.url("/.well-known/jwks.json"))
