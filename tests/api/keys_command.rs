@@ -165,6 +165,18 @@ fn bad_imports_are_refused_with_the_reason() {
         .unwrap()
         .success());
     let ed = openssl_key(work.path(), "ed.pem", &["-algorithm", "ED25519"]);
+    // Both crypto providers hold RSA keys to 2048..=4096 bits: ring by itself, aws-lc-rs by
+    // our check (AWS-LC alone takes up to 8192 bits).
+    let short_rsa = openssl_key(
+        work.path(),
+        "rsa1024.pem",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+    );
+    let long_rsa = openssl_key(
+        work.path(),
+        "rsa4160.pem",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4160"],
+    );
     std::fs::write(work.path().join("junk.pem"), "not a key").unwrap();
     let junk = work.path().join("junk.pem");
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -177,6 +189,14 @@ fn bad_imports_are_refused_with_the_reason() {
             "expected \"PRIVATE KEY\" (PKCS#8)",
         ),
         (vec!["--pem", junk.to_str().unwrap()], "not a PEM document"),
+        (
+            vec!["--pem", short_rsa.to_str().unwrap()],
+            "not an RSA, P-256 or Ed25519",
+        ),
+        (
+            vec!["--pem", long_rsa.to_str().unwrap()],
+            "not an RSA, P-256 or Ed25519",
+        ),
         (
             vec!["--pem", "/no/such/file.pem"],
             "cannot read /no/such/file.pem",
