@@ -119,10 +119,14 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 /// The human form of a report.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
-        "{} {}: {} requests in {:.1}s, {:.0} req/s ({} connections, {} in flight)\n\
+        "{}{}: {} requests in {:.1}s, {:.0} req/s ({} connections, {} in flight)\n\
          latency us: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
         report.mode,
-        report.algorithm.as_deref().unwrap_or(""),
+        report
+            .algorithm
+            .as_deref()
+            .map(|alg| format!(" {alg}"))
+            .unwrap_or_default(),
         report.requests,
         report.duration_s,
         report.requests_per_s,

@@ -103,6 +103,14 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
             let rotations = &report["rotations"];
             assert!(rotations["performed"].as_u64().unwrap() >= 2, "{report}");
             assert_eq!(rotations["failed"], 0, "{report}");
+            // Requests ran across the rotations and were recorded there too, as a subset
+            // of the run.
+            let across = rotations["requests_in_flight"].as_u64().unwrap();
+            assert!(across > 0 && across <= requests, "{report}");
+            assert!(
+                rotations["latency_us"]["max"].as_u64().unwrap() <= max,
+                "{report}"
+            );
             assert_ne!(
                 server.current_kid("RS256").await,
                 current_before,
