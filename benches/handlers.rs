@@ -10,12 +10,12 @@ use token_authority::{
     admin::AdminToken,
     authority::{Authority, Settings},
     crypto::Algorithm,
-    grpc::GrpcService,
     jwk::{render_jwks, PublicJwk},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
     store::KeyStore,
+    transport::grpc::GrpcService,
 };
 use tonic::Request;
 

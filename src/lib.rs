@@ -4,9 +4,8 @@
 //!
 //! # Layout
 //! - `config`: the command line and its checks; `telemetry`: logging.
-//! - `server`: wiring and shutdown; `grpc` and `http`: the two transports;
-//!   `signing_pool`: the threads that compute RSA signatures;
-//!   `http_server`: the HTTP connection limits.
+//! - `server`: wiring and shutdown; `transport`: gRPC and HTTP, and their connections;
+//!   `signing_pool`: the threads that compute RSA signatures.
 //! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.
@@ -26,9 +25,6 @@ pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-pub mod grpc;
-pub mod http;
-pub mod http_server;
 pub mod jwk;
 pub mod jwt;
 pub mod kek;
@@ -42,3 +38,4 @@ pub mod server;
 pub mod signing_pool;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

@@ -24,14 +24,16 @@ use crate::{
     admin::{AdminToken, AdminTokenError, AdminTokenSource},
     authority::{Authority, AuthorityError, Settings},
     config::Config,
-    grpc::GrpcService,
-    http::{self, HttpState},
-    http_server,
     kek::{KekError, Keks},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
     signing_pool::SigningPool,
     store::{KeyStore, StoreError},
+    transport::{
+        grpc::GrpcService,
+        http::{self, HttpState},
+        http_server,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
