@@ -1,9 +1,11 @@
 //! The only layer that sees generated `pb` types and HTTP types.
 //!
 //! # Layout
+//! - `connection`: what is known of a connection's peer, handed to the layers above.
 //! - `grpc`: the `tokenauthority.v1.TokenAuthority` service.
 //! - `http`: the JWKS, discovery, health and metrics endpoints.
 
+pub mod connection;
 pub mod grpc;
 pub mod http;
 pub mod http_server;
