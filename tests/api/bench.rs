@@ -58,7 +58,13 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
                 ])
                 .args([
                     "--duration",
-                    "500ms",
+                    // Long enough for two forced RSA rotations (each generates a key) on a
+                    // loaded two-core machine; the other modes only need a sample.
+                    if extra.contains(&"--rotate-every") {
+                        "2s"
+                    } else {
+                        "500ms"
+                    },
                     "--warmup",
                     "100ms",
                     "--concurrency",
@@ -99,7 +105,7 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
             "{report}"
         );
         if extra.contains(&"--rotate-every") {
-            // 500 ms at one forced rotation per 150 ms, and not one failed request.
+            // 2 s at one forced rotation per 150 ms, and not one failed request.
             let rotations = &report["rotations"];
             assert!(rotations["performed"].as_u64().unwrap() >= 2, "{report}");
             assert_eq!(rotations["failed"], 0, "{report}");
