@@ -700,3 +700,133 @@ impl AsyncWrite for Io {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The seam to the caller-identity layer: every request, over HTTP/2 with TLS and over
+    //! plaintext HTTP/1.1, carries the connection's address and client certificate.
+
+    use std::sync::Arc;
+
+    use axum::{routing::get, Extension, Router};
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::{
+        config::TlsFiles, crypto::Algorithm, metrics::Metrics, transport::tls::TlsReloader,
+    };
+
+    async fn peer(Extension(info): Extension<ConnectionInfo>) -> String {
+        let addr = info.remote_addr.map(|a| a.to_string()).unwrap_or_default();
+        let cert = info.client_certificate.map_or(0, |der| der.len());
+        format!("{addr} {cert}")
+    }
+
+    fn listener(tcp: TcpListener, protocol: Protocol, tls: Option<SharedTlsConfigs>) -> Listener {
+        let metrics = Metrics::new(&[Algorithm::RS256]);
+        Listener {
+            tcp,
+            protocol,
+            tls,
+            limits: ListenerLimits {
+                max_connections: 8,
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(5),
+            },
+            metrics: metrics.grpc_listener.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_the_connection_info() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let issue = |params: rcgen::CertificateParams| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        };
+        let (server_cert, server_key, _) =
+            issue(rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap());
+        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/a/sa/b".try_into().unwrap(),
+        )];
+        let (client_cert, client_key, client_der) = issue(client_params);
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: Some(dir.path().join("ca.crt")),
+        };
+        std::fs::write(&files.cert, &server_cert).unwrap();
+        std::fs::write(&files.key, &server_key).unwrap();
+        std::fs::write(files.client_ca.as_ref().unwrap(), ca.pem()).unwrap();
+        let configs = TlsReloader::load(&files).unwrap().configs();
+        let router = Router::new().route("/peer", get(peer));
+        let (_stop, stop) = watch::channel(false);
+
+        // HTTP/2 over TLS with a client certificate.
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(
+            listener(tcp, Protocol::Grpc, Some(configs)).serve(router.clone(), stop.clone()),
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+            .unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let mut send = send.ready().await.unwrap();
+        let request = Request::get("https://127.0.0.1/peer").body(()).unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            format!("{local} {}", client_der.len())
+        );
+
+        // HTTP/1.1 in plaintext: the address, no certificate.
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(listener(tcp, Protocol::Http, None).serve(router, stop));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(
+            response.ends_with(&format!("\r\n\r\n{local} 0")),
+            "{response}"
+        );
+    }
+}
