@@ -47,6 +47,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 
 use crate::{
@@ -168,8 +169,7 @@ impl Listener {
             .timer(TokioTimer::new())
             .header_read_timeout(HTTP_HEAD_READ_TIMEOUT)
             .max_buf_size(HTTP_MAX_HEAD_BYTES);
-        let max = self.limits.max_connections;
-        let permits = Arc::new(Semaphore::new(max));
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         let shared = Arc::new(Shared {
             protocol: self.protocol,
             tls: self.tls,
@@ -180,8 +180,12 @@ impl Listener {
             http2,
             http1,
         });
+        // Owned here, so that when the server gives up waiting (after --shutdown-grace) and
+        // drops this future, every connection is dropped with it.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let (tcp, remote) = tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = self.tcp.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -199,12 +203,10 @@ impl Listener {
                 tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit reached; closed");
                 continue;
             };
-            tokio::spawn(Arc::clone(&shared).connection(tcp, remote, permit));
+            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit));
         }
         drop(self.tcp);
-        // Each connection holds a permit until it has closed: all permits back, all closed.
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
-        let _ = permits.acquire_many(all).await;
+        while connections.join_next().await.is_some() {}
     }
 }
 
@@ -216,6 +218,7 @@ impl Shared {
         permit: OwnedSemaphorePermit,
     ) {
         let _ = tcp.set_nodelay(true);
+        let local_addr = tcp.local_addr().ok();
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         self.metrics.open.inc();
@@ -252,6 +255,10 @@ impl Shared {
             info: ConnectionInfo {
                 remote_addr: Some(remote),
                 client_certificate,
+            },
+            tcp_info: TcpConnectInfo {
+                local_addr,
+                remote_addr: Some(remote),
             },
             protocol: self.protocol,
         };
@@ -491,6 +498,8 @@ struct Tracked {
     router: Router,
     state: Arc<ConnState>,
     info: ConnectionInfo,
+    /// What tonic's own server put there: `Request::remote_addr()` keeps working.
+    tcp_info: TcpConnectInfo,
     protocol: Protocol,
 }
 
@@ -501,6 +510,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.info.clone());
+        request.extensions_mut().insert(self.tcp_info.clone());
         let protocol = self.protocol;
         // HTTP/1 has one request at a time; only HTTP/2 needs a limit.
         let limit = match protocol {
@@ -512,10 +522,14 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             return Box::pin(std::future::ready(Ok(refused.map(TrackedBody::untracked))));
         };
         let router = self.router.clone();
+        // The client's deadline, when shorter than ours (what tonic's server honoured).
+        let deadline = grpc_timeout(request.headers()).map_or(GRPC_REQUEST_TIMEOUT, |client| {
+            client.min(GRPC_REQUEST_TIMEOUT)
+        });
         Box::pin(async move {
             let response = router.oneshot(request);
             let response = match protocol {
-                Protocol::Grpc => tokio::time::timeout(GRPC_REQUEST_TIMEOUT, response)
+                Protocol::Grpc => tokio::time::timeout(deadline, response)
                     .await
                     .unwrap_or_else(|_| Ok(protocol.refusal(Refusal::Timeout))),
                 Protocol::Http => response.await,
@@ -528,6 +542,26 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             }))
         })
     }
+}
+
+/// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit); `None` when
+/// absent or malformed, as tonic did.
+fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A response body that reports whether the client is taking its frames.
@@ -717,7 +751,12 @@ mod tests {
         config::TlsFiles, crypto::Algorithm, metrics::Metrics, transport::tls::TlsReloader,
     };
 
-    async fn peer(Extension(info): Extension<ConnectionInfo>) -> String {
+    async fn peer(
+        Extension(info): Extension<ConnectionInfo>,
+        Extension(tcp): Extension<TcpConnectInfo>,
+    ) -> String {
+        // tonic's `Request::remote_addr()` reads the same address.
+        assert_eq!(tcp.remote_addr, info.remote_addr);
         let addr = info.remote_addr.map(|a| a.to_string()).unwrap_or_default();
         let cert = info.client_certificate.map_or(0, |der| der.len());
         format!("{addr} {cert}")
@@ -736,6 +775,31 @@ mod tests {
             },
             metrics: metrics.grpc_listener.clone(),
         }
+    }
+
+    #[test]
+    fn grpc_timeout_headers() {
+        let cases = [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5M", Some(Duration::from_secs(300))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("9n", Some(Duration::from_nanos(9))),
+            ("99999999S", Some(Duration::from_secs(99_999_999))),
+            ("123456789S", None),
+            ("S", None),
+            ("", None),
+            ("10x", None),
+            ("-1S", None),
+            ("1.5S", None),
+        ];
+        for (value, expected) in cases {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(grpc_timeout(&headers), expected, "{value:?}");
+        }
+        assert_eq!(grpc_timeout(&hyper::HeaderMap::new()), None);
     }
 
     #[tokio::test]
