@@ -330,14 +330,6 @@ impl Shared {
         let mut closing: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            if let Some(since) = closing {
-                // A graceful close waits for the client to acknowledge (HTTP/2 answers a PING
-                // after GOAWAY); a client that never does, with nothing in flight, would hold
-                // the connection, and a shutdown, until keepalive gives up. It gets CLOSE_WAIT.
-                if state.in_flight() == 0 && now >= since + CLOSE_WAIT {
-                    return;
-                }
-            }
             let wake = match state.check(now, idle) {
                 Verdict::Stalled => {
                     // The client holds responses in our buffers and reads none: dropping the
@@ -353,12 +345,23 @@ impl Shared {
                     self.metrics.closed_idle.inc();
                     connection.as_mut().graceful_shutdown();
                     closing = Some(now);
-                    now + CLOSE_WAIT
+                    now + idle
                 }
                 Verdict::Idle => now + idle,
                 Verdict::Busy { next_check } => next_check,
             };
-            let wake = closing.map_or(wake, |since| wake.min(since + CLOSE_WAIT));
+            // A graceful close waits for the client to acknowledge (HTTP/2 answers a PING after
+            // GOAWAY); a client that never does, with nothing in flight, would hold the
+            // connection, and a shutdown, until keepalive gives up. Once asked to close and
+            // quiet, it gets CLOSE_WAIT: time to flush the last response and acknowledge.
+            let drop_at = match (closing, state.quiet_since()) {
+                (Some(since), Some(quiet)) => Some(since.max(quiet) + CLOSE_WAIT),
+                _ => None,
+            };
+            if drop_at.is_some_and(|at| now >= at) {
+                return;
+            }
+            let wake = drop_at.map_or(wake, |at| wake.min(at));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -370,7 +373,7 @@ impl Shared {
                     connection.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
                 }
-                // The last request in flight ended: a closing connection may go now.
+                // The last request in flight ended: when a closing connection goes changes.
                 () = state.drained.notified(), if closing.is_some() => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
@@ -440,8 +443,10 @@ impl ConnState {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn in_flight(&self) -> usize {
-        self.lock().in_flight
+    /// Since when nothing has been in flight; `None` while something is.
+    fn quiet_since(&self) -> Option<Instant> {
+        let inner = self.lock();
+        (inner.in_flight == 0).then_some(inner.last_active)
     }
 
     /// A new request, unless `limit` are already in flight.

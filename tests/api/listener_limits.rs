@@ -268,8 +268,19 @@ async fn idle_connections_are_closed_but_not_while_a_request_is_in_flight() {
         .unwrap()
         .unwrap();
     assert!(answered.elapsed() >= idle - Duration::from_millis(200));
-    // This one, and the test server's own client, idle since its start-up health check.
-    assert_eq!(metric(&server, &closed_by("grpc", "idle")).await, 2.0);
+    // A client that never reads again (so never acknowledges the GOAWAY) is dropped one
+    // second after it.
+    let mut deaf = TcpStream::connect(server.grpc_addr).await.unwrap();
+    deaf.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let waited = closed_after(&mut deaf, Duration::from_secs(10)).await;
+    assert!(
+        waited >= idle + Duration::from_millis(800) && waited < idle * 5,
+        "a deaf idle client was closed after {waited:?}"
+    );
+    // These two, and the test server's own client, idle since its start-up health check.
+    assert_eq!(metric(&server, &closed_by("grpc", "idle")).await, 3.0);
     // That client reconnects transparently.
     assert!(!server.issue("after", &[]).await.token.is_empty());
     server.stop().await;
@@ -357,7 +368,9 @@ async fn shutdown_closes_idle_connections_at_once_and_lets_requests_in_flight_fi
     let stopped = server.begin_stop();
     // The idle HTTP connection is closed at once.
     closed_after(&mut http, Duration::from_secs(5)).await;
-    // The request in flight is still answered.
+    // The request in flight is still answered, even when its client takes longer than the
+    // second a closing connection is given once quiet, and its response is flushed whole.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     body.send_data(Bytes::from_static(EMPTY_MESSAGE), true)
         .unwrap();
     let response = timeout(Duration::from_secs(5), in_flight)
