@@ -229,7 +229,7 @@ impl Authority {
         audience: Option<&str>,
         now: u64,
     ) -> Result<Verified, Rejection> {
-        jwt::verify::verify(token, &self.keys.load(), &self.policy, audience, now)
+        jwt::verify::verify(token, &**self.keys.load(), &self.policy, audience, now)
     }
 
     /// The operator's rotation of `alg` (default: the first configured): the next key

@@ -63,6 +63,7 @@ pub fn reason_label(reason: Reason) -> &'static str {
         Reason::RevokedKey => "REVOKED_KEY",
         Reason::MissingClaim => "MISSING_CLAIM",
         Reason::UnsupportedHeader => "UNSUPPORTED_HEADER",
+        Reason::LifetimeTooLong => "LIFETIME_TOO_LONG",
     }
 }
 

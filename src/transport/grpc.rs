@@ -155,6 +155,7 @@ fn reason_to_pb(reason: Reason) -> pb::VerifyFailureReason {
         Reason::RevokedKey => R::RevokedKey,
         Reason::MissingClaim => R::MissingClaim,
         Reason::UnsupportedHeader => R::UnsupportedHeader,
+        Reason::LifetimeTooLong => R::LifetimeTooLong,
     }
 }
 
