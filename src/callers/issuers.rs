@@ -157,10 +157,11 @@ impl TrustedIssuer {
         self.keys.load_full()
     }
 
-    /// Fetches now and replaces the cache; on failure the cache is kept.
+    /// Fetches now and replaces the cache; on failure the cache is kept. Scheduled
+    /// refreshes do not count toward the unknown-kid cooldown: a key the issuer publishes
+    /// just after one is still fetched when its first token arrives.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
-        let mut last = self.fetching.lock().await;
-        *last = Some(Instant::now());
+        let _serialised = self.fetching.lock().await;
         self.fetch_and_store().await
     }
 

@@ -8,6 +8,7 @@ mod bad_requests;
 mod bad_tokens;
 mod bench;
 mod binary;
+mod callers;
 mod clients;
 mod crash;
 mod grpcurl;
