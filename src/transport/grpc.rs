@@ -83,22 +83,24 @@ impl GrpcService {
         request: &Request<T>,
         method: &'static str,
     ) -> Result<Principal, Status> {
-        let decided = match self.authenticate(request).await {
-            Ok(principal) => self.callers.authorize_admin(&principal).map(|()| principal),
-            Err(error) => Err(error),
+        let (principal, error) = match self.authenticate(request).await {
+            Ok(principal) => match self.callers.authorize_admin(&principal) {
+                Ok(()) => return Ok(principal),
+                Err(error) => (Some(principal), error),
+            },
+            Err(error) => (None, error),
         };
-        decided.map_err(|error| {
-            self.callers.record(&Entry {
-                at: now(),
-                method,
-                via: "",
-                outcome: Some(Outcome::Refused),
-                reason: Some(&error.to_string()),
-                reason_label: error.label(),
-                ..Entry::default()
-            });
-            Status::from(error)
-        })
+        self.callers.record(&Entry {
+            at: now(),
+            method,
+            caller: principal.as_ref().map_or("", Principal::name),
+            via: principal.as_ref().map_or("", Principal::via),
+            outcome: Some(Outcome::Refused),
+            reason: Some(&error.to_string()),
+            reason_label: error.label(),
+            ..Entry::default()
+        });
+        Err(Status::from(error))
     }
 
     /// Audits an admin action that was carried out.

@@ -4,6 +4,7 @@
 mod admin_auth;
 mod algorithms;
 mod at_rest;
+mod audit;
 mod bad_requests;
 mod bad_tokens;
 mod bench;
