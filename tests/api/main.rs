@@ -21,6 +21,8 @@ mod limits;
 mod log_hygiene;
 mod metrics;
 mod persistence_and_rotation;
+mod policy;
+mod policy_command;
 mod round_trip;
 mod startup_refusals;
 mod tools;
