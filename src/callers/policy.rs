@@ -6,10 +6,11 @@
 //! the subject, every audience, the ttl, every claim the caller sets, the binding). When no
 //! rule does, the refusal names the field of the rule that came closest, never the policy.
 //!
-//! Caller and subject patterns are globs (`globset`) in which `*` stays within one `/`
-//! segment, so `spiffe://prod.example/ns/payments/*` does not cover
-//! `spiffe://prod.example/ns/payments/x/y`; `**` crosses segments. In subjects, `{caller}`
-//! stands for the caller's own name.
+//! Caller and subject patterns are globs (`globset`: `*`, `?`, `[abc]`, `{a,b}`) matched
+//! against the whole name. `*` matches any run of characters, `/` included, so
+//! `spiffe://prod.example/ns/payments/*` covers every workload of that namespace
+//! (`.../ns/payments/sa/api`), as SPIFFE IDs are laid out. In subjects, `{caller}` stands
+//! for the caller's own name (escaped: a caller named `*` does not become a wildcard).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -351,7 +352,7 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
 }
 
 fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern).literal_separator(true).build()
+    GlobBuilder::new(pattern).literal_separator(false).build()
 }
 
 fn duration(text: &str) -> Result<u64, String> {
@@ -859,7 +860,9 @@ mod tests {
             (gateway, ask("user:alice", &["orders"], Some(60), &[]), Ok((60, Some(gateway)))),
             (gateway, ask(&format!("{gateway}/worker-1"), &["orders"], None, &[]), Ok((3600, Some(gateway)))),
             (gateway, ask(gateway, &["orders"], None, &[]), Err(format!("subject: \"{gateway}\" is not allowed for caller \"{gateway}\""))),
-            ("spiffe://prod.example/ns/payments/a/b", ask("x", &["ledger"], None, &[]), Err("caller \"spiffe://prod.example/ns/payments/a/b\" is not allowed to issue tokens".into())),
+            ("spiffe://prod.example/ns/payments/sa/b", ask("spiffe://prod.example/ns/payments/sa/b", &["ledger"], None, &[]), Ok((900, None))),
+            ("spiffe://prod.example/ns/billing/sa/b", ask("x", &["ledger"], None, &[]), Err("caller \"spiffe://prod.example/ns/billing/sa/b\" is not allowed to issue tokens".into())),
+            ("spiffe://prod.example/ns/payments", ask("x", &["ledger"], None, &[]), Err("caller \"spiffe://prod.example/ns/payments\" is not allowed to issue tokens".into())),
             ("system:serviceaccount:billing:api", ask("x", &["ledger"], None, &[]), Err("caller \"system:serviceaccount:billing:api\" is not allowed to issue tokens".into())),
             (sa, ask("someone-else", &["ledger"], None, &[]), Err(format!("subject: \"someone-else\" is not allowed for caller \"{sa}\""))),
             (sa, ask(sa, &["ledger", "payroll"], None, &[]), Err(format!("audience: \"payroll\" is not allowed for caller \"{sa}\""))),
@@ -909,7 +912,7 @@ mod tests {
     #[test]
     fn caller_names_are_escaped_inside_subject_globs() {
         let policy = Policy::parse(
-            "[[rule]]\ncallers = [\"**\"]\nsubjects = [\"{caller}-*\"]\naudiences = [\"a\"]\n",
+            "[[rule]]\ncallers = [\"*\"]\nsubjects = [\"{caller}-*\"]\naudiences = [\"a\"]\n",
         )
         .unwrap();
         // A caller named `*` gets `*-x`, not every subject.

@@ -10,6 +10,7 @@ mod bad_tokens;
 mod bench;
 mod binary;
 mod callers;
+mod callers_mtls;
 mod clients;
 mod crash;
 mod grpcurl;
