@@ -257,7 +257,7 @@ impl TrustedIssuer {
         let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| http("timed out".into()))?
-            .map_err(|e| http(e.to_string()))?;
+            .map_err(|e| http(with_causes(&e)))?;
         if !response.status().is_success() {
             return Err(http(format!("HTTP {}", response.status())));
         }
@@ -270,6 +270,18 @@ impl TrustedIssuer {
         .map_err(|e| http(e.to_string()))?;
         Ok(body.to_bytes().to_vec())
     }
+}
+
+/// An error with its causes: hyper's "client error (Connect)" alone says too little.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {
