@@ -121,6 +121,15 @@ pub struct BenchArgs {
     /// The file holding the admin token, for --rotate-every.
     #[arg(long, env = "TA_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the server's certificate, for https:// targets.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, with --tls-key (a server with --client-ca).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

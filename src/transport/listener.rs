@@ -47,6 +47,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 
 use crate::{
@@ -72,6 +73,10 @@ pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const HTTP_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dead peers that vanished without a FIN are noticed by the kernel.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long a connection asked to close (idle, or shutting down) with nothing in flight is
+/// left to complete the close with its client before it is dropped: an HTTP/2 client needs
+/// one round trip to acknowledge the GOAWAY.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Every HTTP/2 client must open with these bytes (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -168,8 +173,7 @@ impl Listener {
             .timer(TokioTimer::new())
             .header_read_timeout(HTTP_HEAD_READ_TIMEOUT)
             .max_buf_size(HTTP_MAX_HEAD_BYTES);
-        let max = self.limits.max_connections;
-        let permits = Arc::new(Semaphore::new(max));
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         let shared = Arc::new(Shared {
             protocol: self.protocol,
             tls: self.tls,
@@ -180,8 +184,12 @@ impl Listener {
             http2,
             http1,
         });
+        // Owned here, so that when the server gives up waiting (after --shutdown-grace) and
+        // drops this future, every connection is dropped with it.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let (tcp, remote) = tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = self.tcp.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -199,12 +207,10 @@ impl Listener {
                 tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit reached; closed");
                 continue;
             };
-            tokio::spawn(Arc::clone(&shared).connection(tcp, remote, permit));
+            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit));
         }
         drop(self.tcp);
-        // Each connection holds a permit until it has closed: all permits back, all closed.
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
-        let _ = permits.acquire_many(all).await;
+        while connections.join_next().await.is_some() {}
     }
 }
 
@@ -216,6 +222,7 @@ impl Shared {
         permit: OwnedSemaphorePermit,
     ) {
         let _ = tcp.set_nodelay(true);
+        let local_addr = tcp.local_addr().ok();
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         self.metrics.open.inc();
@@ -252,6 +259,10 @@ impl Shared {
             info: ConnectionInfo {
                 remote_addr: Some(remote),
                 client_certificate,
+            },
+            tcp_info: TcpConnectInfo {
+                local_addr,
+                remote_addr: Some(remote),
             },
             protocol: self.protocol,
         };
@@ -315,9 +326,18 @@ impl Shared {
     {
         let idle = self.limits.idle_timeout;
         let mut connection = pin!(connection);
-        let mut closing = false;
+        // Since when the connection has been asked to close (GOAWAY sent).
+        let mut closing: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            if let Some(since) = closing {
+                // A graceful close waits for the client to acknowledge (HTTP/2 answers a PING
+                // after GOAWAY); a client that never does, with nothing in flight, would hold
+                // the connection, and a shutdown, until keepalive gives up. It gets CLOSE_WAIT.
+                if state.in_flight() == 0 && now >= since + CLOSE_WAIT {
+                    return;
+                }
+            }
             let wake = match state.check(now, idle) {
                 Verdict::Stalled => {
                     // The client holds responses in our buffers and reads none: dropping the
@@ -329,15 +349,16 @@ impl Shared {
                     );
                     return;
                 }
-                Verdict::Idle if !closing => {
+                Verdict::Idle if closing.is_none() => {
                     self.metrics.closed_idle.inc();
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
-                    now + idle
+                    closing = Some(now);
+                    now + CLOSE_WAIT
                 }
                 Verdict::Idle => now + idle,
                 Verdict::Busy { next_check } => next_check,
             };
+            let wake = closing.map_or(wake, |since| wake.min(since + CLOSE_WAIT));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -345,10 +366,12 @@ impl Shared {
                     }
                     return;
                 }
-                () = stopped(&mut shutdown), if !closing => {
+                () = stopped(&mut shutdown), if closing.is_none() => {
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
+                // The last request in flight ended: a closing connection may go now.
+                () = state.drained.notified(), if closing.is_some() => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -376,6 +399,8 @@ impl Drop for OpenGauge<'_> {
 #[derive(Debug)]
 struct ConnState {
     inner: Mutex<StateInner>,
+    /// Signalled when the last request in flight ends.
+    drained: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -398,6 +423,7 @@ impl Default for ConnState {
                 waiting_on_client: HashMap::new(),
                 next_id: 0,
             }),
+            drained: tokio::sync::Notify::new(),
         }
     }
 }
@@ -412,6 +438,10 @@ impl ConnState {
     fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
         // The state stays consistent if a holder panicked: every update is one assignment.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.lock().in_flight
     }
 
     /// A new request, unless `limit` are already in flight.
@@ -481,6 +511,10 @@ impl Drop for InFlight {
         inner.in_flight -= 1;
         inner.waiting_on_client.remove(&self.id);
         inner.last_active = Instant::now();
+        if inner.in_flight == 0 {
+            // A stored permit if nobody waits yet: the wake-up is not lost.
+            self.state.drained.notify_one();
+        }
     }
 }
 
@@ -491,6 +525,8 @@ struct Tracked {
     router: Router,
     state: Arc<ConnState>,
     info: ConnectionInfo,
+    /// What tonic's own server put there: `Request::remote_addr()` keeps working.
+    tcp_info: TcpConnectInfo,
     protocol: Protocol,
 }
 
@@ -501,6 +537,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.info.clone());
+        request.extensions_mut().insert(self.tcp_info.clone());
         let protocol = self.protocol;
         // HTTP/1 has one request at a time; only HTTP/2 needs a limit.
         let limit = match protocol {
@@ -512,10 +549,14 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             return Box::pin(std::future::ready(Ok(refused.map(TrackedBody::untracked))));
         };
         let router = self.router.clone();
+        // The client's deadline, when shorter than ours (what tonic's server honoured).
+        let deadline = grpc_timeout(request.headers()).map_or(GRPC_REQUEST_TIMEOUT, |client| {
+            client.min(GRPC_REQUEST_TIMEOUT)
+        });
         Box::pin(async move {
             let response = router.oneshot(request);
             let response = match protocol {
-                Protocol::Grpc => tokio::time::timeout(GRPC_REQUEST_TIMEOUT, response)
+                Protocol::Grpc => tokio::time::timeout(deadline, response)
                     .await
                     .unwrap_or_else(|_| Ok(protocol.refusal(Refusal::Timeout))),
                 Protocol::Http => response.await,
@@ -528,6 +569,26 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             }))
         })
     }
+}
+
+/// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit); `None` when
+/// absent or malformed, as tonic did.
+fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A response body that reports whether the client is taking its frames.
@@ -717,7 +778,12 @@ mod tests {
         config::TlsFiles, crypto::Algorithm, metrics::Metrics, transport::tls::TlsReloader,
     };
 
-    async fn peer(Extension(info): Extension<ConnectionInfo>) -> String {
+    async fn peer(
+        Extension(info): Extension<ConnectionInfo>,
+        Extension(tcp): Extension<TcpConnectInfo>,
+    ) -> String {
+        // tonic's `Request::remote_addr()` reads the same address.
+        assert_eq!(tcp.remote_addr, info.remote_addr);
         let addr = info.remote_addr.map(|a| a.to_string()).unwrap_or_default();
         let cert = info.client_certificate.map_or(0, |der| der.len());
         format!("{addr} {cert}")
@@ -736,6 +802,31 @@ mod tests {
             },
             metrics: metrics.grpc_listener.clone(),
         }
+    }
+
+    #[test]
+    fn grpc_timeout_headers() {
+        let cases = [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5M", Some(Duration::from_secs(300))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("9n", Some(Duration::from_nanos(9))),
+            ("99999999S", Some(Duration::from_secs(99_999_999))),
+            ("123456789S", None),
+            ("S", None),
+            ("", None),
+            ("10x", None),
+            ("-1S", None),
+            ("1.5S", None),
+        ];
+        for (value, expected) in cases {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(grpc_timeout(&headers), expected, "{value:?}");
+        }
+        assert_eq!(grpc_timeout(&hyper::HeaderMap::new()), None);
     }
 
     #[tokio::test]

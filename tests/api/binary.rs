@@ -256,6 +256,9 @@ fn help_documents_every_flag_and_env_var() {
                 "--algorithm",
                 "--reference",
                 "--json",
+                "--tls-ca",
+                "--tls-cert",
+                "--tls-key",
             ][..],
         ),
     ] {
