@@ -10,7 +10,8 @@
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.
 //! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
-//! - `store`: the sled keystore; `kek`: key-encryption keys sealing private keys at rest.
+//! - `store`: the keystore interface and its error; `store::sled` the sled keystore,
+//!   `store::guard` its guard file, `store::kek` key-encryption keys sealing private keys at rest.
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
 //! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
@@ -27,7 +28,6 @@ pub mod crypto;
 pub mod domain;
 pub mod jwk;
 pub mod jwt;
-pub mod kek;
 pub mod keys;
 pub mod keys_command;
 pub mod keyset;

@@ -24,11 +24,13 @@ use crate::{
     admin::{AdminToken, AdminTokenError, AdminTokenSource},
     authority::{Authority, AuthorityError, Settings},
     config::Config,
-    kek::{KekError, Keks},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
     signing_pool::SigningPool,
-    store::{KeyStore, StoreError},
+    store::{
+        kek::{KekError, Keks},
+        KeyStore, StoreError,
+    },
     transport::{
         grpc::GrpcService,
         http::{self, HttpState},

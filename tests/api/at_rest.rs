@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use token_authority::{kek::Keks, store::KeyStore};
+use token_authority::store::{kek::Keks, KeyStore};
 
 use crate::{
     binary::BIN,

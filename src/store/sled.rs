@@ -1,4 +1,5 @@
-//! The keystore: key records in sled, the only module that names sled.
+//! The sled keystore: key records in an embedded sled database, the only module that names
+//! sled.
 //!
 //! Every write is one transaction, flushed to disk before the call returns, so a change the
 //! authority acts on is a change that survives `kill -9`. Opening is strict: a store that
@@ -12,10 +13,14 @@ use sled::{
     Transactional as _,
 };
 
+use super::{
+    guard::{parse_guard, write_guard},
+    kek::{Keks, SealedKey},
+    StoreError,
+};
 use crate::{
     b64,
     crypto::Algorithm,
-    kek::{Keks, SealedKey, UnsealError},
     keys::{KeyRecord, KeyState, PrivateKeyDer},
 };
 
@@ -29,34 +34,6 @@ const KEYS_TREE: &str = "keys";
 const GENERATION_KEY: &[u8] = b"generation";
 /// sled's default cache is 1 GiB; a key set is a few kilobytes.
 const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the keystore {path} is in use by another process (sled holds an exclusive lock); stop the other token-authority first")]
-    Locked { path: String },
-    #[error("cannot open the keystore {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("the keystore {path} is not a token-authority keystore ({reason}); refusing to create new keys over it")]
-    Foreign { path: String, reason: String },
-    #[error("the keystore {path} is unreadable: key record {kid:?}: {reason}; refusing to start with new keys")]
-    Corrupt {
-        path: String,
-        kid: String,
-        reason: String,
-    },
-    #[error("the keystore {path} holds encrypted private keys but no --kek-file was given")]
-    KekRequired { path: String },
-    #[error("the keystore {path}: key {kid}: {source}")]
-    Unseal {
-        path: String,
-        kid: String,
-        source: UnsealError,
-    },
-    #[error("the keystore {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
-    Damaged { path: String, reason: String },
-    #[error("keystore write failed: {0}")]
-    Write(String),
-}
 
 /// The stored form of a record: plain JSON, with the private key sealed when a KEK is set.
 #[derive(Serialize, Deserialize)]
@@ -414,26 +391,6 @@ impl KeyStore {
     }
 }
 
-const GUARD_PREFIX: &str = "token-authority-keystore/1 generation ";
-
-fn parse_guard(text: &str) -> Option<u64> {
-    text.trim().strip_prefix(GUARD_PREFIX)?.parse().ok()
-}
-
-/// Replaces the guard file atomically and durably: temp file, fsync, rename, fsync the dir.
-fn write_guard(path: &Path, generation: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let temp = path.with_extension("guard.tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    writeln!(file, "{GUARD_PREFIX}{generation}")?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 fn open_error(path: &str, error: sled::Error) -> StoreError {
     match &error {
         // sled reports its lock as a formatted `Other` error; the text is all there is to match.
@@ -452,6 +409,7 @@ fn open_error(path: &str, error: sled::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::kek::UnsealError;
 
     fn record(kid: &str) -> KeyRecord {
         KeyRecord {

@@ -1,0 +1,27 @@
+//! The guard file beside the keystore: the generation of the last write, kept outside sled.
+//!
+//! sled opens a damaged log as an empty (or older) database without an error; comparing its
+//! generation counter with this file turns that into a refusal instead of a silent start
+//! with new keys. The file is replaced atomically, so it is either the old or the new value.
+
+use std::path::Path;
+
+const GUARD_PREFIX: &str = "token-authority-keystore/1 generation ";
+
+pub(crate) fn parse_guard(text: &str) -> Option<u64> {
+    text.trim().strip_prefix(GUARD_PREFIX)?.parse().ok()
+}
+
+/// Replaces the guard file atomically and durably: temp file, fsync, rename, fsync the dir.
+pub(crate) fn write_guard(path: &Path, generation: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temp = path.with_extension("guard.tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    writeln!(file, "{GUARD_PREFIX}{generation}")?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

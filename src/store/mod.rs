@@ -1,0 +1,40 @@
+//! The keystore: where key records live between starts. What the rest of the crate uses
+//! from it is here (`KeyStore`, `StoreError`); the sled implementation is in `sled`, the
+//! guard file that catches a log sled silently opened as empty in `guard`, and sealing
+//! private keys under key-encryption keys in `kek`. A shared backend joins as a sibling of
+//! `sled` behind the same interface.
+
+pub mod guard;
+pub mod kek;
+mod sled;
+
+pub use self::sled::KeyStore;
+use kek::UnsealError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the keystore {path} is in use by another process (sled holds an exclusive lock); stop the other token-authority first")]
+    Locked { path: String },
+    #[error("cannot open the keystore {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the keystore {path} is not a token-authority keystore ({reason}); refusing to create new keys over it")]
+    Foreign { path: String, reason: String },
+    #[error("the keystore {path} is unreadable: key record {kid:?}: {reason}; refusing to start with new keys")]
+    Corrupt {
+        path: String,
+        kid: String,
+        reason: String,
+    },
+    #[error("the keystore {path} holds encrypted private keys but no --kek-file was given")]
+    KekRequired { path: String },
+    #[error("the keystore {path}: key {kid}: {source}")]
+    Unseal {
+        path: String,
+        kid: String,
+        source: UnsealError,
+    },
+    #[error("the keystore {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
+    Damaged { path: String, reason: String },
+    #[error("keystore write failed: {0}")]
+    Write(String),
+}
