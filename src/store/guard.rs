@@ -12,16 +12,11 @@ pub(crate) fn parse_guard(text: &str) -> Option<u64> {
     text.trim().strip_prefix(GUARD_PREFIX)?.parse().ok()
 }
 
-/// Replaces the guard file atomically and durably: temp file, fsync, rename, fsync the dir.
+/// Replaces the guard file atomically and durably (failpoints `guard.*`).
 pub(crate) fn write_guard(path: &Path, generation: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let temp = path.with_extension("guard.tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    writeln!(file, "{GUARD_PREFIX}{generation}")?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    super::files::replace(
+        path,
+        format!("{GUARD_PREFIX}{generation}\n").as_bytes(),
+        "guard",
+    )
 }

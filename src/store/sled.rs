@@ -14,6 +14,7 @@ use sled::{
 };
 
 use super::{
+    files,
     guard::{parse_guard, write_guard},
     kek::{Keks, SealedKey},
     StoreError,
@@ -75,7 +76,7 @@ pub struct KeyStore {
     keys: sled::Tree,
     keks: Option<Keks>,
     /// Serialises writers so each gets the next generation.
-    generation: std::sync::Mutex<u64>,
+    writer: std::sync::Mutex<Writer>,
     /// Records found unsealed when the store was opened.
     unsealed_at_open: usize,
 }
@@ -105,13 +106,16 @@ impl KeyStore {
             db,
             keys,
             keks,
-            generation: std::sync::Mutex::new(0),
+            writer: std::sync::Mutex::new(Writer::default()),
             unsealed_at_open: 0,
         };
         let (records, unsealed) = store.read_all()?;
         store.unsealed_at_open = unsealed;
         let generation = store.check_guard(records.is_empty())?;
-        store.generation = std::sync::Mutex::new(generation);
+        store.writer = std::sync::Mutex::new(Writer {
+            generation,
+            poisoned: false,
+        });
         Ok((store, records))
     }
 
@@ -352,35 +356,124 @@ impl KeyStore {
         self.apply(records, &[])
     }
 
-    /// Writes `records` and deletes the keys named in `deleted`, in one transaction, then
-    /// flushes. Returns only once the change is on disk.
+    /// Writes `records` and deletes the keys named in `deleted` as one change.
+    ///
+    /// The commit point is the sled flush followed by the guard file: only when both are
+    /// done does this return `Ok`, and only then may the caller serve the change. If any
+    /// step after the sled transaction fails, the transaction is undone by a second one that
+    /// restores the previous values (nothing outside this call has seen the change: the
+    /// caller swaps memory only on `Ok`), and the answer is `NotApplied`. If the undo fails
+    /// too, the outcome is unknown until a restart re-reads the disk; the store then refuses
+    /// every further write (`Unknown`, then `Poisoned`), so no change is ever planned from a
+    /// state that may not be the one on disk.
     pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
-        let encoded = records
-            .iter()
-            .map(|record| Ok((record.kid.clone(), self.encode(record)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut generation = self
-            .generation
+        let mut writer = self
+            .writer
             .lock()
             .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
-        let next = *generation + 1;
+        if writer.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let not_applied = |e: String| StoreError::NotApplied(e);
+        let mut change: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for record in records {
+            change.push((record.kid.clone(), Some(self.encode(record)?)));
+        }
+        for kid in deleted {
+            change.push((kid.clone(), None));
+        }
+        // What the change overwrites, to put back if it cannot be made durable.
+        let mut previous: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(change.len());
+        for (kid, _) in &change {
+            let value = self
+                .keys
+                .get(kid.as_bytes())
+                .map_err(|e| not_applied(e.to_string()))?;
+            previous.push((kid.clone(), value.map(|v| v.to_vec())));
+        }
+        let first_write = self
+            .db
+            .get(FORMAT_KEY)
+            .map_err(|e| not_applied(e.to_string()))?
+            .is_none();
+
+        let next = writer.generation + 1;
+        files::step("store", "commit").map_err(|e| not_applied(e.to_string()))?;
+        self.commit(next, &change, true)
+            .map_err(|e| not_applied(format!("{e:?}")))?;
+        // sled holds the change from here on (in memory, and on disk once flushed).
+        writer.generation = next;
+        let durable = files::step("store", "flush")
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.flush_db().map_err(|e| e.to_string()))
+            .and_then(|()| write_guard(&self.guard_path(), next).map_err(|e| e.to_string()));
+        let Err(failure) = durable else {
+            return Ok(());
+        };
+        match self.undo(&mut writer, &previous, first_write) {
+            Ok(()) => Err(StoreError::NotApplied(failure)),
+            Err(undo) => {
+                writer.poisoned = true;
+                Err(StoreError::Unknown { failure, undo })
+            }
+        }
+    }
+
+    /// One sled transaction: the change, the generation, and the format marker (or, when
+    /// undoing the very first write, their removal: a store that never held keys must read
+    /// as new again, not as a damaged keystore).
+    fn commit(
+        &self,
+        generation: u64,
+        change: &[(String, Option<Vec<u8>>)],
+        marked: bool,
+    ) -> Result<(), TransactionError<()>> {
         let default_tree: &sled::Tree = &self.db;
-        (default_tree, &self.keys)
-            .transaction(|(meta, keys)| {
+        (default_tree, &self.keys).transaction(|(meta, keys)| {
+            if marked {
                 meta.insert(FORMAT_KEY, FORMAT_V1)?;
-                meta.insert(GENERATION_KEY, &next.to_be_bytes())?;
-                for (kid, value) in &encoded {
-                    keys.insert(kid.as_bytes(), value.as_slice())?;
-                }
-                for kid in deleted {
-                    keys.remove(kid.as_bytes())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| StoreError::Write(format!("{e:?}")))?;
-        self.flush()?;
-        *generation = next;
-        write_guard(&self.guard_path(), next).map_err(|e| StoreError::Write(e.to_string()))
+                meta.insert(GENERATION_KEY, &generation.to_be_bytes())?;
+            } else {
+                meta.remove(FORMAT_KEY)?;
+                meta.remove(GENERATION_KEY)?;
+            }
+            for (kid, value) in change {
+                match value {
+                    Some(value) => keys.insert(kid.as_bytes(), value.as_slice())?,
+                    None => keys.remove(kid.as_bytes())?,
+                };
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+    }
+
+    /// Puts back the values a failed write overwrote, under a newer generation, flushed.
+    /// The guard may already name the failed write's generation; the undo is newer, so the
+    /// guard is never ahead of sled. Undoing a first write removes the guard with the keys.
+    fn undo(
+        &self,
+        writer: &mut Writer,
+        previous: &[(String, Option<Vec<u8>>)],
+        first_write: bool,
+    ) -> Result<(), String> {
+        let generation = writer.generation + 1;
+        files::step("store", "undo").map_err(|e| e.to_string())?;
+        self.commit(generation, previous, !first_write)
+            .map_err(|e| format!("{e:?}"))?;
+        writer.generation = generation;
+        self.flush_db().map_err(|e| e.to_string())?;
+        if first_write {
+            writer.generation = 0;
+            files::remove(&self.guard_path()).map_err(|e| e.to_string())?;
+        } else if let Err(error) = write_guard(&self.guard_path(), generation) {
+            // A guard behind sled is what a crash between the two leaves: harmless.
+            tracing::warn!(%error, "the guard file could not be updated after undoing a write");
+        }
+        Ok(())
+    }
+
+    fn flush_db(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -389,6 +482,15 @@ impl KeyStore {
             .map(|_| ())
             .map_err(|e| StoreError::Write(e.to_string()))
     }
+}
+
+/// The writer's state, behind the lock that serialises writes.
+#[derive(Default)]
+struct Writer {
+    /// The generation of the last write sled holds.
+    generation: u64,
+    /// A write could not be undone: memory may differ from disk until a restart.
+    poisoned: bool,
 }
 
 fn open_error(path: &str, error: sled::Error) -> StoreError {

@@ -22,3 +22,4 @@ mod persistence_and_rotation;
 mod round_trip;
 mod startup_refusals;
 mod tools;
+mod write_failures;
