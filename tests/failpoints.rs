@@ -20,14 +20,28 @@ use token_authority::{
     store::{KeyStore, StoreError},
 };
 
-/// Every step of a write, in order.
-const POINTS: &[&str] = &[
+/// The steps of every write: the sled transaction, its flush, the guard file.
+const COMMIT: &[&str] = &[
     "store.commit",
     "store.flush",
     "guard.write",
     "guard.fsync",
     "guard.rename",
     "guard.dirsync",
+];
+/// Writing the data key file before the commit, when a new private key needs a data key.
+const ADD: &[&str] = &[
+    "datakeys-add.write",
+    "datakeys-add.fsync",
+    "datakeys-add.rename",
+    "datakeys-add.dirsync",
+];
+/// Erasing data keys after the commit, when a key is revoked or deleted.
+const ERASE: &[&str] = &[
+    "datakeys-erase.write",
+    "datakeys-erase.fsync",
+    "datakeys-erase.rename",
+    "datakeys-erase.dirsync",
 ];
 const T0: u64 = 1_700_000_000;
 const LEAD: u64 = 900;
@@ -107,6 +121,16 @@ enum Op {
 }
 
 impl Op {
+    /// Every step this kind of write goes through.
+    fn points(self) -> Vec<&'static str> {
+        let steps: &[&[&str]] = match self {
+            Op::Rotate | Op::ScheduledRotation => &[ADD, COMMIT],
+            Op::RevokeCurrent | Op::RevokeNext => &[ADD, COMMIT, ERASE],
+            Op::DeletionAfterRetention => &[COMMIT, ERASE],
+        };
+        steps.concat()
+    }
+
     /// The data directory's state before the operation, and when it was reached.
     async fn prepare(self, dir: &Path) -> u64 {
         let authority = open(dir, T0);
@@ -192,16 +216,16 @@ impl Op {
 
 async fn fault_at_every_step(op: Op) {
     let scenario = fail::FailScenario::setup();
-    for point in POINTS {
+    for point in op.points() {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path();
         let at = op.prepare(dir).await;
 
         let authority = open(dir, at);
         let before = view(authority.keys().records());
-        fail::cfg(*point, "return").unwrap();
+        fail::cfg(point, "return").unwrap();
         not_applied(op.run(&authority, &before).await, point);
-        fail::remove(*point);
+        fail::remove(point);
         // Memory kept the old set, and so did the disk.
         assert_eq!(view(authority.keys().records()), before, "{op:?} {point}");
         drop(authority);
@@ -261,7 +285,7 @@ fn import_args(dir: &Path, pem: &Path) -> ImportArgs {
 #[tokio::test]
 async fn import() {
     let scenario = fail::FailScenario::setup();
-    for point in POINTS {
+    for point in [ADD, COMMIT].concat() {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path();
         drop(open(dir, T0));
@@ -279,9 +303,9 @@ async fn import() {
         )
         .unwrap();
 
-        fail::cfg(*point, "return").unwrap();
+        fail::cfg(point, "return").unwrap();
         let result = keys_command::import(&import_args(dir, &pem));
-        fail::remove(*point);
+        fail::remove(point);
         assert!(
             matches!(
                 result,

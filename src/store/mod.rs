@@ -4,6 +4,7 @@
 //! private keys under key-encryption keys in `kek`. A shared backend joins as a sibling of
 //! `sled` behind the same interface.
 
+pub mod datakeys;
 mod files;
 pub mod guard;
 pub mod kek;

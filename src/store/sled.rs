@@ -14,9 +14,10 @@ use sled::{
 };
 
 use super::{
+    datakeys::{self, DataKeys, DataKeysError},
     files,
     guard::{parse_guard, write_guard},
-    kek::{Keks, SealedKey},
+    kek::{Keks, SealedKey, UnsealError},
     StoreError,
 };
 use crate::{
@@ -60,9 +61,16 @@ struct StoredKey {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum StoredPrivateKey {
-    /// PKCS#8 DER, base64url. Only when the server runs without a KEK.
+    /// AES-256-GCM under the key's own data key (in the data key file), the kid and
+    /// algorithm bound in. How every key is written.
+    DataKey { nonce: String, ciphertext: String },
+    /// No private half: the key was revoked, and its data key erased.
+    Erased,
+    /// Written before data keys: PKCS#8 DER, base64url (no KEK). Read, and rewritten
+    /// sealed under a data key when the store is opened.
     Plain { pkcs8: String },
-    /// AES-256-GCM under the named KEK, the kid and algorithm bound in.
+    /// Written before data keys: AES-256-GCM under the named KEK. Read and rewritten
+    /// like `Plain`.
     Sealed {
         kek_id: String,
         nonce: String,
@@ -75,6 +83,8 @@ pub struct KeyStore {
     db: sled::Db,
     keys: sled::Tree,
     keks: Option<Keks>,
+    /// The data key file beside the sled directory.
+    data_keys_path: PathBuf,
     /// Serialises writers so each gets the next generation.
     writer: std::sync::Mutex<Writer>,
     /// Records found unsealed when the store was opened.
@@ -101,22 +111,92 @@ impl KeyStore {
             .open()
             .map_err(|e| open_error(&shown, e))?;
         let keys = db.open_tree(KEYS_TREE).map_err(|e| open_error(&shown, e))?;
+        let data_keys_path = path.with_extension("datakeys");
+        let data_keys = DataKeys::load(&data_keys_path, keks.as_ref()).map_err(|e| match e {
+            DataKeysError::KekRequired { .. } => StoreError::KekRequired {
+                path: shown.clone(),
+            },
+            DataKeysError::Unseal { source, .. } => StoreError::Unseal {
+                path: shown.clone(),
+                kid: "(data key file)".into(),
+                source,
+            },
+            other => StoreError::Damaged {
+                path: shown.clone(),
+                reason: other.to_string(),
+            },
+        })?;
         let mut store = KeyStore {
             path: path.to_owned(),
+            data_keys_path,
             db,
             keys,
             keks,
             writer: std::sync::Mutex::new(Writer::default()),
             unsealed_at_open: 0,
         };
-        let (records, unsealed) = store.read_all()?;
-        store.unsealed_at_open = unsealed;
+        let (records, legacy) = store.read_all(&data_keys)?;
         let generation = store.check_guard(records.is_empty())?;
         store.writer = std::sync::Mutex::new(Writer {
             generation,
             poisoned: false,
+            data_keys,
         });
+        store.finish_open(&records, legacy)?;
         Ok((store, records))
+    }
+
+    /// Brings a store to the current format before it is used: records written before data
+    /// keys are rewritten sealed under one, and data keys of keys that are gone or revoked
+    /// are erased (a crash between a revocation's commit and its erasure leaves one).
+    fn finish_open(
+        &mut self,
+        records: &[KeyRecord],
+        legacy: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if !legacy.is_empty() {
+            let rewrite: Vec<KeyRecord> = records
+                .iter()
+                .filter(|r| legacy.contains(&r.kid))
+                .cloned()
+                .collect();
+            self.apply(&rewrite, &[])?;
+            tracing::info!(
+                keys = rewrite.len(),
+                "private keys rewritten under per-key data keys"
+            );
+        }
+        let writer = self
+            .writer
+            .get_mut()
+            .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
+        let live = |kid: &str| {
+            records
+                .iter()
+                .any(|r| r.kid == kid && !r.private_key.as_bytes().is_empty())
+        };
+        let stale: Vec<String> = writer
+            .data_keys
+            .kids()
+            .filter(|kid| !live(kid))
+            .map(str::to_owned)
+            .collect();
+        if !stale.is_empty() {
+            let mut kept = writer.data_keys.clone();
+            for kid in &stale {
+                kept.remove(kid);
+            }
+            kept.save(&self.data_keys_path, self.keks.as_ref(), "datakeys-prune")
+                .map_err(|e| {
+                    StoreError::Write(format!("erasing data keys of removed keys: {e}"))
+                })?;
+            writer.data_keys = kept;
+        }
+        self.unsealed_at_open = match &self.keks {
+            Some(_) if !writer.data_keys.sealed_as(self.keks.as_ref()) => writer.data_keys.len(),
+            _ => 0,
+        };
+        Ok(())
     }
 
     /// The guard file beside the sled directory records the last generation written. sled
@@ -192,13 +272,15 @@ impl KeyStore {
         self.keks.is_some()
     }
 
-    /// How many records were stored unsealed when the store was opened (written before a
-    /// KEK was configured; `keys rewrap` seals them).
+    /// How many data keys were stored not sealed under the first KEK when the store was
+    /// opened (written before a KEK was configured, or under an older one; `keys rewrap`
+    /// seals them).
     pub fn unsealed_at_open(&self) -> usize {
         self.unsealed_at_open
     }
 
-    fn read_all(&self) -> Result<(Vec<KeyRecord>, usize), StoreError> {
+    /// Every record, and the kids of those written in a format older than data keys.
+    fn read_all(&self, data_keys: &DataKeys) -> Result<(Vec<KeyRecord>, Vec<String>), StoreError> {
         let shown = self.path.display().to_string();
         let format = self.db.get(FORMAT_KEY).map_err(|e| open_error(&shown, e))?;
         match format {
@@ -218,7 +300,7 @@ impl KeyStore {
                         reason: "it holds data but no token-authority format marker".into(),
                     });
                 }
-                return Ok((Vec::new(), 0));
+                return Ok((Vec::new(), Vec::new()));
             }
             Some(value) if value.as_ref() == FORMAT_V1 => {}
             Some(value) => {
@@ -235,7 +317,7 @@ impl KeyStore {
             }
         }
         let mut records = Vec::new();
-        let mut unsealed = 0;
+        let mut legacy = Vec::new();
         for entry in self.keys.iter() {
             let (kid, value) = entry.map_err(|e| open_error(&shown, e))?;
             let kid = String::from_utf8_lossy(&kid).into_owned();
@@ -252,8 +334,13 @@ impl KeyStore {
                     stored.kid
                 )));
             }
-            unsealed += usize::from(matches!(stored.private_key, StoredPrivateKey::Plain { .. }));
-            records.push(self.decode(stored)?);
+            if matches!(
+                stored.private_key,
+                StoredPrivateKey::Plain { .. } | StoredPrivateKey::Sealed { .. }
+            ) {
+                legacy.push(kid.clone());
+            }
+            records.push(self.decode(stored, data_keys)?);
         }
         if records.is_empty() {
             return Err(StoreError::Foreign {
@@ -261,12 +348,39 @@ impl KeyStore {
                 reason: "it is marked as a keystore but holds no keys".into(),
             });
         }
-        Ok((records, unsealed))
+        Ok((records, legacy))
     }
 
-    fn decode(&self, stored: StoredKey) -> Result<KeyRecord, StoreError> {
+    fn decode(&self, stored: StoredKey, data_keys: &DataKeys) -> Result<KeyRecord, StoreError> {
         let shown = self.path.display().to_string();
+        let unseal = |source| StoreError::Unseal {
+            path: shown.clone(),
+            kid: stored.kid.clone(),
+            source,
+        };
         let private_key = match stored.private_key {
+            StoredPrivateKey::Erased => PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new())),
+            StoredPrivateKey::DataKey { nonce, ciphertext } => {
+                let corrupt = |what: &str| StoreError::Corrupt {
+                    path: shown.clone(),
+                    kid: stored.kid.clone(),
+                    reason: format!("sealed private key: bad {what}"),
+                };
+                let nonce = b64::decode(&nonce).map_err(|_| corrupt("nonce"))?;
+                let ciphertext = b64::decode(&ciphertext).map_err(|_| corrupt("ciphertext"))?;
+                let data_key = data_keys
+                    .get(&stored.kid)
+                    .ok_or_else(|| unseal(UnsealError::MissingDataKey))?;
+                let der = datakeys::open(
+                    data_key,
+                    &stored.kid,
+                    stored.alg.name(),
+                    &nonce,
+                    &ciphertext,
+                )
+                .map_err(unseal)?;
+                PrivateKeyDer::new(der)
+            }
             StoredPrivateKey::Plain { pkcs8 } => {
                 let der = b64::decode(&pkcs8).map_err(|e| StoreError::Corrupt {
                     path: shown.clone(),
@@ -317,20 +431,20 @@ impl KeyStore {
         })
     }
 
-    fn encode(&self, record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
-        let private_key = match &self.keks {
-            None => StoredPrivateKey::Plain {
-                pkcs8: b64::encode(record.private_key.as_bytes()),
-            },
-            Some(keks) => {
-                let sealed = keks
-                    .seal(record)
-                    .map_err(|e| StoreError::Write(e.to_string()))?;
-                StoredPrivateKey::Sealed {
-                    kek_id: sealed.kek_id,
-                    nonce: b64::encode(&sealed.nonce),
-                    ciphertext: b64::encode(&sealed.ciphertext),
-                }
+    fn encode(&self, record: &KeyRecord, data_keys: &DataKeys) -> Result<Vec<u8>, StoreError> {
+        let pkcs8 = record.private_key.as_bytes();
+        let private_key = if pkcs8.is_empty() {
+            StoredPrivateKey::Erased
+        } else {
+            let data_key = data_keys
+                .get(&record.kid)
+                .ok_or_else(|| StoreError::NotApplied(format!("no data key for {}", record.kid)))?;
+            let (nonce, ciphertext) =
+                datakeys::seal(data_key, &record.kid, record.alg.name(), pkcs8)
+                    .map_err(|e| StoreError::NotApplied(e.to_string()))?;
+            StoredPrivateKey::DataKey {
+                nonce: b64::encode(&nonce),
+                ciphertext: b64::encode(&ciphertext),
             }
         };
         let stored = StoredKey {
@@ -358,26 +472,55 @@ impl KeyStore {
 
     /// Writes `records` and deletes the keys named in `deleted` as one change.
     ///
-    /// The commit point is the sled flush followed by the guard file: only when both are
-    /// done does this return `Ok`, and only then may the caller serve the change. If any
-    /// step after the sled transaction fails, the transaction is undone by a second one that
-    /// restores the previous values (nothing outside this call has seen the change: the
-    /// caller swaps memory only on `Ok`), and the answer is `NotApplied`. If the undo fails
-    /// too, the outcome is unknown until a restart re-reads the disk; the store then refuses
-    /// every further write (`Unknown`, then `Poisoned`), so no change is ever planned from a
-    /// state that may not be the one on disk.
+    /// The steps, in order:
+    /// 1. data keys for new private keys are added to the data key file (a crash after it
+    ///    leaves unused data keys, erased at the next open);
+    /// 2. one sled transaction with the records and the next generation, flushed, then the
+    ///    guard file: the commit point;
+    /// 3. the data keys of deleted and revoked keys are erased from the data key file.
+    ///
+    /// Only when all three are done does this return `Ok`, and only then may the caller
+    /// serve the change. If a step after the sled transaction fails, the change is undone:
+    /// the data key file is put back as step 1 left it, and a second transaction restores
+    /// the previous records (nothing outside this call has seen the change: the caller swaps
+    /// memory only on `Ok`); the answer is `NotApplied`. If undoing fails too, the outcome is
+    /// unknown until a restart re-reads the disk: the store refuses every further write
+    /// (`Unknown`, then `Poisoned`), so no change is planned from a state that may not be the
+    /// one on disk.
     pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
-        let mut writer = self
+        let mut guard = self
             .writer
             .lock()
             .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
+        let writer = &mut *guard;
         if writer.poisoned {
             return Err(StoreError::Poisoned);
         }
         let not_applied = |e: String| StoreError::NotApplied(e);
+        let keks = self.keks.as_ref();
+
+        // Step 1: a data key for every private key that has none yet.
+        let before = writer.data_keys.clone();
+        let mut with_new = before.clone();
+        let mut added = false;
+        for record in records {
+            if !record.private_key.as_bytes().is_empty() && with_new.get(&record.kid).is_none() {
+                with_new
+                    .create(&record.kid)
+                    .map_err(|e| not_applied(e.to_string()))?;
+                added = true;
+            }
+        }
+        if added || !with_new.sealed_as(keks) {
+            with_new
+                .save(&self.data_keys_path, keks, "datakeys-add")
+                .map_err(|e| not_applied(e.to_string()))?;
+            writer.data_keys = with_new.clone();
+        }
+
         let mut change: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         for record in records {
-            change.push((record.kid.clone(), Some(self.encode(record)?)));
+            change.push((record.kid.clone(), Some(self.encode(record, &with_new)?)));
         }
         for kid in deleted {
             change.push((kid.clone(), None));
@@ -397,21 +540,67 @@ impl KeyStore {
             .map_err(|e| not_applied(e.to_string()))?
             .is_none();
 
+        // Step 2.
         let next = writer.generation + 1;
         files::step("store", "commit").map_err(|e| not_applied(e.to_string()))?;
         self.commit(next, &change, true)
             .map_err(|e| not_applied(format!("{e:?}")))?;
         // sled holds the change from here on (in memory, and on disk once flushed).
         writer.generation = next;
-        let durable = files::step("store", "flush")
+        let mut outcome = files::step("store", "flush")
             .map_err(|e| e.to_string())
             .and_then(|()| self.flush_db().map_err(|e| e.to_string()))
             .and_then(|()| write_guard(&self.guard_path(), next).map_err(|e| e.to_string()));
-        let Err(failure) = durable else {
+
+        // Step 3: erase what no record needs any more.
+        if outcome.is_ok() {
+            let mut erased = with_new.clone();
+            let mut any = false;
+            for kid in deleted {
+                any |= erased.remove(kid);
+            }
+            for record in records {
+                if record.private_key.as_bytes().is_empty() {
+                    any |= erased.remove(&record.kid);
+                }
+            }
+            if any {
+                match erased.save(&self.data_keys_path, keks, "datakeys-erase") {
+                    Ok(()) => writer.data_keys = erased,
+                    Err(e) => {
+                        // The file may already lack the erased keys (a failure after the
+                        // rename): put them back before the records that need them return.
+                        outcome = Err(format!("erasing data keys: {e}"));
+                        let mut restored = with_new.clone();
+                        if let Err(restore) =
+                            restored.save(&self.data_keys_path, keks, "datakeys-restore")
+                        {
+                            writer.poisoned = true;
+                            return Err(StoreError::Unknown {
+                                failure: e.to_string(),
+                                undo: format!("restoring the data key file: {restore}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let Err(failure) = outcome else {
             return Ok(());
         };
-        match self.undo(&mut writer, &previous, first_write) {
-            Ok(()) => Err(StoreError::NotApplied(failure)),
+        match self.undo(writer, &previous, first_write) {
+            Ok(()) => {
+                // The data keys step 1 added now belong to no record: drop them again.
+                let mut unused = before;
+                if added
+                    && unused
+                        .save(&self.data_keys_path, keks, "datakeys-unused")
+                        .is_ok()
+                {
+                    writer.data_keys = unused;
+                }
+                Err(StoreError::NotApplied(failure))
+            }
             Err(undo) => {
                 writer.poisoned = true;
                 Err(StoreError::Unknown { failure, undo })
@@ -491,6 +680,8 @@ struct Writer {
     generation: u64,
     /// A write could not be undone: memory may differ from disk until a restart.
     poisoned: bool,
+    /// What the data key file holds.
+    data_keys: DataKeys,
 }
 
 fn open_error(path: &str, error: sled::Error) -> StoreError {
@@ -511,7 +702,6 @@ fn open_error(path: &str, error: sled::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::kek::UnsealError;
 
     fn record(kid: &str) -> KeyRecord {
         KeyRecord {
@@ -623,6 +813,67 @@ mod tests {
         // Sled ahead of the guard (a crash between the two writes) opens fine.
         write_guard(&path.with_extension("guard"), 0).unwrap();
         assert!(KeyStore::open(&path, None).is_ok());
+    }
+
+    /// Records written before data keys (plain, or sealed under the KEK) are rewritten
+    /// under their own data key when the store is opened, and still open.
+    #[test]
+    fn records_older_than_data_keys_are_migrated_on_open() {
+        for keks in [None, Some([[1u8; 32]])] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keystore");
+            {
+                let (store, _) = KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+                let legacy = match keks.map(|k| Keks::from_bytes(&k)) {
+                    None => StoredPrivateKey::Plain {
+                        pkcs8: b64::encode(b"not-really-a-key-but-secret"),
+                    },
+                    Some(keks) => {
+                        let sealed = keks.seal(&record("a")).unwrap();
+                        StoredPrivateKey::Sealed {
+                            kek_id: sealed.kek_id,
+                            nonce: b64::encode(&sealed.nonce),
+                            ciphertext: b64::encode(&sealed.ciphertext),
+                        }
+                    }
+                };
+                let mut stored: serde_json::Value = serde_json::from_slice(
+                    &store
+                        .encode(&record("a"), &{
+                            let mut keys = DataKeys::default();
+                            keys.create("a").unwrap();
+                            keys
+                        })
+                        .unwrap(),
+                )
+                .unwrap();
+                stored["private_key"] = serde_json::to_value(&legacy).unwrap();
+                store.db.insert(FORMAT_KEY, FORMAT_V1).unwrap();
+                store
+                    .keys
+                    .insert("a", serde_json::to_vec(&stored).unwrap())
+                    .unwrap();
+                store.flush().unwrap();
+            }
+            let (store, records) =
+                KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+            assert_eq!(
+                records[0].private_key.as_bytes(),
+                b"not-really-a-key-but-secret"
+            );
+            let stored: StoredKey =
+                serde_json::from_slice(&store.keys.get("a").unwrap().unwrap()).unwrap();
+            assert!(matches!(
+                stored.private_key,
+                StoredPrivateKey::DataKey { .. }
+            ));
+            drop(store);
+            let (_, records) = KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+            assert_eq!(
+                records[0].private_key.as_bytes(),
+                b"not-really-a-key-but-secret"
+            );
+        }
     }
 
     #[test]

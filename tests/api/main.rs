@@ -20,6 +20,7 @@ mod log_hygiene;
 mod metrics;
 mod persistence_and_rotation;
 mod round_trip;
+mod shredding;
 mod startup_refusals;
 mod tools;
 mod write_failures;
