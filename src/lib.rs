@@ -15,6 +15,7 @@
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
 //! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
+//! - `file_modes`: owner-only files, and the start-up check of secrets' modes.
 //! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod file_modes;
 pub mod jwk;
 pub mod jwt;
 pub mod keys;

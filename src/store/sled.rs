@@ -111,6 +111,18 @@ impl KeyStore {
             .open()
             .map_err(|e| open_error(&shown, e))?;
         let keys = db.open_tree(KEYS_TREE).map_err(|e| open_error(&shown, e))?;
+        // sled creates its directory and files with the umask's modes: owner-only, now and
+        // at every start (a store made by an older version, or under another umask).
+        for private in [
+            path.to_owned(),
+            path.with_extension("guard"),
+            path.with_extension("datakeys"),
+        ] {
+            crate::file_modes::make_private(&private).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         let data_keys_path = path.with_extension("datakeys");
         let data_keys = DataKeys::load(&data_keys_path, keks.as_ref()).map_err(|e| match e {
             DataKeysError::KekRequired { .. } => StoreError::KekRequired {

@@ -40,7 +40,7 @@ impl DataDir {
     pub fn new() -> DataDir {
         let temp = tempfile::tempdir().unwrap();
         let admin_token_file = temp.path().join("admin-token-secret");
-        std::fs::write(&admin_token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+        write_private(&admin_token_file, format!("{ADMIN_TOKEN}\n"));
         DataDir {
             path: temp.path().join("data"),
             admin_token_file,
@@ -64,7 +64,7 @@ impl KnownKey {
 
     /// Like `seed`, with the key current since `activated_at`.
     pub fn seed_activated(dir: &DataDir, activated_at: u64) -> KnownKey {
-        std::fs::create_dir_all(&dir.path).unwrap();
+        token_authority::file_modes::create_private_dir(&dir.path).unwrap();
         let generated = keys::generate(Algorithm::RS256).unwrap();
         let signer =
             SigningKey::from_pkcs8(Algorithm::RS256, generated.private_key.as_bytes()).unwrap();
@@ -360,6 +360,16 @@ pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Writes a secret the way an operator should: owner-only (the server refuses anything
+/// group or others can read).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write as _;
+    token_authority::file_modes::create_private_file(path)
+        .unwrap()
+        .write_all(contents.as_ref())
+        .unwrap();
 }
 
 pub fn keystore_files(dir: &Path) -> Vec<PathBuf> {

@@ -10,6 +10,7 @@ mod bench;
 mod binary;
 mod clients;
 mod crash;
+mod file_modes;
 mod grpcurl;
 mod helpers;
 mod jwks_http;

@@ -12,7 +12,7 @@ use token_authority::{
     store::{datakeys::DataKeys, kek::Keks, KeyStore},
 };
 
-use crate::helpers::{admin, config, keystore_files, DataDir, TestServer};
+use crate::helpers::{admin, config, keystore_files, write_private, DataDir, TestServer};
 
 struct Secrets {
     state: KeyState,
@@ -171,10 +171,9 @@ async fn without_a_kek() {
 async fn with_a_kek() {
     let work = tempfile::tempdir().unwrap();
     let kek = work.path().join("kek");
-    std::fs::write(
+    write_private(
         &kek,
         base64::engine::general_purpose::STANDARD.encode([7u8; 32]) + "\n",
-    )
-    .unwrap();
+    );
     revoked_and_deleted_keys_leave_nothing_on_disk(Some(kek.to_str().unwrap())).await;
 }
