@@ -1,10 +1,12 @@
 //! The only layer that sees generated `pb` types and HTTP types.
 //!
 //! # Layout
+//! - `codec`: prost's codec, with undecodable requests answered `INVALID_ARGUMENT`.
 //! - `connection`: what is known of a connection's peer, handed to the layers above.
 //! - `grpc`: the `tokenauthority.v1.TokenAuthority` service.
 //! - `http`: the JWKS, discovery, health and metrics endpoints.
 
+pub mod codec;
 pub mod connection;
 pub mod grpc;
 pub mod http;
