@@ -199,6 +199,61 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
     server.stop().await;
 }
 
+/// One size limit governs issuing and verifying: the largest claims that fit give a token
+/// VerifyToken accepts; one byte more is refused, naming the size and the limit.
+#[tokio::test]
+async fn issued_tokens_never_exceed_what_verify_token_accepts() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let issue = |pad: usize| {
+        let mut client = server.client.clone();
+        async move {
+            client
+                .issue_token(pb::IssueTokenRequest {
+                    claims_json: format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)),
+                    audience: vec!["api".into()],
+                    ..request("svc")
+                })
+                .await
+        }
+    };
+    // The largest pad that issues: the token's length grows with it, so bisect.
+    let (mut fits, mut too_long) = (0, 8192);
+    assert!(issue(fits).await.is_ok());
+    assert!(issue(too_long).await.is_err());
+    while too_long - fits > 1 {
+        let mid = (fits + too_long) / 2;
+        if issue(mid).await.is_ok() {
+            fits = mid;
+        } else {
+            too_long = mid;
+        }
+    }
+    let token = issue(fits).await.unwrap().into_inner().token;
+    assert!(token.len() <= 8192 && token.len() > 8180, "{}", token.len());
+    let verdict = server.verify(&token, "api").await;
+    assert!(verdict.valid, "{verdict:?}");
+
+    let status = issue(fits + 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("claims_json: the token would be 81"),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .contains("bytes, over the 8192-byte limit of VerifyToken"),
+        "{status:?}"
+    );
+    // The issue's case: 6 KB of claims used to give an 8,625-byte token VerifyToken refused.
+    let status = issue(6000).await.unwrap_err();
+    assert!(status.message().contains("8192-byte limit"), "{status:?}");
+    server.stop().await;
+}
+
 /// Bytes that are not the request message are the caller's mistake.
 #[tokio::test]
 async fn requests_that_do_not_decode_are_invalid_argument() {
