@@ -365,3 +365,46 @@ async fn a_write_that_cannot_be_undone_stops_further_writes_until_a_restart() {
     Op::Rotate.check_done(&before, &after);
     scenario.teardown();
 }
+
+/// Erasing a revoked key's data key fails after the rename, and putting the file back fails
+/// too: the revocation is in sled but the undo would need the erased data key, so the store
+/// stops writing; a restart reads the revocation, complete, and erases what is left.
+#[tokio::test]
+async fn an_erasure_that_cannot_be_put_back_stops_further_writes_until_a_restart() {
+    let scenario = fail::FailScenario::setup();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let authority = open(dir, T0);
+    let before = view(authority.keys().records());
+    let revoked = find(&before, Algorithm::ES256, KeyState::Current).remove(0);
+    fail::cfg("datakeys-erase.dirsync", "return").unwrap();
+    fail::cfg("datakeys-restore.write", "return").unwrap();
+    let error = authority
+        .revoke(&revoked, "leaked", T0 + 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AuthorityError::Store(StoreError::Unknown { .. })),
+        "{error:?}"
+    );
+    fail::remove("datakeys-erase.dirsync");
+    fail::remove("datakeys-restore.write");
+    let error = authority
+        .rotate(Some(Algorithm::ES256), true, T0 + 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AuthorityError::Store(StoreError::Poisoned)),
+        "{error:?}"
+    );
+    drop(authority);
+    let after = disk(dir);
+    Op::RevokeCurrent.check_done(&before, &after);
+    let data_keys = token_authority::store::datakeys::DataKeys::load(
+        &store_path(dir).with_extension("datakeys"),
+        None,
+    )
+    .unwrap();
+    assert!(data_keys.get(&revoked).is_none());
+    scenario.teardown();
+}
