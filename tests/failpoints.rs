@@ -92,13 +92,26 @@ fn store_path(dir: &Path) -> PathBuf {
     dir.join("keystore")
 }
 
+/// Opens the keystore. sled's background threads can hold its lock for a moment after the
+/// previous handle was dropped: wait for that, never for anything else.
+fn open_store(dir: &Path) -> (KeyStore, Vec<KeyRecord>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match KeyStore::open(&store_path(dir), None) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result.unwrap(),
+        }
+    }
+}
+
 fn disk(dir: &Path) -> View {
-    let (_, records) = KeyStore::open(&store_path(dir), None).unwrap();
-    view(&records)
+    view(&open_store(dir).1)
 }
 
 fn open(dir: &Path, now: u64) -> Authority {
-    let (store, records) = KeyStore::open(&store_path(dir), None).unwrap();
+    let (store, records) = open_store(dir);
     Authority::open(store, records, settings(), now).unwrap()
 }
 
@@ -282,6 +295,21 @@ fn import_args(dir: &Path, pem: &Path) -> ImportArgs {
     }
 }
 
+/// `keys import`, waiting out sled's lock the way `open_store` does.
+fn import_waiting(args: &ImportArgs) -> Result<String, KeysCommandError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match keys_command::import(args) {
+            Err(KeysCommandError::Store(StoreError::Locked { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result,
+        }
+    }
+}
+
 #[tokio::test]
 async fn import() {
     let scenario = fail::FailScenario::setup();
@@ -304,7 +332,7 @@ async fn import() {
         .unwrap();
 
         fail::cfg(point, "return").unwrap();
-        let result = keys_command::import(&import_args(dir, &pem));
+        let result = import_waiting(&import_args(dir, &pem));
         fail::remove(point);
         assert!(
             matches!(
@@ -315,7 +343,7 @@ async fn import() {
         );
         assert_eq!(disk(dir), before, "{point}");
 
-        keys_command::import(&import_args(dir, &pem)).unwrap();
+        import_waiting(&import_args(dir, &pem)).unwrap();
         let after = disk(dir);
         one_current_one_next(&after);
         assert_eq!(find(&after, Algorithm::ES256, KeyState::Next), [key.kid]);

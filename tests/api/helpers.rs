@@ -362,6 +362,25 @@ pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Opens a stopped server's keystore. sled's background threads can hold its lock for a
+/// moment after the server let go: wait for that, never for anything else.
+pub fn open_keystore(
+    dir: &Path,
+    keks: impl Fn() -> Option<token_authority::store::kek::Keks>,
+) -> (KeyStore, Vec<KeyRecord>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match KeyStore::open(&dir.join("keystore"), keks()) {
+            Err(token_authority::store::StoreError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result.unwrap(),
+        }
+    }
+}
+
 /// Writes a secret the way an operator should: owner-only (the server refuses anything
 /// group or others can read).
 pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {

@@ -9,10 +9,12 @@ use base64::Engine as _;
 use token_authority::{
     keys::KeyState,
     pb,
-    store::{datakeys::DataKeys, kek::Keks, KeyStore},
+    store::{datakeys::DataKeys, kek::Keks},
 };
 
-use crate::helpers::{admin, config, keystore_files, write_private, DataDir, TestServer};
+use crate::helpers::{
+    admin, config, keystore_files, open_keystore, write_private, DataDir, TestServer,
+};
 
 struct Secrets {
     state: KeyState,
@@ -25,7 +27,7 @@ fn secrets(dir: &DataDir, kek: Option<&str>) -> HashMap<String, Secrets> {
     let keks = || kek.map(|k| Keks::load(Path::new(k)).unwrap());
     let store = dir.path.join("keystore");
     let data_keys = DataKeys::load(&store.with_extension("datakeys"), keks().as_ref()).unwrap();
-    let (_, records) = KeyStore::open(&store, keks()).unwrap();
+    let (_, records) = open_keystore(&dir.path, keks);
     records
         .into_iter()
         .map(|r| {
