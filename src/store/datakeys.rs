@@ -202,6 +202,11 @@ impl DataKeys {
         self.keys.is_empty()
     }
 
+    /// Whether the file as last read or written is sealed under a KEK at all.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed_by.is_some()
+    }
+
     /// Whether the file as last read or written is sealed under `keks`' first KEK (or,
     /// without a KEK, plain).
     pub fn sealed_as(&self, keks: Option<&Keks>) -> bool {

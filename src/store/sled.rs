@@ -205,7 +205,8 @@ impl KeyStore {
             writer.data_keys = kept;
         }
         self.unsealed_at_open = match &self.keks {
-            Some(_) if !writer.data_keys.sealed_as(self.keks.as_ref()) => writer.data_keys.len(),
+            // Sealed under an older KEK still counts as sealed; rewrap moves it to the first.
+            Some(_) if !writer.data_keys.is_sealed() => writer.data_keys.len(),
             _ => 0,
         };
         Ok(())
@@ -284,9 +285,8 @@ impl KeyStore {
         self.keks.is_some()
     }
 
-    /// How many data keys were stored not sealed under the first KEK when the store was
-    /// opened (written before a KEK was configured, or under an older one; `keys rewrap`
-    /// seals them).
+    /// How many data keys were stored unsealed when the store was opened with a KEK (written
+    /// before a KEK was configured; `keys rewrap` seals them).
     pub fn unsealed_at_open(&self) -> usize {
         self.unsealed_at_open
     }
