@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, with undecodable requests answered INVALID_ARGUMENT.
+        .codec_path("crate::transport::codec::RequestCodec")
         .compile_fds(fds)?;
     Ok(())
 }

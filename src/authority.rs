@@ -215,7 +215,18 @@ impl Authority {
         for (name, value) in request.claims.iter().chain(granted) {
             claims.insert(name.clone(), value.clone());
         }
-        let token = jwt::sign(signer, &claims)?;
+        let token =
+            jwt::sign(signer, &claims, self.settings.max_token_bytes).map_err(
+                |error| match error {
+                    too_large @ jwt::SignError::TooLarge { .. } => {
+                        AuthorityError::InvalidArgument(InvalidArgument {
+                            field: "claims_json",
+                            reason: too_large.to_string(),
+                        })
+                    }
+                    jwt::SignError::Crypto(error) => error.into(),
+                },
+            )?;
         Ok(Issued {
             token,
             alg,

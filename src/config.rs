@@ -225,6 +225,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
 
+    /// Accept a data directory, admin token file or KEK file that group or others may
+    /// access (refused otherwise, naming the chmod that fixes it). For volumes whose modes
+    /// the platform sets, such as Kubernetes Secrets and volumes with fsGroup.
+    #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
+    pub allow_group_readable_files: bool,
+
     /// Signing algorithms, comma-separated, from RS256, PS256, ES256, EdDSA. Each keeps its
     /// own keys; the first is the default for IssueToken.
     #[arg(
@@ -353,6 +359,7 @@ pub struct Config {
     pub issuer: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub kek_file: Option<PathBuf>,
+    pub allow_group_readable_files: bool,
     pub default_ttl: u64,
     pub max_ttl: u64,
     pub leeway: u64,
@@ -497,6 +504,7 @@ impl TryFrom<ServeArgs> for Config {
             issuer: args.issuer,
             admin_token_file: args.admin_token_file,
             kek_file: args.kek_file,
+            allow_group_readable_files: args.allow_group_readable_files,
             default_ttl,
             max_ttl,
             leeway,

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 use crate::jwt::json::{parse_object, JsonError};
 
@@ -103,10 +104,32 @@ fn parse_subject(subject: String) -> Result<String, InvalidArgument> {
             format!("is longer than {MAX_SUBJECT_BYTES} bytes"),
         );
     }
-    if subject.chars().any(char::is_control) {
-        return invalid("subject", "contains control characters");
+    if let Some(c) = subject.chars().find(|&c| is_invisible(c)) {
+        return invalid("subject", hidden_character(c));
     }
     Ok(subject)
+}
+
+/// Control characters (general category Cc: `\n`, `\0`, ...) and format characters (Cf:
+/// bidi overrides, zero-width spaces and joiners, ...). Names holding them print like other
+/// names in logs and dashboards (`ad\u{200b}min` shows as `admin`), so they are refused.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control | GeneralCategory::Format
+    )
+}
+
+fn hidden_character(c: char) -> String {
+    let kind = if c.is_control() {
+        "a control character"
+    } else {
+        "an invisible format character"
+    };
+    format!(
+        "contains {kind} (U+{:04X}), which would make one name look like another",
+        u32::from(c)
+    )
 }
 
 fn parse_audiences(audiences: Vec<String>) -> Result<Vec<String>, InvalidArgument> {
@@ -122,6 +145,9 @@ fn parse_audiences(audiences: Vec<String>) -> Result<Vec<String>, InvalidArgumen
                 "audience",
                 format!("holds an entry longer than {MAX_AUDIENCE_BYTES} bytes"),
             );
+        }
+        if let Some(c) = audience.chars().find(|&c| is_invisible(c)) {
+            return invalid("audience", hidden_character(c));
         }
     }
     Ok(audiences)

@@ -13,10 +13,12 @@ use crate::{
     config::{ImportArgs, ListArgs, RewrapArgs},
     crypto::{self, Algorithm},
     jwk,
-    kek::{KekError, Keks},
     keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
     lifecycle::{self, LifecycleError},
-    store::{KeyStore, StoreError},
+    store::{
+        kek::{KekError, Keks},
+        KeyStore, StoreError,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -12,10 +12,12 @@
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.
 //! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
-//! - `store`: the sled keystore; `kek`: key-encryption keys sealing private keys at rest.
+//! - `store`: the keystore interface and its error; `store::sled` the sled keystore,
+//!   `store::guard` its guard file, `store::kek` key-encryption keys sealing private keys at rest.
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
 //! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
+//! - `file_modes`: owner-only files, and the start-up check of secrets' modes.
 //! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]
@@ -28,9 +30,9 @@ pub mod callers;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod file_modes;
 pub mod jwk;
 pub mod jwt;
-pub mod kek;
 pub mod keys;
 pub mod keys_command;
 pub mod keyset;

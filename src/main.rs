@@ -13,6 +13,8 @@ use token_authority::{
 
 fn main() -> ExitCode {
     let command = Cli::parse().command;
+    // Files libraries create under the data directory (sled's) are owner-only too.
+    token_authority::file_modes::restrict_umask();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

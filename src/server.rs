@@ -28,11 +28,14 @@ use crate::{
         CallerSettings, Callers,
     },
     config::Config,
-    kek::{KekError, Keks},
+    file_modes::{self, FileModeError},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
     signing_pool::SigningPool,
-    store::{KeyStore, StoreError},
+    store::{
+        kek::{KekError, Keks},
+        KeyStore, StoreError,
+    },
     transport::{
         grpc::GrpcService,
         http::{self, HttpState},
@@ -48,6 +51,8 @@ pub enum ServerError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    FileMode(#[from] FileModeError),
     #[error(transparent)]
     AdminToken(#[from] AdminTokenError),
     #[error(transparent)]
@@ -122,13 +127,31 @@ async fn run_schedule(
     }
 }
 
-/// The data directory holds private keys and the admin token: owner-only when we create it.
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path)
+/// The data directory holds private keys and the admin token: owner-only when we create
+/// it, refused (unless allowed) when it, the admin token or the KEK file is not.
+fn check_files(config: &Config) -> Result<(), ServerError> {
+    let allow = config.allow_group_readable_files;
+    if config.data_dir.exists() {
+        file_modes::check_private(&config.data_dir, "data directory", allow)?;
+    } else {
+        file_modes::create_private_dir(&config.data_dir).map_err(|source| {
+            ServerError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    let token = config
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin-token"));
+    if token.exists() {
+        file_modes::check_private(&token, "admin token file", allow)?;
+    }
+    if let Some(kek) = &config.kek_file {
+        file_modes::check_private(kek, "KEK file", allow)?;
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {
@@ -212,10 +235,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
 
-    create_private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
+    check_files(&config)?;
     let (admin, admin_source) =
         AdminToken::load(config.admin_token_file.as_deref(), &config.data_dir)?;
     match &admin_source {

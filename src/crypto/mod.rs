@@ -219,6 +219,11 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
         self.key.sign(self.alg, message)
     }
+
+    /// The length of every signature this key makes, in bytes.
+    pub fn signature_len(&self) -> usize {
+        self.key.signature_len()
+    }
 }
 
 /// A public key parsed once per key-set change and ready to verify.

@@ -42,9 +42,39 @@ fn header_segment(alg: Algorithm, kid: &str) -> String {
     b64::encode(header.to_string())
 }
 
-/// Signs `claims` with `signer`, returning the compact serialisation.
-pub fn sign(signer: &Signer, claims: &Map<String, Value>) -> Result<String, CryptoError> {
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("the token would be {size} bytes, over the {limit}-byte limit of VerifyToken (and of many proxies' headers); make the claims smaller")]
+    TooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// The length of `n` bytes in unpadded base64url.
+fn b64_len(n: usize) -> usize {
+    n / 3 * 4 + [0, 2, 3][n % 3]
+}
+
+/// Signs `claims` with `signer`, returning the compact serialisation, unless the token would
+/// be longer than `max_bytes` (what VerifyToken accepts): its length is known before
+/// signing, as every signature of a key has the same length.
+pub fn sign(
+    signer: &Signer,
+    claims: &Map<String, Value>,
+    max_bytes: usize,
+) -> Result<String, SignError> {
     let payload = serde_json::to_vec(claims).map_err(|_| CryptoError::Signing)?;
+    let size = signer.header_segment.len()
+        + 1
+        + b64_len(payload.len())
+        + 1
+        + b64_len(signer.key.signature_len());
+    if size > max_bytes {
+        return Err(SignError::TooLarge {
+            size,
+            limit: max_bytes,
+        });
+    }
     let mut token =
         String::with_capacity(signer.header_segment.len() + payload.len() * 4 / 3 + 360);
     token.push_str(&signer.header_segment);
@@ -53,5 +83,16 @@ pub fn sign(signer: &Signer, claims: &Map<String, Value>) -> Result<String, Cryp
     let signature = signer.key.sign(token.as_bytes())?;
     token.push('.');
     token.push_str(&b64::encode(signature));
+    debug_assert_eq!(token.len(), size);
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn b64_len_is_the_unpadded_length() {
+        for n in 0..100 {
+            assert_eq!(super::b64_len(n), crate::b64::encode(vec![0u8; n]).len());
+        }
+    }
 }

@@ -281,6 +281,20 @@ fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<i64
             Some(_) => reject(Reason::Malformed, format!("{name} is not a number")),
         }
     };
+    // What a protobuf Timestamp can carry (0001-01-01 to 9999-12-31), the range every
+    // time the authority answers with must fit.
+    const EARLIEST: f64 = -62_135_596_800.0;
+    const LATEST: f64 = 253_402_300_799.0;
+    for name in ["exp", "nbf", "iat"] {
+        if let Some(time) = number(name)? {
+            if !(EARLIEST..=LATEST).contains(&time) {
+                return reject(
+                    Reason::Malformed,
+                    format!("{name} is outside the years 0001 to 9999"),
+                );
+            }
+        }
+    }
     let now = now as f64;
     let leeway = leeway as f64;
     let Some(exp) = number("exp")? else {
@@ -406,7 +420,7 @@ mod tests {
                 claims.insert("iat".into(), iat.into());
             }
             claims.insert("exp".into(), exp.into());
-            sign(&signer, &claims).unwrap()
+            sign(&signer, &claims, 8192).unwrap()
         };
         let accepted = ["token-authority", "other"];
         let expect = Expectations {

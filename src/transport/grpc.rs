@@ -163,6 +163,11 @@ impl From<AuthorityError> for Status {
             AuthorityError::Lifecycle(error @ LifecycleError::UnknownKey(_)) => {
                 Status::not_found(error.to_string())
             }
+            // A failed lifecycle write says whether it took effect, never why.
+            AuthorityError::Store(error) if error.outcome().is_some() => {
+                tracing::error!(%error, "request failed");
+                Status::internal(error.outcome().unwrap_or("internal error"))
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 Status::internal("internal error")

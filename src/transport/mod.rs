@@ -1,6 +1,7 @@
 //! The only layer that sees generated `pb` types and HTTP types.
 //!
 //! # Layout
+//! - `codec`: prost's codec, with undecodable requests answered `INVALID_ARGUMENT`.
 //! - `connection`: what is known of a connection's peer, handed to the layers above.
 //! - `grpc`: the `tokenauthority.v1.TokenAuthority` service.
 //! - `http`: the JWKS, discovery, health and metrics endpoints.
@@ -8,6 +9,7 @@
 //!   deadlines, stalled-response bound, TLS, graceful close.
 //! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
+pub mod codec;
 pub mod connection;
 pub mod grpc;
 pub mod http;

@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
-use token_authority::{kek::Keks, store::KeyStore};
+use token_authority::store::{kek::Keks, KeyStore};
 
 use crate::{
     binary::BIN,
-    helpers::{config, keystore_files, DataDir, TestServer},
+    helpers::{config, keystore_files, write_private, DataDir, TestServer},
 };
 
 fn kek_file(dir: &std::path::Path, name: &str, keks: &[[u8; 32]]) -> String {
@@ -17,7 +17,7 @@ fn kek_file(dir: &std::path::Path, name: &str, keks: &[[u8; 32]]) -> String {
         .iter()
         .map(|k| base64::engine::general_purpose::STANDARD.encode(k))
         .collect();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    write_private(&path, lines.join("\n") + "\n");
     path.to_str().unwrap().to_owned()
 }
 
@@ -156,7 +156,7 @@ async fn bad_kek_files_are_refused() {
     for (name, text, message) in cases {
         let dir = DataDir::new();
         let path = work.path().join(name);
-        std::fs::write(&path, text).unwrap();
+        write_private(&path, text);
         let error = start_error(&dir, &["--kek-file", path.to_str().unwrap()]).await;
         assert!(error.contains(message), "{name}: {error}");
         assert!(

@@ -122,6 +122,60 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
         ),
     ];
     let mut cases = cases;
+    // Control (Cc) and format (Cf) characters: invisible in logs, or making one name look
+    // like another.
+    for (field, value, message) in [
+        (
+            "audience",
+            "led\nger",
+            "audience: contains a control character (U+000A)",
+        ),
+        (
+            "audience",
+            "ledger\0",
+            "audience: contains a control character (U+0000)",
+        ),
+        (
+            "audience",
+            "ad\u{200b}min",
+            "audience: contains an invisible format character (U+200B)",
+        ),
+        (
+            "subject",
+            "admin\u{202e}nimda",
+            "subject: contains an invisible format character (U+202E)",
+        ),
+        (
+            "subject",
+            "ad\u{200b}min",
+            "subject: contains an invisible format character (U+200B)",
+        ),
+        (
+            "subject",
+            "a\u{2066}b",
+            "subject: contains an invisible format character (U+2066)",
+        ),
+        (
+            "subject",
+            "\u{feff}admin",
+            "subject: contains an invisible format character (U+FEFF)",
+        ),
+        (
+            "subject",
+            "svc\u{7f}",
+            "subject: contains a control character (U+007F)",
+        ),
+    ] {
+        let req = if field == "subject" {
+            request(value)
+        } else {
+            pb::IssueTokenRequest {
+                audience: vec![value.into()],
+                ..request("s")
+            }
+        };
+        cases.push(("hidden character", req, Code::InvalidArgument, message));
+    }
     for reserved in ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"] {
         cases.push((
             "reserved claim",
@@ -141,6 +195,154 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
             "{name}: {:?}",
             status.message()
         );
+    }
+    server.stop().await;
+}
+
+/// One size limit governs issuing and verifying: the largest claims that fit give a token
+/// VerifyToken accepts; one byte more is refused, naming the size and the limit.
+#[tokio::test]
+async fn issued_tokens_never_exceed_what_verify_token_accepts() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let issue = |pad: usize| {
+        let mut client = server.client.clone();
+        async move {
+            client
+                .issue_token(pb::IssueTokenRequest {
+                    claims_json: format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)),
+                    audience: vec!["api".into()],
+                    ..request("svc")
+                })
+                .await
+        }
+    };
+    // The largest pad that issues: the token's length grows with it, so bisect.
+    let (mut fits, mut too_long) = (0, 8192);
+    assert!(issue(fits).await.is_ok());
+    assert!(issue(too_long).await.is_err());
+    while too_long - fits > 1 {
+        let mid = (fits + too_long) / 2;
+        if issue(mid).await.is_ok() {
+            fits = mid;
+        } else {
+            too_long = mid;
+        }
+    }
+    let token = issue(fits).await.unwrap().into_inner().token;
+    assert!(token.len() <= 8192 && token.len() > 8180, "{}", token.len());
+    let verdict = server.verify(&token, "api").await;
+    assert!(verdict.valid, "{verdict:?}");
+
+    let status = issue(fits + 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("claims_json: the token would be 81"),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .contains("bytes, over the 8192-byte limit of VerifyToken"),
+        "{status:?}"
+    );
+    // The issue's case: 6 KB of claims used to give an 8,625-byte token VerifyToken refused.
+    let status = issue(6000).await.unwrap_err();
+    assert!(status.message().contains("8192-byte limit"), "{status:?}");
+    server.stop().await;
+}
+
+/// Bytes that are not the request message are the caller's mistake.
+#[tokio::test]
+async fn requests_that_do_not_decode_are_invalid_argument() {
+    use bytes::{Buf as _, BufMut as _};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    /// Sends raw bytes as the message.
+    #[derive(Clone, Copy, Default)]
+    struct Raw;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let cases: [(&str, &'static str, Vec<u8>, &str); 4] = [
+        (
+            "invalid UTF-8 in subject",
+            "/tokenauthority.v1.TokenAuthority/IssueToken",
+            vec![0x0A, 2, 0xFF, 0xFE],
+            "invalid string value",
+        ),
+        (
+            "subject with a varint wire type",
+            "/tokenauthority.v1.TokenAuthority/IssueToken",
+            vec![0x08, 1],
+            "invalid wire type",
+        ),
+        (
+            "truncated token",
+            "/tokenauthority.v1.TokenAuthority/VerifyToken",
+            vec![0x0A, 10, b'e', b'y'],
+            "buffer underflow",
+        ),
+        (
+            "invalid UTF-8 in token",
+            "/tokenauthority.v1.TokenAuthority/VerifyToken",
+            vec![0x0A, 1, 0xC0],
+            "invalid string value",
+        ),
+    ];
+    for (name, path, bytes, detail) in cases {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(
+                tonic::Request::new(bytes),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(
+            status.message().starts_with(
+                "the request message does not decode: failed to decode Protobuf message"
+            ),
+            "{name}: {status:?}"
+        );
+        assert!(status.message().contains(detail), "{name}: {status:?}");
     }
     server.stop().await;
 }

@@ -378,6 +378,31 @@ async fn bad_tokens_are_rejected_with_their_reason() {
             R::MissingClaim,
         ),
     ]);
+    // Times a protobuf Timestamp cannot carry (years 0001 to 9999): MALFORMED, never an
+    // expires_at outside Timestamp's range.
+    let with_times = |exp: &str, iat: &str| {
+        key.forge(
+            &key.header(),
+            &format!(r#"{{"iss":"{iss}","sub":"svc","aud":"api","iat":{iat},"exp":{exp}}}"#),
+        )
+    };
+    let latest = with_times("253402300799", &t.to_string());
+    for (name, exp, iat) in [
+        ("exp 1e300", "1e300".to_owned(), t.to_string()),
+        ("exp 2^64", "18446744073709551616".to_owned(), t.to_string()),
+        (
+            "exp in the year 10000",
+            "253402300800".to_owned(),
+            t.to_string(),
+        ),
+        (
+            "iat before the year 1",
+            (t + 300).to_string(),
+            "-62135596801".to_owned(),
+        ),
+    ] {
+        cases.push((name, with_times(&exp, &iat), "api", R::Malformed));
+    }
     assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, token, audience, reason) in cases {
         let verdict = server.verify(&token, audience).await;
@@ -392,5 +417,9 @@ async fn bad_tokens_are_rejected_with_their_reason() {
     // Within the leeway is still valid; typ is compared case-insensitively.
     assert!(server.verify(&within_leeway, "").await.valid);
     assert!(server.verify(&typ_lower, "api").await.valid);
+    // The last second a Timestamp can carry is still a time.
+    let verdict = server.verify(&latest, "api").await;
+    assert!(verdict.valid, "{verdict:?}");
+    assert_eq!(verdict.expires_at.unwrap().seconds, 253_402_300_799);
     server.stop().await;
 }

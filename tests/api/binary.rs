@@ -25,7 +25,27 @@ pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
 
 /// Like `spawn_binary`, with `RUST_LOG` set to `filter` (None: the default, info).
 pub fn spawn_binary_logging(dir: &DataDir, extra: &[&str], filter: Option<&str>) -> Process {
-    let mut command = Command::new(BIN);
+    spawn_command(Command::new(BIN), dir, extra, filter)
+}
+
+/// Like `spawn_binary`, started under `umask` (through `sh`, which then execs the binary).
+pub fn spawn_binary_with_umask(dir: &DataDir, extra: &[&str], umask: &str) -> Process {
+    spawn_command(umask_command(umask), dir, extra, None)
+}
+
+/// A command that runs the binary with the arguments it is given, under `umask`.
+pub fn umask_command(umask: &str) -> Command {
+    let mut command = Command::new("sh");
+    command.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\""), BIN]);
+    command
+}
+
+fn spawn_command(
+    mut command: Command,
+    dir: &DataDir,
+    extra: &[&str],
+    filter: Option<&str>,
+) -> Process {
     command.env_remove("RUST_LOG");
     if let Some(filter) = filter {
         command.env("RUST_LOG", filter);
@@ -210,6 +230,10 @@ fn help_documents_every_flag_and_env_var() {
         ("--issuer", "TA_ISSUER"),
         ("--admin-token-file", "TA_ADMIN_TOKEN_FILE"),
         ("--kek-file", "TA_KEK_FILE"),
+        (
+            "--allow-group-readable-files",
+            "TA_ALLOW_GROUP_READABLE_FILES",
+        ),
         ("--default-ttl", "TA_DEFAULT_TTL"),
         ("--max-ttl", "TA_MAX_TTL"),
         ("--leeway", "TA_LEEWAY"),

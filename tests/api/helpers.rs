@@ -46,7 +46,7 @@ impl DataDir {
     pub fn new() -> DataDir {
         let temp = tempfile::tempdir().unwrap();
         let admin_token_file = temp.path().join("admin-token-secret");
-        std::fs::write(&admin_token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+        write_private(&admin_token_file, format!("{ADMIN_TOKEN}\n"));
         DataDir {
             path: temp.path().join("data"),
             admin_token_file,
@@ -70,7 +70,7 @@ impl KnownKey {
 
     /// Like `seed`, with the key current since `activated_at`.
     pub fn seed_activated(dir: &DataDir, activated_at: u64) -> KnownKey {
-        std::fs::create_dir_all(&dir.path).unwrap();
+        token_authority::file_modes::create_private_dir(&dir.path).unwrap();
         let generated = keys::generate(Algorithm::RS256).unwrap();
         let signer =
             SigningKey::from_pkcs8(Algorithm::RS256, generated.private_key.as_bytes()).unwrap();
@@ -515,6 +515,35 @@ pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Opens a stopped server's keystore. sled's background threads can hold its lock for a
+/// moment after the server let go: wait for that, never for anything else.
+pub fn open_keystore(
+    dir: &Path,
+    keks: impl Fn() -> Option<token_authority::store::kek::Keks>,
+) -> (KeyStore, Vec<KeyRecord>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match KeyStore::open(&dir.join("keystore"), keks()) {
+            Err(token_authority::store::StoreError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result.unwrap(),
+        }
+    }
+}
+
+/// Writes a secret the way an operator should: owner-only (the server refuses anything
+/// group or others can read).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write as _;
+    token_authority::file_modes::create_private_file(path)
+        .unwrap()
+        .write_all(contents.as_ref())
+        .unwrap();
 }
 
 pub fn keystore_files(dir: &Path) -> Vec<PathBuf> {

@@ -66,12 +66,19 @@ async fn unreadable_keystores_stop_the_server_and_are_left_alone() {
                 let keys = db.open_tree("keys").unwrap();
                 let mut record: serde_json::Value =
                     serde_json::from_slice(&keys.get(kid).unwrap().unwrap()).unwrap();
-                record["private_key"]["pkcs8"] = "AAAA".into();
+                record["private_key"]["ciphertext"] = "AAAAAAAAAAAAAAAAAAAAAA".into();
                 keys.insert(kid, serde_json::to_vec(&record).unwrap())
                     .unwrap();
                 db.flush().unwrap();
             },
-            "cannot load the keys",
+            "does not open with its data key",
+        ),
+        (
+            "data key file removed",
+            |store, _| {
+                std::fs::remove_file(store.with_extension("datakeys")).unwrap();
+            },
+            "its data key is missing from the data key file",
         ),
         (
             "log zeroed (sled opens it as empty)",

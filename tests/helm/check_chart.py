@@ -82,6 +82,7 @@ DOCUMENTED_FLAGS = {
     "TA_ROTATION_PERIOD": "--rotation-period",
     "TA_SHUTDOWN_GRACE": "--shutdown-grace",
     "TA_LOG_FORMAT": "--log-format",
+    "TA_ALLOW_GROUP_READABLE_FILES": "--allow-group-readable-files",
 }
 
 # The value sets the chart is rendered with. Each must render, lint, validate and satisfy
@@ -444,6 +445,13 @@ def check_secret_files_are_what_server_reads(set_name: str) -> None:
         assert projected_key == key, f"{var}={path}: file {path.name} holds Secret key {projected_key}, expected {key}"
         mode = volume["secret"].get("defaultMode", 0o644)
         assert mode & 0o007 == 0, f"secret files are world-readable (mode {oct(mode)})"
+
+
+def secret_volume_mode(set_name: str) -> int:
+    """The file mode the pod's Secret volume gives the admin token and the KEK."""
+    secrets = [v["secret"] for v in pod_spec(set_name)["volumes"] if "secret" in v]
+    assert len(secrets) == 1, f"expected one Secret volume, found {len(secrets)}"
+    return secrets[0].get("defaultMode", 0o644)
 
 
 def check_generated_secret_contents(set_name: str) -> None:
@@ -902,11 +910,17 @@ class ChartConfiguredServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="ta-chart-")
         tmp = Path(self._tmp.name)
         (tmp / "secrets").mkdir(mode=0o700)
+        # The modes the kubelet gives the pod's files: the Secret volume's defaultMode, and
+        # a data volume group-owned by fsGroup (group rwx, setgid). The server must start on
+        # them as the chart configures it.
+        secret_mode = secret_volume_mode("default")
         for var, key in SECRET_KEYS.items():
             path = tmp / "secrets" / PurePosixPath(self.env[var]).name
             path.write_bytes(base64.b64decode(secret["data"][key]))
-            path.chmod(0o600)
+            path.chmod(secret_mode)
             self.env[var] = str(path)
+        (tmp / "data").mkdir()
+        (tmp / "data").chmod(0o2770)
         self.env["TA_DATA_DIR"] = str(tmp / "data")
         self.grpc_port, self.http_port = free_port(), free_port()
         self.env["TA_GRPC_LISTEN"] = f"127.0.0.1:{self.grpc_port}"

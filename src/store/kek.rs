@@ -44,6 +44,10 @@ pub enum UnsealError {
     UnknownKek(String),
     #[error("it does not open with KEK {0}: a wrong KEK, or a record moved onto another key")]
     Open(String),
+    #[error("it does not open with its data key: a record moved onto another key, or a damaged data key file")]
+    DataKey,
+    #[error("its data key is missing from the data key file: it was erased (revoked or deleted), or the file is damaged")]
+    MissingDataKey,
 }
 
 /// The loaded KEKs. `Debug` names only their ids.
@@ -116,6 +120,33 @@ impl Keks {
             nonce,
             ciphertext,
         })
+    }
+
+    /// Seals `plain` under the first KEK, `aad` bound in.
+    pub fn seal_bytes(&self, aad: &[u8], plain: &[u8]) -> Result<SealedKey, crypto::CryptoError> {
+        let (kek_id, kek) = &self.keys[0];
+        let (nonce, ciphertext) = kek.seal(aad, plain)?;
+        Ok(SealedKey {
+            kek_id: kek_id.clone(),
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens what `seal_bytes` sealed, with whichever listed KEK sealed it.
+    pub fn open_bytes(
+        &self,
+        aad: &[u8],
+        sealed: &SealedKey,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, UnsealError> {
+        let (_, kek) = self
+            .keys
+            .iter()
+            .find(|(id, _)| *id == sealed.kek_id)
+            .ok_or_else(|| UnsealError::UnknownKek(sealed.kek_id.clone()))?;
+        kek.open(aad, &sealed.nonce, &sealed.ciphertext)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| UnsealError::Open(sealed.kek_id.clone()))
     }
 
     pub fn unseal(
