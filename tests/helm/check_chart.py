@@ -987,7 +987,8 @@ def check_kubernetes_issuer_access(set_name: str) -> None:
         if file_name == "token":
             token = next((s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s), None)
             assert token and token["path"] == PurePosixPath(issuer[field]).name, f"no projected token at {issuer[field]}"
-            assert token["expirationSeconds"] == values["policy"]["kubernetesIssuer"]["tokenExpirationSeconds"]
+            assert token["expirationSeconds"] == values["policy"]["kubernetesIssuer"]["tokenExpirationSeconds"], \
+                f"projected token lives {token['expirationSeconds']}s, values say {values['policy']['kubernetesIssuer']['tokenExpirationSeconds']}"
             assert 600 <= token["expirationSeconds"] <= 3600, f"token lives {token['expirationSeconds']}s: not short"
             assert "audience" not in token, "the token must keep the API server's audience to read the JWKS"
         else:
@@ -1050,6 +1051,7 @@ def check_helm_test_over_tls(set_name: str) -> None:
 
     has_ca = values["tls"]["mode"] == "generated" or values["tls"]["caCert"]
     if has_ca:
+        assert "-tls-ca-cert" in flags, f"the test pod does not verify the server with the TLS Secret's ca.crt: {args}"
         volume = volume_for(flags["-tls-ca-cert"])
         tls_secret = next(v for v in volumes_of(set_name).values() if v["name"] == "tls")["secret"]["secretName"]
         assert volume["secret"]["secretName"] == tls_secret, f"test CA from {volume['secret']['secretName']}"
@@ -1210,7 +1212,7 @@ def check_generated_tls_kept_across_upgrades() -> None:
     changed = sorted(k for k in first_tls["data"] if kept_tls["data"].get(k) != first_tls["data"][k])
     assert not changed, f"an upgrade changed the TLS Secret's {changed}: clients trusting ca.crt would break"
     assert kept_auth["data"] == first_auth["data"], "an upgrade changed the admin token or the KEK"
-    assert kept_tls["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep"
+    assert kept_tls["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "the kept TLS Secret lost resource-policy keep"
     resigned, _ = secrets(render_copy(chart_copy_with_lookup(in_cluster), {"tls": {"extraDnsNames": ["tokens.example.com"]}}))
     assert resigned["data"]["ca.crt"] == first_tls["data"]["ca.crt"] and resigned["data"]["ca.key"] == first_tls["data"]["ca.key"], \
         "new DNS names replaced the CA: every client would have to fetch it again"
