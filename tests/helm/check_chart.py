@@ -110,13 +110,14 @@ EXAMPLE_POLICY = {
     "kubernetesIssuer": {"issuer": "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC123", "audiences": ["ta", "token-authority"],
                          "maxTokenLifetime": "30m", "tokenExpirationSeconds": 900},
     "issuers": [{"name": "spire", "issuer": "https://spire.example.com", "discovery": True,
-                 "audiences": ["token-authority"], "max_token_lifetime": "10m"}],
+                 "audiences": ["token-authority"], "max_token_lifetime": "10m", "algorithms": ["ES256", "RS256"]}],
     "clients": [{"id": "batch-job", "secret_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}],
     "rules": [
-        {"callers": ["cluster:system:serviceaccount:payments:api"], "subjects": ["payments-api"],
+        {"callers": ["system:serviceaccount:payments:api"], "subjects": ["payments-api"],
          "audiences": ["orders"], "max_ttl": "15m", "claims": {"tier": 1, "team": "payments", "weight": 0.5},
          "allow_claims": ["scope"], "bind": "mtls"},
-        {"callers": ["spire:spiffe://example.org/ns/ops/*"], "admin": True},
+        {"callers": ["spiffe://example.org/ns/ops/*"], "admin": True},
+        {"callers": ["client:batch-job"], "subjects": ["batch"], "audiences": ["reports"]},
     ],
 }
 
