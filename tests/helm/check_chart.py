@@ -1490,8 +1490,11 @@ class ChartConfiguredServer:
     stands in for its mount path; env values and the policy's file paths are rewritten to
     those dirs, and the listeners moved onto loopback ports."""
 
-    def __init__(self, set_name: str = "default") -> None:
+    def __init__(self, set_name: str = "default", *, bind_host: str = "127.0.0.1",
+                 drop_env: tuple[str, ...] = ()) -> None:
         self.set_name = set_name
+        self.bind_host = bind_host
+        self.drop_env = drop_env
 
     def __enter__(self) -> "ChartConfiguredServer":
         set_name = self.set_name
@@ -1523,8 +1526,10 @@ class ChartConfiguredServer:
         if self.env.get("TA_AUDIT_LOG", "-") != "-":
             self.env["TA_AUDIT_LOG"] = str(tmp / "data") + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
         self.grpc_port, self.http_port = free_port(), free_port()
-        self.env["TA_GRPC_LISTEN"] = f"127.0.0.1:{self.grpc_port}"
-        self.env["TA_HTTP_LISTEN"] = f"127.0.0.1:{self.http_port}"
+        self.env["TA_GRPC_LISTEN"] = f"{self.bind_host}:{self.grpc_port}"
+        self.env["TA_HTTP_LISTEN"] = f"{self.bind_host}:{self.http_port}"
+        for var in self.drop_env:
+            self.env.pop(var, None)
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
         process_env.update(self.env)
         self.log = tmp / "server.log"
@@ -1691,9 +1696,12 @@ def http_client_errors() -> type[Exception]:
 
 def check_server_starts_with_policy_and_plaintext() -> None:
     """The tls-disabled-policy render (plaintext behind a mesh, the example policy with an
-    external issuer, clients and rules, the audit log on the data volume): the server accepts
-    the rendered TOML and TA_ALLOW_PLAINTEXT=true and becomes ready."""
-    with ChartConfiguredServer("tls-disabled-policy") as server:
+    external issuer that cannot be reached here, clients and rules, the audit log on the
+    data volume), on the chart's own bind address (all interfaces, free ports): the server
+    accepts the rendered TOML and TA_ALLOW_PLAINTEXT=true and becomes ready; without
+    TA_ALLOW_PLAINTEXT it refuses to start, which is why the chart sets it."""
+    bind = host_of(env_of("tls-disabled-policy")["TA_GRPC_LISTEN"]).strip("[]")
+    with ChartConfiguredServer("tls-disabled-policy", bind_host=bind) as server:
         assert not server.tls
         assert server.get("/readyz")[0] == 200
         result = server.grpcurl("-plaintext", "-d", '{"service": "tokenauthority.v1.TokenAuthority"}',
@@ -1702,6 +1710,15 @@ def check_server_starts_with_policy_and_plaintext() -> None:
         code = server.stop()
         log = server.log_text()
     assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
+    try:
+        with ChartConfiguredServer("tls-disabled-policy", bind_host=bind, drop_env=("TA_ALLOW_PLAINTEXT",)) as server:
+            raise AssertionError("without TA_ALLOW_PLAINTEXT the server still serves plaintext on all interfaces")
+    except AssertionError as e:
+        if "still serves" in str(e):
+            raise
+        assert "not ready" in str(e) and "exit code None" not in str(e), f"unexpected failure: {e}"
+        assert "--allow-plaintext" in str(e), f"the refusal does not name --allow-plaintext: {str(e)[-400:]}"
+        print("       without TA_ALLOW_PLAINTEXT: refused, naming --allow-plaintext")
 
 
 def check_probes_and_notes_commands_work() -> None:
