@@ -19,6 +19,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing, and boxing it would
+// change every `Command::Serve(args)` match in main and the tests.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the authority: gRPC API and HTTP JWKS endpoint.
@@ -92,6 +95,15 @@ pub struct BenchArgs {
     /// The file holding the admin token, for --rotate-every.
     #[arg(long, env = "TA_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the server's certificate, for https:// targets.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, with --tls-key (a server with --client-ca).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,7 +185,7 @@ pub struct ServeArgs {
     pub http_listen: SocketAddr,
 
     /// The `iss` of every token, and the base of the JWKS URL in the discovery document.
-    /// Default: http://<the bound HTTP address>.
+    /// Default: http://<the bound HTTP address> (https:// with --tls-cert).
     #[arg(long, env = "TA_ISSUER")]
     pub issuer: Option<String>,
 
@@ -230,6 +242,65 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "TA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Server certificate chain (PEM, leaf first). With --tls-key, both listeners speak TLS
+    /// only (ALPN h2 on gRPC, http/1.1 on HTTP). Re-read when it changes on disk.
+    #[arg(long, env = "TA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) for client certificates. A client may connect without one (token and
+    /// secret callers); one it presents must chain to this bundle and be valid now.
+    #[arg(long, env = "TA_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Serve plaintext on a non-loopback address (behind a mesh that terminates mTLS).
+    /// Without TLS, only loopback addresses are allowed otherwise.
+    #[arg(long, env = "TA_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+
+    /// Open connections per listener; beyond it new ones are closed at once. 1024 keeps
+    /// both listeners (2 x 1024) under a container's usual file limit with room to spare,
+    /// and is far above what gRPC clients need (one multiplexed connection each).
+    #[arg(long, env = "TA_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// How long a new connection has to finish the TLS handshake and send its first
+    /// protocol bytes (HTTP/2 preface, HTTP/1 request). Long enough for a slow network, short
+    /// enough that sockets opened and left silent cannot pile up.
+    #[arg(long, env = "TA_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection with no request in flight, or whose client stopped reading its
+    /// responses, is closed after this long. 5 min frees what departed clients hold, while a
+    /// client refreshing a token every few minutes keeps its connection (and gRPC clients
+    /// reconnect transparently anyway).
+    #[arg(long, env = "TA_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How often the TLS files are read and compared for a change. 10 s is small next to
+    /// how early cert-manager renews, and reading three small files costs nothing.
+    #[arg(long, env = "TA_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+/// The TLS files of `serve`; both listeners use them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What each listener enforces on its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// The checked configuration of `serve`. Durations are whole seconds.
@@ -251,11 +322,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub max_token_bytes: usize,
+    /// TLS on both listeners; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    pub tls_reload_interval: Duration,
+    pub limits: ListenerLimits,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
+
+/// Far above any file-descriptor limit; keeps the listener's permit count in range.
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
 
 /// Tokens longer than this are rejected before parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -321,6 +399,48 @@ impl TryFrom<ServeArgs> for Config {
                 )));
             }
         }
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+            (Some(_), None) => return Err(ConfigError("--tls-cert needs --tls-key".into())),
+            (None, Some(_)) => return Err(ConfigError("--tls-key needs --tls-cert".into())),
+            (None, None) if args.client_ca.is_some() => {
+                return Err(ConfigError(
+                    "--client-ca needs --tls-cert and --tls-key".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        if tls.is_none() && !args.allow_plaintext {
+            for (flag, addr) in [
+                ("--grpc-listen", args.grpc_listen),
+                ("--http-listen", args.http_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError(format!(
+                        "{flag} {addr} is not a loopback address: give --tls-cert and --tls-key, \
+                         or --allow-plaintext when a proxy or mesh terminates TLS"
+                    )));
+                }
+            }
+        }
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&args.max_connections) {
+            return Err(ConfigError(format!(
+                "--max-connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
+            )));
+        }
+        for (flag, value) in [
+            ("--handshake-timeout", args.handshake_timeout),
+            ("--idle-timeout", args.idle_timeout),
+            ("--tls-reload-interval", args.tls_reload_interval),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ConfigError(format!("{flag} must be at least 100ms")));
+            }
+        }
         Ok(Config {
             data_dir: args.data_dir,
             grpc_listen: args.grpc_listen,
@@ -338,6 +458,13 @@ impl TryFrom<ServeArgs> for Config {
             shutdown_grace: args.shutdown_grace,
             log_format: args.log_format,
             max_token_bytes: MAX_TOKEN_BYTES,
+            tls,
+            tls_reload_interval: args.tls_reload_interval,
+            limits: ListenerLimits {
+                max_connections: args.max_connections,
+                handshake_timeout: args.handshake_timeout,
+                idle_timeout: args.idle_timeout,
+            },
         })
     }
 }
@@ -381,10 +508,54 @@ mod tests {
             (&["--algorithms", "RS256,HS256"], "--algorithms"),
             (&["--algorithms", "es256"], "--algorithms"),
             (&["--algorithms", "RS256,RS256"], "--algorithms"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--handshake-timeout", "0s"], "--handshake-timeout"),
+            (&["--idle-timeout", "10ms"], "--idle-timeout"),
+            (&["--tls-reload-interval", "0s"], "--tls-reload-interval"),
         ];
         for (args, flag) in cases {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn plaintext_and_tls_flag_rules() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], None),
+            (&["--grpc-listen", "[::1]:1"], None),
+            (
+                &["--grpc-listen", "0.0.0.0:50051"],
+                Some("invalid configuration: --grpc-listen 0.0.0.0:50051 is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext when a proxy or mesh terminates TLS"),
+            ),
+            (
+                &["--http-listen", "10.0.0.1:8080"],
+                Some("invalid configuration: --http-listen 10.0.0.1:8080 is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext when a proxy or mesh terminates TLS"),
+            ),
+            (&["--grpc-listen", "0.0.0.0:1", "--allow-plaintext"], None),
+            (
+                &["--grpc-listen", "0.0.0.0:1", "--tls-cert", "c", "--tls-key", "k"],
+                None,
+            ),
+            (
+                &["--tls-cert", "c"],
+                Some("invalid configuration: --tls-cert needs --tls-key"),
+            ),
+            (
+                &["--tls-key", "k"],
+                Some("invalid configuration: --tls-key needs --tls-cert"),
+            ),
+            (
+                &["--client-ca", "ca"],
+                Some("invalid configuration: --client-ca needs --tls-cert and --tls-key"),
+            ),
+        ];
+        for (args, expected) in cases {
+            match (parse(args), expected) {
+                (Ok(_), None) => {}
+                (Err(err), Some(expected)) => assert_eq!(&err, expected, "{args:?}"),
+                (result, expected) => panic!("{args:?}: {result:?}, expected {expected:?}"),
+            }
         }
     }
 }

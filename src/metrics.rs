@@ -94,6 +94,47 @@ pub struct Metrics {
     deletions: Counter,
     key_age: HashMap<Algorithm, Gauge>,
     until_rotation: HashMap<Algorithm, Gauge>,
+    tls_reloads: Counter,
+    tls_reload_failures: Counter,
+    pub grpc_listener: ListenerMetrics,
+    pub http_listener: ListenerMetrics,
+}
+
+/// The counts of one listener (`listener="grpc"` or `"http"`): what its limits did.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    pub open: Gauge,
+    /// Closed at accept: the listener was at --max-connections.
+    pub refused_at_limit: Counter,
+    /// No TLS handshake and first protocol bytes within --handshake-timeout.
+    pub handshake_timeouts: Counter,
+    /// A TLS handshake that failed (bad or untrusted client certificate, not TLS, ...), or
+    /// first bytes that were not the protocol's.
+    pub handshake_failures: Counter,
+    /// Closed after --idle-timeout with no request in flight.
+    pub closed_idle: Counter,
+    /// Closed because the client stopped reading a response for --idle-timeout.
+    pub closed_stalled: Counter,
+}
+
+impl ListenerMetrics {
+    fn new(
+        listener: &str,
+        open: &Family<Labels, Gauge>,
+        closed: &Family<Labels, Counter>,
+    ) -> ListenerMetrics {
+        let closed_by = |reason: &str| {
+            closed.get_or_create_owned(&labels(&[("listener", listener), ("reason", reason)]))
+        };
+        ListenerMetrics {
+            open: open.get_or_create_owned(&labels(&[("listener", listener)])),
+            refused_at_limit: closed_by("limit"),
+            handshake_timeouts: closed_by("handshake_timeout"),
+            handshake_failures: closed_by("handshake_failed"),
+            closed_idle: closed_by("idle"),
+            closed_stalled: closed_by("stalled"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -173,8 +214,36 @@ impl Metrics {
             "Time until the scheduled rotation, by algorithm (0: due, waiting for the next key's publish lead)",
             until_family.clone(),
         );
+        let tls_reloads = Counter::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate, key and client CA sets loaded after a change on disk",
+            tls_reloads.clone(),
+        );
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_reload_failures",
+            "Changed TLS files that could not be loaded (the previous set stays in use)",
+            tls_reload_failures.clone(),
+        );
+        let open_family = Family::<Labels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Connections open now, by listener",
+            open_family.clone(),
+        );
+        let closed_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_closed_by_server",
+            "Connections the listener closed on its own, by listener and reason",
+            closed_family.clone(),
+        );
 
         Metrics {
+            tls_reloads,
+            tls_reload_failures,
+            grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
+            http_listener: ListenerMetrics::new("http", &open_family, &closed_family),
             issued: per_algorithm(&issued_family, algorithms),
             signing: per_algorithm(&signing_family, algorithms),
             valid: verified_family
@@ -246,6 +315,14 @@ impl Metrics {
         self.rotations.inc_by(rotations as u64);
         self.revocations.inc_by(revocations as u64);
         self.deletions.inc_by(deletions as u64);
+    }
+
+    pub fn tls_reloaded(&self, ok: bool) {
+        if ok {
+            self.tls_reloads.inc();
+        } else {
+            self.tls_reload_failures.inc();
+        }
     }
 
     /// Renders the OpenMetrics text, first setting the gauges that follow from the key set.

@@ -17,7 +17,6 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -32,7 +31,8 @@ use crate::{
     transport::{
         grpc::GrpcService,
         http::{self, HttpState},
-        http_server,
+        listener::{Listener, Protocol},
+        tls::{TlsError, TlsReloader},
     },
 };
 
@@ -55,10 +55,8 @@ pub enum ServerError {
     Listener(std::io::Error),
     #[error("reflection service: {0}")]
     Reflection(String),
-    #[error("the gRPC server failed: {0}")]
-    Grpc(String),
-    #[error("the HTTP server failed: {0}")]
-    Http(std::io::Error),
+    #[error("cannot load the TLS files: {0}")]
+    Tls(#[from] TlsError),
     #[error("a start-up task failed: {0}")]
     Task(String),
     #[error("cannot start the signing threads: {0}")]
@@ -68,10 +66,6 @@ pub enum ServerError {
 /// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
 /// Larger ones are refused before they are decoded.
 pub const GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024;
-pub const GRPC_REQUESTS_PER_CONNECTION: usize = 256;
-pub const GRPC_STREAMS_PER_CONNECTION: u32 = 512;
-pub const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
-pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The two bound listeners the server runs on.
 #[derive(Debug)]
@@ -144,10 +138,13 @@ pub async fn run(
     let started = std::time::Instant::now();
     let http_addr = listeners.http.local_addr().map_err(ServerError::Listener)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(ServerError::Listener)?;
+    // TLS first: a certificate that does not load stops the start before anything else.
+    let tls = config.tls.as_ref().map(TlsReloader::load).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let issuer = config
         .issuer
         .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
 
     create_private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -239,9 +236,6 @@ pub async fn run(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
 
     let metrics = Arc::new(Metrics::new(&config.algorithms));
     let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
@@ -251,25 +245,29 @@ pub async fn run(
         Arc::clone(&metrics),
         Arc::new(signing_pool),
     );
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let grpc_server = tonic::transport::Server::builder()
-        // One connection cannot take the server: beyond this many requests in flight it is
-        // refused at once (RESOURCE_EXHAUSTED) instead of queueing, and other connections go on.
-        .concurrency_limit_per_connection(GRPC_REQUESTS_PER_CONNECTION)
-        .load_shed(true)
-        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION)
-        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
-        .timeout(GRPC_REQUEST_TIMEOUT)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .add_service(health_service)
+    let grpc_routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             TokenAuthorityServer::new(service).max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        .prepare()
+        .into_axum_router();
+    let tls_configs = tls.as_ref().map(TlsReloader::configs);
+    let grpc_listener = Listener {
+        tcp: listeners.grpc,
+        protocol: Protocol::Grpc,
+        tls: tls_configs.clone(),
+        limits: config.limits,
+        metrics: metrics.grpc_listener.clone(),
+    };
+    let http_listener = Listener {
+        tcp: listeners.http,
+        protocol: Protocol::Http,
+        tls: tls_configs,
+        limits: config.limits,
+        metrics: metrics.http_listener.clone(),
+    };
 
     let http_state = HttpState {
         authority: Arc::clone(&authority),
@@ -277,17 +275,21 @@ pub async fn run(
         jwks_max_age: config.jwks_max_age,
         metrics: Arc::clone(&metrics),
     };
-    let http_stop = stopped(stop_rx.clone());
-    let http_server = async move {
-        http_server::serve(listeners.http, http::router(http_state), http_stop).await;
-        Ok::<(), std::io::Error>(())
-    };
+    let http_router = http::router(http_state);
 
     // startup_ms: from opening the data directory to answering; the operator's figure for
     // how long a restarted pod is out of its Service.
+    let tls_mode = match &config.tls {
+        None => "off: plaintext on both listeners",
+        Some(files) if files.client_ca.is_some() => {
+            "on for gRPC and HTTP, client certificates optional, checked against --client-ca"
+        }
+        Some(_) => "on for gRPC and HTTP, no client certificates",
+    };
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
+        tls = tls_mode,
         issuer = %issuer,
         crypto = crate::crypto::PROVIDER,
         startup_ms = started.elapsed().as_millis() as u64,
@@ -298,8 +300,15 @@ pub async fn run(
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
-    let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(http_server);
+    if let Some(reloader) = tls {
+        tokio::spawn(reloader.watch(
+            config.tls_reload_interval,
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        ));
+    }
+    let grpc_task = tokio::spawn(grpc_listener.serve(grpc_routes, stop_rx.clone()));
+    let http_task = tokio::spawn(http_listener.serve(http_router, stop_rx.clone()));
     let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
 
     shutdown.await;
@@ -322,15 +331,7 @@ pub async fn run(
     })
     .await;
     let result = match drained {
-        Ok((grpc, http)) => {
-            let grpc = grpc
-                .map_err(|e| ServerError::Task(e.to_string()))?
-                .map_err(|e| ServerError::Grpc(e.to_string()));
-            let http = http
-                .map_err(|e| ServerError::Task(e.to_string()))?
-                .map_err(ServerError::Http);
-            grpc.and(http)
-        }
+        Ok((grpc, http)) => grpc.and(http).map_err(|e| ServerError::Task(e.to_string())),
         Err(_) => {
             tracing::warn!(grace = ?config.shutdown_grace, "drain took longer than the grace period; closing");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);

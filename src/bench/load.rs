@@ -15,16 +15,19 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
-use super::{as_duration, BenchError, Percentiles, Report, Rotations};
+use super::{as_duration, tls::BenchTls, BenchError, Percentiles, Report, Rotations};
 use crate::{
     config::{BenchArgs, BenchMode},
     crypto::Algorithm,
     pb::{self, token_authority_client::TokenAuthorityClient},
 };
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+type HttpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
 
 /// What every task shares.
 struct Target {
@@ -156,26 +159,45 @@ impl Target {
     }
 }
 
-async fn connect(target: &str) -> Result<Channel, BenchError> {
+async fn connect(target: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, BenchError> {
     let error = |reason: String| BenchError::Connect {
         target: target.to_owned(),
         reason,
     };
-    Channel::from_shared(target.to_owned())
+    let mut endpoint = Channel::from_shared(target.to_owned())
         .map_err(|e| error(e.to_string()))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| error(e.to_string()))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| error(e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|e| error(e.to_string()))
 }
 
 /// Runs the warm-up (not recorded) and then the measured phase.
 pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, BenchError> {
+    let tls = BenchTls::load(args)?;
+    let grpc_tls = tls.as_ref().map(BenchTls::grpc);
     let mut channels = Vec::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
-        channels.push(connect(&args.target).await?);
+        channels.push(connect(&args.target, grpc_tls.as_ref()).await?);
     }
-    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    // Plain http:// targets go through the same connector; with no --tls-ca it trusts nobody.
+    let http_tls = match &tls {
+        Some(tls) => tls.http()?,
+        None => rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| BenchError::Prepare(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(http_tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let http: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
     let http_uri = |path: &str| -> Result<hyper::Uri, BenchError> {
         format!("{}{path}", args.http_target.trim_end_matches('/'))
             .parse()

@@ -4,8 +4,12 @@
 //! - `connection`: what is known of a connection's peer, handed to the layers above.
 //! - `grpc`: the `tokenauthority.v1.TokenAuthority` service.
 //! - `http`: the JWKS, discovery, health and metrics endpoints.
+//! - `listener`: the accept loop of both listeners: connection cap, handshake and idle
+//!   deadlines, stalled-response bound, TLS, graceful close.
+//! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
 pub mod connection;
 pub mod grpc;
 pub mod http;
-pub mod http_server;
+pub mod listener;
+pub mod tls;

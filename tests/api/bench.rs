@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::{
     binary::BIN,
-    helpers::{config, DataDir, TestServer},
+    helpers::{config, DataDir, TestServer, TlsSetup},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,6 +157,79 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("cannot connect to http://127.0.0.1:1")
+    );
+    server.stop().await;
+}
+
+/// A TLS deployment measured as its clients see it: grpcs and https targets, the CA to trust
+/// and a client certificate for a server that checks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_tls_deployment() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server = tls.start(&dir, true, &[]).await;
+    let ca = tls.pki.write_ca(tls.dir.path(), "bench-ca");
+    let (cert, key) = tls
+        .pki
+        .client(Some("spiffe://cluster.local/ns/perf/sa/bench"), None)
+        .write(tls.dir.path(), "bench");
+    let target = format!("https://{}", server.grpc_addr);
+    let http_target = format!("https://{}", server.http_addr);
+    let bench = |mode: &str, extra: &[&str]| {
+        tokio::task::block_in_place(|| {
+            Command::new(BIN)
+                .args([
+                    "bench",
+                    mode,
+                    "--target",
+                    &target,
+                    "--http-target",
+                    &http_target,
+                ])
+                .args([
+                    "--duration",
+                    "300ms",
+                    "--warmup",
+                    "0s",
+                    "--concurrency",
+                    "2",
+                    "--json",
+                ])
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+    let ca = ca.to_str().unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    for (mode, extra) in [
+        ("issue", vec!["--tls-ca", ca]),
+        (
+            "healthz",
+            vec!["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key],
+        ),
+        (
+            "health",
+            vec!["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key],
+        ),
+    ] {
+        let output = bench(mode, &extra);
+        assert!(
+            output.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(report["requests"].as_u64().unwrap() > 0, "{mode}: {report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{mode}: {report}");
+    }
+    // An https target without the CA is refused with a clear line.
+    let output = bench("healthz", &[]);
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+        "error: preparing the run failed: an https:// target needs --tls-ca (the CA that \
+         signed the server certificate)"
     );
     server.stop().await;
 }

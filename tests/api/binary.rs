@@ -152,6 +152,50 @@ fn bad_flags_exit_non_zero_with_one_clear_line_before_binding() {
 }
 
 #[test]
+fn plaintext_and_tls_flag_rules_refuse_with_one_exact_line_before_binding() {
+    let dir = DataDir::new();
+    let garbage = dir.admin_token_file.to_str().unwrap();
+    let not_loopback = "error: invalid configuration: --grpc-listen 0.0.0.0:0 is not a loopback \
+                        address: give --tls-cert and --tls-key, or --allow-plaintext when a \
+                        proxy or mesh terminates TLS";
+    let cases: &[(&[&str], &str)] = &[
+        (&["--grpc-listen", "0.0.0.0:0"], not_loopback),
+        (
+            &["--http-listen", "[::]:0"],
+            "error: invalid configuration: --http-listen [::]:0 is not a loopback address: give \
+             --tls-cert and --tls-key, or --allow-plaintext when a proxy or mesh terminates TLS",
+        ),
+        (
+            &["--tls-cert", garbage],
+            "error: invalid configuration: --tls-cert needs --tls-key",
+        ),
+        (
+            &["--tls-key", garbage],
+            "error: invalid configuration: --tls-key needs --tls-cert",
+        ),
+        (
+            &["--client-ca", garbage],
+            "error: invalid configuration: --client-ca needs --tls-cert and --tls-key",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(BIN)
+            .arg("serve")
+            .args(["--data-dir", dir.path.to_str().unwrap()])
+            .args(*args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end(), *expected, "{args:?}");
+        assert!(
+            !dir.path.exists(),
+            "{args:?}: the data directory was created"
+        );
+    }
+}
+
+#[test]
 fn help_documents_every_flag_and_env_var() {
     let output = Command::new(BIN)
         .args(["serve", "--help"])
@@ -172,6 +216,14 @@ fn help_documents_every_flag_and_env_var() {
         ("--jwks-max-age", "TA_JWKS_MAX_AGE"),
         ("--shutdown-grace", "TA_SHUTDOWN_GRACE"),
         ("--log-format", "TA_LOG_FORMAT"),
+        ("--tls-cert", "TA_TLS_CERT"),
+        ("--tls-key", "TA_TLS_KEY"),
+        ("--client-ca", "TA_CLIENT_CA"),
+        ("--allow-plaintext", "TA_ALLOW_PLAINTEXT"),
+        ("--max-connections", "TA_MAX_CONNECTIONS"),
+        ("--handshake-timeout", "TA_HANDSHAKE_TIMEOUT"),
+        ("--idle-timeout", "TA_IDLE_TIMEOUT"),
+        ("--tls-reload-interval", "TA_TLS_RELOAD_INTERVAL"),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),
@@ -204,6 +256,9 @@ fn help_documents_every_flag_and_env_var() {
                 "--algorithm",
                 "--reference",
                 "--json",
+                "--tls-ca",
+                "--tls-cert",
+                "--tls-key",
             ][..],
         ),
     ] {

@@ -9,14 +9,25 @@ use serde_json::{json, Value};
 use token_authority::pb;
 
 use crate::{
-    helpers::{config, DataDir, TestServer},
+    helpers::{config, DataDir, TestServer, TlsSetup},
     tools,
 };
 
 /// Runs a client script with the request on stdin; returns one verdict per token.
 fn run_client(program: PathBuf, script: PathBuf, request: &Value) -> Vec<Value> {
+    run_client_with(program, script, request, &[])
+}
+
+/// Like `run_client`, with extra environment variables.
+fn run_client_with(
+    program: PathBuf,
+    script: PathBuf,
+    request: &Value,
+    env: &[(&str, &std::path::Path)],
+) -> Vec<Value> {
     let mut child = std::process::Command::new(&program)
         .arg(&script)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -139,5 +150,78 @@ async fn real_clients_verify_across_a_rotation_and_reject_tampering() {
             );
         }
     }
+    server.stop().await;
+}
+
+/// The same clients fetch the JWKS over HTTPS, trusting the test CA the way each documents
+/// it: PyJWKClient with an SSL context, Node with NODE_EXTRA_CA_CERTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_fetch_the_jwks_over_https_with_a_private_ca() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server = tls.start(&dir, false, &[]).await;
+    let ca_file = tls.dir.path().join("ca-for-clients.pem");
+    std::fs::write(&ca_file, tls.pki.ca_pem()).unwrap();
+    let node = PathBuf::from("node");
+    let clients_dir = tokio::task::block_in_place(tools::node_clients);
+    let python = tokio::task::block_in_place(tools::python);
+    let token = issue(&server, "RS256", "over-https").await;
+    let jwks_uri = server.url("/.well-known/jwks.json");
+    assert!(jwks_uri.starts_with("https://"), "{jwks_uri}");
+    let request = json!({
+        "jwks_uri": jwks_uri,
+        "issuer": server.issuer,
+        "audience": "billing",
+        "algorithms": ["RS256"],
+        "tokens": [token, tamper(&token)],
+        "ca_file": ca_file,
+    });
+    type Env<'a> = Vec<(&'a str, &'a std::path::Path)>;
+    let clients: Vec<(&str, PathBuf, PathBuf, Env)> = vec![
+        ("PyJWT", python, clients_dir.join("pyjwt_verify.py"), vec![]),
+        (
+            "jsonwebtoken + jwks-rsa",
+            node.clone(),
+            clients_dir.join("jwks_rsa_verify.js"),
+            vec![("NODE_EXTRA_CA_CERTS", &ca_file)],
+        ),
+        (
+            "by hand (jwk-to-pem)",
+            node,
+            clients_dir.join("by_hand_verify.js"),
+            vec![("NODE_EXTRA_CA_CERTS", &ca_file)],
+        ),
+    ];
+    for (name, program, script, env) in &clients {
+        let verdicts = tokio::task::block_in_place(|| {
+            run_client_with(program.clone(), script.clone(), &request, env)
+        });
+        assert_eq!(
+            verdicts,
+            vec![
+                json!({"valid": true, "sub": "over-https"}),
+                verdicts[1].clone()
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            verdicts[1]["valid"], false,
+            "{name}: tampered token accepted"
+        );
+    }
+    // Without the CA, the JWKS cannot be fetched: the verdict says so, nothing is trusted.
+    let mut untrusting = request.clone();
+    untrusting.as_object_mut().unwrap().remove("ca_file");
+    let (_, program, script, _) = &clients[0];
+    let verdicts =
+        tokio::task::block_in_place(|| run_client(program.clone(), script.clone(), &untrusting));
+    assert_eq!(verdicts[0]["valid"], false, "{verdicts:?}");
+    assert!(
+        verdicts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("CERTIFICATE_VERIFY_FAILED"),
+        "{verdicts:?}"
+    );
     server.stop().await;
 }

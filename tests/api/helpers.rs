@@ -18,7 +18,13 @@ use token_authority::{
     store::KeyStore,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{metadata::MetadataValue, transport::Channel, Request};
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    Request,
+};
+
+use crate::pki::{Identity, Pki};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -107,6 +113,8 @@ pub struct TestServer {
     pub issuer: String,
     pub client: TokenAuthorityClient<Channel>,
     pub http: reqwest::Client,
+    /// How the test's clients reach a TLS server; `None` for plaintext.
+    pub tls: Option<ClientTls>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -123,11 +131,12 @@ pub fn config(dir: &DataDir, extra: &[&str]) -> Config {
         &data_dir,
         "--admin-token-file",
         &admin,
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
     ];
+    for flag in ["--grpc-listen", "--http-listen"] {
+        if !extra.contains(&flag) {
+            argv.extend_from_slice(&[flag, "127.0.0.1:0"]);
+        }
+    }
     // A fixed issuer: the default follows the HTTP port, which changes across restarts here.
     if !extra.contains(&"--issuer") {
         argv.extend_from_slice(&["--issuer", "http://token-authority.test"]);
@@ -150,8 +159,23 @@ impl TestServer {
         server.expect("server handle")
     }
 
+    /// Starts a TLS server; its `client` and `http` trust `tls`'s CA and present its identity.
+    pub async fn start_tls(config: Config, tls: ClientTls) -> TestServer {
+        let (server, ready) = TestServer::try_start_with(config, Some(tls)).await;
+        ready.expect("the server failed to start");
+        server.expect("server handle")
+    }
+
     /// Starts the server; when start-up fails, returns the error it stopped with.
     pub async fn try_start(config: Config) -> (Option<TestServer>, Result<(), ServerError>) {
+        TestServer::try_start_with(config, None).await
+    }
+
+    /// Starts the server, reaching it over TLS when `tls` is given.
+    pub async fn try_start_with(
+        config: Config,
+        tls: Option<ClientTls>,
+    ) -> (Option<TestServer>, Result<(), ServerError>) {
         let listeners = Listeners::bind(config.grpc_listen, config.http_listen)
             .await
             .unwrap();
@@ -165,9 +189,7 @@ impl TestServer {
         let mut handle = tokio::spawn(server::run(config, listeners, async {
             let _ = stop.await;
         }));
-        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = endpoint(grpc_addr, tls.as_ref()).connect_lazy();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         // The listener is bound before the server starts, so this call waits in the accept
         // queue until the keys are loaded; if start-up fails instead, the handle says why.
@@ -190,7 +212,8 @@ impl TestServer {
                 http_addr,
                 issuer,
                 client: TokenAuthorityClient::new(channel),
-                http: reqwest::Client::new(),
+                http: tls.as_ref().map_or_else(reqwest::Client::new, https_client),
+                tls,
                 shutdown: Some(shutdown),
                 handle: Some(handle),
             }),
@@ -199,7 +222,16 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http_addr, path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.http_addr, path)
+    }
+
+    /// Triggers shutdown and returns the server's task, to be awaited by the test.
+    pub fn begin_stop(&mut self) -> JoinHandle<Result<(), ServerError>> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.handle.take().expect("the server was already stopped")
     }
 
     /// Stops the server through its shutdown future and waits for it to finish.
@@ -310,6 +342,129 @@ pub async fn connect(addr: impl std::fmt::Display) -> TokenAuthorityClient<Chann
         .await
         .unwrap();
     TokenAuthorityClient::new(channel)
+}
+
+/// How a test client reaches a TLS server: the CA it trusts and, for mTLS, its certificate.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    pub identity: Option<Identity>,
+}
+
+/// The gRPC endpoint of `addr`, over TLS when `tls` is given (the server certificate must
+/// name 127.0.0.1).
+pub fn endpoint(addr: SocketAddr, tls: Option<&ClientTls>) -> Endpoint {
+    let Some(tls) = tls else {
+        return Channel::from_shared(format!("http://{addr}")).unwrap();
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+    if let Some(identity) = &tls.identity {
+        config = config.identity(tonic::transport::Identity::from_pem(
+            &identity.cert_pem,
+            &identity.key_pem,
+        ));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(config)
+        .unwrap()
+}
+
+/// A client on a TLS connection of its own; the handshake's outcome is the result.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    tls: &ClientTls,
+) -> Result<TokenAuthorityClient<Channel>, tonic::transport::Error> {
+    Ok(TokenAuthorityClient::new(
+        endpoint(addr, Some(tls)).connect().await?,
+    ))
+}
+
+/// An HTTPS client that trusts `tls`'s CA and presents its identity, if any.
+pub fn https_client(tls: &ClientTls) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap());
+    if let Some(identity) = &tls.identity {
+        let pem = format!("{}{}", identity.key_pem, identity.cert_pem);
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// A test PKI with a server certificate for 127.0.0.1 and localhost written to a temp dir,
+/// ready to be given to `serve`.
+pub struct TlsSetup {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA's certificate, as the server's `--client-ca` bundle.
+    pub ca: PathBuf,
+}
+
+impl TlsSetup {
+    pub fn new() -> TlsSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let server = pki.server(&["localhost", "127.0.0.1"]);
+        let (cert, key) = server.write(dir.path(), "server");
+        let ca = pki.write_ca(dir.path(), "client-ca");
+        TlsSetup {
+            dir,
+            pki,
+            cert,
+            key,
+            ca,
+        }
+    }
+
+    /// `--tls-cert` and `--tls-key`, and `--client-ca` when `client_ca`.
+    pub fn args(&self, client_ca: bool) -> Vec<String> {
+        let mut args = vec![
+            "--tls-cert".to_owned(),
+            self.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            self.key.display().to_string(),
+        ];
+        if client_ca {
+            args.extend(["--client-ca".to_owned(), self.ca.display().to_string()]);
+        }
+        args
+    }
+
+    /// A client that trusts this PKI's CA, presenting `identity` if given.
+    pub fn client(&self, identity: Option<Identity>) -> ClientTls {
+        ClientTls {
+            ca_pem: self.pki.ca_pem(),
+            identity,
+        }
+    }
+
+    /// A TLS server with these extra flags, reached by a client without a certificate.
+    pub async fn start(&self, dir: &DataDir, client_ca: bool, extra: &[&str]) -> TestServer {
+        let mut args: Vec<String> = self.args(client_ca);
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        TestServer::start_tls(config(dir, &args), self.client(None)).await
+    }
+}
+
+/// The value of one sample of the server's /metrics, `name` with its labels as rendered.
+pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Wraps `message` with the admin bearer token.

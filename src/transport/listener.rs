@@ -1,0 +1,896 @@
+//! The accept loop both listeners run: what a connection may hold and for how long, before
+//! and after the protocol takes over. One loop for gRPC (HTTP/2) and HTTP (HTTP/1.1).
+//!
+//! Each connection goes through, in order:
+//! 1. the cap: a semaphore permit, owned by the connection until it closes; at
+//!    `--max-connections` a new connection is closed at once, so silent sockets cannot use up
+//!    the process's file descriptors;
+//! 2. the handshake deadline (`--handshake-timeout`): the TLS handshake and the protocol's
+//!    first bytes (the whole HTTP/2 preface, the first byte of an HTTP/1 request);
+//! 3. the protocol, served here with hyper (not tonic's `Server`, whose connections cannot be
+//!    watched): HTTP/2 with bounded streams, send buffers and keepalive, or HTTP/1.1 with a
+//!    bounded request head;
+//! 4. the idle deadline (`--idle-timeout`): a connection with no request in flight is closed
+//!    (GOAWAY, then close), and one whose client has stopped reading a response (a zero
+//!    HTTP/2 window holds the response in the server) is cut;
+//! 5. shutdown: every connection is told to finish at once, so an idle one closes now and
+//!    one with a request in flight closes after its response.
+//!
+//! Every request carries the connection's [`ConnectionInfo`] in its extensions.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::{pin, Pin},
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{body::Body, Router};
+use bytes::Bytes;
+use hyper::{
+    body::{Frame, Incoming, SizeHint},
+    Request, Response,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulConnection,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tonic::transport::server::TcpConnectInfo;
+use tower::ServiceExt as _;
+
+use crate::{
+    config::ListenerLimits, metrics::ListenerMetrics, transport::connection::ConnectionInfo,
+    transport::tls::SharedTlsConfigs,
+};
+
+/// Requests in flight on one gRPC connection (until their response is fully sent); beyond
+/// it they are refused at once with RESOURCE_EXHAUSTED, so one client cannot take the server.
+pub const GRPC_REQUESTS_PER_CONNECTION: usize = 256;
+/// HTTP/2 streams one gRPC connection may open; above the request limit, so that a flood
+/// is shed with a gRPC status rather than queued by the client.
+pub const GRPC_STREAMS_PER_CONNECTION: u32 = 512;
+pub const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
+/// What the server buffers per stream for a client that does not read: our responses are a
+/// few KiB, so 64 KiB bounds a stalled connection to 256 x 64 KiB at worst.
+pub const GRPC_SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// A handler that takes longer is answered CANCELLED (what tonic's server did).
+pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most an HTTP/1 request head may take. hyper's floor is 8 KiB.
+pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long an HTTP/1 client may take to send the rest of a request head.
+pub const HTTP_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Dead peers that vanished without a FIN are noticed by the kernel.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Every HTTP/2 client must open with these bytes (RFC 9113 section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC over HTTP/2.
+    Grpc,
+    /// The HTTP endpoints over HTTP/1.1.
+    Http,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "gRPC",
+            Protocol::Http => "HTTP",
+        }
+    }
+
+    /// The answer to a request refused before its handler ran.
+    fn refusal(self, refusal: Refusal) -> Response<Body> {
+        match (self, refusal) {
+            (Protocol::Grpc, Refusal::Overloaded) => {
+                tonic::Status::resource_exhausted("Too many active requests for the connection")
+                    .into_http()
+            }
+            (Protocol::Grpc, Refusal::Timeout) => {
+                tonic::Status::cancelled("Timeout expired").into_http()
+            }
+            (Protocol::Http, _) => {
+                let mut response = Response::new(Body::from("overloaded\n"));
+                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    Overloaded,
+    Timeout,
+}
+
+/// One bound listener and what it enforces.
+#[derive(Debug)]
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub protocol: Protocol,
+    /// `None`: plaintext.
+    pub tls: Option<SharedTlsConfigs>,
+    pub limits: ListenerLimits,
+    pub metrics: ListenerMetrics,
+}
+
+/// Why a connection did not get past its handshake.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
+    #[error("reading the first bytes: {0}")]
+    Read(io::Error),
+    #[error("the first bytes are not an HTTP/2 preface")]
+    NotHttp2,
+}
+
+/// What every connection task shares.
+struct Shared {
+    protocol: Protocol,
+    tls: Option<SharedTlsConfigs>,
+    limits: ListenerLimits,
+    metrics: ListenerMetrics,
+    router: Router,
+    shutdown: watch::Receiver<bool>,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+}
+
+impl Listener {
+    /// Accepts connections until `shutdown` turns true, then tells every open connection to
+    /// finish and returns once all have closed. The caller bounds that wait.
+    pub async fn serve(self, router: Router, mut shutdown: watch::Receiver<bool>) {
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION)
+            .max_header_list_size(GRPC_MAX_HEADER_BYTES)
+            .max_send_buf_size(GRPC_SEND_BUFFER_BYTES)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(HTTP_HEAD_READ_TIMEOUT)
+            .max_buf_size(HTTP_MAX_HEAD_BYTES);
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let shared = Arc::new(Shared {
+            protocol: self.protocol,
+            tls: self.tls,
+            limits: self.limits,
+            metrics: self.metrics,
+            router,
+            shutdown: shutdown.clone(),
+            http2,
+            http1,
+        });
+        // Owned here, so that when the server gives up waiting (after --shutdown-grace) and
+        // drops this future, every connection is dropped with it.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = self.tcp.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, listener = shared.protocol.name(), "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                // Closed at once: a client at the cap learns it now, not after a timeout.
+                shared.metrics.refused_at_limit.inc();
+                tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit reached; closed");
+                continue;
+            };
+            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit));
+        }
+        drop(self.tcp);
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+impl Shared {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let local_addr = tcp.local_addr().ok();
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        self.metrics.open.inc();
+        let _open = OpenGauge(&self.metrics.open);
+        let mut shutdown = self.shutdown.clone();
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(tcp));
+        let handshake = tokio::select! {
+            result = handshake => result,
+            () = stopped(&mut shutdown) => return,
+        };
+        let (stream, prefix, client_certificate) = match handshake {
+            Ok(Ok(done)) => done,
+            Ok(Err(error)) => {
+                self.metrics.handshake_failures.inc();
+                tracing::debug!(%remote, %error, listener = self.protocol.name(), "handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics.handshake_timeouts.inc();
+                tracing::debug!(%remote, listener = self.protocol.name(), "no handshake within the deadline; closed");
+                return;
+            }
+        };
+        let io = TokioIo::new(Io {
+            prefix,
+            read: 0,
+            stream,
+            _permit: permit,
+        });
+        let state = Arc::new(ConnState::default());
+        let service = Tracked {
+            router: self.router.clone(),
+            state: Arc::clone(&state),
+            info: ConnectionInfo {
+                remote_addr: Some(remote),
+                client_certificate,
+            },
+            tcp_info: TcpConnectInfo {
+                local_addr,
+                remote_addr: Some(remote),
+            },
+            protocol: self.protocol,
+        };
+        match self.protocol {
+            Protocol::Grpc => {
+                let connection = self.http2.serve_connection(io, service);
+                self.drive(connection, &state, shutdown).await;
+            }
+            Protocol::Http => {
+                let connection = self.http1.serve_connection(io, service);
+                self.drive(connection, &state, shutdown).await;
+            }
+        }
+    }
+
+    /// TLS (when configured), then the protocol's first bytes, kept to be replayed to hyper.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(Stream, Vec<u8>, Option<Arc<[u8]>>), HandshakeError> {
+        let (mut stream, client_certificate) = match &self.tls {
+            None => (Stream::Plain(tcp), None),
+            Some(configs) => {
+                let config = match self.protocol {
+                    Protocol::Grpc => Arc::clone(&configs.load().grpc),
+                    Protocol::Http => Arc::clone(&configs.load().http),
+                };
+                let tls = TlsAcceptor::from(config)
+                    .accept(tcp)
+                    .await
+                    .map_err(HandshakeError::Tls)?;
+                let leaf = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| Arc::from(leaf.as_ref()));
+                (Stream::Tls(Box::new(tls)), leaf)
+            }
+        };
+        let mut prefix = match self.protocol {
+            Protocol::Grpc => vec![0; HTTP2_PREFACE.len()],
+            // hyper's own head deadline takes over once the request has begun.
+            Protocol::Http => vec![0; 1],
+        };
+        stream
+            .read_exact(&mut prefix)
+            .await
+            .map_err(HandshakeError::Read)?;
+        if self.protocol == Protocol::Grpc && prefix != HTTP2_PREFACE {
+            return Err(HandshakeError::NotHttp2);
+        }
+        Ok((stream, prefix, client_certificate))
+    }
+
+    /// Runs one connection to its end, closing it when idle, stalled or shut down.
+    async fn drive<C>(&self, connection: C, state: &ConnState, mut shutdown: watch::Receiver<bool>)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let idle = self.limits.idle_timeout;
+        let mut connection = pin!(connection);
+        let mut closing = false;
+        loop {
+            let now = Instant::now();
+            let wake = match state.check(now, idle) {
+                Verdict::Stalled => {
+                    // The client holds responses in our buffers and reads none: dropping the
+                    // connection frees them; a graceful close would wait for them forever.
+                    self.metrics.closed_stalled.inc();
+                    tracing::debug!(
+                        listener = self.protocol.name(),
+                        "client stopped reading responses; connection closed"
+                    );
+                    return;
+                }
+                Verdict::Idle if !closing => {
+                    self.metrics.closed_idle.inc();
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    now + idle
+                }
+                Verdict::Idle => now + idle,
+                Verdict::Busy { next_check } => next_check,
+            };
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, listener = self.protocol.name(), "connection ended with an error");
+                    }
+                    return;
+                }
+                () = stopped(&mut shutdown), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// Completes once the shutdown flag is set (at once if it already is).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, before the caller's next await.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Keeps the open-connections gauge right however the connection task ends.
+struct OpenGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What the connection's requests are doing, for the idle and stall deadlines and the
+/// per-connection request limit. One short lock per request and per response frame, on a
+/// mutex of this connection only.
+#[derive(Debug)]
+struct ConnState {
+    inner: Mutex<StateInner>,
+}
+
+#[derive(Debug)]
+struct StateInner {
+    /// Requests whose response has not been fully handed to the client.
+    in_flight: usize,
+    /// When the last request ended (or the connection started).
+    last_active: Instant,
+    /// Responses whose next frame is waiting for the client to take it, since when.
+    waiting_on_client: HashMap<u64, Instant>,
+    next_id: u64,
+}
+
+impl Default for ConnState {
+    fn default() -> ConnState {
+        ConnState {
+            inner: Mutex::new(StateInner {
+                in_flight: 0,
+                last_active: Instant::now(),
+                waiting_on_client: HashMap::new(),
+                next_id: 0,
+            }),
+        }
+    }
+}
+
+enum Verdict {
+    Idle,
+    Stalled,
+    Busy { next_check: Instant },
+}
+
+impl ConnState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
+        // The state stays consistent if a holder panicked: every update is one assignment.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new request, unless `limit` are already in flight.
+    fn start(self: &Arc<Self>, limit: usize) -> Option<InFlight> {
+        let mut inner = self.lock();
+        if inner.in_flight >= limit {
+            return None;
+        }
+        inner.in_flight += 1;
+        inner.next_id += 1;
+        Some(InFlight {
+            state: Arc::clone(self),
+            id: inner.next_id,
+        })
+    }
+
+    /// Never later than the true deadline: the caller checks again when woken.
+    fn check(&self, now: Instant, idle: Duration) -> Verdict {
+        let inner = self.lock();
+        if inner.in_flight == 0 {
+            let deadline = inner.last_active + idle;
+            return if now >= deadline {
+                Verdict::Idle
+            } else {
+                Verdict::Busy {
+                    next_check: deadline,
+                }
+            };
+        }
+        match inner.waiting_on_client.values().min() {
+            Some(since) if now >= *since + idle => Verdict::Stalled,
+            Some(since) => Verdict::Busy {
+                next_check: (*since + idle).min(now + idle),
+            },
+            None => Verdict::Busy {
+                next_check: now + idle,
+            },
+        }
+    }
+}
+
+/// One request in flight, from its arrival until its response body ends or is dropped.
+#[derive(Debug)]
+struct InFlight {
+    state: Arc<ConnState>,
+    id: u64,
+}
+
+impl InFlight {
+    /// The response (or its next frame) is with hyper, to be sent when the client reads.
+    fn handed_over(&self) {
+        self.state
+            .lock()
+            .waiting_on_client
+            .insert(self.id, Instant::now());
+    }
+
+    /// The response body itself has nothing yet: not the client's doing.
+    fn waiting_on_source(&self) {
+        self.state.lock().waiting_on_client.remove(&self.id);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self.state.lock();
+        inner.in_flight -= 1;
+        inner.waiting_on_client.remove(&self.id);
+        inner.last_active = Instant::now();
+    }
+}
+
+/// The per-connection service: puts the connection's info into each request, applies the
+/// request limit and deadline, and tracks each response until it is sent.
+#[derive(Clone)]
+struct Tracked {
+    router: Router,
+    state: Arc<ConnState>,
+    info: ConnectionInfo,
+    /// What tonic's own server put there: `Request::remote_addr()` keeps working.
+    tcp_info: TcpConnectInfo,
+    protocol: Protocol,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Tracked {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.info.clone());
+        request.extensions_mut().insert(self.tcp_info.clone());
+        let protocol = self.protocol;
+        // HTTP/1 has one request at a time; only HTTP/2 needs a limit.
+        let limit = match protocol {
+            Protocol::Grpc => GRPC_REQUESTS_PER_CONNECTION,
+            Protocol::Http => usize::MAX,
+        };
+        let Some(in_flight) = self.state.start(limit) else {
+            let refused = protocol.refusal(Refusal::Overloaded);
+            return Box::pin(std::future::ready(Ok(refused.map(TrackedBody::untracked))));
+        };
+        let router = self.router.clone();
+        // The client's deadline, when shorter than ours (what tonic's server honoured).
+        let deadline = grpc_timeout(request.headers()).map_or(GRPC_REQUEST_TIMEOUT, |client| {
+            client.min(GRPC_REQUEST_TIMEOUT)
+        });
+        Box::pin(async move {
+            let response = router.oneshot(request);
+            let response = match protocol {
+                Protocol::Grpc => tokio::time::timeout(deadline, response)
+                    .await
+                    .unwrap_or_else(|_| Ok(protocol.refusal(Refusal::Timeout))),
+                Protocol::Http => response.await,
+            };
+            let Ok(response) = response;
+            in_flight.handed_over();
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                in_flight: Some(in_flight),
+            }))
+        })
+    }
+}
+
+/// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit); `None` when
+/// absent or malformed, as tonic did.
+fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A response body that reports whether the client is taking its frames.
+struct TrackedBody {
+    inner: Body,
+    in_flight: Option<InFlight>,
+}
+
+impl TrackedBody {
+    fn untracked(inner: Body) -> TrackedBody {
+        TrackedBody {
+            inner,
+            in_flight: None,
+        }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Pending => {
+                if let Some(in_flight) = &self.in_flight {
+                    in_flight.waiting_on_source();
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(in_flight) = &self.in_flight {
+                    in_flight.handed_over();
+                }
+            }
+            // The response is complete (or failed): the request is no longer in flight.
+            Poll::Ready(None | Some(Err(_))) => self.in_flight = None,
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection's byte stream, plaintext or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The stream handed to hyper: replays the bytes read during the handshake, and holds the
+/// connection's permit until hyper drops it.
+struct Io {
+    prefix: Vec<u8>,
+    read: usize,
+    stream: Stream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(stream) => stream.is_write_vectored(),
+            Stream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read < this.prefix.len() {
+            let rest = &this.prefix[this.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The seam to the caller-identity layer: every request, over HTTP/2 with TLS and over
+    //! plaintext HTTP/1.1, carries the connection's address and client certificate.
+
+    use std::sync::Arc;
+
+    use axum::{routing::get, Extension, Router};
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::{
+        config::TlsFiles, crypto::Algorithm, metrics::Metrics, transport::tls::TlsReloader,
+    };
+
+    async fn peer(
+        Extension(info): Extension<ConnectionInfo>,
+        Extension(tcp): Extension<TcpConnectInfo>,
+    ) -> String {
+        // tonic's `Request::remote_addr()` reads the same address.
+        assert_eq!(tcp.remote_addr, info.remote_addr);
+        let addr = info.remote_addr.map(|a| a.to_string()).unwrap_or_default();
+        let cert = info.client_certificate.map_or(0, |der| der.len());
+        format!("{addr} {cert}")
+    }
+
+    fn listener(tcp: TcpListener, protocol: Protocol, tls: Option<SharedTlsConfigs>) -> Listener {
+        let metrics = Metrics::new(&[Algorithm::RS256]);
+        Listener {
+            tcp,
+            protocol,
+            tls,
+            limits: ListenerLimits {
+                max_connections: 8,
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(5),
+            },
+            metrics: metrics.grpc_listener.clone(),
+        }
+    }
+
+    #[test]
+    fn grpc_timeout_headers() {
+        let cases = [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5M", Some(Duration::from_secs(300))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("9n", Some(Duration::from_nanos(9))),
+            ("99999999S", Some(Duration::from_secs(99_999_999))),
+            ("123456789S", None),
+            ("S", None),
+            ("", None),
+            ("10x", None),
+            ("-1S", None),
+            ("1.5S", None),
+        ];
+        for (value, expected) in cases {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(grpc_timeout(&headers), expected, "{value:?}");
+        }
+        assert_eq!(grpc_timeout(&hyper::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_the_connection_info() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let issue = |params: rcgen::CertificateParams| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        };
+        let (server_cert, server_key, _) =
+            issue(rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap());
+        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/a/sa/b".try_into().unwrap(),
+        )];
+        let (client_cert, client_key, client_der) = issue(client_params);
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: Some(dir.path().join("ca.crt")),
+        };
+        std::fs::write(&files.cert, &server_cert).unwrap();
+        std::fs::write(&files.key, &server_key).unwrap();
+        std::fs::write(files.client_ca.as_ref().unwrap(), ca.pem()).unwrap();
+        let configs = TlsReloader::load(&files).unwrap().configs();
+        let router = Router::new().route("/peer", get(peer));
+        let (_stop, stop) = watch::channel(false);
+
+        // HTTP/2 over TLS with a client certificate.
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(
+            listener(tcp, Protocol::Grpc, Some(configs)).serve(router.clone(), stop.clone()),
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+            .unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let mut send = send.ready().await.unwrap();
+        let request = Request::get("https://127.0.0.1/peer").body(()).unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            format!("{local} {}", client_der.len())
+        );
+
+        // HTTP/1.1 in plaintext: the address, no certificate.
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(listener(tcp, Protocol::Http, None).serve(router, stop));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(
+            response.ends_with(&format!("\r\n\r\n{local} 0")),
+            "{response}"
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! TLS for both listeners: loads the certificate chain, its key and the optional client CA
+//! bundle from PEM files into rustls server configurations, and swaps in a new set when the
+//! files change on disk, without a restart and without touching open connections.
+//!
+//! The files are polled and compared by content rather than watched: Kubernetes updates a
+//! Secret volume by re-pointing a `..data` symlink, which inotify on the file names does not
+//! report reliably, and a read every few seconds costs nothing. The three files are read as
+//! one set and applied only if the whole set loads (a certificate renewed before its key is
+//! retried at the next tick, never half-applied); a set that does not load keeps the
+//! previous one in use, is logged (never with key bytes) and counted.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    crypto::CryptoProvider,
+    server::{danger::ClientCertVerifier, WebPkiClientVerifier},
+    RootCertStore, ServerConfig,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+
+use crate::{config::TlsFiles, metrics::Metrics};
+
+/// Why a set of TLS files could not be loaded. Messages name the file and never include key
+/// material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: String },
+    #[error("{path}: a PEM certificate is malformed: {detail}")]
+    Certificate { path: String, detail: String },
+    /// The PEM parser's own message is left out: it may quote bytes of the key file.
+    #[error("{path}: no well-formed PEM private key (PKCS#8, PKCS#1 or SEC1) found")]
+    Key { path: String },
+    #[error("{cert} and {key} do not go together, or the key is not usable: {detail}")]
+    CertifiedKey {
+        cert: String,
+        key: String,
+        detail: String,
+    },
+    #[error("{path}: the client CA bundle is unusable: {detail}")]
+    ClientCa { path: String, detail: String },
+}
+
+/// The server configurations of the two listeners, built from one set of files.
+#[derive(Debug)]
+pub struct TlsConfigs {
+    /// ALPN `h2` only: gRPC needs HTTP/2.
+    pub grpc: Arc<ServerConfig>,
+    /// ALPN `http/1.1`: the HTTP endpoints are served over HTTP/1.1.
+    pub http: Arc<ServerConfig>,
+}
+
+/// The current configurations, swapped whole on reload; a handshake takes the set current
+/// when it starts.
+pub type SharedTlsConfigs = Arc<ArcSwap<TlsConfigs>>;
+
+/// The contents of the files, compared at each tick to notice a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Snapshot {
+    fn read(files: &TlsFiles) -> Result<Snapshot, TlsError> {
+        Ok(Snapshot {
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+            client_ca: files.client_ca.as_deref().map(read).transpose()?,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The rustls provider that matches the crate's crypto provider.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc-rs"))]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Certificate {
+            path: path.display().to_string(),
+            detail: error.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> {
+    let provider = provider();
+    let chain = certificates(&files.cert, &snapshot.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&snapshot.key).map_err(|_| TlsError::Key {
+        path: files.key.display().to_string(),
+    })?;
+    let verifier = match (&files.client_ca, &snapshot.client_ca) {
+        (Some(path), Some(pem)) => Some(client_verifier(path, pem, &provider)?),
+        _ => None,
+    };
+    let certified = |detail: rustls::Error| TlsError::CertifiedKey {
+        cert: files.cert.display().to_string(),
+        key: files.key.display().to_string(),
+        detail: detail.to_string(),
+    };
+    let make = |alpn: &[u8]| -> Result<Arc<ServerConfig>, TlsError> {
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(certified)?;
+        let builder = match &verifier {
+            Some(verifier) => builder.with_client_cert_verifier(Arc::clone(verifier)),
+            None => builder.with_no_client_auth(),
+        };
+        // Checks that the key signs for the certificate's public key.
+        let mut config = builder
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(certified)?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(config))
+    };
+    Ok(TlsConfigs {
+        grpc: make(b"h2")?,
+        http: make(b"http/1.1")?,
+    })
+}
+
+/// Client certificates are optional at the handshake (token and secret callers connect
+/// without one); one that is presented must chain to the bundle and be valid now.
+fn client_verifier(
+    path: &Path,
+    pem: &[u8],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let unusable = |detail: String| TlsError::ClientCa {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(path, pem)? {
+        roots.add(cert).map_err(|e| unusable(e.to_string()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| unusable(e.to_string()))
+}
+
+/// Owns the files' last applied contents and replaces the shared configurations when they
+/// change.
+#[derive(Debug)]
+pub struct TlsReloader {
+    files: TlsFiles,
+    current: SharedTlsConfigs,
+    applied: Snapshot,
+    rejected: Option<Seen>,
+}
+
+impl TlsReloader {
+    /// Loads the files once; at start-up a failure stops the server.
+    pub fn load(files: &TlsFiles) -> Result<TlsReloader, TlsError> {
+        let applied = Snapshot::read(files)?;
+        let configs = build(files, &applied)?;
+        Ok(TlsReloader {
+            files: files.clone(),
+            current: Arc::new(ArcSwap::from_pointee(configs)),
+            applied,
+            rejected: None,
+        })
+    }
+
+    /// The configurations the listeners take each handshake from.
+    pub fn configs(&self) -> SharedTlsConfigs {
+        Arc::clone(&self.current)
+    }
+
+    /// One check of the files: applies a changed set that loads, keeps the current one
+    /// otherwise.
+    fn check(&mut self, metrics: &Metrics) {
+        let (seen, outcome) = match Snapshot::read(&self.files) {
+            Err(error) => (Seen::Unreadable(error.to_string()), Err(error)),
+            Ok(snapshot) if snapshot == self.applied => {
+                self.rejected = None;
+                return;
+            }
+            Ok(snapshot) => {
+                let outcome = build(&self.files, &snapshot);
+                (Seen::Contents(snapshot), outcome)
+            }
+        };
+        match (seen, outcome) {
+            (Seen::Contents(snapshot), Ok(configs)) => {
+                self.current.store(Arc::new(configs));
+                self.applied = snapshot;
+                self.rejected = None;
+                metrics.tls_reloaded(true);
+                tracing::info!(cert = %self.files.cert.display(), "TLS files changed: the new set is in use");
+            }
+            (seen, outcome) => {
+                if self.rejected.as_ref() == Some(&seen) {
+                    return;
+                }
+                self.rejected = Some(seen);
+                metrics.tls_reloaded(false);
+                if let Err(error) = outcome {
+                    tracing::error!(%error, "TLS files changed but cannot be loaded; the previous set stays in use");
+                }
+            }
+        }
+    }
+
+    /// Checks the files every `interval` until `stop` turns true.
+    pub async fn watch(
+        mut self,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            // Small files, but a network volume can stall a read: off the reactor.
+            let metrics = Arc::clone(&metrics);
+            self = match tokio::task::spawn_blocking(move || {
+                self.check(&metrics);
+                self
+            })
+            .await
+            {
+                Ok(reloader) => reloader,
+                Err(error) => {
+                    tracing::error!(%error, "the TLS reload task failed; the TLS files are no longer watched");
+                    return;
+                }
+            };
+        }
+    }
+}
+
+/// What a failed check saw, so that one bad change is logged and counted once, not at every
+/// tick.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Unreadable(String),
+    Contents(Snapshot),
+}

@@ -1,0 +1,517 @@
+//! TLS on both listeners, against the real server with a test PKI: round trips, ALPN,
+//! optional and refused client certificates, and reloading the certificate and the client
+//! CA bundle from disk the way Kubernetes updates a Secret volume.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName};
+use token_authority::pb;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tokio_rustls::{client::TlsStream, TlsConnector};
+
+use crate::{
+    helpers::{
+        config, connect, connect_tls, https_client, kids, metric, verify_independently, ClientTls,
+        DataDir, TestServer, TlsSetup,
+    },
+    pki::{Identity, Pki},
+};
+
+/// A rustls client configuration trusting `ca_pem`, offering `alpn`, presenting `identity`.
+fn client_config(
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    identity: Option<&Identity>,
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A TLS handshake with `addr` as 127.0.0.1.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// The leaf certificate a new connection to `addr` is served.
+async fn served_certificate(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
+    let tls = handshake(addr, client_config(ca_pem, &[b"h2"], None))
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// With TLS 1.3 the server judges the client certificate after the client has sent its
+/// Finished: a refused certificate shows as an alert on the first read.
+async fn mtls_outcome(addr: std::net::SocketAddr, ca_pem: &str, identity: &Identity) -> String {
+    let mut tls = match handshake(addr, client_config(ca_pem, &[b"h2"], Some(identity))).await {
+        Ok(tls) => tls,
+        Err(error) => return error.to_string(),
+    };
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 9];
+    match tls.read_exact(&mut buffer).await {
+        // The server's SETTINGS frame header: type 4.
+        Ok(_) if buffer[3] == 4 => "accepted".to_owned(),
+        Ok(_) => format!("unexpected frame {buffer:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// Waits (bounded) until `name` reaches `value`: the reloader runs on its own interval.
+async fn wait_for_metric(server: &TestServer, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = metric(server, name).await;
+        if now >= value {
+            assert_eq!(now, value, "{name}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {now}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_issued_over_tls_verify_with_the_jwks_fetched_over_https() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server = tls.start(&dir, false, &[]).await;
+    let issued = server.issue("svc-a", &["aud-1"]).await;
+    let verdict = server.verify(&issued.token, "aud-1").await;
+    assert!(verdict.valid, "{verdict:?}");
+    // The JWKS over HTTPS, checked by an independent JWT library.
+    assert!(server.url("/").starts_with("https://"));
+    let jwks = server.http_jwks().await;
+    let claims = verify_independently(&jwks, &issued.token, &server.issuer, "aud-1").unwrap();
+    assert_eq!(claims["sub"], "svc-a");
+    // GetJwks over TLS publishes the same keys.
+    let grpc_jwks: serde_json::Value =
+        serde_json::from_str(&server.grpc_jwks().await.jwks_json).unwrap();
+    assert_eq!(kids(&grpc_jwks), kids(&jwks));
+    // Plaintext is not spoken on either port.
+    let plaintext = tokio::time::timeout(Duration::from_secs(10), async {
+        connect_plain_rpc(server.grpc_addr).await
+    })
+    .await
+    .expect("a plaintext client was held instead of refused");
+    assert!(plaintext.is_err(), "a plaintext gRPC call succeeded");
+    let http = reqwest::Client::new()
+        .get(format!("http://{}/healthz", server.http_addr))
+        .send()
+        .await;
+    assert!(http.is_err(), "plaintext HTTP was answered: {http:?}");
+    server.stop().await;
+}
+
+async fn connect_plain_rpc(addr: std::net::SocketAddr) -> Result<(), String> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    pb::token_authority_client::TokenAuthorityClient::new(channel)
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn alpn_is_h2_on_grpc_and_http1_on_http() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server = tls.start(&dir, false, &[]).await;
+    let ca = tls.pki.ca_pem();
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    type Case<'a> = (
+        &'a str,
+        std::net::SocketAddr,
+        &'a [&'a [u8]],
+        Result<&'a [u8], &'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "gRPC, client offers both",
+            server.grpc_addr,
+            both,
+            Ok(b"h2"),
+        ),
+        (
+            "HTTP, client offers both",
+            server.http_addr,
+            both,
+            Ok(b"http/1.1"),
+        ),
+        (
+            "gRPC, client offers only http/1.1",
+            server.grpc_addr,
+            &[b"http/1.1"],
+            Err("NoApplicationProtocol"),
+        ),
+    ];
+    for (name, addr, alpn, expected) in cases {
+        let outcome = handshake(addr, client_config(&ca, alpn, None)).await;
+        match (outcome, expected) {
+            (Ok(tls), Ok(protocol)) => {
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(protocol), "{name}")
+            }
+            (Err(error), Err(alert)) => {
+                assert!(error.to_string().contains(alert), "{name}: {error}")
+            }
+            (Ok(tls), Err(_)) => panic!("{name}: negotiated {:?}", tls.get_ref().1.alpn_protocol()),
+            (Err(error), Ok(_)) => panic!("{name}: {error}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificates_are_optional_but_checked_when_presented() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server = tls.start(&dir, true, &[]).await;
+    let ca = tls.pki.ca_pem();
+    // The server's own client presents no certificate and is served.
+    assert!(!server.issue("no-cert", &[]).await.token.is_empty());
+    let stranger = Pki::named("untrusted CA");
+    let cases = [
+        (
+            "trusted, URI SAN",
+            tls.pki
+                .client(Some("spiffe://cluster.local/ns/a/sa/b"), None),
+            "accepted",
+        ),
+        (
+            "trusted, DNS SAN",
+            tls.pki.client(None, Some("svc.example")),
+            "accepted",
+        ),
+        (
+            "another CA",
+            stranger.client(Some("spiffe://cluster.local/ns/a/sa/b"), None),
+            "received fatal alert: UnknownCA",
+        ),
+        (
+            "expired",
+            tls.pki
+                .client_expired(Some("spiffe://cluster.local/ns/a/sa/b"), None),
+            "received fatal alert: CertificateExpired",
+        ),
+    ];
+    for (name, identity, expected) in cases {
+        let outcome = mtls_outcome(server.grpc_addr, &ca, &identity).await;
+        assert_eq!(outcome, expected, "{name}");
+    }
+    // A trusted certificate works end to end over gRPC and HTTPS.
+    let mtls = tls.client(Some(
+        tls.pki
+            .client(Some("spiffe://cluster.local/ns/a/sa/b"), None),
+    ));
+    let mut client = connect_tls(server.grpc_addr, &mtls).await.unwrap();
+    client.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    let healthz = https_client(&mtls)
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn allow_plaintext_starts_on_a_non_loopback_address() {
+    let dir = DataDir::new();
+    let config = config(
+        &dir,
+        &[
+            "--grpc-listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "0.0.0.0:0",
+            "--allow-plaintext",
+        ],
+    );
+    let server = TestServer::start_with(config).await;
+    let port = server.grpc_addr.port();
+    let mut client = connect(format!("127.0.0.1:{port}")).await;
+    client.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    server.stop().await;
+}
+
+/// A Secret volume as the kubelet writes it: files are symlinks through `..data`, which is
+/// re-pointed atomically at a new timestamped directory on each update.
+struct SecretVolume {
+    dir: PathBuf,
+    version: usize,
+}
+
+impl SecretVolume {
+    fn new(dir: &Path, files: &[(&str, &str)]) -> SecretVolume {
+        let mut volume = SecretVolume {
+            dir: dir.to_owned(),
+            version: 0,
+        };
+        volume.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        volume
+    }
+
+    /// Writes a new version and swaps `..data` to it in one rename.
+    fn update(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let version = format!("..2026_11_25_{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        for (name, content) in files {
+            std::fs::write(self.dir.join(&version).join(name), content).unwrap();
+        }
+        let temporary = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &temporary).unwrap();
+        std::fs::rename(&temporary, self.dir.join("..data")).unwrap();
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_to_new_connections_while_load_runs_on_open_ones() {
+    let dir = DataDir::new();
+    let pki = Pki::new();
+    let ca = pki.ca_pem();
+    let secret = tempfile::tempdir().unwrap();
+    let first = pki.server(&["localhost", "127.0.0.1"]);
+    let mut volume = SecretVolume::new(
+        secret.path(),
+        &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
+    );
+    let args = [
+        "--tls-cert",
+        &volume.path("tls.crt"),
+        "--tls-key",
+        &volume.path("tls.key"),
+        "--tls-reload-interval",
+        "100ms",
+    ];
+    let client_tls = ClientTls {
+        ca_pem: ca.clone(),
+        identity: None,
+    };
+    let server = TestServer::start_tls(config(&dir, &args), client_tls.clone()).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, first.der);
+
+    // Load on open connections, gRPC and HTTPS, for the whole swap.
+    let open = connect_tls(server.grpc_addr, &client_tls).await.unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let mut client = open.clone();
+        let http = server.http.clone();
+        let jwks_url = server.url("/.well-known/jwks.json");
+        let running = Arc::clone(&running);
+        let served = Arc::clone(&served);
+        load.spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                if worker % 2 == 0 {
+                    client
+                        .issue_token(pb::IssueTokenRequest {
+                            subject: format!("load-{worker}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|status| format!("IssueToken: {status}"))?;
+                } else {
+                    let response = http
+                        .get(&jwks_url)
+                        .send()
+                        .await
+                        .map_err(|e| format!("JWKS: {e}"))?;
+                    if response.status() != 200 {
+                        return Err(format!("JWKS: {}", response.status()));
+                    }
+                }
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        });
+    }
+
+    let second = pki.server(&["localhost", "127.0.0.1"]);
+    volume.update(&[("tls.crt", &second.cert_pem), ("tls.key", &second.key_pem)]);
+    wait_for_metric(&server, "token_authority_tls_reloads_total", 1.0).await;
+    // A new connection, on both listeners, is served the new certificate.
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, second.der);
+    let http = handshake(server.http_addr, client_config(&ca, &[b"http/1.1"], None))
+        .await
+        .unwrap();
+    assert_eq!(
+        http.get_ref().1.peer_certificates().unwrap()[0].to_vec(),
+        second.der
+    );
+    let before_stop = served.load(Ordering::Relaxed);
+
+    running.store(false, Ordering::Relaxed);
+    while let Some(worker) = load.join_next().await {
+        worker.unwrap().unwrap();
+    }
+    assert!(before_stop > 0, "no request was served during the swap");
+    // The connection opened under the first certificate still works.
+    open.clone().get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    assert_eq!(
+        metric(&server, "token_authority_tls_reload_failures_total").await,
+        0.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_or_mismatched_change_keeps_the_previous_certificate() {
+    let dir = DataDir::new();
+    let pki = Pki::new();
+    let ca = pki.ca_pem();
+    let secret = tempfile::tempdir().unwrap();
+    let first = pki.server(&["localhost", "127.0.0.1"]);
+    let mut volume = SecretVolume::new(
+        secret.path(),
+        &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
+    );
+    let args = [
+        "--tls-cert",
+        &volume.path("tls.crt"),
+        "--tls-key",
+        &volume.path("tls.key"),
+        "--tls-reload-interval",
+        "100ms",
+    ];
+    let client_tls = ClientTls {
+        ca_pem: ca.clone(),
+        identity: None,
+    };
+    let server = TestServer::start_tls(config(&dir, &args), client_tls).await;
+    let failures = "token_authority_tls_reload_failures_total";
+
+    // A certificate file that does not parse.
+    volume.update(&[
+        (
+            "tls.crt",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        ),
+        ("tls.key", &first.key_pem),
+    ]);
+    wait_for_metric(&server, failures, 1.0).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, first.der);
+
+    // A renewed certificate whose key has not arrived yet: not half-applied.
+    let second = pki.server(&["localhost", "127.0.0.1"]);
+    volume.update(&[("tls.crt", &second.cert_pem), ("tls.key", &first.key_pem)]);
+    wait_for_metric(&server, failures, 2.0).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, first.der);
+    // The bad set is counted once, not at every check.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(&server, failures).await, 2.0);
+
+    // The key arrives: the pair is applied.
+    volume.update(&[("tls.crt", &second.cert_pem), ("tls.key", &second.key_pem)]);
+    wait_for_metric(&server, "token_authority_tls_reloads_total", 1.0).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, second.der);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_client_ca_bundle_is_applied_to_new_handshakes() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server_ca = tls.pki.ca_pem();
+    let old_ca = Pki::named("old client CA");
+    let new_ca = Pki::named("new client CA");
+    let bundle = tls.dir.path().join("bundle.pem");
+    std::fs::write(&bundle, old_ca.ca_pem()).unwrap();
+    let args = [
+        "--tls-cert",
+        tls.cert.to_str().unwrap(),
+        "--tls-key",
+        tls.key.to_str().unwrap(),
+        "--client-ca",
+        bundle.to_str().unwrap(),
+        "--tls-reload-interval",
+        "100ms",
+    ];
+    let server = TestServer::start_tls(config(&dir, &args), tls.client(None)).await;
+    let old_client = old_ca.client(Some("spiffe://cluster.local/old"), None);
+    let new_client = new_ca.client(Some("spiffe://cluster.local/new"), None);
+    assert_eq!(
+        mtls_outcome(server.grpc_addr, &server_ca, &old_client).await,
+        "accepted"
+    );
+    assert_eq!(
+        mtls_outcome(server.grpc_addr, &server_ca, &new_client).await,
+        "received fatal alert: UnknownCA"
+    );
+
+    // The new CA is added, then the old one removed.
+    std::fs::write(&bundle, format!("{}{}", old_ca.ca_pem(), new_ca.ca_pem())).unwrap();
+    wait_for_metric(&server, "token_authority_tls_reloads_total", 1.0).await;
+    assert_eq!(
+        mtls_outcome(server.grpc_addr, &server_ca, &new_client).await,
+        "accepted"
+    );
+    assert_eq!(
+        mtls_outcome(server.grpc_addr, &server_ca, &old_client).await,
+        "accepted"
+    );
+    std::fs::write(&bundle, new_ca.ca_pem()).unwrap();
+    wait_for_metric(&server, "token_authority_tls_reloads_total", 2.0).await;
+    assert_eq!(
+        mtls_outcome(server.grpc_addr, &server_ca, &new_client).await,
+        "accepted"
+    );
+    assert_eq!(
+        mtls_outcome(server.grpc_addr, &server_ca, &old_client).await,
+        "received fatal alert: UnknownCA"
+    );
+    server.stop().await;
+}
