@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use token_authority::{
     admin::AdminToken,
     authority::{Authority, Settings},
+    callers::{CallerSettings, Callers},
     crypto::Algorithm,
     jwk::{render_jwks, PublicJwk},
     metrics::Metrics,
@@ -47,10 +48,23 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         rotation_period: 86_400,
     };
     let authority = Arc::new(Authority::open(store, records, settings, now()).unwrap());
+    let metrics = Arc::new(Metrics::new(&ALGORITHMS));
+    // No policy on a loopback listener: IssueToken open, as `serve` runs by default.
+    let callers = Callers::new(
+        Arc::new(AdminToken::new("bench-admin-token")),
+        Arc::clone(&metrics),
+        CallerSettings {
+            loopback: true,
+            leeway: 60,
+            max_token_bytes: 8 * 1024,
+        },
+        None,
+        None,
+    );
     let service = GrpcService::new(
         Arc::clone(&authority),
-        Arc::new(AdminToken::new("bench-admin-token")),
-        Arc::new(Metrics::new(&ALGORITHMS)),
+        Arc::new(callers),
+        metrics,
         Arc::new(SigningPool::per_core().unwrap()),
     );
     (service, authority)

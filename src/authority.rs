@@ -176,9 +176,12 @@ impl Authority {
     }
 
     /// Mints a token. CPU-bound (an RSA signature costs about a millisecond).
+    /// `granted` are the claims the caller policy adds (fixed claims, `act`, `cnf`): set
+    /// after the caller's own, so a caller cannot override them.
     pub fn issue(
         &self,
         request: &IssueRequest,
+        granted: &Map<String, Value>,
         alg: Option<Algorithm>,
         now: u64,
     ) -> Result<Issued, AuthorityError> {
@@ -190,7 +193,7 @@ impl Authority {
         })?;
         let jti = b64::encode(crypto::random_bytes(16)?);
         let expires_at = now + request.ttl;
-        let mut claims = Map::with_capacity(request.claims.len() + 7);
+        let mut claims = Map::with_capacity(request.claims.len() + granted.len() + 7);
         claims.insert("iss".into(), Value::String(self.settings.issuer.clone()));
         claims.insert("sub".into(), Value::String(request.subject.clone()));
         match request.audiences.as_slice() {
@@ -209,7 +212,7 @@ impl Authority {
         claims.insert("nbf".into(), now.into());
         claims.insert("exp".into(), expires_at.into());
         claims.insert("jti".into(), Value::String(jti.clone()));
-        for (name, value) in &request.claims {
+        for (name, value) in request.claims.iter().chain(granted) {
             claims.insert(name.clone(), value.clone());
         }
         let token = jwt::sign(signer, &claims)?;
@@ -229,7 +232,7 @@ impl Authority {
         audience: Option<&str>,
         now: u64,
     ) -> Result<Verified, Rejection> {
-        jwt::verify::verify(token, &self.keys.load(), &self.policy, audience, now)
+        jwt::verify::verify(token, &**self.keys.load(), &self.policy, audience, now)
     }
 
     /// The operator's rotation of `alg` (default: the first configured): the next key

@@ -31,6 +31,32 @@ pub enum Command {
     Keys(KeysCommand),
     /// Drive a running authority with load and report requests/s and latency percentiles.
     Bench(BenchArgs),
+    /// Work on a caller policy file.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work on an audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file as the server would load it, and try each issuer's JWKS source.
+    /// Exit 0 with a summary; exit 1 with every problem.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an audit log's hash chain. Exit 0 with the line count; exit 1 naming the
+    /// first line where the chain breaks.
+    Verify {
+        /// The audit log.
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -285,6 +311,21 @@ pub struct ServeArgs {
     /// how early cert-manager renews, and reading three small files costs nothing.
     #[arg(long, env = "TA_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+
+    /// The caller policy (TOML): who may get which tokens, and who may call admin RPCs.
+    /// Reloaded when its content changes. Without it, IssueToken is open only while the
+    /// gRPC listener is a loopback address; otherwise only the admin token may issue.
+    #[arg(long, env = "TA_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// How often the policy file is read to notice a new content.
+    #[arg(long, env = "TA_POLICY_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub policy_reload_interval: Duration,
+
+    /// The audit log: one hash-chained JSON line per decision and admin action, appended
+    /// (`-`: stderr). Check it with `token-authority audit verify PATH`.
+    #[arg(long, env = "TA_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The TLS files of `serve`; both listeners use them.
@@ -326,6 +367,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub tls_reload_interval: Duration,
     pub limits: ListenerLimits,
+    pub policy_file: Option<PathBuf>,
+    pub policy_reload_interval: Duration,
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -363,6 +407,11 @@ impl TryFrom<ServeArgs> for Config {
             return Err(ConfigError(format!(
                 "--publish-lead ({publish_lead}s) is shorter than --jwks-max-age ({jwks_max_age}s): verifiers could miss a new key"
             )));
+        }
+        if args.policy_reload_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--policy-reload-interval must be at least 100ms".into(),
+            ));
         }
         if default_ttl > max_ttl {
             return Err(ConfigError(format!(
@@ -465,6 +514,9 @@ impl TryFrom<ServeArgs> for Config {
                 handshake_timeout: args.handshake_timeout,
                 idle_timeout: args.idle_timeout,
             },
+            policy_file: args.policy_file,
+            policy_reload_interval: args.policy_reload_interval,
+            audit_log: args.audit_log,
         })
     }
 }

@@ -10,6 +10,11 @@ use crate::jwt::json::{parse_object, JsonError};
 /// The registered claims the authority sets itself; callers may not supply them.
 pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
+/// Claims the authority derives from the caller's identity (RFC 8693 `act`, RFC 8705
+/// `cnf`): a caller that could set them could claim to act for anyone or bind a token to
+/// any certificate.
+pub const IDENTITY_CLAIMS: [&str; 2] = ["act", "cnf"];
+
 pub const MAX_SUBJECT_BYTES: usize = 1024;
 pub const MAX_AUDIENCES: usize = 16;
 pub const MAX_AUDIENCE_BYTES: usize = 256;
@@ -51,6 +56,9 @@ pub struct IssueRequest {
     pub audiences: Vec<String>,
     /// Whole seconds, 1..=max.
     pub ttl: u64,
+    /// The request named no ttl: `ttl` is the server's default, which a caller policy may
+    /// lower to its own maximum instead of refusing.
+    pub ttl_is_default: bool,
     pub claims: Map<String, Value>,
 }
 
@@ -61,6 +69,7 @@ impl fmt::Debug for IssueRequest {
             .field("subject_len", &self.subject.len())
             .field("audiences", &self.audiences.len())
             .field("ttl", &self.ttl)
+            .field("ttl_is_default", &self.ttl_is_default)
             .field("claims", &self.claims.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -77,6 +86,7 @@ impl IssueRequest {
         Ok(IssueRequest {
             subject: parse_subject(subject)?,
             audiences: parse_audiences(audiences)?,
+            ttl_is_default: ttl.is_none(),
             ttl: parse_ttl(ttl, policy)?,
             claims: parse_claims(claims_json)?,
         })
@@ -163,6 +173,15 @@ fn parse_claims(claims_json: &str) -> Result<Map<String, Value>, InvalidArgument
             format!("sets the reserved claim {reserved:?}; the authority sets iss, sub, aud, exp, nbf, iat and jti itself"),
         );
     }
+    if let Some(identity) = IDENTITY_CLAIMS
+        .iter()
+        .find(|name| claims.contains_key(**name))
+    {
+        return invalid(
+            "claims_json",
+            format!("sets the reserved claim {identity:?}; the authority sets act and cnf from the caller's identity"),
+        );
+    }
     Ok(claims)
 }
 
@@ -211,6 +230,8 @@ mod tests {
             r#"{"a":1,"a":2}"#,
             r#"{"exp":1}"#,
             r#"{"jti":"x"}"#,
+            r#"{"act":{"sub":"admin"}}"#,
+            r#"{"cnf":{"x5t#S256":"x"}}"#,
         ] {
             assert_eq!(parse_claims(bad).unwrap_err().field, "claims_json", "{bad}");
         }

@@ -7,10 +7,13 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+pub use crate::jwt::Signer;
+
 use crate::{
     b64,
     crypto::{sha256, Algorithm, CryptoError, SigningKey, VerifyingKey},
     jwk::{render_jwks, PublicJwk},
+    jwt::verify::KeyLookup,
     keys::{KeyRecord, KeyState},
     lifecycle::{self, Timing},
 };
@@ -23,15 +26,6 @@ pub enum KeySetError {
     NoCurrentKey(Algorithm),
     #[error("more than one current key for {0}")]
     SeveralCurrentKeys(Algorithm),
-}
-
-/// The key that signs for one algorithm, with its constant JWS header already encoded.
-#[derive(Debug)]
-pub struct Signer {
-    pub kid: String,
-    pub key: SigningKey,
-    /// base64url of `{"alg":..,"kid":..,"typ":"JWT"}`: the same for every token of this key.
-    pub header_segment: String,
 }
 
 /// A published key the verifier knows.
@@ -95,11 +89,7 @@ impl KeySet {
                 ));
             }
             if record.state == KeyState::Current {
-                let signer = Signer {
-                    header_segment: header_segment(record.alg, &record.kid),
-                    kid: record.kid.clone(),
-                    key: signing,
-                };
+                let signer = Signer::new(record.kid.clone(), signing);
                 if signers.insert(record.alg, Arc::new(signer)).is_some() {
                     return Err(KeySetError::SeveralCurrentKeys(record.alg));
                 }
@@ -170,7 +160,13 @@ impl KeySet {
     }
 }
 
-fn header_segment(alg: Algorithm, kid: &str) -> String {
-    let header = serde_json::json!({ "alg": alg.name(), "kid": kid, "typ": "JWT" });
-    b64::encode(header.to_string())
+/// The verifier reads the server's published keys through this.
+impl KeyLookup for KeySet {
+    fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.known.get(kid).map(|known| &known.key)
+    }
+
+    fn is_revoked(&self, kid: &str) -> bool {
+        KeySet::is_revoked(self, kid)
+    }
 }

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod authority;
 pub mod b64;
 pub mod bench;
+pub mod callers;
 pub mod config;
 pub mod crypto;
 pub mod domain;

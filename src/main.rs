@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use token_authority::{
-    config::{Cli, Command, Config, KeysCommand},
+    callers::commands,
+    config::{AuditCommand, Cli, Command, Config, KeysCommand, PolicyCommand},
     keys_command,
     server::{self, Listeners},
     telemetry,
@@ -23,6 +24,24 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Keys(command) => keys(&command),
         Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Policy(PolicyCommand::Check { file }) => {
+            report(runtime.block_on(commands::policy_check(&file)))
+        }
+        Command::Audit(AuditCommand::Verify { path }) => report(commands::audit_verify(&path)),
+    }
+}
+
+/// Prints a command's report: stdout and exit 0, or stderr and exit 1.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(text) => {
+            eprintln!("{}", text.trim_end());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -25,6 +25,25 @@ use crate::{
 
 type Labels = Vec<(String, String)>;
 
+/// The RPCs whose calls the caller policy decides.
+pub const DECIDED_METHODS: [&str; 4] = ["IssueToken", "RotateKeys", "RevokeKey", "ListKeys"];
+
+/// Decision outcomes: allowed, malformed, or the refusal's label (the field refused).
+pub const DECISION_OUTCOMES: [&str; 12] = [
+    "allowed",
+    "malformed",
+    "no_credentials",
+    "bad_credentials",
+    "no_rule",
+    "subject",
+    "audience",
+    "ttl",
+    "claims",
+    "cnf",
+    "not_admin",
+    "admin_only",
+];
+
 /// The RPC methods, for the latency histogram.
 pub const METHODS: [&str; 6] = [
     "IssueToken",
@@ -63,6 +82,7 @@ pub fn reason_label(reason: Reason) -> &'static str {
         Reason::RevokedKey => "REVOKED_KEY",
         Reason::MissingClaim => "MISSING_CLAIM",
         Reason::UnsupportedHeader => "UNSUPPORTED_HEADER",
+        Reason::LifetimeTooLong => "LIFETIME_TOO_LONG",
     }
 }
 
@@ -94,6 +114,10 @@ pub struct Metrics {
     deletions: Counter,
     key_age: HashMap<Algorithm, Gauge>,
     until_rotation: HashMap<Algorithm, Gauge>,
+    decisions: HashMap<&'static str, HashMap<&'static str, Counter>>,
+    policy_reloads_ok: Counter,
+    policy_reloads_failed: Counter,
+    jwks_fetch_failures: Family<Labels, Counter>,
     tls_reloads: Counter,
     tls_reload_failures: Counter,
     pub grpc_listener: ListenerMetrics,
@@ -239,7 +263,44 @@ impl Metrics {
             closed_family.clone(),
         );
 
+        let decision_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "caller_decisions",
+            "Caller policy decisions, by method and outcome (allowed, malformed, or the refused field)",
+            decision_family.clone(),
+        );
+        let reload_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy file reloads, by outcome (a failed one keeps the policy in force)",
+            reload_family.clone(),
+        );
+        let jwks_fetch_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "caller_jwks_fetch_failures",
+            "Failed fetches of a trusted issuer's JWKS, by issuer name (the last good set is kept)",
+            jwks_fetch_failures.clone(),
+        );
+        let decisions = DECIDED_METHODS
+            .iter()
+            .map(|method| {
+                let outcomes = DECISION_OUTCOMES
+                    .iter()
+                    .map(|outcome| {
+                        let set = labels(&[("method", method), ("outcome", outcome)]);
+                        (*outcome, decision_family.get_or_create_owned(&set))
+                    })
+                    .collect();
+                (*method, outcomes)
+            })
+            .collect();
+
         Metrics {
+            decisions,
+            policy_reloads_ok: reload_family.get_or_create_owned(&labels(&[("outcome", "ok")])),
+            policy_reloads_failed: reload_family
+                .get_or_create_owned(&labels(&[("outcome", "failed")])),
+            jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
             grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
@@ -301,6 +362,28 @@ impl Metrics {
         if let Some(histogram) = self.rpc.get(method) {
             histogram.observe(latency.as_secs_f64());
         }
+    }
+
+    /// One caller decision; `outcome` is one of `DECISION_OUTCOMES`.
+    pub fn decision(&self, method: &str, outcome: &str) {
+        if let Some(counter) = self.decisions.get(method).and_then(|m| m.get(outcome)) {
+            counter.inc();
+        }
+    }
+
+    pub fn policy_reload(&self, ok: bool) {
+        if ok {
+            self.policy_reloads_ok.inc();
+        } else {
+            self.policy_reloads_failed.inc();
+        }
+    }
+
+    /// Not a hot path: issuer names come from the policy, so the label set is created here.
+    pub fn caller_jwks_fetch_failed(&self, issuer: &str) {
+        self.jwks_fetch_failures
+            .get_or_create(&labels(&[("issuer", issuer)]))
+            .inc();
     }
 
     pub fn jwks_response(&self, not_modified: bool) {

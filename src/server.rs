@@ -22,6 +22,11 @@ use tonic_health::ServingStatus;
 use crate::{
     admin::{AdminToken, AdminTokenError, AdminTokenSource},
     authority::{Authority, AuthorityError, Settings},
+    callers::{
+        audit::{AuditError, AuditLog},
+        reload::{self, LoadError},
+        CallerSettings, Callers,
+    },
     config::Config,
     kek::{KekError, Keks},
     metrics::Metrics,
@@ -61,6 +66,10 @@ pub enum ServerError {
     Task(String),
     #[error("cannot start the signing threads: {0}")]
     SigningPool(std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] LoadError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
@@ -127,6 +136,63 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The caller layer: the policy (refused whole when it has any problem: the server does not
+/// start), the audit log, and what the no-policy mode means on this listener.
+async fn open_callers(
+    config: &Config,
+    grpc_addr: SocketAddr,
+    admin: AdminToken,
+    metrics: &Arc<Metrics>,
+) -> Result<Callers, ServerError> {
+    let loopback = grpc_addr.ip().is_loopback();
+    let policy = match &config.policy_file {
+        Some(path) => {
+            let active = reload::load(path, None, Some(metrics), true).await?;
+            tracing::info!(
+                path = %path.display(),
+                rules = active.policy.rules.len(),
+                issuers = active.issuers.len(),
+                clients = active.policy.clients.len(),
+                "caller policy loaded; issuance is deny-by-default"
+            );
+            Some(active)
+        }
+        None if loopback => {
+            tracing::warn!(
+                grpc = %grpc_addr,
+                "no --policy-file: IssueToken is OPEN to any process that reaches this loopback listener (local development only)"
+            );
+            None
+        }
+        None => {
+            tracing::warn!(
+                grpc = %grpc_addr,
+                "no --policy-file and a non-loopback gRPC listener: only the admin token may call IssueToken"
+            );
+            None
+        }
+    };
+    let audit = match &config.audit_log {
+        Some(path) => {
+            let log = AuditLog::open(path)?;
+            tracing::info!(path = %path.display(), "audit log open");
+            Some(Arc::new(log))
+        }
+        None => None,
+    };
+    Ok(Callers::new(
+        Arc::new(admin),
+        Arc::clone(metrics),
+        CallerSettings {
+            loopback,
+            leeway: config.leeway,
+            max_token_bytes: config.max_token_bytes,
+        },
+        policy,
+        audit,
+    ))
 }
 
 /// Runs the authority until `shutdown` completes, then drains and flushes.
@@ -239,9 +305,10 @@ pub async fn run(
 
     let metrics = Arc::new(Metrics::new(&config.algorithms));
     let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
+    let callers = Arc::new(open_callers(&config, grpc_addr, admin, &metrics).await?);
     let service = GrpcService::new(
         Arc::clone(&authority),
-        Arc::new(admin),
+        Arc::clone(&callers),
         Arc::clone(&metrics),
         Arc::new(signing_pool),
     );
@@ -300,6 +367,14 @@ pub async fn run(
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
+    let reload_task = config.policy_file.clone().map(|path| {
+        tokio::spawn(reload::watch(
+            Arc::clone(&callers),
+            path,
+            config.policy_reload_interval,
+            stop_rx.clone(),
+        ))
+    });
     if let Some(reloader) = tls {
         tokio::spawn(reloader.watch(
             config.tls_reload_interval,
@@ -323,6 +398,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     // A transition in progress completes (it is one transaction); no new one starts.
     let _ = lifecycle_task.await;
+    if let Some(task) = reload_task {
+        let _ = task.await;
+    }
 
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         let grpc = grpc_task.await;

@@ -144,6 +144,18 @@ pub(super) struct PublicKey {
 }
 
 impl PublicKey {
+    /// From the standard encoding (PKCS#1 DER, SEC1 point, raw Ed25519), parsed now.
+    pub(super) fn from_encoded(alg: Algorithm, encoded: &[u8]) -> Result<PublicKey, String> {
+        let params: &'static dyn signature::VerificationAlgorithm = match alg {
+            Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+            Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Algorithm::EdDSA => &signature::ED25519,
+        };
+        let parsed = ParsedPublicKey::new(params, encoded).map_err(|e| e.to_string())?;
+        Ok(PublicKey { parsed })
+    }
+
     pub(super) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         self.parsed.verify_sig(message, signature).is_ok()
     }

@@ -99,6 +99,8 @@ pub enum CryptoError {
     Random,
     #[error("sealing or unsealing a private key failed")]
     Aead,
+    #[error("not a usable {alg} public key: {reason}")]
+    BadPublicKey { alg: Algorithm, reason: String },
 }
 
 /// Fills a fresh buffer with `len` bytes from the operating system's CSPRNG.
@@ -238,6 +240,62 @@ impl fmt::Debug for VerifyingKey {
 }
 
 impl VerifyingKey {
+    /// A public key received from elsewhere (a JWK of a trusted issuer's JWKS), for `alg`.
+    /// Works the same under both providers: each is handed the standard encoding (PKCS#1
+    /// RSAPublicKey DER, an uncompressed SEC1 point, the raw Ed25519 key).
+    pub fn from_components(
+        alg: Algorithm,
+        components: PublicComponents,
+    ) -> Result<VerifyingKey, CryptoError> {
+        let bad = |reason: &str| CryptoError::BadPublicKey {
+            alg,
+            reason: reason.to_owned(),
+        };
+        let (encoded, signature_len, components) = match (alg, components) {
+            (Algorithm::RS256 | Algorithm::PS256, PublicComponents::Rsa { n, e }) => {
+                let n = strip_leading_zeros(&n).to_vec();
+                let e = strip_leading_zeros(&e).to_vec();
+                let bits = n.len() * 8;
+                // The range both providers verify (ring: 2048..=8192 bits).
+                if !(2048..=8192).contains(&bits) {
+                    return Err(bad("the RSA modulus is not 2048 to 8192 bits long"));
+                }
+                if e.is_empty() || e.len() > 4 {
+                    return Err(bad("the RSA exponent is empty or too long"));
+                }
+                let der = der_sequence(&[der_integer(&n), der_integer(&e)]);
+                (der, n.len(), PublicComponents::Rsa { n, e })
+            }
+            (Algorithm::ES256, PublicComponents::EcP256 { x, y }) => {
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(bad("a P-256 coordinate is not 32 bytes"));
+                }
+                let mut point = Vec::with_capacity(65);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                (point, 64, PublicComponents::EcP256 { x, y })
+            }
+            (Algorithm::EdDSA, PublicComponents::Ed25519 { x }) => {
+                if x.len() != 32 {
+                    return Err(bad("an Ed25519 key is not 32 bytes"));
+                }
+                (x.clone(), 64, PublicComponents::Ed25519 { x })
+            }
+            (_, other) => {
+                return Err(bad(&format!("a {other:?} key cannot verify {alg}")));
+            }
+        };
+        let key = provider::PublicKey::from_encoded(alg, &encoded)
+            .map_err(|reason| CryptoError::BadPublicKey { alg, reason })?;
+        Ok(VerifyingKey {
+            alg,
+            key,
+            signature_len,
+            components,
+        })
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.alg
     }
@@ -255,6 +313,44 @@ impl VerifyingKey {
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         signature.len() == self.signature_len && self.key.verify(message, signature)
     }
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+fn der_length(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let significant = strip_leading_zeros(&bytes);
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+}
+
+/// A DER INTEGER of an unsigned big-endian magnitude (a 0x00 keeps it positive).
+fn der_integer(magnitude: &[u8]) -> Vec<u8> {
+    let pad = magnitude.first().is_some_and(|b| b & 0x80 != 0);
+    let mut out = vec![0x02];
+    der_length(magnitude.len() + usize::from(pad), &mut out);
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(magnitude);
+    out
+}
+
+fn der_sequence(items: &[Vec<u8>]) -> Vec<u8> {
+    let len = items.iter().map(Vec::len).sum();
+    let mut out = vec![0x30];
+    der_length(len, &mut out);
+    for item in items {
+        out.extend_from_slice(item);
+    }
+    out
 }
 
 /// AES-256-GCM sealing of private keys at rest under a key-encryption key.
@@ -361,6 +457,57 @@ mod tests {
                 );
             }
             assert!(!key.verifying_key().unwrap().verify(b"payloaD", &sig));
+        }
+    }
+
+    /// A key rebuilt from its published components verifies what the private half signed,
+    /// under whichever provider this build uses; mismatched or short keys are refused.
+    #[test]
+    fn public_components_rebuild_a_verifier_for_every_algorithm() {
+        for &alg in Algorithm::ALL {
+            let key = SigningKey::from_pkcs8(alg, &generate_pkcs8(alg).unwrap()).unwrap();
+            let sig = key.sign(b"payload").unwrap();
+            let rebuilt = VerifyingKey::from_components(alg, key.public_components()).unwrap();
+            assert!(rebuilt.verify(b"payload", &sig), "{alg}");
+            assert!(!rebuilt.verify(b"payloaD", &sig), "{alg}");
+            assert_eq!(rebuilt.components(), &key.public_components());
+        }
+        let ec =
+            SigningKey::from_pkcs8(Algorithm::ES256, &generate_pkcs8(Algorithm::ES256).unwrap())
+                .unwrap();
+        let cases = [
+            (
+                Algorithm::RS256,
+                ec.public_components(),
+                "cannot verify RS256",
+            ),
+            (
+                Algorithm::RS256,
+                PublicComponents::Rsa {
+                    n: vec![0xff; 128],
+                    e: vec![1, 0, 1],
+                },
+                "not 2048 to 8192 bits",
+            ),
+            (
+                Algorithm::ES256,
+                PublicComponents::EcP256 {
+                    x: vec![1; 31],
+                    y: vec![1; 32],
+                },
+                "not 32 bytes",
+            ),
+            (
+                Algorithm::EdDSA,
+                PublicComponents::Ed25519 { x: vec![1; 33] },
+                "not 32 bytes",
+            ),
+        ];
+        for (alg, components, expected) in cases {
+            let error = VerifyingKey::from_components(alg, components)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{error}");
         }
     }
 

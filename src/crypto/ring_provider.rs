@@ -125,6 +125,15 @@ pub(super) struct PublicKey {
 }
 
 impl PublicKey {
+    /// From the standard encoding (PKCS#1 DER, SEC1 point, raw Ed25519). ring parses it at
+    /// each verification; a malformed key simply never verifies.
+    pub(super) fn from_encoded(alg: Algorithm, encoded: &[u8]) -> Result<PublicKey, String> {
+        Ok(PublicKey {
+            alg,
+            der: encoded.to_vec(),
+        })
+    }
+
     pub(super) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         let params: &dyn signature::VerificationAlgorithm = match self.alg {
             Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,

@@ -11,8 +11,11 @@ use tonic::{Request, Response, Status};
 use tracing::{field, Instrument as _};
 
 use crate::{
-    admin::AdminToken,
     authority::{Authority, AuthorityError},
+    callers::{
+        audit::{Entry, Limiter, Outcome},
+        CallerError, Callers, Principal,
+    },
     crypto::Algorithm,
     domain::{InvalidArgument, IssueRequest, RequestedTtl, TtlPolicy},
     jwt::verify::Reason,
@@ -22,49 +25,126 @@ use crate::{
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
+    transport::connection::ConnectionInfo,
 };
+
+/// Log lines of refused or malformed calls per second at most (a flood of bad calls must
+/// not become a flood of log); the rest are counted and summed up in the next line.
+const FAILED_CALL_LOG_LINES_PER_SECOND: u32 = 20;
 
 /// The gRPC face of the authority.
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     authority: Arc<Authority>,
-    admin: Arc<AdminToken>,
+    /// Who is calling and what they may get.
+    callers: Arc<Callers>,
     metrics: Arc<Metrics>,
     /// Where RSA signatures run, off the reactor.
     signing_pool: Arc<SigningPool>,
+    log_limiter: Arc<Limiter>,
 }
 
 impl GrpcService {
     pub fn new(
         authority: Arc<Authority>,
-        admin: Arc<AdminToken>,
+        callers: Arc<Callers>,
         metrics: Arc<Metrics>,
         signing_pool: Arc<SigningPool>,
     ) -> GrpcService {
         GrpcService {
             authority,
-            admin,
+            callers,
             metrics,
             signing_pool,
+            log_limiter: Arc::new(Limiter::new(FAILED_CALL_LOG_LINES_PER_SECOND)),
         }
     }
 
-    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let presented = request
+    /// Checks the credentials of a call: the `authorization` metadata and the client
+    /// certificate the TLS listener saw.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, CallerError> {
+        // A value that is not visible ASCII is a malformed credential, not an absent one.
+        let authorization = request
             .metadata()
             .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            // RFC 7235: the scheme is case-insensitive.
-            .and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token)
-            });
-        match presented {
-            Some(token) if self.admin.matches(token.trim()) => Ok(()),
-            Some(_) => Err(Status::unauthenticated("the admin token is not valid")),
-            None => Err(Status::unauthenticated(
-                "admin RPCs need metadata `authorization: Bearer <admin token>`",
-            )),
+            .map(|value| value.to_str().unwrap_or(""));
+        let certificate = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .and_then(|info| info.client_certificate.clone());
+        self.callers
+            .authenticate(authorization, certificate, now())
+            .await
+    }
+
+    /// Authenticates an admin RPC and asks the policy; a refusal is counted and audited.
+    async fn check_admin<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+    ) -> Result<Principal, Status> {
+        let (principal, error) = match self.authenticate(request).await {
+            Ok(principal) => match self.callers.authorize_admin(&principal) {
+                Ok(()) => return Ok(principal),
+                Err(error) => (Some(principal), error),
+            },
+            Err(error) => (None, error),
+        };
+        self.callers.record(&Entry {
+            at: now(),
+            method,
+            caller: principal.as_ref().map_or("", Principal::name),
+            via: principal.as_ref().map_or("", Principal::via),
+            outcome: Some(Outcome::Refused),
+            reason: Some(&error.to_string()),
+            reason_label: error.label(),
+            ..Entry::default()
+        });
+        Err(Status::from(error))
+    }
+
+    /// Audits an admin action that was carried out.
+    fn admin_done(&self, principal: &Principal, method: &'static str, detail: &str) {
+        self.callers.record(&Entry {
+            at: now(),
+            method,
+            caller: principal.name(),
+            via: principal.via(),
+            outcome: Some(Outcome::Allowed),
+            detail: Some(detail),
+            ..Entry::default()
+        });
+    }
+
+    /// Audits a refused or malformed IssueToken.
+    fn issue_refused(
+        &self,
+        principal: Option<&Principal>,
+        outcome: Outcome,
+        label: &str,
+        status: &Status,
+    ) {
+        self.callers.record(&Entry {
+            at: now(),
+            method: "IssueToken",
+            caller: principal.map_or("", Principal::name),
+            via: principal.map_or("", Principal::via),
+            outcome: Some(outcome),
+            reason: Some(status.message()),
+            reason_label: label,
+            ..Entry::default()
+        });
+    }
+}
+
+/// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
+/// refuses; the message names what was wrong or refused, never a credential.
+impl From<CallerError> for Status {
+    fn from(error: CallerError) -> Status {
+        if error.is_unauthenticated() {
+            Status::unauthenticated(error.to_string())
+        } else {
+            Status::permission_denied(error.to_string())
         }
     }
 }
@@ -113,6 +193,7 @@ fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
 /// count and time every call whatever the log level.
 async fn observe<T>(
     metrics: &Metrics,
+    limiter: &Limiter,
     method: &'static str,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
@@ -133,10 +214,20 @@ async fn observe<T>(
     metrics.rpc(method, latency);
     span.record("latency_us", latency.as_micros() as u64);
     let data_plane = matches!(method, "IssueToken" | "VerifyToken" | "GetJwks");
-    if data_plane && result.is_ok() {
-        span.in_scope(|| tracing::debug!("rpc finished"));
-    } else {
-        span.in_scope(|| tracing::info!("rpc finished"));
+    match &result {
+        Ok(_) if data_plane => span.in_scope(|| tracing::debug!("rpc finished")),
+        Ok(_) => span.in_scope(|| tracing::info!("rpc finished")),
+        // Failures are counted by the metrics whatever happens here; their log lines are
+        // rate-limited, with a summary of what was left out.
+        Err(status) => {
+            if let Some(suppressed) = limiter.admit(&format!("{method}:{:?}", status.code())) {
+                if !suppressed.is_empty() {
+                    let count: u64 = suppressed.values().sum();
+                    tracing::info!(count, by_method_and_code = ?suppressed, "failed-call log lines suppressed by the rate limit");
+                }
+                span.in_scope(|| tracing::info!("rpc finished"));
+            }
+        }
     }
     result
 }
@@ -155,6 +246,7 @@ fn reason_to_pb(reason: Reason) -> pb::VerifyFailureReason {
         Reason::RevokedKey => R::RevokedKey,
         Reason::MissingClaim => R::MissingClaim,
         Reason::UnsupportedHeader => R::UnsupportedHeader,
+        Reason::LifetimeTooLong => R::LifetimeTooLong,
     }
 }
 
@@ -230,7 +322,21 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        observe(&self.metrics, "IssueToken", async {
+        observe(&self.metrics, &self.log_limiter, "IssueToken", async {
+            // Open (no policy, loopback listener): credentials are not even read.
+            let principal = if self.callers.is_open() {
+                None
+            } else {
+                match self.authenticate(&request).await {
+                    Ok(principal) => Some(principal),
+                    Err(error) => {
+                        let label = error.label();
+                        let status = Status::from(error);
+                        self.issue_refused(None, Outcome::Refused, label, &status);
+                        return Err(status);
+                    }
+                }
+            };
             let request = request.into_inner();
             let settings = self.authority.settings();
             let parsed = IssueRequest::parse(
@@ -246,21 +352,48 @@ impl TokenAuthority for GrpcService {
                     max: settings.max_ttl,
                 },
             )
-            .map_err(AuthorityError::from)?;
-            let alg = parse_algorithm(&request.algorithm)?;
+            .map_err(AuthorityError::from)
+            .and_then(|parsed| Ok((parsed, parse_algorithm(&request.algorithm)?)))
+            .and_then(|(parsed, alg)| {
+                settings.algorithm(alg).map_err(AuthorityError::from)?;
+                Ok((parsed, alg))
+            });
+            let (mut parsed, alg) = match parsed {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    let status = Status::from(error);
+                    self.issue_refused(
+                        principal.as_ref(),
+                        Outcome::Malformed,
+                        "malformed",
+                        &status,
+                    );
+                    return Err(status);
+                }
+            };
+            let principal = principal.unwrap_or(Principal::Anonymous);
+            let grant = match self.callers.authorize_issue(&principal, &parsed) {
+                Ok(grant) => grant,
+                Err(error) => {
+                    let label = error.label();
+                    let status = Status::from(error);
+                    self.issue_refused(Some(&principal), Outcome::Refused, label, &status);
+                    return Err(status);
+                }
+            };
+            parsed.ttl = grant.ttl;
+            let parsed = Arc::new(parsed);
             let sign = {
                 let authority = Arc::clone(&self.authority);
+                let parsed = Arc::clone(&parsed);
+                let claims = grant.claims;
                 move || {
                     let started = Instant::now();
-                    let issued = authority.issue(&parsed, alg, now());
+                    let issued = authority.issue(&parsed, &claims, alg, now());
                     (issued, started.elapsed())
                 }
             };
-            let resolved = self
-                .authority
-                .settings()
-                .algorithm(alg)
-                .map_err(AuthorityError::from)?;
+            let resolved = settings.algorithm(alg).map_err(AuthorityError::from)?;
             // An RSA signature is hundreds of microseconds of CPU: it runs on the signing
             // pool, in arrival order. ECDSA and Ed25519 sign in tens of microseconds, less
             // than any hand-off costs, so they sign inline (measured: README, Performance).
@@ -274,6 +407,24 @@ impl TokenAuthority for GrpcService {
             };
             let issued = issued?;
             self.metrics.token_issued(issued.alg, signing);
+            self.callers.record(&Entry {
+                at: issued.issued_at,
+                method: "IssueToken",
+                caller: principal.name(),
+                via: if self.callers.is_open() {
+                    "open"
+                } else {
+                    principal.via()
+                },
+                outcome: Some(Outcome::Allowed),
+                subject: Some(&parsed.subject),
+                audiences: &parsed.audiences,
+                ttl: Some(parsed.ttl),
+                jti: Some(&issued.jti),
+                kid: Some(&issued.kid),
+                rule: grant.rule,
+                ..Entry::default()
+            });
             tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
             Ok(Response::new(pb::IssueTokenResponse {
                 token: issued.token,
@@ -290,7 +441,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
-        observe(&self.metrics, "VerifyToken", async {
+        observe(&self.metrics, &self.log_limiter, "VerifyToken", async {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
             let verdict = self.authority.verify(&request.token, audience, now());
@@ -328,7 +479,7 @@ impl TokenAuthority for GrpcService {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        observe(&self.metrics, "GetJwks", async {
+        observe(&self.metrics, &self.log_limiter, "GetJwks", async {
             Ok(Response::new(jwks_response(&self.authority.keys())))
         })
         .await
@@ -338,13 +489,18 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
-        observe(&self.metrics, "RotateKeys", async {
-            self.check_admin(&request)?;
+        observe(&self.metrics, &self.log_limiter, "RotateKeys", async {
+            let principal = self.check_admin(&request, "RotateKeys").await?;
             let request = request.into_inner();
             let alg = parse_algorithm(&request.algorithm)?;
             let outcome = self.authority.rotate(alg, request.force, now()).await?;
             self.metrics.key_events(1, 0, 0);
             tracing::info!(current = %outcome.current_kid, previous = %outcome.previous_kid, "keys rotated");
+            self.admin_done(
+                &principal,
+                "RotateKeys",
+                &format!("current {} previous {}", outcome.current_kid, outcome.previous_kid),
+            );
             Ok(Response::new(pb::RotateKeysResponse {
                 current_key_id: outcome.current_kid,
                 previous_key_id: outcome.previous_kid,
@@ -358,8 +514,8 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        observe(&self.metrics, "RevokeKey", async {
-            self.check_admin(&request)?;
+        observe(&self.metrics, &self.log_limiter, "RevokeKey", async {
+            let principal = self.check_admin(&request, "RevokeKey").await?;
             let request = request.into_inner();
             if request.key_id.is_empty() {
                 return Err(Status::invalid_argument("key_id: is required"));
@@ -374,6 +530,11 @@ impl TokenAuthority for GrpcService {
                 .await?;
             self.metrics.key_events(0, 1, 0);
             tracing::warn!(kid = %request.key_id, reason, current = %current, "key revoked");
+            self.admin_done(
+                &principal,
+                "RevokeKey",
+                &format!("revoked {} current {current}", request.key_id),
+            );
             Ok(Response::new(pb::RevokeKeyResponse {
                 current_key_id: current,
                 keys: key_infos(&keys),
@@ -386,8 +547,9 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        observe(&self.metrics, "ListKeys", async {
-            self.check_admin(&request)?;
+        observe(&self.metrics, &self.log_limiter, "ListKeys", async {
+            let principal = self.check_admin(&request, "ListKeys").await?;
+            self.admin_done(&principal, "ListKeys", "listed");
             Ok(Response::new(pb::ListKeysResponse {
                 keys: key_infos(&self.authority.keys()),
             }))

@@ -1,0 +1,412 @@
+//! Who is calling: the three ways a caller proves a name, each producing the caller name
+//! that policy rules match.
+//!
+//! - A client certificate (mTLS): its `spiffe://` URI SAN, else its first DNS SAN. The TLS
+//!   layer already chained it to `--client-ca` and checked its validity at the handshake;
+//!   here only its names are read.
+//! - `authorization: Bearer <jwt>` from a trusted issuer: verified offline against that
+//!   issuer's JWKS with the same RFC 8725 rules as VerifyToken, plus the issuer's accepted
+//!   audiences, algorithms and lifetime cap. The name is the token's `sub`.
+//! - `authorization: Basic base64(id:secret)`: the policy keeps only the secret's SHA-256,
+//!   compared in constant time. The name is `client:<id>`.
+//!
+//! `client:` is reserved for the last kind: a token or certificate naming itself
+//! `client:...` is refused, so no issuer can mint a name that passes for a client.
+
+use std::{collections::HashMap, sync::Arc};
+
+use subtle::ConstantTimeEq as _;
+use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+use zeroize::Zeroizing;
+
+use super::{issuers::TrustedIssuer, policy::Client};
+use crate::{
+    b64, crypto,
+    jwt::{
+        json::parse_object,
+        verify::{self, Expectations, Reason},
+    },
+};
+
+/// Longest caller name accepted.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Why a credential does not prove a caller. Every variant is UNAUTHENTICATED; the text
+/// says what is wrong with the credential, never its value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("authorization: unsupported scheme; use Bearer or Basic")]
+    Scheme,
+    #[error("authorization: Basic credentials are not base64(id:secret)")]
+    BasicMalformed,
+    #[error("the client id or secret is not valid")]
+    BadSecret,
+    #[error("the admin token is not valid")]
+    AdminToken,
+    #[error("bearer token: not the admin token, nor a JWT from a trusted issuer")]
+    NotAJwt,
+    #[error("bearer token: its issuer is not trusted")]
+    UnknownIssuer,
+    #[error("bearer token: {0}")]
+    Rejected(String),
+    #[error("client certificate: {0}")]
+    Certificate(String),
+    #[error("caller name {0}")]
+    Name(&'static str),
+}
+
+/// How the caller proved its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallerKind {
+    Certificate,
+    /// A token of the trusted issuer with this policy name.
+    IssuerToken(String),
+    ClientSecret,
+}
+
+impl CallerKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallerKind::Certificate => "mtls",
+            CallerKind::IssuerToken(_) => "jwt",
+            CallerKind::ClientSecret => "secret",
+        }
+    }
+}
+
+/// A caller whose name was proven.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    pub kind: CallerKind,
+    /// The client certificate's DER, when the call came over mTLS.
+    certificate: Option<Arc<[u8]>>,
+}
+
+impl Caller {
+    /// The RFC 8705 thumbprint of the caller's certificate: base64url(SHA-256(DER)).
+    pub fn certificate_thumbprint(&self) -> Option<String> {
+        self.certificate
+            .as_ref()
+            .map(|der| b64::encode(crypto::sha256(der)))
+    }
+}
+
+/// The credential in the `authorization` metadata.
+pub enum Presented<'a> {
+    Nothing,
+    Bearer(&'a str),
+    Basic {
+        id: String,
+        secret: Zeroizing<String>,
+    },
+}
+
+/// Reads `authorization` (schemes are case-insensitive, RFC 7235).
+pub fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, IdentityError> {
+    let Some(value) = value else {
+        return Ok(Presented::Nothing);
+    };
+    let (scheme, credentials) = value.split_once(' ').ok_or(IdentityError::Scheme)?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Presented::Bearer(credentials));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(IdentityError::Scheme);
+    }
+    use base64::Engine as _;
+    let decoded = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .map_err(|_| IdentityError::BasicMalformed)?,
+    );
+    let text = std::str::from_utf8(&decoded).map_err(|_| IdentityError::BasicMalformed)?;
+    let (id, secret) = text.split_once(':').ok_or(IdentityError::BasicMalformed)?;
+    if id.is_empty() {
+        return Err(IdentityError::BasicMalformed);
+    }
+    Ok(Presented::Basic {
+        id: id.to_owned(),
+        secret: Zeroizing::new(secret.to_owned()),
+    })
+}
+
+/// The caller a client certificate names.
+pub fn certificate_caller(der: Arc<[u8]>) -> Result<Caller, IdentityError> {
+    let name = certificate_name(&der)?;
+    Ok(Caller {
+        name: checked_name(name)?,
+        kind: CallerKind::Certificate,
+        certificate: Some(der),
+    })
+}
+
+/// The `spiffe://` URI SAN, else the first DNS SAN.
+pub fn certificate_name(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| IdentityError::Certificate("does not parse".into()))?;
+    let names = certificate
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Certificate("its subjectAltName does not parse".into()))?
+        .map(|extension| extension.value.general_names.clone())
+        .unwrap_or_default();
+    let spiffe = names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+        _ => None,
+    });
+    let dns = names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) => Some(*dns),
+        _ => None,
+    });
+    spiffe
+        .or(dns)
+        .map(str::to_owned)
+        .ok_or_else(|| IdentityError::Certificate("has no spiffe:// URI SAN nor DNS SAN".into()))
+}
+
+/// The caller a client secret proves. Unknown ids cost the same comparison as known ones.
+pub fn client_caller(
+    clients: &HashMap<String, Client>,
+    id: &str,
+    secret: &str,
+) -> Result<Caller, IdentityError> {
+    let presented = crypto::sha256(secret.as_bytes());
+    let (expected, known) = match clients.get(id) {
+        Some(client) => (client.secret_sha256, true),
+        None => ([0u8; 32], false),
+    };
+    let matches: bool = expected.ct_eq(&presented).into();
+    if !(known && matches) {
+        return Err(IdentityError::BadSecret);
+    }
+    Ok(Caller {
+        name: format!("client:{id}"),
+        kind: CallerKind::ClientSecret,
+        certificate: None,
+    })
+}
+
+/// The caller a trusted issuer's token proves. `leeway` and `max_token_bytes` are the
+/// server's own verification settings.
+pub async fn token_caller(
+    issuers: &[Arc<TrustedIssuer>],
+    token: &str,
+    leeway: u64,
+    max_token_bytes: usize,
+    now: u64,
+) -> Result<Caller, IdentityError> {
+    if token.len() > max_token_bytes {
+        return Err(IdentityError::Rejected(format!(
+            "the token is longer than {max_token_bytes} bytes"
+        )));
+    }
+    // The issuer is chosen by the unverified iss; the signature is then checked against
+    // that issuer's keys only, and iss again, exactly, by the verifier.
+    let iss = unverified_iss(token).ok_or(IdentityError::NotAJwt)?;
+    let issuer = issuers
+        .iter()
+        .find(|issuer| issuer.config.issuer == iss)
+        .ok_or(IdentityError::UnknownIssuer)?;
+    let config = &issuer.config;
+    let rules = verify::Policy {
+        issuer: config.issuer.clone(),
+        leeway,
+        max_token_bytes,
+    };
+    let audiences: Vec<&str> = config.audiences.iter().map(String::as_str).collect();
+    let expect = Expectations {
+        audiences: &audiences,
+        max_lifetime: Some(config.max_token_lifetime),
+        algorithms: Some(&config.algorithms),
+    };
+    let mut verdict = verify::verify_with(token, &*issuer.keys(), &rules, &expect, now);
+    if let Err(rejection) = &verdict {
+        if rejection.reason == Reason::UnknownKey {
+            if let Some(kid) = unverified_kid(token) {
+                if let Some(keys) = issuer.refetch_for_unknown_kid(&kid).await {
+                    verdict = verify::verify_with(token, &*keys, &rules, &expect, now);
+                }
+            }
+        }
+    }
+    let verified = verdict.map_err(|rejection| {
+        IdentityError::Rejected(match rejection.reason {
+            Reason::UnknownKey => "its kid is not a key of the issuer's JWKS".into(),
+            _ => rejection.detail,
+        })
+    })?;
+    Ok(Caller {
+        name: checked_name(verified.subject)?,
+        kind: CallerKind::IssuerToken(config.name.clone()),
+        certificate: None,
+    })
+}
+
+fn checked_name(name: String) -> Result<String, IdentityError> {
+    if name.is_empty() {
+        return Err(IdentityError::Name("is empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(IdentityError::Name("is longer than 1024 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(IdentityError::Name("contains control characters"));
+    }
+    if name.starts_with("client:") {
+        return Err(IdentityError::Name(
+            "starts with client:, which only client secrets may prove",
+        ));
+    }
+    Ok(name)
+}
+
+fn segment_member(segment: Option<&str>, member: &str) -> Option<String> {
+    let bytes = b64::decode(segment?).ok()?;
+    parse_object(&bytes)
+        .ok()?
+        .get(member)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn unverified_iss(token: &str) -> Option<String> {
+    let mut segments = token.split('.');
+    if token.split('.').count() != 3 {
+        return None;
+    }
+    segments.next();
+    segment_member(segments.next(), "iss")
+}
+
+fn unverified_kid(token: &str) -> Option<String> {
+    segment_member(token.split('.').next(), "kid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(sans: Vec<rcgen::SanType>) -> Arc<[u8]> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        Arc::from(params.self_signed(&key).unwrap().der().to_vec())
+    }
+
+    #[test]
+    fn certificate_names_prefer_spiffe_then_dns() {
+        use rcgen::SanType;
+        let uri = |s: &str| SanType::URI(s.try_into().unwrap());
+        let dns = |s: &str| SanType::DnsName(s.try_into().unwrap());
+        let cases = [
+            (
+                vec![
+                    dns("api.payments.svc"),
+                    uri("https://example.com"),
+                    uri("spiffe://prod.example/ns/payments/sa/api"),
+                ],
+                Ok("spiffe://prod.example/ns/payments/sa/api".to_owned()),
+            ),
+            (
+                vec![
+                    uri("https://example.com"),
+                    dns("api.payments.svc"),
+                    dns("second.svc"),
+                ],
+                Ok("api.payments.svc".to_owned()),
+            ),
+            (
+                vec![uri("https://example.com")],
+                Err(IdentityError::Certificate(
+                    "has no spiffe:// URI SAN nor DNS SAN".into(),
+                )),
+            ),
+            (
+                vec![],
+                Err(IdentityError::Certificate(
+                    "has no spiffe:// URI SAN nor DNS SAN".into(),
+                )),
+            ),
+        ];
+        for (sans, expected) in cases {
+            assert_eq!(certificate_name(&certificate(sans)), expected);
+        }
+        assert_eq!(
+            certificate_name(b"not DER"),
+            Err(IdentityError::Certificate("does not parse".into()))
+        );
+        let der = certificate(vec![uri("spiffe://prod.example/x")]);
+        let caller = certificate_caller(Arc::clone(&der)).unwrap();
+        assert_eq!(caller.kind, CallerKind::Certificate);
+        assert_eq!(
+            caller.certificate_thumbprint().unwrap(),
+            b64::encode(crypto::sha256(&der))
+        );
+    }
+
+    #[test]
+    fn authorization_header_table() {
+        use base64::Engine as _;
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        assert!(matches!(parse_authorization(None), Ok(Presented::Nothing)));
+        assert!(matches!(
+            parse_authorization(Some("bearer abc")),
+            Ok(Presented::Bearer("abc"))
+        ));
+        match parse_authorization(Some(&basic("legacy-batch:s3:cret"))) {
+            Ok(Presented::Basic { id, secret }) => {
+                assert_eq!((id.as_str(), secret.as_str()), ("legacy-batch", "s3:cret"))
+            }
+            _ => panic!("basic credentials"),
+        }
+        for (value, expected) in [
+            ("Token abc".to_owned(), IdentityError::Scheme),
+            ("Bearer".to_owned(), IdentityError::Scheme),
+            ("Basic !!!".to_owned(), IdentityError::BasicMalformed),
+            (basic("no-colon"), IdentityError::BasicMalformed),
+            (basic(":secret"), IdentityError::BasicMalformed),
+        ] {
+            assert_eq!(
+                parse_authorization(Some(&value)).err(),
+                Some(expected),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_secrets_compare_digests() {
+        let clients = HashMap::from([(
+            "batch".to_owned(),
+            Client {
+                id: "batch".into(),
+                secret_sha256: crypto::sha256(b"right"),
+            },
+        )]);
+        assert_eq!(
+            client_caller(&clients, "batch", "right").unwrap().name,
+            "client:batch"
+        );
+        for (id, secret) in [("batch", "wrong"), ("batch", ""), ("other", "right")] {
+            assert_eq!(
+                client_caller(&clients, id, secret).unwrap_err(),
+                IdentityError::BadSecret
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(checked_name("svc".into()), Ok("svc".into()));
+        assert!(checked_name("client:batch".into()).is_err());
+        assert!(checked_name(String::new()).is_err());
+        assert!(checked_name("a\nb".into()).is_err());
+        assert!(checked_name("x".repeat(1025)).is_err());
+    }
+}

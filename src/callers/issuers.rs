@@ -1,0 +1,370 @@
+//! Trusted issuers: the JWKS of each issuer whose tokens callers may present, fetched and
+//! cached so that a caller's token is verified offline, with the same rules as VerifyToken.
+//!
+//! The set of keys is a snapshot behind an atomic pointer (the request path never waits on
+//! the network unless a token names a kid the snapshot lacks). A kid it lacks triggers one
+//! refetch, at most once per cooldown whatever the number of such tokens, so a flood of
+//! forged kids cannot turn the authority into a load generator against the issuer. A
+//! failed fetch keeps the last good set: an issuer that is down does not lock its callers
+//! out while their keys are known.
+//!
+//! Sources: `jwks_uri` (HTTPS; plain HTTP only to a loopback host), OIDC discovery
+//! (`{issuer}/.well-known/openid-configuration`), or `jwks_file`. HTTPS trusts the
+//! `ca_file` when one is given (an in-cluster API server's CA), otherwise the Mozilla
+//! roots compiled into the binary (`webpki-roots`): the image is static and may have no
+//! system store. A `bearer_token_file` is read at each fetch (projected tokens rotate) and
+//! sent only to the configured source.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::Value;
+
+use crate::{
+    crypto::{Algorithm, VerifyingKey},
+    jwk,
+    jwt::verify::KeyLookup,
+    metrics::Metrics,
+};
+
+/// Largest JWKS or discovery document accepted.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// How long one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time between two fetches caused by unknown kids.
+pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
+/// A cached set older than this is refreshed by the background task.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the CA file {0} holds no usable certificate")]
+    CaFile(String),
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("the discovery document has no usable jwks_uri: {0}")]
+    Discovery(String),
+    #[error(transparent)]
+    Jwks(#[from] jwk::JwksError),
+}
+
+/// Where an issuer's keys come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksSource {
+    Uri(String),
+    Discovery,
+    File(PathBuf),
+}
+
+/// One `[[issuer]]` of the policy, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub source: JwksSource,
+    pub ca_file: Option<PathBuf>,
+    pub bearer_token_file: Option<PathBuf>,
+    pub audiences: Vec<String>,
+    /// Seconds.
+    pub max_token_lifetime: u64,
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// The keys of one issuer at one time.
+#[derive(Debug, Default)]
+pub struct IssuerKeys {
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl IssuerKeys {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl KeyLookup for IssuerKeys {
+    fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.keys.get(kid)
+    }
+
+    /// An issuer withdraws a key by dropping it from its JWKS: it is then unknown.
+    fn is_revoked(&self, _kid: &str) -> bool {
+        false
+    }
+}
+
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<bytes::Bytes>,
+>;
+
+/// A trusted issuer with its cached keys.
+pub struct TrustedIssuer {
+    pub config: IssuerConfig,
+    keys: ArcSwap<IssuerKeys>,
+    /// When the cached set was last fetched successfully.
+    fetched_at: std::sync::Mutex<Option<Instant>>,
+    /// Serialises fetches and remembers the last attempt, for the cooldown.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+    client: HttpsClient,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for TrustedIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustedIssuer")
+            .field("name", &self.config.name)
+            .field("keys", &self.keys.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrustedIssuer {
+    /// Prepares the issuer (reads its CA file); fetches nothing yet.
+    pub fn new(
+        config: IssuerConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<TrustedIssuer, FetchError> {
+        let client = https_client(config.ca_file.as_ref())?;
+        Ok(TrustedIssuer {
+            config,
+            keys: ArcSwap::from_pointee(IssuerKeys::default()),
+            fetched_at: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(None),
+            client,
+            metrics,
+        })
+    }
+
+    /// The cached keys.
+    pub fn keys(&self) -> Arc<IssuerKeys> {
+        self.keys.load_full()
+    }
+
+    /// Fetches now and replaces the cache; on failure the cache is kept. Scheduled
+    /// refreshes do not count toward the unknown-kid cooldown: a key the issuer publishes
+    /// just after one is still fetched when its first token arrives.
+    pub async fn refresh(&self) -> Result<usize, FetchError> {
+        let _serialised = self.fetching.lock().await;
+        self.fetch_and_store().await
+    }
+
+    /// Refetches because a token named `kid`, unless another task did meanwhile or the
+    /// cooldown since the last attempt has not passed. Returns the keys to retry with.
+    pub async fn refetch_for_unknown_kid(&self, kid: &str) -> Option<Arc<IssuerKeys>> {
+        let mut last = self.fetching.lock().await;
+        let current = self.keys.load_full();
+        if current.verifying_key(kid).is_some() {
+            return Some(current);
+        }
+        if last.is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        match self.fetch_and_store().await {
+            Ok(_) => Some(self.keys.load_full()),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether the background task should refresh this issuer now.
+    pub fn is_stale(&self) -> bool {
+        self.fetched_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= REFRESH_AFTER))
+            .unwrap_or(true)
+    }
+
+    async fn fetch_and_store(&self) -> Result<usize, FetchError> {
+        let result = self.fetch().await;
+        match &result {
+            Ok(keys) => {
+                let count = keys.len();
+                self.keys.store(Arc::new(IssuerKeys {
+                    keys: keys.iter().cloned().collect(),
+                }));
+                if let Ok(mut at) = self.fetched_at.lock() {
+                    *at = Some(Instant::now());
+                }
+                tracing::info!(issuer = %self.config.name, keys = count, "caller issuer keys fetched");
+            }
+            Err(error) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.caller_jwks_fetch_failed(&self.config.name);
+                }
+                tracing::warn!(issuer = %self.config.name, %error, "caller issuer keys could not be fetched; keeping the last good set");
+            }
+        }
+        result.map(|keys| keys.len())
+    }
+
+    /// Fetches and parses the issuer's JWKS, without touching the cache.
+    pub async fn fetch(&self) -> Result<Vec<(String, VerifyingKey)>, FetchError> {
+        let body = match &self.config.source {
+            JwksSource::File(path) => read(path)?,
+            JwksSource::Uri(uri) => self.get(uri).await?,
+            JwksSource::Discovery => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.config.issuer.trim_end_matches('/')
+                );
+                let document = self.get(&url).await?;
+                let jwks_uri = serde_json::from_slice::<Value>(&document)
+                    .ok()
+                    .and_then(|doc| doc.get("jwks_uri")?.as_str().map(str::to_owned))
+                    .ok_or_else(|| FetchError::Discovery(url.clone()))?;
+                if let Err(reason) = check_fetch_url(&jwks_uri) {
+                    return Err(FetchError::Discovery(format!("{jwks_uri}: {reason}")));
+                }
+                self.get(&jwks_uri).await?
+            }
+        };
+        Ok(jwk::parse_jwks(&body)?)
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        let http = |reason: String| FetchError::Http {
+            url: url.to_owned(),
+            reason,
+        };
+        let mut request = hyper::Request::get(url).header("accept", "application/json");
+        if let Some(path) = &self.config.bearer_token_file {
+            let token = String::from_utf8(read(path)?).map_err(|_| FetchError::Read {
+                path: path.display().to_string(),
+                source: std::io::Error::other("not UTF-8"),
+            })?;
+            request = request.header("authorization", format!("Bearer {}", token.trim()));
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| http(e.to_string()))?;
+        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| http("timed out".into()))?
+            .map_err(|e| http(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(http(format!("HTTP {}", response.status())));
+        }
+        let body = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            Limited::new(response.into_body(), MAX_DOCUMENT_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| http("timed out reading the body".into()))?
+        .map_err(|e| http(e.to_string()))?;
+        Ok(body.to_bytes().to_vec())
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {
+    std::fs::read(path).map_err(|source| FetchError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A URL keys may be fetched from: HTTPS, or HTTP to a loopback host (tests, a sidecar).
+pub fn check_fetch_url(url: &str) -> Result<(), String> {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return Err("not a URL".into());
+    };
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") if is_loopback_host(host) => Ok(()),
+        Some("http") => Err("plain http is allowed only to a loopback host; use https".into()),
+        _ => Err("not an https URL".into()),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The rustls provider that matches the crate's crypto provider.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc-rs"))]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, FetchError> {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = read(path)?;
+            for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+                // A certificate the store cannot use is skipped; none usable is an error.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(FetchError::CaFile(path.display().to_string()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FetchError::Http {
+            url: String::new(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_urls_are_https_or_loopback_http() {
+        for ok in [
+            "https://kubernetes.default.svc/openid/v1/jwks",
+            "http://127.0.0.1:8080/.well-known/jwks.json",
+            "http://[::1]:80/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert_eq!(check_fetch_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, reason) in [
+            (
+                "http://issuer.example/jwks",
+                "plain http is allowed only to a loopback host; use https",
+            ),
+            ("ftp://issuer.example/jwks", "not an https URL"),
+            ("jwks.json", "not an https URL"),
+        ] {
+            assert_eq!(check_fetch_url(bad), Err(reason.to_owned()), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Loading the policy file, and reloading it when its content changes.
+//!
+//! The file's content is polled (a Kubernetes ConfigMap volume changes through a symlink
+//! swap, which file-change notifications on the path do not report reliably). A new
+//! content is parsed and checked whole; a file with any problem is refused and the policy
+//! in force stays, with an error in the log and a metric counting it. Trusted issuers whose
+//! configuration did not change keep their cached keys across a reload.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::watch;
+
+use super::{
+    issuers::{FetchError, TrustedIssuer},
+    policy::{Policy, Problem},
+    Active, Callers,
+};
+use crate::{crypto, metrics::Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the policy file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the policy file {path} is refused: {}", join(.problems))]
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
+    #[error("the policy file {path}: issuer {issuer}: {source}")]
+    Issuer {
+        path: String,
+        issuer: String,
+        source: FetchError,
+    },
+}
+
+fn join(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Reads and checks the policy file and prepares its issuers, reusing those of `previous`
+/// whose configuration is unchanged; fetches the keys of new issuers (a failed fetch is
+/// logged and counted, not fatal: the keys are fetched again when a token needs them).
+pub async fn load(
+    path: &Path,
+    previous: Option<&Active>,
+    metrics: Option<&Arc<Metrics>>,
+    fetch: bool,
+) -> Result<Active, LoadError> {
+    let text = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let digest = crypto::sha256(&text);
+    let text = String::from_utf8_lossy(&text);
+    let policy = Policy::parse(&text).map_err(|problems| LoadError::Invalid {
+        path: path.display().to_string(),
+        problems,
+    })?;
+    let mut issuers = Vec::new();
+    let mut fresh = Vec::new();
+    for config in &policy.issuers {
+        let reused = previous.and_then(|previous| {
+            previous
+                .issuers
+                .iter()
+                .find(|issuer| issuer.config == *config)
+        });
+        match reused {
+            Some(issuer) => issuers.push(Arc::clone(issuer)),
+            None => {
+                let issuer =
+                    TrustedIssuer::new(config.clone(), metrics.cloned()).map_err(|source| {
+                        LoadError::Issuer {
+                            path: path.display().to_string(),
+                            issuer: config.name.clone(),
+                            source,
+                        }
+                    })?;
+                let issuer = Arc::new(issuer);
+                fresh.push(Arc::clone(&issuer));
+                issuers.push(issuer);
+            }
+        }
+    }
+    for issuer in fresh.into_iter().filter(|_| fetch) {
+        // Failures are logged and counted inside; the empty cache refetches on use.
+        let _ = issuer.refresh().await;
+    }
+    Ok(Active {
+        policy,
+        issuers,
+        digest,
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Polls `path` every `interval` until `stop`; a changed content that loads replaces the
+/// policy in force. Also refreshes stale issuer key caches and writes the audit log's
+/// summary of suppressed lines.
+pub async fn watch(
+    callers: Arc<Callers>,
+    path: PathBuf,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    // The content last acted on (loaded or refused), so a broken file is reported once.
+    let mut seen = callers.active().map(|active| active.digest);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Some(audit) = callers.audit() {
+            audit.flush_suppressed(unix_now());
+        }
+        let current = callers.active();
+        match std::fs::read(&path) {
+            Ok(content) => {
+                let digest = crypto::sha256(&content);
+                if Some(digest) != seen {
+                    seen = Some(digest);
+                    match load(&path, current.as_deref(), Some(callers.metrics_arc()), true).await {
+                        Ok(active) => {
+                            tracing::info!(
+                                path = %path.display(),
+                                rules = active.policy.rules.len(),
+                                issuers = active.issuers.len(),
+                                "policy reloaded"
+                            );
+                            callers.metrics().policy_reload(true);
+                            callers.replace(active);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "the new policy file is refused; the policy in force stays");
+                            callers.metrics().policy_reload(false);
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                // A ConfigMap swap can make the path briefly absent: reported, not fatal.
+                let digest = crypto::sha256(error.to_string().as_bytes());
+                if Some(digest) != seen {
+                    seen = Some(digest);
+                    tracing::error!(path = %path.display(), %error, "cannot read the policy file; the policy in force stays");
+                    callers.metrics().policy_reload(false);
+                }
+            }
+        }
+        if let Some(active) = callers.active() {
+            for issuer in active.issuers.iter().filter(|issuer| issuer.is_stale()) {
+                let _ = issuer.refresh().await;
+            }
+        }
+    }
+}

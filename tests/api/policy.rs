@@ -1,0 +1,157 @@
+//! Policy reload over the real server: a new file takes effect under load with no failed
+//! request; a broken or inconsistent file is refused whole, counted, and the policy in
+//! force stays.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use token_authority::crypto;
+
+use crate::{
+    audit::metric,
+    callers::{ask, basic, hex, issue_as, start_with_policy},
+    helpers::DataDir,
+};
+
+fn client(id: &str, secret: &str) -> String {
+    format!(
+        "[[client]]\nid = \"{id}\"\nsecret_sha256 = \"{}\"\n",
+        hex(&crypto::sha256(secret.as_bytes()))
+    )
+}
+
+fn rule(caller: &str) -> String {
+    format!("[[rule]]\ncallers = [\"{caller}\"]\naudiences = [\"api\"]\n")
+}
+
+/// Replaces the file the way a ConfigMap update does: a new file swapped in whole.
+fn swap(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn reload_under_load_fails_no_request_and_a_broken_file_keeps_the_old_policy() {
+    let dir = DataDir::new();
+    let v1 = format!("{}{}", client("a", "secret-a"), rule("client:a"));
+    let (server, path) = start_with_policy(&dir, &v1, &["--policy-reload-interval", "100ms"]).await;
+    let server = Arc::new(server);
+    let as_b = basic("b", "secret-b");
+    let b_allowed = {
+        let server = Arc::clone(&server);
+        let as_b = as_b.clone();
+        move || {
+            let server = Arc::clone(&server);
+            let as_b = as_b.clone();
+            async move { issue_as(&server, Some(&as_b), ask("client:b", &["api"], None, "")).await }
+        }
+    };
+    assert_eq!(
+        b_allowed().await.unwrap_err().message(),
+        "the client id or secret is not valid"
+    );
+
+    // Load: client a issues continuously through every reload below.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+            let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+            tokio::spawn(async move {
+                let as_a = basic("a", "secret-a");
+                while !stop.load(Ordering::Relaxed) {
+                    match issue_as(&server, Some(&as_a), ask("client:a", &["api"], None, "")).await
+                    {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let v2 = format!(
+        "{}{}{}{}",
+        client("a", "secret-a"),
+        client("b", "secret-b"),
+        rule("client:a"),
+        rule("client:b")
+    );
+    swap(&path, &v2);
+    eventually("client b allowed by the new policy", || {
+        let b_allowed = b_allowed.clone();
+        async move { b_allowed().await.is_ok() }
+    })
+    .await;
+    let ok = r#"token_authority_policy_reloads_total{outcome="ok"}"#;
+    let failed_reloads = r#"token_authority_policy_reloads_total{outcome="failed"}"#;
+    assert_eq!(metric(&server, ok).await, 1.0);
+
+    // Not TOML, then valid TOML that is inconsistent: each refused whole, each counted.
+    swap(&path, "[[rule]\ncallers = [");
+    eventually("the broken file counted", || {
+        let server = Arc::clone(&server);
+        async move { metric(&server, failed_reloads).await == 1.0 }
+    })
+    .await;
+    swap(&path, &format!("{}{}", rule("client:a"), rule("client:b")));
+    eventually("the inconsistent file counted", || {
+        let server = Arc::clone(&server);
+        async move { metric(&server, failed_reloads).await == 2.0 }
+    })
+    .await;
+    // v2 is still in force: b (which the refused files would have dropped) still issues.
+    b_allowed().await.unwrap();
+    assert_eq!(metric(&server, ok).await, 1.0);
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(done.load(Ordering::Relaxed) > 0);
+    drop(b_allowed);
+    Arc::try_unwrap(server).ok().unwrap().stop().await;
+}
+
+/// A policy file that does not load stops the server before it serves.
+#[tokio::test]
+async fn a_broken_policy_file_stops_the_start() {
+    let dir = DataDir::new();
+    std::fs::create_dir_all(&dir.path).unwrap();
+    let path = dir.path.parent().unwrap().join("policy.toml");
+    std::fs::write(&path, "[[rule]]\ncallers = [\"client:ghost\"]\n").unwrap();
+    let config = crate::helpers::config(&dir, &["--policy-file", path.to_str().unwrap()]);
+    let (server, stopped) = crate::helpers::TestServer::try_start(config).await;
+    assert!(server.is_none());
+    assert_eq!(
+        stopped.unwrap_err().to_string(),
+        format!(
+            "the policy file {} is refused: rule[0].callers: \"client:ghost\" names a client no [[client]] defines",
+            path.display()
+        )
+    );
+}
