@@ -179,7 +179,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "tls-disabled-policy": {
         "tls": {"mode": "disabled"},
         "policy": EXAMPLE_POLICY,
-        "audit": {"file": "audit/audit.log"},
+        "audit": {"file": "audit.log"},
         "networkPolicy": {"enabled": True, "extraEgress": [
             {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]},
         "serviceMonitor": {"enabled": True},
@@ -218,6 +218,7 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "projected token below 600s": {"policy": {"kubernetesIssuer": {"tokenExpirationSeconds": 300}}},
     "audit file escaping the data volume": {"audit": {"file": "../etc/passwd"}},
     "audit file absolute": {"audit": {"file": "/tmp/audit.log"}},
+    "audit file in a directory the server would not create": {"audit": {"file": "audit/audit.log"}},
 }
 
 
@@ -1707,6 +1708,9 @@ def check_server_starts_with_policy_and_plaintext() -> None:
         result = server.grpcurl("-plaintext", "-d", '{"service": "tokenauthority.v1.TokenAuthority"}',
                                 f"127.0.0.1:{server.grpc_port}", "grpc.health.v1.Health/Check")
         assert result.returncode == 0 and '"SERVING"' in result.stdout, f"{result.stdout} {result.stderr}"
+        audit = Path(server.env["TA_AUDIT_LOG"])
+        assert audit.is_file() and audit.parent == Path(server.env["TA_DATA_DIR"]), \
+            f"no audit log at {audit}, where audit.file puts it on the data volume"
         code = server.stop()
         log = server.log_text()
     assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
@@ -1763,7 +1767,7 @@ def check_probes_and_notes_commands_work() -> None:
             command = command.replace(f"localhost:{svc_ports['grpc']}", target)
             command = command.replace(f":localhost:{svc_ports['http']}", f":127.0.0.1:{server.http_port}")
             result = server.grpcurl(shell=command, cwd=server.tmp)
-            shown = re.sub(r'-H "[^"]*"\s*|-cacert \S+\s*|-authority \S+\s*|^grpcurl\s*', "", command).replace(target, "")
+            shown = re.sub(r'-H "[^"]*"\s*|-?-cacert \S+\s*|-authority \S+\s*|^grpcurl\s*', "", command).replace(target, "")
             shown = " ".join(shown.split())[:120]
             if (result.returncode == 64 + 9 and "RotateKeys" in shown and '"force": true' not in command
                     and "FailedPrecondition" in result.stderr):
