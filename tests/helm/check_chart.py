@@ -85,7 +85,6 @@ DOCUMENTED_FLAGS = {
     "TA_PUBLISH_LEAD": "--publish-lead",
     "TA_ROTATION_PERIOD": "--rotation-period",
     "TA_SHUTDOWN_GRACE": "--shutdown-grace",
-    "TA_LOG_FORMAT": "--log-format",
     # Issue 11: TLS and listener limits (transport), the callers' policy and the audit log.
     "TA_TLS_CERT": "--tls-cert",
     "TA_TLS_KEY": "--tls-key",
@@ -97,6 +96,7 @@ DOCUMENTED_FLAGS = {
     "TA_TLS_RELOAD_INTERVAL": "--tls-reload-interval",
     "TA_POLICY_FILE": "--policy-file",
     "TA_AUDIT_LOG": "--audit-log",
+    "TA_LOG_FORMAT": "--log-format",
 }
 
 # The ClusterRole that lets a ServiceAccount read the cluster's OIDC discovery and JWKS.
