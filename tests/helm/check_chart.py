@@ -1224,6 +1224,33 @@ def check_generated_tls_kept_across_upgrades() -> None:
         "the re-signed certificate does not verify against the kept CA"
 
 
+def check_api_server_egress_from_lookup() -> None:
+    """networkPolicy.kubernetesApi.to empty: the chart allows the addresses of the endpoints
+    of Service default/kubernetes (lookup of its EndpointSlices, rendered here with a stand-in
+    answer holding another Service's slice too, and an IPv6 address); without an answer
+    (helm template) the API server ports are open to any address, never closed."""
+    tmp = Path(tempfile.mkdtemp(prefix="ta-chart-lookup-"))
+    copy = tmp / "token-authority"
+    shutil.copytree(CHART_DIR, copy)
+    answer = {"items": [
+        {"metadata": {"labels": {"kubernetes.io/service-name": "kubernetes"}},
+         "endpoints": [{"addresses": ["172.18.0.2"]}, {"addresses": ["fd00::2"]}]},
+        {"metadata": {"labels": {"kubernetes.io/service-name": "other"}}, "endpoints": [{"addresses": ["10.9.9.9"]}]},
+    ]}
+    template = copy / "templates" / "networkpolicy.yaml"
+    text, n = re.subn(r'lookup\s+"discovery\.k8s\.io/v1"\s+"EndpointSlice"\s+"default"\s+""',
+                      f"(fromJson `{json.dumps(answer)}`)", template.read_text())
+    assert n == 1, "networkpolicy.yaml does not look up the EndpointSlices of default/kubernetes"
+    template.write_text(text)
+    values = {"networkPolicy": {"enabled": True}}
+    for chart_dir, expected in ((copy, [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "fd00::2/128"}}]),
+                                (CHART_DIR, None)):
+        policy = next(o for o in render_copy(chart_dir, values) if o["kind"] == "NetworkPolicy")
+        api = [r for r in policy["spec"]["egress"] if any(p["port"] in (443, 6443) for p in r["ports"])]
+        assert len(api) == 1, f"{len(api)} API server egress rules"
+        assert api[0].get("to") == expected, f"API server egress to {api[0].get('to')}, expected {expected}"
+
+
 def check_tls_disabled_notes() -> None:
     """tls.mode=disabled: NOTES says a mesh must terminate TLS, and its commands are plaintext."""
     text = notes("tls-disabled-policy")
@@ -1523,6 +1550,9 @@ class ChartConfiguredServer:
                 text = text.replace(f'"{mount_path}/', f'"{local}/')
             policy.write_text(text)
             self.policy_text = text
+        # The data volume as the kubelet leaves it: group-owned by fsGroup, group rwx, setgid.
+        (tmp / "data").mkdir()
+        (tmp / "data").chmod(0o2770)
         self.env["TA_DATA_DIR"] = str(tmp / "data")
         if self.env.get("TA_AUDIT_LOG", "-") != "-":
             self.env["TA_AUDIT_LOG"] = str(tmp / "data") + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
@@ -1582,9 +1612,13 @@ class ChartConfiguredServer:
                         files[source["configMap"]["items"][0]["path"]] = base64.b64decode(stand_in)
             else:
                 raise AssertionError(f"volume {mount['name']} of an unexpected kind: {sorted(volume)}")
+            # The modes the kubelet gives the pod's files: the volume's defaultMode (0644 when
+            # unset). The server must start on them as the chart configures it.
+            kind = next(k for k in ("secret", "configMap", "projected") if k in volume)
+            mode = volume[kind].get("defaultMode", 0o644)
             for name, content in files.items():
                 (local / name).write_bytes(content)
-                (local / name).chmod(0o600)
+                (local / name).chmod(mode)
             rewrites[mount["mountPath"]] = local
         if self.tls:
             tls_secret = next(iter(tls_secrets(self.set_name)), None)
@@ -1832,6 +1866,7 @@ GLOBAL = [
     check_notes_print_grpcurl_commands,
     check_tls_disabled_notes,
     check_generated_tls_kept_across_upgrades,
+    check_api_server_egress_from_lookup,
     check_dockerfile_build_stage,
     check_dockerfile_runtime_matches_chart,
     check_dockerignore,
