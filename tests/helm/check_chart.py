@@ -1224,6 +1224,26 @@ def check_generated_tls_kept_across_upgrades() -> None:
         "the re-signed certificate does not verify against the kept CA"
 
 
+def check_generated_tls_long_names() -> None:
+    """A 63-character fullname: the generated CA and certificate keep their common names
+    within X.509's 64 characters, and the certificate still covers the Service's DNS name."""
+    import ssl
+    name = "t" * 63
+    files = chart().render({"fullnameOverride": name}, name=RELEASE, namespace=NAMESPACE)
+    objects = [doc for path, text in files.items() if not path.endswith("NOTES.txt")
+               for doc in yaml.safe_load_all(text) if doc]
+    secret = next(o for o in objects if o.get("type") == "kubernetes.io/tls")
+    for key in ("ca.crt", "tls.crt"):
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+            f.write(base64.b64decode(secret["data"][key]))
+            f.flush()
+            decoded = ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+        cn = next((v for rdn in decoded["subject"] for k, v in rdn if k == "commonName"), "")
+        assert 0 < len(cn) <= 64, f"{key} common name of {len(cn)} characters: {cn}"
+    host = f"{name}.{NAMESPACE}.svc.cluster.local"
+    assert host in certificate_dns_names(base64.b64decode(secret["data"]["tls.crt"])), f"{host} not covered"
+
+
 def check_api_server_egress_from_lookup() -> None:
     """networkPolicy.kubernetesApi.to empty: the chart allows the addresses of the endpoints
     of Service default/kubernetes (lookup of its EndpointSlices, rendered here with a stand-in
@@ -1867,6 +1887,7 @@ GLOBAL = [
     check_tls_disabled_notes,
     check_generated_tls_kept_across_upgrades,
     check_api_server_egress_from_lookup,
+    check_generated_tls_long_names,
     check_dockerfile_build_stage,
     check_dockerfile_runtime_matches_chart,
     check_dockerignore,
