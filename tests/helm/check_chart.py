@@ -1733,6 +1733,12 @@ def check_server_starts_with_chart_env() -> None:
         assert plain != 200, "the HTTP port answered plaintext although TLS is on"
         code = server.stop()
         log = server.log_text()
+    # The cluster's JWKS cannot be fetched here (no API server): the server says so and
+    # serves anyway, keeping that issuer unavailable until a fetch succeeds.
+    kube_issuer = merged_values("default")["policy"]["kubernetesIssuer"]["name"]
+    assert any(json.loads(line).get("fields", {}).get("issuer") == kube_issuer and json.loads(line).get("level") == "WARN"
+               for line in log.splitlines() if line.startswith("{")), \
+        f"no warning that the {kube_issuer!r} issuer's JWKS could not be fetched"
     assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
     lines = [line for line in log.splitlines() if line.strip()]
     assert lines, "the server logged nothing"
@@ -1762,9 +1768,22 @@ def check_server_starts_with_policy_and_plaintext() -> None:
         result = server.grpcurl("-plaintext", "-d", '{"service": "tokenauthority.v1.TokenAuthority"}',
                                 f"127.0.0.1:{server.grpc_port}", "grpc.health.v1.Health/Check")
         assert result.returncode == 0 and '"SERVING"' in result.stdout, f"{result.stdout} {result.stderr}"
+        # The rendered policy decides: the client of EXAMPLE_POLICY (secret "test", whose
+        # SHA-256 the values hold) gets what its rule allows and nothing else.
+        basic = "authorization: Basic " + base64.b64encode(b"batch-job:test").decode()
+        target = f"127.0.0.1:{server.grpc_port}"
+        allowed = server.grpcurl("-plaintext", "-H", basic, "-d", '{"subject": "batch", "audience": ["reports"]}',
+                                 target, "tokenauthority.v1.TokenAuthority/IssueToken")
+        assert allowed.returncode == 0 and '"token"' in allowed.stdout, \
+            f"the policy's client rule did not allow its own request: {allowed.returncode} {allowed.stderr.strip()}"
+        denied = server.grpcurl("-plaintext", "-H", basic, "-d", '{"subject": "root", "audience": ["reports"]}',
+                                target, "tokenauthority.v1.TokenAuthority/IssueToken")
+        assert denied.returncode == 64 + 7, f"a subject outside the rule: exit {denied.returncode}, expected PERMISSION_DENIED (71)"
+        print("       the rendered policy: client:batch-job gets subject batch, is denied subject root")
         audit = Path(server.env["TA_AUDIT_LOG"])
         assert audit.is_file() and audit.parent == Path(server.env["TA_DATA_DIR"]), \
             f"no audit log at {audit}, where audit.file puts it on the data volume"
+        assert "batch-job" in audit.read_text(), "the decisions are not in the audit log"
         code = server.stop()
         log = server.log_text()
     assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
