@@ -1133,10 +1133,19 @@ def check_service_monitor_scheme(set_name: str) -> None:
         assert not tls_config.get("insecureSkipVerify"), "the scrape must verify the server"
 
 
+_scratch: list[tempfile.TemporaryDirectory] = []
+
+
+def scratch_dir() -> Path:
+    """A temp dir removed when the run ends."""
+    _scratch.append(tempfile.TemporaryDirectory(prefix="ta-chart-copy-"))
+    return Path(_scratch[-1].name)
+
+
 def chart_copy_with_lookup(result: dict[str, Any] | None) -> Path:
     """A copy of the chart in which `lookup "v1" "Secret" ...` returns `result`, as Helm's
     lookup would on an upgrade with that Secret in the cluster (None: as on a first install)."""
-    tmp = Path(tempfile.mkdtemp(prefix="ta-chart-lookup-"))
+    tmp = scratch_dir()
     copy = tmp / "token-authority"
     shutil.copytree(CHART_DIR, copy)
     literal = "(dict)" if result is None else f"(fromJson `{json.dumps(result)}`)"
@@ -1249,7 +1258,7 @@ def check_api_server_egress_from_lookup() -> None:
     of Service default/kubernetes (lookup of its EndpointSlices, rendered here with a stand-in
     answer holding another Service's slice too, and an IPv6 address); without an answer
     (helm template) the API server ports are open to any address, never closed."""
-    tmp = Path(tempfile.mkdtemp(prefix="ta-chart-lookup-"))
+    tmp = scratch_dir()
     copy = tmp / "token-authority"
     shutil.copytree(CHART_DIR, copy)
     answer = {"items": [
