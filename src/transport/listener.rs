@@ -73,6 +73,10 @@ pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const HTTP_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dead peers that vanished without a FIN are noticed by the kernel.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long a connection asked to close (idle, or shutting down) with nothing in flight is
+/// left to complete the close with its client before it is dropped: an HTTP/2 client needs
+/// one round trip to acknowledge the GOAWAY.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Every HTTP/2 client must open with these bytes (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -322,9 +326,18 @@ impl Shared {
     {
         let idle = self.limits.idle_timeout;
         let mut connection = pin!(connection);
-        let mut closing = false;
+        // Since when the connection has been asked to close (GOAWAY sent).
+        let mut closing: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            if let Some(since) = closing {
+                // A graceful close waits for the client to acknowledge (HTTP/2 answers a PING
+                // after GOAWAY); a client that never does, with nothing in flight, would hold
+                // the connection, and a shutdown, until keepalive gives up. It gets CLOSE_WAIT.
+                if state.in_flight() == 0 && now >= since + CLOSE_WAIT {
+                    return;
+                }
+            }
             let wake = match state.check(now, idle) {
                 Verdict::Stalled => {
                     // The client holds responses in our buffers and reads none: dropping the
@@ -336,15 +349,16 @@ impl Shared {
                     );
                     return;
                 }
-                Verdict::Idle if !closing => {
+                Verdict::Idle if closing.is_none() => {
                     self.metrics.closed_idle.inc();
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
-                    now + idle
+                    closing = Some(now);
+                    now + CLOSE_WAIT
                 }
                 Verdict::Idle => now + idle,
                 Verdict::Busy { next_check } => next_check,
             };
+            let wake = closing.map_or(wake, |since| wake.min(since + CLOSE_WAIT));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -352,10 +366,12 @@ impl Shared {
                     }
                     return;
                 }
-                () = stopped(&mut shutdown), if !closing => {
+                () = stopped(&mut shutdown), if closing.is_none() => {
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
+                // The last request in flight ended: a closing connection may go now.
+                () = state.drained.notified(), if closing.is_some() => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -383,6 +399,8 @@ impl Drop for OpenGauge<'_> {
 #[derive(Debug)]
 struct ConnState {
     inner: Mutex<StateInner>,
+    /// Signalled when the last request in flight ends.
+    drained: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -405,6 +423,7 @@ impl Default for ConnState {
                 waiting_on_client: HashMap::new(),
                 next_id: 0,
             }),
+            drained: tokio::sync::Notify::new(),
         }
     }
 }
@@ -419,6 +438,10 @@ impl ConnState {
     fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
         // The state stays consistent if a holder panicked: every update is one assignment.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.lock().in_flight
     }
 
     /// A new request, unless `limit` are already in flight.
@@ -488,6 +511,10 @@ impl Drop for InFlight {
         inner.in_flight -= 1;
         inner.waiting_on_client.remove(&self.id);
         inner.last_active = Instant::now();
+        if inner.in_flight == 0 {
+            // A stored permit if nobody waits yet: the wake-up is not lost.
+            self.state.drained.notify_one();
+        }
     }
 }
 

@@ -119,10 +119,15 @@ fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> 
         (Some(path), Some(pem)) => Some(client_verifier(path, pem, &provider)?),
         _ => None,
     };
-    let certified = |detail: rustls::Error| TlsError::CertifiedKey {
+    let certified = |error: rustls::Error| TlsError::CertifiedKey {
         cert: files.cert.display().to_string(),
         key: files.key.display().to_string(),
-        detail: detail.to_string(),
+        detail: match error {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "the private key is not the certificate's".to_owned()
+            }
+            other => other.to_string(),
+        },
     };
     let make = |alpn: &[u8]| -> Result<Arc<ServerConfig>, TlsError> {
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))

@@ -341,6 +341,11 @@ async fn shutdown_closes_idle_connections_at_once_and_lets_requests_in_flight_fi
     let mut response = [0u8; 512];
     let n = http.read(&mut response).await.unwrap();
     assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    // ...an HTTP/2 client that never reads again, so never acknowledges a GOAWAY...
+    let mut deaf = TcpStream::connect(server.grpc_addr).await.unwrap();
+    deaf.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
     // ...and a request in flight: its body is still being sent.
     let tcp = TcpStream::connect(server.grpc_addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();

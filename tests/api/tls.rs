@@ -515,3 +515,133 @@ async fn a_changed_client_ca_bundle_is_applied_to_new_handshakes() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tls_files_that_do_not_load_stop_the_start_with_the_file_named() {
+    let tls = TlsSetup::new();
+    let other = tls.pki.server(&["127.0.0.1"]);
+    let dir_path = tls.dir.path();
+    let (_, other_key) = other.write(dir_path, "other");
+    let garbage = dir_path.join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let bad_base64 = dir_path.join("bad-base64.pem");
+    std::fs::write(
+        &bad_base64,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir_path.join("missing.pem");
+    let (cert, key, ca) = (&tls.cert, &tls.key, &tls.ca);
+    let show = |path: &Path| path.display().to_string();
+    let cases: Vec<(&str, [&Path; 3], String)> = vec![
+        (
+            "certificate file missing",
+            [&missing, key, ca],
+            format!(
+                "cannot load the TLS files: cannot read {}: No such file or directory (os error 2)",
+                show(&missing)
+            ),
+        ),
+        (
+            "no certificate in the file",
+            [&garbage, key, ca],
+            format!(
+                "cannot load the TLS files: {}: no PEM certificate found",
+                show(&garbage)
+            ),
+        ),
+        (
+            "key file without a key",
+            [cert, &garbage, ca],
+            format!(
+                "cannot load the TLS files: {}: no well-formed PEM private key (PKCS#8, PKCS#1 or SEC1) found",
+                show(&garbage)
+            ),
+        ),
+        (
+            "key of another certificate",
+            [cert, &other_key, ca],
+            format!(
+                "cannot load the TLS files: {} and {} do not go together, or the key is not usable: \
+                 the private key is not the certificate's",
+                show(cert),
+                show(&other_key)
+            ),
+        ),
+        (
+            "client CA bundle that does not parse",
+            [cert, key, &bad_base64],
+            format!(
+                "cannot load the TLS files: {}: a PEM certificate is malformed: ",
+                show(&bad_base64)
+            ),
+        ),
+    ];
+    for (name, [cert, key, ca], expected) in cases {
+        let dir = DataDir::new();
+        let args = [
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+        ];
+        let (server, result) =
+            TestServer::try_start_with(config(&dir, &args), Some(tls.client(None))).await;
+        assert!(server.is_none(), "{name}: the server started");
+        let error = result.unwrap_err().to_string();
+        assert!(error.starts_with(&expected), "{name}: {error}");
+        assert!(
+            !dir.path.join("keystore").exists(),
+            "{name}: keystore opened"
+        );
+    }
+}
+
+/// The error line of a failed reload names the file and carries no key bytes.
+#[test]
+fn a_failed_reload_logs_one_error_naming_the_file() {
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let mut args: Vec<String> = tls.args(false);
+    args.extend(["--tls-reload-interval".into(), "100ms".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut process = crate::binary::spawn_binary_logging(&dir, &args, None);
+    let key_pem = std::fs::read_to_string(&tls.key).unwrap();
+    // A key file whose body is not a key: its bytes must not reach the log.
+    let broken = key_pem.replace("PRIVATE KEY", "PRIVATE KEY X");
+    std::fs::write(&tls.key, &broken).unwrap();
+    let line = loop {
+        let line = process
+            .log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no error was logged");
+        if line.contains("\"ERROR\"") {
+            break line;
+        }
+    };
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        event["fields"]["message"],
+        "TLS files changed but cannot be loaded; the previous set stays in use"
+    );
+    assert_eq!(
+        event["fields"]["error"],
+        format!(
+            "{}: no well-formed PEM private key (PKCS#8, PKCS#1 or SEC1) found",
+            tls.key.display()
+        )
+    );
+    let body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let lines = process.terminate();
+    for line in lines.iter().chain([&line]) {
+        assert!(!line.contains(&body[..40]), "key bytes in the log: {line}");
+    }
+    // Logged once, not at every check.
+    let errors = lines.iter().filter(|l| l.contains("\"ERROR\"")).count();
+    assert_eq!(errors, 0, "{lines:?}");
+}
