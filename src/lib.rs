@@ -6,6 +6,8 @@
 //! - `config`: the command line and its checks; `telemetry`: logging.
 //! - `server`: wiring and shutdown; `transport`: gRPC and HTTP, and their connections;
 //!   `signing_pool`: the threads that compute RSA signatures.
+//! - `callers`: who is calling (mTLS, issuer JWTs, client secrets), the deny-by-default
+//!   policy, the audit log.
 //! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.

@@ -74,16 +74,7 @@ fn keys(command: &KeysCommand) -> ExitCode {
         KeysCommand::Import(args) => keys_command::import(args),
         KeysCommand::Rewrap(args) => keys_command::rewrap(args),
     };
-    match result {
-        Ok(output) => {
-            println!("{}", output.trim_end());
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    report(result.map_err(|error| format!("error: {error}")))
 }
 
 async fn serve(args: token_authority::config::ServeArgs) -> ExitCode {

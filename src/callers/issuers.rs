@@ -118,8 +118,8 @@ type HttpsClient = Client<
 pub struct TrustedIssuer {
     pub config: IssuerConfig,
     keys: ArcSwap<IssuerKeys>,
-    /// When the cached set was last fetched successfully.
-    fetched_at: std::sync::Mutex<Option<Instant>>,
+    /// When the cached set was last fetched successfully, and when a fetch last started.
+    fetched_at: std::sync::Mutex<(Option<Instant>, Option<Instant>)>,
     /// Serialises fetches and remembers the last attempt, for the cooldown.
     fetching: tokio::sync::Mutex<Option<Instant>>,
     client: HttpsClient,
@@ -145,7 +145,7 @@ impl TrustedIssuer {
         Ok(TrustedIssuer {
             config,
             keys: ArcSwap::from_pointee(IssuerKeys::default()),
-            fetched_at: std::sync::Mutex::new(None),
+            fetched_at: std::sync::Mutex::new((None, None)),
             fetching: tokio::sync::Mutex::new(None),
             client,
             metrics,
@@ -183,15 +183,24 @@ impl TrustedIssuer {
         }
     }
 
-    /// Whether the background task should refresh this issuer now.
+    /// Whether the background task should refresh this issuer now: the cache is older than
+    /// `REFRESH_AFTER` (or was never filled), and no fetch started within the cooldown (an
+    /// issuer that is down is not retried at every tick).
     pub fn is_stale(&self) -> bool {
         self.fetched_at
             .lock()
-            .map(|at| at.is_none_or(|at| at.elapsed() >= REFRESH_AFTER))
+            .map(|guard| {
+                let (succeeded, attempted) = *guard;
+                succeeded.is_none_or(|at| at.elapsed() >= REFRESH_AFTER)
+                    && attempted.is_none_or(|at| at.elapsed() >= REFETCH_COOLDOWN)
+            })
             .unwrap_or(true)
     }
 
     async fn fetch_and_store(&self) -> Result<usize, FetchError> {
+        if let Ok(mut guard) = self.fetched_at.lock() {
+            guard.1 = Some(Instant::now());
+        }
         let result = self.fetch().await;
         match &result {
             Ok(keys) => {
@@ -199,8 +208,8 @@ impl TrustedIssuer {
                 self.keys.store(Arc::new(IssuerKeys {
                     keys: keys.iter().cloned().collect(),
                 }));
-                if let Ok(mut at) = self.fetched_at.lock() {
-                    *at = Some(Instant::now());
+                if let Ok(mut guard) = self.fetched_at.lock() {
+                    guard.0 = Some(Instant::now());
                 }
                 tracing::info!(issuer = %self.config.name, keys = count, "caller issuer keys fetched");
             }
@@ -257,7 +266,7 @@ impl TrustedIssuer {
         let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| http("timed out".into()))?
-            .map_err(|e| http(e.to_string()))?;
+            .map_err(|e| http(with_causes(&e)))?;
         if !response.status().is_success() {
             return Err(http(format!("HTTP {}", response.status())));
         }
@@ -270,6 +279,18 @@ impl TrustedIssuer {
         .map_err(|e| http(e.to_string()))?;
         Ok(body.to_bytes().to_vec())
     }
+}
+
+/// An error with its causes: hyper's "client error (Connect)" alone says too little.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {

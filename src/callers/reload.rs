@@ -94,9 +94,14 @@ pub async fn load(
             }
         }
     }
-    for issuer in fresh.into_iter().filter(|_| fetch) {
-        // Failures are logged and counted inside; the empty cache refetches on use.
-        let _ = issuer.refresh().await;
+    if fetch {
+        // Concurrently: one issuer that is down must not delay the others by its timeout.
+        // Failures are logged and counted inside; an empty cache refetches on use.
+        let mut fetches = tokio::task::JoinSet::new();
+        for issuer in fresh {
+            fetches.spawn(async move { issuer.refresh().await.is_ok() });
+        }
+        while fetches.join_next().await.is_some() {}
     }
     Ok(Active {
         policy,
@@ -166,8 +171,10 @@ pub async fn watch(
             }
         }
         if let Some(active) = callers.active() {
+            // In the background: a slow issuer must not hold up the next policy check.
             for issuer in active.issuers.iter().filter(|issuer| issuer.is_stale()) {
-                let _ = issuer.refresh().await;
+                let issuer = Arc::clone(issuer);
+                tokio::spawn(async move { issuer.refresh().await.is_ok() });
             }
         }
     }

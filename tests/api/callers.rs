@@ -470,3 +470,78 @@ async fn without_a_policy_a_non_loopback_listener_issues_only_for_the_admin_toke
     issue_as(&server, None, request()).await.unwrap();
     server.stop().await;
 }
+
+/// An issuer whose keys come from a file (an air-gapped cluster's exported JWKS): the same
+/// verification, no network.
+#[tokio::test]
+async fn an_issuer_read_from_a_jwks_file() {
+    let issuer = Issuer::start().await;
+    let dir = DataDir::new();
+    std::fs::create_dir_all(&dir.path).unwrap();
+    let jwks_path = dir.path.parent().unwrap().join("cluster-jwks.json");
+    std::fs::write(&jwks_path, issuer.server.http_jwks().await.to_string()).unwrap();
+    let policy = policy_text("http://unused.invalid").replace(
+        "jwks_uri = \"http://unused.invalid\"",
+        &format!("jwks_file = \"{}\"", jwks_path.display()),
+    );
+    assert!(policy.contains("jwks_file"));
+    let (server, _) = start_with_policy(&dir, &policy, &[]).await;
+    // The issuer is stopped: nothing but the file can vouch for the token.
+    let token = issuer.good(PAYMENTS_SA);
+    issuer.server.stop().await;
+    let issued = issue_as(
+        &server,
+        Some(&format!("Bearer {token}")),
+        ask(PAYMENTS_SA, &["ledger"], None, ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(payload(&issued.token)["sub"], PAYMENTS_SA);
+    server.stop().await;
+}
+
+/// An issuer that goes down: a refetch (caused by an unknown kid) fails, is counted, and
+/// the last good keys stay, so its callers keep working.
+#[tokio::test]
+async fn an_issuer_that_is_down_keeps_its_last_good_keys() {
+    let issuer = Issuer::start().await;
+    let dir = DataDir::new();
+    let (server, _) = start_with_policy(&dir, &policy_text(&issuer.jwks_uri()), &[]).await;
+    let good = issuer.good(PAYMENTS_SA);
+    let unknown_kid = issuer.key.forge(
+        r#"{"alg":"RS256","kid":"rotated-in-while-down","typ":"JWT"}"#,
+        &format!(
+            r#"{{"iss":"{CLUSTER_ISS}","sub":"{PAYMENTS_SA}","aud":"token-authority","iat":{},"exp":{}}}"#,
+            now(),
+            now() + 60
+        ),
+    );
+    issuer.server.stop().await;
+    let status = issue_as(
+        &server,
+        Some(&format!("Bearer {unknown_kid}")),
+        ask(PAYMENTS_SA, &["ledger"], None, ""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status.message(),
+        "bearer token: its kid is not a key of the issuer's JWKS"
+    );
+    assert_eq!(
+        crate::audit::metric(
+            &server,
+            r#"token_authority_caller_jwks_fetch_failures_total{issuer="cluster"}"#
+        )
+        .await,
+        1.0
+    );
+    issue_as(
+        &server,
+        Some(&format!("Bearer {good}")),
+        ask(PAYMENTS_SA, &["ledger"], None, ""),
+    )
+    .await
+    .unwrap();
+    server.stop().await;
+}
