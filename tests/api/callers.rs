@@ -111,7 +111,7 @@ pub async fn start_with_policy(
     policy: &str,
     extra: &[&str],
 ) -> (TestServer, std::path::PathBuf) {
-    std::fs::create_dir_all(&dir.path).unwrap();
+    dir.create();
     let policy_path = dir.path.parent().unwrap().join("policy.toml");
     std::fs::write(&policy_path, policy).unwrap();
     let policy_arg = policy_path.display().to_string();
@@ -477,7 +477,7 @@ async fn without_a_policy_a_non_loopback_listener_issues_only_for_the_admin_toke
 async fn an_issuer_read_from_a_jwks_file() {
     let issuer = Issuer::start().await;
     let dir = DataDir::new();
-    std::fs::create_dir_all(&dir.path).unwrap();
+    dir.create();
     let jwks_path = dir.path.parent().unwrap().join("cluster-jwks.json");
     std::fs::write(&jwks_path, issuer.server.http_jwks().await.to_string()).unwrap();
     let policy = policy_text("http://unused.invalid").replace(

@@ -31,7 +31,7 @@ audiences = ["orders"]
 }
 
 async fn start(dir: &DataDir, tls: &TlsSetup) -> TestServer {
-    std::fs::create_dir_all(&dir.path).unwrap();
+    dir.create();
     let policy_path = dir.path.parent().unwrap().join("policy.toml");
     std::fs::write(&policy_path, policy()).unwrap();
     let mut args = tls.args(true);

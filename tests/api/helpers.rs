@@ -7,6 +7,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use std::os::unix::fs::DirBuilderExt as _;
+
 use clap::Parser as _;
 use token_authority::{
     b64,
@@ -52,6 +54,15 @@ impl DataDir {
             admin_token_file,
             _temp: temp,
         }
+    }
+
+    /// Creates the data directory owner-only, as the server requires of one that exists.
+    pub fn create(&self) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.path)
+            .unwrap();
     }
 }
 

@@ -141,7 +141,7 @@ async fn reload_under_load_fails_no_request_and_a_broken_file_keeps_the_old_poli
 #[tokio::test]
 async fn a_broken_policy_file_stops_the_start() {
     let dir = DataDir::new();
-    std::fs::create_dir_all(&dir.path).unwrap();
+    dir.create();
     let path = dir.path.parent().unwrap().join("policy.toml");
     std::fs::write(&path, "[[rule]]\ncallers = [\"client:ghost\"]\n").unwrap();
     let config = crate::helpers::config(&dir, &["--policy-file", path.to_str().unwrap()]);
