@@ -359,10 +359,15 @@ async fn shutdown_closes_idle_connections_at_once_and_lets_requests_in_flight_fi
         .unwrap();
     // ...and a request in flight: its body is still being sent.
     let tcp = TcpStream::connect(server.grpc_addr).await.unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
     tokio::spawn(connection);
     let mut send = send.ready().await.unwrap();
     let (in_flight, mut body) = send.send_request(grpc_request("GetJwks"), false).unwrap();
+    // The server answers a PING after reading what came before it: once the pong is back,
+    // the request's HEADERS have arrived and the stream is the server's to finish. (Without
+    // this the shutdown can win the race, and a GOAWAY refuses a stream it never saw.)
+    ping_pong.ping(h2::Ping::opaque()).await.unwrap();
 
     let started = Instant::now();
     let stopped = server.begin_stop();
