@@ -236,8 +236,17 @@ pub async fn token_caller(
             _ => rejection.detail,
         })
     })?;
+    let name = checked_name(verified.subject)?;
+    if let Some(bound) = &config.subjects {
+        if !bound.allows(&name) {
+            return Err(IdentityError::Rejected(format!(
+                "its sub is not one the issuer {:?} may assert (its subjects)",
+                config.name
+            )));
+        }
+    }
     Ok(Caller {
-        name: checked_name(verified.subject)?,
+        name,
         kind: CallerKind::IssuerToken(config.name.clone()),
         certificate: None,
     })

@@ -80,6 +80,43 @@ pub struct IssuerConfig {
     /// Seconds.
     pub max_token_lifetime: u64,
     pub algorithms: Vec<Algorithm>,
+    /// The `sub` values this issuer may assert; `None`: any.
+    pub subjects: Option<SubjectBound>,
+}
+
+/// The names an issuer may assert as a caller (Vault's `bound_subject`): a Kubernetes API
+/// server speaks for `system:serviceaccount:*`, a SPIRE server for its trust domain. Without
+/// one, a trusted issuer could mint any `sub`, such as a SPIFFE ID that rules grant to
+/// certificate callers.
+#[derive(Clone)]
+pub struct SubjectBound {
+    patterns: Vec<String>,
+    set: globset::GlobSet,
+}
+
+impl SubjectBound {
+    pub fn new(patterns: Vec<String>, set: globset::GlobSet) -> SubjectBound {
+        SubjectBound { patterns, set }
+    }
+
+    pub fn allows(&self, subject: &str) -> bool {
+        self.set.is_match(subject)
+    }
+}
+
+// Equal when the patterns are: what a reload compares to keep an issuer's cached keys.
+impl PartialEq for SubjectBound {
+    fn eq(&self, other: &SubjectBound) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Eq for SubjectBound {}
+
+impl std::fmt::Debug for SubjectBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.patterns).finish()
+    }
 }
 
 /// The keys of one issuer at one time.

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::{
     identity::Caller,
-    issuers::{check_fetch_url, IssuerConfig, JwksSource},
+    issuers::{check_fetch_url, IssuerConfig, JwksSource, SubjectBound},
 };
 use crate::{crypto::Algorithm, domain::IssueRequest};
 
@@ -64,6 +64,7 @@ struct IssuerToml {
     audiences: Vec<String>,
     max_token_lifetime: Option<String>,
     algorithms: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -452,6 +453,30 @@ fn check_issuers(issuers: &[IssuerToml], problems: &mut Vec<Problem>) -> Vec<Iss
                 }
             }
         }
+        let subjects = issuer.subjects.as_ref().and_then(|patterns| {
+            if patterns.is_empty() {
+                problems.push(at("subjects", "names no subject".into()));
+                return None;
+            }
+            let mut set = GlobSetBuilder::new();
+            for pattern in patterns {
+                match glob(pattern) {
+                    Ok(glob) => {
+                        set.add(glob);
+                    }
+                    Err(error) => {
+                        problems.push(at("subjects", format!("{pattern:?}: {}", error.kind())))
+                    }
+                }
+            }
+            match set.build() {
+                Ok(set) => Some(SubjectBound::new(patterns.clone(), set)),
+                Err(error) => {
+                    problems.push(at("subjects", error.to_string()));
+                    None
+                }
+            }
+        });
         if let (Some(source), true) = (source, problems.len() == before) {
             out.push(IssuerConfig {
                 name: issuer.name.clone(),
@@ -462,6 +487,7 @@ fn check_issuers(issuers: &[IssuerToml], problems: &mut Vec<Problem>) -> Vec<Iss
                 audiences: issuer.audiences.clone(),
                 max_token_lifetime: lifetime,
                 algorithms,
+                subjects,
             });
         }
     }
@@ -750,6 +776,13 @@ mod tests {
                     "issuer[1].name: \"cluster\" is used by another issuer",
                     "issuer[1].issuer: \"https://kubernetes.default.svc\" is trusted twice; a token's iss must name one issuer",
                     "issuer[1].jwks_uri: give exactly one of jwks_uri, discovery = true, jwks_file",
+                ],
+            ),
+            (
+                format!("{issuer}subjects = []\n{}subjects = [\"system:serviceaccount:[x\"]\n", issuer.replace("cluster", "spire").replace("kubernetes.default.svc", "spire.example")),
+                vec![
+                    "issuer[0].subjects: names no subject",
+                    "issuer[1].subjects: \"system:serviceaccount:[x\": unclosed character class; missing ']'",
                 ],
             ),
             (

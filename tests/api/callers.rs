@@ -76,6 +76,7 @@ issuer = "{CLUSTER_ISS}"
 jwks_uri = "{jwks_uri}"
 audiences = ["token-authority"]
 max_token_lifetime = "1h"
+subjects = ["system:serviceaccount:*"]
 
 [[client]]
 id = "legacy-batch"
@@ -212,6 +213,8 @@ async fn callers_table_each_refusal_with_its_code_and_message() {
             "bearer token: the header's alg is not RS256, the algorithm of this key".into()),
         ("caller JWT naming itself a client", Some(bearer(issuer.good("client:legacy-batch"))), ask("client:legacy-batch", &["ledger"], None, ""), Code::Unauthenticated,
             "caller name starts with client:, which only client secrets may prove".into()),
+        ("caller JWT asserting a name its issuer may not", Some(bearer(issuer.good("spiffe://prod.example/ns/payments/sa/api"))), ask("spiffe://prod.example/ns/payments/sa/api", &["ledger"], None, ""), Code::Unauthenticated,
+            "bearer token: its sub is not one the issuer \"cluster\" may assert (its subjects)".into()),
         ("wrong client secret", Some(basic("legacy-batch", "guess")), ask("client:legacy-batch", &["ledger"], None, ""), Code::Unauthenticated,
             "the client id or secret is not valid".into()),
         ("unknown client", Some(basic("nobody", BATCH_SECRET)), ask("client:nobody", &["ledger"], None, ""), Code::Unauthenticated,
