@@ -130,6 +130,22 @@ pub struct BenchArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// The subject IssueToken asks for (a caller under a policy may need its own name).
+    #[arg(long, default_value = "bench")]
+    pub subject: String,
+    /// The audience IssueToken asks for and VerifyToken expects.
+    #[arg(long, default_value = "bench")]
+    pub audience: String,
+    /// A file holding a caller token of a trusted issuer (e.g. a projected service-account
+    /// token), sent as `authorization: Bearer` on the data-plane calls.
+    #[arg(long, conflicts_with = "client_id")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// A client id of the policy: with --client-secret-file, sent as `authorization: Basic`.
+    #[arg(long, requires = "client_secret_file")]
+    pub client_id: Option<String>,
+    /// The file holding the secret of --client-id.
+    #[arg(long, requires = "client_id")]
+    pub client_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

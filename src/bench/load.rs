@@ -15,7 +15,11 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, ClientTlsConfig},
+    Request,
+};
 
 use super::{as_duration, tls::BenchTls, BenchError, Percentiles, Report, Rotations};
 use crate::{
@@ -39,6 +43,10 @@ struct Target {
     healthz_uri: hyper::Uri,
     etag: Option<String>,
     tokens: Vec<String>,
+    subject: String,
+    audience: String,
+    /// The caller's `authorization` value, when it proves itself by a token or a secret.
+    authorization: Option<MetadataValue<Ascii>>,
     /// The latest forced rotation, in µs since `epoch`: start, and end (`u64::MAX` while it
     /// runs; `start` is `u64::MAX` before the first).
     rotation_start: AtomicU64,
@@ -69,12 +77,56 @@ impl Target {
     }
 }
 
+fn with_authorization<T>(message: T, authorization: Option<&MetadataValue<Ascii>>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
+/// The `authorization` value of `--bearer-token-file` or `--client-id` with
+/// `--client-secret-file`, read once: a run is shorter than any caller token's life.
+fn caller_authorization(args: &BenchArgs) -> Result<Option<MetadataValue<Ascii>>, BenchError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .map_err(|e| BenchError::Prepare(format!("{}: {e}", path.display())))
+    };
+    let value = match (
+        &args.bearer_token_file,
+        &args.client_id,
+        &args.client_secret_file,
+    ) {
+        (Some(path), _, _) => format!("Bearer {}", read(path)?),
+        (None, Some(id), Some(path)) => {
+            use base64::Engine as _;
+            let pair = format!("{id}:{}", read(path)?);
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        }
+        _ => return Ok(None),
+    };
+    value.parse().map(Some).map_err(|_| {
+        BenchError::Prepare("the caller credentials are not a valid header value".into())
+    })
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant digits: constant, valid bounds.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 impl Target {
+    /// `message` with the caller's credentials, if any.
+    fn authorized<T>(&self, message: T) -> Request<T> {
+        with_authorization(message, self.authorization.as_ref())
+    }
+
     async fn request(&self, task: usize, iteration: u64) -> Result<(), String> {
         let mode = match self.mode {
             // 70% verify, 20% issue, 10% JWKS.
@@ -89,13 +141,13 @@ impl Target {
         match mode {
             BenchMode::Issue | BenchMode::Mixed => {
                 let request = pb::IssueTokenRequest {
-                    subject: "bench".into(),
-                    audience: vec!["bench".into()],
+                    subject: self.subject.clone(),
+                    audience: vec![self.audience.clone()],
                     algorithm: self.algorithm.clone(),
                     ..Default::default()
                 };
                 TokenAuthorityClient::new(channel)
-                    .issue_token(request)
+                    .issue_token(self.authorized(request))
                     .await
                     .map(|_| ())
                     .map_err(|status| format!("grpc {:?}", status.code()))
@@ -103,10 +155,10 @@ impl Target {
             BenchMode::Verify => {
                 let token = self.tokens[(task + iteration as usize) % self.tokens.len()].clone();
                 let verdict = TokenAuthorityClient::new(channel)
-                    .verify_token(pb::VerifyTokenRequest {
+                    .verify_token(self.authorized(pb::VerifyTokenRequest {
                         token,
-                        audience: "bench".into(),
-                    })
+                        audience: self.audience.clone(),
+                    }))
                     .await
                     .map_err(|status| format!("grpc {:?}", status.code()))?;
                 if verdict.into_inner().valid {
@@ -116,9 +168,9 @@ impl Target {
                 }
             }
             BenchMode::Health => tonic_health::pb::health_client::HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest {
+                .check(self.authorized(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
-                })
+                }))
                 .await
                 .map(|_| ())
                 .map_err(|status| format!("grpc {:?}", status.code())),
@@ -223,19 +275,23 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
         ),
     };
     let algorithm = alg.map(|a| a.name().to_owned()).unwrap_or_default();
+    let authorization = caller_authorization(args)?;
 
     // Verification needs tokens: mint a pool first.
     let mut tokens = Vec::new();
     if matches!(args.mode, BenchMode::Verify | BenchMode::Mixed) {
         let mut client = TokenAuthorityClient::new(channels[0].clone());
-        for i in 0..256 {
+        for _ in 0..256 {
             let issued = client
-                .issue_token(pb::IssueTokenRequest {
-                    subject: format!("bench-{i}"),
-                    audience: vec!["bench".into()],
-                    algorithm: algorithm.clone(),
-                    ..Default::default()
-                })
+                .issue_token(with_authorization(
+                    pb::IssueTokenRequest {
+                        subject: args.subject.clone(),
+                        audience: vec![args.audience.clone()],
+                        algorithm: algorithm.clone(),
+                        ..Default::default()
+                    },
+                    authorization.as_ref(),
+                ))
                 .await
                 .map_err(|status| {
                     BenchError::Prepare(format!("minting the token pool: {status}"))
@@ -252,6 +308,9 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
         healthz_uri,
         etag: None,
         tokens,
+        subject: args.subject.clone(),
+        audience: args.audience.clone(),
+        authorization,
         rotation_start: AtomicU64::new(u64::MAX),
         rotation_end: AtomicU64::new(u64::MAX),
         epoch: Instant::now(),

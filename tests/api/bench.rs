@@ -5,6 +5,7 @@ use std::process::Command;
 
 use crate::{
     binary::BIN,
+    callers::hex,
     helpers::{config, DataDir, TestServer, TlsSetup},
 };
 
@@ -237,5 +238,105 @@ async fn bench_measures_a_tls_deployment() {
         "error: preparing the run failed: an https:// target needs --tls-ca (the CA that \
          signed the server certificate)"
     );
+    server.stop().await;
+}
+
+/// Under a policy the bench proves itself as a caller would: a client certificate, or a
+/// client secret; without credentials every call is refused and the report says how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_calls_as_a_caller_of_the_policy() {
+    const SPIFFE_ID: &str = "spiffe://cluster.local/ns/perf/sa/bench";
+    const SECRET: &str = "bench-secret-0123456789";
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let secret_file = tls.dir.path().join("client-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let policy = tls.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+[[client]]
+id = "perf"
+secret_sha256 = "{}"
+
+[[rule]]
+callers = ["{SPIFFE_ID}", "client:perf"]
+subjects = ["{{caller}}", "bench"]
+audiences = ["bench"]
+"#,
+            hex(&token_authority::crypto::sha256(SECRET.as_bytes()))
+        ),
+    )
+    .unwrap();
+    let server = tls
+        .start(&dir, true, &["--policy-file", policy.to_str().unwrap()])
+        .await;
+    let ca = tls.pki.write_ca(tls.dir.path(), "bench-ca");
+    let (cert, key) = tls
+        .pki
+        .client(Some(SPIFFE_ID), None)
+        .write(tls.dir.path(), "bench");
+    let target = format!("https://{}", server.grpc_addr);
+    let bench = |mode: &str, extra: &[&str]| {
+        let output = tokio::task::block_in_place(|| {
+            Command::new(BIN)
+                .args(["bench", mode, "--target", &target])
+                .args(["--tls-ca", ca.to_str().unwrap()])
+                .args(["--duration", "300ms", "--warmup", "0s"])
+                .args(["--concurrency", "2", "--json"])
+                .args(extra)
+                .output()
+                .unwrap()
+        });
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), output.stdout, stderr)
+    };
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let secret = secret_file.to_str().unwrap();
+    for (mode, extra) in [
+        (
+            "issue",
+            vec!["--tls-cert", cert, "--tls-key", key, "--subject", SPIFFE_ID],
+        ),
+        ("verify", vec!["--tls-cert", cert, "--tls-key", key]),
+        (
+            "issue",
+            vec!["--client-id", "perf", "--client-secret-file", secret],
+        ),
+        (
+            "issue",
+            vec![
+                "--client-id",
+                "perf",
+                "--client-secret-file",
+                secret,
+                "--subject",
+                "client:perf",
+            ],
+        ),
+    ] {
+        let (ok, stdout, stderr) = bench(mode, &extra);
+        assert!(ok, "{mode} {extra:?}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+        assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(
+            report["errors"],
+            serde_json::json!({}),
+            "{extra:?}: {report}"
+        );
+    }
+    // No credentials: every call is refused, counted by status.
+    let (ok, stdout, _) = bench("issue", &[]);
+    assert!(ok);
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["requests"], 0, "{report}");
+    assert!(
+        report["errors"]["grpc Unauthenticated"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    // A secret without its id is a usage error.
+    let (ok, _, stderr) = bench("issue", &["--client-secret-file", secret]);
+    assert!(!ok && stderr.contains("--client-id"), "{stderr}");
     server.stop().await;
 }
