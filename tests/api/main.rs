@@ -16,6 +16,7 @@ mod crash;
 mod file_modes;
 mod grpcurl;
 mod helpers;
+mod issuer_https;
 mod jwks_http;
 mod keys_command;
 mod lifecycle;
