@@ -359,14 +359,6 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The rustls provider that matches the crate's crypto provider.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    #[cfg(not(feature = "aws-lc-rs"))]
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, FetchError> {
     use rustls_pki_types::{pem::PemObject as _, CertificateDer};
 
@@ -384,7 +376,7 @@ fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, FetchError> {
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::tls_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| FetchError::Http {
             url: String::new(),

@@ -86,14 +86,6 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// The rustls provider that matches the crate's crypto provider.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    #[cfg(not(feature = "aws-lc-rs"))]
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -110,7 +102,7 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 }
 
 fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> {
-    let provider = provider();
+    let provider = crate::crypto::tls_provider();
     let chain = certificates(&files.cert, &snapshot.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&snapshot.key).map_err(|_| TlsError::Key {
         path: files.key.display().to_string(),
