@@ -932,6 +932,7 @@ def expected_policy(set_name: str) -> dict[str, Any]:
             "bearer_token_file": f"{KUBE_TOKEN_DIR}/token",
             "audiences": kube["audiences"],
             "max_token_lifetime": kube["maxTokenLifetime"],
+            "subjects": kube["subjects"],
         })
     issuers += policy["issuers"]
     expected = {"issuer": issuers, "client": policy["clients"], "rule": policy["rules"]}
