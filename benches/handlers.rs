@@ -10,13 +10,14 @@ use token_authority::{
     admin::AdminToken,
     authority::{Authority, Settings},
     callers::{CallerSettings, Callers},
+    config::WatchSettings,
     crypto::Algorithm,
     jwk::{render_jwks, PublicJwk},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
     store::KeyStore,
-    transport::grpc::GrpcService,
+    transport::{grpc::GrpcService, watch::Watchers},
 };
 use tonic::Request;
 
@@ -66,6 +67,14 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         Arc::new(callers),
         metrics,
         Arc::new(SigningPool::per_core().unwrap()),
+        Arc::new(Watchers::new(
+            WatchSettings {
+                max_watchers: 1,
+                keepalive: std::time::Duration::from_secs(30),
+                send_timeout: std::time::Duration::from_secs(10),
+            },
+            tokio::sync::watch::channel(false).1,
+        )),
     );
     (service, authority)
 }

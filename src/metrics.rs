@@ -45,10 +45,11 @@ pub const DECISION_OUTCOMES: [&str; 12] = [
 ];
 
 /// The RPC methods, for the latency histogram.
-pub const METHODS: [&str; 6] = [
+pub const METHODS: [&str; 7] = [
     "IssueToken",
     "VerifyToken",
     "GetJwks",
+    "WatchKeys",
     "RotateKeys",
     "RevokeKey",
     "ListKeys",

@@ -32,4 +32,5 @@ mod shredding;
 mod startup_refusals;
 mod tls;
 mod tools;
+mod watch_keys;
 mod write_failures;
