@@ -11,6 +11,7 @@ mod bench;
 mod binary;
 mod callers;
 mod callers_mtls;
+mod client;
 mod clients;
 mod crash;
 mod file_modes;

@@ -1,0 +1,29 @@
+//! token-authority-client: what a service needs from the token authority.
+//!
+//! - [`TokenSource`] gets a token for the service with IssueToken, caches it and refreshes
+//!   it in the background at 80% of its life, so `token().await` costs no request at
+//!   steady state and keeps working while the authority is briefly down.
+//! - [`Verifier`] verifies tokens in process with the very rules `VerifyToken` applies
+//!   (they live in `token-authority-jose`, shared with the server), from a key set the
+//!   authority pushes with WatchKeys: a rotation or a revocation reaches it at once.
+//! - [`interceptor`]: tonic interceptors that attach a `TokenSource` token to outgoing
+//!   calls and verify `authorization: Bearer` on incoming ones (also as a tower layer).
+//!
+//! # Layout
+//! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
+//! - `verifier`, `token_source`, `interceptor`: the three things above.
+//! - `error`: this crate's error type. `pb`: the generated client.
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod interceptor;
+pub mod keys;
+pub mod pb;
+pub mod token_source;
+pub mod verifier;
+
+pub use error::ClientError;
+pub use token_authority_jose::jwt::verify::{Reason, Rejection, Verified};
+pub use token_source::{Credentials, TokenRequest, TokenSource};
+pub use verifier::{Verifier, VerifierSettings};

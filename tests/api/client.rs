@@ -1,0 +1,251 @@
+//! The client crate against the real server: its `Verifier` across rotations and a
+//! revocation pushed by WatchKeys, its `TokenSource`'s single flight, both while the
+//! authority is down and after it returns, and the two interceptors on a real gRPC service.
+//! (The hostile-token table runs through the client's `Verifier` in `bad_tokens`.)
+
+use std::time::{Duration, Instant};
+
+use token_authority::pb;
+use token_authority_client::{
+    interceptor::{verify_bearer_layer, AttachToken},
+    Credentials, Reason, TokenRequest, TokenSource, Verified, Verifier, VerifierSettings,
+};
+use tonic::{transport::Channel, Code};
+
+use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
+
+fn channel(server: &TestServer) -> Channel {
+    endpoint(server.grpc_addr, None).connect_lazy()
+}
+
+async fn verifier(server: &TestServer) -> Verifier {
+    Verifier::connect(
+        channel(server),
+        VerifierSettings::new(server.issuer.clone()),
+    )
+    .await
+    .unwrap()
+}
+
+fn request(ttl: Option<Duration>) -> TokenRequest {
+    TokenRequest {
+        subject: "orders".into(),
+        audience: vec!["ledger".into()],
+        ttl,
+        ..TokenRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn verifies_across_forced_rotations_with_zero_failures() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let local = verifier(&server).await;
+    let mut tokens = vec![server.issue("orders", &["ledger"]).await.token];
+    for _ in 0..8 {
+        server.rotate().await;
+        // Signed by the key that was `next` until now: the verifier already holds it.
+        tokens.push(server.issue("orders", &["ledger"]).await.token);
+        for token in &tokens {
+            let verified = local.verify_at(token, Some("ledger"), crate::helpers::now());
+            assert!(verified.is_ok(), "{verified:?}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_within_a_second_of_revoke_key() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let local = verifier(&server).await;
+    let issued = server.issue("orders", &["ledger"]).await;
+    assert!(local.verify(&issued.token).is_ok());
+
+    let started = Instant::now();
+    server
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: issued.key_id.clone(),
+            reason: "test".into(),
+        }))
+        .await
+        .unwrap();
+    // Only the local verifier is asked: the new set must be pushed to it.
+    let refused = loop {
+        match local.verify(&issued.token) {
+            Err(rejection) => break rejection,
+            Ok(_) if started.elapsed() < Duration::from_secs(1) => {
+                tokio::time::sleep(Duration::from_millis(2)).await
+            }
+            Ok(_) => panic!("still accepted 1 s after RevokeKey"),
+        }
+    };
+    let delay = started.elapsed();
+    println!("RevokeKey -> client verifier refuses: {delay:?}");
+    assert_eq!(refused.reason, Reason::RevokedKey, "{refused}");
+    let remote = server.verify(&issued.token, "ledger").await;
+    assert_eq!(remote.reason, pb::VerifyFailureReason::RevokedKey as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_token_calls_on_a_cold_cache_make_one_issue_token() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let issued = r#"token_authority_tokens_issued_total{algorithm="RS256"}"#;
+    let before = metric(&server, issued).await;
+    let source = TokenSource::new(channel(&server), request(None), Credentials::Channel);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let source = source.clone();
+        calls.spawn(async move { source.token().await.unwrap() });
+    }
+    let tokens = calls.join_all().await;
+    assert!(tokens.iter().all(|token| *token == tokens[0]));
+    assert_eq!(metric(&server, issued).await - before, 1.0);
+    // Steady state: no request at all.
+    for _ in 0..10_000 {
+        assert_eq!(source.token().await.unwrap(), tokens[0]);
+    }
+    assert_eq!(metric(&server, issued).await - before, 1.0);
+    let local = verifier(&server).await;
+    assert_eq!(local.verify(&tokens[0]).unwrap().subject, "orders");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_authority_down_cached_tokens_and_local_verification_work_then_recover() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let grpc = server.grpc_addr.to_string();
+    let http = server.http_addr.to_string();
+    let local = verifier(&server).await;
+    let source = TokenSource::new(
+        channel(&server),
+        request(Some(Duration::from_secs(3))),
+        Credentials::Channel,
+    );
+    let first = source.token().await.unwrap();
+    server.stop().await;
+
+    // Down: the cached token is served and verifies locally.
+    assert_eq!(source.token().await.unwrap(), first);
+    assert!(local.verify(&first).is_ok());
+    // Once it expires there is nothing to serve, and the authority cannot be reached.
+    let expires = local.verify(&first).unwrap().expires_at;
+    while crate::helpers::now() < u64::try_from(expires).unwrap() + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(source.token().await.is_err());
+
+    // Back on the same addresses, with the same keys: both recover by themselves.
+    let server = TestServer::start_with(config(
+        &dir,
+        &["--grpc-listen", &grpc, "--http-listen", &http],
+    ))
+    .await;
+    let second = source.token().await.unwrap();
+    assert_ne!(second, first);
+    assert!(local.verify(&second).is_ok());
+    // The verifier's stream is back too: a new key it could only learn from the push.
+    let rotated = server.rotate().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !local.key_set().kids().any(|kid| {
+        rotated
+            .keys
+            .iter()
+            .any(|k| k.key_id == kid && k.state == pb::KeyState::Next as i32)
+    }) {
+        assert!(Instant::now() < deadline, "the verifier did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+/// A tiny service that echoes the verified subject, behind the verifying layer.
+#[derive(Clone)]
+struct Echo;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Echo {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        let verified = request
+            .extensions()
+            .get::<Verified>()
+            .ok_or_else(|| tonic::Status::internal("no verified token in the extensions"))?;
+        assert_eq!(verified.subject, "orders");
+        Ok(tonic::Response::new(
+            tonic_health::pb::HealthCheckResponse {
+                status: tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            },
+        ))
+    }
+
+    type WatchStream =
+        tokio_stream::Empty<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+}
+
+#[tokio::test]
+async fn interceptors_attach_and_verify_bearer_tokens_between_two_services() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let local = verifier(&server).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(verify_bearer_layer(local))
+            .add_service(tonic_health::pb::health_server::HealthServer::new(Echo))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let to_echo = endpoint(addr, None).connect_lazy();
+    let check = tonic_health::pb::HealthCheckRequest::default();
+
+    let source = TokenSource::new(channel(&server), request(None), Credentials::Channel);
+    source.token().await.unwrap();
+    let mut with_token = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        to_echo.clone(),
+        AttachToken::new(source),
+    );
+    with_token.check(check.clone()).await.unwrap();
+
+    let mut without = tonic_health::pb::health_client::HealthClient::new(to_echo.clone());
+    let refused = without.check(check.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // A token of another issuer's key: refused with the reason.
+    let mut forged = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        to_echo,
+        |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer a.b.c".parse().unwrap());
+            Ok(request)
+        },
+    );
+    let refused = forged.check(check).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().contains("Malformed"), "{refused:?}");
+
+    let _ = stop.send(());
+    service.await.unwrap().unwrap();
+    server.stop().await;
+}
