@@ -13,6 +13,12 @@
 //! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
 //! - `verifier`, `token_source`, `interceptor`: the three things above.
 //! - `error`: this crate's error type. `pb`: the generated client.
+//!
+//! # Example
+//! Two services, `orders` calling `ledger` with a token (`examples/two_services.rs`,
+//! compiled here as a doctest):
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/two_services.rs"), "\n```")]
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 

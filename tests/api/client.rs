@@ -249,3 +249,65 @@ async fn interceptors_attach_and_verify_bearer_tokens_between_two_services() {
     service.await.unwrap().unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn credentials_client_secret_and_a_token_file_reread_when_it_changes() {
+    use crate::callers::{policy_text, Issuer, BATCH_SECRET, PAYMENTS_SA};
+
+    let issuer = Issuer::start().await;
+    let dir = DataDir::new();
+    let (server, _) =
+        crate::callers::start_with_policy(&dir, &policy_text(&issuer.jwks_uri()), &[]).await;
+    let local = verifier(&server).await;
+    let ask = |subject: &str| TokenRequest {
+        subject: subject.into(),
+        audience: vec!["ledger".into()],
+        ..TokenRequest::default()
+    };
+
+    let secret = TokenSource::new(
+        channel(&server),
+        ask("client:legacy-batch"),
+        Credentials::ClientSecret {
+            id: "legacy-batch".into(),
+            secret: BATCH_SECRET.into(),
+        },
+    );
+    let token = secret.token().await.unwrap();
+    assert_eq!(local.verify(&token).unwrap().subject, "client:legacy-batch");
+    let wrong = TokenSource::new(
+        channel(&server),
+        ask("client:legacy-batch"),
+        Credentials::ClientSecret {
+            id: "legacy-batch".into(),
+            secret: "guess".into(),
+        },
+    );
+    match wrong.token().await {
+        Err(token_authority_client::ClientError::Rpc(status)) => {
+            assert_eq!(status.code(), Code::Unauthenticated)
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A projected service-account token file: an expired token first, then the kubelet's
+    // replacement, which the next fetch reads.
+    let file = dir.path.parent().unwrap().join("sa-token");
+    let t = crate::helpers::now();
+    std::fs::write(
+        &file,
+        issuer.token(PAYMENTS_SA, "token-authority", t - 3000, t - 120),
+    )
+    .unwrap();
+    let projected = TokenSource::new(
+        channel(&server),
+        ask(PAYMENTS_SA),
+        Credentials::BearerFile(file.clone()),
+    );
+    assert!(projected.token().await.is_err());
+    std::fs::write(&file, issuer.good(PAYMENTS_SA) + "\n").unwrap();
+    let token = projected.token().await.unwrap();
+    assert_eq!(local.verify(&token).unwrap().subject, PAYMENTS_SA);
+    server.stop().await;
+    issuer.server.stop().await;
+}
