@@ -24,6 +24,9 @@ pub enum ClientError {
     /// The authority has not been reached yet and there is nothing cached to serve.
     #[error("no token yet: the authority has not answered")]
     NoToken,
+    /// The HTTP JWKS could not be fetched or read.
+    #[error("the JWKS fallback failed: {0}")]
+    Jwks(String),
     /// No key set arrived from the authority in time.
     #[error("no key set from the authority within {0:?}")]
     NoKeySet(std::time::Duration),

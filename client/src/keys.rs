@@ -41,6 +41,29 @@ impl KeySet {
         })
     }
 
+    /// Builds the set from a JWKS document fetched over HTTP, which lists no revoked keys:
+    /// call `keep_revoked` so the kids an earlier push reported revoked stay refused as such.
+    pub fn from_jwks(body: &[u8], etag: String) -> Result<KeySet, JwksError> {
+        Ok(KeySet {
+            keys: parse_jwks(body)?.into_iter().collect(),
+            revoked: HashSet::new(),
+            etag,
+        })
+    }
+
+    /// Carries over `previous`'s revoked kids: a revocation is forever.
+    pub fn keep_revoked(mut self, previous: &KeySet) -> KeySet {
+        let keys = &self.keys;
+        let carried: Vec<String> = previous
+            .revoked
+            .iter()
+            .filter(|kid| !keys.contains_key(*kid))
+            .cloned()
+            .collect();
+        self.revoked.extend(carried);
+        self
+    }
+
     /// The ETag of the JWKS this set was built from.
     pub fn etag(&self) -> &str {
         &self.etag

@@ -10,6 +10,7 @@
 //!   calls and verify `authorization: Bearer` on incoming ones (also as a tower layer).
 //!
 //! # Layout
+//! - `jwks_http`: the HTTP JWKS the verifier falls back on while WatchKeys is unavailable.
 //! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
 //! - `verifier`, `token_source`, `interceptor`: the three things above.
 //! - `error`: this crate's error type. `pb`: the generated client.
@@ -24,6 +25,7 @@
 
 pub mod error;
 pub mod interceptor;
+mod jwks_http;
 pub mod keys;
 pub mod pb;
 pub mod token_source;

@@ -7,6 +7,12 @@
 //! announced, the task reconnects with capped, jittered backoff and the last good set stays
 //! in use meanwhile: tokens signed by known keys keep verifying while the authority is down.
 //! A revocation reaches the verifier as soon as the authority pushes it.
+//!
+//! While the stream is down, an optional HTTP JWKS URL is the fallback: fetched with the
+//! last ETag, again when its `Cache-Control: max-age` runs out, and at once (at most once per
+//! cooldown) when a token names a kid the set lacks. A set fetched over HTTP keeps the kids
+//! an earlier push reported revoked. Over anything but loopback, give both the channel and
+//! the JWKS URL TLS: the keys they carry decide which tokens are accepted.
 
 use std::{
     sync::Arc,
@@ -16,12 +22,13 @@ use std::{
 use arc_swap::ArcSwap;
 use token_authority_jose::{
     crypto,
-    jwt::verify::{self, Policy, Rejection, Verified},
+    jwt::verify::{self, Policy, Reason, Rejection, Verified},
 };
 use tonic::transport::Channel;
 
 use crate::{
     error::ClientError,
+    jwks_http::{Fetched, JwksFetcher},
     keys::KeySet,
     pb::{self, token_authority_client::TokenAuthorityClient, watch_keys_response::Event},
 };
@@ -39,6 +46,16 @@ pub struct VerifierSettings {
     pub max_token_bytes: usize,
     /// How long `Verifier::connect` waits for the first key set.
     pub first_key_set_timeout: Duration,
+    /// The authority's `/.well-known/jwks.json`, fetched while WatchKeys is unavailable
+    /// (conditional GETs, as often as its `Cache-Control` allows, and at once, at most once
+    /// per `unknown_kid_cooldown`, when a token names a kid the set lacks). `None`: no
+    /// fallback; the last pushed set stays in use while the stream is down.
+    pub jwks_url: Option<String>,
+    /// TLS for an `https://` JWKS URL (a private CA); `None`: the web PKI roots.
+    pub jwks_tls: Option<rustls::ClientConfig>,
+    /// The least time between two fetches caused by unknown kids: a flood of made-up kids
+    /// must not become a flood of requests.
+    pub unknown_kid_cooldown: Duration,
 }
 
 impl VerifierSettings {
@@ -50,6 +67,9 @@ impl VerifierSettings {
             leeway: 60,
             max_token_bytes: 8 * 1024,
             first_key_set_timeout: Duration::from_secs(10),
+            jwks_url: None,
+            jwks_tls: None,
+            unknown_kid_cooldown: Duration::from_secs(10),
         }
     }
 }
@@ -67,6 +87,12 @@ struct Inner {
     policy: Policy,
     audience: Option<String>,
     watcher: tokio::task::AbortHandle,
+    /// Wakes the background task to fetch the HTTP JWKS (an unknown kid while the stream
+    /// is down).
+    refetch: Arc<tokio::sync::Notify>,
+    /// When an unknown kid last asked for a fetch. Taken only on that failure path.
+    last_refetch: std::sync::Mutex<Option<std::time::Instant>>,
+    cooldown: Duration,
 }
 
 impl Drop for Inner {
@@ -89,10 +115,18 @@ impl Verifier {
     ) -> Result<Verifier, ClientError> {
         let keys = Arc::new(ArcSwap::from_pointee(KeySet::default()));
         let (first_tx, mut first_rx) = tokio::sync::watch::channel(false);
+        let fetcher = settings
+            .jwks_url
+            .as_deref()
+            .map(|url| JwksFetcher::new(url, settings.jwks_tls.clone()))
+            .transpose()?;
+        let refetch = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(watch(
             TokenAuthorityClient::new(channel),
             Arc::clone(&keys),
             first_tx,
+            fetcher,
+            Arc::clone(&refetch),
         ));
         let verifier = Verifier {
             inner: Arc::new(Inner {
@@ -104,6 +138,9 @@ impl Verifier {
                 },
                 audience: settings.audience,
                 watcher: task.abort_handle(),
+                refetch,
+                last_refetch: std::sync::Mutex::new(None),
+                cooldown: settings.unknown_kid_cooldown,
             }),
         };
         let wait = settings.first_key_set_timeout;
@@ -130,13 +167,33 @@ impl Verifier {
         audience: Option<&str>,
         now: u64,
     ) -> Result<Verified, Rejection> {
-        verify::verify(
+        let verdict = verify::verify(
             token,
             &**self.inner.keys.load(),
             &self.inner.policy,
             audience,
             now,
-        )
+        );
+        if matches!(&verdict, Err(rejection) if rejection.reason == Reason::UnknownKey) {
+            self.unknown_kid();
+        }
+        verdict
+    }
+
+    /// Asks for a JWKS fetch, unless one was asked for within the cooldown. The task only
+    /// acts on it while the stream is down: a live stream already has the newest set.
+    fn unknown_kid(&self) {
+        let mut last = self
+            .inner
+            .last_refetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now < at + self.inner.cooldown) {
+            return;
+        }
+        *last = Some(now);
+        self.inner.refetch.notify_one();
     }
 
     /// The key set in use now.
@@ -166,8 +223,11 @@ async fn watch(
     mut client: TokenAuthorityClient<Channel>,
     keys: Arc<ArcSwap<KeySet>>,
     first: tokio::sync::watch::Sender<bool>,
+    mut fetcher: Option<JwksFetcher>,
+    refetch: Arc<tokio::sync::Notify>,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut next_fetch = tokio::time::Instant::now();
     loop {
         match client.watch_keys(pb::WatchKeysRequest {}).await {
             Ok(stream) => {
@@ -209,7 +269,52 @@ async fn watch(
             }
             Err(status) => tracing::info!(%status, "cannot watch the authority's keys"),
         }
-        tokio::time::sleep(jittered(backoff)).await;
+        // The stream is down: the HTTP JWKS, when due, then wait to reconnect (or fetch at
+        // once for an unknown kid).
+        if let Some(fetcher) = &mut fetcher {
+            if tokio::time::Instant::now() >= next_fetch {
+                next_fetch = fetch_jwks(fetcher, &keys, &first).await;
+            }
+        }
+        let pause = tokio::time::sleep(jittered(backoff));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                () = refetch.notified() => {
+                    if let Some(fetcher) = &mut fetcher {
+                        next_fetch = fetch_jwks(fetcher, &keys, &first).await;
+                    }
+                }
+            }
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Fetches the HTTP JWKS and swaps in a changed set; returns when to fetch again: after the
+/// answer's `max-age` (within 1 s to 1 h), or a minute after a failure.
+async fn fetch_jwks(
+    fetcher: &mut JwksFetcher,
+    keys: &ArcSwap<KeySet>,
+    first: &tokio::sync::watch::Sender<bool>,
+) -> tokio::time::Instant {
+    let again = match fetcher.fetch().await {
+        Ok((Fetched::Changed(set), max_age)) => {
+            let set = set.keep_revoked(&keys.load());
+            keys.store(Arc::new(set));
+            first.send_replace(true);
+            max_age
+        }
+        Ok((Fetched::NotModified, max_age)) => max_age,
+        Err(error) => {
+            // Keep the last good set.
+            tracing::warn!(%error, "JWKS fallback fetch failed");
+            None
+        }
+    };
+    tokio::time::Instant::now()
+        + again
+            .unwrap_or(Duration::from_secs(60))
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }

@@ -311,3 +311,95 @@ async fn credentials_client_secret_and_a_token_file_reread_when_it_changes() {
     server.stop().await;
     issuer.server.stop().await;
 }
+
+/// A counter of the server's /metrics, zero before its first sample.
+async fn counter(server: &TestServer, name: &str) -> f64 {
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn without_watch_keys_the_http_jwks_is_used_with_its_etag_and_an_unknown_kid_refetches() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(&dir, &["--max-watchers", "1"])).await;
+    // Another watcher holds the only slot: the verifier's WatchKeys is refused.
+    let mut holder = server
+        .client
+        .clone()
+        .watch_keys(pb::WatchKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    holder.message().await.unwrap();
+    let ok = r#"token_authority_jwks_responses_total{status="200"}"#;
+    let not_modified = r#"token_authority_jwks_responses_total{status="304"}"#;
+
+    let mut settings = VerifierSettings::new(server.issuer.clone());
+    settings.jwks_url = Some(server.url("/.well-known/jwks.json"));
+    settings.unknown_kid_cooldown = Duration::from_secs(2);
+    let local = Verifier::connect(channel(&server), settings).await.unwrap();
+    assert_eq!(counter(&server, ok).await, 1.0);
+    let first = server.issue("orders", &["ledger"]).await.token;
+    assert!(local.verify(&first).is_ok());
+
+    // Two forced rotations: the signing key was generated after the verifier's fetch.
+    server.rotate().await;
+    server.rotate().await;
+    let newer = server.issue("orders", &["ledger"]).await.token;
+    let refused = local.verify(&newer).unwrap_err();
+    assert_eq!(refused.reason, Reason::UnknownKey);
+    let refetched_at = Instant::now();
+    while local.verify(&newer).is_err() {
+        assert!(
+            refetched_at.elapsed() < Duration::from_secs(5),
+            "no refetch for the unknown kid"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counter(&server, ok).await, 2.0);
+    assert!(local.verify(&first).is_ok(), "a retired key was lost");
+
+    // Made-up kids within the cooldown: no request at all.
+    let segments: Vec<&str> = newer.split('.').collect();
+    let made_up = format!(
+        "{}.{}.{}",
+        token_authority::b64::encode(r#"{"alg":"RS256","kid":"made-up","typ":"JWT"}"#),
+        segments[1],
+        segments[2]
+    );
+    for _ in 0..100 {
+        assert_eq!(
+            local.verify(&made_up).unwrap_err().reason,
+            Reason::UnknownKey
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counter(&server, ok).await, 2.0);
+    assert_eq!(counter(&server, not_modified).await, 0.0);
+
+    // After the cooldown, one more unknown kid asks again: the set is unchanged, so the
+    // ETag earns a 304.
+    while refetched_at.elapsed() < Duration::from_millis(2100) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(local.verify(&made_up).is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(&server, not_modified).await < 1.0 {
+        assert!(Instant::now() < deadline, "no conditional refetch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counter(&server, ok).await, 2.0);
+    assert!(local.verify(&newer).is_ok());
+    drop(holder);
+    server.stop().await;
+}
