@@ -86,7 +86,8 @@ struct Inner {
     keys: Arc<ArcSwap<KeySet>>,
     policy: Policy,
     audience: Option<String>,
-    watcher: tokio::task::AbortHandle,
+    /// The background task keeping the set fresh; `None` for a fixed set.
+    watcher: Option<tokio::task::AbortHandle>,
     /// Wakes the background task to fetch the HTTP JWKS (an unknown kid while the stream
     /// is down).
     refetch: Arc<tokio::sync::Notify>,
@@ -97,7 +98,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }
 
@@ -137,7 +140,7 @@ impl Verifier {
                     max_token_bytes: settings.max_token_bytes,
                 },
                 audience: settings.audience,
-                watcher: task.abort_handle(),
+                watcher: Some(task.abort_handle()),
                 refetch,
                 last_refetch: std::sync::Mutex::new(None),
                 cooldown: settings.unknown_kid_cooldown,
@@ -151,6 +154,26 @@ impl Verifier {
             Ok(verifier)
         } else {
             Err(ClientError::NoKeySet(wait))
+        }
+    }
+
+    /// A verifier over a fixed key set, never refreshed (a JWKS pinned in a file, tests,
+    /// benchmarks). `jwks_url` and the timeouts of `settings` are not used.
+    pub fn with_keys(keys: KeySet, settings: VerifierSettings) -> Verifier {
+        Verifier {
+            inner: Arc::new(Inner {
+                keys: Arc::new(ArcSwap::from_pointee(keys)),
+                policy: Policy {
+                    issuer: settings.issuer,
+                    leeway: settings.leeway,
+                    max_token_bytes: settings.max_token_bytes,
+                },
+                audience: settings.audience,
+                watcher: None,
+                refetch: Arc::new(tokio::sync::Notify::new()),
+                last_refetch: std::sync::Mutex::new(None),
+                cooldown: settings.unknown_kid_cooldown,
+            }),
         }
     }
 
