@@ -21,6 +21,9 @@ pub enum ClientError {
     /// A credential cannot be sent as gRPC metadata.
     #[error("the credential is not valid metadata (visible ASCII only)")]
     BadCredential,
+    /// The request this call waited on (another caller's) failed; its error, as text.
+    #[error("the token request this call waited on failed: {0}")]
+    Shared(String),
     /// The authority has not been reached yet and there is nothing cached to serve.
     #[error("no token yet: the authority has not answered")]
     NoToken,

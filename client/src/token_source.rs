@@ -57,6 +57,13 @@ pub struct TokenRequest {
     pub algorithm: String,
 }
 
+/// The outcome of the attempts so far.
+#[derive(Debug, Default)]
+struct Attempts {
+    ended: u64,
+    last_failure: String,
+}
+
 /// A token and when to replace it.
 #[derive(Clone, Debug)]
 struct Cached {
@@ -78,8 +85,12 @@ struct Inner {
     request: TokenRequest,
     credentials: Credentials,
     cached: tokio::sync::watch::Sender<Option<Cached>>,
-    /// Single flight: one IssueToken at a time.
-    fetching: tokio::sync::Mutex<()>,
+    /// Single flight: one IssueToken at a time. Holds how many attempts have ended and
+    /// how the last failed, so callers that waited on a failed attempt share its failure
+    /// instead of each trying again in turn.
+    fetching: tokio::sync::Mutex<Attempts>,
+    /// `Attempts::ended`, readable without waiting for the mutex.
+    attempts_ended: std::sync::atomic::AtomicU64,
     refresher: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
@@ -103,7 +114,8 @@ impl TokenSource {
             request,
             credentials,
             cached: tokio::sync::watch::Sender::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: tokio::sync::Mutex::new(Attempts::default()),
+            attempts_ended: std::sync::atomic::AtomicU64::new(0),
             refresher: std::sync::OnceLock::new(),
         });
         let task = tokio::spawn(refresh(Arc::downgrade(&inner)));
@@ -139,14 +151,34 @@ impl Inner {
     }
 
     async fn fetch_unless_fresh(&self) -> Result<String, ClientError> {
-        let _one = self.fetching.lock().await;
+        let seen = self
+            .attempts_ended
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut attempts = self.fetching.lock().await;
         if let Some(token) = self.fresh(SystemTime::now()) {
             return Ok(token);
         }
-        self.fetch().await
+        if attempts.ended != seen {
+            // An attempt ended while this caller waited, and left no token: its answer is
+            // this caller's too.
+            return Err(ClientError::Shared(attempts.last_failure.clone()));
+        }
+        self.attempt(&mut attempts).await
     }
 
-    /// One IssueToken. Call with `fetching` held.
+    /// One IssueToken, recorded in `attempts` (the guard of `fetching`).
+    async fn attempt(&self, attempts: &mut Attempts) -> Result<String, ClientError> {
+        let result = self.fetch().await;
+        attempts.ended += 1;
+        if let Err(error) = &result {
+            attempts.last_failure = error.to_string();
+        }
+        self.attempts_ended
+            .store(attempts.ended, std::sync::atomic::Ordering::Release);
+        result
+    }
+
+    /// One IssueToken. Call through `attempt`, with `fetching` held.
     async fn fetch(&self) -> Result<String, ClientError> {
         let mut request = Request::new(pb::IssueTokenRequest {
             subject: self.request.subject.clone(),
@@ -262,8 +294,8 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
             return;
         };
         let result = {
-            let _one = source.fetching.lock().await;
-            source.fetch().await
+            let mut attempts = source.fetching.lock().await;
+            source.attempt(&mut attempts).await
         };
         drop(source);
         match result {

@@ -403,3 +403,34 @@ async fn without_watch_keys_the_http_jwks_is_used_with_its_etag_and_an_unknown_k
     drop(holder);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn callers_waiting_on_a_failed_request_share_its_failure() {
+    // An "authority" that accepts connections and closes them: every attempt fails, and
+    // each attempt is one connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let source = TokenSource::new(
+        endpoint(addr, None).connect_lazy(),
+        request(None),
+        Credentials::Channel,
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let source = source.clone();
+        calls.spawn(async move { source.token().await });
+    }
+    let results = calls.join_all().await;
+    assert!(results.iter().all(Result::is_err));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    acceptor.abort();
+}
