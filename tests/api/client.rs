@@ -434,3 +434,44 @@ async fn callers_waiting_on_a_failed_request_share_its_failure() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     acceptor.abort();
 }
+
+#[tokio::test]
+async fn verifies_across_scheduled_rotations_with_zero_failures() {
+    let dir = DataDir::new();
+    // ES256 keys, a rotation every second: the schedule, not an operator, rotates.
+    let server = TestServer::start_with(config(
+        &dir,
+        &[
+            "--algorithms",
+            "ES256",
+            "--rotation-period",
+            "1s",
+            "--publish-lead",
+            "0s",
+        ],
+    ))
+    .await;
+    let local = verifier(&server).await;
+    let first_kid = server.current_kid("ES256").await;
+    let mut kids = std::collections::HashSet::new();
+    let started = Instant::now();
+    let mut verified = 0;
+    // Until three keys have signed, as fast as tokens come: every one verifies locally.
+    while kids.len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the schedule did not rotate"
+        );
+        let issued = server.issue("orders", &["ledger"]).await;
+        kids.insert(issued.key_id.clone());
+        let verdict = local.verify(&issued.token);
+        assert!(verdict.is_ok(), "{:?} (kid {})", verdict, issued.key_id);
+        verified += 1;
+    }
+    assert!(kids.contains(&first_kid));
+    println!(
+        "{verified} tokens over {} scheduled rotations, all verified locally",
+        kids.len() - 1
+    );
+    server.stop().await;
+}
