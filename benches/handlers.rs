@@ -62,19 +62,21 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         None,
         None,
     );
+    let watchers = Arc::new(Watchers::new(
+        WatchSettings {
+            max_watchers: 1,
+            keepalive: std::time::Duration::from_secs(30),
+            send_timeout: std::time::Duration::from_secs(10),
+        },
+        tokio::sync::watch::channel(false).1,
+        metrics.watchers.clone(),
+    ));
     let service = GrpcService::new(
         Arc::clone(&authority),
         Arc::new(callers),
         metrics,
         Arc::new(SigningPool::per_core().unwrap()),
-        Arc::new(Watchers::new(
-            WatchSettings {
-                max_watchers: 1,
-                keepalive: std::time::Duration::from_secs(30),
-                send_timeout: std::time::Duration::from_secs(10),
-            },
-            tokio::sync::watch::channel(false).1,
-        )),
+        watchers,
     );
     (service, authority)
 }

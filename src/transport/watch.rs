@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
-use crate::{config::WatchSettings, keys::KeyState, keyset::KeySet, pb};
+use crate::{config::WatchSettings, keys::KeyState, keyset::KeySet, metrics::WatchMetrics, pb};
 
 /// The watchers of one server: their cap, limits and the shutdown signal.
 #[derive(Debug)]
@@ -27,20 +27,27 @@ pub struct Watchers {
     slots: Arc<Semaphore>,
     settings: WatchSettings,
     stop: watch::Receiver<bool>,
+    metrics: WatchMetrics,
 }
 
 impl Watchers {
-    pub fn new(settings: WatchSettings, stop: watch::Receiver<bool>) -> Watchers {
+    pub fn new(
+        settings: WatchSettings,
+        stop: watch::Receiver<bool>,
+        metrics: WatchMetrics,
+    ) -> Watchers {
         Watchers {
             slots: Arc::new(Semaphore::new(settings.max_watchers)),
             settings,
             stop,
+            metrics,
         }
     }
 
     /// Starts a watcher on `keys`, unless the cap is reached.
     pub fn open(&self, keys: watch::Receiver<Arc<KeySet>>) -> Result<WatchStream, Status> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+            self.metrics.refused_at_limit.inc();
             Status::resource_exhausted(format!(
                 "this server already has {} key watchers; retry later or use GetJwks",
                 self.settings.max_watchers
@@ -48,19 +55,36 @@ impl Watchers {
         })?;
         let (tx, rx) = mpsc::channel(1);
         let ended = Arc::new(OnceLock::new());
+        self.metrics.open.inc();
+        let slot = Slot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        };
         tokio::spawn(pump(
             keys,
             tx,
             self.settings,
             self.stop.clone(),
             Arc::clone(&ended),
-            permit,
+            slot,
         ));
         Ok(WatchStream {
             rx,
             ended,
             done: false,
         })
+    }
+}
+
+/// A watcher's place under the cap, counted while it lives.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: WatchMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
     }
 }
 
@@ -72,7 +96,7 @@ async fn pump(
     settings: WatchSettings,
     mut stop: watch::Receiver<bool>,
     ended: Arc<OnceLock<Status>>,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let mut message = key_set_message(&keys.borrow_and_update(), settings.keepalive);
     loop {
@@ -80,6 +104,7 @@ async fn pump(
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 tracing::info!(timeout = ?settings.send_timeout, "key watcher dropped: it did not read its messages");
+                slot.metrics.dropped_slow.inc();
                 let _ = ended.set(Status::unavailable(
                     "this watcher did not read its messages in time; reconnect",
                 ));

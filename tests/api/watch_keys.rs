@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use token_authority::pb::{self, watch_keys_response::Event};
 use tonic::{transport::Channel, Code, Streaming};
 
-use crate::helpers::{admin, config, endpoint, DataDir, TestServer, TlsSetup};
+use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer, TlsSetup};
 
 async fn open(
     client: &mut pb::token_authority_client::TokenAuthorityClient<Channel>,
@@ -154,6 +154,15 @@ async fn watchers_beyond_the_cap_are_refused_until_one_leaves() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(metric(&server, "token_authority_key_watchers").await, 2.0);
+    assert_eq!(
+        metric(
+            &server,
+            r#"token_authority_key_watchers_refused_or_dropped_total{reason="limit"}"#
+        )
+        .await,
+        1.0
+    );
 
     // The slot is freed once the server sees the stream reset; that takes a round trip.
     drop(first);
@@ -236,6 +245,14 @@ async fn a_watcher_that_does_not_read_is_dropped_and_its_slot_freed() {
         }
     };
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert_eq!(
+        metric(
+            &server,
+            r#"token_authority_key_watchers_refused_or_dropped_total{reason="slow"}"#
+        )
+        .await,
+        1.0
+    );
     server.stop().await;
 }
 
