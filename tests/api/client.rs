@@ -475,3 +475,66 @@ async fn verifies_across_scheduled_rotations_with_zero_failures() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn over_mtls_the_token_is_refreshed_in_the_background_before_it_expires() {
+    const CALLER: &str = "spiffe://prod.example/ns/orders/sa/api";
+    let dir = DataDir::new();
+    let tls = crate::helpers::TlsSetup::new();
+    std::fs::create_dir_all(&dir.path).unwrap();
+    let policy = dir.path.parent().unwrap().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\ncallers = [\"spiffe://prod.example/ns/orders/*\"]\naudiences = [\"ledger\"]\n",
+    )
+    .unwrap();
+    let mut args = tls.args(true);
+    args.extend(["--policy-file".to_owned(), policy.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = TestServer::start_tls(config(&dir, &args), tls.client(None)).await;
+
+    // The caller is proven by its certificate alone; the verifier needs no identity.
+    let identity = tls.pki.client(Some(CALLER), None);
+    let source = TokenSource::new(
+        endpoint(server.grpc_addr, Some(&tls.client(Some(identity)))).connect_lazy(),
+        TokenRequest {
+            subject: CALLER.into(),
+            audience: vec!["ledger".into()],
+            ttl: Some(Duration::from_secs(3)),
+            ..TokenRequest::default()
+        },
+        Credentials::Channel,
+    );
+    let local = Verifier::connect(
+        endpoint(server.grpc_addr, Some(&tls.client(None))).connect_lazy(),
+        VerifierSettings::new(server.issuer.clone()),
+    )
+    .await
+    .unwrap();
+    let issued = r#"token_authority_tokens_issued_total{algorithm="RS256"}"#;
+    let first = source.token().await.unwrap();
+    let fetched = Instant::now();
+    let before = metric(&server, issued).await;
+    let expires = local.verify(&first).unwrap().expires_at;
+
+    // Nobody calls token(): the background task replaces the token at about 80% of its
+    // life (iat is whole seconds, so 1.2 to 2.4 s after the fetch), before it expires.
+    let second = loop {
+        match source.cached_token() {
+            Some(token) if token != first => break token,
+            Some(_) => {}
+            None => panic!("the token expired before it was refreshed"),
+        }
+        assert!(fetched.elapsed() < Duration::from_secs(4), "no refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refreshed_after = fetched.elapsed();
+    assert!(
+        refreshed_after > Duration::from_millis(1000),
+        "refreshed too early: {refreshed_after:?}"
+    );
+    assert!(crate::helpers::now() < u64::try_from(expires).unwrap());
+    assert_eq!(metric(&server, issued).await - before, 1.0);
+    assert_eq!(local.verify(&second).unwrap().subject, CALLER);
+    server.stop().await;
+}
