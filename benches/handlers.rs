@@ -10,13 +10,14 @@ use token_authority::{
     admin::AdminToken,
     authority::{Authority, Settings},
     callers::{CallerSettings, Callers},
+    config::WatchSettings,
     crypto::Algorithm,
     jwk::{render_jwks, PublicJwk},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
     store::KeyStore,
-    transport::grpc::GrpcService,
+    transport::{grpc::GrpcService, watch::Watchers},
 };
 use tonic::Request;
 
@@ -61,11 +62,21 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         None,
         None,
     );
+    let watchers = Arc::new(Watchers::new(
+        WatchSettings {
+            max_watchers: 1,
+            keepalive: std::time::Duration::from_secs(30),
+            send_timeout: std::time::Duration::from_secs(10),
+        },
+        tokio::sync::watch::channel(false).1,
+        metrics.watchers.clone(),
+    ));
     let service = GrpcService::new(
         Arc::clone(&authority),
         Arc::new(callers),
         metrics,
         Arc::new(SigningPool::per_core().unwrap()),
+        watchers,
     );
     (service, authority)
 }

@@ -110,6 +110,9 @@ pub struct Authority {
     settings: Settings,
     policy: Policy,
     writer: tokio::sync::Mutex<()>,
+    /// The same snapshots as `keys`, for those who wait for the next one (WatchKeys). A
+    /// watch channel keeps only the latest set: a watcher never needs the ones it missed.
+    changes: tokio::sync::watch::Sender<Arc<KeySet>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -157,8 +160,10 @@ impl Authority {
             leeway: settings.leeway,
             max_token_bytes: settings.max_token_bytes,
         };
+        let set = Arc::new(set);
         Ok(Authority {
-            keys: ArcSwap::from_pointee(set),
+            keys: ArcSwap::from(Arc::clone(&set)),
+            changes: tokio::sync::watch::Sender::new(set),
             store: Arc::new(store),
             settings,
             policy,
@@ -173,6 +178,11 @@ impl Authority {
     /// The current key set snapshot.
     pub fn keys(&self) -> Arc<KeySet> {
         self.keys.load_full()
+    }
+
+    /// The current key set now, and every later one as it is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<KeySet>> {
+        self.changes.subscribe()
     }
 
     /// Mints a token. CPU-bound (an RSA signature costs about a millisecond).
@@ -355,7 +365,10 @@ impl Authority {
         })
         .await??;
         if let Some(next) = next {
-            self.keys.store(Arc::new(next));
+            let next = Arc::new(next);
+            self.keys.store(Arc::clone(&next));
+            // Under the writer lock, so watchers see the sets in the order they were served.
+            self.changes.send_replace(next);
             log_plan(&plan);
         }
         Ok((plan, self.keys.load_full()))

@@ -310,6 +310,20 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
 
+    /// Concurrent WatchKeys streams; beyond it a new watcher gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TA_MAX_WATCHERS", default_value_t = 1024)]
+    pub max_watchers: usize,
+
+    /// A WatchKeys stream with nothing to send sends a keepalive this often, so watchers
+    /// notice a dead stream.
+    #[arg(long, env = "TA_WATCH_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub watch_keepalive: Duration,
+
+    /// A watcher that leaves a message untaken this long is dropped (it reconnects) rather
+    /// than holding the server's memory.
+    #[arg(long, env = "TA_WATCH_SEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub watch_send_timeout: Duration,
+
     /// Open connections per listener; beyond it new ones are closed at once. 1024 keeps
     /// both listeners (2 x 1024) under a container's usual file limit with room to spare,
     /// and is far above what gRPC clients need (one multiplexed connection each).
@@ -393,6 +407,18 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     pub policy_reload_interval: Duration,
     pub audit_log: Option<PathBuf>,
+    pub watch: WatchSettings,
+}
+
+/// The limits of WatchKeys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Concurrent watchers; beyond it a new one gets RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
+    /// A keepalive is sent when nothing else was for this long.
+    pub keepalive: Duration,
+    /// How long a message may wait for a watcher to take it before the watcher is dropped.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -430,6 +456,18 @@ impl TryFrom<ServeArgs> for Config {
             return Err(ConfigError(format!(
                 "--publish-lead ({publish_lead}s) is shorter than --jwks-max-age ({jwks_max_age}s): verifiers could miss a new key"
             )));
+        }
+        if args.max_watchers == 0 || args.max_watchers > MAX_CONNECTIONS_CEILING {
+            return Err(ConfigError(format!(
+                "--max-watchers must be between 1 and {MAX_CONNECTIONS_CEILING}"
+            )));
+        }
+        if args.watch_keepalive < Duration::from_millis(100)
+            || args.watch_send_timeout < Duration::from_millis(100)
+        {
+            return Err(ConfigError(
+                "--watch-keepalive and --watch-send-timeout must be at least 100ms".into(),
+            ));
         }
         if args.policy_reload_interval < Duration::from_millis(100) {
             return Err(ConfigError(
@@ -541,6 +579,11 @@ impl TryFrom<ServeArgs> for Config {
             policy_file: args.policy_file,
             policy_reload_interval: args.policy_reload_interval,
             audit_log: args.audit_log,
+            watch: WatchSettings {
+                max_watchers: args.max_watchers,
+                keepalive: args.watch_keepalive,
+                send_timeout: args.watch_send_timeout,
+            },
         })
     }
 }

@@ -14,7 +14,8 @@
 //! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
 //! - `store`: the keystore interface and its error; `store::sled` the sled keystore,
 //!   `store::guard` its guard file, `store::kek` key-encryption keys sealing private keys at rest.
-//! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints.
+//! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints (re-exported
+//!   from `token-authority-jose`, as are `crypto` and `b64`).
 //! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
 //! - `file_modes`: owner-only files, and the start-up check of secrets' modes.
@@ -22,17 +23,17 @@
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]
 
+// The JOSE rules live in token-authority-jose, shared with the client crate; re-exported
+// under their old paths so the server and its tests name them as before.
+pub use token_authority_jose::{b64, crypto, jwk, jwt};
+
 pub mod admin;
 pub mod authority;
-pub mod b64;
 pub mod bench;
 pub mod callers;
 pub mod config;
-pub mod crypto;
 pub mod domain;
 pub mod file_modes;
-pub mod jwk;
-pub mod jwt;
 pub mod keys;
 pub mod keys_command;
 pub mod keyset;

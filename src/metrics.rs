@@ -45,10 +45,11 @@ pub const DECISION_OUTCOMES: [&str; 12] = [
 ];
 
 /// The RPC methods, for the latency histogram.
-pub const METHODS: [&str; 6] = [
+pub const METHODS: [&str; 7] = [
     "IssueToken",
     "VerifyToken",
     "GetJwks",
+    "WatchKeys",
     "RotateKeys",
     "RevokeKey",
     "ListKeys",
@@ -122,6 +123,17 @@ pub struct Metrics {
     tls_reload_failures: Counter,
     pub grpc_listener: ListenerMetrics,
     pub http_listener: ListenerMetrics,
+    pub watchers: WatchMetrics,
+}
+
+/// WatchKeys streams: how many are open, and how many the server refused or dropped.
+#[derive(Clone, Debug)]
+pub struct WatchMetrics {
+    pub open: Gauge,
+    /// Refused with RESOURCE_EXHAUSTED: --max-watchers were open.
+    pub refused_at_limit: Counter,
+    /// Dropped: a message stayed untaken for --watch-send-timeout.
+    pub dropped_slow: Counter,
 }
 
 /// The counts of one listener (`listener="grpc"` or `"http"`): what its limits did.
@@ -263,6 +275,19 @@ impl Metrics {
             closed_family.clone(),
         );
 
+        let watchers_open = Gauge::default();
+        registry.register(
+            "key_watchers",
+            "WatchKeys streams open now",
+            watchers_open.clone(),
+        );
+        let watchers_ended = Family::<Labels, Counter>::default();
+        registry.register(
+            "key_watchers_refused_or_dropped",
+            "WatchKeys streams the server refused (limit) or dropped (slow), by reason",
+            watchers_ended.clone(),
+        );
+
         let decision_family = Family::<Labels, Counter>::default();
         registry.register(
             "caller_decisions",
@@ -305,6 +330,12 @@ impl Metrics {
             tls_reload_failures,
             grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
             http_listener: ListenerMetrics::new("http", &open_family, &closed_family),
+            watchers: WatchMetrics {
+                open: watchers_open,
+                refused_at_limit: watchers_ended
+                    .get_or_create_owned(&labels(&[("reason", "limit")])),
+                dropped_slow: watchers_ended.get_or_create_owned(&labels(&[("reason", "slow")])),
+            },
             issued: per_algorithm(&issued_family, algorithms),
             signing: per_algorithm(&signing_family, algorithms),
             valid: verified_family

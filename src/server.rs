@@ -41,6 +41,7 @@ use crate::{
         http::{self, HttpState},
         listener::{Listener, Protocol},
         tls::{TlsError, TlsReloader},
+        watch::Watchers,
     },
 };
 
@@ -331,6 +332,11 @@ pub async fn run(
         Arc::clone(&callers),
         Arc::clone(&metrics),
         Arc::new(signing_pool),
+        Arc::new(Watchers::new(
+            config.watch,
+            stop_rx.clone(),
+            metrics.watchers.clone(),
+        )),
     );
     let grpc_routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)

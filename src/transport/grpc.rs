@@ -25,7 +25,10 @@ use crate::{
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
-    transport::connection::ConnectionInfo,
+    transport::{
+        connection::ConnectionInfo,
+        watch::{WatchStream, Watchers},
+    },
 };
 
 /// Log lines of refused or malformed calls per second at most (a flood of bad calls must
@@ -41,6 +44,8 @@ pub struct GrpcService {
     metrics: Arc<Metrics>,
     /// Where RSA signatures run, off the reactor.
     signing_pool: Arc<SigningPool>,
+    /// WatchKeys streams: their cap and limits.
+    watchers: Arc<Watchers>,
     log_limiter: Arc<Limiter>,
 }
 
@@ -50,12 +55,14 @@ impl GrpcService {
         callers: Arc<Callers>,
         metrics: Arc<Metrics>,
         signing_pool: Arc<SigningPool>,
+        watchers: Arc<Watchers>,
     ) -> GrpcService {
         GrpcService {
             authority,
             callers,
             metrics,
             signing_pool,
+            watchers,
             log_limiter: Arc::new(Limiter::new(FAILED_CALL_LOG_LINES_PER_SECOND)),
         }
     }
@@ -218,7 +225,10 @@ async fn observe<T>(
     let latency = started.elapsed();
     metrics.rpc(method, latency);
     span.record("latency_us", latency.as_micros() as u64);
-    let data_plane = matches!(method, "IssueToken" | "VerifyToken" | "GetJwks");
+    let data_plane = matches!(
+        method,
+        "IssueToken" | "VerifyToken" | "GetJwks" | "WatchKeys"
+    );
     match &result {
         Ok(_) if data_plane => span.in_scope(|| tracing::debug!("rpc finished")),
         Ok(_) => span.in_scope(|| tracing::info!("rpc finished")),
@@ -486,6 +496,22 @@ impl TokenAuthority for GrpcService {
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
         observe(&self.metrics, &self.log_limiter, "GetJwks", async {
             Ok(Response::new(jwks_response(&self.authority.keys())))
+        })
+        .await
+    }
+
+    type WatchKeysStream = WatchStream;
+
+    /// Public data, like GetJwks: no credentials are read. The RPC's latency is the time to
+    /// open the stream; the stream itself lives in `transport::watch`.
+    async fn watch_keys(
+        &self,
+        _request: Request<pb::WatchKeysRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        observe(&self.metrics, &self.log_limiter, "WatchKeys", async {
+            self.watchers
+                .open(self.authority.subscribe())
+                .map(Response::new)
         })
         .await
     }

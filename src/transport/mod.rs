@@ -7,6 +7,7 @@
 //! - `http`: the JWKS, discovery, health and metrics endpoints.
 //! - `listener`: the accept loop of both listeners: connection cap, handshake and idle
 //!   deadlines, stalled-response bound, TLS, graceful close.
+//! - `watch`: WatchKeys, the key set streamed to watchers at every change.
 //! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
 pub mod codec;
@@ -15,3 +16,4 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod tls;
+pub mod watch;

@@ -1,14 +1,22 @@
 use token_authority::{b64, pb::VerifyFailureReason as R};
 
-use crate::helpers::{now, DataDir, KnownKey, TestServer};
+use token_authority_client::{Verifier, VerifierSettings};
 
-/// Each bad token gets `valid = false` and its own reason; none is an RPC error.
+use crate::helpers::{endpoint, now, DataDir, KnownKey, TestServer};
+
+/// Each bad token gets `valid = false` and its own reason; none is an RPC error. The client
+/// crate's `Verifier`, fed by WatchKeys, gives every token the same verdict and reason.
 #[tokio::test]
 async fn bad_tokens_are_rejected_with_their_reason() {
     let dir = DataDir::new();
     let key = KnownKey::seed(&dir);
     let server = TestServer::start_with(crate::helpers::config(&dir, &["--leeway", "30s"])).await;
     let iss = server.issuer.clone();
+    let mut settings = VerifierSettings::new(iss.clone());
+    settings.leeway = 30;
+    let local = Verifier::connect(endpoint(server.grpc_addr, None).connect_lazy(), settings)
+        .await
+        .unwrap();
     let t = now();
     let claims = |extra: &str| {
         format!(
@@ -405,6 +413,14 @@ async fn bad_tokens_are_rejected_with_their_reason() {
     }
     assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, token, audience, reason) in cases {
+        let rejection = local
+            .verify_at(&token, Some(audience).filter(|a| !a.is_empty()), t)
+            .expect_err(name);
+        assert_eq!(
+            format!("{:?}", rejection.reason),
+            format!("{reason:?}"),
+            "{name}: the client verifier disagrees: {rejection}"
+        );
         let verdict = server.verify(&token, audience).await;
         assert!(!verdict.valid, "{name}: accepted");
         assert_eq!(verdict.reason, reason as i32, "{name}: {verdict:?}");
@@ -417,6 +433,12 @@ async fn bad_tokens_are_rejected_with_their_reason() {
     // Within the leeway is still valid; typ is compared case-insensitively.
     assert!(server.verify(&within_leeway, "").await.valid);
     assert!(server.verify(&typ_lower, "api").await.valid);
+    assert!(local.verify_at(&within_leeway, None, t).is_ok());
+    assert!(local.verify_at(&typ_lower, Some("api"), t).is_ok());
+    assert_eq!(
+        local.verify_at(&latest, Some("api"), t).unwrap().expires_at,
+        253_402_300_799
+    );
     // The last second a Timestamp can carry is still a time.
     let verdict = server.verify(&latest, "api").await;
     assert!(verdict.valid, "{verdict:?}");

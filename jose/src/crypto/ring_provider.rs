@@ -1,6 +1,7 @@
 //! The default provider: ring signs, verifies, seals and draws randomness; ring cannot
-//! generate RSA keys, so the `rsa` crate does, and ring then loads the result like any key
-//! made by `openssl genpkey`.
+//! generate RSA keys, so the `rsa` crate does (feature `rsa-keygen`, which the server turns
+//! on and verifiers leave off), and ring then loads the result like any key made by
+//! `openssl genpkey`.
 
 use ring::signature::{
     self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, UnparsedPublicKey,
@@ -23,6 +24,7 @@ pub(super) fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, Crypt
         }
         Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| CryptoError::Generation("Ed25519".into()))?,
+        #[cfg(feature = "rsa-keygen")]
         Algorithm::RS256 | Algorithm::PS256 => {
             use rsa::pkcs8::EncodePrivateKey as _;
             let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
@@ -31,6 +33,13 @@ pub(super) fn generate_pkcs8(alg: Algorithm) -> Result<Zeroizing<Vec<u8>>, Crypt
                 .to_pkcs8_der()
                 .map_err(|e| CryptoError::Generation(e.to_string()))?;
             return Ok(Zeroizing::new(der.as_bytes().to_vec()));
+        }
+        // Verifiers (the client crate) never generate keys and need not carry `rsa`.
+        #[cfg(not(feature = "rsa-keygen"))]
+        Algorithm::RS256 | Algorithm::PS256 => {
+            return Err(CryptoError::Generation(
+                "RSA key generation with ring needs the `rsa-keygen` feature".into(),
+            ))
         }
     };
     Ok(Zeroizing::new(document.as_ref().to_vec()))

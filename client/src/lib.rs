@@ -1,0 +1,37 @@
+//! token-authority-client: what a service needs from the token authority.
+//!
+//! - [`TokenSource`] gets a token for the service with IssueToken, caches it and refreshes
+//!   it in the background at 80% of its life, so `token().await` costs no request at
+//!   steady state and keeps working while the authority is briefly down.
+//! - [`Verifier`] verifies tokens in process with the very rules `VerifyToken` applies
+//!   (they live in `token-authority-jose`, shared with the server), from a key set the
+//!   authority pushes with WatchKeys: a rotation or a revocation reaches it at once.
+//! - [`interceptor`]: tonic interceptors that attach a `TokenSource` token to outgoing
+//!   calls and verify `authorization: Bearer` on incoming ones (also as a tower layer).
+//!
+//! # Layout
+//! - `jwks_http`: the HTTP JWKS the verifier falls back on while WatchKeys is unavailable.
+//! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
+//! - `verifier`, `token_source`, `interceptor`: the three things above.
+//! - `error`: this crate's error type. `pb`: the generated client.
+//!
+//! # Example
+//! Two services, `orders` calling `ledger` with a token (`examples/two_services.rs`,
+//! compiled here as a doctest):
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/two_services.rs"), "\n```")]
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod interceptor;
+mod jwks_http;
+pub mod keys;
+pub mod pb;
+pub mod token_source;
+pub mod verifier;
+
+pub use error::ClientError;
+pub use token_authority_jose::jwt::verify::{Reason, Rejection, Verified};
+pub use token_source::{Credentials, TokenRequest, TokenSource};
+pub use verifier::{Verifier, VerifierSettings};

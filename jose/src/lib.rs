@@ -1,0 +1,20 @@
+//! token-authority-jose: the JOSE rules the token authority and its client library share,
+//! so a token verified in a service passes or fails exactly as `VerifyToken` would say.
+//!
+//! It stands alone: nothing here knows the server's key set, storage or transport. The
+//! verifier asks a small `jwt::verify::KeyLookup` for keys, which the server's key set and
+//! a client's cached key set both implement.
+//!
+//! # Layout
+//! - `b64`: strict base64url without padding.
+//! - `jwt`: signing compact JWS tokens and verifying them (RFC 7515, 7519, 8725);
+//!   `jwt::json` the strict JSON object parser.
+//! - `jwk`: public JWKs, RFC 7638 thumbprints, and the JWKS document.
+//! - `crypto`: the crypto provider (ring by default, aws-lc-rs by feature), the only module
+//!   that names a cryptography library.
+#![deny(clippy::unwrap_used)]
+
+pub mod b64;
+pub mod crypto;
+pub mod jwk;
+pub mod jwt;
