@@ -69,10 +69,11 @@ impl BenchTls {
                 .add(cert)
                 .map_err(|e| bad("--tls-ca", e.to_string()))?;
         }
-        let builder = rustls::ClientConfig::builder_with_provider(crate::crypto::tls_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad("TLS", e.to_string()))?
-            .with_root_certificates(Arc::new(roots));
+        let builder =
+            rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad("TLS", e.to_string()))?
+                .with_root_certificates(Arc::new(roots));
         let config = match &self.identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {

@@ -376,7 +376,7 @@ fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, FetchError> {
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::tls_provider())
+    let tls = rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| FetchError::Http {
             url: String::new(),

@@ -103,15 +103,6 @@ pub enum CryptoError {
     BadPublicKey { alg: Algorithm, reason: String },
 }
 
-/// The rustls provider of the build's crypto provider, for every TLS endpoint (the
-/// listeners, trusted issuers' JWKS fetches, the bench client): one choice, made here.
-pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    return std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    #[cfg(not(feature = "aws-lc-rs"))]
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Fills a fresh buffer with `len` bytes from the operating system's CSPRNG.
 pub fn random_bytes(len: usize) -> Result<Vec<u8>, CryptoError> {
     let mut bytes = vec![0u8; len];
