@@ -272,11 +272,13 @@ async fn a_flood_of_refused_calls_is_counted_and_its_lines_rate_limited() {
     )
     .await;
     const FLOOD: usize = 2000;
+    let flood_started = std::time::Instant::now();
     for _ in 0..FLOOD {
         issue_as(&server, None, ask("x", &["a"], None, ""))
             .await
             .unwrap_err();
     }
+    let flood_seconds = flood_started.elapsed().as_secs_f64();
     assert_eq!(
         metric(&server, r#"token_authority_caller_decisions_total{method="IssueToken",outcome="no_credentials"}"#).await,
         FLOOD as f64
@@ -298,9 +300,13 @@ async fn a_flood_of_refused_calls_is_counted_and_its_lines_rate_limited() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(written as u64 + suppressed, FLOOD as u64);
+    // At most the limit's lines in each one-second window the flood spanned, however long a
+    // loaded machine makes it.
+    let windows = flood_seconds.ceil() + 1.0;
+    let bound = token_authority::callers::audit::REFUSED_LINES_PER_SECOND as f64 * windows;
     assert!(
-        written < FLOOD / 10,
-        "{written} refused lines written for {FLOOD} calls"
+        (written as f64) <= bound && suppressed > 0,
+        "{written} refused lines written for {FLOOD} calls in {flood_seconds:.1}s"
     );
     server.stop().await;
     assert!(audit_verify(&audit_path).0);
