@@ -481,7 +481,7 @@ async fn over_mtls_the_token_is_refreshed_in_the_background_before_it_expires() 
     const CALLER: &str = "spiffe://prod.example/ns/orders/sa/api";
     let dir = DataDir::new();
     let tls = crate::helpers::TlsSetup::new();
-    std::fs::create_dir_all(&dir.path).unwrap();
+    dir.create();
     let policy = dir.path.parent().unwrap().join("policy.toml");
     std::fs::write(
         &policy,
