@@ -22,16 +22,21 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
+# The workspace members: the shared JOSE crate the server builds on, and the client crate
+# (Cargo refuses a workspace whose members are missing).
+COPY jose ./jose
+COPY client ./client
 
 # The crypto provider: ring by default; `--build-arg FEATURES=aws-lc-rs` for AWS-LC
 # (faster RSA; see the README's Performance section).
 ARG FEATURES=""
 
-# --locked: build exactly the dependency versions in Cargo.lock, or fail.
+# --locked: build exactly the dependency versions in Cargo.lock, or fail. --package: the
+# server only (the workspace also holds the client crate).
 # The cache mounts keep the registry and target dir between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked ${FEATURES:+--features "$FEATURES"} \
+    cargo build --release --locked --package token-authority ${FEATURES:+--features "$FEATURES"} \
     && install -D -m 0755 target/release/token-authority /out/usr/local/bin/token-authority \
     && install -d -m 0700 /out/var/lib/token-authority
 

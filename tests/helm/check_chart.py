@@ -1440,7 +1440,9 @@ def check_dockerfile_build_stage() -> None:
     # Cargo refuses a manifest whose declared bench targets are missing, so their folder
     # is part of what every build needs.
     bench_dirs = {b.get("path", f"benches/{b['name']}.rs").split("/")[0] for b in cargo.get("bench", [])}
-    for needed in ("Cargo.toml", "Cargo.lock", "build.rs", "proto", "src", *sorted(bench_dirs)):
+    # So does a workspace whose member folders are missing.
+    members = {m.strip("./") for m in cargo.get("workspace", {}).get("members", [])} - {""}
+    for needed in ("Cargo.toml", "Cargo.lock", "build.rs", "proto", "src", *sorted(bench_dirs), *sorted(members)):
         assert needed in sources, f"the build stage does not COPY {needed}"
 
 
@@ -1484,8 +1486,10 @@ def check_dockerignore() -> None:
                     break
         return result
 
+    cargo = tomllib.loads(CARGO_TOML.read_text())
+    members = [m.strip("./") for m in cargo.get("workspace", {}).get("members", []) if m.strip("./")]
     for kept in ("Cargo.toml", "Cargo.lock", "build.rs", "proto/tokenauthority/v1/token_authority.proto", "src/main.rs",
-                 "benches/crypto.rs"):
+                 "benches/crypto.rs", *(f"{m}/Cargo.toml" for m in members)):
         assert not excluded(kept), f".dockerignore excludes {kept}, which the build needs"
     for dropped in ("target/debug/token-authority", ".git/config", "data/db", "helm/token-authority/values.yaml"):
         assert excluded(dropped), f".dockerignore lets {dropped} into the build context"
