@@ -21,7 +21,7 @@ use crate::{
     keys::{self, GeneratedKey, KeyRecord},
     keyset::{KeySet, KeySetError},
     lifecycle::{self, LifecycleError, Plan, Timing},
-    store::{KeyStore, StoreError},
+    store::{Change, KeyStore, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,7 @@ pub struct RotationOutcome {
 
 pub struct Authority {
     keys: ArcSwap<KeySet>,
-    store: Arc<KeyStore>,
+    store: KeyStore,
     settings: Settings,
     policy: Policy,
     writer: tokio::sync::Mutex<()>,
@@ -159,7 +159,7 @@ impl Authority {
         };
         Ok(Authority {
             keys: ArcSwap::from_pointee(set),
-            store: Arc::new(store),
+            store,
             settings,
             policy,
             writer: tokio::sync::Mutex::new(()),
@@ -332,28 +332,32 @@ impl Authority {
             + 'static,
     {
         let _writer = self.writer.lock().await;
-        let current = self.keys.load_full();
+        let held = self.keys.load_full().records().to_vec();
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
-        let store = Arc::clone(&self.store);
-        let (plan, next) = blocking(move || -> Result<(Plan, Option<KeySet>), AuthorityError> {
-            let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> = keys::generate;
-            let plan = plan(current.records(), &mut generate)?;
-            if plan.is_empty() {
-                return Ok((plan, None));
-            }
-            // Build first (a record that does not load must not reach the disk), then persist.
-            let next = KeySet::build(
-                plan.apply_to(current.records()),
-                &algorithms,
-                encrypted,
-                timing,
-            )?;
-            store.apply(&plan.changed, &plan.deleted)?;
-            Ok((plan, Some(next)))
-        })
-        .await??;
+        let (plan, next) = self
+            .store
+            .transact(
+                held,
+                move |records| -> Result<((Plan, Option<KeySet>), Change), AuthorityError> {
+                    let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
+                        keys::generate;
+                    let plan = plan(records, &mut generate)?;
+                    if plan.is_empty() {
+                        return Ok(((plan, None), Change::default()));
+                    }
+                    // Build first: a record that does not load must not reach the store.
+                    let next =
+                        KeySet::build(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                    let change = Change {
+                        changed: plan.changed.clone(),
+                        deleted: plan.deleted.clone(),
+                    };
+                    Ok(((plan, Some(next)), change))
+                },
+            )
+            .await?;
         if let Some(next) = next {
             self.keys.store(Arc::new(next));
             log_plan(&plan);
@@ -363,7 +367,7 @@ impl Authority {
 
     /// Flushes the keystore; part of an orderly shutdown.
     pub async fn flush(&self) -> Result<(), AuthorityError> {
-        let store = Arc::clone(&self.store);
+        let store = self.store.clone();
         blocking(move || store.flush()).await??;
         Ok(())
     }

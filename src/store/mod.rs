@@ -1,8 +1,15 @@
 //! The keystore: where key records live between starts. What the rest of the crate uses
-//! from it is here (`KeyStore`, `StoreError`); the sled implementation is in `sled`, the
-//! guard file that catches a log sled silently opened as empty in `guard`, and sealing
-//! private keys under key-encryption keys in `kek`. A shared backend joins as a sibling of
-//! `sled` behind the same interface.
+//! from it is here (`KeyStore`, `Change`, `StoreError`); the sled implementation is in
+//! `sled`, the guard file that catches a log sled silently opened as empty in `guard`, and
+//! sealing private keys under key-encryption keys in `kek`.
+//!
+//! `KeyStore` is an enum over the backends rather than a trait object: the set of backends
+//! is closed and known at compile time, one is blocking (sled) and another async, and a
+//! lifecycle change takes a planning closure generic over its result, which a `dyn` trait
+//! could not carry without boxing every call. Only each backend's module names its database
+//! crate; everything else sees this enum.
+
+use std::{path::Path, sync::Arc};
 
 pub mod datakeys;
 mod files;
@@ -10,8 +17,103 @@ pub mod guard;
 pub mod kek;
 mod sled;
 
-pub use self::sled::KeyStore;
-use kek::UnsealError;
+pub use self::sled::SledStore;
+use crate::keys::KeyRecord;
+use kek::{Keks, UnsealError};
+
+/// A lifecycle change as the store writes it: records inserted or replaced by kid, and
+/// kids deleted, in one transaction.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub changed: Vec<KeyRecord>,
+    pub deleted: Vec<String>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// The keystore the authority persists its key set in.
+#[derive(Debug, Clone)]
+pub enum KeyStore {
+    /// The embedded store of one process, in its data directory.
+    Sled(Arc<SledStore>),
+}
+
+impl KeyStore {
+    /// Opens (or creates) the sled keystore at `path` and reads every record. Blocking.
+    pub fn open(path: &Path, keks: Option<Keks>) -> Result<(KeyStore, Vec<KeyRecord>), StoreError> {
+        let (store, records) = SledStore::open(path, keks)?;
+        Ok((KeyStore::Sled(Arc::new(store)), records))
+    }
+
+    /// Whether private keys are sealed under a KEK when written.
+    pub fn encrypts_at_rest(&self) -> bool {
+        match self {
+            KeyStore::Sled(store) => store.encrypts_at_rest(),
+        }
+    }
+
+    /// How many keys were found stored unsealed although a KEK is configured.
+    pub fn unsealed_at_open(&self) -> usize {
+        match self {
+            KeyStore::Sled(store) => store.unsealed_at_open(),
+        }
+    }
+
+    /// Writes `records` (inserting or replacing by kid), durably. Blocking; for the offline
+    /// commands and tests that own the store.
+    pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        self.apply(records, &[])
+    }
+
+    /// Writes `records` and deletes `deleted` as one durable change. Blocking; for the
+    /// offline commands and tests that own the store.
+    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(store) => store.apply(records, deleted),
+        }
+    }
+
+    /// One lifecycle change: `plan` is given the current records and returns what to write
+    /// (and a value for the caller); the change is durable before this returns `Ok`, and
+    /// nothing is written when `plan` fails or changes nothing.
+    ///
+    /// `held` is the caller's copy of the records. A store only this process writes (sled)
+    /// plans from it; a shared store re-reads its own state inside the transaction instead,
+    /// so a plan never starts from a state another writer has already changed.
+    pub async fn transact<T, E, P>(&self, held: Vec<KeyRecord>, plan: P) -> Result<T, E>
+    where
+        P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        match self {
+            KeyStore::Sled(store) => {
+                let store = Arc::clone(store);
+                // Key generation and sled's flush both block: off the reactor.
+                tokio::task::spawn_blocking(move || {
+                    let (value, change) = plan(&held)?;
+                    if !change.is_empty() {
+                        store.apply(&change.changed, &change.deleted)?;
+                    }
+                    Ok(value)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+        }
+    }
+
+    /// Makes every write durable; part of an orderly shutdown. Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(store) => store.flush(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +150,8 @@ pub enum StoreError {
     /// A write after one that could not be undone.
     #[error("an earlier keystore write could not be undone; the keystore refuses changes until the server restarts")]
     Poisoned,
+    #[error("a keystore task failed: {0}")]
+    Task(String),
 }
 
 impl StoreError {
