@@ -15,8 +15,10 @@ pub mod datakeys;
 mod files;
 pub mod guard;
 pub mod kek;
+pub mod postgres;
 mod sled;
 
+pub use self::postgres::{PgSettings, PgStore, Snapshot};
 pub use self::sled::SledStore;
 use crate::keys::KeyRecord;
 use kek::{Keks, UnsealError};
@@ -40,6 +42,8 @@ impl Change {
 pub enum KeyStore {
     /// The embedded store of one process, in its data directory.
     Sled(Arc<SledStore>),
+    /// A database shared by every replica.
+    Postgres(Arc<PgStore>),
 }
 
 impl KeyStore {
@@ -53,6 +57,8 @@ impl KeyStore {
     pub fn encrypts_at_rest(&self) -> bool {
         match self {
             KeyStore::Sled(store) => store.encrypts_at_rest(),
+            // Opening one requires a KEK: nothing reaches the database unsealed.
+            KeyStore::Postgres(_) => true,
         }
     }
 
@@ -60,6 +66,7 @@ impl KeyStore {
     pub fn unsealed_at_open(&self) -> usize {
         match self {
             KeyStore::Sled(store) => store.unsealed_at_open(),
+            KeyStore::Postgres(_) => 0,
         }
     }
 
@@ -74,6 +81,9 @@ impl KeyStore {
     pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(store) => store.apply(records, deleted),
+            // A shared store changes only through `transact`, which plans from the state
+            // it re-reads: a blind write could undo another replica's change.
+            KeyStore::Postgres(store) => Err(StoreError::SharedStore(store.shown().to_owned())),
         }
     }
 
@@ -83,8 +93,13 @@ impl KeyStore {
     ///
     /// `held` is the caller's copy of the records. A store only this process writes (sled)
     /// plans from it; a shared store re-reads its own state inside the transaction instead,
-    /// so a plan never starts from a state another writer has already changed.
-    pub async fn transact<T, E, P>(&self, held: Vec<KeyRecord>, plan: P) -> Result<T, E>
+    /// so a plan never starts from a state another writer has already changed. The second
+    /// value is the shared store's generation after the change (`None` for sled).
+    pub async fn transact<T, E, P>(
+        &self,
+        held: Vec<KeyRecord>,
+        plan: P,
+    ) -> Result<(T, Option<u64>), E>
     where
         P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
         T: Send + 'static,
@@ -99,10 +114,42 @@ impl KeyStore {
                     if !change.is_empty() {
                         store.apply(&change.changed, &change.deleted)?;
                     }
-                    Ok(value)
+                    Ok((value, None))
                 })
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+            KeyStore::Postgres(store) => {
+                let (value, generation) = store.transact(plan).await?;
+                Ok((value, Some(generation)))
+            }
+        }
+    }
+
+    /// The shared store's records when it is at a generation other than `held`; `None` when
+    /// it is not, or when the store is not shared.
+    pub async fn snapshot_if_newer(&self, held: u64) -> Result<Option<Snapshot>, StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(None),
+            KeyStore::Postgres(store) => {
+                if store.generation().await? == held {
+                    return Ok(None);
+                }
+                store.load().await.map(Some)
+            }
+        }
+    }
+
+    /// The generations other writers commit, as they are notified (a `0` after every
+    /// reconnection, when some may have been missed); `None` when the store is not shared.
+    /// The notifications stop when the receiver is dropped.
+    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+        match self {
+            KeyStore::Sled(_) => None,
+            KeyStore::Postgres(store) => {
+                let (sender, receiver) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(Arc::clone(store).listen(sender));
+                Some(receiver)
             }
         }
     }
@@ -111,6 +158,8 @@ impl KeyStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(store) => store.flush(),
+            // Every change is committed before it is served: nothing to flush.
+            KeyStore::Postgres(_) => Ok(()),
         }
     }
 }
@@ -152,6 +201,21 @@ pub enum StoreError {
     Poisoned,
     #[error("a keystore task failed: {0}")]
     Task(String),
+    /// The database cannot be reached or refused a statement before the commit: nothing
+    /// changed.
+    #[error("the keystore database is unavailable: {0}")]
+    Unavailable(String),
+    /// The connection failed while the commit was in flight.
+    #[error("the keystore database failed during a commit ({0}); whether the change was made shows at the next sync")]
+    CommitUnknown(String),
+    #[error("the keystore {path} has schema version {found}, newer than the {known} this token-authority knows; upgrade the binary (a database is never migrated backwards)")]
+    SchemaTooNew {
+        path: String,
+        found: i32,
+        known: i32,
+    },
+    #[error("the keystore {0} is shared by replicas and changes only through a running server")]
+    SharedStore(String),
 }
 
 impl StoreError {
@@ -161,6 +225,12 @@ impl StoreError {
         match self {
             StoreError::NotApplied(_) => Some(
                 "internal error: the keystore write failed and was undone; nothing changed, and a retry is safe",
+            ),
+            StoreError::Unavailable(_) => Some(
+                "unavailable: the keystore database cannot be reached; nothing changed, and a retry is safe",
+            ),
+            StoreError::CommitUnknown(_) => Some(
+                "internal error: the keystore database failed during the commit; list the keys to see whether it took effect",
             ),
             StoreError::Unknown { .. } | StoreError::Poisoned => Some(
                 "internal error: the keystore write failed and could not be undone; whether it took effect is known after a restart, and changes are refused until then",
