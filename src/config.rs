@@ -142,6 +142,29 @@ pub enum KeysCommand {
     /// Re-seal every private key under the first KEK of --kek-file (after putting a new KEK
     /// first), or seal a keystore that was written without one.
     Rewrap(RewrapArgs),
+    /// Copy a stopped authority's sled keystore into an empty PostgreSQL database, with the
+    /// same kids, states and times, so tokens already issued keep verifying after the move.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct MigrateArgs {
+    /// The data directory of a stopped authority.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The KEK file: unseals the sled keystore if it is sealed, and seals every private key
+    /// written to the database (the replicas then use the same file).
+    #[arg(long, env = "TA_KEK_FILE")]
+    pub kek_file: PathBuf,
+    /// The database: a postgres:// URL, as for `serve --store`.
+    #[arg(long)]
+    pub to: String,
+    /// File holding the PostgreSQL password, when the URL has none (else PGPASSWORD).
+    #[arg(long, env = "TA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate.
+    #[arg(long, env = "TA_STORE_CA_FILE")]
+    pub store_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

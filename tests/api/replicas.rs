@@ -506,3 +506,105 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         "1"
     );
 }
+
+/// `keys migrate`: a sled keystore copied into an empty database keeps its kids, states and
+/// times, so tokens minted before the move verify after it, by the replica and by an
+/// independent JWT library reading the replica's JWKS; a second copy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
+    let shared = Shared::new().await;
+    let dir = DataDir::new();
+    let sled = TestServer::start_with(config(
+        &dir,
+        &["--kek-file", &shared.kek, "--algorithms", "RS256,ES256"],
+    ))
+    .await;
+    let mut tokens = Vec::new();
+    for alg in ["RS256", "ES256"] {
+        let issued = sled
+            .client
+            .clone()
+            .issue_token(pb::IssueTokenRequest {
+                subject: "svc".into(),
+                audience: vec!["aud".into()],
+                algorithm: alg.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(issued.token);
+    }
+    // A rotation leaves a retired key that still verifies, and a token from the new one.
+    sled.rotate().await;
+    tokens.push(sled.issue("svc", &["aud"]).await.token);
+    let before = key_states(&sled.list_keys().await);
+    let times: Vec<_> = sled
+        .list_keys()
+        .await
+        .keys
+        .into_iter()
+        .map(|k| (k.key_id, k.created_at, k.activated_at, k.retired_at))
+        .collect();
+    sled.stop().await;
+
+    let args = token_authority::config::MigrateArgs {
+        data_dir: dir.path.clone(),
+        kek_file: shared.kek.clone().into(),
+        to: shared.pg.url(),
+        store_password_file: None,
+        store_ca_file: None,
+    };
+    let copied = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || token_authority::keys_command::migrate(&args))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(copied.starts_with("copied 5 keys"), "{copied}");
+
+    let replica_dir = DataDir::new();
+    let url = shared.pg.url();
+    let replica = TestServer::start_with(config(
+        &replica_dir,
+        &[
+            "--store",
+            &url,
+            "--kek-file",
+            &shared.kek,
+            "--algorithms",
+            "RS256,ES256",
+        ],
+    ))
+    .await;
+    assert_eq!(key_states(&replica.list_keys().await), before);
+    let mut after: Vec<_> = replica
+        .list_keys()
+        .await
+        .keys
+        .into_iter()
+        .map(|k| (k.key_id, k.created_at, k.activated_at, k.retired_at))
+        .collect();
+    let mut times = times;
+    times.sort_by(|a, b| a.0.cmp(&b.0));
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(after, times);
+    let jwks = replica.http_jwks().await;
+    for token in &tokens {
+        let verdict = replica.verify(token, "aud").await;
+        assert!(verdict.valid, "{verdict:?}");
+        crate::helpers::verify_independently(&jwks, token, &replica.issuer, "aud").unwrap();
+    }
+    replica.stop().await;
+
+    let refused =
+        tokio::task::spawn_blocking(move || token_authority::keys_command::migrate(&args))
+            .await
+            .unwrap()
+            .unwrap_err();
+    assert!(
+        refused.to_string().contains("already holds 5 keys"),
+        "{refused}"
+    );
+}
