@@ -236,3 +236,53 @@ pub fn kek_file(dir: &Path) -> PathBuf {
     );
     path
 }
+
+/// Where a test's servers keep their keys: the default sled in each data directory, or one
+/// PostgreSQL cluster (with its KEK) shared by every server the test starts. Tests written
+/// against a `Store` run on both without being copied.
+pub enum Store {
+    Sled,
+    Postgres {
+        pg: Postgres,
+        _kek_dir: tempfile::TempDir,
+        kek: String,
+    },
+}
+
+impl Store {
+    /// A fresh cluster and KEK.
+    pub async fn postgres() -> Store {
+        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+        let kek_dir = tempfile::tempdir().unwrap();
+        let kek = kek_file(kek_dir.path()).display().to_string();
+        Store::Postgres {
+            pg,
+            _kek_dir: kek_dir,
+            kek,
+        }
+    }
+
+    /// `helpers::config` with this store's flags added.
+    pub fn config(
+        &self,
+        dir: &crate::helpers::DataDir,
+        extra: &[&str],
+    ) -> token_authority::config::Config {
+        match self {
+            Store::Sled => crate::helpers::config(dir, extra),
+            Store::Postgres { pg, kek, .. } => {
+                let url = pg.url();
+                let mut args = vec![
+                    "--store",
+                    url.as_str(),
+                    "--kek-file",
+                    kek.as_str(),
+                    "--store-sync-interval",
+                    "1s",
+                ];
+                args.extend_from_slice(extra);
+                crate::helpers::config(dir, &args)
+            }
+        }
+    }
+}
