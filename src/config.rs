@@ -82,9 +82,10 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: BenchMode,
-    /// The authority's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub target: String,
+    /// The authority's gRPC address; repeat (or separate with commas) to spread the load
+    /// over several replicas, connection by connection.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    pub target: Vec<String>,
     /// The authority's HTTP address (JWKS modes).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub http_target: String,
