@@ -415,15 +415,24 @@ impl PgStore {
             if changes.send(0).await.is_err() {
                 return Ok(());
             }
-            while let Some(message) = messages.recv().await {
-                if let AsyncMessage::Notification(notification) = message {
-                    let generation = notification.payload().parse().unwrap_or(0);
-                    if changes.send(generation).await.is_err() {
-                        return Ok(());
+            loop {
+                let message = tokio::select! {
+                    message = messages.recv() => message,
+                    // The replica stopped following: close the connection now, not at the
+                    // next notification.
+                    () = changes.closed() => return Ok(()),
+                };
+                match message {
+                    Some(AsyncMessage::Notification(notification)) => {
+                        let generation = notification.payload().parse().unwrap_or(0);
+                        if changes.send(generation).await.is_err() {
+                            return Ok(());
+                        }
                     }
+                    Some(_) => {}
+                    None => return Err(self.unavailable("the notification connection closed")),
                 }
             }
-            Err(self.unavailable("the notification connection closed"))
         }
         .await;
         driver.abort();
