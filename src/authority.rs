@@ -5,7 +5,10 @@
 //! the current records, persist the change (flushed) and only then swap the set in: what is
 //! served is always what is on disk.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
@@ -21,7 +24,7 @@ use crate::{
     keys::{self, GeneratedKey, KeyRecord},
     keyset::{KeySet, KeySetError},
     lifecycle::{self, LifecycleError, Plan, Timing},
-    store::{KeyStore, StoreError},
+    store::{Change, KeyStore, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,11 @@ pub struct RotationOutcome {
 
 pub struct Authority {
     keys: ArcSwap<KeySet>,
-    store: Arc<KeyStore>,
+    /// The shared store's generation the key set in memory was built from (0 for sled).
+    generation: AtomicU64,
+    /// Unix seconds of the last time the key set was known to match the store.
+    synced_at: AtomicU64,
+    store: KeyStore,
     settings: Settings,
     policy: Policy,
     writer: tokio::sync::Mutex<()>,
@@ -164,11 +171,109 @@ impl Authority {
         Ok(Authority {
             keys: ArcSwap::from(Arc::clone(&set)),
             changes: tokio::sync::watch::Sender::new(set),
-            store: Arc::new(store),
+            generation: AtomicU64::new(0),
+            synced_at: AtomicU64::new(now),
+            store,
             settings,
             policy,
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Builds the authority from a store shared by several replicas: whatever the lifecycle
+    /// says is due (a new database's first keys, a rotation missed while every replica was
+    /// down) is one transaction planned from the records it re-reads, so replicas starting
+    /// together create one key set, not one each.
+    pub async fn open_shared(
+        store: KeyStore,
+        settings: Settings,
+        now: u64,
+    ) -> Result<Authority, AuthorityError> {
+        let algorithms = settings.algorithms.clone();
+        let timing = settings.timing();
+        let encrypted = store.encrypts_at_rest();
+        let ((plan, set), generation) = store
+            .transact(
+                Vec::new(),
+                move |records| -> Result<((Plan, KeySet), Change), AuthorityError> {
+                    let mut generate = keys::generate;
+                    let plan = lifecycle::due(records, &algorithms, timing, now, &mut generate)?;
+                    let set =
+                        KeySet::build(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                    let change = Change {
+                        changed: plan.changed.clone(),
+                        deleted: plan.deleted.clone(),
+                    };
+                    Ok(((plan, set), change))
+                },
+            )
+            .await?;
+        log_plan(&plan);
+        let policy = Policy {
+            issuer: settings.issuer.clone(),
+            leeway: settings.leeway,
+            max_token_bytes: settings.max_token_bytes,
+        };
+        let set = Arc::new(set);
+        Ok(Authority {
+            keys: ArcSwap::from(Arc::clone(&set)),
+            changes: tokio::sync::watch::Sender::new(set),
+            generation: AtomicU64::new(generation.unwrap_or(0)),
+            synced_at: AtomicU64::new(now),
+            store,
+            settings,
+            policy,
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Brings the key set in memory up to the shared store's, if another replica changed
+    /// it. Returns whether the set changed. A store only this process writes has nothing
+    /// to catch up with.
+    pub async fn refresh(&self, now: u64) -> Result<bool, AuthorityError> {
+        let held = self.generation.load(Ordering::Acquire);
+        let Some(snapshot) = self.store.snapshot_if_newer(held).await? else {
+            self.synced_at.fetch_max(now, Ordering::AcqRel);
+            return Ok(false);
+        };
+        // Serialised with transitions, so an older snapshot never replaces a newer set.
+        let _writer = self.writer.lock().await;
+        if snapshot.generation <= self.generation.load(Ordering::Acquire) {
+            self.synced_at.fetch_max(now, Ordering::AcqRel);
+            return Ok(false);
+        }
+        let algorithms = self.settings.algorithms.clone();
+        let timing = self.settings.timing();
+        let encrypted = self.store.encrypts_at_rest();
+        let records = snapshot.records;
+        let set =
+            blocking(move || KeySet::build(records, &algorithms, encrypted, timing)).await??;
+        let set = Arc::new(set);
+        self.keys.store(Arc::clone(&set));
+        // WatchKeys streams follow every set this replica serves, its own changes or another's.
+        self.changes.send_replace(set);
+        self.generation
+            .store(snapshot.generation, Ordering::Release);
+        self.synced_at.fetch_max(now, Ordering::AcqRel);
+        tracing::info!(
+            generation = snapshot.generation,
+            "key set updated from the shared keystore"
+        );
+        Ok(true)
+    }
+
+    /// Seconds since the key set was last known to match the store: always 0 for a store
+    /// only this process writes, whose every change goes through memory.
+    pub fn sync_age(&self, now: u64) -> u64 {
+        match self.store {
+            KeyStore::Sled(_) => 0,
+            KeyStore::Postgres(_) => now.saturating_sub(self.synced_at.load(Ordering::Acquire)),
+        }
+    }
+
+    /// The store, for the tasks that follow its changes.
+    pub fn store(&self) -> &KeyStore {
+        &self.store
     }
 
     pub fn settings(&self) -> &Settings {
@@ -342,28 +447,33 @@ impl Authority {
             + 'static,
     {
         let _writer = self.writer.lock().await;
-        let current = self.keys.load_full();
+        let held = self.keys.load_full().records().to_vec();
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
-        let store = Arc::clone(&self.store);
-        let (plan, next) = blocking(move || -> Result<(Plan, Option<KeySet>), AuthorityError> {
-            let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> = keys::generate;
-            let plan = plan(current.records(), &mut generate)?;
-            if plan.is_empty() {
-                return Ok((plan, None));
-            }
-            // Build first (a record that does not load must not reach the disk), then persist.
-            let next = KeySet::build(
-                plan.apply_to(current.records()),
-                &algorithms,
-                encrypted,
-                timing,
-            )?;
-            store.apply(&plan.changed, &plan.deleted)?;
-            Ok((plan, Some(next)))
-        })
-        .await??;
+        let ((plan, next), generation) = self
+            .store
+            .transact(
+                held,
+                move |records| -> Result<((Plan, Option<KeySet>), Change), AuthorityError> {
+                    let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
+                        keys::generate;
+                    let plan = plan(records, &mut generate)?;
+                    if plan.is_empty() {
+                        return Ok(((plan, None), Change::default()));
+                    }
+                    // Build first: a record that does not load must not reach the store.
+                    let next =
+                        KeySet::build(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                    let change = Change {
+                        changed: plan.changed.clone(),
+                        deleted: plan.deleted.clone(),
+                    };
+                    Ok(((plan, Some(next)), change))
+                },
+            )
+            .await?;
+        let next_built = next.is_some();
         if let Some(next) = next {
             let next = Arc::new(next);
             self.keys.store(Arc::clone(&next));
@@ -371,15 +481,35 @@ impl Authority {
             self.changes.send_replace(next);
             log_plan(&plan);
         }
+        if let Some(generation) = generation {
+            self.synced_at.fetch_max(unix_now(), Ordering::AcqRel);
+            if generation != self.generation.load(Ordering::Acquire) {
+                if next_built {
+                    self.generation.store(generation, Ordering::Release);
+                } else {
+                    // Nothing to do because another replica already did it: catch up now
+                    // rather than plan again from a stale set at the next wake.
+                    drop(_writer);
+                    self.refresh(unix_now()).await?;
+                }
+            }
+        }
         Ok((plan, self.keys.load_full()))
     }
 
     /// Flushes the keystore; part of an orderly shutdown.
     pub async fn flush(&self) -> Result<(), AuthorityError> {
-        let store = Arc::clone(&self.store);
+        let store = self.store.clone();
         blocking(move || store.flush()).await??;
         Ok(())
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -82,9 +82,10 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: BenchMode,
-    /// The authority's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub target: String,
+    /// The authority's gRPC address; repeat (or separate with commas) to spread the load
+    /// over several replicas, connection by connection.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    pub target: Vec<String>,
     /// The authority's HTTP address (JWKS modes).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub http_target: String,
@@ -158,6 +159,29 @@ pub enum KeysCommand {
     /// Re-seal every private key under the first KEK of --kek-file (after putting a new KEK
     /// first), or seal a keystore that was written without one.
     Rewrap(RewrapArgs),
+    /// Copy a stopped authority's sled keystore into an empty PostgreSQL database, with the
+    /// same kids, states and times, so tokens already issued keep verifying after the move.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct MigrateArgs {
+    /// The data directory of a stopped authority.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The KEK file: unseals the sled keystore if it is sealed, and seals every private key
+    /// written to the database (the replicas then use the same file).
+    #[arg(long, env = "TA_KEK_FILE")]
+    pub kek_file: PathBuf,
+    /// The database: a postgres:// URL, as for `serve --store`.
+    #[arg(long)]
+    pub to: String,
+    /// File holding the PostgreSQL password, when the URL has none (else PGPASSWORD).
+    #[arg(long, env = "TA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate.
+    #[arg(long, env = "TA_STORE_CA_FILE")]
+    pub store_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -240,6 +264,26 @@ pub struct ServeArgs {
     /// private keys at rest, all of them unseal. Without it keys are stored unencrypted.
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
+
+    /// Where the keys live: `sled` (the embedded store in --data-dir, the default) or a
+    /// `postgres://user@host:5432/db?sslmode=verify-full` URL shared by several replicas
+    /// (needs --kek-file; the PG* environment variables fill what the URL leaves out).
+    #[arg(long, env = "TA_STORE", default_value = "sled")]
+    pub store: String,
+
+    /// File holding the PostgreSQL password, when the --store URL has none (else PGPASSWORD).
+    #[arg(long, env = "TA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate (else PGSSLROOTCERT,
+    /// else the public web roots).
+    #[arg(long, env = "TA_STORE_CA_FILE")]
+    pub store_ca_file: Option<PathBuf>,
+
+    /// How often a replica re-reads the shared store's generation, in case a change
+    /// notification was lost.
+    #[arg(long, env = "TA_STORE_SYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub store_sync_interval: Duration,
 
     /// Accept a data directory, admin token file or KEK file that group or others may
     /// access (refused otherwise, naming the chmod that fixes it). For volumes whose modes
@@ -389,6 +433,9 @@ pub struct Config {
     pub issuer: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub kek_file: Option<PathBuf>,
+    /// `None`: sled in the data directory.
+    pub store: Option<crate::store::PgSettings>,
+    pub store_sync_interval: Duration,
     pub allow_group_readable_files: bool,
     pub default_ttl: u64,
     pub max_ttl: u64,
@@ -551,8 +598,43 @@ impl TryFrom<ServeArgs> for Config {
                 return Err(ConfigError(format!("{flag} must be at least 100ms")));
             }
         }
+        let store = match args.store.as_str() {
+            "sled" => {
+                if args.store_password_file.is_some() || args.store_ca_file.is_some() {
+                    return Err(ConfigError(
+                        "--store-password-file and --store-ca-file need a postgres:// --store"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if args.kek_file.is_none() {
+                    return Err(ConfigError(
+                        "--store postgres://... needs --kek-file: private keys reach the database only sealed".into(),
+                    ));
+                }
+                Some(crate::store::PgSettings {
+                    url: url.to_owned(),
+                    password_file: args.store_password_file,
+                    ca_file: args.store_ca_file,
+                })
+            }
+            _ => {
+                return Err(ConfigError(
+                    "--store must be `sled` or a postgres:// URL".into(),
+                ))
+            }
+        };
+        if args.store_sync_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--store-sync-interval must be at least 100ms".into(),
+            ));
+        }
         Ok(Config {
             data_dir: args.data_dir,
+            store,
+            store_sync_interval: args.store_sync_interval,
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
             issuer: args.issuer,
@@ -600,6 +682,28 @@ mod tests {
             unreachable!("serve was parsed")
         };
         Config::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_postgres_store_needs_a_kek_and_sled_takes_no_database_flags() {
+        assert!(parse(&[]).unwrap().store.is_none());
+        let err = parse(&["--store", "postgres://ta@db/keys"]).unwrap_err();
+        assert!(err.contains("needs --kek-file"), "{err}");
+        let config = parse(&[
+            "--store",
+            "postgres://ta@db/keys?sslmode=verify-full",
+            "--kek-file",
+            "/kek",
+            "--store-password-file",
+            "/pw",
+        ])
+        .unwrap();
+        let store = config.store.unwrap();
+        assert_eq!(store.password_file, Some(PathBuf::from("/pw")));
+        let err = parse(&["--store-password-file", "/pw"]).unwrap_err();
+        assert!(err.contains("need a postgres://"), "{err}");
+        let err = parse(&["--store", "mysql://db"]).unwrap_err();
+        assert!(err.contains("`sled` or a postgres:// URL"), "{err}");
     }
 
     #[test]

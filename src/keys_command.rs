@@ -1,7 +1,8 @@
 //! `token-authority keys ...`: work on a stopped data directory. `list` prints what ListKeys
-//! answers; `import` adds an existing PKCS#8 private key as the next key. Both open the
-//! keystore the way the server does (same KEK file, same refusals), so while a server holds
-//! the directory they stop at sled's lock.
+//! answers; `import` adds an existing PKCS#8 private key as the next key; `migrate` copies
+//! the keystore into an empty PostgreSQL database. All open the keystore the way the server
+//! does (same KEK file, same refusals), so while a server holds the directory they stop at
+//! sled's lock.
 
 use std::{
     fmt::Write as _,
@@ -10,14 +11,14 @@ use std::{
 };
 
 use crate::{
-    config::{ImportArgs, ListArgs, RewrapArgs},
+    config::{ImportArgs, ListArgs, MigrateArgs, RewrapArgs},
     crypto::{self, Algorithm},
     jwk,
     keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
     lifecycle::{self, LifecycleError},
     store::{
         kek::{KekError, Keks},
-        KeyStore, StoreError,
+        Change, KeyStore, PgSettings, PgStore, StoreError,
     },
 };
 
@@ -38,6 +39,12 @@ pub enum KeysCommandError {
     BadKey { path: String, reason: String },
     #[error("--kid {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
     BadKid(String),
+    #[error("the keystore in {0} holds no keys: nothing to migrate")]
+    NothingToMigrate(String),
+    #[error("{database} already holds {keys} keys: migrate only into an empty database (a merge could leave two current keys)")]
+    TargetNotEmpty { database: String, keys: usize },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 fn open(
@@ -166,6 +173,56 @@ pub fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
     let sealing = Keks::load(&args.kek_file)?.sealing_id().to_owned();
     store.apply(&records, &[])?;
     Ok(format!("re-sealed {} keys under {sealing}", records.len()))
+}
+
+/// Copies every record, as it is, into an empty database: one transaction under the same
+/// lock as the replicas' changes, so a replica that starts meanwhile either sees all the keys
+/// or creates its own first and makes this refuse.
+pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
+    let (_store, records) = open(&args.data_dir, Some(&args.kek_file))?;
+    if records.is_empty() {
+        return Err(KeysCommandError::NothingToMigrate(
+            args.data_dir.display().to_string(),
+        ));
+    }
+    let target = PgStore::new(
+        &PgSettings {
+            url: args.to.clone(),
+            password_file: args.store_password_file.clone(),
+            ca_file: args.store_ca_file.clone(),
+        },
+        Keks::load(&args.kek_file)?,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(KeysCommandError::Runtime)?;
+    let count = records.len();
+    let database = target.shown().to_owned();
+    runtime.block_on(async {
+        target.migrate().await?;
+        target
+            .transact(move |existing| {
+                if !existing.is_empty() {
+                    return Err(KeysCommandError::TargetNotEmpty {
+                        database,
+                        keys: existing.len(),
+                    });
+                }
+                Ok((
+                    (),
+                    Change {
+                        changed: records,
+                        deleted: Vec::new(),
+                    },
+                ))
+            })
+            .await
+    })?;
+    Ok(format!(
+        "copied {count} keys into {}; start the replicas with --store and the same --kek-file",
+        target.shown()
+    ))
 }
 
 fn check_kid(kid: &str) -> Result<String, KeysCommandError> {

@@ -13,7 +13,8 @@
 //!   as pure functions of records and time; `keys`: key records.
 //! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
 //! - `store`: the keystore interface and its error; `store::sled` the sled keystore,
-//!   `store::guard` its guard file, `store::kek` key-encryption keys sealing private keys at rest.
+//!   `store::guard` its guard file, `store::postgres` the PostgreSQL keystore replicas share,
+//!   `store::kek` key-encryption keys sealing private keys at rest.
 //! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints (re-exported
 //!   from `token-authority-jose`, as are `crypto` and `b64`).
 //! - `metrics`: Prometheus metrics.

@@ -75,6 +75,7 @@ fn keys(command: &KeysCommand) -> ExitCode {
         KeysCommand::List(args) => keys_command::list(args),
         KeysCommand::Import(args) => keys_command::import(args),
         KeysCommand::Rewrap(args) => keys_command::rewrap(args),
+        KeysCommand::Migrate(args) => keys_command::migrate(args),
     };
     report(result.map_err(|error| format!("error: {error}")))
 }

@@ -121,6 +121,7 @@ pub struct Metrics {
     jwks_fetch_failures: Family<Labels, Counter>,
     tls_reloads: Counter,
     tls_reload_failures: Counter,
+    store_sync_age: Gauge,
     pub grpc_listener: ListenerMetrics,
     pub http_listener: ListenerMetrics,
     pub watchers: WatchMetrics,
@@ -262,6 +263,12 @@ impl Metrics {
             "Changed TLS files that could not be loaded (the previous set stays in use)",
             tls_reload_failures.clone(),
         );
+        let store_sync_age = Gauge::default();
+        registry.register(
+            "store_sync_age_seconds",
+            "Seconds since the key set in memory was last known to match the keystore (with a shared store, it grows while the database is unreachable)",
+            store_sync_age.clone(),
+        );
         let open_family = Family::<Labels, Gauge>::default();
         registry.register(
             "open_connections",
@@ -328,6 +335,7 @@ impl Metrics {
             jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
+            store_sync_age,
             grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
             http_listener: ListenerMetrics::new("http", &open_family, &closed_family),
             watchers: WatchMetrics {
@@ -439,8 +447,11 @@ impl Metrics {
         }
     }
 
-    /// Renders the OpenMetrics text, first setting the gauges that follow from the key set.
-    pub fn render(&self, records: &[KeyRecord], timing: Timing, now: u64) -> String {
+    /// Renders the OpenMetrics text, first setting the gauges that follow from the key set
+    /// and its sync age.
+    pub fn render(&self, records: &[KeyRecord], timing: Timing, sync_age: u64, now: u64) -> String {
+        self.store_sync_age
+            .set(i64::try_from(sync_age).unwrap_or(i64::MAX));
         for record in records.iter().filter(|r| r.state == KeyState::Current) {
             let activated = record.activated_at.unwrap_or(record.created_at);
             if let Some(gauge) = self.key_age.get(&record.alg) {

@@ -34,7 +34,8 @@ use crate::{
     signing_pool::SigningPool,
     store::{
         kek::{KekError, Keks},
-        KeyStore, StoreError,
+        postgres::Backoff,
+        KeyStore, PgSettings, PgStore, StoreError,
     },
     transport::{
         grpc::GrpcService,
@@ -68,6 +69,8 @@ pub enum ServerError {
     Reflection(String),
     #[error("cannot load the TLS files: {0}")]
     Tls(#[from] TlsError),
+    #[error("--store postgres://... needs --kek-file")]
+    KekRequired,
     #[error("a start-up task failed: {0}")]
     Task(String),
     #[error("cannot start the signing threads: {0}")]
@@ -101,6 +104,91 @@ impl Listeners {
 /// Where the keystore lives inside the data directory.
 pub fn keystore_path(config: &Config) -> PathBuf {
     config.data_dir.join("keystore")
+}
+
+/// The sled keystore in the data directory, and the authority over it.
+async fn open_sled(
+    config: &Config,
+    keks: Option<Keks>,
+    settings: Settings,
+) -> Result<Authority, ServerError> {
+    let store_path = keystore_path(config);
+    tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
+        let (store, records) = KeyStore::open(&store_path, keks)?;
+        if store.encrypts_at_rest() && store.unsealed_at_open() > 0 {
+            tracing::warn!(
+                unsealed = store.unsealed_at_open(),
+                "some private keys are still stored unencrypted; run `token-authority keys rewrap`"
+            );
+        }
+        let fresh = records.is_empty();
+        let authority = Authority::open(store, records, settings, unix_now())?;
+        if fresh {
+            tracing::info!(path = %store_path.display(), "created a new keystore");
+        }
+        Ok(authority)
+    })
+    .await
+    .map_err(|e| ServerError::Task(e.to_string()))?
+}
+
+/// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.
+/// While the database cannot be reached this retries with backoff (nothing is served: the
+/// replica is not ready until it holds the key set); any other failure stops the start.
+/// `None` when `shutdown` completes first.
+async fn open_shared(
+    pg: &PgSettings,
+    keks: Keks,
+    settings: Settings,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Authority>, ServerError> {
+    let store = Arc::new(PgStore::new(pg, keks)?);
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = async {
+            store.migrate().await?;
+            Authority::open_shared(
+                KeyStore::Postgres(Arc::clone(&store)),
+                settings.clone(),
+                unix_now(),
+            )
+            .await
+        };
+        match attempt.await {
+            Ok(authority) => {
+                tracing::info!(database = store.shown(), "shared keystore loaded");
+                return Ok(Some(authority));
+            }
+            Err(AuthorityError::Store(StoreError::Unavailable(reason))) => {
+                tracing::warn!(%reason, "the keystore database is unavailable; retrying");
+            }
+            Err(AuthorityError::Store(error)) => return Err(error.into()),
+            Err(other) => return Err(other.into()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.as_mut() => return Ok(None),
+        }
+    }
+}
+
+/// Follows a shared keystore: re-reads it when another replica's change is notified, and
+/// every `interval` in case a notification was lost. Failures (the database down) leave the
+/// key set in memory serving, and show in the sync-age metric.
+async fn run_sync(authority: Arc<Authority>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let Some(mut changes) = authority.store().changes() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            Some(_) = changes.recv() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = authority.refresh(unix_now()).await {
+            tracing::warn!(%error, "cannot sync the key set with the keystore");
+        }
+    }
 }
 
 /// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
@@ -269,24 +357,18 @@ pub async fn run(
         publish_lead: config.publish_lead,
         rotation_period: config.rotation_period,
     };
-    let store_path = keystore_path(&config);
-    let authority = tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
-        let (store, records) = KeyStore::open(&store_path, keks)?;
-        if store.encrypts_at_rest() && store.unsealed_at_open() > 0 {
-            tracing::warn!(
-                unsealed = store.unsealed_at_open(),
-                "some private keys are still stored unencrypted; run `token-authority keys rewrap`"
-            );
+    let mut shutdown = std::pin::pin!(shutdown);
+    let authority = match &config.store {
+        None => open_sled(&config, keks, settings).await?,
+        Some(pg) => {
+            let keks = keks.ok_or(ServerError::KekRequired)?;
+            match open_shared(pg, keks, settings, shutdown.as_mut()).await? {
+                Some(authority) => authority,
+                // Asked to stop before the database could be reached.
+                None => return Ok(()),
+            }
         }
-        let fresh = records.is_empty();
-        let authority = Authority::open(store, records, settings, unix_now())?;
-        if fresh {
-            tracing::info!(path = %store_path.display(), "created a new keystore");
-        }
-        Ok(authority)
-    })
-    .await
-    .map_err(|e| ServerError::Task(e.to_string()))??;
+    };
     let authority = Arc::new(authority);
     let current: Vec<String> = authority
         .keys()
@@ -393,6 +475,11 @@ pub async fn run(
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
+    let sync_task = tokio::spawn(run_sync(
+        Arc::clone(&authority),
+        config.store_sync_interval,
+        stop_rx.clone(),
+    ));
     let reload_task = config.policy_file.clone().map(|path| {
         tokio::spawn(reload::watch(
             Arc::clone(&callers),
@@ -422,6 +509,7 @@ pub async fn run(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = stop_tx.send(true);
+    let _ = sync_task.await;
     // A transition in progress completes (it is one transaction); no new one starts.
     let _ = lifecycle_task.await;
     if let Some(task) = reload_task {

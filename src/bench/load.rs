@@ -231,9 +231,15 @@ async fn connect(target: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel,
 pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, BenchError> {
     let tls = BenchTls::load(args)?;
     let grpc_tls = tls.as_ref().map(BenchTls::grpc);
-    let mut channels = Vec::with_capacity(args.connections.max(1));
-    for _ in 0..args.connections.max(1) {
-        channels.push(connect(&args.target, grpc_tls.as_ref()).await?);
+    // At least one connection per target; connections go to the targets in turn, and
+    // requests to the connections in turn, so every replica gets an equal share.
+    let connections = args.connections.max(args.target.len()).max(1);
+    let mut channels = Vec::with_capacity(connections);
+    for target in args.target.iter().cycle().take(connections) {
+        channels.push(connect(target, grpc_tls.as_ref()).await?);
+    }
+    if channels.is_empty() {
+        return Err(BenchError::Prepare("no --target given".into()));
     }
     // Plain http:// targets go through the same connector; with no --tls-ca it trusts nobody.
     let http_tls = match &tls {

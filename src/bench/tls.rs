@@ -25,8 +25,10 @@ fn read(path: &Path) -> Result<Vec<u8>, BenchError> {
 impl BenchTls {
     /// `None` when no target is https; an https target needs `--tls-ca`.
     pub fn load(args: &BenchArgs) -> Result<Option<BenchTls>, BenchError> {
-        let https = [&args.target, &args.http_target]
+        let https = args
+            .target
             .iter()
+            .chain([&args.http_target])
             .any(|target| target.starts_with("https://"));
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),

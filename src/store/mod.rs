@@ -1,17 +1,168 @@
 //! The keystore: where key records live between starts. What the rest of the crate uses
-//! from it is here (`KeyStore`, `StoreError`); the sled implementation is in `sled`, the
-//! guard file that catches a log sled silently opened as empty in `guard`, and sealing
-//! private keys under key-encryption keys in `kek`. A shared backend joins as a sibling of
-//! `sled` behind the same interface.
+//! from it is here (`KeyStore`, `Change`, `StoreError`); the sled implementation is in
+//! `sled`, the guard file that catches a log sled silently opened as empty in `guard`, and
+//! sealing private keys under key-encryption keys in `kek`.
+//!
+//! `KeyStore` is an enum over the backends rather than a trait object: the set of backends
+//! is closed and known at compile time, one is blocking (sled) and another async, and a
+//! lifecycle change takes a planning closure generic over its result, which a `dyn` trait
+//! could not carry without boxing every call. Only each backend's module names its database
+//! crate; everything else sees this enum.
+
+use std::{path::Path, sync::Arc};
 
 pub mod datakeys;
 mod files;
 pub mod guard;
 pub mod kek;
+pub mod postgres;
 mod sled;
 
-pub use self::sled::KeyStore;
-use kek::UnsealError;
+pub use self::postgres::{PgSettings, PgStore, Snapshot};
+pub use self::sled::SledStore;
+use crate::keys::KeyRecord;
+use kek::{Keks, UnsealError};
+
+/// A lifecycle change as the store writes it: records inserted or replaced by kid, and
+/// kids deleted, in one transaction.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub changed: Vec<KeyRecord>,
+    pub deleted: Vec<String>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// The keystore the authority persists its key set in.
+#[derive(Debug, Clone)]
+pub enum KeyStore {
+    /// The embedded store of one process, in its data directory.
+    Sled(Arc<SledStore>),
+    /// A database shared by every replica.
+    Postgres(Arc<PgStore>),
+}
+
+impl KeyStore {
+    /// Opens (or creates) the sled keystore at `path` and reads every record. Blocking.
+    pub fn open(path: &Path, keks: Option<Keks>) -> Result<(KeyStore, Vec<KeyRecord>), StoreError> {
+        let (store, records) = SledStore::open(path, keks)?;
+        Ok((KeyStore::Sled(Arc::new(store)), records))
+    }
+
+    /// Whether private keys are sealed under a KEK when written.
+    pub fn encrypts_at_rest(&self) -> bool {
+        match self {
+            KeyStore::Sled(store) => store.encrypts_at_rest(),
+            // Opening one requires a KEK: nothing reaches the database unsealed.
+            KeyStore::Postgres(_) => true,
+        }
+    }
+
+    /// How many keys were found stored unsealed although a KEK is configured.
+    pub fn unsealed_at_open(&self) -> usize {
+        match self {
+            KeyStore::Sled(store) => store.unsealed_at_open(),
+            KeyStore::Postgres(_) => 0,
+        }
+    }
+
+    /// Writes `records` (inserting or replacing by kid), durably. Blocking; for the offline
+    /// commands and tests that own the store.
+    pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        self.apply(records, &[])
+    }
+
+    /// Writes `records` and deletes `deleted` as one durable change. Blocking; for the
+    /// offline commands and tests that own the store.
+    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(store) => store.apply(records, deleted),
+            // A shared store changes only through `transact`, which plans from the state
+            // it re-reads: a blind write could undo another replica's change.
+            KeyStore::Postgres(store) => Err(StoreError::SharedStore(store.shown().to_owned())),
+        }
+    }
+
+    /// One lifecycle change: `plan` is given the current records and returns what to write
+    /// (and a value for the caller); the change is durable before this returns `Ok`, and
+    /// nothing is written when `plan` fails or changes nothing.
+    ///
+    /// `held` is the caller's copy of the records. A store only this process writes (sled)
+    /// plans from it; a shared store re-reads its own state inside the transaction instead,
+    /// so a plan never starts from a state another writer has already changed. The second
+    /// value is the shared store's generation after the change (`None` for sled).
+    pub async fn transact<T, E, P>(
+        &self,
+        held: Vec<KeyRecord>,
+        plan: P,
+    ) -> Result<(T, Option<u64>), E>
+    where
+        P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        match self {
+            KeyStore::Sled(store) => {
+                let store = Arc::clone(store);
+                // Key generation and sled's flush both block: off the reactor.
+                tokio::task::spawn_blocking(move || {
+                    let (value, change) = plan(&held)?;
+                    if !change.is_empty() {
+                        store.apply(&change.changed, &change.deleted)?;
+                    }
+                    Ok((value, None))
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+            KeyStore::Postgres(store) => {
+                let (value, generation) = store.transact(plan).await?;
+                Ok((value, Some(generation)))
+            }
+        }
+    }
+
+    /// The shared store's records when it is at a generation other than `held`; `None` when
+    /// it is not, or when the store is not shared.
+    pub async fn snapshot_if_newer(&self, held: u64) -> Result<Option<Snapshot>, StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(None),
+            KeyStore::Postgres(store) => {
+                if store.generation().await? == held {
+                    return Ok(None);
+                }
+                store.load().await.map(Some)
+            }
+        }
+    }
+
+    /// The generations other writers commit, as they are notified (a `0` after every
+    /// reconnection, when some may have been missed); `None` when the store is not shared.
+    /// The notifications stop when the receiver is dropped.
+    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+        match self {
+            KeyStore::Sled(_) => None,
+            KeyStore::Postgres(store) => {
+                let (sender, receiver) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(Arc::clone(store).listen(sender));
+                Some(receiver)
+            }
+        }
+    }
+
+    /// Makes every write durable; part of an orderly shutdown. Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(store) => store.flush(),
+            // Every change is committed before it is served: nothing to flush.
+            KeyStore::Postgres(_) => Ok(()),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +199,23 @@ pub enum StoreError {
     /// A write after one that could not be undone.
     #[error("an earlier keystore write could not be undone; the keystore refuses changes until the server restarts")]
     Poisoned,
+    #[error("a keystore task failed: {0}")]
+    Task(String),
+    /// The database cannot be reached or refused a statement before the commit: nothing
+    /// changed.
+    #[error("the keystore database is unavailable: {0}")]
+    Unavailable(String),
+    /// The connection failed while the commit was in flight.
+    #[error("the keystore database failed during a commit ({0}); whether the change was made shows at the next sync")]
+    CommitUnknown(String),
+    #[error("the keystore {path} has schema version {found}, newer than the {known} this token-authority knows; upgrade the binary (a database is never migrated backwards)")]
+    SchemaTooNew {
+        path: String,
+        found: i32,
+        known: i32,
+    },
+    #[error("the keystore {0} is shared by replicas and changes only through a running server")]
+    SharedStore(String),
 }
 
 impl StoreError {
@@ -57,6 +225,12 @@ impl StoreError {
         match self {
             StoreError::NotApplied(_) => Some(
                 "internal error: the keystore write failed and was undone; nothing changed, and a retry is safe",
+            ),
+            StoreError::Unavailable(_) => Some(
+                "unavailable: the keystore database cannot be reached; nothing changed, and a retry is safe",
+            ),
+            StoreError::CommitUnknown(_) => Some(
+                "internal error: the keystore database failed during the commit; list the keys to see whether it took effect",
             ),
             StoreError::Unknown { .. } | StoreError::Poisoned => Some(
                 "internal error: the keystore write failed and could not be undone; whether it took effect is known after a restart, and changes are refused until then",

@@ -78,7 +78,7 @@ enum StoredPrivateKey {
     },
 }
 
-pub struct KeyStore {
+pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     keys: sled::Tree,
@@ -91,19 +91,22 @@ pub struct KeyStore {
     unsealed_at_open: usize,
 }
 
-impl std::fmt::Debug for KeyStore {
+impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyStore")
+        f.debug_struct("SledStore")
             .field("path", &self.path)
             .field("keks", &self.keks)
             .finish_non_exhaustive()
     }
 }
 
-impl KeyStore {
+impl SledStore {
     /// Opens (or creates) the keystore at `path` and reads every record. An empty result
     /// means a new store on which no key was ever written.
-    pub fn open(path: &Path, keks: Option<Keks>) -> Result<(KeyStore, Vec<KeyRecord>), StoreError> {
+    pub fn open(
+        path: &Path,
+        keks: Option<Keks>,
+    ) -> Result<(SledStore, Vec<KeyRecord>), StoreError> {
         let shown = path.display().to_string();
         let db = sled::Config::new()
             .path(path)
@@ -138,7 +141,7 @@ impl KeyStore {
                 reason: other.to_string(),
             },
         })?;
-        let mut store = KeyStore {
+        let mut store = SledStore {
             path: path.to_owned(),
             data_keys_path,
             db,
@@ -741,11 +744,11 @@ mod tests {
             let path = dir.path().join("keystore");
             {
                 let (store, records) =
-                    KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+                    SledStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
                 assert!(records.is_empty());
                 store.write(&[record("a"), record("b")]).unwrap();
             }
-            let (_, records) = KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+            let (_, records) = SledStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
             let kids: Vec<_> = records.iter().map(|r| r.kid.as_str()).collect();
             assert_eq!(kids, ["a", "b"]);
             assert_eq!(
@@ -760,12 +763,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore");
         {
-            let (store, _) = KeyStore::open(&path, Some(Keks::from_bytes(&[[1u8; 32]]))).unwrap();
+            let (store, _) = SledStore::open(&path, Some(Keks::from_bytes(&[[1u8; 32]]))).unwrap();
             store.write(&[record("a")]).unwrap();
         }
-        let err = KeyStore::open(&path, None).unwrap_err();
+        let err = SledStore::open(&path, None).unwrap_err();
         assert!(matches!(err, StoreError::KekRequired { .. }), "{err}");
-        let err = KeyStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32]]))).unwrap_err();
+        let err = SledStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32]]))).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -778,7 +781,7 @@ mod tests {
         );
         // Both KEKs, new one first: old records still open.
         let (_, records) =
-            KeyStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32], [1u8; 32]]))).unwrap();
+            SledStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32], [1u8; 32]]))).unwrap();
         assert_eq!(records.len(), 1);
     }
 
@@ -786,8 +789,8 @@ mod tests {
     fn second_open_of_a_held_store_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore");
-        let (_held, _) = KeyStore::open(&path, None).unwrap();
-        let err = KeyStore::open(&path, None).unwrap_err();
+        let (_held, _) = SledStore::open(&path, None).unwrap();
+        let err = SledStore::open(&path, None).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     }
 
@@ -796,14 +799,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore");
         {
-            let (store, _) = KeyStore::open(&path, None).unwrap();
+            let (store, _) = SledStore::open(&path, None).unwrap();
             store.write(&[record("a")]).unwrap();
             store.write(&[record("b")]).unwrap();
         }
         let log = path.join("db");
         let zeroes = vec![0u8; std::fs::metadata(&log).unwrap().len() as usize];
         std::fs::write(&log, zeroes).unwrap();
-        let err = KeyStore::open(&path, None).unwrap_err();
+        let err = SledStore::open(&path, None).unwrap_err();
         assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
         assert!(
             err.to_string().contains("generation 2 was written"),
@@ -816,15 +819,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore");
         {
-            let (store, _) = KeyStore::open(&path, None).unwrap();
+            let (store, _) = SledStore::open(&path, None).unwrap();
             store.write(&[record("a")]).unwrap();
         }
         write_guard(&path.with_extension("guard"), 5).unwrap();
-        let err = KeyStore::open(&path, None).unwrap_err();
+        let err = SledStore::open(&path, None).unwrap_err();
         assert!(err.to_string().contains("holds only generation 1"), "{err}");
         // Sled ahead of the guard (a crash between the two writes) opens fine.
         write_guard(&path.with_extension("guard"), 0).unwrap();
-        assert!(KeyStore::open(&path, None).is_ok());
+        assert!(SledStore::open(&path, None).is_ok());
     }
 
     /// Records written before data keys (plain, or sealed under the KEK) are rewritten
@@ -835,7 +838,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("keystore");
             {
-                let (store, _) = KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+                let (store, _) =
+                    SledStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
                 let legacy = match keks.map(|k| Keks::from_bytes(&k)) {
                     None => StoredPrivateKey::Plain {
                         pkcs8: b64::encode(b"not-really-a-key-but-secret"),
@@ -868,7 +872,7 @@ mod tests {
                 store.flush().unwrap();
             }
             let (store, records) =
-                KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+                SledStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
             assert_eq!(
                 records[0].private_key.as_bytes(),
                 b"not-really-a-key-but-secret"
@@ -880,7 +884,7 @@ mod tests {
                 StoredPrivateKey::DataKey { .. }
             ));
             drop(store);
-            let (_, records) = KeyStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
+            let (_, records) = SledStore::open(&path, keks.map(|k| Keks::from_bytes(&k))).unwrap();
             assert_eq!(
                 records[0].private_key.as_bytes(),
                 b"not-really-a-key-but-secret"
@@ -897,7 +901,7 @@ mod tests {
             db.insert(FORMAT_KEY, FORMAT_V1).unwrap();
             db.flush().unwrap();
         }
-        let err = KeyStore::open(&path, None).unwrap_err();
+        let err = SledStore::open(&path, None).unwrap_err();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
+    store::StoreError,
     transport::{
         connection::ConnectionInfo,
         watch::{WatchStream, Watchers},
@@ -169,6 +170,11 @@ impl From<AuthorityError> for Status {
             ) => Status::failed_precondition(error.to_string()),
             AuthorityError::Lifecycle(error @ LifecycleError::UnknownKey(_)) => {
                 Status::not_found(error.to_string())
+            }
+            // The database is down: nothing changed, and the client may retry.
+            AuthorityError::Store(error @ StoreError::Unavailable(_)) => {
+                tracing::error!(%error, "request failed");
+                Status::unavailable(error.outcome().unwrap_or("unavailable"))
             }
             // A failed lifecycle write says whether it took effect, never why.
             AuthorityError::Store(error) if error.outcome().is_some() => {

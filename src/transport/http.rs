@@ -132,9 +132,13 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let keys = state.authority.keys();
-    let text = state
-        .metrics
-        .render(keys.records(), keys.timing(), unix_now());
+    let now = unix_now();
+    let text = state.metrics.render(
+        keys.records(),
+        keys.timing(),
+        state.authority.sync_age(now),
+        now,
+    );
     (
         [(
             header::CONTENT_TYPE,

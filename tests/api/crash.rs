@@ -1,7 +1,8 @@
 //! Durability: the real binary is killed with SIGKILL at varied moments while it issues
-//! tokens and rotates keys, then restarted on the same data directory. After every restart
-//! every invariant holds: one current and one next key, every unexpired token received before
-//! the kill still verifies, no revoked kid is published again.
+//! tokens and rotates keys, then restarted on the same data directory (or the same
+//! PostgreSQL database). After every restart every invariant holds: one current and one next
+//! key, every unexpired token received before the kill still verifies, no revoked kid is
+//! published again. With PostgreSQL, a second replica keeps serving through every kill.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -9,7 +10,8 @@ use token_authority::pb;
 
 use crate::{
     binary::spawn_binary,
-    helpers::{admin, connect, kids, verify_independently, DataDir},
+    helpers::{admin, config, connect, kids, verify_independently, DataDir, TestServer},
+    postgres::{kek_file, Postgres},
 };
 
 const KILLS: usize = 24;
@@ -18,14 +20,44 @@ const ISSUER: &str = "http://token-authority.test";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_any_moment_restarts_into_a_consistent_key_set() {
     let dir = DataDir::new();
-    let args = ["--publish-lead", "0s", "--issuer", ISSUER];
+    sigkill_rounds(&dir, &["--publish-lead", "0s", "--issuer", ISSUER], None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_any_moment_leaves_the_shared_database_consistent() {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let kek_dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(kek_dir.path()).display().to_string();
+    let url = pg.url();
+    let store = [
+        "--store",
+        url.as_str(),
+        "--kek-file",
+        kek.as_str(),
+        "--store-sync-interval",
+        "1s",
+    ];
+    let other_dir = DataDir::new();
+    let mut other_args = vec!["--publish-lead", "0s"];
+    other_args.extend_from_slice(&store);
+    let other = TestServer::start_with(config(&other_dir, &other_args)).await;
+    let dir = DataDir::new();
+    let mut args = vec!["--publish-lead", "0s", "--issuer", ISSUER];
+    args.extend_from_slice(&store);
+    sigkill_rounds(&dir, &args, Some(&other)).await;
+    other.stop().await;
+}
+
+/// Kills the binary started with `args` on `dir` again and again; `other`, a replica on the
+/// same database, must answer between the kills.
+async fn sigkill_rounds(dir: &DataDir, args: &[&str], other: Option<&TestServer>) {
     let mut tokens: Vec<(String, String)> = Vec::new(); // (token, kid)
     let mut revoked: HashSet<String> = HashSet::new();
     // Revocations asked for, answered or not: a kill can land after the write, before the
     // answer.
     let mut attempted: HashSet<String> = HashSet::new();
     for round in 0..KILLS {
-        let process = tokio::task::block_in_place(|| spawn_binary(&dir, &args));
+        let process = tokio::task::block_in_place(|| spawn_binary(dir, args));
         let mut client = connect(&process.grpc).await;
         let http = reqwest::Client::new();
         let jwks_url = format!("http://{}/.well-known/jwks.json", process.http);
@@ -147,6 +179,14 @@ async fn sigkill_at_any_moment_restarts_into_a_consistent_key_set() {
         let mut process = process;
         process.child.kill().unwrap(); // SIGKILL: no drain, no flush.
         process.child.wait().unwrap();
+        if let Some(other) = other {
+            // The other replica carries on: it issues, and verifies what it issued.
+            let issued = other.issue("svc-other", &["api"]).await;
+            assert!(
+                other.verify(&issued.token, "api").await.valid,
+                "round {round}"
+            );
+        }
     }
     assert!(
         tokens.len() >= KILLS / 2,

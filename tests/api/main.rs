@@ -29,6 +29,8 @@ mod persistence_and_rotation;
 mod pki;
 mod policy;
 mod policy_command;
+mod postgres;
+mod replicas;
 mod round_trip;
 mod shredding;
 mod startup_refusals;

@@ -1,0 +1,714 @@
+//! The PostgreSQL keystore: one key set shared by several replicas, the only module that
+//! names tokio-postgres, deadpool-postgres and their TLS.
+//!
+//! The database is the source of truth and every replica holds a copy in memory. A change is
+//! one transaction that first takes a transaction-scoped advisory lock, then re-reads the
+//! records and plans from them, so two replicas never plan from the same state: the second
+//! waits, re-reads what the first committed, and finds nothing left to do. Every commit bumps
+//! a generation counter and sends a notification carrying it; replicas LISTEN on a dedicated
+//! connection (a pooled one drops notifications) and re-read the generation periodically in
+//! case one is lost.
+//!
+//! Private keys are sealed under the KEK before they leave the process, the kid and
+//! algorithm bound in, so the database never holds a usable private key. There are no
+//! per-key data keys here: a data key stored in the same database as its ciphertext adds
+//! nothing, because every copy of one (dead tuples, WAL, backups) sits next to a copy of the
+//! other. A revocation overwrites the sealed key with NULL and a deletion removes the row;
+//! PostgreSQL drops the old tuple versions at VACUUM, while WAL archives and backups keep
+//! them as long as they are retained, still sealed under the KEK. Retiring a KEK from the
+//! KEK file once everything is rewrapped is what shreds them.
+
+use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{
+    kek::{Keks, SealedKey},
+    Change, StoreError,
+};
+use crate::{
+    b64,
+    crypto::Algorithm,
+    keys::{KeyRecord, KeyState, PrivateKeyDer},
+};
+
+/// The schema this binary knows, in order; the version of a migration is its index + 1.
+/// Applied at start, each in the same transaction as its row in `ta_schema_version`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE ta_generation (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        generation bigint NOT NULL
+    );
+    INSERT INTO ta_generation (singleton, generation) VALUES (true, 0);
+    CREATE TABLE ta_keys (
+        kid text PRIMARY KEY,
+        record text NOT NULL
+    );
+"];
+
+/// Advisory lock ids: one serialises schema migrations, one serialises key-set changes.
+/// Transaction-scoped, so a pooled connection never keeps one after its transaction.
+const MIGRATION_LOCK: i64 = 0x7461_6d69_6772_0001;
+const CHANGE_LOCK: i64 = 0x7461_6b65_7973_0001;
+
+/// The channel every commit notifies, with the new generation as payload.
+pub const CHANNEL: &str = "ta_keys";
+
+/// How long a change waits for another replica's change before giving up (it is retried).
+const LOCK_TIMEOUT: &str = "10s";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and how to reach the database.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// A `postgres://` URL; `sslmode=verify-full` (or `verify-ca`, `require`) asks for TLS.
+    pub url: String,
+    /// A file holding the password, when the URL has none.
+    pub password_file: Option<PathBuf>,
+    /// PEM roots for the server's certificate; the public web roots when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The stored form of a record: JSON, the private key sealed under the KEK.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    kid: String,
+    alg: Algorithm,
+    state: KeyState,
+    created_at: u64,
+    published_at: u64,
+    activated_at: Option<u64>,
+    retired_at: Option<u64>,
+    delete_after: Option<u64>,
+    revoked_at: Option<u64>,
+    revoked_reason: Option<String>,
+    max_token_ttl: u64,
+    /// Absent once erased (a revoked key).
+    private_key: Option<StoredSealed>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredSealed {
+    kek_id: String,
+    nonce: String,
+    ciphertext: String,
+}
+
+pub struct PgStore {
+    pool: Pool,
+    config: Config,
+    tls: MakeRustlsConnect,
+    keks: Keks,
+    /// The database as shown in messages: host, port and name, never the password.
+    shown: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.shown)
+            .field("keks", &self.keks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state a read or a change left the store in.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub records: Vec<KeyRecord>,
+}
+
+impl PgStore {
+    /// Builds the pool (no connection yet) from the settings and the `PG*` environment.
+    pub fn new(settings: &PgSettings, keks: Keks) -> Result<PgStore, StoreError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let config = client_config(settings, &env)?;
+        let shown = format!(
+            "postgres database {:?} on {}",
+            config.get_dbname().unwrap_or(""),
+            config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let ca = settings
+            .ca_file
+            .clone()
+            .or_else(|| env("PGSSLROOTCERT").map(PathBuf::from));
+        let tls = MakeRustlsConnect::new(tls_config(ca.as_deref())?);
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(PgStore {
+            pool,
+            config,
+            tls,
+            keks,
+            shown,
+        })
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn unavailable(&self, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable(format!("{}: {error}", self.shown))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| self.unavailable(e))
+    }
+
+    /// Creates or migrates the schema: one replica at a time (an advisory lock), all of it
+    /// in one transaction. A schema newer than this binary is refused, never touched.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS ta_schema_version (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        let found: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM ta_schema_version",
+                &[],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .get(0);
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if found > known {
+            return Err(StoreError::SchemaTooNew {
+                path: self.shown.clone(),
+                found,
+                known,
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            tx.batch_execute(sql).await.map_err(|e| StoreError::Open {
+                path: self.shown.clone(),
+                reason: format!("schema migration {version}: {e}"),
+            })?;
+            tx.execute(
+                "INSERT INTO ta_schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            tracing::info!(version, database = %self.shown, "keystore schema migrated");
+        }
+        tx.commit().await.map_err(|e| self.unavailable(e))
+    }
+
+    /// The generation the database is at: cheap, for the periodic check.
+    pub async fn generation(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT generation FROM ta_generation", &[])
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// Every record and the generation they are at, read from one snapshot.
+    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let snapshot = self.read(&tx).await?;
+        tx.commit().await.map_err(|e| self.unavailable(e))?;
+        Ok(snapshot)
+    }
+
+    async fn read(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<Snapshot, StoreError> {
+        let generation: i64 = tx
+            .query_one("SELECT generation FROM ta_generation", &[])
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .get(0);
+        let rows = tx
+            .query("SELECT kid, record FROM ta_keys", &[])
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kid: String = row.get(0);
+            let text: String = row.get(1);
+            records.push(self.decode(&kid, &text)?);
+        }
+        // The order the lifecycle keeps (`Plan::apply_to`), so every replica builds the
+        // same JWKS bytes and ETag from the same records.
+        records.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.kid.cmp(&b.kid))
+        });
+        Ok(Snapshot {
+            generation: u64::try_from(generation).unwrap_or(0),
+            records,
+        })
+    }
+
+    /// One change: lock, re-read, plan from what was read, write, bump the generation,
+    /// notify, commit. Returns the plan's value and the generation now current (the new one
+    /// if something was written). The plan runs on a blocking thread (it may generate keys)
+    /// while the transaction waits.
+    pub async fn transact<T, E, P>(&self, plan: P) -> Result<(T, u64), E>
+    where
+        P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGE_LOCK])
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let Snapshot {
+            generation,
+            records,
+        } = self.read(&tx).await?;
+        let (value, change) = tokio::task::spawn_blocking(move || plan(&records))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        if change.is_empty() {
+            // Dropping the transaction rolls it back and releases the lock.
+            return Ok((value, generation));
+        }
+        let mut encoded = Vec::with_capacity(change.changed.len());
+        for record in &change.changed {
+            encoded.push((record.kid.as_str(), self.encode(record)?));
+        }
+        for (kid, text) in &encoded {
+            tx.execute(
+                "INSERT INTO ta_keys (kid, record) VALUES ($1, $2)
+                 ON CONFLICT (kid) DO UPDATE SET record = EXCLUDED.record",
+                &[kid, text],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        }
+        for kid in &change.deleted {
+            tx.execute("DELETE FROM ta_keys WHERE kid = $1", &[kid])
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
+        let next: i64 = tx
+            .query_one(
+                "UPDATE ta_generation SET generation = generation + 1 RETURNING generation",
+                &[],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .get(0);
+        // Delivered to listeners only when (and if) the transaction commits.
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::CommitUnknown(format!("{}: {e}", self.shown)))?;
+        Ok((value, u64::try_from(next).unwrap_or(0)))
+    }
+
+    /// Keeps a dedicated connection LISTENing on the change channel and sends every
+    /// notified generation (and a `0` after each reconnection, when some may have been
+    /// missed) to `changes`, until the receiver is dropped. Reconnects with backoff.
+    pub async fn listen(self: Arc<Self>, changes: mpsc::Sender<u64>) {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.listen_once(&changes).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "keystore notifications lost; reconnecting");
+                }
+            }
+            if changes.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// One LISTEN connection, until it fails (`Err`) or nobody listens any more (`Ok`).
+    async fn listen_once(&self, changes: &mpsc::Sender<u64>) -> Result<(), StoreError> {
+        let (client, mut connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let (messages_tx, mut messages) = mpsc::unbounded_channel();
+        // The connection is driven here, not by `connection.await` (which drops
+        // notifications): every message it yields is forwarded.
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(message)) => {
+                        if messages_tx.send(message).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "keystore notification connection failed");
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        let result = async {
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            // Listening from here on: whatever changed while not listening is re-read.
+            if changes.send(0).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                let message = tokio::select! {
+                    message = messages.recv() => message,
+                    // The replica stopped following: close the connection now, not at the
+                    // next notification.
+                    () = changes.closed() => return Ok(()),
+                };
+                match message {
+                    Some(AsyncMessage::Notification(notification)) => {
+                        let generation = notification.payload().parse().unwrap_or(0);
+                        if changes.send(generation).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Err(self.unavailable("the notification connection closed")),
+                }
+            }
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    fn decode(&self, kid: &str, text: &str) -> Result<KeyRecord, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.shown.clone(),
+            kid: kid.to_owned(),
+            reason,
+        };
+        let stored: StoredKey = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+        if stored.kid != kid {
+            return Err(corrupt(format!(
+                "record is filed under another kid ({:?})",
+                stored.kid
+            )));
+        }
+        let private_key = match stored.private_key {
+            None => PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new())),
+            Some(sealed) => {
+                let sealed = SealedKey {
+                    kek_id: sealed.kek_id,
+                    nonce: b64::decode(&sealed.nonce)
+                        .map_err(|_| corrupt("sealed private key: bad nonce".into()))?,
+                    ciphertext: b64::decode(&sealed.ciphertext)
+                        .map_err(|_| corrupt("sealed private key: bad ciphertext".into()))?,
+                };
+                self.keks
+                    .unseal(&stored.kid, stored.alg.name(), &sealed)
+                    .map_err(|source| StoreError::Unseal {
+                        path: self.shown.clone(),
+                        kid: kid.to_owned(),
+                        source,
+                    })?
+            }
+        };
+        Ok(KeyRecord {
+            kid: stored.kid,
+            alg: stored.alg,
+            state: stored.state,
+            created_at: stored.created_at,
+            published_at: stored.published_at,
+            activated_at: stored.activated_at,
+            retired_at: stored.retired_at,
+            delete_after: stored.delete_after,
+            revoked_at: stored.revoked_at,
+            revoked_reason: stored.revoked_reason,
+            max_token_ttl: stored.max_token_ttl,
+            private_key,
+        })
+    }
+
+    fn encode(&self, record: &KeyRecord) -> Result<String, StoreError> {
+        let private_key = if record.private_key.as_bytes().is_empty() {
+            None
+        } else {
+            let sealed = self
+                .keks
+                .seal(record)
+                .map_err(|e| StoreError::NotApplied(e.to_string()))?;
+            Some(StoredSealed {
+                kek_id: sealed.kek_id,
+                nonce: b64::encode(&sealed.nonce),
+                ciphertext: b64::encode(&sealed.ciphertext),
+            })
+        };
+        let stored = StoredKey {
+            kid: record.kid.clone(),
+            alg: record.alg,
+            state: record.state,
+            created_at: record.created_at,
+            published_at: record.published_at,
+            activated_at: record.activated_at,
+            retired_at: record.retired_at,
+            delete_after: record.delete_after,
+            revoked_at: record.revoked_at,
+            revoked_reason: record.revoked_reason.clone(),
+            max_token_ttl: record.max_token_ttl,
+            private_key,
+        };
+        serde_json::to_string(&stored).map_err(|e| StoreError::NotApplied(e.to_string()))
+    }
+}
+
+/// Exponential backoff with jitter, from 100 ms to 5 s: replicas that lost the database at
+/// the same moment do not reconnect in step.
+pub struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        Backoff {
+            delay: Duration::from_millis(100),
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let current = self.delay;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        let jitter = crate::crypto::random_bytes(1).map_or(0, |b| u64::from(b[0]));
+        current + Duration::from_millis(jitter % 100)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
+/// The connection settings: the URL, then the `PG*` variables for what it leaves out, the
+/// password from the URL, the password file or `PGPASSWORD`, in that order.
+fn client_config(
+    settings: &PgSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, StoreError> {
+    let invalid = |reason: String| StoreError::Open {
+        path: "the --store URL".into(),
+        reason,
+    };
+    // libpq's verifying modes: rustls always checks the chain and the host name, so each
+    // is `require` to tokio-postgres, which knows only disable/prefer/require.
+    let mut url = settings.url.clone();
+    for verifying in ["sslmode=verify-full", "sslmode=verify-ca"] {
+        url = url.replace(verifying, "sslmode=require");
+    }
+    let mut config = Config::from_str(&url).map_err(|e| invalid(e.to_string()))?;
+    if !settings.url.contains("sslmode=") {
+        match env("PGSSLMODE").as_deref() {
+            None | Some("prefer") => {}
+            Some("disable") => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            }
+            Some("require" | "verify-ca" | "verify-full") => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            }
+            Some(other) => return Err(invalid(format!("PGSSLMODE={other} is not supported"))),
+        }
+    }
+    if config.get_hosts().is_empty() {
+        config.host(env("PGHOST").unwrap_or_else(|| "localhost".into()));
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = env("PGPORT") {
+            config.port(
+                port.parse()
+                    .map_err(|_| invalid(format!("PGPORT={port} is not a port")))?,
+            );
+        }
+    }
+    if config.get_user().is_none() {
+        if let Some(user) = env("PGUSER") {
+            config.user(user);
+        }
+    }
+    if config.get_dbname().is_none() {
+        if let Some(dbname) = env("PGDATABASE") {
+            config.dbname(dbname);
+        }
+    }
+    if config.get_password().is_none() {
+        if let Some(path) = &settings.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot read the store password file: {e}"),
+            })?;
+            config.password(text.trim_end_matches(['\r', '\n']));
+        } else if let Some(password) = env("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.application_name("token-authority");
+    Ok(config)
+}
+
+/// rustls on ring, with the CA file's roots or the public web roots.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let invalid = |reason: String| StoreError::Open {
+                path: path.display().to_string(),
+                reason,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| invalid(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| invalid(e.to_string()))?)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Open {
+            path: "TLS to the database".into(),
+            reason: e.to_string(),
+        })
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The rustls provider that matches the crate's crypto provider.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc-rs"))]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> PgSettings {
+        PgSettings {
+            url: url.into(),
+            password_file: None,
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn the_url_wins_and_pg_variables_fill_the_gaps() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("db.internal".to_owned()),
+            "PGPORT" => Some("6432".to_owned()),
+            "PGUSER" => Some("authority".to_owned()),
+            "PGPASSWORD" => Some("from-env".to_owned()),
+            "PGDATABASE" => Some("keys".to_owned()),
+            "PGSSLMODE" => Some("verify-full".to_owned()),
+            _ => None,
+        };
+        let config = client_config(&settings("postgres://"), &env).unwrap();
+        assert_eq!(config.get_user(), Some("authority"));
+        assert_eq!(config.get_dbname(), Some("keys"));
+        assert_eq!(config.get_ports(), [6432]);
+        assert_eq!(config.get_password(), Some(&b"from-env"[..]));
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let config = client_config(
+            &settings("postgres://me:secret@h:5432/db?sslmode=verify-full"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.get_user(), Some("me"));
+        assert_eq!(config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(config.get_dbname(), Some("db"));
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+    }
+
+    #[test]
+    fn a_password_file_comes_before_pgpassword() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let env = |name: &str| (name == "PGPASSWORD").then(|| "from-env".to_owned());
+        let config = client_config(
+            &PgSettings {
+                password_file: Some(file),
+                ..settings("postgres://me@h/db")
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.get_password(), Some(&b"from-file"[..]));
+    }
+}

@@ -1,0 +1,288 @@
+//! A throwaway PostgreSQL cluster for the tests of the shared keystore: `initdb` into a
+//! temporary directory, `postgres` on a free loopback port, stopped (and deleted) on drop.
+//!
+//! Each test that needs one starts its own, so a test that stops the database under load
+//! cannot disturb another. When the tests run as root the server runs as the `postgres`
+//! user, because PostgreSQL refuses to run as root. The binaries come from
+//! `/usr/lib/postgresql/15/bin` (Debian's `postgresql` package), or `TA_TEST_PG_BIN`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use base64::Engine as _;
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+fn pg_bin() -> PathBuf {
+    std::env::var_os("TA_TEST_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a PostgreSQL binary, as `postgres` when we are root; panics with its output on
+/// failure.
+fn run(bin: &Path, program: &str, args: &[String]) -> std::process::Output {
+    let program = bin.join(program);
+    let output = if is_root() {
+        let quoted: Vec<String> = std::iter::once(program.display().to_string())
+            .chain(args.iter().cloned())
+            .map(|arg| format!("'{}'", arg.replace('\'', "'\\''")))
+            .collect();
+        Command::new("su")
+            .args(["postgres", "-s", "/bin/sh", "-c", &quoted.join(" ")])
+            .output()
+    } else {
+        Command::new(&program).args(args).output()
+    }
+    .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    output
+}
+
+fn free_port() -> u16 {
+    // Bound and released at once: the port is free now, and if another process takes it
+    // before PostgreSQL does, `start` picks another.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Postgres {
+    /// A new cluster, started and accepting connections (`pg_ctl -w` waits for that).
+    pub fn start() -> Postgres {
+        let bin = pg_bin();
+        assert!(
+            bin.join("initdb").exists(),
+            "PostgreSQL server binaries not found in {} (install Debian's `postgresql` package, or set TA_TEST_PG_BIN)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = dir.path().join("data");
+        let output = run(
+            &bin,
+            "initdb",
+            &[
+                "-D".into(),
+                data.display().to_string(),
+                "-A".into(),
+                "trust".into(),
+                "-U".into(),
+                "postgres".into(),
+                "--no-sync".into(),
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut postgres = Postgres { dir, bin, port: 0 };
+        postgres.start_on_a_free_port();
+        postgres
+    }
+
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            self.port = free_port();
+            if self.try_start_again() {
+                return;
+            }
+        }
+        panic!("PostgreSQL did not start: {}", self.log());
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn try_start_again(&self) -> bool {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "start".into(),
+                "-w".into(),
+                "-D".into(),
+                self.data().display().to_string(),
+                "-l".into(),
+                self.dir.path().join("log").display().to_string(),
+                "-o".into(),
+                options,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    /// Starts the stopped cluster again on the same port.
+    pub fn restart(&self) {
+        assert!(
+            self.try_start_again(),
+            "PostgreSQL did not restart: {}",
+            self.log()
+        );
+    }
+
+    /// Stops the cluster; `fast` disconnects every client at once, as a crash would.
+    pub fn stop(&self) {
+        let output = run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "stop".into(),
+                "-w".into(),
+                "-m".into(),
+                "fast".into(),
+                "-D".into(),
+                self.data().display().to_string(),
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL through psql, for what the tests check or break behind the server's back.
+    pub fn psql(&self, sql: &str) -> String {
+        let output = run(
+            &self.bin,
+            "psql",
+            &[
+                "-h".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                self.port.to_string(),
+                "-U".into(),
+                "postgres".into(),
+                "-At".into(),
+                "-v".into(),
+                "ON_ERROR_STOP=1".into(),
+                "-c".into(),
+                sql.into(),
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Immediate: the directory is deleted next, nothing needs to be kept.
+        let _ = run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "stop".into(),
+                "-m".into(),
+                "immediate".into(),
+                "-D".into(),
+                self.data().display().to_string(),
+            ],
+        );
+    }
+}
+
+/// A KEK file (mode 0600) in `dir`, for `--kek-file`.
+pub fn kek_file(dir: &Path) -> PathBuf {
+    let path = dir.join("kek");
+    let key: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(7).wrapping_add(3))
+        .collect();
+    crate::helpers::write_private(
+        &path,
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ),
+    );
+    path
+}
+
+/// Where a test's servers keep their keys: the default sled in each data directory, or one
+/// PostgreSQL cluster (with its KEK) shared by every server the test starts. Tests written
+/// against a `Store` run on both without being copied.
+pub enum Store {
+    Sled,
+    Postgres {
+        pg: Postgres,
+        _kek_dir: tempfile::TempDir,
+        kek: String,
+    },
+}
+
+impl Store {
+    /// A fresh cluster and KEK.
+    pub async fn postgres() -> Store {
+        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+        let kek_dir = tempfile::tempdir().unwrap();
+        let kek = kek_file(kek_dir.path()).display().to_string();
+        Store::Postgres {
+            pg,
+            _kek_dir: kek_dir,
+            kek,
+        }
+    }
+
+    /// `helpers::config` with this store's flags added.
+    pub fn config(
+        &self,
+        dir: &crate::helpers::DataDir,
+        extra: &[&str],
+    ) -> token_authority::config::Config {
+        match self {
+            Store::Sled => crate::helpers::config(dir, extra),
+            Store::Postgres { pg, kek, .. } => {
+                let url = pg.url();
+                let mut args = vec![
+                    "--store",
+                    url.as_str(),
+                    "--kek-file",
+                    kek.as_str(),
+                    "--store-sync-interval",
+                    "1s",
+                ];
+                args.extend_from_slice(extra);
+                crate::helpers::config(dir, &args)
+            }
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! Several replicas on one PostgreSQL keystore: one key set, changes made on one replica
+//! reach the others promptly, concurrent lifecycle changes happen once, and the data plane
+//! keeps answering while the database is down.
+//!
+//! Replicas are in-process servers (`TestServer`), each with its own data directory and
+//! ports, all on one throwaway cluster (`postgres::Postgres`). ES256 keeps key generation
+//! out of the timings.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest::header;
+use token_authority::{
+    authority::{Authority, Settings},
+    crypto::Algorithm,
+    keys::KeyState,
+    pb,
+    server::ServerError,
+    store::{kek::Keks, KeyStore, PgSettings, PgStore, StoreError},
+};
+
+use crate::{
+    helpers::{admin, config, metric, now, DataDir, TestServer},
+    postgres::{kek_file, Postgres},
+};
+
+/// A cluster, its KEK and the settings every replica shares.
+struct Shared {
+    pg: Postgres,
+    _kek_dir: tempfile::TempDir,
+    kek: String,
+}
+
+impl Shared {
+    async fn new() -> Shared {
+        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+        let kek_dir = tempfile::tempdir().unwrap();
+        let kek = kek_file(kek_dir.path()).display().to_string();
+        Shared {
+            pg,
+            _kek_dir: kek_dir,
+            kek,
+        }
+    }
+
+    fn config(&self, dir: &DataDir) -> token_authority::config::Config {
+        let url = self.pg.url();
+        config(
+            dir,
+            &[
+                "--store",
+                &url,
+                "--kek-file",
+                &self.kek,
+                "--algorithms",
+                "ES256",
+                "--store-sync-interval",
+                "1s",
+            ],
+        )
+    }
+
+    async fn replica(&self, dir: &DataDir) -> TestServer {
+        TestServer::start_with(self.config(dir)).await
+    }
+
+    async fn three(&self, dirs: &[DataDir; 3]) -> [TestServer; 3] {
+        // Started together: their first transactions race to create the key set.
+        let (a, b, c) = tokio::join!(
+            self.replica(&dirs[0]),
+            self.replica(&dirs[1]),
+            self.replica(&dirs[2])
+        );
+        [a, b, c]
+    }
+}
+
+fn dirs() -> [DataDir; 3] {
+    [DataDir::new(), DataDir::new(), DataDir::new()]
+}
+
+async fn etag(server: &TestServer) -> String {
+    let response = server
+        .http
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    response.headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn key_states(keys: &pb::ListKeysResponse) -> Vec<(String, i32)> {
+    let mut states: Vec<_> = keys
+        .keys
+        .iter()
+        .map(|k| (k.key_id.clone(), k.state))
+        .collect();
+    states.sort();
+    states
+}
+
+/// Waits until every replica serves `server`'s ETag; returns how long that took.
+async fn converge(servers: &[TestServer], leader: usize, bound: Duration) -> Duration {
+    let started = Instant::now();
+    let wanted = etag(&servers[leader]).await;
+    loop {
+        let mut agreed = true;
+        for server in servers {
+            agreed &= etag(server).await == wanted;
+        }
+        if agreed {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "the replicas' JWKS did not agree within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn stop_all(servers: [TestServer; 3]) {
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_serve_one_key_set_and_agree_after_a_rotation() {
+    let shared = Shared::new().await;
+    let dirs = dirs();
+    let servers = shared.three(&dirs).await;
+
+    // One key set, created once, although all three started on an empty database.
+    let first = key_states(&servers[0].list_keys().await);
+    assert_eq!(first.len(), 2, "{first:?}");
+    for server in &servers[1..] {
+        assert_eq!(key_states(&server.list_keys().await), first);
+    }
+    converge(&servers, 0, Duration::from_secs(2)).await;
+
+    // Issued on one, verified on the others.
+    let issued = servers[0].issue("svc-a", &["aud"]).await;
+    for server in &servers[1..] {
+        let verdict = server.verify(&issued.token, "aud").await;
+        assert!(verdict.valid, "{verdict:?}");
+    }
+
+    // Rotated on one: every JWKS agrees promptly, and the new key signs everywhere.
+    let rotated = servers[1].rotate().await;
+    let took = converge(&servers, 1, Duration::from_secs(2)).await;
+    println!("JWKS agreement after a rotation: {took:?}");
+    for server in &servers {
+        assert_eq!(
+            server.issue("svc-b", &["aud"]).await.key_id,
+            rotated.current_key_id
+        );
+        assert!(server.verify(&issued.token, "aud").await.valid);
+    }
+
+    // The database holds the keys sealed: no PKCS#8 (base64 `MIG` / `MIIE`), a KEK id.
+    let stored = shared.pg.psql("SELECT record FROM ta_keys");
+    assert!(stored.contains("\"kek_id\":\"kek-"), "{stored}");
+    assert!(
+        !stored.contains("MIG") && !stored.contains("MIIE"),
+        "{stored}"
+    );
+    stop_all(servers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_is_refused_by_the_others_within_two_seconds() {
+    let shared = Shared::new().await;
+    let dirs = dirs();
+    let servers = shared.three(&dirs).await;
+    let mut delays = Vec::new();
+    for round in 0..100 {
+        let issuer = &servers[round % 3];
+        let issued = issuer.issue("svc", &["aud"]).await;
+        // The others know the key before it is revoked.
+        for server in &servers {
+            assert!(server.verify(&issued.token, "aud").await.valid);
+        }
+        let started = Instant::now();
+        issuer
+            .client
+            .clone()
+            .revoke_key(admin(pb::RevokeKeyRequest {
+                key_id: issued.key_id.clone(),
+                reason: "replica test".into(),
+            }))
+            .await
+            .unwrap();
+        for (index, server) in servers.iter().enumerate() {
+            if index == round % 3 {
+                continue;
+            }
+            loop {
+                let verdict = server.verify(&issued.token, "aud").await;
+                if verdict.reason == pb::VerifyFailureReason::RevokedKey as i32 {
+                    break;
+                }
+                assert!(verdict.valid, "{verdict:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "replica {index} still accepts a key revoked {:?} ago",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            delays.push(started.elapsed());
+        }
+    }
+    delays.sort();
+    println!(
+        "revocation propagation over {} observations: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays[delays.len() - 1]
+    );
+    stop_all(servers).await;
+}
+
+/// Three authorities on one database (in-process, without servers), ticked at the same
+/// instant each time a rotation falls due: exactly one rotates, and the database holds one
+/// current and one next key after every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_falling_due_on_every_replica_happens_once() {
+    let shared = Shared::new().await;
+    let settings = Settings {
+        issuer: "http://token-authority.test".into(),
+        default_ttl: 300,
+        max_ttl: 600,
+        leeway: 60,
+        max_token_bytes: 8192,
+        algorithms: vec![Algorithm::ES256],
+        publish_lead: 60,
+        rotation_period: 3600,
+    };
+    let pg = PgSettings {
+        url: shared.pg.url(),
+        password_file: None,
+        ca_file: None,
+    };
+    let mut authorities = Vec::new();
+    let t0 = now();
+    for _ in 0..3 {
+        let keks = Keks::load(std::path::Path::new(&shared.kek)).unwrap();
+        let store = Arc::new(PgStore::new(&pg, keks).unwrap());
+        store.migrate().await.unwrap();
+        authorities.push(
+            Authority::open_shared(KeyStore::Postgres(store), settings.clone(), t0)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut at = t0;
+    for round in 0..15 {
+        at += 3600 + 60;
+        let (a, b, c) = tokio::join!(
+            authorities[0].tick(at),
+            authorities[1].tick(at),
+            authorities[2].tick(at)
+        );
+        let rotations: usize = [a, b, c]
+            .into_iter()
+            .map(|plan| plan.unwrap().rotated.len())
+            .sum();
+        assert_eq!(rotations, 1, "round {round}");
+        let current: Vec<String> = authorities
+            .iter()
+            .map(|authority| {
+                authority
+                    .keys()
+                    .signer(Algorithm::ES256)
+                    .unwrap()
+                    .kid
+                    .clone()
+            })
+            .collect();
+        assert!(current.iter().all(|kid| *kid == current[0]), "{current:?}");
+        let states = shared
+            .pg
+            .psql("SELECT record::json->>'state', count(*) FROM ta_keys GROUP BY 1 ORDER BY 1");
+        assert!(states.contains("current|1\n"), "{states}");
+        assert!(states.contains("next|1\n"), "{states}");
+        let records = authorities[0].keys();
+        assert_eq!(
+            records
+                .records()
+                .iter()
+                .filter(|r| r.state == KeyState::Current)
+                .count(),
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_the_replicas_keep_serving_and_catch_up_after() {
+    let shared = Arc::new(Shared::new().await);
+    let dirs = dirs();
+    let servers = Arc::new(shared.three(&dirs).await);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (servers, stop, done, failed) = (
+            Arc::clone(&servers),
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            Arc::clone(&failed),
+        );
+        tokio::spawn(async move {
+            let mut round = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (issuer, verifier) = (&servers[round % 3], &servers[(round + 1) % 3]);
+                round += 1;
+                let issued = issuer
+                    .client
+                    .clone()
+                    .issue_token(pb::IssueTokenRequest {
+                        subject: "svc".into(),
+                        audience: vec!["aud".into()],
+                        ..Default::default()
+                    })
+                    .await;
+                let ok = match issued {
+                    Ok(issued) => verifier
+                        .client
+                        .clone()
+                        .verify_token(pb::VerifyTokenRequest {
+                            token: issued.into_inner().token,
+                            audience: "aud".into(),
+                        })
+                        .await
+                        .is_ok_and(|v| v.into_inner().valid),
+                    Err(_) => false,
+                };
+                if ok {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || shared.pg.stop())
+            .await
+            .unwrap();
+    }
+    let before_outage = done.load(Ordering::Relaxed);
+    // A change while the database is down is refused as retryable, and changes nothing.
+    let status = servers[0]
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest {
+            force: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // The sync age grows while the replicas cannot reach the database.
+    let started = Instant::now();
+    while metric(&servers[1], "token_authority_store_sync_age_seconds").await < 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sync age did not grow"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        done.load(Ordering::Relaxed) > before_outage,
+        "no request completed during the outage"
+    );
+
+    {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || shared.pg.restart())
+            .await
+            .unwrap();
+    }
+    // The retried change goes through once the database is back, and reaches everyone.
+    let started = Instant::now();
+    let rotated = loop {
+        match servers[0]
+            .client
+            .clone()
+            .rotate_keys(admin(pb::RotateKeysRequest {
+                force: true,
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(response) => break response.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(started.elapsed() < Duration::from_secs(20));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    converge(&servers[..], 0, Duration::from_secs(10)).await;
+    for server in servers.iter() {
+        assert_eq!(
+            server.issue("svc", &["aud"]).await.key_id,
+            rotated.current_key_id
+        );
+    }
+    let started = Instant::now();
+    while metric(&servers[2], "token_authority_store_sync_age_seconds").await > 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no resync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("load across the outage: {done} issue+verify pairs, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(done > 0);
+    let Ok(servers) = Arc::try_unwrap(servers) else {
+        panic!("the load task still holds the servers")
+    };
+    stop_all(servers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_with_the_database_down_is_ready_only_once_loaded() {
+    let shared = Arc::new(Shared::new().await);
+    let dir = DataDir::new();
+    {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || shared.pg.stop())
+            .await
+            .unwrap();
+    }
+    let config = shared.config(&dir);
+    let mut starting = tokio::spawn(TestServer::start_with(config));
+    // Not ready (its health check does not answer) while the database is unreachable.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut starting)
+            .await
+            .is_err(),
+        "the replica became ready without its database"
+    );
+    {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || shared.pg.restart())
+            .await
+            .unwrap();
+    }
+    let server = tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("the replica did not start once the database was back")
+        .unwrap();
+    let issued = server.issue("svc", &["aud"]).await;
+    assert!(server.verify(&issued.token, "aud").await.valid);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    let shared = Shared::new().await;
+    shared.pg.psql(
+        "CREATE TABLE ta_schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO ta_schema_version (version) VALUES (99);",
+    );
+    let dir = DataDir::new();
+    let (server, result) = TestServer::try_start(shared.config(&dir)).await;
+    assert!(server.is_none());
+    let error = result.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ServerError::Store(StoreError::SchemaTooNew { found: 99, .. })
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("newer than"), "{error}");
+    // Untouched: nothing was created beside it.
+    assert_eq!(
+        shared
+            .pg
+            .psql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ta_%'")
+            .trim(),
+        "1"
+    );
+}
+
+/// `keys migrate`: a sled keystore copied into an empty database keeps its kids, states and
+/// times, so tokens minted before the move verify after it, by the replica and by an
+/// independent JWT library reading the replica's JWKS; a second copy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
+    let shared = Shared::new().await;
+    let dir = DataDir::new();
+    let sled = TestServer::start_with(config(
+        &dir,
+        &["--kek-file", &shared.kek, "--algorithms", "RS256,ES256"],
+    ))
+    .await;
+    let mut tokens = Vec::new();
+    for alg in ["RS256", "ES256"] {
+        let issued = sled
+            .client
+            .clone()
+            .issue_token(pb::IssueTokenRequest {
+                subject: "svc".into(),
+                audience: vec!["aud".into()],
+                algorithm: alg.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(issued.token);
+    }
+    // A rotation leaves a retired key that still verifies, and a token from the new one.
+    sled.rotate().await;
+    tokens.push(sled.issue("svc", &["aud"]).await.token);
+    let before = key_states(&sled.list_keys().await);
+    let times: Vec<_> = sled
+        .list_keys()
+        .await
+        .keys
+        .into_iter()
+        .map(|k| (k.key_id, k.created_at, k.activated_at, k.retired_at))
+        .collect();
+    sled.stop().await;
+
+    let args = token_authority::config::MigrateArgs {
+        data_dir: dir.path.clone(),
+        kek_file: shared.kek.clone().into(),
+        to: shared.pg.url(),
+        store_password_file: None,
+        store_ca_file: None,
+    };
+    let copied = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || token_authority::keys_command::migrate(&args))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(copied.starts_with("copied 5 keys"), "{copied}");
+
+    let replica_dir = DataDir::new();
+    let url = shared.pg.url();
+    let replica = TestServer::start_with(config(
+        &replica_dir,
+        &[
+            "--store",
+            &url,
+            "--kek-file",
+            &shared.kek,
+            "--algorithms",
+            "RS256,ES256",
+        ],
+    ))
+    .await;
+    assert_eq!(key_states(&replica.list_keys().await), before);
+    let mut after: Vec<_> = replica
+        .list_keys()
+        .await
+        .keys
+        .into_iter()
+        .map(|k| (k.key_id, k.created_at, k.activated_at, k.retired_at))
+        .collect();
+    let mut times = times;
+    times.sort_by(|a, b| a.0.cmp(&b.0));
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(after, times);
+    let jwks = replica.http_jwks().await;
+    for token in &tokens {
+        let verdict = replica.verify(token, "aud").await;
+        assert!(verdict.valid, "{verdict:?}");
+        crate::helpers::verify_independently(&jwks, token, &replica.issuer, "aud").unwrap();
+    }
+    replica.stop().await;
+
+    let refused =
+        tokio::task::spawn_blocking(move || token_authority::keys_command::migrate(&args))
+            .await
+            .unwrap()
+            .unwrap_err();
+    assert!(
+        refused.to_string().contains("already holds 5 keys"),
+        "{refused}"
+    );
+}
