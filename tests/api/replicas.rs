@@ -608,3 +608,48 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
         "{refused}"
     );
 }
+
+/// The next key set on a WatchKeys stream, skipping keepalives.
+async fn next_set(stream: &mut tonic::Streaming<pb::WatchKeysResponse>) -> pb::WatchedKeySet {
+    use token_authority::pb::watch_keys_response::Event;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("no key set within 5 s")
+            .unwrap()
+            .expect("the stream ended");
+        if let Some(Event::KeySet(set)) = message.event {
+            return set;
+        }
+    }
+}
+
+/// A watcher of one replica hears of a change made on another: the set that replica learns
+/// from the database is streamed like its own changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_replica_sees_a_rotation_made_on_another() {
+    let shared = Shared::new().await;
+    let dirs = dirs();
+    let servers = shared.three(&dirs).await;
+    let mut stream = servers[2]
+        .client
+        .clone()
+        .watch_keys(pb::WatchKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let current = |set: &pb::WatchedKeySet| {
+        set.keys
+            .iter()
+            .find(|key| key.state() == pb::KeyState::Current)
+            .map(|key| key.key_id.clone())
+    };
+    let first = next_set(&mut stream).await;
+    let rotated = servers[0].rotate().await;
+    assert_ne!(current(&first).unwrap(), rotated.current_key_id);
+    let pushed = next_set(&mut stream).await;
+    assert_eq!(current(&pushed).unwrap(), rotated.current_key_id);
+    assert_eq!(pushed.etag, etag(&servers[2]).await);
+    drop(stream);
+    stop_all(servers).await;
+}
