@@ -103,6 +103,8 @@ impl KnownKey {
         let (store, existing) = KeyStore::open(&dir.path.join("keystore"), None).unwrap();
         assert!(existing.is_empty(), "seed only a new data directory");
         store.write(&[record]).unwrap();
+        drop(store);
+        wait_for_sled_release(&dir.path.join("keystore"));
         KnownKey { kid, signer }
     }
 
@@ -526,6 +528,19 @@ pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Waits until no sled handle of this process holds the keystore's lock: a dropped store's
+/// background thread lets go of it a moment later, and a server started on the directory
+/// before then finds it locked. sled locks its `db` file with `flock`; so does this probe.
+pub fn wait_for_sled_release(keystore: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = std::fs::File::open(keystore.join("db")).unwrap();
+    while rustix::fs::flock(&db, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(std::time::Instant::now() < deadline, "sled kept its lock");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Closing the file releases the probe's own lock.
 }
 
 /// Opens a stopped server's keystore. sled's background threads can hold its lock for a
