@@ -13,7 +13,7 @@ use crate::{
         ask, basic, issue_as, policy_text, start_with_policy, with_auth, Issuer, BATCH_SECRET,
         OPS_SECRET, PAYMENTS_SA,
     },
-    helpers::{admin, DataDir, ADMIN_TOKEN},
+    helpers::{admin, metric, DataDir, ADMIN_TOKEN},
 };
 
 fn lines(path: &std::path::Path) -> Vec<Value> {
@@ -36,22 +36,6 @@ fn audit_verify(path: &std::path::Path) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), text.trim().to_owned())
-}
-
-/// The value of one sample of /metrics.
-pub async fn metric(server: &crate::helpers::TestServer, sample: &str) -> f64 {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in /metrics"))
 }
 
 #[tokio::test]

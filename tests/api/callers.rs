@@ -532,7 +532,7 @@ async fn an_issuer_that_is_down_keeps_its_last_good_keys() {
         "bearer token: its kid is not a key of the issuer's JWKS"
     );
     assert_eq!(
-        crate::audit::metric(
+        crate::helpers::metric(
             &server,
             r#"token_authority_caller_jwks_fetch_failures_total{issuer="cluster"}"#
         )

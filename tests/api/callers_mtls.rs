@@ -159,7 +159,7 @@ async fn untrusted_and_expired_certificates_never_reach_the_policy() {
             r#"token_authority_caller_decisions_total{{method="IssueToken",outcome="{outcome}"}}"#
         );
         assert_eq!(
-            crate::audit::metric(&server, &sample).await,
+            crate::helpers::metric(&server, &sample).await,
             0.0,
             "{outcome}"
         );

@@ -314,17 +314,8 @@ async fn credentials_client_secret_and_a_token_file_reread_when_it_changes() {
 
 /// A counter of the server's /metrics, zero before its first sample.
 async fn counter(server: &TestServer, name: &str) -> f64 {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
+    crate::helpers::metric_sample(server, name)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
 

@@ -466,6 +466,13 @@ impl TlsSetup {
 
 /// The value of one sample of the server's /metrics, `name` with its labels as rendered.
 pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    metric_sample(server, name)
+        .await
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Like `metric`, or `None` before the sample's first value.
+pub async fn metric_sample(server: &TestServer, name: &str) -> Option<f64> {
     let text = server
         .http
         .get(server.url("/metrics"))
@@ -477,7 +484,6 @@ pub async fn metric(server: &TestServer, name: &str) -> f64 {
         .unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Wraps `message` with the admin bearer token.

@@ -13,9 +13,8 @@ use std::{
 use token_authority::crypto;
 
 use crate::{
-    audit::metric,
     callers::{ask, basic, hex, issue_as, start_with_policy},
-    helpers::DataDir,
+    helpers::{metric, DataDir},
 };
 
 fn client(id: &str, secret: &str) -> String {
