@@ -396,14 +396,15 @@ impl Authority {
         now: u64,
     ) -> Result<(String, Arc<KeySet>), AuthorityError> {
         let timing = self.settings.timing();
-        let alg = self
-            .keys
-            .load()
-            .records()
-            .iter()
-            .find(|r| r.kid == kid)
-            .map(|r| r.alg)
-            .ok_or_else(|| LifecycleError::UnknownKey(kid.to_owned()))?;
+        let known = |keys: &KeySet| keys.records().iter().find(|r| r.kid == kid).map(|r| r.alg);
+        let mut alg = known(&self.keys.load());
+        if alg.is_none() && self.store.is_shared() {
+            // Another replica may have created it since the last sync: an operator revoking
+            // a key they have just seen in ListKeys must not be told it does not exist.
+            self.refresh(now).await?;
+            alg = known(&self.keys.load());
+        }
+        let alg = alg.ok_or_else(|| LifecycleError::UnknownKey(kid.to_owned()))?;
         let (kid, reason) = (kid.to_owned(), reason.to_owned());
         let (_, keys) = self
             .transition(move |records, generate| {

@@ -2,11 +2,15 @@
 //! checked as a whole, so a bad value stops the process with one clear line before any
 //! port is bound.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::crypto::Algorithm;
+use crate::{crypto::Algorithm, store::PgSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -186,9 +190,13 @@ pub struct MigrateArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct RewrapArgs {
-    /// The data directory of a stopped authority.
+    /// The data directory of a stopped authority (with the sled store).
     #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The keystore: sled in --data-dir, or the replicas' database (a running one: the
+    /// change is a transaction the replicas pick up, as if made through the API).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The KEK file: the first KEK seals; every KEK listed may unseal the current records.
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: PathBuf,
@@ -196,9 +204,13 @@ pub struct RewrapArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct ListArgs {
-    /// The data directory of a stopped authority.
+    /// The data directory of a stopped authority (with the sled store).
     #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The keystore: sled in --data-dir, or the replicas' database (a running one: the
+    /// change is a transaction the replicas pick up, as if made through the API).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The KEK file the server uses (needed when the keystore is encrypted).
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
@@ -209,9 +221,13 @@ pub struct ListArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct ImportArgs {
-    /// The data directory of a stopped authority.
+    /// The data directory of a stopped authority (with the sled store).
     #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The keystore: sled in --data-dir, or the replicas' database (a running one: the
+    /// change is a transaction the replicas pick up, as if made through the API).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The KEK file the server uses (the imported key is sealed under its first KEK).
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
@@ -234,6 +250,69 @@ pub struct ImportArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Where the keys live, as `serve` and the `keys` commands take it.
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Where the keys live: `sled` (the embedded store in --data-dir, the default) or a
+    /// `postgres://user@host:5432/db?sslmode=verify-full` URL shared by several replicas
+    /// (needs --kek-file; the PG* environment variables fill what the URL leaves out).
+    #[arg(long, env = "TA_STORE", default_value = "sled")]
+    pub store: String,
+
+    /// File holding the PostgreSQL password, when the --store URL has none (else PGPASSWORD).
+    #[arg(long, env = "TA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate (else PGSSLROOTCERT,
+    /// else the public web roots).
+    #[arg(long, env = "TA_STORE_CA_FILE")]
+    pub store_ca_file: Option<PathBuf>,
+}
+
+impl Default for StoreArgs {
+    /// The embedded sled store, as without the flags.
+    fn default() -> StoreArgs {
+        StoreArgs {
+            store: "sled".into(),
+            store_password_file: None,
+            store_ca_file: None,
+        }
+    }
+}
+
+impl StoreArgs {
+    /// `None` for the embedded sled store; the shared store's settings for a postgres URL,
+    /// which needs a KEK file (private keys reach the database only sealed).
+    pub fn shared(&self, kek_file: Option<&Path>) -> Result<Option<PgSettings>, ConfigError> {
+        match self.store.as_str() {
+            "sled" => {
+                if self.store_password_file.is_some() || self.store_ca_file.is_some() {
+                    return Err(ConfigError(
+                        "--store-password-file and --store-ca-file need a postgres:// --store"
+                            .into(),
+                    ));
+                }
+                Ok(None)
+            }
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if kek_file.is_none() {
+                    return Err(ConfigError(
+                        "--store postgres://... needs --kek-file: private keys reach the database only sealed".into(),
+                    ));
+                }
+                Ok(Some(PgSettings {
+                    url: url.to_owned(),
+                    password_file: self.store_password_file.clone(),
+                    ca_file: self.store_ca_file.clone(),
+                }))
+            }
+            _ => Err(ConfigError(
+                "--store must be `sled` or a postgres:// URL".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -265,20 +344,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
 
-    /// Where the keys live: `sled` (the embedded store in --data-dir, the default) or a
-    /// `postgres://user@host:5432/db?sslmode=verify-full` URL shared by several replicas
-    /// (needs --kek-file; the PG* environment variables fill what the URL leaves out).
-    #[arg(long, env = "TA_STORE", default_value = "sled")]
-    pub store: String,
-
-    /// File holding the PostgreSQL password, when the --store URL has none (else PGPASSWORD).
-    #[arg(long, env = "TA_STORE_PASSWORD_FILE")]
-    pub store_password_file: Option<PathBuf>,
-
-    /// PEM file of the CAs that sign the PostgreSQL server's certificate (else PGSSLROOTCERT,
-    /// else the public web roots).
-    #[arg(long, env = "TA_STORE_CA_FILE")]
-    pub store_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// How often a replica re-reads the shared store's generation, in case a change
     /// notification was lost.
@@ -434,7 +501,7 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub kek_file: Option<PathBuf>,
     /// `None`: sled in the data directory.
-    pub store: Option<crate::store::PgSettings>,
+    pub store: Option<PgSettings>,
     pub store_sync_interval: Duration,
     pub allow_group_readable_files: bool,
     pub default_ttl: u64,
@@ -598,34 +665,12 @@ impl TryFrom<ServeArgs> for Config {
                 return Err(ConfigError(format!("{flag} must be at least 100ms")));
             }
         }
-        let store = match args.store.as_str() {
-            "sled" => {
-                if args.store_password_file.is_some() || args.store_ca_file.is_some() {
-                    return Err(ConfigError(
-                        "--store-password-file and --store-ca-file need a postgres:// --store"
-                            .into(),
-                    ));
-                }
-                None
-            }
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                if args.kek_file.is_none() {
-                    return Err(ConfigError(
-                        "--store postgres://... needs --kek-file: private keys reach the database only sealed".into(),
-                    ));
-                }
-                Some(crate::store::PgSettings {
-                    url: url.to_owned(),
-                    password_file: args.store_password_file,
-                    ca_file: args.store_ca_file,
-                })
-            }
-            _ => {
-                return Err(ConfigError(
-                    "--store must be `sled` or a postgres:// URL".into(),
-                ))
-            }
-        };
+        let store = args.store.shared(args.kek_file.as_deref())?;
+        if store.is_some() && args.admin_token_file.is_none() {
+            return Err(ConfigError(
+                "--store postgres://... needs --admin-token-file: every replica must accept the same admin token, and a replica keeps nothing on disk to generate one into".into(),
+            ));
+        }
         if args.store_sync_interval < Duration::from_millis(100) {
             return Err(ConfigError(
                 "--store-sync-interval must be at least 100ms".into(),
@@ -685,15 +730,20 @@ mod tests {
     }
 
     #[test]
-    fn a_postgres_store_needs_a_kek_and_sled_takes_no_database_flags() {
+    fn a_postgres_store_needs_a_kek_and_an_admin_token_and_sled_takes_no_database_flags() {
         assert!(parse(&[]).unwrap().store.is_none());
         let err = parse(&["--store", "postgres://ta@db/keys"]).unwrap_err();
         assert!(err.contains("needs --kek-file"), "{err}");
+        // Replicas share one admin token, and keep nothing on disk to generate one into.
+        let err = parse(&["--store", "postgres://ta@db/keys", "--kek-file", "/kek"]).unwrap_err();
+        assert!(err.contains("needs --admin-token-file"), "{err}");
         let config = parse(&[
             "--store",
             "postgres://ta@db/keys?sslmode=verify-full",
             "--kek-file",
             "/kek",
+            "--admin-token-file",
+            "/admin",
             "--store-password-file",
             "/pw",
         ])

@@ -1,8 +1,10 @@
-//! `token-authority keys ...`: work on a stopped data directory. `list` prints what ListKeys
-//! answers; `import` adds an existing PKCS#8 private key as the next key; `migrate` copies
-//! the keystore into an empty PostgreSQL database. All open the keystore the way the server
-//! does (same KEK file, same refusals), so while a server holds the directory they stop at
-//! sled's lock.
+//! `token-authority keys ...`: work on a stopped data directory, or on the replicas' shared
+//! database while they run. `list` prints what ListKeys answers; `import` adds an existing
+//! PKCS#8 private key as the next key; `rewrap` re-seals every private key under the first
+//! KEK; `migrate` copies a sled keystore into an empty PostgreSQL database. All open the
+//! keystore the way the server does (same KEK file, same refusals): while a server holds a
+//! data directory they stop at sled's lock; on a shared database each change is one
+//! transaction under the replicas' own lock, which they pick up as if made through the API.
 
 use std::{
     fmt::Write as _,
@@ -11,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    config::{ImportArgs, ListArgs, MigrateArgs, RewrapArgs},
+    config::{ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, StoreArgs},
     crypto::{self, Algorithm},
     jwk,
     keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
@@ -30,6 +32,8 @@ pub enum KeysCommandError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -47,12 +51,70 @@ pub enum KeysCommandError {
     Runtime(std::io::Error),
 }
 
+/// The keystore a command works on.
+enum Target {
+    Sled(KeyStore),
+    Shared(Box<(PgStore, tokio::runtime::Runtime)>),
+}
+
+/// Opens the sled keystore in `data_dir`, or the shared database `store` names; returns
+/// its records too.
 fn open(
     data_dir: &Path,
+    store: &StoreArgs,
     kek_file: Option<&Path>,
-) -> Result<(KeyStore, Vec<KeyRecord>), KeysCommandError> {
+) -> Result<(Target, Vec<KeyRecord>), KeysCommandError> {
     let keks = kek_file.map(Keks::load).transpose()?;
-    Ok(KeyStore::open(&data_dir.join("keystore"), keks)?)
+    let Some(settings) = store.shared(kek_file)? else {
+        let (store, records) = KeyStore::open(&data_dir.join("keystore"), keks)?;
+        return Ok((Target::Sled(store), records));
+    };
+    let keks = keks.expect("a shared store is configured only with a KEK file");
+    let store = PgStore::new(&settings, keks)?;
+    let runtime = runtime()?;
+    let records = runtime.block_on(async {
+        // The same start as a replica's: creates or migrates the schema, refuses a newer one.
+        store.migrate().await?;
+        store.load().await
+    })?;
+    Ok((Target::Shared(Box::new((store, runtime))), records.records))
+}
+
+impl Target {
+    fn encrypts_at_rest(&self) -> bool {
+        match self {
+            Target::Sled(store) => store.encrypts_at_rest(),
+            Target::Shared(..) => true,
+        }
+    }
+
+    /// One change planned from the records: the sled store (which nothing else writes)
+    /// plans from `records` as read; the shared store re-reads its own inside the
+    /// transaction, so a replica's change made since the read is never undone.
+    fn change<T, P>(&self, records: Vec<KeyRecord>, plan: P) -> Result<T, KeysCommandError>
+    where
+        P: FnOnce(&[KeyRecord]) -> Result<(T, Change), KeysCommandError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Target::Sled(store) => {
+                let (value, change) = plan(&records)?;
+                store.apply(&change.changed, &change.deleted)?;
+                Ok(value)
+            }
+            Target::Shared(shared) => {
+                let (store, runtime) = &**shared;
+                Ok(runtime.block_on(store.transact(plan))?.0)
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, KeysCommandError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(KeysCommandError::Runtime)
 }
 
 fn unix_now() -> u64 {
@@ -71,7 +133,7 @@ fn time(unix: Option<u64>) -> String {
 
 /// The key table, one line per key, in the fields ListKeys answers.
 pub fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
-    let (store, records) = open(&args.data_dir, args.kek_file.as_deref())?;
+    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
     let lead = args.publish_lead.as_secs();
     let mut out = String::new();
     let _ = writeln!(
@@ -145,23 +207,30 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
         Some(kid) => check_kid(kid)?,
         None => jwk::thumbprint(&signing.public_components()),
     };
-    let (store, records) = open(&args.data_dir, args.kek_file.as_deref())?;
+    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
     let key = GeneratedKey {
         kid: kid.clone(),
         alg,
         private_key: PrivateKeyDer::new(der),
     };
-    let plan = lifecycle::import(&records, key, unix_now(), args.max_ttl.as_secs())?;
-    store.apply(&plan.changed, &plan.deleted)?;
+    let (now, max_ttl) = (unix_now(), args.max_ttl.as_secs());
+    let (deleted, was_empty) = store.change(records, move |records| {
+        let plan = lifecycle::import(records, key, now, max_ttl)?;
+        let change = Change {
+            changed: plan.changed,
+            deleted: plan.deleted.clone(),
+        };
+        Ok(((plan.deleted, records.is_empty()), change))
+    })?;
     let mut out = format!("imported {kid} ({alg}) as the next key");
-    if !plan.deleted.is_empty() {
+    if !deleted.is_empty() {
         let _ = write!(
             out,
             "; it replaces the unused next key {}",
-            plan.deleted.join(", ")
+            deleted.join(", ")
         );
     }
-    if records.is_empty() {
+    if was_empty {
         out.push_str("; the keystore was empty, so it signs from the first start");
     }
     Ok(out)
@@ -169,17 +238,24 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
 
 /// Re-writes every record, which seals each private key under the first KEK.
 pub fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
-    let (store, records) = open(&args.data_dir, Some(&args.kek_file))?;
+    let (store, records) = open(&args.data_dir, &args.store, Some(&args.kek_file))?;
     let sealing = Keks::load(&args.kek_file)?.sealing_id().to_owned();
-    store.apply(&records, &[])?;
-    Ok(format!("re-sealed {} keys under {sealing}", records.len()))
+    let count = store.change(records, |records| {
+        let change = Change {
+            changed: records.to_vec(),
+            deleted: Vec::new(),
+        };
+        Ok((records.len(), change))
+    })?;
+    Ok(format!("re-sealed {count} keys under {sealing}"))
 }
 
 /// Copies every record, as it is, into an empty database: one transaction under the same
 /// lock as the replicas' changes, so a replica that starts meanwhile either sees all the keys
 /// or creates its own first and makes this refuse.
 pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
-    let (_store, records) = open(&args.data_dir, Some(&args.kek_file))?;
+    let keks = Keks::load(&args.kek_file)?;
+    let (_store, records) = KeyStore::open(&args.data_dir.join("keystore"), Some(keks))?;
     if records.is_empty() {
         return Err(KeysCommandError::NothingToMigrate(
             args.data_dir.display().to_string(),
@@ -193,10 +269,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
         },
         Keks::load(&args.kek_file)?,
     )?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(KeysCommandError::Runtime)?;
+    let runtime = runtime()?;
     let count = records.len();
     let database = target.shown().to_owned();
     runtime.block_on(async {

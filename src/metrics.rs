@@ -121,6 +121,7 @@ pub struct Metrics {
     jwks_fetch_failures: Family<Labels, Counter>,
     tls_reloads: Counter,
     tls_reload_failures: Counter,
+    schedule_failures: Counter,
     store_sync_age: Gauge,
     pub grpc_listener: ListenerMetrics,
     pub http_listener: ListenerMetrics,
@@ -263,6 +264,12 @@ impl Metrics {
             "Changed TLS files that could not be loaded (the previous set stays in use)",
             tls_reload_failures.clone(),
         );
+        let schedule_failures = Counter::default();
+        registry.register(
+            "scheduled_key_step_failures",
+            "Scheduled rotations and deletions that failed (retried with backoff from 1 s to 1 min; the key set in memory keeps signing)",
+            schedule_failures.clone(),
+        );
         let store_sync_age = Gauge::default();
         registry.register(
             "store_sync_age_seconds",
@@ -335,6 +342,7 @@ impl Metrics {
             jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
+            schedule_failures,
             store_sync_age,
             grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
             http_listener: ListenerMetrics::new("http", &open_family, &closed_family),
@@ -437,6 +445,10 @@ impl Metrics {
         self.rotations.inc_by(rotations as u64);
         self.revocations.inc_by(revocations as u64);
         self.deletions.inc_by(deletions as u64);
+    }
+
+    pub fn scheduled_step_failed(&self) {
+        self.schedule_failures.inc();
     }
 
     pub fn tls_reloaded(&self, ok: bool) {

@@ -198,31 +198,60 @@ async fn run_schedule(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // After a failure the next attempt waits with backoff (1 s doubling to a minute): a
+    // database that is down would otherwise be asked, and the failure logged, every second.
+    let mut backoff: Option<Backoff> = None;
+    let mut failures = 0u32;
     loop {
         let now = unix_now();
-        let wait = authority
+        let due_in = authority
             .next_change()
             .map_or(60, |at| at.saturating_sub(now))
             .clamp(1, 60);
+        let wait = backoff
+            .as_mut()
+            .map_or(Duration::from_secs(due_in), Backoff::next_delay);
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         match authority.tick(unix_now()).await {
-            Ok(plan) => metrics.key_events(plan.rotated.len(), 0, plan.deleted.len()),
-            // The set in memory is unchanged when a transition fails; the next wake retries.
-            Err(error) => tracing::error!(%error, "scheduled key lifecycle step failed"),
+            Ok(plan) => {
+                if failures > 0 {
+                    tracing::info!(failures, "scheduled key lifecycle step done after failures");
+                }
+                (backoff, failures) = (None, 0);
+                metrics.key_events(plan.rotated.len(), 0, plan.deleted.len());
+            }
+            // The set in memory is unchanged when a transition fails; the key set keeps
+            // signing, and the step is retried.
+            Err(error) => {
+                failures += 1;
+                metrics.scheduled_step_failed();
+                backoff.get_or_insert_with(|| {
+                    Backoff::between(Duration::from_secs(1), Duration::from_secs(60))
+                });
+                if matches!(error, AuthorityError::Store(StoreError::Unavailable(_))) {
+                    tracing::warn!(%error, failures, "scheduled key lifecycle step waits for the keystore database");
+                } else {
+                    tracing::error!(%error, failures, "scheduled key lifecycle step failed");
+                }
+            }
         }
     }
 }
 
 /// The data directory holds private keys and the admin token: owner-only when we create
-/// it, refused (unless allowed) when it, the admin token or the KEK file is not.
+/// it, refused (unless allowed) when it, the admin token or the KEK file is not. A replica
+/// over a shared store keeps nothing on disk, so it neither needs nor creates the directory
+/// (a Deployment without a volume, on a read-only root file system).
 fn check_files(config: &Config) -> Result<(), ServerError> {
     let allow = config.allow_group_readable_files;
-    if config.data_dir.exists() {
+    // With a shared store the configuration has made sure of an admin token file.
+    let keeps_data_dir = config.store.is_none();
+    if keeps_data_dir && config.data_dir.exists() {
         file_modes::check_private(&config.data_dir, "data directory", allow)?;
-    } else {
+    } else if keeps_data_dir {
         file_modes::create_private_dir(&config.data_dir).map_err(|source| {
             ServerError::DataDir {
                 path: config.data_dir.display().to_string(),

@@ -287,6 +287,7 @@ async fn deletion_after_retention() {
 fn import_args(dir: &Path, pem: &Path) -> ImportArgs {
     ImportArgs {
         data_dir: dir.to_owned(),
+        store: token_authority::config::StoreArgs::default(),
         kek_file: None,
         pem: pem.to_owned(),
         kid: None,

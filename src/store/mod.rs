@@ -53,6 +53,11 @@ impl KeyStore {
         Ok((KeyStore::Sled(Arc::new(store)), records))
     }
 
+    /// Whether other processes change this store too (replicas over one database).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, KeyStore::Postgres(_))
+    }
+
     /// Whether private keys are sealed under a KEK when written.
     pub fn encrypts_at_rest(&self) -> bool {
         match self {

@@ -10,7 +10,7 @@ use crate::{
     helpers::{config, now, verify_independently, DataDir, TestServer},
 };
 
-fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+pub fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
     let path = dir.join(name);
     let status = Command::new("openssl")
         .arg("genpkey")

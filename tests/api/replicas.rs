@@ -653,3 +653,338 @@ async fn a_watcher_on_one_replica_sees_a_rotation_made_on_another() {
     drop(stream);
     stop_all(servers).await;
 }
+
+/// Every replica was down when a rotation fell due: the three that start together after it
+/// perform it once (the start's `due` plan is a transaction planned from what it re-reads),
+/// and starting again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next_start() {
+    let shared = Shared::new().await;
+    let settings = Settings {
+        issuer: "http://token-authority.test".into(),
+        default_ttl: 300,
+        max_ttl: 600,
+        leeway: 60,
+        max_token_bytes: 8192,
+        algorithms: vec![Algorithm::ES256],
+        publish_lead: 60,
+        rotation_period: 3600,
+    };
+    let pg = PgSettings {
+        url: shared.pg.url(),
+        password_file: None,
+        ca_file: None,
+    };
+    let open = |at: u64| {
+        let (pg, settings, kek) = (pg.clone(), settings.clone(), shared.kek.clone());
+        async move {
+            let keks = Keks::load(std::path::Path::new(&kek)).unwrap();
+            let store = Arc::new(PgStore::new(&pg, keks).unwrap());
+            store.migrate().await.unwrap();
+            Authority::open_shared(KeyStore::Postgres(store), settings, at)
+                .await
+                .unwrap()
+        }
+    };
+    let t0 = now();
+    let first = open(t0).await;
+    let signer = first.keys().signer(Algorithm::ES256).unwrap().kid.clone();
+    let next = first
+        .keys()
+        .records()
+        .iter()
+        .find(|r| r.state == KeyState::Next)
+        .unwrap()
+        .kid
+        .clone();
+    drop(first);
+
+    // Two periods later, all three start at once.
+    let later = t0 + 2 * 3600;
+    let (a, b, c) = tokio::join!(open(later), open(later), open(later));
+    for authority in [&a, &b, &c] {
+        assert_eq!(
+            authority.keys().signer(Algorithm::ES256).unwrap().kid,
+            next,
+            "the key published as next signs after the missed rotation"
+        );
+    }
+    let states = shared
+        .pg
+        .psql("SELECT record::json->>'state', count(*) FROM ta_keys GROUP BY 1 ORDER BY 1");
+    assert_eq!(states, "current|1\nnext|1\nretired|1\n", "{states}");
+    let retired = shared
+        .pg
+        .psql("SELECT kid FROM ta_keys WHERE record::json->>'state' = 'retired'");
+    assert_eq!(retired.trim(), signer);
+    let generation = shared.pg.psql("SELECT generation FROM ta_generation");
+
+    let again = open(later + 1).await;
+    assert_eq!(again.keys().signer(Algorithm::ES256).unwrap().kid, next);
+    assert_eq!(
+        shared.pg.psql("SELECT generation FROM ta_generation"),
+        generation,
+        "a start with nothing due wrote to the database"
+    );
+}
+
+/// An operator revokes, on one replica, a key that another replica created a moment ago
+/// (seen in that replica's ListKeys): the replica that has not heard of it yet syncs first
+/// instead of answering NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_created_a_moment_ago_on_another_replica_works() {
+    let shared = Shared::new().await;
+    let (dir_a, dir_b) = (DataDir::new(), DataDir::new());
+    let (a, b) = tokio::join!(shared.replica(&dir_a), shared.replica(&dir_b));
+    for round in 0..10 {
+        a.rotate().await;
+        let created = a
+            .list_keys()
+            .await
+            .keys
+            .into_iter()
+            .find(|k| k.state == pb::KeyState::Next as i32)
+            .unwrap()
+            .key_id;
+        let answer = b
+            .client
+            .clone()
+            .revoke_key(admin(pb::RevokeKeyRequest {
+                key_id: created.clone(),
+                reason: "replica test".into(),
+            }))
+            .await;
+        assert!(answer.is_ok(), "round {round}: {answer:?}");
+        let states = key_states(&b.list_keys().await);
+        assert!(
+            states.contains(&(created, pb::KeyState::Revoked as i32)),
+            "round {round}: {states:?}"
+        );
+    }
+    // A kid no replica ever had is still NOT_FOUND.
+    let unknown = b
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: "no-such-kid".into(),
+            reason: "replica test".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With the database down and a rotation due, the schedule retries with backoff (1 s
+/// doubling) instead of every second, keeps signing with the key set it holds, and a replica
+/// over a shared store keeps nothing on disk (its --data-dir is never created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_backs_off_while_the_database_is_down() {
+    let shared = Arc::new(Shared::new().await);
+    let dir = DataDir::new();
+    let url = shared.pg.url();
+    let server = TestServer::start_with(config(
+        &dir,
+        &[
+            "--store",
+            &url,
+            "--kek-file",
+            &shared.kek,
+            "--algorithms",
+            "ES256",
+            "--rotation-period",
+            "2s",
+            "--publish-lead",
+            "0s",
+            "--store-sync-interval",
+            "1s",
+        ],
+    ))
+    .await;
+    assert!(
+        !dir.path.exists(),
+        "a replica over a shared store created {}",
+        dir.path.display()
+    );
+    {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || shared.pg.stop())
+            .await
+            .unwrap();
+    }
+    let failures = "token_authority_scheduled_key_step_failures_total";
+    // The rotation falls due within 2 s; attempts then come at +1, +3 and +7 s.
+    let window = Duration::from_secs(9);
+    let started = Instant::now();
+    while started.elapsed() < window {
+        let issued = server.issue("svc", &["aud"]).await;
+        assert!(server.verify(&issued.token, "aud").await.valid);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let attempts = metric(&server, failures).await;
+    assert!(
+        (2.0..=5.0).contains(&attempts),
+        "{attempts} failed attempts in {window:?} (every second would be about 8)"
+    );
+    {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || shared.pg.restart())
+            .await
+            .unwrap();
+    }
+    server.stop().await;
+}
+
+fn keys_command(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(crate::binary::BIN)
+        .arg("keys")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `keys import`, `list` and `rewrap` work on the replicas' database while they run: each
+/// change is one transaction the replicas pick up as if made through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_commands_change_the_shared_database_while_the_replicas_run() {
+    let shared = Shared::new().await;
+    let work = tempfile::tempdir().unwrap();
+    let old = std::fs::read_to_string(&shared.kek).unwrap();
+    let new = format!(
+        "{}\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [42u8; 32])
+    );
+    // The replicas can unseal under both KEKs and seal under the old one: the first step of
+    // a KEK rotation, before `rewrap` re-seals under the new one.
+    let both = work.path().join("both");
+    crate::helpers::write_private(&both, format!("{old}{new}"));
+    let new_first = work.path().join("new-first");
+    crate::helpers::write_private(&new_first, format!("{new}{old}"));
+    let new_only = work.path().join("new-only");
+    crate::helpers::write_private(&new_only, &new);
+    let url = shared.pg.url();
+    let replica_config = |dir: &DataDir| {
+        config(
+            dir,
+            &[
+                "--store",
+                &url,
+                "--kek-file",
+                both.to_str().unwrap(),
+                "--algorithms",
+                "ES256",
+                "--store-sync-interval",
+                "1s",
+            ],
+        )
+    };
+    let (dir_a, dir_b) = (DataDir::new(), DataDir::new());
+    let (a, b) = tokio::join!(
+        TestServer::start_with(replica_config(&dir_a)),
+        TestServer::start_with(replica_config(&dir_b))
+    );
+
+    let pem = crate::keys_command::openssl_key(
+        work.path(),
+        "ec.pem",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let store = ["--store", url.as_str()];
+    let (ok, out) = keys_command(
+        &[
+            &[
+                "import",
+                "--pem",
+                pem.to_str().unwrap(),
+                "--kid",
+                "team-key",
+            ][..],
+            &store,
+            &["--kek-file", both.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("imported team-key (ES256) as the next key; it replaces the unused next key"),
+        "{out}"
+    );
+    for server in [&a, &b] {
+        let started = Instant::now();
+        while !key_states(&server.list_keys().await)
+            .contains(&("team-key".into(), pb::KeyState::Next as i32))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the import did not reach a replica"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (ok, out) = keys_command(
+        &[
+            &["list"][..],
+            &store,
+            &["--kek-file", both.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("team-key ") && l.contains(" next ")),
+        "{out}"
+    );
+
+    // Before the rewrap the new KEK alone cannot unseal the keys; after it, it can.
+    let list_new_only = || {
+        keys_command(
+            &[
+                &["list"][..],
+                &store,
+                &["--kek-file", new_only.to_str().unwrap()],
+            ]
+            .concat(),
+        )
+    };
+    let (ok, out) = list_new_only();
+    assert!(!ok, "{out}");
+    let (ok, out) = keys_command(
+        &[
+            &["rewrap"][..],
+            &store,
+            &["--kek-file", new_first.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(out.starts_with("re-sealed 2 keys under "), "{out}");
+    let (ok, out) = list_new_only();
+    assert!(ok, "{out}");
+
+    // The replicas picked up the re-sealed set and carry on: the imported key rotates in on
+    // one and signs on the other.
+    a.rotate().await;
+    let started = Instant::now();
+    loop {
+        let issued = b.issue("svc", &["aud"]).await;
+        if issued.key_id == "team-key" {
+            assert!(a.verify(&issued.token, "aud").await.valid);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the rotation did not reach the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
