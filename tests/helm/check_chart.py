@@ -2243,9 +2243,11 @@ def check_postgres_defaults() -> None:
     assert env["TA_ISSUER"].startswith("https://") and service_host("default") in env["TA_ISSUER"], \
         f"TA_ISSUER {env['TA_ISSUER']} is not the Service URL: replicas would disagree on iss"
     assert {v["name"]: v for v in pod["volumes"]}["secrets"] == volumes_of("default")["secrets"], "the auth Secret volume differs"
-    assert env["TA_STORE"] == PG_URL and "TA_DATA_DIR" not in env
+    assert env["TA_STORE"] == PG_URL, f"TA_STORE={env['TA_STORE']}, the values say {PG_URL}"
+    assert "TA_DATA_DIR" not in env, "TA_DATA_DIR with a shared store"
     assert not any(k in env for k in ("TA_STORE_PASSWORD_FILE", "TA_STORE_CA_FILE")), "no Secret named, yet a file set"
-    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]][0] == "kubernetes.io/hostname"
+    keys = [c["topologyKey"] for c in pod.get("topologySpreadConstraints", [])]
+    assert keys[:1] == ["kubernetes.io/hostname"], f"spread over {keys}, not first over nodes"
     service = next(o for o in objects if o["kind"] == "Service")
     assert labels_match(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
 
