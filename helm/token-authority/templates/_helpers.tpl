@@ -268,3 +268,54 @@ One TOML array-of-tables entry: (list "issuer" dict) -> [[issuer]] and its keys,
 {{ $k }} = {{ include "token-authority.tomlValue" (get $table $k) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the keys live in a PostgreSQL database shared by the replicas (store.postgres.url
+or .host set): the chart then runs a Deployment instead of the sled StatefulSet.
+*/}}
+{{- define "token-authority.sharedStore" -}}
+{{- if or .Values.store.postgres.url .Values.store.postgres.host }}true{{- end }}
+{{- end }}
+
+{{/*
+How many pods the Deployment runs: replicaCount, else 3. (The sled StatefulSet always runs one.)
+*/}}
+{{- define "token-authority.replicaCount" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}3{{- else }}{{ int .Values.replicaCount }}{{- end }}
+{{- end }}
+
+{{/*
+TA_STORE: store.postgres.url as given, else a URL built from host, port, database, user and
+sslMode (the schema keeps those free of URL syntax). Never a password: that is a file.
+*/}}
+{{- define "token-authority.storeUrl" -}}
+{{- $pg := .Values.store.postgres }}
+{{- if $pg.url }}
+{{- $pg.url }}
+{{- else }}
+{{- $host := ternary (printf "[%s]" $pg.host) $pg.host (contains ":" $pg.host) }}
+{{- printf "postgres://%s@%s:%d/%s?sslmode=%s" $pg.user $host (int $pg.port) $pg.database $pg.sslMode }}
+{{- end }}
+{{- end }}
+
+{{/*
+The database port, for the NetworkPolicy's egress rule: the port of store.postgres.url (5432
+when it names none), else store.postgres.port.
+*/}}
+{{- define "token-authority.storePort" -}}
+{{- $pg := .Values.store.postgres }}
+{{- if $pg.url }}
+{{- $port := regexFind ":[0-9]+$" (urlParse $pg.url).host | trimPrefix ":" }}
+{{- default "5432" $port }}
+{{- else }}
+{{- int $pg.port }}
+{{- end }}
+{{- end }}
+
+{{- define "token-authority.storePasswordDir" -}}
+/etc/token-authority/store-password
+{{- end }}
+
+{{- define "token-authority.storeCaDir" -}}
+/etc/token-authority/store-ca
+{{- end }}

@@ -1,0 +1,359 @@
+{{/*
+The pod template of the server, shared by the StatefulSet (sled, one pod) and the Deployment
+(store.postgres, several pods), so that the two modes cannot drift apart. What differs:
+with sled, TA_DATA_DIR and the data volume; with PostgreSQL, TA_STORE and its password and
+CA files, no data volume at all (the server keeps no state on disk), and the topology spread.
+*/}}
+{{- define "token-authority.podTemplate" -}}
+{{- $grpcPort := int .Values.containerPorts.grpc }}
+{{- $httpPort := int .Values.containerPorts.http }}
+{{- $tls := eq (include "token-authority.tlsEnabled" .) "true" }}
+{{- $kubeIssuer := and .Values.policy.enabled .Values.policy.kubernetesIssuer.enabled }}
+{{- $shared := eq (include "token-authority.sharedStore" .) "true" }}
+{{- $pg := .Values.store.postgres }}
+metadata:
+  labels:
+    {{- include "token-authority.labels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- /* No checksum annotation of the policy or the certificate: it would restart the pod
+  on every change, while the server reloads both files itself. */}}
+  {{- with .Values.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "token-authority.serviceAccountName" . }}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+  containers:
+    - name: token-authority
+      image: {{ include "token-authority.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      # The image's ENTRYPOINT is ["token-authority", "serve"]; configuration is env only.
+      env:
+        {{- if $shared }}
+        # store.postgres: the key set lives in the shared database; no data directory (the
+        # server keeps no state on disk with a shared store).
+        - name: TA_STORE
+          value: {{ include "token-authority.storeUrl" . | quote }}
+        {{- if $pg.passwordSecret.name }}
+        - name: TA_STORE_PASSWORD_FILE
+          value: {{ printf "%s/%s" (include "token-authority.storePasswordDir" .) $pg.passwordSecret.key | quote }}
+        {{- end }}
+        {{- if $pg.ca.name }}
+        - name: TA_STORE_CA_FILE
+          value: {{ printf "%s/%s" (include "token-authority.storeCaDir" .) $pg.ca.key | quote }}
+        {{- end }}
+        {{- with $pg.syncInterval }}
+        - name: TA_STORE_SYNC_INTERVAL
+          value: {{ . | quote }}
+        {{- end }}
+        {{- else }}
+        - name: TA_DATA_DIR
+          value: {{ include "token-authority.dataDir" . | quote }}
+        {{- end }}
+        - name: TA_GRPC_LISTEN
+          value: {{ include "token-authority.listen" (list .Values.config.bindAddress $grpcPort) | quote }}
+        - name: TA_HTTP_LISTEN
+          value: {{ include "token-authority.listen" (list .Values.config.bindAddress $httpPort) | quote }}
+        - name: TA_ISSUER
+          value: {{ include "token-authority.issuer" . | quote }}
+        - name: TA_ADMIN_TOKEN_FILE
+          value: {{ printf "%s/admin-token" (include "token-authority.secretsDir" .) | quote }}
+        - name: TA_KEK_FILE
+          value: {{ printf "%s/kek" (include "token-authority.secretsDir" .) | quote }}
+        - name: TA_DEFAULT_TTL
+          value: {{ .Values.config.defaultTtl | quote }}
+        - name: TA_MAX_TTL
+          value: {{ .Values.config.maxTtl | quote }}
+        - name: TA_LEEWAY
+          value: {{ .Values.config.leeway | quote }}
+        - name: TA_JWKS_MAX_AGE
+          value: {{ .Values.config.jwksMaxAge | quote }}
+        - name: TA_PUBLISH_LEAD
+          value: {{ .Values.config.publishLead | quote }}
+        - name: TA_ROTATION_PERIOD
+          value: {{ .Values.config.rotationPeriod | quote }}
+        - name: TA_SHUTDOWN_GRACE
+          value: {{ .Values.config.shutdownGrace | quote }}
+        {{- if $tls }}
+        - name: TA_TLS_CERT
+          value: {{ printf "%s/tls.crt" (include "token-authority.tlsDir" .) | quote }}
+        - name: TA_TLS_KEY
+          value: {{ printf "%s/tls.key" (include "token-authority.tlsDir" .) | quote }}
+        {{- with .Values.tls.reloadInterval }}
+        - name: TA_TLS_RELOAD_INTERVAL
+          value: {{ . | quote }}
+        {{- end }}
+        {{- if .Values.tls.clientCa.enabled }}
+        - name: TA_CLIENT_CA
+          value: {{ printf "%s/%s" (include "token-authority.clientCaDir" .) .Values.tls.clientCa.key | quote }}
+        {{- end }}
+        {{- else }}
+        # tls.mode=disabled: plaintext on a non-loopback address, for a mesh that
+        # terminates mTLS in front of the server.
+        - name: TA_ALLOW_PLAINTEXT
+          value: "true"
+        {{- end }}
+        {{- if .Values.config.maxConnections }}
+        - name: TA_MAX_CONNECTIONS
+          value: {{ .Values.config.maxConnections | int | toString | quote }}
+        {{- end }}
+        {{- with .Values.config.handshakeTimeout }}
+        - name: TA_HANDSHAKE_TIMEOUT
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with .Values.config.idleTimeout }}
+        - name: TA_IDLE_TIMEOUT
+          value: {{ . | quote }}
+        {{- end }}
+        {{- if .Values.policy.enabled }}
+        - name: TA_POLICY_FILE
+          value: {{ printf "%s/policy.toml" (include "token-authority.policyDir" .) | quote }}
+        {{- end }}
+        {{- if .Values.audit.enabled }}
+        - name: TA_AUDIT_LOG
+          value: {{ ternary (printf "%s/%s" (include "token-authority.dataDir" .) .Values.audit.file) "-" (ne .Values.audit.file "") | quote }}
+        {{- end }}
+        - name: TA_LOG_FORMAT
+          value: {{ .Values.config.logFormat | quote }}
+        # The Secret files (0440, group fsGroup) and the fsGroup-owned data volume are
+        # group-accessible by design; without this the server refuses to start (see
+        # config.allowGroupReadableFiles in values.yaml).
+        - name: TA_ALLOW_GROUP_READABLE_FILES
+          value: {{ .Values.config.allowGroupReadableFiles | quote }}
+        {{- with .Values.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        - name: grpc
+          containerPort: {{ $grpcPort }}
+          protocol: TCP
+        - name: http
+          containerPort: {{ $httpPort }}
+          protocol: TCP
+      {{- if $tls }}
+      # HTTPS probes on the HTTP port: native gRPC probes cannot speak TLS, and the kubelet
+      # does not verify the certificate of an HTTPS probe. /readyz answers 200 once the
+      # keys are loaded and 503 as soon as the server starts draining on SIGTERM; /healthz
+      # answers 200 while the process serves at all.
+      startupProbe:
+        httpGet:
+          path: /readyz
+          port: {{ $httpPort }}
+          scheme: HTTPS
+        {{- toYaml .Values.probes.startup | nindent 8 }}
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: {{ $httpPort }}
+          scheme: HTTPS
+        {{- toYaml .Values.probes.liveness | nindent 8 }}
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: {{ $httpPort }}
+          scheme: HTTPS
+        {{- toYaml .Values.probes.readiness | nindent 8 }}
+      {{- else }}
+      # Native gRPC probes (grpc.health.v1.Health). The server reports SERVING once its
+      # keys are loaded and NOT_SERVING as soon as it starts draining on SIGTERM.
+      startupProbe:
+        grpc:
+          port: {{ $grpcPort }}
+        {{- toYaml .Values.probes.startup | nindent 8 }}
+      livenessProbe:
+        grpc:
+          port: {{ $grpcPort }}
+        {{- toYaml .Values.probes.liveness | nindent 8 }}
+      readinessProbe:
+        grpc:
+          port: {{ $grpcPort }}
+          service: tokenauthority.v1.TokenAuthority
+        {{- toYaml .Values.probes.readiness | nindent 8 }}
+      {{- end }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      volumeMounts:
+        {{- if not $shared }}
+        - name: data
+          mountPath: {{ include "token-authority.dataDir" . }}
+        {{- end }}
+        - name: secrets
+          mountPath: {{ include "token-authority.secretsDir" . }}
+          readOnly: true
+        {{- /* Whole-volume mounts, never subPath: a subPath mount never sees the kubelet's
+        updates, so renewed certificates and policy edits would not reach the server. */}}
+        {{- if $tls }}
+        - name: tls
+          mountPath: {{ include "token-authority.tlsDir" . }}
+          readOnly: true
+        {{- if .Values.tls.clientCa.enabled }}
+        - name: client-ca
+          mountPath: {{ include "token-authority.clientCaDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- end }}
+        {{- if .Values.policy.enabled }}
+        - name: policy
+          mountPath: {{ include "token-authority.policyDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if $kubeIssuer }}
+        - name: kube-api-access
+          mountPath: {{ include "token-authority.kubeTokenDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if and $shared $pg.passwordSecret.name }}
+        - name: store-password
+          mountPath: {{ include "token-authority.storePasswordDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if and $shared $pg.ca.name }}
+        - name: store-ca
+          mountPath: {{ include "token-authority.storeCaDir" . }}
+          readOnly: true
+        {{- end }}
+  volumes:
+    - name: secrets
+      secret:
+        secretName: {{ include "token-authority.secretName" . }}
+        # Owner root, group fsGroup (65532): readable by the server, nobody else.
+        defaultMode: 0440
+        items:
+          - key: admin-token
+            path: admin-token
+          - key: kek
+            path: kek
+    {{- if $tls }}
+    - name: tls
+      secret:
+        secretName: {{ include "token-authority.tlsSecretName" . }}
+        # Owner root, group fsGroup (65532): readable by the server, nobody else. Only
+        # the certificate and its key: never the generated CA's key.
+        defaultMode: 0440
+        items:
+          - key: tls.crt
+            path: tls.crt
+          - key: tls.key
+            path: tls.key
+    {{- if .Values.tls.clientCa.enabled }}
+    - name: client-ca
+      {{- if eq .Values.tls.clientCa.kind "ConfigMap" }}
+      configMap:
+        name: {{ .Values.tls.clientCa.name }}
+        defaultMode: 0444
+      {{- else }}
+      secret:
+        secretName: {{ default (include "token-authority.tlsSecretName" .) .Values.tls.clientCa.name }}
+        defaultMode: 0440
+      {{- end }}
+        items:
+          - key: {{ .Values.tls.clientCa.key }}
+            path: {{ .Values.tls.clientCa.key }}
+    {{- end }}
+    {{- end }}
+    {{- if .Values.policy.enabled }}
+    - name: policy
+      configMap:
+        name: {{ include "token-authority.policyConfigMapName" . }}
+        defaultMode: 0444
+    {{- end }}
+    {{- if $kubeIssuer }}
+    # The pod's own service-account token, short-lived and renewed by the kubelet, and the
+    # cluster CA: what the server needs to fetch the cluster's JWKS from the API server
+    # (the automatic mount is off; this is the only credential the pod gets).
+    - name: kube-api-access
+      projected:
+        # Group fsGroup (65532), like the Secret volumes.
+        defaultMode: 0440
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: {{ int .Values.policy.kubernetesIssuer.tokenExpirationSeconds }}
+          - configMap:
+              name: kube-root-ca.crt
+              items:
+                - key: ca.crt
+                  path: ca.crt
+    {{- end }}
+    {{- if $shared }}
+    {{- if $pg.passwordSecret.name }}
+    # The database password, from your Secret (store.postgres.passwordSecret).
+    - name: store-password
+      secret:
+        secretName: {{ $pg.passwordSecret.name }}
+        defaultMode: 0440
+        items:
+          - key: {{ $pg.passwordSecret.key }}
+            path: {{ $pg.passwordSecret.key }}
+    {{- end }}
+    {{- if $pg.ca.name }}
+    # The CA that signs the database server's certificate (store.postgres.ca).
+    - name: store-ca
+      {{- if eq $pg.ca.kind "ConfigMap" }}
+      configMap:
+        name: {{ $pg.ca.name }}
+        defaultMode: 0444
+      {{- else }}
+      secret:
+        secretName: {{ $pg.ca.name }}
+        defaultMode: 0440
+      {{- end }}
+        items:
+          - key: {{ $pg.ca.key }}
+            path: {{ $pg.ca.key }}
+    {{- end }}
+    {{- else if not .Values.persistence.enabled }}
+    # persistence.enabled=false: keys die with the pod. Test clusters only.
+    - name: data
+      emptyDir: {}
+    {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if .Values.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml .Values.topologySpreadConstraints | nindent 4 }}
+  {{- else if $shared }}
+  # Spread the replicas over nodes, then zones, so that one node or zone going down takes at
+  # most its share of them. ScheduleAnyway: on fewer nodes than replicas (or during a rolling
+  # update's surge) the pods still run, doubled up, rather than stay Pending; the scheduler
+  # still spreads them whenever it can. matchLabelKeys: each rollout's pods are spread on
+  # their own, not counted against the old ReplicaSet's.
+  topologySpreadConstraints:
+    {{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+    - maxSkew: 1
+      topologyKey: {{ . }}
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector:
+        matchLabels:
+          {{- include "token-authority.selectorLabels" $ | nindent 10 }}
+      matchLabelKeys:
+        - pod-template-hash
+    {{- end }}
+  {{- end }}
+{{- end }}
