@@ -3,7 +3,8 @@
 //! gRPC and at `/.well-known/jwks.json`.
 //!
 //! # Layout
-//! - `config`: the command line and its checks; `telemetry`: logging.
+//! - `config`: the command line and its checks; `cli`: each command run to its exit code;
+//!   `telemetry`: logging.
 //! - `server`: wiring and shutdown; `transport`: gRPC and HTTP, and their connections;
 //!   `signing_pool`: the threads that compute RSA signatures.
 //! - `callers`: who is calling (mTLS, issuer JWTs, client secrets), the deny-by-default
@@ -11,7 +12,8 @@
 //! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
 //! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
 //!   as pure functions of records and time; `keys`: key records.
-//! - `keys_command`: `keys list` and `keys import` on a stopped data directory.
+//! - `keys_command`: `keys list/import/rewrap/migrate` on a stopped data directory or the
+//!   replicas' database.
 //! - `store`: the keystore interface and its error; `store::sled` the sled keystore,
 //!   `store::guard` its guard file, `store::postgres` the PostgreSQL keystore replicas share,
 //!   `store::kek` key-encryption keys sealing private keys at rest.
@@ -32,6 +34,7 @@ pub mod admin;
 pub mod authority;
 pub mod bench;
 pub mod callers;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod file_modes;

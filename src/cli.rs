@@ -1,0 +1,137 @@
+//! The commands of the `token-authority` binary, from parsed arguments to an exit code:
+//! `serve`, `keys`, `bench`, `policy check`, `audit verify`. Errors are printed here, once,
+//! as one `error:` line; a configuration refused before start exits 2, other failures 1.
+
+use std::process::ExitCode;
+
+use crate::{
+    callers::commands,
+    config::{AuditCommand, Command, Config, KeysCommand, PolicyCommand},
+    keys_command,
+    server::{self, Listeners},
+    telemetry,
+};
+
+/// Runs one parsed command to its exit code: what `main` does after parsing.
+pub fn run(command: Command) -> ExitCode {
+    // Files libraries create under the data directory (sled's) are owner-only too.
+    crate::file_modes::restrict_umask();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Keys(command) => keys(&command),
+        Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Policy(PolicyCommand::Check { file }) => {
+            report(runtime.block_on(commands::policy_check(&file)))
+        }
+        Command::Audit(AuditCommand::Verify { path }) => report(commands::audit_verify(&path)),
+    }
+}
+
+/// Prints a command's report: stdout and exit 0, or stderr and exit 1.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(text) => {
+            eprintln!("{}", text.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: crate::config::BenchArgs) -> ExitCode {
+    match crate::bench::run(&args).await {
+        Ok(report) if args.json => match serde_json::to_string(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(report) => {
+            print!("{}", crate::bench::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys(command: &KeysCommand) -> ExitCode {
+    let result = match command {
+        KeysCommand::List(args) => keys_command::list(args),
+        KeysCommand::Import(args) => keys_command::import(args),
+        KeysCommand::Rewrap(args) => keys_command::rewrap(args),
+        KeysCommand::Migrate(args) => keys_command::migrate(args),
+    };
+    report(result.map_err(|error| format!("error: {error}")))
+}
+
+async fn serve(args: crate::config::ServeArgs) -> ExitCode {
+    let config = match Config::try_from(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("error: cannot install the SIGTERM/SIGINT handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listeners = match Listeners::bind(config.grpc_listen, config.http_listen).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            eprintln!(
+                "error: cannot bind {} / {}: {error}",
+                config.grpc_listen, config.http_listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::run(config, listeners, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or SIGINT. The handlers are installed when
+/// this is called, not when the future is first polled: a signal that arrives while the
+/// server is still starting is not lost (nor does it kill the process undrained).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
