@@ -3,17 +3,16 @@
 //!
 //! Production passes the SIGTERM|SIGINT future; tests pass a oneshot receiver. Shutdown:
 //! health goes NOT_SERVING, both servers stop accepting and drain within the grace period,
-//! the keystore is flushed.
+//! the keystore is flushed. What it opens first is in `open`, its background tasks in `tasks`.
 
 use std::{
     future::Future,
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{net::TcpListener, sync::watch};
@@ -21,21 +20,19 @@ use tonic_health::ServingStatus;
 
 use crate::{
     admin::{AdminToken, AdminTokenError, AdminTokenSource},
-    authority::{Authority, AuthorityError, Settings},
+    authority::{AuthorityError, Settings},
     callers::{
-        audit::{AuditError, AuditLog},
+        audit::AuditError,
         reload::{self, LoadError},
-        CallerSettings, Callers,
     },
     config::Config,
-    file_modes::{self, FileModeError},
+    file_modes::FileModeError,
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
     signing_pool::SigningPool,
     store::{
         kek::{KekError, Keks},
-        postgres::Backoff,
-        KeyStore, PgSettings, PgStore, StoreError,
+        StoreError,
     },
     transport::{
         grpc::GrpcService,
@@ -45,6 +42,13 @@ use crate::{
         watch::Watchers,
     },
 };
+
+mod open;
+mod tasks;
+
+pub use open::keystore_path;
+use open::{check_files, open_callers, open_shared, open_sled};
+use tasks::{run_schedule, run_sync};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -101,239 +105,11 @@ impl Listeners {
     }
 }
 
-/// Where the keystore lives inside the data directory.
-pub fn keystore_path(config: &Config) -> PathBuf {
-    config.data_dir.join("keystore")
-}
-
-/// The sled keystore in the data directory, and the authority over it.
-async fn open_sled(
-    config: &Config,
-    keks: Option<Keks>,
-    settings: Settings,
-) -> Result<Authority, ServerError> {
-    let store_path = keystore_path(config);
-    tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
-        let (store, records) = KeyStore::open(&store_path, keks)?;
-        if store.encrypts_at_rest() && store.unsealed_at_open() > 0 {
-            tracing::warn!(
-                unsealed = store.unsealed_at_open(),
-                "some private keys are still stored unencrypted; run `token-authority keys rewrap`"
-            );
-        }
-        let fresh = records.is_empty();
-        let authority = Authority::open(store, records, settings, unix_now())?;
-        if fresh {
-            tracing::info!(path = %store_path.display(), "created a new keystore");
-        }
-        Ok(authority)
-    })
-    .await
-    .map_err(|e| ServerError::Task(e.to_string()))?
-}
-
-/// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.
-/// While the database cannot be reached this retries with backoff (nothing is served: the
-/// replica is not ready until it holds the key set); any other failure stops the start.
-/// `None` when `shutdown` completes first.
-async fn open_shared(
-    pg: &PgSettings,
-    keks: Keks,
-    settings: Settings,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<Option<Authority>, ServerError> {
-    let store = Arc::new(PgStore::new(pg, keks)?);
-    let mut backoff = Backoff::new();
-    loop {
-        let attempt = async {
-            store.migrate().await?;
-            Authority::open_shared(
-                KeyStore::Postgres(Arc::clone(&store)),
-                settings.clone(),
-                unix_now(),
-            )
-            .await
-        };
-        match attempt.await {
-            Ok(authority) => {
-                tracing::info!(database = store.shown(), "shared keystore loaded");
-                return Ok(Some(authority));
-            }
-            Err(AuthorityError::Store(StoreError::Unavailable(reason))) => {
-                tracing::warn!(%reason, "the keystore database is unavailable; retrying");
-            }
-            Err(AuthorityError::Store(error)) => return Err(error.into()),
-            Err(other) => return Err(other.into()),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown.as_mut() => return Ok(None),
-        }
-    }
-}
-
-/// Follows a shared keystore: re-reads it when another replica's change is notified, and
-/// every `interval` in case a notification was lost. Failures (the database down) leave the
-/// key set in memory serving, and show in the sync-age metric.
-async fn run_sync(authority: Arc<Authority>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let Some(mut changes) = authority.store().changes() else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            Some(_) = changes.recv() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        if let Err(error) = authority.refresh(unix_now()).await {
-            tracing::warn!(%error, "cannot sync the key set with the keystore");
-        }
-    }
-}
-
-/// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
-/// of the key set, and at least every minute so a jump of the wall clock is noticed.
-async fn run_schedule(
-    authority: Arc<Authority>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // After a failure the next attempt waits with backoff (1 s doubling to a minute): a
-    // database that is down would otherwise be asked, and the failure logged, every second.
-    let mut backoff: Option<Backoff> = None;
-    let mut failures = 0u32;
-    loop {
-        let now = unix_now();
-        let due_in = authority
-            .next_change()
-            .map_or(60, |at| at.saturating_sub(now))
-            .clamp(1, 60);
-        let wait = backoff
-            .as_mut()
-            .map_or(Duration::from_secs(due_in), Backoff::next_delay);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        match authority.tick(unix_now()).await {
-            Ok(plan) => {
-                if failures > 0 {
-                    tracing::info!(failures, "scheduled key lifecycle step done after failures");
-                }
-                (backoff, failures) = (None, 0);
-                metrics.key_events(plan.rotated.len(), 0, plan.deleted.len());
-            }
-            // The set in memory is unchanged when a transition fails; the key set keeps
-            // signing, and the step is retried.
-            Err(error) => {
-                failures += 1;
-                metrics.scheduled_step_failed();
-                backoff.get_or_insert_with(|| {
-                    Backoff::between(Duration::from_secs(1), Duration::from_secs(60))
-                });
-                if matches!(error, AuthorityError::Store(StoreError::Unavailable(_))) {
-                    tracing::warn!(%error, failures, "scheduled key lifecycle step waits for the keystore database");
-                } else {
-                    tracing::error!(%error, failures, "scheduled key lifecycle step failed");
-                }
-            }
-        }
-    }
-}
-
-/// The data directory holds private keys and the admin token: owner-only when we create
-/// it, refused (unless allowed) when it, the admin token or the KEK file is not. A replica
-/// over a shared store keeps nothing on disk, so it neither needs nor creates the directory
-/// (a Deployment without a volume, on a read-only root file system).
-fn check_files(config: &Config) -> Result<(), ServerError> {
-    let allow = config.allow_group_readable_files;
-    // With a shared store the configuration has made sure of an admin token file.
-    let keeps_data_dir = config.store.is_none();
-    if keeps_data_dir && config.data_dir.exists() {
-        file_modes::check_private(&config.data_dir, "data directory", allow)?;
-    } else if keeps_data_dir {
-        file_modes::create_private_dir(&config.data_dir).map_err(|source| {
-            ServerError::DataDir {
-                path: config.data_dir.display().to_string(),
-                source,
-            }
-        })?;
-    }
-    let token = config
-        .admin_token_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("admin-token"));
-    if token.exists() {
-        file_modes::check_private(&token, "admin token file", allow)?;
-    }
-    if let Some(kek) = &config.kek_file {
-        file_modes::check_private(kek, "KEK file", allow)?;
-    }
-    Ok(())
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The caller layer: the policy (refused whole when it has any problem: the server does not
-/// start), the audit log, and what the no-policy mode means on this listener.
-async fn open_callers(
-    config: &Config,
-    grpc_addr: SocketAddr,
-    admin: AdminToken,
-    metrics: &Arc<Metrics>,
-) -> Result<Callers, ServerError> {
-    let loopback = grpc_addr.ip().is_loopback();
-    let policy = match &config.policy_file {
-        Some(path) => {
-            let active = reload::load(path, None, Some(metrics), true).await?;
-            tracing::info!(
-                path = %path.display(),
-                rules = active.policy.rules.len(),
-                issuers = active.issuers.len(),
-                clients = active.policy.clients.len(),
-                "caller policy loaded; issuance is deny-by-default"
-            );
-            Some(active)
-        }
-        None if loopback => {
-            tracing::warn!(
-                grpc = %grpc_addr,
-                "no --policy-file: IssueToken is OPEN to any process that reaches this loopback listener (local development only)"
-            );
-            None
-        }
-        None => {
-            tracing::warn!(
-                grpc = %grpc_addr,
-                "no --policy-file and a non-loopback gRPC listener: only the admin token may call IssueToken"
-            );
-            None
-        }
-    };
-    let audit = match &config.audit_log {
-        Some(path) => {
-            let log = AuditLog::open(path)?;
-            tracing::info!(path = %path.display(), "audit log open");
-            Some(Arc::new(log))
-        }
-        None => None,
-    };
-    Ok(Callers::new(
-        Arc::new(admin),
-        Arc::clone(metrics),
-        CallerSettings {
-            loopback,
-            leeway: config.leeway,
-            max_token_bytes: config.max_token_bytes,
-        },
-        policy,
-        audit,
-    ))
 }
 
 /// Runs the authority until `shutdown` completes, then drains and flushes.

@@ -1,0 +1,174 @@
+//! What the server opens before it serves: the keystore (sled in the data directory, or the
+//! shared database, waited for), the files whose modes it checks, and the caller layer.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use super::{unix_now, ServerError};
+use crate::{
+    admin::AdminToken,
+    authority::{Authority, AuthorityError, Settings},
+    callers::{audit::AuditLog, reload, CallerSettings, Callers},
+    config::Config,
+    file_modes,
+    metrics::Metrics,
+    store::{kek::Keks, postgres::Backoff, KeyStore, PgSettings, PgStore, StoreError},
+};
+
+/// Where the keystore lives inside the data directory.
+pub fn keystore_path(config: &Config) -> PathBuf {
+    config.data_dir.join("keystore")
+}
+
+/// The sled keystore in the data directory, and the authority over it.
+pub(super) async fn open_sled(
+    config: &Config,
+    keks: Option<Keks>,
+    settings: Settings,
+) -> Result<Authority, ServerError> {
+    let store_path = keystore_path(config);
+    tokio::task::spawn_blocking(move || -> Result<Authority, ServerError> {
+        let (store, records) = KeyStore::open(&store_path, keks)?;
+        if store.encrypts_at_rest() && store.unsealed_at_open() > 0 {
+            tracing::warn!(
+                unsealed = store.unsealed_at_open(),
+                "some private keys are still stored unencrypted; run `token-authority keys rewrap`"
+            );
+        }
+        let fresh = records.is_empty();
+        let authority = Authority::open(store, records, settings, unix_now())?;
+        if fresh {
+            tracing::info!(path = %store_path.display(), "created a new keystore");
+        }
+        Ok(authority)
+    })
+    .await
+    .map_err(|e| ServerError::Task(e.to_string()))?
+}
+
+/// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.
+/// While the database cannot be reached this retries with backoff (nothing is served: the
+/// replica is not ready until it holds the key set); any other failure stops the start.
+/// `None` when `shutdown` completes first.
+pub(super) async fn open_shared(
+    pg: &PgSettings,
+    keks: Keks,
+    settings: Settings,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Authority>, ServerError> {
+    let store = Arc::new(PgStore::new(pg, keks)?);
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = async {
+            store.migrate().await?;
+            Authority::open_shared(
+                KeyStore::Postgres(Arc::clone(&store)),
+                settings.clone(),
+                unix_now(),
+            )
+            .await
+        };
+        match attempt.await {
+            Ok(authority) => {
+                tracing::info!(database = store.shown(), "shared keystore loaded");
+                return Ok(Some(authority));
+            }
+            Err(AuthorityError::Store(StoreError::Unavailable(reason))) => {
+                tracing::warn!(%reason, "the keystore database is unavailable; retrying");
+            }
+            Err(AuthorityError::Store(error)) => return Err(error.into()),
+            Err(other) => return Err(other.into()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.as_mut() => return Ok(None),
+        }
+    }
+}
+
+/// The data directory holds private keys and the admin token: owner-only when we create
+/// it, refused (unless allowed) when it, the admin token or the KEK file is not. A replica
+/// over a shared store keeps nothing on disk, so it neither needs nor creates the directory
+/// (a Deployment without a volume, on a read-only root file system).
+pub(super) fn check_files(config: &Config) -> Result<(), ServerError> {
+    let allow = config.allow_group_readable_files;
+    // With a shared store the configuration has made sure of an admin token file.
+    let keeps_data_dir = config.store.is_none();
+    if keeps_data_dir && config.data_dir.exists() {
+        file_modes::check_private(&config.data_dir, "data directory", allow)?;
+    } else if keeps_data_dir {
+        file_modes::create_private_dir(&config.data_dir).map_err(|source| {
+            ServerError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    let token = config
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin-token"));
+    if token.exists() {
+        file_modes::check_private(&token, "admin token file", allow)?;
+    }
+    if let Some(kek) = &config.kek_file {
+        file_modes::check_private(kek, "KEK file", allow)?;
+    }
+    Ok(())
+}
+
+/// The caller layer: the policy (refused whole when it has any problem: the server does not
+/// start), the audit log, and what the no-policy mode means on this listener.
+pub(super) async fn open_callers(
+    config: &Config,
+    grpc_addr: SocketAddr,
+    admin: AdminToken,
+    metrics: &Arc<Metrics>,
+) -> Result<Callers, ServerError> {
+    let loopback = grpc_addr.ip().is_loopback();
+    let policy = match &config.policy_file {
+        Some(path) => {
+            let active = reload::load(path, None, Some(metrics), true).await?;
+            tracing::info!(
+                path = %path.display(),
+                rules = active.policy.rules.len(),
+                issuers = active.issuers.len(),
+                clients = active.policy.clients.len(),
+                "caller policy loaded; issuance is deny-by-default"
+            );
+            Some(active)
+        }
+        None if loopback => {
+            tracing::warn!(
+                grpc = %grpc_addr,
+                "no --policy-file: IssueToken is OPEN to any process that reaches this loopback listener (local development only)"
+            );
+            None
+        }
+        None => {
+            tracing::warn!(
+                grpc = %grpc_addr,
+                "no --policy-file and a non-loopback gRPC listener: only the admin token may call IssueToken"
+            );
+            None
+        }
+    };
+    let audit = match &config.audit_log {
+        Some(path) => {
+            let log = AuditLog::open(path)?;
+            tracing::info!(path = %path.display(), "audit log open");
+            Some(Arc::new(log))
+        }
+        None => None,
+    };
+    Ok(Callers::new(
+        Arc::new(admin),
+        Arc::clone(metrics),
+        CallerSettings {
+            loopback,
+            leeway: config.leeway,
+            max_token_bytes: config.max_token_bytes,
+        },
+        policy,
+        audit,
+    ))
+}

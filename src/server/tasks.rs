@@ -1,0 +1,87 @@
+//! The server's background tasks over the key set: the schedule (rotations and deletions
+//! as they fall due, with backoff after a failure) and, with a shared store, following
+//! the other replicas' changes.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use super::unix_now;
+use crate::{
+    authority::{Authority, AuthorityError},
+    metrics::Metrics,
+    store::{postgres::Backoff, StoreError},
+};
+
+/// Follows a shared keystore: re-reads it when another replica's change is notified, and
+/// every `interval` in case a notification was lost. Failures (the database down) leave the
+/// key set in memory serving, and show in the sync-age metric.
+pub(super) async fn run_sync(
+    authority: Arc<Authority>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(mut changes) = authority.store().changes() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            Some(_) = changes.recv() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = authority.refresh(unix_now()).await {
+            tracing::warn!(%error, "cannot sync the key set with the keystore");
+        }
+    }
+}
+
+/// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
+/// of the key set, and at least every minute so a jump of the wall clock is noticed.
+pub(super) async fn run_schedule(
+    authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // After a failure the next attempt waits with backoff (1 s doubling to a minute): a
+    // database that is down would otherwise be asked, and the failure logged, every second.
+    let mut backoff: Option<Backoff> = None;
+    let mut failures = 0u32;
+    loop {
+        let now = unix_now();
+        let due_in = authority
+            .next_change()
+            .map_or(60, |at| at.saturating_sub(now))
+            .clamp(1, 60);
+        let wait = backoff
+            .as_mut()
+            .map_or(Duration::from_secs(due_in), Backoff::next_delay);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match authority.tick(unix_now()).await {
+            Ok(plan) => {
+                if failures > 0 {
+                    tracing::info!(failures, "scheduled key lifecycle step done after failures");
+                }
+                (backoff, failures) = (None, 0);
+                metrics.key_events(plan.rotated.len(), 0, plan.deleted.len());
+            }
+            // The set in memory is unchanged when a transition fails; the key set keeps
+            // signing, and the step is retried.
+            Err(error) => {
+                failures += 1;
+                metrics.scheduled_step_failed();
+                backoff.get_or_insert_with(|| {
+                    Backoff::between(Duration::from_secs(1), Duration::from_secs(60))
+                });
+                if matches!(error, AuthorityError::Store(StoreError::Unavailable(_))) {
+                    tracing::warn!(%error, failures, "scheduled key lifecycle step waits for the keystore database");
+                } else {
+                    tracing::error!(%error, failures, "scheduled key lifecycle step failed");
+                }
+            }
+        }
+    }
+}
