@@ -1,0 +1,453 @@
+//! The policy file as written (TOML, unknown fields refused) and its checks: every problem
+//! found, each naming its table and field, before a `Policy` is built from it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
+
+use globset::GlobSetBuilder;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{
+    glob, Client, Policy, Problem, Rule, SubjectPattern, DEFAULT_MAX_TOKEN_LIFETIME, RESERVED,
+};
+use crate::{
+    callers::issuers::{check_fetch_url, IssuerConfig, JwksSource, SubjectBound},
+    crypto::Algorithm,
+};
+
+// The file as written. Unknown fields are errors: a misspelt `max_tl` must not silently
+// lift a limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default, rename = "issuer")]
+    issuers: Vec<IssuerToml>,
+    #[serde(default, rename = "client")]
+    clients: Vec<ClientToml>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerToml {
+    name: String,
+    issuer: String,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    jwks_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    max_token_lifetime: Option<String>,
+    algorithms: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientToml {
+    id: String,
+    secret_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleToml {
+    callers: Vec<String>,
+    subjects: Option<Vec<String>>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    max_ttl: Option<String>,
+    #[serde(default)]
+    claims: toml::Table,
+    #[serde(default)]
+    allow_claims: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+    bind: Option<String>,
+}
+
+impl Policy {
+    /// Parses and checks `text`; every problem is reported.
+    pub fn parse(text: &str) -> Result<Policy, Vec<Problem>> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            vec![Problem(format!("{at}{message}"))]
+        })?;
+        let mut problems = Vec::new();
+        let issuers = check_issuers(&file.issuers, &mut problems);
+        let clients = check_clients(&file.clients, &mut problems);
+        let rules = file
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| check_rule(index, rule, &clients, &mut problems))
+            .collect();
+        if problems.is_empty() {
+            Ok(Policy {
+                issuers,
+                clients,
+                rules,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn duration(text: &str) -> Result<u64, String> {
+    let parsed: Duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if parsed.subsec_nanos() != 0 || parsed.as_secs() == 0 {
+        return Err("must be a positive whole number of seconds".into());
+    }
+    Ok(parsed.as_secs())
+}
+
+fn check_issuers(issuers: &[IssuerToml], problems: &mut Vec<Problem>) -> Vec<IssuerConfig> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut iss_values = HashSet::new();
+    for (i, issuer) in issuers.iter().enumerate() {
+        let at = |field: &str, problem: String| Problem(format!("issuer[{i}].{field}: {problem}"));
+        let before = problems.len();
+        if issuer.name.trim().is_empty() {
+            problems.push(at("name", "is empty".into()));
+        } else if !names.insert(issuer.name.clone()) {
+            problems.push(at(
+                "name",
+                format!("{:?} is used by another issuer", issuer.name),
+            ));
+        }
+        if issuer.issuer.trim().is_empty() {
+            problems.push(at("issuer", "is empty".into()));
+        } else if !iss_values.insert(issuer.issuer.clone()) {
+            problems.push(at(
+                "issuer",
+                format!(
+                    "{:?} is trusted twice; a token's iss must name one issuer",
+                    issuer.issuer
+                ),
+            ));
+        }
+        let source = match (&issuer.jwks_uri, issuer.discovery, &issuer.jwks_file) {
+            (Some(uri), false, None) => {
+                if let Err(reason) = check_fetch_url(uri) {
+                    problems.push(at("jwks_uri", reason));
+                }
+                Some(JwksSource::Uri(uri.clone()))
+            }
+            (None, true, None) => {
+                if let Err(reason) = check_fetch_url(&issuer.issuer) {
+                    problems.push(at("discovery", format!("the issuer URL: {reason}")));
+                }
+                Some(JwksSource::Discovery)
+            }
+            (None, false, Some(file)) => Some(JwksSource::File(file.clone())),
+            _ => {
+                problems.push(at(
+                    "jwks_uri",
+                    "give exactly one of jwks_uri, discovery = true, jwks_file".into(),
+                ));
+                None
+            }
+        };
+        if issuer.bearer_token_file.is_some() && matches!(source, Some(JwksSource::File(_))) {
+            problems.push(at(
+                "bearer_token_file",
+                "is only for fetching over HTTPS".into(),
+            ));
+        }
+        if issuer.audiences.is_empty() {
+            problems.push(at(
+                "audiences",
+                "is required: a token minted for another service must not work here".into(),
+            ));
+        }
+        if issuer.audiences.iter().any(|a| a.trim().is_empty()) {
+            problems.push(at("audiences", "holds an empty entry".into()));
+        }
+        let lifetime = match issuer.max_token_lifetime.as_deref().map(duration) {
+            None => DEFAULT_MAX_TOKEN_LIFETIME,
+            Some(Ok(seconds)) => seconds,
+            Some(Err(reason)) => {
+                problems.push(at("max_token_lifetime", reason));
+                0
+            }
+        };
+        let mut algorithms = Vec::new();
+        match &issuer.algorithms {
+            None => algorithms.extend_from_slice(Algorithm::ALL),
+            Some(names) if names.is_empty() => {
+                problems.push(at("algorithms", "names no algorithm".into()))
+            }
+            Some(names) => {
+                for name in names {
+                    match Algorithm::from_name(name) {
+                        Some(alg) => algorithms.push(alg),
+                        None => problems.push(at(
+                            "algorithms",
+                            format!("{name:?} is not one of RS256, PS256, ES256, EdDSA"),
+                        )),
+                    }
+                }
+            }
+        }
+        let subjects = issuer.subjects.as_ref().and_then(|patterns| {
+            if patterns.is_empty() {
+                problems.push(at("subjects", "names no subject".into()));
+                return None;
+            }
+            let mut set = GlobSetBuilder::new();
+            for pattern in patterns {
+                match glob(pattern) {
+                    Ok(glob) => {
+                        set.add(glob);
+                    }
+                    Err(error) => {
+                        problems.push(at("subjects", format!("{pattern:?}: {}", error.kind())))
+                    }
+                }
+            }
+            match set.build() {
+                Ok(set) => Some(SubjectBound::new(patterns.clone(), set)),
+                Err(error) => {
+                    problems.push(at("subjects", error.to_string()));
+                    None
+                }
+            }
+        });
+        if let (Some(source), true) = (source, problems.len() == before) {
+            out.push(IssuerConfig {
+                name: issuer.name.clone(),
+                issuer: issuer.issuer.clone(),
+                source,
+                ca_file: issuer.ca_file.clone(),
+                bearer_token_file: issuer.bearer_token_file.clone(),
+                audiences: issuer.audiences.clone(),
+                max_token_lifetime: lifetime,
+                algorithms,
+                subjects,
+            });
+        }
+    }
+    out
+}
+
+fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap<String, Client> {
+    let mut out = HashMap::new();
+    for (i, client) in clients.iter().enumerate() {
+        let at = |field: &str, problem: String| Problem(format!("client[{i}].{field}: {problem}"));
+        if client.id.is_empty()
+            || client.id.contains(':')
+            || client.id.chars().any(char::is_control)
+        {
+            problems.push(at(
+                "id",
+                "must be non-empty, without ':' or control characters".into(),
+            ));
+            continue;
+        }
+        let digest = decode_hex(&client.secret_sha256);
+        let Some(digest) = digest else {
+            problems.push(at(
+                "secret_sha256",
+                "must be 64 hex digits (sha256sum of the secret)".into(),
+            ));
+            continue;
+        };
+        if out.contains_key(&client.id) {
+            problems.push(at("id", format!("{:?} is defined twice", client.id)));
+            continue;
+        }
+        out.insert(
+            client.id.clone(),
+            Client {
+                id: client.id.clone(),
+                secret_sha256: digest,
+            },
+        );
+    }
+    out
+}
+
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn check_rule(
+    index: usize,
+    rule: &RuleToml,
+    clients: &HashMap<String, Client>,
+    problems: &mut Vec<Problem>,
+) -> Option<Rule> {
+    let before = problems.len();
+    let at = |field: &str, problem: String| Problem(format!("rule[{index}].{field}: {problem}"));
+    if rule.callers.is_empty() {
+        problems.push(at("callers", "names no caller".into()));
+    }
+    let mut callers = GlobSetBuilder::new();
+    for pattern in &rule.callers {
+        match glob(pattern) {
+            Ok(glob) => {
+                callers.add(glob);
+            }
+            Err(e) => problems.push(at("callers", format!("{pattern:?}: {}", e.kind()))),
+        }
+        if let Some(id) = pattern.strip_prefix("client:") {
+            let is_glob = id.contains(['*', '?', '[', '{']);
+            if !is_glob && !clients.contains_key(id) {
+                problems.push(at(
+                    "callers",
+                    format!("{pattern:?} names a client no [[client]] defines"),
+                ));
+            }
+        }
+    }
+    let mut subjects = Vec::new();
+    for pattern in rule
+        .subjects
+        .clone()
+        .unwrap_or_else(|| vec!["{caller}".into()])
+    {
+        if pattern.trim().is_empty() {
+            problems.push(at("subjects", "holds an empty entry".into()));
+        } else if pattern == "{caller}" {
+            subjects.push(SubjectPattern::Caller);
+        } else if pattern.contains("{caller}") {
+            match glob(&pattern.replace("{caller}", "caller")) {
+                Ok(_) => subjects.push(SubjectPattern::Glob(pattern)),
+                Err(e) => problems.push(at("subjects", format!("{pattern:?}: {}", e.kind()))),
+            }
+        } else {
+            match glob(&pattern) {
+                Ok(glob) => subjects.push(SubjectPattern::Fixed(glob.compile_matcher())),
+                Err(e) => problems.push(at("subjects", format!("{pattern:?}: {}", e.kind()))),
+            }
+        }
+    }
+    if rule.subjects.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(at(
+            "subjects",
+            "names no subject (leave it out for {caller})".into(),
+        ));
+    }
+    if rule.audiences.iter().any(|a| a.trim().is_empty()) {
+        problems.push(at("audiences", "holds an empty entry".into()));
+    }
+    let max_ttl = match rule.max_ttl.as_deref().map(duration) {
+        None => None,
+        Some(Ok(seconds)) => Some(seconds),
+        Some(Err(reason)) => {
+            problems.push(at("max_ttl", reason));
+            None
+        }
+    };
+    let mut claims = Map::new();
+    for (name, value) in &rule.claims {
+        if RESERVED.contains(&name.as_str()) {
+            problems.push(at(
+                "claims",
+                format!("{name:?} is set by the authority and cannot be fixed by a rule"),
+            ));
+            continue;
+        }
+        match toml_to_json(value) {
+            Some(json) => {
+                claims.insert(name.clone(), json);
+            }
+            None => problems.push(at(
+                "claims",
+                format!("{name:?} holds a TOML date-time, which JSON cannot carry; quote it"),
+            )),
+        }
+    }
+    let mut allow_claims = HashSet::new();
+    for name in &rule.allow_claims {
+        if RESERVED.contains(&name.as_str()) {
+            problems.push(at(
+                "allow_claims",
+                format!("{name:?} is set by the authority; callers can never set it"),
+            ));
+        } else if claims.contains_key(name) {
+            problems.push(at(
+                "allow_claims",
+                format!("{name:?} is also fixed in claims; a rule cannot both fix and free it"),
+            ));
+        } else {
+            allow_claims.insert(name.clone());
+        }
+    }
+    let bind_mtls = match rule.bind.as_deref() {
+        None => false,
+        Some("mtls") => true,
+        Some(other) => {
+            problems.push(at(
+                "bind",
+                format!("{other:?} is not a binding; the only one is \"mtls\""),
+            ));
+            false
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    let callers = match callers.build() {
+        Ok(set) => set,
+        Err(e) => {
+            problems.push(at("callers", e.to_string()));
+            return None;
+        }
+    };
+    Some(Rule {
+        index,
+        callers,
+        subjects,
+        audiences: rule.audiences.iter().cloned().collect(),
+        max_ttl,
+        claims,
+        allow_claims,
+        admin: rule.admin,
+        bind_mtls,
+    })
+}
+
+fn toml_to_json(value: &toml::Value) -> Option<Value> {
+    Some(match value {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number)?,
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(_) => return None,
+        toml::Value::Array(items) => {
+            Value::Array(items.iter().map(toml_to_json).collect::<Option<_>>()?)
+        }
+        toml::Value::Table(table) => Value::Object(
+            table
+                .iter()
+                .map(|(k, v)| Some((k.clone(), toml_to_json(v)?)))
+                .collect::<Option<_>>()?,
+        ),
+    })
+}
