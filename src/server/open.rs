@@ -7,11 +7,12 @@ use super::{unix_now, ServerError};
 use crate::{
     admin::AdminToken,
     authority::{Authority, AuthorityError, Settings},
+    backoff::Backoff,
     callers::{audit::AuditLog, reload, CallerSettings, Callers},
     config::Config,
     file_modes,
     metrics::Metrics,
-    store::{kek::Keks, postgres::Backoff, KeyStore, PgSettings, PgStore, StoreError},
+    store::{kek::Keks, KeyStore, PgSettings, PgStore, StoreError},
 };
 
 /// Where the keystore lives inside the data directory.

@@ -9,8 +9,9 @@ use tokio::sync::watch;
 use super::unix_now;
 use crate::{
     authority::{Authority, AuthorityError},
+    backoff::Backoff,
     metrics::Metrics,
-    store::{postgres::Backoff, StoreError},
+    store::StoreError,
 };
 
 /// Follows a shared keystore: re-reads it when another replica's change is notified, and

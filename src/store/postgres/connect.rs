@@ -1,0 +1,178 @@
+//! How a replica reaches the database: the connection settings from the URL, the `PG*`
+//! variables and the password file, and TLS (rustls, verifying chain and host name).
+
+use std::{str::FromStr, sync::Arc};
+
+use tokio_postgres::Config;
+
+use super::{PgSettings, CONNECT_TIMEOUT};
+use crate::store::StoreError;
+
+/// The connection settings: the URL, then the `PG*` variables for what it leaves out, the
+/// password from the URL, the password file or `PGPASSWORD`, in that order.
+pub(super) fn client_config(
+    settings: &PgSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, StoreError> {
+    let invalid = |reason: String| StoreError::Open {
+        path: "the --store URL".into(),
+        reason,
+    };
+    // libpq's verifying modes: rustls always checks the chain and the host name, so each
+    // is `require` to tokio-postgres, which knows only disable/prefer/require.
+    let mut url = settings.url.clone();
+    for verifying in ["sslmode=verify-full", "sslmode=verify-ca"] {
+        url = url.replace(verifying, "sslmode=require");
+    }
+    let mut config = Config::from_str(&url).map_err(|e| invalid(e.to_string()))?;
+    if !settings.url.contains("sslmode=") {
+        match env("PGSSLMODE").as_deref() {
+            None | Some("prefer") => {}
+            Some("disable") => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            }
+            Some("require" | "verify-ca" | "verify-full") => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            }
+            Some(other) => return Err(invalid(format!("PGSSLMODE={other} is not supported"))),
+        }
+    }
+    if config.get_hosts().is_empty() {
+        config.host(env("PGHOST").unwrap_or_else(|| "localhost".into()));
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = env("PGPORT") {
+            config.port(
+                port.parse()
+                    .map_err(|_| invalid(format!("PGPORT={port} is not a port")))?,
+            );
+        }
+    }
+    if config.get_user().is_none() {
+        if let Some(user) = env("PGUSER") {
+            config.user(user);
+        }
+    }
+    if config.get_dbname().is_none() {
+        if let Some(dbname) = env("PGDATABASE") {
+            config.dbname(dbname);
+        }
+    }
+    if config.get_password().is_none() {
+        if let Some(path) = &settings.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot read the store password file: {e}"),
+            })?;
+            config.password(text.trim_end_matches(['\r', '\n']));
+        } else if let Some(password) = env("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.application_name("token-authority");
+    Ok(config)
+}
+
+/// rustls on ring, with the CA file's roots or the public web roots.
+pub(super) fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let invalid = |reason: String| StoreError::Open {
+                path: path.display().to_string(),
+                reason,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| invalid(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| invalid(e.to_string()))?)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Open {
+            path: "TLS to the database".into(),
+            reason: e.to_string(),
+        })
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The rustls provider that matches the crate's crypto provider.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc-rs"))]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> PgSettings {
+        PgSettings {
+            url: url.into(),
+            password_file: None,
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn the_url_wins_and_pg_variables_fill_the_gaps() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("db.internal".to_owned()),
+            "PGPORT" => Some("6432".to_owned()),
+            "PGUSER" => Some("authority".to_owned()),
+            "PGPASSWORD" => Some("from-env".to_owned()),
+            "PGDATABASE" => Some("keys".to_owned()),
+            "PGSSLMODE" => Some("verify-full".to_owned()),
+            _ => None,
+        };
+        let config = client_config(&settings("postgres://"), &env).unwrap();
+        assert_eq!(config.get_user(), Some("authority"));
+        assert_eq!(config.get_dbname(), Some("keys"));
+        assert_eq!(config.get_ports(), [6432]);
+        assert_eq!(config.get_password(), Some(&b"from-env"[..]));
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let config = client_config(
+            &settings("postgres://me:secret@h:5432/db?sslmode=verify-full"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.get_user(), Some("me"));
+        assert_eq!(config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(config.get_dbname(), Some("db"));
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+    }
+
+    #[test]
+    fn a_password_file_comes_before_pgpassword() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let env = |name: &str| (name == "PGPASSWORD").then(|| "from-env".to_owned());
+        let config = client_config(
+            &PgSettings {
+                password_file: Some(file),
+                ..settings("postgres://me@h/db")
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.get_password(), Some(&b"from-file"[..]));
+    }
+}
