@@ -11,7 +11,7 @@ use token_authority::pb;
 use crate::{
     binary::spawn_binary,
     helpers::{admin, config, connect, kids, verify_independently, DataDir, TestServer},
-    postgres::{kek_file, Postgres},
+    postgres::Store,
 };
 
 const KILLS: usize = 24;
@@ -25,18 +25,9 @@ async fn sigkill_at_any_moment_restarts_into_a_consistent_key_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_any_moment_leaves_the_shared_database_consistent() {
-    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
-    let kek_dir = tempfile::tempdir().unwrap();
-    let kek = kek_file(kek_dir.path()).display().to_string();
-    let url = pg.url();
-    let store = [
-        "--store",
-        url.as_str(),
-        "--kek-file",
-        kek.as_str(),
-        "--store-sync-interval",
-        "1s",
-    ];
+    let shared = Store::postgres().await;
+    let store = shared.args();
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let other_dir = DataDir::new();
     let mut other_args = vec!["--publish-lead", "0s"];
     other_args.extend_from_slice(&store);

@@ -222,7 +222,7 @@ impl Drop for Postgres {
 }
 
 /// A KEK file (mode 0600) in `dir`, for `--kek-file`.
-pub fn kek_file(dir: &Path) -> PathBuf {
+fn kek_file(dir: &Path) -> PathBuf {
     let path = dir.join("kek");
     let key: Vec<u8> = (0u8..32)
         .map(|i| i.wrapping_mul(7).wrapping_add(3))
@@ -262,27 +262,48 @@ impl Store {
         }
     }
 
+    /// The cluster of a PostgreSQL store.
+    pub fn pg(&self) -> &Postgres {
+        match self {
+            Store::Postgres { pg, .. } => pg,
+            Store::Sled => panic!("a sled store has no cluster"),
+        }
+    }
+
+    /// The KEK file of a PostgreSQL store.
+    pub fn kek(&self) -> &str {
+        match self {
+            Store::Postgres { kek, .. } => kek,
+            Store::Sled => panic!("a sled store has no KEK"),
+        }
+    }
+
+    /// The `serve` flags that put a server on this store (none for sled).
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Store::Sled => Vec::new(),
+            Store::Postgres { pg, kek, .. } => [
+                "--store",
+                &pg.url(),
+                "--kek-file",
+                kek,
+                "--store-sync-interval",
+                "1s",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        }
+    }
+
     /// `helpers::config` with this store's flags added.
     pub fn config(
         &self,
         dir: &crate::helpers::DataDir,
         extra: &[&str],
     ) -> token_authority::config::Config {
-        match self {
-            Store::Sled => crate::helpers::config(dir, extra),
-            Store::Postgres { pg, kek, .. } => {
-                let url = pg.url();
-                let mut args = vec![
-                    "--store",
-                    url.as_str(),
-                    "--kek-file",
-                    kek.as_str(),
-                    "--store-sync-interval",
-                    "1s",
-                ];
-                args.extend_from_slice(extra);
-                crate::helpers::config(dir, &args)
-            }
-        }
+        let store = self.args();
+        let mut args: Vec<&str> = store.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        crate::helpers::config(dir, &args)
     }
 }

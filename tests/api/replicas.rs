@@ -26,47 +26,16 @@ use token_authority::{
 
 use crate::{
     helpers::{admin, config, metric, now, DataDir, TestServer},
-    postgres::{kek_file, Postgres},
+    postgres::Store,
 };
 
-/// A cluster, its KEK and the settings every replica shares.
-struct Shared {
-    pg: Postgres,
-    _kek_dir: tempfile::TempDir,
-    kek: String,
-}
-
-impl Shared {
-    async fn new() -> Shared {
-        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
-        let kek_dir = tempfile::tempdir().unwrap();
-        let kek = kek_file(kek_dir.path()).display().to_string();
-        Shared {
-            pg,
-            _kek_dir: kek_dir,
-            kek,
-        }
-    }
-
-    fn config(&self, dir: &DataDir) -> token_authority::config::Config {
-        let url = self.pg.url();
-        config(
-            dir,
-            &[
-                "--store",
-                &url,
-                "--kek-file",
-                &self.kek,
-                "--algorithms",
-                "ES256",
-                "--store-sync-interval",
-                "1s",
-            ],
-        )
-    }
+/// What every replica of these tests shares beyond the test's `Store` (a cluster and its
+/// KEK): ES256, and a one-second sync.
+trait Replicas {
+    fn replica_config(&self, dir: &DataDir) -> token_authority::config::Config;
 
     async fn replica(&self, dir: &DataDir) -> TestServer {
-        TestServer::start_with(self.config(dir)).await
+        TestServer::start_with(self.replica_config(dir)).await
     }
 
     async fn three(&self, dirs: &[DataDir; 3]) -> [TestServer; 3] {
@@ -77,6 +46,12 @@ impl Shared {
             self.replica(&dirs[2])
         );
         [a, b, c]
+    }
+}
+
+impl Replicas for Store {
+    fn replica_config(&self, dir: &DataDir) -> token_authority::config::Config {
+        self.config(dir, &["--algorithms", "ES256"])
     }
 }
 
@@ -140,7 +115,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_serve_one_key_set_and_agree_after_a_rotation() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let dirs = dirs();
     let servers = shared.three(&dirs).await;
 
@@ -172,7 +147,7 @@ async fn three_replicas_serve_one_key_set_and_agree_after_a_rotation() {
     }
 
     // The database holds the keys sealed: no PKCS#8 (base64 `MIG` / `MIIE`), a KEK id.
-    let stored = shared.pg.psql("SELECT record FROM ta_keys");
+    let stored = shared.pg().psql("SELECT record FROM ta_keys");
     assert!(stored.contains("\"kek_id\":\"kek-"), "{stored}");
     assert!(
         !stored.contains("MIG") && !stored.contains("MIIE"),
@@ -183,7 +158,7 @@ async fn three_replicas_serve_one_key_set_and_agree_after_a_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_replica_is_refused_by_the_others_within_two_seconds() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let dirs = dirs();
     let servers = shared.three(&dirs).await;
     let mut delays = Vec::new();
@@ -240,7 +215,7 @@ async fn a_revocation_on_one_replica_is_refused_by_the_others_within_two_seconds
 /// current and one next key after every round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_falling_due_on_every_replica_happens_once() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let settings = Settings {
         issuer: "http://token-authority.test".into(),
         default_ttl: 300,
@@ -252,14 +227,14 @@ async fn a_rotation_falling_due_on_every_replica_happens_once() {
         rotation_period: 3600,
     };
     let pg = PgSettings {
-        url: shared.pg.url(),
+        url: shared.pg().url(),
         password_file: None,
         ca_file: None,
     };
     let mut authorities = Vec::new();
     let t0 = now();
     for _ in 0..3 {
-        let keks = Keks::load(std::path::Path::new(&shared.kek)).unwrap();
+        let keks = Keks::load(std::path::Path::new(shared.kek())).unwrap();
         let store = Arc::new(PgStore::new(&pg, keks).unwrap());
         store.migrate().await.unwrap();
         authorities.push(
@@ -294,7 +269,7 @@ async fn a_rotation_falling_due_on_every_replica_happens_once() {
             .collect();
         assert!(current.iter().all(|kid| *kid == current[0]), "{current:?}");
         let states = shared
-            .pg
+            .pg()
             .psql("SELECT record::json->>'state', count(*) FROM ta_keys GROUP BY 1 ORDER BY 1");
         assert!(states.contains("current|1\n"), "{states}");
         assert!(states.contains("next|1\n"), "{states}");
@@ -312,7 +287,7 @@ async fn a_rotation_falling_due_on_every_replica_happens_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_down_the_replicas_keep_serving_and_catch_up_after() {
-    let shared = Arc::new(Shared::new().await);
+    let shared = Arc::new(Store::postgres().await);
     let dirs = dirs();
     let servers = Arc::new(shared.three(&dirs).await);
 
@@ -363,7 +338,7 @@ async fn with_the_database_down_the_replicas_keep_serving_and_catch_up_after() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || shared.pg.stop())
+        tokio::task::spawn_blocking(move || shared.pg().stop())
             .await
             .unwrap();
     }
@@ -395,7 +370,7 @@ async fn with_the_database_down_the_replicas_keep_serving_and_catch_up_after() {
 
     {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || shared.pg.restart())
+        tokio::task::spawn_blocking(move || shared.pg().restart())
             .await
             .unwrap();
     }
@@ -446,15 +421,15 @@ async fn with_the_database_down_the_replicas_keep_serving_and_catch_up_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_with_the_database_down_is_ready_only_once_loaded() {
-    let shared = Arc::new(Shared::new().await);
+    let shared = Arc::new(Store::postgres().await);
     let dir = DataDir::new();
     {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || shared.pg.stop())
+        tokio::task::spawn_blocking(move || shared.pg().stop())
             .await
             .unwrap();
     }
-    let config = shared.config(&dir);
+    let config = shared.replica_config(&dir);
     let mut starting = tokio::spawn(TestServer::start_with(config));
     // Not ready (its health check does not answer) while the database is unreachable.
     assert!(
@@ -465,7 +440,7 @@ async fn a_replica_started_with_the_database_down_is_ready_only_once_loaded() {
     );
     {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || shared.pg.restart())
+        tokio::task::spawn_blocking(move || shared.pg().restart())
             .await
             .unwrap();
     }
@@ -480,13 +455,13 @@ async fn a_replica_started_with_the_database_down_is_ready_only_once_loaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_newer_than_the_binary_is_refused() {
-    let shared = Shared::new().await;
-    shared.pg.psql(
+    let shared = Store::postgres().await;
+    shared.pg().psql(
         "CREATE TABLE ta_schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
          INSERT INTO ta_schema_version (version) VALUES (99);",
     );
     let dir = DataDir::new();
-    let (server, result) = TestServer::try_start(shared.config(&dir)).await;
+    let (server, result) = TestServer::try_start(shared.replica_config(&dir)).await;
     assert!(server.is_none());
     let error = result.unwrap_err();
     assert!(
@@ -500,7 +475,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     // Untouched: nothing was created beside it.
     assert_eq!(
         shared
-            .pg
+            .pg()
             .psql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ta_%'")
             .trim(),
         "1"
@@ -512,11 +487,11 @@ async fn a_schema_newer_than_the_binary_is_refused() {
 /// independent JWT library reading the replica's JWKS; a second copy is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let dir = DataDir::new();
     let sled = TestServer::start_with(config(
         &dir,
-        &["--kek-file", &shared.kek, "--algorithms", "RS256,ES256"],
+        &["--kek-file", shared.kek(), "--algorithms", "RS256,ES256"],
     ))
     .await;
     let mut tokens = Vec::new();
@@ -550,8 +525,8 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
 
     let args = token_authority::config::MigrateArgs {
         data_dir: dir.path.clone(),
-        kek_file: shared.kek.clone().into(),
-        to: shared.pg.url(),
+        kek_file: shared.kek().to_owned().into(),
+        to: shared.pg().url(),
         store_password_file: None,
         store_ca_file: None,
     };
@@ -565,14 +540,14 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
     assert!(copied.starts_with("copied 5 keys"), "{copied}");
 
     let replica_dir = DataDir::new();
-    let url = shared.pg.url();
+    let url = shared.pg().url();
     let replica = TestServer::start_with(config(
         &replica_dir,
         &[
             "--store",
             &url,
             "--kek-file",
-            &shared.kek,
+            shared.kek(),
             "--algorithms",
             "RS256,ES256",
         ],
@@ -628,7 +603,7 @@ async fn next_set(stream: &mut tonic::Streaming<pb::WatchKeysResponse>) -> pb::W
 /// from the database is streamed like its own changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_on_one_replica_sees_a_rotation_made_on_another() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let dirs = dirs();
     let servers = shared.three(&dirs).await;
     let mut stream = servers[2]
@@ -659,7 +634,7 @@ async fn a_watcher_on_one_replica_sees_a_rotation_made_on_another() {
 /// and starting again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next_start() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let settings = Settings {
         issuer: "http://token-authority.test".into(),
         default_ttl: 300,
@@ -671,12 +646,12 @@ async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next
         rotation_period: 3600,
     };
     let pg = PgSettings {
-        url: shared.pg.url(),
+        url: shared.pg().url(),
         password_file: None,
         ca_file: None,
     };
     let open = |at: u64| {
-        let (pg, settings, kek) = (pg.clone(), settings.clone(), shared.kek.clone());
+        let (pg, settings, kek) = (pg.clone(), settings.clone(), shared.kek().to_owned());
         async move {
             let keks = Keks::load(std::path::Path::new(&kek)).unwrap();
             let store = Arc::new(PgStore::new(&pg, keks).unwrap());
@@ -710,19 +685,19 @@ async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next
         );
     }
     let states = shared
-        .pg
+        .pg()
         .psql("SELECT record::json->>'state', count(*) FROM ta_keys GROUP BY 1 ORDER BY 1");
     assert_eq!(states, "current|1\nnext|1\nretired|1\n", "{states}");
     let retired = shared
-        .pg
+        .pg()
         .psql("SELECT kid FROM ta_keys WHERE record::json->>'state' = 'retired'");
     assert_eq!(retired.trim(), signer);
-    let generation = shared.pg.psql("SELECT generation FROM ta_generation");
+    let generation = shared.pg().psql("SELECT generation FROM ta_generation");
 
     let again = open(later + 1).await;
     assert_eq!(again.keys().signer(Algorithm::ES256).unwrap().kid, next);
     assert_eq!(
-        shared.pg.psql("SELECT generation FROM ta_generation"),
+        shared.pg().psql("SELECT generation FROM ta_generation"),
         generation,
         "a start with nothing due wrote to the database"
     );
@@ -733,7 +708,7 @@ async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next
 /// instead of answering NOT_FOUND.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_key_created_a_moment_ago_on_another_replica_works() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let (dir_a, dir_b) = (DataDir::new(), DataDir::new());
     let (a, b) = tokio::join!(shared.replica(&dir_a), shared.replica(&dir_b));
     for round in 0..10 {
@@ -781,16 +756,16 @@ async fn revoking_a_key_created_a_moment_ago_on_another_replica_works() {
 /// over a shared store keeps nothing on disk (its --data-dir is never created).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_backs_off_while_the_database_is_down() {
-    let shared = Arc::new(Shared::new().await);
+    let shared = Arc::new(Store::postgres().await);
     let dir = DataDir::new();
-    let url = shared.pg.url();
+    let url = shared.pg().url();
     let server = TestServer::start_with(config(
         &dir,
         &[
             "--store",
             &url,
             "--kek-file",
-            &shared.kek,
+            shared.kek(),
             "--algorithms",
             "ES256",
             "--rotation-period",
@@ -809,7 +784,7 @@ async fn the_schedule_backs_off_while_the_database_is_down() {
     );
     {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || shared.pg.stop())
+        tokio::task::spawn_blocking(move || shared.pg().stop())
             .await
             .unwrap();
     }
@@ -829,7 +804,7 @@ async fn the_schedule_backs_off_while_the_database_is_down() {
     );
     {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || shared.pg.restart())
+        tokio::task::spawn_blocking(move || shared.pg().restart())
             .await
             .unwrap();
     }
@@ -854,9 +829,9 @@ fn keys_command(args: &[&str]) -> (bool, String) {
 /// change is one transaction the replicas pick up as if made through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_commands_change_the_shared_database_while_the_replicas_run() {
-    let shared = Shared::new().await;
+    let shared = Store::postgres().await;
     let work = tempfile::tempdir().unwrap();
-    let old = std::fs::read_to_string(&shared.kek).unwrap();
+    let old = std::fs::read_to_string(shared.kek()).unwrap();
     let new = format!(
         "{}\n",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [42u8; 32])
@@ -869,7 +844,7 @@ async fn keys_commands_change_the_shared_database_while_the_replicas_run() {
     crate::helpers::write_private(&new_first, format!("{new}{old}"));
     let new_only = work.path().join("new-only");
     crate::helpers::write_private(&new_only, &new);
-    let url = shared.pg.url();
+    let url = shared.pg().url();
     let replica_config = |dir: &DataDir| {
         config(
             dir,
