@@ -7,24 +7,20 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use sled::{
-    transaction::{ConflictableTransactionError, TransactionError},
-    Transactional as _,
-};
+mod record;
+mod write;
 
+use self::{
+    record::{StoredKey, StoredPrivateKey},
+    write::Writer,
+};
 use super::{
-    datakeys::{self, DataKeys, DataKeysError},
-    files,
+    datakeys::{DataKeys, DataKeysError},
     guard::{parse_guard, write_guard},
-    kek::{Keks, SealedKey, UnsealError},
+    kek::Keks,
     StoreError,
 };
-use crate::{
-    b64,
-    crypto::Algorithm,
-    keys::{KeyRecord, KeyState, PrivateKeyDer},
-};
+use crate::keys::KeyRecord;
 
 /// The marker that says "this sled database is a token-authority keystore, format 1".
 /// Written in the same transaction as the first keys, so its absence means no key was ever
@@ -36,47 +32,6 @@ const KEYS_TREE: &str = "keys";
 const GENERATION_KEY: &[u8] = b"generation";
 /// sled's default cache is 1 GiB; a key set is a few kilobytes.
 const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
-
-/// The stored form of a record: plain JSON, with the private key sealed when a KEK is set.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoredKey {
-    kid: String,
-    alg: Algorithm,
-    state: KeyState,
-    created_at: u64,
-    /// Absent in records written before the lifecycle kept it: then equal to created_at.
-    #[serde(default)]
-    published_at: Option<u64>,
-    activated_at: Option<u64>,
-    retired_at: Option<u64>,
-    #[serde(default)]
-    delete_after: Option<u64>,
-    revoked_at: Option<u64>,
-    revoked_reason: Option<String>,
-    max_token_ttl: u64,
-    private_key: StoredPrivateKey,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum StoredPrivateKey {
-    /// AES-256-GCM under the key's own data key (in the data key file), the kid and
-    /// algorithm bound in. How every key is written.
-    DataKey { nonce: String, ciphertext: String },
-    /// No private half: the key was revoked, and its data key erased.
-    Erased,
-    /// Written before data keys: PKCS#8 DER, base64url (no KEK). Read, and rewritten
-    /// sealed under a data key when the store is opened.
-    Plain { pkcs8: String },
-    /// Written before data keys: AES-256-GCM under the named KEK. Read and rewritten
-    /// like `Plain`.
-    Sealed {
-        kek_id: String,
-        nonce: String,
-        ciphertext: String,
-    },
-}
 
 pub struct SledStore {
     path: PathBuf,
@@ -366,337 +321,12 @@ impl SledStore {
         Ok((records, legacy))
     }
 
-    fn decode(&self, stored: StoredKey, data_keys: &DataKeys) -> Result<KeyRecord, StoreError> {
-        let shown = self.path.display().to_string();
-        let unseal = |source| StoreError::Unseal {
-            path: shown.clone(),
-            kid: stored.kid.clone(),
-            source,
-        };
-        let private_key = match stored.private_key {
-            StoredPrivateKey::Erased => PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new())),
-            StoredPrivateKey::DataKey { nonce, ciphertext } => {
-                let corrupt = |what: &str| StoreError::Corrupt {
-                    path: shown.clone(),
-                    kid: stored.kid.clone(),
-                    reason: format!("sealed private key: bad {what}"),
-                };
-                let nonce = b64::decode(&nonce).map_err(|_| corrupt("nonce"))?;
-                let ciphertext = b64::decode(&ciphertext).map_err(|_| corrupt("ciphertext"))?;
-                let data_key = data_keys
-                    .get(&stored.kid)
-                    .ok_or_else(|| unseal(UnsealError::MissingDataKey))?;
-                let der = datakeys::open(
-                    data_key,
-                    &stored.kid,
-                    stored.alg.name(),
-                    &nonce,
-                    &ciphertext,
-                )
-                .map_err(unseal)?;
-                PrivateKeyDer::new(der)
-            }
-            StoredPrivateKey::Plain { pkcs8 } => {
-                let der = b64::decode(&pkcs8).map_err(|e| StoreError::Corrupt {
-                    path: shown.clone(),
-                    kid: stored.kid.clone(),
-                    reason: format!("private key: {e}"),
-                })?;
-                PrivateKeyDer::new(zeroize::Zeroizing::new(der))
-            }
-            StoredPrivateKey::Sealed {
-                kek_id,
-                nonce,
-                ciphertext,
-            } => {
-                let keks = self.keks.as_ref().ok_or_else(|| StoreError::KekRequired {
-                    path: shown.clone(),
-                })?;
-                let corrupt = |what: &str| StoreError::Corrupt {
-                    path: shown.clone(),
-                    kid: stored.kid.clone(),
-                    reason: format!("sealed private key: bad {what}"),
-                };
-                let sealed = SealedKey {
-                    kek_id,
-                    nonce: b64::decode(&nonce).map_err(|_| corrupt("nonce"))?,
-                    ciphertext: b64::decode(&ciphertext).map_err(|_| corrupt("ciphertext"))?,
-                };
-                keks.unseal(&stored.kid, stored.alg.name(), &sealed)
-                    .map_err(|source| StoreError::Unseal {
-                        path: shown.clone(),
-                        kid: stored.kid.clone(),
-                        source,
-                    })?
-            }
-        };
-        Ok(KeyRecord {
-            kid: stored.kid,
-            alg: stored.alg,
-            state: stored.state,
-            created_at: stored.created_at,
-            published_at: stored.published_at.unwrap_or(stored.created_at),
-            activated_at: stored.activated_at,
-            retired_at: stored.retired_at,
-            delete_after: stored.delete_after,
-            revoked_at: stored.revoked_at,
-            revoked_reason: stored.revoked_reason,
-            max_token_ttl: stored.max_token_ttl,
-            private_key,
-        })
-    }
-
-    fn encode(&self, record: &KeyRecord, data_keys: &DataKeys) -> Result<Vec<u8>, StoreError> {
-        let pkcs8 = record.private_key.as_bytes();
-        let private_key = if pkcs8.is_empty() {
-            StoredPrivateKey::Erased
-        } else {
-            let data_key = data_keys
-                .get(&record.kid)
-                .ok_or_else(|| StoreError::NotApplied(format!("no data key for {}", record.kid)))?;
-            let (nonce, ciphertext) =
-                datakeys::seal(data_key, &record.kid, record.alg.name(), pkcs8)
-                    .map_err(|e| StoreError::NotApplied(e.to_string()))?;
-            StoredPrivateKey::DataKey {
-                nonce: b64::encode(&nonce),
-                ciphertext: b64::encode(&ciphertext),
-            }
-        };
-        let stored = StoredKey {
-            kid: record.kid.clone(),
-            alg: record.alg,
-            state: record.state,
-            created_at: record.created_at,
-            published_at: Some(record.published_at),
-            activated_at: record.activated_at,
-            retired_at: record.retired_at,
-            delete_after: record.delete_after,
-            revoked_at: record.revoked_at,
-            revoked_reason: record.revoked_reason.clone(),
-            max_token_ttl: record.max_token_ttl,
-            private_key,
-        };
-        serde_json::to_vec(&stored).map_err(|e| StoreError::Write(e.to_string()))
-    }
-
-    /// Writes `records` (inserting or replacing by kid) in one transaction together with
-    /// the format marker, then flushes. Returns only once the change is on disk.
-    pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
-        self.apply(records, &[])
-    }
-
-    /// Writes `records` and deletes the keys named in `deleted` as one change.
-    ///
-    /// The steps, in order:
-    /// 1. data keys for new private keys are added to the data key file (a crash after it
-    ///    leaves unused data keys, erased at the next open);
-    /// 2. one sled transaction with the records and the next generation, flushed, then the
-    ///    guard file: the commit point;
-    /// 3. the data keys of deleted and revoked keys are erased from the data key file.
-    ///
-    /// Only when all three are done does this return `Ok`, and only then may the caller
-    /// serve the change. If a step after the sled transaction fails, the change is undone:
-    /// the data key file is put back as step 1 left it, and a second transaction restores
-    /// the previous records (nothing outside this call has seen the change: the caller swaps
-    /// memory only on `Ok`); the answer is `NotApplied`. If undoing fails too, the outcome is
-    /// unknown until a restart re-reads the disk: the store refuses every further write
-    /// (`Unknown`, then `Poisoned`), so no change is planned from a state that may not be the
-    /// one on disk.
-    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
-        let mut guard = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
-        let writer = &mut *guard;
-        if writer.poisoned {
-            return Err(StoreError::Poisoned);
-        }
-        let not_applied = |e: String| StoreError::NotApplied(e);
-        let keks = self.keks.as_ref();
-
-        // Step 1: a data key for every private key that has none yet.
-        let before = writer.data_keys.clone();
-        let mut with_new = before.clone();
-        let mut added = false;
-        for record in records {
-            if !record.private_key.as_bytes().is_empty() && with_new.get(&record.kid).is_none() {
-                with_new
-                    .create(&record.kid)
-                    .map_err(|e| not_applied(e.to_string()))?;
-                added = true;
-            }
-        }
-        if added || !with_new.sealed_as(keks) {
-            with_new
-                .save(&self.data_keys_path, keks, "datakeys-add")
-                .map_err(|e| not_applied(e.to_string()))?;
-            writer.data_keys = with_new.clone();
-        }
-
-        let mut change: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        for record in records {
-            change.push((record.kid.clone(), Some(self.encode(record, &with_new)?)));
-        }
-        for kid in deleted {
-            change.push((kid.clone(), None));
-        }
-        // What the change overwrites, to put back if it cannot be made durable.
-        let mut previous: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(change.len());
-        for (kid, _) in &change {
-            let value = self
-                .keys
-                .get(kid.as_bytes())
-                .map_err(|e| not_applied(e.to_string()))?;
-            previous.push((kid.clone(), value.map(|v| v.to_vec())));
-        }
-        let first_write = self
-            .db
-            .get(FORMAT_KEY)
-            .map_err(|e| not_applied(e.to_string()))?
-            .is_none();
-
-        // Step 2.
-        let next = writer.generation + 1;
-        files::step("store", "commit").map_err(|e| not_applied(e.to_string()))?;
-        self.commit(next, &change, true)
-            .map_err(|e| not_applied(format!("{e:?}")))?;
-        // sled holds the change from here on (in memory, and on disk once flushed).
-        writer.generation = next;
-        let mut outcome = files::step("store", "flush")
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.flush_db().map_err(|e| e.to_string()))
-            .and_then(|()| write_guard(&self.guard_path(), next).map_err(|e| e.to_string()));
-
-        // Step 3: erase what no record needs any more.
-        if outcome.is_ok() {
-            let mut erased = with_new.clone();
-            let mut any = false;
-            for kid in deleted {
-                any |= erased.remove(kid);
-            }
-            for record in records {
-                if record.private_key.as_bytes().is_empty() {
-                    any |= erased.remove(&record.kid);
-                }
-            }
-            if any {
-                match erased.save(&self.data_keys_path, keks, "datakeys-erase") {
-                    Ok(()) => writer.data_keys = erased,
-                    Err(e) => {
-                        // The file may already lack the erased keys (a failure after the
-                        // rename): put them back before the records that need them return.
-                        outcome = Err(format!("erasing data keys: {e}"));
-                        let mut restored = with_new.clone();
-                        if let Err(restore) =
-                            restored.save(&self.data_keys_path, keks, "datakeys-restore")
-                        {
-                            writer.poisoned = true;
-                            return Err(StoreError::Unknown {
-                                failure: e.to_string(),
-                                undo: format!("restoring the data key file: {restore}"),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let Err(failure) = outcome else {
-            return Ok(());
-        };
-        match self.undo(writer, &previous, first_write) {
-            Ok(()) => {
-                // The data keys step 1 added now belong to no record: drop them again.
-                let mut unused = before;
-                if added
-                    && unused
-                        .save(&self.data_keys_path, keks, "datakeys-unused")
-                        .is_ok()
-                {
-                    writer.data_keys = unused;
-                }
-                Err(StoreError::NotApplied(failure))
-            }
-            Err(undo) => {
-                writer.poisoned = true;
-                Err(StoreError::Unknown { failure, undo })
-            }
-        }
-    }
-
-    /// One sled transaction: the change, the generation, and the format marker (or, when
-    /// undoing the very first write, their removal: a store that never held keys must read
-    /// as new again, not as a damaged keystore).
-    fn commit(
-        &self,
-        generation: u64,
-        change: &[(String, Option<Vec<u8>>)],
-        marked: bool,
-    ) -> Result<(), TransactionError<()>> {
-        let default_tree: &sled::Tree = &self.db;
-        (default_tree, &self.keys).transaction(|(meta, keys)| {
-            if marked {
-                meta.insert(FORMAT_KEY, FORMAT_V1)?;
-                meta.insert(GENERATION_KEY, &generation.to_be_bytes())?;
-            } else {
-                meta.remove(FORMAT_KEY)?;
-                meta.remove(GENERATION_KEY)?;
-            }
-            for (kid, value) in change {
-                match value {
-                    Some(value) => keys.insert(kid.as_bytes(), value.as_slice())?,
-                    None => keys.remove(kid.as_bytes())?,
-                };
-            }
-            Ok::<_, ConflictableTransactionError<()>>(())
-        })
-    }
-
-    /// Puts back the values a failed write overwrote, under a newer generation, flushed.
-    /// The guard may already name the failed write's generation; the undo is newer, so the
-    /// guard is never ahead of sled. Undoing a first write removes the guard with the keys.
-    fn undo(
-        &self,
-        writer: &mut Writer,
-        previous: &[(String, Option<Vec<u8>>)],
-        first_write: bool,
-    ) -> Result<(), String> {
-        let generation = writer.generation + 1;
-        files::step("store", "undo").map_err(|e| e.to_string())?;
-        self.commit(generation, previous, !first_write)
-            .map_err(|e| format!("{e:?}"))?;
-        writer.generation = generation;
-        self.flush_db().map_err(|e| e.to_string())?;
-        if first_write {
-            writer.generation = 0;
-            files::remove(&self.guard_path()).map_err(|e| e.to_string())?;
-        } else if let Err(error) = write_guard(&self.guard_path(), generation) {
-            // A guard behind sled is what a crash between the two leaves: harmless.
-            tracing::warn!(%error, "the guard file could not be updated after undoing a write");
-        }
-        Ok(())
-    }
-
-    fn flush_db(&self) -> Result<(), sled::Error> {
-        self.db.flush().map(|_| ())
-    }
-
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Write(e.to_string()))
     }
-}
-
-/// The writer's state, behind the lock that serialises writes.
-#[derive(Default)]
-struct Writer {
-    /// The generation of the last write sled holds.
-    generation: u64,
-    /// A write could not be undone: memory may differ from disk until a restart.
-    poisoned: bool,
-    /// What the data key file holds.
-    data_keys: DataKeys,
 }
 
 fn open_error(path: &str, error: sled::Error) -> StoreError {
@@ -717,6 +347,12 @@ fn open_error(path: &str, error: sled::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        b64,
+        crypto::Algorithm,
+        keys::{KeyState, PrivateKeyDer},
+        store::kek::UnsealError,
+    };
 
     fn record(kid: &str) -> KeyRecord {
         KeyRecord {

@@ -1,0 +1,228 @@
+//! Writing to the sled keystore: one change is data keys first, then one flushed sled
+//! transaction and the guard file (the commit point), then erasing the data keys of what
+//! was deleted or revoked; a failure after the transaction is undone.
+
+use sled::{
+    transaction::{ConflictableTransactionError, TransactionError},
+    Transactional as _,
+};
+
+use super::{SledStore, FORMAT_KEY, FORMAT_V1, GENERATION_KEY};
+use crate::{
+    keys::KeyRecord,
+    store::{datakeys::DataKeys, files, guard::write_guard, StoreError},
+};
+
+impl SledStore {
+    /// Writes `records` (inserting or replacing by kid) in one transaction together with
+    /// the format marker, then flushes. Returns only once the change is on disk.
+    pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        self.apply(records, &[])
+    }
+
+    /// Writes `records` and deletes the keys named in `deleted` as one change.
+    ///
+    /// The steps, in order:
+    /// 1. data keys for new private keys are added to the data key file (a crash after it
+    ///    leaves unused data keys, erased at the next open);
+    /// 2. one sled transaction with the records and the next generation, flushed, then the
+    ///    guard file: the commit point;
+    /// 3. the data keys of deleted and revoked keys are erased from the data key file.
+    ///
+    /// Only when all three are done does this return `Ok`, and only then may the caller
+    /// serve the change. If a step after the sled transaction fails, the change is undone:
+    /// the data key file is put back as step 1 left it, and a second transaction restores
+    /// the previous records (nothing outside this call has seen the change: the caller swaps
+    /// memory only on `Ok`); the answer is `NotApplied`. If undoing fails too, the outcome is
+    /// unknown until a restart re-reads the disk: the store refuses every further write
+    /// (`Unknown`, then `Poisoned`), so no change is planned from a state that may not be the
+    /// one on disk.
+    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
+        let mut guard = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
+        let writer = &mut *guard;
+        if writer.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let not_applied = |e: String| StoreError::NotApplied(e);
+        let keks = self.keks.as_ref();
+
+        // Step 1: a data key for every private key that has none yet.
+        let before = writer.data_keys.clone();
+        let mut with_new = before.clone();
+        let mut added = false;
+        for record in records {
+            if !record.private_key.as_bytes().is_empty() && with_new.get(&record.kid).is_none() {
+                with_new
+                    .create(&record.kid)
+                    .map_err(|e| not_applied(e.to_string()))?;
+                added = true;
+            }
+        }
+        if added || !with_new.sealed_as(keks) {
+            with_new
+                .save(&self.data_keys_path, keks, "datakeys-add")
+                .map_err(|e| not_applied(e.to_string()))?;
+            writer.data_keys = with_new.clone();
+        }
+
+        let mut change: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for record in records {
+            change.push((record.kid.clone(), Some(self.encode(record, &with_new)?)));
+        }
+        for kid in deleted {
+            change.push((kid.clone(), None));
+        }
+        // What the change overwrites, to put back if it cannot be made durable.
+        let mut previous: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(change.len());
+        for (kid, _) in &change {
+            let value = self
+                .keys
+                .get(kid.as_bytes())
+                .map_err(|e| not_applied(e.to_string()))?;
+            previous.push((kid.clone(), value.map(|v| v.to_vec())));
+        }
+        let first_write = self
+            .db
+            .get(FORMAT_KEY)
+            .map_err(|e| not_applied(e.to_string()))?
+            .is_none();
+
+        // Step 2.
+        let next = writer.generation + 1;
+        files::step("store", "commit").map_err(|e| not_applied(e.to_string()))?;
+        self.commit(next, &change, true)
+            .map_err(|e| not_applied(format!("{e:?}")))?;
+        // sled holds the change from here on (in memory, and on disk once flushed).
+        writer.generation = next;
+        let mut outcome = files::step("store", "flush")
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.flush_db().map_err(|e| e.to_string()))
+            .and_then(|()| write_guard(&self.guard_path(), next).map_err(|e| e.to_string()));
+
+        // Step 3: erase what no record needs any more.
+        if outcome.is_ok() {
+            let mut erased = with_new.clone();
+            let mut any = false;
+            for kid in deleted {
+                any |= erased.remove(kid);
+            }
+            for record in records {
+                if record.private_key.as_bytes().is_empty() {
+                    any |= erased.remove(&record.kid);
+                }
+            }
+            if any {
+                match erased.save(&self.data_keys_path, keks, "datakeys-erase") {
+                    Ok(()) => writer.data_keys = erased,
+                    Err(e) => {
+                        // The file may already lack the erased keys (a failure after the
+                        // rename): put them back before the records that need them return.
+                        outcome = Err(format!("erasing data keys: {e}"));
+                        let mut restored = with_new.clone();
+                        if let Err(restore) =
+                            restored.save(&self.data_keys_path, keks, "datakeys-restore")
+                        {
+                            writer.poisoned = true;
+                            return Err(StoreError::Unknown {
+                                failure: e.to_string(),
+                                undo: format!("restoring the data key file: {restore}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let Err(failure) = outcome else {
+            return Ok(());
+        };
+        match self.undo(writer, &previous, first_write) {
+            Ok(()) => {
+                // The data keys step 1 added now belong to no record: drop them again.
+                let mut unused = before;
+                if added
+                    && unused
+                        .save(&self.data_keys_path, keks, "datakeys-unused")
+                        .is_ok()
+                {
+                    writer.data_keys = unused;
+                }
+                Err(StoreError::NotApplied(failure))
+            }
+            Err(undo) => {
+                writer.poisoned = true;
+                Err(StoreError::Unknown { failure, undo })
+            }
+        }
+    }
+
+    /// One sled transaction: the change, the generation, and the format marker (or, when
+    /// undoing the very first write, their removal: a store that never held keys must read
+    /// as new again, not as a damaged keystore).
+    fn commit(
+        &self,
+        generation: u64,
+        change: &[(String, Option<Vec<u8>>)],
+        marked: bool,
+    ) -> Result<(), TransactionError<()>> {
+        let default_tree: &sled::Tree = &self.db;
+        (default_tree, &self.keys).transaction(|(meta, keys)| {
+            if marked {
+                meta.insert(FORMAT_KEY, FORMAT_V1)?;
+                meta.insert(GENERATION_KEY, &generation.to_be_bytes())?;
+            } else {
+                meta.remove(FORMAT_KEY)?;
+                meta.remove(GENERATION_KEY)?;
+            }
+            for (kid, value) in change {
+                match value {
+                    Some(value) => keys.insert(kid.as_bytes(), value.as_slice())?,
+                    None => keys.remove(kid.as_bytes())?,
+                };
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+    }
+
+    /// Puts back the values a failed write overwrote, under a newer generation, flushed.
+    /// The guard may already name the failed write's generation; the undo is newer, so the
+    /// guard is never ahead of sled. Undoing a first write removes the guard with the keys.
+    fn undo(
+        &self,
+        writer: &mut Writer,
+        previous: &[(String, Option<Vec<u8>>)],
+        first_write: bool,
+    ) -> Result<(), String> {
+        let generation = writer.generation + 1;
+        files::step("store", "undo").map_err(|e| e.to_string())?;
+        self.commit(generation, previous, !first_write)
+            .map_err(|e| format!("{e:?}"))?;
+        writer.generation = generation;
+        self.flush_db().map_err(|e| e.to_string())?;
+        if first_write {
+            writer.generation = 0;
+            files::remove(&self.guard_path()).map_err(|e| e.to_string())?;
+        } else if let Err(error) = write_guard(&self.guard_path(), generation) {
+            // A guard behind sled is what a crash between the two leaves: harmless.
+            tracing::warn!(%error, "the guard file could not be updated after undoing a write");
+        }
+        Ok(())
+    }
+
+    fn flush_db(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+}
+
+/// The writer's state, behind the lock that serialises writes.
+#[derive(Default)]
+pub(super) struct Writer {
+    /// The generation of the last write sled holds.
+    pub(super) generation: u64,
+    /// A write could not be undone: memory may differ from disk until a restart.
+    pub(super) poisoned: bool,
+    /// What the data key file holds.
+    pub(super) data_keys: DataKeys,
+}
