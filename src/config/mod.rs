@@ -1,0 +1,370 @@
+//! The command line: flags with `TA_*` environment fallbacks, parsed by clap and then
+//! checked as a whole, so a bad value stops the process with one clear line before any
+//! port is bound. The flags are in `args`; the checked `Config` of `serve` is here.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+mod args;
+
+pub use self::args::*;
+use crate::{crypto::Algorithm, store::PgSettings};
+
+/// The TLS files of `serve`; both listeners use them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What each listener enforces on its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The checked configuration of `serve`. Durations are whole seconds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub issuer: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub kek_file: Option<PathBuf>,
+    /// `None`: sled in the data directory.
+    pub store: Option<PgSettings>,
+    pub store_sync_interval: Duration,
+    pub allow_group_readable_files: bool,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    pub leeway: u64,
+    pub jwks_max_age: u64,
+    pub algorithms: Vec<Algorithm>,
+    pub publish_lead: u64,
+    pub rotation_period: u64,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub max_token_bytes: usize,
+    /// TLS on both listeners; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    pub tls_reload_interval: Duration,
+    pub limits: ListenerLimits,
+    pub policy_file: Option<PathBuf>,
+    pub policy_reload_interval: Duration,
+    pub audit_log: Option<PathBuf>,
+    pub watch: WatchSettings,
+}
+
+/// The limits of WatchKeys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Concurrent watchers; beyond it a new one gets RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
+    /// A keepalive is sent when nothing else was for this long.
+    pub keepalive: Duration,
+    /// How long a message may wait for a watcher to take it before the watcher is dropped.
+    pub send_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Far above any file-descriptor limit; keeps the listener's permit count in range.
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+
+/// Tokens longer than this are rejected before parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Config, ConfigError> {
+        let seconds = |flag: &str, value: Duration, min: u64| -> Result<u64, ConfigError> {
+            if value.subsec_nanos() != 0 {
+                return Err(ConfigError(format!(
+                    "{flag} must be a whole number of seconds"
+                )));
+            }
+            if value.as_secs() < min {
+                return Err(ConfigError(format!("{flag} must be at least {min}s")));
+            }
+            Ok(value.as_secs())
+        };
+        let default_ttl = seconds("--default-ttl", args.default_ttl, 1)?;
+        let max_ttl = seconds("--max-ttl", args.max_ttl, 1)?;
+        let leeway = seconds("--leeway", args.leeway, 0)?;
+        let jwks_max_age = seconds("--jwks-max-age", args.jwks_max_age, 0)?;
+        let publish_lead = seconds("--publish-lead", args.publish_lead, 0)?;
+        let rotation_period = seconds("--rotation-period", args.rotation_period, 1)?;
+        if publish_lead > 0 && publish_lead < jwks_max_age {
+            return Err(ConfigError(format!(
+                "--publish-lead ({publish_lead}s) is shorter than --jwks-max-age ({jwks_max_age}s): verifiers could miss a new key"
+            )));
+        }
+        if args.max_watchers == 0 || args.max_watchers > MAX_CONNECTIONS_CEILING {
+            return Err(ConfigError(format!(
+                "--max-watchers must be between 1 and {MAX_CONNECTIONS_CEILING}"
+            )));
+        }
+        if args.watch_keepalive < Duration::from_millis(100)
+            || args.watch_send_timeout < Duration::from_millis(100)
+        {
+            return Err(ConfigError(
+                "--watch-keepalive and --watch-send-timeout must be at least 100ms".into(),
+            ));
+        }
+        if args.policy_reload_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--policy-reload-interval must be at least 100ms".into(),
+            ));
+        }
+        if default_ttl > max_ttl {
+            return Err(ConfigError(format!(
+                "--default-ttl ({default_ttl}s) is above --max-ttl ({max_ttl}s)"
+            )));
+        }
+        if max_ttl > 366 * 24 * 3600 {
+            return Err(ConfigError("--max-ttl must be at most 366 days".into()));
+        }
+        if leeway > 3600 {
+            return Err(ConfigError("--leeway must be at most 1h".into()));
+        }
+        let mut algorithms = Vec::new();
+        for name in &args.algorithms {
+            let name = name.trim();
+            let alg = Algorithm::from_name(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "--algorithms: {name:?} is not one of RS256, PS256, ES256, EdDSA (names are case-sensitive)"
+                ))
+            })?;
+            if algorithms.contains(&alg) {
+                return Err(ConfigError(format!("--algorithms names {name} twice")));
+            }
+            algorithms.push(alg);
+        }
+        if algorithms.is_empty() {
+            return Err(ConfigError("--algorithms names no algorithm".into()));
+        }
+        if let Some(issuer) = &args.issuer {
+            let scheme_ok = issuer.starts_with("https://") || issuer.starts_with("http://");
+            if !scheme_ok || issuer.chars().any(char::is_whitespace) || issuer.ends_with('/') {
+                return Err(ConfigError(format!(
+                    "--issuer {issuer:?} must be an http(s) URL without whitespace or a trailing slash"
+                )));
+            }
+        }
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+            (Some(_), None) => return Err(ConfigError("--tls-cert needs --tls-key".into())),
+            (None, Some(_)) => return Err(ConfigError("--tls-key needs --tls-cert".into())),
+            (None, None) if args.client_ca.is_some() => {
+                return Err(ConfigError(
+                    "--client-ca needs --tls-cert and --tls-key".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        if tls.is_none() && !args.allow_plaintext {
+            for (flag, addr) in [
+                ("--grpc-listen", args.grpc_listen),
+                ("--http-listen", args.http_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError(format!(
+                        "{flag} {addr} is not a loopback address: give --tls-cert and --tls-key, \
+                         or --allow-plaintext when a proxy or mesh terminates TLS"
+                    )));
+                }
+            }
+        }
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&args.max_connections) {
+            return Err(ConfigError(format!(
+                "--max-connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
+            )));
+        }
+        for (flag, value) in [
+            ("--handshake-timeout", args.handshake_timeout),
+            ("--idle-timeout", args.idle_timeout),
+            ("--tls-reload-interval", args.tls_reload_interval),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ConfigError(format!("{flag} must be at least 100ms")));
+            }
+        }
+        let store = args.store.shared(args.kek_file.as_deref())?;
+        if store.is_some() && args.admin_token_file.is_none() {
+            return Err(ConfigError(
+                "--store postgres://... needs --admin-token-file: every replica must accept the same admin token, and a replica keeps nothing on disk to generate one into".into(),
+            ));
+        }
+        if args.store_sync_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--store-sync-interval must be at least 100ms".into(),
+            ));
+        }
+        Ok(Config {
+            data_dir: args.data_dir,
+            store,
+            store_sync_interval: args.store_sync_interval,
+            grpc_listen: args.grpc_listen,
+            http_listen: args.http_listen,
+            issuer: args.issuer,
+            admin_token_file: args.admin_token_file,
+            kek_file: args.kek_file,
+            allow_group_readable_files: args.allow_group_readable_files,
+            default_ttl,
+            max_ttl,
+            leeway,
+            jwks_max_age,
+            algorithms,
+            publish_lead,
+            rotation_period,
+            shutdown_grace: args.shutdown_grace,
+            log_format: args.log_format,
+            max_token_bytes: MAX_TOKEN_BYTES,
+            tls,
+            tls_reload_interval: args.tls_reload_interval,
+            limits: ListenerLimits {
+                max_connections: args.max_connections,
+                handshake_timeout: args.handshake_timeout,
+                idle_timeout: args.idle_timeout,
+            },
+            policy_file: args.policy_file,
+            policy_reload_interval: args.policy_reload_interval,
+            audit_log: args.audit_log,
+            watch: WatchSettings {
+                max_watchers: args.max_watchers,
+                keepalive: args.watch_keepalive,
+                send_timeout: args.watch_send_timeout,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["token-authority", "serve"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command else {
+            unreachable!("serve was parsed")
+        };
+        Config::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_postgres_store_needs_a_kek_and_an_admin_token_and_sled_takes_no_database_flags() {
+        assert!(parse(&[]).unwrap().store.is_none());
+        let err = parse(&["--store", "postgres://ta@db/keys"]).unwrap_err();
+        assert!(err.contains("needs --kek-file"), "{err}");
+        // Replicas share one admin token, and keep nothing on disk to generate one into.
+        let err = parse(&["--store", "postgres://ta@db/keys", "--kek-file", "/kek"]).unwrap_err();
+        assert!(err.contains("needs --admin-token-file"), "{err}");
+        let config = parse(&[
+            "--store",
+            "postgres://ta@db/keys?sslmode=verify-full",
+            "--kek-file",
+            "/kek",
+            "--admin-token-file",
+            "/admin",
+            "--store-password-file",
+            "/pw",
+        ])
+        .unwrap();
+        let store = config.store.unwrap();
+        assert_eq!(store.password_file, Some(PathBuf::from("/pw")));
+        let err = parse(&["--store-password-file", "/pw"]).unwrap_err();
+        assert!(err.contains("need a postgres://"), "{err}");
+        let err = parse(&["--store", "mysql://db"]).unwrap_err();
+        assert!(err.contains("`sled` or a postgres:// URL"), "{err}");
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.default_ttl, 900);
+        assert_eq!(config.max_ttl, 86400);
+        assert_eq!(config.leeway, 60);
+        assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--max-ttl", "soon"], "--max-ttl"),
+            (&["--default-ttl", "2h", "--max-ttl", "1h"], "--default-ttl"),
+            (&["--default-ttl", "0s"], "--default-ttl"),
+            (&["--leeway", "1500ms"], "--leeway"),
+            (&["--grpc-listen", "localhost"], "--grpc-listen"),
+            (&["--issuer", "ftp://x"], "--issuer"),
+            (&["--issuer", "https://x/"], "--issuer"),
+            (&["--log-format", "xml"], "--log-format"),
+            (&["--algorithms", "RS256,HS256"], "--algorithms"),
+            (&["--algorithms", "es256"], "--algorithms"),
+            (&["--algorithms", "RS256,RS256"], "--algorithms"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--handshake-timeout", "0s"], "--handshake-timeout"),
+            (&["--idle-timeout", "10ms"], "--idle-timeout"),
+            (&["--tls-reload-interval", "0s"], "--tls-reload-interval"),
+        ];
+        for (args, flag) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn plaintext_and_tls_flag_rules() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], None),
+            (&["--grpc-listen", "[::1]:1"], None),
+            (
+                &["--grpc-listen", "0.0.0.0:50051"],
+                Some("invalid configuration: --grpc-listen 0.0.0.0:50051 is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext when a proxy or mesh terminates TLS"),
+            ),
+            (
+                &["--http-listen", "10.0.0.1:8080"],
+                Some("invalid configuration: --http-listen 10.0.0.1:8080 is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext when a proxy or mesh terminates TLS"),
+            ),
+            (&["--grpc-listen", "0.0.0.0:1", "--allow-plaintext"], None),
+            (
+                &["--grpc-listen", "0.0.0.0:1", "--tls-cert", "c", "--tls-key", "k"],
+                None,
+            ),
+            (
+                &["--tls-cert", "c"],
+                Some("invalid configuration: --tls-cert needs --tls-key"),
+            ),
+            (
+                &["--tls-key", "k"],
+                Some("invalid configuration: --tls-key needs --tls-cert"),
+            ),
+            (
+                &["--client-ca", "ca"],
+                Some("invalid configuration: --client-ca needs --tls-cert and --tls-key"),
+            ),
+        ];
+        for (args, expected) in cases {
+            match (parse(args), expected) {
+                (Ok(_), None) => {}
+                (Err(err), Some(expected)) => assert_eq!(&err, expected, "{args:?}"),
+                (result, expected) => panic!("{args:?}: {result:?}, expected {expected:?}"),
+            }
+        }
+    }
+}
