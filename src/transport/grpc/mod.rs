@@ -16,21 +16,19 @@ use crate::{
         audit::{Entry, Limiter, Outcome},
         CallerError, Callers, Principal,
     },
-    crypto::Algorithm,
-    domain::{InvalidArgument, IssueRequest, RequestedTtl, TtlPolicy},
-    jwt::verify::Reason,
-    keys::KeyState,
-    keyset::KeySet,
-    lifecycle::LifecycleError,
+    domain::{IssueRequest, RequestedTtl, TtlPolicy},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
-    store::StoreError,
     transport::{
         connection::ConnectionInfo,
         watch::{WatchStream, Watchers},
     },
 };
+
+mod wire;
+
+use self::wire::{jwks_response, key_infos, parse_algorithm, reason_to_pb, timestamp};
 
 /// Log lines of refused or malformed calls per second at most (a flood of bad calls must
 /// not become a flood of log); the rest are counted and summed up in the next line.
@@ -147,61 +145,12 @@ impl GrpcService {
 
 /// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
 /// refuses; the message names what was wrong or refused, never a credential.
-impl From<CallerError> for Status {
-    fn from(error: CallerError) -> Status {
-        if error.is_unauthenticated() {
-            Status::unauthenticated(error.to_string())
-        } else {
-            Status::permission_denied(error.to_string())
-        }
-    }
-}
-
-/// The only place errors become gRPC codes. Client mistakes say what is wrong; our own
-/// failures say "internal error" while the cause goes to the log.
-impl From<AuthorityError> for Status {
-    fn from(error: AuthorityError) -> Status {
-        match error {
-            AuthorityError::InvalidArgument(invalid) => {
-                Status::invalid_argument(invalid.to_string())
-            }
-            AuthorityError::Lifecycle(
-                error @ (LifecycleError::NotYetSafe { .. } | LifecycleError::LastUsableKey(..)),
-            ) => Status::failed_precondition(error.to_string()),
-            AuthorityError::Lifecycle(error @ LifecycleError::UnknownKey(_)) => {
-                Status::not_found(error.to_string())
-            }
-            // The database is down: nothing changed, and the client may retry.
-            AuthorityError::Store(error @ StoreError::Unavailable(_)) => {
-                tracing::error!(%error, "request failed");
-                Status::unavailable(error.outcome().unwrap_or("unavailable"))
-            }
-            // A failed lifecycle write says whether it took effect, never why.
-            AuthorityError::Store(error) if error.outcome().is_some() => {
-                tracing::error!(%error, "request failed");
-                Status::internal(error.outcome().unwrap_or("internal error"))
-            }
-            other => {
-                tracing::error!(error = %other, "request failed");
-                Status::internal("internal error")
-            }
-        }
-    }
-}
-
 /// Wall-clock unix seconds: the only place the gRPC API reads the clock.
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(unix_seconds).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
 }
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
@@ -251,90 +200,6 @@ async fn observe<T>(
         }
     }
     result
-}
-
-fn reason_to_pb(reason: Reason) -> pb::VerifyFailureReason {
-    use pb::VerifyFailureReason as R;
-    match reason {
-        Reason::Malformed => R::Malformed,
-        Reason::UnknownKey => R::UnknownKey,
-        Reason::BadSignature => R::BadSignature,
-        Reason::AlgorithmNotAllowed => R::AlgorithmNotAllowed,
-        Reason::Expired => R::Expired,
-        Reason::NotYetValid => R::NotYetValid,
-        Reason::IssuerMismatch => R::IssuerMismatch,
-        Reason::AudienceMismatch => R::AudienceMismatch,
-        Reason::RevokedKey => R::RevokedKey,
-        Reason::MissingClaim => R::MissingClaim,
-        Reason::UnsupportedHeader => R::UnsupportedHeader,
-        Reason::LifetimeTooLong => R::LifetimeTooLong,
-    }
-}
-
-fn state_to_pb(state: KeyState) -> pb::KeyState {
-    match state {
-        KeyState::Next => pb::KeyState::Next,
-        KeyState::Current => pb::KeyState::Current,
-        KeyState::Retired => pb::KeyState::Retired,
-        KeyState::Revoked => pb::KeyState::Revoked,
-    }
-}
-
-fn key_infos(keys: &KeySet) -> Vec<pb::KeyInfo> {
-    let timing = keys.timing();
-    keys.records()
-        .iter()
-        .map(|record| pb::KeyInfo {
-            key_id: record.kid.clone(),
-            algorithm: record.alg.name().to_owned(),
-            state: state_to_pb(record.state) as i32,
-            created_at: Some(timestamp(record.created_at)),
-            activated_at: record.activated_at.map(timestamp),
-            retired_at: record.retired_at.map(timestamp),
-            encrypted_at_rest: keys.encrypted_at_rest(),
-            published_at: Some(timestamp(record.published_at)),
-            activates_at: (record.state == KeyState::Next)
-                .then(|| timestamp(record.published_at + timing.publish_lead)),
-            delete_after: record.delete_after.map(timestamp),
-            revoked_at: record.revoked_at.map(timestamp),
-            revoked_reason: record.revoked_reason.clone().unwrap_or_default(),
-        })
-        .collect()
-}
-
-/// An optional algorithm name from a request: empty means the default; names are exact.
-fn parse_algorithm(name: &str) -> Result<Option<Algorithm>, AuthorityError> {
-    if name.is_empty() {
-        return Ok(None);
-    }
-    Algorithm::from_name(name).map(Some).ok_or_else(|| {
-        AuthorityError::InvalidArgument(InvalidArgument {
-            field: "algorithm",
-            reason: format!("{name:?} is not a supported algorithm (RS256, PS256, ES256, EdDSA)"),
-        })
-    })
-}
-
-fn jwks_response(keys: &KeySet) -> pb::GetJwksResponse {
-    let jwks = keys.jwks();
-    pb::GetJwksResponse {
-        jwks_json: String::from_utf8_lossy(&jwks.body).into_owned(),
-        keys: jwks
-            .keys
-            .iter()
-            .map(|jwk| pb::Jwk {
-                kty: jwk.kty.to_owned(),
-                kid: jwk.kid.clone(),
-                r#use: jwk.use_.to_owned(),
-                alg: jwk.alg.to_owned(),
-                n: jwk.n.clone().unwrap_or_default(),
-                e: jwk.e.clone().unwrap_or_default(),
-                crv: jwk.crv.unwrap_or_default().to_owned(),
-                x: jwk.x.clone().unwrap_or_default(),
-                y: jwk.y.clone().unwrap_or_default(),
-            })
-            .collect(),
-    }
 }
 
 #[tonic::async_trait]
