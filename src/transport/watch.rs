@@ -19,7 +19,8 @@ use std::{
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
-use crate::{config::WatchSettings, keys::KeyState, keyset::KeySet, metrics::WatchMetrics, pb};
+use super::grpc::wire::{state_to_pb, timestamp};
+use crate::{config::WatchSettings, keyset::KeySet, metrics::WatchMetrics, pb};
 
 /// The watchers of one server: their cap, limits and the shutdown signal.
 #[derive(Debug)]
@@ -154,22 +155,6 @@ impl tokio_stream::Stream for WatchStream {
             }
             other => other,
         }
-    }
-}
-
-fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(unix_seconds).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
-}
-
-fn state_to_pb(state: KeyState) -> pb::KeyState {
-    match state {
-        KeyState::Next => pb::KeyState::Next,
-        KeyState::Current => pb::KeyState::Current,
-        KeyState::Retired => pb::KeyState::Retired,
-        KeyState::Revoked => pb::KeyState::Revoked,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::{
     },
 };
 
-mod wire;
+pub(super) mod wire;
 
 use self::wire::{jwks_response, key_infos, parse_algorithm, reason_to_pb, timestamp};
 

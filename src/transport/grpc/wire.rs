@@ -51,7 +51,7 @@ impl From<AuthorityError> for Status {
     }
 }
 
-pub(super) fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
+pub(in crate::transport) fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(unix_seconds).unwrap_or(i64::MAX),
         nanos: 0,
@@ -76,7 +76,7 @@ pub(super) fn reason_to_pb(reason: Reason) -> pb::VerifyFailureReason {
     }
 }
 
-pub(super) fn state_to_pb(state: KeyState) -> pb::KeyState {
+pub(in crate::transport) fn state_to_pb(state: KeyState) -> pb::KeyState {
     match state {
         KeyState::Next => pb::KeyState::Next,
         KeyState::Current => pb::KeyState::Current,
