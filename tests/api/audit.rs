@@ -2,13 +2,12 @@
 //! secret in them, a chain `audit verify` accepts, continued across a restart, and broken
 //! exactly where a line was edited; a flood of bad calls is rate-limited and accounted for.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use token_authority::pb;
 
 use crate::{
-    binary::BIN,
     callers::{
         ask, basic, issue_as, policy_text, start_with_policy, with_auth, Issuer, BATCH_SECRET,
         OPS_SECRET, PAYMENTS_SA,
@@ -25,17 +24,8 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 }
 
 fn audit_verify(path: &std::path::Path) -> (bool, String) {
-    let output = Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text.trim().to_owned())
+    let (ok, text) = crate::binary::run_command(&["audit", "verify", path.to_str().unwrap()]);
+    (ok, text.trim().to_owned())
 }
 
 #[tokio::test]

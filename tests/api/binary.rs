@@ -18,6 +18,18 @@ pub struct Process {
     pub log: std::sync::mpsc::Receiver<String>,
 }
 
+/// Runs the binary to its end with `args` (a command other than `serve`): whether it
+/// succeeded, and what it printed on stdout then stderr.
+pub fn run_command(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// Starts `token-authority serve` on ephemeral ports and waits for its "serving" line.
 pub fn spawn_binary(dir: &DataDir, extra: &[&str]) -> Process {
     spawn_binary_logging(dir, extra, None)

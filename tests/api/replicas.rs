@@ -210,12 +210,9 @@ async fn a_revocation_on_one_replica_is_refused_by_the_others_within_two_seconds
     stop_all(servers).await;
 }
 
-/// Three authorities on one database (in-process, without servers), ticked at the same
-/// instant each time a rotation falls due: exactly one rotates, and the database holds one
-/// current and one next key after every round.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotation_falling_due_on_every_replica_happens_once() {
-    let shared = Store::postgres().await;
+/// An authority over the test's database, as a replica opens it at `at` (in-process, no
+/// server): ES256, a one-hour rotation period and a one-minute publish lead.
+async fn open_authority(shared: &Store, at: u64) -> Authority {
     let settings = Settings {
         issuer: "http://token-authority.test".into(),
         default_ttl: 300,
@@ -231,17 +228,24 @@ async fn a_rotation_falling_due_on_every_replica_happens_once() {
         password_file: None,
         ca_file: None,
     };
-    let mut authorities = Vec::new();
+    let keks = Keks::load(std::path::Path::new(shared.kek())).unwrap();
+    let store = Arc::new(PgStore::new(&pg, keks).unwrap());
+    store.migrate().await.unwrap();
+    Authority::open_shared(KeyStore::Postgres(store), settings, at)
+        .await
+        .unwrap()
+}
+
+/// Three authorities on one database (in-process, without servers), ticked at the same
+/// instant each time a rotation falls due: exactly one rotates, and the database holds one
+/// current and one next key after every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_falling_due_on_every_replica_happens_once() {
+    let shared = Store::postgres().await;
     let t0 = now();
+    let mut authorities = Vec::new();
     for _ in 0..3 {
-        let keks = Keks::load(std::path::Path::new(shared.kek())).unwrap();
-        let store = Arc::new(PgStore::new(&pg, keks).unwrap());
-        store.migrate().await.unwrap();
-        authorities.push(
-            Authority::open_shared(KeyStore::Postgres(store), settings.clone(), t0)
-                .await
-                .unwrap(),
-        );
+        authorities.push(open_authority(&shared, t0).await);
     }
     let mut at = t0;
     for round in 0..15 {
@@ -635,32 +639,7 @@ async fn a_watcher_on_one_replica_sees_a_rotation_made_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next_start() {
     let shared = Store::postgres().await;
-    let settings = Settings {
-        issuer: "http://token-authority.test".into(),
-        default_ttl: 300,
-        max_ttl: 600,
-        leeway: 60,
-        max_token_bytes: 8192,
-        algorithms: vec![Algorithm::ES256],
-        publish_lead: 60,
-        rotation_period: 3600,
-    };
-    let pg = PgSettings {
-        url: shared.pg().url(),
-        password_file: None,
-        ca_file: None,
-    };
-    let open = |at: u64| {
-        let (pg, settings, kek) = (pg.clone(), settings.clone(), shared.kek().to_owned());
-        async move {
-            let keks = Keks::load(std::path::Path::new(&kek)).unwrap();
-            let store = Arc::new(PgStore::new(&pg, keks).unwrap());
-            store.migrate().await.unwrap();
-            Authority::open_shared(KeyStore::Postgres(store), settings, at)
-                .await
-                .unwrap()
-        }
-    };
+    let open = |at: u64| open_authority(&shared, at);
     let t0 = now();
     let first = open(t0).await;
     let signer = first.keys().signer(Algorithm::ES256).unwrap().kid.clone();
@@ -812,17 +791,7 @@ async fn the_schedule_backs_off_while_the_database_is_down() {
 }
 
 fn keys_command(args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new(crate::binary::BIN)
-        .arg("keys")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    crate::binary::run_command(&[&["keys"][..], args].concat())
 }
 
 /// `keys import`, `list` and `rewrap` work on the replicas' database while they run: each
