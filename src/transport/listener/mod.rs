@@ -18,41 +18,36 @@
 //!
 //! Every request carries the connection's [`ConnectionInfo`] in its extensions.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    future::Future,
-    io,
-    net::SocketAddr,
-    pin::{pin, Pin},
-    sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use axum::{body::Body, Router};
-use bytes::Bytes;
-use hyper::{
-    body::{Frame, Incoming, SizeHint},
-    Request, Response,
-};
+use hyper::Response;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulConnection,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf},
+    io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},
     sync::{watch, OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpConnectInfo;
-use tower::ServiceExt as _;
 
 use crate::{
     config::ListenerLimits, metrics::ListenerMetrics, transport::connection::ConnectionInfo,
     transport::tls::SharedTlsConfigs,
+};
+
+mod state;
+mod stream;
+mod tracked;
+
+use self::{
+    state::{ConnState, Verdict},
+    stream::{Io, Stream},
+    tracked::Tracked,
 };
 
 /// Requests in flight on one gRPC connection (until their response is fully sent); beyond
@@ -396,377 +391,6 @@ impl Drop for OpenGauge<'_> {
     }
 }
 
-/// What the connection's requests are doing, for the idle and stall deadlines and the
-/// per-connection request limit. One short lock per request and per response frame, on a
-/// mutex of this connection only.
-#[derive(Debug)]
-struct ConnState {
-    inner: Mutex<StateInner>,
-    /// Signalled when the last request in flight ends.
-    drained: tokio::sync::Notify,
-}
-
-#[derive(Debug)]
-struct StateInner {
-    /// Requests whose response has not been fully handed to the client.
-    in_flight: usize,
-    /// When the last request ended (or the connection started).
-    last_active: Instant,
-    /// Responses whose next frame is waiting for the client to take it, since when.
-    waiting_on_client: HashMap<u64, Instant>,
-    next_id: u64,
-}
-
-impl Default for ConnState {
-    fn default() -> ConnState {
-        ConnState {
-            inner: Mutex::new(StateInner {
-                in_flight: 0,
-                last_active: Instant::now(),
-                waiting_on_client: HashMap::new(),
-                next_id: 0,
-            }),
-            drained: tokio::sync::Notify::new(),
-        }
-    }
-}
-
-enum Verdict {
-    Idle,
-    Stalled,
-    Busy { next_check: Instant },
-}
-
-impl ConnState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
-        // The state stays consistent if a holder panicked: every update is one assignment.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Since when nothing has been in flight; `None` while something is.
-    fn quiet_since(&self) -> Option<Instant> {
-        let inner = self.lock();
-        (inner.in_flight == 0).then_some(inner.last_active)
-    }
-
-    /// A new request, unless `limit` are already in flight.
-    fn start(self: &Arc<Self>, limit: usize) -> Option<InFlight> {
-        let mut inner = self.lock();
-        if inner.in_flight >= limit {
-            return None;
-        }
-        inner.in_flight += 1;
-        inner.next_id += 1;
-        Some(InFlight {
-            state: Arc::clone(self),
-            id: inner.next_id,
-        })
-    }
-
-    /// Never later than the true deadline: the caller checks again when woken.
-    fn check(&self, now: Instant, idle: Duration) -> Verdict {
-        let inner = self.lock();
-        if inner.in_flight == 0 {
-            let deadline = inner.last_active + idle;
-            return if now >= deadline {
-                Verdict::Idle
-            } else {
-                Verdict::Busy {
-                    next_check: deadline,
-                }
-            };
-        }
-        match inner.waiting_on_client.values().min() {
-            Some(since) if now >= *since + idle => Verdict::Stalled,
-            Some(since) => Verdict::Busy {
-                next_check: (*since + idle).min(now + idle),
-            },
-            None => Verdict::Busy {
-                next_check: now + idle,
-            },
-        }
-    }
-}
-
-/// One request in flight, from its arrival until its response body ends or is dropped.
-#[derive(Debug)]
-struct InFlight {
-    state: Arc<ConnState>,
-    id: u64,
-}
-
-impl InFlight {
-    /// The response (or its next frame) is with hyper, to be sent when the client reads.
-    fn handed_over(&self) {
-        self.state
-            .lock()
-            .waiting_on_client
-            .insert(self.id, Instant::now());
-    }
-
-    /// The response body itself has nothing yet: not the client's doing.
-    fn waiting_on_source(&self) {
-        self.state.lock().waiting_on_client.remove(&self.id);
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut inner = self.state.lock();
-        inner.in_flight -= 1;
-        inner.waiting_on_client.remove(&self.id);
-        inner.last_active = Instant::now();
-        if inner.in_flight == 0 {
-            // A stored permit if nobody waits yet: the wake-up is not lost.
-            self.state.drained.notify_one();
-        }
-    }
-}
-
-/// The per-connection service: puts the connection's info into each request, applies the
-/// request limit and deadline, and tracks each response until it is sent.
-#[derive(Clone)]
-struct Tracked {
-    router: Router,
-    state: Arc<ConnState>,
-    info: ConnectionInfo,
-    /// What tonic's own server put there: `Request::remote_addr()` keeps working.
-    tcp_info: TcpConnectInfo,
-    protocol: Protocol,
-}
-
-impl hyper::service::Service<Request<Incoming>> for Tracked {
-    type Response = Response<TrackedBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
-
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.info.clone());
-        request.extensions_mut().insert(self.tcp_info.clone());
-        let protocol = self.protocol;
-        // HTTP/1 has one request at a time; only HTTP/2 needs a limit.
-        let limit = match protocol {
-            Protocol::Grpc => GRPC_REQUESTS_PER_CONNECTION,
-            Protocol::Http => usize::MAX,
-        };
-        let Some(in_flight) = self.state.start(limit) else {
-            let refused = protocol.refusal(Refusal::Overloaded);
-            return Box::pin(std::future::ready(Ok(refused.map(TrackedBody::untracked))));
-        };
-        let router = self.router.clone();
-        // The client's deadline, when shorter than ours (what tonic's server honoured).
-        let deadline = grpc_timeout(request.headers()).map_or(GRPC_REQUEST_TIMEOUT, |client| {
-            client.min(GRPC_REQUEST_TIMEOUT)
-        });
-        Box::pin(async move {
-            let response = router.oneshot(request);
-            let response = match protocol {
-                Protocol::Grpc => tokio::time::timeout(deadline, response)
-                    .await
-                    .unwrap_or_else(|_| Ok(protocol.refusal(Refusal::Timeout))),
-                Protocol::Http => response.await,
-            };
-            let Ok(response) = response;
-            in_flight.handed_over();
-            Ok(response.map(|body| TrackedBody {
-                inner: body,
-                in_flight: Some(in_flight),
-            }))
-        })
-    }
-}
-
-/// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit); `None` when
-/// absent or malformed, as tonic did.
-fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// A response body that reports whether the client is taking its frames.
-struct TrackedBody {
-    inner: Body,
-    in_flight: Option<InFlight>,
-}
-
-impl TrackedBody {
-    fn untracked(inner: Body) -> TrackedBody {
-        TrackedBody {
-            inner,
-            in_flight: None,
-        }
-    }
-}
-
-impl hyper::body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Pending => {
-                if let Some(in_flight) = &self.in_flight {
-                    in_flight.waiting_on_source();
-                }
-            }
-            Poll::Ready(Some(Ok(_))) => {
-                if let Some(in_flight) = &self.in_flight {
-                    in_flight.handed_over();
-                }
-            }
-            // The response is complete (or failed): the request is no longer in flight.
-            Poll::Ready(None | Some(Err(_))) => self.in_flight = None,
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A connection's byte stream, plaintext or TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// The stream handed to hyper: replays the bytes read during the handshake, and holds the
-/// connection's permit until hyper drops it.
-struct Io {
-    prefix: Vec<u8>,
-    read: usize,
-    stream: Stream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(stream) => stream.is_write_vectored(),
-            Stream::Tls(stream) => stream.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.read < this.prefix.len() {
-            let rest = &this.prefix[this.read..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.read += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The seam to the caller-identity layer: every request, over HTTP/2 with TLS and over
@@ -778,10 +402,12 @@ mod tests {
     use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    use super::tracked::grpc_timeout;
     use super::*;
     use crate::{
         config::TlsFiles, crypto::Algorithm, metrics::Metrics, transport::tls::TlsReloader,
     };
+    use hyper::Request;
 
     async fn peer(
         Extension(info): Extension<ConnectionInfo>,
