@@ -1,0 +1,188 @@
+//! How the key set changes: the operator's rotation and revocation, the schedule's steps,
+//! each one transition persisted before it is served, and catching up with the changes
+//! other replicas made to a shared store.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use super::{blocking, log_plan, unix_now, Authority, AuthorityError, RotationOutcome};
+use crate::{
+    crypto::{Algorithm, CryptoError},
+    keys::{self, GeneratedKey, KeyRecord},
+    keyset::KeySet,
+    lifecycle::{self, LifecycleError, Plan},
+    store::Change,
+};
+
+impl Authority {
+    /// Brings the key set in memory up to the shared store's, if another replica changed
+    /// it. Returns whether the set changed. A store only this process writes has nothing
+    /// to catch up with.
+    pub async fn refresh(&self, now: u64) -> Result<bool, AuthorityError> {
+        let held = self.generation.load(Ordering::Acquire);
+        let Some(snapshot) = self.store.snapshot_if_newer(held).await? else {
+            self.synced_at.fetch_max(now, Ordering::AcqRel);
+            return Ok(false);
+        };
+        // Serialised with transitions, so an older snapshot never replaces a newer set.
+        let _writer = self.writer.lock().await;
+        if snapshot.generation <= self.generation.load(Ordering::Acquire) {
+            self.synced_at.fetch_max(now, Ordering::AcqRel);
+            return Ok(false);
+        }
+        let algorithms = self.settings.algorithms.clone();
+        let timing = self.settings.timing();
+        let encrypted = self.store.encrypts_at_rest();
+        let records = snapshot.records;
+        let set =
+            blocking(move || KeySet::build(records, &algorithms, encrypted, timing)).await??;
+        let set = Arc::new(set);
+        self.keys.store(Arc::clone(&set));
+        // WatchKeys streams follow every set this replica serves, its own changes or another's.
+        self.changes.send_replace(set);
+        self.generation
+            .store(snapshot.generation, Ordering::Release);
+        self.synced_at.fetch_max(now, Ordering::AcqRel);
+        tracing::info!(
+            generation = snapshot.generation,
+            "key set updated from the shared keystore"
+        );
+        Ok(true)
+    }
+
+    /// The operator's rotation of `alg` (default: the first configured): the next key
+    /// becomes current if it has been published for the publish lead, or at once with `force`.
+    pub async fn rotate(
+        &self,
+        alg: Option<Algorithm>,
+        force: bool,
+        now: u64,
+    ) -> Result<RotationOutcome, AuthorityError> {
+        let alg = self.settings.algorithm(alg)?;
+        let timing = self.settings.timing();
+        let (plan, keys) = self
+            .transition(move |records, generate| {
+                lifecycle::rotate(records, alg, force, timing, now, generate)
+            })
+            .await?;
+        let (_, current_kid, previous_kid) = plan
+            .rotated
+            .into_iter()
+            .find(|(rotated, _, _)| *rotated == alg)
+            .ok_or(LifecycleError::NoCurrentKey(alg))?;
+        Ok(RotationOutcome {
+            current_kid,
+            previous_kid,
+            keys,
+        })
+    }
+
+    /// Emergency revocation; returns the kid that now signs for the revoked key's algorithm.
+    pub async fn revoke(
+        &self,
+        kid: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<(String, Arc<KeySet>), AuthorityError> {
+        let timing = self.settings.timing();
+        let known = |keys: &KeySet| keys.records().iter().find(|r| r.kid == kid).map(|r| r.alg);
+        let mut alg = known(&self.keys.load());
+        if alg.is_none() && self.store.is_shared() {
+            // Another replica may have created it since the last sync: an operator revoking
+            // a key they have just seen in ListKeys must not be told it does not exist.
+            self.refresh(now).await?;
+            alg = known(&self.keys.load());
+        }
+        let alg = alg.ok_or_else(|| LifecycleError::UnknownKey(kid.to_owned()))?;
+        let (kid, reason) = (kid.to_owned(), reason.to_owned());
+        let (_, keys) = self
+            .transition(move |records, generate| {
+                lifecycle::revoke(records, &kid, &reason, timing, now, generate)
+            })
+            .await?;
+        let current = keys
+            .signer(alg)
+            .map(|signer| signer.kid.clone())
+            .unwrap_or_default();
+        Ok((current, keys))
+    }
+
+    /// Performs what the schedule says is due at `now`. Called by the background task.
+    pub async fn tick(&self, now: u64) -> Result<Plan, AuthorityError> {
+        let timing = self.settings.timing();
+        let algorithms = self.settings.algorithms.clone();
+        let (plan, _) = self
+            .transition(move |records, generate| {
+                lifecycle::due(records, &algorithms, timing, now, generate)
+            })
+            .await?;
+        Ok(plan)
+    }
+
+    /// When the key set changes next by itself, if ever.
+    pub fn next_change(&self) -> Option<u64> {
+        self.keys.load().next_change()
+    }
+
+    /// One lifecycle change: plan it from the current records, build the next key set,
+    /// persist the change (flushed), and only then serve the new set. Writers are serialised;
+    /// readers never wait.
+    async fn transition<F>(&self, plan: F) -> Result<(Plan, Arc<KeySet>), AuthorityError>
+    where
+        F: FnOnce(
+                &[KeyRecord],
+                &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
+            ) -> Result<Plan, LifecycleError>
+            + Send
+            + 'static,
+    {
+        let _writer = self.writer.lock().await;
+        let held = self.keys.load_full().records().to_vec();
+        let algorithms = self.settings.algorithms.clone();
+        let timing = self.settings.timing();
+        let encrypted = self.store.encrypts_at_rest();
+        let ((plan, next), generation) = self
+            .store
+            .transact(
+                held,
+                move |records| -> Result<((Plan, Option<KeySet>), Change), AuthorityError> {
+                    let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
+                        keys::generate;
+                    let plan = plan(records, &mut generate)?;
+                    if plan.is_empty() {
+                        return Ok(((plan, None), Change::default()));
+                    }
+                    // Build first: a record that does not load must not reach the store.
+                    let next =
+                        KeySet::build(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                    let change = Change {
+                        changed: plan.changed.clone(),
+                        deleted: plan.deleted.clone(),
+                    };
+                    Ok(((plan, Some(next)), change))
+                },
+            )
+            .await?;
+        let next_built = next.is_some();
+        if let Some(next) = next {
+            let next = Arc::new(next);
+            self.keys.store(Arc::clone(&next));
+            // Under the writer lock, so watchers see the sets in the order they were served.
+            self.changes.send_replace(next);
+            log_plan(&plan);
+        }
+        if let Some(generation) = generation {
+            self.synced_at.fetch_max(unix_now(), Ordering::AcqRel);
+            if generation != self.generation.load(Ordering::Acquire) {
+                if next_built {
+                    self.generation.store(generation, Ordering::Release);
+                } else {
+                    // Nothing to do because another replica already did it: catch up now
+                    // rather than plan again from a stale set at the next wake.
+                    drop(_writer);
+                    self.refresh(unix_now()).await?;
+                }
+            }
+        }
+        Ok((plan, self.keys.load_full()))
+    }
+}
