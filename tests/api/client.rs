@@ -14,6 +14,8 @@ use tonic::{transport::Channel, Code};
 
 use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
 
+mod tokens;
+
 fn channel(server: &TestServer) -> Channel {
     endpoint(server.grpc_addr, None).connect_lazy()
 }
