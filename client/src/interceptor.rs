@@ -1,7 +1,9 @@
 //! tonic integrations: [`AttachToken`] puts the service's token on outgoing calls;
 //! [`VerifyBearer`] (or [`verify_bearer_layer`], the same as a tower layer) checks
 //! `authorization: Bearer` on incoming ones and hands the verified token to the handler in
-//! the request extensions (`request.extensions().get::<Verified>()`).
+//! the request extensions (`request.extensions().get::<Verified>()`). For services that are
+//! not tonic's (hyper, axum), [`crate::layer::RequireBearerLayer`] does the same on any
+//! `http::Request`.
 //!
 //! Interceptors are synchronous: `AttachToken` uses the token the `TokenSource` keeps
 //! cached and refreshed, so call `TokenSource::token().await` once at start-up; `VerifyBearer`
@@ -9,7 +11,7 @@
 
 use tonic::{metadata::MetadataValue, service::Interceptor, Request, Status};
 
-use crate::{token_source::TokenSource, verifier::Verifier, Verified};
+use crate::{bearer::authenticate, token_source::TokenSource, verifier::Verifier, Verified};
 
 /// Attaches the `TokenSource`'s token as `authorization: Bearer` to every outgoing call.
 #[derive(Clone, Debug)]
@@ -56,30 +58,15 @@ impl VerifyBearer {
 
 impl Interceptor for VerifyBearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let token = request
+        let header = request
             .metadata()
             .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer)
-            .ok_or_else(|| Status::unauthenticated("authorization: Bearer <token> is required"))?;
-        let verified = self.verifier.verify(token).map_err(|rejection| {
-            Status::unauthenticated(format!(
-                "the bearer token is refused: {:?}: {}",
-                rejection.reason, rejection.detail
-            ))
-        })?;
+            .map(|value| value.to_str().map_err(|_| ()));
+        let verified = authenticate(header, &self.verifier)
+            .map_err(|refusal| Status::unauthenticated(refusal.to_string()))?;
         request.extensions_mut().insert::<Verified>(verified);
         Ok(request)
     }
-}
-
-/// The token of a `Bearer` credential; the scheme name is case-insensitive (RFC 9110).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|token| !token.is_empty())
 }
 
 /// [`VerifyBearer`] as a tower layer, for `Server::builder().layer(..)`.
@@ -88,18 +75,4 @@ pub type VerifyBearerLayer = tonic::service::InterceptorLayer<VerifyBearer>;
 /// A tower layer that verifies incoming bearer tokens, as [`VerifyBearer`] does.
 pub fn verify_bearer_layer(verifier: Verifier) -> VerifyBearerLayer {
     tonic::service::InterceptorLayer::new(VerifyBearer::new(verifier))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bearer;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_needs_a_token() {
-        assert_eq!(bearer("Bearer abc"), Some("abc"));
-        assert_eq!(bearer("bearer abc"), Some("abc"));
-        assert_eq!(bearer("Basic abc"), None);
-        assert_eq!(bearer("Bearer "), None);
-        assert_eq!(bearer("Bearerabc"), None);
-    }
 }

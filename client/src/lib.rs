@@ -8,11 +8,15 @@
 //!   authority pushes with WatchKeys: a rotation or a revocation reaches it at once.
 //! - [`interceptor`]: tonic interceptors that attach a `TokenSource` token to outgoing
 //!   calls and verify `authorization: Bearer` on incoming ones (also as a tower layer).
+//! - [`layer::RequireBearerLayer`]: the same verification as a tower layer over any
+//!   `http::Request` service (hyper, axum), answering refusals itself (401, or
+//!   UNAUTHENTICATED to gRPC requests).
 //!
 //! # Layout
 //! - `jwks_http`: the HTTP JWKS the verifier falls back on while WatchKeys is unavailable.
 //! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
-//! - `verifier`, `token_source`, `interceptor`: the three things above.
+//! - `verifier`, `token_source`, `interceptor`, `layer`: the things above; `bearer`: the
+//!   check of an `authorization` header that `interceptor` and `layer` share.
 //! - `error`: this crate's error type. `pb`: the generated client.
 //!
 //! # Example
@@ -23,15 +27,18 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+mod bearer;
 pub mod error;
 pub mod interceptor;
 mod jwks_http;
 pub mod keys;
+pub mod layer;
 pub mod pb;
 pub mod token_source;
 pub mod verifier;
 
 pub use error::ClientError;
+pub use layer::RequireBearerLayer;
 pub use token_authority_jose::jwt::verify::{Reason, Rejection, Verified};
 pub use token_source::{Credentials, TokenRequest, TokenSource};
 pub use verifier::{Verifier, VerifierSettings};

@@ -7,40 +7,33 @@
 //! whether a cold `token()` or the background refresh, goes through one async mutex and
 //! re-checks the cache once inside it, so concurrent callers share a single IssueToken.
 //!
-//! Credentials: mTLS comes with the `Channel` (its TLS identity); a bearer token file (a
-//! projected service-account token) is re-read at every fetch, so a rotated file is used as
-//! soon as it changes; a client secret is sent as HTTP Basic.
+//! A token a callee refused can be dropped with `invalidate`: only if it is still the cached
+//! one, so a burst of refusals of one token costs one IssueToken, and the background task
+//! fetches the replacement at once, so interceptors reading `cached_token` recover by
+//! themselves.
+//!
+//! Credentials (`credentials`): mTLS comes with the `Channel` (its TLS identity); a bearer
+//! token file (a projected service-account token) is re-read at every fetch, so a rotated
+//! file is used as soon as it changes; a client secret is sent as HTTP Basic. When the
+//! authority refuses the credential (UNAUTHENTICATED), it is read again at once and, if it
+//! changed meanwhile (the file was rotated between the read and the answer), sent once more.
+
+mod credentials;
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use token_authority_jose::crypto;
-use tonic::{metadata::MetadataValue, transport::Channel, Request};
+use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
+
+pub use credentials::Credentials;
 
 use crate::{
     error::ClientError,
     pb::{self, token_authority_client::TokenAuthorityClient},
 };
-
-/// How the service proves who it is to the authority, beyond its connection.
-#[derive(Clone, Debug)]
-pub enum Credentials {
-    /// Nothing beyond the channel: mTLS (the channel's TLS identity), or an open authority.
-    Channel,
-    /// A JWT read from this file at every fetch (a Kubernetes projected service-account
-    /// token, a SPIRE JWT-SVID), sent as `authorization: Bearer`.
-    BearerFile(PathBuf),
-    /// A client id and secret from the authority's policy, sent as HTTP Basic.
-    ClientSecret {
-        /// The `[[client]]` id.
-        id: String,
-        /// Its secret.
-        secret: String,
-    },
-}
 
 /// What the service asks for: IssueToken's fields.
 #[derive(Clone, Debug, Default)]
@@ -61,7 +54,8 @@ pub struct TokenRequest {
 #[derive(Debug, Default)]
 struct Attempts {
     ended: u64,
-    last_failure: String,
+    /// `None` when the last attempt succeeded.
+    last_failure: Option<String>,
 }
 
 /// A token and when to replace it.
@@ -137,6 +131,21 @@ impl TokenSource {
     pub fn cached_token(&self) -> Option<String> {
         self.inner.fresh(SystemTime::now())
     }
+
+    /// Forgets `token` if it is still the cached one: call it when a callee refused the
+    /// token (UNAUTHENTICATED, 401), so the next `token()` gets a new one rather than the
+    /// same. A token already replaced is left alone, so any number of callers invalidating
+    /// the same token cause one IssueToken. The background task fetches the replacement at
+    /// once, so `cached_token` (and `AttachToken`) recover without a `token().await`.
+    pub fn invalidate(&self, token: &str) {
+        self.inner.cached.send_if_modified(|cached| {
+            let still = cached.as_ref().is_some_and(|c| c.token == token);
+            if still {
+                *cached = None;
+            }
+            still
+        });
+    }
 }
 
 impl Inner {
@@ -159,44 +168,54 @@ impl Inner {
             return Ok(token);
         }
         if attempts.ended != seen {
-            // An attempt ended while this caller waited, and left no token: its answer is
-            // this caller's too.
-            return Err(ClientError::Shared(attempts.last_failure.clone()));
+            // An attempt failed while this caller waited: its answer is this caller's too.
+            // (One that succeeded left a token since invalidated: fetch anew.)
+            if let Some(failure) = &attempts.last_failure {
+                return Err(ClientError::Shared(failure.clone()));
+            }
         }
         self.attempt(&mut attempts).await
+    }
+
+    /// The background refresh: one IssueToken unless the token in the cache is not due (a
+    /// caller fetched one while this task waited for the mutex).
+    async fn refresh_if_due(&self) -> Result<(), ClientError> {
+        let mut attempts = self.fetching.lock().await;
+        let due = self
+            .cached
+            .borrow()
+            .as_ref()
+            .is_none_or(|cached| SystemTime::now() >= cached.refresh_at);
+        if !due {
+            return Ok(());
+        }
+        self.attempt(&mut attempts).await.map(drop)
     }
 
     /// One IssueToken, recorded in `attempts` (the guard of `fetching`).
     async fn attempt(&self, attempts: &mut Attempts) -> Result<String, ClientError> {
         let result = self.fetch().await;
         attempts.ended += 1;
-        if let Err(error) = &result {
-            attempts.last_failure = error.to_string();
-        }
+        attempts.last_failure = result.as_ref().err().map(ToString::to_string);
         self.attempts_ended
             .store(attempts.ended, std::sync::atomic::Ordering::Release);
         result
     }
 
-    /// One IssueToken. Call through `attempt`, with `fetching` held.
+    /// One IssueToken (two if the credential was refused and has changed since it was
+    /// read). Call through `attempt`, with `fetching` held.
     async fn fetch(&self) -> Result<String, ClientError> {
-        let mut request = Request::new(pb::IssueTokenRequest {
-            subject: self.request.subject.clone(),
-            audience: self.request.audience.clone(),
-            ttl: self.request.ttl.map(|ttl| prost_types::Duration {
-                seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
-                nanos: 0,
-            }),
-            claims_json: self.request.claims_json.clone(),
-            algorithm: self.request.algorithm.clone(),
-        });
-        if let Some(authorization) = self.authorization().await? {
-            let value: MetadataValue<_> = authorization
-                .parse()
-                .map_err(|_| ClientError::BadCredential)?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        let issued = self.client.clone().issue_token(request).await?.into_inner();
+        let sent = self.credentials.authorization().await?;
+        let issued = match self.issue(sent.as_deref()).await {
+            Err(ClientError::Rpc(status)) if status.code() == Code::Unauthenticated => {
+                // Sending the same credential again would earn the same answer.
+                match self.credentials.authorization().await {
+                    Ok(again) if again != sent => self.issue(again.as_deref()).await?,
+                    _ => return Err(ClientError::Rpc(status)),
+                }
+            }
+            other => other?,
+        };
         let at = |t: Option<prost_types::Timestamp>, what| {
             t.and_then(|t| u64::try_from(t.seconds).ok())
                 .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
@@ -216,37 +235,29 @@ impl Inner {
         Ok(issued.token)
     }
 
-    async fn authorization(&self) -> Result<Option<String>, ClientError> {
-        Ok(match &self.credentials {
-            Credentials::Channel => None,
-            Credentials::BearerFile(path) => {
-                let token = tokio_read(path).await?;
-                Some(format!("Bearer {}", token.trim()))
-            }
-            Credentials::ClientSecret { id, secret } => Some(format!(
-                "Basic {}",
-                standard_base64(format!("{id}:{secret}"))
-            )),
-        })
+    /// One IssueToken call with `authorization`.
+    async fn issue(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<pb::IssueTokenResponse, ClientError> {
+        let mut request = Request::new(pb::IssueTokenRequest {
+            subject: self.request.subject.clone(),
+            audience: self.request.audience.clone(),
+            ttl: self.request.ttl.map(|ttl| prost_types::Duration {
+                seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            claims_json: self.request.claims_json.clone(),
+            algorithm: self.request.algorithm.clone(),
+        });
+        if let Some(authorization) = authorization {
+            let value: MetadataValue<_> = authorization
+                .parse()
+                .map_err(|_| ClientError::BadCredential)?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(self.client.clone().issue_token(request).await?.into_inner())
     }
-}
-
-async fn tokio_read(path: &std::path::Path) -> Result<String, ClientError> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        std::fs::read_to_string(&path).map_err(|source| ClientError::TokenFile {
-            path: path.display().to_string(),
-            source,
-        })
-    })
-    .await
-    .map_err(|_| ClientError::NoToken)?
-}
-
-/// Standard base64 with padding, as HTTP Basic wants (base64url differs on `+/`).
-fn standard_base64(text: String) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 /// A random duration up to `max`.
@@ -265,11 +276,17 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
         None => return,
     };
     let mut backoff = FIRST_BACKOFF;
+    let mut had_token = false;
     loop {
-        // Nothing to refresh until the first token arrives.
         let refresh_at = changes.borrow_and_update().as_ref().map(|c| c.refresh_at);
         let refresh_at = match refresh_at {
-            Some(at) => at,
+            Some(at) => {
+                had_token = true;
+                at
+            }
+            // Invalidated: replace it now.
+            None if had_token => SystemTime::now(),
+            // Nothing to refresh until the first token arrives.
             None => {
                 if changes.changed().await.is_err() {
                     return;
@@ -293,10 +310,7 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
         let Some(source) = inner.upgrade() else {
             return;
         };
-        let result = {
-            let mut attempts = source.fetching.lock().await;
-            source.attempt(&mut attempts).await
-        };
+        let result = source.refresh_if_due().await;
         drop(source);
         match result {
             Ok(_) => backoff = FIRST_BACKOFF,

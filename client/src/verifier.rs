@@ -304,11 +304,13 @@ async fn watch(
         loop {
             tokio::select! {
                 () = &mut pause => break,
-                () = refetch.notified() => {
-                    if let Some(fetcher) = &mut fetcher {
-                        next_fetch = fetch_jwks(fetcher, &keys, &first).await;
-                    }
-                }
+                () = refetch.notified() => {}
+                // The last answer's max-age runs out before the next reconnect (whose
+                // backoff grows to seconds): fetch on time, not at the next attempt.
+                () = tokio::time::sleep_until(next_fetch), if fetcher.is_some() => {}
+            }
+            if let Some(fetcher) = &mut fetcher {
+                next_fetch = fetch_jwks(fetcher, &keys, &first).await;
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);

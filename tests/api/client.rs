@@ -14,6 +14,9 @@ use tonic::{transport::Channel, Code};
 
 use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
 
+mod jwks_max_age;
+mod tokens;
+
 fn channel(server: &TestServer) -> Channel {
     endpoint(server.grpc_addr, None).connect_lazy()
 }
