@@ -107,11 +107,18 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(name) = access.next_key::<String>()? {
-            if map.contains_key(&name) {
-                return Err(de::Error::custom(format!("duplicate member {name:?}")));
+            // One lookup per member: the vacant entry is filled once its value is parsed.
+            match map.entry(name) {
+                serde_json::map::Entry::Occupied(entry) => {
+                    return Err(de::Error::custom(format!(
+                        "duplicate member {:?}",
+                        entry.key()
+                    )));
+                }
+                serde_json::map::Entry::Vacant(entry) => {
+                    entry.insert(access.next_value_seed(self.deeper()?)?);
+                }
             }
-            let value = access.next_value_seed(self.deeper()?)?;
-            map.insert(name, value);
         }
         Ok(Value::Object(map))
     }

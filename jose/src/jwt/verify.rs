@@ -285,8 +285,11 @@ fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<i64
     // time the authority answers with must fit.
     const EARLIEST: f64 = -62_135_596_800.0;
     const LATEST: f64 = 253_402_300_799.0;
-    for name in ["exp", "nbf", "iat"] {
-        if let Some(time) = number(name)? {
+    // Each claim read once, and checked in this order.
+    let mut times = [None; 3];
+    for (slot, name) in times.iter_mut().zip(["exp", "nbf", "iat"]) {
+        *slot = number(name)?;
+        if let Some(time) = *slot {
             if !(EARLIEST..=LATEST).contains(&time) {
                 return reject(
                     Reason::Malformed,
@@ -295,20 +298,21 @@ fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<i64
             }
         }
     }
+    let [exp, nbf, iat] = times;
     let now = now as f64;
     let leeway = leeway as f64;
-    let Some(exp) = number("exp")? else {
+    let Some(exp) = exp else {
         return reject(Reason::MissingClaim, "exp is required");
     };
     if now >= exp + leeway {
         return reject(Reason::Expired, "the token has expired");
     }
-    if let Some(nbf) = number("nbf")? {
+    if let Some(nbf) = nbf {
         if nbf > now + leeway {
             return reject(Reason::NotYetValid, "nbf is in the future");
         }
     }
-    if let Some(iat) = number("iat")? {
+    if let Some(iat) = iat {
         if iat > now + leeway {
             return reject(Reason::NotYetValid, "iat is in the future");
         }
