@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The replica figures of the README: IssueToken and VerifyToken with sled, then with one, two
-# and three replicas on one throwaway PostgreSQL cluster, and each replica's start-up time.
-# Usage: cargo build --release && tests/perf/replicas.sh   (DUR=8s by default)
+# The replica figures of the README: IssueToken and VerifyToken with sled, and with one, two
+# and three replicas on one throwaway PostgreSQL cluster, all started once and measured in
+# ROUNDS rounds, the order reversed every other round (ABBA), so slow drift of a shared
+# machine falls on every side alike. Prints each run, then per mode and side the median
+# req/s and its ratio to sled's median; then each replica's start-up time.
+# Usage: cargo build --release && tests/perf/replicas.sh   (DUR=5s ROUNDS=4 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${TA_BIN:-$PWD/target/release/token-authority}
@@ -16,10 +19,6 @@ trap 'for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done; as_p
 head -c 32 /dev/urandom | base64 > "$W/kek"; chmod 600 "$W/kek"
 echo "bench-admin-token-0123456789" > "$W/admin"; chmod 600 "$W/admin"
 URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
-FMT='import json, sys
-r = json.load(sys.stdin)
-l = r["latency_us"]
-print("%.0f req/s, p50 %sus, p99 %sus, errors %s" % (r["requests_per_s"], l["p50"], l["p99"], dict(r["errors"])))'
 start() { # name store -> the gRPC port, once serving
   local g h d="$W/$1"
   g=$(free); h=$(free)
@@ -32,25 +31,48 @@ start() { # name store -> the gRPC port, once serving
   for _ in $(seq 100); do grep -q '"serving"' "$d/log" 2>/dev/null && break; sleep 0.1; done
   echo "$g"
 }
-bench() { # mode port...
-  local mode=$1 t; shift
+run() { # side mode port... -> one line "side mode req/s p50 p99 errors"
+  local side=$1 mode=$2 t; shift 2
   t=$(printf 'http://127.0.0.1:%s,' "$@"); t=${t%,}
-  "$BIN" bench "$mode" --target "$t" --duration "${DUR:-8s}" --warmup 2s --concurrency 64 \
-    --connections 6 --json | python3 -c "$FMT"
+  "$BIN" bench "$mode" --target "$t" --duration "${DUR:-5s}" --warmup 1s --concurrency 64 \
+    --connections 6 --json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+l = r["latency_us"]
+print(sys.argv[1], sys.argv[2], round(r["requests_per_s"]), l["p50"], l["p99"], sum(r["errors"].values()))' "$side" "$mode"
 }
 S=$(start sled sled)
-echo "sled, 1 process: issue $(bench issue "$S")"
-echo "sled, 1 process: verify $(bench verify "$S")"
-kill "$(cat "$W/sled/pid")"
 A=$(start a "$URL")
-echo "postgres, 1 replica: issue $(bench issue "$A")"
-echo "postgres, 1 replica: verify $(bench verify "$A")"
 B=$(start b "$URL")
-echo "postgres, 2 replicas: issue $(bench issue "$A" "$B")"
-echo "postgres, 2 replicas: verify $(bench verify "$A" "$B")"
 C=$(start c "$URL")
-echo "postgres, 3 replicas: issue $(bench issue "$A" "$B" "$C")"
-echo "postgres, 3 replicas: verify $(bench verify "$A" "$B" "$C")"
+side() { # name mode
+  case $1 in
+    sled) run sled "$2" "$S" ;;
+    pg1) run pg1 "$2" "$A" ;;
+    pg2) run pg2 "$2" "$A" "$B" ;;
+    pg3) run pg3 "$2" "$A" "$B" "$C" ;;
+  esac
+}
+: > "$W/runs"
+for round in $(seq "${ROUNDS:-4}"); do
+  order="sled pg1 pg2 pg3"
+  [ $((round % 2)) = 0 ] && order="pg3 pg2 pg1 sled"
+  for mode in issue verify; do
+    for s in $order; do side "$s" "$mode" | tee -a "$W/runs"; done
+  done
+done
+python3 - "$W/runs" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    side, mode, rps, *_ = line.split()
+    runs.setdefault((mode, side), []).append(int(rps))
+for mode in ("issue", "verify"):
+    base = statistics.median(runs[(mode, "sled")])
+    for side in ("sled", "pg1", "pg2", "pg3"):
+        m = statistics.median(runs[(mode, side)])
+        print(f"{mode:6} {side:4} median {m:8.0f} req/s over {len(runs[(mode, side)])} runs, {m / base:.2f} x sled")
+PY
 for r in a b c; do
   echo "replica $r start-up: $(grep -o '"startup_ms":[0-9]*' "$W/$r/log" | head -1)"
 done
