@@ -46,6 +46,10 @@ pub struct VerifierSettings {
     pub max_token_bytes: usize,
     /// How long `Verifier::connect` waits for the first key set.
     pub first_key_set_timeout: Duration,
+    /// How long opening a WatchKeys stream may take (connection, TLS, the answer's headers)
+    /// before the attempt counts as failed and the HTTP fallback is consulted: an address
+    /// that swallows packets must not hold the verifier on a connect that never ends.
+    pub watch_open_timeout: Duration,
     /// The authority's `/.well-known/jwks.json`, fetched while WatchKeys is unavailable
     /// (conditional GETs, as often as its `Cache-Control` allows, and at once, at most once
     /// per `unknown_kid_cooldown`, when a token names a kid the set lacks). `None`: no
@@ -67,6 +71,7 @@ impl VerifierSettings {
             leeway: 60,
             max_token_bytes: 8 * 1024,
             first_key_set_timeout: Duration::from_secs(10),
+            watch_open_timeout: Duration::from_secs(5),
             jwks_url: None,
             jwks_tls: None,
             unknown_kid_cooldown: Duration::from_secs(10),
@@ -126,6 +131,7 @@ impl Verifier {
         let refetch = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(watch(
             TokenAuthorityClient::new(channel),
+            settings.watch_open_timeout,
             Arc::clone(&keys),
             first_tx,
             fetcher,
@@ -244,6 +250,7 @@ fn jittered(base: Duration) -> Duration {
 /// breaks; `first` turns true at the first key set.
 async fn watch(
     mut client: TokenAuthorityClient<Channel>,
+    open_timeout: Duration,
     keys: Arc<ArcSwap<KeySet>>,
     first: tokio::sync::watch::Sender<bool>,
     mut fetcher: Option<JwksFetcher>,
@@ -252,8 +259,10 @@ async fn watch(
     let mut backoff = FIRST_BACKOFF;
     let mut next_fetch = tokio::time::Instant::now();
     loop {
-        match client.watch_keys(pb::WatchKeysRequest {}).await {
-            Ok(stream) => {
+        let opened =
+            tokio::time::timeout(open_timeout, client.watch_keys(pb::WatchKeysRequest {})).await;
+        match opened {
+            Ok(Ok(stream)) => {
                 let mut stream = stream.into_inner();
                 // Until the first message says otherwise, the authority's default.
                 let mut silence = Duration::from_secs(60);
@@ -290,7 +299,11 @@ async fn watch(
                     }
                 }
             }
-            Err(status) => tracing::info!(%status, "cannot watch the authority's keys"),
+            Ok(Err(status)) => tracing::info!(%status, "cannot watch the authority's keys"),
+            Err(_) => tracing::warn!(
+                ?open_timeout,
+                "opening the key watch timed out; trying again after the HTTP JWKS"
+            ),
         }
         // The stream is down: the HTTP JWKS, when due, then wait to reconnect (or fetch at
         // once for an unknown kid).

@@ -16,6 +16,7 @@ use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
 
 mod jwks_max_age;
 mod tokens;
+mod watch_open;
 
 fn channel(server: &TestServer) -> Channel {
     endpoint(server.grpc_addr, None).connect_lazy()
