@@ -275,14 +275,18 @@ pub async fn run(
         startup_ms = started.elapsed().as_millis() as u64,
         "serving"
     );
+    // The sync task tells the schedule when a shared store answers again.
+    let store_back = Arc::new(tokio::sync::Notify::new());
     let lifecycle_task = tokio::spawn(run_schedule(
         Arc::clone(&authority),
         Arc::clone(&metrics),
+        Arc::clone(&store_back),
         stop_rx.clone(),
     ));
     let sync_task = tokio::spawn(run_sync(
         Arc::clone(&authority),
         config.store_sync_interval,
+        store_back,
         stop_rx.clone(),
     ));
     let reload_task = config.policy_file.clone().map(|path| {

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::unix_now;
 use crate::{
@@ -16,32 +16,46 @@ use crate::{
 
 /// Follows a shared keystore: re-reads it when another replica's change is notified, and
 /// every `interval` in case a notification was lost. Failures (the database down) leave the
-/// key set in memory serving, and show in the sync-age metric.
+/// key set in memory serving, and show in the sync-age metric; the first success after them
+/// is signalled on `back`, so a scheduled step waiting out its backoff is tried at once.
 pub(super) async fn run_sync(
     authority: Arc<Authority>,
     interval: Duration,
+    back: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(mut changes) = authority.store().changes() else {
         return;
     };
+    let mut failing = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             Some(_) = changes.recv() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        if let Err(error) = authority.refresh(unix_now()).await {
-            tracing::warn!(%error, "cannot sync the key set with the keystore");
+        match authority.refresh(unix_now()).await {
+            Ok(_) if failing => {
+                tracing::info!("the keystore database answers again");
+                failing = false;
+                back.notify_one();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                failing = true;
+                tracing::warn!(%error, "cannot sync the key set with the keystore");
+            }
         }
     }
 }
 
 /// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
-/// of the key set, and at least every minute so a jump of the wall clock is noticed.
+/// of the key set, and at least every minute so a jump of the wall clock is noticed; after a
+/// failure, with backoff, or as soon as the store is `back`.
 pub(super) async fn run_schedule(
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
+    back: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     // After a failure the next attempt waits with backoff (1 s doubling to a minute): a
@@ -59,6 +73,7 @@ pub(super) async fn run_schedule(
             .map_or(Duration::from_secs(due_in), Backoff::next_delay);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = back.notified(), if backoff.is_some() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         match authority.tick(unix_now()).await {

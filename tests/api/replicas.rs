@@ -731,7 +731,8 @@ async fn revoking_a_key_created_a_moment_ago_on_another_replica_works() {
 }
 
 /// With the database down and a rotation due, the schedule retries with backoff (1 s
-/// doubling) instead of every second, keeps signing with the key set it holds, and a replica
+/// doubling) instead of every second, keeps signing with the key set it holds, and tries at
+/// once when the database is back; and a replica
 /// over a shared store keeps nothing on disk (its --data-dir is never created).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_backs_off_while_the_database_is_down() {
@@ -768,8 +769,9 @@ async fn the_schedule_backs_off_while_the_database_is_down() {
             .unwrap();
     }
     let failures = "token_authority_scheduled_key_step_failures_total";
-    // The rotation falls due within 2 s; attempts then come at +1, +3 and +7 s.
-    let window = Duration::from_secs(9);
+    // The rotation falls due within 2 s; attempts then come at +1, +3, +7 and +15 s (each
+    // up to a tenth later): the window ends between the last two.
+    let window = Duration::from_millis(10_500);
     let started = Instant::now();
     while started.elapsed() < window {
         let issued = server.issue("svc", &["aud"]).await;
@@ -779,14 +781,29 @@ async fn the_schedule_backs_off_while_the_database_is_down() {
     let attempts = metric(&server, failures).await;
     assert!(
         (2.0..=5.0).contains(&attempts),
-        "{attempts} failed attempts in {window:?} (every second would be about 8)"
+        "{attempts} failed attempts in {window:?} (every second would be about 9)"
     );
+    // The database back: the sync notices within its interval (1 s) and the overdue
+    // rotation is tried then, not at the next backoff attempt (about 6 s later).
+    let signer = server.issue("svc", &["aud"]).await.key_id;
     {
         let shared = Arc::clone(&shared);
         tokio::task::spawn_blocking(move || shared.pg().restart())
             .await
             .unwrap();
     }
+    let back = Instant::now();
+    while server.issue("svc", &["aud"]).await.key_id == signer {
+        assert!(
+            back.elapsed() < Duration::from_secs(4),
+            "the overdue rotation waited for the backoff after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "overdue rotation done {:?} after the database came back",
+        back.elapsed()
+    );
     server.stop().await;
 }
 
