@@ -165,22 +165,7 @@ impl Authority {
             store.apply(&plan.changed, &plan.deleted)?;
             log_plan(&plan);
         }
-        let policy = Policy {
-            issuer: settings.issuer.clone(),
-            leeway: settings.leeway,
-            max_token_bytes: settings.max_token_bytes,
-        };
-        let set = Arc::new(set);
-        Ok(Authority {
-            keys: ArcSwap::from(Arc::clone(&set)),
-            changes: tokio::sync::watch::Sender::new(set),
-            generation: AtomicU64::new(0),
-            synced_at: AtomicU64::new(now),
-            store,
-            settings,
-            policy,
-            writer: tokio::sync::Mutex::new(()),
-        })
+        Ok(Authority::serving(store, settings, set, 0, now))
     }
 
     /// Builds the authority from a store shared by several replicas: whatever the lifecycle
@@ -212,22 +197,39 @@ impl Authority {
             )
             .await?;
         log_plan(&plan);
+        Ok(Authority::serving(
+            store,
+            settings,
+            set,
+            generation.unwrap_or(0),
+            now,
+        ))
+    }
+
+    /// The authority serving `set`, read from `store` at `generation` at `now`.
+    fn serving(
+        store: KeyStore,
+        settings: Settings,
+        set: KeySet,
+        generation: u64,
+        now: u64,
+    ) -> Authority {
         let policy = Policy {
             issuer: settings.issuer.clone(),
             leeway: settings.leeway,
             max_token_bytes: settings.max_token_bytes,
         };
         let set = Arc::new(set);
-        Ok(Authority {
+        Authority {
             keys: ArcSwap::from(Arc::clone(&set)),
             changes: tokio::sync::watch::Sender::new(set),
-            generation: AtomicU64::new(generation.unwrap_or(0)),
+            generation: AtomicU64::new(generation),
             synced_at: AtomicU64::new(now),
             store,
             settings,
             policy,
             writer: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     /// Seconds since the key set was last known to match the store: always 0 for a store
