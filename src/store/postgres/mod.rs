@@ -18,19 +18,19 @@
 //! them as long as they are retained, still sealed under the KEK. Retiring a KEK from the
 //! KEK file once everything is rewrapped is what shreds them.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Config};
+use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod connect;
+mod listen;
 mod record;
 
 use self::connect::{client_config, tls_config};
 use super::{kek::Keks, Change, StoreError};
-use crate::{backoff::Backoff, keys::KeyRecord};
+use crate::keys::KeyRecord;
 
 /// The schema this binary knows, in order; the version of a migration is its index + 1.
 /// Applied at start, each in the same transaction as its row in `ta_schema_version`.
@@ -328,83 +328,5 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::CommitUnknown(format!("{}: {e}", self.shown)))?;
         Ok((value, u64::try_from(next).unwrap_or(0)))
-    }
-
-    /// Keeps a dedicated connection LISTENing on the change channel and sends every
-    /// notified generation (and a `0` after each reconnection, when some may have been
-    /// missed) to `changes`, until the receiver is dropped. Reconnects with backoff.
-    pub async fn listen(self: Arc<Self>, changes: mpsc::Sender<u64>) {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.listen_once(&changes).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "keystore notifications lost; reconnecting");
-                }
-            }
-            if changes.is_closed() {
-                return;
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-    }
-
-    /// One LISTEN connection, until it fails (`Err`) or nobody listens any more (`Ok`).
-    async fn listen_once(&self, changes: &mpsc::Sender<u64>) -> Result<(), StoreError> {
-        let (client, mut connection) = self
-            .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        let (messages_tx, mut messages) = mpsc::unbounded_channel();
-        // The connection is driven here, not by `connection.await` (which drops
-        // notifications): every message it yields is forwarded.
-        let driver = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(message)) => {
-                        if messages_tx.send(message).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "keystore notification connection failed");
-                        return;
-                    }
-                    None => return,
-                }
-            }
-        });
-        let result = async {
-            client
-                .batch_execute(&format!("LISTEN {CHANNEL}"))
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            // Listening from here on: whatever changed while not listening is re-read.
-            if changes.send(0).await.is_err() {
-                return Ok(());
-            }
-            loop {
-                let message = tokio::select! {
-                    message = messages.recv() => message,
-                    // The replica stopped following: close the connection now, not at the
-                    // next notification.
-                    () = changes.closed() => return Ok(()),
-                };
-                match message {
-                    Some(AsyncMessage::Notification(notification)) => {
-                        let generation = notification.payload().parse().unwrap_or(0);
-                        if changes.send(generation).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Some(_) => {}
-                    None => return Err(self.unavailable("the notification connection closed")),
-                }
-            }
-        }
-        .await;
-        driver.abort();
-        result
     }
 }
