@@ -8,26 +8,25 @@ use std::{
 };
 
 use tonic::{Request, Response, Status};
-use tracing::{field, Instrument as _};
 
 use crate::{
     authority::{Authority, AuthorityError},
     callers::{
         audit::{Entry, Limiter, Outcome},
-        CallerError, Callers, Principal,
+        Callers, Principal,
     },
     domain::{IssueRequest, RequestedTtl, TtlPolicy},
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
-    transport::{
-        connection::ConnectionInfo,
-        watch::{WatchStream, Watchers},
-    },
+    transport::watch::{WatchStream, Watchers},
 };
 
+mod access;
+mod observe;
 pub(super) mod wire;
 
+use self::observe::observe;
 use self::wire::{jwks_response, key_infos, parse_algorithm, reason_to_pb, timestamp};
 
 /// Log lines of refused or malformed calls per second at most (a flood of bad calls must
@@ -65,141 +64,14 @@ impl GrpcService {
             log_limiter: Arc::new(Limiter::new(FAILED_CALL_LOG_LINES_PER_SECOND)),
         }
     }
-
-    /// Checks the credentials of a call: the `authorization` metadata and the client
-    /// certificate the TLS listener saw.
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, CallerError> {
-        // A value that is not visible ASCII is a malformed credential, not an absent one.
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.to_str().unwrap_or(""));
-        let certificate = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .and_then(|info| info.client_certificate.clone());
-        self.callers
-            .authenticate(authorization, certificate, now())
-            .await
-    }
-
-    /// Authenticates an admin RPC and asks the policy; a refusal is counted and audited.
-    async fn check_admin<T>(
-        &self,
-        request: &Request<T>,
-        method: &'static str,
-    ) -> Result<Principal, Status> {
-        let (principal, error) = match self.authenticate(request).await {
-            Ok(principal) => match self.callers.authorize_admin(&principal) {
-                Ok(()) => return Ok(principal),
-                Err(error) => (Some(principal), error),
-            },
-            Err(error) => (None, error),
-        };
-        self.callers.record(&Entry {
-            at: now(),
-            method,
-            caller: principal.as_ref().map_or("", Principal::name),
-            via: principal.as_ref().map_or("", Principal::via),
-            outcome: Some(Outcome::Refused),
-            reason: Some(&error.to_string()),
-            reason_label: error.label(),
-            ..Entry::default()
-        });
-        Err(Status::from(error))
-    }
-
-    /// Audits an admin action that was carried out.
-    fn admin_done(&self, principal: &Principal, method: &'static str, detail: &str) {
-        self.callers.record(&Entry {
-            at: now(),
-            method,
-            caller: principal.name(),
-            via: principal.via(),
-            outcome: Some(Outcome::Allowed),
-            detail: Some(detail),
-            ..Entry::default()
-        });
-    }
-
-    /// Audits a refused or malformed IssueToken.
-    fn issue_refused(
-        &self,
-        principal: Option<&Principal>,
-        outcome: Outcome,
-        label: &str,
-        status: &Status,
-    ) {
-        self.callers.record(&Entry {
-            at: now(),
-            method: "IssueToken",
-            caller: principal.map_or("", Principal::name),
-            via: principal.map_or("", Principal::via),
-            outcome: Some(outcome),
-            reason: Some(status.message()),
-            reason_label: label,
-            ..Entry::default()
-        });
-    }
 }
 
-/// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
-/// refuses; the message names what was wrong or refused, never a credential.
 /// Wall-clock unix seconds: the only place the gRPC API reads the clock.
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
-/// `info` for failures and admin RPCs, at `debug` for the data plane's successful calls.
-/// An info line per IssueToken/VerifyToken is megabytes a second at full load, and cost
-/// the service measurable throughput (see the README's Performance section); metrics
-/// count and time every call whatever the log level.
-async fn observe<T>(
-    metrics: &Metrics,
-    limiter: &Limiter,
-    method: &'static str,
-    call: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let span = tracing::info_span!(
-        "rpc",
-        method,
-        outcome = field::Empty,
-        latency_us = field::Empty
-    );
-    let started = Instant::now();
-    let result = call.instrument(span.clone()).await;
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err(status) => format!("{:?}", status.code()),
-    };
-    span.record("outcome", outcome.as_str());
-    let latency = started.elapsed();
-    metrics.rpc(method, latency);
-    span.record("latency_us", latency.as_micros() as u64);
-    let data_plane = matches!(
-        method,
-        "IssueToken" | "VerifyToken" | "GetJwks" | "WatchKeys"
-    );
-    match &result {
-        Ok(_) if data_plane => span.in_scope(|| tracing::debug!("rpc finished")),
-        Ok(_) => span.in_scope(|| tracing::info!("rpc finished")),
-        // Failures are counted by the metrics whatever happens here; their log lines are
-        // rate-limited, with a summary of what was left out.
-        Err(status) => {
-            if let Some(suppressed) = limiter.admit(&format!("{method}:{:?}", status.code())) {
-                if !suppressed.is_empty() {
-                    let count: u64 = suppressed.values().sum();
-                    tracing::info!(count, by_method_and_code = ?suppressed, "failed-call log lines suppressed by the rate limit");
-                }
-                span.in_scope(|| tracing::info!("rpc finished"));
-            }
-        }
-    }
-    result
 }
 
 #[tonic::async_trait]

@@ -9,6 +9,8 @@ use crate::{
     store::StoreError,
 };
 
+/// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
+/// refuses; the message names what was wrong or refused, never a credential.
 impl From<CallerError> for Status {
     fn from(error: CallerError) -> Status {
         if error.is_unauthenticated() {

@@ -1,0 +1,94 @@
+//! Who is calling, for the handlers: the credentials of a call checked against the caller
+//! layer, the admin check, and the audit and log lines of refusals and admin actions.
+
+use tonic::{Request, Status};
+
+use super::{now, GrpcService};
+use crate::{
+    callers::{
+        audit::{Entry, Outcome},
+        CallerError, Principal,
+    },
+    transport::connection::ConnectionInfo,
+};
+
+impl GrpcService {
+    /// Checks the credentials of a call: the `authorization` metadata and the client
+    /// certificate the TLS listener saw.
+    pub(super) async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Principal, CallerError> {
+        // A value that is not visible ASCII is a malformed credential, not an absent one.
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.to_str().unwrap_or(""));
+        let certificate = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .and_then(|info| info.client_certificate.clone());
+        self.callers
+            .authenticate(authorization, certificate, now())
+            .await
+    }
+
+    /// Authenticates an admin RPC and asks the policy; a refusal is counted and audited.
+    pub(super) async fn check_admin<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+    ) -> Result<Principal, Status> {
+        let (principal, error) = match self.authenticate(request).await {
+            Ok(principal) => match self.callers.authorize_admin(&principal) {
+                Ok(()) => return Ok(principal),
+                Err(error) => (Some(principal), error),
+            },
+            Err(error) => (None, error),
+        };
+        self.callers.record(&Entry {
+            at: now(),
+            method,
+            caller: principal.as_ref().map_or("", Principal::name),
+            via: principal.as_ref().map_or("", Principal::via),
+            outcome: Some(Outcome::Refused),
+            reason: Some(&error.to_string()),
+            reason_label: error.label(),
+            ..Entry::default()
+        });
+        Err(Status::from(error))
+    }
+
+    /// Audits an admin action that was carried out.
+    pub(super) fn admin_done(&self, principal: &Principal, method: &'static str, detail: &str) {
+        self.callers.record(&Entry {
+            at: now(),
+            method,
+            caller: principal.name(),
+            via: principal.via(),
+            outcome: Some(Outcome::Allowed),
+            detail: Some(detail),
+            ..Entry::default()
+        });
+    }
+
+    /// Audits a refused or malformed IssueToken.
+    pub(super) fn issue_refused(
+        &self,
+        principal: Option<&Principal>,
+        outcome: Outcome,
+        label: &str,
+        status: &Status,
+    ) {
+        self.callers.record(&Entry {
+            at: now(),
+            method: "IssueToken",
+            caller: principal.map_or("", Principal::name),
+            via: principal.map_or("", Principal::via),
+            outcome: Some(outcome),
+            reason: Some(status.message()),
+            reason_label: label,
+            ..Entry::default()
+        });
+    }
+}
