@@ -7,12 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{
-        counter::Counter,
-        family::{Family, MetricConstructor},
-        gauge::Gauge,
-        histogram::Histogram,
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -22,6 +17,8 @@ use crate::{
     keys::{KeyRecord, KeyState},
     lifecycle::Timing,
 };
+
+mod registry;
 
 type Labels = Vec<(String, String)>;
 
@@ -183,206 +180,7 @@ impl std::fmt::Debug for Metrics {
 
 /// One handle per configured algorithm, created up front so that the hot path only looks
 /// one up and never takes the family's lock.
-fn per_algorithm<M: Clone, C: MetricConstructor<M>>(
-    family: &Family<Labels, M, C>,
-    algorithms: &[Algorithm],
-) -> HashMap<Algorithm, M> {
-    algorithms
-        .iter()
-        .map(|alg| {
-            let set = labels(&[("algorithm", alg.name())]);
-            (*alg, family.get_or_create_owned(&set))
-        })
-        .collect()
-}
-
 impl Metrics {
-    pub fn new(algorithms: &[Algorithm]) -> Metrics {
-        let mut registry = Registry::with_prefix("token_authority");
-
-        let issued_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "tokens_issued",
-            "Tokens issued, by algorithm",
-            issued_family.clone(),
-        );
-        let signing_family = Family::<Labels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
-            "signing_duration_seconds",
-            "Time to sign a token, by algorithm",
-            signing_family.clone(),
-        );
-        let verified_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "verifications",
-            "VerifyToken answers, by outcome and reason",
-            verified_family.clone(),
-        );
-        let rpc_family = Family::<Labels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
-            "rpc_duration_seconds",
-            "gRPC request latency, by method",
-            rpc_family.clone(),
-        );
-        let jwks_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "jwks_responses",
-            "JWKS HTTP responses, by status",
-            jwks_family.clone(),
-        );
-        let lifecycle_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "key_events",
-            "Key lifecycle events: rotations, revocations, deletions",
-            lifecycle_family.clone(),
-        );
-        let age_family = Family::<Labels, Gauge>::default();
-        registry.register(
-            "current_key_age_seconds",
-            "How long the current key has been signing, by algorithm",
-            age_family.clone(),
-        );
-        let until_family = Family::<Labels, Gauge>::default();
-        registry.register(
-            "seconds_until_next_rotation",
-            "Time until the scheduled rotation, by algorithm (0: due, waiting for the next key's publish lead)",
-            until_family.clone(),
-        );
-        let tls_reloads = Counter::default();
-        registry.register(
-            "tls_reloads",
-            "TLS certificate, key and client CA sets loaded after a change on disk",
-            tls_reloads.clone(),
-        );
-        let tls_reload_failures = Counter::default();
-        registry.register(
-            "tls_reload_failures",
-            "Changed TLS files that could not be loaded (the previous set stays in use)",
-            tls_reload_failures.clone(),
-        );
-        let schedule_failures = Counter::default();
-        registry.register(
-            "scheduled_key_step_failures",
-            "Scheduled rotations and deletions that failed (retried with backoff from 1 s to 1 min; the key set in memory keeps signing)",
-            schedule_failures.clone(),
-        );
-        let store_sync_age = Gauge::default();
-        registry.register(
-            "store_sync_age_seconds",
-            "Seconds since the key set in memory was last known to match the keystore (with a shared store, it grows while the database is unreachable)",
-            store_sync_age.clone(),
-        );
-        let open_family = Family::<Labels, Gauge>::default();
-        registry.register(
-            "open_connections",
-            "Connections open now, by listener",
-            open_family.clone(),
-        );
-        let closed_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "connections_closed_by_server",
-            "Connections the listener closed on its own, by listener and reason",
-            closed_family.clone(),
-        );
-
-        let watchers_open = Gauge::default();
-        registry.register(
-            "key_watchers",
-            "WatchKeys streams open now",
-            watchers_open.clone(),
-        );
-        let watchers_ended = Family::<Labels, Counter>::default();
-        registry.register(
-            "key_watchers_refused_or_dropped",
-            "WatchKeys streams the server refused (limit) or dropped (slow), by reason",
-            watchers_ended.clone(),
-        );
-
-        let decision_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "caller_decisions",
-            "Caller policy decisions, by method and outcome (allowed, malformed, or the refused field)",
-            decision_family.clone(),
-        );
-        let reload_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "policy_reloads",
-            "Policy file reloads, by outcome (a failed one keeps the policy in force)",
-            reload_family.clone(),
-        );
-        let jwks_fetch_failures = Family::<Labels, Counter>::default();
-        registry.register(
-            "caller_jwks_fetch_failures",
-            "Failed fetches of a trusted issuer's JWKS, by issuer name (the last good set is kept)",
-            jwks_fetch_failures.clone(),
-        );
-        let decisions = DECIDED_METHODS
-            .iter()
-            .map(|method| {
-                let outcomes = DECISION_OUTCOMES
-                    .iter()
-                    .map(|outcome| {
-                        let set = labels(&[("method", method), ("outcome", outcome)]);
-                        (*outcome, decision_family.get_or_create_owned(&set))
-                    })
-                    .collect();
-                (*method, outcomes)
-            })
-            .collect();
-
-        Metrics {
-            decisions,
-            policy_reloads_ok: reload_family.get_or_create_owned(&labels(&[("outcome", "ok")])),
-            policy_reloads_failed: reload_family
-                .get_or_create_owned(&labels(&[("outcome", "failed")])),
-            jwks_fetch_failures,
-            tls_reloads,
-            tls_reload_failures,
-            schedule_failures,
-            store_sync_age,
-            grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
-            http_listener: ListenerMetrics::new("http", &open_family, &closed_family),
-            watchers: WatchMetrics {
-                open: watchers_open,
-                refused_at_limit: watchers_ended
-                    .get_or_create_owned(&labels(&[("reason", "limit")])),
-                dropped_slow: watchers_ended.get_or_create_owned(&labels(&[("reason", "slow")])),
-            },
-            issued: per_algorithm(&issued_family, algorithms),
-            signing: per_algorithm(&signing_family, algorithms),
-            valid: verified_family
-                .get_or_create_owned(&labels(&[("outcome", "valid"), ("reason", "")])),
-            invalid: REASONS
-                .iter()
-                .map(|reason| {
-                    let set = labels(&[("outcome", "invalid"), ("reason", reason_label(*reason))]);
-                    (*reason, verified_family.get_or_create_owned(&set))
-                })
-                .collect(),
-            rpc: METHODS
-                .iter()
-                .map(|method| {
-                    (
-                        *method,
-                        rpc_family.get_or_create_owned(&labels(&[("method", method)])),
-                    )
-                })
-                .collect(),
-            jwks_200: jwks_family.get_or_create_owned(&labels(&[("status", "200")])),
-            jwks_304: jwks_family.get_or_create_owned(&labels(&[("status", "304")])),
-            rotations: lifecycle_family.get_or_create_owned(&labels(&[("event", "rotation")])),
-            revocations: lifecycle_family.get_or_create_owned(&labels(&[("event", "revocation")])),
-            deletions: lifecycle_family.get_or_create_owned(&labels(&[("event", "deletion")])),
-            key_age: per_algorithm(&age_family, algorithms),
-            until_rotation: per_algorithm(&until_family, algorithms),
-            registry,
-        }
-    }
-
     pub fn token_issued(&self, alg: Algorithm, signing: Duration) {
         if let Some(counter) = self.issued.get(&alg) {
             counter.inc();
