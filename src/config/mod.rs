@@ -5,8 +5,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod args;
+mod serve_args;
 
-pub use self::args::*;
+pub use self::{args::*, serve_args::*};
 use crate::{crypto::Algorithm, store::PgSettings};
 
 /// The TLS files of `serve`; both listeners use them.
