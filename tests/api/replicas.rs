@@ -807,8 +807,10 @@ async fn the_schedule_backs_off_while_the_database_is_down() {
     server.stop().await;
 }
 
-fn keys_command(args: &[&str]) -> (bool, String) {
-    crate::binary::run_command(&[&["keys"][..], args].concat())
+/// `token-authority keys ARGS` on the database at `url`, with the KEK file `kek`.
+fn keys_on(url: &str, kek: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let store = ["--store", url, "--kek-file", kek.to_str().unwrap()];
+    crate::binary::run_command(&[&["keys"][..], args, &store].concat())
 }
 
 /// `keys import`, `list` and `rewrap` work on the replicas' database while they run: each
@@ -857,20 +859,16 @@ async fn keys_commands_change_the_shared_database_while_the_replicas_run() {
         "ec.pem",
         &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
     );
-    let store = ["--store", url.as_str()];
-    let (ok, out) = keys_command(
+    let (ok, out) = keys_on(
+        &url,
+        &both,
         &[
-            &[
-                "import",
-                "--pem",
-                pem.to_str().unwrap(),
-                "--kid",
-                "team-key",
-            ][..],
-            &store,
-            &["--kek-file", both.to_str().unwrap()],
-        ]
-        .concat(),
+            "import",
+            "--pem",
+            pem.to_str().unwrap(),
+            "--kid",
+            "team-key",
+        ],
     );
     assert!(ok, "{out}");
     assert!(
@@ -889,14 +887,7 @@ async fn keys_commands_change_the_shared_database_while_the_replicas_run() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let (ok, out) = keys_command(
-        &[
-            &["list"][..],
-            &store,
-            &["--kek-file", both.to_str().unwrap()],
-        ]
-        .concat(),
-    );
+    let (ok, out) = keys_on(&url, &both, &["list"]);
     assert!(ok, "{out}");
     assert!(
         out.lines()
@@ -905,26 +896,10 @@ async fn keys_commands_change_the_shared_database_while_the_replicas_run() {
     );
 
     // Before the rewrap the new KEK alone cannot unseal the keys; after it, it can.
-    let list_new_only = || {
-        keys_command(
-            &[
-                &["list"][..],
-                &store,
-                &["--kek-file", new_only.to_str().unwrap()],
-            ]
-            .concat(),
-        )
-    };
+    let list_new_only = || keys_on(&url, &new_only, &["list"]);
     let (ok, out) = list_new_only();
     assert!(!ok, "{out}");
-    let (ok, out) = keys_command(
-        &[
-            &["rewrap"][..],
-            &store,
-            &["--kek-file", new_first.to_str().unwrap()],
-        ]
-        .concat(),
-    );
+    let (ok, out) = keys_on(&url, &new_first, &["rewrap"]);
     assert!(ok, "{out}");
     assert!(out.starts_with("re-sealed 2 keys under "), "{out}");
     let (ok, out) = list_new_only();
