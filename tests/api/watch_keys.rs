@@ -166,25 +166,35 @@ async fn watchers_beyond_the_cap_are_refused_until_one_leaves() {
 
     // The slot is freed once the server sees the stream reset; that takes a round trip.
     drop(first);
+    let mut third = watch_once_a_slot_frees(&server, "no slot freed").await;
+    next_set(&mut third).await;
+    server.stop().await;
+}
+
+/// Opens a watch, retrying while the server answers RESOURCE_EXHAUSTED (a slot is freed
+/// once the server has seen the stream end, a round trip later); panics with `stuck` after
+/// 5 s.
+async fn watch_once_a_slot_frees(
+    server: &TestServer,
+    stuck: &str,
+) -> tonic::Streaming<pb::WatchKeysResponse> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut third = loop {
+    loop {
         match server
             .client
             .clone()
             .watch_keys(pb::WatchKeysRequest {})
             .await
         {
-            Ok(stream) => break stream.into_inner(),
+            Ok(stream) => return stream.into_inner(),
             Err(status)
                 if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(status) => panic!("no slot freed: {status:?}"),
+            Err(status) => panic!("{stuck}: {status:?}"),
         }
-    };
-    next_set(&mut third).await;
-    server.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -217,23 +227,7 @@ async fn a_watcher_that_does_not_read_is_dropped_and_its_slot_freed() {
     for _ in 0..3 {
         server.rotate().await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut fresh = loop {
-        match server
-            .client
-            .clone()
-            .watch_keys(pb::WatchKeysRequest {})
-            .await
-        {
-            Ok(stream) => break stream.into_inner(),
-            Err(status)
-                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("the slow watcher kept its slot: {status:?}"),
-        }
-    };
+    let mut fresh = watch_once_a_slot_frees(&server, "the slow watcher kept its slot").await;
     next_set(&mut fresh).await;
 
     // When it reads at last, it gets what was already handed over, then the reason.
