@@ -317,30 +317,65 @@ impl SecretVolume {
     }
 }
 
+/// A server whose certificate and key come from a Kubernetes-style secret volume,
+/// re-read every 100 ms, and what the tests change it with.
+struct Reloadable {
+    pki: Pki,
+    ca: String,
+    first: Identity,
+    volume: SecretVolume,
+    client_tls: ClientTls,
+    server: TestServer,
+    _secret: tempfile::TempDir,
+}
+
+impl Reloadable {
+    async fn start(dir: &DataDir) -> Reloadable {
+        let pki = Pki::new();
+        let ca = pki.ca_pem();
+        let secret = tempfile::tempdir().unwrap();
+        let first = pki.server(&["localhost", "127.0.0.1"]);
+        let volume = SecretVolume::new(
+            secret.path(),
+            &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
+        );
+        let args = [
+            "--tls-cert",
+            &volume.path("tls.crt"),
+            "--tls-key",
+            &volume.path("tls.key"),
+            "--tls-reload-interval",
+            "100ms",
+        ];
+        let client_tls = ClientTls {
+            ca_pem: ca.clone(),
+            identity: None,
+        };
+        let server = TestServer::start_tls(config(dir, &args), client_tls.clone()).await;
+        Reloadable {
+            pki,
+            ca,
+            first,
+            volume,
+            client_tls,
+            server,
+            _secret: secret,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_to_new_connections_while_load_runs_on_open_ones() {
     let dir = DataDir::new();
-    let pki = Pki::new();
-    let ca = pki.ca_pem();
-    let secret = tempfile::tempdir().unwrap();
-    let first = pki.server(&["localhost", "127.0.0.1"]);
-    let mut volume = SecretVolume::new(
-        secret.path(),
-        &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
-    );
-    let args = [
-        "--tls-cert",
-        &volume.path("tls.crt"),
-        "--tls-key",
-        &volume.path("tls.key"),
-        "--tls-reload-interval",
-        "100ms",
-    ];
-    let client_tls = ClientTls {
-        ca_pem: ca.clone(),
-        identity: None,
-    };
-    let server = TestServer::start_tls(config(&dir, &args), client_tls.clone()).await;
+    let Reloadable {
+        pki,
+        ca,
+        first,
+        mut volume,
+        client_tls,
+        server,
+        _secret,
+    } = Reloadable::start(&dir).await;
     assert_eq!(served_certificate(server.grpc_addr, &ca).await, first.der);
 
     // Load on open connections, gRPC and HTTPS, for the whole swap.
@@ -411,27 +446,15 @@ async fn a_renewed_certificate_is_served_to_new_connections_while_load_runs_on_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_or_mismatched_change_keeps_the_previous_certificate() {
     let dir = DataDir::new();
-    let pki = Pki::new();
-    let ca = pki.ca_pem();
-    let secret = tempfile::tempdir().unwrap();
-    let first = pki.server(&["localhost", "127.0.0.1"]);
-    let mut volume = SecretVolume::new(
-        secret.path(),
-        &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
-    );
-    let args = [
-        "--tls-cert",
-        &volume.path("tls.crt"),
-        "--tls-key",
-        &volume.path("tls.key"),
-        "--tls-reload-interval",
-        "100ms",
-    ];
-    let client_tls = ClientTls {
-        ca_pem: ca.clone(),
-        identity: None,
-    };
-    let server = TestServer::start_tls(config(&dir, &args), client_tls).await;
+    let Reloadable {
+        pki,
+        ca,
+        first,
+        mut volume,
+        server,
+        _secret,
+        ..
+    } = Reloadable::start(&dir).await;
     let failures = "token_authority_tls_reload_failures_total";
 
     // A certificate file that does not parse.
