@@ -8,6 +8,7 @@
 
 pub mod load;
 pub mod reference;
+mod target;
 pub mod tls;
 
 use std::time::Duration;
