@@ -84,6 +84,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the call that proved this caller came with its client certificate.
+    pub fn has_certificate(&self) -> bool {
+        self.certificate.is_some()
+    }
+
     /// The RFC 8705 thumbprint of the caller's certificate: base64url(SHA-256(DER)).
     pub fn certificate_thumbprint(&self) -> Option<String> {
         self.certificate

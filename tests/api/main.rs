@@ -2,6 +2,7 @@
 //! directory and talks to it over real gRPC and HTTP.
 
 mod admin_auth;
+mod admin_binding;
 mod algorithms;
 mod at_rest;
 mod audit;

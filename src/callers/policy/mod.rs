@@ -121,6 +121,8 @@ pub enum Refusal {
     Binding(String),
     #[error("caller {0:?} may not call admin RPCs")]
     NotAdmin(String),
+    #[error("caller {0:?} may call admin RPCs only with its client certificate: its admin rule binds to mtls, and the call presented none")]
+    AdminBinding(String),
 }
 
 impl Refusal {
@@ -134,6 +136,7 @@ impl Refusal {
             Refusal::Claim { .. } => "claims",
             Refusal::Binding(_) => "cnf",
             Refusal::NotAdmin(_) => "not_admin",
+            Refusal::AdminBinding(_) => "cnf",
         }
     }
 }
@@ -149,17 +152,26 @@ pub struct Grant {
 }
 
 impl Policy {
-    /// Whether `caller` may call the admin RPCs.
+    /// Whether `caller` may call the admin RPCs: a rule must grant admin and every one of
+    /// its conditions must hold, the binding included (a rule's `bind` is not only about
+    /// the tokens it issues).
     pub fn allows_admin(&self, caller: &Caller) -> Result<(), Refusal> {
-        if self
+        let mut unbound = false;
+        for rule in self
             .rules
             .iter()
-            .any(|rule| rule.admin && rule.covers_caller(&caller.name))
+            .filter(|rule| rule.admin && rule.covers_caller(&caller.name))
         {
-            Ok(())
-        } else {
-            Err(Refusal::NotAdmin(caller.name.clone()))
+            if !rule.bind_mtls || caller.has_certificate() {
+                return Ok(());
+            }
+            unbound = true;
         }
+        Err(if unbound {
+            Refusal::AdminBinding(caller.name.clone())
+        } else {
+            Refusal::NotAdmin(caller.name.clone())
+        })
     }
 
     /// Decides an IssueToken request of `caller`. `default_ttl` says whether the request
