@@ -14,11 +14,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet};
+use globset::{Glob, GlobBuilder, GlobSet};
 use serde_json::{Map, Value};
 
 mod file;
+mod subjects;
 
+use self::subjects::SubjectPattern;
 use super::{identity::Caller, issuers::IssuerConfig};
 use crate::domain::IssueRequest;
 
@@ -47,16 +49,6 @@ pub struct Client {
     pub secret_sha256: [u8; 32],
 }
 
-#[derive(Clone, Debug)]
-enum SubjectPattern {
-    /// Exactly the caller's name.
-    Caller,
-    /// A glob, possibly with `{caller}` inside.
-    Glob(String),
-    /// A glob without `{caller}`, compiled once.
-    Fixed(GlobMatcher),
-}
-
 /// One `[[rule]]`, checked and compiled.
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -79,14 +71,9 @@ impl Rule {
     }
 
     fn covers_subject(&self, caller: &str, subject: &str) -> bool {
-        self.subjects.iter().any(|pattern| match pattern {
-            SubjectPattern::Caller => subject == caller,
-            SubjectPattern::Fixed(glob) => glob.is_match(subject),
-            SubjectPattern::Glob(text) => {
-                let pattern = text.replace("{caller}", &globset::escape(caller));
-                glob(&pattern).is_ok_and(|glob| glob.compile_matcher().is_match(subject))
-            }
-        })
+        self.subjects
+            .iter()
+            .any(|pattern| pattern.covers(caller, subject))
     }
 }
 
@@ -271,7 +258,11 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
 }
 
 fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern).literal_separator(false).build()
+    // Backslash escapes on every platform: `{caller}` relies on them.
+    GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()
 }
 
 /// A one-paragraph summary for `policy check`.

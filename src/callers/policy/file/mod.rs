@@ -181,16 +181,9 @@ fn check_rule(
     {
         if pattern.trim().is_empty() {
             problems.push(at("subjects", "holds an empty entry".into()));
-        } else if pattern == "{caller}" {
-            subjects.push(SubjectPattern::Caller);
-        } else if pattern.contains("{caller}") {
-            match glob(&pattern.replace("{caller}", "caller")) {
-                Ok(_) => subjects.push(SubjectPattern::Glob(pattern)),
-                Err(e) => problems.push(at("subjects", format!("{pattern:?}: {}", e.kind()))),
-            }
         } else {
-            match glob(&pattern) {
-                Ok(glob) => subjects.push(SubjectPattern::Fixed(glob.compile_matcher())),
+            match SubjectPattern::parse(&pattern) {
+                Ok(parsed) => subjects.push(parsed),
                 Err(e) => problems.push(at("subjects", format!("{pattern:?}: {}", e.kind()))),
             }
         }
