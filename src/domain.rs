@@ -110,21 +110,30 @@ fn parse_subject(subject: String) -> Result<String, InvalidArgument> {
     Ok(subject)
 }
 
-/// Control characters (general category Cc: `\n`, `\0`, ...) and format characters (Cf:
-/// bidi overrides, zero-width spaces and joiners, ...). Names holding them print like other
-/// names in logs and dashboards (`ad\u{200b}min` shows as `admin`), so they are refused.
-fn is_invisible(c: char) -> bool {
+/// Control characters (general category Cc: `\n`, `\0`, ...), format characters (Cf:
+/// bidi overrides, zero-width spaces and joiners, ...) and the line and paragraph separators
+/// (Zl U+2028, Zp U+2029). Names holding them print like other names in logs and dashboards
+/// (`ad\u{200b}min` shows as `admin`), or split a log line in two for readers that break
+/// lines on them, so they are refused everywhere a name enters: subjects, audiences and
+/// caller names.
+pub fn is_invisible(c: char) -> bool {
     matches!(
         c.general_category(),
-        GeneralCategory::Control | GeneralCategory::Format
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
     )
 }
 
-fn hidden_character(c: char) -> String {
-    let kind = if c.is_control() {
-        "a control character"
-    } else {
-        "an invisible format character"
+/// Why a name holding `c` (for which `is_invisible` holds) is refused.
+pub fn hidden_character(c: char) -> String {
+    let kind = match c.general_category() {
+        GeneralCategory::Control => "a control character",
+        GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+            "a line or paragraph separator"
+        }
+        _ => "an invisible format character",
     };
     format!(
         "contains {kind} (U+{:04X}), which would make one name look like another",

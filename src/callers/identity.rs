@@ -264,8 +264,10 @@ fn checked_name(name: String) -> Result<String, IdentityError> {
     if name.len() > MAX_NAME_BYTES {
         return Err(IdentityError::Name("is longer than 1024 bytes"));
     }
-    if name.chars().any(char::is_control) {
-        return Err(IdentityError::Name("contains control characters"));
+    if name.chars().any(crate::domain::is_invisible) {
+        return Err(IdentityError::Name(
+            "contains a control, format or line separator character",
+        ));
     }
     if name.starts_with("client:") {
         return Err(IdentityError::Name(
@@ -420,7 +422,21 @@ mod tests {
         assert_eq!(checked_name("svc".into()), Ok("svc".into()));
         assert!(checked_name("client:batch".into()).is_err());
         assert!(checked_name(String::new()).is_err());
-        assert!(checked_name("a\nb".into()).is_err());
+        for hidden in [
+            "a\nb",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "ad\u{200b}min",
+            "a\u{202e}b",
+        ] {
+            assert_eq!(
+                checked_name(hidden.into()),
+                Err(IdentityError::Name(
+                    "contains a control, format or line separator character"
+                )),
+                "{hidden:?}"
+            );
+        }
         assert!(checked_name("x".repeat(1025)).is_err());
     }
 }

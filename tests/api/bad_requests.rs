@@ -122,8 +122,8 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
         ),
     ];
     let mut cases = cases;
-    // Control (Cc) and format (Cf) characters: invisible in logs, or making one name look
-    // like another.
+    // Control (Cc), format (Cf) and line/paragraph separator (Zl, Zp) characters: invisible
+    // in logs, splitting a log line, or making one name look like another.
     for (field, value, message) in [
         (
             "audience",
@@ -164,6 +164,16 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
             "subject",
             "svc\u{7f}",
             "subject: contains a control character (U+007F)",
+        ),
+        (
+            "subject",
+            "svc\u{2028}forged",
+            "subject: contains a line or paragraph separator (U+2028)",
+        ),
+        (
+            "audience",
+            "ledger\u{2029}",
+            "audience: contains a line or paragraph separator (U+2029)",
         ),
     ] {
         let req = if field == "subject" {

@@ -298,6 +298,8 @@ mod tests {
     use crate::callers::identity::client_caller;
 
     const HEX: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+    /// `printf '' | sha256sum`
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn problems(text: &str) -> Vec<String> {
         Policy::parse(text)
@@ -352,11 +354,13 @@ mod tests {
                 ],
             ),
             (
-                format!("[[client]]\nid = \"a:b\"\nsecret_sha256 = \"{HEX}\"\n[[client]]\nid = \"x\"\nsecret_sha256 = \"abc\"\n[[client]]\nid = \"y\"\nsecret_sha256 = \"{HEX}\"\n[[client]]\nid = \"y\"\nsecret_sha256 = \"{HEX}\"\n"),
+                format!("[[client]]\nid = \"a:b\"\nsecret_sha256 = \"{HEX}\"\n[[client]]\nid = \"x\"\nsecret_sha256 = \"abc\"\n[[client]]\nid = \"y\"\nsecret_sha256 = \"{HEX}\"\n[[client]]\nid = \"y\"\nsecret_sha256 = \"{HEX}\"\n[[client]]\nid = \"z\"\nsecret_sha256 = \"{EMPTY}\"\n[[client]]\nid = \"ops\\u2028forged\"\nsecret_sha256 = \"{HEX}\"\n"),
                 vec![
-                    "client[0].id: must be non-empty, without ':' or control characters",
+                    "client[0].id: must be non-empty, without ':', control, format or line separator characters",
                     "client[1].secret_sha256: must be 64 hex digits (sha256sum of the secret)",
                     "client[3].id: \"y\" is defined twice",
+                    "client[4].secret_sha256: is the SHA-256 of the empty string; a client needs a secret",
+                    "client[5].id: must be non-empty, without ':', control, format or line separator characters",
                 ],
             ),
             (

@@ -101,11 +101,12 @@ fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap
         let at = |field: &str, problem: String| Problem(format!("client[{i}].{field}: {problem}"));
         if client.id.is_empty()
             || client.id.contains(':')
-            || client.id.chars().any(char::is_control)
+            || client.id.chars().any(crate::domain::is_invisible)
         {
             problems.push(at(
                 "id",
-                "must be non-empty, without ':' or control characters".into(),
+                "must be non-empty, without ':', control, format or line separator characters"
+                    .into(),
             ));
             continue;
         }
@@ -117,6 +118,14 @@ fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap
             ));
             continue;
         };
+        if digest == crate::crypto::sha256(b"") {
+            // `printf %s "$UNSET" | sha256sum`: a client anyone can be.
+            problems.push(at(
+                "secret_sha256",
+                "is the SHA-256 of the empty string; a client needs a secret".into(),
+            ));
+            continue;
+        }
         if out.contains_key(&client.id) {
             problems.push(at("id", format!("{:?} is defined twice", client.id)));
             continue;
