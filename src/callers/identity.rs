@@ -37,6 +37,8 @@ pub const MAX_NAME_BYTES: usize = 1024;
 pub enum IdentityError {
     #[error("authorization: unsupported scheme; use Bearer or Basic")]
     Scheme,
+    #[error("authorization: present one credential: the call carries more than one authorization header")]
+    SeveralAuthorizations,
     #[error("authorization: Basic credentials are not base64(id:secret)")]
     BasicMalformed,
     #[error("the client id or secret is not valid")]

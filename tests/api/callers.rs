@@ -552,3 +552,60 @@ async fn an_issuer_that_is_down_keeps_its_last_good_keys() {
     .unwrap();
     server.stop().await;
 }
+
+/// Several `authorization` headers are refused whatever their order: which one counts would
+/// be a guess an attacker could steer.
+#[tokio::test]
+async fn several_authorization_headers_are_refused() {
+    let issuer = Issuer::start().await;
+    let dir = DataDir::new();
+    let (server, _) = start_with_policy(&dir, &policy_text(&issuer.jwks_uri()), &[]).await;
+    let good = basic("legacy-batch", BATCH_SECRET);
+    let admin_token = format!("Bearer {ADMIN_TOKEN}");
+    let several = |values: &[&str]| {
+        let mut request = Request::new(ask("client:legacy-batch", &["ledger"], None, ""));
+        for value in values {
+            let value: MetadataValue<_> = value.parse().unwrap();
+            request.metadata_mut().append("authorization", value);
+        }
+        request
+    };
+    let message = "authorization: present one credential: the call carries more than one authorization header";
+    for values in [
+        [good.as_str(), "Bearer garbage"],
+        ["Bearer garbage", good.as_str()],
+        [good.as_str(), good.as_str()],
+    ] {
+        let status = server
+            .client
+            .clone()
+            .issue_token(several(&values))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, message),
+            "{values:?}"
+        );
+    }
+    // The admin RPCs too, even when both are the admin token.
+    let mut request = admin(pb::ListKeysRequest {});
+    request
+        .metadata_mut()
+        .append("authorization", admin_token.parse().unwrap());
+    let status = server.client.clone().list_keys(request).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, message)
+    );
+    // One header still works.
+    issue_as(
+        &server,
+        Some(&good),
+        ask("client:legacy-batch", &["ledger"], None, ""),
+    )
+    .await
+    .unwrap();
+    issuer.server.stop().await;
+    server.stop().await;
+}

@@ -7,6 +7,7 @@ use super::{now, GrpcService};
 use crate::{
     callers::{
         audit::{Entry, Outcome},
+        identity::IdentityError,
         CallerError, Principal,
     },
     transport::connection::ConnectionInfo,
@@ -20,10 +21,13 @@ impl GrpcService {
         request: &Request<T>,
     ) -> Result<Principal, CallerError> {
         // A value that is not visible ASCII is a malformed credential, not an absent one.
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.to_str().unwrap_or(""));
+        let mut values = request.metadata().get_all("authorization").iter();
+        let authorization = values.next().map(|value| value.to_str().unwrap_or(""));
+        // Which of several would count is a guess an attacker could steer (a good Basic
+        // credential followed by `Bearer garbage`): more than one is refused.
+        if values.next().is_some() {
+            return Err(IdentityError::SeveralAuthorizations.into());
+        }
         let certificate = request
             .extensions()
             .get::<ConnectionInfo>()
