@@ -62,8 +62,19 @@ pub async fn load(
         path: path.display().to_string(),
         source,
     })?;
-    let digest = crypto::sha256(&text);
-    let text = String::from_utf8_lossy(&text);
+    prepare(path, &text, previous, metrics, fetch).await
+}
+
+/// Checks `text`, the content read from `path`, and prepares its issuers as `load` does.
+async fn prepare(
+    path: &Path,
+    text: &[u8],
+    previous: Option<&Active>,
+    metrics: Option<&Arc<Metrics>>,
+    fetch: bool,
+) -> Result<Active, LoadError> {
+    let digest = crypto::sha256(text);
+    let text = String::from_utf8_lossy(text);
     let policy = Policy::parse(&text).map_err(|problems| LoadError::Invalid {
         path: path.display().to_string(),
         problems,
@@ -117,9 +128,16 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long a new content must stay the same before it is applied.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// Polls `path` every `interval` until `stop`; a changed content that loads replaces the
 /// policy in force. Also refreshes stale issuer key caches and writes the audit log's
 /// summary of suppressed lines.
+///
+/// A new content is applied only once two reads `SETTLE` apart find it the same: a file
+/// caught half-written (an editor or `cat >` writing in place) can parse as a shorter,
+/// wider policy than the whole file, and must never be in force, not even for one poll.
 pub async fn watch(
     callers: Arc<Callers>,
     path: PathBuf,
@@ -128,9 +146,12 @@ pub async fn watch(
 ) {
     // The content last acted on (loaded or refused), so a broken file is reported once.
     let mut seen = callers.active().map(|active| active.digest);
+    // A new content read once, waiting for the second read.
+    let mut pending: Option<[u8; 32]> = None;
     loop {
+        let wait = if pending.is_some() { SETTLE } else { interval };
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         if let Some(audit) = callers.audit() {
@@ -140,9 +161,15 @@ pub async fn watch(
         match std::fs::read(&path) {
             Ok(content) => {
                 let digest = crypto::sha256(&content);
-                if Some(digest) != seen {
+                if Some(digest) == seen {
+                    pending = None;
+                } else if pending != Some(digest) {
+                    pending = Some(digest);
+                } else {
+                    pending = None;
                     seen = Some(digest);
-                    match load(&path, current.as_deref(), Some(callers.metrics_arc()), true).await {
+                    let metrics = Some(callers.metrics_arc());
+                    match prepare(&path, &content, current.as_deref(), metrics, true).await {
                         Ok(active) => {
                             tracing::info!(
                                 path = %path.display(),
@@ -161,6 +188,7 @@ pub async fn watch(
                 }
             }
             Err(error) => {
+                pending = None;
                 // A ConfigMap swap can make the path briefly absent: reported, not fatal.
                 let digest = crypto::sha256(error.to_string().as_bytes());
                 if Some(digest) != seen {

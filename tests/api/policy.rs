@@ -154,3 +154,81 @@ async fn a_broken_policy_file_stops_the_start() {
         )
     );
 }
+
+/// A file written in place, caught between two writes, is never applied: its first half
+/// parses as a policy wider than the whole (no max_ttl), and must not be in force even for
+/// one poll. Only the whole file, read the same twice, is loaded.
+#[tokio::test]
+async fn a_file_caught_half_written_is_never_applied() {
+    use std::io::Write as _;
+    let dir = DataDir::new();
+    let narrow = format!(
+        "{}{}max_ttl = \"1m\"\n",
+        client("a", "secret-a"),
+        rule("client:a")
+    );
+    let (server, path) =
+        start_with_policy(&dir, &narrow, &["--policy-reload-interval", "100ms"]).await;
+    let server = Arc::new(server);
+    let as_a = basic("a", "secret-a");
+    let long = || ask("client:a", &["api"], Some(3600), "");
+    assert!(issue_as(&server, Some(&as_a), long()).await.is_err());
+
+    // While the file is half-written, ask for an hour over and over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let prober = {
+        let (server, stop, allowed) =
+            (Arc::clone(&server), Arc::clone(&stop), Arc::clone(&allowed));
+        let as_a = as_a.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if issue_as(&server, Some(&as_a), long()).await.is_ok() {
+                    allowed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let whole = format!(
+        "{}{}max_ttl = \"5m\"\n",
+        client("a", "secret-a"),
+        rule("client:a")
+    );
+    let (first, rest) = whole.split_at(whole.find("max_ttl").unwrap());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    file.write_all(rest.as_bytes()).unwrap();
+    drop(file);
+
+    let ok = r#"token_authority_policy_reloads_total{outcome="ok"}"#;
+    eventually("the whole file loaded", || {
+        let server = Arc::clone(&server);
+        async move { metric(&server, ok).await == 1.0 }
+    })
+    .await;
+    // The whole file is in force: 5 minutes, not an hour.
+    issue_as(
+        &server,
+        Some(&as_a),
+        ask("client:a", &["api"], Some(300), ""),
+    )
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    prober.await.unwrap();
+    assert_eq!(
+        allowed.load(Ordering::Relaxed),
+        0,
+        "the half-written file was applied"
+    );
+    assert_eq!(metric(&server, ok).await, 1.0);
+    assert!(issue_as(&server, Some(&as_a), long()).await.is_err());
+    Arc::try_unwrap(server).ok().unwrap().stop().await;
+}
