@@ -7,6 +7,12 @@
 //! semaphore leaves a core idle between the end of one signature and the hand-off of the
 //! next; signing inline stalls the reactor. Threads that each take the next job from one
 //! queue keep every core signing and serve requests in order.
+//!
+//! The queue is bounded: past `QUEUED_PER_THREAD` jobs a thread, a new job is refused at once
+//! (the caller answers RESOURCE_EXHAUSTED and retries later) rather than waiting behind
+//! seconds of work for a client that has likely given up. A job whose caller has gone (a
+//! cancelled or timed-out RPC) is skipped when its turn comes, so a burst of abandoned
+//! requests costs no signatures.
 
 use std::{
     sync::{mpsc, Arc, Mutex},
@@ -17,22 +23,39 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// The pool has stopped (its threads are gone); only seen during shutdown.
-#[derive(Debug, thiserror::Error)]
-#[error("the signing pool has stopped")]
-pub struct PoolStopped;
+/// How many jobs may wait per signing thread: about 60 ms of RSA-2048 signatures.
+pub const QUEUED_PER_THREAD: usize = 128;
+
+/// Why a job was not run.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The queue is full: the server is signing as fast as it can.
+    #[error("the server is busy signing: {0} requests are waiting; retry with backoff")]
+    Busy(usize),
+    /// The pool has stopped (its threads are gone); only seen during shutdown.
+    #[error("the signing pool has stopped")]
+    Stopped,
+}
 
 #[derive(Debug)]
 pub struct SigningPool {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
     threads: usize,
+    capacity: usize,
 }
 
 impl SigningPool {
-    /// Starts `threads` signing threads (at least one).
+    /// Starts `threads` signing threads (at least one), with room for `QUEUED_PER_THREAD`
+    /// waiting jobs each.
     pub fn new(threads: usize) -> Result<SigningPool, std::io::Error> {
         let threads = threads.max(1);
-        let (jobs, queue) = mpsc::channel::<Job>();
+        SigningPool::with_capacity(threads, threads * QUEUED_PER_THREAD)
+    }
+
+    /// Starts `threads` signing threads with room for `capacity` waiting jobs.
+    pub fn with_capacity(threads: usize, capacity: usize) -> Result<SigningPool, std::io::Error> {
+        let threads = threads.max(1);
+        let (jobs, queue) = mpsc::sync_channel::<Job>(capacity);
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..threads {
             let queue = Arc::clone(&queue);
@@ -56,7 +79,11 @@ impl SigningPool {
                     }
                 })?;
         }
-        Ok(SigningPool { jobs, threads })
+        Ok(SigningPool {
+            jobs,
+            threads,
+            capacity,
+        })
     }
 
     /// A pool with one thread per core.
@@ -68,20 +95,32 @@ impl SigningPool {
         self.threads
     }
 
-    /// Runs `work` on the pool and waits for its result without blocking the reactor.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, PoolStopped>
+    /// Queues `work` on the pool at once (a full queue refuses it at once) and returns the
+    /// wait for its result, which does not block the reactor.
+    pub fn run<T, F>(
+        &self,
+        work: F,
+    ) -> impl std::future::Future<Output = Result<T, PoolError>> + Send + 'static
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let (done, result) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                // The caller may have gone (a cancelled RPC): the result is then dropped.
-                let _ = done.send(work());
-            }))
-            .map_err(|_| PoolStopped)?;
-        result.await.map_err(|_| PoolStopped)
+        let job: Job = Box::new(move || {
+            // The caller has gone (a cancelled RPC): nobody would read the signature.
+            if done.is_closed() {
+                return;
+            }
+            let _ = done.send(work());
+        });
+        let queued = self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => PoolError::Busy(self.capacity),
+            mpsc::TrySendError::Disconnected(_) => PoolError::Stopped,
+        });
+        async move {
+            queued?;
+            result.await.map_err(|_| PoolError::Stopped)
+        }
     }
 }
 
@@ -105,6 +144,38 @@ mod tests {
             assert_eq!(square, (i * i) as u32);
             assert!(thread.starts_with("ta-sign-"), "{thread}");
         }
+    }
+
+    /// One thread held busy: two jobs wait, the third is refused at once; a job whose
+    /// caller went away is skipped.
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_abandoned_jobs_are_skipped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pool = SigningPool::with_capacity(1, 2).unwrap();
+        let (release, gate) = mpsc::channel::<()>();
+        let (started, running) = oneshot::channel();
+        let blocker = tokio::spawn(pool.run(move || {
+            let _ = started.send(());
+            let _ = gate.recv();
+        }));
+        running.await.unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let job = |ran: &Arc<AtomicUsize>| {
+            let ran = Arc::clone(ran);
+            move || ran.fetch_add(1, Ordering::SeqCst)
+        };
+        // Queued, then abandoned by its caller before the thread is free.
+        let abandoned = tokio::spawn(pool.run(job(&ran)));
+        let waiting = tokio::spawn(pool.run(job(&ran)));
+        assert_eq!(pool.run(job(&ran)).await, Err(PoolError::Busy(2)));
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        assert_eq!(waiting.await.unwrap(), Ok(0));
+        // Only the job whose caller waited ran.
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.run(job(&ran)).await, Ok(1));
     }
 
     #[tokio::test]

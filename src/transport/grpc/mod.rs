@@ -156,10 +156,7 @@ impl TokenAuthority for GrpcService {
             // pool, in arrival order. ECDSA and Ed25519 sign in tens of microseconds, less
             // than any hand-off costs, so they sign inline (measured: README, Performance).
             let (issued, signing) = if resolved.is_slow_to_sign() {
-                self.signing_pool
-                    .run(sign)
-                    .await
-                    .map_err(|e| AuthorityError::Task(e.to_string()))?
+                self.signing_pool.run(sign).await?
             } else {
                 sign()
             };

@@ -6,7 +6,7 @@ use tonic::Status;
 use crate::{
     authority::AuthorityError, callers::CallerError, crypto::Algorithm, domain::InvalidArgument,
     jwt::verify::Reason, keys::KeyState, keyset::KeySet, lifecycle::LifecycleError, pb,
-    store::StoreError,
+    signing_pool::PoolError, store::StoreError,
 };
 
 /// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
@@ -17,6 +17,17 @@ impl From<CallerError> for Status {
             Status::unauthenticated(error.to_string())
         } else {
             Status::permission_denied(error.to_string())
+        }
+    }
+}
+
+/// A full signing queue is back-pressure the client can act on (retry with backoff); a
+/// stopped pool is a server going away.
+impl From<PoolError> for Status {
+    fn from(error: PoolError) -> Status {
+        match error {
+            PoolError::Busy(_) => Status::resource_exhausted(error.to_string()),
+            PoolError::Stopped => Status::unavailable("the server is shutting down"),
         }
     }
 }
