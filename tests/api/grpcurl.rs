@@ -154,13 +154,26 @@ async fn grpcurl_discovers_and_drives_the_api() {
     server.stop().await;
 }
 
-/// The README's TLS commands: `-cacert` alone, and `-cert/-key` for mTLS.
+/// The README's TLS commands as written: the server on every address (not loopback) with
+/// no policy, so IssueToken takes the admin token; `-cacert` alone, and `-cert/-key` for mTLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_runs_the_readme_tls_commands() {
     let dir = DataDir::new();
-    let tls = TlsSetup::new();
-    let server = tls.start(&dir, true, &[]).await;
-    let addr = server.grpc_addr.to_string();
+    let mut tls = TlsSetup::new();
+    // The harness reaches the server at its bound address, 0.0.0.0: name it too.
+    (tls.cert, tls.key) = tls
+        .pki
+        .server(&["localhost", "127.0.0.1", "0.0.0.0"])
+        .write(tls.dir.path(), "server-any");
+    let server = tls
+        .start(
+            &dir,
+            true,
+            &["--grpc-listen", "0.0.0.0:0", "--http-listen", "0.0.0.0:0"],
+        )
+        .await;
+    let addr = format!("127.0.0.1:{}", server.grpc_addr.port());
+    let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
     let ca = tls.pki.write_ca(tls.dir.path(), "ca");
     let ca = ca.to_str().unwrap();
     let client = tls
@@ -171,15 +184,25 @@ async fn grpcurl_runs_the_readme_tls_commands() {
 
     let health = ok(&["-cacert", ca, &addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
-    let issued: serde_json::Value = serde_json::from_str(&ok(&[
-        "-cacert",
-        ca,
-        "-d",
-        r#"{"subject":"billing"}"#,
-        &addr,
-        "tokenauthority.v1.TokenAuthority/IssueToken",
-    ]))
-    .unwrap();
+    let issue = |auth: Option<&str>| {
+        let mut args = vec!["-cacert", ca];
+        if let Some(auth) = auth {
+            args.extend(["-H", auth]);
+        }
+        args.extend([
+            "-d",
+            r#"{"subject":"billing","audience":["ledger"]}"#,
+            &addr,
+            "tokenauthority.v1.TokenAuthority/IssueToken",
+        ]);
+        run(&args)
+    };
+    // Without the admin token it is refused, saying what would do.
+    let refused = issue(None);
+    assert_eq!(refused.status.code(), Some(64 + 16), "{refused:?}");
+    let issued = issue(Some(&auth));
+    assert!(issued.status.success(), "{issued:?}");
+    let issued: serde_json::Value = serde_json::from_slice(&issued.stdout).unwrap();
     assert!(
         issued["token"].as_str().unwrap().starts_with("ey"),
         "{issued}"

@@ -78,3 +78,28 @@ async fn policy_check_table() {
     assert!(String::from_utf8_lossy(&output.stderr)
         .starts_with("cannot read the policy file /nonexistent/policy.toml: "));
 }
+
+/// The README's example policy, checked where its cluster files do not exist (a
+/// workstation): exit 0, and a warning that the issuer's keys cannot be fetched from here.
+#[test]
+fn the_readme_example_policy_checks_with_a_warning_on_a_workstation() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### The policy file").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    assert!(
+        example.contains("ca_file = \"/var/run/secrets/"),
+        "{example}"
+    );
+    let (code, stdout, stderr) = check(example);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
+    assert!(
+        stdout.starts_with("policy OK: 1 issuer(s), 1 client(s), 2 rule(s)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  warning: issuer cluster: its keys cannot be fetched from here ("),
+        "{stdout}"
+    );
+}
