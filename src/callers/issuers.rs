@@ -13,7 +13,9 @@
 //! `ca_file` when one is given (an in-cluster API server's CA), otherwise the Mozilla
 //! roots compiled into the binary (`webpki-roots`): the image is static and may have no
 //! system store. A `bearer_token_file` is read at each fetch (projected tokens rotate) and
-//! sent only to the configured source.
+//! sent only to the origin (scheme, host, port) of the configured URL: the `jwks_uri`, or
+//! for discovery the issuer. A discovered `jwks_uri` on another origin (EKS, GKE) is fetched
+//! without it. Redirects are not followed: a 3xx answer is a failed fetch.
 
 use std::{
     collections::HashMap,
@@ -284,13 +286,27 @@ impl TrustedIssuer {
         Ok(jwk::parse_jwks(&body)?)
     }
 
+    /// The origin the `bearer_token_file` credential belongs to: the configured URL's.
+    fn credential_origin(&self) -> Option<Origin> {
+        match &self.config.source {
+            JwksSource::Uri(uri) => Origin::of(uri),
+            JwksSource::Discovery => Origin::of(&self.config.issuer),
+            JwksSource::File(_) => None,
+        }
+    }
+
     async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let http = |reason: String| FetchError::Http {
             url: url.to_owned(),
             reason,
         };
         let mut request = hyper::Request::get(url).header("accept", "application/json");
-        if let Some(path) = &self.config.bearer_token_file {
+        let credential = self
+            .config
+            .bearer_token_file
+            .as_ref()
+            .filter(|_| Origin::of(url).is_some_and(|o| Some(o) == self.credential_origin()));
+        if let Some(path) = credential {
             let token = String::from_utf8(read(path)?).map_err(|_| FetchError::Read {
                 path: path.display().to_string(),
                 source: std::io::Error::other("not UTF-8"),
@@ -315,6 +331,31 @@ impl TrustedIssuer {
         .map_err(|_| http("timed out reading the body".into()))?
         .map_err(|e| http(e.to_string()))?;
         Ok(body.to_bytes().to_vec())
+    }
+}
+
+/// The origin of a URL (RFC 6454): scheme, host and port, the port made explicit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn of(url: &str) -> Option<Origin> {
+        let uri = url.parse::<hyper::Uri>().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = uri.port_u16().or(match scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        })?;
+        Some(Origin {
+            host: uri.host()?.to_ascii_lowercase(),
+            scheme,
+            port,
+        })
     }
 }
 
@@ -416,5 +457,27 @@ mod tests {
         ] {
             assert_eq!(check_fetch_url(bad), Err(reason.to_owned()), "{bad}");
         }
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        let same = [
+            ("https://Issuer.example/a", "https://issuer.example:443/b?c"),
+            ("http://127.0.0.1/x", "http://127.0.0.1:80/y"),
+        ];
+        for (a, b) in same {
+            assert_eq!(Origin::of(a), Origin::of(b), "{a} {b}");
+            assert!(Origin::of(a).is_some());
+        }
+        let different = [
+            ("https://issuer.example/a", "http://issuer.example/a"),
+            ("https://issuer.example/a", "https://issuer.example:8443/a"),
+            ("https://issuer.example/a", "https://keys.issuer.example/a"),
+            ("https://issuer.example/a", "https://issuer.example.evil/a"),
+        ];
+        for (a, b) in different {
+            assert_ne!(Origin::of(a), Origin::of(b), "{a} {b}");
+        }
+        assert_eq!(Origin::of("not a url"), None);
     }
 }
