@@ -18,6 +18,7 @@ mod file_modes;
 mod grpcurl;
 mod helpers;
 mod issuer_https;
+mod issuer_refetch;
 mod jwks_http;
 mod keys_command;
 mod lifecycle;
