@@ -22,6 +22,7 @@ pub async fn policy_check(path: &Path) -> Result<String, String> {
             other => format!("{other}\n"),
         })?;
     let mut out = policy::summary(&active.policy);
+    out.push_str(&widened_trust(&active.policy));
     for issuer in &active.issuers {
         match issuer.fetch().await {
             Ok(keys) => out.push_str(&format!(
@@ -36,6 +37,22 @@ pub async fn policy_check(path: &Path) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Warnings for settings that make the authority trust more than callers' own credentials.
+fn widened_trust(policy: &policy::Policy) -> String {
+    let mut out = String::new();
+    for issuer in policy
+        .issuers
+        .iter()
+        .filter(|issuer| issuer.allow_own_issuer)
+    {
+        out.push_str(&format!(
+            "  warning: issuer {}: allow_own_issuer = true: where {} is this authority's own --issuer, a token it minted for a subject proves that subject as a caller to whoever holds it\n",
+            issuer.name, issuer.issuer
+        ));
+    }
+    out
 }
 
 /// Verifies the hash chain of an audit log.

@@ -94,6 +94,12 @@ pub struct IssuerConfig {
     pub algorithms: Vec<Algorithm>,
     /// The `sub` values this issuer may assert; `None`: any.
     pub subjects: Option<SubjectBound>,
+    /// Whether a token with `act` (a delegation, RFC 8693) proves a caller: its `sub`, with
+    /// the `act` chain kept for the tokens it gets.
+    pub allow_delegation: bool,
+    /// Whether this entry may name the authority's own `--issuer`: its tokens, minted for
+    /// any subject a rule allows, then become callers.
+    pub allow_own_issuer: bool,
 }
 
 /// The names an issuer may assert as a caller (Vault's `bound_subject`): a Kubernetes API

@@ -9,6 +9,7 @@ mod bad_requests;
 mod bad_tokens;
 mod bench;
 mod binary;
+mod caller_claims;
 mod callers;
 mod callers_mtls;
 mod client;
