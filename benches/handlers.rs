@@ -58,6 +58,7 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
             loopback: true,
             leeway: 60,
             max_token_bytes: 8 * 1024,
+            own_issuer: "https://token-authority.bench".into(),
         },
         None,
         None,

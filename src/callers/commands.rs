@@ -25,6 +25,7 @@ pub async fn policy_check(path: &Path) -> Result<String, String> {
         out
     })?;
     let mut out = policy::summary(&policy);
+    out.push_str(&widened_trust(&policy));
     for config in &policy.issuers {
         let fetched = match TrustedIssuer::new(config.clone(), None) {
             Ok(issuer) => issuer.fetch().await,
@@ -43,6 +44,22 @@ pub async fn policy_check(path: &Path) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Warnings for settings that make the authority trust more than callers' own credentials.
+fn widened_trust(policy: &policy::Policy) -> String {
+    let mut out = String::new();
+    for issuer in policy
+        .issuers
+        .iter()
+        .filter(|issuer| issuer.allow_own_issuer)
+    {
+        out.push_str(&format!(
+            "  warning: issuer {}: allow_own_issuer = true: where {} is this authority's own --issuer, a token it minted for a subject proves that subject as a caller to whoever holds it\n",
+            issuer.name, issuer.issuer
+        ));
+    }
+    out
 }
 
 /// Verifies the hash chain of an audit log.

@@ -6,7 +6,8 @@
 //!   here only its names are read.
 //! - `authorization: Bearer <jwt>` from a trusted issuer: verified offline against that
 //!   issuer's JWKS with the same RFC 8725 rules as VerifyToken, plus the issuer's accepted
-//!   audiences, algorithms and lifetime cap. The name is the token's `sub`.
+//!   audiences, algorithms and lifetime cap. The name is the token's `sub`. A token bound
+//!   by `cnf` needs its certificate too; one carrying `act` is a delegation (`token_claims`).
 //! - `authorization: Basic base64(id:secret)`: the policy keeps only the secret's SHA-256,
 //!   compared in constant time. The name is `client:<id>`.
 //!
@@ -15,11 +16,12 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 use zeroize::Zeroizing;
 
-use super::{issuers::TrustedIssuer, policy::Client};
+use super::{issuers::TrustedIssuer, policy::Client, CallerSettings};
 use crate::{
     b64, crypto,
     jwt::{
@@ -27,6 +29,10 @@ use crate::{
         verify::{self, Expectations, Reason},
     },
 };
+
+mod token_claims;
+
+pub use token_claims::carries_cnf;
 
 /// Longest caller name accepted.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -63,6 +69,12 @@ pub enum CallerKind {
     Certificate,
     /// A token of the trusted issuer with this policy name.
     IssuerToken(String),
+    /// A token of the trusted issuer `issuer` carrying `act`: `actor` (the chain, RFC 8693
+    /// §4.1) acts for the caller. Only from an issuer with `allow_delegation`.
+    Delegated {
+        issuer: String,
+        actor: Value,
+    },
     ClientSecret,
 }
 
@@ -70,7 +82,7 @@ impl CallerKind {
     pub fn label(&self) -> &'static str {
         match self {
             CallerKind::Certificate => "mtls",
-            CallerKind::IssuerToken(_) => "jwt",
+            CallerKind::IssuerToken(_) | CallerKind::Delegated { .. } => "jwt",
             CallerKind::ClientSecret => "secret",
         }
     }
@@ -96,6 +108,21 @@ impl Caller {
         self.certificate
             .as_ref()
             .map(|der| b64::encode(crypto::sha256(der)))
+    }
+
+    /// The `act` of a token this caller gets for `subject` (RFC 8693 §4.1): the current
+    /// actor outermost, the prior chain nested inside. A caller acting for another subject
+    /// is the current actor; a delegated caller asking for itself keeps its chain.
+    pub fn act_for(&self, subject: &str) -> Option<Value> {
+        let prior = match &self.kind {
+            CallerKind::Delegated { actor, .. } => Some(actor),
+            _ => None,
+        };
+        match (subject == self.name, prior) {
+            (true, prior) => prior.cloned(),
+            (false, None) => Some(serde_json::json!({ "sub": self.name })),
+            (false, Some(prior)) => Some(serde_json::json!({ "sub": self.name, "act": prior })),
+        }
     }
 }
 
@@ -194,15 +221,17 @@ pub fn client_caller(
     })
 }
 
-/// The caller a trusted issuer's token proves. `leeway` and `max_token_bytes` are the
-/// server's own verification settings.
+/// The caller a trusted issuer's token proves; `certificate` is the call's client
+/// certificate, which goes with a token only when the token's `cnf` names it. `settings`
+/// gives the server's own leeway, token size limit and issuer.
 pub async fn token_caller(
     issuers: &[Arc<TrustedIssuer>],
     token: &str,
-    leeway: u64,
-    max_token_bytes: usize,
+    certificate: Option<Arc<[u8]>>,
+    settings: &CallerSettings,
     now: u64,
 ) -> Result<Caller, IdentityError> {
+    let max_token_bytes = settings.max_token_bytes;
     if token.len() > max_token_bytes {
         return Err(IdentityError::Rejected(format!(
             "the token is longer than {max_token_bytes} bytes"
@@ -216,9 +245,17 @@ pub async fn token_caller(
         .find(|issuer| issuer.config.issuer == iss)
         .ok_or(IdentityError::UnknownIssuer)?;
     let config = &issuer.config;
+    // Our own tokens, minted for whatever subject a rule allowed, would otherwise become
+    // that subject's identity in the hands of anyone holding one.
+    if config.issuer == *settings.own_issuer && !config.allow_own_issuer {
+        return Err(IdentityError::Rejected(format!(
+            "its issuer is this authority's own --issuer, and the [[issuer]] {:?} does not set allow_own_issuer",
+            config.name
+        )));
+    }
     let rules = verify::Policy {
         issuer: config.issuer.clone(),
-        leeway,
+        leeway: settings.leeway,
         max_token_bytes,
     };
     let audiences: Vec<&str> = config.audiences.iter().map(String::as_str).collect();
@@ -243,6 +280,21 @@ pub async fn token_caller(
             _ => rejection.detail,
         })
     })?;
+    let bound =
+        token_claims::check_confirmation(verified.claims.get("cnf"), certificate.as_deref())?;
+    let kind = match verified.claims.get("act") {
+        None => CallerKind::IssuerToken(config.name.clone()),
+        Some(_) if !config.allow_delegation => {
+            return Err(IdentityError::Rejected(format!(
+                "it carries act: a delegation (RFC 8693), not a caller's own token, and the [[issuer]] {:?} does not set allow_delegation",
+                config.name
+            )))
+        }
+        Some(act) => CallerKind::Delegated {
+            issuer: config.name.clone(),
+            actor: token_claims::actor_chain(act)?,
+        },
+    };
     let name = checked_name(verified.subject)?;
     if let Some(bound) = &config.subjects {
         if !bound.allows(&name) {
@@ -254,8 +306,10 @@ pub async fn token_caller(
     }
     Ok(Caller {
         name,
-        kind: CallerKind::IssuerToken(config.name.clone()),
-        certificate: None,
+        kind,
+        // A bound token proved possession of the certificate: a rule with bind = "mtls"
+        // binds the new token to it as well.
+        certificate: certificate.filter(|_| bound),
     })
 }
 

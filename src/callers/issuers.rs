@@ -8,25 +8,35 @@
 //! failed fetch keeps the last good set: an issuer that is down does not lock its callers
 //! out while their keys are known.
 //!
+//! A fetch runs in a task of its own and no lock is held across it: the caller whose
+//! unknown kid started it waits for it (at most `FETCH_TIMEOUT`), any other caller of that
+//! issuer that needs a fetch meanwhile waits at most `JOIN_WAIT` and then goes on with the
+//! last good set. A caller that goes away does not cancel a fetch half done.
+//!
 //! Sources: `jwks_uri` (HTTPS; plain HTTP only to a loopback host), OIDC discovery
 //! (`{issuer}/.well-known/openid-configuration`), or `jwks_file`. HTTPS trusts the
 //! `ca_file` when one is given (an in-cluster API server's CA), otherwise the Mozilla
 //! roots compiled into the binary (`webpki-roots`): the image is static and may have no
 //! system store. A `bearer_token_file` is read at each fetch (projected tokens rotate) and
-//! sent only to the configured source.
+//! sent only to the origin (scheme, host, port) of the configured URL: the `jwks_uri`, or
+//! for discovery the issuer. A discovered `jwks_uri` on another origin (EKS, GKE) is fetched
+//! without it. Redirects are not followed: a 3xx answer is a failed fetch.
 
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use serde_json::Value;
+use tokio::sync::watch;
 
+mod fetch;
+
+pub use fetch::check_fetch_url;
+
+use self::fetch::{https_client, HttpsClient};
 use crate::{
     crypto::{Algorithm, VerifyingKey},
     jwk,
@@ -34,10 +44,12 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Largest JWKS or discovery document accepted.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-/// How long one fetch may take.
+/// How long one request of a fetch may take (headers, then body), and how long the caller
+/// whose unknown kid started a fetch waits for it.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a fetch another task started before it goes on with the
+/// last good set: a stalled issuer must not hold every caller of it for `FETCH_TIMEOUT`.
+pub const JOIN_WAIT: Duration = Duration::from_millis(250);
 /// Least time between two fetches caused by unknown kids.
 pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
 /// A cached set older than this is refreshed by the background task.
@@ -82,6 +94,12 @@ pub struct IssuerConfig {
     pub algorithms: Vec<Algorithm>,
     /// The `sub` values this issuer may assert; `None`: any.
     pub subjects: Option<SubjectBound>,
+    /// Whether a token with `act` (a delegation, RFC 8693) proves a caller: its `sub`, with
+    /// the `act` chain kept for the tokens it gets.
+    pub allow_delegation: bool,
+    /// Whether this entry may name the authority's own `--issuer`: its tokens, minted for
+    /// any subject a rule allows, then become callers.
+    pub allow_own_issuer: bool,
 }
 
 /// The names an issuer may assert as a caller (Vault's `bound_subject`): a Kubernetes API
@@ -146,19 +164,28 @@ impl KeyLookup for IssuerKeys {
     }
 }
 
-type HttpsClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Empty<bytes::Bytes>,
->;
+/// How a fetch ended, for every task waiting on it: the number of keys, or why not.
+type FetchOutcome = Result<usize, Arc<FetchError>>;
+
+/// The fetch bookkeeping of one issuer. Behind a std mutex that is never held across an
+/// await: the network happens in the fetch's own task.
+#[derive(Default)]
+struct Fetches {
+    /// The fetch in flight: `Some` outcome once it ended.
+    in_flight: Option<watch::Receiver<Option<FetchOutcome>>>,
+    /// When a fetch caused by an unknown kid last started, for the cooldown.
+    unknown_kid_at: Option<Instant>,
+    /// When the cached set was last fetched successfully.
+    succeeded_at: Option<Instant>,
+    /// When any fetch last started.
+    attempted_at: Option<Instant>,
+}
 
 /// A trusted issuer with its cached keys.
 pub struct TrustedIssuer {
     pub config: IssuerConfig,
     keys: ArcSwap<IssuerKeys>,
-    /// When the cached set was last fetched successfully, and when a fetch last started.
-    fetched_at: std::sync::Mutex<(Option<Instant>, Option<Instant>)>,
-    /// Serialises fetches and remembers the last attempt, for the cooldown.
-    fetching: tokio::sync::Mutex<Option<Instant>>,
+    fetches: std::sync::Mutex<Fetches>,
     client: HttpsClient,
     metrics: Option<Arc<Metrics>>,
 }
@@ -182,8 +209,7 @@ impl TrustedIssuer {
         Ok(TrustedIssuer {
             config,
             keys: ArcSwap::from_pointee(IssuerKeys::default()),
-            fetched_at: std::sync::Mutex::new((None, None)),
-            fetching: tokio::sync::Mutex::new(None),
+            fetches: std::sync::Mutex::new(Fetches::default()),
             client,
             metrics,
         })
@@ -194,50 +220,93 @@ impl TrustedIssuer {
         self.keys.load_full()
     }
 
-    /// Fetches now and replaces the cache; on failure the cache is kept. Scheduled
-    /// refreshes do not count toward the unknown-kid cooldown: a key the issuer publishes
-    /// just after one is still fetched when its first token arrives.
-    pub async fn refresh(&self) -> Result<usize, FetchError> {
-        let _serialised = self.fetching.lock().await;
-        self.fetch_and_store().await
+    /// Fetches now (or joins the fetch in flight) and replaces the cache; on failure the
+    /// cache is kept. Scheduled refreshes do not count toward the unknown-kid cooldown: a key
+    /// the issuer publishes just after one is still fetched when its first token arrives.
+    pub async fn refresh(self: &Arc<Self>) -> FetchOutcome {
+        let mut done = {
+            let mut fetches = self.fetches();
+            match &fetches.in_flight {
+                Some(done) => done.clone(),
+                None => self.start_fetch(&mut fetches),
+            }
+        };
+        wait_outcome(&mut done).await
     }
 
-    /// Refetches because a token named `kid`, unless another task did meanwhile or the
-    /// cooldown since the last attempt has not passed. Returns the keys to retry with.
-    pub async fn refetch_for_unknown_kid(&self, kid: &str) -> Option<Arc<IssuerKeys>> {
-        let mut last = self.fetching.lock().await;
-        let current = self.keys.load_full();
-        if current.verifying_key(kid).is_some() {
-            return Some(current);
-        }
-        if last.is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) {
-            return None;
-        }
-        *last = Some(Instant::now());
-        match self.fetch_and_store().await {
-            Ok(_) => Some(self.keys.load_full()),
-            Err(_) => None,
-        }
+    /// Refetches because a token named `kid`, unless the keys hold it by now or the cooldown
+    /// since the last such attempt has not passed (`None`). Returns the keys to retry with:
+    /// the fetched set, or the last good one when the fetch failed or, for a caller that
+    /// joined a fetch another task started, did not end within `JOIN_WAIT`.
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, kid: &str) -> Option<Arc<IssuerKeys>> {
+        let (mut done, wait) = {
+            let mut fetches = self.fetches();
+            let current = self.keys.load_full();
+            if current.verifying_key(kid).is_some() {
+                return Some(current);
+            }
+            match &fetches.in_flight {
+                Some(done) => (done.clone(), JOIN_WAIT),
+                None if fetches
+                    .unknown_kid_at
+                    .is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) =>
+                {
+                    return None
+                }
+                None => {
+                    fetches.unknown_kid_at = Some(Instant::now());
+                    (self.start_fetch(&mut fetches), FETCH_TIMEOUT)
+                }
+            }
+        };
+        // Timed out: the fetch goes on in its task; this caller goes on with what is known.
+        let _ = tokio::time::timeout(wait, wait_outcome(&mut done)).await;
+        Some(self.keys.load_full())
     }
 
     /// Whether the background task should refresh this issuer now: the cache is older than
     /// `REFRESH_AFTER` (or was never filled), and no fetch started within the cooldown (an
     /// issuer that is down is not retried at every tick).
     pub fn is_stale(&self) -> bool {
-        self.fetched_at
-            .lock()
-            .map(|guard| {
-                let (succeeded, attempted) = *guard;
-                succeeded.is_none_or(|at| at.elapsed() >= REFRESH_AFTER)
-                    && attempted.is_none_or(|at| at.elapsed() >= REFETCH_COOLDOWN)
-            })
-            .unwrap_or(true)
+        let fetches = self.fetches();
+        fetches
+            .succeeded_at
+            .is_none_or(|at| at.elapsed() >= REFRESH_AFTER)
+            && fetches
+                .attempted_at
+                .is_none_or(|at| at.elapsed() >= REFETCH_COOLDOWN)
+    }
+
+    /// The bookkeeping; a panic elsewhere while it was held leaves plain timestamps, still
+    /// good to read.
+    fn fetches(&self) -> MutexGuard<'_, Fetches> {
+        self.fetches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a fetch in a task of its own and records it as the one in flight.
+    fn start_fetch(
+        self: &Arc<Self>,
+        fetches: &mut Fetches,
+    ) -> watch::Receiver<Option<FetchOutcome>> {
+        let (sender, done) = watch::channel(None);
+        fetches.in_flight = Some(done.clone());
+        fetches.attempted_at = Some(Instant::now());
+        let issuer = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = issuer.fetch_and_store().await.map_err(Arc::new);
+            let mut fetches = issuer.fetches();
+            if outcome.is_ok() {
+                fetches.succeeded_at = Some(Instant::now());
+            }
+            fetches.in_flight = None;
+            drop(fetches);
+            // Nobody waiting is fine.
+            let _ = sender.send(Some(outcome));
+        });
+        done
     }
 
     async fn fetch_and_store(&self) -> Result<usize, FetchError> {
-        if let Ok(mut guard) = self.fetched_at.lock() {
-            guard.1 = Some(Instant::now());
-        }
         let result = self.fetch().await;
         match &result {
             Ok(keys) => {
@@ -245,9 +314,6 @@ impl TrustedIssuer {
                 self.keys.store(Arc::new(IssuerKeys {
                     keys: keys.iter().cloned().collect(),
                 }));
-                if let Ok(mut guard) = self.fetched_at.lock() {
-                    guard.0 = Some(Instant::now());
-                }
                 tracing::info!(issuer = %self.config.name, keys = count, "caller issuer keys fetched");
             }
             Err(error) => {
@@ -259,162 +325,19 @@ impl TrustedIssuer {
         }
         result.map(|keys| keys.len())
     }
+}
 
-    /// Fetches and parses the issuer's JWKS, without touching the cache.
-    pub async fn fetch(&self) -> Result<Vec<(String, VerifyingKey)>, FetchError> {
-        let body = match &self.config.source {
-            JwksSource::File(path) => read(path)?,
-            JwksSource::Uri(uri) => self.get(uri).await?,
-            JwksSource::Discovery => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.config.issuer.trim_end_matches('/')
-                );
-                let document = self.get(&url).await?;
-                let jwks_uri = serde_json::from_slice::<Value>(&document)
-                    .ok()
-                    .and_then(|doc| doc.get("jwks_uri")?.as_str().map(str::to_owned))
-                    .ok_or_else(|| FetchError::Discovery(url.clone()))?;
-                if let Err(reason) = check_fetch_url(&jwks_uri) {
-                    return Err(FetchError::Discovery(format!("{jwks_uri}: {reason}")));
-                }
-                self.get(&jwks_uri).await?
-            }
-        };
-        Ok(jwk::parse_jwks(&body)?)
-    }
-
-    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        let http = |reason: String| FetchError::Http {
-            url: url.to_owned(),
-            reason,
-        };
-        let mut request = hyper::Request::get(url).header("accept", "application/json");
-        if let Some(path) = &self.config.bearer_token_file {
-            let token = String::from_utf8(read(path)?).map_err(|_| FetchError::Read {
-                path: path.display().to_string(),
-                source: std::io::Error::other("not UTF-8"),
-            })?;
-            request = request.header("authorization", format!("Bearer {}", token.trim()));
-        }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| http(e.to_string()))?;
-        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| http("timed out".into()))?
-            .map_err(|e| http(with_causes(&e)))?;
-        if !response.status().is_success() {
-            return Err(http(format!("HTTP {}", response.status())));
-        }
-        let body = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            Limited::new(response.into_body(), MAX_DOCUMENT_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| http("timed out reading the body".into()))?
-        .map_err(|e| http(e.to_string()))?;
-        Ok(body.to_bytes().to_vec())
+/// Waits until the fetch behind `done` ended; a fetch task that vanished counts as failed.
+async fn wait_outcome(done: &mut watch::Receiver<Option<FetchOutcome>>) -> FetchOutcome {
+    match done.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(Arc::new(vanished()))),
+        Err(_) => Err(Arc::new(vanished())),
     }
 }
 
-/// An error with its causes: hyper's "client error (Connect)" alone says too little.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {
-    std::fs::read(path).map_err(|source| FetchError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// A URL keys may be fetched from: HTTPS, or HTTP to a loopback host (tests, a sidecar).
-pub fn check_fetch_url(url: &str) -> Result<(), String> {
-    let Ok(uri) = url.parse::<hyper::Uri>() else {
-        return Err("not a URL".into());
-    };
-    let host = uri.host().unwrap_or_default();
-    match uri.scheme_str() {
-        Some("https") if !host.is_empty() => Ok(()),
-        Some("http") if is_loopback_host(host) => Ok(()),
-        Some("http") => Err("plain http is allowed only to a loopback host; use https".into()),
-        _ => Err("not an https URL".into()),
-    }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, FetchError> {
-    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
-
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = read(path)?;
-            for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
-                // A certificate the store cannot use is skipped; none usable is an error.
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(FetchError::CaFile(path.display().to_string()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::Http {
-            url: String::new(),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fetch_urls_are_https_or_loopback_http() {
-        for ok in [
-            "https://kubernetes.default.svc/openid/v1/jwks",
-            "http://127.0.0.1:8080/.well-known/jwks.json",
-            "http://[::1]:80/jwks",
-            "http://localhost/jwks",
-        ] {
-            assert_eq!(check_fetch_url(ok), Ok(()), "{ok}");
-        }
-        for (bad, reason) in [
-            (
-                "http://issuer.example/jwks",
-                "plain http is allowed only to a loopback host; use https",
-            ),
-            ("ftp://issuer.example/jwks", "not an https URL"),
-            ("jwks.json", "not an https URL"),
-        ] {
-            assert_eq!(check_fetch_url(bad), Err(reason.to_owned()), "{bad}");
-        }
+fn vanished() -> FetchError {
+    FetchError::Http {
+        url: String::new(),
+        reason: "the fetch task ended without an answer".into(),
     }
 }

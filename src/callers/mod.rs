@@ -117,7 +117,7 @@ pub struct Active {
 }
 
 /// Settings of this layer that come from the server's configuration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CallerSettings {
     /// Whether the gRPC listener is a loopback address: without a policy, IssueToken is
     /// then open (local development).
@@ -125,6 +125,9 @@ pub struct CallerSettings {
     /// The server's leeway and token size limit, applied to caller tokens too.
     pub leeway: u64,
     pub max_token_bytes: usize,
+    /// The authority's own `--issuer`: trusting it as an `[[issuer]]` needs that entry's
+    /// `allow_own_issuer`.
+    pub own_issuer: Arc<str>,
 }
 
 /// What the gRPC handlers ask.
@@ -205,16 +208,20 @@ impl Callers {
             (Presented::Nothing, Some(der)) => {
                 Ok(Principal::Caller(identity::certificate_caller(der)?))
             }
-            (_, Some(_)) => Err(CallerError::TwoCredentials),
-            (Presented::Bearer(token), None) => {
+            // A bearer token goes with a certificate only when its cnf binds it to one.
+            (Presented::Bearer(token), Some(_)) if !identity::carries_cnf(token) => {
+                Err(CallerError::TwoCredentials)
+            }
+            (Presented::Basic { .. }, Some(_)) => Err(CallerError::TwoCredentials),
+            (Presented::Bearer(token), certificate) => {
                 let Some(active) = active else {
                     return Err(IdentityError::AdminToken.into());
                 };
                 let caller = identity::token_caller(
                     &active.issuers,
                     token,
-                    self.settings.leeway,
-                    self.settings.max_token_bytes,
+                    certificate,
+                    &self.settings,
                     now,
                 )
                 .await?;

@@ -213,7 +213,7 @@ pub async fn run(
 
     let metrics = Arc::new(Metrics::new(&config.algorithms));
     let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
-    let callers = Arc::new(open_callers(&config, grpc_addr, admin, &metrics).await?);
+    let callers = Arc::new(open_callers(&config, &issuer, grpc_addr, admin, &metrics).await?);
     let service = GrpcService::new(
         Arc::clone(&authority),
         Arc::clone(&callers),

@@ -118,9 +118,11 @@ pub(super) fn check_files(config: &Config) -> Result<(), ServerError> {
 }
 
 /// The caller layer: the policy (refused whole when it has any problem: the server does not
-/// start), the audit log, and what the no-policy mode means on this listener.
+/// start), the audit log, and what the no-policy mode means on this listener. `issuer` is
+/// the authority's own.
 pub(super) async fn open_callers(
     config: &Config,
+    issuer: &str,
     grpc_addr: SocketAddr,
     admin: AdminToken,
     metrics: &Arc<Metrics>,
@@ -168,6 +170,7 @@ pub(super) async fn open_callers(
             loopback,
             leeway: config.leeway,
             max_token_bytes: config.max_token_bytes,
+            own_issuer: issuer.into(),
         },
         policy,
         audit,

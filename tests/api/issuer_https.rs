@@ -4,11 +4,9 @@
 //! small HTTPS server of the test's own that refuses any request without that token.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::{Arc, Mutex},
 };
 
 use bytes::Bytes;
@@ -27,18 +25,43 @@ use crate::{
 
 const SA_TOKEN: &str = "projected-token-of-the-authority";
 
-/// What the issuer saw.
+/// What a test HTTPS server saw: each request's path and `authorization` header.
 #[derive(Default)]
 struct Seen {
-    with_token: AtomicUsize,
-    without_token: AtomicUsize,
+    requests: Mutex<Vec<(String, Option<String>)>>,
 }
 
-/// Serves `{iss}/.well-known/openid-configuration` and `{iss}/keys` over HTTPS with `pki`'s
-/// server certificate, to requests bearing `SA_TOKEN` only. Returns the issuer URL.
-async fn serve_issuer(pki: &Pki, jwks: String, seen: Arc<Seen>) -> String {
+impl Seen {
+    fn requests(&self) -> Vec<(String, Option<String>)> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn with_token(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(_, auth)| auth.as_deref() == Some(format!("Bearer {SA_TOKEN}").as_str()))
+            .count()
+    }
+
+    fn without_token(&self) -> usize {
+        self.requests().len() - self.with_token()
+    }
+}
+
+/// One answer of a test server: status, `location` header (for redirects), body.
+type Route = (u16, Option<String>, String);
+
+/// An HTTPS server on 127.0.0.1 with `pki`'s server certificate, answering `routes` by path
+/// (404 otherwise), and only to requests bearing `SA_TOKEN` when `require_token` (401
+/// otherwise). Returns its origin (`https://127.0.0.1:PORT`).
+async fn serve_https(
+    pki: &Pki,
+    routes: impl Fn(&str) -> HashMap<&'static str, Route> + Send + Sync + 'static,
+    require_token: bool,
+    seen: Arc<Seen>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let iss = format!("https://{}", listener.local_addr().unwrap());
+    let origin = format!("https://{}", listener.local_addr().unwrap());
     let identity = pki.server(&["127.0.0.1"]);
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -52,54 +75,75 @@ async fn serve_issuer(pki: &Pki, jwks: String, seen: Arc<Seen>) -> String {
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let discovery =
-        serde_json::json!({ "issuer": iss, "jwks_uri": format!("{iss}/keys") }).to_string();
+    let routes = Arc::new(routes(&origin));
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
-            let (jwks, discovery, seen) = (jwks.clone(), discovery.clone(), Arc::clone(&seen));
+            let (routes, seen) = (Arc::clone(&routes), Arc::clone(&seen));
             let service = service_fn(move |request: Request<Incoming>| {
-                let authorized = request
+                let authorization = request
                     .headers()
                     .get("authorization")
-                    .is_some_and(|v| v == format!("Bearer {SA_TOKEN}").as_str());
-                let (status, body) = if !authorized {
-                    seen.without_token.fetch_add(1, Ordering::SeqCst);
-                    (401, String::new())
-                } else {
-                    seen.with_token.fetch_add(1, Ordering::SeqCst);
-                    match request.uri().path() {
-                        "/.well-known/openid-configuration" => (200, discovery.clone()),
-                        "/keys" => (200, jwks.clone()),
-                        _ => (404, String::new()),
-                    }
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let path = request.uri().path().to_owned();
+                let authorized = authorization.as_deref() == Some(&format!("Bearer {SA_TOKEN}"));
+                seen.requests
+                    .lock()
+                    .unwrap()
+                    .push((path.clone(), authorization));
+                let (status, location, body) = match routes.get(path.as_str()) {
+                    _ if require_token && !authorized => (401, None, String::new()),
+                    Some(route) => route.clone(),
+                    None => (404, None, String::new()),
                 };
-                async move {
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(body)))
-                            .unwrap(),
-                    )
+                let mut response = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json");
+                if let Some(location) = location {
+                    response = response.header("location", location);
                 }
+                async move { Ok::<_, Infallible>(response.body(Full::new(Bytes::from(body))).unwrap()) }
             });
             tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tls), service));
         }
     });
-    iss
+    origin
+}
+
+/// Serves `{iss}/.well-known/openid-configuration` (naming `{iss}/keys`) and `{iss}/keys`
+/// to requests bearing `SA_TOKEN` only. Returns the issuer URL.
+async fn serve_issuer(pki: &Pki, jwks: String, seen: Arc<Seen>) -> String {
+    let routes = move |iss: &str| {
+        let discovery =
+            serde_json::json!({ "issuer": iss, "jwks_uri": format!("{iss}/keys") }).to_string();
+        HashMap::from([
+            ("/.well-known/openid-configuration", (200, None, discovery)),
+            ("/keys", (200, None, jwks.clone())),
+        ])
+    };
+    serve_https(pki, routes, true, seen).await
 }
 
 fn policy(iss: &str, ca_file: &std::path::Path, token_file: &std::path::Path) -> String {
+    policy_with(iss, "discovery = true", ca_file, token_file)
+}
+
+/// The policy with `source` (`discovery = true` or `jwks_uri = "..."`).
+fn policy_with(
+    iss: &str,
+    source: &str,
+    ca_file: &std::path::Path,
+    token_file: &std::path::Path,
+) -> String {
     format!(
         r#"
 [[issuer]]
 name = "cluster"
 issuer = "{iss}"
-discovery = true
+{source}
 ca_file = "{}"
 bearer_token_file = "{}"
 audiences = ["token-authority"]
@@ -145,8 +189,8 @@ async fn discovery_over_https_with_the_ca_file_and_the_bearer_token_file() {
     .expect("a caller of the discovered issuer");
     assert_eq!(payload(&issued.token)["sub"], PAYMENTS_SA);
     // Discovery, then the keys: every request carried the token, none went without.
-    assert!(seen.with_token.load(Ordering::SeqCst) >= 2);
-    assert_eq!(seen.without_token.load(Ordering::SeqCst), 0);
+    assert!(seen.with_token() >= 2);
+    assert_eq!(seen.without_token(), 0);
     server.stop().await;
 
     // The same issuer behind a CA the authority was not told to trust: its keys never load
@@ -169,6 +213,111 @@ async fn discovery_over_https_with_the_ca_file_and_the_bearer_token_file() {
             "bearer token: its kid is not a key of the issuer's JWKS"
         )
     );
+    server.stop().await;
+    keys.server.stop().await;
+}
+
+/// The bearer token of `bearer_token_file` goes only to the configured origin: the issuer's,
+/// for discovery. A discovered `jwks_uri` on another origin (another port here; another host
+/// on EKS and GKE) is fetched without it, and a redirect to another origin is not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_credential_goes_only_to_the_configured_origin() {
+    let keys = Issuer::start().await;
+    let jwks = keys.server.http_jwks().await.to_string();
+    let pki = Pki::new();
+    // The keys host: another origin, which needs no credential (a public JWKS).
+    let keys_seen = Arc::new(Seen::default());
+    let keys_origin = serve_https(
+        &pki,
+        move |_| HashMap::from([("/keys", (200, None, jwks.clone()))]),
+        false,
+        Arc::clone(&keys_seen),
+    )
+    .await;
+    // The issuer: its discovery document names the keys host; /moved redirects there.
+    let issuer_seen = Arc::new(Seen::default());
+    let keys_url = format!("{keys_origin}/keys");
+    let iss = serve_https(
+        &pki,
+        move |iss| {
+            let discovery = serde_json::json!({ "issuer": iss, "jwks_uri": keys_url }).to_string();
+            HashMap::from([
+                ("/.well-known/openid-configuration", (200, None, discovery)),
+                ("/moved", (302, Some(keys_url.clone()), String::new())),
+            ])
+        },
+        true,
+        Arc::clone(&issuer_seen),
+    )
+    .await;
+
+    let dir = DataDir::new();
+    let secrets = tempfile::tempdir().unwrap();
+    let ca_file = pki.write_ca(secrets.path(), "issuer-ca");
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
+    let t = now();
+    let caller_token = keys.key.forge(
+        &keys.key.header(),
+        &format!(
+            r#"{{"iss":"{iss}","sub":"{PAYMENTS_SA}","aud":"token-authority","iat":{t},"exp":{}}}"#,
+            t + 600
+        ),
+    );
+    let bearer = format!("Bearer {caller_token}");
+
+    let (server, _) = start_with_policy(&dir, &policy(&iss, &ca_file, &token_file), &[]).await;
+    let issued = issue_as(
+        &server,
+        Some(&bearer),
+        ask(PAYMENTS_SA, &["ledger"], None, ""),
+    )
+    .await
+    .expect("a caller of the discovered issuer");
+    assert_eq!(payload(&issued.token)["sub"], PAYMENTS_SA);
+    let token = Some(format!("Bearer {SA_TOKEN}"));
+    assert_eq!(
+        issuer_seen.requests(),
+        [(
+            "/.well-known/openid-configuration".to_owned(),
+            token.clone()
+        )]
+    );
+    assert_eq!(keys_seen.requests(), [("/keys".to_owned(), None)]);
+    server.stop().await;
+
+    // A configured jwks_uri that redirects to another origin: not followed, so the keys host
+    // hears nothing (with or without the credential) and the fetch fails.
+    let moved_dir = DataDir::new();
+    let moved = policy_with(
+        &iss,
+        &format!("jwks_uri = \"{iss}/moved\""),
+        &ca_file,
+        &token_file,
+    );
+    let (server, _) = start_with_policy(&moved_dir, &moved, &[]).await;
+    let status = issue_as(
+        &server,
+        Some(&bearer),
+        ask(PAYMENTS_SA, &["ledger"], None, ""),
+    )
+    .await
+    .expect_err("keys behind a redirect");
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::Unauthenticated,
+            "bearer token: its kid is not a key of the issuer's JWKS"
+        )
+    );
+    assert_eq!(
+        issuer_seen.requests()[1..],
+        [
+            ("/moved".to_owned(), token.clone()),
+            ("/moved".to_owned(), token)
+        ]
+    );
+    assert_eq!(keys_seen.requests().len(), 1);
     server.stop().await;
     keys.server.stop().await;
 }

@@ -246,9 +246,9 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
         };
         claims.insert("cnf".into(), serde_json::json!({ "x5t#S256": thumbprint }));
     }
-    if request.subject != *name {
-        // RFC 8693 section 4.1: the caller acts for the subject.
-        claims.insert("act".into(), serde_json::json!({ "sub": name }));
+    // RFC 8693 section 4.1: the caller acts for the subject; a delegated caller's chain nests.
+    if let Some(act) = caller.act_for(&request.subject) {
+        claims.insert("act".into(), act);
     }
     Ok(Grant {
         rule: Some(rule.index),

@@ -31,6 +31,10 @@ pub(super) struct IssuerToml {
     max_token_lifetime: Option<String>,
     algorithms: Option<Vec<String>>,
     subjects: Option<Vec<String>>,
+    #[serde(default)]
+    allow_delegation: bool,
+    #[serde(default)]
+    allow_own_issuer: bool,
 }
 
 pub(super) fn check_issuers(
@@ -160,6 +164,8 @@ pub(super) fn check_issuers(
                 max_token_lifetime: lifetime,
                 algorithms,
                 subjects,
+                allow_delegation: issuer.allow_delegation,
+                allow_own_issuer: issuer.allow_own_issuer,
             });
         }
     }
