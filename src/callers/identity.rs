@@ -1,9 +1,10 @@
 //! Who is calling: the three ways a caller proves a name, each producing the caller name
 //! that policy rules match.
 //!
-//! - A client certificate (mTLS): its `spiffe://` URI SAN, else its first DNS SAN. The TLS
-//!   layer already chained it to `--client-ca` and checked its validity at the handshake;
-//!   here only its names are read.
+//! - A client certificate (mTLS): its SPIFFE ID (the one URI SAN of an X.509-SVID, checked
+//!   against the SPIFFE ID rules), else its first DNS SAN (a host name). The TLS layer
+//!   already chained it to `--client-ca` and checked its validity at the handshake; here
+//!   only its names are read.
 //! - `authorization: Bearer <jwt>` from a trusted issuer: verified offline against that
 //!   issuer's JWKS with the same RFC 8725 rules as VerifyToken, plus the issuer's accepted
 //!   audiences, algorithms and lifetime cap. The name is the token's `sub`.
@@ -16,7 +17,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use subtle::ConstantTimeEq as _;
-use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer as _};
 use zeroize::Zeroizing;
 
 use super::{issuers::TrustedIssuer, policy::Client};
@@ -142,27 +143,131 @@ pub fn certificate_caller(der: Arc<[u8]>) -> Result<Caller, IdentityError> {
     })
 }
 
-/// The `spiffe://` URI SAN, else the first DNS SAN.
+/// The caller name a certificate carries: its SPIFFE ID when it is an X.509-SVID, else its
+/// first DNS SAN.
 pub fn certificate_name(der: &[u8]) -> Result<String, IdentityError> {
-    let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(der)
-        .map_err(|_| IdentityError::Certificate("does not parse".into()))?;
+    name_of(&parse_certificate(der)?)
+}
+
+fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
+    X509Certificate::from_der(der)
+        .map(|(_, certificate)| certificate)
+        .map_err(|_| IdentityError::Certificate("does not parse".into()))
+}
+
+/// A certificate with a `spiffe:` URI SAN is an X.509-SVID and must have exactly one URI SAN
+/// (X509-SVID.md section 2: a validator MUST reject more); a certificate without one is named
+/// by its first DNS SAN, which must be a host name, so that no SAN can pass for another kind
+/// of name (`system:serviceaccount:...`).
+fn name_of(certificate: &X509Certificate<'_>) -> Result<String, IdentityError> {
+    let refused = |why: &str| IdentityError::Certificate(why.to_owned());
     let names = certificate
         .subject_alternative_name()
-        .map_err(|_| IdentityError::Certificate("its subjectAltName does not parse".into()))?
+        .map_err(|_| refused("its subjectAltName does not parse"))?
         .map(|extension| extension.value.general_names.clone())
         .unwrap_or_default();
-    let spiffe = names.iter().find_map(|name| match name {
-        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
-        _ => None,
-    });
+    let uris: Vec<&str> = names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    let is_spiffe = |uri: &&str| {
+        uri.get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
+    };
+    if uris.iter().any(is_spiffe) {
+        let [uri] = uris[..] else {
+            return Err(refused(
+                "an X.509-SVID must have exactly one URI SAN, and this one has several",
+            ));
+        };
+        check_spiffe_id(uri).map_err(|why| refused(&format!("its SPIFFE ID {why}")))?;
+        return Ok(uri.to_owned());
+    }
     let dns = names.iter().find_map(|name| match name {
         GeneralName::DNSName(dns) => Some(*dns),
         _ => None,
     });
-    spiffe
-        .or(dns)
-        .map(str::to_owned)
-        .ok_or_else(|| IdentityError::Certificate("has no spiffe:// URI SAN nor DNS SAN".into()))
+    let dns = dns.ok_or_else(|| refused("has no spiffe:// URI SAN nor DNS SAN"))?;
+    if !is_host_name(dns) {
+        return Err(refused(
+            "its DNS SAN is not a host name (labels of a-z, 0-9 and -, joined by dots)",
+        ));
+    }
+    Ok(dns.to_owned())
+}
+
+/// The SPIFFE ID rules (SPIFFE-ID.md section 2; X509-SVID.md section 5.2 for a leaf). Says
+/// what is wrong, never repeating the ID.
+pub fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
+    const MAX_BYTES: usize = 2048;
+    const MAX_TRUST_DOMAIN_BYTES: usize = 255;
+    if id.len() > MAX_BYTES {
+        return Err("is longer than 2048 bytes");
+    }
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or("must start with spiffe:// (lowercase scheme, then an authority)")?;
+    if rest.contains(['?', '#']) {
+        return Err("has a query or fragment");
+    }
+    if rest.contains('%') {
+        return Err("is percent-encoded");
+    }
+    let (trust_domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if trust_domain.is_empty() {
+        return Err("has an empty trust domain");
+    }
+    if trust_domain.contains('@') {
+        return Err("has userinfo");
+    }
+    if trust_domain.contains(':') {
+        return Err("has a port");
+    }
+    if trust_domain.len() > MAX_TRUST_DOMAIN_BYTES {
+        return Err("has a trust domain longer than 255 bytes");
+    }
+    if !trust_domain
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return Err("has a trust domain of other than a-z, 0-9, '.', '-' and '_'");
+    }
+    if path.is_empty() {
+        return Err("has no path: a workload's ID names more than its trust domain");
+    }
+    for segment in path[1..].split('/') {
+        match segment {
+            "" => return Err("has an empty path segment (// or a trailing /)"),
+            "." | ".." => return Err("has a . or .. path segment"),
+            _ if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) =>
+            {
+                return Err("has a path segment of other than A-Z, a-z, 0-9, '.', '-' and '_'")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A host name (RFC 1123): dot-separated labels of 1 to 63 letters, digits and hyphens, not
+/// starting or ending with a hyphen; 253 bytes at most.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The caller a client secret proves. Unknown ids cost the same comparison as known ones.
@@ -312,7 +417,6 @@ mod tests {
             (
                 vec![
                     dns("api.payments.svc"),
-                    uri("https://example.com"),
                     uri("spiffe://prod.example/ns/payments/sa/api"),
                 ],
                 Ok("spiffe://prod.example/ns/payments/sa/api".to_owned()),
@@ -352,6 +456,111 @@ mod tests {
             caller.certificate_thumbprint().unwrap(),
             b64::encode(crypto::sha256(&der))
         );
+    }
+
+    /// Each hostile SAN set of the adversarial pass, with the message the caller gets.
+    #[test]
+    fn hostile_certificate_names_are_refused() {
+        use rcgen::SanType;
+        let uri = |s: &str| SanType::URI(s.try_into().unwrap());
+        let dns = |s: &str| SanType::DnsName(s.try_into().unwrap());
+        let spiffe = |why: &str| format!("client certificate: its SPIFFE ID {why}");
+        let segment = "has a path segment of other than A-Z, a-z, 0-9, '.', '-' and '_'";
+        let several = "client certificate: an X.509-SVID must have exactly one URI SAN, and this one has several";
+        let not_host = "client certificate: its DNS SAN is not a host name (labels of a-z, 0-9 and -, joined by dots)";
+        let empty_segment = "has an empty path segment (// or a trailing /)";
+        let dot = "has a . or .. path segment";
+        let scheme = "must start with spiffe:// (lowercase scheme, then an authority)";
+        let long = format!("spiffe://prod.example/{}", "a".repeat(2040));
+        let cases: Vec<(Vec<SanType>, String)> = vec![
+            (
+                vec![uri("spiffe://prod.example/ns/../sa/admin")],
+                spiffe(dot),
+            ),
+            (vec![uri("spiffe://prod.example/ns/./sa")], spiffe(dot)),
+            (
+                vec![uri("spiffe://prod.example/ns/%2e%2e/sa")],
+                spiffe("is percent-encoded"),
+            ),
+            (
+                vec![uri("spiffe://prod.example/ns//sa")],
+                spiffe(empty_segment),
+            ),
+            (
+                vec![uri("spiffe://prod.example/ns/sa/")],
+                spiffe(empty_segment),
+            ),
+            (vec![uri("spiffe://prod.example/")], spiffe(empty_segment)),
+            (
+                vec![uri("spiffe://prod.example/ns/sa?x#y")],
+                spiffe("has a query or fragment"),
+            ),
+            (
+                vec![uri("spiffe://prod.example/ns/sa#y")],
+                spiffe("has a query or fragment"),
+            ),
+            (vec![uri("spiffe://prod.example/ns/a b")], spiffe(segment)),
+            (vec![uri("spiffe://prod.example/ns/*")], spiffe(segment)),
+            (vec![uri("spiffe://prod.example/ns/a+b")], spiffe(segment)),
+            (
+                vec![uri("spiffe://Prod.Example/ns/a")],
+                spiffe("has a trust domain of other than a-z, 0-9, '.', '-' and '_'"),
+            ),
+            (
+                vec![uri("spiffe://prod.example:8443/ns/a")],
+                spiffe("has a port"),
+            ),
+            (
+                vec![uri("spiffe://admin@prod.example/ns/a")],
+                spiffe("has userinfo"),
+            ),
+            (
+                vec![uri("spiffe:///ns/a")],
+                spiffe("has an empty trust domain"),
+            ),
+            (
+                vec![uri("spiffe://prod.example")],
+                spiffe("has no path: a workload's ID names more than its trust domain"),
+            ),
+            (vec![uri("SPIFFE://prod.example/ns/a")], spiffe(scheme)),
+            (vec![uri("spiffe:prod.example/ns/a")], spiffe(scheme)),
+            (vec![uri(&long)], spiffe("is longer than 2048 bytes")),
+            (
+                vec![
+                    uri("spiffe://prod.example/ns/a"),
+                    uri("spiffe://prod.example/ns/admin"),
+                ],
+                several.into(),
+            ),
+            (
+                vec![
+                    uri("spiffe://prod.example/ns/a"),
+                    uri("https://example.com"),
+                ],
+                several.into(),
+            ),
+            (
+                vec![dns("system:serviceaccount:payments:api")],
+                not_host.into(),
+            ),
+            (vec![dns("*.payments.svc")], not_host.into()),
+            (vec![dns("-api.svc")], not_host.into()),
+        ];
+        for (sans, expected) in cases {
+            let shown = format!("{sans:?}");
+            let error = certificate_caller(certificate(sans)).unwrap_err();
+            assert_eq!(error.to_string(), expected, "{shown}");
+        }
+        for good in [
+            "spiffe://prod.example/ns/payments/sa/api",
+            "spiffe://prod-1.example_x/a.b/C-d_e/..x",
+            "spiffe://td/x",
+        ] {
+            assert_eq!(check_spiffe_id(good), Ok(()), "{good}");
+        }
+        for good in ["api.payments.svc", "localhost", "API-1.example.com."] {
+            assert!(is_host_name(good), "{good}");
+        }
     }
 
     #[test]

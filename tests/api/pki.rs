@@ -98,6 +98,13 @@ impl Pki {
         self.sign(params)
     }
 
+    /// A client certificate with exactly these subject alternative names.
+    pub fn client_with_sans(&self, sans: Vec<SanType>) -> Identity {
+        let mut params = client_params(None, None);
+        params.subject_alt_names = sans;
+        self.sign(params)
+    }
+
     fn sign(&self, params: CertificateParams) -> Identity {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
