@@ -2,9 +2,9 @@
 //! that policy rules match.
 //!
 //! - A client certificate (mTLS): its SPIFFE ID (the one URI SAN of an X.509-SVID, checked
-//!   against the SPIFFE ID rules), else its first DNS SAN (a host name). The TLS layer
-//!   already chained it to `--client-ca` and checked its validity at the handshake; here
-//!   only its names are read.
+//!   against the SPIFFE ID rules), else its first DNS SAN (a host name). The TLS layer chained
+//!   it to `--client-ca` at the handshake and checks that it still chains to the bundle in
+//!   use at each request; here its validity period is checked against the request's time.
 //! - `authorization: Bearer <jwt>` from a trusted issuer: verified offline against that
 //!   issuer's JWKS with the same RFC 8725 rules as VerifyToken, plus the issuer's accepted
 //!   audiences, algorithms and lifetime cap. The name is the token's `sub`.
@@ -80,8 +80,16 @@ impl CallerKind {
 pub struct Caller {
     pub name: String,
     pub kind: CallerKind,
-    /// The client certificate's DER, when the call came over mTLS.
-    certificate: Option<Arc<[u8]>>,
+    /// The client certificate, when the call came over mTLS.
+    certificate: Option<ClientCertificate>,
+}
+
+/// The client certificate a caller proved its name with.
+#[derive(Clone, Debug)]
+struct ClientCertificate {
+    der: Arc<[u8]>,
+    /// Seconds from the request's time to its notAfter (at least 1).
+    lifetime_left: u64,
 }
 
 impl Caller {
@@ -89,7 +97,13 @@ impl Caller {
     pub fn certificate_thumbprint(&self) -> Option<String> {
         self.certificate
             .as_ref()
-            .map(|der| b64::encode(crypto::sha256(der)))
+            .map(|certificate| b64::encode(crypto::sha256(&certificate.der)))
+    }
+
+    /// Seconds the caller's certificate has left, from the time of the request: a token
+    /// bound to it must not outlive it.
+    pub fn certificate_lifetime_left(&self) -> Option<u64> {
+        self.certificate.as_ref().map(|c| c.lifetime_left)
     }
 }
 
@@ -133,13 +147,36 @@ pub fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, Identit
     })
 }
 
-/// The caller a client certificate names.
-pub fn certificate_caller(der: Arc<[u8]>) -> Result<Caller, IdentityError> {
-    let name = certificate_name(&der)?;
+/// The caller a client certificate names, while the certificate is valid at `now` (unix
+/// seconds, the server's clock): the handshake checked it once, but a connection outlives
+/// it, so every request checks again.
+pub fn certificate_caller(der: Arc<[u8]>, now: u64) -> Result<Caller, IdentityError> {
+    let (name, not_after) = {
+        let certificate = parse_certificate(&der)?;
+        let validity = certificate.validity();
+        let not_before = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
+        let not_after = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+        if now < not_before {
+            return Err(IdentityError::Certificate(format!(
+                "not valid before {} (its notBefore)",
+                rfc3339(not_before)
+            )));
+        }
+        if now >= not_after {
+            return Err(IdentityError::Certificate(format!(
+                "expired at {} (its notAfter); reconnect with a renewed certificate",
+                rfc3339(not_after)
+            )));
+        }
+        (name_of(&certificate)?, not_after)
+    };
     Ok(Caller {
         name: checked_name(name)?,
         kind: CallerKind::Certificate,
-        certificate: Some(der),
+        certificate: Some(ClientCertificate {
+            der,
+            lifetime_left: not_after - now,
+        }),
     })
 }
 
@@ -268,6 +305,11 @@ fn is_host_name(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
 }
 
 /// The caller a client secret proves. Unknown ids cost the same comparison as known ones.
@@ -401,6 +443,9 @@ fn unverified_kid(token: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// A time inside rcgen's default validity (1975 to 4096).
+    const NOW: u64 = 1_800_000_000;
+
     fn certificate(sans: Vec<rcgen::SanType>) -> Arc<[u8]> {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::default();
@@ -450,7 +495,7 @@ mod tests {
             Err(IdentityError::Certificate("does not parse".into()))
         );
         let der = certificate(vec![uri("spiffe://prod.example/x")]);
-        let caller = certificate_caller(Arc::clone(&der)).unwrap();
+        let caller = certificate_caller(Arc::clone(&der), NOW).unwrap();
         assert_eq!(caller.kind, CallerKind::Certificate);
         assert_eq!(
             caller.certificate_thumbprint().unwrap(),
@@ -548,7 +593,7 @@ mod tests {
         ];
         for (sans, expected) in cases {
             let shown = format!("{sans:?}");
-            let error = certificate_caller(certificate(sans)).unwrap_err();
+            let error = certificate_caller(certificate(sans), NOW).unwrap_err();
             assert_eq!(error.to_string(), expected, "{shown}");
         }
         for good in [
@@ -560,6 +605,68 @@ mod tests {
         }
         for good in ["api.payments.svc", "localhost", "API-1.example.com."] {
             assert!(is_host_name(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn certificates_prove_a_caller_only_within_their_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://prod.example/a".try_into().unwrap(),
+        )];
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 1, 2);
+        let der: Arc<[u8]> = Arc::from(params.self_signed(&key).unwrap().der().to_vec());
+        let not_before = 1_767_225_600; // 2026-01-01T00:00:00Z
+        let not_after = not_before + 86_400;
+        let at = |now| certificate_caller(Arc::clone(&der), now).map_err(|e| e.to_string());
+        assert_eq!(
+            at(not_before - 1).unwrap_err(),
+            "client certificate: not valid before 2026-01-01T00:00:00Z (its notBefore)"
+        );
+        assert_eq!(
+            at(not_before).unwrap().certificate_lifetime_left(),
+            Some(86_400)
+        );
+        assert_eq!(
+            at(not_after - 1).unwrap().certificate_lifetime_left(),
+            Some(1)
+        );
+        for now in [not_after, not_after + 12] {
+            assert_eq!(
+                at(now).unwrap_err(),
+                "client certificate: expired at 2026-01-02T00:00:00Z (its notAfter); reconnect with a renewed certificate"
+            );
+        }
+    }
+
+    /// A token bound to the certificate never outlives it: the ttl is capped at what the
+    /// certificate has left, whether the ttl was asked for or the default.
+    #[test]
+    fn bound_tokens_are_capped_at_the_certificate_lifetime() {
+        let policy = crate::callers::policy::Policy::parse(
+            "[[rule]]\ncallers = [\"spiffe://prod.example/*\"]\naudiences = [\"a\"]\nmax_ttl = \"1h\"\nbind = \"mtls\"\n",
+        )
+        .unwrap();
+        let der = certificate(vec![rcgen::SanType::URI(
+            "spiffe://prod.example/a".try_into().unwrap(),
+        )]);
+        let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+        let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap();
+        let caller = certificate_caller(Arc::clone(&der), not_after - 90).unwrap();
+        for (ttl, ttl_is_default, granted) in [(3600, true, 90), (600, false, 90), (60, false, 60)]
+        {
+            let request = crate::domain::IssueRequest {
+                subject: caller.name.clone(),
+                audiences: vec!["a".into()],
+                ttl,
+                ttl_is_default,
+                claims: serde_json::Map::new(),
+            };
+            let grant = policy.decide(&caller, &request).unwrap();
+            assert_eq!(grant.ttl, granted, "{ttl}");
+            assert!(grant.claims.contains_key("cnf"));
         }
     }
 

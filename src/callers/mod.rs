@@ -203,7 +203,7 @@ impl Callers {
             (Presented::Bearer(token), _) if self.admin.matches(token) => Ok(Principal::Admin),
             (Presented::Nothing, None) => Ok(Principal::Anonymous),
             (Presented::Nothing, Some(der)) => {
-                Ok(Principal::Caller(identity::certificate_caller(der)?))
+                Ok(Principal::Caller(identity::certificate_caller(der, now)?))
             }
             (_, Some(_)) => Err(CallerError::TwoCredentials),
             (Presented::Bearer(token), None) => {

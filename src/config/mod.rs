@@ -24,6 +24,8 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection older than this is asked to close (GOAWAY); the client reconnects.
+    pub max_connection_age: Duration,
 }
 
 /// The checked configuration of `serve`. Durations are whole seconds.
@@ -194,6 +196,7 @@ impl TryFrom<ServeArgs> for Config {
         for (flag, value) in [
             ("--handshake-timeout", args.handshake_timeout),
             ("--idle-timeout", args.idle_timeout),
+            ("--max-connection-age", args.max_connection_age),
             ("--tls-reload-interval", args.tls_reload_interval),
         ] {
             if value < Duration::from_millis(100) {
@@ -237,6 +240,7 @@ impl TryFrom<ServeArgs> for Config {
                 max_connections: args.max_connections,
                 handshake_timeout: args.handshake_timeout,
                 idle_timeout: args.idle_timeout,
+                max_connection_age: args.max_connection_age,
             },
             policy_file: args.policy_file,
             policy_reload_interval: args.policy_reload_interval,
@@ -302,6 +306,7 @@ mod tests {
         assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.limits.max_connection_age, Duration::from_secs(3600));
     }
 
     #[test]
@@ -319,6 +324,7 @@ mod tests {
             (&["--algorithms", "es256"], "--algorithms"),
             (&["--algorithms", "RS256,RS256"], "--algorithms"),
             (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-connection-age", "10ms"], "--max-connection-age"),
             (&["--handshake-timeout", "0s"], "--handshake-timeout"),
             (&["--idle-timeout", "10ms"], "--idle-timeout"),
             (&["--tls-reload-interval", "0s"], "--tls-reload-interval"),

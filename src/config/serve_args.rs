@@ -178,7 +178,8 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 
     /// CA bundle (PEM) for client certificates. A client may connect without one (token and
-    /// secret callers); one it presents must chain to this bundle and be valid now.
+    /// secret callers); one it presents must chain to this bundle and be valid, at the
+    /// handshake and at every request (the bundle in use then, the server's clock).
     #[arg(long, env = "TA_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
@@ -206,6 +207,14 @@ pub struct ServeArgs {
     /// and is far above what gRPC clients need (one multiplexed connection each).
     #[arg(long, env = "TA_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// A connection older than this is sent GOAWAY and closed once its requests finish (at
+    /// most 30 s later), as gRPC servers' MAX_CONNECTION_AGE: gRPC clients reconnect
+    /// transparently, and a fresh handshake checks the client certificate and the TLS files
+    /// in use again. Each connection's age is shortened by up to 10 % so that clients that
+    /// connected together do not all reconnect together.
+    #[arg(long, env = "TA_MAX_CONNECTION_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
 
     /// How long a new connection has to finish the TLS handshake and send its first
     /// protocol bytes (HTTP/2 preface, HTTP/1 request). Long enough for a slow network, short

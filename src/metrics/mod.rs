@@ -150,6 +150,8 @@ pub struct ListenerMetrics {
     pub closed_idle: Counter,
     /// Closed because the client stopped reading a response for --idle-timeout.
     pub closed_stalled: Counter,
+    /// Asked to close (GOAWAY) at --max-connection-age.
+    pub closed_max_age: Counter,
 }
 
 impl ListenerMetrics {
@@ -168,6 +170,7 @@ impl ListenerMetrics {
             handshake_failures: closed_by("handshake_failed"),
             closed_idle: closed_by("idle"),
             closed_stalled: closed_by("stalled"),
+            closed_max_age: closed_by("max_age"),
         }
     }
 }

@@ -25,6 +25,7 @@ mod limits;
 mod listener_limits;
 mod log_hygiene;
 mod metrics;
+mod mtls_lifetime;
 mod persistence_and_rotation;
 mod pki;
 mod policy;

@@ -24,10 +24,10 @@ impl GrpcService {
             .metadata()
             .get("authorization")
             .map(|value| value.to_str().unwrap_or(""));
-        let certificate = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .and_then(|info| info.client_certificate.clone());
+        let info = request.extensions().get::<ConnectionInfo>();
+        let certificate = info.and_then(|info| info.client_certificate.as_ref());
+        // Checked against the client CA bundle in use now, not only at the handshake.
+        let certificate = certificate.map(|c| c.current()).transpose()?;
         self.callers
             .authenticate(authorization, certificate, now())
             .await

@@ -13,7 +13,9 @@
 //! 4. the idle deadline (`--idle-timeout`): a connection with no request in flight is closed
 //!    (GOAWAY, then close), and one whose client has stopped reading a response (a zero
 //!    HTTP/2 window holds the response in the server) is cut;
-//! 5. shutdown: every connection is told to finish at once, so an idle one closes now and
+//! 5. the age limit (`--max-connection-age`): an older connection is told to finish
+//!    (GOAWAY), and is dropped `MAX_AGE_GRACE` later if its requests have not;
+//! 6. shutdown: every connection is told to finish at once, so an idle one closes now and
 //!    one with a request in flight closes after its response.
 //!
 //! Every request carries the connection's [`ConnectionInfo`] in its extensions.
@@ -36,8 +38,12 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpConnectInfo;
 
 use crate::{
-    config::ListenerLimits, metrics::ListenerMetrics, transport::connection::ConnectionInfo,
-    transport::tls::SharedTlsConfigs,
+    config::ListenerLimits,
+    metrics::ListenerMetrics,
+    transport::{
+        connection::{ClientCertificate, ConnectionInfo},
+        tls::SharedTlsConfigs,
+    },
 };
 
 mod state;
@@ -72,6 +78,10 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// left to complete the close with its client before it is dropped: an HTTP/2 client needs
 /// one round trip to acknowledge the GOAWAY.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection past its maximum age has to finish its requests: every unary
+/// call ends within `GRPC_REQUEST_TIMEOUT`; a WatchKeys stream is cut and its client
+/// reconnects.
+const MAX_AGE_GRACE: Duration = GRPC_REQUEST_TIMEOUT;
 /// Every HTTP/2 client must open with these bytes (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -216,6 +226,7 @@ impl Shared {
         remote: SocketAddr,
         permit: OwnedSemaphorePermit,
     ) {
+        let started = Instant::now();
         let _ = tcp.set_nodelay(true);
         let local_addr = tcp.local_addr().ok();
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
@@ -241,6 +252,10 @@ impl Shared {
                 return;
             }
         };
+        let info = ConnectionInfo {
+            remote_addr: Some(remote),
+            client_certificate,
+        };
         let io = TokioIo::new(Io {
             prefix,
             read: 0,
@@ -251,24 +266,22 @@ impl Shared {
         let service = Tracked {
             router: self.router.clone(),
             state: Arc::clone(&state),
-            info: ConnectionInfo {
-                remote_addr: Some(remote),
-                client_certificate,
-            },
+            info,
             tcp_info: TcpConnectInfo {
                 local_addr,
                 remote_addr: Some(remote),
             },
             protocol: self.protocol,
         };
+        let retire_at = started + jittered_age(self.limits.max_connection_age, remote);
         match self.protocol {
             Protocol::Grpc => {
                 let connection = self.http2.serve_connection(io, service);
-                self.drive(connection, &state, shutdown).await;
+                self.drive(connection, &state, shutdown, retire_at).await;
             }
             Protocol::Http => {
                 let connection = self.http1.serve_connection(io, service);
-                self.drive(connection, &state, shutdown).await;
+                self.drive(connection, &state, shutdown, retire_at).await;
             }
         }
     }
@@ -277,25 +290,28 @@ impl Shared {
     async fn handshake(
         &self,
         tcp: TcpStream,
-    ) -> Result<(Stream, Vec<u8>, Option<Arc<[u8]>>), HandshakeError> {
+    ) -> Result<(Stream, Vec<u8>, Option<Arc<ClientCertificate>>), HandshakeError> {
         let (mut stream, client_certificate) = match &self.tls {
             None => (Stream::Plain(tcp), None),
-            Some(configs) => {
+            Some(shared) => {
+                let configs = shared.load_full();
                 let config = match self.protocol {
-                    Protocol::Grpc => Arc::clone(&configs.load().grpc),
-                    Protocol::Http => Arc::clone(&configs.load().http),
+                    Protocol::Grpc => Arc::clone(&configs.grpc),
+                    Protocol::Http => Arc::clone(&configs.http),
                 };
                 let tls = TlsAcceptor::from(config)
                     .accept(tcp)
                     .await
                     .map_err(HandshakeError::Tls)?;
-                let leaf = tls
+                let chain = tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|leaf| Arc::from(leaf.as_ref()));
-                (Stream::Tls(Box::new(tls)), leaf)
+                    .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+                let certificate = chain
+                    .and_then(|chain| ClientCertificate::new(chain, Arc::clone(shared), configs))
+                    .map(Arc::new);
+                (Stream::Tls(Box::new(tls)), certificate)
             }
         };
         let mut prefix = match self.protocol {
@@ -313,9 +329,15 @@ impl Shared {
         Ok((stream, prefix, client_certificate))
     }
 
-    /// Runs one connection to its end, closing it when idle, stalled or shut down.
-    async fn drive<C>(&self, connection: C, state: &ConnState, mut shutdown: watch::Receiver<bool>)
-    where
+    /// Runs one connection to its end, closing it when idle, stalled, past `retire_at` or
+    /// shut down.
+    async fn drive<C>(
+        &self,
+        connection: C,
+        state: &ConnState,
+        mut shutdown: watch::Receiver<bool>,
+        retire_at: Instant,
+    ) where
         C: GracefulConnection,
         C::Error: std::fmt::Display,
     {
@@ -323,8 +345,25 @@ impl Shared {
         let mut connection = pin!(connection);
         // Since when the connection has been asked to close (GOAWAY sent).
         let mut closing: Option<Instant> = None;
+        // Past its age, requests still in flight get MAX_AGE_GRACE, then the connection goes.
+        let mut retired: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            if retired.is_none() && now >= retire_at {
+                self.metrics.closed_max_age.inc();
+                if closing.is_none() {
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(now);
+                }
+                retired = Some(now + MAX_AGE_GRACE);
+            }
+            if retired.is_some_and(|at| now >= at) {
+                tracing::debug!(
+                    listener = self.protocol.name(),
+                    "requests outlived the connection's age grace; connection closed"
+                );
+                return;
+            }
             let wake = match state.check(now, idle) {
                 Verdict::Stalled => {
                     // The client holds responses in our buffers and reads none: dropping the
@@ -357,6 +396,7 @@ impl Shared {
                 return;
             }
             let wake = drop_at.map_or(wake, |at| wake.min(at));
+            let wake = wake.min(retired.unwrap_or(retire_at));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -374,6 +414,12 @@ impl Shared {
             }
         }
     }
+}
+
+/// `age` shortened by 0 to 10 % per connection (spread by the client's port), so that
+/// clients that connected together do not all reconnect together; never longer than `age`.
+fn jittered_age(age: Duration, remote: SocketAddr) -> Duration {
+    age.mul_f64(1.0 - f64::from(remote.port() % 11) / 100.0)
 }
 
 /// Completes once the shutdown flag is set (at once if it already is).
@@ -416,7 +462,7 @@ mod tests {
         // tonic's `Request::remote_addr()` reads the same address.
         assert_eq!(tcp.remote_addr, info.remote_addr);
         let addr = info.remote_addr.map(|a| a.to_string()).unwrap_or_default();
-        let cert = info.client_certificate.map_or(0, |der| der.len());
+        let cert = info.client_certificate.map_or(0, |c| c.der().len());
         format!("{addr} {cert}")
     }
 
@@ -430,6 +476,7 @@ mod tests {
                 max_connections: 8,
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(5),
+                max_connection_age: Duration::from_secs(3600),
             },
             metrics: metrics.grpc_listener.clone(),
         }
