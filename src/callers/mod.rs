@@ -52,6 +52,10 @@ pub enum CallerError {
     /// PERMISSION_DENIED.
     #[error("IssueToken needs the admin token: there is no --policy-file and the gRPC listener is not loopback")]
     AdminOnly,
+    /// The peer's address failed authentication too often: RESOURCE_EXHAUSTED, before its
+    /// credentials are read.
+    #[error("too many failed authentications from this address; retry in {retry_after_secs}s")]
+    Throttled { retry_after_secs: u64 },
     /// The admin token under a policy: PERMISSION_DENIED.
     #[error("the admin token is for admin RPCs; IssueToken needs a caller the policy names")]
     AdminIsNotACaller,
@@ -65,6 +69,7 @@ impl CallerError {
             CallerError::Identity(_) | CallerError::TwoCredentials => "bad_credentials",
             CallerError::Refused(refusal) => refusal.label(),
             CallerError::AdminOnly | CallerError::AdminIsNotACaller => "admin_only",
+            CallerError::Throttled { .. } => "throttled",
         }
     }
 

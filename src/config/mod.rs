@@ -22,6 +22,8 @@ pub struct TlsFiles {
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerLimits {
     pub max_connections: usize,
+    /// Open connections one client address may hold (an IPv6 client: its /64).
+    pub max_connections_per_ip: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     /// A connection older than this is asked to close (GOAWAY); the client reconnects.
@@ -193,6 +195,14 @@ impl TryFrom<ServeArgs> for Config {
                 "--max-connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
             )));
         }
+        if args
+            .max_connections_per_ip
+            .is_some_and(|per_ip| !(1..=args.max_connections).contains(&per_ip))
+        {
+            return Err(ConfigError(
+                "--max-connections-per-ip must be between 1 and --max-connections".into(),
+            ));
+        }
         for (flag, value) in [
             ("--handshake-timeout", args.handshake_timeout),
             ("--idle-timeout", args.idle_timeout),
@@ -238,6 +248,9 @@ impl TryFrom<ServeArgs> for Config {
             tls_reload_interval: args.tls_reload_interval,
             limits: ListenerLimits {
                 max_connections: args.max_connections,
+                max_connections_per_ip: args
+                    .max_connections_per_ip
+                    .unwrap_or(args.max_connections.div_ceil(4)),
                 handshake_timeout: args.handshake_timeout,
                 idle_timeout: args.idle_timeout,
                 max_connection_age: args.max_connection_age,
@@ -306,6 +319,7 @@ mod tests {
         assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.limits.max_connections_per_ip, 256);
         assert_eq!(config.limits.max_connection_age, Duration::from_secs(3600));
     }
 
@@ -324,6 +338,14 @@ mod tests {
             (&["--algorithms", "es256"], "--algorithms"),
             (&["--algorithms", "RS256,RS256"], "--algorithms"),
             (&["--max-connections", "0"], "--max-connections"),
+            (
+                &["--max-connections-per-ip", "0"],
+                "--max-connections-per-ip",
+            ),
+            (
+                &["--max-connections", "8", "--max-connections-per-ip", "9"],
+                "--max-connections-per-ip",
+            ),
             (&["--max-connection-age", "10ms"], "--max-connection-age"),
             (&["--handshake-timeout", "0s"], "--handshake-timeout"),
             (&["--idle-timeout", "10ms"], "--idle-timeout"),

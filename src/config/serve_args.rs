@@ -208,6 +208,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Open connections per listener from one client address (an IPv6 client: its /64), so
+    /// that one client cannot fill --max-connections; beyond it new ones are closed at once.
+    /// Default: a quarter of --max-connections. Clients behind one NAT or proxy address share
+    /// it: raise it there.
+    #[arg(long, env = "TA_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
     /// A connection older than this is sent GOAWAY and closed once its requests finish (at
     /// most 30 s later), as gRPC servers' MAX_CONNECTION_AGE: gRPC clients reconnect
     /// transparently, and a fresh handshake checks the client certificate and the TLS files

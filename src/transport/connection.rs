@@ -18,7 +18,10 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::{
     callers::identity::IdentityError,
-    transport::tls::{SharedTlsConfigs, TlsConfigs},
+    transport::{
+        peers::Peer,
+        tls::{SharedTlsConfigs, TlsConfigs},
+    },
 };
 
 /// The peer of one connection.
@@ -28,6 +31,8 @@ pub struct ConnectionInfo {
     pub remote_addr: Option<SocketAddr>,
     /// The certificate chain the client presented, when it presented one.
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// The peer's failure budget, on the gRPC listener.
+    pub peer: Option<Peer>,
 }
 
 /// A client's certificate chain as presented at the handshake, and the trust bundle it

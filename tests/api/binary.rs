@@ -257,6 +257,7 @@ fn help_documents_every_flag_and_env_var() {
         ("--client-ca", "TA_CLIENT_CA"),
         ("--allow-plaintext", "TA_ALLOW_PLAINTEXT"),
         ("--max-connections", "TA_MAX_CONNECTIONS"),
+        ("--max-connections-per-ip", "TA_MAX_CONNECTIONS_PER_IP"),
         ("--max-connection-age", "TA_MAX_CONNECTION_AGE"),
         ("--handshake-timeout", "TA_HANDSHAKE_TIMEOUT"),
         ("--idle-timeout", "TA_IDLE_TIMEOUT"),

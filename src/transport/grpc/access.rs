@@ -9,7 +9,7 @@ use crate::{
         audit::{Entry, Outcome},
         CallerError, Principal,
     },
-    transport::connection::ConnectionInfo,
+    transport::{connection::ConnectionInfo, peers::Peer},
 };
 
 impl GrpcService {
@@ -25,12 +25,22 @@ impl GrpcService {
             .get("authorization")
             .map(|value| value.to_str().unwrap_or(""));
         let info = request.extensions().get::<ConnectionInfo>();
-        let certificate = info.and_then(|info| info.client_certificate.as_ref());
-        // Checked against the client CA bundle in use now, not only at the handshake.
-        let certificate = certificate.map(|c| c.current()).transpose()?;
-        self.callers
-            .authenticate(authorization, certificate, now())
-            .await
+        // A peer that failed too often is refused before its credentials cost anything.
+        let peer = info.and_then(|info| info.peer.as_ref());
+        peer.map(Peer::check).transpose()?;
+        let authenticated = async {
+            // Checked against the client CA bundle in use now, not only at the handshake.
+            let certificate = info.and_then(|info| info.client_certificate.as_ref());
+            let certificate = certificate.map(|c| c.current()).transpose()?;
+            self.callers
+                .authenticate(authorization, certificate, now())
+                .await
+        }
+        .await;
+        if let Some(peer) = peer {
+            peer.judged(&authenticated);
+        }
+        authenticated
     }
 
     /// Authenticates an admin RPC and asks the policy; a refusal is counted and audited.

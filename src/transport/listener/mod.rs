@@ -2,9 +2,10 @@
 //! and after the protocol takes over. One loop for gRPC (HTTP/2) and HTTP (HTTP/1.1).
 //!
 //! Each connection goes through, in order:
-//! 1. the cap: a semaphore permit, owned by the connection until it closes; at
-//!    `--max-connections` a new connection is closed at once, so silent sockets cannot use up
-//!    the process's file descriptors;
+//! 1. the caps: a place in its peer's share (`--max-connections-per-ip`, see `peers`) and a
+//!    semaphore permit, owned by the connection until it closes; at either cap a new
+//!    connection is closed at once, so silent sockets cannot use up the process's file
+//!    descriptors, and one client cannot take every connection;
 //! 2. the handshake deadline (`--handshake-timeout`): the TLS handshake and the protocol's
 //!    first bytes (the whole HTTP/2 preface, the first byte of an HTTP/1 request);
 //! 3. the protocol, served here with hyper (not tonic's `Server`, whose connections cannot be
@@ -42,6 +43,7 @@ use crate::{
     metrics::ListenerMetrics,
     transport::{
         connection::{ClientCertificate, ConnectionInfo},
+        peers::{PeerSlot, Peers},
         tls::SharedTlsConfigs,
     },
 };
@@ -155,6 +157,7 @@ struct Shared {
     tls: Option<SharedTlsConfigs>,
     limits: ListenerLimits,
     metrics: ListenerMetrics,
+    peers: Arc<Peers>,
     router: Router,
     shutdown: watch::Receiver<bool>,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -183,6 +186,7 @@ impl Listener {
             protocol: self.protocol,
             tls: self.tls,
             limits: self.limits,
+            peers: Peers::new(self.limits.max_connections_per_ip, self.metrics.clone()),
             metrics: self.metrics,
             router,
             shutdown: shutdown.clone(),
@@ -212,7 +216,11 @@ impl Listener {
                 tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit reached; closed");
                 continue;
             };
-            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit));
+            let Some(peer) = shared.peers.admit(remote.ip()) else {
+                tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit of the address reached; closed");
+                continue;
+            };
+            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit, peer));
         }
         drop(self.tcp);
         while connections.join_next().await.is_some() {}
@@ -225,6 +233,7 @@ impl Shared {
         tcp: TcpStream,
         remote: SocketAddr,
         permit: OwnedSemaphorePermit,
+        peer: PeerSlot,
     ) {
         let started = Instant::now();
         let _ = tcp.set_nodelay(true);
@@ -255,12 +264,14 @@ impl Shared {
         let info = ConnectionInfo {
             remote_addr: Some(remote),
             client_certificate,
+            peer: Some(peer.peer()),
         };
         let io = TokioIo::new(Io {
             prefix,
             read: 0,
             stream,
             _permit: permit,
+            _peer: peer,
         });
         let state = Arc::new(ConnState::default());
         let service = Tracked {
@@ -474,6 +485,7 @@ mod tests {
             tls,
             limits: ListenerLimits {
                 max_connections: 8,
+                max_connections_per_ip: 8,
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(5),
                 max_connection_age: Duration::from_secs(3600),
