@@ -7,6 +7,7 @@
 //! - `identity`: the caller and how each credential (mTLS, issuer JWT, client secret)
 //!   proves its name.
 //! - `issuers`: trusted issuers' JWKS: fetched, cached, refetched on an unknown kid.
+//! - `names`: the syntax of SPIFFE IDs and host names in client certificates.
 //! - `policy`: the TOML policy, checked whole, and the deny-by-default decision.
 //! - `audit`: the hash-chained audit log and its verification.
 //! - `reload`: loading the policy file, and reloading it when its content changes.
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod commands;
 pub mod identity;
 pub mod issuers;
+pub mod names;
 pub mod policy;
 pub mod reload;
 
