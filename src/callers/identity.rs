@@ -1,9 +1,10 @@
 //! Who is calling: the three ways a caller proves a name, each producing the caller name
 //! that policy rules match.
 //!
-//! - A client certificate (mTLS): its `spiffe://` URI SAN, else its first DNS SAN. The TLS
-//!   layer already chained it to `--client-ca` and checked its validity at the handshake;
-//!   here only its names are read.
+//! - A client certificate (mTLS): its SPIFFE ID (the one URI SAN of an X.509-SVID, checked
+//!   against the SPIFFE ID rules), else its first DNS SAN (a host name). The TLS layer chained
+//!   it to `--client-ca` at the handshake and checks that it still chains to the bundle in
+//!   use at each request; here its validity period is checked against the request's time.
 //! - `authorization: Bearer <jwt>` from a trusted issuer: verified offline against that
 //!   issuer's JWKS with the same RFC 8725 rules as VerifyToken, plus the issuer's accepted
 //!   audiences, algorithms and lifetime cap. The name is the token's `sub`. A token bound
@@ -18,10 +19,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;
 use subtle::ConstantTimeEq as _;
-use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer as _};
 use zeroize::Zeroizing;
 
-use super::{issuers::TrustedIssuer, policy::Client, CallerSettings};
+use super::{
+    issuers::TrustedIssuer,
+    names::{check_spiffe_id, is_host_name},
+    policy::Client,
+    CallerSettings,
+};
 use crate::{
     b64, crypto,
     jwt::{
@@ -93,8 +99,16 @@ impl CallerKind {
 pub struct Caller {
     pub name: String,
     pub kind: CallerKind,
-    /// The client certificate's DER, when the call came over mTLS.
-    certificate: Option<Arc<[u8]>>,
+    /// The client certificate, when the call came over mTLS.
+    certificate: Option<ClientCertificate>,
+}
+
+/// The client certificate a caller proved its name with.
+#[derive(Clone, Debug)]
+struct ClientCertificate {
+    der: Arc<[u8]>,
+    /// Seconds from the request's time to its notAfter (at least 1).
+    lifetime_left: u64,
 }
 
 impl Caller {
@@ -107,7 +121,13 @@ impl Caller {
     pub fn certificate_thumbprint(&self) -> Option<String> {
         self.certificate
             .as_ref()
-            .map(|der| b64::encode(crypto::sha256(der)))
+            .map(|certificate| b64::encode(crypto::sha256(&certificate.der)))
+    }
+
+    /// Seconds the caller's certificate has left, from the time of the request: a token
+    /// bound to it must not outlive it.
+    pub fn certificate_lifetime_left(&self) -> Option<u64> {
+        self.certificate.as_ref().map(|c| c.lifetime_left)
     }
 
     /// The `act` of a token this caller gets for `subject` (RFC 8693 §4.1): the current
@@ -166,37 +186,104 @@ pub fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, Identit
     })
 }
 
-/// The caller a client certificate names.
-pub fn certificate_caller(der: Arc<[u8]>) -> Result<Caller, IdentityError> {
+/// The caller a client certificate names, while the certificate is valid at `now` (unix
+/// seconds, the server's clock): the handshake checked it once, but a connection outlives
+/// it, so every request checks again.
+pub fn certificate_caller(der: Arc<[u8]>, now: u64) -> Result<Caller, IdentityError> {
     let name = certificate_name(&der)?;
     Ok(Caller {
         name: checked_name(name)?,
         kind: CallerKind::Certificate,
-        certificate: Some(der),
+        certificate: Some(valid_certificate(der, now)?),
     })
 }
 
-/// The `spiffe://` URI SAN, else the first DNS SAN.
+/// The client certificate of a call, while it is valid at `now`.
+fn valid_certificate(der: Arc<[u8]>, now: u64) -> Result<ClientCertificate, IdentityError> {
+    let not_after = {
+        let certificate = parse_certificate(&der)?;
+        let validity = certificate.validity();
+        let not_before = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
+        let not_after = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+        if now < not_before {
+            return Err(IdentityError::Certificate(format!(
+                "not valid before {} (its notBefore)",
+                rfc3339(not_before)
+            )));
+        }
+        if now >= not_after {
+            return Err(IdentityError::Certificate(format!(
+                "expired at {} (its notAfter); reconnect with a renewed certificate",
+                rfc3339(not_after)
+            )));
+        }
+        not_after
+    };
+    Ok(ClientCertificate {
+        der,
+        lifetime_left: not_after - now,
+    })
+}
+
+/// The caller name a certificate carries: its SPIFFE ID when it is an X.509-SVID, else its
+/// first DNS SAN.
 pub fn certificate_name(der: &[u8]) -> Result<String, IdentityError> {
-    let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(der)
-        .map_err(|_| IdentityError::Certificate("does not parse".into()))?;
+    name_of(&parse_certificate(der)?)
+}
+
+fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
+    X509Certificate::from_der(der)
+        .map(|(_, certificate)| certificate)
+        .map_err(|_| IdentityError::Certificate("does not parse".into()))
+}
+
+/// A certificate with a `spiffe:` URI SAN is an X.509-SVID and must have exactly one URI SAN
+/// (X509-SVID.md section 2: a validator MUST reject more); a certificate without one is named
+/// by its first DNS SAN, which must be a host name, so that no SAN can pass for another kind
+/// of name (`system:serviceaccount:...`).
+fn name_of(certificate: &X509Certificate<'_>) -> Result<String, IdentityError> {
+    let refused = |why: &str| IdentityError::Certificate(why.to_owned());
     let names = certificate
         .subject_alternative_name()
-        .map_err(|_| IdentityError::Certificate("its subjectAltName does not parse".into()))?
+        .map_err(|_| refused("its subjectAltName does not parse"))?
         .map(|extension| extension.value.general_names.clone())
         .unwrap_or_default();
-    let spiffe = names.iter().find_map(|name| match name {
-        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
-        _ => None,
-    });
+    let uris: Vec<&str> = names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    let is_spiffe = |uri: &&str| {
+        uri.get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
+    };
+    if uris.iter().any(is_spiffe) {
+        let [uri] = uris[..] else {
+            return Err(refused(
+                "an X.509-SVID must have exactly one URI SAN, and this one has several",
+            ));
+        };
+        check_spiffe_id(uri).map_err(|why| refused(&format!("its SPIFFE ID {why}")))?;
+        return Ok(uri.to_owned());
+    }
     let dns = names.iter().find_map(|name| match name {
         GeneralName::DNSName(dns) => Some(*dns),
         _ => None,
     });
-    spiffe
-        .or(dns)
-        .map(str::to_owned)
-        .ok_or_else(|| IdentityError::Certificate("has no spiffe:// URI SAN nor DNS SAN".into()))
+    let dns = dns.ok_or_else(|| refused("has no spiffe:// URI SAN nor DNS SAN"))?;
+    if !is_host_name(dns) {
+        return Err(refused(
+            "its DNS SAN is not a host name (labels of a-z, 0-9 and -, joined by dots)",
+        ));
+    }
+    Ok(dns.to_owned())
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
 }
 
 /// The caller a client secret proves. Unknown ids cost the same comparison as known ones.
@@ -309,7 +396,11 @@ pub async fn token_caller(
         kind,
         // A bound token proved possession of the certificate: a rule with bind = "mtls"
         // binds the new token to it as well.
-        certificate: certificate.filter(|_| bound),
+        // A bound token with an expired certificate proves nothing, like the certificate alone.
+        certificate: certificate
+            .filter(|_| bound)
+            .map(|der| valid_certificate(der, now))
+            .transpose()?,
     })
 }
 
@@ -359,6 +450,9 @@ fn unverified_kid(token: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// A time inside rcgen's default validity (1975 to 4096).
+    const NOW: u64 = 1_800_000_000;
+
     fn certificate(sans: Vec<rcgen::SanType>) -> Arc<[u8]> {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::default();
@@ -375,7 +469,6 @@ mod tests {
             (
                 vec![
                     dns("api.payments.svc"),
-                    uri("https://example.com"),
                     uri("spiffe://prod.example/ns/payments/sa/api"),
                 ],
                 Ok("spiffe://prod.example/ns/payments/sa/api".to_owned()),
@@ -409,12 +502,169 @@ mod tests {
             Err(IdentityError::Certificate("does not parse".into()))
         );
         let der = certificate(vec![uri("spiffe://prod.example/x")]);
-        let caller = certificate_caller(Arc::clone(&der)).unwrap();
+        let caller = certificate_caller(Arc::clone(&der), NOW).unwrap();
         assert_eq!(caller.kind, CallerKind::Certificate);
         assert_eq!(
             caller.certificate_thumbprint().unwrap(),
             b64::encode(crypto::sha256(&der))
         );
+    }
+
+    /// Each hostile SAN set of the adversarial pass, with the message the caller gets.
+    #[test]
+    fn hostile_certificate_names_are_refused() {
+        use rcgen::SanType;
+        let uri = |s: &str| SanType::URI(s.try_into().unwrap());
+        let dns = |s: &str| SanType::DnsName(s.try_into().unwrap());
+        let spiffe = |why: &str| format!("client certificate: its SPIFFE ID {why}");
+        let segment = "has a path segment of other than A-Z, a-z, 0-9, '.', '-' and '_'";
+        let several = "client certificate: an X.509-SVID must have exactly one URI SAN, and this one has several";
+        let not_host = "client certificate: its DNS SAN is not a host name (labels of a-z, 0-9 and -, joined by dots)";
+        let empty_segment = "has an empty path segment (// or a trailing /)";
+        let dot = "has a . or .. path segment";
+        let scheme = "must start with spiffe:// (lowercase scheme, then an authority)";
+        let long = format!("spiffe://prod.example/{}", "a".repeat(2040));
+        let cases: Vec<(Vec<SanType>, String)> = vec![
+            (
+                vec![uri("spiffe://prod.example/ns/../sa/admin")],
+                spiffe(dot),
+            ),
+            (vec![uri("spiffe://prod.example/ns/./sa")], spiffe(dot)),
+            (
+                vec![uri("spiffe://prod.example/ns/%2e%2e/sa")],
+                spiffe("is percent-encoded"),
+            ),
+            (
+                vec![uri("spiffe://prod.example/ns//sa")],
+                spiffe(empty_segment),
+            ),
+            (
+                vec![uri("spiffe://prod.example/ns/sa/")],
+                spiffe(empty_segment),
+            ),
+            (vec![uri("spiffe://prod.example/")], spiffe(empty_segment)),
+            (
+                vec![uri("spiffe://prod.example/ns/sa?x#y")],
+                spiffe("has a query or fragment"),
+            ),
+            (
+                vec![uri("spiffe://prod.example/ns/sa#y")],
+                spiffe("has a query or fragment"),
+            ),
+            (vec![uri("spiffe://prod.example/ns/a b")], spiffe(segment)),
+            (vec![uri("spiffe://prod.example/ns/*")], spiffe(segment)),
+            (vec![uri("spiffe://prod.example/ns/a+b")], spiffe(segment)),
+            (
+                vec![uri("spiffe://Prod.Example/ns/a")],
+                spiffe("has a trust domain of other than a-z, 0-9, '.', '-' and '_'"),
+            ),
+            (
+                vec![uri("spiffe://prod.example:8443/ns/a")],
+                spiffe("has a port"),
+            ),
+            (
+                vec![uri("spiffe://admin@prod.example/ns/a")],
+                spiffe("has userinfo"),
+            ),
+            (
+                vec![uri("spiffe:///ns/a")],
+                spiffe("has an empty trust domain"),
+            ),
+            (
+                vec![uri("spiffe://prod.example")],
+                spiffe("has no path: a workload's ID names more than its trust domain"),
+            ),
+            (vec![uri("SPIFFE://prod.example/ns/a")], spiffe(scheme)),
+            (vec![uri("spiffe:prod.example/ns/a")], spiffe(scheme)),
+            (vec![uri(&long)], spiffe("is longer than 2048 bytes")),
+            (
+                vec![
+                    uri("spiffe://prod.example/ns/a"),
+                    uri("spiffe://prod.example/ns/admin"),
+                ],
+                several.into(),
+            ),
+            (
+                vec![
+                    uri("spiffe://prod.example/ns/a"),
+                    uri("https://example.com"),
+                ],
+                several.into(),
+            ),
+            (
+                vec![dns("system:serviceaccount:payments:api")],
+                not_host.into(),
+            ),
+            (vec![dns("*.payments.svc")], not_host.into()),
+            (vec![dns("-api.svc")], not_host.into()),
+        ];
+        for (sans, expected) in cases {
+            let shown = format!("{sans:?}");
+            let error = certificate_caller(certificate(sans), NOW).unwrap_err();
+            assert_eq!(error.to_string(), expected, "{shown}");
+        }
+    }
+
+    #[test]
+    fn certificates_prove_a_caller_only_within_their_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://prod.example/a".try_into().unwrap(),
+        )];
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 1, 2);
+        let der: Arc<[u8]> = Arc::from(params.self_signed(&key).unwrap().der().to_vec());
+        let not_before = 1_767_225_600; // 2026-01-01T00:00:00Z
+        let not_after = not_before + 86_400;
+        let at = |now| certificate_caller(Arc::clone(&der), now).map_err(|e| e.to_string());
+        assert_eq!(
+            at(not_before - 1).unwrap_err(),
+            "client certificate: not valid before 2026-01-01T00:00:00Z (its notBefore)"
+        );
+        assert_eq!(
+            at(not_before).unwrap().certificate_lifetime_left(),
+            Some(86_400)
+        );
+        assert_eq!(
+            at(not_after - 1).unwrap().certificate_lifetime_left(),
+            Some(1)
+        );
+        for now in [not_after, not_after + 12] {
+            assert_eq!(
+                at(now).unwrap_err(),
+                "client certificate: expired at 2026-01-02T00:00:00Z (its notAfter); reconnect with a renewed certificate"
+            );
+        }
+    }
+
+    /// A token bound to the certificate never outlives it: the ttl is capped at what the
+    /// certificate has left, whether the ttl was asked for or the default.
+    #[test]
+    fn bound_tokens_are_capped_at_the_certificate_lifetime() {
+        let policy = crate::callers::policy::Policy::parse(
+            "[[rule]]\ncallers = [\"spiffe://prod.example/*\"]\naudiences = [\"a\"]\nmax_ttl = \"1h\"\nbind = \"mtls\"\n",
+        )
+        .unwrap();
+        let der = certificate(vec![rcgen::SanType::URI(
+            "spiffe://prod.example/a".try_into().unwrap(),
+        )]);
+        let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+        let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap();
+        let caller = certificate_caller(Arc::clone(&der), not_after - 90).unwrap();
+        for (ttl, ttl_is_default, granted) in [(3600, true, 90), (600, false, 90), (60, false, 60)]
+        {
+            let request = crate::domain::IssueRequest {
+                subject: caller.name.clone(),
+                audiences: vec!["a".into()],
+                ttl,
+                ttl_is_default,
+                claims: serde_json::Map::new(),
+            };
+            let grant = policy.decide(&caller, &request).unwrap();
+            assert_eq!(grant.ttl, granted, "{ttl}");
+            assert!(grant.claims.contains_key("cnf"));
+        }
     }
 
     #[test]

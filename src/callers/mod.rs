@@ -7,6 +7,7 @@
 //! - `identity`: the caller and how each credential (mTLS, issuer JWT, client secret)
 //!   proves its name.
 //! - `issuers`: trusted issuers' JWKS: fetched, cached, refetched on an unknown kid.
+//! - `names`: the syntax of SPIFFE IDs and host names in client certificates.
 //! - `policy`: the TOML policy, checked whole, and the deny-by-default decision.
 //! - `audit`: the hash-chained audit log and its verification.
 //! - `reload`: loading the policy file, and reloading it when its content changes.
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod commands;
 pub mod identity;
 pub mod issuers;
+pub mod names;
 pub mod policy;
 pub mod reload;
 
@@ -52,6 +54,10 @@ pub enum CallerError {
     /// PERMISSION_DENIED.
     #[error("IssueToken needs the admin token: there is no --policy-file and the gRPC listener is not loopback")]
     AdminOnly,
+    /// The peer's address failed authentication too often: RESOURCE_EXHAUSTED, before its
+    /// credentials are read.
+    #[error("too many failed authentications from this address; retry in {retry_after_secs}s")]
+    Throttled { retry_after_secs: u64 },
     /// The admin token under a policy: PERMISSION_DENIED.
     #[error("the admin token is for admin RPCs; IssueToken needs a caller the policy names")]
     AdminIsNotACaller,
@@ -65,6 +71,7 @@ impl CallerError {
             CallerError::Identity(_) | CallerError::TwoCredentials => "bad_credentials",
             CallerError::Refused(refusal) => refusal.label(),
             CallerError::AdminOnly | CallerError::AdminIsNotACaller => "admin_only",
+            CallerError::Throttled { .. } => "throttled",
         }
     }
 
@@ -206,7 +213,7 @@ impl Callers {
             (Presented::Bearer(token), _) if self.admin.matches(token) => Ok(Principal::Admin),
             (Presented::Nothing, None) => Ok(Principal::Anonymous),
             (Presented::Nothing, Some(der)) => {
-                Ok(Principal::Caller(identity::certificate_caller(der)?))
+                Ok(Principal::Caller(identity::certificate_caller(der, now)?))
             }
             // A bearer token goes with a certificate only when its cnf binds it to one.
             (Presented::Bearer(token), Some(_)) if !identity::carries_cnf(token) => {

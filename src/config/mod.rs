@@ -22,8 +22,14 @@ pub struct TlsFiles {
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerLimits {
     pub max_connections: usize,
+    /// Open connections one client address may hold (an IPv6 client: its /64).
+    pub max_connections_per_ip: usize,
+    /// Failed authentications one client address may have in a burst; 0: no limit.
+    pub auth_failures_per_ip: u32,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection older than this is asked to close (GOAWAY); the client reconnects.
+    pub max_connection_age: Duration,
 }
 
 /// The checked configuration of `serve`. Durations are whole seconds.
@@ -191,9 +197,18 @@ impl TryFrom<ServeArgs> for Config {
                 "--max-connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
             )));
         }
+        if args
+            .max_connections_per_ip
+            .is_some_and(|per_ip| !(1..=args.max_connections).contains(&per_ip))
+        {
+            return Err(ConfigError(
+                "--max-connections-per-ip must be between 1 and --max-connections".into(),
+            ));
+        }
         for (flag, value) in [
             ("--handshake-timeout", args.handshake_timeout),
             ("--idle-timeout", args.idle_timeout),
+            ("--max-connection-age", args.max_connection_age),
             ("--tls-reload-interval", args.tls_reload_interval),
         ] {
             if value < Duration::from_millis(100) {
@@ -235,8 +250,13 @@ impl TryFrom<ServeArgs> for Config {
             tls_reload_interval: args.tls_reload_interval,
             limits: ListenerLimits {
                 max_connections: args.max_connections,
+                max_connections_per_ip: args
+                    .max_connections_per_ip
+                    .unwrap_or(args.max_connections.div_ceil(4)),
+                auth_failures_per_ip: args.auth_failures_per_ip,
                 handshake_timeout: args.handshake_timeout,
                 idle_timeout: args.idle_timeout,
+                max_connection_age: args.max_connection_age,
             },
             policy_file: args.policy_file,
             policy_reload_interval: args.policy_reload_interval,
@@ -302,6 +322,8 @@ mod tests {
         assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.limits.max_connections_per_ip, 256);
+        assert_eq!(config.limits.max_connection_age, Duration::from_secs(3600));
     }
 
     #[test]
@@ -319,6 +341,15 @@ mod tests {
             (&["--algorithms", "es256"], "--algorithms"),
             (&["--algorithms", "RS256,RS256"], "--algorithms"),
             (&["--max-connections", "0"], "--max-connections"),
+            (
+                &["--max-connections-per-ip", "0"],
+                "--max-connections-per-ip",
+            ),
+            (
+                &["--max-connections", "8", "--max-connections-per-ip", "9"],
+                "--max-connections-per-ip",
+            ),
+            (&["--max-connection-age", "10ms"], "--max-connection-age"),
             (&["--handshake-timeout", "0s"], "--handshake-timeout"),
             (&["--idle-timeout", "10ms"], "--idle-timeout"),
             (&["--tls-reload-interval", "0s"], "--tls-reload-interval"),

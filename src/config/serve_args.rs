@@ -178,7 +178,8 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 
     /// CA bundle (PEM) for client certificates. A client may connect without one (token and
-    /// secret callers); one it presents must chain to this bundle and be valid now.
+    /// secret callers); one it presents must chain to this bundle and be valid, at the
+    /// handshake and at every request (the bundle in use then, the server's clock).
     #[arg(long, env = "TA_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
@@ -206,6 +207,28 @@ pub struct ServeArgs {
     /// and is far above what gRPC clients need (one multiplexed connection each).
     #[arg(long, env = "TA_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// Open connections per listener from one client address (an IPv6 client: its /64), so
+    /// that one client cannot fill --max-connections; beyond it new ones are closed at once.
+    /// Default: a quarter of --max-connections. Clients behind one NAT or proxy address share
+    /// it: raise it there.
+    #[arg(long, env = "TA_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Failed authentications one client address may have in a burst (then one a second)
+    /// before its calls are refused RESOURCE_EXHAUSTED without their credentials being read.
+    /// 0 turns this off: behind a sidecar proxy every call comes from its one address, and a
+    /// single misconfigured client would lock out every other.
+    #[arg(long, env = "TA_AUTH_FAILURES_PER_IP", default_value_t = 20)]
+    pub auth_failures_per_ip: u32,
+
+    /// A connection older than this is sent GOAWAY and closed once its requests finish (at
+    /// most 30 s later), as gRPC servers' MAX_CONNECTION_AGE: gRPC clients reconnect
+    /// transparently, and a fresh handshake checks the client certificate and the TLS files
+    /// in use again. Each connection's age is shortened by up to 10 % so that clients that
+    /// connected together do not all reconnect together.
+    #[arg(long, env = "TA_MAX_CONNECTION_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
 
     /// How long a new connection has to finish the TLS handshake and send its first
     /// protocol bytes (HTTP/2 preface, HTTP/1 request). Long enough for a slow network, short

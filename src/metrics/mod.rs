@@ -26,7 +26,7 @@ type Labels = Vec<(String, String)>;
 pub const DECIDED_METHODS: [&str; 4] = ["IssueToken", "RotateKeys", "RevokeKey", "ListKeys"];
 
 /// Decision outcomes: allowed, malformed, or the refusal's label (the field refused).
-pub const DECISION_OUTCOMES: [&str; 12] = [
+pub const DECISION_OUTCOMES: [&str; 13] = [
     "allowed",
     "malformed",
     "no_credentials",
@@ -39,6 +39,7 @@ pub const DECISION_OUTCOMES: [&str; 12] = [
     "cnf",
     "not_admin",
     "admin_only",
+    "throttled",
 ];
 
 /// The RPC methods, for the latency histogram.
@@ -150,6 +151,13 @@ pub struct ListenerMetrics {
     pub closed_idle: Counter,
     /// Closed because the client stopped reading a response for --idle-timeout.
     pub closed_stalled: Counter,
+    /// Closed at accept: the peer's address held --max-connections-per-ip already.
+    pub refused_at_peer_limit: Counter,
+    /// Asked to close (GOAWAY) at --max-connection-age.
+    pub closed_max_age: Counter,
+    /// Calls refused RESOURCE_EXHAUSTED before their credentials were read: their peer
+    /// address failed authentication too often.
+    pub calls_throttled: Counter,
 }
 
 impl ListenerMetrics {
@@ -157,6 +165,7 @@ impl ListenerMetrics {
         listener: &str,
         open: &Family<Labels, Gauge>,
         closed: &Family<Labels, Counter>,
+        throttled: &Family<Labels, Counter>,
     ) -> ListenerMetrics {
         let closed_by = |reason: &str| {
             closed.get_or_create_owned(&labels(&[("listener", listener), ("reason", reason)]))
@@ -168,6 +177,9 @@ impl ListenerMetrics {
             handshake_failures: closed_by("handshake_failed"),
             closed_idle: closed_by("idle"),
             closed_stalled: closed_by("stalled"),
+            refused_at_peer_limit: closed_by("peer_limit"),
+            closed_max_age: closed_by("max_age"),
+            calls_throttled: throttled.get_or_create_owned(&labels(&[("listener", listener)])),
         }
     }
 }

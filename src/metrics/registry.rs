@@ -124,6 +124,12 @@ impl Metrics {
             "Connections the listener closed on its own, by listener and reason",
             closed_family.clone(),
         );
+        let throttled_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "calls_throttled",
+            "Calls refused RESOURCE_EXHAUSTED without reading their credentials, because their peer address failed authentication too often, by listener",
+            throttled_family.clone(),
+        );
 
         let watchers_open = Gauge::default();
         registry.register(
@@ -180,8 +186,18 @@ impl Metrics {
             tls_reload_failures,
             schedule_failures,
             store_sync_age,
-            grpc_listener: ListenerMetrics::new("grpc", &open_family, &closed_family),
-            http_listener: ListenerMetrics::new("http", &open_family, &closed_family),
+            grpc_listener: ListenerMetrics::new(
+                "grpc",
+                &open_family,
+                &closed_family,
+                &throttled_family,
+            ),
+            http_listener: ListenerMetrics::new(
+                "http",
+                &open_family,
+                &closed_family,
+                &throttled_family,
+            ),
             watchers: WatchMetrics {
                 open: watchers_open,
                 refused_at_limit: watchers_ended

@@ -8,6 +8,8 @@
 //! - `listener`: the accept loop of both listeners: connection cap, handshake and idle
 //!   deadlines, stalled-response bound, TLS, graceful close.
 //! - `watch`: WatchKeys, the key set streamed to watchers at every change.
+//! - `peers`: what one client address may take: its connections, its failed
+//!   authentications.
 //! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
 pub mod codec;
@@ -15,5 +17,6 @@ pub mod connection;
 pub mod grpc;
 pub mod http;
 pub mod listener;
+pub mod peers;
 pub mod tls;
 pub mod watch;

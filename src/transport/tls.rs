@@ -1,6 +1,8 @@
 //! TLS for both listeners: loads the certificate chain, its key and the optional client CA
 //! bundle from PEM files into rustls server configurations, and swaps in a new set when the
-//! files change on disk, without a restart and without touching open connections.
+//! files change on disk, without a restart. Open connections keep their session, but a
+//! client certificate is checked against the bundle in use at each request (see
+//! `connection`).
 //!
 //! The files are polled and compared by content rather than watched: Kubernetes updates a
 //! Secret volume by re-pointing a `..data` symlink, which inotify on the file names does not
@@ -55,6 +57,9 @@ pub struct TlsConfigs {
     pub grpc: Arc<ServerConfig>,
     /// ALPN `http/1.1`: the HTTP endpoints are served over HTTP/1.1.
     pub http: Arc<ServerConfig>,
+    /// The client CA bundle's verifier, when `--client-ca` is set: the listener checks each
+    /// request's client certificate against the one current then, not only at the handshake.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// The current configurations, swapped whole on reload; a handshake takes the set current
@@ -148,6 +153,7 @@ fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> 
     Ok(TlsConfigs {
         grpc: make(b"h2")?,
         http: make(b"http/1.1")?,
+        client_verifier: verifier,
     })
 }
 

@@ -1,6 +1,7 @@
 //! mTLS callers over the real TLS listener: the client certificate's SPIFFE URI SAN (else
 //! DNS SAN) is the caller; `bind = "mtls"` puts the certificate's RFC 8705 thumbprint in
-//! `cnf`; an untrusted or expired certificate never reaches the policy.
+//! `cnf`; an untrusted or expired certificate never reaches the policy, and one whose names
+//! break the SPIFFE ID or host name rules proves nobody.
 
 use token_authority::{b64, crypto, pb};
 use tonic::Code;
@@ -162,6 +163,51 @@ async fn untrusted_and_expired_certificates_never_reach_the_policy() {
             crate::helpers::metric(&server, &sample).await,
             0.0,
             "{outcome}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Certificates the CA signed but whose names are hostile: the handshake passes (the chain
+/// is good), and every call is refused UNAUTHENTICATED naming what is wrong.
+#[tokio::test]
+async fn hostile_certificate_names_are_refused_through_mtls() {
+    use rcgen::SanType;
+    let dir = DataDir::new();
+    let tls = TlsSetup::new();
+    let server = start(&dir, &tls).await;
+    let uri = |s: &str| SanType::URI(s.try_into().unwrap());
+    let dns = |s: &str| SanType::DnsName(s.try_into().unwrap());
+    let cases = [
+        (
+            vec![uri("spiffe://prod.example/ns/payments/sa/../../ops/sa/admin")],
+            "client certificate: its SPIFFE ID has a . or .. path segment",
+        ),
+        (
+            vec![uri("spiffe://prod.example/ns/payments/sa/%2e%2e")],
+            "client certificate: its SPIFFE ID is percent-encoded",
+        ),
+        (
+            vec![uri(SPIFFE), uri("spiffe://prod.example/ns/ops/sa/admin")],
+            "client certificate: an X.509-SVID must have exactly one URI SAN, and this one has several",
+        ),
+        (
+            vec![dns("system:serviceaccount:payments:api")],
+            "client certificate: its DNS SAN is not a host name (labels of a-z, 0-9 and -, joined by dots)",
+        ),
+    ];
+    for (sans, message) in cases {
+        let identity = tls.pki.client_with_sans(sans);
+        let mut client = connect_tls(server.grpc_addr, &tls.client(Some(identity)))
+            .await
+            .unwrap();
+        let status = client
+            .issue_token(ask(SPIFFE, &["ledger"], None, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, message)
         );
     }
     server.stop().await;

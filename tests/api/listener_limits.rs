@@ -57,7 +57,11 @@ const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_connections_new_connections_are_closed_at_once() {
     let dir = DataDir::new();
-    let server = TestServer::start_with(config(&dir, &["--max-connections", "3"])).await;
+    let server = TestServer::start_with(config(
+        &dir,
+        &["--max-connections", "3", "--max-connections-per-ip", "3"],
+    ))
+    .await;
     // The server's own client holds one gRPC connection; two more reach the cap.
     let mut second = connect(server.grpc_addr).await;
     let mut third = connect(server.grpc_addr).await;

@@ -28,6 +28,8 @@ mod limits;
 mod listener_limits;
 mod log_hygiene;
 mod metrics;
+mod mtls_lifetime;
+mod peer_limits;
 mod persistence_and_rotation;
 mod pki;
 mod policy;

@@ -98,6 +98,25 @@ impl Pki {
         self.sign(params)
     }
 
+    /// A client certificate valid from a minute ago until `not_after` (unix seconds).
+    pub fn client_until(&self, uri: Option<&str>, dns: Option<&str>, not_after: u64) -> Identity {
+        let mut params = client_params(uri, dns);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + time_seconds(now - 60);
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_seconds(not_after as i64);
+        self.sign(params)
+    }
+
+    /// A client certificate with exactly these subject alternative names.
+    pub fn client_with_sans(&self, sans: Vec<SanType>) -> Identity {
+        let mut params = client_params(None, None);
+        params.subject_alt_names = sans;
+        self.sign(params)
+    }
+
     fn sign(&self, params: CertificateParams) -> Identity {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();

@@ -51,7 +51,18 @@ where
 async fn reload_under_load_fails_no_request_and_a_broken_file_keeps_the_old_policy() {
     let dir = DataDir::new();
     let v1 = format!("{}{}", client("a", "secret-a"), rule("client:a"));
-    let (server, path) = start_with_policy(&dir, &v1, &["--policy-reload-interval", "100ms"]).await;
+    // The probes for b fail until the reload: their address must not be throttled.
+    let (server, path) = start_with_policy(
+        &dir,
+        &v1,
+        &[
+            "--policy-reload-interval",
+            "100ms",
+            "--auth-failures-per-ip",
+            "0",
+        ],
+    )
+    .await;
     let server = Arc::new(server);
     let as_b = basic("b", "secret-b");
     let b_allowed = {

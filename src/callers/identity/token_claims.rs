@@ -129,7 +129,7 @@ mod tests {
             ),
             (
                 json!({"sub": "a\nb"}),
-                "bearer token: its act.sub: caller name contains control characters",
+                "bearer token: its act.sub: caller name contains a control, format or line separator character",
             ),
             (
                 json!({"sub": "gw", "act": {"sub": ""}}),

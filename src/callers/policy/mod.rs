@@ -212,7 +212,7 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
             },
         ));
     }
-    let ttl = match rule.max_ttl {
+    let mut ttl = match rule.max_ttl {
         Some(max) if request.ttl > max && request.ttl_is_default => max,
         Some(max) if request.ttl > max => {
             return Err((
@@ -241,9 +241,16 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
     }
     let mut claims = rule.claims.clone();
     if rule.bind_mtls {
-        let Some(thumbprint) = caller.certificate_thumbprint() else {
+        let (Some(thumbprint), Some(left)) = (
+            caller.certificate_thumbprint(),
+            caller.certificate_lifetime_left(),
+        ) else {
             return Err((4, Refusal::Binding(name.clone())));
         };
+        // A token bound to the certificate never outlives it: capped, not refused, since the
+        // caller cannot know how long the server counts its certificate as valid; the
+        // response's expires_at says what it got.
+        ttl = ttl.min(left);
         claims.insert("cnf".into(), serde_json::json!({ "x5t#S256": thumbprint }));
     }
     // RFC 8693 section 4.1: the caller acts for the subject; a delegated caller's chain nests.

@@ -10,7 +10,7 @@ use crate::{
         identity::IdentityError,
         CallerError, Principal,
     },
-    transport::connection::ConnectionInfo,
+    transport::{connection::ConnectionInfo, peers::Peer},
 };
 
 impl GrpcService {
@@ -23,18 +23,28 @@ impl GrpcService {
         // A value that is not visible ASCII is a malformed credential, not an absent one.
         let mut values = request.metadata().get_all("authorization").iter();
         let authorization = values.next().map(|value| value.to_str().unwrap_or(""));
-        // Which of several would count is a guess an attacker could steer (a good Basic
-        // credential followed by `Bearer garbage`): more than one is refused.
-        if values.next().is_some() {
-            return Err(IdentityError::SeveralAuthorizations.into());
+        let info = request.extensions().get::<ConnectionInfo>();
+        // A peer that failed too often is refused before its credentials cost anything.
+        let peer = info.and_then(|info| info.peer.as_ref());
+        peer.map(Peer::check).transpose()?;
+        let authenticated = async {
+            // Which of several would count is a guess an attacker could steer (a good Basic
+            // credential followed by `Bearer garbage`): more than one is refused.
+            if values.next().is_some() {
+                return Err(IdentityError::SeveralAuthorizations.into());
+            }
+            // Checked against the client CA bundle in use now, not only at the handshake.
+            let certificate = info.and_then(|info| info.client_certificate.as_ref());
+            let certificate = certificate.map(|c| c.current()).transpose()?;
+            self.callers
+                .authenticate(authorization, certificate, now())
+                .await
         }
-        let certificate = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .and_then(|info| info.client_certificate.clone());
-        self.callers
-            .authenticate(authorization, certificate, now())
-            .await
+        .await;
+        if let Some(peer) = peer {
+            peer.judged(&authenticated);
+        }
+        authenticated
     }
 
     /// Authenticates an admin RPC and asks the policy; a refusal is counted and audited.

@@ -9,11 +9,14 @@ use crate::{
     signing_pool::PoolError, store::StoreError,
 };
 
-/// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
-/// refuses; the message names what was wrong or refused, never a credential.
+/// UNAUTHENTICATED when the credentials prove nobody, RESOURCE_EXHAUSTED when the peer
+/// failed too often to be heard now, PERMISSION_DENIED when the policy refuses; the message
+/// names what was wrong or refused, never a credential.
 impl From<CallerError> for Status {
     fn from(error: CallerError) -> Status {
-        if error.is_unauthenticated() {
+        if matches!(error, CallerError::Throttled { .. }) {
+            Status::resource_exhausted(error.to_string())
+        } else if error.is_unauthenticated() {
             Status::unauthenticated(error.to_string())
         } else {
             Status::permission_denied(error.to_string())

@@ -2,9 +2,10 @@
 //! and after the protocol takes over. One loop for gRPC (HTTP/2) and HTTP (HTTP/1.1).
 //!
 //! Each connection goes through, in order:
-//! 1. the cap: a semaphore permit, owned by the connection until it closes; at
-//!    `--max-connections` a new connection is closed at once, so silent sockets cannot use up
-//!    the process's file descriptors;
+//! 1. the caps: a place in its peer's share (`--max-connections-per-ip`, see `peers`) and a
+//!    semaphore permit, owned by the connection until it closes; at either cap a new
+//!    connection is closed at once, so silent sockets cannot use up the process's file
+//!    descriptors, and one client cannot take every connection;
 //! 2. the handshake deadline (`--handshake-timeout`): the TLS handshake and the protocol's
 //!    first bytes (the whole HTTP/2 preface, the first byte of an HTTP/1 request);
 //! 3. the protocol, served here with hyper (not tonic's `Server`, whose connections cannot be
@@ -13,19 +14,18 @@
 //! 4. the idle deadline (`--idle-timeout`): a connection with no request in flight is closed
 //!    (GOAWAY, then close), and one whose client has stopped reading a response (a zero
 //!    HTTP/2 window holds the response in the server) is cut;
-//! 5. shutdown: every connection is told to finish at once, so an idle one closes now and
+//! 5. the age limit (`--max-connection-age`): an older connection is told to finish
+//!    (GOAWAY), and is dropped `MAX_AGE_GRACE` later if its requests have not;
+//! 6. shutdown: every connection is told to finish at once, so an idle one closes now and
 //!    one with a request in flight closes after its response.
 //!
 //! Every request carries the connection's [`ConnectionInfo`] in its extensions.
 
-use std::{io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{body::Body, Router};
 use hyper::Response;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulConnection,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},
@@ -36,16 +36,23 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpConnectInfo;
 
 use crate::{
-    config::ListenerLimits, metrics::ListenerMetrics, transport::connection::ConnectionInfo,
-    transport::tls::SharedTlsConfigs,
+    config::ListenerLimits,
+    metrics::ListenerMetrics,
+    transport::{
+        connection::{ClientCertificate, ConnectionInfo},
+        peers::{PeerSlot, Peers},
+        tls::SharedTlsConfigs,
+    },
 };
 
+mod lifetime;
 mod state;
 mod stream;
 mod tracked;
 
 use self::{
-    state::{ConnState, Verdict},
+    lifetime::jittered_age,
+    state::ConnState,
     stream::{Io, Stream},
     tracked::Tracked,
 };
@@ -68,10 +75,6 @@ pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const HTTP_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dead peers that vanished without a FIN are noticed by the kernel.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// How long a connection asked to close (idle, or shutting down) with nothing in flight is
-/// left to complete the close with its client before it is dropped: an HTTP/2 client needs
-/// one round trip to acknowledge the GOAWAY.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Every HTTP/2 client must open with these bytes (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -145,6 +148,7 @@ struct Shared {
     tls: Option<SharedTlsConfigs>,
     limits: ListenerLimits,
     metrics: ListenerMetrics,
+    peers: Arc<Peers>,
     router: Router,
     shutdown: watch::Receiver<bool>,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -173,6 +177,11 @@ impl Listener {
             protocol: self.protocol,
             tls: self.tls,
             limits: self.limits,
+            peers: Peers::new(
+                self.limits.max_connections_per_ip,
+                self.limits.auth_failures_per_ip,
+                self.metrics.clone(),
+            ),
             metrics: self.metrics,
             router,
             shutdown: shutdown.clone(),
@@ -202,7 +211,11 @@ impl Listener {
                 tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit reached; closed");
                 continue;
             };
-            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit));
+            let Some(peer) = shared.peers.admit(remote.ip()) else {
+                tracing::debug!(%remote, listener = shared.protocol.name(), "connection limit of the address reached; closed");
+                continue;
+            };
+            connections.spawn(Arc::clone(&shared).connection(tcp, remote, permit, peer));
         }
         drop(self.tcp);
         while connections.join_next().await.is_some() {}
@@ -215,7 +228,9 @@ impl Shared {
         tcp: TcpStream,
         remote: SocketAddr,
         permit: OwnedSemaphorePermit,
+        peer: PeerSlot,
     ) {
+        let started = Instant::now();
         let _ = tcp.set_nodelay(true);
         let local_addr = tcp.local_addr().ok();
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
@@ -241,34 +256,38 @@ impl Shared {
                 return;
             }
         };
+        let info = ConnectionInfo {
+            remote_addr: Some(remote),
+            client_certificate,
+            peer: Some(peer.peer()),
+        };
         let io = TokioIo::new(Io {
             prefix,
             read: 0,
             stream,
             _permit: permit,
+            _peer: peer,
         });
         let state = Arc::new(ConnState::default());
         let service = Tracked {
             router: self.router.clone(),
             state: Arc::clone(&state),
-            info: ConnectionInfo {
-                remote_addr: Some(remote),
-                client_certificate,
-            },
+            info,
             tcp_info: TcpConnectInfo {
                 local_addr,
                 remote_addr: Some(remote),
             },
             protocol: self.protocol,
         };
+        let retire_at = started + jittered_age(self.limits.max_connection_age, remote);
         match self.protocol {
             Protocol::Grpc => {
                 let connection = self.http2.serve_connection(io, service);
-                self.drive(connection, &state, shutdown).await;
+                self.drive(connection, &state, shutdown, retire_at).await;
             }
             Protocol::Http => {
                 let connection = self.http1.serve_connection(io, service);
-                self.drive(connection, &state, shutdown).await;
+                self.drive(connection, &state, shutdown, retire_at).await;
             }
         }
     }
@@ -277,25 +296,28 @@ impl Shared {
     async fn handshake(
         &self,
         tcp: TcpStream,
-    ) -> Result<(Stream, Vec<u8>, Option<Arc<[u8]>>), HandshakeError> {
+    ) -> Result<(Stream, Vec<u8>, Option<Arc<ClientCertificate>>), HandshakeError> {
         let (mut stream, client_certificate) = match &self.tls {
             None => (Stream::Plain(tcp), None),
-            Some(configs) => {
+            Some(shared) => {
+                let configs = shared.load_full();
                 let config = match self.protocol {
-                    Protocol::Grpc => Arc::clone(&configs.load().grpc),
-                    Protocol::Http => Arc::clone(&configs.load().http),
+                    Protocol::Grpc => Arc::clone(&configs.grpc),
+                    Protocol::Http => Arc::clone(&configs.http),
                 };
                 let tls = TlsAcceptor::from(config)
                     .accept(tcp)
                     .await
                     .map_err(HandshakeError::Tls)?;
-                let leaf = tls
+                let chain = tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|leaf| Arc::from(leaf.as_ref()));
-                (Stream::Tls(Box::new(tls)), leaf)
+                    .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+                let certificate = chain
+                    .and_then(|chain| ClientCertificate::new(chain, Arc::clone(shared), configs))
+                    .map(Arc::new);
+                (Stream::Tls(Box::new(tls)), certificate)
             }
         };
         let mut prefix = match self.protocol {
@@ -311,68 +333,6 @@ impl Shared {
             return Err(HandshakeError::NotHttp2);
         }
         Ok((stream, prefix, client_certificate))
-    }
-
-    /// Runs one connection to its end, closing it when idle, stalled or shut down.
-    async fn drive<C>(&self, connection: C, state: &ConnState, mut shutdown: watch::Receiver<bool>)
-    where
-        C: GracefulConnection,
-        C::Error: std::fmt::Display,
-    {
-        let idle = self.limits.idle_timeout;
-        let mut connection = pin!(connection);
-        // Since when the connection has been asked to close (GOAWAY sent).
-        let mut closing: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            let wake = match state.check(now, idle) {
-                Verdict::Stalled => {
-                    // The client holds responses in our buffers and reads none: dropping the
-                    // connection frees them; a graceful close would wait for them forever.
-                    self.metrics.closed_stalled.inc();
-                    tracing::debug!(
-                        listener = self.protocol.name(),
-                        "client stopped reading responses; connection closed"
-                    );
-                    return;
-                }
-                Verdict::Idle if closing.is_none() => {
-                    self.metrics.closed_idle.inc();
-                    connection.as_mut().graceful_shutdown();
-                    closing = Some(now);
-                    now + idle
-                }
-                Verdict::Idle => now + idle,
-                Verdict::Busy { next_check } => next_check,
-            };
-            // A graceful close waits for the client to acknowledge (HTTP/2 answers a PING after
-            // GOAWAY); a client that never does, with nothing in flight, would hold the
-            // connection, and a shutdown, until keepalive gives up. Once asked to close and
-            // quiet, it gets CLOSE_WAIT: time to flush the last response and acknowledge.
-            let drop_at = match (closing, state.quiet_since()) {
-                (Some(since), Some(quiet)) => Some(since.max(quiet) + CLOSE_WAIT),
-                _ => None,
-            };
-            if drop_at.is_some_and(|at| now >= at) {
-                return;
-            }
-            let wake = drop_at.map_or(wake, |at| wake.min(at));
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, listener = self.protocol.name(), "connection ended with an error");
-                    }
-                    return;
-                }
-                () = stopped(&mut shutdown), if closing.is_none() => {
-                    connection.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
-                }
-                // The last request in flight ended: when a closing connection goes changes.
-                () = state.drained.notified(), if closing.is_some() => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
-        }
     }
 }
 
@@ -416,7 +376,7 @@ mod tests {
         // tonic's `Request::remote_addr()` reads the same address.
         assert_eq!(tcp.remote_addr, info.remote_addr);
         let addr = info.remote_addr.map(|a| a.to_string()).unwrap_or_default();
-        let cert = info.client_certificate.map_or(0, |der| der.len());
+        let cert = info.client_certificate.map_or(0, |c| c.der().len());
         format!("{addr} {cert}")
     }
 
@@ -428,8 +388,11 @@ mod tests {
             tls,
             limits: ListenerLimits {
                 max_connections: 8,
+                max_connections_per_ip: 8,
+                auth_failures_per_ip: 20,
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(5),
+                max_connection_age: Duration::from_secs(3600),
             },
             metrics: metrics.grpc_listener.clone(),
         }

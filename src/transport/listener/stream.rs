@@ -1,5 +1,6 @@
 //! The byte stream a connection hands to hyper: plaintext or TLS, with the bytes read
-//! during the handshake replayed first, and the connection's permit held until it closes.
+//! during the handshake replayed first, and the connection's permit and its place in its
+//! peer's share held until it closes.
 
 use std::{
     io,
@@ -14,6 +15,8 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 
+use crate::transport::peers::PeerSlot;
+
 /// A connection's byte stream, plaintext or TLS.
 pub(super) enum Stream {
     Plain(TcpStream),
@@ -21,12 +24,13 @@ pub(super) enum Stream {
 }
 
 /// The stream handed to hyper: replays the bytes read during the handshake, and holds the
-/// connection's permit until hyper drops it.
+/// connection's permit and peer slot until hyper drops it.
 pub(super) struct Io {
     pub(super) prefix: Vec<u8>,
     pub(super) read: usize,
     pub(super) stream: Stream,
     pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) _peer: PeerSlot,
 }
 
 impl AsyncRead for Stream {
