@@ -109,6 +109,8 @@ struct ClientCertificate {
     der: Arc<[u8]>,
     /// Seconds from the request's time to its notAfter (at least 1).
     lifetime_left: u64,
+    /// Its notAfter, unix seconds.
+    not_after: u64,
 }
 
 impl Caller {
@@ -128,6 +130,11 @@ impl Caller {
     /// bound to it must not outlive it.
     pub fn certificate_lifetime_left(&self) -> Option<u64> {
         self.certificate.as_ref().map(|c| c.lifetime_left)
+    }
+
+    /// The caller's certificate's notAfter (unix seconds).
+    pub fn certificate_not_after(&self) -> Option<u64> {
+        self.certificate.as_ref().map(|c| c.not_after)
     }
 
     /// The `act` of a token this caller gets for `subject` (RFC 8693 §4.1): the current
@@ -222,6 +229,7 @@ fn valid_certificate(der: Arc<[u8]>, now: u64) -> Result<ClientCertificate, Iden
     Ok(ClientCertificate {
         der,
         lifetime_left: not_after - now,
+        not_after,
     })
 }
 

@@ -254,6 +254,7 @@ impl Callers {
         request: &IssueRequest,
     ) -> Result<Grant, CallerError> {
         let open = Grant {
+            expires_by: None,
             rule: None,
             ttl: request.ttl,
             claims: Map::new(),

@@ -136,6 +136,9 @@ pub struct Grant {
     pub rule: Option<usize>,
     pub ttl: u64,
     pub claims: Map<String, Value>,
+    /// The latest `exp` the token may carry (unix seconds): a bound token's certificate's
+    /// notAfter. The ttl is capped again at signing time, which may come later.
+    pub expires_by: Option<u64>,
 }
 
 impl Policy {
@@ -261,6 +264,10 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
         rule: Some(rule.index),
         ttl,
         claims,
+        expires_by: rule
+            .bind_mtls
+            .then(|| caller.certificate_not_after())
+            .flatten(),
     })
 }
 

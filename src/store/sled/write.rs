@@ -38,10 +38,9 @@ impl SledStore {
     /// (`Unknown`, then `Poisoned`), so no change is planned from a state that may not be the
     /// one on disk.
     pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
-        let mut guard = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Write("a previous write panicked".into()))?;
+        // A write that panicked while holding the lock left the disk in a state nobody
+        // knows: the same as a write that could not be undone.
+        let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let writer = &mut *guard;
         if writer.poisoned {
             return Err(StoreError::Poisoned);
