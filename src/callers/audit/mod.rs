@@ -13,18 +13,30 @@
 //! rate-limited (a flood of bad calls must not become a flood of disk writes); what was
 //! suppressed is summed up, by reason, in the next line written.
 
+//!
+//! # Layout
+//! - `line`: the members of a line and the hash that chains it.
+//! - `limiter`: the per-second limit on refused lines.
+//! - `verify`: `audit verify`'s check of a whole log.
+
 use std::{
-    collections::BTreeMap,
     fs::File,
-    io::{BufRead as _, Read as _, Seek as _, SeekFrom, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{Duration, Instant},
 };
 
 use serde_json::{Map, Value};
 
 use crate::crypto;
+
+mod limiter;
+mod line;
+mod verify;
+
+pub use self::limiter::{Limiter, Suppressed};
+use self::line::{chained_line, hex, last_hash, line_members, split_hash, summary};
+pub use self::verify::verify_file;
 
 /// Refused or malformed lines written per second at most; the rest are summed up.
 pub const REFUSED_LINES_PER_SECOND: u32 = 20;
@@ -102,65 +114,6 @@ enum Sink {
 struct Chain {
     sink: Sink,
     prev: String,
-}
-
-/// A window of at most N admissions per second, counting what it turns away.
-#[derive(Debug)]
-pub struct Limiter {
-    per_second: u32,
-    state: Mutex<Window>,
-}
-
-#[derive(Debug)]
-struct Window {
-    started: Instant,
-    used: u32,
-    suppressed: BTreeMap<String, u64>,
-}
-
-/// What was turned away since the last summary, by reason.
-pub type Suppressed = BTreeMap<String, u64>;
-
-impl Limiter {
-    pub fn new(per_second: u32) -> Limiter {
-        Limiter {
-            per_second,
-            state: Mutex::new(Window {
-                started: Instant::now(),
-                used: 0,
-                suppressed: BTreeMap::new(),
-            }),
-        }
-    }
-
-    /// `Some(what was suppressed before)` when this one may be written; `None` when it is
-    /// suppressed (and counted under `reason`).
-    pub fn admit(&self, reason: &str) -> Option<Suppressed> {
-        let Ok(mut window) = self.state.lock() else {
-            return Some(Suppressed::new());
-        };
-        if window.started.elapsed() >= Duration::from_secs(1) {
-            window.started = Instant::now();
-            window.used = 0;
-        }
-        if window.used < self.per_second {
-            window.used += 1;
-            Some(std::mem::take(&mut window.suppressed))
-        } else {
-            *window.suppressed.entry(reason.to_owned()).or_default() += 1;
-            None
-        }
-    }
-
-    /// What was suppressed and not yet reported, once the window it happened in is over.
-    pub fn take_suppressed(&self) -> Suppressed {
-        match self.state.lock() {
-            Ok(mut window) if window.started.elapsed() >= Duration::from_secs(1) => {
-                std::mem::take(&mut window.suppressed)
-            }
-            _ => Suppressed::new(),
-        }
-    }
 }
 
 /// The audit log writer.
@@ -259,136 +212,10 @@ impl AuditLog {
     }
 }
 
-fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
-    let mut members = Map::new();
-    members.insert("ts".into(), at.into());
-    members.insert("event".into(), "suppressed".into());
-    members.insert("count".into(), suppressed.values().sum::<u64>().into());
-    members.insert(
-        "reasons".into(),
-        Value::Object(
-            suppressed
-                .iter()
-                .map(|(reason, count)| (reason.clone(), (*count).into()))
-                .collect(),
-        ),
-    );
-    members
-}
-
-fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
-    let mut members = Map::new();
-    members.insert("ts".into(), entry.at.into());
-    members.insert("method".into(), entry.method.into());
-    members.insert("caller".into(), entry.caller.into());
-    members.insert("via".into(), entry.via.into());
-    members.insert(
-        "outcome".into(),
-        entry.outcome.map_or("allowed", Outcome::name).into(),
-    );
-    let mut optional = |name: &str, value: Option<Value>| {
-        if let Some(value) = value {
-            members.insert(name.into(), value);
-        }
-    };
-    optional("reason", entry.reason.map(Into::into));
-    optional("subject", entry.subject.map(Into::into));
-    optional(
-        "audiences",
-        (!entry.audiences.is_empty()).then(|| entry.audiences.iter().cloned().collect()),
-    );
-    optional("ttl", entry.ttl.map(Into::into));
-    optional("jti", entry.jti.map(Into::into));
-    optional("kid", entry.kid.map(Into::into));
-    optional("rule", entry.rule.map(Into::into));
-    optional("detail", entry.detail.map(Into::into));
-    members
-}
-
-/// The members (with `prev`) as one line ending in its own `hash`.
-fn chained_line(members: &Map<String, Value>) -> String {
-    let body = Value::Object(members.clone()).to_string();
-    // `body` is an object with at least one member: drop its closing brace.
-    let prefix = &body[..body.len() - 1];
-    let hash = hex(&crypto::sha256(prefix.as_bytes()));
-    format!("{prefix}{HASH_MEMBER}{hash}\"}}")
-}
-
-/// Splits a line into the text its hash covers and the hash it claims.
-fn split_hash(line: &str) -> Option<(&str, &str)> {
-    let at = line.rfind(HASH_MEMBER)?;
-    let hash = line[at + HASH_MEMBER.len()..].strip_suffix("\"}")?;
-    Some((&line[..at], hash))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The hash of the last line of an existing log (64 zeros when it is empty).
-fn last_hash(file: &mut File) -> std::io::Result<String> {
-    let len = file.metadata()?.len();
-    // Lines are short; the last one is within the final 64 KiB.
-    let start = len.saturating_sub(64 * 1024);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail)?;
-    let Some(last) = tail.lines().rev().find(|line| !line.trim().is_empty()) else {
-        return Ok(GENESIS.to_owned());
-    };
-    // A damaged last line still links: the next line carries the SHA-256 of its text,
-    // and `audit verify` reports the damage.
-    Ok(match split_hash(last) {
-        Some((_, hash)) if hash.len() == 64 => hash.to_owned(),
-        _ => hex(&crypto::sha256(last.as_bytes())),
-    })
-}
-
-/// Checks a whole log; returns the number of lines, or the first broken one (1-based).
-pub fn verify_file(path: &Path) -> Result<usize, AuditError> {
-    let read_error = |source| AuditError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let mut prev: Option<String> = None;
-    let mut count = 0;
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        let broken = |reason: &str| AuditError::Broken {
-            line: number,
-            reason: reason.to_owned(),
-        };
-        let line = line.map_err(|_| broken("is not UTF-8 text"))?;
-        let members: Map<String, Value> =
-            serde_json::from_str(&line).map_err(|_| broken("is not a JSON object"))?;
-        let (prefix, hash) =
-            split_hash(&line).ok_or_else(|| broken("does not end with its hash"))?;
-        if members.get("hash").and_then(Value::as_str) != Some(hash) {
-            return Err(broken("does not end with its hash"));
-        }
-        if hex(&crypto::sha256(prefix.as_bytes())) != hash {
-            return Err(broken("its content does not match its hash (edited)"));
-        }
-        let claimed_prev = members
-            .get("prev")
-            .and_then(Value::as_str)
-            .ok_or_else(|| broken("has no prev"))?;
-        if let Some(expected) = &prev {
-            if claimed_prev != expected {
-                return Err(broken(
-                    "its prev is not the hash of the line before (a line was removed, inserted or reordered)",
-                ));
-            }
-        }
-        prev = Some(hash.to_owned());
-        count = number;
-    }
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn entry(outcome: Outcome, reason: &str) -> Entry<'_> {
