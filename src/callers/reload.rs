@@ -9,7 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -110,16 +110,8 @@ pub async fn load(
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Polls `path` every `interval` until `stop`; a changed content that loads replaces the
-/// policy in force. Also refreshes stale issuer key caches and writes the audit log's
-/// summary of suppressed lines.
+/// policy in force. Also refreshes stale issuer key caches.
 pub async fn watch(
     callers: Arc<Callers>,
     path: PathBuf,
@@ -132,9 +124,6 @@ pub async fn watch(
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|stop| *stop) => return,
-        }
-        if let Some(audit) = callers.audit() {
-            audit.flush_suppressed(unix_now());
         }
         let current = callers.active();
         match std::fs::read(&path) {

@@ -5,6 +5,7 @@ mod admin_auth;
 mod algorithms;
 mod at_rest;
 mod audit;
+mod audit_integrity;
 mod bad_requests;
 mod bad_tokens;
 mod bench;

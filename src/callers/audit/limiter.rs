@@ -64,4 +64,12 @@ impl Limiter {
             _ => Suppressed::new(),
         }
     }
+
+    /// Everything suppressed and not yet reported, window over or not (at shutdown).
+    pub fn take_all(&self) -> Suppressed {
+        self.state
+            .lock()
+            .map(|mut window| std::mem::take(&mut window.suppressed))
+            .unwrap_or_default()
+    }
 }

@@ -1,17 +1,94 @@
-//! The format of one line: its members, and the hash that ends it and chains it to the
-//! line before.
-
-use std::{
-    fs::File,
-    io::{Read as _, Seek as _, SeekFrom},
-};
+//! The format of one line: its members, and the tag that ends it and chains it to the line
+//! before.
+//!
+//! A line is a JSON object whose `prev` member is the tag of the line before it (64 zeros
+//! for the first line of a chain) and whose last member is its own tag over the line's text
+//! up to (not including) that member: `"mac"`, HMAC-SHA-256 under the audit key, or, in a
+//! log written without a key, `"hash"`, a plain SHA-256 that anyone can recompute.
 
 use serde_json::{Map, Value};
 
-use super::{Entry, Outcome, Suppressed, GENESIS, HASH_MEMBER};
-use crate::crypto;
+use super::{Entry, Outcome, Suppressed};
+use crate::crypto::{self, mac::MacKey};
 
-pub(super) fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
+/// The `prev` of a chain's first line.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const MAC_MEMBER: &str = ",\"mac\":\"";
+const HASH_MEMBER: &str = ",\"hash\":\"";
+
+/// How lines are tagged: keyed (HMAC-SHA-256) or, without a key, plain SHA-256.
+#[derive(Debug)]
+pub enum Tagger {
+    Mac(MacKey),
+    Hash,
+}
+
+impl Tagger {
+    /// The members (with `prev`) as one line ending in its own tag, and that tag.
+    pub fn line(&self, members: &Map<String, Value>) -> (String, String) {
+        let body = Value::Object(members.clone()).to_string();
+        // `body` is an object with at least one member: drop its closing brace.
+        let prefix = &body[..body.len() - 1];
+        let (member, tag) = match self {
+            Tagger::Mac(key) => (MAC_MEMBER, hex(&key.sign(prefix.as_bytes()))),
+            Tagger::Hash => (HASH_MEMBER, hex(&crypto::sha256(prefix.as_bytes()))),
+        };
+        (format!("{prefix}{member}{tag}\"}}"), tag)
+    }
+}
+
+/// A line taken apart: the text its tag covers, the tag, and whether it is a MAC.
+pub struct Tagged<'a> {
+    pub covered: &'a str,
+    pub tag: &'a str,
+    pub keyed: bool,
+}
+
+/// Splits a line into what its tag covers and the tag it claims.
+pub fn split(line: &str) -> Option<Tagged<'_>> {
+    for (member, keyed) in [(MAC_MEMBER, true), (HASH_MEMBER, false)] {
+        if let Some(at) = line.rfind(member) {
+            let tag = line[at + member.len()..].strip_suffix("\"}")?;
+            return Some(Tagged {
+                covered: &line[..at],
+                tag,
+                keyed,
+            });
+        }
+    }
+    None
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The first line of every file the authority opens: the file's id, and for a file that
+/// follows another (log rotation) that file's id and line count; its `prev` is then the
+/// last tag of that file, so the chain runs on across files.
+pub fn opening(at: u64, file: &str, predecessor: Option<(&str, u64)>) -> Map<String, Value> {
+    let mut members = Map::new();
+    members.insert("ts".into(), at.into());
+    members.insert("event".into(), "open".into());
+    members.insert("file".into(), file.into());
+    if let Some((before, lines)) = predecessor {
+        members.insert("predecessor".into(), before.into());
+        members.insert("predecessor_lines".into(), lines.into());
+    }
+    members
+}
+
+pub fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
     let mut members = Map::new();
     members.insert("ts".into(), at.into());
     members.insert("event".into(), "suppressed".into());
@@ -28,7 +105,7 @@ pub(super) fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
     members
 }
 
-pub(super) fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
+pub fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
     let mut members = Map::new();
     members.insert("ts".into(), entry.at.into());
     members.insert("method".into(), entry.method.into());
@@ -55,43 +132,4 @@ pub(super) fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
     optional("rule", entry.rule.map(Into::into));
     optional("detail", entry.detail.map(Into::into));
     members
-}
-
-/// The members (with `prev`) as one line ending in its own `hash`.
-pub(super) fn chained_line(members: &Map<String, Value>) -> String {
-    let body = Value::Object(members.clone()).to_string();
-    // `body` is an object with at least one member: drop its closing brace.
-    let prefix = &body[..body.len() - 1];
-    let hash = hex(&crypto::sha256(prefix.as_bytes()));
-    format!("{prefix}{HASH_MEMBER}{hash}\"}}")
-}
-
-/// Splits a line into the text its hash covers and the hash it claims.
-pub(super) fn split_hash(line: &str) -> Option<(&str, &str)> {
-    let at = line.rfind(HASH_MEMBER)?;
-    let hash = line[at + HASH_MEMBER.len()..].strip_suffix("\"}")?;
-    Some((&line[..at], hash))
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The hash of the last line of an existing log (64 zeros when it is empty).
-pub(super) fn last_hash(file: &mut File) -> std::io::Result<String> {
-    let len = file.metadata()?.len();
-    // Lines are short; the last one is within the final 64 KiB.
-    let start = len.saturating_sub(64 * 1024);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail)?;
-    let Some(last) = tail.lines().rev().find(|line| !line.trim().is_empty()) else {
-        return Ok(GENESIS.to_owned());
-    };
-    // A damaged last line still links: the next line carries the SHA-256 of its text,
-    // and `audit verify` reports the damage.
-    Ok(match split_hash(last) {
-        Some((_, hash)) if hash.len() == 64 => hash.to_owned(),
-        _ => hex(&crypto::sha256(last.as_bytes())),
-    })
 }

@@ -10,10 +10,13 @@ use crate::{
 };
 
 /// UNAUTHENTICATED when the credentials prove nobody, PERMISSION_DENIED when the policy
-/// refuses; the message names what was wrong or refused, never a credential.
+/// refuses, UNAVAILABLE when the decision could not be recorded (and so was not carried
+/// out); the message names what was wrong or refused, never a credential.
 impl From<CallerError> for Status {
     fn from(error: CallerError) -> Status {
-        if error.is_unauthenticated() {
+        if let CallerError::NotRecorded(_) = error {
+            Status::unavailable(error.to_string())
+        } else if error.is_unauthenticated() {
             Status::unauthenticated(error.to_string())
         } else {
             Status::permission_denied(error.to_string())
