@@ -144,6 +144,25 @@ async fn a_full_disk_refuses_decisions_until_it_has_room_and_never_tears_a_line(
         (listed.code(), listed.message()),
         (tonic::Code::Unavailable, "audit log not writable")
     );
+    let before = crate::helpers::kids(&server.http_jwks().await);
+    let rotation = server
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest {
+            force: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (rotation.code(), rotation.message()),
+        (tonic::Code::Unavailable, "audit log not writable")
+    );
+    assert_eq!(
+        crate::helpers::kids(&server.http_jwks().await),
+        before,
+        "rotated anyway"
+    );
     assert_eq!(service_status(&server).await, ServingStatus::NotServing);
     assert_eq!(
         server
@@ -157,7 +176,7 @@ async fn a_full_disk_refuses_decisions_until_it_has_room_and_never_tears_a_line(
     );
     assert_eq!(
         metric(&server, "token_authority_audit_unrecorded_decisions_total").await,
-        f64::from(refused + 1)
+        f64::from(refused + 2)
     );
     assert_eq!(
         metric(&server, "token_authority_audit_log_writable").await,
@@ -175,7 +194,11 @@ async fn a_full_disk_refuses_decisions_until_it_has_room_and_never_tears_a_line(
 
     // Every line whole, the chain intact, and no refused call left a line.
     let lines = json_lines(&audit_path);
-    let subjects: Vec<&str> = lines.iter().filter_map(|l| l["subject"].as_str()).collect();
+    let subjects: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["method"] == "IssueToken")
+        .filter_map(|l| l["subject"].as_str())
+        .collect();
     assert_eq!(subjects.first(), Some(&"before"));
     assert_eq!(subjects.last(), Some(&"after"));
     assert_eq!(subjects.len(), 2 + 50 - refused as usize);
@@ -455,6 +478,7 @@ async fn the_log_follows_rotation_by_sighup_rename_and_removal_linked_to_the_old
             audit_path.to_str().unwrap(),
             "--audit-key-file",
             key.to_str().unwrap(),
+            "--audit-sync",
         ],
     );
     let client = connect(&process.grpc).await;
@@ -554,4 +578,123 @@ async fn suppressed_refusals_are_summed_up_at_shutdown_without_a_policy_file() {
         "{written} refused lines: none was suppressed"
     );
     assert_eq!(written + summed, FLOOD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_record_their_heads_in_postgresql_while_running_and_a_cut_tail_is_found() {
+    let shared = crate::postgres::Store::postgres().await;
+    let url = shared.pg().url();
+    let (a, b) = (DataDir::new(), DataDir::new());
+    let key = key_file(&a);
+    let logs = [
+        a.path.parent().unwrap().join("audit.log"),
+        b.path.parent().unwrap().join("audit.log"),
+    ];
+    let mut servers = Vec::new();
+    for (dir, log) in [(&a, &logs[0]), (&b, &logs[1])] {
+        servers.push(
+            TestServer::start_with(shared.config(
+                dir,
+                &[
+                    "--audit-log",
+                    log.to_str().unwrap(),
+                    "--audit-key-file",
+                    key.to_str().unwrap(),
+                ],
+            ))
+            .await,
+        );
+    }
+    for server in &servers {
+        for _ in 0..3 {
+            server.issue("someone", &["a"]).await;
+        }
+    }
+    let verify = |log: &Path| {
+        run_command(&[
+            "audit",
+            "verify",
+            log.to_str().unwrap(),
+            "--audit-key-file",
+            key.to_str().unwrap(),
+            "--store",
+            &url,
+        ])
+    };
+    // While they run: each replica's head reaches its last line within a second or so.
+    for log in &logs {
+        until("the head of a running replica", || {
+            let (ok, text) = verify(log);
+            async move { ok && text.contains("the recorded head (line 4 of file") }
+        })
+        .await;
+    }
+    for server in servers {
+        server.stop().await;
+    }
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&logs[0], cut).unwrap();
+    let (ok, text) = verify(&logs[0]);
+    assert_eq!(
+        (ok, text.trim().to_owned()),
+        (
+            false,
+            format!(
+                "{}: chain broken at line 3: missing: the recorded head is at line 4 (the tail was cut)",
+                logs[0].display()
+            )
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_audit_key_file_others_can_read_or_of_the_wrong_size_stops_the_start() {
+    let dir = DataDir::new();
+    dir.create();
+    let audit = dir.path.parent().unwrap().join("audit.log");
+    let key = dir.path.parent().unwrap().join("audit.key");
+    let cases: [(&str, u32, String); 3] = [
+        (
+            AUDIT_KEY,
+            0o644,
+            format!(
+                "the audit key file {0} is accessible to group or others (mode 0644); run `chmod 600 {0}`, or start with --allow-group-readable-files (TA_ALLOW_GROUP_READABLE_FILES=true) where the platform sets these modes",
+                key.display()
+            ),
+        ),
+        (
+            "c2hvcnQ=",
+            0o600,
+            format!(
+                "the audit key file {} must hold one standard-base64 line of exactly 32 bytes (openssl rand -base64 32)",
+                key.display()
+            ),
+        ),
+        (
+            "not base64!",
+            0o600,
+            format!(
+                "the audit key file {} must hold one standard-base64 line of exactly 32 bytes (openssl rand -base64 32)",
+                key.display()
+            ),
+        ),
+    ];
+    for (content, mode, message) in cases {
+        std::fs::write(&key, content).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (server, result) = TestServer::try_start(config(
+            &dir,
+            &[
+                "--audit-log",
+                audit.to_str().unwrap(),
+                "--audit-key-file",
+                key.to_str().unwrap(),
+            ],
+        ))
+        .await;
+        assert!(server.is_none());
+        assert_eq!(result.unwrap_err().to_string(), message);
+    }
 }
