@@ -474,4 +474,32 @@ mod tests {
             (written as u64 + 2, false)
         );
     }
+
+    #[tokio::test]
+    async fn lines_are_refused_while_the_rotated_path_cannot_be_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let path = logs.join("audit.log");
+        let log = open(&path, Some([9; 32]));
+        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        std::fs::rename(&logs, dir.path().join("logs.old")).unwrap();
+        assert_eq!(
+            log.record(&entry(Outcome::Allowed, "")).await,
+            Err(NotRecorded)
+        );
+        assert!(!*log.writable().borrow());
+        std::fs::create_dir(&logs).unwrap();
+        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        assert!(*log.writable().borrow());
+        let new: Vec<Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            (new.len(), &new[0]["predecessor_lines"]),
+            (2, &Value::from(2))
+        );
+    }
 }

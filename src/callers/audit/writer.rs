@@ -139,7 +139,7 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: Vec<Pending>) {
-        self.follow_rotation();
+        let followed = self.follow_rotation();
         let mut text = String::new();
         let mut prev = self.prev.clone();
         let mut chain = |mut members: Map<String, Value>, text: &mut String| {
@@ -163,6 +163,10 @@ impl Writer {
         }
         written += count;
         let result = match &mut self.sink {
+            // Lines written to a file no longer at the path would be lost to every reader.
+            Sink::File(_) if !followed => Err(std::io::Error::other(
+                "the file was rotated away and no new one can be opened at the path",
+            )),
             Sink::File(open) => write_whole(open, text.as_bytes(), self.sync),
             Sink::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
         };
@@ -214,12 +218,13 @@ impl Writer {
     }
 
     /// Opens a new file when the path no longer names the one held (renamed or removed).
-    fn follow_rotation(&mut self) {
+    /// `false` when that was needed and failed: the file held is no longer at the path.
+    fn follow_rotation(&mut self) -> bool {
         let Sink::File(open) = &self.sink else {
-            return;
+            return true;
         };
         if std::fs::metadata(&self.path).is_ok_and(|meta| identity(&meta) == open.identity) {
-            return;
+            return true;
         }
         // Lines written to a file that was only opened are not part of the chain yet.
         let predecessor = (open.opening.is_none()).then(|| (open.id.clone(), open.lines));
@@ -229,7 +234,7 @@ impl Writer {
         ) {
             Ok((file, prev)) => {
                 let Sink::File(old) = std::mem::replace(&mut self.sink, Sink::File(file)) else {
-                    return;
+                    return true;
                 };
                 if old.opening.is_none() {
                     self.shared.heads.finish(Head {
@@ -246,9 +251,11 @@ impl Writer {
                 }
                 tracing::info!(path = %self.path.display(), previous = %old.id, "audit log reopened (rotated)");
                 self.publish_head();
+                true
             }
             Err(error) => {
-                tracing::error!(path = %self.path.display(), %error, "cannot reopen the rotated audit log; still writing the old file");
+                tracing::error!(path = %self.path.display(), %error, "cannot open a new audit log at the path after rotation; retried with the next line");
+                false
             }
         }
     }
