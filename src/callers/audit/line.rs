@@ -26,7 +26,7 @@ pub enum Tagger {
 impl Tagger {
     /// The members (with `prev`) as one line ending in its own tag, and that tag.
     pub fn line(&self, members: &Map<String, Value>) -> (String, String) {
-        let body = Value::Object(members.clone()).to_string();
+        let body = serde_json::to_string(members).unwrap_or_else(|_| "{}".into());
         // `body` is an object with at least one member: drop its closing brace.
         let prefix = &body[..body.len() - 1];
         let (member, tag) = match self {
@@ -60,7 +60,13 @@ pub fn split(line: &str) -> Option<Tagged<'_>> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 pub fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -61,6 +61,8 @@ struct OpenFile {
     identity: (u64, u64),
     /// The length up to the last whole line.
     good_len: u64,
+    /// Whether a failed write could not be cut back: bytes after `good_len` to cut first.
+    torn: bool,
     id: String,
     lines: u64,
     /// The opening line of a new file, until it is written with the first batch.
@@ -111,6 +113,9 @@ impl Writer {
     /// Runs until every sender is gone.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
+            // Let the callers woken with the last batch queue their next lines: on busy
+            // cores this makes batches larger and wake-ups fewer.
+            std::thread::yield_now();
             let mut batch = Vec::new();
             let mut synced = Vec::new();
             let mut next = Some(first);
@@ -182,7 +187,11 @@ impl Writer {
                 true
             }
             Err(error) => {
-                tracing::error!(path = %self.path.display(), %error, lines = count, "cannot write the audit log; the calls are answered UNAVAILABLE");
+                // Said once when writes start failing (the metrics count every line), so a
+                // full disk does not also become a flood of server log lines.
+                if *self.shared.writable.borrow() {
+                    tracing::error!(path = %self.path.display(), %error, "cannot write the audit log; IssueToken and admin RPCs answer UNAVAILABLE until a write succeeds");
+                }
                 self.shared.metrics.write_failures.inc_by(count);
                 false
             }
@@ -263,9 +272,10 @@ impl Writer {
 
 /// Writes `bytes` after the last whole line, or cuts the file back to it.
 fn write_whole(open: &mut OpenFile, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-    // A failed cut-back earlier may have left a torn line: cut it before writing after it.
-    if open.file.metadata()?.len() != open.good_len {
+    // A failed cut-back earlier left a torn line: cut it before writing after it.
+    if open.torn {
         open.file.set_len(open.good_len)?;
+        open.torn = false;
     }
     let written =
         open.file
@@ -273,6 +283,7 @@ fn write_whole(open: &mut OpenFile, bytes: &[u8], sync: bool) -> std::io::Result
             .and_then(|()| if sync { open.file.sync_data() } else { Ok(()) });
     if let Err(error) = written {
         if let Err(cut) = open.file.set_len(open.good_len) {
+            open.torn = true;
             tracing::error!(%cut, "cannot cut the audit log back to its last whole line; retried before the next write");
         }
         return Err(error);
@@ -336,6 +347,7 @@ fn open_file(
                 file,
                 identity,
                 good_len: 0,
+                torn: false,
                 id,
                 lines: 0,
                 opening: Some(opening),
@@ -357,6 +369,7 @@ fn open_file(
             file,
             identity,
             good_len,
+            torn: false,
             id,
             lines,
             opening: None,
