@@ -19,7 +19,8 @@ const HASH_MEMBER: &str = ",\"hash\":\"";
 /// How lines are tagged: keyed (HMAC-SHA-256) or, without a key, plain SHA-256.
 #[derive(Debug)]
 pub enum Tagger {
-    Mac(MacKey),
+    /// Boxed: aws-lc-rs's HMAC key is over a kilobyte.
+    Mac(Box<MacKey>),
     Hash,
 }
 

@@ -185,7 +185,7 @@ impl AuditLog {
             metrics,
         });
         let tagger = match settings.key {
-            Some(key) => Tagger::Mac(key),
+            Some(key) => Tagger::Mac(Box::new(key)),
             None => Tagger::Hash,
         };
         let writer = Writer::open(&settings.path, tagger, settings.sync, Arc::clone(&shared))
