@@ -30,7 +30,9 @@ pub fn run(command: Command) -> ExitCode {
         Command::Policy(PolicyCommand::Check { file }) => {
             report(runtime.block_on(commands::policy_check(&file)))
         }
-        Command::Audit(AuditCommand::Verify { path }) => report(commands::audit_verify(&path)),
+        Command::Audit(AuditCommand::Verify(args)) => {
+            report(runtime.block_on(commands::audit_verify(&args)))
+        }
     }
 }
 

@@ -61,6 +61,10 @@ pub enum CallerError {
     /// The admin token under a policy: PERMISSION_DENIED.
     #[error("the admin token is for admin RPCs; IssueToken needs a caller the policy names")]
     AdminIsNotACaller,
+    /// The decision's audit line could not be written, so it is not carried out:
+    /// UNAVAILABLE (the client may retry once the log takes lines again).
+    #[error(transparent)]
+    NotRecorded(#[from] audit::NotRecorded),
 }
 
 impl CallerError {
@@ -72,6 +76,7 @@ impl CallerError {
             CallerError::Refused(refusal) => refusal.label(),
             CallerError::AdminOnly | CallerError::AdminIsNotACaller => "admin_only",
             CallerError::Throttled { .. } => "throttled",
+            CallerError::NotRecorded(_) => "audit_unavailable",
         }
     }
 
@@ -284,20 +289,28 @@ impl Callers {
         }
     }
 
-    /// Counts the decision and writes its audit line.
-    pub fn record(&self, entry: &Entry<'_>) {
+    /// Counts the decision and writes its audit line; returns once it is written. An
+    /// error means it could not be: a decision to carry something out must then not be.
+    pub async fn record(&self, entry: &Entry<'_>) -> Result<(), CallerError> {
         let outcome = entry.outcome.unwrap_or(Outcome::Allowed);
-        self.metrics
-            .decision(entry.method, outcome_label(outcome, entry.reason_label));
-        if let Some(audit) = &self.audit {
-            audit.record(entry);
+        // The result of a change was counted with its decision.
+        if !matches!(outcome, Outcome::Done | Outcome::Failed) {
+            self.metrics
+                .decision(entry.method, outcome_label(outcome, entry.reason_label));
         }
+        if let Some(audit) = &self.audit {
+            if let Err(error) = audit.record(entry).await {
+                audit.metrics().unrecorded.inc();
+                return Err(error.into());
+            }
+        }
+        Ok(())
     }
 }
 
 fn outcome_label(outcome: Outcome, reason: &str) -> &str {
     match outcome {
-        Outcome::Allowed => "allowed",
+        Outcome::Allowed | Outcome::Done | Outcome::Failed => "allowed",
         Outcome::Malformed => "malformed",
         Outcome::Refused => reason,
     }

@@ -9,7 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -121,19 +121,11 @@ async fn prepare(
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// How long a new content must stay the same before it is applied.
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// Polls `path` every `interval` until `stop`; a changed content that loads replaces the
-/// policy in force. Also refreshes stale issuer key caches and writes the audit log's
-/// summary of suppressed lines.
+/// policy in force. Also refreshes stale issuer key caches.
 ///
 /// A new content is applied only once two reads `SETTLE` apart find it the same: a file
 /// caught half-written (an editor or `cat >` writing in place) can parse as a shorter,
@@ -153,9 +145,6 @@ pub async fn watch(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stop| *stop) => return,
-        }
-        if let Some(audit) = callers.audit() {
-            audit.flush_suppressed(unix_now());
         }
         let current = callers.active();
         match std::fs::read(&path) {

@@ -50,12 +50,37 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify an audit log's hash chain. Exit 0 with the line count; exit 1 naming the
-    /// first line where the chain breaks.
-    Verify {
-        /// The audit log.
-        path: PathBuf,
-    },
+    /// Verify an audit log's chain. Exit 0 with the line count and what could not be
+    /// checked; exit 1 naming the first bad line.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The audit log.
+    pub path: PathBuf,
+
+    /// The audit chain's key (as given to `serve`): checks each line's MAC, so a chain
+    /// recomputed without the key is detected.
+    #[arg(long, env = "TA_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+
+    /// The data directory of the (stopped) authority that wrote the log: its keystore holds
+    /// the chain's recorded head, against which a cut tail is detected.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The shared store (a postgres:// URL) holding the recorded head instead.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub store: Option<String>,
+
+    /// File holding the PostgreSQL password, when the --store URL has none.
+    #[arg(long, requires = "store")]
+    pub store_password_file: Option<PathBuf>,
+
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate.
+    #[arg(long, requires = "store")]
+    pub store_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

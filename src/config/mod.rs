@@ -62,6 +62,8 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     pub policy_reload_interval: Duration,
     pub audit_log: Option<PathBuf>,
+    pub audit_key_file: Option<PathBuf>,
+    pub audit_sync: bool,
     pub watch: WatchSettings,
 }
 
@@ -261,6 +263,8 @@ impl TryFrom<ServeArgs> for Config {
             policy_file: args.policy_file,
             policy_reload_interval: args.policy_reload_interval,
             audit_log: args.audit_log,
+            audit_key_file: args.audit_key_file,
+            audit_sync: args.audit_sync,
             watch: WatchSettings {
                 max_watchers: args.max_watchers,
                 keepalive: args.watch_keepalive,

@@ -262,4 +262,14 @@ pub struct ServeArgs {
     /// (`-`: stderr). Check it with `token-authority audit verify PATH`.
     #[arg(long, env = "TA_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+
+    /// File holding the audit chain's key: one standard-base64 line of 32 random bytes
+    /// (`openssl rand -base64 32`), owner-only. Lines then carry an HMAC-SHA-256, so a chain
+    /// recomputed without the key is detected; without it they carry a plain SHA-256.
+    #[arg(long, env = "TA_AUDIT_KEY_FILE", requires = "audit_log")]
+    pub audit_key_file: Option<PathBuf>,
+
+    /// fsync each batch of audit lines before the calls it records are answered.
+    #[arg(long, env = "TA_AUDIT_SYNC", requires = "audit_log")]
+    pub audit_sync: bool,
 }

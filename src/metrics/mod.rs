@@ -18,7 +18,10 @@ use crate::{
     lifecycle::Timing,
 };
 
+mod audit;
 mod registry;
+
+pub use self::audit::AuditMetrics;
 
 type Labels = Vec<(String, String)>;
 
@@ -124,6 +127,7 @@ pub struct Metrics {
     pub grpc_listener: ListenerMetrics,
     pub http_listener: ListenerMetrics,
     pub watchers: WatchMetrics,
+    pub audit: AuditMetrics,
 }
 
 /// WatchKeys streams: how many are open, and how many the server refused or dropped.

@@ -35,6 +35,7 @@ fn per_algorithm<M: Clone, C: MetricConstructor<M>>(
 impl Metrics {
     pub fn new(algorithms: &[Algorithm]) -> Metrics {
         let mut registry = Registry::with_prefix("token_authority");
+        let audit = super::AuditMetrics::register(&mut registry);
 
         let issued_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -198,6 +199,7 @@ impl Metrics {
                 &closed_family,
                 &throttled_family,
             ),
+            audit,
             watchers: WatchMetrics {
                 open: watchers_open,
                 refused_at_limit: watchers_ended

@@ -3,7 +3,8 @@
 //!
 //! Production passes the SIGTERM|SIGINT future; tests pass a oneshot receiver. Shutdown:
 //! health goes NOT_SERVING, both servers stop accepting and drain within the grace period,
-//! the keystore is flushed. What it opens first is in `open`, its background tasks in `tasks`.
+//! the keystore is flushed. What it opens first is in `open`, its background tasks in `tasks`,
+//! the audit log's in `audit`.
 
 use std::{
     future::Future,
@@ -43,6 +44,7 @@ use crate::{
     },
 };
 
+mod audit;
 mod open;
 mod tasks;
 
@@ -304,6 +306,15 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
+    let audit_tasks = callers.audit().map(|log| {
+        audit::AuditTasks::start(
+            Arc::clone(log),
+            authority.store().clone(),
+            health_reporter.clone(),
+            Arc::clone(&ready),
+            stop_rx.clone(),
+        )
+    });
     let grpc_task = tokio::spawn(grpc_listener.serve(grpc_routes, stop_rx.clone()));
     let http_task = tokio::spawn(http_listener.serve(http_router, stop_rx.clone()));
     let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
@@ -339,6 +350,10 @@ pub async fn run(
             Ok(())
         }
     };
+    // After the drain: the last calls' lines are written, then the final head recorded.
+    if let Some(tasks) = audit_tasks {
+        tasks.stop().await;
+    }
     authority.flush().await?;
     tracing::info!("keystore flushed; stopped");
     result

@@ -8,7 +8,10 @@ use crate::{
     admin::AdminToken,
     authority::{Authority, AuthorityError, Settings},
     backoff::Backoff,
-    callers::{audit::AuditLog, reload, CallerSettings, Callers},
+    callers::{
+        audit::{self, AuditLog, AuditSettings},
+        reload, CallerSettings, Callers,
+    },
     config::Config,
     file_modes,
     metrics::Metrics,
@@ -114,6 +117,9 @@ pub(super) fn check_files(config: &Config) -> Result<(), ServerError> {
     if let Some(kek) = &config.kek_file {
         file_modes::check_private(kek, "KEK file", allow)?;
     }
+    if let Some(key) = &config.audit_key_file {
+        file_modes::check_private(key, "audit key file", allow)?;
+    }
     Ok(())
 }
 
@@ -157,8 +163,23 @@ pub(super) async fn open_callers(
     };
     let audit = match &config.audit_log {
         Some(path) => {
-            let log = AuditLog::open(path)?;
-            tracing::info!(path = %path.display(), "audit log open");
+            let key = config
+                .audit_key_file
+                .as_deref()
+                .map(audit::load_key)
+                .transpose()?;
+            if key.is_none() {
+                tracing::warn!("no --audit-key-file: the audit chain is a plain SHA-256 chain, which anyone who can write the file can recompute");
+            }
+            let log = AuditLog::open(
+                AuditSettings {
+                    path: path.clone(),
+                    key,
+                    sync: config.audit_sync,
+                },
+                metrics.audit.clone(),
+            )?;
+            tracing::info!(path = %path.display(), keyed = config.audit_key_file.is_some(), sync = config.audit_sync, "audit log open");
             Some(Arc::new(log))
         }
         None => None,

@@ -18,6 +18,12 @@ pub mod kek;
 pub mod postgres;
 mod sled;
 
+/// Reading an audit head from a stopped authority's sled keystore or from PostgreSQL.
+pub mod audit_heads {
+    pub use super::postgres::audit::read_audit_head as read_from_postgres;
+    pub use super::sled::audit::read_audit_head as read_from_sled;
+}
+
 pub use self::postgres::{PgSettings, PgStore, Snapshot};
 pub use self::sled::SledStore;
 use crate::keys::KeyRecord;
@@ -156,6 +162,19 @@ impl KeyStore {
                 tokio::spawn(Arc::clone(store).listen(sender));
                 Some(receiver)
             }
+        }
+    }
+
+    /// Records the head of audit file `file` (opaque text the audit layer reads back).
+    pub async fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(store) => {
+                let (store, file, head) = (Arc::clone(store), file.to_owned(), head.to_owned());
+                tokio::task::spawn_blocking(move || store.record_audit_head(&file, &head))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+            KeyStore::Postgres(store) => store.record_audit_head(file, head).await,
         }
     }
 

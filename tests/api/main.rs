@@ -6,6 +6,7 @@ mod admin_binding;
 mod algorithms;
 mod at_rest;
 mod audit;
+mod audit_integrity;
 mod bad_requests;
 mod bad_tokens;
 mod bench;

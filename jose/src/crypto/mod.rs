@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 pub mod aead;
 #[cfg(feature = "aws-lc-rs")]
 mod aws_lc_provider;
+pub mod mac;
 #[cfg(feature = "aws-lc-rs")]
 use aws_lc_provider as provider;
 

@@ -24,6 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub mod audit;
 mod connect;
 mod listen;
 mod record;
@@ -34,7 +35,8 @@ use crate::keys::KeyRecord;
 
 /// The schema this binary knows, in order; the version of a migration is its index + 1.
 /// Applied at start, each in the same transaction as its row in `ta_schema_version`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE ta_generation (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         generation bigint NOT NULL
@@ -44,7 +46,14 @@ const MIGRATIONS: &[&str] = &["
         kid text PRIMARY KEY,
         record text NOT NULL
     );
-"];
+",
+    "
+    CREATE TABLE ta_audit_heads (
+        file text PRIMARY KEY,
+        head text NOT NULL
+    );
+",
+];
 
 /// Advisory lock ids: one serialises schema migrations, one serialises key-set changes.
 /// Transaction-scoped, so a pooled connection never keeps one after its transaction.

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod audit;
 mod record;
 mod write;
 

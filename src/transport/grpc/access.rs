@@ -60,49 +60,67 @@ impl GrpcService {
             },
             Err(error) => (None, error),
         };
-        self.callers.record(&Entry {
-            at: now(),
-            method,
-            caller: principal.as_ref().map_or("", Principal::name),
-            via: principal.as_ref().map_or("", Principal::via),
-            outcome: Some(Outcome::Refused),
-            reason: Some(&error.to_string()),
-            reason_label: error.label(),
-            ..Entry::default()
-        });
+        // Refused either way: a refusal that cannot be recorded is still a refusal.
+        let _ = self
+            .callers
+            .record(&Entry {
+                at: now(),
+                method,
+                caller: principal.as_ref().map_or("", Principal::name),
+                via: principal.as_ref().map_or("", Principal::via),
+                outcome: Some(Outcome::Refused),
+                reason: Some(&error.to_string()),
+                reason_label: error.label(),
+                ..Entry::default()
+            })
+            .await;
         Err(Status::from(error))
     }
 
-    /// Audits an admin action that was carried out.
-    pub(super) fn admin_done(&self, principal: &Principal, method: &'static str, detail: &str) {
-        self.callers.record(&Entry {
-            at: now(),
-            method,
-            caller: principal.name(),
-            via: principal.via(),
-            outcome: Some(Outcome::Allowed),
-            detail: Some(detail),
-            ..Entry::default()
-        });
+    /// Audits an admin action before it is carried out (`Allowed`), or its result after
+    /// (`Done`, `Failed`). The action waits for its `Allowed` line: one that cannot be
+    /// written is not carried out (UNAVAILABLE).
+    pub(super) async fn admin_line(
+        &self,
+        principal: &Principal,
+        method: &'static str,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), Status> {
+        self.callers
+            .record(&Entry {
+                at: now(),
+                method,
+                caller: principal.name(),
+                via: principal.via(),
+                outcome: Some(outcome),
+                detail: Some(detail),
+                ..Entry::default()
+            })
+            .await
+            .map_err(Status::from)
     }
 
     /// Audits a refused or malformed IssueToken.
-    pub(super) fn issue_refused(
+    pub(super) async fn issue_refused(
         &self,
         principal: Option<&Principal>,
         outcome: Outcome,
         label: &str,
         status: &Status,
     ) {
-        self.callers.record(&Entry {
-            at: now(),
-            method: "IssueToken",
-            caller: principal.map_or("", Principal::name),
-            via: principal.map_or("", Principal::via),
-            outcome: Some(outcome),
-            reason: Some(status.message()),
-            reason_label: label,
-            ..Entry::default()
-        });
+        let _ = self
+            .callers
+            .record(&Entry {
+                at: now(),
+                method: "IssueToken",
+                caller: principal.map_or("", Principal::name),
+                via: principal.map_or("", Principal::via),
+                outcome: Some(outcome),
+                reason: Some(status.message()),
+                reason_label: label,
+                ..Entry::default()
+            })
+            .await;
     }
 }

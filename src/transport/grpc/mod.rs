@@ -66,6 +66,23 @@ impl GrpcService {
     }
 }
 
+impl GrpcService {
+    /// Audits the result of an admin change whose decision line was written before it. The
+    /// change stands either way: a result line that cannot be written is in the server log
+    /// and the audit metrics, and the caller still gets the result.
+    async fn admin_result(
+        &self,
+        principal: &Principal,
+        method: &'static str,
+        outcome: Outcome,
+        detail: &str,
+    ) {
+        if let Err(status) = self.admin_line(principal, method, outcome, detail).await {
+            tracing::error!(method, detail, %status, "the result of an admin change could not be audited");
+        }
+    }
+}
+
 /// Wall-clock unix seconds: the only place the gRPC API reads the clock.
 fn now() -> u64 {
     SystemTime::now()
@@ -90,7 +107,8 @@ impl TokenAuthority for GrpcService {
                     Err(error) => {
                         let label = error.label();
                         let status = Status::from(error);
-                        self.issue_refused(None, Outcome::Refused, label, &status);
+                        self.issue_refused(None, Outcome::Refused, label, &status)
+                            .await;
                         return Err(status);
                     }
                 }
@@ -125,7 +143,8 @@ impl TokenAuthority for GrpcService {
                         Outcome::Malformed,
                         "malformed",
                         &status,
-                    );
+                    )
+                    .await;
                     return Err(status);
                 }
             };
@@ -135,7 +154,8 @@ impl TokenAuthority for GrpcService {
                 Err(error) => {
                     let label = error.label();
                     let status = Status::from(error);
-                    self.issue_refused(Some(&principal), Outcome::Refused, label, &status);
+                    self.issue_refused(Some(&principal), Outcome::Refused, label, &status)
+                        .await;
                     return Err(status);
                 }
             };
@@ -181,24 +201,27 @@ impl TokenAuthority for GrpcService {
             };
             let issued = issued?;
             self.metrics.token_issued(issued.alg, signing);
-            self.callers.record(&Entry {
-                at: issued.issued_at,
-                method: "IssueToken",
-                caller: principal.name(),
-                via: if self.callers.is_open() {
-                    "open"
-                } else {
-                    principal.via()
-                },
-                outcome: Some(Outcome::Allowed),
-                subject: Some(&parsed.subject),
-                audiences: &parsed.audiences,
-                ttl: Some(parsed.ttl),
-                jti: Some(&issued.jti),
-                kid: Some(&issued.kid),
-                rule: grant.rule,
-                ..Entry::default()
-            });
+            // The token leaves only once its line is written (else UNAVAILABLE).
+            self.callers
+                .record(&Entry {
+                    at: issued.issued_at,
+                    method: "IssueToken",
+                    caller: principal.name(),
+                    via: if self.callers.is_open() {
+                        "open"
+                    } else {
+                        principal.via()
+                    },
+                    outcome: Some(Outcome::Allowed),
+                    subject: Some(&parsed.subject),
+                    audiences: &parsed.audiences,
+                    ttl: Some(parsed.ttl),
+                    jti: Some(&issued.jti),
+                    kid: Some(&issued.kid),
+                    rule: grant.rule,
+                    ..Entry::default()
+                })
+                .await?;
             tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
             Ok(Response::new(pb::IssueTokenResponse {
                 token: issued.token,
@@ -283,14 +306,31 @@ impl TokenAuthority for GrpcService {
             let principal = self.check_admin(&request, "RotateKeys").await?;
             let request = request.into_inner();
             let alg = parse_algorithm(&request.algorithm)?;
-            let outcome = self.authority.rotate(alg, request.force, now()).await?;
+            let asked = format!(
+                "rotate algorithm {} force {}",
+                alg.map_or("default", |alg| alg.name()),
+                request.force
+            );
+            self.admin_line(&principal, "RotateKeys", Outcome::Allowed, &asked)
+                .await?;
+            let outcome = match self.authority.rotate(alg, request.force, now()).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    let status = Status::from(error);
+                    self.admin_result(&principal, "RotateKeys", Outcome::Failed, status.message())
+                        .await;
+                    return Err(status);
+                }
+            };
             self.metrics.key_events(1, 0, 0);
             tracing::info!(current = %outcome.current_kid, previous = %outcome.previous_kid, "keys rotated");
-            self.admin_done(
+            self.admin_result(
                 &principal,
                 "RotateKeys",
+                Outcome::Done,
                 &format!("current {} previous {}", outcome.current_kid, outcome.previous_kid),
-            );
+            )
+            .await;
             Ok(Response::new(pb::RotateKeysResponse {
                 current_key_id: outcome.current_kid,
                 previous_key_id: outcome.previous_kid,
@@ -314,17 +354,32 @@ impl TokenAuthority for GrpcService {
             if reason.len() > 512 {
                 return Err(Status::invalid_argument("reason: is longer than 512 bytes"));
             }
-            let (current, keys) = self
-                .authority
-                .revoke(&request.key_id, reason, now())
-                .await?;
-            self.metrics.key_events(0, 1, 0);
-            tracing::warn!(kid = %request.key_id, reason, current = %current, "key revoked");
-            self.admin_done(
+            self.admin_line(
                 &principal,
                 "RevokeKey",
+                Outcome::Allowed,
+                &format!("revoke {}", request.key_id),
+            )
+            .await?;
+            let (current, keys) = match self.authority.revoke(&request.key_id, reason, now()).await
+            {
+                Ok(done) => done,
+                Err(error) => {
+                    let status = Status::from(error);
+                    self.admin_result(&principal, "RevokeKey", Outcome::Failed, status.message())
+                        .await;
+                    return Err(status);
+                }
+            };
+            self.metrics.key_events(0, 1, 0);
+            tracing::warn!(kid = %request.key_id, reason, current = %current, "key revoked");
+            self.admin_result(
+                &principal,
+                "RevokeKey",
+                Outcome::Done,
                 &format!("revoked {} current {current}", request.key_id),
-            );
+            )
+            .await;
             Ok(Response::new(pb::RevokeKeyResponse {
                 current_key_id: current,
                 keys: key_infos(&keys),
@@ -339,7 +394,8 @@ impl TokenAuthority for GrpcService {
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         observe(&self.metrics, &self.log_limiter, "ListKeys", async {
             let principal = self.check_admin(&request, "ListKeys").await?;
-            self.admin_done(&principal, "ListKeys", "listed");
+            self.admin_line(&principal, "ListKeys", Outcome::Allowed, "listed")
+                .await?;
             Ok(Response::new(pb::ListKeysResponse {
                 keys: key_infos(&self.authority.keys()),
             }))

@@ -10,11 +10,14 @@ use crate::{
 };
 
 /// UNAUTHENTICATED when the credentials prove nobody, RESOURCE_EXHAUSTED when the peer
-/// failed too often to be heard now, PERMISSION_DENIED when the policy refuses; the message
-/// names what was wrong or refused, never a credential.
+/// failed too often to be heard now, PERMISSION_DENIED when the policy refuses, UNAVAILABLE
+/// when the decision could not be recorded (and so was not carried out); the message names
+/// what was wrong or refused, never a credential.
 impl From<CallerError> for Status {
     fn from(error: CallerError) -> Status {
-        if matches!(error, CallerError::Throttled { .. }) {
+        if let CallerError::NotRecorded(_) = error {
+            Status::unavailable(error.to_string())
+        } else if matches!(error, CallerError::Throttled { .. }) {
             Status::resource_exhausted(error.to_string())
         } else if error.is_unauthenticated() {
             Status::unauthenticated(error.to_string())

@@ -1,0 +1,75 @@
+//! A window of at most N admissions per second: what keeps a flood of refused calls from
+//! becoming a flood of audit lines, counting what it turns away by reason.
+
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// A window of at most N admissions per second, counting what it turns away.
+#[derive(Debug)]
+pub struct Limiter {
+    per_second: u32,
+    state: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    used: u32,
+    suppressed: BTreeMap<String, u64>,
+}
+
+/// What was turned away since the last summary, by reason.
+pub type Suppressed = BTreeMap<String, u64>;
+
+impl Limiter {
+    pub fn new(per_second: u32) -> Limiter {
+        Limiter {
+            per_second,
+            state: Mutex::new(Window {
+                started: Instant::now(),
+                used: 0,
+                suppressed: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// `Some(what was suppressed before)` when this one may be written; `None` when it is
+    /// suppressed (and counted under `reason`).
+    pub fn admit(&self, reason: &str) -> Option<Suppressed> {
+        let Ok(mut window) = self.state.lock() else {
+            return Some(Suppressed::new());
+        };
+        if window.started.elapsed() >= Duration::from_secs(1) {
+            window.started = Instant::now();
+            window.used = 0;
+        }
+        if window.used < self.per_second {
+            window.used += 1;
+            Some(std::mem::take(&mut window.suppressed))
+        } else {
+            *window.suppressed.entry(reason.to_owned()).or_default() += 1;
+            None
+        }
+    }
+
+    /// What was suppressed and not yet reported, once the window it happened in is over.
+    pub fn take_suppressed(&self) -> Suppressed {
+        match self.state.lock() {
+            Ok(mut window) if window.started.elapsed() >= Duration::from_secs(1) => {
+                std::mem::take(&mut window.suppressed)
+            }
+            _ => Suppressed::new(),
+        }
+    }
+
+    /// Everything suppressed and not yet reported, window over or not (at shutdown).
+    pub fn take_all(&self) -> Suppressed {
+        self.state
+            .lock()
+            .map(|mut window| std::mem::take(&mut window.suppressed))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,43 @@
+//! The audit chain's heads in PostgreSQL: one row per audit file (every replica writes its
+//! own files), kept apart from the keys. The audit layer gives and takes them as opaque
+//! text.
+
+use super::{connect::client_config, connect::tls_config, PgSettings, PgStore};
+use crate::store::StoreError;
+
+impl PgStore {
+    /// Records the head of audit file `file`.
+    pub async fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO ta_audit_heads (file, head) VALUES ($1, $2)
+                 ON CONFLICT (file) DO UPDATE SET head = EXCLUDED.head",
+                &[&file, &head],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(())
+    }
+}
+
+/// The recorded head of audit file `file` in the database `settings` names. Needs no KEK:
+/// heads are not secret, only authenticated by the audit key.
+pub async fn read_audit_head(
+    settings: &PgSettings,
+    file: &str,
+) -> Result<Option<String>, StoreError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let config = client_config(settings, &env)?;
+    let tls =
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings.ca_file.as_deref())?);
+    let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(e.to_string());
+    let (client, connection) = config.connect(tls).await.map_err(unavailable)?;
+    let driver = tokio::spawn(connection);
+    let row = client
+        .query_opt("SELECT head FROM ta_audit_heads WHERE file = $1", &[&file])
+        .await
+        .map_err(unavailable);
+    driver.abort();
+    Ok(row?.map(|row| row.get(0)))
+}
