@@ -70,14 +70,21 @@ struct SmallDisk {
 impl SmallDisk {
     fn mount(at: &Path) -> SmallDisk {
         std::fs::create_dir_all(at).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
+        // As root directly; otherwise through passwordless sudo, owned by this user.
+        let uid = rustix::process::geteuid();
+        let options = format!(
+            "size=64k,mode=0700,uid={},gid={}",
+            uid.as_raw(),
+            rustix::process::getegid().as_raw()
+        );
+        let mut command = sudo_unless_root("mount");
+        command
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(at);
+        let mounted = command.status().unwrap();
         assert!(
             mounted.success(),
-            "this test needs to mount a small tmpfs (root, or CAP_SYS_ADMIN)"
+            "this test needs to mount a small tmpfs (root, passwordless sudo, or CAP_SYS_ADMIN)"
         );
         SmallDisk { at: at.to_owned() }
     }
@@ -95,7 +102,17 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
+        let _ = sudo_unless_root("umount").arg(&self.at).status();
+    }
+}
+
+fn sudo_unless_root(program: &str) -> Command {
+    if rustix::process::geteuid().is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.args(["-n", program]);
+        command
     }
 }
 
