@@ -2,7 +2,7 @@
 //! tag of its last line. The authority writes it to its keystore at least once a second and
 //! at shutdown, so `audit verify` can tell a log whose tail was cut from a whole one.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,24 +47,20 @@ struct Pending {
 
 impl Heads {
     pub fn set_current(&self, head: Head) {
-        if let Ok(mut state) = self.state.lock() {
-            state.current = Some(head);
-            state.changed = true;
-        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.current = Some(head);
+        state.changed = true;
     }
 
     pub fn finish(&self, head: Head) {
-        if let Ok(mut state) = self.state.lock() {
-            state.finished.push(head);
-            state.changed = true;
-        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.finished.push(head);
+        state.changed = true;
     }
 
     /// What changed since the last call, to store (finished files first).
     pub fn take_changed(&self) -> Vec<Head> {
-        let Ok(mut state) = self.state.lock() else {
-            return Vec::new();
-        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.changed {
             return Vec::new();
         }
@@ -76,9 +72,7 @@ impl Heads {
 
     /// Puts back what could not be stored, unless a newer head of the same file came since.
     pub fn restore(&self, heads: Vec<Head>) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for head in heads {
             let newer = state.current.as_ref().is_some_and(|c| c.file == head.file)
                 || state.finished.iter().any(|f| f.file == head.file);

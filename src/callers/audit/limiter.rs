@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -39,9 +39,7 @@ impl Limiter {
     /// `Some(what was suppressed before)` when this one may be written; `None` when it is
     /// suppressed (and counted under `reason`).
     pub fn admit(&self, reason: &str) -> Option<Suppressed> {
-        let Ok(mut window) = self.state.lock() else {
-            return Some(Suppressed::new());
-        };
+        let mut window = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if window.started.elapsed() >= Duration::from_secs(1) {
             window.started = Instant::now();
             window.used = 0;
@@ -57,19 +55,41 @@ impl Limiter {
 
     /// What was suppressed and not yet reported, once the window it happened in is over.
     pub fn take_suppressed(&self) -> Suppressed {
-        match self.state.lock() {
-            Ok(mut window) if window.started.elapsed() >= Duration::from_secs(1) => {
-                std::mem::take(&mut window.suppressed)
-            }
-            _ => Suppressed::new(),
+        let mut window = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if window.started.elapsed() >= Duration::from_secs(1) {
+            std::mem::take(&mut window.suppressed)
+        } else {
+            Suppressed::new()
         }
     }
 
     /// Everything suppressed and not yet reported, window over or not (at shutdown).
     pub fn take_all(&self) -> Suppressed {
-        self.state
-            .lock()
-            .map(|mut window| std::mem::take(&mut window.suppressed))
-            .unwrap_or_default()
+        let mut window = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut window.suppressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic while the window was held does not stop the counting: the window is taken
+    /// over, never silently skipped (the refusal is still counted and summarised).
+    #[test]
+    fn a_poisoned_window_goes_on_counting() {
+        let limiter = std::sync::Arc::new(Limiter::new(1));
+        assert!(limiter.admit("no_rule").is_some());
+        let held = std::sync::Arc::clone(&limiter);
+        let panicked = std::thread::spawn(move || {
+            let _window = held.state.lock().unwrap();
+            panic!("a panic while the window is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(limiter.state.is_poisoned());
+        // Over the limit: suppressed and counted, not let through unlimited.
+        assert!(limiter.admit("no_rule").is_none());
+        assert_eq!(limiter.take_all().get("no_rule"), Some(&1));
     }
 }

@@ -142,7 +142,10 @@ mod tests {
             assert!(pattern.matcher("a").unwrap().is_match("a-1"));
             assert!(pattern.matcher("b").unwrap().is_match("b-1"));
         }
-        let compiled = pattern.compiled.lock().unwrap();
+        let compiled = pattern
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         assert_eq!(compiled.len(), 2);
     }
 
