@@ -464,6 +464,24 @@ impl TlsSetup {
     }
 }
 
+/// Waits (bounded, 20 s) until the metric `name` reaches `value`, and asserts it did not
+/// pass it: what a background task counts arrives on its own schedule.
+pub async fn wait_for_metric(server: &TestServer, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = metric(server, name).await;
+        if now >= value {
+            assert_eq!(now, value, "{name}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {now}, expected {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of one sample of the server's /metrics, `name` with its labels as rendered.
 pub async fn metric(server: &TestServer, name: &str) -> f64 {
     metric_sample(server, name)

@@ -13,7 +13,7 @@ use tonic::{transport::Channel, Code};
 
 use crate::{
     callers::{ask, basic, hex, start_with_policy, with_auth},
-    helpers::{config, metric, DataDir, TestServer},
+    helpers::{config, metric, wait_for_metric, DataDir, TestServer},
 };
 
 const GOOD_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -26,22 +26,6 @@ async fn connect_from(addr: SocketAddr, source: IpAddr) -> TokenAuthorityClient<
         .await
         .unwrap();
     TokenAuthorityClient::new(channel)
-}
-
-async fn wait_for_metric(server: &TestServer, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = metric(server, name).await;
-        if now >= value {
-            assert_eq!(now, value, "{name}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} stayed at {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

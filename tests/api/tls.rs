@@ -21,8 +21,8 @@ use tokio_rustls::{client::TlsStream, TlsConnector};
 
 use crate::{
     helpers::{
-        config, connect, connect_tls, https_client, kids, metric, verify_independently, ClientTls,
-        DataDir, TestServer, TlsSetup,
+        config, connect, connect_tls, https_client, kids, metric, verify_independently,
+        wait_for_metric, ClientTls, DataDir, TestServer, TlsSetup,
     },
     pki::{Identity, Pki},
 };
@@ -92,23 +92,6 @@ async fn mtls_outcome(addr: std::net::SocketAddr, ca_pem: &str, identity: &Ident
         Ok(_) if buffer[3] == 4 => "accepted".to_owned(),
         Ok(_) => format!("unexpected frame {buffer:?}"),
         Err(error) => error.to_string(),
-    }
-}
-
-/// Waits (bounded) until `name` reaches `value`: the reloader runs on its own interval.
-async fn wait_for_metric(server: &TestServer, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = metric(server, name).await;
-        if now >= value {
-            assert_eq!(now, value, "{name}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} stayed at {now}, expected {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
