@@ -263,6 +263,36 @@ impl Authority {
     /// Mints a token. CPU-bound (an RSA signature costs about a millisecond).
     /// `granted` are the claims the caller policy adds (fixed claims, `act`, `cnf`): set
     /// after the caller's own, so a caller cannot override them.
+    /// Issues as `issue` does, with `exp` at most `expires_by` (a bound token's certificate's
+    /// notAfter). The ttl was capped when the request was decided; it is capped again here,
+    /// at signing time, which comes later for a request that waited for a signing thread.
+    pub fn issue_by(
+        &self,
+        request: &IssueRequest,
+        granted: &Map<String, Value>,
+        alg: Option<Algorithm>,
+        now: u64,
+        expires_by: Option<u64>,
+    ) -> Result<Issued, AuthorityError> {
+        match expires_by {
+            Some(by) if now + request.ttl > by => match by.checked_sub(now) {
+                Some(left) if left > 0 => {
+                    let capped = IssueRequest {
+                        ttl: left,
+                        ..request.clone()
+                    };
+                    self.issue(&capped, granted, alg, now)
+                }
+                _ => Err(AuthorityError::from(InvalidArgument {
+                    field: "ttl",
+                    reason: "the client certificate expired before the token could be signed"
+                        .into(),
+                })),
+            },
+            _ => self.issue(request, granted, alg, now),
+        }
+    }
+
     pub fn issue(
         &self,
         request: &IssueRequest,
@@ -363,5 +393,55 @@ fn log_plan(plan: &Plan) {
     }
     for kid in &plan.deleted {
         tracing::info!(%kid, "retired key deleted after its retention");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crypto::Algorithm, store::KeyStore};
+
+    const T0: u64 = 1_700_000_000;
+
+    /// A token issued later than its request was decided is capped again at signing time:
+    /// its exp never passes `expires_by`, and past it nothing is issued.
+    #[test]
+    fn issue_by_never_passes_expires_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, records) = KeyStore::open(&dir.path().join("keystore"), None).unwrap();
+        let settings = Settings {
+            issuer: "http://token-authority.test".into(),
+            default_ttl: 60,
+            max_ttl: 3600,
+            leeway: 60,
+            max_token_bytes: 8192,
+            algorithms: vec![Algorithm::ES256],
+            publish_lead: 900,
+            rotation_period: 86_400,
+        };
+        let authority = Authority::open(store, records, settings, T0).unwrap();
+        let request = IssueRequest {
+            subject: "svc".into(),
+            audiences: vec!["ledger".into()],
+            ttl: 600,
+            ttl_is_default: false,
+            claims: Map::new(),
+        };
+        let claims = Map::new();
+        let issue = |now, by| authority.issue_by(&request, &claims, None, now, by);
+        // Decided with 600 s left on the certificate, signed 20 s later: 580 s.
+        let late = issue(T0 + 20, Some(T0 + 600)).unwrap();
+        assert_eq!((late.issued_at, late.expires_at), (T0 + 20, T0 + 600));
+        // Room to spare, or no certificate: the ttl asked for.
+        assert_eq!(issue(T0, Some(T0 + 900)).unwrap().expires_at, T0 + 600);
+        assert_eq!(issue(T0, None).unwrap().expires_at, T0 + 600);
+        // The certificate expired while the request waited.
+        for now in [T0 + 600, T0 + 700] {
+            let error = issue(now, Some(T0 + 600)).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "ttl: the client certificate expired before the token could be signed"
+            );
+        }
     }
 }

@@ -168,25 +168,7 @@ impl TokenAuthority for GrpcService {
                 let expires_by = grant.expires_by;
                 move || {
                     let started = Instant::now();
-                    let now = now();
-                    let issued = match expires_by {
-                        // Signed later than decided (behind the signing queue): capped again,
-                        // so a bound token never outlives its certificate.
-                        Some(by) if now + parsed.ttl > by => match by.checked_sub(now) {
-                            Some(left) if left > 0 => {
-                                let capped = IssueRequest {
-                                    ttl: left,
-                                    ..IssueRequest::clone(&parsed)
-                                };
-                                authority.issue(&capped, &claims, alg, now)
-                            }
-                            _ => Err(AuthorityError::from(crate::domain::InvalidArgument {
-                                field: "ttl",
-                                reason: "the client certificate expired before the token could be signed".into(),
-                            })),
-                        },
-                        _ => authority.issue(&parsed, &claims, alg, now),
-                    };
+                    let issued = authority.issue_by(&parsed, &claims, alg, now(), expires_by);
                     (issued, started.elapsed())
                 }
             };
