@@ -715,6 +715,7 @@ def check_secret_files_are_what_server_reads(set_name: str) -> None:
         projected = [i["key"] for i in volumes["secrets"]["secret"].get("items", [])]
         assert "audit-key" not in projected, "audit disabled but the audit-key is mounted"
     for var, key in expected.items():
+        assert var in env, f"{var} not set: the server would not read the Secret's {key}"
         path = PurePosixPath(env[var])
         mount = next((m for m in mounts if PurePosixPath(m["mountPath"]) == path.parent), None)
         assert mount, f"{var}={path}: no volume mounted at {path.parent}"
