@@ -2349,6 +2349,34 @@ def check_schema_refuses_bad_limits_and_audit() -> None:
         print(f"       accepted {label}")
 
 
+def check_connections_per_ip_within_max() -> None:
+    """config.maxConnectionsPerIp above config.maxConnections (or the server's default 1024
+    when that is 0) fails the render with a message naming both, since the server refuses to
+    start on it (checked here with the binary); up to the bound renders."""
+    for values, per_ip, bound in (({"config": {"maxConnectionsPerIp": 1025}}, 1025, 1024),
+                                  ({"config": {"maxConnections": 100, "maxConnectionsPerIp": 101}}, 101, 100)):
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmRenderError as e:
+            expected = f"config.maxConnectionsPerIp ({per_ip}) must be at most config.maxConnections ({bound})"
+            assert expected in str(e), f"{values}: refused, but not with {expected!r}: {e}"
+            print(f"       refused {values}: {expected}")
+        else:
+            raise AssertionError(f"rendered {values}, which the server refuses to start with")
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
+            env.update({"TA_DATA_DIR": str(Path(tmp) / "data"), "TA_MAX_CONNECTIONS_PER_IP": str(per_ip),
+                        "TA_MAX_CONNECTIONS": str(bound)})
+            refused = subprocess.run([str(server_binary()), "serve"], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "--max-connections-per-ip must be between 1 and --max-connections" in refused.stderr, \
+            f"the server started with {per_ip} connections per address of {bound}: exit {refused.returncode} {refused.stderr[-500:]}"
+    assert re.search(r"--max-connections <MAX_CONNECTIONS>\n.*\[default: 1024\]", serve_help()), \
+        "`serve --help` no longer says --max-connections defaults to 1024, the bound the chart assumes"
+    for values in ({"config": {"maxConnectionsPerIp": 1024}}, {"config": {"maxConnections": 100, "maxConnectionsPerIp": 100}}):
+        chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        print(f"       rendered {values}")
+
+
 # What may differ between the two modes' pod templates, and nothing else.
 SLED_ONLY_ENV = {"TA_DATA_DIR"}
 POSTGRES_ONLY_ENV = {"TA_STORE", "TA_STORE_PASSWORD_FILE", "TA_STORE_CA_FILE", "TA_STORE_SYNC_INTERVAL"}
@@ -2619,6 +2647,7 @@ GLOBAL = [
     check_server_starts_with_policy_and_plaintext,
     check_schema_refuses_store_misuse,
     check_schema_refuses_bad_limits_and_audit,
+    check_connections_per_ip_within_max,
     check_pod_template_same_in_both_modes,
     check_postgres_defaults,
     check_postgres_notes,

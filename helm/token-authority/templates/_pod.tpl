@@ -11,6 +11,12 @@ CA files, no data volume at all (the server keeps no state on disk), and the top
 {{- $kubeIssuer := and .Values.policy.enabled .Values.policy.kubernetesIssuer.enabled }}
 {{- $shared := eq (include "token-authority.sharedStore" .) "true" }}
 {{- $pg := .Values.store.postgres }}
+{{- /* The server refuses to start with more connections per address than in all: say so at
+render time, not as a crash loop. 1024: the server's default --max-connections. */}}
+{{- $maxConnections := int (.Values.config.maxConnections | default 1024) }}
+{{- if gt (int .Values.config.maxConnectionsPerIp) $maxConnections }}
+{{- fail (printf "config.maxConnectionsPerIp (%d) must be at most config.maxConnections (%d): the server refuses to start otherwise" (int .Values.config.maxConnectionsPerIp) $maxConnections) }}
+{{- end }}
 metadata:
   labels:
     {{- include "token-authority.labels" . | nindent 4 }}
