@@ -71,6 +71,8 @@ CRDS_NOT_VALIDATED = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-man
 NONROOT = 65532
 DATA_DIR = "/var/lib/token-authority"
 SECRET_KEYS = {"TA_ADMIN_TOKEN_FILE": "admin-token", "TA_KEK_FILE": "kek"}
+# With audit.enabled, also the audit chain's key.
+AUDIT_SECRET_KEYS = {"TA_AUDIT_KEY_FILE": "audit-key"}
 
 # The server's command line (issue 6, plus --publish-lead/--rotation-period added with key
 # rotation): env var -> flag. The binary's own `serve --help` is the authority; this table
@@ -100,6 +102,12 @@ DOCUMENTED_FLAGS = {
     "TA_TLS_RELOAD_INTERVAL": "--tls-reload-interval",
     "TA_POLICY_FILE": "--policy-file",
     "TA_AUDIT_LOG": "--audit-log",
+    # Issue 18: the audit chain's key and fsync, the connections' age, per-address limits.
+    "TA_AUDIT_KEY_FILE": "--audit-key-file",
+    "TA_AUDIT_SYNC": "--audit-sync",
+    "TA_MAX_CONNECTION_AGE": "--max-connection-age",
+    "TA_MAX_CONNECTIONS_PER_IP": "--max-connections-per-ip",
+    "TA_AUTH_FAILURES_PER_IP": "--auth-failures-per-ip",
     "TA_LOG_FORMAT": "--log-format",
     "TA_ALLOW_GROUP_READABLE_FILES": "--allow-group-readable-files",
 }
@@ -173,7 +181,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": True},
         "networkPolicy": {"enabled": True, "kubernetesApi": {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": [6443]},
                           "dnsTo": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]},
-        "config": {"maxConnections": 2048, "handshakeTimeout": "10s", "idleTimeout": "5m"},
+        "config": {"maxConnections": 2048, "handshakeTimeout": "10s", "idleTimeout": "5m",
+                   "maxConnectionAge": "2h", "maxConnectionsPerIp": 512, "authFailuresPerIp": 50},
     },
     "tls-existing-secret": {
         "tls": {"mode": "existingSecret", "existingSecret": {"name": "ta-public-cert"}, "caCert": False,
@@ -184,14 +193,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "tls-disabled-policy": {
         "tls": {"mode": "disabled"},
         "policy": EXAMPLE_POLICY,
-        "audit": {"file": "audit.log"},
+        "audit": {"file": "audit.log", "sync": True},
+        # Behind the mesh's sidecar every call comes from its one address: the failure budget off.
+        "config": {"maxConnectionAge": "30m", "maxConnectionsPerIp": 64, "authFailuresPerIp": 0},
         "networkPolicy": {"enabled": True, "extraEgress": [
             {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]},
         "serviceMonitor": {"enabled": True},
     },
     "no-kubernetes-issuer": {
         "policy": {"kubernetesIssuer": {"enabled": False}},
-        "audit": {"enabled": False},
+        "audit": {"enabled": False, "sync": True},
         "networkPolicy": {"enabled": True},
     },
     # Several replicas over PostgreSQL (issue 13): the URL form, password and CA Secrets.
@@ -291,6 +302,31 @@ STORE_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
     "sync interval as a number":
         ({"store": {"postgres": {"url": PG_URL, "syncInterval": 5}}}, "at '/store/postgres/syncInterval': got number, want string"),
     "replicas (no such value)": ({"store": {"postgres": {"url": PG_URL}}, "replicas": 3}, "additional properties 'replicas' not allowed"),
+}
+
+# The listener limits and the audit log's settings asked for wrongly: (values, the line of
+# Helm's schema error that names the bad value, whole).
+DURATION_OR_EMPTY = r"'^(|\\s*[0-9]+\\s*[A-Za-z]+(\\s*[0-9]+\\s*[A-Za-z]+)*\\s*)$'"
+LIMITS_AUDIT_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
+    "connection age as a number of seconds":
+        ({"config": {"maxConnectionAge": 3600}}, "at '/config/maxConnectionAge': got number, want string"),
+    "connection age without a unit":
+        ({"config": {"maxConnectionAge": "3600"}},
+         f"at '/config/maxConnectionAge': '3600' does not match pattern {DURATION_OR_EMPTY}"),
+    "connections per address below 0":
+        ({"config": {"maxConnectionsPerIp": -1}}, "at '/config/maxConnectionsPerIp': minimum: got -1, want 0"),
+    "connections per address as a string":
+        ({"config": {"maxConnectionsPerIp": "256"}}, "at '/config/maxConnectionsPerIp': got string, want integer"),
+    "failure budget below 0":
+        ({"config": {"authFailuresPerIp": -1}}, "at '/config/authFailuresPerIp': minimum: got -1, want 0"),
+    "failure budget off as a word (0 turns it off)":
+        ({"config": {"authFailuresPerIp": "off"}}, "at '/config/authFailuresPerIp': got string, want null or integer"),
+    "failure budget not whole":
+        ({"config": {"authFailuresPerIp": 2.5}}, "at '/config/authFailuresPerIp': got number, want null or integer"),
+    "audit sync as a string":
+        ({"audit": {"sync": "yes"}}, "at '/audit/sync': got string, want boolean"),
+    "an audit key in the values (it belongs in the Secret)":
+        ({"audit": {"key": "c2VjcmV0"}}, "at '/audit': additional properties 'key' not allowed"),
 }
 
 
@@ -662,6 +698,8 @@ def check_secret_files_are_what_server_reads(set_name: str) -> None:
     mounts = server_container(set_name)["volumeMounts"]
     volumes = {v["name"]: v for v in pod_spec(set_name)["volumes"]}
     existing = merged_values(set_name)["auth"]["existingSecret"]
+    audit = merged_values(set_name)["audit"]["enabled"]
+    expected = {**SECRET_KEYS, **(AUDIT_SECRET_KEYS if audit else {})}
     secret = auth_secret(set_name)
     if existing:
         assert not secret, "with auth.existingSecret the chart must not create the admin Secret"
@@ -669,8 +707,15 @@ def check_secret_files_are_what_server_reads(set_name: str) -> None:
     else:
         assert secret, "no admin Secret rendered"
         secret_name = secret["metadata"]["name"]
-        assert set(secret["data"]) == set(SECRET_KEYS.values()), f"Secret keys {sorted(secret['data'])}"
-    for var, key in SECRET_KEYS.items():
+        assert set(secret["data"]) == set(expected.values()), f"Secret keys {sorted(secret['data'])}"
+    if not audit:
+        # The server refuses --audit-key-file without --audit-log, and the kubelet a missing
+        # key: an existing Secret needs no audit-key while the log is off.
+        assert "TA_AUDIT_KEY_FILE" not in env, "audit disabled but TA_AUDIT_KEY_FILE is set"
+        projected = [i["key"] for i in volumes["secrets"]["secret"].get("items", [])]
+        assert "audit-key" not in projected, "audit disabled but the audit-key is mounted"
+    for var, key in expected.items():
+        assert var in env, f"{var} not set: the server would not read the Secret's {key}"
         path = PurePosixPath(env[var])
         mount = next((m for m in mounts if PurePosixPath(m["mountPath"]) == path.parent), None)
         assert mount, f"{var}={path}: no volume mounted at {path.parent}"
@@ -702,6 +747,11 @@ def check_generated_secret_contents(set_name: str) -> None:
     assert lines, "empty KEK file"
     for line in lines:
         assert len(base64.b64decode(line, validate=True)) == 32, "a KEK line is not base64 of 32 bytes"
+    if merged_values(set_name)["audit"]["enabled"]:
+        audit_key = base64.b64decode(secret["data"]["audit-key"]).decode()
+        assert audit_key.endswith("\n") and len(audit_key.splitlines()) == 1, "the audit key is not one line"
+        assert len(base64.b64decode(audit_key.strip(), validate=True)) == 32, "the audit key is not base64 of 32 bytes"
+        assert audit_key.strip() not in lines, "the audit key is a KEK"
     assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", \
         "the generated Secret must be kept on uninstall"
     template = (CHART_DIR / "templates" / "secret.yaml").read_text()
@@ -1252,16 +1302,49 @@ def check_audit_log(set_name: str) -> None:
     values = merged_values(set_name)
     env = env_of(set_name)
     if not values["audit"]["enabled"]:
-        assert "TA_AUDIT_LOG" not in env, "audit disabled but TA_AUDIT_LOG is set"
+        for var in ("TA_AUDIT_LOG", "TA_AUDIT_KEY_FILE", "TA_AUDIT_SYNC"):
+            # The server refuses the other two without TA_AUDIT_LOG.
+            assert var not in env, f"audit disabled but {var} is set"
         return
+    assert env.get("TA_AUDIT_KEY_FILE") == f"/etc/token-authority/secrets/{AUDIT_SECRET_KEYS['TA_AUDIT_KEY_FILE']}", \
+        f"audit on but TA_AUDIT_KEY_FILE={env.get('TA_AUDIT_KEY_FILE')}: the chain would carry plain hashes"
+    if values["audit"]["sync"]:
+        assert env.get("TA_AUDIT_SYNC") == "true", f"audit.sync but TA_AUDIT_SYNC={env.get('TA_AUDIT_SYNC')}"
+    else:
+        assert "TA_AUDIT_SYNC" not in env, f"audit.sync off but TA_AUDIT_SYNC={env['TA_AUDIT_SYNC']}"
     if not values["audit"]["file"]:
-        assert env.get("TA_AUDIT_LOG") == "-", f"TA_AUDIT_LOG={env.get('TA_AUDIT_LOG')}, expected - (stdout)"
+        assert env.get("TA_AUDIT_LOG") == "-", f"TA_AUDIT_LOG={env.get('TA_AUDIT_LOG')}, expected - (the container log)"
         return
     path = PurePosixPath(env["TA_AUDIT_LOG"])
     assert path == PurePosixPath(DATA_DIR) / values["audit"]["file"], f"TA_AUDIT_LOG={path}"
     assert ".." not in path.parts
     data_mount = next(m for m in server_container(set_name)["volumeMounts"] if m["mountPath"] == DATA_DIR)
     assert not data_mount.get("readOnly"), "the audit log's volume is read-only"
+
+
+# config value -> env var, for the listener limits rendered only when set (an empty string,
+# 0, or for authFailuresPerIp null, leave the server's default; 0 there turns the budget off).
+LISTENER_LIMITS = {
+    "maxConnections": ("TA_MAX_CONNECTIONS", lambda v: v != 0),
+    "handshakeTimeout": ("TA_HANDSHAKE_TIMEOUT", lambda v: v != ""),
+    "idleTimeout": ("TA_IDLE_TIMEOUT", lambda v: v != ""),
+    "maxConnectionAge": ("TA_MAX_CONNECTION_AGE", lambda v: v != ""),
+    "maxConnectionsPerIp": ("TA_MAX_CONNECTIONS_PER_IP", lambda v: v != 0),
+    "authFailuresPerIp": ("TA_AUTH_FAILURES_PER_IP", lambda v: v is not None),
+}
+
+
+def check_listener_limits(set_name: str) -> None:
+    """Each config listener limit is its TA_* variable, with the value as given, when set,
+    and absent when left at its default value (the server's own default applies)."""
+    config = merged_values(set_name)["config"]
+    env = env_of(set_name)
+    for value, (var, is_set) in LISTENER_LIMITS.items():
+        # Helm drops a null value from the merged values.
+        if is_set(config.get(value)):
+            assert env.get(var) == str(config[value]), f"config.{value}={config[value]!r} but {var}={env.get(var)!r}"
+        else:
+            assert var not in env, f"config.{value} left at {config.get(value)!r} but {var}={env[var]!r}"
 
 
 def check_helm_test_over_tls(set_name: str) -> None:
@@ -1485,6 +1568,43 @@ def check_generated_tls_kept_across_upgrades() -> None:
     assert "tokens.example.com" in certificate_dns_names(new["tls.crt"]), "new DNS names not in the re-signed certificate"
     assert verifies(pem["ca.crt"], new["tls.crt"], new["tls.key"], "tokens.example.com"), \
         "the re-signed certificate does not verify against the kept CA"
+
+
+def check_audit_key_kept_across_upgrades() -> None:
+    """The generated audit key, rendered as on upgrades (lookup answering the Secret in the
+    cluster): a first install makes a new one each time; an upgrade keeps it byte for byte
+    (a new key would make every earlier line fail `audit verify`); an upgrade from a chart
+    whose Secret has no audit-key adds one and keeps the admin token and KEK; turning the
+    audit log off keeps the key in the Secret (turning it back on continues with it) but
+    neither mounts it nor names it to the server; a first install without the audit log
+    makes none."""
+    def auth(objects: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(s for s in objects if s["kind"] == "Secret" and s.get("type") == "Opaque")
+
+    def env(objects: list[dict[str, Any]]) -> dict[str, str]:
+        workload = next(o for o in objects if o["kind"] == "StatefulSet")
+        container = next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "token-authority")
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    first = auth(render_copy(chart_copy_with_lookup(None), {}))
+    assert "audit-key" in first["data"], "a first install with the audit log on made no audit key"
+    other = auth(render_copy(chart_copy_with_lookup(None), {}))
+    assert other["data"]["audit-key"] != first["data"]["audit-key"], "two first installs made the same audit key"
+    in_cluster = {"metadata": first["metadata"], "data": first["data"]}
+    kept = auth(render_copy(chart_copy_with_lookup(in_cluster), {"audit": {"sync": True}}))
+    assert kept["data"] == first["data"], "an upgrade changed the audit key (or the admin token or KEK)"
+    before = {k: v for k, v in first["data"].items() if k != "audit-key"}
+    added = auth(render_copy(chart_copy_with_lookup({"metadata": first["metadata"], "data": before}), {}))
+    assert {k: added["data"][k] for k in before} == before, "adding the audit key changed the admin token or KEK"
+    assert len(base64.b64decode(base64.b64decode(added["data"].get("audit-key", "")).strip())) == 32, \
+        "an upgrade from a Secret without audit-key added no audit key"
+    off = render_copy(chart_copy_with_lookup(in_cluster), {"audit": {"enabled": False}})
+    assert auth(off)["data"] == first["data"], "turning the audit log off dropped or changed the audit key"
+    assert "TA_AUDIT_KEY_FILE" not in env(off), "audit off but TA_AUDIT_KEY_FILE set"
+    assert "audit-key" not in json.dumps(next(o for o in off if o["kind"] == "StatefulSet")["spec"]["template"]), \
+        "audit off but the audit key is mounted"
+    never = auth(render_copy(chart_copy_with_lookup(None), {"audit": {"enabled": False}}))
+    assert set(never["data"]) == {"admin-token", "kek"}, f"audit off from the start, Secret keys {sorted(never['data'])}"
 
 
 def check_generated_tls_long_names() -> None:
@@ -2001,7 +2121,8 @@ def check_server_starts_with_chart_env() -> None:
     """With the chart's environment, Secrets and policy ConfigMap (TLS from the generated
     Secret, the Kubernetes issuer whose JWKS is unreachable here) the server becomes ready
     over HTTPS verified against the chart's CA for the Service name, refuses plaintext, uses
-    the chart's issuer, logs JSON lines, never logs the admin token, and exits 0 on SIGTERM."""
+    the chart's issuer, logs JSON lines, never logs the admin token, keys the audit lines it
+    writes there with the Secret's audit-key, and exits 0 on SIGTERM."""
     with ChartConfiguredServer() as server:
         assert server.tls, "the default render must turn TLS on"
         status, body = server.get("/.well-known/openid-configuration")
@@ -2016,6 +2137,10 @@ def check_server_starts_with_chart_env() -> None:
         except (OSError, http_client_errors()) as e:
             plain = type(e).__name__
         assert plain != 200, "the HTTP port answered plaintext although TLS is on"
+        # An admin action, so that the audit log has a line to show.
+        listed = server.grpcurl(*server.tls_args(), "-H", f"authorization: Bearer {server.admin_token}",
+                                f"127.0.0.1:{server.grpc_port}", "tokenauthority.v1.TokenAuthority/ListKeys")
+        assert listed.returncode == 0, f"ListKeys with the admin token: exit {listed.returncode} {listed.stderr.strip()}"
         code = server.stop()
         log = server.log_text()
     # The cluster's JWKS cannot be fetched here (no API server): the server says so and
@@ -2033,6 +2158,11 @@ def check_server_starts_with_chart_env() -> None:
         except ValueError:
             raise AssertionError(f"TA_LOG_FORMAT=json but a log line is not JSON: {line[:200]}") from None
     assert server.admin_token not in log, "the admin token appears in the log"
+    # The audit log shares the container log ("-"); keyed with the Secret's audit-key, its
+    # lines carry a MAC, not a plain hash.
+    audit = [json.loads(line) for line in lines if line.startswith("{") and "prev" in json.loads(line)]
+    assert audit and all("mac" in line and "hash" not in line for line in audit), \
+        f"the audit lines in the container log are not keyed: {audit[:1]}"
 
 
 def http_client_errors() -> type[Exception]:
@@ -2065,12 +2195,46 @@ def check_server_starts_with_policy_and_plaintext() -> None:
                                 target, "tokenauthority.v1.TokenAuthority/IssueToken")
         assert denied.returncode == 64 + 7, f"a subject outside the rule: exit {denied.returncode}, expected PERMISSION_DENIED (71)"
         print("       the rendered policy: client:batch-job gets subject batch, is denied subject root")
+        # authFailuresPerIp 0 (every call from the sidecar's one address): more failures from
+        # one address than the server's default budget (20) never throttle the good client.
+        wrong = "authorization: Basic " + base64.b64encode(b"batch-job:wrong").decode()
+        for attempt in range(25):
+            failed = server.grpcurl("-plaintext", "-H", wrong, "-d", '{"subject": "batch", "audience": ["reports"]}',
+                                    target, "tokenauthority.v1.TokenAuthority/IssueToken")
+            assert failed.returncode == 64 + 16, \
+                f"failed authentication {attempt + 1}: exit {failed.returncode} (UNAUTHENTICATED is 80, RESOURCE_EXHAUSTED 72) {failed.stderr.strip()}"
+        after = server.grpcurl("-plaintext", "-H", basic, "-d", '{"subject": "batch", "audience": ["reports"]}',
+                               target, "tokenauthority.v1.TokenAuthority/IssueToken")
+        assert after.returncode == 0, f"after 25 failures from this address the good client got exit {after.returncode}: {after.stderr.strip()}"
+        print("       25 failed authentications from one address, then the good client still gets its token")
         audit = Path(server.env["TA_AUDIT_LOG"])
         assert audit.is_file() and audit.parent == Path(server.env["TA_DATA_DIR"]), \
             f"no audit log at {audit}, where audit.file puts it on the data volume"
         assert "batch-job" in audit.read_text(), "the decisions are not in the audit log"
         code = server.stop()
         log = server.log_text()
+        # The chain is keyed with the Secret's audit-key: `audit verify` with that key finds
+        # it intact, with another key the first line's MAC does not match. The key as an
+        # operator takes it out of the Secret (kubectl get secret | base64 -d), owner-only:
+        # `audit verify` refuses the pod's 0440 file and has no --allow-group-readable-files.
+        lines = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert all("mac" in line and "hash" not in line for line in lines), "audit lines without a MAC: the chain is not keyed"
+        key = server.tmp / "audit-key-from-secret"
+        key.write_bytes(base64.b64decode(auth_secret("tls-disabled-policy")["data"]["audit-key"]))
+        key.chmod(0o600)
+        assert key.read_bytes() == Path(server.env["TA_AUDIT_KEY_FILE"]).read_bytes(), "the server read another audit key"
+        verified = subprocess.run([str(server_binary()), "audit", "verify", str(audit), "--audit-key-file", str(key)],
+                                  capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0 and "chain intact" in verified.stdout, \
+            f"audit verify with the chart's key: exit {verified.returncode} {verified.stdout} {verified.stderr}"
+        other_key = server.tmp / "other-audit-key"
+        other_key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        other_key.chmod(0o600)
+        forged = subprocess.run([str(server_binary()), "audit", "verify", str(audit), "--audit-key-file", str(other_key)],
+                                capture_output=True, text=True, timeout=60)
+        assert forged.returncode == 1 and "MAC does not match" in forged.stdout + forged.stderr, \
+            f"audit verify with another key: exit {forged.returncode} {forged.stdout} {forged.stderr}"
+        print(f"       {len(lines)} audit lines, MACs under the Secret's audit-key verified (and not under another key)")
     assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
     try:
         with ChartConfiguredServer("tls-disabled-policy", bind_host=bind, drop_env=("TA_ALLOW_PLAINTEXT",)) as server:
@@ -2162,6 +2326,55 @@ def check_schema_refuses_store_misuse() -> None:
                           ("replicaCount 5 with store.postgres", {"store": {"postgres": {"url": PG_URL}}, "replicaCount": 5})):
         chart().validate_schema(values)
         print(f"       accepted {label}")
+
+
+def check_schema_refuses_bad_limits_and_audit() -> None:
+    """Each way of setting the listener limits or the audit log's settings wrongly is refused
+    by values.schema.json before anything renders, with Helm's error line as is
+    (LIMITS_AUDIT_BAD_VALUE_SETS); their unset and boundary values are accepted."""
+    for label, (values, expected) in LIMITS_AUDIT_BAD_VALUE_SETS.items():
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmValuesError as e:
+            lines = [line.strip().removeprefix("- ") for line in str(e).strip().splitlines()]
+            assert expected in lines, f"{label}: refused, but not with {expected!r}:\n{e}"
+            print(f"       refused {label}: {expected}")
+            continue
+        raise AssertionError(f"values.schema.json accepted: {label} {values}")
+    for label, values in (("failure budget 0 (off)", {"config": {"authFailuresPerIp": 0}}),
+                          ("failure budget null (the server's default)", {"config": {"authFailuresPerIp": None}}),
+                          ("connection age 1h 30m", {"config": {"maxConnectionAge": "1h 30m"}}),
+                          ("audit sync with the audit log off", {"audit": {"enabled": False, "sync": True}})):
+        chart().validate_schema(values)
+        print(f"       accepted {label}")
+
+
+def check_connections_per_ip_within_max() -> None:
+    """config.maxConnectionsPerIp above config.maxConnections (or the server's default 1024
+    when that is 0) fails the render with a message naming both, since the server refuses to
+    start on it (checked here with the binary); up to the bound renders."""
+    for values, per_ip, bound in (({"config": {"maxConnectionsPerIp": 1025}}, 1025, 1024),
+                                  ({"config": {"maxConnections": 100, "maxConnectionsPerIp": 101}}, 101, 100)):
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmRenderError as e:
+            expected = f"config.maxConnectionsPerIp ({per_ip}) must be at most config.maxConnections ({bound})"
+            assert expected in str(e), f"{values}: refused, but not with {expected!r}: {e}"
+            print(f"       refused {values}: {expected}")
+        else:
+            raise AssertionError(f"rendered {values}, which the server refuses to start with")
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
+            env.update({"TA_DATA_DIR": str(Path(tmp) / "data"), "TA_MAX_CONNECTIONS_PER_IP": str(per_ip),
+                        "TA_MAX_CONNECTIONS": str(bound)})
+            refused = subprocess.run([str(server_binary()), "serve"], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "--max-connections-per-ip must be between 1 and --max-connections" in refused.stderr, \
+            f"the server started with {per_ip} connections per address of {bound}: exit {refused.returncode} {refused.stderr[-500:]}"
+    assert re.search(r"--max-connections <MAX_CONNECTIONS>\n.*\[default: 1024\]", serve_help()), \
+        "`serve --help` no longer says --max-connections defaults to 1024, the bound the chart assumes"
+    for values in ({"config": {"maxConnectionsPerIp": 1024}}, {"config": {"maxConnections": 100, "maxConnectionsPerIp": 100}}):
+        chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        print(f"       rendered {values}")
 
 
 # What may differ between the two modes' pod templates, and nothing else.
@@ -2395,6 +2608,7 @@ PER_VALUE_SET = [
     check_policy_configmap,
     check_kubernetes_issuer_access,
     check_audit_log,
+    check_listener_limits,
     check_helm_test_over_tls,
     check_network_policy_egress,
     check_service_monitor_scheme,
@@ -2421,6 +2635,7 @@ GLOBAL = [
     check_notes_print_grpcurl_commands,
     check_tls_disabled_notes,
     check_generated_tls_kept_across_upgrades,
+    check_audit_key_kept_across_upgrades,
     check_api_server_egress_from_lookup,
     check_generated_tls_long_names,
     check_dockerfile_build_stage,
@@ -2431,6 +2646,8 @@ GLOBAL = [
     check_probes_and_notes_commands_work,
     check_server_starts_with_policy_and_plaintext,
     check_schema_refuses_store_misuse,
+    check_schema_refuses_bad_limits_and_audit,
+    check_connections_per_ip_within_max,
     check_pod_template_same_in_both_modes,
     check_postgres_defaults,
     check_postgres_notes,

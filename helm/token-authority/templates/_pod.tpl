@@ -11,6 +11,12 @@ CA files, no data volume at all (the server keeps no state on disk), and the top
 {{- $kubeIssuer := and .Values.policy.enabled .Values.policy.kubernetesIssuer.enabled }}
 {{- $shared := eq (include "token-authority.sharedStore" .) "true" }}
 {{- $pg := .Values.store.postgres }}
+{{- /* The server refuses to start with more connections per address than in all: say so at
+render time, not as a crash loop. 1024: the server's default --max-connections. */}}
+{{- $maxConnections := int (.Values.config.maxConnections | default 1024) }}
+{{- if gt (int .Values.config.maxConnectionsPerIp) $maxConnections }}
+{{- fail (printf "config.maxConnectionsPerIp (%d) must be at most config.maxConnections (%d): the server refuses to start otherwise" (int .Values.config.maxConnectionsPerIp) $maxConnections) }}
+{{- end }}
 metadata:
   labels:
     {{- include "token-authority.labels" . | nindent 4 }}
@@ -119,6 +125,19 @@ spec:
         - name: TA_IDLE_TIMEOUT
           value: {{ . | quote }}
         {{- end }}
+        {{- with .Values.config.maxConnectionAge }}
+        - name: TA_MAX_CONNECTION_AGE
+          value: {{ . | quote }}
+        {{- end }}
+        {{- if .Values.config.maxConnectionsPerIp }}
+        - name: TA_MAX_CONNECTIONS_PER_IP
+          value: {{ .Values.config.maxConnectionsPerIp | int | toString | quote }}
+        {{- end }}
+        {{- /* null: the server's default; 0 is a setting (the budget off). */}}
+        {{- if not (kindIs "invalid" .Values.config.authFailuresPerIp) }}
+        - name: TA_AUTH_FAILURES_PER_IP
+          value: {{ .Values.config.authFailuresPerIp | int | toString | quote }}
+        {{- end }}
         {{- if .Values.policy.enabled }}
         - name: TA_POLICY_FILE
           value: {{ printf "%s/policy.toml" (include "token-authority.policyDir" .) | quote }}
@@ -126,6 +145,12 @@ spec:
         {{- if .Values.audit.enabled }}
         - name: TA_AUDIT_LOG
           value: {{ ternary (printf "%s/%s" (include "token-authority.dataDir" .) .Values.audit.file) "-" (ne .Values.audit.file "") | quote }}
+        - name: TA_AUDIT_KEY_FILE
+          value: {{ printf "%s/audit-key" (include "token-authority.secretsDir" .) | quote }}
+        {{- if .Values.audit.sync }}
+        - name: TA_AUDIT_SYNC
+          value: "true"
+        {{- end }}
         {{- end }}
         - name: TA_LOG_FORMAT
           value: {{ .Values.config.logFormat | quote }}
@@ -239,6 +264,10 @@ spec:
             path: admin-token
           - key: kek
             path: kek
+          {{- if .Values.audit.enabled }}
+          - key: audit-key
+            path: audit-key
+          {{- end }}
     {{- if $tls }}
     - name: tls
       secret:
