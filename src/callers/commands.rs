@@ -74,8 +74,12 @@ pub async fn audit_verify(args: &AuditVerifyArgs) -> Result<String, String> {
         .audit_key_file
         .as_deref()
         .map(|path| {
-            crate::file_modes::check_private(path, "audit key file", false)
-                .map_err(|e| e.to_string())?;
+            crate::file_modes::check_private(
+                path,
+                "audit key file",
+                args.allow_group_readable_files,
+            )
+            .map_err(|e| e.to_string())?;
             audit::load_key(path).map_err(|e| e.to_string())
         })
         .transpose()

@@ -65,6 +65,11 @@ pub struct AuditVerifyArgs {
     #[arg(long, env = "TA_AUDIT_KEY_FILE")]
     pub audit_key_file: Option<PathBuf>,
 
+    /// Accept an audit key file that group or others may read, as `serve` does with the
+    /// same flag (a Kubernetes Secret volume sets such modes).
+    #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
+    pub allow_group_readable_files: bool,
+
     /// The data directory of the (stopped) authority that wrote the log: its keystore holds
     /// the chain's recorded head, against which a cut tail is detected.
     #[arg(long)]

@@ -452,6 +452,36 @@ async fn audit_verify_detects_cut_edited_reordered_inserted_and_recomputed_logs(
             .as_str()
         )
     );
+    // A key file a Kubernetes Secret volume mounted group-readable: refused, as by serve,
+    // unless --allow-group-readable-files says the platform sets such modes.
+    let shared_key = key.with_file_name("audit-key-0640");
+    std::fs::copy(&key, &shared_key).unwrap();
+    std::fs::set_permissions(
+        &shared_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let with_shared_key = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            audit_path.to_str().unwrap(),
+            "--audit-key-file",
+            shared_key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_command(&args)
+    };
+    let (passed, text) = with_shared_key(&[]);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains("is accessible to group or others (mode 0640)"),
+        "{text}"
+    );
+    let (passed, text) = with_shared_key(&["--allow-group-readable-files"]);
+    assert!(passed, "{text}");
+    assert!(text.contains("7 line(s), chain intact"), "{text}");
+
     // Against another authority's keystore: no head for this file.
     let other = DataDir::new();
     TestServer::start(&other).await.stop().await;
