@@ -20,12 +20,10 @@
 
 mod credentials;
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use token_authority_jose::crypto;
+use tokio::time::Instant;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 
 pub use credentials::Credentials;
@@ -58,12 +56,14 @@ struct Attempts {
     last_failure: Option<String>,
 }
 
-/// A token and when to replace it.
+/// A token and when to replace it, on this process's monotonic clock: measured from when
+/// the answer arrived plus the token's own lifetime (`exp - iat`), never by comparing the
+/// server's timestamps with the local wall clock, which may disagree by any amount.
 #[derive(Clone, Debug)]
 struct Cached {
     token: String,
-    expires_at: SystemTime,
-    refresh_at: SystemTime,
+    expires_at: Instant,
+    refresh_at: Instant,
 }
 
 /// A source of tokens for one request shape. Cheap to clone; the background refresh stops
@@ -97,6 +97,9 @@ impl Drop for Inner {
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The least time between two refreshes of a token that lives long enough: a short-lived
+/// token is refreshed at half its life at the earliest, never in a loop.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl TokenSource {
@@ -129,7 +132,7 @@ impl TokenSource {
     /// The cached token if it has not expired, without waiting or asking the authority: for
     /// synchronous callers such as interceptors.
     pub fn cached_token(&self) -> Option<String> {
-        self.inner.fresh(SystemTime::now())
+        self.inner.fresh(Instant::now())
     }
 
     /// Forgets `token` if it is still the cached one: call it when a callee refused the
@@ -151,7 +154,7 @@ impl TokenSource {
 impl Inner {
     /// The cached token while it has not expired: served even past its refresh time, so a
     /// refresh that fails while the authority is down does not stop the service.
-    fn fresh(&self, now: SystemTime) -> Option<String> {
+    fn fresh(&self, now: Instant) -> Option<String> {
         let cached = self.cached.borrow();
         cached
             .as_ref()
@@ -164,7 +167,7 @@ impl Inner {
             .attempts_ended
             .load(std::sync::atomic::Ordering::Acquire);
         let mut attempts = self.fetching.lock().await;
-        if let Some(token) = self.fresh(SystemTime::now()) {
+        if let Some(token) = self.fresh(Instant::now()) {
             return Ok(token);
         }
         if attempts.ended != seen {
@@ -185,7 +188,7 @@ impl Inner {
             .cached
             .borrow()
             .as_ref()
-            .is_none_or(|cached| SystemTime::now() >= cached.refresh_at);
+            .is_none_or(|cached| Instant::now() >= cached.refresh_at);
         if !due {
             return Ok(());
         }
@@ -206,6 +209,7 @@ impl Inner {
     /// read). Call through `attempt`, with `fetching` held.
     async fn fetch(&self) -> Result<String, ClientError> {
         let sent = self.credentials.authorization().await?;
+        let asked = Instant::now();
         let issued = match self.issue(sent.as_deref()).await {
             Err(ClientError::Rpc(status)) if status.code() == Code::Unauthenticated => {
                 // Sending the same credential again would earn the same answer.
@@ -218,15 +222,20 @@ impl Inner {
         };
         let at = |t: Option<prost_types::Timestamp>, what| {
             t.and_then(|t| u64::try_from(t.seconds).ok())
-                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
                 .ok_or(ClientError::BadAnswer(what))
         };
         let issued_at = at(issued.issued_at, "issued_at")?;
         let expires_at = at(issued.expires_at, "expires_at")?;
-        let life = expires_at
-            .duration_since(issued_at)
-            .unwrap_or(Duration::ZERO);
-        let refresh_at = issued_at + life.mul_f64(0.8) - jitter(life / 20);
+        // Counted from when the call was made (the token cannot have been issued before),
+        // so the local deadline is never later than the token's own end, whatever the two
+        // clocks say.
+        let life = Duration::from_secs(expires_at.saturating_sub(issued_at));
+        if life.is_zero() {
+            return Err(ClientError::BadAnswer("expires_at"));
+        }
+        let expires_at = asked + life;
+        let refresh_at =
+            asked + (life.mul_f64(0.8) - jitter(life / 20)).max(MIN_REFRESH_INTERVAL.min(life / 2));
         self.cached.send_replace(Some(Cached {
             token: issued.token.clone(),
             expires_at,
@@ -285,7 +294,7 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
                 at
             }
             // Invalidated: replace it now.
-            None if had_token => SystemTime::now(),
+            None if had_token => Instant::now(),
             // Nothing to refresh until the first token arrives.
             None => {
                 if changes.changed().await.is_err() {
@@ -294,11 +303,8 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
                 continue;
             }
         };
-        let wait = refresh_at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(refresh_at) => {}
             // Replaced meanwhile (a cold fetch): wait for the new one's refresh time.
             changed = changes.changed() => {
                 if changed.is_err() {

@@ -14,6 +14,7 @@ use tonic::{transport::Channel, Code};
 
 use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
 
+mod clock_skew;
 mod jwks_max_age;
 mod tokens;
 mod watch_open;
