@@ -221,15 +221,21 @@ impl Inner {
             other => other?,
         };
         let at = |t: Option<prost_types::Timestamp>, what| {
-            t.and_then(|t| u64::try_from(t.seconds).ok())
-                .ok_or(ClientError::BadAnswer(what))
+            t.and_then(|t| {
+                let seconds = u64::try_from(t.seconds).ok()?;
+                let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+                Some(Duration::new(seconds, nanos))
+            })
+            .ok_or(ClientError::BadAnswer(what))
         };
         let issued_at = at(issued.issued_at, "issued_at")?;
         let expires_at = at(issued.expires_at, "expires_at")?;
-        // Counted from when the call was made (the token cannot have been issued before),
-        // so the local deadline is never later than the token's own end, whatever the two
-        // clocks say.
-        let life = Duration::from_secs(expires_at.saturating_sub(issued_at));
+        // The token's life as the authority counts it, from the moment it was signed
+        // (`issued_at` carries the nanoseconds the whole-second `iat` claim drops). Counted
+        // from when the call was made (the token cannot have been signed before), so the
+        // local deadline is never later than the token's own end, whatever the two clocks
+        // say.
+        let life = expires_at.saturating_sub(issued_at);
         if life.is_zero() {
             return Err(ClientError::BadAnswer("expires_at"));
         }

@@ -508,17 +508,32 @@ async fn over_mtls_the_token_is_refreshed_in_the_background_before_it_expires() 
     .await
     .unwrap();
     let issued = r#"token_authority_tokens_issued_total{algorithm="RS256"}"#;
+    // Fetched late in a wall-clock second: `iat` is whole seconds, so the token lives
+    // only a little over 2 of its 3 s. A client that took `exp - iat` for its life would
+    // serve it for up to 0.9 s after it expired.
+    let into_second = crate::helpers::wall_clock().subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(
+        (1900 - into_second) % 1000,
+    )))
+    .await;
     let first = source.token().await.unwrap();
     let fetched = Instant::now();
     let before = metric(&server, issued).await;
-    let expires = local.verify(&first).unwrap().expires_at;
+    let expires =
+        Duration::from_secs(u64::try_from(local.verify(&first).unwrap().expires_at).unwrap());
 
-    // Nobody calls token(): the background task replaces the token at about 80% of its
-    // life (iat is whole seconds, so 1.2 to 2.4 s after the fetch), before it expires.
+    // Nobody calls token(): the background task replaces the token at about 80% of what
+    // is left of its life (about 1.7 s after the fetch), before it expires; until then
+    // the cached token is one that has not expired.
     let second = loop {
-        match source.cached_token() {
+        let cached = source.cached_token();
+        let at = crate::helpers::wall_clock();
+        match cached {
             Some(token) if token != first => break token,
-            Some(_) => {}
+            Some(_) => assert!(
+                at < expires,
+                "an expired token served: {at:?} >= exp {expires:?}"
+            ),
             None => panic!("the token expired before it was refreshed"),
         }
         assert!(fetched.elapsed() < Duration::from_secs(4), "no refresh");
@@ -529,7 +544,7 @@ async fn over_mtls_the_token_is_refreshed_in_the_background_before_it_expires() 
         refreshed_after > Duration::from_millis(1000),
         "refreshed too early: {refreshed_after:?}"
     );
-    assert!(crate::helpers::now() < u64::try_from(expires).unwrap());
+    assert!(crate::helpers::wall_clock() < expires);
     assert_eq!(metric(&server, issued).await - before, 1.0);
     assert_eq!(local.verify(&second).unwrap().subject, CALLER);
     server.stop().await;

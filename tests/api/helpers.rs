@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use std::os::unix::fs::DirBuilderExt as _;
@@ -31,10 +31,12 @@ use crate::pki::{Identity, Pki};
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    wall_clock().as_secs()
+}
+
+/// Wall-clock time since the unix epoch, to the nanosecond.
+pub fn wall_clock() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
 }
 
 /// A data directory that outlives the servers started on it.

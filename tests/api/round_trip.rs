@@ -25,9 +25,12 @@ async fn issued_token_verifies_with_the_claims_asked_for() {
         .await
         .unwrap()
         .into_inner();
-    let issued_at = issued.issued_at.unwrap().seconds as u64;
+    let signed = issued.issued_at.unwrap();
+    let issued_at = signed.seconds as u64;
     let expires_at = issued.expires_at.unwrap().seconds as u64;
     assert!(issued_at >= before && issued_at <= now());
+    // issued_at is the signing instant to the nanosecond; the iat claim is its seconds.
+    assert!((0..1_000_000_000).contains(&signed.nanos), "{signed:?}");
     assert_eq!(expires_at, issued_at + 600);
     assert_eq!(issued.token.split('.').count(), 3);
 
@@ -45,6 +48,7 @@ async fn issued_token_verifies_with_the_claims_asked_for() {
     assert_eq!(claims["jti"], issued.jti);
     assert_eq!(claims["iss"], server.issuer);
     assert_eq!(claims["exp"].as_u64(), Some(expires_at));
+    assert_eq!(claims["iat"].as_u64(), Some(issued_at));
     server.stop().await;
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tonic::{Request, Response, Status};
@@ -85,10 +85,14 @@ impl GrpcService {
 
 /// Wall-clock unix seconds: the only place the gRPC API reads the clock.
 fn now() -> u64 {
+    now_precise().as_secs()
+}
+
+/// Wall-clock time since the unix epoch, to the nanosecond.
+fn now_precise() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -168,8 +172,10 @@ impl TokenAuthority for GrpcService {
                 let expires_by = grant.expires_by;
                 move || {
                     let started = Instant::now();
-                    let issued = authority.issue_by(&parsed, &claims, alg, now(), expires_by);
-                    (issued, started.elapsed())
+                    let signed_at = now_precise();
+                    let issued =
+                        authority.issue_by(&parsed, &claims, alg, signed_at.as_secs(), expires_by);
+                    (issued.map(|issued| (issued, signed_at)), started.elapsed())
                 }
             };
             let resolved = settings.algorithm(alg).map_err(AuthorityError::from)?;
@@ -181,7 +187,7 @@ impl TokenAuthority for GrpcService {
             } else {
                 sign()
             };
-            let issued = issued?;
+            let (issued, signed_at) = issued?;
             self.metrics.token_issued(issued.alg, signing);
             // The token leaves only once its line is written (else UNAVAILABLE).
             self.callers
@@ -209,7 +215,13 @@ impl TokenAuthority for GrpcService {
                 token: issued.token,
                 key_id: issued.kid,
                 jti: issued.jti,
-                issued_at: Some(timestamp(issued.issued_at)),
+                // To the nanosecond (the `iat` claim is its whole seconds): a client
+                // measures the token's life as expires_at - issued_at, and whole seconds
+                // would overstate it by up to one.
+                issued_at: Some(prost_types::Timestamp {
+                    seconds: i64::try_from(issued.issued_at).unwrap_or(i64::MAX),
+                    nanos: i32::try_from(signed_at.subsec_nanos()).unwrap_or(0),
+                }),
                 expires_at: Some(timestamp(issued.expires_at)),
             }))
         })
