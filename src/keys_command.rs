@@ -75,8 +75,14 @@ fn open(
     let records = runtime.block_on(async {
         // The same start as a replica's: creates or migrates the schema, refuses a newer one.
         store.migrate().await?;
-        store.load().await
+        store.load(None).await
     })?;
+    for refused in &records.refused {
+        eprintln!(
+            "warning: key {} is refused: {}",
+            refused.kid, refused.reason
+        );
+    }
     Ok((Target::Shared(Box::new((store, runtime))), records.records))
 }
 

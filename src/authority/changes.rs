@@ -4,7 +4,7 @@
 
 use std::sync::{atomic::Ordering, Arc};
 
-use super::{blocking, log_plan, unix_now, Authority, AuthorityError, RotationOutcome};
+use super::{blocking, log_plan, replica, unix_now, Authority, AuthorityError, RotationOutcome};
 use crate::{
     crypto::{Algorithm, CryptoError},
     keys::{self, GeneratedKey, KeyRecord},
@@ -15,19 +15,33 @@ use crate::{
 
 impl Authority {
     /// Brings the key set in memory up to the shared store's, if another replica changed
-    /// it. Returns whether the set changed. A store only this process writes has nothing
-    /// to catch up with.
+    /// it, or if the database went back in time (restored from a backup): any position
+    /// other than the one held is read, never skipped. Returns whether the set changed. A
+    /// store only this process writes has nothing to catch up with.
     pub async fn refresh(&self, now: u64) -> Result<bool, AuthorityError> {
-        let held = self.generation.load(Ordering::Acquire);
-        let Some(snapshot) = self.store.snapshot_if_newer(held).await? else {
+        match self.store.position().await? {
+            Some(found) if found != self.replica.position() => {}
+            _ => {
+                self.synced_at.fetch_max(now, Ordering::AcqRel);
+                return Ok(false);
+            }
+        }
+        // Serialised with transitions and read under the same lock, so a set read before a
+        // change this replica made never replaces the newer one.
+        let _writer = self.writer.lock().await;
+        let held = self.replica.position();
+        let Some(snapshot) = self.store.snapshot_if_moved(&held).await? else {
             self.synced_at.fetch_max(now, Ordering::AcqRel);
             return Ok(false);
         };
-        // Serialised with transitions, so an older snapshot never replaces a newer set.
-        let _writer = self.writer.lock().await;
-        if snapshot.generation <= self.generation.load(Ordering::Acquire) {
-            self.synced_at.fetch_max(now, Ordering::AcqRel);
-            return Ok(false);
+        self.replica.refused(&snapshot.refused);
+        if snapshot.follows_held == Some(false) {
+            self.replica.went_back(&held, &snapshot.position);
+        }
+        if !replica::unrevoked(&self.replica.revocations(), &snapshot.records).is_empty() {
+            // Written back first: the set served is the one the database holds after that.
+            self.transition_locked(|_, _| Ok(Plan::default())).await?;
+            return Ok(true);
         }
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
@@ -38,12 +52,12 @@ impl Authority {
         let set = Arc::new(set);
         self.keys.store(Arc::clone(&set));
         // WatchKeys streams follow every set this replica serves, its own changes or another's.
-        self.changes.send_replace(set);
-        self.generation
-            .store(snapshot.generation, Ordering::Release);
+        self.changes.send_replace(Arc::clone(&set));
+        self.replica
+            .serving(snapshot.position.clone(), set.records());
         self.synced_at.fetch_max(now, Ordering::AcqRel);
         tracing::info!(
-            generation = snapshot.generation,
+            generation = snapshot.position.generation,
             "key set updated from the shared keystore"
         );
         Ok(true)
@@ -135,19 +149,51 @@ impl Authority {
             + Send
             + 'static,
     {
-        let _writer = self.writer.lock().await;
+        let writer = self.writer.lock().await;
+        let (plan, in_step) = self.transition_locked(plan).await?;
+        if !in_step {
+            // Nothing to do because another replica already did it: catch up now rather
+            // than plan again from a stale set at the next wake.
+            drop(writer);
+            self.refresh(unix_now()).await?;
+        }
+        Ok((plan, self.keys.load_full()))
+    }
+
+    /// `transition` with the writer lock held. Every change of a shared store first
+    /// revokes again any key this replica has seen revoked that the database holds live.
+    /// Returns the plan and whether the set served is at the store's position (false when
+    /// nothing was written although another writer moved the store on).
+    async fn transition_locked<F>(&self, plan: F) -> Result<(Plan, bool), AuthorityError>
+    where
+        F: FnOnce(
+                &[KeyRecord],
+                &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
+            ) -> Result<Plan, LifecycleError>
+            + Send
+            + 'static,
+    {
         let held = self.keys.load_full().records().to_vec();
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
-        let ((plan, next), generation) = self
+        let revoked = self.replica.revocations();
+        let ((plan, next), settled) = self
             .store
             .transact(
                 held,
                 move |records| -> Result<((Plan, Option<KeySet>), Change), AuthorityError> {
                     let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
                         keys::generate;
-                    let plan = plan(records, &mut generate)?;
+                    let now = unix_now();
+                    let plan = replica::keeping_revocations(
+                        records,
+                        &revoked,
+                        timing,
+                        now,
+                        &mut generate,
+                        plan,
+                    )?;
                     if plan.is_empty() {
                         return Ok(((plan, None), Change::default()));
                     }
@@ -162,27 +208,27 @@ impl Authority {
                 },
             )
             .await?;
+        let position = settled.map(|settled| {
+            self.replica.refused(&settled.refused);
+            settled.position
+        });
         let next_built = next.is_some();
         if let Some(next) = next {
             let next = Arc::new(next);
             self.keys.store(Arc::clone(&next));
             // Under the writer lock, so watchers see the sets in the order they were served.
-            self.changes.send_replace(next);
+            self.changes.send_replace(Arc::clone(&next));
             log_plan(&plan);
-        }
-        if let Some(generation) = generation {
-            self.synced_at.fetch_max(unix_now(), Ordering::AcqRel);
-            if generation != self.generation.load(Ordering::Acquire) {
-                if next_built {
-                    self.generation.store(generation, Ordering::Release);
-                } else {
-                    // Nothing to do because another replica already did it: catch up now
-                    // rather than plan again from a stale set at the next wake.
-                    drop(_writer);
-                    self.refresh(unix_now()).await?;
-                }
+            if let Some(position) = &position {
+                self.replica.serving(position.clone(), next.records());
             }
         }
-        Ok((plan, self.keys.load_full()))
+        if let Some(position) = position {
+            self.synced_at.fetch_max(unix_now(), Ordering::AcqRel);
+            if !next_built && position != self.replica.position() {
+                return Ok((plan, false));
+            }
+        }
+        Ok((plan, true))
     }
 }

@@ -25,10 +25,12 @@ use crate::{
     keys::{self, KeyRecord},
     keyset::{KeySet, KeySetError},
     lifecycle::{self, LifecycleError, Plan, Timing},
-    store::{Change, KeyStore, StoreError},
+    store::{Change, KeyStore, Position, StoreError},
 };
+use replica::Replica;
 
 mod changes;
+mod replica;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
@@ -112,8 +114,9 @@ pub struct RotationOutcome {
 
 pub struct Authority {
     keys: ArcSwap<KeySet>,
-    /// The shared store's generation the key set in memory was built from (0 for sled).
-    generation: AtomicU64,
+    /// Where the shared store's history stood when the key set in memory was read from it,
+    /// and the revocations seen (unused with sled).
+    replica: Replica,
     /// Unix seconds of the last time the key set was known to match the store.
     synced_at: AtomicU64,
     store: KeyStore,
@@ -165,7 +168,13 @@ impl Authority {
             store.apply(&plan.changed, &plan.deleted)?;
             log_plan(&plan);
         }
-        Ok(Authority::serving(store, settings, set, 0, now))
+        Ok(Authority::serving(
+            store,
+            settings,
+            set,
+            Position::default(),
+            now,
+        ))
     }
 
     /// Builds the authority from a store shared by several replicas: whatever the lifecycle
@@ -197,23 +206,24 @@ impl Authority {
             )
             .await?;
         log_plan(&plan);
-        Ok(Authority::serving(
-            store,
-            settings,
-            set,
-            generation.unwrap_or(0),
-            now,
-        ))
+        let (position, refused) = generation
+            .map(|settled| (settled.position, settled.refused))
+            .unwrap_or_default();
+        let authority = Authority::serving(store, settings, set, position, now);
+        authority.replica.refused(&refused);
+        Ok(authority)
     }
 
-    /// The authority serving `set`, read from `store` at `generation` at `now`.
+    /// The authority serving `set`, read from `store` at `position` at `now`.
     fn serving(
         store: KeyStore,
         settings: Settings,
         set: KeySet,
-        generation: u64,
+        position: Position,
         now: u64,
     ) -> Authority {
+        let replica = Replica::default();
+        replica.serving(position, set.records());
         let policy = Policy {
             issuer: settings.issuer.clone(),
             leeway: settings.leeway,
@@ -223,7 +233,7 @@ impl Authority {
         Authority {
             keys: ArcSwap::from(Arc::clone(&set)),
             changes: tokio::sync::watch::Sender::new(set),
-            generation: AtomicU64::new(generation),
+            replica,
             synced_at: AtomicU64::new(now),
             store,
             settings,
@@ -239,6 +249,17 @@ impl Authority {
             KeyStore::Sled(_) => 0,
             KeyStore::Postgres(_) => now.saturating_sub(self.synced_at.load(Ordering::Acquire)),
         }
+    }
+
+    /// How many times the shared store's history was seen going back (a restore).
+    pub fn history_rewinds(&self) -> u64 {
+        self.replica.rewinds()
+    }
+
+    /// How many rows of the shared store the last read refused (edited, written back from
+    /// a backup, undecodable).
+    pub fn refused_records(&self) -> usize {
+        self.replica.refused_count()
     }
 
     /// The store, for the tasks that follow its changes.

@@ -102,6 +102,14 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+/// What the keystore's state shows in the metrics, read from the authority at each scrape.
+#[derive(Debug, Default)]
+pub struct StoreState {
+    pub sync_age: u64,
+    pub history_rewinds: u64,
+    pub refused_records: usize,
+}
+
 pub struct Metrics {
     registry: Registry,
     issued: HashMap<Algorithm, Counter>,
@@ -124,6 +132,8 @@ pub struct Metrics {
     tls_reload_failures: Counter,
     schedule_failures: Counter,
     store_sync_age: Gauge,
+    store_history_rewinds: Counter,
+    store_refused_records: Gauge,
     pub grpc_listener: ListenerMetrics,
     pub http_listener: ListenerMetrics,
     pub watchers: WatchMetrics,
@@ -274,10 +284,24 @@ impl Metrics {
     }
 
     /// Renders the OpenMetrics text, first setting the gauges that follow from the key set
-    /// and its sync age.
-    pub fn render(&self, records: &[KeyRecord], timing: Timing, sync_age: u64, now: u64) -> String {
+    /// and the store's state.
+    pub fn render(
+        &self,
+        records: &[KeyRecord],
+        timing: Timing,
+        store: &StoreState,
+        now: u64,
+    ) -> String {
         self.store_sync_age
-            .set(i64::try_from(sync_age).unwrap_or(i64::MAX));
+            .set(i64::try_from(store.sync_age).unwrap_or(i64::MAX));
+        // The authority counts; the counter follows it (it only ever grows).
+        self.store_history_rewinds.inc_by(
+            store
+                .history_rewinds
+                .saturating_sub(self.store_history_rewinds.get()),
+        );
+        self.store_refused_records
+            .set(i64::try_from(store.refused_records).unwrap_or(i64::MAX));
         for record in records.iter().filter(|r| r.state == KeyState::Current) {
             let activated = record.activated_at.unwrap_or(record.created_at);
             if let Some(gauge) = self.key_age.get(&record.alg) {

@@ -113,6 +113,18 @@ impl Metrics {
             "Seconds since the key set in memory was last known to match the keystore (with a shared store, it grows while the database is unreachable)",
             store_sync_age.clone(),
         );
+        let store_history_rewinds = Counter::default();
+        registry.register(
+            "store_history_rewinds",
+            "Times the shared keystore database was found to have gone back in time (a restore, a point-in-time recovery, a failover that lost commits) or to be another database",
+            store_history_rewinds.clone(),
+        );
+        let store_refused_records = Gauge::default();
+        registry.register(
+            "store_refused_records",
+            "Rows of the shared keystore the last read refused: edited by hand, written back from a backup, or unreadable; neither served nor changed",
+            store_refused_records.clone(),
+        );
         let open_family = Family::<Labels, Gauge>::default();
         registry.register(
             "open_connections",
@@ -187,6 +199,8 @@ impl Metrics {
             tls_reload_failures,
             schedule_failures,
             store_sync_age,
+            store_history_rewinds,
+            store_refused_records,
             grpc_listener: ListenerMetrics::new(
                 "grpc",
                 &open_family,

@@ -24,7 +24,7 @@ pub mod audit_heads {
     pub use super::sled::audit::read_audit_head as read_from_sled;
 }
 
-pub use self::postgres::{PgSettings, PgStore, Snapshot};
+pub use self::postgres::{PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot};
 pub use self::sled::SledStore;
 use crate::keys::KeyRecord;
 use kek::{Keks, UnsealError};
@@ -105,12 +105,12 @@ impl KeyStore {
     /// `held` is the caller's copy of the records. A store only this process writes (sled)
     /// plans from it; a shared store re-reads its own state inside the transaction instead,
     /// so a plan never starts from a state another writer has already changed. The second
-    /// value is the shared store's generation after the change (`None` for sled).
+    /// value is where the change left the shared store (`None` for sled).
     pub async fn transact<T, E, P>(
         &self,
         held: Vec<KeyRecord>,
         plan: P,
-    ) -> Result<(T, Option<u64>), E>
+    ) -> Result<(T, Option<Settled>), E>
     where
         P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
         T: Send + 'static,
@@ -131,22 +131,31 @@ impl KeyStore {
                 .map_err(|e| StoreError::Task(e.to_string()))?
             }
             KeyStore::Postgres(store) => {
-                let (value, generation) = store.transact(plan).await?;
-                Ok((value, Some(generation)))
+                let (value, settled) = store.transact(plan).await?;
+                Ok((value, Some(settled)))
             }
         }
     }
 
-    /// The shared store's records when it is at a generation other than `held`; `None` when
-    /// it is not, or when the store is not shared.
-    pub async fn snapshot_if_newer(&self, held: u64) -> Result<Option<Snapshot>, StoreError> {
+    /// Where the shared store's history stands; `None` when the store is not shared.
+    pub async fn position(&self) -> Result<Option<Position>, StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(None),
+            KeyStore::Postgres(store) => store.position().await.map(Some),
+        }
+    }
+
+    /// The shared store's records when it is at a position other than `held`, with whether
+    /// its history passes through `held`; `None` when it is not, or when the store is not
+    /// shared.
+    pub async fn snapshot_if_moved(&self, held: &Position) -> Result<Option<Snapshot>, StoreError> {
         match self {
             KeyStore::Sled(_) => Ok(None),
             KeyStore::Postgres(store) => {
-                if store.generation().await? == held {
+                if store.position().await? == *held {
                     return Ok(None);
                 }
-                store.load().await.map(Some)
+                store.load(Some(held)).await.map(Some)
             }
         }
     }

@@ -16,7 +16,10 @@ use axum::{
     Json, Router,
 };
 
-use crate::{authority::Authority, metrics::Metrics};
+use crate::{
+    authority::Authority,
+    metrics::{Metrics, StoreState},
+};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -133,12 +136,14 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 async fn metrics(State(state): State<HttpState>) -> Response {
     let keys = state.authority.keys();
     let now = unix_now();
-    let text = state.metrics.render(
-        keys.records(),
-        keys.timing(),
-        state.authority.sync_age(now),
-        now,
-    );
+    let store = StoreState {
+        sync_age: state.authority.sync_age(now),
+        history_rewinds: state.authority.history_rewinds(),
+        refused_records: state.authority.refused_records(),
+    };
+    let text = state
+        .metrics
+        .render(keys.records(), keys.timing(), &store, now);
     (
         [(
             header::CONTENT_TYPE,

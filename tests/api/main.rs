@@ -36,6 +36,7 @@ mod pki;
 mod policy;
 mod policy_command;
 mod postgres;
+mod replica_history;
 mod replicas;
 mod round_trip;
 mod shredding;

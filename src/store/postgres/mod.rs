@@ -26,11 +26,17 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub mod audit;
 mod connect;
+mod history;
 mod listen;
 mod record;
 
 use self::connect::{client_config, tls_config};
-use super::{kek::Keks, Change, StoreError};
+use self::history::{new_lineage, Manifest, HISTORY_KEPT};
+pub use self::history::{Position, RefusedRow};
+use super::{
+    kek::{Keks, UnsealError},
+    Change, StoreError,
+};
 use crate::keys::KeyRecord;
 
 /// The schema this binary knows, in order; the version of a migration is its index + 1.
@@ -52,6 +58,25 @@ const MIGRATIONS: &[&str] = &[
         file text PRIMARY KEY,
         head text NOT NULL
     );
+",
+    // The database's identity, its history and the manifest that authenticates the rows
+    // (`history`). The manifest of a database migrated from version 2 is made at once,
+    // from the rows as they are (`PgStore::migrate`).
+    "
+    ALTER TABLE ta_generation
+        ADD COLUMN database_id text,
+        ADD COLUMN lineage text,
+        ADD COLUMN manifest text;
+    UPDATE ta_generation
+        SET database_id = gen_random_uuid()::text, lineage = gen_random_uuid()::text;
+    ALTER TABLE ta_generation
+        ALTER COLUMN database_id SET NOT NULL,
+        ALTER COLUMN lineage SET NOT NULL;
+    CREATE TABLE ta_history (
+        generation bigint PRIMARY KEY,
+        lineage text NOT NULL
+    );
+    INSERT INTO ta_history (generation, lineage) SELECT generation, lineage FROM ta_generation;
 ",
 ];
 
@@ -99,8 +124,30 @@ impl std::fmt::Debug for PgStore {
 /// The state a read or a change left the store in.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub generation: u64,
+    pub position: Position,
+    /// The rows that load, in the order every replica keeps.
     pub records: Vec<KeyRecord>,
+    /// The rows that do not (each named, with why), left as they are.
+    pub refused: Vec<RefusedRow>,
+    /// Whether the database's history passes through the position the reader held: false
+    /// when it went back (a restore) or is another database's. `None` when not asked.
+    pub follows_held: Option<bool>,
+}
+
+/// Where a change left the store (also when it wrote nothing): its position, and the rows
+/// its read refused.
+#[derive(Debug)]
+pub struct Settled {
+    pub position: Position,
+    pub refused: Vec<RefusedRow>,
+}
+
+/// What a read inside a change transaction found, for the write that follows it.
+struct Read {
+    snapshot: Snapshot,
+    manifest: Manifest,
+    /// Every kid with a row, refused ones included.
+    present: std::collections::BTreeSet<String>,
 }
 
 impl PgStore {
@@ -214,21 +261,78 @@ impl PgStore {
             .map_err(|e| self.unavailable(e))?;
             tracing::info!(version, database = %self.shown, "keystore schema migrated");
         }
+        self.make_first_manifest(&tx).await?;
         tx.commit().await.map_err(|e| self.unavailable(e))
     }
 
-    /// The generation the database is at: cheap, for the periodic check.
-    pub async fn generation(&self) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one("SELECT generation FROM ta_generation", &[])
+    /// A database migrated from a schema without a manifest gets one made from its rows as
+    /// they are: from then on, a row that changes other than through a replica is refused.
+    async fn make_first_manifest(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), StoreError> {
+        let (position, manifest) = self.read_position(tx).await?;
+        if manifest.is_some() {
+            return Ok(());
+        }
+        let rows = tx
+            .query("SELECT kid, record FROM ta_keys", &[])
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        let mut made = Manifest::default();
+        for row in rows {
+            let text: String = row.get(1);
+            made.rows.insert(row.get(0), Manifest::digest(&text));
+        }
+        let sealed = made
+            .seal(&self.keks, &position)
+            .map_err(|e| StoreError::NotApplied(e.to_string()))?;
+        tx.execute("UPDATE ta_generation SET manifest = $1", &[&sealed])
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        tracing::info!(rows = made.rows.len(), database = %self.shown, "keystore manifest made from the rows as they are");
+        Ok(())
     }
 
-    /// Every record and the generation they are at, read from one snapshot.
-    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+    async fn read_position(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(Position, Option<String>), StoreError> {
+        let row = tx
+            .query_one(
+                "SELECT database_id, generation, lineage, manifest FROM ta_generation",
+                &[],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let position = Position {
+            database_id: row.get(0),
+            generation: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            lineage: row.get(2),
+        };
+        Ok((position, row.get(3)))
+    }
+
+    /// Where the database's history stands: cheap, for the periodic check.
+    pub async fn position(&self) -> Result<Position, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT database_id, generation, lineage FROM ta_generation",
+                &[],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(Position {
+            database_id: row.get(0),
+            generation: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            lineage: row.get(2),
+        })
+    }
+
+    /// Every record and the position they are at, read from one snapshot; with `held`,
+    /// also whether the database's history passes through it.
+    pub async fn load(&self, held: Option<&Position>) -> Result<Snapshot, StoreError> {
         let mut client = self.client().await?;
         let tx = client
             .build_transaction()
@@ -237,26 +341,82 @@ impl PgStore {
             .start()
             .await
             .map_err(|e| self.unavailable(e))?;
-        let snapshot = self.read(&tx).await?;
+        let mut snapshot = self.read(&tx).await?.snapshot;
+        if let Some(held) = held {
+            snapshot.follows_held = Some(self.follows(&tx, &snapshot.position, held).await?);
+        }
         tx.commit().await.map_err(|e| self.unavailable(e))?;
         Ok(snapshot)
     }
 
-    async fn read(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<Snapshot, StoreError> {
-        let generation: i64 = tx
-            .query_one("SELECT generation FROM ta_generation", &[])
+    /// Whether the history at `now` passes through `held`.
+    async fn follows(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        now: &Position,
+        held: &Position,
+    ) -> Result<bool, StoreError> {
+        if now.database_id != held.database_id || now.generation < held.generation {
+            return Ok(false);
+        }
+        let generation = i64::try_from(held.generation).unwrap_or(i64::MAX);
+        let row = tx
+            .query_opt(
+                "SELECT lineage FROM ta_history WHERE generation = $1",
+                &[&generation],
+            )
             .await
-            .map_err(|e| self.unavailable(e))?
-            .get(0);
+            .map_err(|e| self.unavailable(e))?;
+        Ok(row.is_some_and(|row| row.get::<_, String>(0) == held.lineage))
+    }
+
+    async fn read(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<Read, StoreError> {
+        let (position, manifest) = self.read_position(tx).await?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.shown.clone(),
+            kid: "(the key set's manifest, in ta_generation)".into(),
+            reason,
+        };
+        let manifest = manifest
+            .ok_or_else(|| corrupt("missing: the schema migration did not complete".into()))?;
+        let manifest = Manifest::open(&manifest, &self.keks, &position).map_err(corrupt)?;
         let rows = tx
             .query("SELECT kid, record FROM ta_keys", &[])
             .await
             .map_err(|e| self.unavailable(e))?;
         let mut records = Vec::with_capacity(rows.len());
+        let mut refused = Vec::new();
+        let mut present = std::collections::BTreeSet::new();
         for row in rows {
             let kid: String = row.get(0);
             let text: String = row.get(1);
-            records.push(self.decode(&kid, &text)?);
+            present.insert(kid.clone());
+            let checked = match manifest.check(&kid, &text) {
+                Err(reason) => Err(reason),
+                Ok(()) => match self.decode(&kid, &text) {
+                    Ok(record) => Ok(record),
+                    // The KEK file lacks a KEK the rows were sealed with: a configuration
+                    // error for the whole store, not one row's.
+                    Err(
+                        error @ StoreError::Unseal {
+                            source: UnsealError::UnknownKek(_),
+                            ..
+                        },
+                    ) => return Err(error),
+                    Err(error) => Err(error.to_string()),
+                },
+            };
+            match checked {
+                Ok(record) => records.push(record),
+                Err(reason) => refused.push(RefusedRow { kid, reason }),
+            }
+        }
+        for kid in manifest.rows.keys().filter(|kid| !present.contains(*kid)) {
+            refused.push(RefusedRow {
+                kid: kid.clone(),
+                reason: "in the key set's manifest but missing from ta_keys: deleted by hand"
+                    .into(),
+            });
         }
         // The order the lifecycle keeps (`Plan::apply_to`), so every replica builds the
         // same JWKS bytes and ETag from the same records.
@@ -265,17 +425,23 @@ impl PgStore {
                 .cmp(&b.created_at)
                 .then_with(|| a.kid.cmp(&b.kid))
         });
-        Ok(Snapshot {
-            generation: u64::try_from(generation).unwrap_or(0),
-            records,
+        Ok(Read {
+            snapshot: Snapshot {
+                position,
+                records,
+                refused,
+                follows_held: None,
+            },
+            manifest,
+            present,
         })
     }
 
-    /// One change: lock, re-read, plan from what was read, write, bump the generation,
-    /// notify, commit. Returns the plan's value and the generation now current (the new one
-    /// if something was written). The plan runs on a blocking thread (it may generate keys)
+    /// One change: lock, re-read, plan from what was read, write, move the position on
+    /// (generation, lineage, manifest), notify, commit. Returns the plan's value and the
+    /// position now current (the new one if something was written). The plan runs on a blocking thread (it may generate keys)
     /// while the transaction waits.
-    pub async fn transact<T, E, P>(&self, plan: P) -> Result<(T, u64), E>
+    pub async fn transact<T, E, P>(&self, plan: P) -> Result<(T, Settled), E>
     where
         P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
         T: Send + 'static,
@@ -292,20 +458,35 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGE_LOCK])
             .await
             .map_err(|e| self.unavailable(e))?;
-        let Snapshot {
-            generation,
-            records,
+        // The plan sees the rows that load; refused ones stay as they are, still listed
+        // in the manifest as what they should be, so they stay refused until replaced.
+        let Read {
+            snapshot:
+                Snapshot {
+                    position,
+                    records,
+                    refused,
+                    ..
+                },
+            mut manifest,
+            present,
         } = self.read(&tx).await?;
         let (value, change) = tokio::task::spawn_blocking(move || plan(&records))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         if change.is_empty() {
             // Dropping the transaction rolls it back and releases the lock.
-            return Ok((value, generation));
+            return Ok((value, Settled { position, refused }));
         }
+        // What a row deleted by hand was is of no use any more.
+        manifest.rows.retain(|kid, _| present.contains(kid));
         let mut encoded = Vec::with_capacity(change.changed.len());
         for record in &change.changed {
-            encoded.push((record.kid.as_str(), self.encode(record)?));
+            let text = self.encode(record)?;
+            manifest
+                .rows
+                .insert(record.kid.clone(), Manifest::digest(&text));
+            encoded.push((record.kid.as_str(), text));
         }
         for (kid, text) in &encoded {
             tx.execute(
@@ -317,25 +498,54 @@ impl PgStore {
             .map_err(|e| self.unavailable(e))?;
         }
         for kid in &change.deleted {
+            manifest.rows.remove(kid);
             tx.execute("DELETE FROM ta_keys WHERE kid = $1", &[kid])
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
-        let next: i64 = tx
-            .query_one(
-                "UPDATE ta_generation SET generation = generation + 1 RETURNING generation",
-                &[],
-            )
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .get(0);
+        let not_applied = |e: crate::crypto::CryptoError| StoreError::NotApplied(e.to_string());
+        let next = Position {
+            database_id: position.database_id,
+            generation: position.generation + 1,
+            lineage: new_lineage().map_err(not_applied)?,
+        };
+        let sealed = manifest.seal(&self.keks, &next).map_err(not_applied)?;
+        let generation = i64::try_from(next.generation).unwrap_or(i64::MAX);
+        tx.execute(
+            "UPDATE ta_generation SET generation = $1, lineage = $2, manifest = $3",
+            &[&generation, &next.lineage, &sealed],
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        tx.execute(
+            "INSERT INTO ta_history (generation, lineage) VALUES ($1, $2)
+             ON CONFLICT (generation) DO UPDATE SET lineage = EXCLUDED.lineage",
+            &[&generation, &next.lineage],
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        tx.execute(
+            "DELETE FROM ta_history WHERE generation <= $1",
+            &[&(generation - HISTORY_KEPT)],
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
         // Delivered to listeners only when (and if) the transaction commits.
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &next.generation.to_string()],
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
         tx.commit()
             .await
             .map_err(|e| StoreError::CommitUnknown(format!("{}: {e}", self.shown)))?;
-        Ok((value, u64::try_from(next).unwrap_or(0)))
+        Ok((
+            value,
+            Settled {
+                position: next,
+                refused,
+            },
+        ))
     }
 }

@@ -1,0 +1,153 @@
+//! What a replica knows of a shared keystore beyond the key set it serves: where the
+//! database's history stood when it last read it, every revocation it has seen, and what
+//! the last read refused.
+//!
+//! The revocations are remembered because a database can go back in time (a restore, a
+//! point-in-time recovery, a failover that lost commits) and bring a revoked key back to
+//! life. A running replica never serves such a key again: it writes the revocation back.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Mutex, PoisonError,
+    },
+};
+
+use crate::{
+    crypto::{Algorithm, CryptoError},
+    keys::{GeneratedKey, KeyRecord, KeyState},
+    lifecycle::{self, LifecycleError, Plan, Timing},
+    store::{Position, RefusedRow},
+};
+
+#[derive(Debug, Default)]
+pub(super) struct Replica {
+    position: Mutex<Position>,
+    /// Kid -> reason, of every key seen revoked since the start.
+    revoked: Mutex<BTreeMap<String, String>>,
+    rewinds: AtomicU64,
+    refused: Mutex<Vec<RefusedRow>>,
+    refused_count: AtomicUsize,
+}
+
+impl Replica {
+    pub fn position(&self) -> Position {
+        self.position
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records that the set now served was read at `position`, and its revocations.
+    pub fn serving(&self, position: Position, records: &[KeyRecord]) {
+        *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
+        let mut revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+        for record in records.iter().filter(|r| r.state == KeyState::Revoked) {
+            revoked.entry(record.kid.clone()).or_insert_with(|| {
+                record
+                    .revoked_reason
+                    .clone()
+                    .unwrap_or_else(|| "revoked".into())
+            });
+        }
+    }
+
+    /// Every key this replica has seen revoked: kid -> reason.
+    pub fn revocations(&self) -> BTreeMap<String, String> {
+        self.revoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn went_back(&self, held: &Position, found: &Position) {
+        self.rewinds.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            held = %held,
+            found = %found,
+            "the keystore database's history went back (a restore, a point-in-time recovery, a failover that lost commits) or it is another database: serving what it holds now, with every revocation this replica has seen written back"
+        );
+    }
+
+    /// How many times the database's history was seen going back.
+    pub fn rewinds(&self) -> u64 {
+        self.rewinds.load(Ordering::Relaxed)
+    }
+
+    /// Logs the rows the last read refused, each time that list changes.
+    pub fn refused(&self, rows: &[RefusedRow]) {
+        self.refused_count.store(rows.len(), Ordering::Relaxed);
+        let mut last = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if *last == rows {
+            return;
+        }
+        for row in rows.iter().filter(|row| !last.contains(row)) {
+            tracing::error!(kid = %row.kid, reason = %row.reason, "a keystore row is refused: it is neither served nor changed");
+        }
+        *last = rows.to_vec();
+    }
+
+    /// How many rows the last read refused.
+    pub fn refused_count(&self) -> usize {
+        self.refused_count.load(Ordering::Relaxed)
+    }
+}
+
+/// The keys of `records` in `revoked` that are not revoked there: (kid, reason).
+pub(super) fn unrevoked(
+    revoked: &BTreeMap<String, String>,
+    records: &[KeyRecord],
+) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r.state != KeyState::Revoked)
+        .filter_map(|r| revoked.get(&r.kid).map(|why| (r.kid.clone(), why.clone())))
+        .collect()
+}
+
+/// `plan`, planned from `records` once every key of `revoked` in them is revoked again:
+/// one plan that does both. Every change of a shared store goes through here, so a key a
+/// replica has seen revoked is never served again, whatever the database says.
+pub(super) fn keeping_revocations<P>(
+    records: &[KeyRecord],
+    revoked: &BTreeMap<String, String>,
+    timing: Timing,
+    now: u64,
+    generate: &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
+    plan: P,
+) -> Result<Plan, LifecycleError>
+where
+    P: FnOnce(
+        &[KeyRecord],
+        &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
+    ) -> Result<Plan, LifecycleError>,
+{
+    let again = unrevoked(revoked, records);
+    if again.is_empty() {
+        return plan(records, generate);
+    }
+    tracing::error!(
+        kids = ?again.iter().map(|(kid, _)| kid.as_str()).collect::<Vec<_>>(),
+        "keys this replica has seen revoked are not revoked in the keystore database: revoking them again"
+    );
+    let mut held = records.to_vec();
+    let mut done = Plan::default();
+    for (kid, reason) in &again {
+        let step = lifecycle::revoke(&held, kid, reason, timing, now, generate)?;
+        held = step.apply_to(&held);
+        merge(&mut done, step);
+    }
+    let step = plan(&held, generate)?;
+    merge(&mut done, step);
+    Ok(done)
+}
+
+/// `step`, planned from what `done` left, folded into `done`.
+fn merge(done: &mut Plan, step: Plan) {
+    done.changed
+        .retain(|c| !step.deleted.contains(&c.kid) && !step.changed.iter().any(|s| s.kid == c.kid));
+    done.changed.extend(step.changed);
+    done.deleted.extend(step.deleted);
+    done.rotated.extend(step.rotated);
+}
