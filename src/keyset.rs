@@ -32,7 +32,8 @@ pub enum KeySetError {
 #[derive(Debug)]
 pub struct KnownKey {
     pub state: KeyState,
-    pub key: VerifyingKey,
+    /// Shared with the next sets while the key's record is unchanged.
+    pub key: Arc<VerifyingKey>,
 }
 
 /// The JWKS as served: body bytes, strong ETag, and the structured keys.
@@ -65,6 +66,32 @@ impl KeySet {
         encrypted_at_rest: bool,
         timing: Timing,
     ) -> Result<KeySet, KeySetError> {
+        KeySet::build_reusing(None, records, algorithms, encrypted_at_rest, timing)
+    }
+
+    /// The next snapshot: like `build`, but the keys this set holds with the same record
+    /// (kid, algorithm, private key) are not parsed again, so a change costs the parsing of
+    /// the keys it changed, however many are retained.
+    pub fn rebuild(
+        &self,
+        records: Vec<KeyRecord>,
+        algorithms: &[Algorithm],
+        encrypted_at_rest: bool,
+        timing: Timing,
+    ) -> Result<KeySet, KeySetError> {
+        KeySet::build_reusing(Some(self), records, algorithms, encrypted_at_rest, timing)
+    }
+
+    fn build_reusing(
+        previous: Option<&KeySet>,
+        records: Vec<KeyRecord>,
+        algorithms: &[Algorithm],
+        encrypted_at_rest: bool,
+        timing: Timing,
+    ) -> Result<KeySet, KeySetError> {
+        let before: HashMap<&str, &KeyRecord> = previous
+            .map(|set| set.records.iter().map(|r| (r.kid.as_str(), r)).collect())
+            .unwrap_or_default();
         let mut known = HashMap::new();
         let mut signers = HashMap::new();
         let mut published = Vec::new();
@@ -78,21 +105,49 @@ impl KeySet {
                 kid: record.kid.clone(),
                 source,
             };
-            let signing = SigningKey::from_pkcs8(record.alg, record.private_key.as_bytes())
-                .map_err(key_error)?;
-            let verifying = signing.verifying_key().map_err(key_error)?;
+            let same = |old: &KeyRecord| {
+                old.alg == record.alg && old.private_key.as_bytes() == record.private_key.as_bytes()
+            };
+            let reused = before
+                .get(record.kid.as_str())
+                .filter(|old| same(old))
+                .and_then(|_| previous?.known(&record.kid));
+            let reused_signer = previous
+                .and_then(|set| set.signer(record.alg))
+                .filter(|signer| signer.kid == record.kid && reused.is_some())
+                .filter(|_| record.state == KeyState::Current);
+            let parse = || SigningKey::from_pkcs8(record.alg, record.private_key.as_bytes());
+            let (verifying, mut parsed) = match reused {
+                Some(old) => (Arc::clone(&old.key), None),
+                None => {
+                    let signing = parse().map_err(key_error)?;
+                    (
+                        Arc::new(signing.verifying_key().map_err(key_error)?),
+                        Some(signing),
+                    )
+                }
+            };
+            if record.state == KeyState::Current {
+                let signer = match reused_signer {
+                    Some(signer) => Arc::clone(signer),
+                    None => {
+                        let signing = match parsed.take() {
+                            Some(signing) => signing,
+                            None => parse().map_err(key_error)?,
+                        };
+                        Arc::new(Signer::new(record.kid.clone(), signing))
+                    }
+                };
+                if signers.insert(record.alg, signer).is_some() {
+                    return Err(KeySetError::SeveralCurrentKeys(record.alg));
+                }
+            }
             if record.state.is_published() {
                 published.push(PublicJwk::new(
                     &record.kid,
                     record.alg,
                     verifying.components(),
                 ));
-            }
-            if record.state == KeyState::Current {
-                let signer = Signer::new(record.kid.clone(), signing);
-                if signers.insert(record.alg, Arc::new(signer)).is_some() {
-                    return Err(KeySetError::SeveralCurrentKeys(record.alg));
-                }
             }
             known.insert(
                 record.kid.clone(),
@@ -163,10 +218,89 @@ impl KeySet {
 /// The verifier reads the server's published keys through this.
 impl KeyLookup for KeySet {
     fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
-        self.known.get(kid).map(|known| &known.key)
+        self.known.get(kid).map(|known| &*known.key)
     }
 
     fn is_revoked(&self, kid: &str) -> bool {
         KeySet::is_revoked(self, kid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{keys, lifecycle};
+
+    const TIMING: Timing = Timing {
+        publish_lead: 60,
+        rotation_period: 3600,
+        max_ttl: 600,
+        leeway: 60,
+    };
+    const ALGS: [Algorithm; 1] = [Algorithm::ES256];
+
+    #[test]
+    fn a_rebuild_parses_only_the_keys_that_changed() {
+        let mut generate = keys::generate;
+        let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
+        let records = first.apply_to(&[]);
+        let set = KeySet::build(records.clone(), &ALGS, false, TIMING).unwrap();
+        let current = set.signer(Algorithm::ES256).unwrap().kid.clone();
+
+        // The same records: everything reused, the signer included.
+        let same = set.rebuild(records.clone(), &ALGS, false, TIMING).unwrap();
+        assert!(Arc::ptr_eq(
+            set.signer(Algorithm::ES256).unwrap(),
+            same.signer(Algorithm::ES256).unwrap()
+        ));
+        for record in &records {
+            assert!(Arc::ptr_eq(
+                &set.known(&record.kid).unwrap().key,
+                &same.known(&record.kid).unwrap().key
+            ));
+        }
+        assert_eq!(same.jwks().etag, set.jwks().etag);
+
+        // A rotation: the old current and next keep their parsed public keys; the promoted
+        // key gets a new signer, the new next key is parsed.
+        let rotated = lifecycle::rotate(
+            &records,
+            Algorithm::ES256,
+            true,
+            TIMING,
+            1001,
+            &mut generate,
+        )
+        .unwrap()
+        .apply_to(&records);
+        let next = same.rebuild(rotated.clone(), &ALGS, false, TIMING).unwrap();
+        let fresh = KeySet::build(rotated.clone(), &ALGS, false, TIMING).unwrap();
+        assert_eq!(next.jwks().body, fresh.jwks().body);
+        let signer = next.signer(Algorithm::ES256).unwrap();
+        assert_ne!(signer.kid, current);
+        assert!(!Arc::ptr_eq(signer, same.signer(Algorithm::ES256).unwrap()));
+        for record in &records {
+            assert!(Arc::ptr_eq(
+                &same.known(&record.kid).unwrap().key,
+                &next.known(&record.kid).unwrap().key
+            ));
+        }
+        let added = rotated
+            .iter()
+            .find(|r| same.known(&r.kid).is_none())
+            .unwrap();
+        assert!(next.known(&added.kid).is_some());
+
+        // A record whose private key changed under the same kid is parsed again.
+        let mut swapped = rotated.clone();
+        let other = keys::generate(Algorithm::ES256).unwrap();
+        let retired = swapped.iter_mut().find(|r| r.kid == current).unwrap();
+        retired.private_key = other.private_key;
+        let again = next.rebuild(swapped, &ALGS, false, TIMING).unwrap();
+        assert!(!Arc::ptr_eq(
+            &next.known(&current).unwrap().key,
+            &again.known(&current).unwrap().key
+        ));
+        assert_ne!(again.jwks().etag, next.jwks().etag);
     }
 }

@@ -47,8 +47,9 @@ impl Authority {
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
         let records = snapshot.records;
+        let previous = self.keys.load_full();
         let set =
-            blocking(move || KeySet::build(records, &algorithms, encrypted, timing)).await??;
+            blocking(move || previous.rebuild(records, &algorithms, encrypted, timing)).await??;
         let set = Arc::new(set);
         self.keys.store(Arc::clone(&set));
         // WatchKeys streams follow every set this replica serves, its own changes or another's.
@@ -173,7 +174,8 @@ impl Authority {
             + Send
             + 'static,
     {
-        let held = self.keys.load_full().records().to_vec();
+        let previous = self.keys.load_full();
+        let held = previous.records().to_vec();
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
@@ -199,7 +201,7 @@ impl Authority {
                     }
                     // Build first: a record that does not load must not reach the store.
                     let next =
-                        KeySet::build(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                        previous.rebuild(plan.apply_to(records), &algorithms, encrypted, timing)?;
                     let change = Change {
                         changed: plan.changed.clone(),
                         deleted: plan.deleted.clone(),
