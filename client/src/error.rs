@@ -30,6 +30,9 @@ pub enum ClientError {
     /// The HTTP JWKS could not be fetched or read.
     #[error("the JWKS fallback failed: {0}")]
     Jwks(String),
+    /// A verifier was asked to watch an empty list of replicas.
+    #[error("no authority replica to watch")]
+    NoReplica,
     /// No key set arrived from the authority in time.
     #[error("no key set from the authority within {0:?}")]
     NoKeySet(std::time::Duration),

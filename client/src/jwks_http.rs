@@ -2,8 +2,10 @@
 //! reached, a proxy that does not carry streams, the authority restarting).
 //!
 //! A conditional GET: the ETag of the last answer goes back as `If-None-Match`, so an
-//! unchanged set costs a `304` and no parsing; `Cache-Control: max-age` says when to ask
-//! again. The body is parsed with the same JWK rules as the pushed set, and limited in size.
+//! unchanged set costs a `304` and no parsing, which is what lets the verifier poll it every
+//! few seconds while the stream is down; a `Cache-Control: max-age` shorter than that
+//! interval brings the next poll forward. The body is parsed with the same JWK rules as the
+//! pushed set, and limited in size.
 
 use std::time::Duration;
 

@@ -17,6 +17,8 @@
 //! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
 //! - `verifier`, `token_source`, `interceptor`, `layer`: the things above; `bearer`: the
 //!   check of an `authorization` header that `interceptor` and `layer` share.
+//!   `verifier::watch` is the verifier's background task: the stream over the replicas, and
+//!   the JWKS polled while it is down.
 //! - `error`: this crate's error type. `pb`: the generated client.
 //!
 //! # Example

@@ -1,18 +1,20 @@
 //! Local verification: the authority's own rules (`token-authority-jose`), over a key set
 //! the authority pushes with WatchKeys.
 //!
-//! A background task holds one WatchKeys stream. Every key set it receives replaces the one
-//! in use through an atomic pointer swap, so `verify` never waits and never makes a request.
-//! When the stream breaks, or stays silent for twice the keepalive interval the authority
-//! announced, the task reconnects with capped, jittered backoff and the last good set stays
-//! in use meanwhile: tokens signed by known keys keep verifying while the authority is down.
-//! A revocation reaches the verifier as soon as the authority pushes it.
+//! A background task (`watch`) holds one WatchKeys stream. Every key set it receives
+//! replaces the one in use through an atomic pointer swap, so `verify` never waits and never
+//! makes a request. When the stream breaks, or stays silent for twice the keepalive interval
+//! the authority announced, the task reconnects, to the next replica when it was given
+//! several, with capped, jittered backoff, and the last good set stays in use meanwhile:
+//! tokens signed by known keys keep verifying while the authority is down. A revocation
+//! reaches the verifier as soon as the authority pushes it.
 //!
-//! While the stream is down, an optional HTTP JWKS URL is the fallback: fetched with the
-//! last ETag, again when its `Cache-Control: max-age` runs out, and at once (at most once per
-//! cooldown) when a token names a kid the set lacks. A set fetched over HTTP keeps the kids
-//! an earlier push reported revoked. Over anything but loopback, give both the channel and
-//! the JWKS URL TLS: the keys they carry decide which tokens are accepted.
+//! While no stream is up, an optional HTTP JWKS URL is the fallback: fetched at once, then
+//! polled every `jwks_poll_interval` with the last ETag (a `304` when nothing changed), and
+//! fetched at once (at most once per cooldown) when a token names a kid the set lacks. A set
+//! fetched over HTTP keeps the kids an earlier push reported revoked. Over anything but
+//! loopback, give both the channel and the JWKS URL TLS: the keys they carry decide which
+//! tokens are accepted.
 
 use std::{
     sync::Arc,
@@ -20,18 +22,15 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use token_authority_jose::{
-    crypto,
-    jwt::verify::{self, Policy, Reason, Rejection, Verified},
-};
+use token_authority_jose::jwt::verify::{self, Policy, Reason, Rejection, Verified};
 use tonic::transport::Channel;
 
 use crate::{
-    error::ClientError,
-    jwks_http::{Fetched, JwksFetcher},
-    keys::KeySet,
-    pb::{self, token_authority_client::TokenAuthorityClient, watch_keys_response::Event},
+    error::ClientError, jwks_http::JwksFetcher, keys::KeySet,
+    pb::token_authority_client::TokenAuthorityClient,
 };
+
+mod watch;
 
 /// What the verifier checks beyond the signature: the same settings as the authority's.
 #[derive(Clone, Debug)]
@@ -50,11 +49,17 @@ pub struct VerifierSettings {
     /// before the attempt counts as failed and the HTTP fallback is consulted: an address
     /// that swallows packets must not hold the verifier on a connect that never ends.
     pub watch_open_timeout: Duration,
-    /// The authority's `/.well-known/jwks.json`, fetched while WatchKeys is unavailable
-    /// (conditional GETs, as often as its `Cache-Control` allows, and at once, at most once
-    /// per `unknown_kid_cooldown`, when a token names a kid the set lacks). `None`: no
-    /// fallback; the last pushed set stays in use while the stream is down.
+    /// The authority's `/.well-known/jwks.json`, fetched while WatchKeys is unavailable:
+    /// at once when the stream goes down, then every `jwks_poll_interval` (conditional GETs),
+    /// and at once, at most once per `unknown_kid_cooldown`, when a token names a kid the
+    /// set lacks. Point it at an address that reaches a live replica (the Service, not one
+    /// pod). `None`: no fallback; the last pushed set stays in use while the stream is down.
     pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again while no WatchKeys stream is up (at least 1 s;
+    /// sooner when its `max-age` is shorter; up to a quarter more, at random): the longest
+    /// a revocation takes to reach the verifier then. Each poll is a conditional GET, a
+    /// `304` when nothing changed; none is made while a stream is up.
+    pub jwks_poll_interval: Duration,
     /// TLS for an `https://` JWKS URL (a private CA); `None`: the web PKI roots.
     pub jwks_tls: Option<rustls::ClientConfig>,
     /// The least time between two fetches caused by unknown kids: a flood of made-up kids
@@ -73,6 +78,7 @@ impl VerifierSettings {
             first_key_set_timeout: Duration::from_secs(10),
             watch_open_timeout: Duration::from_secs(5),
             jwks_url: None,
+            jwks_poll_interval: Duration::from_secs(2),
             jwks_tls: None,
             unknown_kid_cooldown: Duration::from_secs(10),
         }
@@ -109,10 +115,6 @@ impl Drop for Inner {
     }
 }
 
-/// The first delay before reconnecting a broken stream, and the cap it doubles up to.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 impl Verifier {
     /// Starts watching the authority's keys on `channel` and returns once the first key
     /// set has arrived (an error after `first_key_set_timeout`: a verifier with no keys
@@ -121,6 +123,25 @@ impl Verifier {
         channel: Channel,
         settings: VerifierSettings,
     ) -> Result<Verifier, ClientError> {
+        Verifier::connect_replicas([channel], settings).await
+    }
+
+    /// Like `connect`, over several replicas of the authority (one `Channel` each, e.g. the
+    /// pods of a headless Service): the stream is opened on the first, and when it breaks or
+    /// cannot be opened the next one is tried, so a replica that dies hands the stream to a
+    /// live one at the first reconnect. The backoff grows only once every replica has failed
+    /// in turn. An error when `replicas` is empty.
+    pub async fn connect_replicas(
+        replicas: impl IntoIterator<Item = Channel>,
+        settings: VerifierSettings,
+    ) -> Result<Verifier, ClientError> {
+        let replicas: Vec<_> = replicas
+            .into_iter()
+            .map(TokenAuthorityClient::new)
+            .collect();
+        if replicas.is_empty() {
+            return Err(ClientError::NoReplica);
+        }
         let keys = Arc::new(ArcSwap::from_pointee(KeySet::default()));
         let (first_tx, mut first_rx) = tokio::sync::watch::channel(false);
         let fetcher = settings
@@ -129,14 +150,18 @@ impl Verifier {
             .map(|url| JwksFetcher::new(url, settings.jwks_tls.clone()))
             .transpose()?;
         let refetch = Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(watch(
-            TokenAuthorityClient::new(channel),
-            settings.watch_open_timeout,
-            Arc::clone(&keys),
-            first_tx,
-            fetcher,
-            Arc::clone(&refetch),
-        ));
+        let task = tokio::spawn(
+            watch::Watch {
+                replicas,
+                open_timeout: settings.watch_open_timeout,
+                poll_interval: settings.jwks_poll_interval,
+                keys: Arc::clone(&keys),
+                first: first_tx,
+                fetcher,
+                refetch: Arc::clone(&refetch),
+            }
+            .run(),
+        );
         let verifier = Verifier {
             inner: Arc::new(Inner {
                 keys,
@@ -238,121 +263,17 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Up to a quarter of `base` added at random, so a fleet does not reconnect in step.
-fn jittered(base: Duration) -> Duration {
-    let random = crypto::random_bytes(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(random) / f64::from(u16::MAX) / 4.0)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Holds a WatchKeys stream for as long as the verifier lives, reconnecting when it
-/// breaks; `first` turns true at the first key set.
-async fn watch(
-    mut client: TokenAuthorityClient<Channel>,
-    open_timeout: Duration,
-    keys: Arc<ArcSwap<KeySet>>,
-    first: tokio::sync::watch::Sender<bool>,
-    mut fetcher: Option<JwksFetcher>,
-    refetch: Arc<tokio::sync::Notify>,
-) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut next_fetch = tokio::time::Instant::now();
-    loop {
-        let opened =
-            tokio::time::timeout(open_timeout, client.watch_keys(pb::WatchKeysRequest {})).await;
-        match opened {
-            Ok(Ok(stream)) => {
-                let mut stream = stream.into_inner();
-                // Until the first message says otherwise, the authority's default.
-                let mut silence = Duration::from_secs(60);
-                loop {
-                    let message = match tokio::time::timeout(silence, stream.message()).await {
-                        Ok(Ok(Some(message))) => message,
-                        Ok(Ok(None)) => break,
-                        Ok(Err(status)) => {
-                            tracing::info!(%status, "key watch ended; reconnecting");
-                            break;
-                        }
-                        Err(_) => {
-                            tracing::warn!(?silence, "key watch silent; reconnecting");
-                            break;
-                        }
-                    };
-                    if let Some(Event::KeySet(watched)) = message.event {
-                        if let Some(interval) = &watched.keepalive_interval {
-                            let interval = Duration::new(
-                                u64::try_from(interval.seconds).unwrap_or(30),
-                                u32::try_from(interval.nanos).unwrap_or(0),
-                            );
-                            silence = (interval * 2).max(Duration::from_millis(200));
-                        }
-                        match KeySet::from_watched(&watched) {
-                            Ok(set) => {
-                                keys.store(Arc::new(set));
-                                first.send_replace(true);
-                                backoff = FIRST_BACKOFF;
-                            }
-                            // Keep the last good set; a bad one must not empty the verifier.
-                            Err(error) => tracing::error!(%error, "key set refused"),
-                        }
-                    }
-                }
-            }
-            Ok(Err(status)) => tracing::info!(%status, "cannot watch the authority's keys"),
-            Err(_) => tracing::warn!(
-                ?open_timeout,
-                "opening the key watch timed out; trying again after the HTTP JWKS"
-            ),
-        }
-        // The stream is down: the HTTP JWKS, when due, then wait to reconnect (or fetch at
-        // once for an unknown kid).
-        if let Some(fetcher) = &mut fetcher {
-            if tokio::time::Instant::now() >= next_fetch {
-                next_fetch = fetch_jwks(fetcher, &keys, &first).await;
-            }
-        }
-        let pause = tokio::time::sleep(jittered(backoff));
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                () = &mut pause => break,
-                () = refetch.notified() => {}
-                // The last answer's max-age runs out before the next reconnect (whose
-                // backoff grows to seconds): fetch on time, not at the next attempt.
-                () = tokio::time::sleep_until(next_fetch), if fetcher.is_some() => {}
-            }
-            if let Some(fetcher) = &mut fetcher {
-                next_fetch = fetch_jwks(fetcher, &keys, &first).await;
-            }
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    #[tokio::test]
+    async fn an_empty_list_of_replicas_is_refused_at_once() {
+        let refused =
+            Verifier::connect_replicas(Vec::<Channel>::new(), VerifierSettings::new("iss")).await;
+        assert!(
+            matches!(refused, Err(ClientError::NoReplica)),
+            "{refused:?}"
+        );
     }
-}
-
-/// Fetches the HTTP JWKS and swaps in a changed set; returns when to fetch again: after the
-/// answer's `max-age` (within 1 s to 1 h), or a minute after a failure.
-async fn fetch_jwks(
-    fetcher: &mut JwksFetcher,
-    keys: &ArcSwap<KeySet>,
-    first: &tokio::sync::watch::Sender<bool>,
-) -> tokio::time::Instant {
-    let again = match fetcher.fetch().await {
-        Ok((Fetched::Changed(set), max_age)) => {
-            let set = set.keep_revoked(&keys.load());
-            keys.store(Arc::new(set));
-            first.send_replace(true);
-            max_age
-        }
-        Ok((Fetched::NotModified, max_age)) => max_age,
-        Err(error) => {
-            // Keep the last good set.
-            tracing::warn!(%error, "JWKS fallback fetch failed");
-            None
-        }
-    };
-    tokio::time::Instant::now()
-        + again
-            .unwrap_or(Duration::from_secs(60))
-            .clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }

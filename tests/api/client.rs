@@ -15,7 +15,8 @@ use tonic::{transport::Channel, Code};
 use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
 
 mod clock_skew;
-mod jwks_max_age;
+mod jwks_polling;
+mod replica_failover;
 mod tokens;
 mod watch_open;
 
@@ -343,6 +344,8 @@ async fn without_watch_keys_the_http_jwks_is_used_with_its_etag_and_an_unknown_k
     let mut settings = VerifierSettings::new(server.issuer.clone());
     settings.jwks_url = Some(server.url("/.well-known/jwks.json"));
     settings.unknown_kid_cooldown = Duration::from_secs(2);
+    // No polling in the way: every fetch here is one an unknown kid asked for.
+    settings.jwks_poll_interval = Duration::from_secs(3600);
     let local = Verifier::connect(channel(&server), settings).await.unwrap();
     assert_eq!(counter(&server, ok).await, 1.0);
     let first = server.issue("orders", &["ledger"]).await.token;

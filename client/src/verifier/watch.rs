@@ -1,0 +1,176 @@
+//! The verifier's background task: one WatchKeys stream at a time over the replicas it was
+//! given, and the HTTP JWKS polled while no stream is up.
+//!
+//! A broken stream (or one that cannot be opened) hands over to the next replica in the
+//! list, so a replica that dies costs one reconnect, not the backoff of a dead address; the
+//! backoff doubles only once every replica has failed in turn. While no stream is up, the
+//! JWKS is polled every `poll_interval` (sooner if its `max-age` says so), with the last
+//! ETag: a revocation made on a live replica reaches the verifier within that interval,
+//! where the `max-age` alone (minutes) would keep the revoked key in use. The polling stops
+//! as soon as a stream is back: a stream pushes every change itself.
+
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use token_authority_jose::crypto;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::{
+    jwks_http::{Fetched, JwksFetcher},
+    keys::KeySet,
+    pb::{self, token_authority_client::TokenAuthorityClient, watch_keys_response::Event},
+};
+
+/// The first delay before reconnecting a broken stream, and the cap it doubles up to.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Everything the background task owns.
+pub(super) struct Watch {
+    /// One client per replica, tried in turn; never empty.
+    pub(super) replicas: Vec<TokenAuthorityClient<Channel>>,
+    pub(super) open_timeout: Duration,
+    pub(super) poll_interval: Duration,
+    pub(super) keys: Arc<ArcSwap<KeySet>>,
+    /// Turns true at the first key set.
+    pub(super) first: tokio::sync::watch::Sender<bool>,
+    pub(super) fetcher: Option<JwksFetcher>,
+    /// An unknown kid asks for a fetch at once.
+    pub(super) refetch: Arc<tokio::sync::Notify>,
+}
+
+impl Watch {
+    /// Holds a WatchKeys stream for as long as the verifier lives, reconnecting when it
+    /// breaks.
+    pub(super) async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        let mut next_fetch = Instant::now();
+        let mut replica = 0;
+        loop {
+            if self.hold_stream(replica).await {
+                backoff = FIRST_BACKOFF;
+            }
+            replica = (replica + 1) % self.replicas.len();
+            // The stream is down: the HTTP JWKS, when due, then wait to reconnect, polling
+            // the JWKS meanwhile (and fetching at once for an unknown kid).
+            if Instant::now() >= next_fetch {
+                if let Some(at) = self.fetch_jwks().await {
+                    next_fetch = at;
+                }
+            }
+            let pause = tokio::time::sleep(jittered(backoff));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    () = self.refetch.notified() => {}
+                    () = tokio::time::sleep_until(next_fetch), if self.fetcher.is_some() => {}
+                }
+                if let Some(at) = self.fetch_jwks().await {
+                    next_fetch = at;
+                }
+            }
+            if replica == 0 {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Opens a stream on `replica` and applies what it pushes until it breaks; whether a
+    /// key set arrived.
+    async fn hold_stream(&mut self, replica: usize) -> bool {
+        let client = &mut self.replicas[replica];
+        let opened = tokio::time::timeout(
+            self.open_timeout,
+            client.watch_keys(pb::WatchKeysRequest {}),
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(Ok(stream)) => stream.into_inner(),
+            Ok(Err(status)) => {
+                tracing::info!(%status, replica, "cannot watch the authority's keys");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    open_timeout = ?self.open_timeout,
+                    replica,
+                    "opening the key watch timed out; trying again after the HTTP JWKS"
+                );
+                return false;
+            }
+        };
+        let mut received = false;
+        // Until the first message says otherwise, the authority's default.
+        let mut silence = Duration::from_secs(60);
+        loop {
+            let message = match tokio::time::timeout(silence, stream.message()).await {
+                Ok(Ok(Some(message))) => message,
+                Ok(Ok(None)) => return received,
+                Ok(Err(status)) => {
+                    tracing::info!(%status, replica, "key watch ended; reconnecting");
+                    return received;
+                }
+                Err(_) => {
+                    tracing::warn!(?silence, replica, "key watch silent; reconnecting");
+                    return received;
+                }
+            };
+            let Some(Event::KeySet(watched)) = message.event else {
+                continue;
+            };
+            if let Some(interval) = &watched.keepalive_interval {
+                let interval = Duration::new(
+                    u64::try_from(interval.seconds).unwrap_or(30),
+                    u32::try_from(interval.nanos).unwrap_or(0),
+                );
+                silence = (interval * 2).max(Duration::from_millis(200));
+            }
+            match KeySet::from_watched(&watched) {
+                Ok(set) => {
+                    self.keys.store(Arc::new(set));
+                    self.first.send_replace(true);
+                    received = true;
+                }
+                // Keep the last good set; a bad one must not empty the verifier.
+                Err(error) => tracing::error!(%error, "key set refused"),
+            }
+        }
+    }
+
+    /// Fetches the HTTP JWKS (when there is one) and swaps in a changed set; returns when
+    /// to fetch again: after the poll interval, or the answer's `max-age` when that is
+    /// shorter, never sooner than 1 s, with jitter so a fleet whose streams broke together does not
+    /// poll in step.
+    async fn fetch_jwks(&mut self) -> Option<Instant> {
+        let fetcher = self.fetcher.as_mut()?;
+        let max_age = match fetcher.fetch().await {
+            Ok((Fetched::Changed(set), max_age)) => {
+                let set = set.keep_revoked(&self.keys.load());
+                self.keys.store(Arc::new(set));
+                self.first.send_replace(true);
+                max_age
+            }
+            Ok((Fetched::NotModified, max_age)) => max_age,
+            Err(error) => {
+                // Keep the last good set.
+                tracing::warn!(%error, "JWKS fallback fetch failed");
+                None
+            }
+        };
+        let again = max_age
+            .unwrap_or(self.poll_interval)
+            .min(self.poll_interval)
+            .max(Duration::from_secs(1));
+        Some(Instant::now() + jittered(again))
+    }
+}
+
+/// Up to a quarter of `base` added at random, so a fleet does not reconnect in step.
+fn jittered(base: Duration) -> Duration {
+    let random = crypto::random_bytes(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(random) / f64::from(u16::MAX) / 4.0)
+}
