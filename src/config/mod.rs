@@ -72,6 +72,8 @@ pub struct Config {
 pub struct WatchSettings {
     /// Concurrent watchers; beyond it a new one gets RESOURCE_EXHAUSTED.
     pub max_watchers: usize,
+    /// Concurrent watchers from one client address (an IPv6 client: its /64).
+    pub max_watchers_per_ip: usize,
     /// A keepalive is sent when nothing else was for this long.
     pub keepalive: Duration,
     /// How long a message may wait for a watcher to take it before the watcher is dropped.
@@ -118,6 +120,14 @@ impl TryFrom<ServeArgs> for Config {
             return Err(ConfigError(format!(
                 "--max-watchers must be between 1 and {MAX_CONNECTIONS_CEILING}"
             )));
+        }
+        if args
+            .max_watchers_per_ip
+            .is_some_and(|per_ip| !(1..=args.max_watchers).contains(&per_ip))
+        {
+            return Err(ConfigError(
+                "--max-watchers-per-ip must be between 1 and --max-watchers".into(),
+            ));
         }
         if args.watch_keepalive < Duration::from_millis(100)
             || args.watch_send_timeout < Duration::from_millis(100)
@@ -267,6 +277,9 @@ impl TryFrom<ServeArgs> for Config {
             audit_sync: args.audit_sync,
             watch: WatchSettings {
                 max_watchers: args.max_watchers,
+                max_watchers_per_ip: args
+                    .max_watchers_per_ip
+                    .unwrap_or(args.max_watchers.div_ceil(4)),
                 keepalive: args.watch_keepalive,
                 send_timeout: args.watch_send_timeout,
             },

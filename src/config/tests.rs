@@ -51,6 +51,9 @@ fn defaults() {
     assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.data_dir, PathBuf::from("./data"));
     assert_eq!(config.limits.max_connections_per_ip, 256);
+    assert_eq!(config.watch.max_watchers_per_ip, 256);
+    let config = parse(&["--max-watchers", "10"]).unwrap();
+    assert_eq!(config.watch.max_watchers_per_ip, 3);
     assert_eq!(config.limits.max_connection_age, Duration::from_secs(3600));
 }
 
@@ -76,6 +79,11 @@ fn bad_values_are_refused_with_the_flag_named() {
         (
             &["--max-connections", "8", "--max-connections-per-ip", "9"],
             "--max-connections-per-ip",
+        ),
+        (&["--max-watchers-per-ip", "0"], "--max-watchers-per-ip"),
+        (
+            &["--max-watchers", "8", "--max-watchers-per-ip", "9"],
+            "--max-watchers-per-ip",
         ),
         (&["--max-connection-age", "10ms"], "--max-connection-age"),
         (&["--handshake-timeout", "0s"], "--handshake-timeout"),

@@ -43,4 +43,5 @@ mod startup_refusals;
 mod tls;
 mod tools;
 mod watch_keys;
+mod watch_memory;
 mod write_failures;
