@@ -66,6 +66,7 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
     let watchers = Arc::new(Watchers::new(
         WatchSettings {
             max_watchers: 1,
+            max_watchers_per_ip: 1,
             keepalive: std::time::Duration::from_secs(30),
             send_timeout: std::time::Duration::from_secs(10),
         },

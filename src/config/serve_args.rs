@@ -192,6 +192,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_MAX_WATCHERS", default_value_t = 1024)]
     pub max_watchers: usize,
 
+    /// Concurrent WatchKeys streams from one client address (an IPv6 client: its /64), so
+    /// that one client cannot take every --max-watchers place; beyond it RESOURCE_EXHAUSTED.
+    /// Default: a quarter of --max-watchers. Behind a sidecar proxy every watcher comes from
+    /// its one address: raise it there, up to --max-watchers.
+    #[arg(long, env = "TA_MAX_WATCHERS_PER_IP")]
+    pub max_watchers_per_ip: Option<usize>,
+
     /// A WatchKeys stream with nothing to send sends a keepalive this often, so watchers
     /// notice a dead stream.
     #[arg(long, env = "TA_WATCH_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]

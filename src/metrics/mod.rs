@@ -146,7 +146,9 @@ pub struct WatchMetrics {
     pub open: Gauge,
     /// Refused with RESOURCE_EXHAUSTED: --max-watchers were open.
     pub refused_at_limit: Counter,
-    /// Dropped: a message stayed untaken for --watch-send-timeout.
+    /// Refused with RESOURCE_EXHAUSTED: its address had --max-watchers-per-ip open.
+    pub refused_at_peer_limit: Counter,
+    /// Dropped and its stream reset: a message stayed untaken for --watch-send-timeout.
     pub dropped_slow: Counter,
 }
 

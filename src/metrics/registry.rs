@@ -153,7 +153,7 @@ impl Metrics {
         let watchers_ended = Family::<Labels, Counter>::default();
         registry.register(
             "key_watchers_refused_or_dropped",
-            "WatchKeys streams the server refused (limit) or dropped (slow), by reason",
+            "WatchKeys streams the server refused (limit, peer_limit) or dropped (slow), by reason",
             watchers_ended.clone(),
         );
 
@@ -218,6 +218,8 @@ impl Metrics {
                 open: watchers_open,
                 refused_at_limit: watchers_ended
                     .get_or_create_owned(&labels(&[("reason", "limit")])),
+                refused_at_peer_limit: watchers_ended
+                    .get_or_create_owned(&labels(&[("reason", "peer_limit")])),
                 dropped_slow: watchers_ended.get_or_create_owned(&labels(&[("reason", "slow")])),
             },
             issued: per_algorithm(&issued_family, algorithms),

@@ -9,7 +9,7 @@
 //!   deadlines, stalled-response bound, TLS, graceful close.
 //! - `watch`: WatchKeys, the key set streamed to watchers at every change.
 //! - `peers`: what one client address may take: its connections, its failed
-//!   authentications.
+//!   authentications (its watchers are counted by `watch`).
 //! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
 pub mod codec;

@@ -258,6 +258,7 @@ fn help_documents_every_flag_and_env_var() {
         ("--allow-plaintext", "TA_ALLOW_PLAINTEXT"),
         ("--max-connections", "TA_MAX_CONNECTIONS"),
         ("--max-connections-per-ip", "TA_MAX_CONNECTIONS_PER_IP"),
+        ("--max-watchers-per-ip", "TA_MAX_WATCHERS_PER_IP"),
         ("--auth-failures-per-ip", "TA_AUTH_FAILURES_PER_IP"),
         ("--max-connection-age", "TA_MAX_CONNECTION_AGE"),
         ("--handshake-timeout", "TA_HANDSHAKE_TIMEOUT"),

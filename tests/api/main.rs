@@ -44,4 +44,5 @@ mod startup_refusals;
 mod tls;
 mod tools;
 mod watch_keys;
+mod watch_memory;
 mod write_failures;

@@ -164,3 +164,57 @@ async fn the_failure_budget_can_be_turned_off() {
     assert_eq!(metric(&server, throttled_calls).await, 0.0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_watchers() {
+    let dir = DataDir::new();
+    let server = TestServer::start_with(config(
+        &dir,
+        &["--max-watchers", "8", "--max-watchers-per-ip", "2"],
+    ))
+    .await;
+    let watch = |mut client: TokenAuthorityClient<Channel>| async move {
+        client
+            .watch_keys(token_authority::pb::WatchKeysRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let hostile = server.client.clone();
+    let first = watch(hostile.clone()).await.unwrap();
+    let _second = watch(hostile.clone()).await.unwrap();
+    let refused = watch(hostile.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("this client address already has 2"),
+        "{refused:?}"
+    );
+    // Another address still gets a place, well under --max-watchers.
+    let mut good = watch(connect_from(server.grpc_addr, GOOD_PEER).await)
+        .await
+        .unwrap();
+    assert!(good.message().await.unwrap().is_some());
+    let peer_limit =
+        r#"token_authority_key_watchers_refused_or_dropped_total{reason="peer_limit"}"#;
+    assert_eq!(metric(&server, peer_limit).await, 1.0);
+    assert_eq!(metric(&server, "token_authority_key_watchers").await, 3.0);
+
+    // A watcher that leaves gives its address's place back (once the server has seen the
+    // stream end, a round trip later).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match watch(hostile.clone()).await {
+            Ok(_) => break,
+            Err(status)
+                if status.code() == Code::ResourceExhausted
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("the address's place was not given back: {status:?}"),
+        }
+    }
+    server.stop().await;
+}

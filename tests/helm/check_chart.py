@@ -108,6 +108,9 @@ DOCUMENTED_FLAGS = {
     "TA_MAX_CONNECTION_AGE": "--max-connection-age",
     "TA_MAX_CONNECTIONS_PER_IP": "--max-connections-per-ip",
     "TA_AUTH_FAILURES_PER_IP": "--auth-failures-per-ip",
+    # WatchKeys: the watchers in all and per address.
+    "TA_MAX_WATCHERS": "--max-watchers",
+    "TA_MAX_WATCHERS_PER_IP": "--max-watchers-per-ip",
     "TA_LOG_FORMAT": "--log-format",
     "TA_ALLOW_GROUP_READABLE_FILES": "--allow-group-readable-files",
 }
@@ -182,7 +185,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "kubernetesApi": {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": [6443]},
                           "dnsTo": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]},
         "config": {"maxConnections": 2048, "handshakeTimeout": "10s", "idleTimeout": "5m",
-                   "maxConnectionAge": "2h", "maxConnectionsPerIp": 512, "authFailuresPerIp": 50},
+                   "maxConnectionAge": "2h", "maxConnectionsPerIp": 512, "authFailuresPerIp": 50,
+                   "maxWatchers": 2048, "maxWatchersPerIp": 128},
     },
     "tls-existing-secret": {
         "tls": {"mode": "existingSecret", "existingSecret": {"name": "ta-public-cert"}, "caCert": False,
@@ -195,7 +199,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "policy": EXAMPLE_POLICY,
         "audit": {"file": "audit.log", "sync": True},
         # Behind the mesh's sidecar every call comes from its one address: the failure budget off.
-        "config": {"maxConnectionAge": "30m", "maxConnectionsPerIp": 64, "authFailuresPerIp": 0},
+        # So do its watchers: the per-address watcher cap at the whole cap.
+        "config": {"maxConnectionAge": "30m", "maxConnectionsPerIp": 64, "authFailuresPerIp": 0,
+                   "maxWatchersPerIp": 1024},
         "networkPolicy": {"enabled": True, "extraEgress": [
             {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]},
         "serviceMonitor": {"enabled": True},
@@ -317,6 +323,12 @@ LIMITS_AUDIT_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
         ({"config": {"maxConnectionsPerIp": -1}}, "at '/config/maxConnectionsPerIp': minimum: got -1, want 0"),
     "connections per address as a string":
         ({"config": {"maxConnectionsPerIp": "256"}}, "at '/config/maxConnectionsPerIp': got string, want integer"),
+    "watchers below 0":
+        ({"config": {"maxWatchers": -1}}, "at '/config/maxWatchers': minimum: got -1, want 0"),
+    "watchers per address below 0":
+        ({"config": {"maxWatchersPerIp": -1}}, "at '/config/maxWatchersPerIp': minimum: got -1, want 0"),
+    "watchers per address as a string":
+        ({"config": {"maxWatchersPerIp": "256"}}, "at '/config/maxWatchersPerIp': got string, want integer"),
     "failure budget below 0":
         ({"config": {"authFailuresPerIp": -1}}, "at '/config/authFailuresPerIp': minimum: got -1, want 0"),
     "failure budget off as a word (0 turns it off)":
@@ -1331,6 +1343,8 @@ LISTENER_LIMITS = {
     "maxConnectionAge": ("TA_MAX_CONNECTION_AGE", lambda v: v != ""),
     "maxConnectionsPerIp": ("TA_MAX_CONNECTIONS_PER_IP", lambda v: v != 0),
     "authFailuresPerIp": ("TA_AUTH_FAILURES_PER_IP", lambda v: v is not None),
+    "maxWatchers": ("TA_MAX_WATCHERS", lambda v: v != 0),
+    "maxWatchersPerIp": ("TA_MAX_WATCHERS_PER_IP", lambda v: v != 0),
 }
 
 
@@ -2349,32 +2363,43 @@ def check_schema_refuses_bad_limits_and_audit() -> None:
         print(f"       accepted {label}")
 
 
-def check_connections_per_ip_within_max() -> None:
-    """config.maxConnectionsPerIp above config.maxConnections (or the server's default 1024
-    when that is 0) fails the render with a message naming both, since the server refuses to
-    start on it (checked here with the binary); up to the bound renders."""
-    for values, per_ip, bound in (({"config": {"maxConnectionsPerIp": 1025}}, 1025, 1024),
-                                  ({"config": {"maxConnections": 100, "maxConnectionsPerIp": 101}}, 101, 100)):
+def per_ip_within_max(total: str, per_ip: str, total_var: str, per_ip_var: str, flag: str) -> None:
+    """config.<per_ip> above config.<total> (or the server's default 1024 when that is 0) fails
+    the render with a message naming both, since the server refuses to start on it (checked
+    here with the binary, `flag` being the server's flag for <total>); up to the bound renders."""
+    for values, asked, bound in (({"config": {per_ip: 1025}}, 1025, 1024),
+                                 ({"config": {total: 100, per_ip: 101}}, 101, 100)):
         try:
             chart().render(values, name=RELEASE, namespace=NAMESPACE)
         except helm_python.HelmRenderError as e:
-            expected = f"config.maxConnectionsPerIp ({per_ip}) must be at most config.maxConnections ({bound})"
+            expected = f"config.{per_ip} ({asked}) must be at most config.{total} ({bound})"
             assert expected in str(e), f"{values}: refused, but not with {expected!r}: {e}"
             print(f"       refused {values}: {expected}")
         else:
             raise AssertionError(f"rendered {values}, which the server refuses to start with")
         with tempfile.TemporaryDirectory() as tmp:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
-            env.update({"TA_DATA_DIR": str(Path(tmp) / "data"), "TA_MAX_CONNECTIONS_PER_IP": str(per_ip),
-                        "TA_MAX_CONNECTIONS": str(bound)})
+            env.update({"TA_DATA_DIR": str(Path(tmp) / "data"), per_ip_var: str(asked), total_var: str(bound)})
             refused = subprocess.run([str(server_binary()), "serve"], env=env, capture_output=True, text=True, timeout=60)
-        assert refused.returncode != 0 and "--max-connections-per-ip must be between 1 and --max-connections" in refused.stderr, \
-            f"the server started with {per_ip} connections per address of {bound}: exit {refused.returncode} {refused.stderr[-500:]}"
-    assert re.search(r"--max-connections <MAX_CONNECTIONS>\n.*\[default: 1024\]", serve_help()), \
-        "`serve --help` no longer says --max-connections defaults to 1024, the bound the chart assumes"
-    for values in ({"config": {"maxConnectionsPerIp": 1024}}, {"config": {"maxConnections": 100, "maxConnectionsPerIp": 100}}):
+        assert refused.returncode != 0 and f"{flag}-per-ip must be between 1 and {flag}" in refused.stderr, \
+            f"the server started with {asked} {per_ip} of {bound}: exit {refused.returncode} {refused.stderr[-500:]}"
+    metavar = flag.removeprefix("--").replace("-", "_").upper()
+    assert re.search(rf"{flag} <{metavar}>\n.*\[default: 1024\]", serve_help()), \
+        f"`serve --help` no longer says {flag} defaults to 1024, the bound the chart assumes"
+    for values in ({"config": {per_ip: 1024}}, {"config": {total: 100, per_ip: 100}}):
         chart().render(values, name=RELEASE, namespace=NAMESPACE)
         print(f"       rendered {values}")
+
+
+def check_connections_per_ip_within_max() -> None:
+    """config.maxConnectionsPerIp at most config.maxConnections (see per_ip_within_max)."""
+    per_ip_within_max("maxConnections", "maxConnectionsPerIp", "TA_MAX_CONNECTIONS", "TA_MAX_CONNECTIONS_PER_IP",
+                      "--max-connections")
+
+
+def check_watchers_per_ip_within_max() -> None:
+    """config.maxWatchersPerIp at most config.maxWatchers (see per_ip_within_max)."""
+    per_ip_within_max("maxWatchers", "maxWatchersPerIp", "TA_MAX_WATCHERS", "TA_MAX_WATCHERS_PER_IP", "--max-watchers")
 
 
 # What may differ between the two modes' pod templates, and nothing else.
@@ -2648,6 +2673,7 @@ GLOBAL = [
     check_schema_refuses_store_misuse,
     check_schema_refuses_bad_limits_and_audit,
     check_connections_per_ip_within_max,
+    check_watchers_per_ip_within_max,
     check_pod_template_same_in_both_modes,
     check_postgres_defaults,
     check_postgres_notes,

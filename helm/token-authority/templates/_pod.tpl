@@ -17,6 +17,11 @@ render time, not as a crash loop. 1024: the server's default --max-connections. 
 {{- if gt (int .Values.config.maxConnectionsPerIp) $maxConnections }}
 {{- fail (printf "config.maxConnectionsPerIp (%d) must be at most config.maxConnections (%d): the server refuses to start otherwise" (int .Values.config.maxConnectionsPerIp) $maxConnections) }}
 {{- end }}
+{{- /* The same for watchers. 1024: the server's default --max-watchers. */}}
+{{- $maxWatchers := int (.Values.config.maxWatchers | default 1024) }}
+{{- if gt (int .Values.config.maxWatchersPerIp) $maxWatchers }}
+{{- fail (printf "config.maxWatchersPerIp (%d) must be at most config.maxWatchers (%d): the server refuses to start otherwise" (int .Values.config.maxWatchersPerIp) $maxWatchers) }}
+{{- end }}
 metadata:
   labels:
     {{- include "token-authority.labels" . | nindent 4 }}
@@ -132,6 +137,14 @@ spec:
         {{- if .Values.config.maxConnectionsPerIp }}
         - name: TA_MAX_CONNECTIONS_PER_IP
           value: {{ .Values.config.maxConnectionsPerIp | int | toString | quote }}
+        {{- end }}
+        {{- if .Values.config.maxWatchers }}
+        - name: TA_MAX_WATCHERS
+          value: {{ .Values.config.maxWatchers | int | toString | quote }}
+        {{- end }}
+        {{- if .Values.config.maxWatchersPerIp }}
+        - name: TA_MAX_WATCHERS_PER_IP
+          value: {{ .Values.config.maxWatchersPerIp | int | toString | quote }}
         {{- end }}
         {{- /* null: the server's default; 0 is a setting (the budget off). */}}
         {{- if not (kindIs "invalid" .Values.config.authFailuresPerIp) }}

@@ -19,7 +19,11 @@ use crate::{
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
-    transport::watch::{WatchStream, Watchers},
+    transport::{
+        connection::ConnectionInfo,
+        listener::StreamReset,
+        watch::{WatchStream, WatcherPeer, Watchers},
+    },
 };
 
 mod access;
@@ -282,11 +286,19 @@ impl TokenAuthority for GrpcService {
     /// open the stream; the stream itself lives in `transport::watch`.
     async fn watch_keys(
         &self,
-        _request: Request<pb::WatchKeysRequest>,
+        request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         observe(&self.metrics, &self.log_limiter, "WatchKeys", async {
+            let peer = WatcherPeer {
+                addr: request
+                    .extensions()
+                    .get::<ConnectionInfo>()
+                    .and_then(|info| info.remote_addr)
+                    .map(|addr| addr.ip()),
+                reset: request.extensions().get::<StreamReset>().cloned(),
+            };
             self.watchers
-                .open(self.authority.subscribe())
+                .open(self.authority.subscribe(), peer)
                 .map(Response::new)
         })
         .await

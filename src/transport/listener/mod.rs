@@ -9,8 +9,8 @@
 //! 2. the handshake deadline (`--handshake-timeout`): the TLS handshake and the protocol's
 //!    first bytes (the whole HTTP/2 preface, the first byte of an HTTP/1 request);
 //! 3. the protocol, served here with hyper (not tonic's `Server`, whose connections cannot be
-//!    watched): HTTP/2 with bounded streams, send buffers and keepalive, or HTTP/1.1 with a
-//!    bounded request head;
+//!    watched): HTTP/2 with bounded streams, send buffers and keepalive, each stream a task
+//!    its handler can end at once (`StreamReset`), or HTTP/1.1 with a bounded request head;
 //! 4. the idle deadline (`--idle-timeout`): a connection with no request in flight is closed
 //!    (GOAWAY, then close), and one whose client has stopped reading a response (a zero
 //!    HTTP/2 window holds the response in the server) is cut;
@@ -25,7 +25,7 @@ use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{body::Body, Router};
 use hyper::Response;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},
@@ -48,12 +48,15 @@ use crate::{
 mod lifetime;
 mod state;
 mod stream;
+mod stream_task;
 mod tracked;
 
+pub use self::stream_task::StreamReset;
 use self::{
     lifetime::jittered_age,
     state::ConnState,
     stream::{Io, Stream},
+    stream_task::StreamExecutor,
     tracked::Tracked,
 };
 
@@ -151,7 +154,7 @@ struct Shared {
     peers: Arc<Peers>,
     router: Router,
     shutdown: watch::Receiver<bool>,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<StreamExecutor>,
     http1: hyper::server::conn::http1::Builder,
 }
 
@@ -159,7 +162,7 @@ impl Listener {
     /// Accepts connections until `shutdown` turns true, then tells every open connection to
     /// finish and returns once all have closed. The caller bounds that wait.
     pub async fn serve(self, router: Router, mut shutdown: watch::Receiver<bool>) {
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut http2 = hyper::server::conn::http2::Builder::new(StreamExecutor);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION)

@@ -21,6 +21,7 @@ use tower::ServiceExt as _;
 
 use super::{
     state::{ConnState, InFlight},
+    stream_task::StreamReset,
     Protocol, Refusal, GRPC_REQUESTS_PER_CONNECTION, GRPC_REQUEST_TIMEOUT,
 };
 use crate::transport::connection::ConnectionInfo;
@@ -61,6 +62,11 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             client.min(GRPC_REQUEST_TIMEOUT)
         });
         Box::pin(async move {
+            // Read here, inside the stream's task: a handler that must end its stream while
+            // hyper is stuck on the client's window fires it.
+            if let Some(reset) = StreamReset::current() {
+                request.extensions_mut().insert(reset);
+            }
             let response = router.oneshot(request);
             let response = match protocol {
                 Protocol::Grpc => tokio::time::timeout(deadline, response)

@@ -3,32 +3,53 @@
 //! Each watcher gets a small task that waits on the authority's `watch` channel of key sets
 //! and hands messages to tonic through a one-slot channel. A watch channel only ever holds
 //! the latest set, so a watcher that falls behind skips to it instead of queueing the ones
-//! it missed; a watcher that does not take even one message within the send timeout is
-//! dropped (its slot freed, its stream ended with UNAVAILABLE when it next reads), so a
-//! stuck client holds neither memory nor a slot. Keepalive messages let a client notice a
-//! dead stream, and make a silent stuck watcher show up as slow. Watching needs no caller
-//! identity: the key set is public, like the JWKS.
+//! it missed. A watcher that does not take even one message within the send timeout is
+//! dropped: its place is freed and its HTTP/2 stream reset at once (see
+//! `listener::StreamReset`: a client that keeps its window closed would otherwise keep the
+//! stream, and what the server had queued for it, until its connection closed). What a
+//! watcher holds is thus tied to its place: at most the message tonic encoded and hyper
+//! waits to send, the one in its slot, and the stream's state, for at most `--max-watchers`
+//! streams. Keepalive messages let a client notice a dead stream, and make a silent stuck
+//! watcher show up as slow. Watching needs no caller identity: the key set is public, like
+//! the JWKS; the places (`slots`) are capped in all and per client address.
 
 use std::{
+    net::IpAddr,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use super::grpc::wire::{state_to_pb, timestamp};
+use super::{
+    grpc::wire::{state_to_pb, timestamp},
+    listener::StreamReset,
+    peers::PeerKey,
+};
 use crate::{config::WatchSettings, keyset::KeySet, metrics::WatchMetrics, pb};
 
-/// The watchers of one server: their cap, limits and the shutdown signal.
+mod slots;
+
+use self::slots::{Refused, Slot, Slots};
+
+/// The watchers of one server: their places, limits and the shutdown signal.
 #[derive(Debug)]
 pub struct Watchers {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     settings: WatchSettings,
     stop: watch::Receiver<bool>,
-    metrics: WatchMetrics,
+}
+
+/// Where a watcher's stream comes from, as the listener knows it.
+#[derive(Clone, Debug, Default)]
+pub struct WatcherPeer {
+    /// The client's address, counted against `--max-watchers-per-ip`.
+    pub addr: Option<IpAddr>,
+    /// Resets the watcher's HTTP/2 stream; `None` outside the listener's stream tasks.
+    pub reset: Option<StreamReset>,
 }
 
 impl Watchers {
@@ -38,36 +59,45 @@ impl Watchers {
         metrics: WatchMetrics,
     ) -> Watchers {
         Watchers {
-            slots: Arc::new(Semaphore::new(settings.max_watchers)),
+            slots: Slots::new(settings.max_watchers, settings.max_watchers_per_ip, metrics),
             settings,
             stop,
-            metrics,
         }
     }
 
-    /// Starts a watcher on `keys`, unless the cap is reached.
-    pub fn open(&self, keys: watch::Receiver<Arc<KeySet>>) -> Result<WatchStream, Status> {
-        let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
-            self.metrics.refused_at_limit.inc();
-            Status::resource_exhausted(format!(
-                "this server already has {} key watchers; retry later or use GetJwks",
-                self.settings.max_watchers
-            ))
-        })?;
+    /// Starts a watcher on `keys`, unless the cap in all or its address's is reached.
+    pub fn open(
+        &self,
+        keys: watch::Receiver<Arc<KeySet>>,
+        peer: WatcherPeer,
+    ) -> Result<WatchStream, Status> {
+        let slot = self
+            .slots
+            .take(peer.addr.map(PeerKey::of))
+            .map_err(|refused| {
+                Status::resource_exhausted(match refused {
+                    Refused::Full => format!(
+                        "this server already has {} key watchers; retry later or use GetJwks",
+                        self.settings.max_watchers
+                    ),
+                    Refused::PeerFull => format!(
+                    "this client address already has {} key watchers; close one, or use GetJwks",
+                    self.settings.max_watchers_per_ip
+                ),
+                })
+            })?;
         let (tx, rx) = mpsc::channel(1);
         let ended = Arc::new(OnceLock::new());
-        self.metrics.open.inc();
-        let slot = Slot {
-            _permit: permit,
-            metrics: self.metrics.clone(),
-        };
         tokio::spawn(pump(
             keys,
             tx,
             self.settings,
             self.stop.clone(),
             Arc::clone(&ended),
-            slot,
+            Dropper {
+                slot,
+                reset: peer.reset,
+            },
         ));
         Ok(WatchStream {
             rx,
@@ -77,38 +107,47 @@ impl Watchers {
     }
 }
 
-/// A watcher's place under the cap, counted while it lives.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    metrics: WatchMetrics,
+/// A watcher's place, and how to end its stream when it is dropped for being slow.
+struct Dropper {
+    slot: Slot,
+    reset: Option<StreamReset>,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.metrics.open.dec();
+impl Dropper {
+    fn metrics(&self) -> &WatchMetrics {
+        self.slot.metrics()
+    }
+
+    /// Frees the place and the stream together. The stream is reset rather than ended with
+    /// a status: a status waits behind the data the client does not take.
+    fn drop_slow(self, ended: &OnceLock<Status>) {
+        self.metrics().dropped_slow.inc();
+        let _ = ended.set(Status::unavailable(
+            "this watcher did not read its messages in time; reconnect",
+        ));
+        if let Some(reset) = &self.reset {
+            reset.reset();
+        }
     }
 }
 
 /// Forwards key sets and keepalives to one watcher until it goes away, is too slow, or the
-/// server stops. Holding `_slot` is what counts the watcher against the cap.
+/// server stops. Holding `dropper` is what counts the watcher against the caps.
 async fn pump(
     mut keys: watch::Receiver<Arc<KeySet>>,
     tx: mpsc::Sender<Result<pb::WatchKeysResponse, Status>>,
     settings: WatchSettings,
     mut stop: watch::Receiver<bool>,
     ended: Arc<OnceLock<Status>>,
-    slot: Slot,
+    dropper: Dropper,
 ) {
     let mut message = key_set_message(&keys.borrow_and_update(), settings.keepalive);
     loop {
         match tx.send_timeout(Ok(message), settings.send_timeout).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                tracing::info!(timeout = ?settings.send_timeout, "key watcher dropped: it did not read its messages");
-                slot.metrics.dropped_slow.inc();
-                let _ = ended.set(Status::unavailable(
-                    "this watcher did not read its messages in time; reconnect",
-                ));
+                tracing::info!(timeout = ?settings.send_timeout, "key watcher dropped and its stream reset: it did not read its messages");
+                dropper.drop_slow(&ended);
                 return;
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
