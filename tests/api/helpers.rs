@@ -493,15 +493,18 @@ pub async fn metric(server: &TestServer, name: &str) -> f64 {
 
 /// Like `metric`, or `None` before the sample's first value.
 pub async fn metric_sample(server: &TestServer, name: &str) -> Option<f64> {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // A pooled keep-alive connection the server closes (idle timeout, --max-connection-age)
+    // just as a request goes out fails that request: a GET is tried again on a new one, as
+    // any HTTP client does with an idempotent request.
+    let mut attempts = 0;
+    let text = loop {
+        attempts += 1;
+        match server.http.get(server.url("/metrics")).send().await {
+            Ok(response) => break response.text().await.unwrap(),
+            Err(error) if attempts < 3 && error.is_request() => continue,
+            Err(error) => panic!("GET /metrics: {error:?}"),
+        }
+    };
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

@@ -167,13 +167,27 @@ async fn a_connection_past_its_maximum_age_is_closed_and_the_client_reconnects()
         .unwrap();
     // The test server's own client holds a connection too: both reach their age.
     wait_for_metric_at_least(&server, closed, 1.0).await;
-    // The same client goes on, over a new connection.
+    // The same client goes on, over a new connection. A call that races the close can be
+    // turned back before it was sent (hyper cancels it: "connection closed"); tonic does not
+    // retry it by itself, as grpc-go and grpc-java do. At most that one call, and only so.
+    let mut turned_back = 0;
     for _ in 0..3 {
-        client
-            .issue_token(ask(SPIFFE, &["ledger"], None, ""))
-            .await
-            .unwrap();
+        match client.issue_token(ask(SPIFFE, &["ledger"], None, "")).await {
+            Ok(_) => {}
+            Err(status)
+                if turned_back == 0
+                    && status.code() == tonic::Code::Cancelled
+                    && format!("{status:?}").contains("connection closed") =>
+            {
+                turned_back += 1;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
     }
+    client
+        .issue_token(ask(SPIFFE, &["ledger"], None, ""))
+        .await
+        .unwrap();
     assert!(metric(&server, opened).await >= 1.0);
     server.stop().await;
 }
