@@ -1,6 +1,7 @@
 //! The commands of the `token-authority` binary, from parsed arguments to an exit code:
 //! `serve`, `keys`, `bench`, `policy check`, `audit verify`. Errors are printed here, once,
-//! as one `error:` line; a configuration refused before start exits 2, other failures 1.
+//! as one `error:` line; a configuration refused before start (a bad flag, or a shared
+//! database that refuses the replica) exits 2, other failures 1.
 
 use std::process::ExitCode;
 
@@ -114,7 +115,7 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
         Err(error) => {
             tracing::error!("{error}");
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -20,72 +20,33 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic_health::ServingStatus;
 
 use crate::{
-    admin::{AdminToken, AdminTokenError, AdminTokenSource},
-    authority::{AuthorityError, Settings},
-    callers::{
-        audit::AuditError,
-        reload::{self, LoadError},
-    },
+    admin::{AdminToken, AdminTokenSource},
+    authority::Settings,
+    callers::reload,
     config::Config,
-    file_modes::FileModeError,
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
     signing_pool::SigningPool,
-    store::{
-        kek::{KekError, Keks},
-        StoreError,
-    },
+    store::kek::Keks,
     transport::{
         grpc::GrpcService,
         http::{self, HttpState},
         listener::{Listener, Protocol},
-        tls::{TlsError, TlsReloader},
+        tls::TlsReloader,
         watch::Watchers,
     },
 };
 
 mod audit;
+mod error;
 mod open;
+mod starting;
 mod tasks;
 
+pub use error::ServerError;
 pub use open::keystore_path;
 use open::{check_files, open_callers, open_shared, open_sled};
 use tasks::{run_schedule, run_sync};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    FileMode(#[from] FileModeError),
-    #[error(transparent)]
-    AdminToken(#[from] AdminTokenError),
-    #[error(transparent)]
-    Kek(#[from] KekError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot load the keys: {0}")]
-    Authority(#[from] AuthorityError),
-    #[error("cannot read a listener's address: {0}")]
-    Listener(std::io::Error),
-    #[error("reflection service: {0}")]
-    Reflection(String),
-    #[error("cannot load the TLS files: {0}")]
-    Tls(#[from] TlsError),
-    #[error("--store postgres://... needs --kek-file")]
-    KekRequired,
-    #[error("a start-up task failed: {0}")]
-    Task(String),
-    #[error("cannot start the signing threads: {0}")]
-    SigningPool(std::io::Error),
-    #[error(transparent)]
-    Policy(#[from] LoadError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
-}
 
 /// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
 /// Larger ones are refused before they are decoded.
@@ -164,40 +125,16 @@ pub async fn run(
         publish_lead: config.publish_lead,
         rotation_period: config.rotation_period,
     };
-    let mut shutdown = std::pin::pin!(shutdown);
-    let authority = match &config.store {
-        None => open_sled(&config, keks, settings).await?,
-        Some(pg) => {
-            let keks = keks.ok_or(ServerError::KekRequired)?;
-            match open_shared(pg, keks, settings, shutdown.as_mut()).await? {
-                Some(authority) => authority,
-                // Asked to stop before the database could be reached.
-                None => return Ok(()),
-            }
-        }
-    };
-    let authority = Arc::new(authority);
-    let current: Vec<String> = authority
-        .keys()
-        .records()
-        .iter()
-        .filter(|r| r.state == crate::keys::KeyState::Current)
-        .map(|r| format!("{}:{}", r.alg, r.kid))
-        .collect();
-    tracing::info!(
-        ?current,
-        keys = authority.keys().records().len(),
-        "keys loaded"
-    );
 
+    // NOT_SERVING (and /readyz 503) until the keys are loaded.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<TokenAuthorityServer<GrpcService>>()
+        .set_not_serving::<TokenAuthorityServer<GrpcService>>()
         .await;
     health_reporter
-        .set_service_status("", ServingStatus::Serving)
+        .set_service_status("", ServingStatus::NotServing)
         .await;
-    let ready = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(AtomicBool::new(false));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -216,6 +153,69 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(&config.algorithms));
     let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
     let callers = Arc::new(open_callers(&config, &issuer, grpc_addr, admin, &metrics).await?);
+
+    // Both listeners answer from here on: "starting" until the keys are loaded.
+    let tls_configs = tls.as_ref().map(TlsReloader::configs);
+    let (grpc_router, grpc_full) = starting::switch(starting::grpc(health_service.clone()));
+    let (http_router, http_full) = starting::switch(starting::http());
+    let grpc_task = tokio::spawn(
+        Listener {
+            tcp: listeners.grpc,
+            protocol: Protocol::Grpc,
+            tls: tls_configs.clone(),
+            limits: config.limits,
+            metrics: metrics.grpc_listener.clone(),
+        }
+        .serve(grpc_router, stop_rx.clone()),
+    );
+    let http_task = tokio::spawn(
+        Listener {
+            tcp: listeners.http,
+            protocol: Protocol::Http,
+            tls: tls_configs,
+            limits: config.limits,
+            metrics: metrics.http_listener.clone(),
+        }
+        .serve(http_router, stop_rx.clone()),
+    );
+    let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let opened = match &config.store {
+        None => open_sled(&config, keks, settings).await.map(Some),
+        Some(pg) => match keks {
+            Some(keks) => open_shared(pg, keks, settings, shutdown.as_mut()).await,
+            None => Err(ServerError::KekRequired),
+        },
+    };
+    let authority = match opened {
+        Ok(Some(authority)) => Arc::new(authority),
+        // Asked to stop before the database could be reached, or the start failed: the
+        // listeners close before the answer.
+        other => {
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(config.shutdown_grace, async {
+                let _ = grpc_task.await;
+                let _ = http_task.await;
+            })
+            .await;
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            return other.map(|_| ());
+        }
+    };
+    let current: Vec<String> = authority
+        .keys()
+        .records()
+        .iter()
+        .filter(|r| r.state == crate::keys::KeyState::Current)
+        .map(|r| format!("{}:{}", r.alg, r.kid))
+        .collect();
+    tracing::info!(
+        ?current,
+        keys = authority.keys().records().len(),
+        "keys loaded"
+    );
+
     let service = GrpcService::new(
         Arc::clone(&authority),
         Arc::clone(&callers),
@@ -227,37 +227,30 @@ pub async fn run(
             metrics.watchers.clone(),
         )),
     );
-    let grpc_routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            TokenAuthorityServer::new(service).max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES),
-        )
-        .prepare()
-        .into_axum_router();
-    let tls_configs = tls.as_ref().map(TlsReloader::configs);
-    let grpc_listener = Listener {
-        tcp: listeners.grpc,
-        protocol: Protocol::Grpc,
-        tls: tls_configs.clone(),
-        limits: config.limits,
-        metrics: metrics.grpc_listener.clone(),
-    };
-    let http_listener = Listener {
-        tcp: listeners.http,
-        protocol: Protocol::Http,
-        tls: tls_configs,
-        limits: config.limits,
-        metrics: metrics.http_listener.clone(),
-    };
-
-    let http_state = HttpState {
+    let _ = grpc_full.set(
+        tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                TokenAuthorityServer::new(service)
+                    .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES),
+            )
+            .prepare()
+            .into_axum_router(),
+    );
+    let _ = http_full.set(http::router(HttpState {
         authority: Arc::clone(&authority),
         ready: Arc::clone(&ready),
         jwks_max_age: config.jwks_max_age,
         metrics: Arc::clone(&metrics),
-    };
-    let http_router = http::router(http_state);
+    }));
+    health_reporter
+        .set_serving::<TokenAuthorityServer<GrpcService>>()
+        .await;
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    ready.store(true, Ordering::Release);
 
     // startup_ms: from opening the data directory to answering; the operator's figure for
     // how long a restarted pod is out of its Service.
@@ -315,9 +308,6 @@ pub async fn run(
             stop_rx.clone(),
         )
     });
-    let grpc_task = tokio::spawn(grpc_listener.serve(grpc_routes, stop_rx.clone()));
-    let http_task = tokio::spawn(http_listener.serve(http_router, stop_rx.clone()));
-    let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
 
     shutdown.await;
     tracing::info!("shutting down: health NOT_SERVING, draining");

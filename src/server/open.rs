@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     file_modes,
     metrics::Metrics,
-    store::{kek::Keks, KeyStore, PgSettings, PgStore, StoreError},
+    store::{kek::Keks, KeyStore, PgSettings, PgStore},
 };
 
 /// Where the keystore lives inside the data directory.
@@ -50,8 +50,9 @@ pub(super) async fn open_sled(
 }
 
 /// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.
-/// While the database cannot be reached this retries with backoff (nothing is served: the
-/// replica is not ready until it holds the key set); any other failure stops the start.
+/// While the database cannot be reached (a transient failure) this retries with backoff, the
+/// listeners answering NOT_SERVING meanwhile: the replica is not ready until it holds the key
+/// set. A permanent refusal (`StoreError::is_permanent`) or any other failure stops the start.
 /// `None` when `shutdown` completes first.
 pub(super) async fn open_shared(
     pg: &PgSettings,
@@ -76,8 +77,8 @@ pub(super) async fn open_shared(
                 tracing::info!(database = store.shown(), "shared keystore loaded");
                 return Ok(Some(authority));
             }
-            Err(AuthorityError::Store(StoreError::Unavailable(reason))) => {
-                tracing::warn!(%reason, "the keystore database is unavailable; retrying");
+            Err(AuthorityError::Store(error)) if error.is_transient() => {
+                tracing::warn!(%error, "the keystore database cannot be used yet; retrying");
             }
             Err(AuthorityError::Store(error)) => return Err(error.into()),
             Err(other) => return Err(other.into()),

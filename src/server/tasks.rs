@@ -11,7 +11,6 @@ use crate::{
     authority::{Authority, AuthorityError},
     backoff::Backoff,
     metrics::Metrics,
-    store::StoreError,
 };
 
 /// Follows a shared keystore: re-reads it when another replica's change is notified, and
@@ -51,7 +50,9 @@ pub(super) async fn run_sync(
 
 /// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
 /// of the key set, and at least every minute so a jump of the wall clock is noticed; after a
-/// failure, with backoff, or as soon as the store is `back`.
+/// failure, with backoff, or as soon as the store is `back`. A wake with nothing due by the
+/// key set held does nothing: it neither takes a shared store's change lock nor counts as a
+/// failure when the database is down (another replica's changes arrive through `run_sync`).
 pub(super) async fn run_schedule(
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
@@ -76,7 +77,14 @@ pub(super) async fn run_schedule(
             () = back.notified(), if backoff.is_some() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        match authority.tick(unix_now()).await {
+        let now = unix_now();
+        if authority.next_change().is_none_or(|at| at > now) {
+            // Nothing due (any more: another replica may have done it, and the sync
+            // brought it in).
+            (backoff, failures) = (None, 0);
+            continue;
+        }
+        match authority.tick(now).await {
             Ok(plan) => {
                 if failures > 0 {
                     tracing::info!(failures, "scheduled key lifecycle step done after failures");
@@ -92,7 +100,7 @@ pub(super) async fn run_schedule(
                 backoff.get_or_insert_with(|| {
                     Backoff::between(Duration::from_secs(1), Duration::from_secs(60))
                 });
-                if matches!(error, AuthorityError::Store(StoreError::Unavailable(_))) {
+                if matches!(&error, AuthorityError::Store(error) if error.is_transient()) {
                     tracing::warn!(%error, failures, "scheduled key lifecycle step waits for the keystore database");
                 } else {
                     tracing::error!(%error, failures, "scheduled key lifecycle step failed");

@@ -234,10 +234,18 @@ pub enum StoreError {
     Poisoned,
     #[error("a keystore task failed: {0}")]
     Task(String),
-    /// The database cannot be reached or refused a statement before the commit: nothing
-    /// changed.
-    #[error("the keystore database is unavailable: {0}")]
+    /// The database cannot be reached or failed a statement before the commit, for a
+    /// reason that passes (down, restarting, failing over): nothing changed.
+    #[error("the keystore database is unavailable (transient, retried): {0}")]
     Unavailable(String),
+    /// The database refuses this replica for what it is (its password, role, database,
+    /// grants, schema objects): no retry helps, so a replica stops at start.
+    #[error("the keystore database refuses this replica (permanent, not retried; fix the settings or grants): {0}")]
+    Refused(String),
+    /// A change waited `waited` for the change lock, which another replica (or `keys`
+    /// command) held all along: nothing changed.
+    #[error("another replica holds the change lock (transient: waited {waited} for it): {cause}")]
+    ChangeLockBusy { waited: &'static str, cause: String },
     /// The connection failed while the commit was in flight.
     #[error("the keystore database failed during a commit ({0}); whether the change was made shows at the next sync")]
     CommitUnknown(String),
@@ -252,6 +260,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether waiting may cure it: the shared database down or busy, not refusing.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::ChangeLockBusy { .. }
+        )
+    }
+
+    /// Whether it is a fault of the settings, which a start refuses with exit code 2: the
+    /// database refusing the replica, or holding a schema newer than the binary.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Refused(_) | StoreError::SchemaTooNew { .. }
+        )
+    }
+
     /// For a failed lifecycle write: what a client may be told about its effect, without
     /// the cause (which goes to the log). `None` for errors that are not write outcomes.
     pub fn outcome(&self) -> Option<&'static str> {
@@ -261,6 +286,12 @@ impl StoreError {
             ),
             StoreError::Unavailable(_) => Some(
                 "unavailable: the keystore database cannot be reached; nothing changed, and a retry is safe",
+            ),
+            StoreError::ChangeLockBusy { .. } => Some(
+                "unavailable: another replica holds the change lock; nothing changed, and a retry is safe",
+            ),
+            StoreError::Refused(_) => Some(
+                "internal error: the keystore database refuses this replica (see its log); nothing changed",
             ),
             StoreError::CommitUnknown(_) => Some(
                 "internal error: the keystore database failed during the commit; list the keys to see whether it took effect",

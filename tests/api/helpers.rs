@@ -205,14 +205,11 @@ impl TestServer {
             let _ = stop.await;
         }));
         let channel = endpoint(grpc_addr, tls.as_ref()).connect_lazy();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        // The listener is bound before the server starts, so this call waits in the accept
-        // queue until the keys are loaded; if start-up fails instead, the handle says why.
-        let check = health.check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        });
+        // The server answers health checks from its start, NOT_SERVING until the keys are
+        // loaded: asked until it is SERVING; if start-up fails instead, the handle says why.
+        let serving = serving(channel.clone());
         tokio::select! {
-            result = check => {
+            result = serving => {
                 if let Err(status) = result {
                     let stopped = handle.await.unwrap();
                     assert!(stopped.is_err(), "health check failed ({status}) on a running server");
@@ -346,6 +343,25 @@ impl TestServer {
             .json()
             .await
             .unwrap()
+    }
+}
+
+/// Waits until the server on `channel` says it is SERVING; the first failed call ends it.
+pub async fn serving(channel: Channel) -> Result<(), tonic::Status> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        if status == ServingStatus::Serving as i32 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

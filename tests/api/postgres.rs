@@ -204,6 +204,41 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Makes `role` authenticate with its password over TCP (the cluster trusts everyone
+    /// else), effective at once.
+    pub fn require_password(&self, role: &str) {
+        let hba = self.data().join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rest}"),
+        )
+        .unwrap();
+        self.psql("SELECT pg_reload_conf()");
+    }
+
+    /// A session of the test's own (as `postgres`), for holding locks behind the servers'
+    /// backs; its connection is driven in the background until the client is dropped.
+    pub async fn session(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(
+            &format!("{} application_name=test", self.url_params()),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    fn url_params(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // Immediate: the directory is deleted next, nothing needs to be kept.

@@ -435,7 +435,7 @@ async fn a_replica_started_with_the_database_down_is_ready_only_once_loaded() {
     }
     let config = shared.replica_config(&dir);
     let mut starting = tokio::spawn(TestServer::start_with(config));
-    // Not ready (its health check does not answer) while the database is unreachable.
+    // Not ready (its health check answers NOT_SERVING) while the database is unreachable.
     assert!(
         tokio::time::timeout(Duration::from_millis(1500), &mut starting)
             .await

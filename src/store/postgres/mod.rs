@@ -26,6 +26,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub mod audit;
 mod connect;
+mod errors;
 mod history;
 mod listen;
 mod record;
@@ -83,13 +84,16 @@ const MIGRATIONS: &[&str] = &[
 /// Advisory lock ids: one serialises schema migrations, one serialises key-set changes.
 /// Transaction-scoped, so a pooled connection never keeps one after its transaction.
 const MIGRATION_LOCK: i64 = 0x7461_6d69_6772_0001;
-const CHANGE_LOCK: i64 = 0x7461_6b65_7973_0001;
+pub const CHANGE_LOCK: i64 = 0x7461_6b65_7973_0001;
 
 /// The channel every commit notifies, with the new generation as payload.
 pub const CHANNEL: &str = "ta_keys";
 
-/// How long a change waits for another replica's change before giving up (it is retried).
-const LOCK_TIMEOUT: &str = "10s";
+/// How long a change waits for another replica's change before giving up: the bound on an
+/// emergency RevokeKey's wait. Above the session's idle-in-transaction timeout
+/// (`connect::IDLE_IN_TRANSACTION_TIMEOUT`), so a change queued behind a frozen holder gets
+/// the lock once the server has ended that holder's transaction.
+const LOCK_TIMEOUT: &str = "8s";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how to reach the database.
@@ -204,8 +208,11 @@ impl PgStore {
         &self.shown
     }
 
-    fn unavailable(&self, error: impl std::fmt::Display) -> StoreError {
-        StoreError::Unavailable(format!("{}: {error}", self.shown))
+    /// A failed database call, classified (`errors`): transient, permanent, or the change
+    /// lock held elsewhere.
+    fn unavailable(&self, error: impl std::fmt::Display + Send + 'static) -> StoreError {
+        let text = error.to_string();
+        errors::classify(&self.shown, &error, text)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -6,7 +6,7 @@ use tonic::Status;
 use crate::{
     authority::AuthorityError, callers::CallerError, crypto::Algorithm, domain::InvalidArgument,
     jwt::verify::Reason, keys::KeyState, keyset::KeySet, lifecycle::LifecycleError, pb,
-    signing_pool::PoolError, store::StoreError,
+    signing_pool::PoolError,
 };
 
 /// UNAUTHENTICATED when the credentials prove nobody, RESOURCE_EXHAUSTED when the peer
@@ -52,8 +52,9 @@ impl From<AuthorityError> for Status {
             AuthorityError::Lifecycle(error @ LifecycleError::UnknownKey(_)) => {
                 Status::not_found(error.to_string())
             }
-            // The database is down: nothing changed, and the client may retry.
-            AuthorityError::Store(error @ StoreError::Unavailable(_)) => {
+            // The database is down, or another replica holds the change lock: nothing
+            // changed, and the client may retry.
+            AuthorityError::Store(error) if error.is_transient() => {
                 tracing::error!(%error, "request failed");
                 Status::unavailable(error.outcome().unwrap_or("unavailable"))
             }

@@ -1,0 +1,60 @@
+//! How a start or a run of the server fails, and the exit code each failure means.
+
+use crate::{
+    admin::AdminTokenError,
+    authority::AuthorityError,
+    callers::{audit::AuditError, reload::LoadError},
+    file_modes::FileModeError,
+    store::{kek::KekError, StoreError},
+    transport::tls::TlsError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    FileMode(#[from] FileModeError),
+    #[error(transparent)]
+    AdminToken(#[from] AdminTokenError),
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot load the keys: {0}")]
+    Authority(#[from] AuthorityError),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(std::io::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("cannot load the TLS files: {0}")]
+    Tls(#[from] TlsError),
+    #[error("--store postgres://... needs --kek-file")]
+    KekRequired,
+    #[error("a start-up task failed: {0}")]
+    Task(String),
+    #[error("cannot start the signing threads: {0}")]
+    SigningPool(std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] LoadError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl ServerError {
+    /// The process's exit code for a start that stopped with this error: 2 for settings the
+    /// shared database refuses (as for a bad flag), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Store(error) | ServerError::Authority(AuthorityError::Store(error))
+                if error.is_permanent() =>
+            {
+                2
+            }
+            _ => 1,
+        }
+    }
+}
