@@ -30,6 +30,7 @@ mod errors;
 mod history;
 mod listen;
 mod record;
+mod schema;
 
 use self::connect::{client_config, tls_config};
 use self::history::{new_lineage, Manifest, HISTORY_KEPT};
@@ -40,50 +41,9 @@ use super::{
 };
 use crate::keys::KeyRecord;
 
-/// The schema this binary knows, in order; the version of a migration is its index + 1.
-/// Applied at start, each in the same transaction as its row in `ta_schema_version`.
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE ta_generation (
-        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-        generation bigint NOT NULL
-    );
-    INSERT INTO ta_generation (singleton, generation) VALUES (true, 0);
-    CREATE TABLE ta_keys (
-        kid text PRIMARY KEY,
-        record text NOT NULL
-    );
-",
-    "
-    CREATE TABLE ta_audit_heads (
-        file text PRIMARY KEY,
-        head text NOT NULL
-    );
-",
-    // The database's identity, its history and the manifest that authenticates the rows
-    // (`history`). The manifest of a database migrated from version 2 is made at once,
-    // from the rows as they are (`PgStore::migrate`).
-    "
-    ALTER TABLE ta_generation
-        ADD COLUMN database_id text,
-        ADD COLUMN lineage text,
-        ADD COLUMN manifest text;
-    UPDATE ta_generation
-        SET database_id = gen_random_uuid()::text, lineage = gen_random_uuid()::text;
-    ALTER TABLE ta_generation
-        ALTER COLUMN database_id SET NOT NULL,
-        ALTER COLUMN lineage SET NOT NULL;
-    CREATE TABLE ta_history (
-        generation bigint PRIMARY KEY,
-        lineage text NOT NULL
-    );
-    INSERT INTO ta_history (generation, lineage) SELECT generation, lineage FROM ta_generation;
-",
-];
-
 /// Advisory lock ids: one serialises schema migrations, one serialises key-set changes.
 /// Transaction-scoped, so a pooled connection never keeps one after its transaction.
-const MIGRATION_LOCK: i64 = 0x7461_6d69_6772_0001;
+pub(super) const MIGRATION_LOCK: i64 = 0x7461_6d69_6772_0001;
 pub const CHANGE_LOCK: i64 = 0x7461_6b65_7973_0001;
 
 /// The channel every commit notifies, with the new generation as payload.
@@ -217,88 +177,6 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| self.unavailable(e))
-    }
-
-    /// Creates or migrates the schema: one replica at a time (an advisory lock), all of it
-    /// in one transaction. A schema newer than this binary is refused, never touched.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS ta_schema_version (
-                version integer PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await
-        .map_err(|e| self.unavailable(e))?;
-        let found: i32 = tx
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM ta_schema_version",
-                &[],
-            )
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .get(0);
-        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-        if found > known {
-            return Err(StoreError::SchemaTooNew {
-                path: self.shown.clone(),
-                found,
-                known,
-            });
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
-            tx.batch_execute(sql).await.map_err(|e| StoreError::Open {
-                path: self.shown.clone(),
-                reason: format!("schema migration {version}: {e}"),
-            })?;
-            tx.execute(
-                "INSERT INTO ta_schema_version (version) VALUES ($1)",
-                &[&version],
-            )
-            .await
-            .map_err(|e| self.unavailable(e))?;
-            tracing::info!(version, database = %self.shown, "keystore schema migrated");
-        }
-        self.make_first_manifest(&tx).await?;
-        tx.commit().await.map_err(|e| self.unavailable(e))
-    }
-
-    /// A database migrated from a schema without a manifest gets one made from its rows as
-    /// they are: from then on, a row that changes other than through a replica is refused.
-    async fn make_first_manifest(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-    ) -> Result<(), StoreError> {
-        let (position, manifest) = self.read_position(tx).await?;
-        if manifest.is_some() {
-            return Ok(());
-        }
-        let rows = tx
-            .query("SELECT kid, record FROM ta_keys", &[])
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        let mut made = Manifest::default();
-        for row in rows {
-            let text: String = row.get(1);
-            made.rows.insert(row.get(0), Manifest::digest(&text));
-        }
-        let sealed = made
-            .seal(&self.keks, &position)
-            .map_err(|e| StoreError::NotApplied(e.to_string()))?;
-        tx.execute("UPDATE ta_generation SET manifest = $1", &[&sealed])
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        tracing::info!(rows = made.rows.len(), database = %self.shown, "keystore manifest made from the rows as they are");
-        Ok(())
     }
 
     async fn read_position(
