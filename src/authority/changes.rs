@@ -2,7 +2,10 @@
 //! each one transition persisted before it is served, and catching up with the changes
 //! other replicas made to a shared store.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use super::{blocking, log_plan, replica, unix_now, Authority, AuthorityError, RotationOutcome};
 use crate::{
@@ -10,8 +13,11 @@ use crate::{
     keys::{self, GeneratedKey, KeyRecord},
     keyset::KeySet,
     lifecycle::{self, LifecycleError, Plan},
-    store::Change,
+    store::{Change, Confirmations},
 };
+
+/// How often a replica waiting for the others reads their acknowledgements.
+const CONFIRMATION_POLL: Duration = Duration::from_millis(10);
 
 impl Authority {
     /// Brings the key set in memory up to the shared store's, if another replica changed
@@ -21,10 +27,13 @@ impl Authority {
     pub async fn refresh(&self, now: u64) -> Result<bool, AuthorityError> {
         match self.store.position().await? {
             Some(found) if found != self.replica.position() => {}
-            _ => {
+            Some(_) => {
                 self.synced_at.fetch_max(now, Ordering::AcqRel);
+                // The heartbeat: still serving the store's position.
+                self.acknowledge().await;
                 return Ok(false);
             }
+            None => return Ok(false),
         }
         // Serialised with transitions and read under the same lock, so a set read before a
         // change this replica made never replaces the newer one.
@@ -61,6 +70,7 @@ impl Authority {
             generation = snapshot.position.generation,
             "key set updated from the shared keystore"
         );
+        self.acknowledge().await;
         Ok(true)
     }
 
@@ -136,6 +146,52 @@ impl Authority {
     /// When the key set changes next by itself, if ever.
     pub fn next_change(&self) -> Option<u64> {
         self.keys.load().next_change()
+    }
+
+    /// Records in the shared store that this replica serves the position it holds, so a
+    /// replica that changed the set can wait for it. A failure only delays that wait.
+    async fn acknowledge(&self) {
+        if let Err(error) = self.store.acknowledge(&self.replica.position()).await {
+            tracing::debug!(%error, "cannot acknowledge the key set served");
+        }
+    }
+
+    /// Waits, at most `bound`, until every other live replica of a shared store serves the
+    /// key set this one serves now or a later one (after a revocation: until none of them
+    /// signs with or accepts the revoked key). Returns how many confirmed of how many;
+    /// `None` with a store only this process uses, before the sync task started, or when
+    /// the acknowledgements cannot be read.
+    pub async fn await_replicas(&self, bound: Duration) -> Option<Confirmations> {
+        let live_within = self.replica.live_within()?;
+        let generation = self.replica.position().generation;
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            match self.store.confirmations(generation, live_within).await {
+                Ok(Some(seen)) if seen.all() || tokio::time::Instant::now() >= deadline => {
+                    return Some(seen)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read which replicas serve the new key set");
+                    return None;
+                }
+            }
+            tokio::time::sleep(CONFIRMATION_POLL).await;
+        }
+    }
+
+    /// The sync task runs every `interval`: replicas that have not acknowledged for three
+    /// of them are taken for gone.
+    pub fn set_sync_interval(&self, interval: Duration) {
+        self.replica.set_sync_interval(interval);
+    }
+
+    /// This replica stops: the others no longer wait for it.
+    pub async fn leave(&self) {
+        if let Err(error) = self.store.leave().await {
+            tracing::debug!(%error, "cannot remove this replica from the keystore's list");
+        }
     }
 
     /// One lifecycle change: plan it from the current records, build the next key set,
@@ -223,6 +279,7 @@ impl Authority {
             log_plan(&plan);
             if let Some(position) = &position {
                 self.replica.serving(position.clone(), next.records());
+                self.acknowledge().await;
             }
         }
         if let Some(position) = position {

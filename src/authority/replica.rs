@@ -29,6 +29,9 @@ pub(super) struct Replica {
     rewinds: AtomicU64,
     refused: Mutex<Vec<RefusedRow>>,
     refused_count: AtomicUsize,
+    /// How often this replica re-reads the store (and acknowledges what it serves), in
+    /// milliseconds; 0 until the sync task starts.
+    sync_interval_ms: AtomicU64,
 }
 
 impl Replica {
@@ -68,6 +71,25 @@ impl Replica {
             found = %found,
             "the keystore database's history went back (a restore, a point-in-time recovery, a failover that lost commits) or it is another database: serving what it holds now, with every revocation this replica has seen written back"
         );
+    }
+
+    pub fn set_sync_interval(&self, interval: std::time::Duration) {
+        self.sync_interval_ms.store(
+            u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How recently a replica must have acknowledged to be counted live: three of this
+    /// replica's sync intervals and a second. `None` before the sync task started.
+    pub fn live_within(&self) -> Option<std::time::Duration> {
+        match self.sync_interval_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                std::time::Duration::from_millis(ms.saturating_mul(3))
+                    + std::time::Duration::from_secs(1),
+            ),
+        }
     }
 
     /// How many times the database's history was seen going back.

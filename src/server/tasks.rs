@@ -26,12 +26,13 @@ pub(super) async fn run_sync(
     let Some(mut changes) = authority.store().changes() else {
         return;
     };
+    authority.set_sync_interval(interval);
     let mut failing = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             Some(_) = changes.recv() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => break,
         }
         match authority.refresh(unix_now()).await {
             Ok(_) if failing => {
@@ -46,6 +47,8 @@ pub(super) async fn run_sync(
             }
         }
     }
+    // Stopping: the other replicas no longer wait for this one's acknowledgements.
+    authority.leave().await;
 }
 
 /// Performs scheduled rotations and deletions when they fall due. Wakes at the next change

@@ -24,7 +24,9 @@ pub mod audit_heads {
     pub use super::sled::audit::read_audit_head as read_from_sled;
 }
 
-pub use self::postgres::{PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot};
+pub use self::postgres::{
+    Confirmations, PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot,
+};
 pub use self::sled::SledStore;
 use crate::keys::KeyRecord;
 use kek::{Keks, UnsealError};
@@ -134,6 +136,37 @@ impl KeyStore {
                 let (value, settled) = store.transact(plan).await?;
                 Ok((value, Some(settled)))
             }
+        }
+    }
+
+    /// Records that this replica serves `position` (a shared store; nothing for sled).
+    pub async fn acknowledge(&self, position: &Position) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(()),
+            KeyStore::Postgres(store) => store.acknowledge(position).await,
+        }
+    }
+
+    /// How many other replicas reported within `live_within`, and how many of them serve
+    /// `generation` or later; `None` when the store is not shared.
+    pub async fn confirmations(
+        &self,
+        generation: u64,
+        live_within: std::time::Duration,
+    ) -> Result<Option<Confirmations>, StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(None),
+            KeyStore::Postgres(store) => {
+                store.confirmations(generation, live_within).await.map(Some)
+            }
+        }
+    }
+
+    /// This replica stops: others no longer wait for its acknowledgements.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(()),
+            KeyStore::Postgres(store) => store.leave().await,
         }
     }
 

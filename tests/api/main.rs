@@ -38,6 +38,7 @@ mod policy;
 mod policy_command;
 mod postgres;
 mod replica_history;
+mod replica_revocation;
 mod replicas;
 mod round_trip;
 mod shredding;

@@ -324,8 +324,8 @@ async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
     // Back to version 2, as the previous release left it.
     shared.pg().psql(
         "BEGIN; ALTER TABLE ta_generation DROP COLUMN database_id, DROP COLUMN lineage, \
-         DROP COLUMN manifest; DROP TABLE ta_history; \
-         DELETE FROM ta_schema_version WHERE version = 3; COMMIT;",
+         DROP COLUMN manifest; DROP TABLE ta_history; DROP TABLE ta_replicas; \
+         DELETE FROM ta_schema_version WHERE version >= 3; COMMIT;",
     );
     let a = replica(&shared, &dir).await;
     assert_eq!(a.list_keys().await, keys);
@@ -336,7 +336,7 @@ async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
             .pg()
             .psql("SELECT max(version) FROM ta_schema_version")
             .trim(),
-        "3"
+        "4"
     );
     a.stop().await;
     shared.pg().psql(&format!(

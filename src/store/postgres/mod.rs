@@ -30,11 +30,13 @@ mod errors;
 mod history;
 mod listen;
 mod record;
+mod replicas;
 mod schema;
 
 use self::connect::{client_config, tls_config};
 use self::history::{new_lineage, Manifest, HISTORY_KEPT};
 pub use self::history::{Position, RefusedRow};
+pub use self::replicas::Confirmations;
 use super::{
     kek::{Keks, UnsealError},
     Change, StoreError,
@@ -74,6 +76,8 @@ pub struct PgStore {
     keks: Keks,
     /// The database as shown in messages: host, port and name, never the password.
     shown: String,
+    /// This process among the replicas (`ta_replicas`): its host name and a random part.
+    replica: String,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -155,12 +159,18 @@ impl PgStore {
                 path: shown.clone(),
                 reason: e.to_string(),
             })?;
+        let host = env("HOSTNAME").unwrap_or_else(|| "replica".into());
+        let random = crate::crypto::random_bytes(6).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(PgStore {
             pool,
             config,
             tls,
             keks,
             shown,
+            replica: format!("{host}/{}", crate::b64::encode(random)),
         })
     }
 

@@ -43,6 +43,15 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO ta_history (generation, lineage) SELECT generation, lineage FROM ta_generation;
 ",
+    // Each running replica's acknowledgement of the position it serves (`replicas`).
+    "
+    CREATE TABLE ta_replicas (
+        replica text PRIMARY KEY,
+        generation bigint NOT NULL,
+        lineage text NOT NULL,
+        seen_at timestamptz NOT NULL
+    );
+",
 ];
 
 impl PgStore {

@@ -87,6 +87,9 @@ impl GrpcService {
     }
 }
 
+/// How long RevokeKey waits for the other replicas to drop the revoked key.
+const REVOCATION_CONFIRMATION_BOUND: Duration = Duration::from_secs(2);
+
 /// Wall-clock unix seconds: the only place the gRPC API reads the clock.
 fn now() -> u64 {
     now_precise().as_secs()
@@ -378,7 +381,19 @@ impl TokenAuthority for GrpcService {
                 }
             };
             self.metrics.key_events(0, 1, 0);
-            tracing::warn!(kid = %request.key_id, reason, current = %current, "key revoked");
+            let replicas = self
+                .authority
+                .await_replicas(REVOCATION_CONFIRMATION_BOUND)
+                .await
+                .unwrap_or_default();
+            tracing::warn!(
+                kid = %request.key_id,
+                reason,
+                current = %current,
+                replicas_confirmed = replicas.confirmed,
+                replicas_live = replicas.live,
+                "key revoked"
+            );
             self.admin_result(
                 &principal,
                 "RevokeKey",
@@ -389,6 +404,8 @@ impl TokenAuthority for GrpcService {
             Ok(Response::new(pb::RevokeKeyResponse {
                 current_key_id: current,
                 keys: key_infos(&keys),
+                replicas_confirmed: replicas.confirmed,
+                replicas_live: replicas.live,
             }))
         })
         .await
