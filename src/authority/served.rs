@@ -69,3 +69,63 @@ fn report(key_ages: &KeyAges, set: &KeySet) {
         .map(|record| (record.alg, record.activated_at.unwrap_or(record.created_at)));
     key_ages.serving(current, set.timing().rotation_period);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crypto::Algorithm,
+        keys, lifecycle,
+        lifecycle::Timing,
+        metrics::{Metrics, StoreState},
+    };
+
+    const TIMING: Timing = Timing {
+        publish_lead: 60,
+        rotation_period: 3600,
+        max_ttl: 600,
+        leeway: 60,
+    };
+    const ALGS: [Algorithm; 1] = [Algorithm::ES256];
+
+    fn gauges(metrics: &Metrics, now: u64) -> (String, String) {
+        let text = metrics.render(&StoreState::default(), now);
+        let line = |name: &str| {
+            let prefix = format!("token_authority_{name}{{algorithm=\"ES256\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .unwrap()
+                .to_owned()
+        };
+        (
+            line("current_key_age_seconds"),
+            line("seconds_until_next_rotation"),
+        )
+    }
+
+    #[test]
+    fn the_metrics_follow_each_set_served_from_when_they_are_attached() {
+        let mut generate = keys::generate;
+        let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
+        let records = first.apply_to(&[]);
+        let set = KeySet::build(records.clone(), &ALGS, false, TIMING).unwrap();
+        let served = Served::new(Arc::new(set));
+        let metrics = Metrics::new(&ALGS);
+        served.report_key_ages(metrics.key_ages());
+        assert_eq!(gauges(&metrics, 1100), ("100".into(), "3500".into()));
+
+        let rotated = lifecycle::rotate(
+            &records,
+            Algorithm::ES256,
+            true,
+            TIMING,
+            2000,
+            &mut generate,
+        )
+        .unwrap()
+        .apply_to(&records);
+        let next = KeySet::build(rotated, &ALGS, false, TIMING).unwrap();
+        served.send_replace(Arc::new(next));
+        assert_eq!(gauges(&metrics, 2100), ("100".into(), "3500".into()));
+    }
+}
