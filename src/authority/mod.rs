@@ -28,9 +28,11 @@ use crate::{
     store::{Change, KeyStore, Position, StoreError},
 };
 use replica::Replica;
+use served::Served;
 
 mod changes;
 mod replica;
+mod served;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
@@ -123,9 +125,9 @@ pub struct Authority {
     settings: Settings,
     policy: Policy,
     writer: tokio::sync::Mutex<()>,
-    /// The same snapshots as `keys`, for those who wait for the next one (WatchKeys). A
-    /// watch channel keeps only the latest set: a watcher never needs the ones it missed.
-    changes: tokio::sync::watch::Sender<Arc<KeySet>>,
+    /// The same snapshots as `keys`, for those who wait for the next one (WatchKeys) and
+    /// for the metrics.
+    changes: Served,
 }
 
 impl std::fmt::Debug for Authority {
@@ -232,7 +234,7 @@ impl Authority {
         let set = Arc::new(set);
         Authority {
             keys: ArcSwap::from(Arc::clone(&set)),
-            changes: tokio::sync::watch::Sender::new(set),
+            changes: Served::new(set),
             replica,
             synced_at: AtomicU64::new(now),
             store,
@@ -274,11 +276,6 @@ impl Authority {
     /// The current key set snapshot.
     pub fn keys(&self) -> Arc<KeySet> {
         self.keys.load_full()
-    }
-
-    /// The current key set now, and every later one as it is swapped in.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<KeySet>> {
-        self.changes.subscribe()
     }
 
     /// Mints a token. CPU-bound (an RSA signature costs about a millisecond).

@@ -32,7 +32,11 @@ use self::{
     issuers::TrustedIssuer,
     policy::{Grant, Policy, Refusal},
 };
-use crate::{admin::AdminToken, domain::IssueRequest, metrics::Metrics};
+use crate::{
+    admin::AdminToken,
+    domain::IssueRequest,
+    metrics::{DecisionOutcome, Metrics},
+};
 
 /// Why a call is refused by this layer. Mapped to gRPC codes in one place
 /// (`impl From<CallerError> for Status` in the transport).
@@ -68,16 +72,19 @@ pub enum CallerError {
 }
 
 impl CallerError {
-    /// The metrics and audit label of the refusal.
-    pub fn label(&self) -> &'static str {
-        match self {
-            CallerError::NoCredentials(_) => "no_credentials",
-            CallerError::Identity(_) | CallerError::TwoCredentials => "bad_credentials",
+    /// The metrics and audit label of the refusal. None for `NotRecorded`: no decision
+    /// but a failure to record one, which `audit_unrecorded_decisions` counts.
+    pub fn label(&self) -> Option<DecisionOutcome> {
+        Some(match self {
+            CallerError::NoCredentials(_) => DecisionOutcome::NoCredentials,
+            CallerError::Identity(_) | CallerError::TwoCredentials => {
+                DecisionOutcome::BadCredentials
+            }
             CallerError::Refused(refusal) => refusal.label(),
-            CallerError::AdminOnly | CallerError::AdminIsNotACaller => "admin_only",
-            CallerError::Throttled { .. } => "throttled",
-            CallerError::NotRecorded(_) => "audit_unavailable",
-        }
+            CallerError::AdminOnly | CallerError::AdminIsNotACaller => DecisionOutcome::AdminOnly,
+            CallerError::Throttled { .. } => DecisionOutcome::Throttled,
+            CallerError::NotRecorded(_) => return None,
+        })
     }
 
     /// UNAUTHENTICATED (true) or PERMISSION_DENIED (false).
@@ -292,11 +299,15 @@ impl Callers {
     /// Counts the decision and writes its audit line; returns once it is written. An
     /// error means it could not be: a decision to carry something out must then not be.
     pub async fn record(&self, entry: &Entry<'_>) -> Result<(), CallerError> {
-        let outcome = entry.outcome.unwrap_or(Outcome::Allowed);
-        // The result of a change was counted with its decision.
-        if !matches!(outcome, Outcome::Done | Outcome::Failed) {
-            self.metrics
-                .decision(entry.method, outcome_label(outcome, entry.reason_label));
+        let counted = match entry.outcome.unwrap_or(Outcome::Allowed) {
+            Outcome::Allowed => Some(DecisionOutcome::Allowed),
+            Outcome::Malformed => Some(DecisionOutcome::Malformed),
+            Outcome::Refused => entry.reason_label,
+            // The result of a change was counted with its decision.
+            Outcome::Done | Outcome::Failed => None,
+        };
+        if let Some(outcome) = counted {
+            self.metrics.decision(entry.method, outcome);
         }
         if let Some(audit) = &self.audit {
             if let Err(error) = audit.record(entry).await {
@@ -305,13 +316,5 @@ impl Callers {
             }
         }
         Ok(())
-    }
-}
-
-fn outcome_label(outcome: Outcome, reason: &str) -> &str {
-    match outcome {
-        Outcome::Allowed | Outcome::Done | Outcome::Failed => "allowed",
-        Outcome::Malformed => "malformed",
-        Outcome::Refused => reason,
     }
 }

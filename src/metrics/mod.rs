@@ -11,82 +11,23 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    crypto::Algorithm,
-    jwt::verify::Reason,
-    keys::{KeyRecord, KeyState},
-    lifecycle::Timing,
-};
+use crate::{crypto::Algorithm, jwt::verify::Reason};
 
 mod audit;
+mod key_ages;
+mod labels;
 mod registry;
 
-pub use self::audit::AuditMetrics;
+pub use self::{
+    audit::AuditMetrics,
+    key_ages::KeyAges,
+    labels::{
+        ClosedReason, DecidedMethod, DecisionOutcome, JwksStatus, KeyEvent, LabelValue,
+        ListenerName, Method, PerLabel, ReloadOutcome, WatcherEnd,
+    },
+};
 
 type Labels = Vec<(String, String)>;
-
-/// The RPCs whose calls the caller policy decides.
-pub const DECIDED_METHODS: [&str; 4] = ["IssueToken", "RotateKeys", "RevokeKey", "ListKeys"];
-
-/// Decision outcomes: allowed, malformed, or the refusal's label (the field refused).
-pub const DECISION_OUTCOMES: [&str; 13] = [
-    "allowed",
-    "malformed",
-    "no_credentials",
-    "bad_credentials",
-    "no_rule",
-    "subject",
-    "audience",
-    "ttl",
-    "claims",
-    "cnf",
-    "not_admin",
-    "admin_only",
-    "throttled",
-];
-
-/// The RPC methods, for the latency histogram.
-pub const METHODS: [&str; 7] = [
-    "IssueToken",
-    "VerifyToken",
-    "GetJwks",
-    "WatchKeys",
-    "RotateKeys",
-    "RevokeKey",
-    "ListKeys",
-];
-
-const REASONS: [Reason; 11] = [
-    Reason::Malformed,
-    Reason::UnknownKey,
-    Reason::BadSignature,
-    Reason::AlgorithmNotAllowed,
-    Reason::Expired,
-    Reason::NotYetValid,
-    Reason::IssuerMismatch,
-    Reason::AudienceMismatch,
-    Reason::RevokedKey,
-    Reason::MissingClaim,
-    Reason::UnsupportedHeader,
-];
-
-/// The reason label: the name the gRPC enum uses.
-pub fn reason_label(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Malformed => "MALFORMED",
-        Reason::UnknownKey => "UNKNOWN_KEY",
-        Reason::BadSignature => "BAD_SIGNATURE",
-        Reason::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
-        Reason::Expired => "EXPIRED",
-        Reason::NotYetValid => "NOT_YET_VALID",
-        Reason::IssuerMismatch => "ISSUER_MISMATCH",
-        Reason::AudienceMismatch => "AUDIENCE_MISMATCH",
-        Reason::RevokedKey => "REVOKED_KEY",
-        Reason::MissingClaim => "MISSING_CLAIM",
-        Reason::UnsupportedHeader => "UNSUPPORTED_HEADER",
-        Reason::LifetimeTooLong => "LIFETIME_TOO_LONG",
-    }
-}
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -115,18 +56,16 @@ pub struct Metrics {
     issued: HashMap<Algorithm, Counter>,
     signing: HashMap<Algorithm, Histogram>,
     valid: Counter,
-    invalid: HashMap<Reason, Counter>,
-    rpc: HashMap<&'static str, Histogram>,
-    jwks_200: Counter,
-    jwks_304: Counter,
-    rotations: Counter,
-    revocations: Counter,
-    deletions: Counter,
+    invalid: PerLabel<Reason, Counter>,
+    rpc: PerLabel<Method, Histogram>,
+    jwks: PerLabel<JwksStatus, Counter>,
+    key_events: PerLabel<KeyEvent, Counter>,
     key_age: HashMap<Algorithm, Gauge>,
     until_rotation: HashMap<Algorithm, Gauge>,
-    decisions: HashMap<&'static str, HashMap<&'static str, Counter>>,
-    policy_reloads_ok: Counter,
-    policy_reloads_failed: Counter,
+    /// What the two gauges above are worked out from at each scrape.
+    key_ages: KeyAges,
+    decisions: PerLabel<DecidedMethod, PerLabel<DecisionOutcome, Counter>>,
+    policy_reloads: PerLabel<ReloadOutcome, Counter>,
     jwks_fetch_failures: Family<Labels, Counter>,
     tls_reloads: Counter,
     tls_reload_failures: Counter,
@@ -178,24 +117,30 @@ pub struct ListenerMetrics {
 
 impl ListenerMetrics {
     fn new(
-        listener: &str,
+        listener: ListenerName,
         open: &Family<Labels, Gauge>,
         closed: &Family<Labels, Counter>,
         throttled: &Family<Labels, Counter>,
     ) -> ListenerMetrics {
-        let closed_by = |reason: &str| {
-            closed.get_or_create_owned(&labels(&[("listener", listener), ("reason", reason)]))
-        };
+        let listener_label = labels(&[("listener", listener.as_str())]);
+        // Each reason's handle is made here, so none is left out of the series shown at 0.
+        let closed = PerLabel::new(|reason: ClosedReason| {
+            closed.get_or_create_owned(&labels(&[
+                ("listener", listener.as_str()),
+                ("reason", reason.as_str()),
+            ]))
+        });
+        let closed_by = |reason| closed.get(reason).clone();
         ListenerMetrics {
-            open: open.get_or_create_owned(&labels(&[("listener", listener)])),
-            refused_at_limit: closed_by("limit"),
-            handshake_timeouts: closed_by("handshake_timeout"),
-            handshake_failures: closed_by("handshake_failed"),
-            closed_idle: closed_by("idle"),
-            closed_stalled: closed_by("stalled"),
-            refused_at_peer_limit: closed_by("peer_limit"),
-            closed_max_age: closed_by("max_age"),
-            calls_throttled: throttled.get_or_create_owned(&labels(&[("listener", listener)])),
+            open: open.get_or_create_owned(&listener_label),
+            refused_at_limit: closed_by(ClosedReason::Limit),
+            handshake_timeouts: closed_by(ClosedReason::HandshakeTimeout),
+            handshake_failures: closed_by(ClosedReason::HandshakeFailed),
+            closed_idle: closed_by(ClosedReason::Idle),
+            closed_stalled: closed_by(ClosedReason::Stalled),
+            refused_at_peer_limit: closed_by(ClosedReason::PeerLimit),
+            closed_max_age: closed_by(ClosedReason::MaxAge),
+            calls_throttled: throttled.get_or_create_owned(&listener_label),
         }
     }
 }
@@ -224,32 +169,27 @@ impl Metrics {
                 self.valid.inc();
             }
             Some(reason) => {
-                if let Some(counter) = self.invalid.get(&reason) {
-                    counter.inc();
-                }
+                self.invalid.get(reason).inc();
             }
         };
     }
 
-    pub fn rpc(&self, method: &str, latency: Duration) {
-        if let Some(histogram) = self.rpc.get(method) {
-            histogram.observe(latency.as_secs_f64());
-        }
+    pub fn rpc(&self, method: Method, latency: Duration) {
+        self.rpc.get(method).observe(latency.as_secs_f64());
     }
 
-    /// One caller decision; `outcome` is one of `DECISION_OUTCOMES`.
-    pub fn decision(&self, method: &str, outcome: &str) {
-        if let Some(counter) = self.decisions.get(method).and_then(|m| m.get(outcome)) {
-            counter.inc();
-        }
+    /// One caller decision.
+    pub fn decision(&self, method: DecidedMethod, outcome: DecisionOutcome) {
+        self.decisions.get(method).get(outcome).inc();
     }
 
     pub fn policy_reload(&self, ok: bool) {
-        if ok {
-            self.policy_reloads_ok.inc();
+        let outcome = if ok {
+            ReloadOutcome::Ok
         } else {
-            self.policy_reloads_failed.inc();
-        }
+            ReloadOutcome::Failed
+        };
+        self.policy_reloads.get(outcome).inc();
     }
 
     /// Not a hot path: issuer names come from the policy, so the label set is created here.
@@ -260,17 +200,27 @@ impl Metrics {
     }
 
     pub fn jwks_response(&self, not_modified: bool) {
-        if not_modified {
-            self.jwks_304.inc();
+        let status = if not_modified {
+            JwksStatus::NotModified
         } else {
-            self.jwks_200.inc();
-        }
+            JwksStatus::Full
+        };
+        self.jwks.get(status).inc();
     }
 
     pub fn key_events(&self, rotations: usize, revocations: usize, deletions: usize) {
-        self.rotations.inc_by(rotations as u64);
-        self.revocations.inc_by(revocations as u64);
-        self.deletions.inc_by(deletions as u64);
+        for (event, count) in [
+            (KeyEvent::Rotation, rotations),
+            (KeyEvent::Revocation, revocations),
+            (KeyEvent::Deletion, deletions),
+        ] {
+            self.key_events.get(event).inc_by(count as u64);
+        }
+    }
+
+    /// Where the key-age gauges' inputs are set: handed to whoever serves key sets.
+    pub fn key_ages(&self) -> KeyAges {
+        self.key_ages.clone()
     }
 
     pub fn scheduled_step_failed(&self) {
@@ -286,14 +236,8 @@ impl Metrics {
     }
 
     /// Renders the OpenMetrics text, first setting the gauges that follow from the key set
-    /// and the store's state.
-    pub fn render(
-        &self,
-        records: &[KeyRecord],
-        timing: Timing,
-        store: &StoreState,
-        now: u64,
-    ) -> String {
+    /// served (its activation times, at `now`) and the store's state.
+    pub fn render(&self, store: &StoreState, now: u64) -> String {
         self.store_sync_age
             .set(i64::try_from(store.sync_age).unwrap_or(i64::MAX));
         // The authority counts; the counter follows it (it only ever grows).
@@ -304,14 +248,12 @@ impl Metrics {
         );
         self.store_refused_records
             .set(i64::try_from(store.refused_records).unwrap_or(i64::MAX));
-        for record in records.iter().filter(|r| r.state == KeyState::Current) {
-            let activated = record.activated_at.unwrap_or(record.created_at);
-            if let Some(gauge) = self.key_age.get(&record.alg) {
-                gauge.set(now.saturating_sub(activated) as i64);
+        for (alg, ages) in self.key_ages.at(now) {
+            if let Some(gauge) = self.key_age.get(&alg) {
+                gauge.set(ages.age as i64);
             }
-            if let Some(gauge) = self.until_rotation.get(&record.alg) {
-                let due = activated + timing.rotation_period;
-                gauge.set(due.saturating_sub(now) as i64);
+            if let Some(gauge) = self.until_rotation.get(&alg) {
+                gauge.set(ages.until_rotation as i64);
             }
         }
         let mut text = String::new();

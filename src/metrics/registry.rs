@@ -14,10 +14,11 @@ use prometheus_client::{
 };
 
 use super::{
-    labels, latency_histogram, reason_label, Labels, ListenerMetrics, Metrics, WatchMetrics,
-    DECIDED_METHODS, DECISION_OUTCOMES, METHODS, REASONS,
+    labels, latency_histogram, DecidedMethod, DecisionOutcome, JwksStatus, KeyEvent, LabelValue,
+    Labels, ListenerMetrics, ListenerName, Method, Metrics, PerLabel, ReloadOutcome, WatchMetrics,
+    WatcherEnd,
 };
-use crate::crypto::Algorithm;
+use crate::{crypto::Algorithm, jwt::verify::Reason};
 
 fn per_algorithm<M: Clone, C: MetricConstructor<M>>(
     family: &Family<Labels, M, C>,
@@ -175,25 +176,23 @@ impl Metrics {
             "Failed fetches of a trusted issuer's JWKS, by issuer name (the last good set is kept)",
             jwks_fetch_failures.clone(),
         );
-        let decisions = DECIDED_METHODS
-            .iter()
-            .map(|method| {
-                let outcomes = DECISION_OUTCOMES
-                    .iter()
-                    .map(|outcome| {
-                        let set = labels(&[("method", method), ("outcome", outcome)]);
-                        (*outcome, decision_family.get_or_create_owned(&set))
-                    })
-                    .collect();
-                (*method, outcomes)
+        let decisions = PerLabel::new(|method: DecidedMethod| {
+            PerLabel::new(|outcome: DecisionOutcome| {
+                let set = labels(&[("method", method.as_str()), ("outcome", outcome.as_str())]);
+                decision_family.get_or_create_owned(&set)
             })
-            .collect();
+        });
+        let watchers_ended = PerLabel::new(|reason: WatcherEnd| {
+            watchers_ended.get_or_create_owned(&labels(&[("reason", reason.as_str())]))
+        });
+        let listener =
+            |name| ListenerMetrics::new(name, &open_family, &closed_family, &throttled_family);
 
         Metrics {
             decisions,
-            policy_reloads_ok: reload_family.get_or_create_owned(&labels(&[("outcome", "ok")])),
-            policy_reloads_failed: reload_family
-                .get_or_create_owned(&labels(&[("outcome", "failed")])),
+            policy_reloads: PerLabel::new(|outcome: ReloadOutcome| {
+                reload_family.get_or_create_owned(&labels(&[("outcome", outcome.as_str())]))
+            }),
             jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
@@ -201,54 +200,35 @@ impl Metrics {
             store_sync_age,
             store_history_rewinds,
             store_refused_records,
-            grpc_listener: ListenerMetrics::new(
-                "grpc",
-                &open_family,
-                &closed_family,
-                &throttled_family,
-            ),
-            http_listener: ListenerMetrics::new(
-                "http",
-                &open_family,
-                &closed_family,
-                &throttled_family,
-            ),
+            grpc_listener: listener(ListenerName::Grpc),
+            http_listener: listener(ListenerName::Http),
             audit,
             watchers: WatchMetrics {
                 open: watchers_open,
-                refused_at_limit: watchers_ended
-                    .get_or_create_owned(&labels(&[("reason", "limit")])),
-                refused_at_peer_limit: watchers_ended
-                    .get_or_create_owned(&labels(&[("reason", "peer_limit")])),
-                dropped_slow: watchers_ended.get_or_create_owned(&labels(&[("reason", "slow")])),
+                refused_at_limit: watchers_ended.get(WatcherEnd::Limit).clone(),
+                refused_at_peer_limit: watchers_ended.get(WatcherEnd::PeerLimit).clone(),
+                dropped_slow: watchers_ended.get(WatcherEnd::Slow).clone(),
             },
             issued: per_algorithm(&issued_family, algorithms),
             signing: per_algorithm(&signing_family, algorithms),
             valid: verified_family
                 .get_or_create_owned(&labels(&[("outcome", "valid"), ("reason", "")])),
-            invalid: REASONS
-                .iter()
-                .map(|reason| {
-                    let set = labels(&[("outcome", "invalid"), ("reason", reason_label(*reason))]);
-                    (*reason, verified_family.get_or_create_owned(&set))
-                })
-                .collect(),
-            rpc: METHODS
-                .iter()
-                .map(|method| {
-                    (
-                        *method,
-                        rpc_family.get_or_create_owned(&labels(&[("method", method)])),
-                    )
-                })
-                .collect(),
-            jwks_200: jwks_family.get_or_create_owned(&labels(&[("status", "200")])),
-            jwks_304: jwks_family.get_or_create_owned(&labels(&[("status", "304")])),
-            rotations: lifecycle_family.get_or_create_owned(&labels(&[("event", "rotation")])),
-            revocations: lifecycle_family.get_or_create_owned(&labels(&[("event", "revocation")])),
-            deletions: lifecycle_family.get_or_create_owned(&labels(&[("event", "deletion")])),
+            invalid: PerLabel::new(|reason: Reason| {
+                let set = labels(&[("outcome", "invalid"), ("reason", reason.as_str())]);
+                verified_family.get_or_create_owned(&set)
+            }),
+            rpc: PerLabel::new(|method: Method| {
+                rpc_family.get_or_create_owned(&labels(&[("method", method.as_str())]))
+            }),
+            jwks: PerLabel::new(|status: JwksStatus| {
+                jwks_family.get_or_create_owned(&labels(&[("status", status.as_str())]))
+            }),
+            key_events: PerLabel::new(|event: KeyEvent| {
+                lifecycle_family.get_or_create_owned(&labels(&[("event", event.as_str())]))
+            }),
             key_age: per_algorithm(&age_family, algorithms),
             until_rotation: per_algorithm(&until_family, algorithms),
+            key_ages: super::KeyAges::default(),
             registry,
         }
     }

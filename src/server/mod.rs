@@ -203,6 +203,7 @@ pub async fn run(
             return other.map(|_| ());
         }
     };
+    authority.report_key_ages(metrics.key_ages());
     let current: Vec<String> = authority
         .keys()
         .records()

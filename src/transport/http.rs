@@ -134,16 +134,13 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let keys = state.authority.keys();
     let now = unix_now();
     let store = StoreState {
         sync_age: state.authority.sync_age(now),
         history_rewinds: state.authority.history_rewinds(),
         refused_records: state.authority.refused_records(),
     };
-    let text = state
-        .metrics
-        .render(keys.records(), keys.timing(), &store, now);
+    let text = state.metrics.render(&store, now);
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,7 @@
 //! `/metrics`: scraped from the real server and parsed with the official Prometheus client's
 //! OpenMetrics parser; the counts match what the test did.
 
-use std::{io::Write as _, process::Stdio};
+use std::{collections::BTreeSet, io::Write as _, process::Stdio};
 
 use serde_json::Value;
 use token_authority::pb;
@@ -224,5 +224,66 @@ async fn metrics_count_what_happened_and_parse_as_openmetrics() {
         &[("algorithm", "EdDSA")],
     );
     assert!((86000.0..=86400.0).contains(&until), "{until}");
+    server.stop().await;
+}
+
+/// The reasons the README's metrics table lists for `verifications_total`.
+fn documented_reasons() -> BTreeSet<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|line| line.starts_with("| `token_authority_verifications_total` |"))
+        .expect("the README's metrics table has a verifications row");
+    row.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|word| word.len() > 1 && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every reason of the gRPC enum is in the README, and is a series at 0 from the start,
+/// before any token was verified: none is left out until its first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reason_shows_at_zero_from_the_start() {
+    let reasons: BTreeSet<String> = (1..)
+        .map_while(|value| pb::VerifyFailureReason::try_from(value).ok())
+        .map(|reason| reason.as_str_name().to_owned())
+        .collect();
+    assert_eq!(reasons.len(), 12, "{reasons:?}");
+    assert_eq!(documented_reasons(), reasons, "the README's reasons");
+
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse(&text);
+    let name = "token_authority_verifications_total";
+    let shown: BTreeSet<String> = samples[name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|sample| sample[0]["outcome"] == "invalid")
+        .map(|sample| sample[0]["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown, reasons, "the reasons /metrics shows at start");
+    for reason in &reasons {
+        assert_eq!(
+            value(
+                &samples,
+                name,
+                &[("outcome", "invalid"), ("reason", reason)]
+            ),
+            0.0
+        );
+    }
     server.stop().await;
 }

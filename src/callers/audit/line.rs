@@ -9,7 +9,10 @@
 use serde_json::{Map, Value};
 
 use super::{Entry, Outcome, Suppressed};
-use crate::crypto::{self, mac::MacKey};
+use crate::{
+    crypto::{self, mac::MacKey},
+    metrics::LabelValue,
+};
 
 /// The `prev` of a chain's first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -115,7 +118,7 @@ pub fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
 pub fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
     let mut members = Map::new();
     members.insert("ts".into(), entry.at.into());
-    members.insert("method".into(), entry.method.into());
+    members.insert("method".into(), entry.method.as_str().into());
     members.insert("caller".into(), entry.caller.into());
     members.insert("via".into(), entry.via.into());
     members.insert(

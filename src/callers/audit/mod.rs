@@ -29,7 +29,12 @@ use std::{
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{b64, crypto::mac::MacKey, metrics::AuditMetrics, store::KeyStore};
+use crate::{
+    b64,
+    crypto::mac::MacKey,
+    metrics::{AuditMetrics, DecidedMethod, DecisionOutcome, LabelValue},
+    store::KeyStore,
+};
 
 mod head;
 mod limiter;
@@ -128,7 +133,7 @@ impl Outcome {
 pub struct Entry<'a> {
     /// Unix seconds.
     pub at: u64,
-    pub method: &'a str,
+    pub method: DecidedMethod,
     /// The caller's name (`admin` for the admin token, empty when unauthenticated).
     pub caller: &'a str,
     /// How the caller proved it: mtls, jwt, secret, admin-token, none, open (no policy).
@@ -136,8 +141,9 @@ pub struct Entry<'a> {
     pub outcome: Option<Outcome>,
     /// Why it was refused: the message the caller got.
     pub reason: Option<&'a str>,
-    /// A short label for the reason (the metrics label), used in suppression summaries.
-    pub reason_label: &'a str,
+    /// A short label for the reason (the metrics label), used in suppression summaries:
+    /// set for refused and malformed calls.
+    pub reason_label: Option<DecisionOutcome>,
     pub subject: Option<&'a str>,
     pub audiences: &'a [String],
     pub ttl: Option<u64>,
@@ -213,7 +219,10 @@ impl AuditLog {
     pub async fn record(&self, entry: &Entry<'_>) -> Result<(), NotRecorded> {
         let limited = matches!(entry.outcome, Some(Outcome::Refused | Outcome::Malformed));
         let suppressed = if limited {
-            match self.limiter.admit(entry.reason_label) {
+            match self
+                .limiter
+                .admit(entry.reason_label.map_or("", LabelValue::as_str))
+            {
                 Some(suppressed) => suppressed,
                 None => return Ok(()),
             }
@@ -317,15 +326,15 @@ mod tests {
 
     use super::*;
 
-    fn entry(outcome: Outcome, reason: &str) -> Entry<'_> {
+    fn entry(outcome: Outcome, label: Option<DecisionOutcome>) -> Entry<'static> {
         Entry {
             at: 1_800_000_000,
-            method: "IssueToken",
+            method: DecidedMethod::IssueToken,
             caller: "client:batch",
             via: "secret",
             outcome: Some(outcome),
-            reason: Some(reason),
-            reason_label: reason,
+            reason: Some(label.map_or("", LabelValue::as_str)),
+            reason_label: label,
             ..Entry::default()
         }
     }
@@ -354,11 +363,11 @@ mod tests {
         {
             let log = open(&path, Some([9; 32]));
             for _ in 0..3 {
-                log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+                log.record(&entry(Outcome::Allowed, None)).await.unwrap();
             }
         }
         let log = open(&path, Some([9; 32]));
-        log.record(&entry(Outcome::Refused, "subject"))
+        log.record(&entry(Outcome::Refused, Some(DecisionOutcome::Subject)))
             .await
             .unwrap();
         drop(log);
@@ -400,7 +409,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let log = open(&path, Some([9; 32]));
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         log.close().await;
         drop(log);
         let whole = std::fs::read(&path).unwrap();
@@ -408,7 +417,7 @@ mod tests {
         torn.extend_from_slice(b"{\"ts\":1,\"method\":\"Iss");
         std::fs::write(&path, &torn).unwrap();
         let log = open(&path, Some([9; 32]));
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         drop(log);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(std::str::from_utf8(&whole).unwrap()));
@@ -426,10 +435,10 @@ mod tests {
         let path = dir.path().join("audit.log");
         let key = MacKey::new(&[9; 32]);
         let log = open(&path, Some([9; 32]));
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
         log.reopen().await;
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         let old = std::fs::read_to_string(dir.path().join("audit.log.1")).unwrap();
         let new = std::fs::read_to_string(&path).unwrap();
         let old_first: Value = serde_json::from_str(old.lines().next().unwrap()).unwrap();
@@ -454,15 +463,18 @@ mod tests {
         let path = dir.path().join("audit.log");
         let log = open(&path, None);
         for _ in 0..1000 {
-            log.record(&entry(Outcome::Refused, "no_credentials"))
-                .await
-                .unwrap();
+            log.record(&entry(
+                Outcome::Refused,
+                Some(DecisionOutcome::NoCredentials),
+            ))
+            .await
+            .unwrap();
         }
         let written = std::fs::read_to_string(&path).unwrap().lines().count();
         assert_eq!(written, 1 + REFUSED_LINES_PER_SECOND as usize);
         // An allowed line is never suppressed; once the window is over it carries the sum.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let summary: Value = serde_json::from_str(text.lines().nth(written).unwrap()).unwrap();
         assert_eq!(summary["event"], "suppressed");
@@ -482,15 +494,15 @@ mod tests {
         std::fs::create_dir(&logs).unwrap();
         let path = logs.join("audit.log");
         let log = open(&path, Some([9; 32]));
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         std::fs::rename(&logs, dir.path().join("logs.old")).unwrap();
         assert_eq!(
-            log.record(&entry(Outcome::Allowed, "")).await,
+            log.record(&entry(Outcome::Allowed, None)).await,
             Err(NotRecorded)
         );
         assert!(!*log.writable().borrow());
         std::fs::create_dir(&logs).unwrap();
-        log.record(&entry(Outcome::Allowed, "")).await.unwrap();
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
         assert!(*log.writable().borrow());
         let new: Vec<Value> = std::fs::read_to_string(&path)
             .unwrap()

@@ -22,7 +22,7 @@ mod subjects;
 
 use self::subjects::SubjectPattern;
 use super::{identity::Caller, issuers::IssuerConfig};
-use crate::domain::IssueRequest;
+use crate::{domain::IssueRequest, metrics::DecisionOutcome};
 
 /// Claims a rule may neither fix nor let callers set: the authority sets them itself.
 pub const RESERVED: [&str; 9] = [
@@ -114,16 +114,15 @@ pub enum Refusal {
 
 impl Refusal {
     /// The metrics label: which field was refused.
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> DecisionOutcome {
         match self {
-            Refusal::NoRule(_) => "no_rule",
-            Refusal::Subject { .. } => "subject",
-            Refusal::NoAudience | Refusal::Audience { .. } => "audience",
-            Refusal::Ttl { .. } => "ttl",
-            Refusal::Claim { .. } => "claims",
-            Refusal::Binding(_) => "cnf",
-            Refusal::NotAdmin(_) => "not_admin",
-            Refusal::AdminBinding(_) => "cnf",
+            Refusal::NoRule(_) => DecisionOutcome::NoRule,
+            Refusal::Subject { .. } => DecisionOutcome::Subject,
+            Refusal::NoAudience | Refusal::Audience { .. } => DecisionOutcome::Audience,
+            Refusal::Ttl { .. } => DecisionOutcome::Ttl,
+            Refusal::Claim { .. } => DecisionOutcome::Claims,
+            Refusal::Binding(_) | Refusal::AdminBinding(_) => DecisionOutcome::Cnf,
+            Refusal::NotAdmin(_) => DecisionOutcome::NotAdmin,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::{
         identity::IdentityError,
         CallerError, Principal,
     },
+    metrics::{DecidedMethod, DecisionOutcome},
     transport::{connection::ConnectionInfo, peers::Peer},
 };
 
@@ -51,7 +52,7 @@ impl GrpcService {
     pub(super) async fn check_admin<T>(
         &self,
         request: &Request<T>,
-        method: &'static str,
+        method: DecidedMethod,
     ) -> Result<Principal, Status> {
         let (principal, error) = match self.authenticate(request).await {
             Ok(principal) => match self.callers.authorize_admin(&principal) {
@@ -83,7 +84,7 @@ impl GrpcService {
     pub(super) async fn admin_line(
         &self,
         principal: &Principal,
-        method: &'static str,
+        method: DecidedMethod,
         outcome: Outcome,
         detail: &str,
     ) -> Result<(), Status> {
@@ -106,14 +107,14 @@ impl GrpcService {
         &self,
         principal: Option<&Principal>,
         outcome: Outcome,
-        label: &str,
+        label: Option<DecisionOutcome>,
         status: &Status,
     ) {
         let _ = self
             .callers
             .record(&Entry {
                 at: now(),
-                method: "IssueToken",
+                method: DecidedMethod::IssueToken,
                 caller: principal.map_or("", Principal::name),
                 via: principal.map_or("", Principal::via),
                 outcome: Some(outcome),

@@ -16,7 +16,7 @@ use crate::{
         Callers, Principal,
     },
     domain::{IssueRequest, RequestedTtl, TtlPolicy},
-    metrics::Metrics,
+    metrics::{DecidedMethod, DecisionOutcome, LabelValue, Method, Metrics},
     pb::{self, token_authority_server::TokenAuthority},
     signing_pool::SigningPool,
     transport::{
@@ -77,12 +77,12 @@ impl GrpcService {
     async fn admin_result(
         &self,
         principal: &Principal,
-        method: &'static str,
+        method: DecidedMethod,
         outcome: Outcome,
         detail: &str,
     ) {
         if let Err(status) = self.admin_line(principal, method, outcome, detail).await {
-            tracing::error!(method, detail, %status, "the result of an admin change could not be audited");
+            tracing::error!(method = method.as_str(), detail, %status, "the result of an admin change could not be audited");
         }
     }
 }
@@ -108,130 +108,140 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, "IssueToken", async {
-            // Open (no policy, loopback listener): credentials are not even read.
-            let principal = if self.callers.is_open() {
-                None
-            } else {
-                match self.authenticate(&request).await {
-                    Ok(principal) => Some(principal),
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::IssueToken,
+            async {
+                // Open (no policy, loopback listener): credentials are not even read.
+                let principal = if self.callers.is_open() {
+                    None
+                } else {
+                    match self.authenticate(&request).await {
+                        Ok(principal) => Some(principal),
+                        Err(error) => {
+                            let label = error.label();
+                            let status = Status::from(error);
+                            self.issue_refused(None, Outcome::Refused, label, &status)
+                                .await;
+                            return Err(status);
+                        }
+                    }
+                };
+                let request = request.into_inner();
+                let settings = self.authority.settings();
+                let parsed = IssueRequest::parse(
+                    request.subject,
+                    request.audience,
+                    request.ttl.map(|d| RequestedTtl {
+                        seconds: d.seconds,
+                        nanos: d.nanos,
+                    }),
+                    &request.claims_json,
+                    TtlPolicy {
+                        default: settings.default_ttl,
+                        max: settings.max_ttl,
+                    },
+                )
+                .map_err(AuthorityError::from)
+                .and_then(|parsed| Ok((parsed, parse_algorithm(&request.algorithm)?)))
+                .and_then(|(parsed, alg)| {
+                    settings.algorithm(alg).map_err(AuthorityError::from)?;
+                    Ok((parsed, alg))
+                });
+                let (mut parsed, alg) = match parsed {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        let status = Status::from(error);
+                        self.issue_refused(
+                            principal.as_ref(),
+                            Outcome::Malformed,
+                            Some(DecisionOutcome::Malformed),
+                            &status,
+                        )
+                        .await;
+                        return Err(status);
+                    }
+                };
+                let principal = principal.unwrap_or(Principal::Anonymous);
+                let grant = match self.callers.authorize_issue(&principal, &parsed) {
+                    Ok(grant) => grant,
                     Err(error) => {
                         let label = error.label();
                         let status = Status::from(error);
-                        self.issue_refused(None, Outcome::Refused, label, &status)
+                        self.issue_refused(Some(&principal), Outcome::Refused, label, &status)
                             .await;
                         return Err(status);
                     }
-                }
-            };
-            let request = request.into_inner();
-            let settings = self.authority.settings();
-            let parsed = IssueRequest::parse(
-                request.subject,
-                request.audience,
-                request.ttl.map(|d| RequestedTtl {
-                    seconds: d.seconds,
-                    nanos: d.nanos,
-                }),
-                &request.claims_json,
-                TtlPolicy {
-                    default: settings.default_ttl,
-                    max: settings.max_ttl,
-                },
-            )
-            .map_err(AuthorityError::from)
-            .and_then(|parsed| Ok((parsed, parse_algorithm(&request.algorithm)?)))
-            .and_then(|(parsed, alg)| {
-                settings.algorithm(alg).map_err(AuthorityError::from)?;
-                Ok((parsed, alg))
-            });
-            let (mut parsed, alg) = match parsed {
-                Ok(parsed) => parsed,
-                Err(error) => {
-                    let status = Status::from(error);
-                    self.issue_refused(
-                        principal.as_ref(),
-                        Outcome::Malformed,
-                        "malformed",
-                        &status,
-                    )
-                    .await;
-                    return Err(status);
-                }
-            };
-            let principal = principal.unwrap_or(Principal::Anonymous);
-            let grant = match self.callers.authorize_issue(&principal, &parsed) {
-                Ok(grant) => grant,
-                Err(error) => {
-                    let label = error.label();
-                    let status = Status::from(error);
-                    self.issue_refused(Some(&principal), Outcome::Refused, label, &status)
-                        .await;
-                    return Err(status);
-                }
-            };
-            parsed.ttl = grant.ttl;
-            let parsed = Arc::new(parsed);
-            let sign = {
-                let authority = Arc::clone(&self.authority);
-                let parsed = Arc::clone(&parsed);
-                let claims = grant.claims;
-                let expires_by = grant.expires_by;
-                move || {
-                    let started = Instant::now();
-                    let signed_at = now_precise();
-                    let issued =
-                        authority.issue_by(&parsed, &claims, alg, signed_at.as_secs(), expires_by);
-                    (issued.map(|issued| (issued, signed_at)), started.elapsed())
-                }
-            };
-            let resolved = settings.algorithm(alg).map_err(AuthorityError::from)?;
-            // An RSA signature is hundreds of microseconds of CPU: it runs on the signing
-            // pool, in arrival order. ECDSA and Ed25519 sign in tens of microseconds, less
-            // than any hand-off costs, so they sign inline (measured: README, Performance).
-            let (issued, signing) = if resolved.is_slow_to_sign() {
-                self.signing_pool.run(sign).await?
-            } else {
-                sign()
-            };
-            let (issued, signed_at) = issued?;
-            self.metrics.token_issued(issued.alg, signing);
-            // The token leaves only once its line is written (else UNAVAILABLE).
-            self.callers
-                .record(&Entry {
-                    at: issued.issued_at,
-                    method: "IssueToken",
-                    caller: principal.name(),
-                    via: if self.callers.is_open() {
-                        "open"
-                    } else {
-                        principal.via()
-                    },
-                    outcome: Some(Outcome::Allowed),
-                    subject: Some(&parsed.subject),
-                    audiences: &parsed.audiences,
-                    ttl: Some(parsed.ttl),
-                    jti: Some(&issued.jti),
-                    kid: Some(&issued.kid),
-                    rule: grant.rule,
-                    ..Entry::default()
-                })
-                .await?;
-            tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
-            Ok(Response::new(pb::IssueTokenResponse {
-                token: issued.token,
-                key_id: issued.kid,
-                jti: issued.jti,
-                // To the nanosecond (the `iat` claim is its whole seconds): a client
-                // measures the token's life as expires_at - issued_at, and whole seconds
-                // would overstate it by up to one.
-                issued_at: Some(prost_types::Timestamp {
-                    seconds: i64::try_from(issued.issued_at).unwrap_or(i64::MAX),
-                    nanos: i32::try_from(signed_at.subsec_nanos()).unwrap_or(0),
-                }),
-                expires_at: Some(timestamp(issued.expires_at)),
-            }))
-        })
+                };
+                parsed.ttl = grant.ttl;
+                let parsed = Arc::new(parsed);
+                let sign = {
+                    let authority = Arc::clone(&self.authority);
+                    let parsed = Arc::clone(&parsed);
+                    let claims = grant.claims;
+                    let expires_by = grant.expires_by;
+                    move || {
+                        let started = Instant::now();
+                        let signed_at = now_precise();
+                        let issued = authority.issue_by(
+                            &parsed,
+                            &claims,
+                            alg,
+                            signed_at.as_secs(),
+                            expires_by,
+                        );
+                        (issued.map(|issued| (issued, signed_at)), started.elapsed())
+                    }
+                };
+                let resolved = settings.algorithm(alg).map_err(AuthorityError::from)?;
+                // An RSA signature is hundreds of microseconds of CPU: it runs on the signing
+                // pool, in arrival order. ECDSA and Ed25519 sign in tens of microseconds, less
+                // than any hand-off costs, so they sign inline (measured: README, Performance).
+                let (issued, signing) = if resolved.is_slow_to_sign() {
+                    self.signing_pool.run(sign).await?
+                } else {
+                    sign()
+                };
+                let (issued, signed_at) = issued?;
+                self.metrics.token_issued(issued.alg, signing);
+                // The token leaves only once its line is written (else UNAVAILABLE).
+                self.callers
+                    .record(&Entry {
+                        at: issued.issued_at,
+                        method: DecidedMethod::IssueToken,
+                        caller: principal.name(),
+                        via: if self.callers.is_open() {
+                            "open"
+                        } else {
+                            principal.via()
+                        },
+                        outcome: Some(Outcome::Allowed),
+                        subject: Some(&parsed.subject),
+                        audiences: &parsed.audiences,
+                        ttl: Some(parsed.ttl),
+                        jti: Some(&issued.jti),
+                        kid: Some(&issued.kid),
+                        rule: grant.rule,
+                        ..Entry::default()
+                    })
+                    .await?;
+                tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
+                Ok(Response::new(pb::IssueTokenResponse {
+                    token: issued.token,
+                    key_id: issued.kid,
+                    jti: issued.jti,
+                    // To the nanosecond (the `iat` claim is its whole seconds): a client
+                    // measures the token's life as expires_at - issued_at, and whole seconds
+                    // would overstate it by up to one.
+                    issued_at: Some(prost_types::Timestamp {
+                        seconds: i64::try_from(issued.issued_at).unwrap_or(i64::MAX),
+                        nanos: i32::try_from(signed_at.subsec_nanos()).unwrap_or(0),
+                    }),
+                    expires_at: Some(timestamp(issued.expires_at)),
+                }))
+            },
+        )
         .await
     }
 
@@ -239,7 +249,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, "VerifyToken", async {
+        observe(&self.metrics, &self.log_limiter, Method::VerifyToken, async {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
             let verdict = self.authority.verify(&request.token, audience, now());
@@ -277,7 +287,7 @@ impl TokenAuthority for GrpcService {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, "GetJwks", async {
+        observe(&self.metrics, &self.log_limiter, Method::GetJwks, async {
             Ok(Response::new(jwks_response(&self.authority.keys())))
         })
         .await
@@ -291,7 +301,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        observe(&self.metrics, &self.log_limiter, "WatchKeys", async {
+        observe(&self.metrics, &self.log_limiter, Method::WatchKeys, async {
             let peer = WatcherPeer {
                 addr: request
                     .extensions()
@@ -311,8 +321,8 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, "RotateKeys", async {
-            let principal = self.check_admin(&request, "RotateKeys").await?;
+        observe(&self.metrics, &self.log_limiter, Method::RotateKeys, async {
+            let principal = self.check_admin(&request, DecidedMethod::RotateKeys).await?;
             let request = request.into_inner();
             let alg = parse_algorithm(&request.algorithm)?;
             let asked = format!(
@@ -320,13 +330,13 @@ impl TokenAuthority for GrpcService {
                 alg.map_or("default", |alg| alg.name()),
                 request.force
             );
-            self.admin_line(&principal, "RotateKeys", Outcome::Allowed, &asked)
+            self.admin_line(&principal, DecidedMethod::RotateKeys, Outcome::Allowed, &asked)
                 .await?;
             let outcome = match self.authority.rotate(alg, request.force, now()).await {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     let status = Status::from(error);
-                    self.admin_result(&principal, "RotateKeys", Outcome::Failed, status.message())
+                    self.admin_result(&principal, DecidedMethod::RotateKeys, Outcome::Failed, status.message())
                         .await;
                     return Err(status);
                 }
@@ -335,7 +345,7 @@ impl TokenAuthority for GrpcService {
             tracing::info!(current = %outcome.current_kid, previous = %outcome.previous_kid, "keys rotated");
             self.admin_result(
                 &principal,
-                "RotateKeys",
+                DecidedMethod::RotateKeys,
                 Outcome::Done,
                 &format!("current {} previous {}", outcome.current_kid, outcome.previous_kid),
             )
@@ -353,8 +363,8 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, "RevokeKey", async {
-            let principal = self.check_admin(&request, "RevokeKey").await?;
+        observe(&self.metrics, &self.log_limiter, Method::RevokeKey, async {
+            let principal = self.check_admin(&request, DecidedMethod::RevokeKey).await?;
             let request = request.into_inner();
             if request.key_id.is_empty() {
                 return Err(Status::invalid_argument("key_id: is required"));
@@ -365,7 +375,7 @@ impl TokenAuthority for GrpcService {
             }
             self.admin_line(
                 &principal,
-                "RevokeKey",
+                DecidedMethod::RevokeKey,
                 Outcome::Allowed,
                 &format!("revoke {}", request.key_id),
             )
@@ -375,8 +385,13 @@ impl TokenAuthority for GrpcService {
                 Ok(done) => done,
                 Err(error) => {
                     let status = Status::from(error);
-                    self.admin_result(&principal, "RevokeKey", Outcome::Failed, status.message())
-                        .await;
+                    self.admin_result(
+                        &principal,
+                        DecidedMethod::RevokeKey,
+                        Outcome::Failed,
+                        status.message(),
+                    )
+                    .await;
                     return Err(status);
                 }
             };
@@ -396,7 +411,7 @@ impl TokenAuthority for GrpcService {
             );
             self.admin_result(
                 &principal,
-                "RevokeKey",
+                DecidedMethod::RevokeKey,
                 Outcome::Done,
                 &format!("revoked {} current {current}", request.key_id),
             )
@@ -415,10 +430,15 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, "ListKeys", async {
-            let principal = self.check_admin(&request, "ListKeys").await?;
-            self.admin_line(&principal, "ListKeys", Outcome::Allowed, "listed")
-                .await?;
+        observe(&self.metrics, &self.log_limiter, Method::ListKeys, async {
+            let principal = self.check_admin(&request, DecidedMethod::ListKeys).await?;
+            self.admin_line(
+                &principal,
+                DecidedMethod::ListKeys,
+                Outcome::Allowed,
+                "listed",
+            )
+            .await?;
             Ok(Response::new(pb::ListKeysResponse {
                 keys: key_infos(&self.authority.keys()),
             }))

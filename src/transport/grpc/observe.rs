@@ -5,7 +5,10 @@ use std::time::Instant;
 use tonic::Status;
 use tracing::{field, Instrument as _};
 
-use crate::{callers::audit::Limiter, metrics::Metrics};
+use crate::{
+    callers::audit::Limiter,
+    metrics::{LabelValue, Method, Metrics},
+};
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
 /// `info` for failures and admin RPCs, at `debug` for the data plane's successful calls.
@@ -15,12 +18,12 @@ use crate::{callers::audit::Limiter, metrics::Metrics};
 pub(super) async fn observe<T>(
     metrics: &Metrics,
     limiter: &Limiter,
-    method: &'static str,
+    method: Method,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let span = tracing::info_span!(
         "rpc",
-        method,
+        method = method.as_str(),
         outcome = field::Empty,
         latency_us = field::Empty
     );
@@ -36,7 +39,7 @@ pub(super) async fn observe<T>(
     span.record("latency_us", latency.as_micros() as u64);
     let data_plane = matches!(
         method,
-        "IssueToken" | "VerifyToken" | "GetJwks" | "WatchKeys"
+        Method::IssueToken | Method::VerifyToken | Method::GetJwks | Method::WatchKeys
     );
     match &result {
         Ok(_) if data_plane => span.in_scope(|| tracing::debug!("rpc finished")),
@@ -44,7 +47,9 @@ pub(super) async fn observe<T>(
         // Failures are counted by the metrics whatever happens here; their log lines are
         // rate-limited, with a summary of what was left out.
         Err(status) => {
-            if let Some(suppressed) = limiter.admit(&format!("{method}:{:?}", status.code())) {
+            if let Some(suppressed) =
+                limiter.admit(&format!("{}:{:?}", method.as_str(), status.code()))
+            {
                 if !suppressed.is_empty() {
                     let count: u64 = suppressed.values().sum();
                     tracing::info!(count, by_method_and_code = ?suppressed, "failed-call log lines suppressed by the rate limit");
