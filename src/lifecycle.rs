@@ -718,13 +718,17 @@ mod tests {
             started.iter().find(|r| r.kid == "k201").unwrap().state,
             KeyState::Current
         );
-        assert!(import(
+        let again = import(
             &started,
             Counter(200).generate(Algorithm::ES256).unwrap(),
             30,
-            HOUR
-        )
-        .is_err());
+            HOUR,
+        );
+        assert!(
+            matches!(again, Err(LifecycleError::DuplicateKid(ref kid)) if kid == "k201"),
+            "{:?}",
+            again.map(|_| ())
+        );
     }
 
     #[test]

@@ -181,7 +181,10 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_job_fails_its_caller_and_the_pool_goes_on() {
         let pool = SigningPool::new(1).unwrap();
-        assert!(pool.run(|| -> u8 { panic!("boom") }).await.is_err());
+        assert_eq!(
+            pool.run(|| -> u8 { panic!("boom") }).await,
+            Err(PoolError::Stopped)
+        );
         // The only thread survived the panic.
         assert_eq!(pool.run(|| 1u8).await.unwrap(), 1);
     }

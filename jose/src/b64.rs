@@ -23,8 +23,16 @@ mod tests {
     #[test]
     fn decoding_is_strict() {
         assert_eq!(decode("AQAB").unwrap(), vec![1, 0, 1]);
-        for bad in ["AQAB=", "AQ AB", "AQ+B", "AQ/B", "AR", "A"] {
-            assert!(decode(bad).is_err(), "{bad:?} must not decode");
+        use base64::DecodeError::{InvalidByte, InvalidLastSymbol, InvalidLength};
+        for (bad, error) in [
+            ("AQAB=", InvalidByte(4, b'=')),
+            ("AQ AB", InvalidByte(2, b' ')),
+            ("AQ+B", InvalidByte(2, b'+')),
+            ("AQ/B", InvalidByte(2, b'/')),
+            ("AR", InvalidLastSymbol(1, b'R')),
+            ("A", InvalidLength(1)),
+        ] {
+            assert_eq!(decode(bad), Err(error), "{bad:?}");
         }
     }
 }

@@ -632,8 +632,16 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert_eq!(checked_name("svc".into()), Ok("svc".into()));
-        assert!(checked_name("client:batch".into()).is_err());
-        assert!(checked_name(String::new()).is_err());
+        assert_eq!(
+            checked_name("client:batch".into()),
+            Err(IdentityError::Name(
+                "starts with client:, which only client secrets may prove"
+            ))
+        );
+        assert_eq!(
+            checked_name(String::new()),
+            Err(IdentityError::Name("is empty"))
+        );
         for hidden in [
             "a\nb",
             "a\u{2028}b",
@@ -649,6 +657,9 @@ mod tests {
                 "{hidden:?}"
             );
         }
-        assert!(checked_name("x".repeat(1025)).is_err());
+        assert_eq!(
+            checked_name("x".repeat(1025)),
+            Err(IdentityError::Name("is longer than 1024 bytes"))
+        );
     }
 }

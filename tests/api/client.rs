@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use token_authority::pb;
 use token_authority_client::{
     interceptor::{verify_bearer_layer, AttachToken},
-    Credentials, Reason, TokenRequest, TokenSource, Verified, Verifier, VerifierSettings,
+    ClientError, Credentials, Reason, TokenRequest, TokenSource, Verified, Verifier,
+    VerifierSettings,
 };
 use tonic::{transport::Channel, Code};
 
@@ -144,7 +145,10 @@ async fn with_the_authority_down_cached_tokens_and_local_verification_work_then_
     while crate::helpers::now() < u64::try_from(expires).unwrap() + 1 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(source.token().await.is_err());
+    assert_eq!(
+        rpc_error(source.token().await),
+        (Code::Unavailable, "tcp connect error".to_owned())
+    );
 
     // Back on the same addresses, with the same keys: both recover by themselves.
     let server = TestServer::start_with(config(
@@ -310,7 +314,13 @@ async fn credentials_client_secret_and_a_token_file_reread_when_it_changes() {
         ask(PAYMENTS_SA),
         Credentials::BearerFile(file.clone()),
     );
-    assert!(projected.token().await.is_err());
+    assert_eq!(
+        rpc_error(projected.token().await),
+        (
+            Code::Unauthenticated,
+            "bearer token: the token has expired".to_owned()
+        )
+    );
     std::fs::write(&file, issuer.good(PAYMENTS_SA) + "\n").unwrap();
     let token = projected.token().await.unwrap();
     assert_eq!(local.verify(&token).unwrap().subject, PAYMENTS_SA);
@@ -319,6 +329,14 @@ async fn credentials_client_secret_and_a_token_file_reread_when_it_changes() {
 }
 
 /// A counter of the server's /metrics, zero before its first sample.
+/// The code and message of the authority's answer in `result`, which must be that error.
+fn rpc_error(result: Result<String, ClientError>) -> (Code, String) {
+    match result {
+        Err(ClientError::Rpc(status)) => (status.code(), status.message().to_owned()),
+        other => panic!("not an error of the authority: {other:?}"),
+    }
+}
+
 async fn counter(server: &TestServer, name: &str) -> f64 {
     crate::helpers::metric_sample(server, name)
         .await
@@ -391,7 +409,10 @@ async fn without_watch_keys_the_http_jwks_is_used_with_its_etag_and_an_unknown_k
     while refetched_at.elapsed() < Duration::from_millis(2100) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(local.verify(&made_up).is_err());
+    assert_eq!(
+        local.verify(&made_up).unwrap_err().reason,
+        Reason::UnknownKey
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while counter(&server, not_modified).await < 1.0 {
         assert!(Instant::now() < deadline, "no conditional refetch");

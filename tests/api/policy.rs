@@ -11,6 +11,7 @@ use std::{
 };
 
 use token_authority::crypto;
+use tonic::Code;
 
 use crate::{
     callers::{ask, basic, hex, issue_as, start_with_policy},
@@ -183,7 +184,14 @@ async fn a_file_caught_half_written_is_never_applied() {
     let server = Arc::new(server);
     let as_a = basic("a", "secret-a");
     let long = || ask("client:a", &["api"], Some(3600), "");
-    assert!(issue_as(&server, Some(&as_a), long()).await.is_err());
+    let over = |allowed: &str| {
+        format!("ttl: 3600s is above the {allowed} allowed for caller \"client:a\"")
+    };
+    let refused = issue_as(&server, Some(&as_a), long()).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::PermissionDenied, over("60s").as_str())
+    );
 
     // While the file is half-written, ask for an hour over and over.
     let stop = Arc::new(AtomicBool::new(false));
@@ -240,6 +248,10 @@ async fn a_file_caught_half_written_is_never_applied() {
         "the half-written file was applied"
     );
     assert_eq!(metric(&server, ok).await, 1.0);
-    assert!(issue_as(&server, Some(&as_a), long()).await.is_err());
+    let refused = issue_as(&server, Some(&as_a), long()).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::PermissionDenied, over("300s").as_str())
+    );
     Arc::try_unwrap(server).ok().unwrap().stop().await;
 }

@@ -4,7 +4,8 @@
 //! Each test that needs one starts its own, so a test that stops the database under load
 //! cannot disturb another. When the tests run as root the server runs as the `postgres`
 //! user, because PostgreSQL refuses to run as root. The binaries come from
-//! `/usr/lib/postgresql/15/bin` (Debian's `postgresql` package), or `TA_TEST_PG_BIN`.
+//! `/usr/lib/postgresql/15/bin` (Debian's `postgresql` package), or `TA_TEST_PG_BIN`
+//! (`binaries`).
 
 use std::{
     path::{Path, PathBuf},
@@ -13,16 +14,12 @@ use std::{
 
 use base64::Engine as _;
 
+mod binaries;
+
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
-}
-
-fn pg_bin() -> PathBuf {
-    std::env::var_os("TA_TEST_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 fn is_root() -> bool {
@@ -59,14 +56,9 @@ fn free_port() -> u16 {
 }
 
 impl Postgres {
-    /// A new cluster, started and accepting connections (`pg_ctl -w` waits for that).
-    pub fn start() -> Postgres {
-        let bin = pg_bin();
-        assert!(
-            bin.join("initdb").exists(),
-            "PostgreSQL server binaries not found in {} (install Debian's `postgresql` package, or set TA_TEST_PG_BIN)",
-            bin.display()
-        );
+    /// A new cluster of the binaries in `bin`, started and accepting connections (`pg_ctl -w`
+    /// waits for that).
+    fn start(bin: PathBuf) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             let status = Command::new("chown")
@@ -287,7 +279,12 @@ pub enum Store {
 impl Store {
     /// A fresh cluster and KEK.
     pub async fn postgres() -> Store {
-        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+        // Checked on the test's own thread: there a missing binary fails the test with its
+        // one line, where inside `spawn_blocking` it would come back as a JoinError.
+        let bin = binaries::dir();
+        let pg = tokio::task::spawn_blocking(move || Postgres::start(bin))
+            .await
+            .unwrap();
         let kek_dir = tempfile::tempdir().unwrap();
         let kek = kek_file(kek_dir.path()).display().to_string();
         Store::Postgres {

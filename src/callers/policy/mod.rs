@@ -535,8 +535,12 @@ mod tests {
         assert!(policy
             .decide(&caller("*"), &ask("*-x", &["a"], None, &[]))
             .is_ok());
-        assert!(policy
-            .decide(&caller("*"), &ask("other-x", &["a"], None, &[]))
-            .is_err());
+        assert_eq!(
+            policy
+                .decide(&caller("*"), &ask("other-x", &["a"], None, &[]))
+                .unwrap_err()
+                .to_string(),
+            "subject: \"other-x\" is not allowed for caller \"*\""
+        );
     }
 }

@@ -159,19 +159,33 @@ mod tests {
         let text = manifest.seal(&keks, &position(3)).unwrap();
         let opened = Manifest::open(&text, &keks, &position(3)).unwrap();
         assert!(opened.check("k1", "row one").is_ok());
-        assert!(opened.check("k1", "row one, edited").is_err());
-        assert!(opened.check("k2", "row one").is_err());
+        assert_eq!(
+            opened.check("k1", "row one, edited"),
+            Err("the row does not match the key set's manifest: edited by hand or written back from a backup".into())
+        );
+        assert_eq!(
+            opened.check("k2", "row one"),
+            Err("the row is not in the key set's manifest: inserted by hand or copied from another database".into())
+        );
+        let refused = |text: &str, keks: &Keks, at: &Position| {
+            Manifest::open(text, keks, at).map(|_| ()).unwrap_err()
+        };
+        // The position is authenticated data: opened elsewhere, the seal does not open.
+        let unauthentic = "the key set's manifest does not authenticate (edited by hand, or sealed under a KEK not in the file): it does not open with KEK kek-S7Bvjk46dxX: a wrong KEK, or a record moved onto another key";
         // Another generation, lineage or database: refused.
-        assert!(Manifest::open(&text, &keks, &position(4)).is_err());
+        assert_eq!(refused(&text, &keks, &position(4)), unauthentic);
         let other = Position {
             lineage: "m".into(),
             ..position(3)
         };
-        assert!(Manifest::open(&text, &keks, &other).is_err());
+        assert_eq!(refused(&text, &keks, &other), unauthentic);
         // A row digest edited in the stored manifest: refused.
         let edited = text.replace(&Manifest::digest("row one"), &Manifest::digest("x"));
-        assert!(Manifest::open(&edited, &keks, &position(3)).is_err());
+        assert_eq!(refused(&edited, &keks, &position(3)), unauthentic);
         // Another KEK: refused.
-        assert!(Manifest::open(&text, &Keks::from_bytes(&[[8; 32]]), &position(3)).is_err());
+        assert_eq!(
+            refused(&text, &Keks::from_bytes(&[[8; 32]]), &position(3)),
+            "the key set's manifest does not authenticate (edited by hand, or sealed under a KEK not in the file): it was sealed with KEK kek-S7Bvjk46dxX, which is not in the KEK file"
+        );
     }
 }

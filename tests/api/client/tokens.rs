@@ -8,8 +8,9 @@ use std::{
 };
 
 use token_authority_client::{Credentials, TokenRequest, TokenSource};
+use tonic::Code;
 
-use super::{channel, counter, request, verifier};
+use super::{channel, counter, request, rpc_error, verifier};
 use crate::{
     callers::{policy_text, start_with_policy, Issuer, PAYMENTS_SA},
     helpers::{metric, now, DataDir, TestServer},
@@ -201,7 +202,13 @@ async fn a_projected_token_swapped_in_by_the_kubelet_is_used_at_the_next_fetch()
         Credentials::BearerFile(volume.token()),
     );
     let before = counter(&server, ISSUE_CALLS).await;
-    assert!(source.token().await.is_err());
+    assert_eq!(
+        rpc_error(source.token().await),
+        (
+            Code::Unauthenticated,
+            "bearer token: the token has expired".to_owned()
+        )
+    );
     // Refused, and the file unchanged: the same token is not sent twice.
     assert_eq!(counter(&server, ISSUE_CALLS).await - before, 1.0);
 
