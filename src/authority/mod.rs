@@ -27,10 +27,12 @@ use crate::{
     lifecycle::{self, LifecycleError, Plan, Timing},
     store::{Change, KeyStore, Position, StoreError},
 };
+pub use error::ErrorKind;
 use replica::Replica;
 use served::Served;
 
 mod changes;
+mod error;
 mod replica;
 mod served;
 

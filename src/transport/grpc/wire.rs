@@ -4,8 +4,14 @@
 use tonic::Status;
 
 use crate::{
-    authority::AuthorityError, callers::CallerError, crypto::Algorithm, domain::InvalidArgument,
-    jwt::verify::Reason, keys::KeyState, keyset::KeySet, lifecycle::LifecycleError, pb,
+    authority::{AuthorityError, ErrorKind},
+    callers::CallerError,
+    crypto::Algorithm,
+    domain::InvalidArgument,
+    jwt::verify::Reason,
+    keys::KeyState,
+    keyset::KeySet,
+    pb,
     signing_pool::PoolError,
 };
 
@@ -42,30 +48,19 @@ impl From<PoolError> for Status {
 /// failures say "internal error" while the cause goes to the log.
 impl From<AuthorityError> for Status {
     fn from(error: AuthorityError) -> Status {
-        match error {
-            AuthorityError::InvalidArgument(invalid) => {
-                Status::invalid_argument(invalid.to_string())
-            }
-            AuthorityError::Lifecycle(
-                error @ (LifecycleError::NotYetSafe { .. } | LifecycleError::LastUsableKey(..)),
-            ) => Status::failed_precondition(error.to_string()),
-            AuthorityError::Lifecycle(error @ LifecycleError::UnknownKey(_)) => {
-                Status::not_found(error.to_string())
-            }
-            // The database is down, or another replica holds the change lock: nothing
-            // changed, and the client may retry.
-            AuthorityError::Store(error) if error.is_transient() => {
+        let message = error.public_message();
+        match error.kind() {
+            ErrorKind::InvalidArgument => Status::invalid_argument(message),
+            ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+            ErrorKind::NotFound => Status::not_found(message),
+            // Nothing changed, and the client may retry.
+            ErrorKind::Unavailable => {
                 tracing::error!(%error, "request failed");
-                Status::unavailable(error.outcome().unwrap_or("unavailable"))
+                Status::unavailable(message)
             }
-            // A failed lifecycle write says whether it took effect, never why.
-            AuthorityError::Store(error) if error.outcome().is_some() => {
+            ErrorKind::Internal => {
                 tracing::error!(%error, "request failed");
-                Status::internal(error.outcome().unwrap_or("internal error"))
-            }
-            other => {
-                tracing::error!(error = %other, "request failed");
-                Status::internal("internal error")
+                Status::internal(message)
             }
         }
     }
