@@ -142,14 +142,8 @@ fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap
 }
 
 fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -300,4 +294,22 @@ fn toml_to_json(value: &toml::Value) -> Option<Value> {
                 .collect::<Option<_>>()?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_hex;
+
+    #[test]
+    fn a_secret_digest_is_exactly_64_hex_digits() {
+        let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(decode_hex(digest).unwrap()[0], 0x9f);
+        assert_eq!(decode_hex(&digest.to_uppercase()), decode_hex(digest));
+        assert_eq!(decode_hex(&format!(" {digest}\n")), decode_hex(digest));
+        // A sign is not a digit: "+a" is not the byte 0x0a (u8::from_str_radix took it).
+        assert_eq!(decode_hex(&"+a".repeat(32)), None);
+        assert_eq!(decode_hex(&digest[..62]), None);
+        assert_eq!(decode_hex(&format!("{digest}00")), None);
+        assert_eq!(decode_hex(&digest.replace('9', "g")), None);
+    }
 }
