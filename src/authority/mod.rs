@@ -226,7 +226,7 @@ impl Authority {
         position: Position,
         now: u64,
     ) -> Authority {
-        let replica = Replica::default();
+        let replica = Replica::new();
         replica.serving(position, set.records());
         let policy = Policy {
             issuer: settings.issuer.clone(),
@@ -253,6 +253,13 @@ impl Authority {
             KeyStore::Sled(_) => 0,
             KeyStore::Postgres(_) => now.saturating_sub(self.synced_at.load(Ordering::Acquire)),
         }
+    }
+
+    /// Whether this replica serves what the shared store holds: false from finding its
+    /// history gone back (a restore) until the revocations are written back and the set
+    /// it holds is served. Always true with a store only this process writes.
+    pub fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.replica.in_step()
     }
 
     /// How many times the shared store's history was seen going back (a restore).

@@ -21,7 +21,7 @@ use crate::{
     store::{Position, RefusedRow},
 };
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Replica {
     position: Mutex<Position>,
     /// Kid -> reason, of every key seen revoked since the start.
@@ -32,9 +32,29 @@ pub(super) struct Replica {
     /// How often this replica re-reads the store (and acknowledges what it serves), in
     /// milliseconds; 0 until the sync task starts.
     sync_interval_ms: AtomicU64,
+    /// False from finding the database's history gone back until this replica serves
+    /// what the database holds again (its revocations written back).
+    in_step: tokio::sync::watch::Sender<bool>,
 }
 
 impl Replica {
+    pub fn new() -> Replica {
+        Replica {
+            position: Mutex::default(),
+            revoked: Mutex::default(),
+            rewinds: AtomicU64::default(),
+            refused: Mutex::default(),
+            refused_count: AtomicUsize::default(),
+            sync_interval_ms: AtomicU64::default(),
+            in_step: tokio::sync::watch::Sender::new(true),
+        }
+    }
+
+    /// Whether this replica serves what the database holds, now and at every change.
+    pub fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.in_step.subscribe()
+    }
+
     pub fn position(&self) -> Position {
         self.position
             .lock()
@@ -44,6 +64,8 @@ impl Replica {
 
     /// Records that the set now served was read at `position`, and its revocations.
     pub fn serving(&self, position: Position, records: &[KeyRecord]) {
+        self.in_step
+            .send_if_modified(|in_step| !std::mem::replace(in_step, true));
         *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
         let mut revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
         for record in records.iter().filter(|r| r.state == KeyState::Revoked) {
@@ -66,6 +88,7 @@ impl Replica {
 
     pub fn went_back(&self, held: &Position, found: &Position) {
         self.rewinds.fetch_add(1, Ordering::Relaxed);
+        self.in_step.send_replace(false);
         tracing::error!(
             held = %held,
             found = %found,

@@ -46,7 +46,8 @@ mod tasks;
 pub use error::ServerError;
 pub use open::keystore_path;
 use open::{check_files, open_callers, open_shared, open_sled};
-use tasks::{run_schedule, run_sync};
+pub use tasks::KEYSTORE_HEALTH;
+use tasks::{report_keystore_health, run_schedule, run_sync};
 
 /// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
 /// Larger ones are refused before they are decoded.
@@ -283,6 +284,11 @@ pub async fn run(
         Arc::clone(&authority),
         config.store_sync_interval,
         store_back,
+        stop_rx.clone(),
+    ));
+    tokio::spawn(report_keystore_health(
+        Arc::clone(&authority),
+        health_reporter.clone(),
         stop_rx.clone(),
     ));
     let reload_task = config.policy_file.clone().map(|path| {

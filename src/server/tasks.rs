@@ -112,3 +112,29 @@ pub(super) async fn run_schedule(
         }
     }
 }
+
+/// The gRPC health service name that reports whether this replica serves what the shared
+/// keystore holds (NOT_SERVING from finding the database's history gone back until the
+/// replica has caught up). It leaves `/readyz` and the main service's health alone: the
+/// data plane keeps answering with the key set held, which never brings a revoked key back.
+pub const KEYSTORE_HEALTH: &str = "keystore";
+
+pub(super) async fn report_keystore_health(
+    authority: Arc<Authority>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut in_step = authority.in_step();
+    loop {
+        let status = if *in_step.borrow_and_update() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status(KEYSTORE_HEALTH, status).await;
+        tokio::select! {
+            changed = in_step.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -63,6 +63,15 @@ async fn grpcurl_discovers_and_drives_the_api() {
 
     let health = ok(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
+    // The README's check of the keystore's health (a single authority is always in step).
+    let keystore = ok(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"keystore"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(keystore.contains("\"SERVING\""), "{keystore}");
 
     let issued: serde_json::Value = serde_json::from_str(&ok(&[
         "-plaintext", "-d", r#"{"subject":"billing","audience":["ledger"],"ttl":"300s","claims_json":"{\"tenant\":\"acme\"}"}"#,

@@ -372,3 +372,80 @@ async fn a_change_planned_on_a_restored_database_keeps_the_revocations() {
         .map(|r| r.state);
     assert_eq!(record, Some(token_authority::keys::KeyState::Revoked));
 }
+
+async fn health(server: &TestServer, service: &str) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        crate::helpers::endpoint(server.grpc_addr, None).connect_lazy(),
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// A restore the replica cannot write its revocations back to (the database refuses writes
+/// to the keys, as a read-only standby would): the replica keeps serving the set it holds,
+/// the revoked key still refused, and says so in the gRPC health of `keystore` (NOT_SERVING)
+/// while the main service and /readyz stay up; once the database takes writes again it
+/// catches up and `keystore` is SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_catch_up_after_a_restore_says_so_in_its_health() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let shared = Store::postgres().await;
+    let dir = DataDir::new();
+    let a = replica(&shared, &dir).await;
+    assert_eq!(health(&a, "keystore").await, ServingStatus::Serving as i32);
+    let old = a.issue("svc", &["aud"]).await;
+    back_up(&shared, "before");
+    revoke(&a, &old.key_id).await.unwrap();
+
+    // The restore, and from its end on the keys refuse writes.
+    let mut sql = String::from(
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'read-only'; \
+         END $$ LANGUAGE plpgsql; BEGIN;",
+    );
+    for table in TABLES {
+        sql.push_str(&format!(
+            "DELETE FROM {table}; INSERT INTO {table} SELECT * FROM before_{table};"
+        ));
+    }
+    sql.push_str(
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON ta_keys \
+         FOR EACH ROW EXECUTE FUNCTION refuse(); COMMIT;",
+    );
+    shared.pg().psql(&sql);
+
+    let started = Instant::now();
+    while health(&a, "keystore").await != ServingStatus::NotServing as i32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "keystore health stayed SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&a, REWINDS).await >= 1.0);
+    assert!(!a.verify(&old.token, "aud").await.valid);
+    assert_ne!(a.issue("svc", &["aud"]).await.key_id, old.key_id);
+    assert_eq!(
+        health(&a, "tokenauthority.v1.TokenAuthority").await,
+        ServingStatus::Serving as i32
+    );
+    let ready = a.http.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    shared.pg().psql("DROP TRIGGER refuse ON ta_keys");
+    let started = Instant::now();
+    while health(&a, "keystore").await != ServingStatus::Serving as i32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "keystore health stayed NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_state(&shared, &old.key_id).trim(), "revoked");
+    a.stop().await;
+}
