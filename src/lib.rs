@@ -21,8 +21,8 @@
 //!   from `token-authority-jose`, as are `crypto` and `b64`).
 //! - `metrics`: Prometheus metrics.
 //! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
-//! - `file_modes`: owner-only files, and the start-up check of secrets' modes; `backoff`:
-//!   retry pacing.
+//! - `file_modes`: owner-only files, and the start-up check of secrets' modes (retry
+//!   pacing is `token_authority_jose::backoff`, shared with the client).
 //! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
 #![deny(clippy::unwrap_used)]
@@ -33,7 +33,6 @@ pub use token_authority_jose::{b64, crypto, jwk, jwt};
 
 pub mod admin;
 pub mod authority;
-pub mod backoff;
 pub mod bench;
 pub mod callers;
 pub mod cli;

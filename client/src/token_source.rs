@@ -22,7 +22,7 @@ mod credentials;
 
 use std::{sync::Arc, time::Duration};
 
-use token_authority_jose::crypto;
+use token_authority_jose::backoff::{jitter, Backoff};
 use tokio::time::Instant;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 
@@ -275,14 +275,6 @@ impl Inner {
     }
 }
 
-/// A random duration up to `max`.
-fn jitter(max: Duration) -> Duration {
-    let random = crypto::random_bytes(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .unwrap_or(0);
-    max.mul_f64(f64::from(random) / f64::from(u16::MAX))
-}
-
 /// Refreshes the cached token at its refresh time, retrying with backoff on failure, for as
 /// long as the source lives.
 async fn refresh(inner: std::sync::Weak<Inner>) {
@@ -290,7 +282,7 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
         Some(inner) => inner.cached.subscribe(),
         None => return,
     };
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(0.25);
     let mut had_token = false;
     loop {
         let refresh_at = changes.borrow_and_update().as_ref().map(|c| c.refresh_at);
@@ -325,11 +317,11 @@ async fn refresh(inner: std::sync::Weak<Inner>) {
         let result = source.refresh_if_due().await;
         drop(source);
         match result {
-            Ok(_) => backoff = FIRST_BACKOFF,
+            Ok(_) => backoff.reset(),
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "token refresh failed; serving the cached token until it expires");
-                tokio::time::sleep(jitter(backoff / 4) + backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?wait, "token refresh failed; serving the cached token until it expires");
+                tokio::time::sleep(wait).await;
             }
         }
         changes.mark_changed();

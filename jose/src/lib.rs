@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - `b64`: strict base64url without padding.
+//! - `backoff`: retry pacing with jitter, for the server and the client alike.
 //! - `jwt`: signing compact JWS tokens and verifying them (RFC 7515, 7519, 8725);
 //!   `jwt::json` the strict JSON object parser.
 //! - `jwk`: public JWKs, RFC 7638 thumbprints, and the JWKS document.
@@ -15,6 +16,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod b64;
+pub mod backoff;
 pub mod crypto;
 pub mod jwk;
 pub mod jwt;

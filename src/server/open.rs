@@ -1,13 +1,14 @@
 //! What the server opens before it serves: the keystore (sled in the data directory, or the
 //! shared database, waited for), the files whose modes it checks, and the caller layer.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use token_authority_jose::backoff::Backoff;
 
 use super::{unix_now, ServerError};
 use crate::{
     admin::AdminToken,
     authority::{Authority, AuthorityError, Settings},
-    backoff::Backoff,
     callers::{
         audit::{self, AuditLog, AuditSettings},
         reload, CallerSettings, Callers,
@@ -61,7 +62,7 @@ pub(super) async fn open_shared(
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Authority>, ServerError> {
     let store = Arc::new(PgStore::new(pg, keks)?);
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let attempt = async {
             store.migrate().await?;

@@ -4,12 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use token_authority_jose::backoff::Backoff;
 use tokio::sync::{watch, Notify};
 
 use super::unix_now;
 use crate::{
     authority::{Authority, AuthorityError},
-    backoff::Backoff,
     metrics::Metrics,
 };
 
@@ -101,7 +101,7 @@ pub(super) async fn run_schedule(
                 failures += 1;
                 metrics.scheduled_step_failed();
                 backoff.get_or_insert_with(|| {
-                    Backoff::between(Duration::from_secs(1), Duration::from_secs(60))
+                    Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
                 });
                 if matches!(&error, AuthorityError::Store(error) if error.is_transient()) {
                     tracing::warn!(%error, failures, "scheduled key lifecycle step waits for the keystore database");

@@ -12,7 +12,7 @@
 use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use token_authority_jose::crypto;
+use token_authority_jose::backoff::{jitter, Backoff};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -44,12 +44,12 @@ impl Watch {
     /// Holds a WatchKeys stream for as long as the verifier lives, reconnecting when it
     /// breaks.
     pub(super) async fn run(mut self) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(0.25);
         let mut next_fetch = Instant::now();
         let mut replica = 0;
         loop {
             if self.hold_stream(replica).await {
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
             }
             replica = (replica + 1) % self.replicas.len();
             // The stream is down: the HTTP JWKS, when due, then wait to reconnect, polling
@@ -59,7 +59,7 @@ impl Watch {
                     next_fetch = at;
                 }
             }
-            let pause = tokio::time::sleep(jittered(backoff));
+            let pause = tokio::time::sleep(backoff.delay());
             tokio::pin!(pause);
             loop {
                 tokio::select! {
@@ -72,7 +72,7 @@ impl Watch {
                 }
             }
             if replica == 0 {
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.double();
             }
         }
     }
@@ -163,14 +163,6 @@ impl Watch {
             .unwrap_or(self.poll_interval)
             .min(self.poll_interval)
             .max(Duration::from_secs(1));
-        Some(Instant::now() + jittered(again))
+        Some(Instant::now() + again + jitter(again / 4))
     }
-}
-
-/// Up to a quarter of `base` added at random, so a fleet does not reconnect in step.
-fn jittered(base: Duration) -> Duration {
-    let random = crypto::random_bytes(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(random) / f64::from(u16::MAX) / 4.0)
 }

@@ -1,20 +1,23 @@
 //! Following the other replicas: a dedicated connection (a pooled one drops
 //! notifications) LISTENs on the change channel and hands every notified generation on.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
+use token_authority_jose::backoff::Backoff;
+
 use super::{PgStore, CHANNEL};
-use crate::{backoff::Backoff, store::StoreError};
+
+use crate::store::StoreError;
 
 impl PgStore {
     /// Keeps a dedicated connection LISTENing on the change channel and sends every
     /// notified generation (and a `0` after each reconnection, when some may have been
     /// missed) to `changes`, until the receiver is dropped. Reconnects with backoff.
     pub async fn listen(self: Arc<Self>, changes: mpsc::Sender<u64>) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.listen_once(&changes).await {
                 Ok(()) => return,
