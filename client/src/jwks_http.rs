@@ -24,16 +24,6 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[cfg(feature = "aws-lc-rs")]
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::aws_lc_rs::default_provider()
-}
-
-#[cfg(not(feature = "aws-lc-rs"))]
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
-
 /// What a fetch found.
 #[derive(Debug)]
 pub(crate) enum Fetched {
@@ -66,7 +56,7 @@ impl JwksFetcher {
             Some(config) => builder.with_tls_config(config),
             // The provider named, not the process default: both may be compiled in.
             None => builder
-                .with_provider_and_webpki_roots(provider())
+                .with_provider_and_webpki_roots(token_authority_jose::tls::provider())
                 .map_err(|e| ClientError::Jwks(e.to_string()))?,
         }
         .https_or_http()

@@ -12,7 +12,7 @@
 //!   `jwt::json` the strict JSON object parser.
 //! - `jwk`: public JWKs, RFC 7638 thumbprints, and the JWKS document.
 //! - `crypto`: the crypto provider (ring by default, aws-lc-rs by feature), the only module
-//!   that names a cryptography library.
+//!   that names a cryptography library; `tls`: rustls on that same provider.
 #![deny(clippy::unwrap_used)]
 
 pub mod b64;
@@ -20,3 +20,4 @@ pub mod backoff;
 pub mod crypto;
 pub mod jwk;
 pub mod jwt;
+pub mod tls;

@@ -45,7 +45,7 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
     // Plain http:// targets go through the same connector; with no --tls-ca it trusts nobody.
     let http_tls = match &tls {
         Some(tls) => tls.http()?,
-        None => rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
+        None => rustls::ClientConfig::builder_with_provider(token_authority_jose::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| BenchError::Prepare(e.to_string()))?
             .with_root_certificates(rustls::RootCertStore::empty())

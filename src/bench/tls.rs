@@ -72,7 +72,7 @@ impl BenchTls {
                 .map_err(|e| bad("--tls-ca", e.to_string()))?;
         }
         let builder =
-            rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
+            rustls::ClientConfig::builder_with_provider(token_authority_jose::tls::provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| bad("TLS", e.to_string()))?
                 .with_root_certificates(Arc::new(roots));

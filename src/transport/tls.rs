@@ -84,15 +84,6 @@ impl Snapshot {
     }
 }
 
-/// The rustls provider of the build's crypto provider, for every TLS endpoint (the
-/// listeners, trusted issuers' JWKS fetches, the bench client): one choice, made here.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    #[cfg(not(feature = "aws-lc-rs"))]
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
@@ -116,7 +107,7 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 }
 
 fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> {
-    let provider = provider();
+    let provider = token_authority_jose::tls::provider();
     let chain = certificates(&files.cert, &snapshot.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&snapshot.key).map_err(|_| TlsError::Key {
         path: files.key.display().to_string(),

@@ -176,7 +176,7 @@ pub(super) fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, Fet
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
+    let tls = rustls::ClientConfig::builder_with_provider(token_authority_jose::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| FetchError::Http {
             url: String::new(),

@@ -1,7 +1,7 @@
 //! How a replica reaches the database: the connection settings from the URL, the `PG*`
 //! variables and the password file, and TLS (rustls, verifying chain and host name).
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use tokio_postgres::Config;
 
@@ -130,21 +130,13 @@ pub(super) fn tls_config(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    rustls::ClientConfig::builder_with_provider(provider())
+    rustls::ClientConfig::builder_with_provider(token_authority_jose::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Open {
             path: "TLS to the database".into(),
             reason: e.to_string(),
         })
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// The rustls provider that matches the crate's crypto provider.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    #[cfg(not(feature = "aws-lc-rs"))]
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 #[cfg(test)]

@@ -467,17 +467,16 @@ mod tests {
         roots
             .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
             .unwrap();
-        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
-        )
-        .unwrap();
+        let mut client =
+            rustls::ClientConfig::builder_with_provider(token_authority_jose::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+                )
+                .unwrap();
         client.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = TcpStream::connect(addr).await.unwrap();
         let local = tcp.local_addr().unwrap();
