@@ -114,7 +114,7 @@ pub(super) fn read<T>(
             return reject(Reason::Malformed, "the payload is not UTF-8");
         }
     };
-    if let Ok(registered) = read_object(json.as_bytes(), RegisteredVisitor) {
+    if let Ok(registered) = read_object(&json, RegisteredVisitor) {
         let checked = check(&registered)?;
         let claims = Claims {
             json,

@@ -56,7 +56,10 @@ impl<'a> Header<'a> {
         bytes: &'a [u8],
         parsed: &'a mut Option<Map<String, Value>>,
     ) -> Result<Header<'a>, Rejection> {
-        if let Ok(header) = read_object(bytes, HeaderVisitor) {
+        let read_here = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| read_object(text, HeaderVisitor).ok());
+        if let Some(header) = read_here {
             return Ok(header);
         }
         let map = super::verify::parse_segment(bytes, "header")?;

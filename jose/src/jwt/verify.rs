@@ -131,9 +131,10 @@ pub fn verify<K: KeyLookup + ?Sized>(
 }
 
 /// The longest header decoded on the stack; a longer one (legal, if odd) goes to the heap.
-const HEADER_ON_STACK: usize = 512;
-/// The longest signature decoded on the stack: RSA-8192, the largest key accepted.
-const SIGNATURE_ON_STACK: usize = 1024;
+const HEADER_ON_STACK: usize = 256;
+/// The longest signature decoded on the stack: RSA-4096, the largest key the authority
+/// holds (a trusted issuer's RSA-8192 key has its signatures decoded to the heap).
+const SIGNATURE_ON_STACK: usize = 512;
 
 /// Verifies `token` with the same rules as `verify`, plus `expect`.
 ///
@@ -157,18 +158,18 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
             format!("the token is longer than {} bytes", policy.max_token_bytes),
         );
     }
-    let mut segments = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+    let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return reject(
             Reason::Malformed,
             "a compact JWS has exactly three segments",
         );
     };
+    let (header_b64, payload_b64, signature_b64) = (
+        &token[..first],
+        &token[first + 1..second],
+        &token[second + 1..],
+    );
 
     let mut header_buf = [0u8; HEADER_ON_STACK];
     let header_heap;
