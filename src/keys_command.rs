@@ -199,7 +199,7 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
         path: shown.clone(),
         source,
     })?;
-    let der = crypto::pkcs8_from_pem(&pem).map_err(bad)?;
+    let der = crypto::pkcs8_from_pem(&pem).map_err(|e| bad(e.to_string()))?;
     let detected = crypto::detect_algorithm(&der)
         .ok_or_else(|| bad("not an RSA, P-256 or Ed25519 PKCS#8 private key".into()))?;
     let alg = match (args.algorithm.as_deref(), detected) {

@@ -46,25 +46,29 @@ pub(super) enum PrivateKey {
 }
 
 impl PrivateKey {
-    pub(super) fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<PrivateKey, String> {
+    pub(super) fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<PrivateKey, CryptoError> {
+        let bad = |reason: String| CryptoError::BadPrivateKey { alg, reason };
         Ok(match alg {
             Algorithm::RS256 | Algorithm::PS256 => {
-                let key = RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| e.to_string())?;
+                let key = RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| bad(e.to_string()))?;
                 // AWS-LC accepts RSA keys ring refuses; hold both providers to the same
                 // rule so a data directory behaves alike under either.
                 let bits = key.public_modulus_len() * 8;
                 if !(2048..=4096).contains(&bits) {
-                    return Err(format!("an RSA key of {bits} bits (2048 to 4096 allowed)"));
+                    return Err(bad(format!(
+                        "an RSA key of {bits} bits (2048 to 4096 allowed)"
+                    )));
                 }
                 PrivateKey::Rsa(key)
             }
             Algorithm::ES256 => PrivateKey::Ecdsa(
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| bad(e.to_string()))?,
             ),
             // `maybe_unchecked` also accepts PKCS#8 v1 documents, as `openssl genpkey` writes.
             Algorithm::EdDSA => PrivateKey::Ed25519(
-                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|e| e.to_string())?,
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                    .map_err(|e| bad(e.to_string()))?,
             ),
         })
     }
@@ -145,14 +149,18 @@ pub(super) struct PublicKey {
 
 impl PublicKey {
     /// From the standard encoding (PKCS#1 DER, SEC1 point, raw Ed25519), parsed now.
-    pub(super) fn from_encoded(alg: Algorithm, encoded: &[u8]) -> Result<PublicKey, String> {
+    pub(super) fn from_encoded(alg: Algorithm, encoded: &[u8]) -> Result<PublicKey, CryptoError> {
         let params: &'static dyn signature::VerificationAlgorithm = match alg {
             Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
             Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
             Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
             Algorithm::EdDSA => &signature::ED25519,
         };
-        let parsed = ParsedPublicKey::new(params, encoded).map_err(|e| e.to_string())?;
+        let parsed =
+            ParsedPublicKey::new(params, encoded).map_err(|e| CryptoError::BadPublicKey {
+                alg,
+                reason: e.to_string(),
+            })?;
         Ok(PublicKey { parsed })
     }
 

@@ -17,6 +17,7 @@ pub mod aead;
 #[cfg(feature = "aws-lc-rs")]
 mod aws_lc_provider;
 pub mod mac;
+mod pem;
 #[cfg(feature = "aws-lc-rs")]
 use aws_lc_provider as provider;
 
@@ -37,6 +38,8 @@ use provider::lib::{
 
 /// The provider this binary was built with, as logs and bench reports name it.
 pub const PROVIDER: &str = provider::NAME;
+
+pub use pem::{pkcs8_from_pem, PemError};
 
 /// A JWS signing algorithm this authority supports (RFC 7518 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -134,19 +137,6 @@ pub fn detect_algorithm(pkcs8: &[u8]) -> Option<Algorithm> {
         .find(|&alg| SigningKey::from_pkcs8(alg, pkcs8).is_ok())
 }
 
-/// The DER inside a PEM `PRIVATE KEY` block (PKCS#8, as `openssl genpkey` writes).
-pub fn pkcs8_from_pem(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-    let (label, der) =
-        pem_rfc7468::decode_vec(pem).map_err(|e| format!("not a PEM document: {e}"))?;
-    let der = Zeroizing::new(der);
-    if label != "PRIVATE KEY" {
-        return Err(format!(
-            "a PEM \"{label}\" block; expected \"PRIVATE KEY\" (PKCS#8). Convert with: openssl pkcs8 -topk8 -nocrypt -in key.pem"
-        ));
-    }
-    Ok(der)
-}
-
 /// The public half of a key, in the form a JWK publishes it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicComponents {
@@ -195,8 +185,7 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<SigningKey, CryptoError> {
-        let key = provider::PrivateKey::from_pkcs8(alg, pkcs8)
-            .map_err(|reason| CryptoError::BadPrivateKey { alg, reason })?;
+        let key = provider::PrivateKey::from_pkcs8(alg, pkcs8)?;
         Ok(SigningKey { alg, key })
     }
 
@@ -293,8 +282,7 @@ impl VerifyingKey {
                 return Err(bad(&format!("a {other:?} key cannot verify {alg}")));
             }
         };
-        let key = provider::PublicKey::from_encoded(alg, &encoded)
-            .map_err(|reason| CryptoError::BadPublicKey { alg, reason })?;
+        let key = provider::PublicKey::from_encoded(alg, &encoded)?;
         Ok(VerifyingKey {
             alg,
             key,

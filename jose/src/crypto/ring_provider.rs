@@ -53,19 +53,21 @@ pub(super) enum PrivateKey {
 }
 
 impl PrivateKey {
-    pub(super) fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<PrivateKey, String> {
+    pub(super) fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<PrivateKey, CryptoError> {
+        let bad = |reason: String| CryptoError::BadPrivateKey { alg, reason };
         let rng = ring::rand::SystemRandom::new();
         Ok(match alg {
             Algorithm::RS256 | Algorithm::PS256 => {
-                PrivateKey::Rsa(RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| e.to_string())?)
+                PrivateKey::Rsa(RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| bad(e.to_string()))?)
             }
             Algorithm::ES256 => PrivateKey::Ecdsa(
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| bad(e.to_string()))?,
             ),
             // `maybe_unchecked` also accepts PKCS#8 v1 documents, as `openssl genpkey` writes.
             Algorithm::EdDSA => PrivateKey::Ed25519(
-                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|e| e.to_string())?,
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                    .map_err(|e| bad(e.to_string()))?,
             ),
         })
     }
@@ -136,7 +138,7 @@ pub(super) struct PublicKey {
 impl PublicKey {
     /// From the standard encoding (PKCS#1 DER, SEC1 point, raw Ed25519). ring parses it at
     /// each verification; a malformed key simply never verifies.
-    pub(super) fn from_encoded(alg: Algorithm, encoded: &[u8]) -> Result<PublicKey, String> {
+    pub(super) fn from_encoded(alg: Algorithm, encoded: &[u8]) -> Result<PublicKey, CryptoError> {
         Ok(PublicKey {
             alg,
             der: encoded.to_vec(),

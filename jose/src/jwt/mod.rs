@@ -4,11 +4,21 @@
 //! - `json`: strict JSON object parsing (duplicate members rejected, depth bounded).
 //! - `verify`: the verification rules and their rejection reasons, over any key source
 //!   (`verify::KeyLookup`: the server's key set, or a trusted issuer's JWKS).
+//! - `header`, `claims`: what those rules read of a token's header and payload, read in
+//!   place by `borrowed` (strings borrowed, nothing else kept), with `json` as the
+//!   reference that words every rejection; `sorted` writes a claim set back as its map
+//!   would be written.
 //!
 //! Nothing here knows the server's key set or its storage: this module is meant to be
 //! shared with a client library.
 
+mod borrowed;
+mod claims;
+mod header;
 pub mod json;
+#[cfg(test)]
+mod read_tests;
+mod sorted;
 pub mod verify;
 
 use serde_json::{Map, Value};

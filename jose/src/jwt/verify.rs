@@ -12,7 +12,12 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::json::parse_object;
+pub use super::claims::Claims;
+use super::{
+    claims,
+    header::{Header, Member},
+    json::parse_object,
+};
 use crate::{
     b64,
     crypto::{Algorithm, VerifyingKey},
@@ -58,7 +63,7 @@ impl fmt::Display for Rejection {
     }
 }
 
-fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejection> {
+pub(super) fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection {
         reason,
         detail: detail.into(),
@@ -91,14 +96,11 @@ pub struct Expectations<'a> {
 pub struct Verified {
     pub kid: String,
     pub subject: String,
-    pub claims: Map<String, Value>,
+    /// Every claim, parsed into a map on first use.
+    pub claims: Claims,
     /// Unix seconds.
     pub expires_at: i64,
 }
-
-/// Header members that point at keys outside our key set: following them would let the
-/// token choose its own key.
-const KEY_REFERENCE_HEADERS: [&str; 4] = ["jku", "x5u", "jwk", "x5c"];
 
 /// Verifies `token` against `keys` at time `now` (unix seconds): VerifyToken's rules.
 pub fn verify<K: KeyLookup + ?Sized>(
@@ -128,7 +130,18 @@ pub fn verify<K: KeyLookup + ?Sized>(
     )
 }
 
+/// The longest header decoded on the stack; a longer one (legal, if odd) goes to the heap.
+const HEADER_ON_STACK: usize = 256;
+/// The longest signature decoded on the stack: RSA-4096, the largest key the authority
+/// holds (a trusted issuer's RSA-8192 key has its signatures decoded to the heap).
+const SIGNATURE_ON_STACK: usize = 512;
+
 /// Verifies `token` with the same rules as `verify`, plus `expect`.
+///
+/// The header and the signature are decoded on the stack and the header is read in
+/// place; the payload is decoded only once the signature has verified, and its claims are
+/// checked in place too. What is allocated is what the answer keeps: the kid, the
+/// subject and the payload text.
 pub fn verify_with<K: KeyLookup + ?Sized>(
     token: &str,
     keys: &K,
@@ -145,26 +158,36 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
             format!("the token is longer than {} bytes", policy.max_token_bytes),
         );
     }
-    let mut segments = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+    let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return reject(
             Reason::Malformed,
             "a compact JWS has exactly three segments",
         );
     };
+    let (header_b64, payload_b64, signature_b64) = (
+        &token[..first],
+        &token[first + 1..second],
+        &token[second + 1..],
+    );
 
-    let header = decode_object(header_b64, "header")?;
-    check_header_members(&header)?;
-    let Some(kid) = header.get("kid") else {
-        return reject(Reason::UnknownKey, "the header names no kid");
+    let mut header_buf = [0u8; HEADER_ON_STACK];
+    let header_heap;
+    let header_bytes = match b64::decode_into(header_b64, &mut header_buf) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            header_heap = decode_segment(header_b64, "header")?;
+            &header_heap[..]
+        }
+        Err(_) => return not_base64("header"),
     };
-    let Some(kid) = kid.as_str() else {
-        return reject(Reason::Malformed, "the header's kid is not a string");
+    let mut header_map = None;
+    let header = Header::read(header_bytes, &mut header_map)?;
+    header.check_members()?;
+    let kid = match &header.kid {
+        Member::Absent => return reject(Reason::UnknownKey, "the header names no kid"),
+        Member::NotText => return reject(Reason::Malformed, "the header's kid is not a string"),
+        Member::Text(kid) => &**kid,
     };
     if keys.is_revoked(kid) {
         return reject(
@@ -176,15 +199,15 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
         return reject(Reason::UnknownKey, "the kid is not a key of this authority");
     };
     let expected_alg = key.algorithm().name();
-    match header.get("alg").and_then(Value::as_str) {
-        Some(alg) if alg == expected_alg => {}
-        Some(_) => {
+    match &header.alg {
+        Member::Text(alg) if alg == expected_alg => {}
+        Member::Text(_) => {
             return reject(
                 Reason::AlgorithmNotAllowed,
                 format!("the header's alg is not {expected_alg}, the algorithm of this key"),
             )
         }
-        None => return reject(Reason::Malformed, "the header has no alg string"),
+        _ => return reject(Reason::Malformed, "the header has no alg string"),
     }
     if let Some(allowed) = expect.algorithms {
         if !allowed.contains(&key.algorithm()) {
@@ -195,11 +218,15 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
         }
     }
 
-    let Ok(signature) = b64::decode(signature_b64) else {
-        return reject(
-            Reason::Malformed,
-            "the signature is not base64url without padding",
-        );
+    let mut signature_buf = [0u8; SIGNATURE_ON_STACK];
+    let signature_heap;
+    let signature = match b64::decode_into(signature_b64, &mut signature_buf) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            signature_heap = b64::decode(signature_b64).or_else(|_| not_base64("signature"))?;
+            &signature_heap[..]
+        }
+        Err(_) => return not_base64("signature"),
     };
     if signature.len() != key.signature_len() {
         return reject(
@@ -208,29 +235,20 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
         );
     }
     let signing_input_len = header_b64.len() + 1 + payload_b64.len();
-    if !key.verify(&token.as_bytes()[..signing_input_len], &signature) {
+    if !key.verify(&token.as_bytes()[..signing_input_len], signature) {
         return reject(Reason::BadSignature, "the signature does not verify");
     }
 
-    let claims = decode_object(payload_b64, "payload")?;
-    let expires_at = check_times(&claims, policy.leeway, now)?;
-    if let Some(max) = expect.max_lifetime {
-        check_lifetime(&claims, max)?;
-    }
-    match claims.get("iss") {
-        Some(Value::String(iss)) if *iss == policy.issuer => {}
-        Some(Value::String(_)) => {
-            return reject(Reason::IssuerMismatch, "iss is not this authority")
+    let payload = decode_segment(payload_b64, "payload")?;
+    let ((subject, expires_at), claims) = claims::read(payload, |registered| {
+        let expires_at = registered.check_times(policy.leeway, now)?;
+        if let Some(max) = expect.max_lifetime {
+            registered.check_lifetime(max)?;
         }
-        Some(_) => return reject(Reason::Malformed, "iss is not a string"),
-        None => return reject(Reason::MissingClaim, "iss is required"),
-    }
-    check_audience(claims.get("aud"), expect.audiences)?;
-    let subject = match claims.get("sub") {
-        Some(Value::String(sub)) => sub.clone(),
-        Some(_) => return reject(Reason::Malformed, "sub is not a string"),
-        None => return reject(Reason::MissingClaim, "sub is required"),
-    };
+        registered.check_issuer(&policy.issuer)?;
+        registered.check_audience(expect.audiences)?;
+        Ok((registered.subject()?.to_owned(), expires_at))
+    })?;
     Ok(Verified {
         kid: kid.to_owned(),
         subject,
@@ -239,138 +257,20 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
     })
 }
 
-fn decode_object(segment: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
-    let Ok(bytes) = b64::decode(segment) else {
-        return reject(
-            Reason::Malformed,
-            format!("the {what} is not base64url without padding"),
-        );
-    };
-    parse_object(&bytes).or_else(|e| reject(Reason::Malformed, format!("the {what}: {e}")))
+fn not_base64<T>(what: &str) -> Result<T, Rejection> {
+    reject(
+        Reason::Malformed,
+        format!("the {what} is not base64url without padding"),
+    )
 }
 
-fn check_header_members(header: &Map<String, Value>) -> Result<(), Rejection> {
-    if header.contains_key("crit") {
-        return reject(
-            Reason::UnsupportedHeader,
-            "crit names extensions this authority does not understand",
-        );
-    }
-    if let Some(name) = KEY_REFERENCE_HEADERS
-        .iter()
-        .find(|name| header.contains_key(**name))
-    {
-        return reject(
-            Reason::UnsupportedHeader,
-            format!("the header carries {name}: keys named inside a token are never trusted"),
-        );
-    }
-    match header.get("typ") {
-        None => Ok(()),
-        Some(Value::String(typ)) if typ.eq_ignore_ascii_case("JWT") => Ok(()),
-        Some(_) => reject(Reason::UnsupportedHeader, "typ, when present, must be JWT"),
-    }
+fn decode_segment(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
+    b64::decode(segment).or_else(|_| not_base64(what))
 }
 
-/// Checks `exp` (required), `nbf` and `iat`; returns `exp`.
-fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<i64, Rejection> {
-    let number = |name: &str| -> Result<Option<f64>, Rejection> {
-        match claims.get(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(_) => reject(Reason::Malformed, format!("{name} is not a number")),
-        }
-    };
-    // What a protobuf Timestamp can carry (0001-01-01 to 9999-12-31), the range every
-    // time the authority answers with must fit.
-    const EARLIEST: f64 = -62_135_596_800.0;
-    const LATEST: f64 = 253_402_300_799.0;
-    // Each claim read once, and checked in this order.
-    let mut times = [None; 3];
-    for (slot, name) in times.iter_mut().zip(["exp", "nbf", "iat"]) {
-        *slot = number(name)?;
-        if let Some(time) = *slot {
-            if !(EARLIEST..=LATEST).contains(&time) {
-                return reject(
-                    Reason::Malformed,
-                    format!("{name} is outside the years 0001 to 9999"),
-                );
-            }
-        }
-    }
-    let [exp, nbf, iat] = times;
-    let now = now as f64;
-    let leeway = leeway as f64;
-    let Some(exp) = exp else {
-        return reject(Reason::MissingClaim, "exp is required");
-    };
-    if now >= exp + leeway {
-        return reject(Reason::Expired, "the token has expired");
-    }
-    if let Some(nbf) = nbf {
-        if nbf > now + leeway {
-            return reject(Reason::NotYetValid, "nbf is in the future");
-        }
-    }
-    if let Some(iat) = iat {
-        if iat > now + leeway {
-            return reject(Reason::NotYetValid, "iat is in the future");
-        }
-    }
-    Ok(exp.floor() as i64)
-}
-
-/// Bounds the token's total lifetime: a verifier that caps it cannot be handed a
-/// year-long token (a legacy Kubernetes service-account token) that merely has not expired.
-fn check_lifetime(claims: &Map<String, Value>, max: u64) -> Result<(), Rejection> {
-    let (Some(iat), Some(exp)) = (
-        claims.get("iat").and_then(Value::as_f64),
-        claims.get("exp").and_then(Value::as_f64),
-    ) else {
-        return reject(
-            Reason::MissingClaim,
-            "iat is required to bound the token's lifetime",
-        );
-    };
-    if exp - iat > max as f64 {
-        return reject(
-            Reason::LifetimeTooLong,
-            format!("the token lives longer than {max}s (exp - iat)"),
-        );
-    }
-    Ok(())
-}
-
-fn check_audience(aud: Option<&Value>, accepted: &[&str]) -> Result<(), Rejection> {
-    let audiences: Vec<&str> = match aud {
-        None => Vec::new(),
-        Some(Value::String(one)) => vec![one.as_str()],
-        Some(Value::Array(many)) => {
-            let strings: Option<Vec<&str>> = many.iter().map(Value::as_str).collect();
-            match strings {
-                Some(strings) => strings,
-                None => return reject(Reason::Malformed, "aud holds a value that is not a string"),
-            }
-        }
-        Some(_) => {
-            return reject(
-                Reason::Malformed,
-                "aud is neither a string nor an array of strings",
-            )
-        }
-    };
-    match accepted {
-        [] => Ok(()),
-        [expected] if !audiences.contains(expected) => reject(
-            Reason::AudienceMismatch,
-            "aud does not contain the expected audience",
-        ),
-        many if !many.iter().any(|accepted| audiences.contains(accepted)) => reject(
-            Reason::AudienceMismatch,
-            "aud contains none of the accepted audiences",
-        ),
-        _ => Ok(()),
-    }
+/// The reference parse of a decoded header or payload, and its rejection.
+pub(super) fn parse_segment(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Rejection> {
+    parse_object(bytes).or_else(|e| reject(Reason::Malformed, format!("the {what}: {e}")))
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ impl TokenAuthority for GrpcService {
                     reason: pb::VerifyFailureReason::Unspecified as i32,
                     subject: verified.subject,
                     key_id: verified.kid,
-                    claims_json: serde_json::Value::Object(verified.claims).to_string(),
+                    claims_json: verified.claims.to_sorted_json(),
                     expires_at: Some(prost_types::Timestamp {
                         seconds: verified.expires_at,
                         nanos: 0,
