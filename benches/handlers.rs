@@ -74,7 +74,7 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
             keepalive: std::time::Duration::from_secs(30),
             send_timeout: std::time::Duration::from_secs(10),
         },
-        tokio::sync::watch::channel(false).1,
+        tokio_util::sync::CancellationToken::new(),
         metrics.watchers.clone(),
     ));
     let service = GrpcService::new(

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     issuers::{FetchError, TrustedIssuer},
@@ -134,7 +134,7 @@ pub async fn watch(
     callers: Arc<Callers>,
     path: PathBuf,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     // The content last acted on (loaded or refused), so a broken file is reported once.
     let mut seen = callers.active().map(|active| active.digest);
@@ -144,7 +144,7 @@ pub async fn watch(
         let wait = if pending.is_some() { SETTLE } else { interval };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
         let current = callers.active();
         match std::fs::read(&path) {

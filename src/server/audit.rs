@@ -9,7 +9,8 @@ use std::sync::{
     Arc,
 };
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
@@ -21,7 +22,7 @@ use crate::{
 
 /// The audit log's tasks, stopped after the servers have drained.
 pub(super) struct AuditTasks {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     upkeep: JoinHandle<()>,
 }
 
@@ -31,10 +32,10 @@ impl AuditTasks {
         store: KeyStore,
         health: HealthReporter,
         ready: Arc<AtomicBool>,
-        server_stop: watch::Receiver<bool>,
+        server_stop: CancellationToken,
     ) -> AuditTasks {
-        let (stop, stopped) = watch::channel(false);
-        let upkeep = tokio::spawn(audit::upkeep(Arc::clone(&log), store, stopped));
+        let stop = CancellationToken::new();
+        let upkeep = tokio::spawn(audit::upkeep(Arc::clone(&log), store, stop.clone()));
         tokio::spawn(follow_state(
             Arc::clone(&log),
             health,
@@ -47,7 +48,7 @@ impl AuditTasks {
 
     /// Writes the last summary, waits for every queued line and records the final head.
     pub(super) async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         let _ = self.upkeep.await;
     }
 }
@@ -56,16 +57,16 @@ async fn follow_state(
     log: Arc<AuditLog>,
     health: HealthReporter,
     ready: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut writable = log.writable();
     loop {
         tokio::select! {
             changed = writable.changed() => if changed.is_err() { return },
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
         let ok = *writable.borrow_and_update();
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         ready.store(ok, Ordering::Release);
@@ -89,7 +90,7 @@ async fn follow_state(
 }
 
 #[cfg(unix)]
-async fn reopen_on_hangup(log: Arc<AuditLog>, mut stop: watch::Receiver<bool>) {
+async fn reopen_on_hangup(log: Arc<AuditLog>, stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
@@ -104,10 +105,10 @@ async fn reopen_on_hangup(log: Arc<AuditLog>, mut stop: watch::Receiver<bool>) {
                 tracing::info!("SIGHUP: reopening the audit log if it was rotated");
                 log.reopen().await;
             }
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn reopen_on_hangup(_log: Arc<AuditLog>, _stop: watch::Receiver<bool>) {}
+async fn reopen_on_hangup(_log: Arc<AuditLog>, _stop: CancellationToken) {}

@@ -16,7 +16,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -149,7 +150,7 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
 
     let metrics = Arc::new(Metrics::new(&config.algorithms));
     let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
@@ -167,7 +168,7 @@ pub async fn run(
             limits: config.limits,
             metrics: metrics.grpc_listener.clone(),
         }
-        .serve(grpc_router, stop_rx.clone()),
+        .serve(grpc_router, stop.clone()),
     );
     let http_task = tokio::spawn(
         Listener {
@@ -177,7 +178,7 @@ pub async fn run(
             limits: config.limits,
             metrics: metrics.http_listener.clone(),
         }
-        .serve(http_router, stop_rx.clone()),
+        .serve(http_router, stop.clone()),
     );
     let aborts = [grpc_task.abort_handle(), http_task.abort_handle()];
 
@@ -194,7 +195,7 @@ pub async fn run(
         // Asked to stop before the database could be reached, or the start failed: the
         // listeners close before the answer.
         other => {
-            let _ = stop_tx.send(true);
+            stop.cancel();
             let _ = tokio::time::timeout(config.shutdown_grace, async {
                 let _ = grpc_task.await;
                 let _ = http_task.await;
@@ -225,7 +226,7 @@ pub async fn run(
         Arc::new(signing_pool),
         Arc::new(Watchers::new(
             config.watch,
-            stop_rx.clone(),
+            stop.clone(),
             metrics.watchers.clone(),
         )),
     );
@@ -278,32 +279,32 @@ pub async fn run(
         Arc::clone(&authority),
         Arc::clone(&metrics),
         Arc::clone(&store_back),
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let sync_task = tokio::spawn(run_sync(
         Arc::clone(&authority),
         config.store_sync_interval,
         store_back,
-        stop_rx.clone(),
+        stop.clone(),
     ));
     tokio::spawn(report_keystore_health(
         Arc::clone(&authority),
         health_reporter.clone(),
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let reload_task = config.policy_file.clone().map(|path| {
         tokio::spawn(reload::watch(
             Arc::clone(&callers),
             path,
             config.policy_reload_interval,
-            stop_rx.clone(),
+            stop.clone(),
         ))
     });
     if let Some(reloader) = tls {
         tokio::spawn(reloader.watch(
             config.tls_reload_interval,
             Arc::clone(&metrics),
-            stop_rx.clone(),
+            stop.clone(),
         ));
     }
     let audit_tasks = callers.audit().map(|log| {
@@ -312,7 +313,7 @@ pub async fn run(
             authority.store().clone(),
             health_reporter.clone(),
             Arc::clone(&ready),
-            stop_rx.clone(),
+            stop.clone(),
         )
     });
 
@@ -325,7 +326,7 @@ pub async fn run(
     health_reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = sync_task.await;
     // A transition in progress completes (it is one transaction); no new one starts.
     let _ = lifecycle_task.await;

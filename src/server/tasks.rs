@@ -5,7 +5,8 @@
 use std::{sync::Arc, time::Duration};
 
 use token_authority_jose::backoff::Backoff;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::unix_now;
 use crate::{
@@ -21,7 +22,7 @@ pub(super) async fn run_sync(
     authority: Arc<Authority>,
     interval: Duration,
     back: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let Some(mut changes) = authority.store().changes() else {
         return;
@@ -32,7 +33,7 @@ pub(super) async fn run_sync(
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             Some(_) = changes.recv() => {}
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = stop.cancelled() => break,
         }
         match authority.refresh(unix_now()).await {
             Ok(_) if failing => {
@@ -60,7 +61,7 @@ pub(super) async fn run_schedule(
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
     back: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     // After a failure the next attempt waits with backoff (1 s doubling to a minute): a
     // database that is down would otherwise be asked, and the failure logged, every second.
@@ -78,7 +79,7 @@ pub(super) async fn run_schedule(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = back.notified(), if backoff.is_some() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
         let now = unix_now();
         if authority.next_change().is_none_or(|at| at > now) {
@@ -122,7 +123,7 @@ pub const KEYSTORE_HEALTH: &str = "keystore";
 pub(super) async fn report_keystore_health(
     authority: Arc<Authority>,
     health: tonic_health::server::HealthReporter,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut in_step = authority.in_step();
     loop {
@@ -134,7 +135,7 @@ pub(super) async fn report_keystore_health(
         health.set_service_status(KEYSTORE_HEALTH, status).await;
         tokio::select! {
             changed = in_step.changed() => if changed.is_err() { return },
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
     }
 }

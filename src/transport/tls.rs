@@ -20,7 +20,7 @@ use rustls::{
     RootCertStore, ServerConfig,
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::TlsFiles, metrics::Metrics};
 
@@ -232,17 +232,17 @@ impl TlsReloader {
         }
     }
 
-    /// Checks the files every `interval` until `stop` turns true.
+    /// Checks the files every `interval` until `stop` is cancelled.
     pub async fn watch(
         mut self,
         interval: Duration,
         metrics: Arc<Metrics>,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.cancelled() => return,
             }
             // Small files, but a network volume can stall a read: off the reactor.
             let metrics = Arc::clone(&metrics);

@@ -28,6 +28,7 @@ use std::{
 
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     b64,
@@ -299,11 +300,11 @@ impl AuditLog {
 
 /// Once a second until `stop`: writes the summary of suppressed lines and records the
 /// chain's head in the keystore; at `stop`, both once more after the last line.
-pub async fn upkeep(log: Arc<AuditLog>, store: KeyStore, mut stop: watch::Receiver<bool>) {
+pub async fn upkeep(log: Arc<AuditLog>, store: KeyStore, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(UPKEEP_INTERVAL) => {}
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = stop.cancelled() => break,
         }
         log.flush_suppressed(unix_now()).await;
         log.record_heads(&store).await;

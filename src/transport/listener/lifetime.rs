@@ -5,11 +5,12 @@
 use std::{net::SocketAddr, pin::pin, time::Duration};
 
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     state::{ConnState, Verdict},
-    stopped, Shared, GRPC_REQUEST_TIMEOUT,
+    Shared, GRPC_REQUEST_TIMEOUT,
 };
 
 /// How long a connection asked to close (idle, or shutting down) with nothing in flight is
@@ -34,7 +35,7 @@ impl Shared {
         &self,
         connection: C,
         state: &ConnState,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
         retire_at: Instant,
     ) where
         C: GracefulConnection,
@@ -103,7 +104,7 @@ impl Shared {
                     }
                     return;
                 }
-                () = stopped(&mut shutdown), if closing.is_none() => {
+                () = shutdown.cancelled(), if closing.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
                 }

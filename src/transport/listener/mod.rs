@@ -29,10 +29,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpConnectInfo;
 
 use crate::{
@@ -153,15 +154,15 @@ struct Shared {
     metrics: ListenerMetrics,
     peers: Arc<Peers>,
     router: Router,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     http2: hyper::server::conn::http2::Builder<StreamExecutor>,
     http1: hyper::server::conn::http1::Builder,
 }
 
 impl Listener {
-    /// Accepts connections until `shutdown` turns true, then tells every open connection to
+    /// Accepts connections until `shutdown` is cancelled, then tells every open connection to
     /// finish and returns once all have closed. The caller bounds that wait.
-    pub async fn serve(self, router: Router, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, router: Router, shutdown: CancellationToken) {
         let mut http2 = hyper::server::conn::http2::Builder::new(StreamExecutor);
         http2
             .timer(TokioTimer::new())
@@ -206,7 +207,7 @@ impl Listener {
                         continue;
                     }
                 },
-                () = stopped(&mut shutdown) => break,
+                () = shutdown.cancelled() => break,
             };
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 // Closed at once: a client at the cap learns it now, not after a timeout.
@@ -240,11 +241,11 @@ impl Shared {
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         self.metrics.open.inc();
         let _open = OpenGauge(&self.metrics.open);
-        let mut shutdown = self.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(tcp));
         let handshake = tokio::select! {
             result = handshake => result,
-            () = stopped(&mut shutdown) => return,
+            () = shutdown.cancelled() => return,
         };
         let (stream, prefix, client_certificate) = match handshake {
             Ok(Ok(done)) => done,
@@ -337,12 +338,6 @@ impl Shared {
         }
         Ok((stream, prefix, client_certificate))
     }
-}
-
-/// Completes once the shutdown flag is set (at once if it already is).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`: dropped here, before the caller's next await.
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Keeps the open-connections gauge right however the connection task ends.
@@ -455,7 +450,7 @@ mod tests {
         std::fs::write(files.client_ca.as_ref().unwrap(), ca.pem()).unwrap();
         let configs = TlsReloader::load(&files).unwrap().configs();
         let router = Router::new().route("/peer", get(peer));
-        let (_stop, stop) = watch::channel(false);
+        let stop = CancellationToken::new();
 
         // HTTP/2 over TLS with a client certificate.
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();

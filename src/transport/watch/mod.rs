@@ -22,6 +22,7 @@ use std::{
 };
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{
@@ -40,7 +41,7 @@ use self::slots::{Refused, Slot, Slots};
 pub struct Watchers {
     slots: Arc<Slots>,
     settings: WatchSettings,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 }
 
 /// Where a watcher's stream comes from, as the listener knows it.
@@ -55,7 +56,7 @@ pub struct WatcherPeer {
 impl Watchers {
     pub fn new(
         settings: WatchSettings,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
         metrics: WatchMetrics,
     ) -> Watchers {
         Watchers {
@@ -137,7 +138,7 @@ async fn pump(
     mut keys: watch::Receiver<Arc<KeySet>>,
     tx: mpsc::Sender<Result<pb::WatchKeysResponse, Status>>,
     settings: WatchSettings,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     ended: Arc<OnceLock<Status>>,
     dropper: Dropper,
 ) {
@@ -163,7 +164,7 @@ async fn pump(
                     etag: keys.borrow().jwks().etag.clone(),
                 })),
             },
-            _ = stop.wait_for(|stop| *stop) => {
+            () = stop.cancelled() => {
                 let _ = ended.set(Status::unavailable("the server is shutting down; reconnect to another replica"));
                 return;
             }
