@@ -6,17 +6,9 @@
 //! A restore is done the way it changes the data: every keystore table's rows replaced by
 //! a copy taken earlier, in one transaction.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use token_authority::{
-    authority::{Authority, Settings},
-    crypto::Algorithm,
-    pb,
-    store::{kek::Keks, KeyStore, PgSettings, PgStore},
-};
+use token_authority::{authority::Authority, crypto::Algorithm, pb};
 
 use crate::{
     helpers::{admin, metric, now, DataDir, TestServer},
@@ -160,30 +152,10 @@ async fn a_restored_database_never_brings_a_revoked_key_back() {
     }
 }
 
-/// An authority over the test's database, opened as a replica opens it (in-process, no
+/// An authority over the test's database, opened as a replica opens it now (in-process, no
 /// server, no sync task: `refresh` runs when the test calls it).
 async fn open_authority(shared: &Store) -> Authority {
-    let settings = Settings {
-        issuer: "http://token-authority.test".into(),
-        default_ttl: 300,
-        max_ttl: 600,
-        leeway: 60,
-        max_token_bytes: 8192,
-        algorithms: vec![Algorithm::ES256],
-        publish_lead: 60,
-        rotation_period: 3600,
-    };
-    let pg = PgSettings {
-        url: shared.pg().url(),
-        password_file: None,
-        ca_file: None,
-    };
-    let keks = Keks::load(std::path::Path::new(shared.kek())).unwrap();
-    let store = Arc::new(PgStore::new(&pg, keks).unwrap());
-    store.migrate().await.unwrap();
-    Authority::open_shared(KeyStore::Postgres(store), settings, now())
-        .await
-        .unwrap()
+    crate::replicas::open_authority(shared, now()).await
 }
 
 fn signer(authority: &Authority) -> String {

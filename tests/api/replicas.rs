@@ -212,7 +212,7 @@ async fn a_revocation_on_one_replica_is_refused_by_the_others_within_two_seconds
 
 /// An authority over the test's database, as a replica opens it at `at` (in-process, no
 /// server): ES256, a one-hour rotation period and a one-minute publish lead.
-async fn open_authority(shared: &Store, at: u64) -> Authority {
+pub(crate) async fn open_authority(shared: &Store, at: u64) -> Authority {
     let settings = Settings {
         issuer: "http://token-authority.test".into(),
         default_ttl: 300,
