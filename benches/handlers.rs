@@ -9,6 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use token_authority::{
     admin::AdminToken,
+    authority::signing_pool::SigningPool,
     authority::{Authority, Settings},
     b64,
     callers::{CallerSettings, Callers},
@@ -18,7 +19,6 @@ use token_authority::{
     jwt::verify::KeyLookup as _,
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
-    signing_pool::SigningPool,
     store::KeyStore,
     transport::{grpc::GrpcService, watch::Watchers},
 };

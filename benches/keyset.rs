@@ -5,10 +5,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use token_authority::{
+    authority::keys,
+    authority::keyset::KeySet,
+    authority::lifecycle::{self, Timing},
     crypto::Algorithm,
-    keys,
-    keyset::KeySet,
-    lifecycle::{self, Timing},
 };
 
 const TIMING: Timing = Timing {

@@ -13,11 +13,11 @@ use std::{
 };
 
 use crate::{
+    authority::keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
+    authority::lifecycle::{self, LifecycleError},
     config::{ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, StoreArgs},
     crypto::{self, Algorithm},
     jwk,
-    keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
-    lifecycle::{self, LifecycleError},
     store::{
         kek::{KekError, Keks},
         Change, KeyStore, PgSettings, PgStore, StoreError,

@@ -12,10 +12,10 @@
 use std::path::{Path, PathBuf};
 
 use token_authority::{
+    authority::keys::{self, KeyRecord, KeyState},
     authority::{Authority, AuthorityError, Settings},
     config::ImportArgs,
     crypto::Algorithm,
-    keys::{self, KeyRecord, KeyState},
     keys_command::{self, KeysCommandError},
     store::{KeyStore, StoreError},
 };

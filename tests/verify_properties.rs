@@ -9,14 +9,14 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 use token_authority::{
+    authority::keys::{self, KeyRecord, KeyState},
+    authority::keyset::KeySet,
+    authority::lifecycle::Timing,
     crypto::Algorithm,
     jwt::{
         self,
         verify::{verify, Policy, Reason},
     },
-    keys::{self, KeyRecord, KeyState},
-    keyset::KeySet,
-    lifecycle::Timing,
 };
 
 const ISSUER: &str = "https://tokens.test";

@@ -9,10 +9,10 @@ use std::{
 
 use super::{blocking, log_plan, replica, unix_now, Authority, AuthorityError, RotationOutcome};
 use crate::{
+    authority::keys::{self, GeneratedKey, KeyRecord},
+    authority::keyset::KeySet,
+    authority::lifecycle::{self, LifecycleError, Plan},
     crypto::{Algorithm, CryptoError},
-    keys::{self, GeneratedKey, KeyRecord},
-    keyset::KeySet,
-    lifecycle::{self, LifecycleError, Plan},
     store::{Change, Confirmations},
 };
 

@@ -3,7 +3,7 @@
 //! the store, the lifecycle or the crypto below.
 
 use super::AuthorityError;
-use crate::lifecycle::LifecycleError;
+use crate::authority::lifecycle::LifecycleError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {

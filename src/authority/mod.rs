@@ -15,16 +15,16 @@ use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 
 use crate::{
+    authority::domain::{InvalidArgument, IssueRequest},
+    authority::keys::KeyRecord,
+    authority::keyset::{KeySet, KeySetError},
+    authority::lifecycle::{LifecycleError, Plan, Timing},
     b64,
     crypto::{self, Algorithm, CryptoError},
-    domain::{InvalidArgument, IssueRequest},
     jwt::{
         self,
         verify::{Policy, Rejection, Verified},
     },
-    keys::{self, KeyRecord},
-    keyset::{KeySet, KeySetError},
-    lifecycle::{self, LifecycleError, Plan, Timing},
     store::{Change, KeyStore, Position, StoreError},
 };
 pub use error::ErrorKind;
@@ -32,9 +32,14 @@ use replica::Replica;
 use served::Served;
 
 mod changes;
+pub mod domain;
 mod error;
+pub mod keys;
+pub mod keyset;
+pub mod lifecycle;
 mod replica;
 mod served;
+pub mod signing_pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {

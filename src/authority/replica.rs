@@ -15,9 +15,9 @@ use std::{
 };
 
 use crate::{
+    authority::keys::{GeneratedKey, KeyRecord, KeyState},
+    authority::lifecycle::{self, LifecycleError, Plan, Timing},
     crypto::{Algorithm, CryptoError},
-    keys::{GeneratedKey, KeyRecord, KeyState},
-    lifecycle::{self, LifecycleError, Plan, Timing},
     store::{Position, RefusedRow},
 };
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 use super::Authority;
-use crate::{keys::KeyState, keyset::KeySet, metrics::KeyAges};
+use crate::{authority::keys::KeyState, authority::keyset::KeySet, metrics::KeyAges};
 
 impl Authority {
     /// The current key set now, and every later one as it is swapped in.
@@ -74,9 +74,10 @@ fn report(key_ages: &KeyAges, set: &KeySet) {
 mod tests {
     use super::*;
     use crate::{
+        authority::keys,
+        authority::lifecycle,
+        authority::lifecycle::Timing,
         crypto::Algorithm,
-        keys, lifecycle,
-        lifecycle::Timing,
         metrics::{Metrics, StoreState},
     };
 

@@ -315,7 +315,7 @@ fn checked_name(name: String) -> Result<String, IdentityError> {
     if name.len() > MAX_NAME_BYTES {
         return Err(IdentityError::Name("is longer than 1024 bytes"));
     }
-    if name.chars().any(crate::domain::is_invisible) {
+    if name.chars().any(crate::authority::domain::is_invisible) {
         return Err(IdentityError::Name(
             "contains a control, format or line separator character",
         ));
@@ -560,7 +560,7 @@ mod tests {
         let caller = certificate_caller(Arc::clone(&der), not_after - 90).unwrap();
         for (ttl, ttl_is_default, granted) in [(3600, true, 90), (600, false, 90), (60, false, 60)]
         {
-            let request = crate::domain::IssueRequest {
+            let request = crate::authority::domain::IssueRequest {
                 subject: caller.name.clone(),
                 audiences: vec!["a".into()],
                 ttl,

@@ -34,7 +34,7 @@ use self::{
 };
 use crate::{
     admin::AdminToken,
-    domain::IssueRequest,
+    authority::domain::IssueRequest,
     metrics::{DecisionOutcome, Metrics},
 };
 

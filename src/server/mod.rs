@@ -22,12 +22,12 @@ use tonic_health::ServingStatus;
 
 use crate::{
     admin::{AdminToken, AdminTokenSource},
+    authority::signing_pool::SigningPool,
     authority::Settings,
     callers::reload,
     config::Config,
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthorityServer},
-    signing_pool::SigningPool,
     store::kek::Keks,
     transport::{
         grpc::GrpcService,
@@ -210,7 +210,7 @@ pub async fn run(
         .keys()
         .records()
         .iter()
-        .filter(|r| r.state == crate::keys::KeyState::Current)
+        .filter(|r| r.state == crate::authority::keys::KeyState::Current)
         .map(|r| format!("{}:{}", r.alg, r.kid))
         .collect();
     tracing::info!(

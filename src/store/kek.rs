@@ -7,9 +7,9 @@
 use std::{fmt, path::Path};
 
 use crate::{
+    authority::keys::{KeyRecord, PrivateKeyDer},
     b64,
     crypto::{self, aead::Kek},
-    keys::{KeyRecord, PrivateKeyDer},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ pub use self::postgres::{
     Confirmations, PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot,
 };
 pub use self::sled::SledStore;
-use crate::keys::KeyRecord;
+use crate::authority::keys::KeyRecord;
 use kek::{Keks, UnsealError};
 
 /// A lifecycle change as the store writes it: records inserted or replaced by kid, and

@@ -11,10 +11,10 @@ use std::os::unix::fs::DirBuilderExt as _;
 
 use clap::Parser as _;
 use token_authority::{
+    authority::keys::{self, KeyRecord, KeyState},
     b64,
     config::{Cli, Command, Config},
     crypto::{Algorithm, SigningKey},
-    keys::{self, KeyRecord, KeyState},
     pb::{self, token_authority_client::TokenAuthorityClient},
     server::{self, Listeners, ServerError},
     store::KeyStore,

@@ -342,7 +342,10 @@ async fn a_change_planned_on_a_restored_database_keeps_the_revocations() {
         .iter()
         .find(|r| r.kid == revoked)
         .map(|r| r.state);
-    assert_eq!(record, Some(token_authority::keys::KeyState::Revoked));
+    assert_eq!(
+        record,
+        Some(token_authority::authority::keys::KeyState::Revoked)
+    );
 }
 
 async fn health(server: &TestServer, service: &str) -> i32 {

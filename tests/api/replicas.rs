@@ -16,9 +16,9 @@ use std::{
 
 use reqwest::header;
 use token_authority::{
+    authority::keys::KeyState,
     authority::{Authority, Settings},
     crypto::Algorithm,
-    keys::KeyState,
     pb,
     server::ServerError,
     store::{kek::Keks, KeyStore, PgSettings, PgStore, StoreError},

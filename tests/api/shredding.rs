@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use base64::Engine as _;
 use token_authority::{
-    keys::KeyState,
+    authority::keys::KeyState,
     pb,
     store::{datakeys::DataKeys, kek::Keks},
 };

@@ -22,7 +22,7 @@ mod subjects;
 
 use self::subjects::SubjectPattern;
 use super::{identity::Caller, issuers::IssuerConfig};
-use crate::{domain::IssueRequest, metrics::DecisionOutcome};
+use crate::{authority::domain::IssueRequest, metrics::DecisionOutcome};
 
 /// Claims a rule may neither fix nor let callers set: the authority sets them itself.
 pub const RESERVED: [&str; 9] = [

@@ -40,7 +40,7 @@ pub use self::history::{Position, RefusedRow};
 use self::read::Read;
 pub use self::replicas::Confirmations;
 use super::{kek::Keks, Change, StoreError};
-use crate::keys::KeyRecord;
+use crate::authority::keys::KeyRecord;
 
 /// Advisory lock ids: one serialises schema migrations, one serialises key-set changes.
 /// Transaction-scoped, so a pooled connection never keeps one after its transaction.

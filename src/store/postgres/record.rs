@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::PgStore;
 use crate::{
+    authority::keys::{KeyRecord, KeyState, PrivateKeyDer},
     b64,
     crypto::Algorithm,
-    keys::{KeyRecord, KeyState, PrivateKeyDer},
     store::{kek::SealedKey, StoreError},
 };
 

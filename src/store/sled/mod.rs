@@ -21,7 +21,7 @@ use super::{
     kek::Keks,
     StoreError,
 };
-use crate::keys::KeyRecord;
+use crate::authority::keys::KeyRecord;
 
 /// The marker that says "this sled database is a token-authority keystore, format 1".
 /// Written in the same transaction as the first keys, so its absence means no key was ever
@@ -349,9 +349,9 @@ fn open_error(path: &str, error: sled::Error) -> StoreError {
 mod tests {
     use super::*;
     use crate::{
+        authority::keys::{KeyState, PrivateKeyDer},
         b64,
         crypto::Algorithm,
-        keys::{KeyState, PrivateKeyDer},
         store::kek::UnsealError,
     };
 

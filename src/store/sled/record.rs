@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::SledStore;
 use crate::{
+    authority::keys::{KeyRecord, KeyState, PrivateKeyDer},
     b64,
     crypto::Algorithm,
-    keys::{KeyRecord, KeyState, PrivateKeyDer},
     store::{
         datakeys::{self, DataKeys},
         kek::{SealedKey, UnsealError},

@@ -9,7 +9,7 @@ use sled::{
 
 use super::{SledStore, FORMAT_KEY, FORMAT_V1, GENERATION_KEY};
 use crate::{
-    keys::KeyRecord,
+    authority::keys::KeyRecord,
     store::{datakeys::DataKeys, files, guard::write_guard, StoreError},
 };
 

@@ -10,15 +10,15 @@ use std::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    authority::domain::{IssueRequest, RequestedTtl, TtlPolicy},
+    authority::signing_pool::SigningPool,
     authority::{Authority, AuthorityError},
     callers::{
         audit::{Entry, Limiter, Outcome},
         Callers, Principal,
     },
-    domain::{IssueRequest, RequestedTtl, TtlPolicy},
     metrics::{DecidedMethod, DecisionOutcome, LabelValue, Method, Metrics},
     pb::{self, token_authority_server::TokenAuthority},
-    signing_pool::SigningPool,
     transport::{
         connection::ConnectionInfo,
         listener::StreamReset,

@@ -4,15 +4,15 @@
 use tonic::Status;
 
 use crate::{
+    authority::domain::InvalidArgument,
+    authority::keys::KeyState,
+    authority::keyset::KeySet,
+    authority::signing_pool::PoolError,
     authority::{AuthorityError, ErrorKind},
     callers::CallerError,
     crypto::Algorithm,
-    domain::InvalidArgument,
     jwt::verify::Reason,
-    keys::KeyState,
-    keyset::KeySet,
     pb,
-    signing_pool::PoolError,
 };
 
 /// UNAUTHENTICATED when the credentials prove nobody, RESOURCE_EXHAUSTED when the peer

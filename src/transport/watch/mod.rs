@@ -30,7 +30,7 @@ use super::{
     listener::StreamReset,
     peers::PeerKey,
 };
-use crate::{config::WatchSettings, keyset::KeySet, metrics::WatchMetrics, pb};
+use crate::{authority::keyset::KeySet, config::WatchSettings, metrics::WatchMetrics, pb};
 
 mod slots;
 

@@ -101,7 +101,10 @@ fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap
         let at = |field: &str, problem: String| Problem(format!("client[{i}].{field}: {problem}"));
         if client.id.is_empty()
             || client.id.contains(':')
-            || client.id.chars().any(crate::domain::is_invisible)
+            || client
+                .id
+                .chars()
+                .any(crate::authority::domain::is_invisible)
         {
             problems.push(at(
                 "id",

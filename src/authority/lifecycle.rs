@@ -8,8 +8,8 @@
 //! on them. That keeps the rules testable over days of simulated time in milliseconds.
 
 use crate::{
+    authority::keys::{GeneratedKey, KeyRecord, KeyState},
     crypto::{Algorithm, CryptoError},
-    keys::{GeneratedKey, KeyRecord, KeyState},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -340,7 +340,8 @@ pub fn revoke(
         r.delete_after = None;
         // It will never sign or verify again: erase the private half (a compromised key should
         // not stay on disk). The kid stays, so it can never come back.
-        r.private_key = crate::keys::PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new()));
+        r.private_key =
+            crate::authority::keys::PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new()));
     });
     if draft.find(alg, KeyState::Next).is_none() {
         draft.add(alg, KeyState::Next)?;
@@ -397,7 +398,7 @@ pub fn next_change(records: &[KeyRecord], timing: Timing) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::PrivateKeyDer;
+    use crate::authority::keys::PrivateKeyDer;
 
     const HOUR: u64 = 3600;
     const DAY: u64 = 24 * HOUR;

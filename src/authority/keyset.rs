@@ -10,12 +10,12 @@ use std::{collections::HashMap, sync::Arc};
 pub use crate::jwt::Signer;
 
 use crate::{
+    authority::keys::{KeyRecord, KeyState},
+    authority::lifecycle::{self, Timing},
     b64,
     crypto::{sha256, Algorithm, CryptoError, SigningKey, VerifyingKey},
     jwk::{render_jwks, PublicJwk},
     jwt::verify::KeyLookup,
-    keys::{KeyRecord, KeyState},
-    lifecycle::{self, Timing},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +229,7 @@ impl KeyLookup for KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{keys, lifecycle};
+    use crate::{authority::keys, authority::lifecycle};
 
     const TIMING: Timing = Timing {
         publish_lead: 60,
