@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use token_authority::{
-    admin::AdminToken,
     authority::signing_pool::SigningPool,
     authority::{Authority, Settings},
     b64,
+    callers::admin::AdminToken,
     callers::{CallerSettings, Callers},
     config::WatchSettings,
     crypto::Algorithm,

@@ -3,42 +3,35 @@
 //! gRPC and at `/.well-known/jwks.json`.
 //!
 //! # Layout
-//! - `config`: the command line and its checks; `cli`: each command run to its exit code;
-//!   `telemetry`: logging.
-//! - `server`: wiring and shutdown; `transport`: gRPC and HTTP, and their connections;
-//!   `signing_pool`: the threads that compute RSA signatures.
-//! - `callers`: who is calling (mTLS, issuer JWTs, client secrets), the deny-by-default
-//!   policy, the audit log.
-//! - `authority`: issue, verify, rotate over one key set; `domain`: validated requests.
-//! - `keyset`: the in-memory snapshot the hot paths read; `lifecycle`: rotation rules
-//!   as pure functions of records and time; `keys`: key records.
-//! - `keys_command`: `keys list/import/rewrap/migrate` on a stopped data directory or the
-//!   replicas' database.
-//! - `store`: the keystore interface and its error; `store::sled` the sled keystore,
-//!   `store::guard` its guard file, `store::postgres` the PostgreSQL keystore replicas share,
-//!   `store::kek` key-encryption keys sealing private keys at rest.
-//! - `jwt`: signing and verifying tokens; `jwk`: public JWKs and thumbprints (re-exported
-//!   from `token-authority-jose`, as are `crypto` and `b64`).
-//! - `metrics`: Prometheus metrics.
-//! - `crypto`: the crypto provider (ring, or aws-lc-rs by feature); `b64`: base64url; `admin`: the admin token.
-//! - `file_modes`: owner-only files, and the start-up check of secrets' modes (retry
-//!   pacing is `token_authority_jose::backoff`, shared with the client).
+//! - `cli`: each command run to its exit code (`cli::keys`: `keys list/import/rewrap/migrate`
+//!   on a stopped data directory or the replicas' database); `config`: the command line and
+//!   its checks; `server`: wiring and shutdown.
+//! - `transport`: gRPC and HTTP, their listeners, connections, TLS and the WatchKeys stream.
+//! - `callers`: who is calling (mTLS, issuer JWTs, client secrets, the admin token), the
+//!   deny-by-default policy, the audit log.
+//! - `authority`: issue, verify, rotate over one key set; its core: `domain` (validated
+//!   requests), `keys` (key records), `keyset` (the snapshot the hot paths read),
+//!   `lifecycle` (rotation rules as pure functions of records and time), `signing_pool`
+//!   (the threads that compute RSA signatures).
+//! - `store`: the keystore interface and its error; sled, PostgreSQL, KEK sealing, data
+//!   keys, and the owner-only modes of the files at rest.
+//! - `metrics`: Prometheus metrics; `telemetry`: logging.
 //! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
+//!
+//! The JOSE rules (JWS, JWK, base64url, the crypto provider and the rustls provider choice)
+//! are the `token_authority_jose` crate, shared with the client.
 #![deny(clippy::unwrap_used)]
 
 // The JOSE rules live in token-authority-jose, shared with the client crate; re-exported
 // under their old paths so the server and its tests name them as before.
 pub use token_authority_jose::{b64, crypto, jwk, jwt};
 
-pub mod admin;
 pub mod authority;
 pub mod bench;
 pub mod callers;
 pub mod cli;
 pub mod config;
-pub mod file_modes;
-pub mod keys_command;
 pub mod metrics;
 pub mod pb;
 pub mod server;

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use token_authority::{
     authority::keys::{self, KeyRecord, KeyState},
     authority::{Authority, AuthorityError, Settings},
+    cli::keys::{self as keys_command, KeysCommandError},
     config::ImportArgs,
     crypto::Algorithm,
-    keys_command::{self, KeysCommandError},
     store::{KeyStore, StoreError},
 };
 

@@ -74,7 +74,7 @@ pub async fn audit_verify(args: &AuditVerifyArgs) -> Result<String, String> {
         .audit_key_file
         .as_deref()
         .map(|path| {
-            crate::file_modes::check_private(
+            crate::store::file_modes::check_private(
                 path,
                 "audit key file",
                 args.allow_group_readable_files,

@@ -13,6 +13,7 @@
 //! - `reload`: loading the policy file, and reloading it when its content changes.
 //! - `commands`: `policy check` and `audit verify`.
 
+pub mod admin;
 pub mod audit;
 pub mod commands;
 pub mod identity;
@@ -33,8 +34,8 @@ use self::{
     policy::{Grant, Policy, Refusal},
 };
 use crate::{
-    admin::AdminToken,
     authority::domain::IssueRequest,
+    callers::admin::AdminToken,
     metrics::{DecisionOutcome, Metrics},
 };
 

@@ -1,10 +1,10 @@
 //! How a start or a run of the server fails, and the exit code each failure means.
 
 use crate::{
-    admin::AdminTokenError,
     authority::AuthorityError,
+    callers::admin::AdminTokenError,
     callers::{audit::AuditError, reload::LoadError},
-    file_modes::FileModeError,
+    store::file_modes::FileModeError,
     store::{kek::KekError, StoreError},
     transport::tls::TlsError,
 };

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    admin::{AdminToken, AdminTokenSource},
     authority::signing_pool::SigningPool,
     authority::Settings,
+    callers::admin::{AdminToken, AdminTokenSource},
     callers::reload,
     config::Config,
     metrics::Metrics,

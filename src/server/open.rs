@@ -7,15 +7,15 @@ use token_authority_jose::backoff::Backoff;
 
 use super::{unix_now, ServerError};
 use crate::{
-    admin::AdminToken,
     authority::{Authority, AuthorityError, Settings},
+    callers::admin::AdminToken,
     callers::{
         audit::{self, AuditLog, AuditSettings},
         reload, CallerSettings, Callers,
     },
     config::Config,
-    file_modes,
     metrics::Metrics,
+    store::file_modes,
     store::{kek::Keks, KeyStore, PgSettings, PgStore},
 };
 

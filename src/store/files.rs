@@ -13,7 +13,7 @@ pub(crate) fn replace(path: &Path, bytes: &[u8], label: &str) -> std::io::Result
     temp_name.push(".tmp");
     let temp = std::path::PathBuf::from(temp_name);
     step(label, "write")?;
-    let mut file = crate::file_modes::create_private_file(&temp)?;
+    let mut file = crate::store::file_modes::create_private_file(&temp)?;
     file.write_all(bytes)?;
     step(label, "fsync")?;
     file.sync_all()?;

@@ -12,6 +12,7 @@
 use std::{path::Path, sync::Arc};
 
 pub mod datakeys;
+pub mod file_modes;
 mod files;
 pub mod guard;
 pub mod kek;

@@ -83,7 +83,7 @@ impl KnownKey {
 
     /// Like `seed`, with the key current since `activated_at`.
     pub fn seed_activated(dir: &DataDir, activated_at: u64) -> KnownKey {
-        token_authority::file_modes::create_private_dir(&dir.path).unwrap();
+        token_authority::store::file_modes::create_private_dir(&dir.path).unwrap();
         let generated = keys::generate(Algorithm::RS256).unwrap();
         let signer =
             SigningKey::from_pkcs8(Algorithm::RS256, generated.private_key.as_bytes()).unwrap();
@@ -611,7 +611,7 @@ pub fn open_keystore(
 /// group or others can read).
 pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
     use std::io::Write as _;
-    token_authority::file_modes::create_private_file(path)
+    token_authority::store::file_modes::create_private_file(path)
         .unwrap()
         .write_all(contents.as_ref())
         .unwrap();

@@ -536,7 +536,7 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
     };
     let copied = {
         let args = args.clone();
-        tokio::task::spawn_blocking(move || token_authority::keys_command::migrate(&args))
+        tokio::task::spawn_blocking(move || token_authority::cli::keys::migrate(&args))
             .await
             .unwrap()
             .unwrap()
@@ -577,11 +577,10 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
     }
     replica.stop().await;
 
-    let refused =
-        tokio::task::spawn_blocking(move || token_authority::keys_command::migrate(&args))
-            .await
-            .unwrap()
-            .unwrap_err();
+    let refused = tokio::task::spawn_blocking(move || token_authority::cli::keys::migrate(&args))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(
         refused.to_string().contains("already holds 5 keys"),
         "{refused}"

@@ -77,7 +77,7 @@ impl SledStore {
             path.with_extension("guard"),
             path.with_extension("datakeys"),
         ] {
-            crate::file_modes::make_private(&private).map_err(|e| StoreError::Open {
+            crate::store::file_modes::make_private(&private).map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 reason: e.to_string(),
             })?;

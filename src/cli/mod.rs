@@ -5,10 +5,11 @@
 
 use std::process::ExitCode;
 
+pub mod keys;
+
 use crate::{
     callers::commands,
     config::{AuditCommand, Command, Config, KeysCommand, PolicyCommand},
-    keys_command,
     server::{self, Listeners},
     telemetry,
 };
@@ -16,7 +17,7 @@ use crate::{
 /// Runs one parsed command to its exit code: what `main` does after parsing.
 pub fn run(command: Command) -> ExitCode {
     // Files libraries create under the data directory (sled's) are owner-only too.
-    crate::file_modes::restrict_umask();
+    crate::store::file_modes::restrict_umask();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -76,10 +77,10 @@ async fn bench(args: crate::config::BenchArgs) -> ExitCode {
 
 fn keys(command: &KeysCommand) -> ExitCode {
     let result = match command {
-        KeysCommand::List(args) => keys_command::list(args),
-        KeysCommand::Import(args) => keys_command::import(args),
-        KeysCommand::Rewrap(args) => keys_command::rewrap(args),
-        KeysCommand::Migrate(args) => keys_command::migrate(args),
+        KeysCommand::List(args) => keys::list(args),
+        KeysCommand::Import(args) => keys::import(args),
+        KeysCommand::Rewrap(args) => keys::rewrap(args),
+        KeysCommand::Migrate(args) => keys::migrate(args),
     };
     report(result.map_err(|error| format!("error: {error}")))
 }
