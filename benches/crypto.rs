@@ -3,7 +3,7 @@
 //! and VerifyToken.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use token_authority::crypto::{generate_pkcs8, Algorithm, SigningKey, PROVIDER};
+use token_authority_jose::crypto::{generate_pkcs8, Algorithm, SigningKey, PROVIDER};
 
 /// A signing input of the size IssueToken makes: header, dot, claims.
 const MESSAGE: &[u8] = &[b'a'; 300];

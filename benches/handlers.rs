@@ -10,17 +10,19 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use token_authority::{
     authority::signing_pool::SigningPool,
     authority::{Authority, Settings},
-    b64,
     callers::admin::AdminToken,
     callers::{CallerSettings, Callers},
     config::WatchSettings,
-    crypto::Algorithm,
-    jwk::{render_jwks, PublicJwk},
-    jwt::verify::KeyLookup as _,
     metrics::Metrics,
     pb::{self, token_authority_server::TokenAuthority},
     store::KeyStore,
     transport::{grpc::GrpcService, watch::Watchers},
+};
+use token_authority_jose::{
+    b64,
+    crypto::Algorithm,
+    jwk::{render_jwks, PublicJwk},
+    jwt::verify::KeyLookup as _,
 };
 
 use tonic::Request;

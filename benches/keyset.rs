@@ -8,8 +8,8 @@ use token_authority::{
     authority::keys,
     authority::keyset::KeySet,
     authority::lifecycle::{self, Timing},
-    crypto::Algorithm,
 };
+use token_authority_jose::crypto::Algorithm;
 
 const TIMING: Timing = Timing {
     publish_lead: 60,

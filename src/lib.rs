@@ -22,11 +22,6 @@
 //! The JOSE rules (JWS, JWK, base64url, the crypto provider and the rustls provider choice)
 //! are the `token_authority_jose` crate, shared with the client.
 #![deny(clippy::unwrap_used)]
-
-// The JOSE rules live in token-authority-jose, shared with the client crate; re-exported
-// under their old paths so the server and its tests name them as before.
-pub use token_authority_jose::{b64, crypto, jwk, jwt};
-
 pub mod authority;
 pub mod bench;
 pub mod callers;

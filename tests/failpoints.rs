@@ -16,9 +16,9 @@ use token_authority::{
     authority::{Authority, AuthorityError, Settings},
     cli::keys::{self as keys_command, KeysCommandError},
     config::ImportArgs,
-    crypto::Algorithm,
     store::{KeyStore, StoreError},
 };
+use token_authority_jose::crypto::Algorithm;
 
 /// The steps of every write: the sled transaction, its flush, the guard file.
 const COMMIT: &[&str] = &[

@@ -12,6 +12,8 @@ use token_authority::{
     authority::keys::{self, KeyRecord, KeyState},
     authority::keyset::KeySet,
     authority::lifecycle::Timing,
+};
+use token_authority_jose::{
     crypto::Algorithm,
     jwt::{
         self,

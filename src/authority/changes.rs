@@ -12,9 +12,9 @@ use crate::{
     authority::keys::{self, GeneratedKey, KeyRecord},
     authority::keyset::KeySet,
     authority::lifecycle::{self, LifecycleError, Plan},
-    crypto::{Algorithm, CryptoError},
     store::{Change, Confirmations},
 };
+use token_authority_jose::crypto::{Algorithm, CryptoError};
 
 /// How often a replica waiting for the others reads their acknowledgements.
 const CONFIRMATION_POLL: Duration = Duration::from_millis(10);

@@ -6,7 +6,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
-use crate::jwt::json::{parse_object, JsonError};
+use token_authority_jose::jwt::json::{parse_object, JsonError};
 
 /// The registered claims the authority sets itself; callers may not supply them.
 pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];

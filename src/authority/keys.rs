@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::Algorithm;
+use token_authority_jose::crypto::Algorithm;
 
 /// Where a key is in its life: `Next -> Current -> Retired`, or `Revoked` at any time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,11 +93,11 @@ impl fmt::Debug for GeneratedKey {
 
 /// Generates a key for `alg`; its kid is the RFC 7638 thumbprint of its public half.
 /// Slow for RSA (hundreds of milliseconds): call it off the async reactor.
-pub fn generate(alg: Algorithm) -> Result<GeneratedKey, crate::crypto::CryptoError> {
-    let der = crate::crypto::generate_pkcs8(alg)?;
-    let signing = crate::crypto::SigningKey::from_pkcs8(alg, &der)?;
+pub fn generate(alg: Algorithm) -> Result<GeneratedKey, token_authority_jose::crypto::CryptoError> {
+    let der = token_authority_jose::crypto::generate_pkcs8(alg)?;
+    let signing = token_authority_jose::crypto::SigningKey::from_pkcs8(alg, &der)?;
     Ok(GeneratedKey {
-        kid: crate::jwk::thumbprint(&signing.public_components()),
+        kid: token_authority_jose::jwk::thumbprint(&signing.public_components()),
         alg,
         private_key: PrivateKeyDer::new(der),
     })
@@ -125,7 +125,8 @@ mod tests {
             max_token_ttl: 60,
             private_key: generated.private_key.clone(),
         };
-        let signing = crate::crypto::SigningKey::from_pkcs8(Algorithm::ES256, &der).unwrap();
+        let signing =
+            token_authority_jose::crypto::SigningKey::from_pkcs8(Algorithm::ES256, &der).unwrap();
         for text in [
             format!("{generated:?}"),
             format!("{record:?}"),

@@ -7,11 +7,13 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-pub use crate::jwt::Signer;
+pub use token_authority_jose::jwt::Signer;
 
 use crate::{
     authority::keys::{KeyRecord, KeyState},
     authority::lifecycle::{self, Timing},
+};
+use token_authority_jose::{
     b64,
     crypto::{sha256, Algorithm, CryptoError, SigningKey, VerifyingKey},
     jwk::{render_jwks, PublicJwk},

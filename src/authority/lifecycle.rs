@@ -7,10 +7,8 @@
 //! the records that change and the kids to delete, and the caller persists them before acting
 //! on them. That keeps the rules testable over days of simulated time in milliseconds.
 
-use crate::{
-    authority::keys::{GeneratedKey, KeyRecord, KeyState},
-    crypto::{Algorithm, CryptoError},
-};
+use crate::authority::keys::{GeneratedKey, KeyRecord, KeyState};
+use token_authority_jose::crypto::{Algorithm, CryptoError};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LifecycleError {

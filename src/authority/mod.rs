@@ -19,17 +19,19 @@ use crate::{
     authority::keys::KeyRecord,
     authority::keyset::{KeySet, KeySetError},
     authority::lifecycle::{LifecycleError, Plan, Timing},
+    store::{Change, KeyStore, Position, StoreError},
+};
+pub use error::ErrorKind;
+use replica::Replica;
+use served::Served;
+use token_authority_jose::{
     b64,
     crypto::{self, Algorithm, CryptoError},
     jwt::{
         self,
         verify::{Policy, Rejection, Verified},
     },
-    store::{Change, KeyStore, Position, StoreError},
 };
-pub use error::ErrorKind;
-use replica::Replica;
-use served::Served;
 
 mod changes;
 pub mod domain;
@@ -431,7 +433,8 @@ fn log_plan(plan: &Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crypto::Algorithm, store::KeyStore};
+    use crate::store::KeyStore;
+    use token_authority_jose::crypto::Algorithm;
 
     const T0: u64 = 1_700_000_000;
 

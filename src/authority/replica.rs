@@ -17,9 +17,9 @@ use std::{
 use crate::{
     authority::keys::{GeneratedKey, KeyRecord, KeyState},
     authority::lifecycle::{self, LifecycleError, Plan, Timing},
-    crypto::{Algorithm, CryptoError},
     store::{Position, RefusedRow},
 };
+use token_authority_jose::crypto::{Algorithm, CryptoError};
 
 #[derive(Debug)]
 pub(super) struct Replica {

@@ -77,9 +77,9 @@ mod tests {
         authority::keys,
         authority::lifecycle,
         authority::lifecycle::Timing,
-        crypto::Algorithm,
         metrics::{Metrics, StoreState},
     };
+    use token_authority_jose::crypto::Algorithm;
 
     const TIMING: Timing = Timing {
         publish_lead: 60,

@@ -24,9 +24,9 @@ use super::{
 };
 use crate::{
     config::{BenchArgs, BenchMode},
-    crypto::Algorithm,
     pb::{self, token_authority_client::TokenAuthorityClient},
 };
+use token_authority_jose::crypto::Algorithm;
 
 /// Runs the warm-up (not recorded) and then the measured phase.
 pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, BenchError> {
@@ -178,7 +178,7 @@ pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, Ben
     let requests = latency.len();
     Ok(Report {
         mode: format!("{:?}", args.mode).to_lowercase(),
-        provider: crate::crypto::PROVIDER,
+        provider: token_authority_jose::crypto::PROVIDER,
         algorithm: alg.map(|a| a.name().to_owned()),
         duration_s: as_duration(elapsed),
         concurrency: args.concurrency,

@@ -85,7 +85,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let alg = match &args.algorithm {
         None => None,
         Some(name) => Some(
-            crate::crypto::Algorithm::from_name(name)
+            token_authority_jose::crypto::Algorithm::from_name(name)
                 .ok_or_else(|| BenchError::Algorithm(name.clone()))?,
         ),
     };
@@ -97,7 +97,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         };
         match which {
             Some(operation) => {
-                let alg = alg.unwrap_or(crate::crypto::Algorithm::RS256);
+                let alg = alg.unwrap_or(token_authority_jose::crypto::Algorithm::RS256);
                 let duration = args.reference_duration;
                 Some(
                     tokio::task::spawn_blocking(move || {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::BenchError;
-use crate::crypto::{generate_pkcs8, Algorithm, SigningKey};
+use token_authority_jose::crypto::{generate_pkcs8, Algorithm, SigningKey};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Operation {

@@ -8,7 +8,7 @@ use std::{
 
 use subtle::ConstantTimeEq as _;
 
-use crate::{b64, crypto};
+use token_authority_jose::{b64, crypto};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminTokenError {

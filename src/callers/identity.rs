@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use super::{issuers::TrustedIssuer, policy::Client, CallerSettings};
-use crate::{
+use token_authority_jose::{
     b64, crypto,
     jwt::{
         json::parse_object,

@@ -37,11 +37,11 @@ mod fetch;
 pub use fetch::check_fetch_url;
 
 use self::fetch::{https_client, HttpsClient};
-use crate::{
+use crate::metrics::Metrics;
+use token_authority_jose::{
     crypto::{Algorithm, VerifyingKey},
     jwk,
     jwt::verify::KeyLookup,
-    metrics::Metrics,
 };
 
 /// How long one request of a fetch may take (headers, then body), and how long the caller

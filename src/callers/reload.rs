@@ -19,7 +19,8 @@ use super::{
     policy::{Policy, Problem},
     Active, Callers,
 };
-use crate::{crypto, metrics::Metrics};
+use crate::metrics::Metrics;
+use token_authority_jose::crypto;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

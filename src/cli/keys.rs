@@ -16,12 +16,14 @@ use crate::{
     authority::keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
     authority::lifecycle::{self, LifecycleError},
     config::{ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, StoreArgs},
-    crypto::{self, Algorithm},
-    jwk,
     store::{
         kek::{KekError, Keks},
         Change, KeyStore, PgSettings, PgStore, StoreError,
     },
+};
+use token_authority_jose::{
+    crypto::{self, Algorithm},
+    jwk,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,8 @@ mod args;
 mod serve_args;
 
 pub use self::{args::*, serve_args::*};
-use crate::{crypto::Algorithm, store::PgSettings};
+use crate::store::PgSettings;
+use token_authority_jose::crypto::Algorithm;
 
 /// The TLS files of `serve`; both listeners use them.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 
-use crate::crypto::Algorithm;
+use token_authority_jose::crypto::Algorithm;
 
 #[derive(Debug, Default)]
 struct Served {

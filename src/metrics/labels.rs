@@ -5,7 +5,7 @@
 
 use std::marker::PhantomData;
 
-use crate::jwt::verify::Reason;
+use token_authority_jose::jwt::verify::Reason;
 
 /// A label's values: all of them, each one's text, and its place in `ALL`.
 pub trait LabelValue: Copy + 'static {

@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{crypto::Algorithm, jwt::verify::Reason};
+use token_authority_jose::{crypto::Algorithm, jwt::verify::Reason};
 
 mod audit;
 mod key_ages;

@@ -18,7 +18,7 @@ use super::{
     Labels, ListenerMetrics, ListenerName, Method, Metrics, PerLabel, ReloadOutcome, WatchMetrics,
     WatcherEnd,
 };
-use crate::{crypto::Algorithm, jwt::verify::Reason};
+use token_authority_jose::{crypto::Algorithm, jwt::verify::Reason};
 
 fn per_algorithm<M: Clone, C: MetricConstructor<M>>(
     family: &Family<Labels, M, C>,

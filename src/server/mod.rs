@@ -269,7 +269,7 @@ pub async fn run(
         http = %http_addr,
         tls = tls_mode,
         issuer = %issuer,
-        crypto = crate::crypto::PROVIDER,
+        crypto = token_authority_jose::crypto::PROVIDER,
         startup_ms = started.elapsed().as_millis() as u64,
         "serving"
     );

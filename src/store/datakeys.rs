@@ -17,7 +17,7 @@ use super::{
     files,
     kek::{Keks, SealedKey, UnsealError},
 };
-use crate::{b64, crypto};
+use token_authority_jose::{b64, crypto};
 
 const FORMAT: &str = "token-authority-data-keys/1";
 const FILE_AAD: &[u8] = b"token-authority data keys v1";

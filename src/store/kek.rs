@@ -6,8 +6,8 @@
 
 use std::{fmt, path::Path};
 
-use crate::{
-    authority::keys::{KeyRecord, PrivateKeyDer},
+use crate::authority::keys::{KeyRecord, PrivateKeyDer};
+use token_authority_jose::{
     b64,
     crypto::{self, aead::Kek},
 };

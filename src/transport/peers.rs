@@ -238,7 +238,8 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crypto::Algorithm, metrics::Metrics};
+    use crate::metrics::Metrics;
+    use token_authority_jose::crypto::Algorithm;
 
     fn peers(max: usize) -> Arc<Peers> {
         Peers::new(

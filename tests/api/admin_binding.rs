@@ -2,7 +2,8 @@
 //! with `bind = "mtls"` admits a caller only with its client certificate, whatever else
 //! proves the same name. Every admin RPC, every kind of identity, both values of `bind`.
 
-use token_authority::{crypto, pb};
+use token_authority::pb;
+use token_authority_jose::crypto;
 use tonic::{Code, Status};
 
 use crate::{

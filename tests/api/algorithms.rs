@@ -67,7 +67,7 @@ async fn every_algorithm_issues_tokens_any_library_verifies() {
         assert_eq!(claims["sub"], format!("svc-{alg}"));
         // Tampering is caught by both.
         let mut parts: Vec<&str> = issued.token.split('.').collect();
-        let forged_payload = token_authority::b64::encode(format!(
+        let forged_payload = token_authority_jose::b64::encode(format!(
             r#"{{"iss":"{}","sub":"admin","aud":"api","exp":9999999999}}"#,
             server.issuer
         ));
@@ -155,7 +155,7 @@ async fn algorithm_requests_are_checked_and_rotation_is_per_algorithm() {
     // A token whose header claims another algorithm than its key's is refused.
     let parts: Vec<&str> = ed.token.split('.').collect();
     let header =
-        token_authority::b64::encode(format!(r#"{{"alg":"RS256","kid":"{}"}}"#, ed.key_id));
+        token_authority_jose::b64::encode(format!(r#"{{"alg":"RS256","kid":"{}"}}"#, ed.key_id));
     let confused = format!("{header}.{}.{}", parts[1], parts[2]);
     assert_eq!(
         server.verify(&confused, "").await.reason,

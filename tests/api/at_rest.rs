@@ -70,7 +70,7 @@ async fn sealed_keys_never_touch_disk_in_the_clear_and_rewrap_rotates_the_kek() 
     for der in &ders {
         for start in (0..der.len() - 16).step_by(16) {
             let window = &der[start..start + 16];
-            let b64 = token_authority::b64::encode(window);
+            let b64 = token_authority_jose::b64::encode(window);
             for file in &files {
                 assert!(
                     !contains(file, window),

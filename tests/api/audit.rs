@@ -244,7 +244,9 @@ async fn a_flood_of_refused_calls_is_counted_and_its_lines_rate_limited() {
     let dir = DataDir::new();
     let audit_path = dir.path.parent().unwrap().join("audit.log");
     let audit_arg = audit_path.display().to_string();
-    let batch = crate::callers::hex(&token_authority::crypto::sha256(BATCH_SECRET.as_bytes()));
+    let batch = crate::callers::hex(&token_authority_jose::crypto::sha256(
+        BATCH_SECRET.as_bytes(),
+    ));
     let policy = format!(
         "[[client]]\nid = \"legacy-batch\"\nsecret_sha256 = \"{batch}\"\n[[rule]]\ncallers = [\"client:legacy-batch\"]\naudiences = [\"a\"]\n"
     );

@@ -12,7 +12,8 @@ use std::{
 };
 
 use serde_json::Value;
-use token_authority::{crypto::mac::MacKey, pb};
+use token_authority::pb;
+use token_authority_jose::crypto::mac::MacKey;
 use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
 
 use crate::{
@@ -262,7 +263,7 @@ fn recompute(lines: &mut [String], from: usize, forger: Option<&MacKey>) {
             ),
             None => format!(
                 "{covered},\"hash\":\"{}\"}}",
-                hex(&token_authority::crypto::sha256(covered.as_bytes()))
+                hex(&token_authority_jose::crypto::sha256(covered.as_bytes()))
             ),
         };
     }

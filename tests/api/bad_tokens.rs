@@ -1,4 +1,5 @@
-use token_authority::{b64, pb::VerifyFailureReason as R};
+use token_authority::pb::VerifyFailureReason as R;
+use token_authority_jose::b64;
 
 use token_authority_client::{Verifier, VerifierSettings};
 

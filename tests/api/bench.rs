@@ -102,7 +102,7 @@ async fn bench_runs_every_mode_and_reports_sane_numbers() {
         assert!(0 < p50 && p50 <= p99 && p99 <= max, "{mode}: {report}");
         assert_eq!(
             report["provider"],
-            token_authority::crypto::PROVIDER,
+            token_authority_jose::crypto::PROVIDER,
             "{report}"
         );
         if extra.contains(&"--rotate-every") {
@@ -265,7 +265,7 @@ callers = ["{SPIFFE_ID}", "client:perf"]
 subjects = ["{{caller}}", "bench"]
 audiences = ["bench"]
 "#,
-            hex(&token_authority::crypto::sha256(SECRET.as_bytes()))
+            hex(&token_authority_jose::crypto::sha256(SECRET.as_bytes()))
         ),
     )
     .unwrap();

@@ -4,7 +4,8 @@
 //! then nests in the `act` of the token issued; trusting the authority's own `--issuer`
 //! needs `allow_own_issuer`.
 
-use token_authority::{b64, crypto, pb};
+use token_authority::pb;
+use token_authority_jose::{b64, crypto};
 use tonic::{Code, Status};
 
 use crate::{

@@ -3,7 +3,8 @@
 //! hostile caller tokens. Every refused case asserts the exact code and message.
 
 use base64::Engine as _;
-use token_authority::{b64, crypto, pb};
+use token_authority::pb;
+use token_authority_jose::{b64, crypto};
 use tonic::{metadata::MetadataValue, Code, Request, Status};
 
 use crate::helpers::{admin, config, now, DataDir, KnownKey, TestServer, ADMIN_TOKEN};

@@ -3,7 +3,8 @@
 //! `cnf`; an untrusted or expired certificate never reaches the policy, and one whose names
 //! break the SPIFFE ID or host name rules proves nobody.
 
-use token_authority::{b64, crypto, pb};
+use token_authority::pb;
+use token_authority_jose::{b64, crypto};
 use tonic::Code;
 
 use crate::{

@@ -390,7 +390,7 @@ async fn without_watch_keys_the_http_jwks_is_used_with_its_etag_and_an_unknown_k
     let segments: Vec<&str> = newer.split('.').collect();
     let made_up = format!(
         "{}.{}.{}",
-        token_authority::b64::encode(r#"{"alg":"RS256","kid":"made-up","typ":"JWT"}"#),
+        token_authority_jose::b64::encode(r#"{"alg":"RS256","kid":"made-up","typ":"JWT"}"#),
         segments[1],
         segments[2]
     );

@@ -72,9 +72,9 @@ async fn issue(server: &TestServer, alg: &str, subject: &str) -> String {
 fn tamper(token: &str) -> String {
     let parts: Vec<&str> = token.split('.').collect();
     let mut payload: Value =
-        serde_json::from_slice(&token_authority::b64::decode(parts[1]).unwrap()).unwrap();
+        serde_json::from_slice(&token_authority_jose::b64::decode(parts[1]).unwrap()).unwrap();
     payload["sub"] = "admin".into();
-    let forged = token_authority::b64::encode(payload.to_string());
+    let forged = token_authority_jose::b64::encode(payload.to_string());
     format!("{}.{}.{}", parts[0], forged, parts[2])
 }
 

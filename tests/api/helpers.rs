@@ -12,12 +12,14 @@ use std::os::unix::fs::DirBuilderExt as _;
 use clap::Parser as _;
 use token_authority::{
     authority::keys::{self, KeyRecord, KeyState},
-    b64,
     config::{Cli, Command, Config},
-    crypto::{Algorithm, SigningKey},
     pb::{self, token_authority_client::TokenAuthorityClient},
     server::{self, Listeners, ServerError},
     store::KeyStore,
+};
+use token_authority_jose::{
+    b64,
+    crypto::{Algorithm, SigningKey},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{

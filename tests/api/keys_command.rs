@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use token_authority::crypto::{self, Algorithm, SigningKey};
+use token_authority_jose::crypto::{self, Algorithm, SigningKey};
 
 use crate::{
     binary::BIN,
@@ -89,15 +89,15 @@ async fn imported_openssl_keys_keep_their_kid_and_rotate_in() {
         SigningKey::from_pkcs8(Algorithm::RS256, &crypto::pkcs8_from_pem(&pem).unwrap()).unwrap();
     let input = format!(
         "{}.{}",
-        token_authority::b64::encode(r#"{"alg":"RS256","kid":"legacy-2024","typ":"JWT"}"#),
-        token_authority::b64::encode(format!(
+        token_authority_jose::b64::encode(r#"{"alg":"RS256","kid":"legacy-2024","typ":"JWT"}"#),
+        token_authority_jose::b64::encode(format!(
             r#"{{"iss":"http://token-authority.test","sub":"old","aud":"api","exp":{}}}"#,
             now() + 600
         ))
     );
     let old_token = format!(
         "{input}.{}",
-        token_authority::b64::encode(legacy.sign(input.as_bytes()).unwrap())
+        token_authority_jose::b64::encode(legacy.sign(input.as_bytes()).unwrap())
     );
 
     let server = TestServer::start_with(config(&dir, &["--algorithms", "RS256,ES256,EdDSA"])).await;

@@ -1,7 +1,8 @@
 //! Logs never carry a token, the admin token or key material, even at debug level and while
 //! the server is fed hostile tokens.
 
-use token_authority::{b64, pb};
+use token_authority::pb;
+use token_authority_jose::b64;
 
 use crate::{
     binary::spawn_binary_logging,

@@ -7,7 +7,8 @@ use std::{
     time::Duration,
 };
 
-use token_authority::{crypto, pb::token_authority_client::TokenAuthorityClient};
+use token_authority::pb::token_authority_client::TokenAuthorityClient;
+use token_authority_jose::crypto;
 use tokio::net::TcpStream;
 use tonic::{transport::Channel, Code};
 

@@ -174,7 +174,7 @@ async fn no_response_carries_the_private_key() {
     let window = &der[der.len() - 64..der.len() - 40];
     let needles = [
         window.to_vec(),
-        token_authority::b64::encode(window).into_bytes()[4..28].to_vec(),
+        token_authority_jose::b64::encode(window).into_bytes()[4..28].to_vec(),
     ];
     for (i, bytes) in wire.iter().enumerate() {
         for needle in &needles {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use token_authority::crypto;
+use token_authority_jose::crypto;
 use tonic::Code;
 
 use crate::{

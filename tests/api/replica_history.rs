@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use token_authority::{authority::Authority, crypto::Algorithm, pb};
+use token_authority::{authority::Authority, pb};
+use token_authority_jose::crypto::Algorithm;
 
 use crate::{
     helpers::{admin, metric, now, DataDir, TestServer},

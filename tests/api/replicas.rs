@@ -18,11 +18,11 @@ use reqwest::header;
 use token_authority::{
     authority::keys::KeyState,
     authority::{Authority, Settings},
-    crypto::Algorithm,
     pb,
     server::ServerError,
     store::{kek::Keks, KeyStore, PgSettings, PgStore, StoreError},
 };
+use token_authority_jose::crypto::Algorithm;
 
 use crate::{
     helpers::{admin, config, metric, now, DataDir, TestServer},

@@ -88,7 +88,7 @@ async fn token_verifies_with_an_independent_jwt_library_from_the_http_jwks() {
         Err("InvalidAudience".to_owned())
     );
     let mut parts: Vec<String> = issued.token.split('.').map(str::to_owned).collect();
-    parts[1] = token_authority::b64::encode(br#"{"sub":"admin","iss":"x","exp":9999999999}"#);
+    parts[1] = token_authority_jose::b64::encode(br#"{"sub":"admin","iss":"x","exp":9999999999}"#);
     assert_eq!(
         verify_independently(&jwks, &parts.join("."), &server.issuer, "api"),
         Err("InvalidSignature".to_owned())

@@ -43,7 +43,7 @@ fn secrets(dir: &DataDir, kek: Option<&str>) -> HashMap<String, Secrets> {
 
 /// The forms a secret could take in a file: raw, base64url, standard base64, PEM.
 fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
-    let url = token_authority::b64::encode(secret);
+    let url = token_authority_jose::b64::encode(secret);
     let standard = base64::engine::general_purpose::STANDARD.encode(secret);
     let mut forms = vec![
         secret.to_vec(),

@@ -9,10 +9,8 @@
 use serde_json::{Map, Value};
 
 use super::{Entry, Outcome, Suppressed};
-use crate::{
-    crypto::{self, mac::MacKey},
-    metrics::LabelValue,
-};
+use crate::metrics::LabelValue;
+use token_authority_jose::crypto::{self, mac::MacKey};
 
 /// The `prev` of a chain's first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

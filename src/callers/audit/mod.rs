@@ -31,11 +31,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    b64,
-    crypto::mac::MacKey,
     metrics::{AuditMetrics, DecidedMethod, DecisionOutcome, LabelValue},
     store::KeyStore,
 };
+use token_authority_jose::{b64, crypto::mac::MacKey};
 
 mod head;
 mod limiter;

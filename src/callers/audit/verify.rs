@@ -18,7 +18,7 @@ use super::{
     writer::file_id,
     AuditError,
 };
-use crate::crypto::{self, mac::MacKey};
+use token_authority_jose::crypto::{self, mac::MacKey};
 
 /// Why a log does not verify: the first bad line (1-based) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]

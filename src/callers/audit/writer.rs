@@ -23,7 +23,8 @@ use super::{
     line::{self, Tagger, GENESIS},
     unix_now,
 };
-use crate::{crypto, metrics::AuditMetrics};
+use crate::metrics::AuditMetrics;
+use token_authority_jose::crypto;
 
 /// Lines chained and written in one write at most.
 const MAX_BATCH: usize = 512;

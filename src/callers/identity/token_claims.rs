@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::{checked_name, IdentityError};
-use crate::{b64, crypto, jwt::json::parse_object};
+use token_authority_jose::{b64, crypto, jwt::json::parse_object};
 
 /// Deepest `act` chain accepted: each hop is a service acting for the one inside.
 pub const MAX_ACT_DEPTH: usize = 8;

@@ -10,7 +10,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
 
 use super::{FetchError, JwksSource, TrustedIssuer, FETCH_TIMEOUT};
-use crate::{crypto::VerifyingKey, jwk};
+use token_authority_jose::{crypto::VerifyingKey, jwk};
 
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

@@ -436,7 +436,7 @@ mod tests {
             "x".to_owned(),
             Client {
                 id: "x".into(),
-                secret_sha256: crate::crypto::sha256(b"s"),
+                secret_sha256: token_authority_jose::crypto::sha256(b"s"),
             },
         )]);
         let mut caller = client_caller(&clients, "x", "s").unwrap();

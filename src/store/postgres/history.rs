@@ -19,10 +19,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    b64, crypto,
-    store::kek::{Keks, SealedKey},
-};
+use crate::store::kek::{Keks, SealedKey};
+use token_authority_jose::{b64, crypto};
 
 /// Where a database's history stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -151,17 +151,18 @@ impl PgStore {
                 reason: e.to_string(),
             })?;
         let host = env("HOSTNAME").unwrap_or_else(|| "replica".into());
-        let random = crate::crypto::random_bytes(6).map_err(|e| StoreError::Open {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let random =
+            token_authority_jose::crypto::random_bytes(6).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(PgStore {
             pool,
             config,
             tls,
             keks,
             shown,
-            replica: format!("{host}/{}", crate::b64::encode(random)),
+            replica: format!("{host}/{}", token_authority_jose::b64::encode(random)),
         })
     }
 
@@ -246,7 +247,8 @@ impl PgStore {
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
-        let not_applied = |e: crate::crypto::CryptoError| StoreError::NotApplied(e.to_string());
+        let not_applied =
+            |e: token_authority_jose::crypto::CryptoError| StoreError::NotApplied(e.to_string());
         let next = Position {
             database_id: position.database_id,
             generation: position.generation + 1,

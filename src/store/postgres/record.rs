@@ -6,10 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::PgStore;
 use crate::{
     authority::keys::{KeyRecord, KeyState, PrivateKeyDer},
-    b64,
-    crypto::Algorithm,
     store::{kek::SealedKey, StoreError},
 };
+use token_authority_jose::{b64, crypto::Algorithm};
 
 /// The stored form of a record: JSON, the private key sealed under the KEK.
 #[derive(Serialize, Deserialize)]

@@ -350,10 +350,9 @@ mod tests {
     use super::*;
     use crate::{
         authority::keys::{KeyState, PrivateKeyDer},
-        b64,
-        crypto::Algorithm,
         store::kek::UnsealError,
     };
+    use token_authority_jose::{b64, crypto::Algorithm};
 
     fn record(kid: &str) -> KeyRecord {
         KeyRecord {

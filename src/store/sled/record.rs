@@ -7,14 +7,13 @@ use serde::{Deserialize, Serialize};
 use super::SledStore;
 use crate::{
     authority::keys::{KeyRecord, KeyState, PrivateKeyDer},
-    b64,
-    crypto::Algorithm,
     store::{
         datakeys::{self, DataKeys},
         kek::{SealedKey, UnsealError},
         StoreError,
     },
 };
+use token_authority_jose::{b64, crypto::Algorithm};
 
 /// The stored form of a record: plain JSON, with the private key sealed when a KEK is set.
 #[derive(Serialize, Deserialize)]

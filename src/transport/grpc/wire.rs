@@ -10,10 +10,9 @@ use crate::{
     authority::signing_pool::PoolError,
     authority::{AuthorityError, ErrorKind},
     callers::CallerError,
-    crypto::Algorithm,
-    jwt::verify::Reason,
     pb,
 };
+use token_authority_jose::{crypto::Algorithm, jwt::verify::Reason};
 
 /// UNAUTHENTICATED when the credentials prove nobody, RESOURCE_EXHAUSTED when the peer
 /// failed too often to be heard now, PERMISSION_DENIED when the policy refuses, UNAVAILABLE

@@ -362,10 +362,9 @@ mod tests {
 
     use super::tracked::grpc_timeout;
     use super::*;
-    use crate::{
-        config::TlsFiles, crypto::Algorithm, metrics::Metrics, transport::tls::TlsReloader,
-    };
+    use crate::{config::TlsFiles, metrics::Metrics, transport::tls::TlsReloader};
     use hyper::Request;
+    use token_authority_jose::crypto::Algorithm;
 
     async fn peer(
         Extension(info): Extension<ConnectionInfo>,

@@ -98,7 +98,8 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crypto::Algorithm, metrics::Metrics};
+    use crate::metrics::Metrics;
+    use token_authority_jose::crypto::Algorithm;
 
     #[test]
     fn places_are_capped_in_all_and_per_address_and_given_back() {

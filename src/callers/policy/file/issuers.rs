@@ -7,13 +7,11 @@ use globset::GlobSetBuilder;
 use serde::Deserialize;
 
 use super::{duration, glob};
-use crate::{
-    callers::{
-        issuers::{check_fetch_url, IssuerConfig, JwksSource, SubjectBound},
-        policy::{Problem, DEFAULT_MAX_TOKEN_LIFETIME},
-    },
-    crypto::Algorithm,
+use crate::callers::{
+    issuers::{check_fetch_url, IssuerConfig, JwksSource, SubjectBound},
+    policy::{Problem, DEFAULT_MAX_TOKEN_LIFETIME},
 };
+use token_authority_jose::crypto::Algorithm;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -121,7 +121,7 @@ fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap
             ));
             continue;
         };
-        if digest == crate::crypto::sha256(b"") {
+        if digest == token_authority_jose::crypto::sha256(b"") {
             // `printf %s "$UNSET" | sha256sum`: a client anyone can be.
             problems.push(at(
                 "secret_sha256",
