@@ -10,6 +10,7 @@
 //! - `backoff`: retry pacing with jitter, for the server and the client alike.
 //! - `jwt`: signing compact JWS tokens and verifying them (RFC 7515, 7519, 8725);
 //!   `jwt::json` the strict JSON object parser.
+//! - `fetch` (feature `fetch`): the HTTPS client for JWKS and discovery documents.
 //! - `jwk`: public JWKs, RFC 7638 thumbprints, and the JWKS document.
 //! - `crypto`: the crypto provider (ring by default, aws-lc-rs by feature), the only module
 //!   that names a cryptography library; `tls`: rustls on that same provider.
@@ -18,6 +19,8 @@
 pub mod b64;
 pub mod backoff;
 pub mod crypto;
+#[cfg(feature = "fetch")]
+pub mod fetch;
 pub mod jwk;
 pub mod jwt;
 pub mod tls;

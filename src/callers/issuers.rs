@@ -36,17 +36,18 @@ mod fetch;
 
 pub use fetch::check_fetch_url;
 
-use self::fetch::{https_client, HttpsClient};
+use self::fetch::https_client;
 use crate::metrics::Metrics;
 use token_authority_jose::{
     crypto::{Algorithm, VerifyingKey},
+    fetch::Fetcher,
     jwk,
     jwt::verify::KeyLookup,
 };
 
-/// How long one request of a fetch may take (headers, then body), and how long the caller
-/// whose unknown kid started a fetch waits for it.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the caller whose unknown kid started a fetch waits for it: as long as one
+/// request of the fetch may take.
+const FETCH_TIMEOUT: Duration = token_authority_jose::fetch::FETCH_TIMEOUT;
 /// How long a caller waits for a fetch another task started before it goes on with the
 /// last good set: a stalled issuer must not hold every caller of it for `FETCH_TIMEOUT`.
 pub const JOIN_WAIT: Duration = Duration::from_millis(250);
@@ -64,8 +65,15 @@ pub enum FetchError {
     },
     #[error("the CA file {0} holds no usable certificate")]
     CaFile(String),
-    #[error("{url}: {reason}")]
-    Http { url: String, reason: String },
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        source: Box<token_authority_jose::fetch::FetchError>,
+    },
+    #[error("cannot build the HTTPS client: {0}")]
+    Client(token_authority_jose::fetch::FetchError),
+    #[error("the fetch task ended without an answer")]
+    Vanished,
     #[error("the discovery document has no usable jwks_uri: {0}")]
     Discovery(String),
     #[error(transparent)]
@@ -186,7 +194,7 @@ pub struct TrustedIssuer {
     pub config: IssuerConfig,
     keys: ArcSwap<IssuerKeys>,
     fetches: std::sync::Mutex<Fetches>,
-    client: HttpsClient,
+    client: Fetcher,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -330,14 +338,9 @@ impl TrustedIssuer {
 /// Waits until the fetch behind `done` ended; a fetch task that vanished counts as failed.
 async fn wait_outcome(done: &mut watch::Receiver<Option<FetchOutcome>>) -> FetchOutcome {
     match done.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(Arc::new(vanished()))),
-        Err(_) => Err(Arc::new(vanished())),
-    }
-}
-
-fn vanished() -> FetchError {
-    FetchError::Http {
-        url: String::new(),
-        reason: "the fetch task ended without an answer".into(),
+        Ok(outcome) => outcome
+            .clone()
+            .unwrap_or_else(|| Err(Arc::new(FetchError::Vanished))),
+        Err(_) => Err(Arc::new(FetchError::Vanished)),
     }
 }

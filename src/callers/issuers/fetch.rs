@@ -5,20 +5,15 @@
 
 use std::path::PathBuf;
 
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use super::{FetchError, JwksSource, TrustedIssuer, FETCH_TIMEOUT};
-use token_authority_jose::{crypto::VerifyingKey, jwk};
-
-/// Largest JWKS or discovery document accepted.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-
-pub(super) type HttpsClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Empty<bytes::Bytes>,
->;
+use super::{FetchError, JwksSource, TrustedIssuer};
+use token_authority_jose::{
+    crypto::VerifyingKey,
+    fetch::{Fetched, Fetcher},
+    jwk,
+};
 
 impl TrustedIssuer {
     /// Fetches and parses the issuer's JWKS, without touching the cache.
@@ -55,41 +50,34 @@ impl TrustedIssuer {
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        let http = |reason: String| FetchError::Http {
-            url: url.to_owned(),
-            reason,
-        };
-        let mut request = hyper::Request::get(url).header("accept", "application/json");
+        let mut headers = HeaderMap::new();
         let credential = self
             .config
             .bearer_token_file
             .as_ref()
             .filter(|_| Origin::of(url).is_some_and(|o| Some(o) == self.credential_origin()));
         if let Some(path) = credential {
-            let token = String::from_utf8(read(path)?).map_err(|_| FetchError::Read {
+            let unreadable = |path: &PathBuf, why: &str| FetchError::Read {
                 path: path.display().to_string(),
-                source: std::io::Error::other("not UTF-8"),
-            })?;
-            request = request.header("authorization", format!("Bearer {}", token.trim()));
+                source: std::io::Error::other(why.to_owned()),
+            };
+            let token =
+                String::from_utf8(read(path)?).map_err(|_| unreadable(path, "not UTF-8"))?;
+            let value = HeaderValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| unreadable(path, "not a valid header value"))?;
+            headers.insert(header::AUTHORIZATION, value);
         }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| http(e.to_string()))?;
-        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| http("timed out".into()))?
-            .map_err(|e| http(with_causes(&e)))?;
-        if !response.status().is_success() {
-            return Err(http(format!("HTTP {}", response.status())));
+        let http = |source| FetchError::Http {
+            url: url.to_owned(),
+            source: Box::new(source),
+        };
+        match self.client.get(url, headers).await.map_err(http)? {
+            Fetched::Document { body, .. } => Ok(body.to_vec()),
+            // Nothing asked for a conditional answer: a 304 here is the server's mistake.
+            Fetched::NotModified { .. } => Err(http(
+                token_authority_jose::fetch::FetchError::Status(hyper::StatusCode::NOT_MODIFIED),
+            )),
         }
-        let body = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            Limited::new(response.into_body(), MAX_DOCUMENT_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| http("timed out reading the body".into()))?
-        .map_err(|e| http(e.to_string()))?;
-        Ok(body.to_bytes().to_vec())
     }
 }
 
@@ -116,18 +104,6 @@ impl Origin {
             port,
         })
     }
-}
-
-/// An error with its causes: hyper's "client error (Connect)" alone says too little.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {
@@ -159,13 +135,14 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(super) fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, FetchError> {
+/// The issuer's client: trusting its `ca_file` alone, or the public web PKI roots.
+pub(super) fn https_client(ca_file: Option<&PathBuf>) -> Result<Fetcher, FetchError> {
     use rustls_pki_types::{pem::PemObject as _, CertificateDer};
 
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
+    let fetcher = match ca_file {
         Some(path) => {
             let pem = read(path)?;
+            let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
                 // A certificate the store cannot use is skipped; none usable is an error.
                 let _ = roots.add(cert);
@@ -173,23 +150,11 @@ pub(super) fn https_client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, Fet
             if roots.is_empty() {
                 return Err(FetchError::CaFile(path.display().to_string()));
             }
+            Fetcher::with_roots(roots)
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(token_authority_jose::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::Http {
-            url: String::new(),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+        None => Fetcher::with_webpki_roots(),
+    };
+    fetcher.map_err(FetchError::Client)
 }
 
 #[cfg(test)]
