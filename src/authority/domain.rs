@@ -239,15 +239,17 @@ mod tests {
         assert_eq!(parse_ttl(ttl(60, 0), POLICY), Ok(60));
         assert_eq!(parse_ttl(ttl(86400, 0), POLICY), Ok(86400));
         for (bad, reason) in [
-            (ttl(0, 0), "positive"),
-            (ttl(-5, 0), "positive"),
-            (ttl(0, -1), "positive"),
-            (ttl(0, 500_000_000), "whole"),
-            (ttl(86401, 0), "maximum"),
+            (ttl(0, 0), "must be positive"),
+            (ttl(-5, 0), "must be positive"),
+            (ttl(0, -1), "must be positive"),
+            (
+                ttl(0, 500_000_000),
+                "must be a whole number of seconds (JWT times are in seconds)",
+            ),
+            (ttl(86401, 0), "is above the maximum of 86400s"),
         ] {
             let err = parse_ttl(bad, POLICY).unwrap_err();
-            assert_eq!(err.field, "ttl");
-            assert!(err.reason.contains(reason), "{err}");
+            assert_eq!((err.field, err.reason.as_str()), ("ttl", reason), "{err}");
         }
     }
 
@@ -258,17 +260,42 @@ mod tests {
             parse_claims(r#"{"role":"admin","n":12345678901234}"#).unwrap()["n"],
             12345678901234u64
         );
-        for bad in [
-            "[]",
-            "1",
-            "{",
-            r#"{"a":1,"a":2}"#,
-            r#"{"exp":1}"#,
-            r#"{"jti":"x"}"#,
-            r#"{"act":{"sub":"admin"}}"#,
-            r#"{"cnf":{"x5t#S256":"x"}}"#,
+        const RESERVED_BY_AUTHORITY: &str =
+            "the authority sets iss, sub, aud, exp, nbf, iat and jti itself";
+        const RESERVED_BY_IDENTITY: &str =
+            "the authority sets act and cnf from the caller's identity";
+        for (bad, reason) in [
+            ("[]", "must be a JSON object".to_owned()),
+            ("1", "must be a JSON object".to_owned()),
+            (
+                "{",
+                "is not a valid JSON object: EOF while parsing an object at line 1 column 1"
+                    .to_owned(),
+            ),
+            (
+                r#"{"a":1,"a":2}"#,
+                r#"is not a valid JSON object: duplicate member "a" at line 1 column 10"#
+                    .to_owned(),
+            ),
+            (
+                r#"{"exp":1}"#,
+                format!(r#"sets the reserved claim "exp"; {RESERVED_BY_AUTHORITY}"#),
+            ),
+            (
+                r#"{"jti":"x"}"#,
+                format!(r#"sets the reserved claim "jti"; {RESERVED_BY_AUTHORITY}"#),
+            ),
+            (
+                r#"{"act":{"sub":"admin"}}"#,
+                format!(r#"sets the reserved claim "act"; {RESERVED_BY_IDENTITY}"#),
+            ),
+            (
+                r#"{"cnf":{"x5t#S256":"x"}}"#,
+                format!(r#"sets the reserved claim "cnf"; {RESERVED_BY_IDENTITY}"#),
+            ),
         ] {
-            assert_eq!(parse_claims(bad).unwrap_err().field, "claims_json", "{bad}");
+            let err = parse_claims(bad).unwrap_err();
+            assert_eq!((err.field, err.reason), ("claims_json", reason), "{bad}");
         }
     }
 }

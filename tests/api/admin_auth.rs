@@ -16,25 +16,44 @@ fn with_authorization<T>(message: T, value: Option<&str>) -> Request<T> {
 async fn admin_rpcs_need_the_admin_token() {
     let dir = DataDir::new();
     let server = TestServer::start(&dir).await;
+    const NEEDED: &str = "admin RPCs need metadata `authorization: Bearer <admin token>`";
+    const NOT_VALID: &str = "the admin token is not valid";
+    // (case, authorization, the message every admin RPC answers with UNAUTHENTICATED)
     let cases = [
-        ("missing", None),
-        ("wrong token", Some("Bearer not-the-token")),
-        ("prefix of the token", Some("Bearer test-admin")),
-        ("wrong scheme", Some("Basic dGVzdDp0ZXN0")),
-        ("no scheme", Some(crate::helpers::ADMIN_TOKEN)),
+        ("missing", None, NEEDED),
+        ("wrong token", Some("Bearer not-the-token"), NOT_VALID),
+        ("prefix of the token", Some("Bearer test-admin"), NOT_VALID),
+        (
+            "wrong scheme",
+            Some("Basic dGVzdDp0ZXN0"),
+            "the client id or secret is not valid",
+        ),
+        (
+            "no scheme",
+            Some(crate::helpers::ADMIN_TOKEN),
+            "authorization: unsupported scheme; use Bearer or Basic",
+        ),
     ];
-    for (name, value) in cases {
+    for (name, value, message) in cases {
         let mut client = server.client.clone();
         let status = client
             .rotate_keys(with_authorization(pb::RotateKeysRequest::default(), value))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "RotateKeys, {name}");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, message),
+            "RotateKeys, {name}"
+        );
         let status = client
             .list_keys(with_authorization(pb::ListKeysRequest {}, value))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "ListKeys, {name}");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, message),
+            "ListKeys, {name}"
+        );
         let status = client
             .revoke_key(with_authorization(
                 pb::RevokeKeyRequest {
@@ -45,7 +64,11 @@ async fn admin_rpcs_need_the_admin_token() {
             ))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "RevokeKey, {name}");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, message),
+            "RevokeKey, {name}"
+        );
     }
     // Nothing rotated: still one current and one next.
     let jwks = server.http_jwks().await;

@@ -66,9 +66,13 @@ async fn decisions_and_admin_actions_are_chained_lines_without_secrets() {
     )
     .await
     .unwrap_err();
-    issue_as(&server, None, ask(PAYMENTS_SA, &["ledger"], None, ""))
+    let anonymous = issue_as(&server, None, ask(PAYMENTS_SA, &["ledger"], None, ""))
         .await
         .unwrap_err();
+    assert_eq!(
+        (anonymous.code(), anonymous.message()),
+        (tonic::Code::Unauthenticated, "IssueToken needs credentials: a client certificate, `authorization: Bearer <token of a trusted issuer>` or `authorization: Basic <base64 of id:secret>`"),
+    );
     let malformed = issue_as(
         &server,
         Some(&bearer),
@@ -76,6 +80,14 @@ async fn decisions_and_admin_actions_are_chained_lines_without_secrets() {
     )
     .await
     .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::PermissionDenied, "subject: \"someone-else\" is not allowed for caller \"system:serviceaccount:payments:api\""),
+    );
+    assert_eq!(
+        (malformed.code(), malformed.message()),
+        (tonic::Code::InvalidArgument, "claims_json: is not a valid JSON object: EOF while parsing an object at line 1 column 1"),
+    );
     let by_secret = issue_as(
         &server,
         Some(&basic("legacy-batch", BATCH_SECRET)),
@@ -102,12 +114,19 @@ async fn decisions_and_admin_actions_are_chained_lines_without_secrets() {
         .await
         .unwrap()
         .into_inner();
-    server
+    let not_admin = server
         .client
         .clone()
         .list_keys(with_auth(pb::ListKeysRequest {}, Some(&bearer)))
         .await
         .unwrap_err();
+    assert_eq!(
+        (not_admin.code(), not_admin.message()),
+        (
+            tonic::Code::PermissionDenied,
+            "caller \"system:serviceaccount:payments:api\" may not call admin RPCs"
+        ),
+    );
     server.stop().await;
 
     let text = std::fs::read_to_string(&audit_path).unwrap();
@@ -264,9 +283,10 @@ async fn a_flood_of_refused_calls_is_counted_and_its_lines_rate_limited() {
     const FLOOD: usize = 2000;
     let flood_started = std::time::Instant::now();
     for _ in 0..FLOOD {
-        issue_as(&server, None, ask("x", &["a"], None, ""))
+        let refused = issue_as(&server, None, ask("x", &["a"], None, ""))
             .await
             .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
     let flood_seconds = flood_started.elapsed().as_secs_f64();
     assert_eq!(

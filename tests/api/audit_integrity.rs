@@ -606,12 +606,19 @@ async fn suppressed_refusals_are_summed_up_at_shutdown_without_a_policy_file() {
         TestServer::start_with(config(&dir, &["--audit-log", audit_path.to_str().unwrap()])).await;
     const FLOOD: u64 = 100;
     for _ in 0..FLOOD {
-        server
+        let refused = server
             .client
             .clone()
             .list_keys(pb::ListKeysRequest {})
             .await
             .unwrap_err();
+        assert_eq!(
+            (refused.code(), refused.message()),
+            (
+                tonic::Code::Unauthenticated,
+                "admin RPCs need metadata `authorization: Bearer <admin token>`"
+            ),
+        );
     }
     server.stop().await;
     let lines = json_lines(&audit_path);

@@ -373,10 +373,14 @@ fn json_logs_are_one_object_per_line_with_rpc_fields() {
                 })
                 .await
                 .unwrap();
-            client
+            let refused = client
                 .issue_token(token_authority::pb::IssueTokenRequest::default())
                 .await
                 .unwrap_err();
+            assert_eq!(
+                (refused.code(), refused.message()),
+                (tonic::Code::InvalidArgument, "subject: is required"),
+            );
         });
     let mut rpcs = Vec::new();
     for line in process.terminate() {

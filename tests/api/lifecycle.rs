@@ -170,7 +170,10 @@ async fn revocation_withdraws_the_key_at_once_and_is_remembered_on(store: &Store
         }))
         .await
         .unwrap_err();
-    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(
+        (unknown.code(), unknown.message()),
+        (Code::NotFound, "no key no-such-kid")
+    );
 
     // Remembered across a restart: never back in the JWKS, its tokens still rejected.
     server.stop().await;
