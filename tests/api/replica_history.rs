@@ -12,17 +12,14 @@ use token_authority::{authority::Authority, pb};
 use token_authority_jose::crypto::Algorithm;
 
 use crate::{
-    helpers::{admin, metric, now, DataDir, TestServer},
+    helpers::{metric, now, DataDir, TestServer},
     postgres::Store,
+    replicas::{dirs, revoke, Replicas as _},
 };
 
 const TABLES: [&str; 3] = ["ta_keys", "ta_generation", "ta_history"];
 const REWINDS: &str = "token_authority_store_history_rewinds_total";
 const REFUSED: &str = "token_authority_store_refused_records";
-
-async fn replica(shared: &Store, dir: &DataDir) -> TestServer {
-    TestServer::start_with(shared.config(dir, &["--algorithms", "ES256"])).await
-}
 
 /// Copies every keystore table aside, as a backup would.
 fn back_up(shared: &Store, name: &str) {
@@ -43,18 +40,6 @@ fn restore(shared: &Store, name: &str) {
     }
     sql.push_str("COMMIT;");
     shared.pg().psql(&sql);
-}
-
-async fn revoke(server: &TestServer, kid: &str) -> Result<pb::RevokeKeyResponse, tonic::Status> {
-    server
-        .client
-        .clone()
-        .revoke_key(admin(pb::RevokeKeyRequest {
-            key_id: kid.into(),
-            reason: "compromised".into(),
-        }))
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 async fn current(server: &TestServer) -> String {
@@ -98,9 +83,9 @@ fn stored_state(shared: &Store, kid: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_database_never_brings_a_revoked_key_back() {
     let shared = Store::postgres().await;
-    let dirs = [DataDir::new(), DataDir::new(), DataDir::new()];
-    let a = replica(&shared, &dirs[0]).await;
-    let b = replica(&shared, &dirs[1]).await;
+    let dirs = dirs();
+    let a = shared.replica(&dirs[0]).await;
+    let b = shared.replica(&dirs[1]).await;
     let old = a.issue("svc", &["aud"]).await;
     back_up(&shared, "before");
 
@@ -127,7 +112,7 @@ async fn a_restored_database_never_brings_a_revoked_key_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A replica started after the restore knows nothing of the revocation but the database.
-    let c = replica(&shared, &dirs[2]).await;
+    let c = shared.replica(&dirs[2]).await;
     let verdict = c.verify(&old.token, "aud").await;
     assert_eq!(
         verdict.reason,
@@ -215,7 +200,7 @@ async fn a_history_replayed_to_the_same_generation_is_read() {
 async fn a_row_written_back_or_damaged_is_refused_on_its_own() {
     let shared = Store::postgres().await;
     let dirs = [DataDir::new(), DataDir::new()];
-    let a = replica(&shared, &dirs[0]).await;
+    let a = shared.replica(&dirs[0]).await;
     let old = a.issue("svc", &["aud"]).await;
     let retired = current(&a).await;
     a.rotate().await;
@@ -238,7 +223,7 @@ async fn a_row_written_back_or_damaged_is_refused_on_its_own() {
         "UPDATE ta_keys SET record = '{{\"kid\":' WHERE kid = '{retired}'"
     ));
 
-    let b = replica(&shared, &dirs[1]).await;
+    let b = shared.replica(&dirs[1]).await;
     assert_eq!(metric(&b, REFUSED).await, 2.0);
     let verdict = b.verify(&compromised_token.token, "aud").await;
     assert!(
@@ -290,7 +275,7 @@ async fn a_row_written_back_or_damaged_is_refused_on_its_own() {
 async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
     let shared = Store::postgres().await;
     let dir = DataDir::new();
-    let a = replica(&shared, &dir).await;
+    let a = shared.replica(&dir).await;
     let issued = a.issue("svc", &["aud"]).await;
     let keys = a.list_keys().await;
     a.stop().await;
@@ -300,7 +285,7 @@ async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
          DROP COLUMN manifest; DROP TABLE ta_history; DROP TABLE ta_replicas; \
          DELETE FROM ta_schema_version WHERE version >= 3; COMMIT;",
     );
-    let a = replica(&shared, &dir).await;
+    let a = shared.replica(&dir).await;
     assert_eq!(a.list_keys().await, keys);
     assert!(a.verify(&issued.token, "aud").await.valid);
     assert_eq!(metric(&a, REFUSED).await, 0.0);
@@ -317,7 +302,7 @@ async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
          WHERE kid = '{}'",
         issued.key_id
     ));
-    let a = replica(&shared, &dir).await;
+    let a = shared.replica(&dir).await;
     assert_eq!(metric(&a, REFUSED).await, 1.0);
     assert_ne!(a.issue("svc", &["aud"]).await.key_id, issued.key_id);
     a.stop().await;
@@ -373,7 +358,7 @@ async fn a_replica_that_cannot_catch_up_after_a_restore_says_so_in_its_health() 
     use tonic_health::pb::health_check_response::ServingStatus;
     let shared = Store::postgres().await;
     let dir = DataDir::new();
-    let a = replica(&shared, &dir).await;
+    let a = shared.replica(&dir).await;
     assert_eq!(health(&a, "keystore").await, ServingStatus::Serving as i32);
     let old = a.issue("svc", &["aud"]).await;
     back_up(&shared, "before");

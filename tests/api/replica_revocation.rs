@@ -9,26 +9,10 @@ use std::time::{Duration, Instant};
 use token_authority::pb;
 
 use crate::{
-    helpers::{admin, DataDir, TestServer},
+    helpers::admin,
     postgres::Store,
+    replicas::{dirs, percentile, revoke, Replicas as _},
 };
-
-async fn replica(shared: &Store, dir: &DataDir) -> TestServer {
-    TestServer::start_with(shared.config(dir, &["--algorithms", "ES256"])).await
-}
-
-async fn revoke(server: &TestServer, kid: &str) -> pb::RevokeKeyResponse {
-    server
-        .client
-        .clone()
-        .revoke_key(admin(pb::RevokeKeyRequest {
-            key_id: kid.into(),
-            reason: "compromised".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 /// Waits until `count` replicas have acknowledged what they serve.
 async fn acknowledged(shared: &Store, count: usize) {
@@ -42,10 +26,6 @@ async fn acknowledged(shared: &Store, count: usize) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Three replicas, 160 retained keys: 30 revocations, each on one replica in turn. When
 /// RevokeKey answers, both others say so, and at once (no wait, no retry) refuse the key's
 /// tokens and sign with another key. Before, RevokeKey answered as soon as its own change was
@@ -53,11 +33,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_key_answers_once_every_live_replica_has_dropped_the_key() {
     let shared = Store::postgres().await;
-    let dirs = [DataDir::new(), DataDir::new(), DataDir::new()];
+    let dirs = dirs();
     let servers = [
-        replica(&shared, &dirs[0]).await,
-        replica(&shared, &dirs[1]).await,
-        replica(&shared, &dirs[2]).await,
+        shared.replica(&dirs[0]).await,
+        shared.replica(&dirs[1]).await,
+        shared.replica(&dirs[2]).await,
     ];
     // Retired keys stay published until their tokens have expired: 160 of them.
     for _ in 0..160 {
@@ -104,15 +84,15 @@ async fn revoke_key_answers_once_every_live_replica_has_dropped_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_is_not_waited_for_and_a_silent_one_only_up_to_the_bound() {
     let shared = Store::postgres().await;
-    let dirs = [DataDir::new(), DataDir::new(), DataDir::new()];
-    let a = replica(&shared, &dirs[0]).await;
-    let b = replica(&shared, &dirs[1]).await;
-    let c = replica(&shared, &dirs[2]).await;
+    let dirs = dirs();
+    let a = shared.replica(&dirs[0]).await;
+    let b = shared.replica(&dirs[1]).await;
+    let c = shared.replica(&dirs[2]).await;
     acknowledged(&shared, 3).await;
     c.stop().await;
     acknowledged(&shared, 2).await;
     let kid = a.current_kid("ES256").await;
-    let response = revoke(&a, &kid).await;
+    let response = revoke(&a, &kid).await.unwrap();
     assert_eq!(
         (response.replicas_confirmed, response.replicas_live),
         (1, 1)
@@ -125,7 +105,7 @@ async fn a_stopped_replica_is_not_waited_for_and_a_silent_one_only_up_to_the_bou
     );
     let kid = a.current_kid("ES256").await;
     let started = Instant::now();
-    let response = revoke(&a, &kid).await;
+    let response = revoke(&a, &kid).await.unwrap();
     let waited = started.elapsed();
     assert_eq!(
         (response.replicas_confirmed, response.replicas_live),
@@ -138,7 +118,7 @@ async fn a_stopped_replica_is_not_waited_for_and_a_silent_one_only_up_to_the_bou
     // The sync interval is 1 s: after 4 s the frozen one is no longer live.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let kid = b.current_kid("ES256").await;
-    let response = revoke(&b, &kid).await;
+    let response = revoke(&b, &kid).await.unwrap();
     assert_eq!(
         (response.replicas_confirmed, response.replicas_live),
         (1, 1)
@@ -153,11 +133,11 @@ async fn a_stopped_replica_is_not_waited_for_and_a_silent_one_only_up_to_the_bou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_storm_on_three_replicas_leaves_one_current_and_one_next_key() {
     let shared = Store::postgres().await;
-    let dirs = [DataDir::new(), DataDir::new(), DataDir::new()];
+    let dirs = dirs();
     let servers = [
-        replica(&shared, &dirs[0]).await,
-        replica(&shared, &dirs[1]).await,
-        replica(&shared, &dirs[2]).await,
+        shared.replica(&dirs[0]).await,
+        shared.replica(&dirs[1]).await,
+        shared.replica(&dirs[2]).await,
     ];
     let mut calls = Vec::new();
     for server in &servers {

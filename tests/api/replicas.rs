@@ -31,7 +31,7 @@ use crate::{
 
 /// What every replica of these tests shares beyond the test's `Store` (a cluster and its
 /// KEK): ES256, and a one-second sync.
-trait Replicas {
+pub(crate) trait Replicas {
     fn replica_config(&self, dir: &DataDir) -> token_authority::config::Config;
 
     async fn replica(&self, dir: &DataDir) -> TestServer {
@@ -55,8 +55,24 @@ impl Replicas for Store {
     }
 }
 
-fn dirs() -> [DataDir; 3] {
+pub(crate) fn dirs() -> [DataDir; 3] {
     [DataDir::new(), DataDir::new(), DataDir::new()]
+}
+
+/// RevokeKey of `kid` on `server`, as the admin.
+pub(crate) async fn revoke(
+    server: &TestServer,
+    kid: &str,
+) -> Result<pb::RevokeKeyResponse, tonic::Status> {
+    server
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: kid.into(),
+            reason: "compromised".into(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 async fn etag(server: &TestServer) -> String {
@@ -108,7 +124,7 @@ async fn stop_all(servers: [TestServer; 3]) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }
