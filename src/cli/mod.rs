@@ -1,6 +1,6 @@
 //! The commands of the `token-authority` binary, from parsed arguments to an exit code:
 //! `serve`, `keys`, `bench`, `policy check`, `audit verify`. Errors are printed here, once,
-//! as one `error:` line; a configuration refused before start (a bad flag, or a shared
+//! as one `error:` line with their causes (`telemetry::chain`); a configuration refused before start (a bad flag, or a shared
 //! database that refuses the replica) exits 2, other failures 1.
 
 use std::process::ExitCode;
@@ -82,7 +82,7 @@ fn keys(command: &KeysCommand) -> ExitCode {
         KeysCommand::Rewrap(args) => keys::rewrap(args),
         KeysCommand::Migrate(args) => keys::migrate(args),
     };
-    report(result.map_err(|error| format!("error: {error}")))
+    report(result.map_err(|error| format!("error: {}", telemetry::chain(&error))))
 }
 
 async fn serve(args: crate::config::ServeArgs) -> ExitCode {
@@ -114,8 +114,8 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
     match server::run(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
-            eprintln!("error: {error}");
+            tracing::error!("{}", telemetry::chain(&error));
+            eprintln!("error: {}", telemetry::chain(&error));
             ExitCode::from(error.exit_code())
         }
     }

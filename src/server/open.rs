@@ -17,6 +17,7 @@ use crate::{
     metrics::Metrics,
     store::file_modes,
     store::{kek::Keks, KeyStore, PgSettings, PgStore},
+    telemetry::chain,
 };
 
 /// Where the keystore lives inside the data directory.
@@ -79,7 +80,7 @@ pub(super) async fn open_shared(
                 return Ok(Some(authority));
             }
             Err(AuthorityError::Store(error)) if error.is_transient() => {
-                tracing::warn!(%error, "the keystore database cannot be used yet; retrying");
+                tracing::warn!(error = %chain(&error), "the keystore database cannot be used yet; retrying");
             }
             Err(AuthorityError::Store(error)) => return Err(error.into()),
             Err(other) => return Err(other.into()),

@@ -10,6 +10,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
 
 use super::{FetchError, JwksSource, TrustedIssuer, FETCH_TIMEOUT};
+use crate::telemetry::chain;
 use token_authority_jose::{crypto::VerifyingKey, jwk};
 
 /// Largest JWKS or discovery document accepted.
@@ -78,7 +79,8 @@ impl TrustedIssuer {
         let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| http("timed out".into()))?
-            .map_err(|e| http(with_causes(&e)))?;
+            // hyper's "client error (Connect)" alone says too little: its causes too.
+            .map_err(|e| http(chain(&e).to_string()))?;
         if !response.status().is_success() {
             return Err(http(format!("HTTP {}", response.status())));
         }
@@ -116,18 +118,6 @@ impl Origin {
             port,
         })
     }
-}
-
-/// An error with its causes: hyper's "client error (Connect)" alone says too little.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {

@@ -8,7 +8,10 @@ use super::{
     history::{Manifest, Position, RefusedRow},
     PgStore, Snapshot,
 };
-use crate::store::{kek::UnsealError, StoreError};
+use crate::{
+    store::{kek::UnsealError, StoreError},
+    telemetry::chain,
+};
 
 /// What a read inside a change transaction found, for the write that follows it.
 pub(super) struct Read {
@@ -131,7 +134,7 @@ impl PgStore {
                             ..
                         },
                     ) => return Err(error),
-                    Err(error) => Err(error.to_string()),
+                    Err(error) => Err(chain(&error).to_string()),
                 },
             };
             match checked {
