@@ -13,6 +13,9 @@ use crate::{
     telemetry::chain,
 };
 
+/// The manifest, where a refusal names the record.
+const MANIFEST: &str = "(the key set's manifest, in ta_generation)";
+
 /// What a read inside a change transaction found, for the write that follows it.
 pub(super) struct Read {
     pub snapshot: Snapshot,
@@ -105,12 +108,18 @@ impl PgStore {
         let (position, manifest) = self.read_position(tx).await?;
         let corrupt = |reason: String| StoreError::Corrupt {
             path: self.shown.clone(),
-            kid: "(the key set's manifest, in ta_generation)".into(),
+            kid: MANIFEST.into(),
             reason,
         };
         let manifest = manifest
             .ok_or_else(|| corrupt("missing: the schema migration did not complete".into()))?;
-        let manifest = Manifest::open(&manifest, &self.keks, &position).map_err(corrupt)?;
+        let manifest = Manifest::open(&manifest, &self.keks, &position).map_err(|source| {
+            StoreError::Unreadable {
+                path: self.shown.clone(),
+                kid: MANIFEST.into(),
+                source: source.into(),
+            }
+        })?;
         let rows = tx
             .query("SELECT kid, record FROM ta_keys", &[])
             .await
