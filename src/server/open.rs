@@ -48,7 +48,7 @@ pub(super) async fn open_sled(
         Ok(authority)
     })
     .await
-    .map_err(|e| ServerError::Task(e.to_string()))?
+    .map_err(ServerError::Task)?
 }
 
 /// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.
