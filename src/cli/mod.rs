@@ -21,7 +21,10 @@ pub fn run(command: Command) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            eprintln!(
+                "error: cannot start the async runtime: {}",
+                telemetry::chain(&error)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -60,7 +63,7 @@ async fn bench(args: crate::config::BenchArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                eprintln!("error: {error}");
+                eprintln!("error: {}", telemetry::chain(&error));
                 ExitCode::FAILURE
             }
         },
@@ -69,7 +72,7 @@ async fn bench(args: crate::config::BenchArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", telemetry::chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -89,7 +92,7 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", telemetry::chain(&error));
             return ExitCode::from(2);
         }
     };
@@ -97,7 +100,10 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(error) => {
-            eprintln!("error: cannot install the SIGTERM/SIGINT handlers: {error}");
+            eprintln!(
+                "error: cannot install the SIGTERM/SIGINT handlers: {}",
+                telemetry::chain(&error)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -105,8 +111,10 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => {
             eprintln!(
-                "error: cannot bind {} / {}: {error}",
-                config.grpc_listen, config.http_listen
+                "error: cannot bind {} / {}: {}",
+                config.grpc_listen,
+                config.http_listen,
+                telemetry::chain(&error)
             );
             return ExitCode::FAILURE;
         }
