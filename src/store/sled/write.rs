@@ -13,6 +13,7 @@ use super::{SledStore, FORMAT_KEY, FORMAT_V1, GENERATION_KEY};
 use crate::{
     authority::keys::KeyRecord,
     store::{datakeys::DataKeys, files, guard::write_guard, Cause, Context, StoreError},
+    telemetry::chain,
 };
 
 impl SledStore {
@@ -200,7 +201,7 @@ impl SledStore {
             files::remove(&self.guard_path())?;
         } else if let Err(error) = write_guard(&self.guard_path(), generation) {
             // A guard behind sled is what a crash between the two leaves: harmless.
-            tracing::warn!(%error, "the guard file could not be updated after undoing a write");
+            tracing::warn!(error = %chain(&error), "the guard file could not be updated after undoing a write");
         }
         Ok(())
     }
