@@ -31,7 +31,7 @@ enum Failure {
 
 impl DbFailure {
     /// The driver's error, when there is one (also inside the pool's).
-    pub fn postgres(&self) -> Option<&tokio_postgres::Error> {
+    pub(super) fn postgres(&self) -> Option<&tokio_postgres::Error> {
         match &self.0 {
             Failure::Postgres(error) | Failure::Pool(PoolError::Backend(error)) => Some(error),
             Failure::Pool(_) | Failure::Other(_) => None,
