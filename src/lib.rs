@@ -15,7 +15,8 @@
 //!   (the threads that compute RSA signatures).
 //! - `store`: the keystore interface and its error; sled, PostgreSQL, KEK sealing, data
 //!   keys, and the owner-only modes of the files at rest.
-//! - `metrics`: Prometheus metrics; `telemetry`: logging.
+//! - `metrics`: Prometheus metrics; `telemetry`: logging, and errors shown with their
+//!   causes (`telemetry::chain`).
 //! - `bench`: the load generator behind `token-authority bench`.
 //! - `pb`: generated protobuf and gRPC code.
 //!

@@ -17,6 +17,7 @@ use token_authority::{
     cli::keys::{self as keys_command, KeysCommandError},
     config::ImportArgs,
     store::{KeyStore, StoreError},
+    telemetry::chain,
 };
 use token_authority_jose::crypto::Algorithm;
 
@@ -117,8 +118,10 @@ fn open(dir: &Path, now: u64) -> Authority {
 
 fn not_applied(result: Result<(), AuthorityError>, point: &str) {
     match result {
-        Err(AuthorityError::Store(StoreError::NotApplied(reason))) => {
-            assert!(reason.contains(point), "{point}: {reason}")
+        Err(AuthorityError::Store(error @ StoreError::NotApplied(_))) => {
+            // The injected fault is the cause, and the line shows it.
+            let shown = chain(&error).to_string();
+            assert!(shown.contains(point), "{point}: {shown}")
         }
         other => panic!("{point}: expected NotApplied, got {other:?}"),
     }
@@ -376,6 +379,12 @@ async fn a_write_that_cannot_be_undone_stops_further_writes_until_a_restart() {
         matches!(error, AuthorityError::Store(StoreError::Unknown { .. })),
         "{error:?}"
     );
+    // Both faults reach the line: the write's, and the undo's.
+    let shown = chain(&error).to_string();
+    assert!(
+        shown.starts_with("the keystore write failed (injected fault at guard.write) and could not be undone (injected fault at store.undo): "),
+        "{shown}"
+    );
     fail::remove("guard.write");
     fail::remove("store.undo");
     assert_eq!(view(authority.keys().records()), before);
@@ -415,6 +424,11 @@ async fn an_erasure_that_cannot_be_put_back_stops_further_writes_until_a_restart
     assert!(
         matches!(error, AuthorityError::Store(StoreError::Unknown { .. })),
         "{error:?}"
+    );
+    let shown = chain(&error).to_string();
+    assert!(
+        shown.starts_with("the keystore write failed (injected fault at datakeys-erase.dirsync) and could not be undone (restoring the data key file: injected fault at datakeys-restore.write): "),
+        "{shown}"
     );
     fail::remove("datakeys-erase.dirsync");
     fail::remove("datakeys-restore.write");

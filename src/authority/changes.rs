@@ -13,6 +13,7 @@ use crate::{
     authority::keyset::KeySet,
     authority::lifecycle::{self, LifecycleError, Plan},
     store::{Change, Confirmations},
+    telemetry::chain,
 };
 use token_authority_jose::crypto::{Algorithm, CryptoError};
 
@@ -152,7 +153,7 @@ impl Authority {
     /// replica that changed the set can wait for it. A failure only delays that wait.
     async fn acknowledge(&self) {
         if let Err(error) = self.store.acknowledge(&self.replica.position()).await {
-            tracing::debug!(%error, "cannot acknowledge the key set served");
+            tracing::debug!(error = %chain(&error), "cannot acknowledge the key set served");
         }
     }
 
@@ -173,7 +174,7 @@ impl Authority {
                 Ok(Some(_)) => {}
                 Ok(None) => return None,
                 Err(error) => {
-                    tracing::warn!(%error, "cannot read which replicas serve the new key set");
+                    tracing::warn!(error = %chain(&error), "cannot read which replicas serve the new key set");
                     return None;
                 }
             }
@@ -190,7 +191,7 @@ impl Authority {
     /// This replica stops: the others no longer wait for it.
     pub async fn leave(&self) {
         if let Err(error) = self.store.leave().await {
-            tracing::debug!(%error, "cannot remove this replica from the keystore's list");
+            tracing::debug!(error = %chain(&error), "cannot remove this replica from the keystore's list");
         }
     }
 

@@ -55,8 +55,8 @@ pub enum AuthorityError {
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     KeySet(#[from] KeySetError),
-    #[error("a background task failed: {0}")]
-    Task(String),
+    #[error("a background task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// The token rules of this authority.
@@ -415,7 +415,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, AuthorityError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| AuthorityError::Task(e.to_string()))
+        .map_err(AuthorityError::Task)
 }
 
 fn log_plan(plan: &Plan) {

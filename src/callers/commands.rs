@@ -7,6 +7,7 @@ use super::{audit, issuers::TrustedIssuer, policy, reload};
 use crate::{
     config::AuditVerifyArgs,
     store::{audit_heads, PgSettings},
+    telemetry::chain,
 };
 
 /// Checks a policy file as the server would load it, then tries each issuer's JWKS source.
@@ -130,7 +131,8 @@ async fn read_head(args: &AuditVerifyArgs, file: Option<&str>) -> Result<Lookup,
         return Ok(Lookup::NotAsked);
     };
     let text = if let Some(data_dir) = &args.data_dir {
-        audit_heads::read_from_sled(&data_dir.join("keystore"), file).map_err(|e| e.to_string())?
+        audit_heads::read_from_sled(&data_dir.join("keystore"), file)
+            .map_err(|e| chain(&e).to_string())?
     } else if let Some(url) = &args.store {
         let settings = PgSettings {
             url: url.clone(),
@@ -139,7 +141,7 @@ async fn read_head(args: &AuditVerifyArgs, file: Option<&str>) -> Result<Lookup,
         };
         audit_heads::read_from_postgres(&settings, file)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| chain(&e).to_string())?
     } else {
         return Ok(Lookup::NotAsked);
     };

@@ -37,7 +37,7 @@ mod fetch;
 pub use fetch::check_fetch_url;
 
 use self::fetch::https_client;
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, telemetry::chain};
 use token_authority_jose::{
     crypto::{Algorithm, VerifyingKey},
     fetch::Fetcher,
@@ -328,7 +328,7 @@ impl TrustedIssuer {
                 if let Some(metrics) = &self.metrics {
                     metrics.caller_jwks_fetch_failed(&self.config.name);
                 }
-                tracing::warn!(issuer = %self.config.name, %error, "caller issuer keys could not be fetched; keeping the last good set");
+                tracing::warn!(issuer = %self.config.name, error = %chain(&error), "caller issuer keys could not be fetched; keeping the last good set");
             }
         }
         result.map(|keys| keys.len())

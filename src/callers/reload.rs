@@ -19,7 +19,7 @@ use super::{
     policy::{Policy, Problem},
     Active, Callers,
 };
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, telemetry::chain};
 use token_authority_jose::crypto;
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,7 @@ pub async fn watch(
                             callers.replace(active);
                         }
                         Err(error) => {
-                            tracing::error!(%error, "the new policy file is refused; the policy in force stays");
+                            tracing::error!(error = %chain(&error), "the new policy file is refused; the policy in force stays");
                             callers.metrics().policy_reload(false);
                         }
                     }
@@ -183,7 +183,7 @@ pub async fn watch(
                 let digest = crypto::sha256(error.to_string().as_bytes());
                 if Some(digest) != seen {
                     seen = Some(digest);
-                    tracing::error!(path = %path.display(), %error, "cannot read the policy file; the policy in force stays");
+                    tracing::error!(path = %path.display(), error = %chain(&error), "cannot read the policy file; the policy in force stays");
                     callers.metrics().policy_reload(false);
                 }
             }

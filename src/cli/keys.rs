@@ -43,6 +43,20 @@ pub enum KeysCommandError {
     },
     #[error("{path}: {reason}")]
     BadKey { path: String, reason: String },
+    /// The file holds no PKCS#8 PEM block; the cause says what it holds.
+    #[error("{path}")]
+    NotPkcs8Pem {
+        path: String,
+        #[source]
+        source: crypto::PemError,
+    },
+    /// The key in the file is not one of its algorithm.
+    #[error("{path}")]
+    UnusableKey {
+        path: String,
+        #[source]
+        source: crypto::CryptoError,
+    },
     #[error("--kid {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
     BadKid(String),
     #[error("the keystore in {0} holds no keys: nothing to migrate")]
@@ -201,7 +215,10 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
         path: shown.clone(),
         source,
     })?;
-    let der = crypto::pkcs8_from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+    let der = crypto::pkcs8_from_pem(&pem).map_err(|source| KeysCommandError::NotPkcs8Pem {
+        path: shown.clone(),
+        source,
+    })?;
     let detected = crypto::detect_algorithm(&der)
         .ok_or_else(|| bad("not an RSA, P-256 or Ed25519 PKCS#8 private key".into()))?;
     let alg = match (args.algorithm.as_deref(), detected) {
@@ -210,7 +227,12 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
         (Some(name), alg) if name == alg.name() => alg,
         (Some(name), alg) => return Err(bad(format!("a {alg} key cannot be imported as {name}"))),
     };
-    let signing = crypto::SigningKey::from_pkcs8(alg, &der).map_err(|e| bad(e.to_string()))?;
+    let signing = crypto::SigningKey::from_pkcs8(alg, &der).map_err(|source| {
+        KeysCommandError::UnusableKey {
+            path: shown.clone(),
+            source,
+        }
+    })?;
     let kid = match &args.kid {
         Some(kid) => check_kid(kid)?,
         None => jwk::thumbprint(&signing.public_components()),

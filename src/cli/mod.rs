@@ -1,6 +1,6 @@
 //! The commands of the `token-authority` binary, from parsed arguments to an exit code:
 //! `serve`, `keys`, `bench`, `policy check`, `audit verify`. Errors are printed here, once,
-//! as one `error:` line; a configuration refused before start (a bad flag, or a shared
+//! as one `error:` line with their causes (`telemetry::chain`); a configuration refused before start (a bad flag, or a shared
 //! database that refuses the replica) exits 2, other failures 1.
 
 use std::process::ExitCode;
@@ -21,7 +21,10 @@ pub fn run(command: Command) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            eprintln!(
+                "error: cannot start the async runtime: {}",
+                telemetry::chain(&error)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -60,7 +63,7 @@ async fn bench(args: crate::config::BenchArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                eprintln!("error: {error}");
+                eprintln!("error: {}", telemetry::chain(&error));
                 ExitCode::FAILURE
             }
         },
@@ -69,7 +72,7 @@ async fn bench(args: crate::config::BenchArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", telemetry::chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -82,14 +85,14 @@ fn keys(command: &KeysCommand) -> ExitCode {
         KeysCommand::Rewrap(args) => keys::rewrap(args),
         KeysCommand::Migrate(args) => keys::migrate(args),
     };
-    report(result.map_err(|error| format!("error: {error}")))
+    report(result.map_err(|error| format!("error: {}", telemetry::chain(&error))))
 }
 
 async fn serve(args: crate::config::ServeArgs) -> ExitCode {
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", telemetry::chain(&error));
             return ExitCode::from(2);
         }
     };
@@ -97,7 +100,10 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(error) => {
-            eprintln!("error: cannot install the SIGTERM/SIGINT handlers: {error}");
+            eprintln!(
+                "error: cannot install the SIGTERM/SIGINT handlers: {}",
+                telemetry::chain(&error)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -105,8 +111,10 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => {
             eprintln!(
-                "error: cannot bind {} / {}: {error}",
-                config.grpc_listen, config.http_listen
+                "error: cannot bind {} / {}: {}",
+                config.grpc_listen,
+                config.http_listen,
+                telemetry::chain(&error)
             );
             return ExitCode::FAILURE;
         }
@@ -114,8 +122,8 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
     match server::run(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
-            eprintln!("error: {error}");
+            tracing::error!("{}", telemetry::chain(&error));
+            eprintln!("error: {}", telemetry::chain(&error));
             ExitCode::from(error.exit_code())
         }
     }

@@ -17,6 +17,7 @@ use crate::{
     callers::audit::{self, AuditLog},
     pb::token_authority_server::TokenAuthorityServer,
     store::KeyStore,
+    telemetry::chain,
     transport::grpc::GrpcService,
 };
 
@@ -95,7 +96,7 @@ async fn reopen_on_hangup(log: Arc<AuditLog>, stop: CancellationToken) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
         Err(error) => {
-            tracing::warn!(%error, "cannot install the SIGHUP handler; the audit log is still reopened when its file is rotated away");
+            tracing::warn!(error = %chain(&error), "cannot install the SIGHUP handler; the audit log is still reopened when its file is rotated away");
             return;
         }
     };

@@ -1,4 +1,6 @@
-//! How a start or a run of the server fails, and the exit code each failure means.
+//! How a start or a run of the server fails, and the exit code each failure means. A
+//! failure caused by another error keeps it as its source; the `error:` line shows the
+//! chain (`telemetry::chain`).
 
 use crate::{
     authority::AuthorityError,
@@ -28,14 +30,14 @@ pub enum ServerError {
     Authority(#[from] AuthorityError),
     #[error("cannot read a listener's address: {0}")]
     Listener(std::io::Error),
-    #[error("reflection service: {0}")]
-    Reflection(String),
+    #[error("reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("cannot load the TLS files: {0}")]
     Tls(#[from] TlsError),
     #[error("--store postgres://... needs --kek-file")]
     KekRequired,
-    #[error("a start-up task failed: {0}")]
-    Task(String),
+    #[error("a start-up task failed")]
+    Task(#[source] tokio::task::JoinError),
     #[error("cannot start the signing threads: {0}")]
     SigningPool(std::io::Error),
     #[error(transparent)]

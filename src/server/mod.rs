@@ -142,13 +142,13 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        .map_err(ServerError::Reflection)?;
     // grpcurl 1.8.x asks for v1alpha only.
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        .map_err(ServerError::Reflection)?;
 
     let stop = CancellationToken::new();
 
@@ -341,7 +341,7 @@ pub async fn run(
     })
     .await;
     let result = match drained {
-        Ok((grpc, http)) => grpc.and(http).map_err(|e| ServerError::Task(e.to_string())),
+        Ok((grpc, http)) => grpc.and(http).map_err(ServerError::Task),
         Err(_) => {
             tracing::warn!(grace = ?config.shutdown_grace, "drain took longer than the grace period; closing");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);

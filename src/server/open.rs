@@ -17,6 +17,7 @@ use crate::{
     metrics::Metrics,
     store::file_modes,
     store::{kek::Keks, KeyStore, PgSettings, PgStore},
+    telemetry::chain,
 };
 
 /// Where the keystore lives inside the data directory.
@@ -47,7 +48,7 @@ pub(super) async fn open_sled(
         Ok(authority)
     })
     .await
-    .map_err(|e| ServerError::Task(e.to_string()))?
+    .map_err(ServerError::Task)?
 }
 
 /// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.
@@ -79,7 +80,7 @@ pub(super) async fn open_shared(
                 return Ok(Some(authority));
             }
             Err(AuthorityError::Store(error)) if error.is_transient() => {
-                tracing::warn!(%error, "the keystore database cannot be used yet; retrying");
+                tracing::warn!(error = %chain(&error), "the keystore database cannot be used yet; retrying");
             }
             Err(AuthorityError::Store(error)) => return Err(error.into()),
             Err(other) => return Err(other.into()),

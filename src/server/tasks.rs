@@ -12,6 +12,7 @@ use super::unix_now;
 use crate::{
     authority::{Authority, AuthorityError},
     metrics::Metrics,
+    telemetry::chain,
 };
 
 /// Follows a shared keystore: re-reads it when another replica's change is notified, and
@@ -44,7 +45,7 @@ pub(super) async fn run_sync(
             Ok(_) => {}
             Err(error) => {
                 failing = true;
-                tracing::warn!(%error, "cannot sync the key set with the keystore");
+                tracing::warn!(error = %chain(&error), "cannot sync the key set with the keystore");
             }
         }
     }
@@ -105,9 +106,9 @@ pub(super) async fn run_schedule(
                     Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
                 });
                 if matches!(&error, AuthorityError::Store(error) if error.is_transient()) {
-                    tracing::warn!(%error, failures, "scheduled key lifecycle step waits for the keystore database");
+                    tracing::warn!(error = %chain(&error), failures, "scheduled key lifecycle step waits for the keystore database");
                 } else {
-                    tracing::error!(%error, failures, "scheduled key lifecycle step failed");
+                    tracing::error!(error = %chain(&error), failures, "scheduled key lifecycle step failed");
                 }
             }
         }

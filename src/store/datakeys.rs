@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::{
     files,
     kek::{Keks, SealedKey, UnsealError},
+    Cause,
 };
 use token_authority_jose::{b64, crypto};
 
@@ -31,6 +32,13 @@ pub enum DataKeysError {
     },
     #[error("{path} is damaged: {reason}")]
     Damaged { path: String, reason: String },
+    /// The file, or a key in it, does not parse.
+    #[error("{path} is damaged")]
+    Unparsable {
+        path: String,
+        #[source]
+        source: Cause,
+    },
     #[error("{path} is sealed under a KEK but no --kek-file was given")]
     KekRequired { path: String },
     #[error("{path}: {source}")]
@@ -80,6 +88,10 @@ impl DataKeys {
             path: shown.clone(),
             reason,
         };
+        let unparsable = |source: Cause| DataKeysError::Unparsable {
+            path: shown.clone(),
+            source,
+        };
         let bytes = match std::fs::read(path) {
             Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataKeys::default()),
@@ -90,7 +102,7 @@ impl DataKeys {
                 })
             }
         };
-        let file: File = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        let file: File = serde_json::from_slice(&bytes).map_err(|e| unparsable(e.into()))?;
         if file.format != FORMAT {
             return Err(damaged(format!("unknown format {:?}", file.format)));
         }
@@ -102,9 +114,9 @@ impl DataKeys {
                 })?;
                 let sealed = SealedKey {
                     kek_id: sealed.kek_id,
-                    nonce: b64::decode(&sealed.nonce).map_err(|e| damaged(e.to_string()))?,
+                    nonce: b64::decode(&sealed.nonce).map_err(|e| unparsable(e.into()))?,
                     ciphertext: b64::decode(&sealed.ciphertext)
-                        .map_err(|e| damaged(e.to_string()))?,
+                        .map_err(|e| unparsable(e.into()))?,
                 };
                 let plain =
                     keks.open_bytes(FILE_AAD, &sealed)
@@ -113,14 +125,14 @@ impl DataKeys {
                             source,
                         })?;
                 let map: BTreeMap<String, String> =
-                    serde_json::from_slice(&plain).map_err(|e| damaged(e.to_string()))?;
+                    serde_json::from_slice(&plain).map_err(|e| unparsable(e.into()))?;
                 (map, Some(sealed.kek_id))
             }
             _ => return Err(damaged("it holds neither keys nor sealed keys".into())),
         };
         let mut keys = BTreeMap::new();
         for (kid, encoded) in map {
-            let key = Zeroizing::new(b64::decode(&encoded).map_err(|e| damaged(e.to_string()))?);
+            let key = Zeroizing::new(b64::decode(&encoded).map_err(|e| unparsable(e.into()))?);
             if key.len() != crypto::aead::KEY_LEN {
                 return Err(damaged(format!("the data key of {kid} is not 32 bytes")));
             }
@@ -157,7 +169,7 @@ impl DataKeys {
                     Zeroizing::new(serde_json::to_vec(&map).map_err(std::io::Error::other)?);
                 let sealed = keks
                     .seal_bytes(FILE_AAD, &plain)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    .map_err(std::io::Error::other)?;
                 File {
                     format: FORMAT.into(),
                     keys: None,

@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+use crate::telemetry::chain;
+
 /// The flag (and its environment variable) that accepts group- or world-accessible files.
 pub const ALLOW_FLAG: &str = "--allow-group-readable-files (TA_ALLOW_GROUP_READABLE_FILES=true)";
 
@@ -62,7 +64,7 @@ pub fn check_private(path: &Path, what: &'static str, allow: bool) -> Result<(),
             if !allow {
                 return Err(error);
             }
-            tracing::warn!(%error, "accepted because of --allow-group-readable-files");
+            tracing::warn!(error = %chain(&error), "accepted because of --allow-group-readable-files");
         }
     }
     #[cfg(not(unix))]

@@ -26,10 +26,10 @@ pub mod audit_heads {
 }
 
 pub use self::postgres::{
-    Confirmations, PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot,
+    Confirmations, DbFailure, PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot,
 };
 pub use self::sled::SledStore;
-use crate::authority::keys::KeyRecord;
+use crate::{authority::keys::KeyRecord, telemetry::chain};
 use kek::{Keks, UnsealError};
 
 /// A lifecycle change as the store writes it: records inserted or replaced by kid, and
@@ -131,7 +131,7 @@ impl KeyStore {
                     Ok((value, None))
                 })
                 .await
-                .map_err(|e| StoreError::Task(e.to_string()))?
+                .map_err(StoreError::Task)?
             }
             KeyStore::Postgres(store) => {
                 let (value, settled) = store.transact(plan).await?;
@@ -215,7 +215,7 @@ impl KeyStore {
                 let (store, file, head) = (Arc::clone(store), file.to_owned(), head.to_owned());
                 tokio::task::spawn_blocking(move || store.record_audit_head(&file, &head))
                     .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
+                    .map_err(StoreError::Task)?
             }
             KeyStore::Postgres(store) => store.record_audit_head(file, head).await,
         }
@@ -231,19 +231,67 @@ impl KeyStore {
     }
 }
 
+/// A cause kept whole, for the chain and for a downcast. Boxed because the errors of
+/// several crates reach the same variant (sled's, PostgreSQL's, the file system's, the
+/// crypto's) and only each backend's module names its database crate.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the store was doing when its cause happened, where the cause alone would not say
+/// ("erasing data keys", then the I/O error): a link of the chain of its own.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}")]
+pub struct Context {
+    doing: String,
+    #[source]
+    source: Cause,
+}
+
+impl Context {
+    pub(crate) fn new(doing: impl Into<String>, source: impl Into<Cause>) -> Context {
+        Context {
+            doing: doing.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Why the keystore failed. A variant caused by another error keeps it as its `source()`:
+/// where the cause ended the message, the message stops before it and the chain
+/// (`telemetry::chain`, how errors are logged and printed) adds it, so the line reads as
+/// before; where it sat inside the message (`Unreadable`, `DamagedFile`, `Unknown`,
+/// `CommitUnknown`), the message still shows it there, whole, and the chain does not repeat
+/// it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the keystore {path} is in use by another process (sled holds an exclusive lock); stop the other token-authority first")]
     Locked { path: String },
+    /// sled, a file beside it, or the database's connection settings failed.
+    #[error("cannot open the keystore {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: Cause,
+    },
+    /// As `Open`, for a reason that is no error of its own (nothing at the path, a setting
+    /// the store does not support).
     #[error("cannot open the keystore {path}: {reason}")]
-    Open { path: String, reason: String },
+    Unopenable { path: String, reason: String },
     #[error("the keystore {path} is not a token-authority keystore ({reason}); refusing to create new keys over it")]
     Foreign { path: String, reason: String },
+    /// A record whose content is wrong (filed under another kid, a bad nonce).
     #[error("the keystore {path} is unreadable: key record {kid:?}: {reason}; refusing to start with new keys")]
     Corrupt {
         path: String,
         kid: String,
         reason: String,
+    },
+    /// A record (or the manifest) that does not parse or authenticate.
+    #[error("the keystore {path} is unreadable: key record {kid:?}: {}; refusing to start with new keys", chain(.source.as_ref()))]
+    Unreadable {
+        path: String,
+        kid: String,
+        #[source]
+        source: Cause,
     },
     #[error("the keystore {path} holds encrypted private keys but no --kek-file was given")]
     KekRequired { path: String },
@@ -253,36 +301,67 @@ pub enum StoreError {
         kid: String,
         source: UnsealError,
     },
+    /// What the store finds contradicts itself (the guard ahead of sled).
     #[error("the keystore {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
     Damaged { path: String, reason: String },
-    #[error("keystore write failed: {0}")]
-    Write(String),
+    /// A file beside sled (the guard, the data keys) cannot be read or parsed.
+    #[error("the keystore {path} is damaged: {}; refusing to start (restore the data directory from a backup)", chain(.source.as_ref()))]
+    DamagedFile {
+        path: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("keystore write failed")]
+    Write(#[source] Cause),
     /// A lifecycle write failed and was undone: disk and memory hold the state from before.
-    #[error("the keystore write failed and nothing changed (a retry is safe): {0}")]
-    NotApplied(String),
+    #[error("the keystore write failed and nothing changed (a retry is safe)")]
+    NotApplied(#[source] Cause),
     /// A lifecycle write failed after sled had it, and undoing it failed too.
-    #[error("the keystore write failed ({failure}) and could not be undone ({undo}): whether the change is on disk is known only after a restart, so the keystore refuses further changes until then")]
-    Unknown { failure: String, undo: String },
+    #[error("the keystore write failed ({}) and could not be undone ({}): whether the change is on disk is known only after a restart, so the keystore refuses further changes until then", chain(.failure.as_ref()), chain(.undo.as_ref()))]
+    Unknown {
+        #[source]
+        failure: Cause,
+        undo: Cause,
+    },
     /// A write after one that could not be undone.
     #[error("an earlier keystore write could not be undone; the keystore refuses changes until the server restarts")]
     Poisoned,
-    #[error("a keystore task failed: {0}")]
-    Task(String),
+    #[error("a keystore task failed")]
+    Task(#[source] tokio::task::JoinError),
     /// The database cannot be reached or failed a statement before the commit, for a
     /// reason that passes (down, restarting, failing over): nothing changed.
-    #[error("the keystore database is unavailable (transient, retried): {0}")]
-    Unavailable(String),
+    #[error("the keystore database is unavailable (transient, retried): {database}")]
+    Unavailable {
+        database: String,
+        #[source]
+        source: DbFailure,
+    },
     /// The database refuses this replica for what it is (its password, role, database,
     /// grants, schema objects): no retry helps, so a replica stops at start.
-    #[error("the keystore database refuses this replica (permanent, not retried; fix the settings or grants): {0}")]
-    Refused(String),
+    #[error("the keystore database refuses this replica (permanent, not retried; fix the settings or grants): {database}")]
+    Refused {
+        database: String,
+        #[source]
+        source: DbFailure,
+    },
     /// A change waited `waited` for the change lock, which another replica (or `keys`
     /// command) held all along: nothing changed.
-    #[error("another replica holds the change lock (transient: waited {waited} for it): {cause}")]
-    ChangeLockBusy { waited: &'static str, cause: String },
+    #[error(
+        "another replica holds the change lock (transient: waited {waited} for it): {database}"
+    )]
+    ChangeLockBusy {
+        waited: &'static str,
+        database: String,
+        #[source]
+        source: DbFailure,
+    },
     /// The connection failed while the commit was in flight.
-    #[error("the keystore database failed during a commit ({0}); whether the change was made shows at the next sync")]
-    CommitUnknown(String),
+    #[error("the keystore database failed during a commit ({database}: {}); whether the change was made shows at the next sync", chain(.source))]
+    CommitUnknown {
+        database: String,
+        #[source]
+        source: DbFailure,
+    },
     #[error("the keystore {path} has schema version {found}, newer than the {known} this token-authority knows; upgrade the binary (a database is never migrated backwards)")]
     SchemaTooNew {
         path: String,
@@ -298,7 +377,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::ChangeLockBusy { .. }
+            StoreError::Unavailable { .. } | StoreError::ChangeLockBusy { .. }
         )
     }
 
@@ -307,7 +386,7 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            StoreError::Refused(_) | StoreError::SchemaTooNew { .. }
+            StoreError::Refused { .. } | StoreError::SchemaTooNew { .. }
         )
     }
 
@@ -318,16 +397,16 @@ impl StoreError {
             StoreError::NotApplied(_) => Some(
                 "internal error: the keystore write failed and was undone; nothing changed, and a retry is safe",
             ),
-            StoreError::Unavailable(_) => Some(
+            StoreError::Unavailable { .. } => Some(
                 "unavailable: the keystore database cannot be reached; nothing changed, and a retry is safe",
             ),
             StoreError::ChangeLockBusy { .. } => Some(
                 "unavailable: another replica holds the change lock; nothing changed, and a retry is safe",
             ),
-            StoreError::Refused(_) => Some(
+            StoreError::Refused { .. } => Some(
                 "internal error: the keystore database refuses this replica (see its log); nothing changed",
             ),
-            StoreError::CommitUnknown(_) => Some(
+            StoreError::CommitUnknown { .. } => Some(
                 "internal error: the keystore database failed during the commit; list the keys to see whether it took effect",
             ),
             StoreError::Unknown { .. } | StoreError::Poisoned => Some(

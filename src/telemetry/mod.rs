@@ -1,11 +1,14 @@
 //! Logging: tracing to stderr as text or one JSON object per line, filtered by `RUST_LOG`
-//! (default `info`).
+//! (default `info`); errors are logged and printed with their causes (`chain`).
 
 use std::io::IsTerminal as _;
 
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
+
+mod chain;
+pub use chain::{chain, Chain};
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -22,7 +22,7 @@ use rustls::{
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::TlsFiles, metrics::Metrics};
+use crate::{config::TlsFiles, metrics::Metrics, telemetry::chain};
 
 /// Why a set of TLS files could not be loaded. Messages name the file and never include key
 /// material.
@@ -226,7 +226,7 @@ impl TlsReloader {
                 self.rejected = Some(seen);
                 metrics.tls_reloaded(false);
                 if let Err(error) = outcome {
-                    tracing::error!(%error, "TLS files changed but cannot be loaded; the previous set stays in use");
+                    tracing::error!(error = %chain(&error), "TLS files changed but cannot be loaded; the previous set stays in use");
                 }
             }
         }
@@ -254,7 +254,7 @@ impl TlsReloader {
             {
                 Ok(reloader) => reloader,
                 Err(error) => {
-                    tracing::error!(%error, "the TLS reload task failed; the TLS files are no longer watched");
+                    tracing::error!(error = %chain(&error), "the TLS reload task failed; the TLS files are no longer watched");
                     return;
                 }
             };

@@ -1,6 +1,11 @@
+use std::process::Command;
+
 use token_authority::server::ServerError;
 
-use crate::helpers::{config, DataDir, KnownKey, TestServer};
+use crate::{
+    binary::BIN,
+    helpers::{config, DataDir, KnownKey, TestServer},
+};
 
 async fn start_error(dir: &DataDir) -> String {
     let (server, result) = TestServer::try_start(config(dir, &[])).await;
@@ -152,6 +157,41 @@ async fn a_data_directory_held_by_another_server_is_refused() {
     let error = start_error(&dir).await;
     assert!(error.contains("in use by another process"), "{error}");
     server.stop().await;
+}
+
+/// A keystore that cannot be opened stops `serve` with one `error:` line ending with the
+/// cause as the operating system gave it: the store keeps sled's error as its source, and
+/// the line shows the chain.
+#[test]
+fn the_error_line_carries_the_cause_the_keystore_failed_with() {
+    let dir = DataDir::new();
+    dir.create();
+    let store = dir.path.join("keystore");
+    std::fs::write(&store, "not a directory").unwrap();
+    // What the operating system says of a path under a file, as sled meets it.
+    let cause = std::fs::File::open(store.join("db")).unwrap_err();
+    let output = Command::new(BIN)
+        .env_remove("RUST_LOG")
+        .args(["serve", "--data-dir", dir.path.to_str().unwrap()])
+        .args(["--admin-token-file", dir.admin_token_file.to_str().unwrap()])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let line = format!(
+        "error: cannot open the keystore {}: IO error: {cause}",
+        store.display()
+    );
+    assert!(
+        stderr.lines().any(|l| l == line),
+        "no line\n{line}\nin:\n{stderr}"
+    );
 }
 
 /// Everything stored, as sled reads it: the metadata and every key record.

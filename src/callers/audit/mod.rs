@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     metrics::{AuditMetrics, DecidedMethod, DecisionOutcome, LabelValue},
     store::KeyStore,
+    telemetry::chain,
 };
 use token_authority_jose::{b64, crypto::mac::MacKey};
 
@@ -281,7 +282,7 @@ impl AuditLog {
         let heads = self.shared.heads.take_changed();
         for (index, head) in heads.iter().enumerate() {
             if let Err(error) = store.record_audit_head(&head.file, &head.to_text()).await {
-                tracing::warn!(%error, "cannot record the audit chain's head in the keystore; retried");
+                tracing::warn!(error = %chain(&error), "cannot record the audit chain's head in the keystore; retried");
                 self.shared.metrics.head_failures.inc();
                 self.shared.heads.restore(heads[index..].to_vec());
                 return;

@@ -23,7 +23,7 @@ use super::{
     line::{self, Tagger, GENESIS},
     unix_now,
 };
-use crate::metrics::AuditMetrics;
+use crate::{metrics::AuditMetrics, telemetry};
 use token_authority_jose::crypto;
 
 /// Lines chained and written in one write at most.
@@ -191,7 +191,7 @@ impl Writer {
                 // Said once when writes start failing (the metrics count every line), so a
                 // full disk does not also become a flood of server log lines.
                 if *self.shared.writable.borrow() {
-                    tracing::error!(path = %self.path.display(), %error, "cannot write the audit log; IssueToken and admin RPCs answer UNAVAILABLE until a write succeeds");
+                    tracing::error!(path = %self.path.display(), error = %telemetry::chain(&error), "cannot write the audit log; IssueToken and admin RPCs answer UNAVAILABLE until a write succeeds");
                 }
                 self.shared.metrics.write_failures.inc_by(count);
                 false
@@ -264,7 +264,7 @@ impl Writer {
                 true
             }
             Err(error) => {
-                tracing::error!(path = %self.path.display(), %error, "cannot open a new audit log at the path after rotation; retried with the next line");
+                tracing::error!(path = %self.path.display(), error = %telemetry::chain(&error), "cannot open a new audit log at the path after rotation; retried with the next line");
                 false
             }
         }
@@ -285,7 +285,7 @@ fn write_whole(open: &mut OpenFile, bytes: &[u8], sync: bool) -> std::io::Result
     if let Err(error) = written {
         if let Err(cut) = open.file.set_len(open.good_len) {
             open.torn = true;
-            tracing::error!(%cut, "cannot cut the audit log back to its last whole line; retried before the next write");
+            tracing::error!(cut = %telemetry::chain(&cut), "cannot cut the audit log back to its last whole line; retried before the next write");
         }
         return Err(error);
     }

@@ -2,7 +2,7 @@
 //! own files), kept apart from the keys. The audit layer gives and takes them as opaque
 //! text.
 
-use super::{connect::client_config, connect::tls_config, PgSettings, PgStore};
+use super::{connect::client_config, connect::tls_config, shown, PgSettings, PgStore};
 use crate::store::StoreError;
 
 impl PgStore {
@@ -31,7 +31,11 @@ pub async fn read_audit_head(
     let config = client_config(settings, &env)?;
     let tls =
         tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings.ca_file.as_deref())?);
-    let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(e.to_string());
+    let database = shown(&config);
+    let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable {
+        database: database.clone(),
+        source: e.into(),
+    };
     let (client, connection) = config.connect(tls).await.map_err(unavailable)?;
     let driver = tokio::spawn(connection);
     let row = client

@@ -6,7 +6,7 @@ use std::{str::FromStr, time::Duration};
 use tokio_postgres::Config;
 
 use super::{PgSettings, CONNECT_TIMEOUT, LOCK_TIMEOUT};
-use crate::store::StoreError;
+use crate::store::{Cause, Context, StoreError};
 
 /// How long the server lets one of our sessions sit idle inside a transaction before it
 /// ends the session, and so releases the change lock a frozen replica (stopped, paused,
@@ -38,7 +38,7 @@ pub(super) fn client_config(
     settings: &PgSettings,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, StoreError> {
-    let invalid = |reason: String| StoreError::Open {
+    let invalid = |reason: String| StoreError::Unopenable {
         path: "the --store URL".into(),
         reason,
     };
@@ -48,7 +48,10 @@ pub(super) fn client_config(
     for verifying in ["sslmode=verify-full", "sslmode=verify-ca"] {
         url = url.replace(verifying, "sslmode=require");
     }
-    let mut config = Config::from_str(&url).map_err(|e| invalid(e.to_string()))?;
+    let mut config = Config::from_str(&url).map_err(|e| StoreError::Open {
+        path: "the --store URL".into(),
+        source: e.into(),
+    })?;
     if !settings.url.contains("sslmode=") {
         match env("PGSSLMODE").as_deref() {
             None | Some("prefer") => {}
@@ -86,7 +89,7 @@ pub(super) fn client_config(
         if let Some(path) = &settings.password_file {
             let text = std::fs::read_to_string(path).map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
-                reason: format!("cannot read the store password file: {e}"),
+                source: Context::new("cannot read the store password file", e).into(),
             })?;
             config.password(text.trim_end_matches(['\r', '\n']));
         } else if let Some(password) = env("PGPASSWORD") {
@@ -118,14 +121,14 @@ pub(super) fn tls_config(
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let invalid = |reason: String| StoreError::Open {
+            let invalid = |source: Cause| StoreError::Open {
                 path: path.display().to_string(),
-                reason,
+                source,
             };
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| invalid(e.to_string()))? {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| invalid(e.into()))? {
                 roots
-                    .add(cert.map_err(|e| invalid(e.to_string()))?)
-                    .map_err(|e| invalid(e.to_string()))?;
+                    .add(cert.map_err(|e| invalid(e.into()))?)
+                    .map_err(|e| invalid(e.into()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -134,7 +137,7 @@ pub(super) fn tls_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Open {
             path: "TLS to the database".into(),
-            reason: e.to_string(),
+            source: e.into(),
         })
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }

@@ -3,39 +3,115 @@
 //! permanent (the database refuses this replica for what it is: a wrong password, an
 //! unknown role or database, missing grants or schema objects; no retry can help, so a
 //! replica stops at start rather than retry forever). Every message says which, and carries
-//! PostgreSQL's own message and detail: tokio-postgres shows a server error as "db error".
+//! PostgreSQL's own message and detail (`DbFailure`): tokio-postgres shows a server error as
+//! "db error".
 
-use std::{any::Any, error::Error as _};
+use std::{error::Error, fmt};
 
+use deadpool_postgres::PoolError;
 use tokio_postgres::error::SqlState;
 
 use super::LOCK_TIMEOUT;
 use crate::store::StoreError;
 
-/// The error a failed database call becomes: `error` is what the call failed with, `text`
-/// its display; `shown` names the database.
-pub(super) fn classify(shown: &str, error: &(dyn Any + Send), text: String) -> StoreError {
-    let postgres =
-        error
-            .downcast_ref::<tokio_postgres::Error>()
-            .or_else(
-                || match error.downcast_ref::<deadpool_postgres::PoolError>() {
-                    Some(deadpool_postgres::PoolError::Backend(error)) => Some(error),
-                    _ => None,
-                },
-            );
-    let cause = match postgres {
-        Some(error) => describe(error),
-        None => text,
-    };
-    let cause = format!("{shown}: {cause}");
-    match postgres.map(class) {
-        Some(Class::Permanent) => StoreError::Refused(cause),
+/// Why a database call failed, on one line: for a server error, PostgreSQL's own message,
+/// SQLSTATE, detail and hint (tokio-postgres shows one as "db error", PostgreSQL's words in
+/// its source over several lines); for any other, the error, its causes following in the
+/// chain. The driver's error itself is kept (`postgres`).
+#[derive(Debug)]
+pub struct DbFailure(Failure);
+
+#[derive(Debug)]
+enum Failure {
+    Postgres(tokio_postgres::Error),
+    Pool(PoolError),
+    /// What the driver does not report as an error (the notification connection closed).
+    Other(&'static str),
+}
+
+impl DbFailure {
+    /// The driver's error, when there is one (also inside the pool's).
+    pub(super) fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match &self.0 {
+            Failure::Postgres(error) | Failure::Pool(PoolError::Backend(error)) => Some(error),
+            Failure::Pool(_) | Failure::Other(_) => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbFailure {
+    fn from(error: tokio_postgres::Error) -> DbFailure {
+        DbFailure(Failure::Postgres(error))
+    }
+}
+
+impl From<PoolError> for DbFailure {
+    fn from(error: PoolError) -> DbFailure {
+        DbFailure(Failure::Pool(error))
+    }
+}
+
+impl From<&'static str> for DbFailure {
+    fn from(text: &'static str) -> DbFailure {
+        DbFailure(Failure::Other(text))
+    }
+}
+
+impl fmt::Display for DbFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Failure::Postgres(error) | Failure::Pool(PoolError::Backend(error)) => {
+                let Some(db) = error.as_db_error() else {
+                    return write!(f, "{error}");
+                };
+                write!(f, "{} (SQLSTATE {})", db.message(), db.code().code())?;
+                if let Some(detail) = db.detail() {
+                    write!(f, "; {detail}")?;
+                }
+                if let Some(hint) = db.hint() {
+                    write!(f, "; hint: {hint}")?;
+                }
+                Ok(())
+            }
+            Failure::Pool(error) => write!(f, "{error}"),
+            Failure::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Error for DbFailure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.0 {
+            Failure::Postgres(error) | Failure::Pool(PoolError::Backend(error)) => {
+                // A server error is shown whole above; its source would say it again.
+                match error.as_db_error() {
+                    Some(_) => None,
+                    None => error.source(),
+                }
+            }
+            Failure::Pool(error) => error.source(),
+            Failure::Other(_) => None,
+        }
+    }
+}
+
+/// The error a failed database call becomes; `database` names the database.
+pub(super) fn classify(database: &str, failure: DbFailure) -> StoreError {
+    let database = database.to_owned();
+    match failure.postgres().map(class) {
+        Some(Class::Permanent) => StoreError::Refused {
+            database,
+            source: failure,
+        },
         Some(Class::LockBusy) => StoreError::ChangeLockBusy {
             waited: LOCK_TIMEOUT,
-            cause,
+            database,
+            source: failure,
         },
-        Some(Class::Transient) | None => StoreError::Unavailable(cause),
+        Some(Class::Transient) | None => StoreError::Unavailable {
+            database,
+            source: failure,
+        },
     }
 }
 
@@ -77,31 +153,10 @@ fn class_of(code: &SqlState) -> Class {
     }
 }
 
-/// The whole cause: PostgreSQL's own message, detail, hint and SQLSTATE for a server
-/// error; the error and its sources otherwise.
-fn describe(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(detail) = db.detail() {
-            text.push_str(&format!("; {detail}"));
-        }
-        if let Some(hint) = db.hint() {
-            text.push_str(&format!("; hint: {hint}"));
-        }
-        return text;
-    }
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::chain;
 
     #[test]
     fn sqlstates_are_classified() {
@@ -132,14 +187,32 @@ mod tests {
 
     #[test]
     fn other_failures_keep_their_text() {
-        let error: &'static str = "the notification connection closed";
-        let classified = classify("postgres database \"ta\" on db", &error, error.into());
-        assert!(matches!(classified, StoreError::Unavailable(_)));
+        let classified = classify(
+            "postgres database \"ta\" on db",
+            DbFailure::from("the notification connection closed"),
+        );
+        assert!(matches!(classified, StoreError::Unavailable { .. }));
+        let shown = chain(&classified).to_string();
         assert!(
-            classified
-                .to_string()
-                .ends_with("postgres database \"ta\" on db: the notification connection closed"),
-            "{classified}"
+            shown.ends_with("postgres database \"ta\" on db: the notification connection closed"),
+            "{shown}"
+        );
+    }
+
+    /// A client-side failure keeps the driver's error, and its causes reach the line.
+    #[test]
+    fn the_drivers_error_is_kept_with_its_causes() {
+        use std::str::FromStr as _;
+        let error = tokio_postgres::Config::from_str("host=h port=not-a-port").unwrap_err();
+        let expected = format!("{error}: {}", error.source().unwrap());
+        let classified = classify("postgres database \"ta\" on h", DbFailure::from(error));
+        let StoreError::Unavailable { source, .. } = &classified else {
+            panic!("{classified:?}");
+        };
+        assert!(source.postgres().is_some());
+        assert_eq!(
+            chain(&classified).to_string(),
+            format!("the keystore database is unavailable (transient, retried): postgres database \"ta\" on h: {expected}")
         );
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::kek::{Keks, SealedKey};
+use crate::store::kek::{Keks, SealedKey, UnsealError};
 use token_authority_jose::{b64, crypto};
 
 /// Where a database's history stands.
@@ -66,6 +66,19 @@ pub(super) struct Manifest {
     pub rows: BTreeMap<String, String>,
 }
 
+/// Why a stored manifest is refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ManifestError {
+    #[error("unreadable manifest")]
+    Unreadable(#[source] serde_json::Error),
+    #[error("manifest: bad nonce")]
+    BadNonce,
+    #[error("manifest: bad tag")]
+    BadTag,
+    #[error("the key set's manifest does not authenticate (edited by hand, or sealed under a KEK not in the file)")]
+    Unauthentic(#[source] UnsealError),
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredManifest {
@@ -104,18 +117,16 @@ impl Manifest {
     }
 
     /// The manifest stored as `text` at `position`, if its MAC holds.
-    pub fn open(text: &str, keks: &Keks, position: &Position) -> Result<Manifest, String> {
+    pub fn open(text: &str, keks: &Keks, position: &Position) -> Result<Manifest, ManifestError> {
         let stored: StoredManifest =
-            serde_json::from_str(text).map_err(|e| format!("unreadable manifest: {e}"))?;
+            serde_json::from_str(text).map_err(ManifestError::Unreadable)?;
         let sealed = SealedKey {
             kek_id: stored.kek_id,
-            nonce: b64::decode(&stored.nonce).map_err(|_| "manifest: bad nonce".to_owned())?,
-            ciphertext: b64::decode(&stored.tag).map_err(|_| "manifest: bad tag".to_owned())?,
+            nonce: b64::decode(&stored.nonce).map_err(|_| ManifestError::BadNonce)?,
+            ciphertext: b64::decode(&stored.tag).map_err(|_| ManifestError::BadTag)?,
         };
         keks.open_bytes(&associated_data(position, &stored.rows), &sealed)
-            .map_err(|e| {
-                format!("the key set's manifest does not authenticate (edited by hand, or sealed under a KEK not in the file): {e}")
-            })?;
+            .map_err(ManifestError::Unauthentic)?;
         Ok(Manifest { rows: stored.rows })
     }
 }
@@ -138,6 +149,7 @@ fn associated_data(position: &Position, rows: &BTreeMap<String, String>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::chain;
 
     fn position(generation: u64) -> Position {
         Position {
@@ -165,8 +177,9 @@ mod tests {
             opened.check("k2", "row one"),
             Err("the row is not in the key set's manifest: inserted by hand or copied from another database".into())
         );
+        // As the refusal shows: the error and its cause.
         let refused = |text: &str, keks: &Keks, at: &Position| {
-            Manifest::open(text, keks, at).map(|_| ()).unwrap_err()
+            chain(&Manifest::open(text, keks, at).map(|_| ()).unwrap_err()).to_string()
         };
         // The position is authenticated data: opened elsewhere, the seal does not open.
         let unauthentic = "the key set's manifest does not authenticate (edited by hand, or sealed under a KEK not in the file): it does not open with KEK kek-S7Bvjk46dxX: a wrong KEK, or a record moved onto another key";

@@ -10,7 +10,7 @@ use token_authority_jose::backoff::Backoff;
 
 use super::{PgStore, CHANNEL};
 
-use crate::store::StoreError;
+use crate::{store::StoreError, telemetry::chain};
 
 impl PgStore {
     /// Keeps a dedicated connection LISTENing on the change channel and sends every
@@ -22,7 +22,7 @@ impl PgStore {
             match self.listen_once(&changes).await {
                 Ok(()) => return,
                 Err(error) => {
-                    tracing::warn!(%error, "keystore notifications lost; reconnecting");
+                    tracing::warn!(error = %chain(&error), "keystore notifications lost; reconnecting");
                 }
             }
             if changes.is_closed() {
@@ -51,7 +51,7 @@ impl PgStore {
                         }
                     }
                     Some(Err(error)) => {
-                        tracing::debug!(%error, "keystore notification connection failed");
+                        tracing::debug!(error = %chain(&error), "keystore notification connection failed");
                         return;
                     }
                     None => return,

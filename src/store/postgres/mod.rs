@@ -35,6 +35,7 @@ mod replicas;
 mod schema;
 
 use self::connect::{client_config, tls_config};
+pub use self::errors::DbFailure;
 use self::history::{new_lineage, Manifest, HISTORY_KEPT};
 pub use self::history::{Position, RefusedRow};
 use self::read::Read;
@@ -114,19 +115,7 @@ impl PgStore {
     pub fn new(settings: &PgSettings, keks: Keks) -> Result<PgStore, StoreError> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let config = client_config(settings, &env)?;
-        let shown = format!(
-            "postgres database {:?} on {}",
-            config.get_dbname().unwrap_or(""),
-            config
-                .get_hosts()
-                .iter()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(host) => host.clone(),
-                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let shown = shown(&config);
         let ca = settings
             .ca_file
             .clone()
@@ -148,13 +137,13 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Open {
                 path: shown.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         let host = env("HOSTNAME").unwrap_or_else(|| "replica".into());
         let random =
             token_authority_jose::crypto::random_bytes(6).map_err(|e| StoreError::Open {
                 path: shown.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         Ok(PgStore {
             pool,
@@ -172,9 +161,8 @@ impl PgStore {
 
     /// A failed database call, classified (`errors`): transient, permanent, or the change
     /// lock held elsewhere.
-    fn unavailable(&self, error: impl std::fmt::Display + Send + 'static) -> StoreError {
-        let text = error.to_string();
-        errors::classify(&self.shown, &error, text)
+    fn unavailable(&self, error: impl Into<DbFailure>) -> StoreError {
+        errors::classify(&self.shown, error.into())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -217,7 +205,7 @@ impl PgStore {
         } = self.read(&tx).await?;
         let (value, change) = tokio::task::spawn_blocking(move || plan(&records))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+            .map_err(StoreError::Task)??;
         if change.is_empty() {
             // Dropping the transaction rolls it back and releases the lock.
             return Ok((value, Settled { position, refused }));
@@ -248,7 +236,7 @@ impl PgStore {
                 .map_err(|e| self.unavailable(e))?;
         }
         let not_applied =
-            |e: token_authority_jose::crypto::CryptoError| StoreError::NotApplied(e.to_string());
+            |e: token_authority_jose::crypto::CryptoError| StoreError::NotApplied(e.into());
         let next = Position {
             database_id: position.database_id,
             generation: position.generation + 1,
@@ -282,9 +270,10 @@ impl PgStore {
         )
         .await
         .map_err(|e| self.unavailable(e))?;
-        tx.commit()
-            .await
-            .map_err(|e| StoreError::CommitUnknown(format!("{}: {e}", self.shown)))?;
+        tx.commit().await.map_err(|e| StoreError::CommitUnknown {
+            database: self.shown.clone(),
+            source: e.into(),
+        })?;
         Ok((
             value,
             Settled {
@@ -293,4 +282,21 @@ impl PgStore {
             },
         ))
     }
+}
+
+/// The database as messages show it: its name and hosts, never the password.
+fn shown(config: &Config) -> String {
+    format!(
+        "postgres database {:?} on {}",
+        config.get_dbname().unwrap_or(""),
+        config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }

@@ -8,7 +8,13 @@ use super::{
     history::{Manifest, Position, RefusedRow},
     PgStore, Snapshot,
 };
-use crate::store::{kek::UnsealError, StoreError};
+use crate::{
+    store::{kek::UnsealError, StoreError},
+    telemetry::chain,
+};
+
+/// The manifest, where a refusal names the record.
+const MANIFEST: &str = "(the key set's manifest, in ta_generation)";
 
 /// What a read inside a change transaction found, for the write that follows it.
 pub(super) struct Read {
@@ -102,12 +108,18 @@ impl PgStore {
         let (position, manifest) = self.read_position(tx).await?;
         let corrupt = |reason: String| StoreError::Corrupt {
             path: self.shown.clone(),
-            kid: "(the key set's manifest, in ta_generation)".into(),
+            kid: MANIFEST.into(),
             reason,
         };
         let manifest = manifest
             .ok_or_else(|| corrupt("missing: the schema migration did not complete".into()))?;
-        let manifest = Manifest::open(&manifest, &self.keks, &position).map_err(corrupt)?;
+        let manifest = Manifest::open(&manifest, &self.keks, &position).map_err(|source| {
+            StoreError::Unreadable {
+                path: self.shown.clone(),
+                kid: MANIFEST.into(),
+                source: source.into(),
+            }
+        })?;
         let rows = tx
             .query("SELECT kid, record FROM ta_keys", &[])
             .await
@@ -131,7 +143,7 @@ impl PgStore {
                             ..
                         },
                     ) => return Err(error),
-                    Err(error) => Err(error.to_string()),
+                    Err(error) => Err(chain(&error).to_string()),
                 },
             };
             match checked {

@@ -44,7 +44,12 @@ impl PgStore {
             kid: kid.to_owned(),
             reason,
         };
-        let stored: StoredKey = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+        let stored: StoredKey =
+            serde_json::from_str(text).map_err(|source| StoreError::Unreadable {
+                path: self.shown.clone(),
+                kid: kid.to_owned(),
+                source: source.into(),
+            })?;
         if stored.kid != kid {
             return Err(corrupt(format!(
                 "record is filed under another kid ({:?})",
@@ -93,7 +98,7 @@ impl PgStore {
             let sealed = self
                 .keks
                 .seal(record)
-                .map_err(|e| StoreError::NotApplied(e.to_string()))?;
+                .map_err(|e| StoreError::NotApplied(e.into()))?;
             Some(StoredSealed {
                 kek_id: sealed.kek_id,
                 nonce: b64::encode(&sealed.nonce),
@@ -114,6 +119,6 @@ impl PgStore {
             max_token_ttl: record.max_token_ttl,
             private_key,
         };
-        serde_json::to_string(&stored).map_err(|e| StoreError::NotApplied(e.to_string()))
+        serde_json::to_string(&stored).map_err(|e| StoreError::NotApplied(e.into()))
     }
 }

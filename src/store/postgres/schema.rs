@@ -1,8 +1,8 @@
 //! The schema: its migrations, applied at start by the first replica to take the migration
 //! lock, and the manifest a database migrated from before the manifest gets.
 
-use super::{history::Manifest, PgStore, MIGRATION_LOCK};
-use crate::store::StoreError;
+use super::{history::Manifest, DbFailure, PgStore, MIGRATION_LOCK};
+use crate::store::{Context, StoreError};
 
 /// The schema this binary knows, in order; the version of a migration is its index + 1.
 /// Applied at start, each in the same transaction as its row in `ta_schema_version`.
@@ -94,7 +94,8 @@ impl PgStore {
             let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
             tx.batch_execute(sql).await.map_err(|e| StoreError::Open {
                 path: self.shown.clone(),
-                reason: format!("schema migration {version}: {e}"),
+                source: Context::new(format!("schema migration {version}"), DbFailure::from(e))
+                    .into(),
             })?;
             tx.execute(
                 "INSERT INTO ta_schema_version (version) VALUES ($1)",
@@ -129,7 +130,7 @@ impl PgStore {
         }
         let sealed = made
             .seal(&self.keks, &position)
-            .map_err(|e| StoreError::NotApplied(e.to_string()))?;
+            .map_err(|e| StoreError::NotApplied(e.into()))?;
         tx.execute("UPDATE ta_generation SET manifest = $1", &[&sealed])
             .await
             .map_err(|e| self.unavailable(e))?;

@@ -11,7 +11,7 @@ const AUDIT_HEADS_TREE: &str = "audit_heads";
 impl SledStore {
     /// Records the head of audit file `file`, durably.
     pub fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
-        let write = |e: sled::Error| StoreError::Write(e.to_string());
+        let write = |e: sled::Error| StoreError::Write(e.into());
         let tree = self.db.open_tree(AUDIT_HEADS_TREE).map_err(write)?;
         tree.insert(file.as_bytes(), head.as_bytes())
             .map_err(write)?;
@@ -24,7 +24,7 @@ impl SledStore {
 pub fn read_audit_head(path: &Path, file: &str) -> Result<Option<String>, StoreError> {
     let shown = path.display().to_string();
     if !path.exists() {
-        return Err(StoreError::Open {
+        return Err(StoreError::Unopenable {
             path: shown,
             reason: "no keystore there".into(),
         });

@@ -19,7 +19,7 @@ use super::{
     datakeys::{DataKeys, DataKeysError},
     guard::{parse_guard, write_guard},
     kek::Keks,
-    StoreError,
+    Context, StoreError,
 };
 use crate::authority::keys::KeyRecord;
 
@@ -79,7 +79,7 @@ impl SledStore {
         ] {
             crate::store::file_modes::make_private(&private).map_err(|e| StoreError::Open {
                 path: shown.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         }
         let data_keys_path = path.with_extension("datakeys");
@@ -92,9 +92,9 @@ impl SledStore {
                 kid: "(data key file)".into(),
                 source,
             },
-            other => StoreError::Damaged {
+            other => StoreError::DamagedFile {
                 path: shown.clone(),
-                reason: other.to_string(),
+                source: other.into(),
             },
         })?;
         let mut store = SledStore {
@@ -159,7 +159,7 @@ impl SledStore {
             }
             kept.save(&self.data_keys_path, self.keks.as_ref(), "datakeys-prune")
                 .map_err(|e| {
-                    StoreError::Write(format!("erasing data keys of removed keys: {e}"))
+                    StoreError::Write(Context::new("erasing data keys of removed keys", e).into())
                 })?;
             writer.data_keys = kept;
         }
@@ -208,10 +208,14 @@ impl SledStore {
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
-                return Err(damaged(format!(
-                    "cannot read the guard file {}: {e}",
-                    guard_path.display()
-                )))
+                return Err(StoreError::DamagedFile {
+                    path: shown.clone(),
+                    source: Context::new(
+                        format!("cannot read the guard file {}", guard_path.display()),
+                        e,
+                    )
+                    .into(),
+                })
             }
         };
         match guarded {
@@ -228,7 +232,7 @@ impl SledStore {
             Some(_) => Ok(stored),
             None if !empty => {
                 // A store written before the guard existed (or whose guard was removed).
-                write_guard(&guard_path, stored).map_err(|e| StoreError::Write(e.to_string()))?;
+                write_guard(&guard_path, stored).map_err(|e| StoreError::Write(e.into()))?;
                 Ok(stored)
             }
             None => Ok(stored),
@@ -298,7 +302,11 @@ impl SledStore {
                 reason,
             };
             let stored: StoredKey =
-                serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
+                serde_json::from_slice(&value).map_err(|e| StoreError::Unreadable {
+                    path: shown.clone(),
+                    kid: kid.clone(),
+                    source: e.into(),
+                })?;
             if stored.kid != kid {
                 return Err(corrupt(format!(
                     "record is filed under another kid ({:?})",
@@ -326,7 +334,7 @@ impl SledStore {
         self.db
             .flush()
             .map(|_| ())
-            .map_err(|e| StoreError::Write(e.to_string()))
+            .map_err(|e| StoreError::Write(e.into()))
     }
 }
 
@@ -340,7 +348,7 @@ fn open_error(path: &str, error: sled::Error) -> StoreError {
         }
         _ => StoreError::Open {
             path: path.to_owned(),
-            reason: error.to_string(),
+            source: error.into(),
         },
     }
 }
@@ -526,6 +534,52 @@ mod tests {
                 b"not-really-a-key-but-secret"
             );
         }
+    }
+
+    /// A failure keeps its cause: the error sled gave, and the line shows it after the
+    /// message, as it did when the cause was part of the message.
+    #[test]
+    fn a_store_that_cannot_be_opened_keeps_sleds_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        std::fs::write(&path, b"not a directory").unwrap();
+        let err = SledStore::open(&path, None).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        let cause = std::error::Error::source(&err)
+            .and_then(|cause| cause.downcast_ref::<sled::Error>())
+            .unwrap_or_else(|| panic!("no sled error in {err:?}"));
+        assert!(matches!(cause, sled::Error::Io(_)), "{cause:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot open the keystore {}", path.display())
+        );
+        assert_eq!(
+            crate::telemetry::chain(&err).to_string(),
+            format!("cannot open the keystore {}: {cause}", path.display())
+        );
+    }
+
+    /// A cause shown inside the message stays there, and is the source too.
+    #[test]
+    fn an_unparsable_record_keeps_the_json_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        {
+            let (store, _) = SledStore::open(&path, None).unwrap();
+            store.write(&[record("a")]).unwrap();
+            store.keys.insert("a", &b"{not json"[..]).unwrap();
+            store.flush().unwrap();
+        }
+        let err = SledStore::open(&path, None).unwrap_err();
+        let cause = std::error::Error::source(&err)
+            .and_then(|cause| cause.downcast_ref::<serde_json::Error>())
+            .unwrap_or_else(|| panic!("no JSON error in {err:?}"));
+        let line = format!(
+            "the keystore {} is unreadable: key record \"a\": {cause}; refusing to start with new keys",
+            path.display()
+        );
+        assert_eq!(err.to_string(), line);
+        assert_eq!(crate::telemetry::chain(&err).to_string(), line);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{
     store::{
         datakeys::{self, DataKeys},
         kek::{SealedKey, UnsealError},
-        StoreError,
+        Context, StoreError,
     },
 };
 use token_authority_jose::{b64, crypto::Algorithm};
@@ -92,10 +92,10 @@ impl SledStore {
                 PrivateKeyDer::new(der)
             }
             StoredPrivateKey::Plain { pkcs8 } => {
-                let der = b64::decode(&pkcs8).map_err(|e| StoreError::Corrupt {
+                let der = b64::decode(&pkcs8).map_err(|e| StoreError::Unreadable {
                     path: shown.clone(),
                     kid: stored.kid.clone(),
-                    reason: format!("private key: {e}"),
+                    source: Context::new("private key", e).into(),
                 })?;
                 PrivateKeyDer::new(zeroize::Zeroizing::new(der))
             }
@@ -150,12 +150,12 @@ impl SledStore {
         let private_key = if pkcs8.is_empty() {
             StoredPrivateKey::Erased
         } else {
-            let data_key = data_keys
-                .get(&record.kid)
-                .ok_or_else(|| StoreError::NotApplied(format!("no data key for {}", record.kid)))?;
+            let data_key = data_keys.get(&record.kid).ok_or_else(|| {
+                StoreError::NotApplied(format!("no data key for {}", record.kid).into())
+            })?;
             let (nonce, ciphertext) =
                 datakeys::seal(data_key, &record.kid, record.alg.name(), pkcs8)
-                    .map_err(|e| StoreError::NotApplied(e.to_string()))?;
+                    .map_err(|e| StoreError::NotApplied(e.into()))?;
             StoredPrivateKey::DataKey {
                 nonce: b64::encode(&nonce),
                 ciphertext: b64::encode(&ciphertext),
@@ -175,6 +175,6 @@ impl SledStore {
             max_token_ttl: record.max_token_ttl,
             private_key,
         };
-        serde_json::to_vec(&stored).map_err(|e| StoreError::Write(e.to_string()))
+        serde_json::to_vec(&stored).map_err(|e| StoreError::Write(e.into()))
     }
 }

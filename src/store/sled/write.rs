@@ -2,6 +2,8 @@
 //! transaction and the guard file (the commit point), then erasing the data keys of what
 //! was deleted or revoked; a failure after the transaction is undone.
 
+use std::convert::Infallible;
+
 use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
     Transactional as _,
@@ -10,7 +12,8 @@ use sled::{
 use super::{SledStore, FORMAT_KEY, FORMAT_V1, GENERATION_KEY};
 use crate::{
     authority::keys::KeyRecord,
-    store::{datakeys::DataKeys, files, guard::write_guard, StoreError},
+    store::{datakeys::DataKeys, files, guard::write_guard, Cause, Context, StoreError},
+    telemetry::chain,
 };
 
 impl SledStore {
@@ -45,7 +48,6 @@ impl SledStore {
         if writer.poisoned {
             return Err(StoreError::Poisoned);
         }
-        let not_applied = |e: String| StoreError::NotApplied(e);
         let keks = self.keks.as_ref();
 
         // Step 1: a data key for every private key that has none yet.
@@ -54,16 +56,14 @@ impl SledStore {
         let mut added = false;
         for record in records {
             if !record.private_key.as_bytes().is_empty() && with_new.get(&record.kid).is_none() {
-                with_new
-                    .create(&record.kid)
-                    .map_err(|e| not_applied(e.to_string()))?;
+                with_new.create(&record.kid).map_err(not_applied)?;
                 added = true;
             }
         }
         if added || !with_new.sealed_as(keks) {
             with_new
                 .save(&self.data_keys_path, keks, "datakeys-add")
-                .map_err(|e| not_applied(e.to_string()))?;
+                .map_err(not_applied)?;
             writer.data_keys = with_new.clone();
         }
 
@@ -77,29 +77,21 @@ impl SledStore {
         // What the change overwrites, to put back if it cannot be made durable.
         let mut previous: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(change.len());
         for (kid, _) in &change {
-            let value = self
-                .keys
-                .get(kid.as_bytes())
-                .map_err(|e| not_applied(e.to_string()))?;
+            let value = self.keys.get(kid.as_bytes()).map_err(not_applied)?;
             previous.push((kid.clone(), value.map(|v| v.to_vec())));
         }
-        let first_write = self
-            .db
-            .get(FORMAT_KEY)
-            .map_err(|e| not_applied(e.to_string()))?
-            .is_none();
+        let first_write = self.db.get(FORMAT_KEY).map_err(not_applied)?.is_none();
 
         // Step 2.
         let next = writer.generation + 1;
-        files::step("store", "commit").map_err(|e| not_applied(e.to_string()))?;
-        self.commit(next, &change, true)
-            .map_err(|e| not_applied(format!("{e:?}")))?;
+        files::step("store", "commit").map_err(not_applied)?;
+        self.commit(next, &change, true).map_err(not_applied)?;
         // sled holds the change from here on (in memory, and on disk once flushed).
         writer.generation = next;
-        let mut outcome = files::step("store", "flush")
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.flush_db().map_err(|e| e.to_string()))
-            .and_then(|()| write_guard(&self.guard_path(), next).map_err(|e| e.to_string()));
+        let mut outcome: Result<(), Cause> = files::step("store", "flush")
+            .map_err(Cause::from)
+            .and_then(|()| self.flush_db().map_err(Cause::from))
+            .and_then(|()| write_guard(&self.guard_path(), next).map_err(Cause::from));
 
         // Step 3: erase what no record needs any more.
         if outcome.is_ok() {
@@ -119,17 +111,17 @@ impl SledStore {
                     Err(e) => {
                         // The file may already lack the erased keys (a failure after the
                         // rename): put them back before the records that need them return.
-                        outcome = Err(format!("erasing data keys: {e}"));
                         let mut restored = with_new.clone();
                         if let Err(restore) =
                             restored.save(&self.data_keys_path, keks, "datakeys-restore")
                         {
                             writer.poisoned = true;
                             return Err(StoreError::Unknown {
-                                failure: e.to_string(),
-                                undo: format!("restoring the data key file: {restore}"),
+                                failure: e.into(),
+                                undo: Context::new("restoring the data key file", restore).into(),
                             });
                         }
+                        outcome = Err(Context::new("erasing data keys", e).into());
                     }
                 }
             }
@@ -165,9 +157,9 @@ impl SledStore {
         generation: u64,
         change: &[(String, Option<Vec<u8>>)],
         marked: bool,
-    ) -> Result<(), TransactionError<()>> {
+    ) -> Result<(), sled::Error> {
         let default_tree: &sled::Tree = &self.db;
-        (default_tree, &self.keys).transaction(|(meta, keys)| {
+        let result = (default_tree, &self.keys).transaction(|(meta, keys)| {
             if marked {
                 meta.insert(FORMAT_KEY, FORMAT_V1)?;
                 meta.insert(GENERATION_KEY, &generation.to_be_bytes())?;
@@ -181,7 +173,12 @@ impl SledStore {
                     None => keys.remove(kid.as_bytes())?,
                 };
             }
-            Ok::<_, ConflictableTransactionError<()>>(())
+            Ok::<_, ConflictableTransactionError<Infallible>>(())
+        });
+        result.map_err(|error| match error {
+            TransactionError::Storage(error) => error,
+            // The transaction never aborts.
+            TransactionError::Abort(never) => match never {},
         })
     }
 
@@ -193,19 +190,18 @@ impl SledStore {
         writer: &mut Writer,
         previous: &[(String, Option<Vec<u8>>)],
         first_write: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Cause> {
         let generation = writer.generation + 1;
-        files::step("store", "undo").map_err(|e| e.to_string())?;
-        self.commit(generation, previous, !first_write)
-            .map_err(|e| format!("{e:?}"))?;
+        files::step("store", "undo")?;
+        self.commit(generation, previous, !first_write)?;
         writer.generation = generation;
-        self.flush_db().map_err(|e| e.to_string())?;
+        self.flush_db()?;
         if first_write {
             writer.generation = 0;
-            files::remove(&self.guard_path()).map_err(|e| e.to_string())?;
+            files::remove(&self.guard_path())?;
         } else if let Err(error) = write_guard(&self.guard_path(), generation) {
             // A guard behind sled is what a crash between the two leaves: harmless.
-            tracing::warn!(%error, "the guard file could not be updated after undoing a write");
+            tracing::warn!(error = %chain(&error), "the guard file could not be updated after undoing a write");
         }
         Ok(())
     }
@@ -224,4 +220,9 @@ pub(super) struct Writer {
     pub(super) poisoned: bool,
     /// What the data key file holds.
     pub(super) data_keys: DataKeys,
+}
+
+/// A write step that failed before sled had the change.
+fn not_applied(error: impl Into<Cause>) -> StoreError {
+    StoreError::NotApplied(error.into())
 }

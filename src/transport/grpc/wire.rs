@@ -11,6 +11,7 @@ use crate::{
     authority::{AuthorityError, ErrorKind},
     callers::CallerError,
     pb,
+    telemetry::chain,
 };
 use token_authority_jose::{crypto::Algorithm, jwt::verify::Reason};
 
@@ -54,11 +55,11 @@ impl From<AuthorityError> for Status {
             ErrorKind::NotFound => Status::not_found(message),
             // Nothing changed, and the client may retry.
             ErrorKind::Unavailable => {
-                tracing::error!(%error, "request failed");
+                tracing::error!(error = %chain(&error), "request failed");
                 Status::unavailable(message)
             }
             ErrorKind::Internal => {
-                tracing::error!(%error, "request failed");
+                tracing::error!(error = %chain(&error), "request failed");
                 Status::internal(message)
             }
         }

@@ -39,6 +39,7 @@ use tonic::transport::server::TcpConnectInfo;
 use crate::{
     config::ListenerLimits,
     metrics::ListenerMetrics,
+    telemetry::chain,
     transport::{
         connection::{ClientCertificate, ConnectionInfo},
         peers::{PeerSlot, Peers},
@@ -202,7 +203,7 @@ impl Listener {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, listener = shared.protocol.name(), "accept failed");
+                        tracing::warn!(error = %chain(&error), listener = shared.protocol.name(), "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -251,7 +252,7 @@ impl Shared {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
                 self.metrics.handshake_failures.inc();
-                tracing::debug!(%remote, %error, listener = self.protocol.name(), "handshake failed");
+                tracing::debug!(%remote, error = %chain(&error), listener = self.protocol.name(), "handshake failed");
                 return;
             }
             Err(_) => {
