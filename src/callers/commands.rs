@@ -4,11 +4,7 @@
 use std::path::Path;
 
 use super::{audit, issuers::TrustedIssuer, policy, reload};
-use crate::{
-    config::AuditVerifyArgs,
-    store::{audit_heads, PgSettings},
-    telemetry::chain,
-};
+use crate::{config::pg_settings, config::AuditVerifyArgs, store::audit_heads, telemetry::chain};
 
 /// Checks a policy file as the server would load it, then tries each issuer's JWKS source.
 /// `Ok` holds the summary, with a warning for each issuer whose keys cannot be fetched from
@@ -134,11 +130,11 @@ async fn read_head(args: &AuditVerifyArgs, file: Option<&str>) -> Result<Lookup,
         audit_heads::read_from_sled(&data_dir.join("keystore"), file)
             .map_err(|e| chain(&e).to_string())?
     } else if let Some(url) = &args.store {
-        let settings = PgSettings {
-            url: url.clone(),
-            password_file: args.store_password_file.clone(),
-            ca_file: args.store_ca_file.clone(),
-        };
+        let settings = pg_settings(
+            url,
+            args.store_password_file.as_ref(),
+            args.store_ca_file.as_ref(),
+        );
         audit_heads::read_from_postgres(&settings, file)
             .await
             .map_err(|e| chain(&e).to_string())?

@@ -15,10 +15,10 @@ use std::{
 use crate::{
     authority::keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
     authority::lifecycle::{self, LifecycleError},
-    config::{ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, StoreArgs},
+    config::{pg_settings, ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, StoreArgs},
     store::{
         kek::{KekError, Keks},
-        Change, KeyStore, PgSettings, PgStore, StoreError,
+        Change, KeyStore, PgStore, StoreError,
     },
 };
 use token_authority_jose::{
@@ -292,11 +292,11 @@ pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
         ));
     }
     let target = PgStore::new(
-        &PgSettings {
-            url: args.to.clone(),
-            password_file: args.store_password_file.clone(),
-            ca_file: args.store_ca_file.clone(),
-        },
+        &pg_settings(
+            &args.to,
+            args.store_password_file.as_ref(),
+            args.store_ca_file.as_ref(),
+        ),
         Keks::load(&args.kek_file)?,
     )?;
     let runtime = runtime()?;

@@ -10,7 +10,7 @@ use std::{
 use clap::{Args, ValueEnum};
 
 use super::ConfigError;
-use crate::store::PgSettings;
+use crate::store::{PgEnvironment, PgSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -68,16 +68,32 @@ impl StoreArgs {
                         "--store postgres://... needs --kek-file: private keys reach the database only sealed".into(),
                     ));
                 }
-                Ok(Some(PgSettings {
-                    url: url.to_owned(),
-                    password_file: self.store_password_file.clone(),
-                    ca_file: self.store_ca_file.clone(),
-                }))
+                Ok(Some(pg_settings(
+                    url,
+                    self.store_password_file.as_ref(),
+                    self.store_ca_file.as_ref(),
+                )))
             }
             _ => Err(ConfigError(
                 "--store must be `sled` or a postgres:// URL".into(),
             )),
         }
+    }
+}
+
+/// A shared store's settings: the flags, then what this process's `PG*` environment
+/// variables say (the one place they are read).
+pub fn pg_settings(
+    url: &str,
+    password_file: Option<&PathBuf>,
+    ca_file: Option<&PathBuf>,
+) -> PgSettings {
+    PgSettings {
+        url: url.to_owned(),
+        password_file: password_file.cloned(),
+        ca_file: ca_file.cloned(),
+        libpq: PgEnvironment::read(|name| std::env::var(name).ok()),
+        host_name: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
     }
 }
 

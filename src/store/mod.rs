@@ -26,7 +26,8 @@ pub mod audit_heads {
 }
 
 pub use self::postgres::{
-    Confirmations, DbFailure, PgSettings, PgStore, Position, RefusedRow, Settled, Snapshot,
+    Confirmations, DbFailure, PgEnvironment, PgSettings, PgStore, Position, RefusedRow, Settled,
+    Snapshot,
 };
 pub use self::sled::SledStore;
 use crate::{authority::keys::KeyRecord, telemetry::chain};

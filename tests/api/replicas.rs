@@ -20,7 +20,7 @@ use token_authority::{
     authority::{Authority, Settings},
     pb,
     server::ServerError,
-    store::{kek::Keks, KeyStore, PgSettings, PgStore, StoreError},
+    store::{kek::Keks, KeyStore, PgEnvironment, PgSettings, PgStore, StoreError},
 };
 use token_authority_jose::crypto::Algorithm;
 
@@ -243,6 +243,8 @@ pub(crate) async fn open_authority(shared: &Store, at: u64) -> Authority {
         url: shared.pg().url(),
         password_file: None,
         ca_file: None,
+        libpq: PgEnvironment::default(),
+        host_name: None,
     };
     let keks = Keks::load(std::path::Path::new(shared.kek())).unwrap();
     let store = Arc::new(PgStore::new(&pg, keks).unwrap());

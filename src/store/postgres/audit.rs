@@ -27,10 +27,8 @@ pub async fn read_audit_head(
     settings: &PgSettings,
     file: &str,
 ) -> Result<Option<String>, StoreError> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let config = client_config(settings, &env)?;
-    let tls =
-        tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings.ca_file.as_deref())?);
+    let config = client_config(settings)?;
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings.roots())?);
     let database = shown(&config);
     let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable {
         database: database.clone(),

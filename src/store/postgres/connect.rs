@@ -34,10 +34,8 @@ fn session_options() -> String {
 
 /// The connection settings: the URL, then the `PG*` variables for what it leaves out, the
 /// password from the URL, the password file or `PGPASSWORD`, in that order.
-pub(super) fn client_config(
-    settings: &PgSettings,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, StoreError> {
+pub(super) fn client_config(settings: &PgSettings) -> Result<Config, StoreError> {
+    let env = &settings.libpq;
     let invalid = |reason: String| StoreError::Unopenable {
         path: "the --store URL".into(),
         reason,
@@ -53,7 +51,7 @@ pub(super) fn client_config(
         source: e.into(),
     })?;
     if !settings.url.contains("sslmode=") {
-        match env("PGSSLMODE").as_deref() {
+        match env.sslmode.as_deref() {
             None | Some("prefer") => {}
             Some("disable") => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -65,10 +63,10 @@ pub(super) fn client_config(
         }
     }
     if config.get_hosts().is_empty() {
-        config.host(env("PGHOST").unwrap_or_else(|| "localhost".into()));
+        config.host(env.host.as_deref().unwrap_or("localhost"));
     }
     if config.get_ports().is_empty() {
-        if let Some(port) = env("PGPORT") {
+        if let Some(port) = &env.port {
             config.port(
                 port.parse()
                     .map_err(|_| invalid(format!("PGPORT={port} is not a port")))?,
@@ -76,12 +74,12 @@ pub(super) fn client_config(
         }
     }
     if config.get_user().is_none() {
-        if let Some(user) = env("PGUSER") {
+        if let Some(user) = &env.user {
             config.user(user);
         }
     }
     if config.get_dbname().is_none() {
-        if let Some(dbname) = env("PGDATABASE") {
+        if let Some(dbname) = &env.dbname {
             config.dbname(dbname);
         }
     }
@@ -92,7 +90,7 @@ pub(super) fn client_config(
                 source: Context::new("cannot read the store password file", e).into(),
             })?;
             config.password(text.trim_end_matches(['\r', '\n']));
-        } else if let Some(password) = env("PGPASSWORD") {
+        } else if let Some(password) = &env.password {
             config.password(password);
         }
     }
@@ -145,12 +143,22 @@ pub(super) fn tls_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::PgEnvironment;
 
     fn settings(url: &str) -> PgSettings {
         PgSettings {
             url: url.into(),
             password_file: None,
             ca_file: None,
+            libpq: PgEnvironment::default(),
+            host_name: None,
+        }
+    }
+
+    fn with_env(url: &str, env: impl Fn(&str) -> Option<String>) -> PgSettings {
+        PgSettings {
+            libpq: PgEnvironment::read(env),
+            ..settings(url)
         }
     }
 
@@ -165,7 +173,7 @@ mod tests {
             "PGSSLMODE" => Some("verify-full".to_owned()),
             _ => None,
         };
-        let config = client_config(&settings("postgres://"), &env).unwrap();
+        let config = client_config(&with_env("postgres://", env)).unwrap();
         assert_eq!(config.get_user(), Some("authority"));
         assert_eq!(config.get_dbname(), Some("keys"));
         assert_eq!(config.get_ports(), [6432]);
@@ -174,10 +182,10 @@ mod tests {
             config.get_ssl_mode(),
             tokio_postgres::config::SslMode::Require
         );
-        let config = client_config(
-            &settings("postgres://me:secret@h:5432/db?sslmode=verify-full"),
-            &env,
-        )
+        let config = client_config(&with_env(
+            "postgres://me:secret@h:5432/db?sslmode=verify-full",
+            env,
+        ))
         .unwrap();
         assert_eq!(config.get_user(), Some("me"));
         assert_eq!(config.get_password(), Some(&b"secret"[..]));
@@ -189,26 +197,35 @@ mod tests {
     }
 
     #[test]
+    fn the_ca_file_flag_comes_before_pgsslrootcert() {
+        let env = |name: &str| (name == "PGSSLROOTCERT").then(|| "/env/ca.pem".to_owned());
+        let from_env = with_env("postgres://me@h/db", env);
+        assert_eq!(from_env.roots(), Some(std::path::Path::new("/env/ca.pem")));
+        let flagged = PgSettings {
+            ca_file: Some("/flag/ca.pem".into()),
+            ..from_env
+        };
+        assert_eq!(flagged.roots(), Some(std::path::Path::new("/flag/ca.pem")));
+        assert_eq!(settings("postgres://me@h/db").roots(), None);
+    }
+
+    #[test]
     fn a_password_file_comes_before_pgpassword() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("password");
         std::fs::write(&file, "from-file\n").unwrap();
         let env = |name: &str| (name == "PGPASSWORD").then(|| "from-env".to_owned());
-        let config = client_config(
-            &PgSettings {
-                password_file: Some(file),
-                ..settings("postgres://me@h/db")
-            },
-            &env,
-        )
+        let config = client_config(&PgSettings {
+            password_file: Some(file),
+            ..with_env("postgres://me@h/db", env)
+        })
         .unwrap();
         assert_eq!(config.get_password(), Some(&b"from-file"[..]));
     }
 
     #[test]
     fn sessions_end_idle_transactions_and_the_urls_options_win() {
-        let env = |_: &str| None;
-        let config = client_config(&settings("postgres://me@h/db"), &env).unwrap();
+        let config = client_config(&settings("postgres://me@h/db")).unwrap();
         let options = config.get_options().unwrap();
         assert!(
             options.contains("-c idle_in_transaction_session_timeout=5s"),
@@ -216,10 +233,9 @@ mod tests {
         );
         assert!(options.contains("-c lock_timeout=8s"), "{options}");
         assert!(config.get_keepalives());
-        let config = client_config(
-            &settings("postgres://me@h/db?options=-c%20lock_timeout%3D1s"),
-            &env,
-        )
+        let config = client_config(&settings(
+            "postgres://me@h/db?options=-c%20lock_timeout%3D1s",
+        ))
         .unwrap();
         assert!(
             config

@@ -58,7 +58,8 @@ pub const CHANNEL: &str = "ta_keys";
 const LOCK_TIMEOUT: &str = "8s";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where and how to reach the database.
+/// Where and how to reach the database. The configuration builds it (flags, then libpq's
+/// environment); the store reads no environment of its own.
 #[derive(Clone, Debug)]
 pub struct PgSettings {
     /// A `postgres://` URL; `sslmode=verify-full` (or `verify-ca`, `require`) asks for TLS.
@@ -67,6 +68,64 @@ pub struct PgSettings {
     pub password_file: Option<PathBuf>,
     /// PEM roots for the server's certificate; the public web roots when absent.
     pub ca_file: Option<PathBuf>,
+    /// What the `PG*` variables say, for what the URL leaves out.
+    pub libpq: PgEnvironment,
+    /// This process's host name (`HOSTNAME`: the pod's), naming it among the replicas.
+    pub host_name: Option<String>,
+}
+
+/// libpq's environment variables the store follows (`PGHOST`, `PGPORT`, `PGUSER`,
+/// `PGDATABASE`, `PGPASSWORD`, `PGSSLMODE`, `PGSSLROOTCERT`), empty ones as unset.
+#[derive(Clone, Default)]
+pub struct PgEnvironment {
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+    pub password: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<PathBuf>,
+}
+
+impl PgSettings {
+    /// The CA file that signs the server's certificate: `--store-ca-file`, else
+    /// `PGSSLROOTCERT`; `None` for the public web roots.
+    pub fn roots(&self) -> Option<&std::path::Path> {
+        self.ca_file
+            .as_deref()
+            .or(self.libpq.sslrootcert.as_deref())
+    }
+}
+
+impl PgEnvironment {
+    /// Reads the variables through `var` (the process environment, or a test's).
+    pub fn read(var: impl Fn(&str) -> Option<String>) -> PgEnvironment {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        PgEnvironment {
+            host: var("PGHOST"),
+            port: var("PGPORT"),
+            user: var("PGUSER"),
+            dbname: var("PGDATABASE"),
+            password: var("PGPASSWORD"),
+            sslmode: var("PGSSLMODE"),
+            sslrootcert: var("PGSSLROOTCERT").map(PathBuf::from),
+        }
+    }
+}
+
+/// Never the password.
+impl std::fmt::Debug for PgEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEnvironment")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("password", &self.password.as_ref().map(|_| "..."))
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .finish()
+    }
 }
 
 pub struct PgStore {
@@ -111,16 +170,11 @@ pub struct Settled {
 }
 
 impl PgStore {
-    /// Builds the pool (no connection yet) from the settings and the `PG*` environment.
+    /// Builds the pool (no connection yet) from the settings.
     pub fn new(settings: &PgSettings, keks: Keks) -> Result<PgStore, StoreError> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let config = client_config(settings, &env)?;
+        let config = client_config(settings)?;
         let shown = shown(&config);
-        let ca = settings
-            .ca_file
-            .clone()
-            .or_else(|| env("PGSSLROOTCERT").map(PathBuf::from));
-        let tls = MakeRustlsConnect::new(tls_config(ca.as_deref())?);
+        let tls = MakeRustlsConnect::new(tls_config(settings.roots())?);
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -139,7 +193,7 @@ impl PgStore {
                 path: shown.clone(),
                 source: e.into(),
             })?;
-        let host = env("HOSTNAME").unwrap_or_else(|| "replica".into());
+        let host = settings.host_name.as_deref().unwrap_or("replica");
         let random =
             token_authority_jose::crypto::random_bytes(6).map_err(|e| StoreError::Open {
                 path: shown.clone(),
