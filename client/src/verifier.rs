@@ -16,13 +16,13 @@
 //! loopback, give both the channel and the JWKS URL TLS: the keys they carry decide which
 //! tokens are accepted.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use token_authority_jose::jwt::verify::{self, Policy, Reason, Rejection, Verified};
+use token_authority_jose::{
+    clock::Clock,
+    jwt::verify::{self, Policy, Reason, Rejection, Verified},
+};
 use tonic::transport::Channel;
 
 use crate::{
@@ -65,6 +65,9 @@ pub struct VerifierSettings {
     /// The least time between two fetches caused by unknown kids: a flood of made-up kids
     /// must not become a flood of requests.
     pub unknown_kid_cooldown: Duration,
+    /// What `verify` reads the time from (`exp`, `nbf`, `iat`): the system clock; in tests,
+    /// `Clock::tokio`, so expiry can be checked on paused time.
+    pub clock: Clock,
 }
 
 impl VerifierSettings {
@@ -81,6 +84,7 @@ impl VerifierSettings {
             jwks_poll_interval: Duration::from_secs(2),
             jwks_tls: None,
             unknown_kid_cooldown: Duration::from_secs(10),
+            clock: Clock::system(),
         }
     }
 }
@@ -97,6 +101,7 @@ struct Inner {
     keys: Arc<ArcSwap<KeySet>>,
     policy: Policy,
     audience: Option<String>,
+    clock: Clock,
     /// The background task keeping the set fresh; `None` for a fixed set.
     watcher: Option<tokio::task::AbortHandle>,
     /// Wakes the background task to fetch the HTTP JWKS (an unknown kid while the stream
@@ -171,6 +176,7 @@ impl Verifier {
                     max_token_bytes: settings.max_token_bytes,
                 },
                 audience: settings.audience,
+                clock: settings.clock,
                 watcher: Some(task.abort_handle()),
                 refetch,
                 last_refetch: std::sync::Mutex::new(None),
@@ -200,6 +206,7 @@ impl Verifier {
                     max_token_bytes: settings.max_token_bytes,
                 },
                 audience: settings.audience,
+                clock: settings.clock,
                 watcher: None,
                 refetch: Arc::new(tokio::sync::Notify::new()),
                 last_refetch: std::sync::Mutex::new(None),
@@ -208,9 +215,10 @@ impl Verifier {
         }
     }
 
-    /// Verifies `token` now, with the configured audience.
+    /// Verifies `token` now (by the settings' clock), with the configured audience.
     pub fn verify(&self, token: &str) -> Result<Verified, Rejection> {
-        self.verify_at(token, self.inner.audience.as_deref(), unix_now())
+        let now = self.inner.clock.unix_now();
+        self.verify_at(token, self.inner.audience.as_deref(), now)
     }
 
     /// Verifies `token` at `now` (unix seconds), requiring `audience` when given: the same
@@ -254,13 +262,6 @@ impl Verifier {
     pub fn key_set(&self) -> Arc<KeySet> {
         self.inner.keys.load_full()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
