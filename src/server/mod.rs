@@ -42,6 +42,8 @@ mod error;
 mod open;
 mod starting;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 pub use error::ServerError;
 pub use open::keystore_path;
