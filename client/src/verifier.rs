@@ -266,7 +266,62 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use token_authority_jose::{
+        crypto::{generate_pkcs8, Algorithm, SigningKey},
+        jwk::{render_jwks, PublicJwk},
+        jwt::{sign, Signer},
+    };
+
     use super::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    /// The verifier reads the time from its settings' clock: on paused time, a token not
+    /// yet valid becomes valid once the clock is within the leeway of its `nbf`, stays
+    /// valid to the last second before `exp` plus the leeway, and is refused from then on.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_nbf_and_exp_are_checked_against_the_settings_clock() {
+        let clock = Clock::tokio(UNIX_EPOCH + Duration::from_secs(T0));
+        let key = generate_pkcs8(Algorithm::ES256).unwrap();
+        let key = SigningKey::from_pkcs8(Algorithm::ES256, &key).unwrap();
+        let public = key.verifying_key().unwrap();
+        let jwks = render_jwks(&[PublicJwk::new("k", Algorithm::ES256, public.components())]);
+        let settings = VerifierSettings {
+            leeway: 60,
+            clock,
+            ..VerifierSettings::new("https://token-authority.test")
+        };
+        let verifier =
+            Verifier::with_keys(KeySet::from_jwks(&jwks, String::new()).unwrap(), settings);
+        let claims = serde_json::json!({
+            "iss": "https://token-authority.test", "sub": "orders", "iat": T0,
+            "nbf": T0 + 600, "exp": T0 + 3600, "jti": "AAAAAAAAAAAAAAAAAAAAAA",
+        });
+        let token = sign(
+            &Signer::new("k".into(), key),
+            claims.as_object().unwrap(),
+            8192,
+        )
+        .unwrap();
+        let at = |unix: u64| {
+            let verifier = verifier.clone();
+            let token = token.clone();
+            async move {
+                tokio::time::sleep(clock.until(unix)).await;
+                assert_eq!(clock.unix_now(), unix);
+                verifier
+                    .verify(&token)
+                    .map_err(|rejection| rejection.reason)
+            }
+        };
+        assert_eq!(at(T0).await.unwrap_err(), Reason::NotYetValid);
+        assert_eq!(at(T0 + 539).await.unwrap_err(), Reason::NotYetValid);
+        assert_eq!(at(T0 + 540).await.unwrap().subject, "orders");
+        assert!(at(T0 + 3659).await.is_ok());
+        assert_eq!(at(T0 + 3660).await.unwrap_err(), Reason::Expired);
+    }
 
     #[tokio::test]
     async fn an_empty_list_of_replicas_is_refused_at_once() {

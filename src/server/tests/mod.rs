@@ -7,30 +7,38 @@
 //!
 //! # Layout
 //! - `schedule`: rotations, retirements and deletions over months of the schedule.
+//! - `client`: the client's refresh before expiry and its verifier's expiry checks.
 
 use std::{
     io,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, UNIX_EPOCH},
 };
 
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::{wrappers::UnboundedReceiverStream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{
+    transport::{Channel, Endpoint, Uri},
+    Status,
+};
 
 use super::tasks::run_schedule;
 use crate::{
     authority::{signing_pool::SigningPool, Authority, Settings},
     callers::{admin::AdminToken, CallerSettings, Callers},
     config::WatchSettings,
-    metrics::Metrics,
+    metrics::{Metrics, StoreState},
     pb::token_authority_server::TokenAuthorityServer,
     store::KeyStore,
     transport::{grpc::GrpcService, watch::Watchers},
 };
 use token_authority_jose::clock::Clock;
 
+mod client;
 mod schedule;
 
 /// Where the test clocks start: 2023-11-14T22:13:20Z.
@@ -46,6 +54,9 @@ fn clock_at(millis: u64) -> Clock {
 /// An authority, its schedule and its gRPC service, in this process.
 struct InProcess {
     authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    /// While set, every call is answered UNAVAILABLE, as by an authority that is down.
+    down: Arc<AtomicBool>,
     /// The server ends of new connections.
     connections: mpsc::UnboundedSender<tokio::io::DuplexStream>,
     stop: CancellationToken,
@@ -96,7 +107,15 @@ impl InProcess {
             Arc::new(SigningPool::per_core().unwrap()),
             Arc::new(watchers),
         );
-        let service = TokenAuthorityServer::new(service);
+        let down = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::clone(&down);
+        let service = TokenAuthorityServer::with_interceptor(service, move |request| {
+            if refusing.load(Ordering::Acquire) {
+                Err(Status::unavailable("the authority is down"))
+            } else {
+                Ok(request)
+            }
+        });
         let (connections, incoming) = mpsc::unbounded_channel();
         let incoming = UnboundedReceiverStream::new(incoming).map(Ok::<_, io::Error>);
         let server = tokio::spawn(async move {
@@ -114,6 +133,8 @@ impl InProcess {
         ));
         InProcess {
             authority,
+            metrics,
+            down,
             connections,
             stop,
             schedule,
@@ -135,6 +156,22 @@ impl InProcess {
                 }
             }),
         )
+    }
+
+    /// Tokens issued so far, as the metrics count them.
+    fn issued(&self) -> f64 {
+        let text = self.metrics.render(
+            &StoreState {
+                sync_age: 0,
+                history_rewinds: 0,
+                refused_records: 0,
+            },
+            self.authority.clock().unix_now(),
+        );
+        text.lines()
+            .filter(|line| line.starts_with("token_authority_tokens_issued_total{"))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
     }
 
     /// Stops the schedule (a step in progress completes) and the service.
