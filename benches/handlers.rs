@@ -20,6 +20,7 @@ use token_authority::{
 };
 use token_authority_jose::{
     b64,
+    clock::Clock,
     crypto::Algorithm,
     jwk::{render_jwks, PublicJwk},
     jwt::verify::KeyLookup as _,
@@ -34,13 +35,6 @@ const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::EdDSA,
 ];
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// A real authority over a real sled keystore in a temporary directory.
 fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
     let (store, records) = KeyStore::open(&dir.join("keystore"), None).unwrap();
@@ -53,8 +47,10 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         algorithms: ALGORITHMS.to_vec(),
         publish_lead: 900,
         rotation_period: 86_400,
+        clock: Clock::system(),
     };
-    let authority = Arc::new(Authority::open(store, records, settings, now()).unwrap());
+    let now = settings.clock.unix_now();
+    let authority = Arc::new(Authority::open(store, records, settings, now).unwrap());
     let metrics = Arc::new(Metrics::new(&ALGORITHMS));
     // No policy on a loopback listener: IssueToken open, as `serve` runs by default.
     let callers = Callers::new(
@@ -154,7 +150,11 @@ fn handlers(c: &mut Criterion) {
     let mut rules = c.benchmark_group("jwt verify");
     for (alg, token) in &tokens {
         rules.bench_function(BenchmarkId::from_parameter(alg), |b| {
-            b.iter(|| authority.verify(token, Some("service-b"), now()).unwrap())
+            b.iter(|| {
+                authority
+                    .verify(token, Some("service-b"), authority.clock().unix_now())
+                    .unwrap()
+            })
         });
     }
     rules.finish();

@@ -19,7 +19,7 @@ use token_authority::{
     store::{KeyStore, StoreError},
     telemetry::chain,
 };
-use token_authority_jose::crypto::Algorithm;
+use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 /// The steps of every write: the sled transaction, its flush, the guard file.
 const COMMIT: &[&str] = &[
@@ -60,6 +60,7 @@ fn settings() -> Settings {
         algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
         publish_lead: LEAD,
         rotation_period: PERIOD,
+        clock: Clock::system(),
     }
 }
 
@@ -303,7 +304,7 @@ fn import_args(dir: &Path, pem: &Path) -> ImportArgs {
 fn import_waiting(args: &ImportArgs) -> Result<String, KeysCommandError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match keys_command::import(args) {
+        match keys_command::import(args, Clock::system()) {
             Err(KeysCommandError::Store(StoreError::Locked { .. }))
                 if std::time::Instant::now() < deadline =>
             {

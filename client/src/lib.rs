@@ -41,6 +41,9 @@ pub mod verifier;
 
 pub use error::ClientError;
 pub use layer::RequireBearerLayer;
+/// The clock `VerifierSettings::clock` takes: the system clock, or in tests one that
+/// follows tokio's paused time.
+pub use token_authority_jose::clock::Clock;
 pub use token_authority_jose::jwt::verify::{Reason, Rejection, Verified};
 pub use token_source::{Credentials, TokenRequest, TokenSource};
 pub use verifier::{Verifier, VerifierSettings};

@@ -16,13 +16,13 @@
 //! loopback, give both the channel and the JWKS URL TLS: the keys they carry decide which
 //! tokens are accepted.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use token_authority_jose::jwt::verify::{self, Policy, Reason, Rejection, Verified};
+use token_authority_jose::{
+    clock::Clock,
+    jwt::verify::{self, Policy, Reason, Rejection, Verified},
+};
 use tonic::transport::Channel;
 
 use crate::{
@@ -65,6 +65,9 @@ pub struct VerifierSettings {
     /// The least time between two fetches caused by unknown kids: a flood of made-up kids
     /// must not become a flood of requests.
     pub unknown_kid_cooldown: Duration,
+    /// What `verify` reads the time from (`exp`, `nbf`, `iat`): the system clock; in tests,
+    /// `Clock::tokio`, so expiry can be checked on paused time.
+    pub clock: Clock,
 }
 
 impl VerifierSettings {
@@ -81,6 +84,7 @@ impl VerifierSettings {
             jwks_poll_interval: Duration::from_secs(2),
             jwks_tls: None,
             unknown_kid_cooldown: Duration::from_secs(10),
+            clock: Clock::system(),
         }
     }
 }
@@ -97,6 +101,7 @@ struct Inner {
     keys: Arc<ArcSwap<KeySet>>,
     policy: Policy,
     audience: Option<String>,
+    clock: Clock,
     /// The background task keeping the set fresh; `None` for a fixed set.
     watcher: Option<tokio::task::AbortHandle>,
     /// Wakes the background task to fetch the HTTP JWKS (an unknown kid while the stream
@@ -171,6 +176,7 @@ impl Verifier {
                     max_token_bytes: settings.max_token_bytes,
                 },
                 audience: settings.audience,
+                clock: settings.clock,
                 watcher: Some(task.abort_handle()),
                 refetch,
                 last_refetch: std::sync::Mutex::new(None),
@@ -200,6 +206,7 @@ impl Verifier {
                     max_token_bytes: settings.max_token_bytes,
                 },
                 audience: settings.audience,
+                clock: settings.clock,
                 watcher: None,
                 refetch: Arc::new(tokio::sync::Notify::new()),
                 last_refetch: std::sync::Mutex::new(None),
@@ -208,9 +215,10 @@ impl Verifier {
         }
     }
 
-    /// Verifies `token` now, with the configured audience.
+    /// Verifies `token` now (by the settings' clock), with the configured audience.
     pub fn verify(&self, token: &str) -> Result<Verified, Rejection> {
-        self.verify_at(token, self.inner.audience.as_deref(), unix_now())
+        let now = self.inner.clock.unix_now();
+        self.verify_at(token, self.inner.audience.as_deref(), now)
     }
 
     /// Verifies `token` at `now` (unix seconds), requiring `audience` when given: the same
@@ -256,16 +264,64 @@ impl Verifier {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use token_authority_jose::{
+        crypto::{generate_pkcs8, Algorithm, SigningKey},
+        jwk::{render_jwks, PublicJwk},
+        jwt::{sign, Signer},
+    };
+
     use super::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    /// The verifier reads the time from its settings' clock: on paused time, a token not
+    /// yet valid becomes valid once the clock is within the leeway of its `nbf`, stays
+    /// valid to the last second before `exp` plus the leeway, and is refused from then on.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_nbf_and_exp_are_checked_against_the_settings_clock() {
+        let clock = Clock::tokio(UNIX_EPOCH + Duration::from_secs(T0));
+        let key = generate_pkcs8(Algorithm::ES256).unwrap();
+        let key = SigningKey::from_pkcs8(Algorithm::ES256, &key).unwrap();
+        let public = key.verifying_key().unwrap();
+        let jwks = render_jwks(&[PublicJwk::new("k", Algorithm::ES256, public.components())]);
+        let settings = VerifierSettings {
+            leeway: 60,
+            clock,
+            ..VerifierSettings::new("https://token-authority.test")
+        };
+        let verifier =
+            Verifier::with_keys(KeySet::from_jwks(&jwks, String::new()).unwrap(), settings);
+        let claims = serde_json::json!({
+            "iss": "https://token-authority.test", "sub": "orders", "iat": T0,
+            "nbf": T0 + 600, "exp": T0 + 3600, "jti": "AAAAAAAAAAAAAAAAAAAAAA",
+        });
+        let token = sign(
+            &Signer::new("k".into(), key),
+            claims.as_object().unwrap(),
+            8192,
+        )
+        .unwrap();
+        let at = |unix: u64| {
+            let verifier = verifier.clone();
+            let token = token.clone();
+            async move {
+                tokio::time::sleep(clock.until(unix)).await;
+                assert_eq!(clock.unix_now(), unix);
+                verifier
+                    .verify(&token)
+                    .map_err(|rejection| rejection.reason)
+            }
+        };
+        assert_eq!(at(T0).await.unwrap_err(), Reason::NotYetValid);
+        assert_eq!(at(T0 + 539).await.unwrap_err(), Reason::NotYetValid);
+        assert_eq!(at(T0 + 540).await.unwrap().subject, "orders");
+        assert!(at(T0 + 3659).await.is_ok());
+        assert_eq!(at(T0 + 3660).await.unwrap_err(), Reason::Expired);
+    }
 
     #[tokio::test]
     async fn an_empty_list_of_replicas_is_refused_at_once() {

@@ -8,6 +8,8 @@
 //! # Layout
 //! - `b64`: strict base64url without padding.
 //! - `backoff`: retry pacing with jitter, for the server and the client alike.
+//! - `clock`: where the time comes from: the system clock, or in tests one that follows
+//!   tokio's (paused) time.
 //! - `jwt`: signing compact JWS tokens and verifying them (RFC 7515, 7519, 8725);
 //!   `jwt::json` the strict JSON object parser.
 //! - `fetch` (feature `fetch`): the HTTPS client for JWKS and discovery documents.
@@ -18,6 +20,7 @@
 
 pub mod b64;
 pub mod backoff;
+pub mod clock;
 pub mod crypto;
 #[cfg(feature = "fetch")]
 pub mod fetch;

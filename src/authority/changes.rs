@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::{blocking, log_plan, replica, unix_now, Authority, AuthorityError, RotationOutcome};
+use super::{blocking, log_plan, replica, Authority, AuthorityError, RotationOutcome};
 use crate::{
     authority::keys::{self, GeneratedKey, KeyRecord},
     authority::keyset::KeySet,
@@ -213,7 +213,7 @@ impl Authority {
             // Nothing to do because another replica already did it: catch up now rather
             // than plan again from a stale set at the next wake.
             drop(writer);
-            self.refresh(unix_now()).await?;
+            self.refresh(self.clock().unix_now()).await?;
         }
         Ok((plan, self.keys.load_full()))
     }
@@ -237,6 +237,7 @@ impl Authority {
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
         let revoked = self.replica.revocations();
+        let clock = self.clock();
         let ((plan, next), settled) = self
             .store
             .transact(
@@ -244,7 +245,7 @@ impl Authority {
                 move |records| -> Result<((Plan, Option<KeySet>), Change), AuthorityError> {
                     let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
                         keys::generate;
-                    let now = unix_now();
+                    let now = clock.unix_now();
                     let plan = replica::keeping_revocations(
                         records,
                         &revoked,
@@ -284,7 +285,8 @@ impl Authority {
             }
         }
         if let Some(position) = position {
-            self.synced_at.fetch_max(unix_now(), Ordering::AcqRel);
+            self.synced_at
+                .fetch_max(self.clock().unix_now(), Ordering::AcqRel);
             if !next_built && position != self.replica.position() {
                 return Ok((plan, false));
             }

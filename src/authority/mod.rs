@@ -26,6 +26,7 @@ use replica::Replica;
 use served::Served;
 use token_authority_jose::{
     b64,
+    clock::Clock,
     crypto::{self, Algorithm, CryptoError},
     jwt::{
         self,
@@ -72,6 +73,9 @@ pub struct Settings {
     pub algorithms: Vec<Algorithm>,
     pub publish_lead: u64,
     pub rotation_period: u64,
+    /// What the authority reads the time from when nobody hands it one (its schedule, its
+    /// own transitions) and what its callers read: the system clock but in tests.
+    pub clock: Clock,
 }
 
 impl Settings {
@@ -289,6 +293,11 @@ impl Authority {
         &self.settings
     }
 
+    /// The clock of this authority: the one the transports and the schedule read.
+    pub fn clock(&self) -> Clock {
+        self.settings.clock
+    }
+
     /// The current key set snapshot.
     pub fn keys(&self) -> Arc<KeySet> {
         self.keys.load_full()
@@ -403,13 +412,6 @@ impl Authority {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AuthorityError> {
@@ -453,6 +455,7 @@ mod tests {
             algorithms: vec![Algorithm::ES256],
             publish_lead: 900,
             rotation_period: 86_400,
+            clock: Clock::system(),
         };
         let authority = Authority::open(store, records, settings, T0).unwrap();
         let request = IssueRequest {

@@ -9,7 +9,7 @@
 use std::{
     fmt::Write as _,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     },
 };
 use token_authority_jose::{
+    clock::Clock,
     crypto::{self, Algorithm},
     jwk,
 };
@@ -139,13 +140,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, KeysCommandError> {
         .map_err(KeysCommandError::Runtime)
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn time(unix: Option<u64>) -> String {
     unix.map_or_else(
         || "-".to_owned(),
@@ -204,8 +198,9 @@ pub fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
     Ok(out)
 }
 
-/// Adds the PEM private key as the next key; returns what was done.
-pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
+/// Adds the PEM private key as the next key, published at `clock`'s now; returns what was
+/// done.
+pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandError> {
     let shown = args.pem.display().to_string();
     let bad = |reason: String| KeysCommandError::BadKey {
         path: shown.clone(),
@@ -243,7 +238,7 @@ pub fn import(args: &ImportArgs) -> Result<String, KeysCommandError> {
         alg,
         private_key: PrivateKeyDer::new(der),
     };
-    let (now, max_ttl) = (unix_now(), args.max_ttl.as_secs());
+    let (now, max_ttl) = (clock.unix_now(), args.max_ttl.as_secs());
     let (deleted, was_empty) = store.change(records, move |records| {
         let plan = lifecycle::import(records, key, now, max_ttl)?;
         let change = Change {

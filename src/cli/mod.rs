@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 pub mod keys;
 
+use token_authority_jose::clock::Clock;
+
 use crate::{
     callers::commands,
     config::{AuditCommand, Command, Config, KeysCommand, PolicyCommand},
@@ -81,7 +83,7 @@ async fn bench(args: crate::config::BenchArgs) -> ExitCode {
 fn keys(command: &KeysCommand) -> ExitCode {
     let result = match command {
         KeysCommand::List(args) => keys::list(args),
-        KeysCommand::Import(args) => keys::import(args),
+        KeysCommand::Import(args) => keys::import(args, Clock::system()),
         KeysCommand::Rewrap(args) => keys::rewrap(args),
         KeysCommand::Migrate(args) => keys::migrate(args),
     };

@@ -9,7 +9,7 @@ mod serve_args;
 
 pub use self::{args::*, serve_args::*};
 use crate::store::PgSettings;
-use token_authority_jose::crypto::Algorithm;
+use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 /// The TLS files of `serve`; both listeners use them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +66,9 @@ pub struct Config {
     pub audit_key_file: Option<PathBuf>,
     pub audit_sync: bool,
     pub watch: WatchSettings,
+    /// What the server reads the time from: the system clock; tests that run the server
+    /// on paused time set a `Clock::tokio`.
+    pub clock: Clock,
 }
 
 /// The limits of WatchKeys.
@@ -284,6 +287,7 @@ impl TryFrom<ServeArgs> for Config {
                 keepalive: args.watch_keepalive,
                 send_timeout: args.watch_send_timeout,
             },
+            clock: Clock::system(),
         })
     }
 }

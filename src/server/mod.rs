@@ -13,7 +13,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::net::TcpListener;
@@ -43,6 +42,8 @@ mod error;
 mod open;
 mod starting;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 pub use error::ServerError;
 pub use open::keystore_path;
@@ -68,13 +69,6 @@ impl Listeners {
             http: TcpListener::bind(http).await?,
         })
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Runs the authority until `shutdown` completes, then drains and flushes.
@@ -126,6 +120,7 @@ pub async fn run(
         algorithms: config.algorithms.clone(),
         publish_lead: config.publish_lead,
         rotation_period: config.rotation_period,
+        clock: config.clock,
     };
 
     // NOT_SERVING (and /readyz 503) until the keys are loaded.

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use token_authority_jose::backoff::Backoff;
 
-use super::{unix_now, ServerError};
+use super::ServerError;
 use crate::{
     authority::{Authority, AuthorityError, Settings},
     callers::admin::AdminToken,
@@ -41,7 +41,8 @@ pub(super) async fn open_sled(
             );
         }
         let fresh = records.is_empty();
-        let authority = Authority::open(store, records, settings, unix_now())?;
+        let now = settings.clock.unix_now();
+        let authority = Authority::open(store, records, settings, now)?;
         if fresh {
             tracing::info!(path = %store_path.display(), "created a new keystore");
         }
@@ -70,7 +71,7 @@ pub(super) async fn open_shared(
             Authority::open_shared(
                 KeyStore::Postgres(Arc::clone(&store)),
                 settings.clone(),
-                unix_now(),
+                settings.clock.unix_now(),
             )
             .await
         };
@@ -179,6 +180,7 @@ pub(super) async fn open_callers(
                     path: path.clone(),
                     key,
                     sync: config.audit_sync,
+                    clock: config.clock,
                 },
                 metrics.audit.clone(),
             )?;

@@ -8,7 +8,6 @@ use token_authority_jose::backoff::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::unix_now;
 use crate::{
     authority::{Authority, AuthorityError},
     metrics::Metrics,
@@ -36,7 +35,7 @@ pub(super) async fn run_sync(
             Some(_) = changes.recv() => {}
             () = stop.cancelled() => break,
         }
-        match authority.refresh(unix_now()).await {
+        match authority.refresh(authority.clock().unix_now()).await {
             Ok(_) if failing => {
                 tracing::info!("the keystore database answers again");
                 failing = false;
@@ -53,11 +52,21 @@ pub(super) async fn run_sync(
     authority.leave().await;
 }
 
+/// The schedule wakes at least this often, so a jump of the wall clock is noticed...
+const LONGEST_WAIT: Duration = Duration::from_secs(60);
+/// ...and never sooner than this after its last wake.
+const SHORTEST_WAIT: Duration = Duration::from_secs(1);
+
 /// Performs scheduled rotations and deletions when they fall due. Wakes at the next change
 /// of the key set, and at least every minute so a jump of the wall clock is noticed; after a
 /// failure, with backoff, or as soon as the store is `back`. A wake with nothing due by the
 /// key set held does nothing: it neither takes a shared store's change lock nor counts as a
 /// failure when the database is down (another replica's changes arrive through `run_sync`).
+///
+/// The time is the authority's clock; the waits are tokio's timer, set for the time from that
+/// clock's now to the next change. A clock that follows tokio's paused time (tests) therefore
+/// reaches the change exactly when the timer fires, and months of the schedule run in
+/// moments.
 pub(super) async fn run_schedule(
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
@@ -68,21 +77,19 @@ pub(super) async fn run_schedule(
     // database that is down would otherwise be asked, and the failure logged, every second.
     let mut backoff: Option<Backoff> = None;
     let mut failures = 0u32;
+    let clock = authority.clock();
     loop {
-        let now = unix_now();
         let due_in = authority
             .next_change()
-            .map_or(60, |at| at.saturating_sub(now))
-            .clamp(1, 60);
-        let wait = backoff
-            .as_mut()
-            .map_or(Duration::from_secs(due_in), Backoff::next_delay);
+            .map_or(LONGEST_WAIT, |at| clock.until(at))
+            .clamp(SHORTEST_WAIT, LONGEST_WAIT);
+        let wait = backoff.as_mut().map_or(due_in, Backoff::next_delay);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = back.notified(), if backoff.is_some() => {}
             () = stop.cancelled() => return,
         }
-        let now = unix_now();
+        let now = clock.unix_now();
         if authority.next_change().is_none_or(|at| at > now) {
             // Nothing due (any more: another replica may have done it, and the sync
             // brought it in).

@@ -12,6 +12,7 @@ use std::{
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -77,9 +78,9 @@ impl ClientCertificate {
     }
 
     /// The leaf's DER while the chain still chains to the client CA bundle in use. Checked
-    /// again only when the bundle changed since the last pass, so a request normally pays
-    /// one pointer comparison.
-    pub fn current(&self) -> Result<Arc<[u8]>, IdentityError> {
+    /// again (at `now`, since the unix epoch) only when the bundle changed since the last
+    /// pass, so a request normally pays one pointer comparison.
+    pub fn current(&self, now: Duration) -> Result<Arc<[u8]>, IdentityError> {
         let configs = self.tls.load_full();
         let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
         if passed
@@ -101,7 +102,7 @@ impl ClientCertificate {
             .chain
             .split_first()
             .ok_or_else(|| refused(String::new()))?;
-        match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        match verifier.verify_client_cert(leaf, intermediates, UnixTime::since_unix_epoch(now)) {
             Ok(_) => {
                 *passed = Some(configs);
                 Ok(Arc::clone(&self.leaf))

@@ -60,7 +60,8 @@ async fn refuse_bodies(request: axum::extract::Request, next: axum::middleware::
 async fn jwks(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let keys = state.authority.keys();
     let jwks = keys.jwks();
-    let cache_control = cache_control(state.jwks_max_age, keys.next_change(), unix_now());
+    let now = state.authority.clock().unix_now();
+    let cache_control = cache_control(state.jwks_max_age, keys.next_change(), now);
     let etag =
         HeaderValue::from_str(&jwks.etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
     let not_modified = if_none_match_hits(&headers, &jwks.etag);
@@ -109,13 +110,6 @@ fn cache_control(max_age: u64, next_change: Option<u64>, now: u64) -> String {
     format!("public, max-age={max_age}, stale-while-revalidate=60, stale-if-error=86400")
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -134,7 +128,7 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let now = unix_now();
+    let now = state.authority.clock().unix_now();
     let store = StoreState {
         sync_age: state.authority.sync_age(now),
         history_rewinds: state.authority.history_rewinds(),

@@ -275,7 +275,9 @@ async fn jwks_max_age_follows_the_schedule_on(store: &Store) {
 
 /// The background schedule rotates a running server's keys and deletes retired keys once
 /// their tokens have expired, with no request asking. Short timings stand in for days; the
-/// test watches for the change (with a deadline) rather than sleeping a fixed time.
+/// test watches for the change (with a deadline) rather than sleeping a fixed time. This is
+/// the binary's wiring of the schedule; its steps over months, on paused time, are
+/// `server::tests::schedule`.
 #[tokio::test]
 async fn the_schedule_rotates_and_deletes_on_its_own() {
     the_schedule_rotates_and_deletes_on_its_own_on(&Store::Sled).await;

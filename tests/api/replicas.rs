@@ -22,7 +22,7 @@ use token_authority::{
     server::ServerError,
     store::{kek::Keks, KeyStore, PgEnvironment, PgSettings, PgStore, StoreError},
 };
-use token_authority_jose::crypto::Algorithm;
+use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 use crate::{
     helpers::{admin, config, metric, now, DataDir, TestServer},
@@ -238,6 +238,7 @@ pub(crate) async fn open_authority(shared: &Store, at: u64) -> Authority {
         algorithms: vec![Algorithm::ES256],
         publish_lead: 60,
         rotation_period: 3600,
+        clock: Clock::system(),
     };
     let pg = PgSettings {
         url: shared.pg().url(),

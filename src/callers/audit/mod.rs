@@ -23,7 +23,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde_json::{Map, Value};
@@ -35,7 +35,7 @@ use crate::{
     store::KeyStore,
     telemetry::chain,
 };
-use token_authority_jose::{b64, crypto::mac::MacKey};
+use token_authority_jose::{b64, clock::Clock, crypto::mac::MacKey};
 
 mod head;
 mod limiter;
@@ -165,6 +165,8 @@ pub struct AuditSettings {
     pub key: Option<MacKey>,
     /// Whether each batch is fsynced before its callers hear it was written.
     pub sync: bool,
+    /// What the lines the log writes of itself (openings, summaries, heads) are dated by.
+    pub clock: Clock,
 }
 
 /// The audit log, as the request path sees it: a queue to the writer thread.
@@ -190,6 +192,7 @@ impl AuditLog {
             heads: Heads::default(),
             writable: watch::Sender::new(true),
             metrics,
+            clock: settings.clock,
         });
         let tagger = match settings.key {
             Some(key) => Tagger::Mac(Box::new(key)),
@@ -306,19 +309,12 @@ pub async fn upkeep(log: Arc<AuditLog>, store: KeyStore, stop: CancellationToken
             () = tokio::time::sleep(UPKEEP_INTERVAL) => {}
             () = stop.cancelled() => break,
         }
-        log.flush_suppressed(unix_now()).await;
+        log.flush_suppressed(log.shared.clock.unix_now()).await;
         log.record_heads(&store).await;
     }
-    log.flush_all_suppressed(unix_now()).await;
+    log.flush_all_suppressed(log.shared.clock.unix_now()).await;
     log.close().await;
     log.record_heads(&store).await;
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -346,6 +342,7 @@ mod tests {
                 path: path.to_owned(),
                 key: key.map(|key| MacKey::new(&key)),
                 sync: false,
+                clock: Clock::system(),
             },
             AuditMetrics::default(),
         )

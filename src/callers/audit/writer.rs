@@ -21,10 +21,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     head::{Head, Heads},
     line::{self, Tagger, GENESIS},
-    unix_now,
 };
 use crate::{metrics::AuditMetrics, telemetry};
-use token_authority_jose::crypto;
+use token_authority_jose::{clock::Clock, crypto};
 
 /// Lines chained and written in one write at most.
 const MAX_BATCH: usize = 512;
@@ -49,6 +48,7 @@ pub struct Shared {
     pub heads: Heads,
     pub writable: watch::Sender<bool>,
     pub metrics: AuditMetrics,
+    pub clock: Clock,
 }
 
 enum Sink {
@@ -96,7 +96,7 @@ impl Writer {
             shared,
         };
         if path != Path::new("-") {
-            let (file, prev) = open_file(path, None)?;
+            let (file, prev) = open_file(path, None, writer.shared.clock.unix_now())?;
             writer.prev = prev.unwrap_or_else(|| GENESIS.to_owned());
             writer.sink = Sink::File(file);
             writer.publish_head();
@@ -222,7 +222,7 @@ impl Writer {
                 path: self.path.display().to_string(),
                 lines: open.lines,
                 tag: self.prev.clone(),
-                at: unix_now(),
+                at: self.shared.clock.unix_now(),
             });
         }
     }
@@ -241,6 +241,7 @@ impl Writer {
         match open_file(
             &self.path,
             predecessor.as_ref().map(|(id, n)| (id.as_str(), *n)),
+            self.shared.clock.unix_now(),
         ) {
             Ok((file, prev)) => {
                 let Sink::File(old) = std::mem::replace(&mut self.sink, Sink::File(file)) else {
@@ -252,7 +253,7 @@ impl Writer {
                         path: self.path.display().to_string(),
                         lines: old.lines,
                         tag: self.prev.clone(),
-                        at: unix_now(),
+                        at: self.shared.clock.unix_now(),
                     });
                 }
                 if let Some(prev) = prev {
@@ -304,11 +305,12 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
 }
 
 /// Opens (or creates) the log at `path`. An empty file gets an opening line (naming
-/// `predecessor`, the file it follows); a file with lines continues its chain, whose last
-/// tag is returned. A torn last line (a crash mid-write) is cut off.
+/// `predecessor`, the file it follows) dated `now`; a file with lines continues its chain,
+/// whose last tag is returned. A torn last line (a crash mid-write) is cut off.
 fn open_file(
     path: &Path,
     predecessor: Option<(&str, u64)>,
+    now: u64,
 ) -> std::io::Result<(OpenFile, Option<String>)> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -342,7 +344,7 @@ fn open_file(
     let identity = identity(&file.metadata()?);
     let Some(first) = first else {
         let id = new_file_id()?;
-        let opening = line::opening(unix_now(), &id, predecessor);
+        let opening = line::opening(now, &id, predecessor);
         return Ok((
             OpenFile {
                 file,

@@ -3,7 +3,7 @@
 
 use tonic::{Request, Status};
 
-use super::{now, GrpcService};
+use super::GrpcService;
 use crate::{
     callers::{
         audit::{Entry, Outcome},
@@ -36,9 +36,10 @@ impl GrpcService {
             }
             // Checked against the client CA bundle in use now, not only at the handshake.
             let certificate = info.and_then(|info| info.client_certificate.as_ref());
-            let certificate = certificate.map(|c| c.current()).transpose()?;
+            let now = self.authority.clock().since_epoch();
+            let certificate = certificate.map(|c| c.current(now)).transpose()?;
             self.callers
-                .authenticate(authorization, certificate, now())
+                .authenticate(authorization, certificate, now.as_secs())
                 .await
         }
         .await;
@@ -65,7 +66,7 @@ impl GrpcService {
         let _ = self
             .callers
             .record(&Entry {
-                at: now(),
+                at: self.now(),
                 method,
                 caller: principal.as_ref().map_or("", Principal::name),
                 via: principal.as_ref().map_or("", Principal::via),
@@ -90,7 +91,7 @@ impl GrpcService {
     ) -> Result<(), Status> {
         self.callers
             .record(&Entry {
-                at: now(),
+                at: self.now(),
                 method,
                 caller: principal.name(),
                 via: principal.via(),
@@ -113,7 +114,7 @@ impl GrpcService {
         let _ = self
             .callers
             .record(&Entry {
-                at: now(),
+                at: self.now(),
                 method: DecidedMethod::IssueToken,
                 caller: principal.map_or("", Principal::name),
                 via: principal.map_or("", Principal::via),

@@ -4,7 +4,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tonic::{Request, Response, Status};
@@ -71,6 +71,12 @@ impl GrpcService {
 }
 
 impl GrpcService {
+    /// Unix seconds by the authority's clock: the only place the gRPC API reads the time,
+    /// which the authority, the callers and the audit lines are then handed.
+    fn now(&self) -> u64 {
+        self.authority.clock().unix_now()
+    }
+
     /// Audits the result of an admin change whose decision line was written before it. The
     /// change stands either way: a result line that cannot be written is in the server log
     /// and the audit metrics, and the caller still gets the result.
@@ -89,18 +95,6 @@ impl GrpcService {
 
 /// How long RevokeKey waits for the other replicas to drop the revoked key.
 const REVOCATION_CONFIRMATION_BOUND: Duration = Duration::from_secs(2);
-
-/// Wall-clock unix seconds: the only place the gRPC API reads the clock.
-fn now() -> u64 {
-    now_precise().as_secs()
-}
-
-/// Wall-clock time since the unix epoch, to the nanosecond.
-fn now_precise() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
 
 #[tonic::async_trait]
 impl TokenAuthority for GrpcService {
@@ -181,9 +175,10 @@ impl TokenAuthority for GrpcService {
                     let parsed = Arc::clone(&parsed);
                     let claims = grant.claims;
                     let expires_by = grant.expires_by;
+                    let clock = self.authority.clock();
                     move || {
                         let started = Instant::now();
-                        let signed_at = now_precise();
+                        let signed_at = clock.since_epoch();
                         let issued = authority.issue_by(
                             &parsed,
                             &claims,
@@ -252,7 +247,7 @@ impl TokenAuthority for GrpcService {
         observe(&self.metrics, &self.log_limiter, Method::VerifyToken, async {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
-            let verdict = self.authority.verify(&request.token, audience, now());
+            let verdict = self.authority.verify(&request.token, audience, self.now());
             self.metrics.verified(verdict.as_ref().err().map(|rejection| rejection.reason));
             let response = match verdict {
                 Ok(verified) => pb::VerifyTokenResponse {
@@ -332,7 +327,7 @@ impl TokenAuthority for GrpcService {
             );
             self.admin_line(&principal, DecidedMethod::RotateKeys, Outcome::Allowed, &asked)
                 .await?;
-            let outcome = match self.authority.rotate(alg, request.force, now()).await {
+            let outcome = match self.authority.rotate(alg, request.force, self.now()).await {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     let status = Status::from(error);
@@ -380,7 +375,10 @@ impl TokenAuthority for GrpcService {
                 &format!("revoke {}", request.key_id),
             )
             .await?;
-            let (current, keys) = match self.authority.revoke(&request.key_id, reason, now()).await
+            let (current, keys) = match self
+                .authority
+                .revoke(&request.key_id, reason, self.now())
+                .await
             {
                 Ok(done) => done,
                 Err(error) => {
