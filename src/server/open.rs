@@ -8,7 +8,7 @@ use token_authority_jose::backoff::Backoff;
 use super::ServerError;
 use crate::{
     authority::{Authority, AuthorityError, Settings},
-    callers::admin::AdminToken,
+    callers::admin::{AdminToken, AdminTokenSource},
     callers::{
         audit::{self, AuditLog, AuditSettings},
         reload, CallerSettings, Callers,
@@ -25,8 +25,68 @@ pub fn keystore_path(config: &Config) -> PathBuf {
     config.data_dir.join("keystore")
 }
 
+/// The secrets the server starts from, once the files' modes are checked: the admin token
+/// (generated on the first start unless a file is given) and the KEKs, each with its line.
+pub(super) fn open_secrets(config: &Config) -> Result<(AdminToken, Option<Keks>), ServerError> {
+    check_files(config)?;
+    let (admin, admin_source) =
+        AdminToken::load(config.admin_token_file.as_deref(), &config.data_dir)?;
+    match &admin_source {
+        AdminTokenSource::Generated(path) => {
+            tracing::warn!(path = %path.display(), "generated a new admin token; read it from this file")
+        }
+        AdminTokenSource::Existing(path) | AdminTokenSource::Configured(path) => {
+            tracing::info!(path = %path.display(), "admin token loaded")
+        }
+    }
+    let keks = config.kek_file.as_deref().map(Keks::load).transpose()?;
+    match &keks {
+        Some(keks) => tracing::info!(
+            sealing_kek = keks.sealing_id(),
+            "private keys are encrypted at rest"
+        ),
+        None => tracing::warn!(
+            "no --kek-file: private keys are stored UNENCRYPTED in the data directory; \
+             give a key-encryption key in production"
+        ),
+    }
+    Ok((admin, keks))
+}
+
+/// The authority's settings: what the configuration says, under `issuer`.
+pub(super) fn authority_settings(config: &Config, issuer: String) -> Settings {
+    Settings {
+        issuer,
+        default_ttl: config.default_ttl,
+        max_ttl: config.max_ttl,
+        leeway: config.leeway,
+        max_token_bytes: config.max_token_bytes,
+        algorithms: config.algorithms.clone(),
+        publish_lead: config.publish_lead,
+        rotation_period: config.rotation_period,
+        clock: config.clock,
+    }
+}
+
+/// The keystore the configuration names, and the authority over it; `None` when `shutdown`
+/// completes while a shared database is still awaited.
+pub(super) async fn open_authority(
+    config: &Config,
+    keks: Option<Keks>,
+    settings: Settings,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Authority>, ServerError> {
+    match &config.store {
+        None => open_sled(config, keks, settings).await.map(Some),
+        Some(pg) => match keks {
+            Some(keks) => open_shared(pg, keks, settings, shutdown).await,
+            None => Err(ServerError::KekRequired),
+        },
+    }
+}
+
 /// The sled keystore in the data directory, and the authority over it.
-pub(super) async fn open_sled(
+async fn open_sled(
     config: &Config,
     keks: Option<Keks>,
     settings: Settings,
@@ -57,7 +117,7 @@ pub(super) async fn open_sled(
 /// listeners answering NOT_SERVING meanwhile: the replica is not ready until it holds the key
 /// set. A permanent refusal (`StoreError::is_permanent`) or any other failure stops the start.
 /// `None` when `shutdown` completes first.
-pub(super) async fn open_shared(
+async fn open_shared(
     pg: &PgSettings,
     keks: Keks,
     settings: Settings,
@@ -97,7 +157,7 @@ pub(super) async fn open_shared(
 /// it, refused (unless allowed) when it, the admin token or the KEK file is not. A replica
 /// over a shared store keeps nothing on disk, so it neither needs nor creates the directory
 /// (a Deployment without a volume, on a read-only root file system).
-pub(super) fn check_files(config: &Config) -> Result<(), ServerError> {
+fn check_files(config: &Config) -> Result<(), ServerError> {
     let allow = config.allow_group_readable_files;
     // With a shared store the configuration has made sure of an admin token file.
     let keeps_data_dir = config.store.is_none();

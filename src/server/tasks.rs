@@ -5,13 +5,17 @@
 use std::{sync::Arc, time::Duration};
 
 use token_authority_jose::backoff::Backoff;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
 
 use crate::{
     authority::{Authority, AuthorityError},
+    callers::{reload, Callers},
+    config::Config,
     metrics::Metrics,
     telemetry::chain,
+    transport::tls::TlsReloader,
 };
 
 /// Follows a shared keystore: re-reads it when another replica's change is notified, and
@@ -130,7 +134,7 @@ pub const KEYSTORE_HEALTH: &str = "keystore";
 
 pub(super) async fn report_keystore_health(
     authority: Arc<Authority>,
-    health: tonic_health::server::HealthReporter,
+    health: HealthReporter,
     stop: CancellationToken,
 ) {
     let mut in_step = authority.in_step();
@@ -144,6 +148,76 @@ pub(super) async fn report_keystore_health(
         tokio::select! {
             changed = in_step.changed() => if changed.is_err() { return },
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The background tasks of a serving authority: the schedule, following a shared store,
+/// the keystore's health, and the policy and TLS reloads.
+pub(super) struct Tasks {
+    schedule: JoinHandle<()>,
+    sync: JoinHandle<()>,
+    reload: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    pub(super) fn spawn(
+        authority: &Arc<Authority>,
+        callers: &Arc<Callers>,
+        metrics: &Arc<Metrics>,
+        config: &Config,
+        tls: Option<TlsReloader>,
+        health: &HealthReporter,
+        stop: &CancellationToken,
+    ) -> Tasks {
+        // The sync task tells the schedule when a shared store answers again.
+        let store_back = Arc::new(Notify::new());
+        let schedule = tokio::spawn(run_schedule(
+            Arc::clone(authority),
+            Arc::clone(metrics),
+            Arc::clone(&store_back),
+            stop.clone(),
+        ));
+        let sync = tokio::spawn(run_sync(
+            Arc::clone(authority),
+            config.store_sync_interval,
+            store_back,
+            stop.clone(),
+        ));
+        tokio::spawn(report_keystore_health(
+            Arc::clone(authority),
+            health.clone(),
+            stop.clone(),
+        ));
+        let reload = config.policy_file.clone().map(|path| {
+            tokio::spawn(reload::watch(
+                Arc::clone(callers),
+                path,
+                config.policy_reload_interval,
+                stop.clone(),
+            ))
+        });
+        if let Some(reloader) = tls {
+            tokio::spawn(reloader.watch(
+                config.tls_reload_interval,
+                Arc::clone(metrics),
+                stop.clone(),
+            ));
+        }
+        Tasks {
+            schedule,
+            sync,
+            reload,
+        }
+    }
+
+    /// Once the stop token is cancelled: a transition in progress completes (it is one
+    /// transaction); no new one starts.
+    pub(super) async fn join(self) {
+        let _ = self.sync.await;
+        let _ = self.schedule.await;
+        if let Some(task) = self.reload {
+            let _ = task.await;
         }
     }
 }

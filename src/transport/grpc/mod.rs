@@ -2,22 +2,18 @@
 //! calls the authority, and maps its answers and errors to the wire. The only module besides
 //! the server wiring that sees generated `pb` types.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
 use crate::{
-    authority::domain::{IssueRequest, RequestedTtl, TtlPolicy},
     authority::signing_pool::SigningPool,
-    authority::{Authority, AuthorityError},
+    authority::Authority,
     callers::{
-        audit::{Entry, Limiter, Outcome},
+        audit::{Limiter, Outcome},
         Callers, Principal,
     },
-    metrics::{DecidedMethod, DecisionOutcome, LabelValue, Method, Metrics},
+    metrics::{DecidedMethod, LabelValue, Method, Metrics},
     pb::{self, token_authority_server::TokenAuthority},
     transport::{
         connection::ConnectionInfo,
@@ -27,11 +23,12 @@ use crate::{
 };
 
 mod access;
+mod issue;
 mod observe;
 pub(super) mod wire;
 
 use self::observe::observe;
-use self::wire::{jwks_response, key_infos, parse_algorithm, reason_to_pb, timestamp};
+use self::wire::{jwks_response, key_infos, parse_algorithm, reason_to_pb};
 
 /// Log lines of refused or malformed calls per second at most (a flood of bad calls must
 /// not become a flood of log); the rest are counted and summed up in the next line.
@@ -106,136 +103,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::IssueToken,
-            async {
-                // Open (no policy, loopback listener): credentials are not even read.
-                let principal = if self.callers.is_open() {
-                    None
-                } else {
-                    match self.authenticate(&request).await {
-                        Ok(principal) => Some(principal),
-                        Err(error) => {
-                            let label = error.label();
-                            let status = Status::from(error);
-                            self.issue_refused(None, Outcome::Refused, label, &status)
-                                .await;
-                            return Err(status);
-                        }
-                    }
-                };
-                let request = request.into_inner();
-                let settings = self.authority.settings();
-                let parsed = IssueRequest::parse(
-                    request.subject,
-                    request.audience,
-                    request.ttl.map(|d| RequestedTtl {
-                        seconds: d.seconds,
-                        nanos: d.nanos,
-                    }),
-                    &request.claims_json,
-                    TtlPolicy {
-                        default: settings.default_ttl,
-                        max: settings.max_ttl,
-                    },
-                )
-                .map_err(AuthorityError::from)
-                .and_then(|parsed| Ok((parsed, parse_algorithm(&request.algorithm)?)))
-                .and_then(|(parsed, alg)| {
-                    settings.algorithm(alg).map_err(AuthorityError::from)?;
-                    Ok((parsed, alg))
-                });
-                let (mut parsed, alg) = match parsed {
-                    Ok(parsed) => parsed,
-                    Err(error) => {
-                        let status = Status::from(error);
-                        self.issue_refused(
-                            principal.as_ref(),
-                            Outcome::Malformed,
-                            Some(DecisionOutcome::Malformed),
-                            &status,
-                        )
-                        .await;
-                        return Err(status);
-                    }
-                };
-                let principal = principal.unwrap_or(Principal::Anonymous);
-                let grant = match self.callers.authorize_issue(&principal, &parsed) {
-                    Ok(grant) => grant,
-                    Err(error) => {
-                        let label = error.label();
-                        let status = Status::from(error);
-                        self.issue_refused(Some(&principal), Outcome::Refused, label, &status)
-                            .await;
-                        return Err(status);
-                    }
-                };
-                parsed.ttl = grant.ttl;
-                let parsed = Arc::new(parsed);
-                let sign = {
-                    let authority = Arc::clone(&self.authority);
-                    let parsed = Arc::clone(&parsed);
-                    let claims = grant.claims;
-                    let expires_by = grant.expires_by;
-                    let clock = self.authority.clock();
-                    move || {
-                        let started = Instant::now();
-                        let signed_at = clock.since_epoch();
-                        let issued = authority.issue_by(
-                            &parsed,
-                            &claims,
-                            alg,
-                            signed_at.as_secs(),
-                            expires_by,
-                        );
-                        (issued.map(|issued| (issued, signed_at)), started.elapsed())
-                    }
-                };
-                let resolved = settings.algorithm(alg).map_err(AuthorityError::from)?;
-                // An RSA signature is hundreds of microseconds of CPU: it runs on the signing
-                // pool, in arrival order. ECDSA and Ed25519 sign in tens of microseconds, less
-                // than any hand-off costs, so they sign inline (measured: README, Performance).
-                let (issued, signing) = if resolved.is_slow_to_sign() {
-                    self.signing_pool.run(sign).await?
-                } else {
-                    sign()
-                };
-                let (issued, signed_at) = issued?;
-                self.metrics.token_issued(issued.alg, signing);
-                // The token leaves only once its line is written (else UNAVAILABLE).
-                self.callers
-                    .record(&Entry {
-                        at: issued.issued_at,
-                        method: DecidedMethod::IssueToken,
-                        caller: principal.name(),
-                        via: if self.callers.is_open() {
-                            "open"
-                        } else {
-                            principal.via()
-                        },
-                        outcome: Some(Outcome::Allowed),
-                        subject: Some(&parsed.subject),
-                        audiences: &parsed.audiences,
-                        ttl: Some(parsed.ttl),
-                        jti: Some(&issued.jti),
-                        kid: Some(&issued.kid),
-                        rule: grant.rule,
-                        ..Entry::default()
-                    })
-                    .await?;
-                tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
-                Ok(Response::new(pb::IssueTokenResponse {
-                    token: issued.token,
-                    key_id: issued.kid,
-                    jti: issued.jti,
-                    // To the nanosecond (the `iat` claim is its whole seconds): a client
-                    // measures the token's life as expires_at - issued_at, and whole seconds
-                    // would overstate it by up to one.
-                    issued_at: Some(prost_types::Timestamp {
-                        seconds: i64::try_from(issued.issued_at).unwrap_or(i64::MAX),
-                        nanos: i32::try_from(signed_at.subsec_nanos()).unwrap_or(0),
-                    }),
-                    expires_at: Some(timestamp(issued.expires_at)),
-                }))
-            },
+            async { self.issue(request).await.map(Response::new) },
         )
         .await
     }
