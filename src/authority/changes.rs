@@ -145,7 +145,7 @@ impl Authority {
     }
 
     /// When the key set changes next by itself, if ever.
-    pub fn next_change(&self) -> Option<u64> {
+    pub(crate) fn next_change(&self) -> Option<u64> {
         self.keys.load().next_change()
     }
 
@@ -162,7 +162,7 @@ impl Authority {
     /// signs with or accepts the revoked key). Returns how many confirmed of how many;
     /// `None` with a store only this process uses, before the sync task started, or when
     /// the acknowledgements cannot be read.
-    pub async fn await_replicas(&self, bound: Duration) -> Option<Confirmations> {
+    pub(crate) async fn await_replicas(&self, bound: Duration) -> Option<Confirmations> {
         let live_within = self.replica.live_within()?;
         let generation = self.replica.position().generation;
         let deadline = tokio::time::Instant::now() + bound;
@@ -184,12 +184,12 @@ impl Authority {
 
     /// The sync task runs every `interval`: replicas that have not acknowledged for three
     /// of them are taken for gone.
-    pub fn set_sync_interval(&self, interval: Duration) {
+    pub(crate) fn set_sync_interval(&self, interval: Duration) {
         self.replica.set_sync_interval(interval);
     }
 
     /// This replica stops: the others no longer wait for it.
-    pub async fn leave(&self) {
+    pub(crate) async fn leave(&self) {
         if let Err(error) = self.store.leave().await {
             tracing::debug!(error = %chain(&error), "cannot remove this replica from the keystore's list");
         }

@@ -9,24 +9,24 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 use token_authority_jose::jwt::json::{parse_object, JsonError};
 
 /// The registered claims the authority sets itself; callers may not supply them.
-pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+pub(crate) const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
 /// Claims the authority derives from the caller's identity (RFC 8693 `act`, RFC 8705
 /// `cnf`): a caller that could set them could claim to act for anyone or bind a token to
 /// any certificate.
-pub const IDENTITY_CLAIMS: [&str; 2] = ["act", "cnf"];
+pub(crate) const IDENTITY_CLAIMS: [&str; 2] = ["act", "cnf"];
 
-pub const MAX_SUBJECT_BYTES: usize = 1024;
-pub const MAX_AUDIENCES: usize = 16;
-pub const MAX_AUDIENCE_BYTES: usize = 256;
-pub const MAX_CLAIMS_JSON_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_SUBJECT_BYTES: usize = 1024;
+pub(crate) const MAX_AUDIENCES: usize = 16;
+pub(crate) const MAX_AUDIENCE_BYTES: usize = 256;
+pub(crate) const MAX_CLAIMS_JSON_BYTES: usize = 16 * 1024;
 
 /// A request that is wrong as a request: names the field and says why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct InvalidArgument {
-    pub field: &'static str,
-    pub reason: String,
+    pub(crate) field: &'static str,
+    pub(crate) reason: String,
 }
 
 fn invalid<T>(field: &'static str, reason: impl Into<String>) -> Result<T, InvalidArgument> {
@@ -38,29 +38,29 @@ fn invalid<T>(field: &'static str, reason: impl Into<String>) -> Result<T, Inval
 
 /// The ttl rules of this authority, in whole seconds.
 #[derive(Clone, Copy, Debug)]
-pub struct TtlPolicy {
-    pub default: u64,
-    pub max: u64,
+pub(crate) struct TtlPolicy {
+    pub(crate) default: u64,
+    pub(crate) max: u64,
 }
 
 /// A requested lifetime as the wire carries it (a protobuf Duration).
 #[derive(Clone, Copy, Debug)]
-pub struct RequestedTtl {
-    pub seconds: i64,
-    pub nanos: i32,
+pub(crate) struct RequestedTtl {
+    pub(crate) seconds: i64,
+    pub(crate) nanos: i32,
 }
 
 /// A validated IssueToken request.
 #[derive(Clone, PartialEq)]
-pub struct IssueRequest {
-    pub subject: String,
-    pub audiences: Vec<String>,
+pub(crate) struct IssueRequest {
+    pub(crate) subject: String,
+    pub(crate) audiences: Vec<String>,
     /// Whole seconds, 1..=max.
-    pub ttl: u64,
+    pub(crate) ttl: u64,
     /// The request named no ttl: `ttl` is the server's default, which a caller policy may
     /// lower to its own maximum instead of refusing.
-    pub ttl_is_default: bool,
-    pub claims: Map<String, Value>,
+    pub(crate) ttl_is_default: bool,
+    pub(crate) claims: Map<String, Value>,
 }
 
 impl fmt::Debug for IssueRequest {
@@ -77,7 +77,7 @@ impl fmt::Debug for IssueRequest {
 }
 
 impl IssueRequest {
-    pub fn parse(
+    pub(crate) fn parse(
         subject: String,
         audiences: Vec<String>,
         ttl: Option<RequestedTtl>,
@@ -116,7 +116,7 @@ fn parse_subject(subject: String) -> Result<String, InvalidArgument> {
 /// (`ad\u{200b}min` shows as `admin`), or split a log line in two for readers that break
 /// lines on them, so they are refused everywhere a name enters: subjects, audiences and
 /// caller names.
-pub fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(
         c.general_category(),
         GeneralCategory::Control
@@ -127,7 +127,7 @@ pub fn is_invisible(c: char) -> bool {
 }
 
 /// Why a name holding `c` (for which `is_invisible` holds) is refused.
-pub fn hidden_character(c: char) -> String {
+pub(crate) fn hidden_character(c: char) -> String {
     let kind = match c.general_category() {
         GeneralCategory::Control => "a control character",
         GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {

@@ -6,7 +6,7 @@ use super::AuthorityError;
 use crate::authority::lifecycle::LifecycleError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// The request is wrong; the message says how.
     InvalidArgument,
     /// The key set does not allow it now (too early to rotate, the last usable key).
@@ -20,7 +20,7 @@ pub enum ErrorKind {
 }
 
 impl AuthorityError {
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             AuthorityError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             AuthorityError::Lifecycle(
@@ -34,7 +34,7 @@ impl AuthorityError {
 
     /// What the caller may be told: the whole message for its own mistakes, the effect
     /// (never the cause) for ours.
-    pub fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match (self.kind(), self) {
             (
                 ErrorKind::InvalidArgument | ErrorKind::FailedPrecondition | ErrorKind::NotFound,

@@ -17,14 +17,14 @@ use token_authority_jose::{
 
 /// A minted token and the facts a caller needs about it.
 #[derive(Clone, Debug)]
-pub struct Issued {
-    pub token: String,
-    pub alg: Algorithm,
-    pub kid: String,
-    pub jti: String,
+pub(crate) struct Issued {
+    pub(crate) token: String,
+    pub(crate) alg: Algorithm,
+    pub(crate) kid: String,
+    pub(crate) jti: String,
     /// Unix seconds.
-    pub issued_at: u64,
-    pub expires_at: u64,
+    pub(crate) issued_at: u64,
+    pub(crate) expires_at: u64,
 }
 
 impl Authority {
@@ -34,7 +34,7 @@ impl Authority {
     /// Issues as `issue` does, with `exp` at most `expires_by` (a bound token's certificate's
     /// notAfter). The ttl was capped when the request was decided; it is capped again here,
     /// at signing time, which comes later for a request that waited for a signing thread.
-    pub fn issue_by(
+    pub(crate) fn issue_by(
         &self,
         request: &IssueRequest,
         granted: &Map<String, Value>,
@@ -61,7 +61,7 @@ impl Authority {
         }
     }
 
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         request: &IssueRequest,
         granted: &Map<String, Value>,

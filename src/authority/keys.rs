@@ -26,7 +26,7 @@ pub enum KeyState {
 
 impl KeyState {
     /// Whether the key belongs in the JWKS and verifies tokens.
-    pub fn is_published(self) -> bool {
+    pub(crate) fn is_published(self) -> bool {
         !matches!(self, KeyState::Revoked)
     }
 }
@@ -36,7 +36,7 @@ impl KeyState {
 pub struct PrivateKeyDer(Zeroizing<Vec<u8>>);
 
 impl PrivateKeyDer {
-    pub fn new(der: Zeroizing<Vec<u8>>) -> PrivateKeyDer {
+    pub(crate) fn new(der: Zeroizing<Vec<u8>>) -> PrivateKeyDer {
         PrivateKeyDer(der)
     }
 

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-pub use token_authority_jose::jwt::Signer;
+pub(crate) use token_authority_jose::jwt::Signer;
 
 use crate::{
     authority::keys::{KeyRecord, KeyState},
@@ -32,17 +32,16 @@ pub enum KeySetError {
 
 /// A published key the verifier knows.
 #[derive(Debug)]
-pub struct KnownKey {
-    pub state: KeyState,
+pub(crate) struct KnownKey {
     /// Shared with the next sets while the key's record is unchanged.
-    pub key: Arc<VerifyingKey>,
+    pub(crate) key: Arc<VerifyingKey>,
 }
 
 /// The JWKS as served: body bytes, strong ETag, and the structured keys.
 #[derive(Debug)]
 pub struct Jwks {
-    pub body: bytes::Bytes,
-    pub etag: String,
+    pub(crate) body: bytes::Bytes,
+    pub(crate) etag: String,
     pub keys: Vec<PublicJwk>,
 }
 
@@ -151,13 +150,7 @@ impl KeySet {
                     verifying.components(),
                 ));
             }
-            known.insert(
-                record.kid.clone(),
-                KnownKey {
-                    state: record.state,
-                    key: verifying,
-                },
-            );
+            known.insert(record.kid.clone(), KnownKey { key: verifying });
         }
         if let Some(alg) = algorithms.iter().find(|alg| !signers.contains_key(alg)) {
             return Err(KeySetError::NoCurrentKey(*alg));
@@ -190,11 +183,11 @@ impl KeySet {
     }
 
     /// A published key (next, current or retired).
-    pub fn known(&self, kid: &str) -> Option<&KnownKey> {
+    pub(crate) fn known(&self, kid: &str) -> Option<&KnownKey> {
         self.known.get(kid)
     }
 
-    pub fn is_revoked(&self, kid: &str) -> bool {
+    pub(crate) fn is_revoked(&self, kid: &str) -> bool {
         self.revoked.contains(kid)
     }
 
@@ -202,17 +195,17 @@ impl KeySet {
         &self.jwks
     }
 
-    pub fn encrypted_at_rest(&self) -> bool {
+    pub(crate) fn encrypted_at_rest(&self) -> bool {
         self.encrypted_at_rest
     }
 
     /// When the published set changes next without anyone asking (unix seconds).
-    pub fn next_change(&self) -> Option<u64> {
+    pub(crate) fn next_change(&self) -> Option<u64> {
         self.next_change
     }
 
     /// The timings this set was built under.
-    pub fn timing(&self) -> Timing {
+    pub(crate) fn timing(&self) -> Timing {
         self.timing
     }
 }

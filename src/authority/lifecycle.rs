@@ -50,14 +50,14 @@ pub struct Timing {
 /// A change to persist: records to write in full, kids to delete.
 #[derive(Debug, Default)]
 pub struct Plan {
-    pub changed: Vec<KeyRecord>,
+    pub(crate) changed: Vec<KeyRecord>,
     pub deleted: Vec<String>,
     /// Per algorithm rotated: (current kid, previous kid).
     pub rotated: Vec<(Algorithm, String, String)>,
 }
 
 impl Plan {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.deleted.is_empty()
     }
 
@@ -301,7 +301,7 @@ pub fn rotate(
 /// Revoking the current key promotes the next one immediately (there is no safe wait in an
 /// emergency); revoking the next key replaces it. The revoked record stays, so the kid can
 /// never come back.
-pub fn revoke(
+pub(crate) fn revoke(
     records: &[KeyRecord],
     kid: &str,
     reason: &str,
@@ -351,7 +351,7 @@ pub fn revoke(
 /// algorithm; it then rotates in under the same rules. A generated next key it replaces never
 /// signed, so it is deleted. On a store without keys the imported key is the only one, and
 /// it signs from the first start.
-pub fn import(
+pub(crate) fn import(
     records: &[KeyRecord],
     key: GeneratedKey,
     now: u64,
@@ -374,7 +374,7 @@ pub fn import(
 
 /// When the published set changes next without anyone asking (a rotation or a deletion),
 /// if ever: the JWKS may not be cached past it.
-pub fn next_change(records: &[KeyRecord], timing: Timing) -> Option<u64> {
+pub(crate) fn next_change(records: &[KeyRecord], timing: Timing) -> Option<u64> {
     let rotations = records
         .iter()
         .filter(|r| r.state == KeyState::Current)

@@ -20,8 +20,8 @@ use crate::{
     authority::lifecycle::{LifecycleError, Plan, Timing},
     store::{Change, KeyStore, Position, StoreError},
 };
-pub use error::ErrorKind;
-pub use issue::Issued;
+pub(crate) use error::ErrorKind;
+pub(crate) use issue::Issued;
 use replica::Replica;
 use served::Served;
 use token_authority_jose::{
@@ -31,7 +31,7 @@ use token_authority_jose::{
 };
 
 mod changes;
-pub mod domain;
+pub(crate) mod domain;
 mod error;
 mod issue;
 pub mod keys;
@@ -76,7 +76,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn timing(&self) -> Timing {
+    pub(crate) fn timing(&self) -> Timing {
         Timing {
             publish_lead: self.publish_lead,
             rotation_period: self.rotation_period,
@@ -86,7 +86,7 @@ impl Settings {
     }
 
     /// `alg`, or the default algorithm; an unconfigured one is a caller's mistake.
-    pub fn algorithm(&self, alg: Option<Algorithm>) -> Result<Algorithm, InvalidArgument> {
+    pub(crate) fn algorithm(&self, alg: Option<Algorithm>) -> Result<Algorithm, InvalidArgument> {
         match alg {
             None => Ok(self.algorithms[0]),
             Some(alg) if self.algorithms.contains(&alg) => Ok(alg),
@@ -107,9 +107,9 @@ impl Settings {
 
 #[derive(Debug)]
 pub struct RotationOutcome {
-    pub current_kid: String,
-    pub previous_kid: String,
-    pub keys: Arc<KeySet>,
+    pub(crate) current_kid: String,
+    pub(crate) previous_kid: String,
+    pub(crate) keys: Arc<KeySet>,
 }
 
 pub struct Authority {
@@ -244,7 +244,7 @@ impl Authority {
 
     /// Seconds since the key set was last known to match the store: always 0 for a store
     /// only this process writes, whose every change goes through memory.
-    pub fn sync_age(&self, now: u64) -> u64 {
+    pub(crate) fn sync_age(&self, now: u64) -> u64 {
         match self.store {
             KeyStore::Sled(_) => 0,
             KeyStore::Postgres(_) => now.saturating_sub(self.synced_at.load(Ordering::Acquire)),
@@ -254,7 +254,7 @@ impl Authority {
     /// Whether this replica serves what the shared store holds: false from finding its
     /// history gone back (a restore) until the revocations are written back and the set
     /// it holds is served. Always true with a store only this process writes.
-    pub fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
         self.replica.in_step()
     }
 
@@ -265,16 +265,16 @@ impl Authority {
 
     /// How many rows of the shared store the last read refused (edited, written back from
     /// a backup, undecodable).
-    pub fn refused_records(&self) -> usize {
+    pub(crate) fn refused_records(&self) -> usize {
         self.replica.refused_count()
     }
 
     /// The store, for the tasks that follow its changes.
-    pub fn store(&self) -> &KeyStore {
+    pub(crate) fn store(&self) -> &KeyStore {
         &self.store
     }
 
-    pub fn settings(&self) -> &Settings {
+    pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
 
@@ -289,7 +289,7 @@ impl Authority {
     }
 
     /// Flushes the keystore; part of an orderly shutdown.
-    pub async fn flush(&self) -> Result<(), AuthorityError> {
+    pub(crate) async fn flush(&self) -> Result<(), AuthorityError> {
         let store = self.store.clone();
         blocking(move || store.flush()).await??;
         Ok(())

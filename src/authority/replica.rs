@@ -38,7 +38,7 @@ pub(super) struct Replica {
 }
 
 impl Replica {
-    pub fn new() -> Replica {
+    pub(crate) fn new() -> Replica {
         Replica {
             position: Mutex::default(),
             revoked: Mutex::default(),
@@ -51,11 +51,11 @@ impl Replica {
     }
 
     /// Whether this replica serves what the database holds, now and at every change.
-    pub fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn in_step(&self) -> tokio::sync::watch::Receiver<bool> {
         self.in_step.subscribe()
     }
 
-    pub fn position(&self) -> Position {
+    pub(crate) fn position(&self) -> Position {
         self.position
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -63,7 +63,7 @@ impl Replica {
     }
 
     /// Records that the set now served was read at `position`, and its revocations.
-    pub fn serving(&self, position: Position, records: &[KeyRecord]) {
+    pub(crate) fn serving(&self, position: Position, records: &[KeyRecord]) {
         self.in_step
             .send_if_modified(|in_step| !std::mem::replace(in_step, true));
         *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
@@ -79,14 +79,14 @@ impl Replica {
     }
 
     /// Every key this replica has seen revoked: kid -> reason.
-    pub fn revocations(&self) -> BTreeMap<String, String> {
+    pub(crate) fn revocations(&self) -> BTreeMap<String, String> {
         self.revoked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub fn went_back(&self, held: &Position, found: &Position) {
+    pub(crate) fn went_back(&self, held: &Position, found: &Position) {
         self.rewinds.fetch_add(1, Ordering::Relaxed);
         self.in_step.send_replace(false);
         tracing::error!(
@@ -96,7 +96,7 @@ impl Replica {
         );
     }
 
-    pub fn set_sync_interval(&self, interval: std::time::Duration) {
+    pub(crate) fn set_sync_interval(&self, interval: std::time::Duration) {
         self.sync_interval_ms.store(
             u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -105,7 +105,7 @@ impl Replica {
 
     /// How recently a replica must have acknowledged to be counted live: three of this
     /// replica's sync intervals and a second. `None` before the sync task started.
-    pub fn live_within(&self) -> Option<std::time::Duration> {
+    pub(crate) fn live_within(&self) -> Option<std::time::Duration> {
         match self.sync_interval_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(
@@ -116,12 +116,12 @@ impl Replica {
     }
 
     /// How many times the database's history was seen going back.
-    pub fn rewinds(&self) -> u64 {
+    pub(crate) fn rewinds(&self) -> u64 {
         self.rewinds.load(Ordering::Relaxed)
     }
 
     /// Logs the rows the last read refused, each time that list changes.
-    pub fn refused(&self, rows: &[RefusedRow]) {
+    pub(crate) fn refused(&self, rows: &[RefusedRow]) {
         self.refused_count.store(rows.len(), Ordering::Relaxed);
         let mut last = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         if *last == rows {
@@ -134,7 +134,7 @@ impl Replica {
     }
 
     /// How many rows the last read refused.
-    pub fn refused_count(&self) -> usize {
+    pub(crate) fn refused_count(&self) -> usize {
         self.refused_count.load(Ordering::Relaxed)
     }
 }

@@ -11,13 +11,13 @@ use crate::{authority::keys::KeyState, authority::keyset::KeySet, metrics::KeyAg
 
 impl Authority {
     /// The current key set now, and every later one as it is swapped in.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<KeySet>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<KeySet>> {
         self.changes.subscribe()
     }
 
     /// Sets the metrics' key-age inputs from the key set served now, and again whenever
     /// another one is.
-    pub fn report_key_ages(&self, key_ages: KeyAges) {
+    pub(crate) fn report_key_ages(&self, key_ages: KeyAges) {
         self.changes.report_key_ages(key_ages);
     }
 }

@@ -24,11 +24,11 @@ use tokio::sync::oneshot;
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// How many jobs may wait per signing thread: about 60 ms of RSA-2048 signatures.
-pub const QUEUED_PER_THREAD: usize = 128;
+pub(crate) const QUEUED_PER_THREAD: usize = 128;
 
 /// Why a job was not run.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     /// The queue is full: the server is signing as fast as it can.
     #[error("the server is busy signing: {0} requests are waiting; retry with backoff")]
     Busy(usize),
@@ -40,20 +40,22 @@ pub enum PoolError {
 #[derive(Debug)]
 pub struct SigningPool {
     jobs: mpsc::SyncSender<Job>,
-    threads: usize,
     capacity: usize,
 }
 
 impl SigningPool {
     /// Starts `threads` signing threads (at least one), with room for `QUEUED_PER_THREAD`
     /// waiting jobs each.
-    pub fn new(threads: usize) -> Result<SigningPool, std::io::Error> {
+    pub(crate) fn new(threads: usize) -> Result<SigningPool, std::io::Error> {
         let threads = threads.max(1);
         SigningPool::with_capacity(threads, threads * QUEUED_PER_THREAD)
     }
 
     /// Starts `threads` signing threads with room for `capacity` waiting jobs.
-    pub fn with_capacity(threads: usize, capacity: usize) -> Result<SigningPool, std::io::Error> {
+    pub(crate) fn with_capacity(
+        threads: usize,
+        capacity: usize,
+    ) -> Result<SigningPool, std::io::Error> {
         let threads = threads.max(1);
         let (jobs, queue) = mpsc::sync_channel::<Job>(capacity);
         let queue = Arc::new(Mutex::new(queue));
@@ -79,11 +81,7 @@ impl SigningPool {
                     }
                 })?;
         }
-        Ok(SigningPool {
-            jobs,
-            threads,
-            capacity,
-        })
+        Ok(SigningPool { jobs, capacity })
     }
 
     /// A pool with one thread per core.
@@ -91,13 +89,9 @@ impl SigningPool {
         SigningPool::new(thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Queues `work` on the pool at once (a full queue refuses it at once) and returns the
     /// wait for its result, which does not block the reactor.
-    pub fn run<T, F>(
+    pub(crate) fn run<T, F>(
         &self,
         work: F,
     ) -> impl std::future::Future<Output = Result<T, PoolError>> + Send + 'static
@@ -131,7 +125,6 @@ mod tests {
     #[tokio::test]
     async fn runs_jobs_on_its_own_threads_and_returns_their_results() {
         let pool = SigningPool::new(2).unwrap();
-        assert_eq!(pool.threads(), 2);
         let mut results = Vec::new();
         for i in 0..16u32 {
             results.push(pool.run(move || {
@@ -139,11 +132,19 @@ mod tests {
                 (i * i, name)
             }));
         }
+        let mut threads = std::collections::BTreeSet::new();
         for (i, result) in results.into_iter().enumerate() {
             let (square, thread) = result.await.unwrap();
             assert_eq!(square, (i * i) as u32);
-            assert!(thread.starts_with("ta-sign-"), "{thread}");
+            threads.insert(thread);
         }
+        // Its own two threads, and no others.
+        assert!(
+            threads
+                .iter()
+                .all(|t| ["ta-sign-0", "ta-sign-1"].contains(&t.as_str())),
+            "{threads:?}"
+        );
     }
 
     /// One thread held busy: two jobs wait, the third is refused at once; a job whose

@@ -29,7 +29,7 @@ use crate::{
 use token_authority_jose::crypto::Algorithm;
 
 /// Runs the warm-up (not recorded) and then the measured phase.
-pub async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, BenchError> {
+pub(crate) async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, BenchError> {
     let tls = BenchTls::load(args)?;
     let grpc_tls = tls.as_ref().map(BenchTls::grpc);
     // At least one connection per target; connections go to the targets in turn, and

@@ -6,10 +6,10 @@
 //! - `load`: the load loop, per-task HDR histograms, errors by status.
 //! - `reference`: signing and verifying per algorithm on every core, with no server.
 
-pub mod load;
-pub mod reference;
+pub(crate) mod load;
+pub(crate) mod reference;
 mod target;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::config::{BenchArgs, BenchMode};
 
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     #[error("cannot connect to {target}: {reason}")]
     Connect { target: String, reason: String },
     #[error("preparing the run failed: {0}")]
@@ -29,43 +29,43 @@ pub enum BenchError {
 
 /// The outcome of one run, as printed (`--json` prints exactly this).
 #[derive(Debug, Serialize)]
-pub struct Report {
-    pub mode: String,
+pub(crate) struct Report {
+    pub(crate) mode: String,
     /// The crypto provider of this binary, which computed the reference.
-    pub provider: &'static str,
-    pub algorithm: Option<String>,
-    pub duration_s: f64,
-    pub concurrency: usize,
-    pub connections: usize,
-    pub requests: u64,
-    pub requests_per_s: f64,
-    pub latency_us: Percentiles,
+    pub(crate) provider: &'static str,
+    pub(crate) algorithm: Option<String>,
+    pub(crate) duration_s: f64,
+    pub(crate) concurrency: usize,
+    pub(crate) connections: usize,
+    pub(crate) requests: u64,
+    pub(crate) requests_per_s: f64,
+    pub(crate) latency_us: Percentiles,
     /// Failed requests by gRPC code or HTTP status.
-    pub errors: std::collections::BTreeMap<String, u64>,
+    pub(crate) errors: std::collections::BTreeMap<String, u64>,
     /// The in-process ceiling of this mode's crypto on every core, when `--reference`.
-    pub reference_ops_per_s: Option<f64>,
+    pub(crate) reference_ops_per_s: Option<f64>,
     /// requests_per_s / reference_ops_per_s.
-    pub ratio_to_reference: Option<f64>,
+    pub(crate) ratio_to_reference: Option<f64>,
     /// With `--rotate-every`: the rotations forced during the run.
-    pub rotations: Option<Rotations>,
+    pub(crate) rotations: Option<Rotations>,
 }
 
 /// Forced rotations during a run, and the requests that were in flight across one.
 #[derive(Debug, Serialize)]
-pub struct Rotations {
-    pub performed: u64,
-    pub failed: u64,
-    pub requests_in_flight: u64,
-    pub latency_us: Percentiles,
+pub(crate) struct Rotations {
+    pub(crate) performed: u64,
+    pub(crate) failed: u64,
+    pub(crate) requests_in_flight: u64,
+    pub(crate) latency_us: Percentiles,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Percentiles {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
+pub(crate) struct Percentiles {
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
 }
 
 impl Percentiles {
@@ -81,7 +81,7 @@ impl Percentiles {
 }
 
 /// Runs the benchmark `args` asks for.
-pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let alg = match &args.algorithm {
         None => None,
         Some(name) => Some(
@@ -119,7 +119,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 }
 
 /// The human form of a report.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut out = format!(
         "{}{}: {} requests in {:.1}s, {:.0} req/s ({} connections, {} in flight)\n\
          latency us: p50 {} p90 {} p99 {} p99.9 {} max {}\n",

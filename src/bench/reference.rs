@@ -7,13 +7,13 @@ use super::BenchError;
 use token_authority_jose::crypto::{generate_pkcs8, Algorithm, SigningKey};
 
 #[derive(Clone, Copy, Debug)]
-pub enum Operation {
+pub(crate) enum Operation {
     Sign,
     Verify,
 }
 
 /// Operations per second summed over one thread per core, for `duration`.
-pub fn ops_per_second(
+pub(crate) fn ops_per_second(
     alg: Algorithm,
     operation: Operation,
     duration: Duration,

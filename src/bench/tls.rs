@@ -12,7 +12,7 @@ use crate::config::BenchArgs;
 
 /// The PEM files given on the command line.
 #[derive(Clone, Debug)]
-pub struct BenchTls {
+pub(crate) struct BenchTls {
     ca: Vec<u8>,
     /// (certificate, key)
     identity: Option<(Vec<u8>, Vec<u8>)>,
@@ -24,7 +24,7 @@ fn read(path: &Path) -> Result<Vec<u8>, BenchError> {
 
 impl BenchTls {
     /// `None` when no target is https; an https target needs `--tls-ca`.
-    pub fn load(args: &BenchArgs) -> Result<Option<BenchTls>, BenchError> {
+    pub(crate) fn load(args: &BenchArgs) -> Result<Option<BenchTls>, BenchError> {
         let https = args
             .target
             .iter()
@@ -53,7 +53,7 @@ impl BenchTls {
     }
 
     /// For the gRPC channels (applied by tonic to https:// targets).
-    pub fn grpc(&self) -> ClientTlsConfig {
+    pub(crate) fn grpc(&self) -> ClientTlsConfig {
         let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
         match &self.identity {
             Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
@@ -62,7 +62,7 @@ impl BenchTls {
     }
 
     /// For the HTTP client (hyper-rustls sets ALPN itself: http/1.1).
-    pub fn http(&self) -> Result<rustls::ClientConfig, BenchError> {
+    pub(crate) fn http(&self) -> Result<rustls::ClientConfig, BenchError> {
         let bad = |what: &str, e: String| BenchError::Prepare(format!("{what}: {e}"));
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&self.ca) {

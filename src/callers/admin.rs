@@ -30,7 +30,7 @@ pub enum AdminTokenError {
 
 /// Where the token came from, for the start-up log (which never shows the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminTokenSource {
+pub(crate) enum AdminTokenSource {
     Configured(PathBuf),
     Generated(PathBuf),
     Existing(PathBuf),
@@ -57,7 +57,7 @@ impl AdminToken {
 
     /// Reads the configured file, or, when none is configured, `<data_dir>/admin-token`,
     /// writing a fresh random token there (mode 0600) on the first start.
-    pub fn load(
+    pub(crate) fn load(
         configured: Option<&Path>,
         data_dir: &Path,
     ) -> Result<(AdminToken, AdminTokenSource), AdminTokenError> {
@@ -82,7 +82,7 @@ impl AdminToken {
     }
 
     /// Whether `presented` is the admin token, in time independent of where they differ.
-    pub fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         let presented = crypto::sha256(presented.as_bytes());
         self.digest.ct_eq(&presented).into()
     }

@@ -10,7 +10,7 @@ use crate::{config::pg_settings, config::AuditVerifyArgs, store::audit_heads, te
 /// `Ok` holds the summary, with a warning for each issuer whose keys cannot be fetched from
 /// here: the machine running the check may not reach a cluster-internal issuer, nor hold
 /// the files a pod mounts (`ca_file`, `bearer_token_file`). `Err` every problem of the file.
-pub async fn policy_check(path: &Path) -> Result<String, String> {
+pub(crate) async fn policy_check(path: &Path) -> Result<String, String> {
     let text = std::fs::read(path).map_err(|source| {
         let error = reload::LoadError::Read {
             path: path.display().to_string(),
@@ -65,7 +65,7 @@ fn widened_trust(policy: &policy::Policy) -> String {
 
 /// Verifies an audit log: its chain, with the key its MACs, with the keystore the recorded
 /// head. `Ok` says what was checked and what could not be; `Err` names the first bad line.
-pub async fn audit_verify(args: &AuditVerifyArgs) -> Result<String, String> {
+pub(crate) async fn audit_verify(args: &AuditVerifyArgs) -> Result<String, String> {
     let shown = args.path.display();
     let key = args
         .audit_key_file

@@ -33,17 +33,17 @@ use token_authority_jose::{
 mod certificate;
 mod token_claims;
 
-pub use self::certificate::{certificate_caller, certificate_name};
+pub(crate) use self::certificate::certificate_caller;
 
-pub use token_claims::carries_cnf;
+pub(crate) use token_claims::carries_cnf;
 
 /// Longest caller name accepted.
-pub const MAX_NAME_BYTES: usize = 1024;
+pub(crate) const MAX_NAME_BYTES: usize = 1024;
 
 /// Why a credential does not prove a caller. Every variant is UNAUTHENTICATED; the text
 /// says what is wrong with the credential, never its value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("authorization: unsupported scheme; use Bearer or Basic")]
     Scheme,
     #[error("authorization: present one credential: the call carries more than one authorization header")]
@@ -68,7 +68,7 @@ pub enum IdentityError {
 
 /// How the caller proved its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CallerKind {
+pub(crate) enum CallerKind {
     Certificate,
     /// A token of the trusted issuer with this policy name.
     IssuerToken(String),
@@ -82,7 +82,7 @@ pub enum CallerKind {
 }
 
 impl CallerKind {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             CallerKind::Certificate => "mtls",
             CallerKind::IssuerToken(_) | CallerKind::Delegated { .. } => "jwt",
@@ -93,9 +93,9 @@ impl CallerKind {
 
 /// A caller whose name was proven.
 #[derive(Clone, Debug)]
-pub struct Caller {
-    pub name: String,
-    pub kind: CallerKind,
+pub(crate) struct Caller {
+    pub(crate) name: String,
+    pub(crate) kind: CallerKind,
     /// The client certificate, when the call came over mTLS.
     certificate: Option<ClientCertificate>,
 }
@@ -112,12 +112,12 @@ struct ClientCertificate {
 
 impl Caller {
     /// Whether the call that proved this caller came with its client certificate.
-    pub fn has_certificate(&self) -> bool {
+    pub(crate) fn has_certificate(&self) -> bool {
         self.certificate.is_some()
     }
 
     /// The RFC 8705 thumbprint of the caller's certificate: base64url(SHA-256(DER)).
-    pub fn certificate_thumbprint(&self) -> Option<String> {
+    pub(crate) fn certificate_thumbprint(&self) -> Option<String> {
         self.certificate
             .as_ref()
             .map(|certificate| b64::encode(crypto::sha256(&certificate.der)))
@@ -125,19 +125,19 @@ impl Caller {
 
     /// Seconds the caller's certificate has left, from the time of the request: a token
     /// bound to it must not outlive it.
-    pub fn certificate_lifetime_left(&self) -> Option<u64> {
+    pub(crate) fn certificate_lifetime_left(&self) -> Option<u64> {
         self.certificate.as_ref().map(|c| c.lifetime_left)
     }
 
     /// The caller's certificate's notAfter (unix seconds).
-    pub fn certificate_not_after(&self) -> Option<u64> {
+    pub(crate) fn certificate_not_after(&self) -> Option<u64> {
         self.certificate.as_ref().map(|c| c.not_after)
     }
 
     /// The `act` of a token this caller gets for `subject` (RFC 8693 §4.1): the current
     /// actor outermost, the prior chain nested inside. A caller acting for another subject
     /// is the current actor; a delegated caller asking for itself keeps its chain.
-    pub fn act_for(&self, subject: &str) -> Option<Value> {
+    pub(crate) fn act_for(&self, subject: &str) -> Option<Value> {
         let prior = match &self.kind {
             CallerKind::Delegated { actor, .. } => Some(actor),
             _ => None,
@@ -151,7 +151,7 @@ impl Caller {
 }
 
 /// The credential in the `authorization` metadata.
-pub enum Presented<'a> {
+pub(crate) enum Presented<'a> {
     Nothing,
     Bearer(&'a str),
     Basic {
@@ -161,7 +161,7 @@ pub enum Presented<'a> {
 }
 
 /// Reads `authorization` (schemes are case-insensitive, RFC 7235).
-pub fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, IdentityError> {
+pub(crate) fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, IdentityError> {
     let Some(value) = value else {
         return Ok(Presented::Nothing);
     };
@@ -191,7 +191,7 @@ pub fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, Identit
 }
 
 /// The caller a client secret proves. Unknown ids cost the same comparison as known ones.
-pub fn client_caller(
+pub(crate) fn client_caller(
     clients: &HashMap<String, Client>,
     id: &str,
     secret: &str,
@@ -215,7 +215,7 @@ pub fn client_caller(
 /// The caller a trusted issuer's token proves; `certificate` is the call's client
 /// certificate, which goes with a token only when the token's `cnf` names it. `settings`
 /// gives the server's own leeway, token size limit and issuer.
-pub async fn token_caller(
+pub(crate) async fn token_caller(
     issuers: &[Arc<TrustedIssuer>],
     token: &str,
     certificate: Option<Arc<[u8]>>,
@@ -354,7 +354,7 @@ fn unverified_kid(token: &str) -> Option<String> {
 mod tests {
     use x509_parser::{certificate::X509Certificate, prelude::FromDer as _};
 
-    use super::*;
+    use super::{certificate::certificate_name, *};
 
     /// A time inside rcgen's default validity (1975 to 4096).
     const NOW: u64 = 1_800_000_000;
@@ -613,7 +613,6 @@ mod tests {
         let clients = HashMap::from([(
             "batch".to_owned(),
             Client {
-                id: "batch".into(),
                 secret_sha256: crypto::sha256(b"right"),
             },
         )]);

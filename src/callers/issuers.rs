@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 mod fetch;
 
-pub use fetch::check_fetch_url;
+pub(crate) use fetch::check_fetch_url;
 
 use self::fetch::https_client;
 use crate::{metrics::Metrics, telemetry::chain};
@@ -50,11 +50,11 @@ use token_authority_jose::{
 const FETCH_TIMEOUT: Duration = token_authority_jose::fetch::FETCH_TIMEOUT;
 /// How long a caller waits for a fetch another task started before it goes on with the
 /// last good set: a stalled issuer must not hold every caller of it for `FETCH_TIMEOUT`.
-pub const JOIN_WAIT: Duration = Duration::from_millis(250);
+pub(crate) const JOIN_WAIT: Duration = Duration::from_millis(250);
 /// Least time between two fetches caused by unknown kids.
-pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
+pub(crate) const REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
 /// A cached set older than this is refreshed by the background task.
-pub const REFRESH_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const REFRESH_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -82,7 +82,7 @@ pub enum FetchError {
 
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JwksSource {
+pub(crate) enum JwksSource {
     Uri(String),
     Discovery,
     File(PathBuf),
@@ -90,24 +90,24 @@ pub enum JwksSource {
 
 /// One `[[issuer]]` of the policy, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IssuerConfig {
-    pub name: String,
-    pub issuer: String,
-    pub source: JwksSource,
-    pub ca_file: Option<PathBuf>,
-    pub bearer_token_file: Option<PathBuf>,
-    pub audiences: Vec<String>,
+pub(crate) struct IssuerConfig {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    pub(crate) source: JwksSource,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) bearer_token_file: Option<PathBuf>,
+    pub(crate) audiences: Vec<String>,
     /// Seconds.
-    pub max_token_lifetime: u64,
-    pub algorithms: Vec<Algorithm>,
+    pub(crate) max_token_lifetime: u64,
+    pub(crate) algorithms: Vec<Algorithm>,
     /// The `sub` values this issuer may assert; `None`: any.
-    pub subjects: Option<SubjectBound>,
+    pub(crate) subjects: Option<SubjectBound>,
     /// Whether a token with `act` (a delegation, RFC 8693) proves a caller: its `sub`, with
     /// the `act` chain kept for the tokens it gets.
-    pub allow_delegation: bool,
+    pub(crate) allow_delegation: bool,
     /// Whether this entry may name the authority's own `--issuer`: its tokens, minted for
     /// any subject a rule allows, then become callers.
-    pub allow_own_issuer: bool,
+    pub(crate) allow_own_issuer: bool,
 }
 
 /// The names an issuer may assert as a caller (Vault's `bound_subject`): a Kubernetes API
@@ -115,17 +115,17 @@ pub struct IssuerConfig {
 /// one, a trusted issuer could mint any `sub`, such as a SPIFFE ID that rules grant to
 /// certificate callers.
 #[derive(Clone)]
-pub struct SubjectBound {
+pub(crate) struct SubjectBound {
     patterns: Vec<String>,
     set: globset::GlobSet,
 }
 
 impl SubjectBound {
-    pub fn new(patterns: Vec<String>, set: globset::GlobSet) -> SubjectBound {
+    pub(crate) fn new(patterns: Vec<String>, set: globset::GlobSet) -> SubjectBound {
         SubjectBound { patterns, set }
     }
 
-    pub fn allows(&self, subject: &str) -> bool {
+    pub(crate) fn allows(&self, subject: &str) -> bool {
         self.set.is_match(subject)
     }
 }
@@ -147,17 +147,13 @@ impl std::fmt::Debug for SubjectBound {
 
 /// The keys of one issuer at one time.
 #[derive(Debug, Default)]
-pub struct IssuerKeys {
+pub(crate) struct IssuerKeys {
     keys: HashMap<String, VerifyingKey>,
 }
 
 impl IssuerKeys {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 }
 
@@ -190,8 +186,8 @@ struct Fetches {
 }
 
 /// A trusted issuer with its cached keys.
-pub struct TrustedIssuer {
-    pub config: IssuerConfig,
+pub(crate) struct TrustedIssuer {
+    pub(crate) config: IssuerConfig,
     keys: ArcSwap<IssuerKeys>,
     fetches: std::sync::Mutex<Fetches>,
     client: Fetcher,
@@ -209,7 +205,7 @@ impl std::fmt::Debug for TrustedIssuer {
 
 impl TrustedIssuer {
     /// Prepares the issuer (reads its CA file); fetches nothing yet.
-    pub fn new(
+    pub(crate) fn new(
         config: IssuerConfig,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<TrustedIssuer, FetchError> {
@@ -224,14 +220,14 @@ impl TrustedIssuer {
     }
 
     /// The cached keys.
-    pub fn keys(&self) -> Arc<IssuerKeys> {
+    pub(crate) fn keys(&self) -> Arc<IssuerKeys> {
         self.keys.load_full()
     }
 
     /// Fetches now (or joins the fetch in flight) and replaces the cache; on failure the
     /// cache is kept. Scheduled refreshes do not count toward the unknown-kid cooldown: a key
     /// the issuer publishes just after one is still fetched when its first token arrives.
-    pub async fn refresh(self: &Arc<Self>) -> FetchOutcome {
+    pub(crate) async fn refresh(self: &Arc<Self>) -> FetchOutcome {
         let mut done = {
             let mut fetches = self.fetches();
             match &fetches.in_flight {
@@ -246,7 +242,10 @@ impl TrustedIssuer {
     /// since the last such attempt has not passed (`None`). Returns the keys to retry with:
     /// the fetched set, or the last good one when the fetch failed or, for a caller that
     /// joined a fetch another task started, did not end within `JOIN_WAIT`.
-    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, kid: &str) -> Option<Arc<IssuerKeys>> {
+    pub(crate) async fn refetch_for_unknown_kid(
+        self: &Arc<Self>,
+        kid: &str,
+    ) -> Option<Arc<IssuerKeys>> {
         let (mut done, wait) = {
             let mut fetches = self.fetches();
             let current = self.keys.load_full();
@@ -275,7 +274,7 @@ impl TrustedIssuer {
     /// Whether the background task should refresh this issuer now: the cache is older than
     /// `REFRESH_AFTER` (or was never filled), and no fetch started within the cooldown (an
     /// issuer that is down is not retried at every tick).
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         let fetches = self.fetches();
         fetches
             .succeeded_at

@@ -15,12 +15,12 @@
 
 pub mod admin;
 pub mod audit;
-pub mod commands;
-pub mod identity;
-pub mod issuers;
-pub mod names;
-pub mod policy;
-pub mod reload;
+pub(crate) mod commands;
+pub(crate) mod identity;
+pub(crate) mod issuers;
+pub(crate) mod names;
+pub(crate) mod policy;
+pub(crate) mod reload;
 
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ use crate::{
 /// Why a call is refused by this layer. Mapped to gRPC codes in one place
 /// (`impl From<CallerError> for Status` in the transport).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CallerError {
+pub(crate) enum CallerError {
     /// No credentials at all: UNAUTHENTICATED, saying what would do.
     #[error("{0}")]
     NoCredentials(&'static str),
@@ -75,7 +75,7 @@ pub enum CallerError {
 impl CallerError {
     /// The metrics and audit label of the refusal. None for `NotRecorded`: no decision
     /// but a failure to record one, which `audit_unrecorded_decisions` counts.
-    pub fn label(&self) -> Option<DecisionOutcome> {
+    pub(crate) fn label(&self) -> Option<DecisionOutcome> {
         Some(match self {
             CallerError::NoCredentials(_) => DecisionOutcome::NoCredentials,
             CallerError::Identity(_) | CallerError::TwoCredentials => {
@@ -89,7 +89,7 @@ impl CallerError {
     }
 
     /// UNAUTHENTICATED (true) or PERMISSION_DENIED (false).
-    pub fn is_unauthenticated(&self) -> bool {
+    pub(crate) fn is_unauthenticated(&self) -> bool {
         matches!(
             self,
             CallerError::NoCredentials(_) | CallerError::Identity(_) | CallerError::TwoCredentials
@@ -103,14 +103,14 @@ const ADMIN_NEEDS_TOKEN: &str = "admin RPCs need metadata `authorization: Bearer
 
 /// Who a call comes from, once its credentials were checked.
 #[derive(Clone, Debug)]
-pub enum Principal {
+pub(crate) enum Principal {
     Anonymous,
     Admin,
     Caller(Caller),
 }
 
 impl Principal {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Principal::Anonymous => "",
             Principal::Admin => "admin",
@@ -118,7 +118,7 @@ impl Principal {
         }
     }
 
-    pub fn via(&self) -> &'static str {
+    pub(crate) fn via(&self) -> &'static str {
         match self {
             Principal::Anonymous => "none",
             Principal::Admin => "admin-token",
@@ -130,10 +130,10 @@ impl Principal {
 /// A policy in force, with its issuers' key caches.
 #[derive(Debug)]
 pub struct Active {
-    pub policy: Policy,
-    pub issuers: Vec<Arc<TrustedIssuer>>,
+    pub(crate) policy: Policy,
+    pub(crate) issuers: Vec<Arc<TrustedIssuer>>,
     /// SHA-256 of the file content it came from, to notice changes.
-    pub digest: [u8; 32],
+    pub(crate) digest: [u8; 32],
 }
 
 /// Settings of this layer that come from the server's configuration.
@@ -186,34 +186,34 @@ impl Callers {
     }
 
     /// The policy in force, if any.
-    pub fn active(&self) -> Option<Arc<Active>> {
+    pub(crate) fn active(&self) -> Option<Arc<Active>> {
         self.active.load_full()
     }
 
     /// Puts a new policy in force; calls already deciding finish under the old one.
-    pub fn replace(&self, active: Active) {
+    pub(crate) fn replace(&self, active: Active) {
         self.active.store(Some(Arc::new(active)));
     }
 
-    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+    pub(crate) fn audit(&self) -> Option<&Arc<AuditLog>> {
         self.audit.as_ref()
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    pub fn metrics_arc(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics_arc(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// Whether IssueToken is open to anyone: no policy and a loopback listener.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.active.load().is_none() && self.settings.loopback
     }
 
     /// Checks the call's credentials. `now` is unix seconds.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         authorization: Option<&str>,
         certificate: Option<Arc<[u8]>>,
@@ -261,7 +261,7 @@ impl Callers {
 
     /// Decides an IssueToken request. Under a policy only a caller it names gets a token,
     /// with the rule's added claims; without one, see `is_open` and the admin token.
-    pub fn authorize_issue(
+    pub(crate) fn authorize_issue(
         &self,
         principal: &Principal,
         request: &IssueRequest,
@@ -288,7 +288,7 @@ impl Callers {
     }
 
     /// Decides whether `principal` may call the admin RPCs.
-    pub fn authorize_admin(&self, principal: &Principal) -> Result<(), CallerError> {
+    pub(crate) fn authorize_admin(&self, principal: &Principal) -> Result<(), CallerError> {
         match (principal, self.active.load_full()) {
             (Principal::Admin, _) => Ok(()),
             (Principal::Anonymous, _) => Err(CallerError::NoCredentials(ADMIN_NEEDS_TOKEN)),
@@ -299,7 +299,7 @@ impl Callers {
 
     /// Counts the decision and writes its audit line; returns once it is written. An
     /// error means it could not be: a decision to carry something out must then not be.
-    pub async fn record(&self, entry: &Entry<'_>) -> Result<(), CallerError> {
+    pub(crate) async fn record(&self, entry: &Entry<'_>) -> Result<(), CallerError> {
         let counted = match entry.outcome.unwrap_or(Outcome::Allowed) {
             Outcome::Allowed => Some(DecisionOutcome::Allowed),
             Outcome::Malformed => Some(DecisionOutcome::Malformed),

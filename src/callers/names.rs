@@ -5,7 +5,7 @@
 
 /// The SPIFFE ID rules (SPIFFE-ID.md section 2; X509-SVID.md section 5.2 for a leaf). Says
 /// what is wrong, never repeating the ID.
-pub fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
+pub(crate) fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
     const MAX_BYTES: usize = 2048;
     const MAX_TRUST_DOMAIN_BYTES: usize = 255;
     if id.len() > MAX_BYTES {
@@ -60,7 +60,7 @@ pub fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
 
 /// A host name (RFC 1123): dot-separated labels of 1 to 63 letters, digits and hyphens, not
 /// starting or ending with a hyphen; 253 bytes at most.
-pub fn is_host_name(name: &str) -> bool {
+pub(crate) fn is_host_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

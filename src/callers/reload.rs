@@ -53,7 +53,7 @@ fn join(problems: &[Problem]) -> String {
 /// Reads and checks the policy file and prepares its issuers, reusing those of `previous`
 /// whose configuration is unchanged; fetches the keys of new issuers (a failed fetch is
 /// logged and counted, not fatal: the keys are fetched again when a token needs them).
-pub async fn load(
+pub(crate) async fn load(
     path: &Path,
     previous: Option<&Active>,
     metrics: Option<&Arc<Metrics>>,
@@ -131,7 +131,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// A new content is applied only once two reads `SETTLE` apart find it the same: a file
 /// caught half-written (an editor or `cat >` writing in place) can parse as a shorter,
 /// wider policy than the whole file, and must never be in force, not even for one poll.
-pub async fn watch(
+pub(crate) async fn watch(
     callers: Arc<Callers>,
     path: PathBuf,
     interval: Duration,

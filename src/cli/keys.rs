@@ -148,7 +148,7 @@ fn time(unix: Option<u64>) -> String {
 }
 
 /// The key table, one line per key, in the fields ListKeys answers.
-pub fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
+pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
     let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
     let lead = args.publish_lead.as_secs();
     let mut out = String::new();
@@ -262,7 +262,7 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
 }
 
 /// Re-writes every record, which seals each private key under the first KEK.
-pub fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
+pub(crate) fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
     let (store, records) = open(&args.data_dir, &args.store, Some(&args.kek_file))?;
     let sealing = Keks::load(&args.kek_file)?.sealing_id().to_owned();
     let count = store.change(records, |records| {

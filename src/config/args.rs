@@ -58,38 +58,38 @@ pub enum AuditCommand {
 #[derive(Debug, Args)]
 pub struct AuditVerifyArgs {
     /// The audit log.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
 
     /// The audit chain's key (as given to `serve`): checks each line's MAC, so a chain
     /// recomputed without the key is detected.
     #[arg(long, env = "TA_AUDIT_KEY_FILE")]
-    pub audit_key_file: Option<PathBuf>,
+    pub(crate) audit_key_file: Option<PathBuf>,
 
     /// Accept an audit key file that group or others may read, as `serve` does with the
     /// same flag (a Kubernetes Secret volume sets such modes).
     #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
-    pub allow_group_readable_files: bool,
+    pub(crate) allow_group_readable_files: bool,
 
     /// The data directory of the (stopped) authority that wrote the log: its keystore holds
     /// the chain's recorded head, against which a cut tail is detected.
     #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 
     /// The shared store (a postgres:// URL) holding the recorded head instead.
     #[arg(long, conflicts_with = "data_dir")]
-    pub store: Option<String>,
+    pub(crate) store: Option<String>,
 
     /// File holding the PostgreSQL password, when the --store URL has none.
     #[arg(long, requires = "store")]
-    pub store_password_file: Option<PathBuf>,
+    pub(crate) store_password_file: Option<PathBuf>,
 
     /// PEM file of the CAs that sign the PostgreSQL server's certificate.
     #[arg(long, requires = "store")]
-    pub store_ca_file: Option<PathBuf>,
+    pub(crate) store_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchMode {
+pub(crate) enum BenchMode {
     /// IssueToken.
     Issue,
     /// VerifyToken over a pool of tokens minted first.
@@ -110,72 +110,72 @@ pub enum BenchMode {
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
-    pub mode: BenchMode,
+    pub(crate) mode: BenchMode,
     /// The authority's gRPC address; repeat (or separate with commas) to spread the load
     /// over several replicas, connection by connection.
     #[arg(long, default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
-    pub target: Vec<String>,
+    pub(crate) target: Vec<String>,
     /// The authority's HTTP address (JWKS modes).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub http_target: String,
+    pub(crate) http_target: String,
     /// How long to measure.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Load before measuring, not recorded.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
+    pub(crate) warmup: Duration,
     /// Requests in flight.
     #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// gRPC connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Signing algorithm for issue/verify (default: the server's first).
     #[arg(long)]
-    pub algorithm: Option<String>,
+    pub(crate) algorithm: Option<String>,
     /// Also measure, in the same run, the raw crypto ceiling of this mode (sign for issue,
     /// verify for verify) on every core with no server, and report the ratio to it.
     #[arg(long)]
-    pub reference: bool,
+    pub(crate) reference: bool,
     /// How long the reference measurement runs.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub reference_duration: Duration,
+    pub(crate) reference_duration: Duration,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Force a key rotation (RotateKeys with force, of --algorithm or the default) this
     /// often during the measured phase, and report the latency of the requests in flight
     /// across each rotation separately. Needs --admin-token-file.
     #[arg(long, value_parser = humantime::parse_duration)]
-    pub rotate_every: Option<Duration>,
+    pub(crate) rotate_every: Option<Duration>,
     /// The file holding the admin token, for --rotate-every.
     #[arg(long, env = "TA_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// The CA (PEM) that signed the server's certificate, for https:// targets.
     #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
+    pub(crate) tls_ca: Option<PathBuf>,
     /// A client certificate (PEM) to present, with --tls-key (a server with --client-ca).
     #[arg(long)]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(long)]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// The subject IssueToken asks for (a caller under a policy may need its own name).
     #[arg(long, default_value = "bench")]
-    pub subject: String,
+    pub(crate) subject: String,
     /// The audience IssueToken asks for and VerifyToken expects.
     #[arg(long, default_value = "bench")]
-    pub audience: String,
+    pub(crate) audience: String,
     /// A file holding a caller token of a trusted issuer (e.g. a projected service-account
     /// token), sent as `authorization: Bearer` on the data-plane calls.
     #[arg(long, conflicts_with = "client_id")]
-    pub bearer_token_file: Option<PathBuf>,
+    pub(crate) bearer_token_file: Option<PathBuf>,
     /// A client id of the policy: with --client-secret-file, sent as `authorization: Basic`.
     #[arg(long, requires = "client_secret_file")]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// The file holding the secret of --client-id.
     #[arg(long, requires = "client_id")]
-    pub client_secret_file: Option<PathBuf>,
+    pub(crate) client_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,31 +217,31 @@ pub struct MigrateArgs {
 pub struct RewrapArgs {
     /// The data directory of a stopped authority (with the sled store).
     #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// The keystore: sled in --data-dir, or the replicas' database (a running one: the
     /// change is a transaction the replicas pick up, as if made through the API).
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub(crate) store: StoreArgs,
     /// The KEK file: the first KEK seals; every KEK listed may unseal the current records.
     #[arg(long, env = "TA_KEK_FILE")]
-    pub kek_file: PathBuf,
+    pub(crate) kek_file: PathBuf,
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct ListArgs {
     /// The data directory of a stopped authority (with the sled store).
     #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// The keystore: sled in --data-dir, or the replicas' database (a running one: the
     /// change is a transaction the replicas pick up, as if made through the API).
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub(crate) store: StoreArgs,
     /// The KEK file the server uses (needed when the keystore is encrypted).
     #[arg(long, env = "TA_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
+    pub(crate) kek_file: Option<PathBuf>,
     /// The server's publish lead, to show when the next key may sign.
     #[arg(long, env = "TA_PUBLISH_LEAD", default_value = "15m", value_parser = humantime::parse_duration)]
-    pub publish_lead: Duration,
+    pub(crate) publish_lead: Duration,
 }
 
 #[derive(Clone, Debug, Args)]

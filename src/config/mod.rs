@@ -13,62 +13,62 @@ use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 /// The TLS files of `serve`; both listeners use them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) client_ca: Option<PathBuf>,
 }
 
 /// What each listener enforces on its connections.
 #[derive(Clone, Copy, Debug)]
-pub struct ListenerLimits {
-    pub max_connections: usize,
+pub(crate) struct ListenerLimits {
+    pub(crate) max_connections: usize,
     /// Open connections one client address may hold (an IPv6 client: its /64).
-    pub max_connections_per_ip: usize,
+    pub(crate) max_connections_per_ip: usize,
     /// Failed authentications one client address may have in a burst; 0: no limit.
-    pub auth_failures_per_ip: u32,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub(crate) auth_failures_per_ip: u32,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// A connection older than this is asked to close (GOAWAY); the client reconnects.
-    pub max_connection_age: Duration,
+    pub(crate) max_connection_age: Duration,
 }
 
 /// The checked configuration of `serve`. Durations are whole seconds.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub issuer: Option<String>,
-    pub admin_token_file: Option<PathBuf>,
-    pub kek_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
+    pub(crate) kek_file: Option<PathBuf>,
     /// `None`: sled in the data directory.
-    pub store: Option<PgSettings>,
-    pub store_sync_interval: Duration,
-    pub allow_group_readable_files: bool,
-    pub default_ttl: u64,
-    pub max_ttl: u64,
-    pub leeway: u64,
-    pub jwks_max_age: u64,
-    pub algorithms: Vec<Algorithm>,
-    pub publish_lead: u64,
-    pub rotation_period: u64,
-    pub shutdown_grace: Duration,
-    pub log_format: LogFormat,
-    pub max_token_bytes: usize,
+    pub(crate) store: Option<PgSettings>,
+    pub(crate) store_sync_interval: Duration,
+    pub(crate) allow_group_readable_files: bool,
+    pub(crate) default_ttl: u64,
+    pub(crate) max_ttl: u64,
+    pub(crate) leeway: u64,
+    pub(crate) jwks_max_age: u64,
+    pub(crate) algorithms: Vec<Algorithm>,
+    pub(crate) publish_lead: u64,
+    pub(crate) rotation_period: u64,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) log_format: LogFormat,
+    pub(crate) max_token_bytes: usize,
     /// TLS on both listeners; `None` serves plaintext.
-    pub tls: Option<TlsFiles>,
-    pub tls_reload_interval: Duration,
-    pub limits: ListenerLimits,
-    pub policy_file: Option<PathBuf>,
-    pub policy_reload_interval: Duration,
-    pub audit_log: Option<PathBuf>,
-    pub audit_key_file: Option<PathBuf>,
-    pub audit_sync: bool,
-    pub watch: WatchSettings,
+    pub(crate) tls: Option<TlsFiles>,
+    pub(crate) tls_reload_interval: Duration,
+    pub(crate) limits: ListenerLimits,
+    pub(crate) policy_file: Option<PathBuf>,
+    pub(crate) policy_reload_interval: Duration,
+    pub(crate) audit_log: Option<PathBuf>,
+    pub(crate) audit_key_file: Option<PathBuf>,
+    pub(crate) audit_sync: bool,
+    pub(crate) watch: WatchSettings,
     /// What the server reads the time from: the system clock; tests that run the server
     /// on paused time set a `Clock::tokio`.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
 }
 
 /// The limits of WatchKeys.
@@ -89,10 +89,10 @@ pub struct WatchSettings {
 pub struct ConfigError(String);
 
 /// Far above any file-descriptor limit; keeps the listener's permit count in range.
-pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+pub(crate) const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
 
 /// Tokens longer than this are rejected before parsing.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;

@@ -13,7 +13,7 @@ use super::ConfigError;
 use crate::store::{PgEnvironment, PgSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -25,16 +25,16 @@ pub struct StoreArgs {
     /// `postgres://user@host:5432/db?sslmode=verify-full` URL shared by several replicas
     /// (needs --kek-file; the PG* environment variables fill what the URL leaves out).
     #[arg(long, env = "TA_STORE", default_value = "sled")]
-    pub store: String,
+    pub(crate) store: String,
 
     /// File holding the PostgreSQL password, when the --store URL has none (else PGPASSWORD).
     #[arg(long, env = "TA_STORE_PASSWORD_FILE")]
-    pub store_password_file: Option<PathBuf>,
+    pub(crate) store_password_file: Option<PathBuf>,
 
     /// PEM file of the CAs that sign the PostgreSQL server's certificate (else PGSSLROOTCERT,
     /// else the public web roots).
     #[arg(long, env = "TA_STORE_CA_FILE")]
-    pub store_ca_file: Option<PathBuf>,
+    pub(crate) store_ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreArgs {
@@ -51,7 +51,10 @@ impl Default for StoreArgs {
 impl StoreArgs {
     /// `None` for the embedded sled store; the shared store's settings for a postgres URL,
     /// which needs a KEK file (private keys reach the database only sealed).
-    pub fn shared(&self, kek_file: Option<&Path>) -> Result<Option<PgSettings>, ConfigError> {
+    pub(crate) fn shared(
+        &self,
+        kek_file: Option<&Path>,
+    ) -> Result<Option<PgSettings>, ConfigError> {
         match self.store.as_str() {
             "sled" => {
                 if self.store_password_file.is_some() || self.store_ca_file.is_some() {
@@ -83,7 +86,7 @@ impl StoreArgs {
 
 /// A shared store's settings: the flags, then what this process's `PG*` environment
 /// variables say (the one place they are read).
-pub fn pg_settings(
+pub(crate) fn pg_settings(
     url: &str,
     password_file: Option<&PathBuf>,
     ca_file: Option<&PathBuf>,
@@ -101,44 +104,44 @@ pub fn pg_settings(
 pub struct ServeArgs {
     /// Directory for the keystore and the generated admin token.
     #[arg(long, env = "TA_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 
     /// Address of the gRPC API (also serves gRPC health and reflection).
     #[arg(long, env = "TA_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: SocketAddr,
+    pub(crate) grpc_listen: SocketAddr,
 
     /// Address of the HTTP endpoints (JWKS, OpenID discovery, health).
     #[arg(long, env = "TA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub http_listen: SocketAddr,
+    pub(crate) http_listen: SocketAddr,
 
     /// The `iss` of every token, and the base of the JWKS URL in the discovery document.
     /// Default: http://<the bound HTTP address> (https:// with --tls-cert).
     #[arg(long, env = "TA_ISSUER")]
-    pub issuer: Option<String>,
+    pub(crate) issuer: Option<String>,
 
     /// File holding the admin bearer token. Default: <data-dir>/admin-token, generated
     /// (mode 0600) on the first start.
     #[arg(long, env = "TA_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
 
     /// File of key-encryption keys, one base64 line of 32 bytes each; the first seals
     /// private keys at rest, all of them unseal. Without it keys are stored unencrypted.
     #[arg(long, env = "TA_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
+    pub(crate) kek_file: Option<PathBuf>,
 
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub(crate) store: StoreArgs,
 
     /// How often a replica re-reads the shared store's generation, in case a change
     /// notification was lost.
     #[arg(long, env = "TA_STORE_SYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub store_sync_interval: Duration,
+    pub(crate) store_sync_interval: Duration,
 
     /// Accept a data directory, admin token file or KEK file that group or others may
     /// access (refused otherwise, naming the chmod that fixes it). For volumes whose modes
     /// the platform sets, such as Kubernetes Secrets and volumes with fsGroup.
     #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
-    pub allow_group_readable_files: bool,
+    pub(crate) allow_group_readable_files: bool,
 
     /// Signing algorithms, comma-separated, from RS256, PS256, ES256, EdDSA. Each keeps its
     /// own keys; the first is the default for IssueToken.
@@ -148,102 +151,102 @@ pub struct ServeArgs {
         default_value = "RS256",
         value_delimiter = ','
     )]
-    pub algorithms: Vec<String>,
+    pub(crate) algorithms: Vec<String>,
 
     /// Lifetime of a token when the request sets none.
     #[arg(long, env = "TA_DEFAULT_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
-    pub default_ttl: Duration,
+    pub(crate) default_ttl: Duration,
 
     /// Longest lifetime a request may ask for.
     #[arg(long, env = "TA_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub max_ttl: Duration,
+    pub(crate) max_ttl: Duration,
 
     /// Clock skew tolerated when checking exp, nbf and iat.
     #[arg(long, env = "TA_LEEWAY", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub leeway: Duration,
+    pub(crate) leeway: Duration,
 
     /// How long a new key is published in the JWKS before it may sign. Longer than the JWKS
     /// max-age and the refresh intervals of common clients (jwks-rsa 10 min, PyJWKClient 5).
     #[arg(long, env = "TA_PUBLISH_LEAD", default_value = "15m", value_parser = humantime::parse_duration)]
-    pub publish_lead: Duration,
+    pub(crate) publish_lead: Duration,
 
     /// How long a key signs before the scheduled rotation replaces it.
     #[arg(long, env = "TA_ROTATION_PERIOD", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub rotation_period: Duration,
+    pub(crate) rotation_period: Duration,
 
     /// Longest Cache-Control max-age of the JWKS response (shorter when the key set is
     /// about to change).
     #[arg(long, env = "TA_JWKS_MAX_AGE", default_value = "300s", value_parser = humantime::parse_duration)]
-    pub jwks_max_age: Duration,
+    pub(crate) jwks_max_age: Duration,
 
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "TA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 
     /// Log line format.
     #[arg(long, env = "TA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Server certificate chain (PEM, leaf first). With --tls-key, both listeners speak TLS
     /// only (ALPN h2 on gRPC, http/1.1 on HTTP). Re-read when it changes on disk.
     #[arg(long, env = "TA_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "TA_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 
     /// CA bundle (PEM) for client certificates. A client may connect without one (token and
     /// secret callers); one it presents must chain to this bundle and be valid, at the
     /// handshake and at every request (the bundle in use then, the server's clock).
     #[arg(long, env = "TA_CLIENT_CA")]
-    pub client_ca: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
 
     /// Serve plaintext on a non-loopback address (behind a mesh that terminates mTLS).
     /// Without TLS, only loopback addresses are allowed otherwise.
     #[arg(long, env = "TA_ALLOW_PLAINTEXT")]
-    pub allow_plaintext: bool,
+    pub(crate) allow_plaintext: bool,
 
     /// Concurrent WatchKeys streams; beyond it a new watcher gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "TA_MAX_WATCHERS", default_value_t = 1024)]
-    pub max_watchers: usize,
+    pub(crate) max_watchers: usize,
 
     /// Concurrent WatchKeys streams from one client address (an IPv6 client: its /64), so
     /// that one client cannot take every --max-watchers place; beyond it RESOURCE_EXHAUSTED.
     /// Default: a quarter of --max-watchers. Behind a sidecar proxy every watcher comes from
     /// its one address: raise it there, up to --max-watchers.
     #[arg(long, env = "TA_MAX_WATCHERS_PER_IP")]
-    pub max_watchers_per_ip: Option<usize>,
+    pub(crate) max_watchers_per_ip: Option<usize>,
 
     /// A WatchKeys stream with nothing to send sends a keepalive this often, so watchers
     /// notice a dead stream.
     #[arg(long, env = "TA_WATCH_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub watch_keepalive: Duration,
+    pub(crate) watch_keepalive: Duration,
 
     /// A watcher that leaves a message untaken this long is dropped (it reconnects) rather
     /// than holding the server's memory.
     #[arg(long, env = "TA_WATCH_SEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub watch_send_timeout: Duration,
+    pub(crate) watch_send_timeout: Duration,
 
     /// Open connections per listener; beyond it new ones are closed at once. 1024 keeps
     /// both listeners (2 x 1024) under a container's usual file limit with room to spare,
     /// and is far above what gRPC clients need (one multiplexed connection each).
     #[arg(long, env = "TA_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 
     /// Open connections per listener from one client address (an IPv6 client: its /64), so
     /// that one client cannot fill --max-connections; beyond it new ones are closed at once.
     /// Default: a quarter of --max-connections. Clients behind one NAT or proxy address share
     /// it: raise it there.
     #[arg(long, env = "TA_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: Option<usize>,
+    pub(crate) max_connections_per_ip: Option<usize>,
 
     /// Failed authentications one client address may have in a burst (then one a second)
     /// before its calls are refused RESOURCE_EXHAUSTED without their credentials being read.
     /// 0 turns this off: behind a sidecar proxy every call comes from its one address, and a
     /// single misconfigured client would lock out every other.
-    #[arg(long, env = "TA_AUTH_FAILURES_PER_IP", default_value_t = 20)]
-    pub auth_failures_per_ip: u32,
+    #[arg(long, env = "TA_AUTH_FAILURES_PER_IP", default_value_t = crate::transport::peers::AUTH_FAILURE_BURST)]
+    pub(crate) auth_failures_per_ip: u32,
 
     /// A connection older than this is sent GOAWAY and closed once its requests finish (at
     /// most 30 s later), as gRPC servers' MAX_CONNECTION_AGE: gRPC clients reconnect
@@ -251,48 +254,48 @@ pub struct ServeArgs {
     /// in use again. Each connection's age is shortened by up to 10 % so that clients that
     /// connected together do not all reconnect together.
     #[arg(long, env = "TA_MAX_CONNECTION_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub max_connection_age: Duration,
+    pub(crate) max_connection_age: Duration,
 
     /// How long a new connection has to finish the TLS handshake and send its first
     /// protocol bytes (HTTP/2 preface, HTTP/1 request). Long enough for a slow network, short
     /// enough that sockets opened and left silent cannot pile up.
     #[arg(long, env = "TA_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
 
     /// A connection with no request in flight, or whose client stopped reading its
     /// responses, is closed after this long. 5 min frees what departed clients hold, while a
     /// client refreshing a token every few minutes keeps its connection (and gRPC clients
     /// reconnect transparently anyway).
     #[arg(long, env = "TA_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 
     /// How often the TLS files are read and compared for a change. 10 s is small next to
     /// how early cert-manager renews, and reading three small files costs nothing.
     #[arg(long, env = "TA_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub tls_reload_interval: Duration,
+    pub(crate) tls_reload_interval: Duration,
 
     /// The caller policy (TOML): who may get which tokens, and who may call admin RPCs.
     /// Reloaded when its content changes. Without it, IssueToken is open only while the
     /// gRPC listener is a loopback address; otherwise only the admin token may issue.
     #[arg(long, env = "TA_POLICY_FILE")]
-    pub policy_file: Option<PathBuf>,
+    pub(crate) policy_file: Option<PathBuf>,
 
     /// How often the policy file is read to notice a new content.
     #[arg(long, env = "TA_POLICY_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub policy_reload_interval: Duration,
+    pub(crate) policy_reload_interval: Duration,
 
     /// The audit log: one hash-chained JSON line per decision and admin action, appended
     /// (`-`: stderr). Check it with `token-authority audit verify PATH`.
     #[arg(long, env = "TA_AUDIT_LOG")]
-    pub audit_log: Option<PathBuf>,
+    pub(crate) audit_log: Option<PathBuf>,
 
     /// File holding the audit chain's key: one standard-base64 line of 32 random bytes
     /// (`openssl rand -base64 32`), owner-only. Lines then carry an HMAC-SHA-256, so a chain
     /// recomputed without the key is detected; without it they carry a plain SHA-256.
     #[arg(long, env = "TA_AUDIT_KEY_FILE", requires = "audit_log")]
-    pub audit_key_file: Option<PathBuf>,
+    pub(crate) audit_key_file: Option<PathBuf>,
 
     /// fsync each batch of audit lines before the calls it records are answered.
     #[arg(long, env = "TA_AUDIT_SYNC", requires = "audit_log")]
-    pub audit_sync: bool,
+    pub(crate) audit_sync: bool,
 }

@@ -8,15 +8,15 @@ use prometheus_client::{
 
 /// The audit log's counts, handed to its writer and to the request path.
 #[derive(Clone, Debug, Default)]
-pub struct AuditMetrics {
+pub(crate) struct AuditMetrics {
     /// 1 while the last write succeeded (or none was tried), 0 after a failed one.
-    pub writable: Gauge,
+    pub(crate) writable: Gauge,
     /// Lines the writer could not write (each one cut back whole).
-    pub write_failures: Counter,
+    pub(crate) write_failures: Counter,
     /// Decisions not carried out because their line could not be written (UNAVAILABLE).
-    pub unrecorded: Counter,
+    pub(crate) unrecorded: Counter,
     /// Times the chain's head could not be recorded in the keystore.
-    pub head_failures: Counter,
+    pub(crate) head_failures: Counter,
 }
 
 impl AuditMetrics {

@@ -17,21 +17,21 @@ struct Served {
 
 /// A handle shared by the metrics and the one that serves key sets.
 #[derive(Clone, Debug, Default)]
-pub struct KeyAges {
+pub(crate) struct KeyAges {
     served: Arc<ArcSwap<Served>>,
 }
 
 /// What a scrape sets the gauges of one algorithm to.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Ages {
-    pub age: u64,
-    pub until_rotation: u64,
+    pub(crate) age: u64,
+    pub(crate) until_rotation: u64,
 }
 
 impl KeyAges {
     /// A new key set is served: `current` names each algorithm's current key's activation
     /// time (unix seconds). An algorithm without one keeps its gauges where they were.
-    pub fn serving(
+    pub(crate) fn serving(
         &self,
         current: impl IntoIterator<Item = (Algorithm, u64)>,
         rotation_period: u64,

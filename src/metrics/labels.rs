@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use token_authority_jose::jwt::verify::Reason;
 
 /// A label's values: all of them, each one's text, and its place in `ALL`.
-pub trait LabelValue: Copy + 'static {
+pub(crate) trait LabelValue: Copy + 'static {
     const ALL: &'static [Self];
     fn as_str(self) -> &'static str;
     /// Its index in `ALL`.
@@ -33,12 +33,12 @@ macro_rules! label_values {
             }
         }
     };
-    ($(#[$meta:meta])* pub enum $name:ident {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
         $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+
     }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name {
+        $vis enum $name {
             $($(#[$vmeta])* $variant,)+
         }
         label_values!(impl $name { $($variant => $text,)+ });
@@ -63,7 +63,7 @@ label_values!(impl Reason {
 
 label_values! {
     /// The RPC methods, for the latency histogram.
-    pub enum Method {
+    pub(crate) enum Method {
         IssueToken => "IssueToken",
         VerifyToken => "VerifyToken",
         GetJwks => "GetJwks",
@@ -77,7 +77,7 @@ label_values! {
 label_values! {
     /// The RPCs whose calls the caller policy decides (and the audit log records).
     #[derive(Default)]
-    pub enum DecidedMethod {
+    pub(crate) enum DecidedMethod {
         #[default]
         IssueToken => "IssueToken",
         RotateKeys => "RotateKeys",
@@ -89,7 +89,7 @@ label_values! {
 label_values! {
     /// What a caller decision came to: allowed, malformed, or the refusal's label (the
     /// field refused).
-    pub enum DecisionOutcome {
+    pub(crate) enum DecisionOutcome {
         Allowed => "allowed",
         Malformed => "malformed",
         NoCredentials => "no_credentials",
@@ -108,7 +108,7 @@ label_values! {
 
 label_values! {
     /// A policy reload's outcome.
-    pub enum ReloadOutcome {
+    pub(crate) enum ReloadOutcome {
         Ok => "ok",
         Failed => "failed",
     }
@@ -116,7 +116,7 @@ label_values! {
 
 label_values! {
     /// The JWKS responses' statuses.
-    pub enum JwksStatus {
+    pub(crate) enum JwksStatus {
         Full => "200",
         NotModified => "304",
     }
@@ -124,7 +124,7 @@ label_values! {
 
 label_values! {
     /// Key lifecycle events.
-    pub enum KeyEvent {
+    pub(crate) enum KeyEvent {
         Rotation => "rotation",
         Revocation => "revocation",
         Deletion => "deletion",
@@ -133,7 +133,7 @@ label_values! {
 
 label_values! {
     /// The two listeners.
-    pub enum ListenerName {
+    pub(crate) enum ListenerName {
         Grpc => "grpc",
         Http => "http",
     }
@@ -141,7 +141,7 @@ label_values! {
 
 label_values! {
     /// Why a listener closed a connection on its own.
-    pub enum ClosedReason {
+    pub(crate) enum ClosedReason {
         /// At accept: the listener was at --max-connections.
         Limit => "limit",
         /// No TLS handshake and first protocol bytes within --handshake-timeout.
@@ -161,7 +161,7 @@ label_values! {
 
 label_values! {
     /// Why a WatchKeys stream was refused or dropped.
-    pub enum WatcherEnd {
+    pub(crate) enum WatcherEnd {
         /// --max-watchers were open.
         Limit => "limit",
         /// Its address had --max-watchers-per-ip open.
@@ -174,20 +174,20 @@ label_values! {
 /// One metric handle per value of a label, made at start from `E::ALL`: a lookup is an
 /// index, and every value has its handle.
 #[derive(Clone, Debug)]
-pub struct PerLabel<E, M> {
+pub(crate) struct PerLabel<E, M> {
     handles: Vec<M>,
     label: PhantomData<fn(E)>,
 }
 
 impl<E: LabelValue, M> PerLabel<E, M> {
-    pub fn new(make: impl FnMut(E) -> M) -> PerLabel<E, M> {
+    pub(crate) fn new(make: impl FnMut(E) -> M) -> PerLabel<E, M> {
         PerLabel {
             handles: E::ALL.iter().copied().map(make).collect(),
             label: PhantomData,
         }
     }
 
-    pub fn get(&self, value: E) -> &M {
+    pub(crate) fn get(&self, value: E) -> &M {
         // `handles` follows `ALL`, and `index` is the place in it.
         &self.handles[value.index()]
     }

@@ -18,7 +18,7 @@ mod key_ages;
 mod labels;
 mod registry;
 
-pub use self::{
+pub(crate) use self::{
     audit::AuditMetrics,
     key_ages::KeyAges,
     labels::{
@@ -45,10 +45,10 @@ fn latency_histogram() -> Histogram {
 
 /// What the keystore's state shows in the metrics, read from the authority at each scrape.
 #[derive(Debug, Default)]
-pub struct StoreState {
-    pub sync_age: u64,
-    pub history_rewinds: u64,
-    pub refused_records: usize,
+pub(crate) struct StoreState {
+    pub(crate) sync_age: u64,
+    pub(crate) history_rewinds: u64,
+    pub(crate) refused_records: usize,
 }
 
 pub struct Metrics {
@@ -73,46 +73,46 @@ pub struct Metrics {
     store_sync_age: Gauge,
     store_history_rewinds: Counter,
     store_refused_records: Gauge,
-    pub grpc_listener: ListenerMetrics,
-    pub http_listener: ListenerMetrics,
+    pub(crate) grpc_listener: ListenerMetrics,
+    pub(crate) http_listener: ListenerMetrics,
     pub watchers: WatchMetrics,
-    pub audit: AuditMetrics,
+    pub(crate) audit: AuditMetrics,
 }
 
 /// WatchKeys streams: how many are open, and how many the server refused or dropped.
 #[derive(Clone, Debug)]
 pub struct WatchMetrics {
-    pub open: Gauge,
+    pub(crate) open: Gauge,
     /// Refused with RESOURCE_EXHAUSTED: --max-watchers were open.
-    pub refused_at_limit: Counter,
+    pub(crate) refused_at_limit: Counter,
     /// Refused with RESOURCE_EXHAUSTED: its address had --max-watchers-per-ip open.
-    pub refused_at_peer_limit: Counter,
+    pub(crate) refused_at_peer_limit: Counter,
     /// Dropped and its stream reset: a message stayed untaken for --watch-send-timeout.
-    pub dropped_slow: Counter,
+    pub(crate) dropped_slow: Counter,
 }
 
 /// The counts of one listener (`listener="grpc"` or `"http"`): what its limits did.
 #[derive(Clone, Debug)]
-pub struct ListenerMetrics {
-    pub open: Gauge,
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: Gauge,
     /// Closed at accept: the listener was at --max-connections.
-    pub refused_at_limit: Counter,
+    pub(crate) refused_at_limit: Counter,
     /// No TLS handshake and first protocol bytes within --handshake-timeout.
-    pub handshake_timeouts: Counter,
+    pub(crate) handshake_timeouts: Counter,
     /// A TLS handshake that failed (bad or untrusted client certificate, not TLS, ...), or
     /// first bytes that were not the protocol's.
-    pub handshake_failures: Counter,
+    pub(crate) handshake_failures: Counter,
     /// Closed after --idle-timeout with no request in flight.
-    pub closed_idle: Counter,
+    pub(crate) closed_idle: Counter,
     /// Closed because the client stopped reading a response for --idle-timeout.
-    pub closed_stalled: Counter,
+    pub(crate) closed_stalled: Counter,
     /// Closed at accept: the peer's address held --max-connections-per-ip already.
-    pub refused_at_peer_limit: Counter,
+    pub(crate) refused_at_peer_limit: Counter,
     /// Asked to close (GOAWAY) at --max-connection-age.
-    pub closed_max_age: Counter,
+    pub(crate) closed_max_age: Counter,
     /// Calls refused RESOURCE_EXHAUSTED before their credentials were read: their peer
     /// address failed authentication too often.
-    pub calls_throttled: Counter,
+    pub(crate) calls_throttled: Counter,
 }
 
 impl ListenerMetrics {
@@ -154,7 +154,7 @@ impl std::fmt::Debug for Metrics {
 /// One handle per configured algorithm, created up front so that the hot path only looks
 /// one up and never takes the family's lock.
 impl Metrics {
-    pub fn token_issued(&self, alg: Algorithm, signing: Duration) {
+    pub(crate) fn token_issued(&self, alg: Algorithm, signing: Duration) {
         if let Some(counter) = self.issued.get(&alg) {
             counter.inc();
         }
@@ -163,7 +163,7 @@ impl Metrics {
         }
     }
 
-    pub fn verified(&self, rejection: Option<Reason>) {
+    pub(crate) fn verified(&self, rejection: Option<Reason>) {
         match rejection {
             None => {
                 self.valid.inc();
@@ -174,16 +174,16 @@ impl Metrics {
         };
     }
 
-    pub fn rpc(&self, method: Method, latency: Duration) {
+    pub(crate) fn rpc(&self, method: Method, latency: Duration) {
         self.rpc.get(method).observe(latency.as_secs_f64());
     }
 
     /// One caller decision.
-    pub fn decision(&self, method: DecidedMethod, outcome: DecisionOutcome) {
+    pub(crate) fn decision(&self, method: DecidedMethod, outcome: DecisionOutcome) {
         self.decisions.get(method).get(outcome).inc();
     }
 
-    pub fn policy_reload(&self, ok: bool) {
+    pub(crate) fn policy_reload(&self, ok: bool) {
         let outcome = if ok {
             ReloadOutcome::Ok
         } else {
@@ -193,13 +193,13 @@ impl Metrics {
     }
 
     /// Not a hot path: issuer names come from the policy, so the label set is created here.
-    pub fn caller_jwks_fetch_failed(&self, issuer: &str) {
+    pub(crate) fn caller_jwks_fetch_failed(&self, issuer: &str) {
         self.jwks_fetch_failures
             .get_or_create(&labels(&[("issuer", issuer)]))
             .inc();
     }
 
-    pub fn jwks_response(&self, not_modified: bool) {
+    pub(crate) fn jwks_response(&self, not_modified: bool) {
         let status = if not_modified {
             JwksStatus::NotModified
         } else {
@@ -208,7 +208,7 @@ impl Metrics {
         self.jwks.get(status).inc();
     }
 
-    pub fn key_events(&self, rotations: usize, revocations: usize, deletions: usize) {
+    pub(crate) fn key_events(&self, rotations: usize, revocations: usize, deletions: usize) {
         for (event, count) in [
             (KeyEvent::Rotation, rotations),
             (KeyEvent::Revocation, revocations),
@@ -219,15 +219,15 @@ impl Metrics {
     }
 
     /// Where the key-age gauges' inputs are set: handed to whoever serves key sets.
-    pub fn key_ages(&self) -> KeyAges {
+    pub(crate) fn key_ages(&self) -> KeyAges {
         self.key_ages.clone()
     }
 
-    pub fn scheduled_step_failed(&self) {
+    pub(crate) fn scheduled_step_failed(&self) {
         self.schedule_failures.inc();
     }
 
-    pub fn tls_reloaded(&self, ok: bool) {
+    pub(crate) fn tls_reloaded(&self, ok: bool) {
         if ok {
             self.tls_reloads.inc();
         } else {
@@ -237,7 +237,7 @@ impl Metrics {
 
     /// Renders the OpenMetrics text, first setting the gauges that follow from the key set
     /// served (its activation times, at `now`) and the store's state.
-    pub fn render(&self, store: &StoreState, now: u64) -> String {
+    pub(crate) fn render(&self, store: &StoreState, now: u64) -> String {
         self.store_sync_age
             .set(i64::try_from(store.sync_age).unwrap_or(i64::MAX));
         // The authority counts; the counter follows it (it only ever grows).

@@ -49,7 +49,7 @@ pub enum ServerError {
 impl ServerError {
     /// The process's exit code for a start that stopped with this error: 2 for settings the
     /// shared database refuses (as for a bad flag), 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             ServerError::Store(error) | ServerError::Authority(AuthorityError::Store(error))
                 if error.is_permanent() =>

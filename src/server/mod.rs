@@ -36,15 +36,13 @@ mod tests;
 
 pub use error::ServerError;
 use health::Health;
-pub use open::keystore_path;
 use open::{authority_settings, open_authority, open_callers, open_secrets};
 use serving::Serving;
 use tasks::Tasks;
-pub use tasks::KEYSTORE_HEALTH;
 
 /// The largest request message: a token (8 KiB) or claims (16 KiB) with room to spare.
 /// Larger ones are refused before they are decoded.
-pub const GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The two bound listeners the server runs on.
 #[derive(Debug)]

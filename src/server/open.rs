@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Where the keystore lives inside the data directory.
-pub fn keystore_path(config: &Config) -> PathBuf {
+pub(crate) fn keystore_path(config: &Config) -> PathBuf {
     config.data_dir.join("keystore")
 }
 

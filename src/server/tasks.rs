@@ -130,7 +130,7 @@ pub(super) async fn run_schedule(
 /// keystore holds (NOT_SERVING from finding the database's history gone back until the
 /// replica has caught up). It leaves `/readyz` and the main service's health alone: the
 /// data plane keeps answering with the key set held, which never brings a revoked key back.
-pub const KEYSTORE_HEALTH: &str = "keystore";
+pub(crate) const KEYSTORE_HEALTH: &str = "keystore";
 
 pub(super) async fn report_keystore_health(
     authority: Arc<Authority>,

@@ -143,7 +143,12 @@ impl DataKeys {
 
     /// Replaces the file with this set, sealed under the first KEK when there is one.
     /// `label` names the failpoints of this write.
-    pub fn save(&mut self, path: &Path, keks: Option<&Keks>, label: &str) -> std::io::Result<()> {
+    pub(crate) fn save(
+        &mut self,
+        path: &Path,
+        keks: Option<&Keks>,
+        label: &str,
+    ) -> std::io::Result<()> {
         // The base64 text of the keys is wiped on drop like the keys themselves.
         let encoded: Vec<(&str, Zeroizing<String>)> = self
             .keys
@@ -192,43 +197,39 @@ impl DataKeys {
     }
 
     /// A fresh random data key for `kid`.
-    pub fn create(&mut self, kid: &str) -> Result<(), crypto::CryptoError> {
+    pub(crate) fn create(&mut self, kid: &str) -> Result<(), crypto::CryptoError> {
         let key = Zeroizing::new(crypto::random_bytes(crypto::aead::KEY_LEN)?);
         self.keys.insert(kid.to_owned(), key);
         Ok(())
     }
 
-    pub fn remove(&mut self, kid: &str) -> bool {
+    pub(crate) fn remove(&mut self, kid: &str) -> bool {
         self.keys.remove(kid).is_some()
     }
 
-    pub fn kids(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn kids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// Whether the file as last read or written is sealed under a KEK at all.
-    pub fn is_sealed(&self) -> bool {
+    pub(crate) fn is_sealed(&self) -> bool {
         self.sealed_by.is_some()
     }
 
     /// Whether the file as last read or written is sealed under `keks`' first KEK (or,
     /// without a KEK, plain).
-    pub fn sealed_as(&self, keks: Option<&Keks>) -> bool {
+    pub(crate) fn sealed_as(&self, keks: Option<&Keks>) -> bool {
         self.sealed_by.as_deref() == keks.map(Keks::sealing_id)
     }
 }
 
 /// Seals a private key under its data key; the kid and algorithm are bound in, so a sealed
 /// key copied onto another record does not open.
-pub fn seal(
+pub(crate) fn seal(
     data_key: &[u8],
     kid: &str,
     alg: &str,
@@ -237,7 +238,7 @@ pub fn seal(
     crypto::aead::Kek::new(data_key)?.seal(&aad(kid, alg), pkcs8)
 }
 
-pub fn open(
+pub(crate) fn open(
     data_key: &[u8],
     kid: &str,
     alg: &str,

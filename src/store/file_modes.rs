@@ -13,7 +13,8 @@ use std::path::Path;
 use crate::telemetry::chain;
 
 /// The flag (and its environment variable) that accepts group- or world-accessible files.
-pub const ALLOW_FLAG: &str = "--allow-group-readable-files (TA_ALLOW_GROUP_READABLE_FILES=true)";
+pub(crate) const ALLOW_FLAG: &str =
+    "--allow-group-readable-files (TA_ALLOW_GROUP_READABLE_FILES=true)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileModeError {
@@ -38,14 +39,18 @@ pub enum FileModeError {
 
 /// Sets the process umask to 077, so files that libraries create (sled's snapshots and
 /// segments) are owner-only too. Called by the binary before anything is opened.
-pub fn restrict_umask() {
+pub(crate) fn restrict_umask() {
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 /// Refuses `path` (a directory or a file holding a secret) if group or others have any
 /// access to it, unless `allow`; then it only warns.
-pub fn check_private(path: &Path, what: &'static str, allow: bool) -> Result<(), FileModeError> {
+pub(crate) fn check_private(
+    path: &Path,
+    what: &'static str,
+    allow: bool,
+) -> Result<(), FileModeError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -99,7 +104,7 @@ pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Makes `path` owner-only: a directory 0700 with everything below it 0700/0600, a file
 /// 0600. For what another program created with the umask's modes (sled's files).
-pub fn make_private(path: &Path) -> Result<(), FileModeError> {
+pub(crate) fn make_private(path: &Path) -> Result<(), FileModeError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

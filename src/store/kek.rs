@@ -31,11 +31,11 @@ pub enum KekError {
 
 /// A private key sealed with AES-256-GCM, as it is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SealedKey {
+pub(crate) struct SealedKey {
     /// Which KEK sealed it: a short digest of that KEK, never the KEK itself.
-    pub kek_id: String,
-    pub nonce: Vec<u8>,
-    pub ciphertext: Vec<u8>,
+    pub(crate) kek_id: String,
+    pub(crate) nonce: Vec<u8>,
+    pub(crate) ciphertext: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl Keks {
     }
 
     #[cfg(test)]
-    pub fn from_bytes(all: &[[u8; 32]]) -> Keks {
+    pub(crate) fn from_bytes(all: &[[u8; 32]]) -> Keks {
         Keks {
             keys: all
                 .iter()
@@ -107,11 +107,11 @@ impl Keks {
     }
 
     /// The id of the KEK that seals new records.
-    pub fn sealing_id(&self) -> &str {
+    pub(crate) fn sealing_id(&self) -> &str {
         &self.keys[0].0
     }
 
-    pub fn seal(&self, record: &KeyRecord) -> Result<SealedKey, crypto::CryptoError> {
+    pub(crate) fn seal(&self, record: &KeyRecord) -> Result<SealedKey, crypto::CryptoError> {
         let (kek_id, kek) = &self.keys[0];
         let (nonce, ciphertext) =
             kek.seal(&associated_data(record), record.private_key.as_bytes())?;
@@ -123,7 +123,11 @@ impl Keks {
     }
 
     /// Seals `plain` under the first KEK, `aad` bound in.
-    pub fn seal_bytes(&self, aad: &[u8], plain: &[u8]) -> Result<SealedKey, crypto::CryptoError> {
+    pub(crate) fn seal_bytes(
+        &self,
+        aad: &[u8],
+        plain: &[u8],
+    ) -> Result<SealedKey, crypto::CryptoError> {
         let (kek_id, kek) = &self.keys[0];
         let (nonce, ciphertext) = kek.seal(aad, plain)?;
         Ok(SealedKey {
@@ -134,7 +138,7 @@ impl Keks {
     }
 
     /// Opens what `seal_bytes` sealed, with whichever listed KEK sealed it.
-    pub fn open_bytes(
+    pub(crate) fn open_bytes(
         &self,
         aad: &[u8],
         sealed: &SealedKey,
@@ -149,7 +153,7 @@ impl Keks {
             .map_err(|_| UnsealError::Open(sealed.kek_id.clone()))
     }
 
-    pub fn unseal(
+    pub(crate) fn unseal(
         &self,
         record_kid: &str,
         alg: &str,

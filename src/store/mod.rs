@@ -14,35 +14,35 @@ use std::{path::Path, sync::Arc};
 pub mod datakeys;
 pub mod file_modes;
 mod files;
-pub mod guard;
+pub(crate) mod guard;
 pub mod kek;
 pub mod postgres;
 mod sled;
 
 /// Reading an audit head from a stopped authority's sled keystore or from PostgreSQL.
-pub mod audit_heads {
-    pub use super::postgres::audit::read_audit_head as read_from_postgres;
-    pub use super::sled::audit::read_audit_head as read_from_sled;
+pub(crate) mod audit_heads {
+    pub(crate) use super::postgres::audit::read_audit_head as read_from_postgres;
+    pub(crate) use super::sled::audit::read_audit_head as read_from_sled;
 }
 
 pub use self::postgres::{
     Confirmations, DbFailure, PgEnvironment, PgSettings, PgStore, Position, RefusedRow, Settled,
     Snapshot,
 };
-pub use self::sled::SledStore;
+pub(crate) use self::sled::SledStore;
 use crate::{authority::keys::KeyRecord, telemetry::chain};
 use kek::{Keks, UnsealError};
 
 /// A lifecycle change as the store writes it: records inserted or replaced by kid, and
 /// kids deleted, in one transaction.
 #[derive(Debug, Default)]
-pub struct Change {
-    pub changed: Vec<KeyRecord>,
-    pub deleted: Vec<String>,
+pub(crate) struct Change {
+    pub(crate) changed: Vec<KeyRecord>,
+    pub(crate) deleted: Vec<String>,
 }
 
 impl Change {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.deleted.is_empty()
     }
 }
@@ -64,12 +64,12 @@ impl KeyStore {
     }
 
     /// Whether other processes change this store too (replicas over one database).
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         matches!(self, KeyStore::Postgres(_))
     }
 
     /// Whether private keys are sealed under a KEK when written.
-    pub fn encrypts_at_rest(&self) -> bool {
+    pub(crate) fn encrypts_at_rest(&self) -> bool {
         match self {
             KeyStore::Sled(store) => store.encrypts_at_rest(),
             // Opening one requires a KEK: nothing reaches the database unsealed.
@@ -78,7 +78,7 @@ impl KeyStore {
     }
 
     /// How many keys were found stored unsealed although a KEK is configured.
-    pub fn unsealed_at_open(&self) -> usize {
+    pub(crate) fn unsealed_at_open(&self) -> usize {
         match self {
             KeyStore::Sled(store) => store.unsealed_at_open(),
             KeyStore::Postgres(_) => 0,
@@ -93,7 +93,11 @@ impl KeyStore {
 
     /// Writes `records` and deletes `deleted` as one durable change. Blocking; for the
     /// offline commands and tests that own the store.
-    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
+    pub(crate) fn apply(
+        &self,
+        records: &[KeyRecord],
+        deleted: &[String],
+    ) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(store) => store.apply(records, deleted),
             // A shared store changes only through `transact`, which plans from the state
@@ -110,7 +114,7 @@ impl KeyStore {
     /// plans from it; a shared store re-reads its own state inside the transaction instead,
     /// so a plan never starts from a state another writer has already changed. The second
     /// value is where the change left the shared store (`None` for sled).
-    pub async fn transact<T, E, P>(
+    pub(crate) async fn transact<T, E, P>(
         &self,
         held: Vec<KeyRecord>,
         plan: P,
@@ -142,7 +146,7 @@ impl KeyStore {
     }
 
     /// Records that this replica serves `position` (a shared store; nothing for sled).
-    pub async fn acknowledge(&self, position: &Position) -> Result<(), StoreError> {
+    pub(crate) async fn acknowledge(&self, position: &Position) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(_) => Ok(()),
             KeyStore::Postgres(store) => store.acknowledge(position).await,
@@ -151,7 +155,7 @@ impl KeyStore {
 
     /// How many other replicas reported within `live_within`, and how many of them serve
     /// `generation` or later; `None` when the store is not shared.
-    pub async fn confirmations(
+    pub(crate) async fn confirmations(
         &self,
         generation: u64,
         live_within: std::time::Duration,
@@ -165,7 +169,7 @@ impl KeyStore {
     }
 
     /// This replica stops: others no longer wait for its acknowledgements.
-    pub async fn leave(&self) -> Result<(), StoreError> {
+    pub(crate) async fn leave(&self) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(_) => Ok(()),
             KeyStore::Postgres(store) => store.leave().await,
@@ -173,7 +177,7 @@ impl KeyStore {
     }
 
     /// Where the shared store's history stands; `None` when the store is not shared.
-    pub async fn position(&self) -> Result<Option<Position>, StoreError> {
+    pub(crate) async fn position(&self) -> Result<Option<Position>, StoreError> {
         match self {
             KeyStore::Sled(_) => Ok(None),
             KeyStore::Postgres(store) => store.position().await.map(Some),
@@ -183,7 +187,10 @@ impl KeyStore {
     /// The shared store's records when it is at a position other than `held`, with whether
     /// its history passes through `held`; `None` when it is not, or when the store is not
     /// shared.
-    pub async fn snapshot_if_moved(&self, held: &Position) -> Result<Option<Snapshot>, StoreError> {
+    pub(crate) async fn snapshot_if_moved(
+        &self,
+        held: &Position,
+    ) -> Result<Option<Snapshot>, StoreError> {
         match self {
             KeyStore::Sled(_) => Ok(None),
             KeyStore::Postgres(store) => {
@@ -198,7 +205,7 @@ impl KeyStore {
     /// The generations other writers commit, as they are notified (a `0` after every
     /// reconnection, when some may have been missed); `None` when the store is not shared.
     /// The notifications stop when the receiver is dropped.
-    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+    pub(crate) fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
         match self {
             KeyStore::Sled(_) => None,
             KeyStore::Postgres(store) => {
@@ -210,7 +217,7 @@ impl KeyStore {
     }
 
     /// Records the head of audit file `file` (opaque text the audit layer reads back).
-    pub async fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
+    pub(crate) async fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(store) => {
                 let (store, file, head) = (Arc::clone(store), file.to_owned(), head.to_owned());
@@ -223,7 +230,7 @@ impl KeyStore {
     }
 
     /// Makes every write durable; part of an orderly shutdown. Blocking.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
         match self {
             KeyStore::Sled(store) => store.flush(),
             // Every change is committed before it is served: nothing to flush.
@@ -235,13 +242,13 @@ impl KeyStore {
 /// A cause kept whole, for the chain and for a downcast. Boxed because the errors of
 /// several crates reach the same variant (sled's, PostgreSQL's, the file system's, the
 /// crypto's) and only each backend's module names its database crate.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the store was doing when its cause happened, where the cause alone would not say
 /// ("erasing data keys", then the I/O error): a link of the chain of its own.
 #[derive(Debug, thiserror::Error)]
 #[error("{doing}")]
-pub struct Context {
+pub(crate) struct Context {
     doing: String,
     #[source]
     source: Cause,
@@ -375,7 +382,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether waiting may cure it: the shared database down or busy, not refusing.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             StoreError::Unavailable { .. } | StoreError::ChangeLockBusy { .. }
@@ -384,7 +391,7 @@ impl StoreError {
 
     /// Whether it is a fault of the settings, which a start refuses with exit code 2: the
     /// database refusing the replica, or holding a schema newer than the binary.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(
             self,
             StoreError::Refused { .. } | StoreError::SchemaTooNew { .. }
@@ -393,7 +400,7 @@ impl StoreError {
 
     /// For a failed lifecycle write: what a client may be told about its effect, without
     /// the cause (which goes to the log). `None` for errors that are not write outcomes.
-    pub fn outcome(&self) -> Option<&'static str> {
+    pub(crate) fn outcome(&self) -> Option<&'static str> {
         match self {
             StoreError::NotApplied(_) => Some(
                 "internal error: the keystore write failed and was undone; nothing changed, and a retry is safe",

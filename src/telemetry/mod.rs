@@ -10,7 +10,7 @@ use crate::config::LogFormat;
 mod chain;
 pub use chain::{chain, Chain};
 
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt()
         .with_env_filter(filter)

@@ -13,7 +13,7 @@ use tonic::{
 use tonic_prost::{ProstCodec, ProstDecoder};
 
 #[derive(Debug, Clone)]
-pub struct RequestCodec<T, U>(ProstCodec<T, U>);
+pub(crate) struct RequestCodec<T, U>(ProstCodec<T, U>);
 
 impl<T, U> Default for RequestCodec<T, U> {
     fn default() -> Self {
@@ -41,7 +41,7 @@ where
 }
 
 #[derive(Debug)]
-pub struct RequestDecoder<U>(ProstDecoder<U>);
+pub(crate) struct RequestDecoder<U>(ProstDecoder<U>);
 
 impl<U: prost::Message + Default> Decoder for RequestDecoder<U> {
     type Item = U;

@@ -27,18 +27,18 @@ use crate::{
 
 /// The peer of one connection.
 #[derive(Clone, Debug, Default)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     /// The client's address, when the connection is TCP.
-    pub remote_addr: Option<SocketAddr>,
+    pub(crate) remote_addr: Option<SocketAddr>,
     /// The certificate chain the client presented, when it presented one.
-    pub client_certificate: Option<Arc<ClientCertificate>>,
+    pub(crate) client_certificate: Option<Arc<ClientCertificate>>,
     /// The peer's failure budget, on the gRPC listener.
-    pub peer: Option<Peer>,
+    pub(crate) peer: Option<Peer>,
 }
 
 /// A client's certificate chain as presented at the handshake, and the trust bundle it
 /// was last found to chain to.
-pub struct ClientCertificate {
+pub(crate) struct ClientCertificate {
     /// The leaf first, then the intermediates the client sent.
     chain: Vec<CertificateDer<'static>>,
     leaf: Arc<[u8]>,
@@ -58,7 +58,7 @@ impl fmt::Debug for ClientCertificate {
 
 impl ClientCertificate {
     /// A chain that passed the handshake under `verified_by`.
-    pub fn new(
+    pub(crate) fn new(
         chain: Vec<CertificateDer<'static>>,
         tls: SharedTlsConfigs,
         verified_by: Arc<TlsConfigs>,
@@ -73,14 +73,15 @@ impl ClientCertificate {
     }
 
     /// The leaf's DER, as presented.
-    pub fn der(&self) -> &Arc<[u8]> {
+    #[cfg(test)]
+    pub(crate) fn der(&self) -> &Arc<[u8]> {
         &self.leaf
     }
 
     /// The leaf's DER while the chain still chains to the client CA bundle in use. Checked
     /// again (at `now`, since the unix epoch) only when the bundle changed since the last
     /// pass, so a request normally pays one pointer comparison.
-    pub fn current(&self, now: Duration) -> Result<Arc<[u8]>, IdentityError> {
+    pub(crate) fn current(&self, now: Duration) -> Result<Arc<[u8]>, IdentityError> {
         let configs = self.tls.load_full();
         let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
         if passed

@@ -23,15 +23,15 @@ use crate::{
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
-pub struct HttpState {
-    pub authority: Arc<Authority>,
+pub(crate) struct HttpState {
+    pub(crate) authority: Arc<Authority>,
     /// True from keys loaded until shutdown starts.
-    pub ready: Arc<AtomicBool>,
-    pub jwks_max_age: u64,
-    pub metrics: Arc<Metrics>,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) jwks_max_age: u64,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     // `get` answers HEAD too, and 405 (with `Allow`) for any other method on these paths.
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))

@@ -12,11 +12,11 @@
 //!   authentications (its watchers are counted by `watch`).
 //! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
-pub mod codec;
-pub mod connection;
+pub(crate) mod codec;
+pub(crate) mod connection;
 pub mod grpc;
-pub mod http;
-pub mod listener;
-pub mod peers;
-pub mod tls;
+pub(crate) mod http;
+pub(crate) mod listener;
+pub(crate) mod peers;
+pub(crate) mod tls;
 pub mod watch;

@@ -30,18 +30,18 @@ use crate::{callers::CallerError, metrics::ListenerMetrics};
 /// The default of the failed authentications a peer may have in a row before it is slowed
 /// down (`--auth-failures-per-ip`): room for a misconfigured client's retries and for a
 /// rotated secret's few failures.
-pub const AUTH_FAILURE_BURST: u32 = 20;
+pub(crate) const AUTH_FAILURE_BURST: u32 = 20;
 /// Once the burst is spent, one more failure is allowed per this period.
-pub const AUTH_FAILURE_REFILL: Duration = Duration::from_secs(1);
+pub(crate) const AUTH_FAILURE_REFILL: Duration = Duration::from_secs(1);
 /// Past this many remembered peers, those with nothing left to pay back are forgotten.
 const REMEMBERED_PEERS: usize = 10_000;
 
 /// A peer's address as the limits count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey(IpAddr);
+pub(crate) struct PeerKey(IpAddr);
 
 impl PeerKey {
-    pub fn of(ip: IpAddr) -> PeerKey {
+    pub(crate) fn of(ip: IpAddr) -> PeerKey {
         PeerKey(match ip {
             IpAddr::V4(v4) => IpAddr::V4(v4),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -57,7 +57,7 @@ impl PeerKey {
 }
 
 /// The per-peer state of one listener.
-pub struct Peers {
+pub(crate) struct Peers {
     max_connections_per_peer: usize,
     throttle_failures: bool,
     open: Mutex<HashMap<PeerKey, usize>>,
@@ -77,9 +77,9 @@ impl fmt::Debug for Peers {
 
 /// A call refused because its peer failed authentication too often.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Throttled {
+pub(crate) struct Throttled {
     /// When the peer may try again, in whole seconds (at least 1).
-    pub retry_after_secs: u64,
+    pub(crate) retry_after_secs: u64,
 }
 
 impl From<Throttled> for CallerError {
@@ -92,7 +92,7 @@ impl From<Throttled> for CallerError {
 
 impl Peers {
     /// `failure_burst` 0: failed authentications are never throttled.
-    pub fn new(
+    pub(crate) fn new(
         max_connections_per_peer: usize,
         failure_burst: u32,
         metrics: ListenerMetrics,
@@ -113,7 +113,7 @@ impl Peers {
 
     /// A connection of `ip`, unless it already holds its share; counted until the slot
     /// is dropped.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
         let key = PeerKey::of(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(key).or_insert(0);
@@ -174,14 +174,14 @@ impl Peers {
 }
 
 /// One open connection of a peer, counted while it lives.
-pub struct PeerSlot {
+pub(crate) struct PeerSlot {
     peers: Arc<Peers>,
     key: PeerKey,
 }
 
 impl PeerSlot {
     /// The handle requests on this connection use for the failure budget.
-    pub fn peer(&self) -> Peer {
+    pub(crate) fn peer(&self) -> Peer {
         Peer {
             peers: Arc::clone(&self.peers),
             key: self.key,
@@ -207,7 +207,7 @@ impl Drop for PeerSlot {
 
 /// The peer of a connection, as the authentication of its calls sees it.
 #[derive(Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     peers: Arc<Peers>,
     key: PeerKey,
 }
@@ -220,12 +220,12 @@ impl fmt::Debug for Peer {
 
 impl Peer {
     /// Whether this peer may present credentials now.
-    pub fn check(&self) -> Result<(), Throttled> {
+    pub(crate) fn check(&self) -> Result<(), Throttled> {
         self.peers.check(self.key)
     }
 
     /// Counts an authentication that proved nothing against the peer's budget.
-    pub fn judged<T>(&self, authenticated: &Result<T, CallerError>) {
+    pub(crate) fn judged<T>(&self, authenticated: &Result<T, CallerError>) {
         if authenticated
             .as_ref()
             .is_err_and(CallerError::is_unauthenticated)

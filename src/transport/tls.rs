@@ -52,19 +52,19 @@ pub enum TlsError {
 
 /// The server configurations of the two listeners, built from one set of files.
 #[derive(Debug)]
-pub struct TlsConfigs {
+pub(crate) struct TlsConfigs {
     /// ALPN `h2` only: gRPC needs HTTP/2.
-    pub grpc: Arc<ServerConfig>,
+    pub(crate) grpc: Arc<ServerConfig>,
     /// ALPN `http/1.1`: the HTTP endpoints are served over HTTP/1.1.
-    pub http: Arc<ServerConfig>,
+    pub(crate) http: Arc<ServerConfig>,
     /// The client CA bundle's verifier, when `--client-ca` is set: the listener checks each
     /// request's client certificate against the one current then, not only at the handshake.
-    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    pub(crate) client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// The current configurations, swapped whole on reload; a handshake takes the set current
 /// when it starts.
-pub type SharedTlsConfigs = Arc<ArcSwap<TlsConfigs>>;
+pub(crate) type SharedTlsConfigs = Arc<ArcSwap<TlsConfigs>>;
 
 /// The contents of the files, compared at each tick to notice a change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,7 +172,7 @@ fn client_verifier(
 /// Owns the files' last applied contents and replaces the shared configurations when they
 /// change.
 #[derive(Debug)]
-pub struct TlsReloader {
+pub(crate) struct TlsReloader {
     files: TlsFiles,
     current: SharedTlsConfigs,
     applied: Snapshot,
@@ -181,7 +181,7 @@ pub struct TlsReloader {
 
 impl TlsReloader {
     /// Loads the files once; at start-up a failure stops the server.
-    pub fn load(files: &TlsFiles) -> Result<TlsReloader, TlsError> {
+    pub(crate) fn load(files: &TlsFiles) -> Result<TlsReloader, TlsError> {
         let applied = Snapshot::read(files)?;
         let configs = build(files, &applied)?;
         Ok(TlsReloader {
@@ -193,7 +193,7 @@ impl TlsReloader {
     }
 
     /// The configurations the listeners take each handshake from.
-    pub fn configs(&self) -> SharedTlsConfigs {
+    pub(crate) fn configs(&self) -> SharedTlsConfigs {
         Arc::clone(&self.current)
     }
 
@@ -233,7 +233,7 @@ impl TlsReloader {
     }
 
     /// Checks the files every `interval` until `stop` is cancelled.
-    pub async fn watch(
+    pub(crate) async fn watch(
         mut self,
         interval: Duration,
         metrics: Arc<Metrics>,

@@ -8,25 +8,25 @@ use serde::{Deserialize, Serialize};
 
 /// Where one file of the chain ended, last time it was recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
+pub(crate) struct Head {
     /// The file's id, from its opening line.
-    pub file: String,
+    pub(crate) file: String,
     /// The path the authority wrote it at (a rotated file is renamed later).
-    pub path: String,
+    pub(crate) path: String,
     /// Lines in the file, its opening line included.
-    pub lines: u64,
+    pub(crate) lines: u64,
     /// The tag of its last line.
-    pub tag: String,
+    pub(crate) tag: String,
     /// Unix seconds when it was recorded.
-    pub at: u64,
+    pub(crate) at: u64,
 }
 
 impl Head {
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    pub fn from_text(text: &str) -> Option<Head> {
+    pub(crate) fn from_text(text: &str) -> Option<Head> {
         serde_json::from_str(text).ok()
     }
 }
@@ -34,7 +34,7 @@ impl Head {
 /// The heads the writer moved and the recorder has not yet stored: the current file's, and
 /// those of files it finished (rotated away from) since.
 #[derive(Debug, Default)]
-pub struct Heads {
+pub(crate) struct Heads {
     state: Mutex<Pending>,
 }
 
@@ -46,20 +46,20 @@ struct Pending {
 }
 
 impl Heads {
-    pub fn set_current(&self, head: Head) {
+    pub(crate) fn set_current(&self, head: Head) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.current = Some(head);
         state.changed = true;
     }
 
-    pub fn finish(&self, head: Head) {
+    pub(crate) fn finish(&self, head: Head) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.finished.push(head);
         state.changed = true;
     }
 
     /// What changed since the last call, to store (finished files first).
-    pub fn take_changed(&self) -> Vec<Head> {
+    pub(crate) fn take_changed(&self) -> Vec<Head> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.changed {
             return Vec::new();
@@ -71,7 +71,7 @@ impl Heads {
     }
 
     /// Puts back what could not be stored, unless a newer head of the same file came since.
-    pub fn restore(&self, heads: Vec<Head>) {
+    pub(crate) fn restore(&self, heads: Vec<Head>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for head in heads {
             let newer = state.current.as_ref().is_some_and(|c| c.file == head.file)

@@ -9,7 +9,7 @@ use std::{
 
 /// A window of at most N admissions per second, counting what it turns away.
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     per_second: u32,
     state: Mutex<Window>,
 }
@@ -22,10 +22,10 @@ struct Window {
 }
 
 /// What was turned away since the last summary, by reason.
-pub type Suppressed = BTreeMap<String, u64>;
+pub(crate) type Suppressed = BTreeMap<String, u64>;
 
 impl Limiter {
-    pub fn new(per_second: u32) -> Limiter {
+    pub(crate) fn new(per_second: u32) -> Limiter {
         Limiter {
             per_second,
             state: Mutex::new(Window {
@@ -38,7 +38,7 @@ impl Limiter {
 
     /// `Some(what was suppressed before)` when this one may be written; `None` when it is
     /// suppressed (and counted under `reason`).
-    pub fn admit(&self, reason: &str) -> Option<Suppressed> {
+    pub(crate) fn admit(&self, reason: &str) -> Option<Suppressed> {
         let mut window = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if window.started.elapsed() >= Duration::from_secs(1) {
             window.started = Instant::now();
@@ -54,7 +54,7 @@ impl Limiter {
     }
 
     /// What was suppressed and not yet reported, once the window it happened in is over.
-    pub fn take_suppressed(&self) -> Suppressed {
+    pub(crate) fn take_suppressed(&self) -> Suppressed {
         let mut window = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if window.started.elapsed() >= Duration::from_secs(1) {
             std::mem::take(&mut window.suppressed)
@@ -64,7 +64,7 @@ impl Limiter {
     }
 
     /// Everything suppressed and not yet reported, window over or not (at shutdown).
-    pub fn take_all(&self) -> Suppressed {
+    pub(crate) fn take_all(&self) -> Suppressed {
         let mut window = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut window.suppressed)
     }

@@ -13,13 +13,13 @@ use crate::metrics::LabelValue;
 use token_authority_jose::crypto::{self, mac::MacKey};
 
 /// The `prev` of a chain's first line.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAC_MEMBER: &str = ",\"mac\":\"";
 const HASH_MEMBER: &str = ",\"hash\":\"";
 
 /// How lines are tagged: keyed (HMAC-SHA-256) or, without a key, plain SHA-256.
 #[derive(Debug)]
-pub enum Tagger {
+pub(crate) enum Tagger {
     /// Boxed: aws-lc-rs's HMAC key is over a kilobyte.
     Mac(Box<MacKey>),
     Hash,
@@ -27,7 +27,7 @@ pub enum Tagger {
 
 impl Tagger {
     /// The members (with `prev`) as one line ending in its own tag, and that tag.
-    pub fn line(&self, members: &Map<String, Value>) -> (String, String) {
+    pub(crate) fn line(&self, members: &Map<String, Value>) -> (String, String) {
         let body = serde_json::to_string(members).unwrap_or_else(|_| "{}".into());
         // `body` is an object with at least one member: drop its closing brace.
         let prefix = &body[..body.len() - 1];
@@ -40,14 +40,14 @@ impl Tagger {
 }
 
 /// A line taken apart: the text its tag covers, the tag, and whether it is a MAC.
-pub struct Tagged<'a> {
-    pub covered: &'a str,
-    pub tag: &'a str,
-    pub keyed: bool,
+pub(crate) struct Tagged<'a> {
+    pub(crate) covered: &'a str,
+    pub(crate) tag: &'a str,
+    pub(crate) keyed: bool,
 }
 
 /// Splits a line into what its tag covers and the tag it claims.
-pub fn split(line: &str) -> Option<Tagged<'_>> {
+pub(crate) fn split(line: &str) -> Option<Tagged<'_>> {
     for (member, keyed) in [(MAC_MEMBER, true), (HASH_MEMBER, false)] {
         if let Some(at) = line.rfind(member) {
             let tag = line[at + member.len()..].strip_suffix("\"}")?;
@@ -61,18 +61,18 @@ pub fn split(line: &str) -> Option<Tagged<'_>> {
     None
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     hex::decode(text).ok()
 }
 
 /// The first line of every file the authority opens: the file's id, and for a file that
 /// follows another (log rotation) that file's id and line count; its `prev` is then the
 /// last tag of that file, so the chain runs on across files.
-pub fn opening(at: u64, file: &str, predecessor: Option<(&str, u64)>) -> Map<String, Value> {
+pub(crate) fn opening(at: u64, file: &str, predecessor: Option<(&str, u64)>) -> Map<String, Value> {
     let mut members = Map::new();
     members.insert("ts".into(), at.into());
     members.insert("event".into(), "open".into());
@@ -84,7 +84,7 @@ pub fn opening(at: u64, file: &str, predecessor: Option<(&str, u64)>) -> Map<Str
     members
 }
 
-pub fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
+pub(crate) fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
     let mut members = Map::new();
     members.insert("ts".into(), at.into());
     members.insert("event".into(), "suppressed".into());
@@ -101,7 +101,7 @@ pub fn summary(at: u64, suppressed: &Suppressed) -> Map<String, Value> {
     members
 }
 
-pub fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
+pub(crate) fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
     let mut members = Map::new();
     members.insert("ts".into(), entry.at.into());
     members.insert("method".into(), entry.method.as_str().into());

@@ -43,9 +43,9 @@ mod line;
 mod verify;
 mod writer;
 
-pub use self::head::Head;
-pub use self::limiter::{Limiter, Suppressed};
-pub use self::verify::{file_id_of, verify, Verified, VerifyError};
+pub(crate) use self::head::Head;
+pub(crate) use self::limiter::{Limiter, Suppressed};
+pub(crate) use self::verify::{file_id_of, verify};
 use self::{
     head::Heads,
     line::{line_members, summary, Tagger},
@@ -59,7 +59,7 @@ pub const REFUSED_LINES_PER_SECOND: u32 = 20;
 const QUEUE: usize = 4096;
 
 /// How often the upkeep writes the suppressed-lines summary and records the head.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -87,10 +87,10 @@ pub enum AuditError {
 /// A line that could not be written: the decision it records is not carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("audit log not writable")]
-pub struct NotRecorded;
+pub(crate) struct NotRecorded;
 
 /// Reads the audit key: one standard-base64 line of 32 bytes, as the KEK file holds.
-pub fn load_key(path: &Path) -> Result<MacKey, AuditError> {
+pub(crate) fn load_key(path: &Path) -> Result<MacKey, AuditError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| AuditError::KeyRead {
         path: shown.clone(),
@@ -105,7 +105,7 @@ pub fn load_key(path: &Path) -> Result<MacKey, AuditError> {
 
 /// How a decision went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Allowed,
     /// Credentials missing or invalid, or a policy refusal.
     Refused,
@@ -131,42 +131,42 @@ impl Outcome {
 
 /// One decision, as the audit log records it.
 #[derive(Clone, Debug, Default)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// Unix seconds.
-    pub at: u64,
-    pub method: DecidedMethod,
+    pub(crate) at: u64,
+    pub(crate) method: DecidedMethod,
     /// The caller's name (`admin` for the admin token, empty when unauthenticated).
-    pub caller: &'a str,
+    pub(crate) caller: &'a str,
     /// How the caller proved it: mtls, jwt, secret, admin-token, none, open (no policy).
-    pub via: &'a str,
-    pub outcome: Option<Outcome>,
+    pub(crate) via: &'a str,
+    pub(crate) outcome: Option<Outcome>,
     /// Why it was refused: the message the caller got.
-    pub reason: Option<&'a str>,
+    pub(crate) reason: Option<&'a str>,
     /// A short label for the reason (the metrics label), used in suppression summaries:
     /// set for refused and malformed calls.
-    pub reason_label: Option<DecisionOutcome>,
-    pub subject: Option<&'a str>,
-    pub audiences: &'a [String],
-    pub ttl: Option<u64>,
-    pub jti: Option<&'a str>,
-    pub kid: Option<&'a str>,
+    pub(crate) reason_label: Option<DecisionOutcome>,
+    pub(crate) subject: Option<&'a str>,
+    pub(crate) audiences: &'a [String],
+    pub(crate) ttl: Option<u64>,
+    pub(crate) jti: Option<&'a str>,
+    pub(crate) kid: Option<&'a str>,
     /// The rule that allowed it (0-based index in the policy file).
-    pub rule: Option<usize>,
+    pub(crate) rule: Option<usize>,
     /// For admin actions: what was done (e.g. the kid rotated in or revoked).
-    pub detail: Option<&'a str>,
+    pub(crate) detail: Option<&'a str>,
 }
 
 /// Where and how the log is written.
 #[derive(Debug)]
-pub struct AuditSettings {
+pub(crate) struct AuditSettings {
     /// The file (`-`: stderr).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The chain's key; without one lines carry a plain SHA-256, which anyone can recompute.
-    pub key: Option<MacKey>,
+    pub(crate) key: Option<MacKey>,
     /// Whether each batch is fsynced before its callers hear it was written.
-    pub sync: bool,
+    pub(crate) sync: bool,
     /// What the lines the log writes of itself (openings, summaries, heads) are dated by.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
 }
 
 /// The audit log, as the request path sees it: a queue to the writer thread.
@@ -187,7 +187,10 @@ impl std::fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Opens the log (continuing the chain of what it holds) and starts its writer.
-    pub fn open(settings: AuditSettings, metrics: AuditMetrics) -> Result<AuditLog, AuditError> {
+    pub(crate) fn open(
+        settings: AuditSettings,
+        metrics: AuditMetrics,
+    ) -> Result<AuditLog, AuditError> {
         let shared = Arc::new(Shared {
             heads: Heads::default(),
             writable: watch::Sender::new(true),
@@ -220,7 +223,7 @@ impl AuditLog {
     /// Records a decision; returns once its line is written. Refused and malformed ones
     /// may be suppressed by the rate limit (and summed up later); allowed ones and admin
     /// actions never are.
-    pub async fn record(&self, entry: &Entry<'_>) -> Result<(), NotRecorded> {
+    pub(crate) async fn record(&self, entry: &Entry<'_>) -> Result<(), NotRecorded> {
         let limited = matches!(entry.outcome, Some(Outcome::Refused | Outcome::Malformed));
         let suppressed = if limited {
             match self
@@ -251,7 +254,7 @@ impl AuditLog {
 
     /// Writes the summary of suppressed lines, if any is due (a flood that stops is still
     /// accounted for).
-    pub async fn flush_suppressed(&self, now: u64) {
+    pub(crate) async fn flush_suppressed(&self, now: u64) {
         let suppressed = self.limiter.take_suppressed();
         if !suppressed.is_empty() {
             self.send(summary(now, &suppressed), None).await;
@@ -259,7 +262,7 @@ impl AuditLog {
     }
 
     /// Writes the summary of everything suppressed so far (at shutdown).
-    pub async fn flush_all_suppressed(&self, now: u64) {
+    pub(crate) async fn flush_all_suppressed(&self, now: u64) {
         let suppressed = self.limiter.take_all();
         if !suppressed.is_empty() {
             self.send(summary(now, &suppressed), None).await;
@@ -267,21 +270,21 @@ impl AuditLog {
     }
 
     /// Asks the writer to check now whether the file was rotated away (SIGHUP).
-    pub async fn reopen(&self) {
+    pub(crate) async fn reopen(&self) {
         let _ = self.jobs.send(Job::Reopen).await;
     }
 
     /// Whether the last write succeeded; changes as writes fail and succeed again.
-    pub fn writable(&self) -> watch::Receiver<bool> {
+    pub(crate) fn writable(&self) -> watch::Receiver<bool> {
         self.shared.writable.subscribe()
     }
 
-    pub fn metrics(&self) -> &AuditMetrics {
+    pub(crate) fn metrics(&self) -> &AuditMetrics {
         &self.shared.metrics
     }
 
     /// Records the heads that moved since the last call in `store`.
-    pub async fn record_heads(&self, store: &KeyStore) {
+    pub(crate) async fn record_heads(&self, store: &KeyStore) {
         let heads = self.shared.heads.take_changed();
         for (index, head) in heads.iter().enumerate() {
             if let Err(error) = store.record_audit_head(&head.file, &head.to_text()).await {
@@ -294,7 +297,7 @@ impl AuditLog {
     }
 
     /// Returns once every line queued so far is written (or failed).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let (done, written) = oneshot::channel();
         let _ = self.jobs.send(Job::Sync(done)).await;
         let _ = written.await;
@@ -303,7 +306,7 @@ impl AuditLog {
 
 /// Once a second until `stop`: writes the summary of suppressed lines and records the
 /// chain's head in the keystore; at `stop`, both once more after the last line.
-pub async fn upkeep(log: Arc<AuditLog>, store: KeyStore, stop: CancellationToken) {
+pub(crate) async fn upkeep(log: Arc<AuditLog>, store: KeyStore, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(UPKEEP_INTERVAL) => {}

@@ -22,7 +22,7 @@ use token_authority_jose::crypto::{self, mac::MacKey};
 
 /// Why a log does not verify: the first bad line (1-based) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error(transparent)]
     Unreadable(#[from] AuditError),
     #[error("line {line}: {reason}")]
@@ -31,18 +31,18 @@ pub enum VerifyError {
 
 /// A log that verified, and what was checked.
 #[derive(Debug)]
-pub struct Verified {
-    pub lines: u64,
+pub(crate) struct Verified {
+    pub(crate) lines: u64,
     /// Whether the lines carry MACs that the key checked.
-    pub macs_checked: bool,
+    pub(crate) macs_checked: bool,
     /// Whether the lines carry MACs (a log written with a key).
-    pub keyed: bool,
+    pub(crate) keyed: bool,
     /// Whether the tail was checked against a recorded head.
-    pub head_checked: bool,
+    pub(crate) head_checked: bool,
 }
 
 /// The id of the file at `path` (from its first line); `None` when it is empty.
-pub fn file_id_of(path: &Path) -> Result<Option<String>, AuditError> {
+pub(crate) fn file_id_of(path: &Path) -> Result<Option<String>, AuditError> {
     let read_error = |source| AuditError::Read {
         path: path.display().to_string(),
         source,
@@ -55,7 +55,7 @@ pub fn file_id_of(path: &Path) -> Result<Option<String>, AuditError> {
 }
 
 /// Checks the log at `path`, with the chain's key and its recorded head when given.
-pub fn verify(
+pub(crate) fn verify(
     path: &Path,
     key: Option<&MacKey>,
     head: Option<&Head>,

@@ -28,7 +28,7 @@ use token_authority_jose::{clock::Clock, crypto};
 /// Lines chained and written in one write at most.
 const MAX_BATCH: usize = 512;
 
-pub enum Job {
+pub(crate) enum Job {
     Line {
         members: Map<String, Value>,
         /// Told whether the line was written; `None` for lines nobody waits on.
@@ -44,11 +44,11 @@ pub enum Job {
 type Pending = (Map<String, Value>, Option<oneshot::Sender<bool>>);
 
 /// What the writer shares with the rest of the process.
-pub struct Shared {
-    pub heads: Heads,
-    pub writable: watch::Sender<bool>,
-    pub metrics: AuditMetrics,
-    pub clock: Clock,
+pub(crate) struct Shared {
+    pub(crate) heads: Heads,
+    pub(crate) writable: watch::Sender<bool>,
+    pub(crate) metrics: AuditMetrics,
+    pub(crate) clock: Clock,
 }
 
 enum Sink {
@@ -70,7 +70,7 @@ struct OpenFile {
     opening: Option<Map<String, Value>>,
 }
 
-pub struct Writer {
+pub(crate) struct Writer {
     path: PathBuf,
     tagger: Tagger,
     sync: bool,
@@ -81,7 +81,7 @@ pub struct Writer {
 
 impl Writer {
     /// Opens `path` (`-`: stderr), continuing the chain of what it holds.
-    pub fn open(
+    pub(crate) fn open(
         path: &Path,
         tagger: Tagger,
         sync: bool,
@@ -112,7 +112,7 @@ impl Writer {
     }
 
     /// Runs until every sender is gone.
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
             // Let the callers woken with the last batch queue their next lines: on busy
             // cores this makes batches larger and wake-ups fewer.
@@ -389,7 +389,7 @@ fn new_file_id() -> std::io::Result<String> {
 
 /// A file's id: what its opening line names, or for a log without one (written before
 /// opening lines existed) the start of its first line's SHA-256.
-pub fn file_id(first_line: &str) -> String {
+pub(crate) fn file_id(first_line: &str) -> String {
     serde_json::from_str::<Map<String, Value>>(first_line.trim_end())
         .ok()
         .filter(|members| members.get("event").and_then(Value::as_str) == Some("open"))

@@ -12,7 +12,7 @@ use crate::callers::names::{check_spiffe_id, is_host_name};
 /// The caller a client certificate names, while the certificate is valid at `now` (unix
 /// seconds, the server's clock): the handshake checked it once, but a connection outlives
 /// it, so every request checks again.
-pub fn certificate_caller(der: Arc<[u8]>, now: u64) -> Result<Caller, IdentityError> {
+pub(crate) fn certificate_caller(der: Arc<[u8]>, now: u64) -> Result<Caller, IdentityError> {
     let name = certificate_name(&der)?;
     Ok(Caller {
         name: checked_name(name)?,
@@ -54,7 +54,7 @@ pub(super) fn valid_certificate(
 
 /// The caller name a certificate carries: its SPIFFE ID when it is an X.509-SVID, else its
 /// first DNS SAN.
-pub fn certificate_name(der: &[u8]) -> Result<String, IdentityError> {
+pub(crate) fn certificate_name(der: &[u8]) -> Result<String, IdentityError> {
     name_of(&parse_certificate(der)?)
 }
 

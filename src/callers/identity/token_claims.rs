@@ -14,11 +14,11 @@ use super::{checked_name, IdentityError};
 use token_authority_jose::{b64, crypto, jwt::json::parse_object};
 
 /// Deepest `act` chain accepted: each hop is a service acting for the one inside.
-pub const MAX_ACT_DEPTH: usize = 8;
+pub(crate) const MAX_ACT_DEPTH: usize = 8;
 
 /// Whether `token`'s payload carries `cnf`, unverified: whether it may go together with a
 /// client certificate (it is verified before anything else is believed).
-pub fn carries_cnf(token: &str) -> bool {
+pub(crate) fn carries_cnf(token: &str) -> bool {
     let mut segments = token.split('.');
     segments
         .nth(1)
@@ -29,7 +29,7 @@ pub fn carries_cnf(token: &str) -> bool {
 
 /// Checks a verified token's `cnf` against the call's certificate. Returns whether the
 /// token is bound (to that certificate).
-pub fn check_confirmation(
+pub(crate) fn check_confirmation(
     cnf: Option<&Value>,
     certificate: Option<&[u8]>,
 ) -> Result<bool, IdentityError> {
@@ -58,7 +58,7 @@ pub fn check_confirmation(
 
 /// The delegation chain of a verified token's `act`, kept to its identity members (`sub`,
 /// `iss`) and nested `act`s.
-pub fn actor_chain(act: &Value) -> Result<Value, IdentityError> {
+pub(crate) fn actor_chain(act: &Value) -> Result<Value, IdentityError> {
     actor_at(act, 1)
 }
 

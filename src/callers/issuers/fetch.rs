@@ -17,7 +17,7 @@ use token_authority_jose::{
 
 impl TrustedIssuer {
     /// Fetches and parses the issuer's JWKS, without touching the cache.
-    pub async fn fetch(&self) -> Result<Vec<(String, VerifyingKey)>, FetchError> {
+    pub(crate) async fn fetch(&self) -> Result<Vec<(String, VerifyingKey)>, FetchError> {
         let body = match &self.config.source {
             JwksSource::File(path) => read(path)?,
             JwksSource::Uri(uri) => self.get(uri).await?,
@@ -114,7 +114,7 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {
 }
 
 /// A URL keys may be fetched from: HTTPS, or HTTP to a loopback host (tests, a sidecar).
-pub fn check_fetch_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_fetch_url(url: &str) -> Result<(), String> {
     let Ok(uri) = url.parse::<hyper::Uri>() else {
         return Err("not a URL".into());
     };

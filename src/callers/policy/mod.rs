@@ -25,12 +25,12 @@ use super::{identity::Caller, issuers::IssuerConfig};
 use crate::{authority::domain::IssueRequest, metrics::DecisionOutcome};
 
 /// Claims a rule may neither fix nor let callers set: the authority sets them itself.
-pub const RESERVED: [&str; 9] = [
+pub(crate) const RESERVED: [&str; 9] = [
     "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "act", "cnf",
 ];
 
 /// The default cap on a caller token's total lifetime (`exp - iat`).
-pub const DEFAULT_MAX_TOKEN_LIFETIME: u64 = 3600;
+pub(crate) const DEFAULT_MAX_TOKEN_LIFETIME: u64 = 3600;
 
 /// One problem of a policy file, naming where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,29 +44,28 @@ impl std::fmt::Display for Problem {
 
 /// A client that authenticates with a secret; only the secret's SHA-256 is kept.
 #[derive(Clone, Debug)]
-pub struct Client {
-    pub id: String,
-    pub secret_sha256: [u8; 32],
+pub(crate) struct Client {
+    pub(crate) secret_sha256: [u8; 32],
 }
 
 /// One `[[rule]]`, checked and compiled.
 #[derive(Clone, Debug)]
-pub struct Rule {
+pub(crate) struct Rule {
     /// 0-based position in the file.
-    pub index: usize,
+    pub(crate) index: usize,
     callers: GlobSet,
     subjects: Vec<SubjectPattern>,
     audiences: HashSet<String>,
     /// Seconds.
-    pub max_ttl: Option<u64>,
+    pub(crate) max_ttl: Option<u64>,
     claims: Map<String, Value>,
     allow_claims: HashSet<String>,
-    pub admin: bool,
-    pub bind_mtls: bool,
+    pub(crate) admin: bool,
+    pub(crate) bind_mtls: bool,
 }
 
 impl Rule {
-    pub fn covers_caller(&self, name: &str) -> bool {
+    pub(crate) fn covers_caller(&self, name: &str) -> bool {
         self.callers.is_match(name)
     }
 
@@ -79,15 +78,15 @@ impl Rule {
 
 /// A checked policy.
 #[derive(Clone, Debug)]
-pub struct Policy {
-    pub issuers: Vec<IssuerConfig>,
-    pub clients: HashMap<String, Client>,
-    pub rules: Vec<Rule>,
+pub(crate) struct Policy {
+    pub(crate) issuers: Vec<IssuerConfig>,
+    pub(crate) clients: HashMap<String, Client>,
+    pub(crate) rules: Vec<Rule>,
 }
 
 /// Why a request is refused: the field, never the policy's text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("caller {0:?} is not allowed to issue tokens")]
     NoRule(String),
     #[error("subject: {subject:?} is not allowed for caller {caller:?}")]
@@ -114,7 +113,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The metrics label: which field was refused.
-    pub fn label(&self) -> DecisionOutcome {
+    pub(crate) fn label(&self) -> DecisionOutcome {
         match self {
             Refusal::NoRule(_) => DecisionOutcome::NoRule,
             Refusal::Subject { .. } => DecisionOutcome::Subject,
@@ -130,21 +129,21 @@ impl Refusal {
 /// What an allowed request gets beyond what it asked: its ttl and the claims the authority
 /// adds (the rule's fixed claims, `act`, `cnf`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Grant {
+pub(crate) struct Grant {
     /// The rule that allowed it (0-based); none when no policy is in force.
-    pub rule: Option<usize>,
-    pub ttl: u64,
-    pub claims: Map<String, Value>,
+    pub(crate) rule: Option<usize>,
+    pub(crate) ttl: u64,
+    pub(crate) claims: Map<String, Value>,
     /// The latest `exp` the token may carry (unix seconds): a bound token's certificate's
     /// notAfter. The ttl is capped again at signing time, which may come later.
-    pub expires_by: Option<u64>,
+    pub(crate) expires_by: Option<u64>,
 }
 
 impl Policy {
     /// Whether `caller` may call the admin RPCs: a rule must grant admin and every one of
     /// its conditions must hold, the binding included (a rule's `bind` is not only about
     /// the tokens it issues).
-    pub fn allows_admin(&self, caller: &Caller) -> Result<(), Refusal> {
+    pub(crate) fn allows_admin(&self, caller: &Caller) -> Result<(), Refusal> {
         let mut unbound = false;
         for rule in self
             .rules
@@ -165,7 +164,7 @@ impl Policy {
 
     /// Decides an IssueToken request of `caller`. `default_ttl` says whether the request
     /// left its ttl to the server (it is then capped at the rule's maximum).
-    pub fn decide(&self, caller: &Caller, request: &IssueRequest) -> Result<Grant, Refusal> {
+    pub(crate) fn decide(&self, caller: &Caller, request: &IssueRequest) -> Result<Grant, Refusal> {
         let mut closest: Option<(usize, Refusal)> = None;
         for rule in self
             .rules
@@ -279,7 +278,7 @@ fn glob(pattern: &str) -> Result<Glob, globset::Error> {
 }
 
 /// A one-paragraph summary for `policy check`.
-pub fn summary(policy: &Policy) -> String {
+pub(crate) fn summary(policy: &Policy) -> String {
     let mut out = format!(
         "policy OK: {} issuer(s), {} client(s), {} rule(s)\n",
         policy.issuers.len(),
@@ -435,7 +434,6 @@ mod tests {
         let clients = HashMap::from([(
             "x".to_owned(),
             Client {
-                id: "x".into(),
                 secret_sha256: token_authority_jose::crypto::sha256(b"s"),
             },
         )]);

@@ -7,7 +7,7 @@ use crate::store::StoreError;
 
 impl PgStore {
     /// Records the head of audit file `file`.
-    pub async fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
+    pub(crate) async fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -23,7 +23,7 @@ impl PgStore {
 
 /// The recorded head of audit file `file` in the database `settings` names. Needs no KEK:
 /// heads are not secret, only authenticated by the audit key.
-pub async fn read_audit_head(
+pub(crate) async fn read_audit_head(
     settings: &PgSettings,
     file: &str,
 ) -> Result<Option<String>, StoreError> {

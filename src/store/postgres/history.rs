@@ -27,11 +27,11 @@ use token_authority_jose::{b64, crypto};
 pub struct Position {
     /// Random, made with the schema: another database (recreated, or another cluster)
     /// has another.
-    pub database_id: String,
+    pub(crate) database_id: String,
     /// Bumped by every change.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Random at every change: the same generation reached by another history has another.
-    pub lineage: String,
+    pub(crate) lineage: String,
 }
 
 impl std::fmt::Display for Position {
@@ -47,8 +47,8 @@ impl std::fmt::Display for Position {
 /// A row of `ta_keys` the manifest or the decoder refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusedRow {
-    pub kid: String,
-    pub reason: String,
+    pub(crate) kid: String,
+    pub(crate) reason: String,
 }
 
 /// How many generations of lineage `ta_history` keeps: a replica further behind than this
@@ -63,7 +63,7 @@ pub(super) fn new_lineage() -> Result<String, crypto::CryptoError> {
 /// What every row of `ta_keys` must be, by kid: the SHA-256 of its stored text.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Manifest {
-    pub rows: BTreeMap<String, String>,
+    pub(crate) rows: BTreeMap<String, String>,
 }
 
 /// Why a stored manifest is refused.
@@ -89,12 +89,12 @@ struct StoredManifest {
 }
 
 impl Manifest {
-    pub fn digest(text: &str) -> String {
+    pub(crate) fn digest(text: &str) -> String {
         b64::encode(crypto::sha256(text.as_bytes()))
     }
 
     /// Whether the row `kid` holding `text` is the one the manifest lists.
-    pub fn check(&self, kid: &str, text: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, kid: &str, text: &str) -> Result<(), String> {
         match self.rows.get(kid) {
             None => Err("the row is not in the key set's manifest: inserted by hand or copied from another database".into()),
             Some(digest) if *digest != Manifest::digest(text) => Err(
@@ -105,7 +105,11 @@ impl Manifest {
     }
 
     /// The stored form, its MAC binding it to `position`.
-    pub fn seal(&self, keks: &Keks, position: &Position) -> Result<String, crypto::CryptoError> {
+    pub(crate) fn seal(
+        &self,
+        keks: &Keks,
+        position: &Position,
+    ) -> Result<String, crypto::CryptoError> {
         let sealed = keks.seal_bytes(&associated_data(position, &self.rows), b"")?;
         let stored = StoredManifest {
             rows: self.rows.clone(),
@@ -117,7 +121,11 @@ impl Manifest {
     }
 
     /// The manifest stored as `text` at `position`, if its MAC holds.
-    pub fn open(text: &str, keks: &Keks, position: &Position) -> Result<Manifest, ManifestError> {
+    pub(crate) fn open(
+        text: &str,
+        keks: &Keks,
+        position: &Position,
+    ) -> Result<Manifest, ManifestError> {
         let stored: StoredManifest =
             serde_json::from_str(text).map_err(ManifestError::Unreadable)?;
         let sealed = SealedKey {

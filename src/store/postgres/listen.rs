@@ -16,7 +16,7 @@ impl PgStore {
     /// Keeps a dedicated connection LISTENing on the change channel and sends every
     /// notified generation (and a `0` after each reconnection, when some may have been
     /// missed) to `changes`, until the receiver is dropped. Reconnects with backoff.
-    pub async fn listen(self: Arc<Self>, changes: mpsc::Sender<u64>) {
+    pub(crate) async fn listen(self: Arc<Self>, changes: mpsc::Sender<u64>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.listen_once(&changes).await {

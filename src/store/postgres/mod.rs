@@ -24,7 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-pub mod audit;
+pub(crate) mod audit;
 mod connect;
 mod errors;
 mod history;
@@ -49,7 +49,7 @@ pub(super) const MIGRATION_LOCK: i64 = 0x7461_6d69_6772_0001;
 pub const CHANGE_LOCK: i64 = 0x7461_6b65_7973_0001;
 
 /// The channel every commit notifies, with the new generation as payload.
-pub const CHANNEL: &str = "ta_keys";
+pub(crate) const CHANNEL: &str = "ta_keys";
 
 /// How long a change waits for another replica's change before giving up: the bound on an
 /// emergency RevokeKey's wait. Above the session's idle-in-transaction timeout
@@ -78,19 +78,19 @@ pub struct PgSettings {
 /// `PGDATABASE`, `PGPASSWORD`, `PGSSLMODE`, `PGSSLROOTCERT`), empty ones as unset.
 #[derive(Clone, Default)]
 pub struct PgEnvironment {
-    pub host: Option<String>,
-    pub port: Option<String>,
-    pub user: Option<String>,
-    pub dbname: Option<String>,
-    pub password: Option<String>,
-    pub sslmode: Option<String>,
-    pub sslrootcert: Option<PathBuf>,
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) dbname: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) sslmode: Option<String>,
+    pub(crate) sslrootcert: Option<PathBuf>,
 }
 
 impl PgSettings {
     /// The CA file that signs the server's certificate: `--store-ca-file`, else
     /// `PGSSLROOTCERT`; `None` for the public web roots.
-    pub fn roots(&self) -> Option<&std::path::Path> {
+    pub(crate) fn roots(&self) -> Option<&std::path::Path> {
         self.ca_file
             .as_deref()
             .or(self.libpq.sslrootcert.as_deref())
@@ -99,7 +99,7 @@ impl PgSettings {
 
 impl PgEnvironment {
     /// Reads the variables through `var` (the process environment, or a test's).
-    pub fn read(var: impl Fn(&str) -> Option<String>) -> PgEnvironment {
+    pub(crate) fn read(var: impl Fn(&str) -> Option<String>) -> PgEnvironment {
         let var = |name: &str| var(name).filter(|v| !v.is_empty());
         PgEnvironment {
             host: var("PGHOST"),
@@ -151,22 +151,22 @@ impl std::fmt::Debug for PgStore {
 /// The state a read or a change left the store in.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub position: Position,
+    pub(crate) position: Position,
     /// The rows that load, in the order every replica keeps.
-    pub records: Vec<KeyRecord>,
+    pub(crate) records: Vec<KeyRecord>,
     /// The rows that do not (each named, with why), left as they are.
-    pub refused: Vec<RefusedRow>,
+    pub(crate) refused: Vec<RefusedRow>,
     /// Whether the database's history passes through the position the reader held: false
     /// when it went back (a restore) or is another database's. `None` when not asked.
-    pub follows_held: Option<bool>,
+    pub(crate) follows_held: Option<bool>,
 }
 
 /// Where a change left the store (also when it wrote nothing): its position, and the rows
 /// its read refused.
 #[derive(Debug)]
 pub struct Settled {
-    pub position: Position,
-    pub refused: Vec<RefusedRow>,
+    pub(crate) position: Position,
+    pub(crate) refused: Vec<RefusedRow>,
 }
 
 impl PgStore {
@@ -209,7 +209,7 @@ impl PgStore {
         })
     }
 
-    pub fn shown(&self) -> &str {
+    pub(crate) fn shown(&self) -> &str {
         &self.shown
     }
 
@@ -227,7 +227,7 @@ impl PgStore {
     /// (generation, lineage, manifest), notify, commit. Returns the plan's value and the
     /// position now current (the new one if something was written). The plan runs on a blocking thread (it may generate keys)
     /// while the transaction waits.
-    pub async fn transact<T, E, P>(&self, plan: P) -> Result<(T, Settled), E>
+    pub(crate) async fn transact<T, E, P>(&self, plan: P) -> Result<(T, Settled), E>
     where
         P: FnOnce(&[KeyRecord]) -> Result<(T, Change), E> + Send + 'static,
         T: Send + 'static,

@@ -18,10 +18,10 @@ const MANIFEST: &str = "(the key set's manifest, in ta_generation)";
 
 /// What a read inside a change transaction found, for the write that follows it.
 pub(super) struct Read {
-    pub snapshot: Snapshot,
-    pub manifest: Manifest,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) manifest: Manifest,
     /// Every kid with a row, refused ones included.
-    pub present: BTreeSet<String>,
+    pub(crate) present: BTreeSet<String>,
 }
 
 impl PgStore {
@@ -45,7 +45,7 @@ impl PgStore {
     }
 
     /// Where the database's history stands: cheap, for the periodic check.
-    pub async fn position(&self) -> Result<Position, StoreError> {
+    pub(crate) async fn position(&self) -> Result<Position, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(
@@ -63,7 +63,7 @@ impl PgStore {
 
     /// Every record and the position they are at, read from one snapshot; with `held`,
     /// also whether the database's history passes through it.
-    pub async fn load(&self, held: Option<&Position>) -> Result<Snapshot, StoreError> {
+    pub(crate) async fn load(&self, held: Option<&Position>) -> Result<Snapshot, StoreError> {
         let mut client = self.client().await?;
         let tx = client
             .build_transaction()

@@ -14,20 +14,20 @@ const FORGOTTEN_AFTER: &str = "1 hour";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Confirmations {
     /// Replicas, other than this one, that reported within the liveness window.
-    pub live: u32,
+    pub(crate) live: u32,
     /// Of those, the ones serving the generation asked about, or a later one.
-    pub confirmed: u32,
+    pub(crate) confirmed: u32,
 }
 
 impl Confirmations {
-    pub fn all(&self) -> bool {
+    pub(crate) fn all(&self) -> bool {
         self.confirmed >= self.live
     }
 }
 
 impl PgStore {
     /// Records that this replica serves `position`, now.
-    pub async fn acknowledge(&self, position: &Position) -> Result<(), StoreError> {
+    pub(crate) async fn acknowledge(&self, position: &Position) -> Result<(), StoreError> {
         let client = self.client().await?;
         let generation = i64::try_from(position.generation).unwrap_or(i64::MAX);
         client
@@ -54,7 +54,7 @@ impl PgStore {
 
     /// The other replicas that reported within `live_within`, and how many of them serve
     /// `generation` or later.
-    pub async fn confirmations(
+    pub(crate) async fn confirmations(
         &self,
         generation: u64,
         live_within: Duration,
@@ -79,7 +79,7 @@ impl PgStore {
     }
 
     /// Removes this replica's row: it stops, and nobody should wait for it.
-    pub async fn leave(&self) -> Result<(), StoreError> {
+    pub(crate) async fn leave(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(

@@ -10,7 +10,7 @@ const AUDIT_HEADS_TREE: &str = "audit_heads";
 
 impl SledStore {
     /// Records the head of audit file `file`, durably.
-    pub fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
+    pub(crate) fn record_audit_head(&self, file: &str, head: &str) -> Result<(), StoreError> {
         let write = |e: sled::Error| StoreError::Write(e.into());
         let tree = self.db.open_tree(AUDIT_HEADS_TREE).map_err(write)?;
         tree.insert(file.as_bytes(), head.as_bytes())
@@ -21,7 +21,7 @@ impl SledStore {
 
 /// The recorded head of audit file `file` in the sled keystore at `path`, which must not be
 /// open in a running authority (sled locks its directory).
-pub fn read_audit_head(path: &Path, file: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn read_audit_head(path: &Path, file: &str) -> Result<Option<String>, StoreError> {
     let shown = path.display().to_string();
     if !path.exists() {
         return Err(StoreError::Unopenable {

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub mod audit;
+pub(crate) mod audit;
 mod record;
 mod write;
 
@@ -59,7 +59,7 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the keystore at `path` and reads every record. An empty result
     /// means a new store on which no key was ever written.
-    pub fn open(
+    pub(crate) fn open(
         path: &Path,
         keks: Option<Keks>,
     ) -> Result<(SledStore, Vec<KeyRecord>), StoreError> {
@@ -239,18 +239,14 @@ impl SledStore {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether private keys are sealed under a KEK when written.
-    pub fn encrypts_at_rest(&self) -> bool {
+    pub(crate) fn encrypts_at_rest(&self) -> bool {
         self.keks.is_some()
     }
 
     /// How many data keys were stored unsealed when the store was opened with a KEK (written
     /// before a KEK was configured; `keys rewrap` seals them).
-    pub fn unsealed_at_open(&self) -> usize {
+    pub(crate) fn unsealed_at_open(&self) -> usize {
         self.unsealed_at_open
     }
 
@@ -330,7 +326,7 @@ impl SledStore {
         Ok((records, legacy))
     }
 
-    pub fn flush(&self) -> Result<(), StoreError> {
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
         self.db
             .flush()
             .map(|_| ())

@@ -19,7 +19,8 @@ use crate::{
 impl SledStore {
     /// Writes `records` (inserting or replacing by kid) in one transaction together with
     /// the format marker, then flushes. Returns only once the change is on disk.
-    pub fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+    #[cfg(test)]
+    pub(crate) fn write(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
         self.apply(records, &[])
     }
 
@@ -40,7 +41,11 @@ impl SledStore {
     /// unknown until a restart re-reads the disk: the store refuses every further write
     /// (`Unknown`, then `Poisoned`), so no change is planned from a state that may not be the
     /// one on disk.
-    pub fn apply(&self, records: &[KeyRecord], deleted: &[String]) -> Result<(), StoreError> {
+    pub(crate) fn apply(
+        &self,
+        records: &[KeyRecord],
+        deleted: &[String],
+    ) -> Result<(), StoreError> {
         // A write that panicked while holding the lock left the disk in a state nobody
         // knows: the same as a write that could not be undone.
         let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;

@@ -53,7 +53,7 @@ mod stream;
 mod stream_task;
 mod tracked;
 
-pub use self::stream_task::StreamReset;
+pub(crate) use self::stream_task::StreamReset;
 use self::{
     lifetime::jittered_age,
     state::ConnState,
@@ -64,20 +64,20 @@ use self::{
 
 /// Requests in flight on one gRPC connection (until their response is fully sent); beyond
 /// it they are refused at once with RESOURCE_EXHAUSTED, so one client cannot take the server.
-pub const GRPC_REQUESTS_PER_CONNECTION: usize = 256;
+pub(crate) const GRPC_REQUESTS_PER_CONNECTION: usize = 256;
 /// HTTP/2 streams one gRPC connection may open; above the request limit, so that a flood
 /// is shed with a gRPC status rather than queued by the client.
-pub const GRPC_STREAMS_PER_CONNECTION: u32 = 512;
-pub const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
+pub(crate) const GRPC_STREAMS_PER_CONNECTION: u32 = 512;
+pub(crate) const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
 /// What the server buffers per stream for a client that does not read: our responses are a
 /// few KiB, so 64 KiB bounds a stalled connection to 256 x 64 KiB at worst.
-pub const GRPC_SEND_BUFFER_BYTES: usize = 64 * 1024;
+pub(crate) const GRPC_SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// A handler that takes longer is answered CANCELLED (what tonic's server did).
-pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most an HTTP/1 request head may take. hyper's floor is 8 KiB.
-pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long an HTTP/1 client may take to send the rest of a request head.
-pub const HTTP_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HTTP_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dead peers that vanished without a FIN are noticed by the kernel.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Every HTTP/2 client must open with these bytes (RFC 9113 section 3.4).
@@ -85,7 +85,7 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// gRPC over HTTP/2.
     Grpc,
     /// The HTTP endpoints over HTTP/1.1.
@@ -127,13 +127,13 @@ enum Refusal {
 
 /// One bound listener and what it enforces.
 #[derive(Debug)]
-pub struct Listener {
-    pub tcp: TcpListener,
-    pub protocol: Protocol,
+pub(crate) struct Listener {
+    pub(crate) tcp: TcpListener,
+    pub(crate) protocol: Protocol,
     /// `None`: plaintext.
-    pub tls: Option<SharedTlsConfigs>,
-    pub limits: ListenerLimits,
-    pub metrics: ListenerMetrics,
+    pub(crate) tls: Option<SharedTlsConfigs>,
+    pub(crate) limits: ListenerLimits,
+    pub(crate) metrics: ListenerMetrics,
 }
 
 /// Why a connection did not get past its handshake.
@@ -163,7 +163,7 @@ struct Shared {
 impl Listener {
     /// Accepts connections until `shutdown` is cancelled, then tells every open connection to
     /// finish and returns once all have closed. The caller bounds that wait.
-    pub async fn serve(self, router: Router, shutdown: CancellationToken) {
+    pub(crate) async fn serve(self, router: Router, shutdown: CancellationToken) {
         let mut http2 = hyper::server::conn::http2::Builder::new(StreamExecutor);
         http2
             .timer(TokioTimer::new())

@@ -19,11 +19,11 @@ tokio::task_local! {
 
 /// Ends one HTTP/2 stream's task at once, resetting the stream.
 #[derive(Clone, Debug)]
-pub struct StreamReset(Arc<Notify>);
+pub(crate) struct StreamReset(Arc<Notify>);
 
 impl StreamReset {
     /// Ends the stream's task; its client sees RST_STREAM with CANCEL.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         // A stored permit if the task is not waiting yet: the reset is not lost.
         self.0.notify_one();
     }

@@ -46,11 +46,11 @@ pub struct Watchers {
 
 /// Where a watcher's stream comes from, as the listener knows it.
 #[derive(Clone, Debug, Default)]
-pub struct WatcherPeer {
+pub(crate) struct WatcherPeer {
     /// The client's address, counted against `--max-watchers-per-ip`.
-    pub addr: Option<IpAddr>,
+    pub(crate) addr: Option<IpAddr>,
     /// Resets the watcher's HTTP/2 stream; `None` outside the listener's stream tasks.
-    pub reset: Option<StreamReset>,
+    pub(crate) reset: Option<StreamReset>,
 }
 
 impl Watchers {
@@ -67,7 +67,7 @@ impl Watchers {
     }
 
     /// Starts a watcher on `keys`, unless the cap in all or its address's is reached.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         keys: watch::Receiver<Arc<KeySet>>,
         peer: WatcherPeer,
@@ -200,7 +200,7 @@ impl tokio_stream::Stream for WatchStream {
 
 /// The public view of a key set: the JWKS bytes and ETag, and each key's lifecycle facts.
 /// Built field by field from the records, so no private member can slip in.
-pub fn key_set_message(keys: &KeySet, keepalive: Duration) -> pb::WatchKeysResponse {
+pub(crate) fn key_set_message(keys: &KeySet, keepalive: Duration) -> pb::WatchKeysResponse {
     let jwks = keys.jwks();
     let watched = pb::WatchedKeySet {
         jwks_json: String::from_utf8_lossy(&jwks.body).into_owned(),

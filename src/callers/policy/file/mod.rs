@@ -54,7 +54,7 @@ struct RuleToml {
 
 impl Policy {
     /// Parses and checks `text`; every problem is reported.
-    pub fn parse(text: &str) -> Result<Policy, Vec<Problem>> {
+    pub(crate) fn parse(text: &str) -> Result<Policy, Vec<Problem>> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_owned();
             let at = e
@@ -136,7 +136,6 @@ fn check_clients(clients: &[ClientToml], problems: &mut Vec<Problem>) -> HashMap
         out.insert(
             client.id.clone(),
             Client {
-                id: client.id.clone(),
                 secret_sha256: digest,
             },
         );
