@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use token_authority::{
-    authority::keys::{self, KeyRecord, KeyState},
+    authority::keys::{self, KeyInfo, KeyRecord, KeyState},
     authority::{Authority, AuthorityError, Settings},
     cli::keys::{self as keys_command, KeysCommandError},
     config::ImportArgs,
@@ -66,7 +66,7 @@ fn settings() -> Settings {
 
 type View = Vec<(String, Algorithm, KeyState)>;
 
-fn view(records: &[KeyRecord]) -> View {
+fn view(records: &[KeyInfo]) -> View {
     let mut view: View = records
         .iter()
         .map(|r| (r.kid.clone(), r.alg, r.state))
@@ -109,7 +109,13 @@ fn open_store(dir: &Path) -> (KeyStore, Vec<KeyRecord>) {
 }
 
 fn disk(dir: &Path) -> View {
-    view(&open_store(dir).1)
+    view(
+        &open_store(dir)
+            .1
+            .iter()
+            .map(KeyRecord::info)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn open(dir: &Path, now: u64) -> Authority {
@@ -239,26 +245,26 @@ async fn fault_at_every_step(op: Op) {
         let at = op.prepare(dir).await;
 
         let authority = open(dir, at);
-        let before = view(authority.keys().records());
+        let before = view(authority.keys().infos());
         fail::cfg(point, "return").unwrap();
         not_applied(op.run(&authority, &before).await, point);
         fail::remove(point);
         // Memory kept the old set, and so did the disk.
-        assert_eq!(view(authority.keys().records()), before, "{op:?} {point}");
+        assert_eq!(view(authority.keys().infos()), before, "{op:?} {point}");
         drop(authority);
         assert_eq!(disk(dir), before, "{op:?} {point}: memory and disk differ");
 
         // A retry does it, once.
         let authority = open(dir, at);
         op.run(&authority, &before).await.unwrap();
-        let memory = view(authority.keys().records());
+        let memory = view(authority.keys().infos());
         drop(authority);
         let after = disk(dir);
         assert_eq!(memory, after, "{op:?} {point}");
         op.check_done(&before, &after);
         // And the restarted authority finds nothing left to repair.
         let authority = open(dir, at);
-        assert_eq!(view(authority.keys().records()), after);
+        assert_eq!(view(authority.keys().infos()), after);
     }
     scenario.teardown();
 }
@@ -369,7 +375,7 @@ async fn a_write_that_cannot_be_undone_stops_further_writes_until_a_restart() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     let authority = open(dir, T0);
-    let before = view(authority.keys().records());
+    let before = view(authority.keys().infos());
     fail::cfg("guard.write", "return").unwrap();
     fail::cfg("store.undo", "return").unwrap();
     let error = authority
@@ -388,7 +394,7 @@ async fn a_write_that_cannot_be_undone_stops_further_writes_until_a_restart() {
     );
     fail::remove("guard.write");
     fail::remove("store.undo");
-    assert_eq!(view(authority.keys().records()), before);
+    assert_eq!(view(authority.keys().infos()), before);
     let error = authority
         .rotate(Some(Algorithm::ES256), true, T0 + 2)
         .await
@@ -414,7 +420,7 @@ async fn an_erasure_that_cannot_be_put_back_stops_further_writes_until_a_restart
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     let authority = open(dir, T0);
-    let before = view(authority.keys().records());
+    let before = view(authority.keys().infos());
     let revoked = find(&before, Algorithm::ES256, KeyState::Current).remove(0);
     fail::cfg("datakeys-erase.dirsync", "return").unwrap();
     fail::cfg("datakeys-restore.write", "return").unwrap();

@@ -28,7 +28,7 @@ const NOW: u64 = 1_800_000_000;
 fn keyset() -> &'static KeySet {
     static KEYS: OnceLock<KeySet> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let records = Algorithm::ALL
+        let records: Vec<KeyRecord> = Algorithm::ALL
             .iter()
             .map(|&alg| {
                 let key = keys::generate(alg).unwrap();
@@ -54,7 +54,7 @@ fn keyset() -> &'static KeySet {
             max_ttl: 3600,
             leeway: 60,
         };
-        KeySet::build(records, Algorithm::ALL, false, timing).unwrap()
+        KeySet::build(&records, Algorithm::ALL, false, timing).unwrap()
     })
 }
 

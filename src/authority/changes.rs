@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::{blocking, log_plan, replica, Authority, AuthorityError, RotationOutcome};
+use super::{blocking, log_plan, replica, Authority, AuthorityError, Built, RotationOutcome};
 use crate::{
     authority::keys::{self, GeneratedKey, KeyRecord},
     authority::keyset::KeySet,
@@ -38,7 +38,7 @@ impl Authority {
         }
         // Serialised with transitions and read under the same lock, so a set read before a
         // change this replica made never replaces the newer one.
-        let _writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await;
         let held = self.replica.position();
         let Some(snapshot) = self.store.snapshot_if_moved(&held).await? else {
             self.synced_at.fetch_max(now, Ordering::AcqRel);
@@ -50,22 +50,25 @@ impl Authority {
         }
         if !replica::unrevoked(&self.replica.revocations(), &snapshot.records).is_empty() {
             // Written back first: the set served is the one the database holds after that.
-            self.transition_locked(|_, _| Ok(Plan::default())).await?;
+            self.transition_locked(&mut writer, |_, _| Ok(Plan::default()))
+                .await?;
             return Ok(true);
         }
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
-        let records = snapshot.records;
+        let records = Arc::new(snapshot.records);
         let previous = self.keys.load_full();
+        let (before, read) = (Arc::clone(&writer), Arc::clone(&records));
         let set =
-            blocking(move || previous.rebuild(records, &algorithms, encrypted, timing)).await??;
+            blocking(move || previous.rebuild(&before, &read, &algorithms, encrypted, timing))
+                .await??;
         let set = Arc::new(set);
+        *writer = records;
         self.keys.store(Arc::clone(&set));
         // WatchKeys streams follow every set this replica serves, its own changes or another's.
         self.changes.send_replace(Arc::clone(&set));
-        self.replica
-            .serving(snapshot.position.clone(), set.records());
+        self.replica.serving(snapshot.position.clone(), set.infos());
         self.synced_at.fetch_max(now, Ordering::AcqRel);
         tracing::info!(
             generation = snapshot.position.generation,
@@ -110,7 +113,7 @@ impl Authority {
         now: u64,
     ) -> Result<(String, Arc<KeySet>), AuthorityError> {
         let timing = self.settings.timing();
-        let known = |keys: &KeySet| keys.records().iter().find(|r| r.kid == kid).map(|r| r.alg);
+        let known = |keys: &KeySet| keys.infos().iter().find(|r| r.kid == kid).map(|r| r.alg);
         let mut alg = known(&self.keys.load());
         if alg.is_none() && self.store.is_shared() {
             // Another replica may have created it since the last sync: an operator revoking
@@ -207,8 +210,8 @@ impl Authority {
             + Send
             + 'static,
     {
-        let writer = self.writer.lock().await;
-        let (plan, in_step) = self.transition_locked(plan).await?;
+        let mut writer = self.writer.lock().await;
+        let (plan, in_step) = self.transition_locked(&mut writer, plan).await?;
         if !in_step {
             // Nothing to do because another replica already did it: catch up now rather
             // than plan again from a stale set at the next wake.
@@ -222,7 +225,11 @@ impl Authority {
     /// revokes again any key this replica has seen revoked that the database holds live.
     /// Returns the plan and whether the set served is at the store's position (false when
     /// nothing was written although another writer moved the store on).
-    async fn transition_locked<F>(&self, plan: F) -> Result<(Plan, bool), AuthorityError>
+    async fn transition_locked<F>(
+        &self,
+        held: &mut Arc<Vec<KeyRecord>>,
+        plan: F,
+    ) -> Result<(Plan, bool), AuthorityError>
     where
         F: FnOnce(
                 &[KeyRecord],
@@ -232,7 +239,7 @@ impl Authority {
             + 'static,
     {
         let previous = self.keys.load_full();
-        let held = previous.records().to_vec();
+        let before = Arc::clone(held);
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
@@ -241,8 +248,8 @@ impl Authority {
         let ((plan, next), settled) = self
             .store
             .transact(
-                held,
-                move |records| -> Result<((Plan, Option<KeySet>), Change), AuthorityError> {
+                held.to_vec(),
+                move |records| -> Result<((Plan, Option<Built>), Change), AuthorityError> {
                     let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
                         keys::generate;
                     let now = clock.unix_now();
@@ -258,13 +265,14 @@ impl Authority {
                         return Ok(((plan, None), Change::default()));
                     }
                     // Build first: a record that does not load must not reach the store.
+                    let records = plan.apply_to(records);
                     let next =
-                        previous.rebuild(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                        previous.rebuild(&before, &records, &algorithms, encrypted, timing)?;
                     let change = Change {
                         changed: plan.changed.clone(),
                         deleted: plan.deleted.clone(),
                     };
-                    Ok(((plan, Some(next)), change))
+                    Ok(((plan, Some((next, records))), change))
                 },
             )
             .await?;
@@ -273,14 +281,15 @@ impl Authority {
             settled.position
         });
         let next_built = next.is_some();
-        if let Some(next) = next {
+        if let Some((next, records)) = next {
             let next = Arc::new(next);
+            *held = Arc::new(records);
             self.keys.store(Arc::clone(&next));
             // Under the writer lock, so watchers see the sets in the order they were served.
             self.changes.send_replace(Arc::clone(&next));
             log_plan(&plan);
             if let Some(position) = &position {
-                self.replica.serving(position.clone(), next.records());
+                self.replica.serving(position.clone(), next.infos());
                 self.acknowledge().await;
             }
         }

@@ -75,6 +75,42 @@ pub struct KeyRecord {
     pub private_key: PrivateKeyDer,
 }
 
+/// What may be known of a key outside the store and its signer: its record without the
+/// private key. The key set the transport reads holds these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub state: KeyState,
+    pub created_at: u64,
+    pub published_at: u64,
+    pub activated_at: Option<u64>,
+    pub retired_at: Option<u64>,
+    pub delete_after: Option<u64>,
+    pub revoked_at: Option<u64>,
+    pub revoked_reason: Option<String>,
+    pub max_token_ttl: u64,
+}
+
+impl KeyRecord {
+    /// The record without its private key.
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            kid: self.kid.clone(),
+            alg: self.alg,
+            state: self.state,
+            created_at: self.created_at,
+            published_at: self.published_at,
+            activated_at: self.activated_at,
+            retired_at: self.retired_at,
+            delete_after: self.delete_after,
+            revoked_at: self.revoked_at,
+            revoked_reason: self.revoked_reason.clone(),
+            max_token_ttl: self.max_token_ttl,
+        }
+    }
+}
+
 /// A freshly generated key, before the lifecycle gives it a place.
 pub struct GeneratedKey {
     pub kid: String,

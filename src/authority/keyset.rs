@@ -10,7 +10,7 @@ use std::{collections::HashMap, sync::Arc};
 pub(crate) use token_authority_jose::jwt::Signer;
 
 use crate::{
-    authority::keys::{KeyRecord, KeyState},
+    authority::keys::{KeyInfo, KeyRecord, KeyState},
     authority::lifecycle::{self, Timing},
 };
 use token_authority_jose::{
@@ -47,7 +47,9 @@ pub struct Jwks {
 
 #[derive(Debug)]
 pub struct KeySet {
-    records: Vec<KeyRecord>,
+    /// Every key's record, without its private key: private material stays in the store,
+    /// the authority's writer and the signers.
+    infos: Vec<KeyInfo>,
     known: HashMap<String, KnownKey>,
     /// Revoked kids: their private halves are erased; only the kid is kept, to say so.
     revoked: std::collections::HashSet<String>,
@@ -60,9 +62,10 @@ pub struct KeySet {
 
 impl KeySet {
     /// Builds the snapshot from the full list of records. Each algorithm in `algorithms`
-    /// must have exactly one current key.
+    /// must have exactly one current key. The records' private keys go into the signers and
+    /// nowhere else in the set.
     pub fn build(
-        records: Vec<KeyRecord>,
+        records: &[KeyRecord],
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
         timing: Timing,
@@ -70,34 +73,43 @@ impl KeySet {
         KeySet::build_reusing(None, records, algorithms, encrypted_at_rest, timing)
     }
 
-    /// The next snapshot: like `build`, but the keys this set holds with the same record
-    /// (kid, algorithm, private key) are not parsed again, so a change costs the parsing of
-    /// the keys it changed, however many are retained.
+    /// The next snapshot: like `build`, but the keys this set was built from (`before`, its
+    /// records) that keep the same record (kid, algorithm, private key) are not parsed
+    /// again, so a change costs the parsing of the keys it changed, however many are
+    /// retained.
     pub fn rebuild(
         &self,
-        records: Vec<KeyRecord>,
+        before: &[KeyRecord],
+        records: &[KeyRecord],
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
         timing: Timing,
     ) -> Result<KeySet, KeySetError> {
-        KeySet::build_reusing(Some(self), records, algorithms, encrypted_at_rest, timing)
+        KeySet::build_reusing(
+            Some((self, before)),
+            records,
+            algorithms,
+            encrypted_at_rest,
+            timing,
+        )
     }
 
     fn build_reusing(
-        previous: Option<&KeySet>,
-        records: Vec<KeyRecord>,
+        previous: Option<(&KeySet, &[KeyRecord])>,
+        records: &[KeyRecord],
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
         timing: Timing,
     ) -> Result<KeySet, KeySetError> {
         let before: HashMap<&str, &KeyRecord> = previous
-            .map(|set| set.records.iter().map(|r| (r.kid.as_str(), r)).collect())
+            .map(|(_, records)| records.iter().map(|r| (r.kid.as_str(), r)).collect())
             .unwrap_or_default();
+        let previous = previous.map(|(set, _)| set);
         let mut known = HashMap::new();
         let mut signers = HashMap::new();
         let mut published = Vec::new();
         let mut revoked = std::collections::HashSet::new();
-        for record in &records {
+        for record in records {
             if record.state == KeyState::Revoked {
                 revoked.insert(record.kid.clone());
                 continue;
@@ -158,9 +170,9 @@ impl KeySet {
         let body = render_jwks(&published);
         let etag = format!("\"{}\"", &b64::encode(sha256(&body))[..27]);
         Ok(KeySet {
-            next_change: lifecycle::next_change(&records, timing),
+            next_change: lifecycle::next_change(records, timing),
             timing,
-            records,
+            infos: records.iter().map(KeyRecord::info).collect(),
             known,
             revoked,
             signers,
@@ -173,9 +185,9 @@ impl KeySet {
         })
     }
 
-    /// Every record, including private material: for the lifecycle writer only.
-    pub fn records(&self) -> &[KeyRecord] {
-        &self.records
+    /// Every key's record, without its private key.
+    pub fn infos(&self) -> &[KeyInfo] {
+        &self.infos
     }
 
     pub fn signer(&self, alg: Algorithm) -> Option<&Arc<Signer>> {
@@ -239,11 +251,13 @@ mod tests {
         let mut generate = keys::generate;
         let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
         let records = first.apply_to(&[]);
-        let set = KeySet::build(records.clone(), &ALGS, false, TIMING).unwrap();
+        let set = KeySet::build(&records, &ALGS, false, TIMING).unwrap();
         let current = set.signer(Algorithm::ES256).unwrap().kid.clone();
 
         // The same records: everything reused, the signer included.
-        let same = set.rebuild(records.clone(), &ALGS, false, TIMING).unwrap();
+        let same = set
+            .rebuild(&records, &records, &ALGS, false, TIMING)
+            .unwrap();
         assert!(Arc::ptr_eq(
             set.signer(Algorithm::ES256).unwrap(),
             same.signer(Algorithm::ES256).unwrap()
@@ -268,8 +282,10 @@ mod tests {
         )
         .unwrap()
         .apply_to(&records);
-        let next = same.rebuild(rotated.clone(), &ALGS, false, TIMING).unwrap();
-        let fresh = KeySet::build(rotated.clone(), &ALGS, false, TIMING).unwrap();
+        let next = same
+            .rebuild(&records, &rotated, &ALGS, false, TIMING)
+            .unwrap();
+        let fresh = KeySet::build(&rotated, &ALGS, false, TIMING).unwrap();
         assert_eq!(next.jwks().body, fresh.jwks().body);
         let signer = next.signer(Algorithm::ES256).unwrap();
         assert_ne!(signer.kid, current);
@@ -291,7 +307,9 @@ mod tests {
         let other = keys::generate(Algorithm::ES256).unwrap();
         let retired = swapped.iter_mut().find(|r| r.kid == current).unwrap();
         retired.private_key = other.private_key;
-        let again = next.rebuild(swapped, &ALGS, false, TIMING).unwrap();
+        let again = next
+            .rebuild(&rotated, &swapped, &ALGS, false, TIMING)
+            .unwrap();
         assert!(!Arc::ptr_eq(
             &next.known(&current).unwrap().key,
             &again.known(&current).unwrap().key

@@ -105,6 +105,9 @@ impl Settings {
     }
 }
 
+/// A key set and the records (private keys included) it was built from.
+type Built = (KeySet, Vec<KeyRecord>);
+
 #[derive(Debug)]
 pub struct RotationOutcome {
     pub(crate) current_kid: String,
@@ -122,7 +125,9 @@ pub struct Authority {
     store: KeyStore,
     settings: Settings,
     policy: Policy,
-    writer: tokio::sync::Mutex<()>,
+    /// Serialises the changes, and holds the records (private keys included) the key set
+    /// served was built from: only the writer plans from them.
+    writer: tokio::sync::Mutex<Arc<Vec<KeyRecord>>>,
     /// The same snapshots as `keys`, for those who wait for the next one (WatchKeys) and
     /// for the metrics.
     changes: Served,
@@ -158,8 +163,9 @@ impl Authority {
         )?;
         // Build first: a keystore whose records do not load is refused before anything is
         // written to it.
+        let records = plan.apply_to(&records);
         let set = KeySet::build(
-            plan.apply_to(&records),
+            &records,
             &settings.algorithms,
             store.encrypts_at_rest(),
             settings.timing(),
@@ -171,7 +177,7 @@ impl Authority {
         Ok(Authority::serving(
             store,
             settings,
-            set,
+            (set, records),
             Position::default(),
             now,
         ))
@@ -189,19 +195,19 @@ impl Authority {
         let algorithms = settings.algorithms.clone();
         let timing = settings.timing();
         let encrypted = store.encrypts_at_rest();
-        let ((plan, set), generation) = store
+        let ((plan, built), generation) = store
             .transact(
                 Vec::new(),
-                move |records| -> Result<((Plan, KeySet), Change), AuthorityError> {
+                move |records| -> Result<((Plan, Built), Change), AuthorityError> {
                     let mut generate = keys::generate;
                     let plan = lifecycle::due(records, &algorithms, timing, now, &mut generate)?;
-                    let set =
-                        KeySet::build(plan.apply_to(records), &algorithms, encrypted, timing)?;
+                    let records = plan.apply_to(records);
+                    let set = KeySet::build(&records, &algorithms, encrypted, timing)?;
                     let change = Change {
                         changed: plan.changed.clone(),
                         deleted: plan.deleted.clone(),
                     };
-                    Ok(((plan, set), change))
+                    Ok(((plan, (set, records)), change))
                 },
             )
             .await?;
@@ -209,21 +215,22 @@ impl Authority {
         let (position, refused) = generation
             .map(|settled| (settled.position, settled.refused))
             .unwrap_or_default();
-        let authority = Authority::serving(store, settings, set, position, now);
+        let authority = Authority::serving(store, settings, built, position, now);
         authority.replica.refused(&refused);
         Ok(authority)
     }
 
-    /// The authority serving `set`, read from `store` at `position` at `now`.
+    /// The authority serving `set`, built from `records`, read from `store` at `position`
+    /// at `now`.
     fn serving(
         store: KeyStore,
         settings: Settings,
-        set: KeySet,
+        (set, records): Built,
         position: Position,
         now: u64,
     ) -> Authority {
         let replica = Replica::new();
-        replica.serving(position, set.records());
+        replica.serving(position, set.infos());
         let policy = Policy {
             issuer: settings.issuer.clone(),
             leeway: settings.leeway,
@@ -238,7 +245,7 @@ impl Authority {
             store,
             settings,
             policy,
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(Arc::new(records)),
         }
     }
 

@@ -15,7 +15,7 @@ use std::{
 };
 
 use crate::{
-    authority::keys::{GeneratedKey, KeyRecord, KeyState},
+    authority::keys::{GeneratedKey, KeyInfo, KeyRecord, KeyState},
     authority::lifecycle::{self, LifecycleError, Plan, Timing},
     store::{Position, RefusedRow},
 };
@@ -63,7 +63,7 @@ impl Replica {
     }
 
     /// Records that the set now served was read at `position`, and its revocations.
-    pub(crate) fn serving(&self, position: Position, records: &[KeyRecord]) {
+    pub(crate) fn serving(&self, position: Position, records: &[KeyInfo]) {
         self.in_step
             .send_if_modified(|in_step| !std::mem::replace(in_step, true));
         *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;

@@ -63,7 +63,7 @@ impl Served {
 /// key that has signed since it was made).
 fn report(key_ages: &KeyAges, set: &KeySet) {
     let current = set
-        .records()
+        .infos()
         .iter()
         .filter(|record| record.state == KeyState::Current)
         .map(|record| (record.alg, record.activated_at.unwrap_or(record.created_at)));
@@ -109,7 +109,7 @@ mod tests {
         let mut generate = keys::generate;
         let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
         let records = first.apply_to(&[]);
-        let set = KeySet::build(records.clone(), &ALGS, false, TIMING).unwrap();
+        let set = KeySet::build(&records, &ALGS, false, TIMING).unwrap();
         let served = Served::new(Arc::new(set));
         let metrics = Metrics::new(&ALGS);
         served.report_key_ages(metrics.key_ages());
@@ -125,7 +125,7 @@ mod tests {
         )
         .unwrap()
         .apply_to(&records);
-        let next = KeySet::build(rotated, &ALGS, false, TIMING).unwrap();
+        let next = KeySet::build(&rotated, &ALGS, false, TIMING).unwrap();
         served.send_replace(Arc::new(next));
         assert_eq!(gauges(&metrics, 2100), ("100".into(), "3500".into()));
     }

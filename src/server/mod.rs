@@ -169,14 +169,14 @@ pub async fn run(
 fn log_keys_loaded(authority: &Authority) {
     let current: Vec<String> = authority
         .keys()
-        .records()
+        .infos()
         .iter()
         .filter(|r| r.state == KeyState::Current)
         .map(|r| format!("{}:{}", r.alg, r.kid))
         .collect();
     tracing::info!(
         ?current,
-        keys = authority.keys().records().len(),
+        keys = authority.keys().infos().len(),
         "keys loaded"
     );
 }

@@ -182,7 +182,7 @@ async fn a_history_replayed_to_the_same_generation_is_read() {
         "the replayed history was not read"
     );
     assert_eq!(signer(&a), signer(&b));
-    assert_eq!(a.keys().records().len(), b.keys().records().len());
+    assert_eq!(a.keys().infos().len(), b.keys().infos().len());
     assert_eq!(a.history_rewinds(), 1);
     // In step now: nothing more to read, nothing counted.
     assert!(!a.refresh(now()).await.unwrap());
@@ -324,7 +324,7 @@ async fn a_change_planned_on_a_restored_database_keeps_the_revocations() {
     assert_eq!(stored_state(&shared, &revoked).trim(), "revoked");
     let record = a
         .keys()
-        .records()
+        .infos()
         .iter()
         .find(|r| r.kid == revoked)
         .map(|r| r.state);

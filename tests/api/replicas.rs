@@ -314,7 +314,7 @@ async fn a_rotation_falling_due_on_every_replica_happens_once() {
         let records = authorities[0].keys();
         assert_eq!(
             records
-                .records()
+                .infos()
                 .iter()
                 .filter(|r| r.state == KeyState::Current)
                 .count(),
@@ -681,7 +681,7 @@ async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next
     let signer = first.keys().signer(Algorithm::ES256).unwrap().kid.clone();
     let next = first
         .keys()
-        .records()
+        .infos()
         .iter()
         .find(|r| r.state == KeyState::Next)
         .unwrap()

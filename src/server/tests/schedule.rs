@@ -56,7 +56,7 @@ fn one_current_one_next_and_the_signer_published(keys: &KeySet, when: &str) {
     for alg in ALGORITHMS {
         for state in [KeyState::Current, KeyState::Next] {
             let count = keys
-                .records()
+                .infos()
                 .iter()
                 .filter(|r| r.alg == alg && r.state == state)
                 .count();
@@ -170,11 +170,11 @@ async fn over_three_months_the_schedule_rotates_retires_and_deletes_on_its_own()
     }
     // The three that retired are deleted, from the store and from what verifiers hold.
     let keys = authority.keys();
-    let states: Vec<_> = keys.records().iter().map(|r| (r.alg, r.state)).collect();
+    let states: Vec<_> = keys.infos().iter().map(|r| (r.alg, r.state)).collect();
     assert_eq!(states.len(), 2 * ALGORITHMS.len(), "{states:?}");
     let held: Vec<String> = watching.key_set().kids().map(str::to_owned).collect();
     for retired in signers.values().flat_map(|kids| &kids[..3]) {
-        assert!(!keys.records().iter().any(|r| &r.kid == retired));
+        assert!(!keys.infos().iter().any(|r| &r.kid == retired));
         assert!(!held.contains(retired), "{retired} is still held: {held:?}");
     }
     server.stop().await;

@@ -102,7 +102,7 @@ pub(in crate::transport) fn state_to_pb(state: KeyState) -> pb::KeyState {
 
 pub(super) fn key_infos(keys: &KeySet) -> Vec<pb::KeyInfo> {
     let timing = keys.timing();
-    keys.records()
+    keys.infos()
         .iter()
         .map(|record| pb::KeyInfo {
             key_id: record.kid.clone(),

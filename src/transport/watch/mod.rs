@@ -206,7 +206,7 @@ pub(crate) fn key_set_message(keys: &KeySet, keepalive: Duration) -> pb::WatchKe
         jwks_json: String::from_utf8_lossy(&jwks.body).into_owned(),
         etag: jwks.etag.clone(),
         keys: keys
-            .records()
+            .infos()
             .iter()
             .map(|record| pb::WatchedKey {
                 key_id: record.kid.clone(),
