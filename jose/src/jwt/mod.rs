@@ -21,6 +21,8 @@ mod read_tests;
 mod sorted;
 pub mod verify;
 
+use std::{fmt, sync::Arc};
+
 use serde_json::{Map, Value};
 
 use crate::{
@@ -28,17 +30,48 @@ use crate::{
     crypto::{Algorithm, CryptoError, SigningKey},
 };
 
+/// What computes a key's signatures: a key held in the process (`SigningKey`), or one that
+/// never leaves a hardware token, which is only asked to sign.
+pub trait SignatureSource: Send + Sync + fmt::Debug {
+    fn algorithm(&self) -> Algorithm;
+    /// Every signature of the key has this length, so a token's size is known before it
+    /// is signed.
+    fn signature_len(&self) -> usize;
+    /// The JWS signature of `message` (for ES256, raw r||s).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError>;
+}
+
+impl SignatureSource for SigningKey {
+    fn algorithm(&self) -> Algorithm {
+        SigningKey::algorithm(self)
+    }
+
+    fn signature_len(&self) -> usize {
+        SigningKey::signature_len(self)
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        SigningKey::sign(self, message)
+    }
+}
+
 /// The key that signs for one algorithm, with its constant JWS header already encoded.
 #[derive(Debug)]
 pub struct Signer {
     pub kid: String,
-    pub key: SigningKey,
+    pub key: Arc<dyn SignatureSource>,
     /// base64url of `{"alg":..,"kid":..,"typ":"JWT"}`: the same for every token of this key.
     pub header_segment: String,
 }
 
 impl Signer {
+    /// A signer of a key held in the process.
     pub fn new(kid: String, key: SigningKey) -> Signer {
+        Signer::with_source(kid, Arc::new(key))
+    }
+
+    /// A signer of a key whose signatures come from elsewhere (a hardware token).
+    pub fn with_source(kid: String, key: Arc<dyn SignatureSource>) -> Signer {
         Signer {
             header_segment: header_segment(key.algorithm(), &kid),
             kid,
