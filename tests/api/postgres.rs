@@ -45,14 +45,25 @@ fn run(bin: &Path, program: &str, args: &[String]) -> std::process::Output {
     output
 }
 
+/// A port for a cluster: below the kernel's ephemeral range (Linux: 32768-60999), so no
+/// listener bound to port 0 (every test server binds its own that way) can be given it
+/// while the cluster is stopped and its test waits to start it again on the same port, and
+/// never handed out twice by this process. Free now; if another process takes it before
+/// PostgreSQL does, `start` picks another.
 fn free_port() -> u16 {
-    // Bound and released at once: the port is free now, and if another process takes it
-    // before PostgreSQL does, `start` picks another.
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let random = token_authority_jose::crypto::random_bytes(2).unwrap();
+        let candidate = 20_000 + u16::from_le_bytes([random[0], random[1]]) % 12_000;
+        if handed_out.contains(&candidate) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            handed_out.push(candidate);
+            return candidate;
+        }
+    }
 }
 
 impl Postgres {
