@@ -37,6 +37,7 @@ use crate::{
 };
 use token_authority_jose::{b64, clock::Clock, crypto::mac::MacKey};
 
+mod file;
 mod head;
 mod limiter;
 mod line;

@@ -13,9 +13,9 @@ use std::{
 use serde_json::{Map, Value};
 
 use super::{
+    file::file_id,
     head::Head,
     line::{self, GENESIS},
-    writer::file_id,
     AuditError,
 };
 use token_authority_jose::crypto::{self, mac::MacKey};
