@@ -48,6 +48,7 @@ fn service(dir: &std::path::Path) -> (GrpcService, Arc<Authority>) {
         publish_lead: 900,
         rotation_period: 86_400,
         clock: Clock::system(),
+        signers: Default::default(),
     };
     let now = settings.clock.unix_now();
     let authority = Arc::new(Authority::open(store, records, settings, now).unwrap());

@@ -8,6 +8,7 @@ use token_authority::{
     authority::keys,
     authority::keyset::KeySet,
     authority::lifecycle::{self, Timing},
+    authority::signers::Signers,
 };
 use token_authority_jose::crypto::Algorithm;
 
@@ -37,7 +38,7 @@ fn keyset(c: &mut Criterion) {
         .unwrap()
         .apply_to(&records);
     }
-    let served = KeySet::build(&records, &ALGS, false, TIMING).unwrap();
+    let served = KeySet::build(&records, &Signers::InProcess, &ALGS, false, TIMING).unwrap();
     let rotated = lifecycle::rotate(
         &records,
         Algorithm::ES256,
@@ -53,12 +54,19 @@ fn keyset(c: &mut Criterion) {
         rotated.len()
     ));
     group.bench_function("build", |b| {
-        b.iter(|| KeySet::build(&rotated, &ALGS, false, TIMING).unwrap())
+        b.iter(|| KeySet::build(&rotated, &Signers::InProcess, &ALGS, false, TIMING).unwrap())
     });
     group.bench_function("rebuild", |b| {
         b.iter(|| {
             served
-                .rebuild(&records, &rotated, &ALGS, false, TIMING)
+                .rebuild(
+                    &records,
+                    &rotated,
+                    &Signers::InProcess,
+                    &ALGS,
+                    false,
+                    TIMING,
+                )
                 .unwrap()
         })
     });

@@ -61,6 +61,7 @@ fn settings() -> Settings {
         publish_lead: LEAD,
         rotation_period: PERIOD,
         clock: Clock::system(),
+        signers: Default::default(),
     }
 }
 

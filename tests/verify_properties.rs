@@ -12,6 +12,7 @@ use token_authority::{
     authority::keys::{self, KeyRecord, KeyState},
     authority::keyset::KeySet,
     authority::lifecycle::Timing,
+    authority::signers::Signers,
 };
 use token_authority_jose::{
     crypto::Algorithm,
@@ -54,7 +55,7 @@ fn keyset() -> &'static KeySet {
             max_ttl: 3600,
             leeway: 60,
         };
-        KeySet::build(&records, Algorithm::ALL, false, timing).unwrap()
+        KeySet::build(&records, &Signers::InProcess, Algorithm::ALL, false, timing).unwrap()
     })
 }
 

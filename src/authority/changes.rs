@@ -9,13 +9,13 @@ use std::{
 
 use super::{blocking, log_plan, replica, Authority, AuthorityError, Built, RotationOutcome};
 use crate::{
-    authority::keys::{self, GeneratedKey, KeyRecord},
+    authority::keys::KeyRecord,
     authority::keyset::KeySet,
-    authority::lifecycle::{self, LifecycleError, Plan},
+    authority::lifecycle::{self, KeySource, LifecycleError, Plan},
     store::{Change, Confirmations},
     telemetry::chain,
 };
-use token_authority_jose::crypto::{Algorithm, CryptoError};
+use token_authority_jose::crypto::Algorithm;
 
 /// How often a replica waiting for the others reads their acknowledgements.
 const CONFIRMATION_POLL: Duration = Duration::from_millis(10);
@@ -57,12 +57,14 @@ impl Authority {
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
+        let signers = self.settings.signers.clone();
         let records = Arc::new(snapshot.records);
         let previous = self.keys.load_full();
         let (before, read) = (Arc::clone(&writer), Arc::clone(&records));
-        let set =
-            blocking(move || previous.rebuild(&before, &read, &algorithms, encrypted, timing))
-                .await??;
+        let set = blocking(move || {
+            previous.rebuild(&before, &read, &signers, &algorithms, encrypted, timing)
+        })
+        .await??;
         let set = Arc::new(set);
         *writer = records;
         self.keys.store(Arc::clone(&set));
@@ -203,10 +205,7 @@ impl Authority {
     /// readers never wait.
     async fn transition<F>(&self, plan: F) -> Result<(Plan, Arc<KeySet>), AuthorityError>
     where
-        F: FnOnce(
-                &[KeyRecord],
-                &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
-            ) -> Result<Plan, LifecycleError>
+        F: FnOnce(&[KeyRecord], &mut dyn KeySource) -> Result<Plan, LifecycleError>
             + Send
             + 'static,
     {
@@ -231,10 +230,7 @@ impl Authority {
         plan: F,
     ) -> Result<(Plan, bool), AuthorityError>
     where
-        F: FnOnce(
-                &[KeyRecord],
-                &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
-            ) -> Result<Plan, LifecycleError>
+        F: FnOnce(&[KeyRecord], &mut dyn KeySource) -> Result<Plan, LifecycleError>
             + Send
             + 'static,
     {
@@ -245,13 +241,13 @@ impl Authority {
         let encrypted = self.store.encrypts_at_rest();
         let revoked = self.replica.revocations();
         let clock = self.clock();
+        let signers = self.settings.signers.clone();
         let ((plan, next), settled) = self
             .store
             .transact(
                 held.to_vec(),
                 move |records| -> Result<((Plan, Option<Built>), Change), AuthorityError> {
-                    let mut generate: fn(Algorithm) -> Result<GeneratedKey, CryptoError> =
-                        keys::generate;
+                    let mut generate = |alg| signers.generate(alg);
                     let now = clock.unix_now();
                     let plan = replica::keeping_revocations(
                         records,
@@ -266,8 +262,14 @@ impl Authority {
                     }
                     // Build first: a record that does not load must not reach the store.
                     let records = plan.apply_to(records);
-                    let next =
-                        previous.rebuild(&before, &records, &algorithms, encrypted, timing)?;
+                    let next = previous.rebuild(
+                        &before,
+                        &records,
+                        &signers,
+                        &algorithms,
+                        encrypted,
+                        timing,
+                    )?;
                     let change = Change {
                         changed: plan.changed.clone(),
                         deleted: plan.deleted.clone(),

@@ -154,6 +154,7 @@ mod tests {
             publish_lead: 900,
             rotation_period: 86_400,
             clock: Clock::system(),
+            signers: Default::default(),
         };
         let authority = Authority::open(store, records, settings, T0).unwrap();
         let request = IssueRequest {

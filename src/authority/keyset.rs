@@ -12,10 +12,11 @@ pub(crate) use token_authority_jose::jwt::Signer;
 use crate::{
     authority::keys::{KeyInfo, KeyRecord, KeyState},
     authority::lifecycle::{self, Timing},
+    authority::signers::Signers,
 };
 use token_authority_jose::{
     b64,
-    crypto::{sha256, Algorithm, CryptoError, SigningKey, VerifyingKey},
+    crypto::{sha256, Algorithm, CryptoError, VerifyingKey},
     jwk::{render_jwks, PublicJwk},
     jwt::verify::KeyLookup,
 };
@@ -66,11 +67,12 @@ impl KeySet {
     /// nowhere else in the set.
     pub fn build(
         records: &[KeyRecord],
+        source: &Signers,
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
         timing: Timing,
     ) -> Result<KeySet, KeySetError> {
-        KeySet::build_reusing(None, records, algorithms, encrypted_at_rest, timing)
+        KeySet::build_reusing(None, records, source, algorithms, encrypted_at_rest, timing)
     }
 
     /// The next snapshot: like `build`, but the keys this set was built from (`before`, its
@@ -81,6 +83,7 @@ impl KeySet {
         &self,
         before: &[KeyRecord],
         records: &[KeyRecord],
+        source: &Signers,
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
         timing: Timing,
@@ -88,6 +91,7 @@ impl KeySet {
         KeySet::build_reusing(
             Some((self, before)),
             records,
+            source,
             algorithms,
             encrypted_at_rest,
             timing,
@@ -97,6 +101,7 @@ impl KeySet {
     fn build_reusing(
         previous: Option<(&KeySet, &[KeyRecord])>,
         records: &[KeyRecord],
+        source: &Signers,
         algorithms: &[Algorithm],
         encrypted_at_rest: bool,
         timing: Timing,
@@ -129,7 +134,7 @@ impl KeySet {
                 .and_then(|set| set.signer(record.alg))
                 .filter(|signer| signer.kid == record.kid && reused.is_some())
                 .filter(|_| record.state == KeyState::Current);
-            let parse = || SigningKey::from_pkcs8(record.alg, record.private_key.as_bytes());
+            let parse = || source.open(record);
             let (verifying, mut parsed) = match reused {
                 Some(old) => (Arc::clone(&old.key), None),
                 None => {
@@ -148,7 +153,7 @@ impl KeySet {
                             Some(signing) => signing,
                             None => parse().map_err(key_error)?,
                         };
-                        Arc::new(Signer::new(record.kid.clone(), signing))
+                        Arc::new(Signer::with_source(record.kid.clone(), signing))
                     }
                 };
                 if signers.insert(record.alg, signer).is_some() {
@@ -251,12 +256,19 @@ mod tests {
         let mut generate = keys::generate;
         let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
         let records = first.apply_to(&[]);
-        let set = KeySet::build(&records, &ALGS, false, TIMING).unwrap();
+        let set = KeySet::build(&records, &Signers::InProcess, &ALGS, false, TIMING).unwrap();
         let current = set.signer(Algorithm::ES256).unwrap().kid.clone();
 
         // The same records: everything reused, the signer included.
         let same = set
-            .rebuild(&records, &records, &ALGS, false, TIMING)
+            .rebuild(
+                &records,
+                &records,
+                &Signers::InProcess,
+                &ALGS,
+                false,
+                TIMING,
+            )
             .unwrap();
         assert!(Arc::ptr_eq(
             set.signer(Algorithm::ES256).unwrap(),
@@ -283,9 +295,16 @@ mod tests {
         .unwrap()
         .apply_to(&records);
         let next = same
-            .rebuild(&records, &rotated, &ALGS, false, TIMING)
+            .rebuild(
+                &records,
+                &rotated,
+                &Signers::InProcess,
+                &ALGS,
+                false,
+                TIMING,
+            )
             .unwrap();
-        let fresh = KeySet::build(&rotated, &ALGS, false, TIMING).unwrap();
+        let fresh = KeySet::build(&rotated, &Signers::InProcess, &ALGS, false, TIMING).unwrap();
         assert_eq!(next.jwks().body, fresh.jwks().body);
         let signer = next.signer(Algorithm::ES256).unwrap();
         assert_ne!(signer.kid, current);
@@ -308,7 +327,14 @@ mod tests {
         let retired = swapped.iter_mut().find(|r| r.kid == current).unwrap();
         retired.private_key = other.private_key;
         let again = next
-            .rebuild(&rotated, &swapped, &ALGS, false, TIMING)
+            .rebuild(
+                &rotated,
+                &swapped,
+                &Signers::InProcess,
+                &ALGS,
+                false,
+                TIMING,
+            )
             .unwrap();
         assert!(!Arc::ptr_eq(
             &next.known(&current).unwrap().key,

@@ -84,7 +84,7 @@ pub trait KeySource {
     fn generate(&mut self, alg: Algorithm) -> Result<GeneratedKey, CryptoError>;
 }
 
-impl<F: FnMut(Algorithm) -> Result<GeneratedKey, CryptoError>> KeySource for F {
+impl<F: FnMut(Algorithm) -> Result<GeneratedKey, CryptoError> + ?Sized> KeySource for F {
     fn generate(&mut self, alg: Algorithm) -> Result<GeneratedKey, CryptoError> {
         self(alg)
     }
@@ -108,7 +108,7 @@ fn new_record(key: GeneratedKey, state: KeyState, now: u64, max_ttl: u64) -> Key
 }
 
 /// Works on a copy of the records, collecting what changed.
-struct Draft<'a, S: KeySource> {
+struct Draft<'a, S: KeySource + ?Sized> {
     records: Vec<KeyRecord>,
     plan: Plan,
     timing: Timing,
@@ -116,7 +116,7 @@ struct Draft<'a, S: KeySource> {
     keys: &'a mut S,
 }
 
-impl<S: KeySource> Draft<'_, S> {
+impl<S: KeySource + ?Sized> Draft<'_, S> {
     fn find(&self, alg: Algorithm, state: KeyState) -> Option<usize> {
         self.records
             .iter()
@@ -223,7 +223,7 @@ impl<S: KeySource> Draft<'_, S> {
     }
 }
 
-fn draft<'a, S: KeySource>(
+fn draft<'a, S: KeySource + ?Sized>(
     records: &[KeyRecord],
     timing: Timing,
     now: u64,
@@ -246,7 +246,7 @@ pub fn due(
     algorithms: &[Algorithm],
     timing: Timing,
     now: u64,
-    keys: &mut impl KeySource,
+    keys: &mut (impl KeySource + ?Sized),
 ) -> Result<Plan, LifecycleError> {
     let mut draft = draft(records, timing, now, keys);
     for &alg in algorithms {
@@ -275,7 +275,7 @@ pub fn rotate(
     force: bool,
     timing: Timing,
     now: u64,
-    keys: &mut impl KeySource,
+    keys: &mut (impl KeySource + ?Sized),
 ) -> Result<Plan, LifecycleError> {
     let mut draft = draft(records, timing, now, keys);
     draft.settle(alg)?;
@@ -307,7 +307,7 @@ pub(crate) fn revoke(
     reason: &str,
     timing: Timing,
     now: u64,
-    keys: &mut impl KeySource,
+    keys: &mut (impl KeySource + ?Sized),
 ) -> Result<Plan, LifecycleError> {
     let mut draft = draft(records, timing, now, keys);
     let index = draft

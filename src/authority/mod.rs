@@ -24,6 +24,7 @@ pub(crate) use error::ErrorKind;
 pub(crate) use issue::Issued;
 use replica::Replica;
 use served::Served;
+pub use signers::Signers;
 use token_authority_jose::{
     clock::Clock,
     crypto::{Algorithm, CryptoError},
@@ -39,6 +40,7 @@ pub mod keyset;
 pub mod lifecycle;
 mod replica;
 mod served;
+pub mod signers;
 pub mod signing_pool;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,8 @@ pub struct Settings {
     /// What the authority reads the time from when nobody hands it one (its schedule, its
     /// own transitions) and what its callers read: the system clock but in tests.
     pub clock: Clock,
+    /// Where its keys are made and what signs with them.
+    pub signers: Signers,
 }
 
 impl Settings {
@@ -153,7 +157,7 @@ impl Authority {
         settings: Settings,
         now: u64,
     ) -> Result<Authority, AuthorityError> {
-        let mut generate = keys::generate;
+        let mut generate = |alg| settings.signers.generate(alg);
         let plan = lifecycle::due(
             &records,
             &settings.algorithms,
@@ -166,6 +170,7 @@ impl Authority {
         let records = plan.apply_to(&records);
         let set = KeySet::build(
             &records,
+            &settings.signers,
             &settings.algorithms,
             store.encrypts_at_rest(),
             settings.timing(),
@@ -195,14 +200,15 @@ impl Authority {
         let algorithms = settings.algorithms.clone();
         let timing = settings.timing();
         let encrypted = store.encrypts_at_rest();
+        let signers = settings.signers.clone();
         let ((plan, built), generation) = store
             .transact(
                 Vec::new(),
                 move |records| -> Result<((Plan, Built), Change), AuthorityError> {
-                    let mut generate = keys::generate;
+                    let mut generate = |alg| signers.generate(alg);
                     let plan = lifecycle::due(records, &algorithms, timing, now, &mut generate)?;
                     let records = plan.apply_to(records);
-                    let set = KeySet::build(&records, &algorithms, encrypted, timing)?;
+                    let set = KeySet::build(&records, &signers, &algorithms, encrypted, timing)?;
                     let change = Change {
                         changed: plan.changed.clone(),
                         deleted: plan.deleted.clone(),

@@ -15,11 +15,10 @@ use std::{
 };
 
 use crate::{
-    authority::keys::{GeneratedKey, KeyInfo, KeyRecord, KeyState},
-    authority::lifecycle::{self, LifecycleError, Plan, Timing},
+    authority::keys::{KeyInfo, KeyRecord, KeyState},
+    authority::lifecycle::{self, KeySource, LifecycleError, Plan, Timing},
     store::{Position, RefusedRow},
 };
-use token_authority_jose::crypto::{Algorithm, CryptoError};
 
 #[derive(Debug)]
 pub(super) struct Replica {
@@ -159,14 +158,11 @@ pub(super) fn keeping_revocations<P>(
     revoked: &BTreeMap<String, String>,
     timing: Timing,
     now: u64,
-    generate: &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
+    generate: &mut dyn KeySource,
     plan: P,
 ) -> Result<Plan, LifecycleError>
 where
-    P: FnOnce(
-        &[KeyRecord],
-        &mut fn(Algorithm) -> Result<GeneratedKey, CryptoError>,
-    ) -> Result<Plan, LifecycleError>,
+    P: FnOnce(&[KeyRecord], &mut dyn KeySource) -> Result<Plan, LifecycleError>,
 {
     let again = unrevoked(revoked, records);
     if again.is_empty() {

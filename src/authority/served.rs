@@ -77,6 +77,7 @@ mod tests {
         authority::keys,
         authority::lifecycle,
         authority::lifecycle::Timing,
+        authority::signers::Signers,
         metrics::{Metrics, StoreState},
     };
     use token_authority_jose::crypto::Algorithm;
@@ -109,7 +110,7 @@ mod tests {
         let mut generate = keys::generate;
         let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
         let records = first.apply_to(&[]);
-        let set = KeySet::build(&records, &ALGS, false, TIMING).unwrap();
+        let set = KeySet::build(&records, &Signers::InProcess, &ALGS, false, TIMING).unwrap();
         let served = Served::new(Arc::new(set));
         let metrics = Metrics::new(&ALGS);
         served.report_key_ages(metrics.key_ages());
@@ -125,7 +126,7 @@ mod tests {
         )
         .unwrap()
         .apply_to(&records);
-        let next = KeySet::build(&rotated, &ALGS, false, TIMING).unwrap();
+        let next = KeySet::build(&rotated, &Signers::InProcess, &ALGS, false, TIMING).unwrap();
         served.send_replace(Arc::new(next));
         assert_eq!(gauges(&metrics, 2100), ("100".into(), "3500".into()));
     }

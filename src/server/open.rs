@@ -7,7 +7,7 @@ use token_authority_jose::backoff::Backoff;
 
 use super::ServerError;
 use crate::{
-    authority::{Authority, AuthorityError, Settings},
+    authority::{Authority, AuthorityError, Settings, Signers},
     callers::admin::{AdminToken, AdminTokenSource},
     callers::{
         audit::{self, AuditLog, AuditSettings},
@@ -65,6 +65,7 @@ pub(super) fn authority_settings(config: &Config, issuer: String) -> Settings {
         publish_lead: config.publish_lead,
         rotation_period: config.rotation_period,
         clock: config.clock,
+        signers: Signers::InProcess,
     }
 }
 

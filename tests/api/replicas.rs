@@ -254,6 +254,7 @@ pub(crate) async fn open_authority(shared: &Store, at: u64) -> Authority {
         publish_lead: 60,
         rotation_period: 3600,
         clock: Clock::system(),
+        signers: Default::default(),
     };
     let pg = PgSettings {
         url: shared.pg().url(),

@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     b64,
-    crypto::{Algorithm, CryptoError, SigningKey},
+    crypto::{Algorithm, CryptoError, SigningKey, VerifyingKey},
 };
 
 /// What computes a key's signatures: a key held in the process (`SigningKey`), or one that
@@ -39,6 +39,8 @@ pub trait SignatureSource: Send + Sync + fmt::Debug {
     fn signature_len(&self) -> usize;
     /// The JWS signature of `message` (for ES256, raw r||s).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    /// The public half, to verify what it signs.
+    fn verifying_key(&self) -> Result<VerifyingKey, CryptoError>;
 }
 
 impl SignatureSource for SigningKey {
@@ -52,6 +54,10 @@ impl SignatureSource for SigningKey {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
         SigningKey::sign(self, message)
+    }
+
+    fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
+        SigningKey::verifying_key(self)
     }
 }
 

@@ -27,6 +27,7 @@ fn settings(clock: Clock) -> Settings {
         publish_lead: 900,
         rotation_period: 30 * 86_400,
         clock,
+        signers: Default::default(),
     }
 }
 

@@ -38,6 +38,7 @@ fn settings(clock: Clock) -> Settings {
         publish_lead: LEAD,
         rotation_period: PERIOD,
         clock,
+        signers: Default::default(),
     }
 }
 
