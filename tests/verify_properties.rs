@@ -46,6 +46,7 @@ fn keyset() -> &'static KeySet {
                     revoked_reason: None,
                     max_token_ttl: 3600,
                     private_key: key.private_key,
+                    token: None,
                 }
             })
             .collect();

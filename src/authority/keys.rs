@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use token_authority_jose::crypto::Algorithm;
+use token_authority_jose::crypto::{Algorithm, PublicComponents};
 
 /// Where a key is in its life: `Next -> Current -> Retired`, or `Revoked` at any time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +72,19 @@ pub struct KeyRecord {
     /// The largest ttl a token signed by this key may have had, in seconds. Stored with the
     /// key so that lowering `--max-ttl` later never shortens the life of issued tokens.
     pub max_token_ttl: u64,
+    /// Empty when the key has no private half here: erased (revoked), or held in a token.
     pub private_key: PrivateKeyDer,
+    /// For a key generated in a PKCS#11 token: which object it is, and its public half.
+    pub token: Option<TokenObject>,
+}
+
+/// A key pair that lives in a PKCS#11 token: its objects' CKA_ID and the public key read
+/// back from the token when it was generated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenObject {
+    /// The CKA_ID both objects carry, in lowercase hex.
+    pub object_id: String,
+    pub public: PublicComponents,
 }
 
 /// What may be known of a key outside the store and its signer: its record without the
@@ -115,7 +127,9 @@ impl KeyRecord {
 pub struct GeneratedKey {
     pub kid: String,
     pub alg: Algorithm,
+    /// Empty for a key generated in a token.
     pub private_key: PrivateKeyDer,
+    pub token: Option<TokenObject>,
 }
 
 impl fmt::Debug for GeneratedKey {
@@ -136,6 +150,7 @@ pub fn generate(alg: Algorithm) -> Result<GeneratedKey, token_authority_jose::cr
         kid: token_authority_jose::jwk::thumbprint(&signing.public_components()),
         alg,
         private_key: PrivateKeyDer::new(der),
+        token: None,
     })
 }
 
@@ -160,6 +175,7 @@ mod tests {
             revoked_reason: None,
             max_token_ttl: 60,
             private_key: generated.private_key.clone(),
+            token: None,
         };
         let signing =
             token_authority_jose::crypto::SigningKey::from_pkcs8(Algorithm::ES256, &der).unwrap();

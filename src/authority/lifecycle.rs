@@ -104,6 +104,7 @@ fn new_record(key: GeneratedKey, state: KeyState, now: u64, max_ttl: u64) -> Key
         revoked_reason: None,
         max_token_ttl: max_ttl,
         private_key: key.private_key,
+        token: key.token,
     }
 }
 
@@ -417,6 +418,7 @@ mod tests {
                 kid: format!("k{}", self.0),
                 alg,
                 private_key: PrivateKeyDer::new(zeroize::Zeroizing::new(vec![1, 2, 3])),
+                token: None,
             })
         }
     }

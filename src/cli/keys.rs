@@ -237,6 +237,7 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
         kid: kid.clone(),
         alg,
         private_key: PrivateKeyDer::new(der),
+        token: None,
     };
     let (now, max_ttl) = (clock.unix_now(), args.max_ttl.as_secs());
     let (deleted, was_empty) = store.change(records, move |records| {

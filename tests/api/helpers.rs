@@ -103,6 +103,7 @@ impl KnownKey {
             revoked_reason: None,
             max_token_ttl: 86400,
             private_key: generated.private_key,
+            token: None,
         };
         let (store, existing) = KeyStore::open(&dir.path.join("keystore"), None).unwrap();
         assert!(existing.is_empty(), "seed only a new data directory");

@@ -27,11 +27,16 @@ impl Signers {
 
     /// What signs with `record`'s key (and knows its verifying key).
     pub(crate) fn open(&self, record: &KeyRecord) -> Result<Arc<dyn SignatureSource>, CryptoError> {
-        match self {
-            Signers::InProcess => Ok(Arc::new(SigningKey::from_pkcs8(
+        match (self, &record.token) {
+            (Signers::InProcess, None) => Ok(Arc::new(SigningKey::from_pkcs8(
                 record.alg,
                 record.private_key.as_bytes(),
             )?)),
+            // A key that never left its token cannot sign in the process.
+            (Signers::InProcess, Some(_)) => Err(CryptoError::BadPrivateKey {
+                alg: record.alg,
+                reason: "the key lives in a PKCS#11 token; start with --signer pkcs11".into(),
+            }),
         }
     }
 }

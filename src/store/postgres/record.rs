@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::PgStore;
 use crate::{
     authority::keys::{KeyRecord, KeyState, PrivateKeyDer},
-    store::{kek::SealedKey, StoreError},
+    store::{kek::SealedKey, token::StoredToken, StoreError},
 };
 use token_authority_jose::{b64, crypto::Algorithm};
 
@@ -27,6 +27,10 @@ struct StoredKey {
     max_token_ttl: u64,
     /// Absent once erased (a revoked key).
     private_key: Option<StoredSealed>,
+    /// A key generated in a PKCS#11 token: its objects and public key (no private half
+    /// here). Absent for every other key, so records read as they were written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<StoredToken>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,6 +79,11 @@ impl PgStore {
                     })?
             }
         };
+        let token = stored
+            .token
+            .map(StoredToken::into_object)
+            .transpose()
+            .map_err(|member| corrupt(format!("token key: bad {member}")))?;
         Ok(KeyRecord {
             kid: stored.kid,
             alg: stored.alg,
@@ -88,6 +97,7 @@ impl PgStore {
             revoked_reason: stored.revoked_reason,
             max_token_ttl: stored.max_token_ttl,
             private_key,
+            token,
         })
     }
 
@@ -118,6 +128,7 @@ impl PgStore {
             revoked_reason: record.revoked_reason.clone(),
             max_token_ttl: record.max_token_ttl,
             private_key,
+            token: record.token.as_ref().map(StoredToken::from_object),
         };
         serde_json::to_string(&stored).map_err(|e| StoreError::NotApplied(e.into()))
     }

@@ -374,6 +374,7 @@ mod tests {
             private_key: PrivateKeyDer::new(zeroize::Zeroizing::new(
                 b"not-really-a-key-but-secret".to_vec(),
             )),
+            token: None,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::{
     store::{
         datakeys::{self, DataKeys},
         kek::{SealedKey, UnsealError},
+        token::StoredToken,
         Context, StoreError,
     },
 };
@@ -34,6 +35,10 @@ pub(super) struct StoredKey {
     revoked_reason: Option<String>,
     max_token_ttl: u64,
     pub(super) private_key: StoredPrivateKey,
+    /// A key generated in a PKCS#11 token: its objects and public key (no private half
+    /// here). Absent for every other key, so records read as they were written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<StoredToken>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -125,6 +130,15 @@ impl SledStore {
                     })?
             }
         };
+        let token = stored
+            .token
+            .map(StoredToken::into_object)
+            .transpose()
+            .map_err(|member| StoreError::Corrupt {
+                path: shown.clone(),
+                kid: stored.kid.clone(),
+                reason: format!("token key: bad {member}"),
+            })?;
         Ok(KeyRecord {
             kid: stored.kid,
             alg: stored.alg,
@@ -138,6 +152,7 @@ impl SledStore {
             revoked_reason: stored.revoked_reason,
             max_token_ttl: stored.max_token_ttl,
             private_key,
+            token,
         })
     }
 
@@ -174,6 +189,7 @@ impl SledStore {
             revoked_reason: record.revoked_reason.clone(),
             max_token_ttl: record.max_token_ttl,
             private_key,
+            token: record.token.as_ref().map(StoredToken::from_object),
         };
         serde_json::to_vec(&stored).map_err(|e| StoreError::Write(e.into()))
     }
