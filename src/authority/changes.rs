@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use super::{blocking, log_plan, replica, Authority, AuthorityError, Built, RotationOutcome};
+use super::{
+    blocking, dropped, log_plan, replica, Authority, AuthorityError, Built, RotationOutcome,
+};
 use crate::{
     authority::keys::KeyRecord,
     authority::keyset::KeySet,
@@ -236,6 +238,7 @@ impl Authority {
     {
         let previous = self.keys.load_full();
         let before = Arc::clone(held);
+        let before_change = Arc::clone(held);
         let algorithms = self.settings.algorithms.clone();
         let timing = self.settings.timing();
         let encrypted = self.store.encrypts_at_rest();
@@ -290,6 +293,11 @@ impl Authority {
             // Under the writer lock, so watchers see the sets in the order they were served.
             self.changes.send_replace(Arc::clone(&next));
             log_plan(&plan);
+            let dropped = dropped(&before_change, &plan);
+            if !dropped.is_empty() {
+                let signers = self.settings.signers.clone();
+                blocking(move || signers.destroy(&dropped.iter().collect::<Vec<_>>())).await?;
+            }
             if let Some(position) = &position {
                 self.replica.serving(position.clone(), next.infos());
                 self.acknowledge().await;

@@ -28,6 +28,7 @@ impl AuthorityError {
             ) => ErrorKind::FailedPrecondition,
             AuthorityError::Lifecycle(LifecycleError::UnknownKey(_)) => ErrorKind::NotFound,
             AuthorityError::Store(error) if error.is_transient() => ErrorKind::Unavailable,
+            AuthorityError::SignerUnavailable(_) => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }
     }
@@ -42,6 +43,10 @@ impl AuthorityError {
             ) => error.to_string(),
             (ErrorKind::Unavailable, AuthorityError::Store(error)) => {
                 error.outcome().unwrap_or("unavailable").to_owned()
+            }
+            (ErrorKind::Unavailable, AuthorityError::SignerUnavailable(_)) => {
+                "the signing token cannot be reached; nothing was issued, and a retry is safe"
+                    .to_owned()
             }
             (_, AuthorityError::Store(error)) => {
                 error.outcome().unwrap_or("internal error").to_owned()

@@ -107,6 +107,9 @@ impl Authority {
                             reason: too_large.to_string(),
                         })
                     }
+                    jwt::SignError::Crypto(error) if !self.settings.signers.is_available() => {
+                        AuthorityError::SignerUnavailable(error)
+                    }
                     jwt::SignError::Crypto(error) => error.into(),
                 },
             )?;

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::{
     authority::domain::InvalidArgument,
-    authority::keys::KeyRecord,
+    authority::keys::{KeyRecord, KeyState},
     authority::keyset::{KeySet, KeySetError},
     authority::lifecycle::{LifecycleError, Plan, Timing},
     store::{Change, KeyStore, Position, StoreError},
@@ -57,6 +57,9 @@ pub enum AuthorityError {
     KeySet(#[from] KeySetError),
     #[error("a background task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The PKCS#11 token cannot sign now (unreachable, or reconnecting).
+    #[error("the signing token cannot be reached: {0}")]
+    SignerUnavailable(#[source] CryptoError),
 }
 
 /// The token rules of this authority.
@@ -167,7 +170,8 @@ impl Authority {
         )?;
         // Build first: a keystore whose records do not load is refused before anything is
         // written to it.
-        let records = plan.apply_to(&records);
+        let before = records;
+        let records = plan.apply_to(&before);
         let set = KeySet::build(
             &records,
             &settings.signers,
@@ -178,6 +182,10 @@ impl Authority {
         if !plan.is_empty() {
             store.apply(&plan.changed, &plan.deleted)?;
             log_plan(&plan);
+            let dropped = dropped(&before, &plan);
+            settings
+                .signers
+                .destroy(&dropped.iter().collect::<Vec<_>>());
         }
         Ok(Authority::serving(
             store,
@@ -315,6 +323,18 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(AuthorityError::Task)
+}
+
+/// The keys `plan` drops from `before` (deleted after their retention, or revoked): with
+/// a token signer their objects are destroyed once the change is committed.
+fn dropped(before: &[KeyRecord], plan: &Plan) -> Vec<KeyRecord> {
+    plan.changed
+        .iter()
+        .filter(|r| r.state == KeyState::Revoked)
+        .chain(before.iter().filter(|r| plan.deleted.contains(&r.kid)))
+        .filter(|r| r.token.is_some())
+        .cloned()
+        .collect()
 }
 
 fn log_plan(plan: &Plan) {

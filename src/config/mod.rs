@@ -42,6 +42,8 @@ pub struct Config {
     pub issuer: Option<String>,
     pub(crate) admin_token_file: Option<PathBuf>,
     pub(crate) kek_file: Option<PathBuf>,
+    /// The PKCS#11 token that makes and holds the keys; `None` for the in-process signer.
+    pub(crate) pkcs11: Option<Pkcs11Files>,
     /// `None`: sled in the data directory.
     pub(crate) store: Option<PgSettings>,
     pub(crate) store_sync_interval: Duration,
@@ -251,6 +253,7 @@ impl TryFrom<ServeArgs> for Config {
             issuer: args.issuer,
             admin_token_file: args.admin_token_file,
             kek_file: args.kek_file,
+            pkcs11: args.signer.pkcs11()?,
             allow_group_readable_files: args.allow_group_readable_files,
             default_ttl,
             max_ttl,

@@ -100,6 +100,75 @@ pub(crate) fn pg_settings(
     }
 }
 
+/// What makes the keys and signs with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SignerKind {
+    /// The process, with the crypto provider; private keys sealed at rest by the store.
+    Process,
+    /// A PKCS#11 token (an HSM, a cloud HSM's library, SoftHSM): keys generated in it,
+    /// non-extractable, and only asked to sign.
+    Pkcs11,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct SignerArgs {
+    /// Where keys are made and what signs with them: `process` or `pkcs11`.
+    #[arg(long, env = "TA_SIGNER", value_enum, default_value = "process")]
+    pub(crate) signer: SignerKind,
+
+    /// The token vendor's PKCS#11 library (with --signer pkcs11).
+    #[arg(long, env = "TA_PKCS11_MODULE")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+
+    /// The label of the token to use (with --signer pkcs11).
+    #[arg(long, env = "TA_PKCS11_TOKEN_LABEL")]
+    pub(crate) pkcs11_token_label: Option<String>,
+
+    /// File holding the token's user PIN, owner-only (with --signer pkcs11).
+    #[arg(long, env = "TA_PKCS11_PIN_FILE")]
+    pub(crate) pkcs11_pin_file: Option<PathBuf>,
+}
+
+/// Where the PKCS#11 token is, as the flags name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs11Files {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin_file: PathBuf,
+}
+
+impl SignerArgs {
+    /// `None` for the in-process signer; the token's module, label and PIN file otherwise,
+    /// all three needed.
+    pub(crate) fn pkcs11(&self) -> Result<Option<Pkcs11Files>, ConfigError> {
+        let given = self.pkcs11_module.is_some()
+            || self.pkcs11_token_label.is_some()
+            || self.pkcs11_pin_file.is_some();
+        match self.signer {
+            SignerKind::Process if given => Err(ConfigError(
+                "--pkcs11-module, --pkcs11-token-label and --pkcs11-pin-file need --signer pkcs11"
+                    .into(),
+            )),
+            SignerKind::Process => Ok(None),
+            SignerKind::Pkcs11 => match (
+                &self.pkcs11_module,
+                &self.pkcs11_token_label,
+                &self.pkcs11_pin_file,
+            ) {
+                (Some(module), Some(token_label), Some(pin_file)) => Ok(Some(Pkcs11Files {
+                    module: module.clone(),
+                    token_label: token_label.clone(),
+                    pin_file: pin_file.clone(),
+                })),
+                _ => Err(ConfigError(
+                    "--signer pkcs11 needs --pkcs11-module, --pkcs11-token-label and --pkcs11-pin-file"
+                        .into(),
+                )),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Directory for the keystore and the generated admin token.
@@ -131,6 +200,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+
+    #[command(flatten)]
+    pub(crate) signer: SignerArgs,
 
     /// How often a replica re-reads the shared store's generation, in case a change
     /// notification was lost.

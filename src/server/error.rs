@@ -3,6 +3,7 @@
 //! chain (`telemetry::chain`).
 
 use crate::{
+    authority::signers::pkcs11::Pkcs11Error,
     authority::AuthorityError,
     callers::admin::AdminTokenError,
     callers::{audit::AuditError, reload::LoadError},
@@ -44,6 +45,13 @@ pub enum ServerError {
     Policy(#[from] LoadError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("cannot read the PKCS#11 PIN file {path}: {source}")]
+    Pin {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
 }
 
 impl ServerError {
@@ -56,6 +64,10 @@ impl ServerError {
             {
                 2
             }
+            // A module, token, PIN or mechanism the settings name wrongly; a token that
+            // cannot be reached now is another failure.
+            ServerError::Pkcs11(error) if !error.is_transient() => 2,
+            ServerError::Pin { .. } => 2,
             _ => 1,
         }
     }

@@ -36,7 +36,7 @@ mod tests;
 
 pub use error::ServerError;
 use health::Health;
-use open::{authority_settings, open_authority, open_callers, open_secrets};
+use open::{authority_settings, open_authority, open_callers, open_secrets, open_signers};
 use serving::Serving;
 use tasks::Tasks;
 
@@ -77,6 +77,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
     let (admin, keks) = open_secrets(&config)?;
+    let signers = open_signers(&config).await?;
     let health = Health::starting().await;
     let grpc_routes = routes::grpc_base(&health)?;
     let stop = CancellationToken::new();
@@ -86,7 +87,7 @@ pub async fn run(
     let serving = Serving::start(listeners, &config, tls.as_ref(), &health, &metrics, &stop);
 
     let mut shutdown = std::pin::pin!(shutdown);
-    let settings = authority_settings(&config, issuer.clone());
+    let settings = authority_settings(&config, issuer.clone(), signers);
     let authority = match open_authority(&config, keks, settings, shutdown.as_mut()).await {
         Ok(Some(authority)) => Arc::new(authority),
         // Asked to stop before the database could be reached, or the start failed: the

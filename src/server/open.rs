@@ -7,7 +7,10 @@ use token_authority_jose::backoff::Backoff;
 
 use super::ServerError;
 use crate::{
-    authority::{Authority, AuthorityError, Settings, Signers},
+    authority::{
+        signers::pkcs11::{Pkcs11Settings, Pkcs11Token},
+        Authority, AuthorityError, Settings, Signers,
+    },
     callers::admin::{AdminToken, AdminTokenSource},
     callers::{
         audit::{self, AuditLog, AuditSettings},
@@ -53,8 +56,40 @@ pub(super) fn open_secrets(config: &Config) -> Result<(AdminToken, Option<Keks>)
     Ok((admin, keks))
 }
 
+/// What makes the keys and signs: the process, or the PKCS#11 token the configuration
+/// names, opened and logged in (its PIN file owner-only, like every secret).
+pub(super) async fn open_signers(config: &Config) -> Result<Signers, ServerError> {
+    let Some(files) = &config.pkcs11 else {
+        return Ok(Signers::InProcess);
+    };
+    file_modes::check_private(
+        &files.pin_file,
+        "PKCS#11 PIN file",
+        config.allow_group_readable_files,
+    )?;
+    let pin = std::fs::read_to_string(&files.pin_file).map_err(|source| ServerError::Pin {
+        path: files.pin_file.display().to_string(),
+        source,
+    })?;
+    let settings = Pkcs11Settings {
+        module: files.module.clone(),
+        token_label: files.token_label.clone(),
+        pin: zeroize::Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_owned()),
+    };
+    let algorithms = config.algorithms.clone();
+    let token = tokio::task::spawn_blocking(move || Pkcs11Token::open(&settings, &algorithms))
+        .await
+        .map_err(ServerError::Task)??;
+    tracing::info!(
+        module = %files.module.display(),
+        token = %files.token_label,
+        "signing keys are generated and held in the PKCS#11 token"
+    );
+    Ok(Signers::Pkcs11(token))
+}
+
 /// The authority's settings: what the configuration says, under `issuer`.
-pub(super) fn authority_settings(config: &Config, issuer: String) -> Settings {
+pub(super) fn authority_settings(config: &Config, issuer: String, signers: Signers) -> Settings {
     Settings {
         issuer,
         default_ttl: config.default_ttl,
@@ -65,7 +100,7 @@ pub(super) fn authority_settings(config: &Config, issuer: String) -> Settings {
         publish_lead: config.publish_lead,
         rotation_period: config.rotation_period,
         clock: config.clock,
-        signers: Signers::InProcess,
+        signers,
     }
 }
 

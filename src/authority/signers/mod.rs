@@ -1,10 +1,16 @@
-//! Where the authority's keys are made and what signs with them. Today the process itself
-//! (the crypto provider), its private keys sealed at rest by the store; a hardware token
-//! that makes keys and only signs with them is the other kind this seam is for.
+//! Where the authority's keys are made and what signs with them: the process itself (the
+//! crypto provider), its private keys sealed at rest by the store; or a PKCS#11 token that
+//! makes the keys, keeps them non-extractable, and is only asked to sign (`pkcs11`).
+
+pub mod pkcs11;
 
 use std::sync::Arc;
 
-use crate::authority::keys::{self, GeneratedKey, KeyRecord};
+use self::pkcs11::{Pkcs11Token, TokenKey};
+use crate::{
+    authority::keys::{self, GeneratedKey, KeyRecord, PrivateKeyDer, TokenObject},
+    telemetry::chain,
+};
 use token_authority_jose::{
     crypto::{Algorithm, CryptoError, SigningKey},
     jwt::SignatureSource,
@@ -15,13 +21,64 @@ pub enum Signers {
     /// Keys made by the crypto provider and held in the process.
     #[default]
     InProcess,
+    /// Keys generated in a PKCS#11 token, which signs with them and never lets them out.
+    Pkcs11(Pkcs11Token),
 }
 
 impl Signers {
+    /// Whether signing blocks its thread on a device (every algorithm then signs on the
+    /// signing threads, never on the async reactor).
+    pub(crate) fn blocks(&self) -> bool {
+        matches!(self, Signers::Pkcs11(_))
+    }
+
+    /// Whether the signer can sign now: the token answered its last call.
+    pub(crate) fn is_available(&self) -> bool {
+        match self {
+            Signers::InProcess => true,
+            Signers::Pkcs11(token) => token.is_available(),
+        }
+    }
+
+    /// Destroys the token objects of keys that are deleted or revoked; logged, never
+    /// failing the change that dropped them (the store no longer names them).
+    pub(crate) fn destroy(&self, dropped: &[&KeyRecord]) {
+        let Signers::Pkcs11(token) = self else {
+            return;
+        };
+        for record in dropped {
+            let Some(object) = &record.token else {
+                continue;
+            };
+            match token.destroy(&object.object_id) {
+                Ok(()) => {
+                    tracing::info!(kid = %record.kid, object_id = %object.object_id, "token key destroyed")
+                }
+                Err(error) => {
+                    tracing::warn!(kid = %record.kid, error = %chain(&error), "cannot destroy a token key; remove it by hand")
+                }
+            }
+        }
+    }
+
     /// A fresh key of `alg`.
     pub(crate) fn generate(&self, alg: Algorithm) -> Result<GeneratedKey, CryptoError> {
         match self {
             Signers::InProcess => keys::generate(alg),
+            Signers::Pkcs11(token) => {
+                let made = token
+                    .generate(alg)
+                    .map_err(|e| CryptoError::Generation(chain(&e).to_string()))?;
+                Ok(GeneratedKey {
+                    kid: made.kid,
+                    alg: made.alg,
+                    private_key: PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new())),
+                    token: Some(TokenObject {
+                        object_id: made.object_id,
+                        public: made.public,
+                    }),
+                })
+            }
         }
     }
 
@@ -37,6 +94,23 @@ impl Signers {
                 alg: record.alg,
                 reason: "the key lives in a PKCS#11 token; start with --signer pkcs11".into(),
             }),
+            (Signers::Pkcs11(token), Some(object)) => token
+                .signer(&TokenKey {
+                    kid: record.kid.clone(),
+                    alg: record.alg,
+                    object_id: object.object_id.clone(),
+                    public: object.public.clone(),
+                })
+                .map_err(|e| CryptoError::BadPrivateKey {
+                    alg: record.alg,
+                    reason: chain(&e).to_string(),
+                }),
+            // Keys made before the switch to the token still sign in the process until they
+            // retire: the README's migration path.
+            (Signers::Pkcs11(_), None) => Ok(Arc::new(SigningKey::from_pkcs8(
+                record.alg,
+                record.private_key.as_bytes(),
+            )?)),
         }
     }
 }

@@ -155,11 +155,12 @@ impl GrpcService {
             .settings()
             .algorithm(alg)
             .map_err(AuthorityError::from)?;
-        let (issued, signing) = if resolved.is_slow_to_sign() {
-            self.signing_pool.run(sign).await?
-        } else {
-            sign()
-        };
+        let (issued, signing) =
+            if resolved.is_slow_to_sign() || self.authority.settings().signers.blocks() {
+                self.signing_pool.run(sign).await?
+            } else {
+                sign()
+            };
         let (issued, signed_at) = issued?;
         self.metrics.token_issued(issued.alg, signing);
         Ok((issued, signed_at))

@@ -1,0 +1,166 @@
+//! Signing keys held in a PKCS#11 token (an HSM, a cloud HSM or KMS through its vendor's
+//! PKCS#11 library, SoftHSM in tests): the private keys are generated inside the token and
+//! never leave it; the server keeps, per key, the `TokenKey` record (kid, algorithm, CKA_ID,
+//! public key) and asks the token for signatures.
+//!
+//! Every call into the token blocks the calling thread: call it from the signing threads or
+//! a blocking task, never from the async reactor.
+//!
+//! # Layout
+//! - `session_pool`: the module, the token found by label, the pool of logged-in sessions,
+//!   and the reconnection when the token goes away.
+//! - `mechanisms`: the mechanisms each JWS algorithm needs, and the check of a token's list.
+//! - `keys`: key objects: generating a pair, reading its public half, finding and
+//!   destroying objects by CKA_ID.
+//! - `signing`: `TokenSigner`, the `SignatureSource` of a key in the token.
+//! - `error`: `Pkcs11Error`.
+
+mod error;
+mod keys;
+mod mechanisms;
+mod session_pool;
+mod signing;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use token_authority_jose::crypto::{random_bytes, Algorithm, PublicComponents, VerifyingKey};
+use token_authority_jose::jwk::thumbprint;
+use token_authority_jose::jwt::SignatureSource;
+use zeroize::Zeroizing;
+
+pub use error::Pkcs11Error;
+
+use error::failed;
+use keys::{destroy_all, find_recorded, parse_object_id};
+use session_pool::Connection;
+use signing::TokenSigner;
+
+/// Where the token is and how to log in to it.
+#[derive(Clone)]
+pub(crate) struct Pkcs11Settings {
+    /// The vendor's PKCS#11 library.
+    pub(crate) module: PathBuf,
+    /// The token's label (CKA_LABEL of the token, at most 32 bytes).
+    pub(crate) token_label: String,
+    /// The user PIN.
+    pub(crate) pin: Zeroizing<String>,
+}
+
+impl fmt::Debug for Pkcs11Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Settings")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("pin", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A key pair in the token, as the key set records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TokenKey {
+    /// The RFC 7638 thumbprint of `public`, also the objects' CKA_LABEL.
+    pub(crate) kid: String,
+    pub(crate) alg: Algorithm,
+    /// The CKA_ID both objects carry, in lowercase hex.
+    pub(crate) object_id: String,
+    pub(crate) public: PublicComponents,
+}
+
+/// A logged-in connection to one token. Clones share it.
+#[derive(Clone)]
+pub struct Pkcs11Token {
+    connection: Arc<Connection>,
+}
+
+impl fmt::Debug for Pkcs11Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Token")
+            .field("module", &self.connection.path())
+            .field("token_label", &self.connection.label())
+            .field("available", &self.connection.is_available())
+            .finish()
+    }
+}
+
+impl Pkcs11Token {
+    /// Loads the module, finds the token by label, logs in, opens the pool of sessions, and
+    /// checks that the token offers what each of `algorithms` needs to sign and to generate
+    /// keys.
+    pub(crate) fn open(
+        settings: &Pkcs11Settings,
+        algorithms: &[Algorithm],
+    ) -> Result<Pkcs11Token, Pkcs11Error> {
+        let connection = Connection::open(
+            &settings.module,
+            &settings.token_label,
+            settings.pin.clone(),
+            algorithms,
+        )?;
+        Ok(Pkcs11Token {
+            connection: Arc::new(connection),
+        })
+    }
+
+    /// Generates a key pair for `alg` in the token, labels both objects with its kid, and
+    /// returns the record to keep.
+    pub(crate) fn generate(&self, alg: Algorithm) -> Result<TokenKey, Pkcs11Error> {
+        let id = random_bytes(keys::OBJECT_ID_BYTES).map_err(Pkcs11Error::Random)?;
+        let label = self.connection.label();
+        self.connection
+            .run("generating a key pair", |session, attempt| {
+                if attempt.after_reconnect {
+                    // What the first try made before its answer was lost.
+                    destroy_all(session, &id).map_err(failed(label, "removing a half-made key"))?;
+                }
+                keys::generate(session, label, alg, &id)
+            })
+    }
+
+    /// A signer of `key`, after checking that the token holds it: the private key with its
+    /// CKA_ID, of `key.alg`'s type, and beside it the public key `key` records.
+    pub(crate) fn signer(&self, key: &TokenKey) -> Result<Arc<dyn SignatureSource>, Pkcs11Error> {
+        let label = self.connection.label();
+        let mismatch = |reason: String| Pkcs11Error::KeyMismatch {
+            label: label.to_owned(),
+            object_id: key.object_id.clone(),
+            reason,
+        };
+        let id = parse_object_id(&key.object_id)?;
+        let verifying = VerifyingKey::from_components(key.alg, key.public.clone())
+            .map_err(|error| mismatch(format!("the stored public key: {error}")))?;
+        if thumbprint(&key.public) != key.kid {
+            return Err(mismatch(
+                "the stored kid is not the thumbprint of the stored public key".to_owned(),
+            ));
+        }
+        let (epoch, private) = self.connection.run("finding a key", |session, attempt| {
+            Ok((attempt.epoch, find_recorded(session, label, key, &id)?))
+        })?;
+        Ok(Arc::new(TokenSigner::new(
+            Arc::clone(&self.connection),
+            key.alg,
+            id,
+            verifying,
+            epoch,
+            private,
+        )))
+    }
+
+    /// Destroys both objects of the key with CKA_ID `object_id`; a key already gone is no
+    /// error.
+    pub(crate) fn destroy(&self, object_id: &str) -> Result<(), Pkcs11Error> {
+        let id = parse_object_id(object_id)?;
+        let label = self.connection.label();
+        self.connection.run("destroying a key", |session, _| {
+            destroy_all(session, &id).map_err(failed(label, "destroying a key"))
+        })
+    }
+
+    /// Whether the token answered the last call (for health checks and a gauge).
+    pub(crate) fn is_available(&self) -> bool {
+        self.connection.is_available()
+    }
+}

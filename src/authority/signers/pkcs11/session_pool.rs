@@ -1,0 +1,463 @@
+//! The connection to one token: the module, the slot found by its label, a fixed pool of
+//! logged-in sessions shared by the threads that call the token, and the recovery when the
+//! token, the sessions or the module state go away.
+//!
+//! Every token call runs through [`Connection::run`]. A call that fails in a way that means
+//! the token went away makes the connection reconnect once, in the order that is safe with
+//! PKCS#11 modules: drop the old sessions first (a stale session handle can alias a new
+//! session after a re-initialisation, and dropping it would close that one), call
+//! C_Initialize (already initialised is fine), find the slot by label again (slot ids
+//! change), open the sessions and log in. Object handles change too: each reconnection
+//! starts a new epoch, and handles cached in an older epoch are looked up again by CKA_ID.
+//! Then the call is retried once.
+//!
+//! A reconnection that fails leaves the connection down; calls then fail at once as
+//! transient, and the next reconnection is tried no sooner than `RECONNECT_PAUSE` after the
+//! last. A reconnection refused at login (a changed or locked PIN) is never retried, as
+//! every try would bring the token closer to locking the PIN.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::MechanismType;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use token_authority_jose::crypto::Algorithm;
+use zeroize::Zeroizing;
+
+use super::error::{connection_lost, failed, rv, Pkcs11Error};
+use super::mechanisms::{self, Purpose, RSA_BITS};
+use crate::telemetry::chain;
+
+/// The shortest time between two reconnection attempts while the token is down.
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// The most sessions a connection opens: tokens limit them, and a session serves one call
+/// at a time, so more than the signing threads would sit idle.
+const MAX_SESSIONS: usize = 8;
+
+/// Labels of PKCS#11 tokens are at most 32 bytes (padded with spaces on the token).
+const MAX_LABEL_BYTES: usize = 32;
+
+/// One context per module path, kept for the life of the process. Every context of a module
+/// shares one module state, and unloading a module (the last context dropped) while its own
+/// threads may still run is unsafe with some vendors' libraries.
+static MODULES: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
+
+pub(super) struct Connection {
+    path: PathBuf,
+    label: String,
+    pin: Zeroizing<String>,
+    pkcs11: Pkcs11,
+    size: usize,
+    state: RwLock<State>,
+    available: AtomicBool,
+}
+
+struct State {
+    /// Counts successful connections: object handles are valid within one epoch only.
+    epoch: u64,
+    link: Link,
+    last_attempt: Instant,
+}
+
+enum Link {
+    Up(Sessions),
+    Down,
+    /// The login failed while reconnecting, for a reason no retry cures.
+    Refused(String),
+}
+
+struct Sessions {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+/// Which try of a call this is: the connection's epoch (object handles found in another
+/// epoch are stale), and whether the connection was just re-established for it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Try {
+    pub(super) epoch: u64,
+    pub(super) after_reconnect: bool,
+}
+
+enum Attempt<R> {
+    Done(Result<R, Pkcs11Error>),
+    Lost { epoch: u64, error: Pkcs11Error },
+    Down { epoch: u64 },
+}
+
+impl Connection {
+    /// Loads the module, finds the token, checks its mechanisms and logs in.
+    pub(super) fn open(
+        path: &Path,
+        label: &str,
+        pin: Zeroizing<String>,
+        algorithms: &[Algorithm],
+    ) -> Result<Connection, Pkcs11Error> {
+        if label.len() > MAX_LABEL_BYTES {
+            return Err(Pkcs11Error::LabelTooLong {
+                label: label.to_owned(),
+            });
+        }
+        let connection = Connection {
+            path: path.to_owned(),
+            label: label.to_owned(),
+            pin,
+            pkcs11: load(path)?,
+            size: std::thread::available_parallelism()
+                .map_or(2, usize::from)
+                .clamp(2, MAX_SESSIONS),
+            state: RwLock::new(State {
+                epoch: 0,
+                link: Link::Down,
+                last_attempt: Instant::now(),
+            }),
+            available: AtomicBool::new(false),
+        };
+        let sessions = connection
+            .initialize()
+            .and_then(|()| connection.find_slot())
+            .and_then(|slot| {
+                connection.check_mechanisms(slot, algorithms)?;
+                connection.open_sessions(slot)
+            })
+            .map_err(|error| connection.unreachable_if_lost("connecting", error))?;
+        *connection.write() = State {
+            epoch: 1,
+            link: Link::Up(sessions),
+            last_attempt: Instant::now(),
+        };
+        connection.available.store(true, Ordering::Release);
+        Ok(connection)
+    }
+
+    pub(super) fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn is_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+    }
+
+    /// Runs `op` on a session of its own (waiting for one if all are busy). When the token
+    /// went away (or a handle went stale), reconnects once and runs `op` again.
+    pub(super) fn run<R>(
+        &self,
+        doing: &'static str,
+        mut op: impl FnMut(&Session, Try) -> Result<R, Pkcs11Error>,
+    ) -> Result<R, Pkcs11Error> {
+        let seen = match self.attempt(&mut op, false) {
+            Attempt::Done(result) => return result,
+            Attempt::Lost { epoch, error } => {
+                tracing::warn!(
+                    token = %self.label,
+                    error = %chain(&error),
+                    "the PKCS#11 token failed {doing}; reconnecting"
+                );
+                epoch
+            }
+            Attempt::Down { epoch } => epoch,
+        };
+        self.reconnect(seen, doing)?;
+        match self.attempt(&mut op, true) {
+            Attempt::Done(result) => result,
+            Attempt::Lost { error, .. } if error.token_gone() => {
+                self.available.store(false, Ordering::Release);
+                Err(self.unreachable(doing, error))
+            }
+            Attempt::Lost { error, .. } => {
+                self.available.store(true, Ordering::Release);
+                Err(error)
+            }
+            Attempt::Down { .. } => Err(self.unreachable(doing, "the token is down")),
+        }
+    }
+
+    fn attempt<R>(
+        &self,
+        op: &mut impl FnMut(&Session, Try) -> Result<R, Pkcs11Error>,
+        after_reconnect: bool,
+    ) -> Attempt<R> {
+        let state = self.read();
+        match &state.link {
+            Link::Up(sessions) => {
+                let session = sessions.take();
+                let attempt = Try {
+                    epoch: state.epoch,
+                    after_reconnect,
+                };
+                match op(&session, attempt) {
+                    Err(error) if error.calls_for_reconnect() => Attempt::Lost {
+                        epoch: state.epoch,
+                        error,
+                    },
+                    result => {
+                        self.available.store(true, Ordering::Release);
+                        Attempt::Done(result)
+                    }
+                }
+            }
+            Link::Down => Attempt::Down { epoch: state.epoch },
+            Link::Refused(reason) => Attempt::Done(Err(Pkcs11Error::LoginRefused {
+                label: self.label.clone(),
+                reason: reason.clone(),
+            })),
+        }
+    }
+
+    /// Reconnects, unless another caller already did since `seen` (then its result stands),
+    /// or the last attempt failed less than `RECONNECT_PAUSE` ago.
+    fn reconnect(&self, seen: u64, doing: &'static str) -> Result<(), Pkcs11Error> {
+        let mut state = self.write();
+        match &state.link {
+            Link::Up(_) if state.epoch != seen => return Ok(()),
+            Link::Up(_) => {}
+            Link::Down if state.last_attempt.elapsed() < RECONNECT_PAUSE => {
+                return Err(self.unreachable(
+                    doing,
+                    format!("the last reconnection failed less than {RECONNECT_PAUSE:?} ago"),
+                ));
+            }
+            Link::Down => {}
+            Link::Refused(reason) => {
+                return Err(Pkcs11Error::LoginRefused {
+                    label: self.label.clone(),
+                    reason: reason.clone(),
+                })
+            }
+        }
+        state.link = Link::Down;
+        state.last_attempt = Instant::now();
+        let connected = self
+            .initialize()
+            .and_then(|()| self.find_slot())
+            .and_then(|slot| self.open_sessions(slot));
+        match connected {
+            Ok(sessions) => {
+                state.epoch += 1;
+                state.link = Link::Up(sessions);
+                self.available.store(true, Ordering::Release);
+                tracing::info!(token = %self.label, "reconnected to the PKCS#11 token");
+                Ok(())
+            }
+            Err(error) if is_login_refusal(&error) => {
+                self.available.store(false, Ordering::Release);
+                tracing::error!(
+                    token = %self.label,
+                    error = %chain(&error),
+                    "the PKCS#11 token refused the login while reconnecting; not retrying"
+                );
+                state.link = Link::Refused(error.to_string());
+                Err(error)
+            }
+            Err(error) => {
+                self.available.store(false, Ordering::Release);
+                tracing::warn!(
+                    token = %self.label,
+                    error = %chain(&error),
+                    "cannot reconnect to the PKCS#11 token"
+                );
+                Err(self.unreachable(doing, error))
+            }
+        }
+    }
+
+    fn initialize(&self) -> Result<(), Pkcs11Error> {
+        match self
+            .pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(source) if connection_lost(&source) => Err(self.failed("initialising")(source)),
+            Err(source) => Err(Pkcs11Error::ModuleInit {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The slot of the initialised token labelled `label`. A slot whose token cannot be read
+    /// (a token deleted under a running module) is skipped, not fatal to the search.
+    fn find_slot(&self) -> Result<Slot, Pkcs11Error> {
+        let wanted = self.label.trim_end_matches(' ');
+        let mut found = Vec::new();
+        let slots = self
+            .pkcs11
+            .get_slots_with_token()
+            .map_err(self.failed("listing its slots"))?;
+        for slot in slots {
+            let Ok(info) = self.pkcs11.get_token_info(slot) else {
+                continue;
+            };
+            if !info.token_initialized() {
+                continue;
+            }
+            if info.label() == wanted {
+                return Ok(slot);
+            }
+            found.push(info.label().to_owned());
+        }
+        Err(Pkcs11Error::TokenNotFound {
+            label: self.label.clone(),
+            found,
+        })
+    }
+
+    /// Checks that the token offers, for the use each algorithm makes of it, every mechanism
+    /// the algorithms need (RSA key generation: at `RSA_BITS`). Each is asked for by type:
+    /// the token's whole list would make cryptoki log every type it does not know.
+    fn check_mechanisms(&self, slot: Slot, algorithms: &[Algorithm]) -> Result<(), Pkcs11Error> {
+        let mut offered = Vec::new();
+        for (_, mechanism, purpose) in mechanisms::required(algorithms) {
+            let info = match self.pkcs11.get_mechanism_info(slot, mechanism) {
+                Ok(info) => info,
+                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => continue,
+                Err(source) => return Err(self.failed("describing a mechanism")(source)),
+            };
+            let usable = match purpose {
+                Purpose::Signing => info.sign(),
+                Purpose::KeyGeneration => {
+                    info.generate_key_pair()
+                        && (mechanism != MechanismType::RSA_PKCS_KEY_PAIR_GEN
+                            || (info.min_key_size()..=info.max_key_size())
+                                .contains(&usize::from(RSA_BITS)))
+                }
+            };
+            if usable {
+                offered.push(mechanism);
+            }
+        }
+        mechanisms::check_mechanisms(&self.label, &offered, algorithms)
+    }
+
+    /// Opens the pool's sessions and logs the user in once: the login belongs to the
+    /// application and the token, so every session, current and future, shares it.
+    fn open_sessions(&self, slot: Slot) -> Result<Sessions, Pkcs11Error> {
+        let mut sessions = Vec::with_capacity(self.size);
+        for _ in 0..self.size {
+            let session = self
+                .pkcs11
+                .open_rw_session(slot)
+                .map_err(self.failed("opening a session"))?;
+            if sessions.is_empty() {
+                self.login(&session)?;
+            }
+            sessions.push(Mutex::new(session));
+        }
+        Ok(Sessions {
+            sessions,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn login(&self, session: &Session) -> Result<(), Pkcs11Error> {
+        let pin = AuthPin::new(self.pin.as_str().into());
+        let label = || self.label.clone();
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(source) => Err(match rv(&source) {
+                Some(RvError::PinIncorrect) => Pkcs11Error::WrongPin { label: label() },
+                Some(RvError::PinLocked) => Pkcs11Error::PinLocked { label: label() },
+                Some(RvError::UserPinNotInitialized) => {
+                    Pkcs11Error::PinNotInitialized { label: label() }
+                }
+                _ if connection_lost(&source) => self.failed("logging in")(source),
+                _ => Pkcs11Error::Login {
+                    label: label(),
+                    source,
+                },
+            }),
+        }
+    }
+
+    fn failed(&self, doing: &'static str) -> impl FnOnce(CkError) -> Pkcs11Error + '_ {
+        failed(&self.label, doing)
+    }
+
+    fn unreachable(
+        &self,
+        doing: &'static str,
+        cause: impl Into<super::error::Cause>,
+    ) -> Pkcs11Error {
+        Pkcs11Error::Unreachable {
+            label: self.label.clone(),
+            doing,
+            source: cause.into(),
+        }
+    }
+
+    fn unreachable_if_lost(&self, doing: &'static str, error: Pkcs11Error) -> Pkcs11Error {
+        if error.token_gone() {
+            self.unreachable(doing, error)
+        } else {
+            error
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Sessions {
+    /// A free session, trying each from a rotating start, or, when all are busy, waiting
+    /// for one.
+    fn take(&self) -> MutexGuard<'_, Session> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.sessions.len();
+        (0..count)
+            .find_map(|i| match self.sessions[(start + i) % count].try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            })
+            .unwrap_or_else(|| {
+                self.sessions[start % count]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
+    }
+}
+
+fn is_login_refusal(error: &Pkcs11Error) -> bool {
+    matches!(
+        error,
+        Pkcs11Error::WrongPin { .. }
+            | Pkcs11Error::PinLocked { .. }
+            | Pkcs11Error::PinNotInitialized { .. }
+            | Pkcs11Error::Login { .. }
+    )
+}
+
+/// The process's context for the module at `path`, loading it the first time.
+fn load(path: &Path) -> Result<Pkcs11, Pkcs11Error> {
+    let mut modules = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, pkcs11)) = modules.iter().find(|(loaded, _)| loaded == path) {
+        return Ok(pkcs11.clone());
+    }
+    let pkcs11 = Pkcs11::new(path).map_err(|source| match source {
+        CkError::MissingSymbol(_) => Pkcs11Error::NotAModule {
+            path: path.to_owned(),
+        },
+        source => Pkcs11Error::ModuleNotLoadable {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    modules.push((path.to_owned(), pkcs11.clone()));
+    Ok(pkcs11)
+}
