@@ -33,6 +33,7 @@ mod metrics;
 mod mtls_lifetime;
 mod peer_limits;
 mod persistence_and_rotation;
+mod pkcs11;
 mod pki;
 mod policy;
 mod policy_command;

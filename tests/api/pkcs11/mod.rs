@@ -1,0 +1,327 @@
+//! `serve --signer pkcs11` against SoftHSM: keys generated in the token, non-extractable,
+//! signing every algorithm; nothing private in the data directory; revoked keys' objects
+//! destroyed; settings the token refuses stop the start with one line.
+
+use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+use token_authority::{
+    pb,
+    store::{kek::Keks, KeyStore},
+};
+
+use crate::helpers::{admin, config, DataDir, TestServer};
+
+mod softhsm;
+
+const ALGORITHMS: [&str; 4] = ["RS256", "PS256", "ES256", "EdDSA"];
+
+/// The serve flags for token `label`, its PIN in an owner-only file of `dir`.
+fn signer_flags(dir: &DataDir, label: &str) -> Vec<String> {
+    let pin = dir.path.with_extension("pin");
+    std::fs::write(&pin, format!("{}\n", softhsm::USER_PIN)).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    vec![
+        "--signer".into(),
+        "pkcs11".into(),
+        "--pkcs11-module".into(),
+        softhsm::MODULE.into(),
+        "--pkcs11-token-label".into(),
+        label.into(),
+        "--pkcs11-pin-file".into(),
+        pin.display().to_string(),
+        "--algorithms".into(),
+        ALGORITHMS.join(","),
+    ]
+}
+
+fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+/// The private key objects labelled `kid` in token `label`.
+fn private_objects(label: &str, kid: &str) -> Vec<cryptoki::object::ObjectHandle> {
+    softhsm::user_session(label)
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(kid.as_bytes().to_vec()),
+        ])
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_algorithm_signs_in_the_token_and_nothing_private_is_stored() {
+    let label = softhsm::new_token("signs");
+    let dir = DataDir::new();
+    let flags = signer_flags(&dir, &label);
+    let server = TestServer::start_with(config(&dir, &args(&flags))).await;
+    for alg in ALGORITHMS {
+        let issued = server
+            .client
+            .clone()
+            .issue_token(pb::IssueTokenRequest {
+                subject: "svc".into(),
+                audience: vec!["aud".into()],
+                algorithm: alg.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let verdict = server.verify(&issued.token, "aud").await;
+        assert!(verdict.valid, "{alg}: {verdict:?}");
+        // The signing key is an object of the token, labelled with its kid, whose private
+        // value cannot be read and which cannot be exported.
+        let objects = private_objects(&label, &issued.key_id);
+        assert_eq!(objects.len(), 1, "{alg}: {}", issued.key_id);
+        let session = softhsm::user_session(&label);
+        let info = session
+            .get_attribute_info(
+                objects[0],
+                &[AttributeType::Extractable, AttributeType::Sensitive],
+            )
+            .unwrap();
+        assert!(matches!(info[0], AttributeInfo::Available(_)), "{alg}");
+        let values = session
+            .get_attributes(
+                objects[0],
+                &[AttributeType::Extractable, AttributeType::Sensitive],
+            )
+            .unwrap();
+        assert!(
+            values.contains(&Attribute::Extractable(false)),
+            "{alg}: {values:?}"
+        );
+        assert!(
+            values.contains(&Attribute::Sensitive(true)),
+            "{alg}: {values:?}"
+        );
+        assert!(
+            session
+                .get_attributes(objects[0], &[AttributeType::Value])
+                .unwrap()
+                .is_empty(),
+            "{alg}: the private value was readable"
+        );
+    }
+    server.stop().await;
+    // The keystore holds, for every key, the token object and no private half.
+    let (_store, records) = KeyStore::open(&dir.path.join("keystore"), None::<Keks>).unwrap();
+    assert_eq!(records.len(), 2 * ALGORITHMS.len());
+    for record in &records {
+        assert!(record.private_key.as_bytes().is_empty(), "{}", record.kid);
+        assert!(record.token.is_some(), "{}", record.kid);
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_server_signs_with_the_keys_it_finds_again_and_revocation_destroys_them() {
+    let label = softhsm::new_token("restart");
+    let dir = DataDir::new();
+    let flags = signer_flags(&dir, &label);
+    let server = TestServer::start_with(config(&dir, &args(&flags))).await;
+    let before = server.issue("svc", &["aud"]).await;
+    server.stop().await;
+
+    let server = TestServer::start_with(config(&dir, &args(&flags))).await;
+    let after = server.issue("svc", &["aud"]).await;
+    assert_eq!(after.key_id, before.key_id);
+    assert!(server.verify(&before.token, "aud").await.valid);
+
+    // Revoked: refused, and its object gone from the token.
+    assert_eq!(private_objects(&label, &before.key_id).len(), 1);
+    server
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: before.key_id.clone(),
+            reason: "test".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(private_objects(&label, &before.key_id).is_empty());
+    let verdict = server.verify(&before.token, "aud").await;
+    assert_eq!(verdict.reason, pb::VerifyFailureReason::RevokedKey as i32);
+    // The next key took over, and signs in the token.
+    let next = server.issue("svc", &["aud"]).await;
+    assert_ne!(next.key_id, before.key_id);
+    assert_eq!(private_objects(&label, &next.key_id).len(), 1);
+    assert!(server.verify(&next.token, "aud").await.valid);
+    server.stop().await;
+}
+
+/// Settings the token refuses stop the start, each with one line naming what to fix.
+#[tokio::test]
+async fn settings_the_token_refuses_stop_the_start_with_one_line() {
+    let label = softhsm::new_token("refuses");
+    let dir = DataDir::new();
+    let good = signer_flags(&dir, &label);
+    let with = |flag: &str, value: &str| {
+        let mut flags = good.clone();
+        let at = flags.iter().position(|f| f == flag).unwrap();
+        flags[at + 1] = value.to_owned();
+        flags
+    };
+    let wrong_pin = dir.path.with_extension("wrong-pin");
+    std::fs::write(&wrong_pin, "not-the-pin\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrong_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let open_pin = dir.path.with_extension("open-pin");
+    std::fs::write(&open_pin, softhsm::USER_PIN).unwrap();
+    std::fs::set_permissions(&open_pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cases = [
+        (
+            with("--pkcs11-pin-file", &wrong_pin.display().to_string()),
+            format!("the user PIN of token {label:?} is incorrect"),
+        ),
+        (
+            with("--pkcs11-token-label", "no-such-token"),
+            "no PKCS#11 token is labelled \"no-such-token\"".to_owned(),
+        ),
+        (
+            with("--pkcs11-module", "/nonexistent/libpkcs11.so"),
+            "cannot load the PKCS#11 module /nonexistent/libpkcs11.so".to_owned(),
+        ),
+        (
+            with("--pkcs11-pin-file", &open_pin.display().to_string()),
+            format!(
+                "the PKCS#11 PIN file {} is accessible to group or others",
+                open_pin.display()
+            ),
+        ),
+    ];
+    for (flags, expected) in cases {
+        let case_dir = DataDir::new();
+        let (server, result) = TestServer::try_start(config(&case_dir, &args(&flags))).await;
+        assert!(server.is_none(), "{expected}");
+        let error = result.unwrap_err();
+        let line = token_authority::telemetry::chain(&error).to_string();
+        assert!(line.starts_with(&expected), "{line}\nexpected: {expected}");
+    }
+}
+
+/// The README's switch: keys made in the process keep signing after `--signer pkcs11` until
+/// they rotate out; a forced rotation moves the signing onto a key made in the token.
+#[tokio::test]
+async fn keys_made_before_the_switch_sign_until_a_rotation_moves_to_the_token() {
+    let label = softhsm::new_token("switch");
+    let dir = DataDir::new();
+    let before_flags = ["--algorithms", "ES256"];
+    let server = TestServer::start_with(config(&dir, &before_flags)).await;
+    let old = server.issue("svc", &["aud"]).await;
+    server.stop().await;
+
+    let mut flags = signer_flags(&dir, &label);
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256".into();
+    let server = TestServer::start_with(config(&dir, &args(&flags))).await;
+    let still = server.issue("svc", &["aud"]).await;
+    assert_eq!(still.key_id, old.key_id);
+    assert!(private_objects(&label, &old.key_id).is_empty());
+    let rotated = server
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest {
+            force: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let moved = server.issue("svc", &["aud"]).await;
+    assert_eq!(moved.key_id, rotated.current_key_id);
+    assert_ne!(moved.key_id, old.key_id);
+    assert!(server.verify(&moved.token, "aud").await.valid);
+    assert!(server.verify(&old.token, "aud").await.valid);
+    server.stop().await;
+}
+
+/// A wrong PIN stops the binary with one `error:` line and exit 2.
+#[tokio::test]
+async fn the_binary_exits_2_on_a_wrong_pin() {
+    let label = softhsm::new_token("exit");
+    let dir = DataDir::new();
+    let flags = signer_flags(&dir, &label);
+    let pin = &flags[flags.iter().position(|f| f == "--pkcs11-pin-file").unwrap() + 1];
+    std::fs::write(pin, "not-the-pin").unwrap();
+    let output = std::process::Command::new(crate::binary::BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&dir.path)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(&flags)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: the user PIN of token {label:?} is incorrect"
+        )),
+        "{stderr}"
+    );
+}
+
+/// The README's SoftHSM commands, as written: a token made with `softhsm2-util`, then
+/// `serve` with the signer, which starts serving.
+#[test]
+fn the_readme_softhsm_commands_start_a_server() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```sh\nsofthsm2-util")
+        .expect("the README's SoftHSM block")
+        + 6;
+    let script = &readme[start..start + readme[start..].find("```").unwrap()];
+    softhsm::new_token("readme"); // SOFTHSM2_CONF of this process, inherited below
+    let work = tempfile::tempdir().unwrap();
+    let bin_dir = std::path::Path::new(crate::binary::BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let mut child = std::process::Command::new("bash")
+        .args(["-euc", script])
+        .current_dir(work.path())
+        .env("PATH", path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let served = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("serving") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = std::process::Command::new("pkill")
+        .args(["-TERM", "-P", &child.id().to_string()])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "{}", seen.join("\n"));
+    assert!(
+        seen.iter().any(|l| l.contains("held in the PKCS#11 token")),
+        "{}",
+        seen.join("\n")
+    );
+}
