@@ -100,13 +100,13 @@ pub(crate) fn pg_settings(
     }
 }
 
-/// What makes the keys and signs with them.
+/// What makes the keys and signs with them: the process, with the crypto provider (private
+/// keys sealed at rest by the store); or a PKCS#11 token (an HSM, a cloud HSM's library,
+/// SoftHSM), where keys are generated, non-extractable, and only asked to sign. (No doc
+/// comment on the variants: clap would switch the whole `--help` to its long layout.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SignerKind {
-    /// The process, with the crypto provider; private keys sealed at rest by the store.
     Process,
-    /// A PKCS#11 token (an HSM, a cloud HSM's library, SoftHSM): keys generated in it,
-    /// non-extractable, and only asked to sign.
     Pkcs11,
 }
 
