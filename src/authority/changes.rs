@@ -8,7 +8,9 @@ use std::{
 };
 
 use super::{
-    blocking, dropped, log_plan, replica, Authority, AuthorityError, Built, RotationOutcome,
+    blocking, dropped, log_plan, replica,
+    reserve::{self, KeyReserve},
+    Authority, AuthorityError, Built, RotationOutcome,
 };
 use crate::{
     authority::keys::KeyRecord,
@@ -208,6 +210,7 @@ impl Authority {
     async fn transition<F>(&self, plan: F) -> Result<(Plan, Arc<KeySet>), AuthorityError>
     where
         F: FnOnce(&[KeyRecord], &mut dyn KeySource) -> Result<Plan, LifecycleError>
+            + Clone
             + Send
             + 'static,
     {
@@ -233,6 +236,7 @@ impl Authority {
     ) -> Result<(Plan, bool), AuthorityError>
     where
         F: FnOnce(&[KeyRecord], &mut dyn KeySource) -> Result<Plan, LifecycleError>
+            + Clone
             + Send
             + 'static,
     {
@@ -245,12 +249,21 @@ impl Authority {
         let revoked = self.replica.revocations();
         let clock = self.clock();
         let signers = self.settings.signers.clone();
-        let ((plan, next), settled) = self
+        // The keys the plan will ask for are made before the transaction opens (`reserve`).
+        let wanted = reserve::demand(held.as_slice(), plan.clone());
+        let reserve = {
+            let signers = signers.clone();
+            blocking(move || KeyReserve::fill(signers, &wanted))
+                .await?
+                .map_err(LifecycleError::from)?
+        };
+        let taken = reserve.clone();
+        let changed = self
             .store
             .transact(
                 held.to_vec(),
                 move |records| -> Result<((Plan, Option<Built>), Change), AuthorityError> {
-                    let mut generate = |alg| signers.generate(alg);
+                    let mut generate = taken.source();
                     let now = clock.unix_now();
                     let plan = replica::keeping_revocations(
                         records,
@@ -280,7 +293,15 @@ impl Authority {
                     Ok(((plan, Some((next, records))), change))
                 },
             )
-            .await?;
+            .await;
+        let made_inside = blocking(move || reserve.release()).await?;
+        if made_inside > 0 {
+            tracing::debug!(
+                made_inside,
+                "another replica changed the key set meanwhile: keys were generated in the transaction"
+            );
+        }
+        let ((plan, next), settled) = changed?;
         let position = settled.map(|settled| {
             self.replica.refused(&settled.refused);
             settled.position

@@ -23,6 +23,7 @@ use crate::{
 pub(crate) use error::ErrorKind;
 pub(crate) use issue::Issued;
 use replica::Replica;
+use reserve::KeyReserve;
 use served::Served;
 pub use signers::Signers;
 use token_authority_jose::{
@@ -39,6 +40,7 @@ pub mod keys;
 pub mod keyset;
 pub mod lifecycle;
 mod replica;
+mod reserve;
 mod served;
 pub mod signers;
 pub mod signing_pool;
@@ -209,11 +211,24 @@ impl Authority {
         let timing = settings.timing();
         let encrypted = store.encrypts_at_rest();
         let signers = settings.signers.clone();
-        let ((plan, built), generation) = store
+        // The keys that are due are made before the transaction opens (`reserve`), from what
+        // the database holds now.
+        let found = store.shared_records().await?;
+        let wanted = reserve::demand(&found, |records, keys| {
+            lifecycle::due(records, &algorithms, timing, now, keys)
+        });
+        let reserve = {
+            let signers = signers.clone();
+            blocking(move || KeyReserve::fill(signers, &wanted))
+                .await?
+                .map_err(LifecycleError::from)?
+        };
+        let taken = reserve.clone();
+        let opened = store
             .transact(
                 Vec::new(),
                 move |records| -> Result<((Plan, Built), Change), AuthorityError> {
-                    let mut generate = |alg| signers.generate(alg);
+                    let mut generate = taken.source();
                     let plan = lifecycle::due(records, &algorithms, timing, now, &mut generate)?;
                     let records = plan.apply_to(records);
                     let set = KeySet::build(&records, &signers, &algorithms, encrypted, timing)?;
@@ -224,7 +239,9 @@ impl Authority {
                     Ok(((plan, (set, records)), change))
                 },
             )
-            .await?;
+            .await;
+        blocking(move || reserve.release()).await?;
+        let ((plan, built), generation) = opened?;
         log_plan(&plan);
         let (position, refused) = generation
             .map(|settled| (settled.position, settled.refused))

@@ -188,6 +188,14 @@ impl KeyStore {
         }
     }
 
+    /// The records a shared store holds now (none for sled, which `Authority::open` reads).
+    pub(crate) async fn shared_records(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        match self {
+            KeyStore::Sled(_) => Ok(Vec::new()),
+            KeyStore::Postgres(store) => Ok(store.load(None).await?.records),
+        }
+    }
+
     /// The shared store's records when it is at a position other than `held`, with whether
     /// its history passes through `held`; `None` when it is not, or when the store is not
     /// shared.

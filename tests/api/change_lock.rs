@@ -363,3 +363,46 @@ async fn with_the_database_down_only_due_steps_count_as_failures() {
         server.stop().await;
     }
 }
+
+/// Key generation takes a moment in the process and seconds in a hardware token; the
+/// database ends a change transaction idle past its timeout. The keys a change needs are
+/// made before its transaction opens, so a slow generator costs time, never the change:
+/// here every generation takes 0.7 s (a failpoint) and the database's idle timeout is cut
+/// to 0.5 s, and a new database's first keys and a forced rotation both go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_key_generation_never_leaves_the_change_transaction_idle() {
+    let shared = Store::postgres().await;
+    let url = format!(
+        "{}?options=-c%20idle_in_transaction_session_timeout%3D500",
+        shared.pg().url()
+    );
+    let mut args = replica_args(&shared);
+    let at = args.iter().position(|arg| arg == "--store").unwrap();
+    args[at + 1] = url;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // At most the two keys of the first start sleep: another test generating keys now is
+    // slowed by at most that much, and never fails.
+    fail::cfg("signers.generate", "2*sleep(700)").unwrap();
+    let started = TestServer::try_start(crate::helpers::config(&DataDir::new(), &args)).await;
+    fail::remove("signers.generate");
+    let server = match started {
+        (Some(server), Ok(())) => server,
+        (_, outcome) => panic!("the first start failed: {outcome:?}"),
+    };
+
+    let before = server.current_kid("ES256").await;
+    fail::cfg("signers.generate", "1*sleep(700)").unwrap();
+    let rotated = server
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest {
+            force: true,
+            ..Default::default()
+        }))
+        .await;
+    fail::remove("signers.generate");
+    let rotated = rotated.expect("the forced rotation failed").into_inner();
+    assert_ne!(rotated.current_key_id, before);
+    server.stop().await;
+}

@@ -43,26 +43,40 @@ impl Signers {
     /// Destroys the token objects of keys that are deleted or revoked; logged, never
     /// failing the change that dropped them (the store no longer names them).
     pub(crate) fn destroy(&self, dropped: &[&KeyRecord]) {
+        for record in dropped {
+            if let Some(object) = &record.token {
+                self.destroy_object(&record.kid, object);
+            }
+        }
+    }
+
+    /// Destroys the token objects of keys generated for a change that did not use them.
+    pub(crate) fn destroy_unused(&self, unused: &[GeneratedKey]) {
+        for key in unused {
+            if let Some(object) = &key.token {
+                self.destroy_object(&key.kid, object);
+            }
+        }
+    }
+
+    fn destroy_object(&self, kid: &str, object: &TokenObject) {
         let Signers::Pkcs11(token) = self else {
             return;
         };
-        for record in dropped {
-            let Some(object) = &record.token else {
-                continue;
-            };
-            match token.destroy(&object.object_id) {
-                Ok(()) => {
-                    tracing::info!(kid = %record.kid, object_id = %object.object_id, "token key destroyed")
-                }
-                Err(error) => {
-                    tracing::warn!(kid = %record.kid, error = %chain(&error), "cannot destroy a token key; remove it by hand")
-                }
+        match token.destroy(&object.object_id) {
+            Ok(()) => {
+                tracing::info!(kid, object_id = %object.object_id, "token key destroyed")
+            }
+            Err(error) => {
+                tracing::warn!(kid, error = %chain(&error), "cannot destroy a token key; remove it by hand")
             }
         }
     }
 
     /// A fresh key of `alg`.
     pub(crate) fn generate(&self, alg: Algorithm) -> Result<GeneratedKey, CryptoError> {
+        // Where the tests make generation slow, as a hardware token's is.
+        fail::fail_point!("signers.generate");
         match self {
             Signers::InProcess => keys::generate(alg),
             Signers::Pkcs11(token) => {
