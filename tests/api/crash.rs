@@ -122,7 +122,19 @@ async fn sigkill_rounds(dir: &DataDir, args: &[&str], other: Option<&TestServer>
         }
 
         // Drive issuance, rotations and the odd revocation; kill at a moment that varies
-        // from round to round, possibly in the middle of a rotation's write.
+        // from round to round, possibly in the middle of a rotation's write. The kill clock
+        // starts once the round holds a token, so however loaded the machine, every round
+        // leaves one behind for the next round's checks.
+        let issued = client
+            .issue_token(pb::IssueTokenRequest {
+                subject: format!("svc-{round}-0"),
+                audience: vec!["api".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push((issued.token, issued.key_id));
         let kill_after = Duration::from_millis(5 + (round as u64 * 37) % 180);
         let work = async {
             let mut step = 0u32;
@@ -179,9 +191,4 @@ async fn sigkill_rounds(dir: &DataDir, args: &[&str], other: Option<&TestServer>
             );
         }
     }
-    assert!(
-        tokens.len() >= KILLS / 2,
-        "too little work was done: {} tokens",
-        tokens.len()
-    );
 }
