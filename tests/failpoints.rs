@@ -304,6 +304,7 @@ fn import_args(dir: &Path, pem: &Path) -> ImportArgs {
         kid: None,
         algorithm: None,
         max_ttl: std::time::Duration::from_secs(MAX_TTL),
+        signer: token_authority::config::SignerKind::Process,
     }
 }
 

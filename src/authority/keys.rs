@@ -102,6 +102,9 @@ pub struct KeyInfo {
     pub revoked_at: Option<u64>,
     pub revoked_reason: Option<String>,
     pub max_token_ttl: u64,
+    /// The CKA_ID of the key's objects when it lives in a PKCS#11 token; `None` when the
+    /// process holds it.
+    pub token_object_id: Option<String>,
 }
 
 impl KeyRecord {
@@ -119,6 +122,7 @@ impl KeyRecord {
             revoked_at: self.revoked_at,
             revoked_reason: self.revoked_reason.clone(),
             max_token_ttl: self.max_token_ttl,
+            token_object_id: self.token.as_ref().map(|t| t.object_id.clone()),
         }
     }
 }

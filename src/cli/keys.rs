@@ -15,7 +15,10 @@ use std::{
 use crate::{
     authority::keys::{GeneratedKey, KeyRecord, KeyState, PrivateKeyDer},
     authority::lifecycle::{self, LifecycleError},
-    config::{pg_settings, ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, StoreArgs},
+    config::{
+        pg_settings, ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, SignerKind,
+        StoreArgs,
+    },
     store::{
         kek::{KekError, Keks},
         Change, KeyStore, PgStore, StoreError,
@@ -66,6 +69,10 @@ pub enum KeysCommandError {
     TargetNotEmpty { database: String, keys: usize },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// Keys in a token are generated there and cannot leave it; a key imported next to
+    /// them would be the one that can.
+    #[error("{0}: nothing imported. A key made outside the token is not non-extractable; a forced rotation (RotateKeys with force) makes a new key in the token")]
+    IntoToken(&'static str),
 }
 
 /// The keystore a command works on.
@@ -147,6 +154,14 @@ fn time(unix: Option<u64>) -> String {
     )
 }
 
+/// Where a key lives: `process`, or `token:` and the CKA_ID of its objects.
+fn location(record: &KeyRecord) -> String {
+    match &record.token {
+        Some(object) => format!("token:{}", object.object_id),
+        None => "process".to_owned(),
+    }
+}
+
 /// The key table, one line per key, in the fields ListKeys answers.
 pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
     let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
@@ -154,7 +169,7 @@ pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<44} {:<6} {:<8} {:<21} {:<21} {:<21} {:<21} {:<21} {:<21} REVOKED_REASON",
+        "{:<44} {:<6} {:<8} {:<21} {:<21} {:<21} {:<21} {:<21} {:<21} {:<38} REVOKED_REASON",
         "KID",
         "ALG",
         "STATE",
@@ -163,7 +178,8 @@ pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
         "ACTIVATES/ACTIVATED",
         "RETIRED",
         "DELETE_AFTER",
-        "REVOKED"
+        "REVOKED",
+        "LOCATION"
     );
     for r in &records {
         let activation = match r.state {
@@ -173,7 +189,7 @@ pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
         let state = format!("{:?}", r.state).to_lowercase();
         let _ = writeln!(
             out,
-            "{:<44} {:<6} {:<8} {:<21} {:<21} {:<21} {:<21} {:<21} {:<21} {}",
+            "{:<44} {:<6} {:<8} {:<21} {:<21} {:<21} {:<21} {:<21} {:<21} {:<38} {}",
             r.kid,
             r.alg.name(),
             state,
@@ -183,6 +199,7 @@ pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
             time(r.retired_at),
             time(r.delete_after),
             time(r.revoked_at),
+            location(r),
             r.revoked_reason.as_deref().unwrap_or("-"),
         );
     }
@@ -232,7 +249,20 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
         Some(kid) => check_kid(kid)?,
         None => jwk::thumbprint(&signing.public_components()),
     };
+    if args.signer == SignerKind::Pkcs11 {
+        return Err(KeysCommandError::IntoToken(
+            "--signer pkcs11 keeps every signing key in the token",
+        ));
+    }
     let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
+    if records
+        .iter()
+        .any(|r| r.token.is_some() && r.state != KeyState::Revoked)
+    {
+        return Err(KeysCommandError::IntoToken(
+            "this keystore's keys live in a PKCS#11 token",
+        ));
+    }
     let key = GeneratedKey {
         kid: kid.clone(),
         alg,

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::serve_args::{ServeArgs, StoreArgs};
+use super::serve_args::{ServeArgs, SignerKind, StoreArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -269,4 +269,8 @@ pub struct ImportArgs {
     /// The server's max ttl: the retention bound recorded with the key.
     #[arg(long, env = "TA_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
+    /// The server's signer: with `pkcs11` nothing is imported (keys born outside the token
+    /// are not non-extractable).
+    #[arg(long, env = "TA_SIGNER", value_enum, default_value = "process")]
+    pub signer: SignerKind,
 }

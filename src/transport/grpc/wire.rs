@@ -118,6 +118,11 @@ pub(super) fn key_infos(keys: &KeySet) -> Vec<pb::KeyInfo> {
             delete_after: record.delete_after.map(timestamp),
             revoked_at: record.revoked_at.map(timestamp),
             revoked_reason: record.revoked_reason.clone().unwrap_or_default(),
+            location: match record.token_object_id {
+                Some(_) => pb::KeyLocation::Pkcs11Token,
+                None => pb::KeyLocation::Process,
+            } as i32,
+            token_object_id: record.token_object_id.clone().unwrap_or_default(),
         })
         .collect()
 }

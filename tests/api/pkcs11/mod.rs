@@ -325,3 +325,108 @@ fn the_readme_softhsm_commands_start_a_server() {
         seen.join("\n")
     );
 }
+
+/// Where each key lives, in ListKeys and in `keys list`; and `keys import` refuses a key
+/// born outside the token, with the signer named or found in the keystore.
+#[tokio::test]
+async fn keys_show_where_they_live_and_import_refuses_next_to_the_token() {
+    let label = softhsm::new_token("where");
+    let dir = DataDir::new();
+    // One key made in the process first, then the switch: both kinds in one keystore.
+    let server = TestServer::start_with(config(&dir, &["--algorithms", "ES256"])).await;
+    let in_process: Vec<String> = server
+        .list_keys()
+        .await
+        .keys
+        .into_iter()
+        .map(|key| key.key_id)
+        .collect();
+    server.stop().await;
+    let mut flags = signer_flags(&dir, &label);
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256".into();
+    let server = TestServer::start_with(config(&dir, &args(&flags))).await;
+    server.rotate().await;
+    let listed = server.list_keys().await.keys;
+    let mut in_token = Vec::new();
+    for key in &listed {
+        if in_process.contains(&key.key_id) {
+            assert_eq!(key.location, pb::KeyLocation::Process as i32);
+            assert_eq!(key.token_object_id, "");
+        } else {
+            assert_eq!(key.location, pb::KeyLocation::Pkcs11Token as i32, "{key:?}");
+            assert_eq!(key.token_object_id.len(), 32, "{key:?}");
+            in_token.push((key.key_id.clone(), key.token_object_id.clone()));
+        }
+    }
+    assert_eq!(in_token.len(), 1, "{listed:?}");
+    server.stop().await;
+
+    let keys = |extra: &[&str]| {
+        std::process::Command::new(crate::binary::BIN)
+            .arg("keys")
+            .args(extra)
+            .args(["--data-dir", dir.path.to_str().unwrap()])
+            .env_remove("TA_SIGNER")
+            .output()
+            .unwrap()
+    };
+    let table = String::from_utf8(keys(&["list"]).stdout).unwrap();
+    let line_of = |kid: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(kid))
+            .unwrap_or_else(|| panic!("{kid} not listed: {table}"))
+            .to_owned()
+    };
+    assert!(
+        table.lines().next().unwrap().contains(" LOCATION "),
+        "{table}"
+    );
+    for kid in &in_process {
+        assert!(line_of(kid).contains(" process "), "{table}");
+    }
+    for (kid, object_id) in &in_token {
+        assert!(
+            line_of(kid).contains(&format!(" token:{object_id} ")),
+            "{table}"
+        );
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let pem = work.path().join("ec.pem");
+    let der = token_authority_jose::crypto::generate_pkcs8(
+        token_authority_jose::crypto::Algorithm::ES256,
+    )
+    .unwrap();
+    std::fs::write(
+        &pem,
+        pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der).unwrap(),
+    )
+    .unwrap();
+    let pem = pem.to_str().unwrap();
+    for (extra, why) in [
+        (
+            &["--signer", "pkcs11"][..],
+            "--signer pkcs11 keeps every signing key in the token",
+        ),
+        (&[][..], "this keystore's keys live in a PKCS#11 token"),
+    ] {
+        let mut command = vec!["import", "--pem", pem];
+        command.extend_from_slice(extra);
+        let output = keys(&command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "error: {why}: nothing imported. A key made outside the token is not \
+                 non-extractable; a forced rotation (RotateKeys with force) makes a new key \
+                 in the token"
+            ),
+            "{extra:?}"
+        );
+    }
+    let unchanged = String::from_utf8(keys(&["list"]).stdout).unwrap();
+    assert_eq!(unchanged, table);
+}
