@@ -78,7 +78,7 @@ mod tests {
         authority::lifecycle,
         authority::lifecycle::Timing,
         authority::signers::Signers,
-        metrics::{Metrics, StoreState},
+        metrics::{AuthorityState, Metrics},
     };
     use token_authority_jose::crypto::Algorithm;
 
@@ -91,7 +91,7 @@ mod tests {
     const ALGS: [Algorithm; 1] = [Algorithm::ES256];
 
     fn gauges(metrics: &Metrics, now: u64) -> (String, String) {
-        let text = metrics.render(&StoreState::default(), now);
+        let text = metrics.render(&AuthorityState::default(), now);
         let line = |name: &str| {
             let prefix = format!("token_authority_{name}{{algorithm=\"ES256\"}} ");
             text.lines()

@@ -43,9 +43,9 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
-/// What the keystore's state shows in the metrics, read from the authority at each scrape.
+/// What the authority's state shows in the metrics, read from it at each scrape.
 #[derive(Debug, Default)]
-pub(crate) struct StoreState {
+pub(crate) struct AuthorityState {
     pub(crate) sync_age: u64,
     pub(crate) history_rewinds: u64,
     pub(crate) refused_records: usize,
@@ -237,7 +237,7 @@ impl Metrics {
 
     /// Renders the OpenMetrics text, first setting the gauges that follow from the key set
     /// served (its activation times, at `now`) and the store's state.
-    pub(crate) fn render(&self, store: &StoreState, now: u64) -> String {
+    pub(crate) fn render(&self, store: &AuthorityState, now: u64) -> String {
         self.store_sync_age
             .set(i64::try_from(store.sync_age).unwrap_or(i64::MAX));
         // The authority counts; the counter follows it (it only ever grows).

@@ -18,7 +18,7 @@ use axum::{
 
 use crate::{
     authority::Authority,
-    metrics::{Metrics, StoreState},
+    metrics::{AuthorityState, Metrics},
 };
 
 /// What the handlers share.
@@ -129,7 +129,7 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let now = state.authority.clock().unix_now();
-    let store = StoreState {
+    let store = AuthorityState {
         sync_age: state.authority.sync_age(now),
         history_rewinds: state.authority.history_rewinds(),
         refused_records: state.authority.refused_records(),

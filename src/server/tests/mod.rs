@@ -31,7 +31,7 @@ use crate::{
     authority::{signing_pool::SigningPool, Authority, Settings},
     callers::{admin::AdminToken, CallerSettings, Callers},
     config::WatchSettings,
-    metrics::{Metrics, StoreState},
+    metrics::{AuthorityState, Metrics},
     pb::token_authority_server::TokenAuthorityServer,
     store::KeyStore,
     transport::{grpc::GrpcService, watch::Watchers},
@@ -161,7 +161,7 @@ impl InProcess {
     /// Tokens issued so far, as the metrics count them.
     fn issued(&self) -> f64 {
         let text = self.metrics.render(
-            &StoreState {
+            &AuthorityState {
                 sync_age: 0,
                 history_rewinds: 0,
                 refused_records: 0,
