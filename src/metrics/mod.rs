@@ -49,6 +49,8 @@ pub(crate) struct AuthorityState {
     pub(crate) sync_age: u64,
     pub(crate) history_rewinds: u64,
     pub(crate) refused_records: usize,
+    /// Whether the signer answered its last call (always, for keys held in the process).
+    pub(crate) signer_available: bool,
 }
 
 pub struct Metrics {
@@ -73,6 +75,7 @@ pub struct Metrics {
     store_sync_age: Gauge,
     store_history_rewinds: Counter,
     store_refused_records: Gauge,
+    signer_available: Gauge,
     pub(crate) grpc_listener: ListenerMetrics,
     pub(crate) http_listener: ListenerMetrics,
     pub watchers: WatchMetrics,
@@ -248,6 +251,7 @@ impl Metrics {
         );
         self.store_refused_records
             .set(i64::try_from(store.refused_records).unwrap_or(i64::MAX));
+        self.signer_available.set(i64::from(store.signer_available));
         for (alg, ages) in self.key_ages.at(now) {
             if let Some(gauge) = self.key_age.get(&alg) {
                 gauge.set(ages.age as i64);

@@ -120,6 +120,12 @@ impl Metrics {
             "Times the shared keystore database was found to have gone back in time (a restore, a point-in-time recovery, a failover that lost commits) or to be another database",
             store_history_rewinds.clone(),
         );
+        let signer_available = Gauge::default();
+        registry.register(
+            "signer_available",
+            "1 while the signer answers: always with --signer process; with --signer pkcs11, whether the token answered its last call (checked every 5 s). At 0 IssueToken answers UNAVAILABLE; verification and the JWKS carry on",
+            signer_available.clone(),
+        );
         let store_refused_records = Gauge::default();
         registry.register(
             "store_refused_records",
@@ -200,6 +206,7 @@ impl Metrics {
             store_sync_age,
             store_history_rewinds,
             store_refused_records,
+            signer_available,
             grpc_listener: listener(ListenerName::Grpc),
             http_listener: listener(ListenerName::Http),
             audit,

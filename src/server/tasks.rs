@@ -152,6 +152,57 @@ pub(super) async fn report_keystore_health(
     }
 }
 
+/// The gRPC health service name that reports whether the signer answers: NOT_SERVING while
+/// the PKCS#11 token cannot be reached (IssueToken then answers UNAVAILABLE). Like
+/// `keystore`, it leaves `/readyz` and the main service's health alone: verification and
+/// the JWKS keep serving.
+pub(crate) const SIGNER_HEALTH: &str = "signer";
+
+/// How often the token is asked whether it answers (and reconnected to when it went away).
+const SIGNER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the `signer` health status (and, through the authority, the gauge) true to the
+/// token: asks it every `SIGNER_CHECK_INTERVAL`, so a token that went away is noticed, and
+/// one that came back is reconnected to, without waiting for a caller to find out.
+pub(super) async fn report_signer_health(
+    authority: Arc<Authority>,
+    health: HealthReporter,
+    stop: CancellationToken,
+) {
+    let signers = authority.settings().signers.clone();
+    let mut reported = None;
+    loop {
+        let probing = signers.clone();
+        let available = tokio::task::spawn_blocking(move || probing.probe())
+            .await
+            .unwrap_or(false);
+        if reported != Some(available) {
+            if reported.is_some() {
+                if available {
+                    tracing::info!("the signing token answers again");
+                } else {
+                    tracing::error!("the signing token cannot be reached: IssueToken answers UNAVAILABLE until it is back");
+                }
+            }
+            let status = if available {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status(SIGNER_HEALTH, status).await;
+            reported = Some(available);
+        }
+        if !signers.blocks() {
+            // Keys in the process: nothing to lose.
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SIGNER_CHECK_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 /// The background tasks of a serving authority: the schedule, following a shared store,
 /// the keystore's health, and the policy and TLS reloads.
 pub(super) struct Tasks {
@@ -185,6 +236,11 @@ impl Tasks {
             stop.clone(),
         ));
         tokio::spawn(report_keystore_health(
+            Arc::clone(authority),
+            health.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(report_signer_health(
             Arc::clone(authority),
             health.clone(),
             stop.clone(),

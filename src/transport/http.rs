@@ -133,6 +133,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         sync_age: state.authority.sync_age(now),
         history_rewinds: state.authority.history_rewinds(),
         refused_records: state.authority.refused_records(),
+        signer_available: state.authority.settings().signers.is_available(),
     };
     let text = state.metrics.render(&store, now);
     (

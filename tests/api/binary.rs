@@ -40,6 +40,13 @@ pub fn spawn_binary_logging(dir: &DataDir, extra: &[&str], filter: Option<&str>)
     spawn_command(Command::new(BIN), dir, extra, filter)
 }
 
+/// Like `spawn_binary`, with `envs` added to its environment.
+pub fn spawn_binary_with_env(dir: &DataDir, extra: &[&str], envs: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(BIN);
+    command.envs(envs.iter().copied());
+    spawn_command(command, dir, extra, None)
+}
+
 /// Like `spawn_binary`, started under `umask` (through `sh`, which then execs the binary).
 pub fn spawn_binary_with_umask(dir: &DataDir, extra: &[&str], umask: &str) -> Process {
     spawn_command(umask_command(umask), dir, extra, None)

@@ -40,6 +40,15 @@ impl Signers {
         }
     }
 
+    /// Whether the signer answers now: asks the token (reconnecting when it went away).
+    /// Blocking.
+    pub(crate) fn probe(&self) -> bool {
+        match self {
+            Signers::InProcess => true,
+            Signers::Pkcs11(token) => token.probe(),
+        }
+    }
+
     /// Destroys the token objects of keys that are deleted or revoked; logged, never
     /// failing the change that dropped them (the store no longer names them).
     pub(crate) fn destroy(&self, dropped: &[&KeyRecord]) {

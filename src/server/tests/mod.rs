@@ -165,6 +165,7 @@ impl InProcess {
                 sync_age: 0,
                 history_rewinds: 0,
                 refused_records: 0,
+                signer_available: true,
             },
             self.authority.clock().unix_now(),
         );

@@ -18,6 +18,7 @@
 mod error;
 mod keys;
 mod mechanisms;
+mod module;
 mod session_pool;
 mod signing;
 
@@ -162,5 +163,18 @@ impl Pkcs11Token {
     /// Whether the token answered the last call (for health checks and a gauge).
     pub(crate) fn is_available(&self) -> bool {
         self.connection.is_available()
+    }
+
+    /// Asks the token for a session's state, reconnecting when it went away (at most once
+    /// per `RECONNECT_PAUSE`); returns whether it answers. Blocking.
+    pub(crate) fn probe(&self) -> bool {
+        let label = self.connection.label();
+        let answered = self.connection.run("checking the token", |session, _| {
+            session
+                .get_session_info()
+                .map(|_| ())
+                .map_err(failed(label, "checking the token"))
+        });
+        answered.is_ok() && self.is_available()
     }
 }

@@ -16,12 +16,11 @@
 //! last. A reconnection refused at login (a changed or locked PIN) is never retried, as
 //! every try would bring the token closer to locking the PIN.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::MechanismType;
 use cryptoki::session::{Session, UserType};
@@ -32,6 +31,7 @@ use zeroize::Zeroizing;
 
 use super::error::{connection_lost, failed, rv, Pkcs11Error};
 use super::mechanisms::{self, Purpose, RSA_BITS};
+use super::module::Module;
 use crate::telemetry::chain;
 
 /// The shortest time between two reconnection attempts while the token is down.
@@ -44,16 +44,10 @@ const MAX_SESSIONS: usize = 8;
 /// Labels of PKCS#11 tokens are at most 32 bytes (padded with spaces on the token).
 const MAX_LABEL_BYTES: usize = 32;
 
-/// One context per module path, kept for the life of the process. Every context of a module
-/// shares one module state, and unloading a module (the last context dropped) while its own
-/// threads may still run is unsafe with some vendors' libraries.
-static MODULES: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
-
 pub(super) struct Connection {
-    path: PathBuf,
     label: String,
     pin: Zeroizing<String>,
-    pkcs11: Pkcs11,
+    module: Module,
     size: usize,
     state: RwLock<State>,
     available: AtomicBool,
@@ -106,10 +100,9 @@ impl Connection {
             });
         }
         let connection = Connection {
-            path: path.to_owned(),
             label: label.to_owned(),
             pin,
-            pkcs11: load(path)?,
+            module: Module::load(path)?,
             size: std::thread::available_parallelism()
                 .map_or(2, usize::from)
                 .clamp(2, MAX_SESSIONS),
@@ -120,6 +113,7 @@ impl Connection {
             }),
             available: AtomicBool::new(false),
         };
+        let call = connection.module.call();
         let sessions = connection
             .initialize()
             .and_then(|()| connection.find_slot())
@@ -128,6 +122,7 @@ impl Connection {
                 connection.open_sessions(slot)
             })
             .map_err(|error| connection.unreachable_if_lost("connecting", error))?;
+        drop(call);
         *connection.write() = State {
             epoch: 1,
             link: Link::Up(sessions),
@@ -142,7 +137,7 @@ impl Connection {
     }
 
     pub(super) fn path(&self) -> &Path {
-        &self.path
+        self.module.path()
     }
 
     pub(super) fn is_available(&self) -> bool {
@@ -191,6 +186,7 @@ impl Connection {
         let state = self.read();
         match &state.link {
             Link::Up(sessions) => {
+                let _call = self.module.call();
                 let session = sessions.take();
                 let attempt = Try {
                     epoch: state.epoch,
@@ -236,12 +232,8 @@ impl Connection {
                 })
             }
         }
-        state.link = Link::Down;
         state.last_attempt = Instant::now();
-        let connected = self
-            .initialize()
-            .and_then(|()| self.find_slot())
-            .and_then(|slot| self.open_sessions(slot));
+        let connected = self.connect_again(&mut state);
         match connected {
             Ok(sessions) => {
                 state.epoch += 1;
@@ -272,17 +264,49 @@ impl Connection {
         }
     }
 
+    /// Drops the old sessions (first: a stale handle could alias a new session), then
+    /// initialises, finds the slot and opens new sessions. When the token cannot be found or
+    /// reached on the module as it is, reinitialises the module once and looks again: a
+    /// module finds its tokens at C_Initialize, so one that lost a token (a network HSM gone
+    /// for a while, SoftHSM's token directory moved away) only sees it back after that.
+    fn connect_again(&self, state: &mut State) -> Result<Sessions, Pkcs11Error> {
+        let call = self.module.call();
+        state.link = Link::Down;
+        let connect = || {
+            self.initialize()
+                .and_then(|()| self.find_slot())
+                .and_then(|slot| self.open_sessions(slot))
+        };
+        match connect() {
+            Err(error)
+                if matches!(error, Pkcs11Error::TokenNotFound { .. }) || error.token_gone() =>
+            {
+                drop(call);
+                tracing::info!(token = %self.label, error = %chain(&error), "reinitialising the PKCS#11 module to find the token again");
+                self.module
+                    .reinitialize()
+                    .map_err(|source| self.module_error("reinitialising", source))?;
+                let _call = self.module.call();
+                connect()
+            }
+            result => result,
+        }
+    }
+
     fn initialize(&self) -> Result<(), Pkcs11Error> {
-        match self
-            .pkcs11
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
-            Err(source) if connection_lost(&source) => Err(self.failed("initialising")(source)),
-            Err(source) => Err(Pkcs11Error::ModuleInit {
-                path: self.path.clone(),
+        self.module
+            .initialize()
+            .map_err(|source| self.module_error("initialising", source))
+    }
+
+    fn module_error(&self, doing: &'static str, source: CkError) -> Pkcs11Error {
+        if connection_lost(&source) {
+            self.failed(doing)(source)
+        } else {
+            Pkcs11Error::ModuleInit {
+                path: self.module.path().to_owned(),
                 source,
-            }),
+            }
         }
     }
 
@@ -292,11 +316,12 @@ impl Connection {
         let wanted = self.label.trim_end_matches(' ');
         let mut found = Vec::new();
         let slots = self
-            .pkcs11
+            .module
+            .pkcs11()
             .get_slots_with_token()
             .map_err(self.failed("listing its slots"))?;
         for slot in slots {
-            let Ok(info) = self.pkcs11.get_token_info(slot) else {
+            let Ok(info) = self.module.pkcs11().get_token_info(slot) else {
                 continue;
             };
             if !info.token_initialized() {
@@ -319,7 +344,7 @@ impl Connection {
     fn check_mechanisms(&self, slot: Slot, algorithms: &[Algorithm]) -> Result<(), Pkcs11Error> {
         let mut offered = Vec::new();
         for (_, mechanism, purpose) in mechanisms::required(algorithms) {
-            let info = match self.pkcs11.get_mechanism_info(slot, mechanism) {
+            let info = match self.module.pkcs11().get_mechanism_info(slot, mechanism) {
                 Ok(info) => info,
                 Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => continue,
                 Err(source) => return Err(self.failed("describing a mechanism")(source)),
@@ -346,7 +371,8 @@ impl Connection {
         let mut sessions = Vec::with_capacity(self.size);
         for _ in 0..self.size {
             let session = self
-                .pkcs11
+                .module
+                .pkcs11()
                 .open_rw_session(slot)
                 .map_err(self.failed("opening a session"))?;
             if sessions.is_empty() {
@@ -441,23 +467,4 @@ fn is_login_refusal(error: &Pkcs11Error) -> bool {
             | Pkcs11Error::PinNotInitialized { .. }
             | Pkcs11Error::Login { .. }
     )
-}
-
-/// The process's context for the module at `path`, loading it the first time.
-fn load(path: &Path) -> Result<Pkcs11, Pkcs11Error> {
-    let mut modules = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((_, pkcs11)) = modules.iter().find(|(loaded, _)| loaded == path) {
-        return Ok(pkcs11.clone());
-    }
-    let pkcs11 = Pkcs11::new(path).map_err(|source| match source {
-        CkError::MissingSymbol(_) => Pkcs11Error::NotAModule {
-            path: path.to_owned(),
-        },
-        source => Pkcs11Error::ModuleNotLoadable {
-            path: path.to_owned(),
-            source,
-        },
-    })?;
-    modules.push((path.to_owned(), pkcs11.clone()));
-    Ok(pkcs11)
 }

@@ -1,0 +1,280 @@
+//! A token that goes away under load and comes back, with the real binary: its SoftHSM token
+//! directory (of its own: the module state of this test process is not touched) is moved
+//! away while callers issue tokens, then moved back. Meanwhile IssueToken answers
+//! UNAVAILABLE and nothing else, the `signer` health service says NOT_SERVING and the gauge
+//! 0, verification and the JWKS carry on; after the return the signer reconnects by itself
+//! (the module reinitialised to find the token again) and every token ever issued verifies.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use token_authority::pb;
+
+use crate::{
+    binary::spawn_binary_with_env,
+    helpers::{connect, verify_independently, DataDir},
+};
+
+const ISSUER: &str = "http://token-authority.test";
+const UNAVAILABLE: &str =
+    "the signing token cannot be reached; nothing was issued, and a retry is safe";
+
+/// A SoftHSM configuration and token directory of its own, with one token `label`.
+fn own_softhsm(root: &Path, label: &str) -> std::path::PathBuf {
+    let tokens = root.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let made = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label])
+        .args(["--pin", super::softhsm::USER_PIN, "--so-pin", "so-5678"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (apt-get install softhsm2)");
+    assert!(made.status.success(), "{made:?}");
+    conf
+}
+
+async fn signer_health(addr: &str) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "signer".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+async fn signer_gauge(http: &str) -> String {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("token_authority_signer_available "))
+        .expect("the signer gauge")
+        .to_owned()
+}
+
+/// Waits (at most `within`) until `check` holds, asking every 100 ms.
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    issued: Vec<(String, Instant)>,
+    refused: Vec<(tonic::Code, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signature_is_wrong() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = own_softhsm(root.path(), "outage");
+    let dir = DataDir::new();
+    let mut flags = super::signer_flags(&dir, "outage");
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256,RS256".into();
+    flags.extend(["--issuer".into(), ISSUER.into()]);
+    let conf = conf.display().to_string();
+    let mut process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
+    });
+    let client = connect(&process.grpc).await;
+    assert_eq!(
+        signer_health(&process.grpc).await,
+        1,
+        "SERVING at the start"
+    );
+
+    // Four callers issue without pause, ES256 and RS256 in turn, until told to stop.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let callers: Vec<_> = (0..4)
+        .map(|caller| {
+            let (mut client, seen, stop) = (client.clone(), Arc::clone(&seen), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.is_cancelled() {
+                    n += 1;
+                    let answer = client
+                        .issue_token(pb::IssueTokenRequest {
+                            subject: format!("svc-{caller}-{n}"),
+                            audience: vec!["api".into()],
+                            algorithm: if n.is_multiple_of(2) {
+                                "ES256"
+                            } else {
+                                "RS256"
+                            }
+                            .into(),
+                            ..Default::default()
+                        })
+                        .await;
+                    {
+                        let mut record = seen.lock().unwrap();
+                        match answer {
+                            Ok(issued) => record
+                                .issued
+                                .push((issued.into_inner().token, Instant::now())),
+                            Err(status) => record
+                                .refused
+                                .push((status.code(), status.message().to_owned())),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    let count = |seen: &Arc<Mutex<Seen>>| {
+        let seen = seen.lock().unwrap();
+        (seen.issued.len(), seen.refused.len())
+    };
+    until(
+        "tokens issued before the outage",
+        Duration::from_secs(10),
+        || {
+            let issued = count(&seen).0;
+            async move { issued >= 20 }
+        },
+    )
+    .await;
+
+    // The token goes away.
+    let tokens = root.path().join("tokens");
+    let token_dir = std::fs::read_dir(&tokens)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let away = root.path().join("away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    let gone_at = Instant::now();
+    until("an UNAVAILABLE answer", Duration::from_secs(10), || {
+        let refused = count(&seen).1;
+        async move { refused > 0 }
+    })
+    .await;
+    until("signer health NOT_SERVING", Duration::from_secs(10), || {
+        let grpc = process.grpc.clone();
+        async move { signer_health(&grpc).await == 2 }
+    })
+    .await;
+    assert_eq!(
+        signer_gauge(&process.http).await,
+        "token_authority_signer_available 0"
+    );
+    // Verification and the JWKS carry on meanwhile.
+    let earlier = seen.lock().unwrap().issued[0].0.clone();
+    let verdict = client
+        .clone()
+        .verify_token(pb::VerifyTokenRequest {
+            token: earlier,
+            audience: "api".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.valid, "{verdict:?}");
+    let jwks = reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+
+    // It comes back: the signer finds it again by itself (at most one check later).
+    std::fs::rename(&away, &token_dir).unwrap();
+    let back_at = Instant::now();
+    until(
+        "signer health SERVING again",
+        Duration::from_secs(15),
+        || {
+            let grpc = process.grpc.clone();
+            async move { signer_health(&grpc).await == 1 }
+        },
+    )
+    .await;
+    until(
+        "tokens issued after the return",
+        Duration::from_secs(10),
+        || {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .issued
+                    .iter()
+                    .filter(|(_, at)| *at > back_at)
+                    .count()
+                    >= 20
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        signer_gauge(&process.http).await,
+        "token_authority_signer_available 1"
+    );
+    stop.cancel();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+
+    // Only UNAVAILABLE, with its message; and every token issued, before, during and after,
+    // verifies against the JWKS: no wrong signature ever left the server.
+    let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
+    for (code, message) in &seen.refused {
+        assert_eq!(
+            (*code, message.as_str()),
+            (tonic::Code::Unavailable, UNAVAILABLE)
+        );
+    }
+    let jwks: serde_json::Value =
+        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    for (token, at) in &seen.issued {
+        verify_independently(&jwks, token, ISSUER, "api").unwrap_or_else(|e| {
+            panic!(
+                "a token issued {:?} after the outage began does not verify: {e}",
+                at.saturating_duration_since(gone_at)
+            )
+        });
+    }
+    let lines = process.terminate();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("reconnected to the PKCS#11 token")),
+        "no reconnection logged"
+    );
+}
