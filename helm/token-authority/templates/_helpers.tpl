@@ -319,3 +319,17 @@ when it names none), else store.postgres.port.
 {{- define "token-authority.storeCaDir" -}}
 /etc/token-authority/store-ca
 {{- end }}
+
+{{/*
+Where the PKCS#11 token's PIN (signer.pkcs11.pinSecret) is mounted; the file is always `pin`.
+*/}}
+{{- define "token-authority.pkcs11PinDir" -}}
+/etc/token-authority/pkcs11-pin
+{{- end }}
+
+{{/*
+The directories the chart mounts volumes at, which signer.pkcs11.mountPath must stay clear of.
+*/}}
+{{- define "token-authority.mountDirs" -}}
+{{- toJson (list (include "token-authority.dataDir" .) (include "token-authority.secretsDir" .) (include "token-authority.tlsDir" .) (include "token-authority.clientCaDir" .) (include "token-authority.policyDir" .) (include "token-authority.kubeTokenDir" .) (include "token-authority.storePasswordDir" .) (include "token-authority.storeCaDir" .) (include "token-authority.pkcs11PinDir" .)) }}
+{{- end }}

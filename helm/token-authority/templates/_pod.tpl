@@ -11,6 +11,18 @@ CA files, no data volume at all (the server keeps no state on disk), and the top
 {{- $kubeIssuer := and .Values.policy.enabled .Values.policy.kubernetesIssuer.enabled }}
 {{- $shared := eq (include "token-authority.sharedStore" .) "true" }}
 {{- $pg := .Values.store.postgres }}
+{{- $pkcs11 := eq .Values.signer.type "pkcs11" }}
+{{- $p11 := .Values.signer.pkcs11 }}
+{{- /* A volume mounted over (or above) one of the chart's own directories would hide its
+files or be hidden by them: say so at render time. */}}
+{{- if and $pkcs11 $p11.volume }}
+{{- $mount := trimSuffix "/" $p11.mountPath }}
+{{- range $dir := include "token-authority.mountDirs" . | fromJsonArray }}
+{{- if or (eq $mount $dir) (hasPrefix (printf "%s/" $mount) $dir) (hasPrefix (printf "%s/" $dir) $mount) }}
+{{- fail (printf "signer.pkcs11.mountPath (%s) collides with %s, where the chart mounts its own volume: choose another directory, e.g. /opt/pkcs11" $p11.mountPath $dir) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- /* The server refuses to start with more connections per address than in all: say so at
 render time, not as a crash loop. 1024: the server's default --max-connections. */}}
 {{- $maxConnections := int (.Values.config.maxConnections | default 1024) }}
@@ -165,6 +177,21 @@ spec:
           value: "true"
         {{- end }}
         {{- end }}
+        {{- if $pkcs11 }}
+        # signer.type=pkcs11: keys are generated and used in the token; the PIN is a file of
+        # its Secret (signer.pkcs11.pinSecret).
+        - name: TA_SIGNER
+          value: "pkcs11"
+        - name: TA_PKCS11_MODULE
+          value: {{ $p11.module | quote }}
+        - name: TA_PKCS11_TOKEN_LABEL
+          value: {{ $p11.tokenLabel | quote }}
+        - name: TA_PKCS11_PIN_FILE
+          value: {{ printf "%s/pin" (include "token-authority.pkcs11PinDir" .) | quote }}
+        {{- with $p11.env }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+        {{- end }}
         - name: TA_LOG_FORMAT
           value: {{ .Values.config.logFormat | quote }}
         # The Secret files (0440, group fsGroup) and the fsGroup-owned data volume are
@@ -266,6 +293,16 @@ spec:
           mountPath: {{ include "token-authority.storeCaDir" . }}
           readOnly: true
         {{- end }}
+        {{- if $pkcs11 }}
+        - name: pkcs11-pin
+          mountPath: {{ include "token-authority.pkcs11PinDir" . }}
+          readOnly: true
+        {{- if $p11.volume }}
+        - name: pkcs11
+          mountPath: {{ $p11.mountPath }}
+          readOnly: true
+        {{- end }}
+        {{- end }}
   volumes:
     - name: secrets
       secret:
@@ -364,6 +401,23 @@ spec:
     # persistence.enabled=false: keys die with the pod. Test clusters only.
     - name: data
       emptyDir: {}
+    {{- end }}
+    {{- if $pkcs11 }}
+    # The token's user PIN, from your Secret (signer.pkcs11.pinSecret), as the file `pin`.
+    # 0400; with the pod's fsGroup the kubelet adds group read (0440, group fsGroup), which is
+    # how the non-root server reads it (TA_ALLOW_GROUP_READABLE_FILES accepts that mode).
+    - name: pkcs11-pin
+      secret:
+        secretName: {{ $p11.pinSecret.name }}
+        defaultMode: 0400
+        items:
+          - key: {{ $p11.pinSecret.key }}
+            path: pin
+    {{- if $p11.volume }}
+    # The vendor's library and configuration (signer.pkcs11.volume), mounted read-only.
+    - name: pkcs11
+      {{- toYaml $p11.volume | nindent 6 }}
+    {{- end }}
     {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
