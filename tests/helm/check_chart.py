@@ -113,6 +113,11 @@ DOCUMENTED_FLAGS = {
     "TA_MAX_WATCHERS_PER_IP": "--max-watchers-per-ip",
     "TA_LOG_FORMAT": "--log-format",
     "TA_ALLOW_GROUP_READABLE_FILES": "--allow-group-readable-files",
+    # Issue 21: keys in a PKCS#11 token.
+    "TA_SIGNER": "--signer",
+    "TA_PKCS11_MODULE": "--pkcs11-module",
+    "TA_PKCS11_TOKEN_LABEL": "--pkcs11-token-label",
+    "TA_PKCS11_PIN_FILE": "--pkcs11-pin-file",
 }
 
 # The ClusterRole that lets a ServiceAccount read the cluster's OIDC discovery and JWKS.
@@ -206,6 +211,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]},
         "serviceMonitor": {"enabled": True},
     },
+    # Keys in a network HSM (issue 21): the vendor's client (library and configuration) from a
+    # volume, its configuration variable, the PIN from a Secret under a key of its own, and
+    # egress to the HSM.
+    "pkcs11": {
+        "signer": {"type": "pkcs11", "pkcs11": {
+            "module": "/usr/safenet/lunaclient/lib/libCryptoki2_64.so", "tokenLabel": "token-authority",
+            "pinSecret": {"name": "ta-hsm-pin", "key": "partition-pin"},
+            "volume": {"persistentVolumeClaim": {"claimName": "luna-client", "readOnly": True}},
+            "mountPath": "/usr/safenet/lunaclient",
+            "env": [{"name": "ChrystokiConfigurationPath", "value": "/usr/safenet/lunaclient"}]}},
+        "networkPolicy": {"enabled": True, "extraEgress": [
+            {"to": [{"ipBlock": {"cidr": "10.20.0.15/32"}}], "ports": [{"port": 1792, "protocol": "TCP"}]}]},
+    },
     "no-kubernetes-issuer": {
         "policy": {"kubernetesIssuer": {"enabled": False}},
         "audit": {"enabled": False, "sync": True},
@@ -237,6 +255,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
              "podSelector": {"matchLabels": {"app": "postgresql"}}}]},
     },
 }
+
+# The variables signer.type=pkcs11 adds, and where the PIN's Secret is mounted (a fixed path).
+PKCS11_ENV = {"TA_SIGNER", "TA_PKCS11_MODULE", "TA_PKCS11_TOKEN_LABEL", "TA_PKCS11_PIN_FILE"}
+PKCS11_PIN_FILE = "/etc/token-authority/pkcs11-pin/pin"
+# SoftHSM as Debian's softhsm2 package installs it (.ci/run installs softhsm2 and opensc).
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 # Value sets values.schema.json must refuse (Helm validates them before rendering).
 BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -308,6 +332,57 @@ STORE_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
     "sync interval as a number":
         ({"store": {"postgres": {"url": PG_URL, "syncInterval": 5}}}, "at '/store/postgres/syncInterval': got number, want string"),
     "replicas (no such value)": ({"store": {"postgres": {"url": PG_URL}}, "replicas": 3}, "additional properties 'replicas' not allowed"),
+}
+
+# The PKCS#11 signer asked for wrongly: (values, the line of Helm's schema error that names the
+# bad value, whole). Helm validates before rendering.
+PKCS11_OK = {"module": SOFTHSM_MODULE, "tokenLabel": "ta", "pinSecret": {"name": "ta-hsm-pin"}}
+PKCS11_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
+    "pkcs11 without a module":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "module": ""}}},
+         "at '/signer/pkcs11/module': minLength: got 0, want 1"),
+    "pkcs11 without a token label":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "tokenLabel": ""}}},
+         "at '/signer/pkcs11/tokenLabel': minLength: got 0, want 1"),
+    "pkcs11 without the PIN's Secret":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "pinSecret": {"name": ""}}}},
+         "at '/signer/pkcs11/pinSecret/name': minLength: got 0, want 1"),
+    "pkcs11 with the PIN's Secret but no key":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "pinSecret": {"name": "ta-hsm-pin", "key": ""}}}},
+         "at '/signer/pkcs11/pinSecret/key': minLength: got 0, want 1"),
+    "pkcs11 with nothing set":
+        ({"signer": {"type": "pkcs11"}}, "at '/signer/pkcs11/module': minLength: got 0, want 1"),
+    "a module path relative to the working directory":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "module": "libsofthsm2.so"}}},
+         "at '/signer/pkcs11/module': 'libsofthsm2.so' does not match pattern '^(|/.*[^/])$'"),
+    "a token label longer than PKCS#11's 32 characters":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "tokenLabel": "t" * 33}}},
+         "at '/signer/pkcs11/tokenLabel': maxLength: got 33, want 32"),
+    "a module with type process (the server would never load it)":
+        ({"signer": {"pkcs11": {"module": SOFTHSM_MODULE}}}, "at '/signer/pkcs11/module': maxLength: got 31, want 0"),
+    "a PIN Secret with type process":
+        ({"signer": {"type": "process", "pkcs11": {"pinSecret": {"name": "ta-hsm-pin"}}}},
+         "at '/signer/pkcs11/pinSecret/name': maxLength: got 10, want 0"),
+    "a vendor volume with type process":
+        ({"signer": {"pkcs11": {"volume": {"configMap": {"name": "softhsm-conf"}}}}},
+         "at '/signer/pkcs11/volume': maxProperties: got 1, want 0"),
+    "vendor env with type process":
+        ({"signer": {"pkcs11": {"env": [{"name": "SOFTHSM2_CONF", "value": "/opt/pkcs11/softhsm2.conf"}]}}},
+         "at '/signer/pkcs11/env': maxItems: got 1, want 0"),
+    "a TA_* name in the vendor env (the chart sets those)":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "env": [{"name": "TA_PKCS11_MODULE", "value": "/x.so"}]}}},
+         "at '/signer/pkcs11/env/0/name': 'not' failed"),
+    "a signer type the server does not have":
+        ({"signer": {"type": "hsm"}}, "at '/signer/type': value must be one of 'process', 'pkcs11'"),
+    "a volume with two sources":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "volume": {"configMap": {"name": "a"}, "secret": {"secretName": "b"}}}}},
+         "at '/signer/pkcs11/volume': maxProperties: got 2, want 1"),
+    "a relative mount path":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "mountPath": "opt/pkcs11"}}},
+         "at '/signer/pkcs11/mountPath': 'opt/pkcs11' does not match pattern '^/'"),
+    "the PIN itself in the values":
+        ({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "pin": "1234"}}},
+         "at '/signer/pkcs11': additional properties 'pin' not allowed"),
 }
 
 # The listener limits and the audit log's settings asked for wrongly: (values, the line of
@@ -530,6 +605,22 @@ def help_env_to_flag() -> dict[str, str]:
             assert flag, f"{env} documented before any flag"
             mapping[env] = flag
     return mapping
+
+
+def help_possible_values(flag: str) -> list[str]:
+    """The `[possible values: ...]` clap lists for `flag` in `serve --help` (empty if none)."""
+    block: list[str] = []
+    for line in serve_help().splitlines():
+        m = re.match(r"^\s*(?:-\w, )?(--[a-z0-9-]+)", line)
+        if m:
+            if block:
+                break
+            if m.group(1) == flag:
+                block.append(line)
+        elif block:
+            block.append(line)
+    found = re.search(r"\[possible values: ([^\]]+)\]", "\n".join(block))
+    return [v.strip() for v in found.group(1).split(",")] if found else []
 
 
 # --------------------------------------------------------------------------------------
@@ -896,6 +987,45 @@ def check_store_env_and_files(set_name: str) -> None:
         assert "TA_STORE_SYNC_INTERVAL" not in env, "syncInterval empty: the server's default"
     for var in SECRET_KEYS:
         assert var in env, f"{var} unset: with a shared store every replica needs the same one"
+
+
+def check_signer_env_and_files(set_name: str) -> None:
+    """signer.type=pkcs11: TA_SIGNER=pkcs11 (a value `serve --help` offers for --signer),
+    TA_PKCS11_MODULE and TA_PKCS11_TOKEN_LABEL as the values say, TA_PKCS11_PIN_FILE the file
+    `pin` of a read-only whole-volume mount of the values' Secret, projecting only its key,
+    defaultMode exactly 0400; the vendor volume, when given, mounted read-only at mountPath as
+    given; signer.pkcs11.env in the container's env. signer.type=process: none of these
+    variables, volumes or mounts."""
+    env = env_of(set_name)
+    signer = merged_values(set_name)["signer"]
+    p11 = signer["pkcs11"]
+    mounts = {m["name"]: m for m in server_container(set_name)["volumeMounts"]}
+    volumes = volumes_of(set_name)
+    if signer["type"] != "pkcs11":
+        assert not PKCS11_ENV & set(env), f"signer.type={signer['type']}, yet {sorted(PKCS11_ENV & set(env))} set"
+        assert not {"pkcs11", "pkcs11-pin"} & (set(mounts) | set(volumes)), "PKCS#11 volumes without signer.type=pkcs11"
+        return
+    offered = help_possible_values("--signer")
+    assert env["TA_SIGNER"] == "pkcs11" and env["TA_SIGNER"] in offered, \
+        f"TA_SIGNER={env['TA_SIGNER']}; `serve --help` offers {offered} for --signer"
+    assert env["TA_PKCS11_MODULE"] == p11["module"], env["TA_PKCS11_MODULE"]
+    assert env["TA_PKCS11_TOKEN_LABEL"] == p11["tokenLabel"], env["TA_PKCS11_TOKEN_LABEL"]
+    assert env["TA_PKCS11_PIN_FILE"] == PKCS11_PIN_FILE, f"TA_PKCS11_PIN_FILE={env['TA_PKCS11_PIN_FILE']}"
+    mount, volume = volume_holding(set_name, env["TA_PKCS11_PIN_FILE"])
+    assert mount.get("readOnly") is True and "subPath" not in mount, f"PIN mount {mount}"
+    assert "secret" in volume, f"the PIN is in volume {mount['name']}, not a Secret: {sorted(volume)}"
+    assert volume["secret"]["secretName"] == p11["pinSecret"]["name"], volume["secret"]["secretName"]
+    assert [(i["key"], i["path"]) for i in volume["secret"].get("items", [])] == [(p11["pinSecret"]["key"], "pin")], \
+        f"the PIN volume projects {volume['secret'].get('items')}, not only {p11['pinSecret']['key']} as pin"
+    assert volume["secret"].get("defaultMode") == 0o400, f"PIN defaultMode {oct(volume['secret'].get('defaultMode', 0o644))}"
+    if p11["volume"]:
+        vendor = mounts.get("pkcs11")
+        assert vendor and vendor["mountPath"] == p11["mountPath"] and vendor.get("readOnly") is True, f"vendor mount {vendor}"
+        assert {k: v for k, v in volumes["pkcs11"].items() if k != "name"} == p11["volume"], volumes["pkcs11"]
+    else:
+        assert "pkcs11" not in mounts and "pkcs11" not in volumes, "a vendor volume without signer.pkcs11.volume"
+    for var in p11["env"]:
+        assert var in server_container(set_name)["env"], f"signer.pkcs11.env {var} not in the container's env"
 
 
 def check_disruption_budget(set_name: str) -> None:
@@ -1765,10 +1895,13 @@ def check_chart_metadata() -> None:
 # The Dockerfile
 # --------------------------------------------------------------------------------------
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+def dockerfile_parsed() -> list[tuple[str, str, list[str]]]:
+    """(INSTRUCTION, arguments, here-documents) triples, continuation lines joined, comments
+    dropped; the lines of each here-document (`<<EOF` ... `EOF`, BuildKit's syntax) are taken
+    as they are, comments included, and not read as instructions."""
     instructions, current = [], ""
-    for raw in DOCKERFILE.read_text().splitlines():
+    lines = iter(DOCKERFILE.read_text().splitlines())
+    for raw in lines:
         line = raw.strip()
         if not current and (not line or line.startswith("#")):
             continue
@@ -1779,9 +1912,43 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             continue
         current += line
         word, _, rest = current.partition(" ")
-        instructions.append((word.upper(), rest.strip()))
+        bodies = []
+        for m in re.finditer(r"<<(-?)(['\"]?)(\w+)\2", rest):
+            body = []
+            for body_line in lines:
+                if (body_line.lstrip("\t") if m.group(1) else body_line) == m.group(3):
+                    break
+                body.append(body_line)
+            else:
+                raise AssertionError(f"the here-document {m.group(3)} of `{word} {rest}` never ends")
+            bodies.append("\n".join(body) + "\n")
+        instructions.append((word.upper(), rest.strip(), bodies))
         current = ""
     return instructions
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    return [(word, rest) for word, rest, _ in dockerfile_parsed()]
+
+
+def dockerfile_heredoc_files(stage_name: str) -> dict[str, tuple[list[str], str]]:
+    """The files the stage `stage_name` writes with `COPY [flags] <<EOF DEST`: DEST -> (flags, text)."""
+    files, in_stage = {}, False
+    for word, rest, bodies in dockerfile_parsed():
+        if word == "FROM":
+            in_stage = rest.split()[-1] == stage_name
+        elif in_stage and word == "COPY" and bodies:
+            args = shlex.split(rest.split("<<")[0]) + [rest.split()[-1]]
+            files[args[-1]] = (args[:-1], bodies[0])
+    return files
+
+
+def dockerfile_stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`."""
+    found = [s for s in dockerfile_stages() if s[0][1].split()[-1] == name and " AS " in s[0][1].upper()]
+    assert len(found) == 1, f"{len(found)} stages named {name}"
+    return found[0]
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
@@ -1859,6 +2026,70 @@ def check_dockerfile_runtime_matches_chart() -> None:
     user = next(rest for word, rest in runtime if word == "USER").split(":")
     assert int(user[0]) == NONROOT and int(user[-1]) == NONROOT, f"USER {user}"
     assert pod_spec("default")["securityContext"]["runAsUser"] == int(user[0])
+
+
+SOFTHSM_STAGE = "softhsm"
+SOFTHSM_ENTRYPOINT = "/usr/local/bin/softhsm-entrypoint"
+
+
+def softhsm_conf_of_image() -> tuple[str, str]:
+    """(path, text) of the SoftHSM configuration the softhsm stage's SOFTHSM2_CONF names."""
+    path = dockerfile_env(dockerfile_stage(SOFTHSM_STAGE)).get("SOFTHSM2_CONF")
+    files = dockerfile_heredoc_files(SOFTHSM_STAGE)
+    assert path in files, f"SOFTHSM2_CONF={path} is not a file the {SOFTHSM_STAGE} stage writes ({sorted(files)})"
+    return path, files[path][1]
+
+
+def check_dockerfile_softhsm_stage() -> None:
+    """`docker build --target softhsm` (checked as text: no container engine here): a Debian
+    stage of the builder's release (the same glibc) with apt's softhsm2, the build stage's
+    binary at the same path, the runtime's TA_DATA_DIR, listeners, user and ports; SOFTHSM2_CONF
+    a file the stage writes, whose token directory lies in the data directory (the chart's
+    volume: tokens survive restarts with the keystore) with the file object store; the
+    ENTRYPOINT an executable script the stage writes that ends by exec'ing `token-authority
+    serve`; and it is not the last stage, so a plain `docker build` and the chart's default
+    image stay distroless."""
+    stages = dockerfile_stages()
+    stage = dockerfile_stage(SOFTHSM_STAGE)
+    assert stage is not stages[-1], "the softhsm stage is the last one: a plain `docker build` would build it"
+    assert stages[-1][0][1].split()[0].startswith("gcr.io/distroless/"), "the last stage is not the distroless runtime"
+    base = stage[0][1].split()[0]
+    builder = stages[0][0][1].split()[0]
+    release = builder.rsplit("-", 1)[-1]
+    assert base == f"debian:{release}-slim", f"softhsm stage on {base}, not debian:{release}-slim (the builder {builder}'s glibc)"
+    runs = " ".join(rest for word, rest in stage if word == "RUN")
+    assert re.search(r"apt-get install\b.*\bsofthsm2\b", runs), "the softhsm stage does not apt-get install softhsm2"
+    copies = [shlex.split(rest) for word, rest in stage if word == "COPY" and "<<" not in rest]
+    runtime_copies = [shlex.split(rest) for word, rest in stages[-1] if word == "COPY"]
+    binary = [c for c in copies if c[-1] == "/usr/local/bin/token-authority"]
+    assert binary and binary[0][-2:] == next(c for c in runtime_copies if c[-1] == "/usr/local/bin/token-authority")[-2:] \
+        and "--from=build" in binary[0], f"the softhsm stage's binary {binary} is not the runtime's"
+    env, runtime_env = dockerfile_env(stage), dockerfile_env(stages[-1])
+    for var in ("TA_DATA_DIR", "TA_GRPC_LISTEN", "TA_HTTP_LISTEN"):
+        assert env.get(var) == runtime_env[var], f"softhsm image {var}={env.get(var)}, runtime {runtime_env[var]}"
+    for word in ("USER", "EXPOSE", "WORKDIR"):
+        ours = [rest for w, rest in stage if w == word]
+        theirs = [rest for w, rest in stages[-1] if w == word]
+        assert ours == theirs, f"softhsm {word} {ours} != runtime {word} {theirs}"
+    _, conf = softhsm_conf_of_image()
+    settings = dict(re.findall(r"(?m)^\s*([\w.]+)\s*=\s*(\S+)\s*$", conf))
+    tokendir = PurePosixPath(settings.get("directories.tokendir", ""))
+    assert tokendir.is_relative_to(env["TA_DATA_DIR"]) and tokendir != PurePosixPath(env["TA_DATA_DIR"]), \
+        f"SoftHSM's tokens in {tokendir}, not in the data directory {env['TA_DATA_DIR']}"
+    assert tokendir.is_relative_to(DATA_DIR), f"{tokendir} is not on the chart's data volume {DATA_DIR}"
+    assert settings.get("objectstore.backend") == "file", settings
+    entrypoint = json.loads(next(rest for word, rest in stage if word == "ENTRYPOINT"))
+    assert entrypoint == [PurePosixPath(SOFTHSM_ENTRYPOINT).name], entrypoint
+    files = dockerfile_heredoc_files(SOFTHSM_STAGE)
+    assert SOFTHSM_ENTRYPOINT in files, f"the stage does not write {SOFTHSM_ENTRYPOINT}"
+    flags, script = files[SOFTHSM_ENTRYPOINT]
+    assert "--chmod=0755" in flags, f"{SOFTHSM_ENTRYPOINT} is not executable: {flags}"
+    assert script.startswith("#!/bin/sh\n"), "the entrypoint is not a /bin/sh script"
+    last = [line.strip() for line in script.splitlines() if line.strip() and not line.strip().startswith("#")][-1]
+    assert last == 'exec token-authority serve "$@"', f"the entrypoint ends with {last!r}"
+    assert not [w for w, _ in stage if w == "CMD"], "CMD would add arguments after `serve`"
+    assert DOCKERFILE.read_text().startswith("# syntax=docker/dockerfile:1"), \
+        "here-documents need the dockerfile:1 syntax (BuildKit): name it on the first line"
 
 
 def check_dockerignore() -> None:
@@ -1945,13 +2176,22 @@ class ChartConfiguredServer:
     those dirs, and the listeners moved onto loopback ports."""
 
     def __init__(self, set_name: str = "default", *, bind_host: str = "127.0.0.1",
-                 drop_env: tuple[str, ...] = (), external: dict[str, dict[str, bytes]] | None = None) -> None:
+                 drop_env: tuple[str, ...] = (), external: dict[str, dict[str, bytes]] | None = None,
+                 data_dir: Path | None = None,
+                 prepare: Callable[["ChartConfiguredServer"], None] | None = None) -> None:
         self.set_name = set_name
         self.bind_host = bind_host
         self.drop_env = drop_env
         # The data of Secrets/ConfigMaps the values name but the chart does not render
-        # (store.postgres.passwordSecret, .ca), by name.
+        # (store.postgres.passwordSecret, .ca, signer.pkcs11.pinSecret), by name.
         self.external = external or {}
+        # A directory standing in for the data volume that outlives this server (a restart on
+        # the same volume); None: a fresh one in the temp dir.
+        self.data_dir = data_dir
+        # Called with the server once its env is final, before the process starts: it may
+        # change self.env and self.command (the image's entrypoint instead of the binary).
+        self.prepare = prepare
+        self.command: list[str] = [str(server_binary()), "serve"]
 
     def __enter__(self) -> "ChartConfiguredServer":
         set_name = self.set_name
@@ -1981,11 +2221,13 @@ class ChartConfiguredServer:
             self.policy_text = text
         if "TA_DATA_DIR" in self.env:
             # The data volume as the kubelet leaves it: group-owned by fsGroup, group rwx, setgid.
-            (tmp / "data").mkdir()
-            (tmp / "data").chmod(0o2770)
-            self.env["TA_DATA_DIR"] = str(tmp / "data")
+            data = self.data_dir or tmp / "data"
+            if not self.data_dir:
+                data.mkdir()
+                data.chmod(0o2770)
+            self.env["TA_DATA_DIR"] = str(data)
             if self.env.get("TA_AUDIT_LOG", "-") != "-":
-                self.env["TA_AUDIT_LOG"] = str(tmp / "data") + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
+                self.env["TA_AUDIT_LOG"] = str(data) + self.env["TA_AUDIT_LOG"][len(DATA_DIR):]
         # With a shared store the chart sets no TA_DATA_DIR and mounts no volume: the working
         # directory is the temp dir, writable, as nothing in the pod is (a server that still
         # touched its default ./data would do it there, not in the checkout).
@@ -1994,11 +2236,13 @@ class ChartConfiguredServer:
         self.env["TA_HTTP_LISTEN"] = f"{self.bind_host}:{self.http_port}"
         for var in self.drop_env:
             self.env.pop(var, None)
+        if self.prepare:
+            self.prepare(self)
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
         process_env.update(self.env)
         self.log = tmp / "server.log"
         self._log_file = open(self.log, "wb")
-        self.process = subprocess.Popen([str(server_binary()), "serve"], env=process_env, cwd=tmp,
+        self.process = subprocess.Popen(self.command, env=process_env, cwd=tmp,
                                         stdout=self._log_file, stderr=subprocess.STDOUT)
         self.exit_code: int | None = None
         try:
@@ -2052,9 +2296,14 @@ class ChartConfiguredServer:
             else:
                 raise AssertionError(f"volume {mount['name']} of an unexpected kind: {sorted(volume)}")
             # The modes the kubelet gives the pod's files: the volume's defaultMode (0644 when
-            # unset). The server must start on them as the chart configures it.
+            # unset), plus group read when the pod has an fsGroup (the kubelet's ownership
+            # pass on these read-only volumes: kubernetes/kubernetes#57923; a Secret at 0400
+            # is 0440, group fsGroup, in the pod). The server must start on them as the chart
+            # configures it.
             kind = next(k for k in ("secret", "configMap", "projected") if k in volume)
             mode = volume[kind].get("defaultMode", 0o644)
+            if pod_spec(self.set_name).get("securityContext", {}).get("fsGroup") is not None:
+                mode |= 0o440
             for name, content in files.items():
                 (local / name).write_bytes(content)
                 (local / name).chmod(mode)
@@ -2607,6 +2856,315 @@ def check_replicas_share_postgres() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Keys in a PKCS#11 token (issue 21): the chart's signer values, and the real server on a
+# throwaway SoftHSM token
+# --------------------------------------------------------------------------------------
+
+def check_schema_refuses_signer_misuse() -> None:
+    """Each way of asking for the PKCS#11 signer wrongly is refused by values.schema.json
+    before anything renders, with Helm's error line as is (PKCS11_BAD_VALUE_SETS); the
+    minimal pkcs11 values, and process with the defaults, are accepted."""
+    for label, (values, expected) in PKCS11_BAD_VALUE_SETS.items():
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmValuesError as e:
+            lines = [line.strip().removeprefix("- ") for line in str(e).strip().splitlines()]
+            assert expected in lines, f"{label}: refused, but not with {expected!r}:\n{e}"
+            print(f"       refused {label}: {expected}")
+            continue
+        raise AssertionError(f"values.schema.json accepted: {label} {values}")
+    for label, values in (("pkcs11 with module, label and PIN Secret", {"signer": {"type": "pkcs11", "pkcs11": PKCS11_OK}}),
+                          ("process, the default", {"signer": {"type": "process"}})):
+        chart().validate_schema(values)
+        print(f"       accepted {label}")
+
+
+def check_pkcs11_adds_exactly_its_env() -> None:
+    """signer.type=pkcs11 (with a vendor volume and env) changes the default render's pod
+    template by exactly what it adds: the four PKCS11_ENV variables, the vendor env, the PIN's
+    volume and mount and the vendor's; every other TA_* variable, volume, mount and field is
+    the same. Also with store.postgres (the Deployment's template)."""
+    signer = {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "volume": {"configMap": {"name": "softhsm-conf"}},
+                                           "env": [{"name": "SOFTHSM2_CONF", "value": "/opt/pkcs11/softhsm2.conf"}]}}
+    for label, base in (("sled", {}), ("store.postgres", {"store": {"postgres": {"url": PG_URL}}})):
+        kind = "Deployment" if base else "StatefulSet"
+        plain = next(o for o in render_values(base) if o["kind"] == kind)["spec"]["template"]
+        with_token = next(o for o in render_values({**base, "signer": signer}) if o["kind"] == kind)["spec"]["template"]
+        plain_env = {e["name"] for e in plain["spec"]["containers"][0]["env"]}
+        token_env = {e["name"] for e in with_token["spec"]["containers"][0]["env"]}
+        added_ta = {n for n in token_env - plain_env if n.startswith("TA_")}
+        assert added_ta == PKCS11_ENV, f"[{label}] pkcs11 adds {sorted(added_ta)}, expected {sorted(PKCS11_ENV)}"
+        assert token_env - plain_env == PKCS11_ENV | {"SOFTHSM2_CONF"}, f"[{label}] pkcs11 adds {sorted(token_env - plain_env)}"
+        neutral, removed = mode_neutral_template(with_token, PKCS11_ENV | {"SOFTHSM2_CONF"}, {"pkcs11", "pkcs11-pin"})
+        assert removed == PKCS11_ENV | {"SOFTHSM2_CONF", "pkcs11", "pkcs11-pin"}, f"[{label}] removed only {sorted(removed)}"
+        plain_neutral, _ = mode_neutral_template(plain, set(), set())
+        assert neutral == plain_neutral, f"[{label}] signer.type=pkcs11 changes the pod template beyond its own variables and volumes"
+        print(f"       [{label}] adds {sorted(PKCS11_ENV)}, SOFTHSM2_CONF and the volumes pkcs11, pkcs11-pin; nothing else")
+
+
+def check_pkcs11_mount_path_clear_of_chart_dirs() -> None:
+    """A vendor volume's mountPath on, under or above one of the chart's own mount directories
+    fails the render naming the directory (it would hide the chart's files or be hidden by
+    them); a path beside them renders."""
+    for mount_path, taken in (("/etc/token-authority", "/etc/token-authority/secrets"),
+                              ("/var/lib/token-authority/hsm", DATA_DIR),
+                              ("/etc/token-authority/pkcs11-pin/", "/etc/token-authority/pkcs11-pin"),
+                              ("/", DATA_DIR)):
+        values = {"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "volume": {"configMap": {"name": "c"}},
+                                                          "mountPath": mount_path}}}
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmRenderError as e:
+            expected = f"signer.pkcs11.mountPath ({mount_path}) collides with {taken}"
+            assert expected in str(e), f"mountPath {mount_path}: refused, but not with {expected!r}: {e}"
+            print(f"       refused mountPath {mount_path}: collides with {taken}")
+            continue
+        raise AssertionError(f"rendered signer.pkcs11.mountPath {mount_path}, over the chart's {taken}")
+    for mount_path in ("/opt/pkcs11", "/etc/token-authority-hsm"):
+        chart().render({"signer": {"type": "pkcs11", "pkcs11": {**PKCS11_OK, "volume": {"configMap": {"name": "c"}},
+                                                                "mountPath": mount_path}}}, name=RELEASE, namespace=NAMESPACE)
+        print(f"       rendered mountPath {mount_path}")
+
+
+def check_pkcs11_notes() -> None:
+    """NOTES.txt names the token, the module and the PIN's Secret with signer.type=pkcs11, and
+    warns when restrictEgress leaves no way to a network HSM (no extraEgress); nothing of the
+    kind with the process signer."""
+    text = notes("pkcs11")
+    p11 = merged_values("pkcs11")["signer"]["pkcs11"]
+    assert f'PKCS#11 token "{p11["tokenLabel"]}" ({p11["module"]}), PIN from Secret {p11["pinSecret"]["name"]}' in text, \
+        "NOTES.txt does not name the token, module and PIN Secret"
+    assert "network HSM" not in text, "NOTES.txt warns about egress although networkPolicy.extraEgress is set"
+    values = {**VALUE_SETS["pkcs11"], "networkPolicy": {"enabled": True}}
+    with extra_value_set("pkcs11-no-egress", values) as set_name:
+        assert "cannot reach a network HSM; add the HSM's addresses and port to networkPolicy.extraEgress" in notes(set_name), \
+            "no warning that restrictEgress blocks the HSM"
+    default = notes("default")
+    assert "PKCS#11" not in default and "HSM" not in default, "NOTES.txt speaks of PKCS#11 with the process signer"
+
+
+def softhsm_token(root: Path, label: str, pin: str, so_pin: str = "5678") -> Path:
+    """A throwaway SoftHSM token directory under root holding the initialised token `label`
+    (user PIN `pin`), and its configuration file, which is returned."""
+    assert Path(SOFTHSM_MODULE).exists(), f"{SOFTHSM_MODULE} is missing: apt-get install softhsm2 opensc (as .ci/run does)"
+    (root / "tokens").mkdir()
+    conf = root / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    made = subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],
+                          env=dict(os.environ, SOFTHSM2_CONF=str(conf)), capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, f"softhsm2-util --init-token: exit {made.returncode} {made.stderr}"
+    return conf
+
+
+def softhsm_labels(conf: Path) -> list[str]:
+    """The labels of the initialised tokens SoftHSM has under `conf`."""
+    shown = subprocess.run(["softhsm2-util", "--show-slots"], env=dict(os.environ, SOFTHSM2_CONF=str(conf)),
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, f"softhsm2-util --show-slots: {shown.stderr}"
+    return [label.strip() for label in re.findall(r"(?m)^\s*Label:[ \t]*(.*)$", shown.stdout) if label.strip()]
+
+
+def token_private_keys(conf: Path, label: str, pin: str) -> dict[str, str]:
+    """The private keys in SoftHSM token `label`, as seen by OpenSC's pkcs11-tool: label -> the
+    Access line (sensitive, never extractable...)."""
+    listed = subprocess.run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", label, "--login", "--pin", pin,
+                             "--list-objects", "--type", "privkey"],
+                            env=dict(os.environ, SOFTHSM2_CONF=str(conf)), capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, f"pkcs11-tool --list-objects: exit {listed.returncode} {listed.stderr}"
+    keys = {}
+    for block in re.split(r"(?m)^Private Key Object", listed.stdout)[1:]:
+        name = re.search(r"(?m)^\s*label:\s*(\S+)", block)
+        access = re.search(r"(?m)^\s*Access:\s*(.*)$", block)
+        keys[name.group(1) if name else ""] = access.group(1) if access else ""
+    return keys
+
+
+# A caller for the live PKCS#11 checks: the client `pkcs11-check` (secret "test", whose
+# SHA-256 this is) may get subject chart-check for audience pkcs11.
+PKCS11_CHECK_POLICY = {
+    "clients": [{"id": "pkcs11-check", "secret_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}],
+    "rules": [{"callers": ["client:pkcs11-check"], "subjects": ["chart-check"], "audiences": ["pkcs11"]}],
+}
+
+
+def issue_and_verify(server: "ChartConfiguredServer") -> str:
+    """IssueToken as the PKCS11_CHECK_POLICY client, then VerifyToken of what came back:
+    valid, signed by a key of the JWKS; returns its kid."""
+    target = f"127.0.0.1:{server.grpc_port}"
+    basic = "authorization: Basic " + base64.b64encode(b"pkcs11-check:test").decode()
+    issued = server.grpcurl(*server.tls_args(), "-H", basic, "-d", '{"subject": "chart-check", "audience": ["pkcs11"]}',
+                            target, "tokenauthority.v1.TokenAuthority/IssueToken")
+    assert issued.returncode == 0, f"IssueToken: exit {issued.returncode} {issued.stderr.strip()} {server.log_text()[-1500:]}"
+    token = json.loads(issued.stdout)["token"]
+    verified = server.grpcurl(*server.tls_args(), "-d", json.dumps({"token": token, "audience": "pkcs11"}),
+                              target, "tokenauthority.v1.TokenAuthority/VerifyToken")
+    assert verified.returncode == 0, f"VerifyToken: exit {verified.returncode} {verified.stderr.strip()}"
+    answer = json.loads(verified.stdout)
+    assert answer.get("valid") is True, f"the token does not verify: {answer}"
+    kids = {k["kid"] for k in json.loads(server.get("/.well-known/jwks.json")[1])["keys"]}
+    assert answer["keyId"] in kids, f"signed by {answer['keyId']}, not a key of the JWKS {sorted(kids)}"
+    return answer["keyId"]
+
+
+def check_server_signs_in_pkcs11_token() -> None:
+    """The server with the environment and volumes the chart renders for signer.type=pkcs11,
+    against a throwaway SoftHSM token (SOFTHSM_MODULE as the module, its configuration from a
+    ConfigMap through signer.pkcs11.volume at mountPath and SOFTHSM2_CONF in signer.pkcs11.env,
+    the PIN from a Secret under a key of its own, written where the chart mounts it with the
+    mode the kubelet gives it, 0400 plus the fsGroup's read): it becomes ready, issues a token
+    that verifies, and the kids of its JWKS are labels of private keys in the token, sensitive
+    and never extractable; it exits 0 on SIGTERM. With another PIN in the Secret it refuses to
+    start."""
+    label, pin = "ta-chart", "1234"
+    with tempfile.TemporaryDirectory(prefix="ta-chart-softhsm-") as root:
+        conf = softhsm_token(Path(root), label, pin)
+        values = {"signer": {"type": "pkcs11", "pkcs11": {
+            "module": SOFTHSM_MODULE, "tokenLabel": label, "pinSecret": {"name": "ta-hsm-pin", "key": "user-pin"},
+            "volume": {"configMap": {"name": "softhsm-conf"}}, "mountPath": "/opt/pkcs11",
+            "env": [{"name": "SOFTHSM2_CONF", "value": "/opt/pkcs11/softhsm2.conf"}]}},
+            "policy": PKCS11_CHECK_POLICY}
+        external = {"ta-hsm-pin": {"user-pin": f"{pin}\n".encode()}, "softhsm-conf": {"softhsm2.conf": conf.read_bytes()}}
+        with extra_value_set("pkcs11-softhsm", values) as set_name:
+            env = env_of(set_name)
+            assert PKCS11_ENV <= set(env) and env["TA_PKCS11_MODULE"] == SOFTHSM_MODULE, env
+            with ChartConfiguredServer(set_name, external=external) as server:
+                pin_file = Path(server.env["TA_PKCS11_PIN_FILE"])
+                assert pin_file.parent.parent == server.tmp and pin_file.read_text() == f"{pin}\n", pin_file
+                print(f"       PIN file {env['TA_PKCS11_PIN_FILE']} -> mode {oct(pin_file.stat().st_mode & 0o777)}, "
+                      f"SOFTHSM2_CONF {env['SOFTHSM2_CONF']} from the ConfigMap volume")
+                assert Path(server.env["SOFTHSM2_CONF"]).read_bytes() == conf.read_bytes(), "SOFTHSM2_CONF not rewritten to the volume"
+                kid = issue_and_verify(server)
+                kids = {k["kid"] for k in json.loads(server.get("/.well-known/jwks.json")[1])["keys"]}
+                in_token = token_private_keys(conf, label, pin)
+                assert kids <= set(in_token), f"JWKS kids {sorted(kids)} are not all private keys in the token {sorted(in_token)}"
+                for name in kids:
+                    assert "sensitive" in in_token[name] and "never extractable" in in_token[name], f"{name}: {in_token[name]}"
+                print(f"       issued and verified (kid {kid}); the {len(kids)} JWKS keys are sensitive, never-extractable keys of token {label}")
+                code = server.stop()
+                log = server.log_text()
+            assert code == 0, f"exit code {code} after SIGTERM: {log[-2000:]}"
+            assert "held in the PKCS#11 token" in log, "the server did not say its keys are in the token"
+            wrong = {**external, "ta-hsm-pin": {"user-pin": b"4321\n"}}
+            try:
+                with ChartConfiguredServer(set_name, external=wrong):
+                    raise AssertionError("the server started with a wrong PIN")
+            except AssertionError as e:
+                if "started with a wrong PIN" in str(e):
+                    raise
+                assert "not ready" in str(e) and "exit code 2" in str(e), f"unexpected failure with a wrong PIN: {str(e)[-600:]}"
+                print("       with another PIN in the Secret: exit 2")
+
+
+README_DEPLOY = "## Deploy on Kubernetes"
+README_HSM = "### Keys in a hardware token"
+
+
+def readme_hsm_section() -> str:
+    """The README's "Keys in a hardware token" subsection under "Deploy on Kubernetes"."""
+    text = (REPO / "README.md").read_text()
+    deploy = text.index(f"\n{README_DEPLOY}\n")
+    start = text.index(f"\n{README_HSM}\n", deploy)
+    end = min(i for i in (text.find("\n### ", start + 1), text.find("\n## ", start + 1)) if i != -1)
+    return text[start:end]
+
+
+def readme_hsm_examples() -> list[dict[str, Any]]:
+    """The values files (```yaml blocks) of that subsection."""
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme_hsm_section(), re.S)]
+
+
+def readme_softhsm_values() -> dict[str, Any]:
+    found = [v for v in readme_hsm_examples() if str(v.get("image", {}).get("tag", "")).endswith("-softhsm")]
+    assert len(found) == 1, f"{len(found)} README values examples for the softhsm image"
+    return found[0]
+
+
+def check_readme_pkcs11_examples() -> None:
+    """Each values example of the README's "Keys in a hardware token" renders (schema, strict
+    Kubernetes schemas) with the PKCS#11 environment and volumes check_signer_env_and_files
+    asks for; each names the Secret and key that a `kubectl create secret generic NAME
+    --from-file=KEY=...` line of the section creates; the SoftHSM example's image is the tag
+    the section's `docker build --target softhsm -t ...` builds, and the section says the
+    SoftHSM image is not for production."""
+    section = readme_hsm_section()
+    created = set(re.findall(r"kubectl -n \S+ create secret generic (\S+) --from-file=([\w.-]+)=", section))
+    examples = readme_hsm_examples()
+    assert len(examples) >= 2, f"{len(examples)} values examples: expected a network HSM one and the SoftHSM one"
+    for i, values in enumerate(examples):
+        p11 = values["signer"]["pkcs11"]
+        pin = (p11["pinSecret"]["name"], p11["pinSecret"].get("key", "pin"))
+        assert pin in created, f"example {i + 1} reads Secret {pin[0]} key {pin[1]}, which no kubectl line creates ({sorted(created)})"
+        with extra_value_set(f"readme-hsm-{i + 1}", values) as set_name:
+            check_kubernetes_schemas(set_name)
+            check_signer_env_and_files(set_name)
+            print(f"       README example {i + 1}: module {env_of(set_name)['TA_PKCS11_MODULE']}, "
+                  f"token {env_of(set_name)['TA_PKCS11_TOKEN_LABEL']}, PIN from {pin[0]}/{pin[1]}")
+    softhsm = readme_softhsm_values()
+    image = f"{softhsm.get('image', {}).get('repository') or merged_values('default')['image']['repository']}:{softhsm['image']['tag']}"
+    assert f"docker build --target {SOFTHSM_STAGE} -t {image} ." in section, f"the section does not build {image} from the softhsm stage"
+    assert re.search(r"not for production", section), "the section does not say the SoftHSM image is not for production"
+
+
+def check_softhsm_image_entrypoint() -> None:
+    """The softhsm stage's entrypoint and SoftHSM configuration, as the Dockerfile writes them,
+    run here with the image's environment under the chart's for the README's SoftHSM values
+    (the token directory moved with the data volume into a temp dir): the first start
+    initialises the token with the Secret's PIN and the server becomes ready and signs in it;
+    a restart on the same volume initialises nothing (one token of that label) and finds the
+    same keys (the same JWKS kids), and still signs."""
+    values = readme_softhsm_values()
+    files = dockerfile_heredoc_files(SOFTHSM_STAGE)
+    script = files[SOFTHSM_ENTRYPOINT][1]
+    conf_path, conf_text = softhsm_conf_of_image()
+    image_env = dockerfile_env(dockerfile_stage(SOFTHSM_STAGE))
+    p11 = values["signer"]["pkcs11"]
+    assert p11["module"] == SOFTHSM_MODULE, f"the README's SoftHSM example loads {p11['module']}, not {SOFTHSM_MODULE}"
+    pin = "pin-from-the-secret-42"
+    external = {p11["pinSecret"]["name"]: {p11["pinSecret"].get("key", "pin"): f"{pin}\n".encode()}}
+    with tempfile.TemporaryDirectory(prefix="ta-chart-softhsm-image-") as root:
+        volume = Path(root) / "data"
+        volume.mkdir()
+        volume.chmod(0o2770)
+        conf = Path(root) / PurePosixPath(conf_path).name
+        conf.write_text(conf_text.replace(DATA_DIR, str(volume)))
+        bin_dir = Path(root) / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "token-authority").symlink_to(server_binary())
+        entrypoint = Path(root) / PurePosixPath(SOFTHSM_ENTRYPOINT).name
+        entrypoint.write_text(script)
+        entrypoint.chmod(0o755)
+
+        def as_in_the_image(server: ChartConfiguredServer) -> None:
+            # The image's ENV under the pod's (Kubernetes: the container's env wins), its
+            # files at their local stand-ins, its entrypoint instead of the binary.
+            for var, value in image_env.items():
+                server.env.setdefault(var, value)
+            server.env["SOFTHSM2_CONF"] = str(conf)
+            server.env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+            server.command = [str(entrypoint)]
+
+        with extra_value_set("readme-softhsm", {**values, "policy": PKCS11_CHECK_POLICY}) as set_name:
+            assert "SOFTHSM2_CONF" not in env_of(set_name), "the README's values set SOFTHSM2_CONF: the image's should do"
+            runs = []
+            for start in ("first start", "restart"):
+                with ChartConfiguredServer(set_name, external=external, data_dir=volume, prepare=as_in_the_image) as server:
+                    kid = issue_and_verify(server)
+                    kids = {k["kid"] for k in json.loads(server.get("/.well-known/jwks.json")[1])["keys"]}
+                    labels = softhsm_labels(conf)
+                    assert labels.count(p11["tokenLabel"]) == 1, f"{start}: tokens {labels}, expected one {p11['tokenLabel']}"
+                    in_token = token_private_keys(conf, p11["tokenLabel"], pin)
+                    assert kids <= set(in_token), f"{start}: JWKS kids {sorted(kids)} not in the token {sorted(in_token)}"
+                    code = server.stop()
+                    log = server.log_text()
+                assert code == 0, f"{start}: exit code {code} after SIGTERM: {log[-2000:]}"
+                runs.append(kids)
+                print(f"       {start}: token {p11['tokenLabel']} in {PurePosixPath(conf_text.split('=', 1)[1].split()[0])}, "
+                      f"{len(kids)} keys in it, issued and verified (kid {kid})")
+            assert runs[0] == runs[1], f"the restart serves other keys: {sorted(runs[0])} then {sorted(runs[1])}"
+            assert (volume / "keystore").exists(), "the keystore is not on the data volume"
+
+
+# --------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------
 
@@ -2641,6 +3199,7 @@ PER_VALUE_SET = [
     check_disruption_budget,
     check_topology_spread,
     check_autoscaler,
+    check_signer_env_and_files,
 ]
 
 GLOBAL = [
@@ -2678,6 +3237,14 @@ GLOBAL = [
     check_postgres_defaults,
     check_postgres_notes,
     check_replicas_share_postgres,
+    check_schema_refuses_signer_misuse,
+    check_pkcs11_adds_exactly_its_env,
+    check_pkcs11_mount_path_clear_of_chart_dirs,
+    check_pkcs11_notes,
+    check_dockerfile_softhsm_stage,
+    check_server_signs_in_pkcs11_token,
+    check_readme_pkcs11_examples,
+    check_softhsm_image_entrypoint,
 ]
 
 
