@@ -11,6 +11,7 @@ use token_authority::{
 use crate::helpers::{admin, config, DataDir, TestServer};
 
 mod outage;
+mod replicas;
 mod softhsm;
 
 const ALGORITHMS: [&str; 4] = ["RS256", "PS256", "ES256", "EdDSA"];
