@@ -1,7 +1,7 @@
 //! Real verifier clients, as teams run them, verifying our tokens from the HTTP JWKS URL
-//! alone: PyJWT's PyJWKClient, Node's jsonwebtoken + jwks-rsa, and Node by hand (jwk-to-pem +
-//! crypto.createVerify). Each verifies old and new tokens across a rotation and rejects a
-//! tampered one, for every algorithm it supports.
+//! alone: PyJWT's PyJWKClient, Node's jose (createRemoteJWKSet), jsonwebtoken + jwks-rsa,
+//! and Node by hand (jwk-to-pem + crypto.createVerify). Each verifies old and new tokens
+//! across a rotation and rejects a tampered one, for every algorithm it supports.
 
 use std::{io::Write as _, path::PathBuf, process::Stdio};
 
@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Runs a client script with the request on stdin; returns one verdict per token.
-fn run_client(program: PathBuf, script: PathBuf, request: &Value) -> Vec<Value> {
+pub fn run_client(program: PathBuf, script: PathBuf, request: &Value) -> Vec<Value> {
     run_client_with(program, script, request, &[])
 }
 
@@ -69,7 +69,7 @@ async fn issue(server: &TestServer, alg: &str, subject: &str) -> String {
         .token
 }
 
-fn tamper(token: &str) -> String {
+pub fn tamper(token: &str) -> String {
     let parts: Vec<&str> = token.split('.').collect();
     let mut payload: Value =
         serde_json::from_slice(&token_authority_jose::b64::decode(parts[1]).unwrap()).unwrap();
@@ -92,6 +92,12 @@ async fn real_clients_verify_across_a_rotation_and_reject_tampering() {
             "PyJWT",
             python,
             clients_dir.join("pyjwt_verify.py"),
+            &["RS256", "PS256", "ES256", "EdDSA"],
+        ),
+        (
+            "jose",
+            node.clone(),
+            clients_dir.join("jose_verify.js"),
             &["RS256", "PS256", "ES256", "EdDSA"],
         ),
         (
@@ -179,6 +185,12 @@ async fn real_clients_fetch_the_jwks_over_https_with_a_private_ca() {
     type Env<'a> = Vec<(&'a str, &'a std::path::Path)>;
     let clients: Vec<(&str, PathBuf, PathBuf, Env)> = vec![
         ("PyJWT", python, clients_dir.join("pyjwt_verify.py"), vec![]),
+        (
+            "jose",
+            node.clone(),
+            clients_dir.join("jose_verify.js"),
+            vec![("NODE_EXTRA_CA_CERTS", &ca_file)],
+        ),
         (
             "jsonwebtoken + jwks-rsa",
             node.clone(),

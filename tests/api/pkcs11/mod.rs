@@ -10,6 +10,7 @@ use token_authority::{
 
 use crate::helpers::{admin, config, DataDir, TestServer};
 
+mod clients;
 mod outage;
 mod replicas;
 mod softhsm;
