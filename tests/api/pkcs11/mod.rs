@@ -433,3 +433,43 @@ async fn keys_show_where_they_live_and_import_refuses_next_to_the_token() {
     let unchanged = String::from_utf8(keys(&["list"]).stdout).unwrap();
     assert_eq!(unchanged, table);
 }
+
+/// The README's PKCS#11 figures come from `tests/perf/pkcs11.sh`: it runs here, briefly, on
+/// the test build, and prints every run without an error and each algorithm's ratio.
+#[test]
+fn the_perf_script_measures_issue_with_both_signers() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/perf/pkcs11.sh");
+    let output = std::process::Command::new(script)
+        .env("TA_BIN", crate::binary::BIN)
+        .envs([
+            ("DUR", "200ms"),
+            ("WARMUP", "100ms"),
+            ("ROUNDS", "2"),
+            ("ALGS", "ES256 EdDSA"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let runs: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("process ") || l.starts_with("token "))
+        .collect();
+    assert_eq!(runs.len(), 2 * 2 * 2, "{stdout}");
+    for run in runs {
+        assert!(run.ends_with(" 0"), "a run with errors: {run}");
+    }
+    for alg in ["ES256", "EdDSA"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("issue {alg:5} process median"))
+                    && l.contains("token/process ")),
+            "{stdout}"
+        );
+    }
+}
