@@ -20,7 +20,9 @@ mod keys;
 mod mechanisms;
 mod module;
 mod session_pool;
+mod sessions;
 mod signing;
+mod slot;
 
 use std::fmt;
 use std::path::PathBuf;

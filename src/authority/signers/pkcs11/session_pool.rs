@@ -17,21 +17,20 @@
 //! every try would bring the token closer to locking the PIN.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::MechanismType;
-use cryptoki::session::{Session, UserType};
+use cryptoki::error::Error as CkError;
+use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use cryptoki::types::AuthPin;
 use token_authority_jose::crypto::Algorithm;
 use zeroize::Zeroizing;
 
-use super::error::{connection_lost, failed, rv, Pkcs11Error};
-use super::mechanisms::{self, Purpose, RSA_BITS};
+use super::error::{connection_lost, failed, Pkcs11Error};
 use super::module::Module;
+use super::sessions::{self, Sessions};
+use super::slot;
 use crate::telemetry::chain;
 
 /// The shortest time between two reconnection attempts while the token is down.
@@ -65,11 +64,6 @@ enum Link {
     Down,
     /// The login failed while reconnecting, for a reason no retry cures.
     Refused(String),
-}
-
-struct Sessions {
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
 }
 
 /// Which try of a call this is: the connection's epoch (object handles found in another
@@ -116,9 +110,9 @@ impl Connection {
         let call = connection.module.call();
         let sessions = connection
             .initialize()
-            .and_then(|()| connection.find_slot())
+            .and_then(|()| slot::find(&connection.module, label))
             .and_then(|slot| {
-                connection.check_mechanisms(slot, algorithms)?;
+                slot::check_mechanisms(&connection.module, slot, label, algorithms)?;
                 connection.open_sessions(slot)
             })
             .map_err(|error| connection.unreachable_if_lost("connecting", error))?;
@@ -242,7 +236,7 @@ impl Connection {
                 tracing::info!(token = %self.label, "reconnected to the PKCS#11 token");
                 Ok(())
             }
-            Err(error) if is_login_refusal(&error) => {
+            Err(error) if sessions::is_login_refusal(&error) => {
                 self.available.store(false, Ordering::Release);
                 tracing::error!(
                     token = %self.label,
@@ -274,7 +268,7 @@ impl Connection {
         state.link = Link::Down;
         let connect = || {
             self.initialize()
-                .and_then(|()| self.find_slot())
+                .and_then(|()| slot::find(&self.module, &self.label))
                 .and_then(|slot| self.open_sessions(slot))
         };
         match connect() {
@@ -310,100 +304,8 @@ impl Connection {
         }
     }
 
-    /// The slot of the initialised token labelled `label`. A slot whose token cannot be read
-    /// (a token deleted under a running module) is skipped, not fatal to the search.
-    fn find_slot(&self) -> Result<Slot, Pkcs11Error> {
-        let wanted = self.label.trim_end_matches(' ');
-        let mut found = Vec::new();
-        let slots = self
-            .module
-            .pkcs11()
-            .get_slots_with_token()
-            .map_err(self.failed("listing its slots"))?;
-        for slot in slots {
-            let Ok(info) = self.module.pkcs11().get_token_info(slot) else {
-                continue;
-            };
-            if !info.token_initialized() {
-                continue;
-            }
-            if info.label() == wanted {
-                return Ok(slot);
-            }
-            found.push(info.label().to_owned());
-        }
-        Err(Pkcs11Error::TokenNotFound {
-            label: self.label.clone(),
-            found,
-        })
-    }
-
-    /// Checks that the token offers, for the use each algorithm makes of it, every mechanism
-    /// the algorithms need (RSA key generation: at `RSA_BITS`). Each is asked for by type:
-    /// the token's whole list would make cryptoki log every type it does not know.
-    fn check_mechanisms(&self, slot: Slot, algorithms: &[Algorithm]) -> Result<(), Pkcs11Error> {
-        let mut offered = Vec::new();
-        for (_, mechanism, purpose) in mechanisms::required(algorithms) {
-            let info = match self.module.pkcs11().get_mechanism_info(slot, mechanism) {
-                Ok(info) => info,
-                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => continue,
-                Err(source) => return Err(self.failed("describing a mechanism")(source)),
-            };
-            let usable = match purpose {
-                Purpose::Signing => info.sign(),
-                Purpose::KeyGeneration => {
-                    info.generate_key_pair()
-                        && (mechanism != MechanismType::RSA_PKCS_KEY_PAIR_GEN
-                            || (info.min_key_size()..=info.max_key_size())
-                                .contains(&usize::from(RSA_BITS)))
-                }
-            };
-            if usable {
-                offered.push(mechanism);
-            }
-        }
-        mechanisms::check_mechanisms(&self.label, &offered, algorithms)
-    }
-
-    /// Opens the pool's sessions and logs the user in once: the login belongs to the
-    /// application and the token, so every session, current and future, shares it.
     fn open_sessions(&self, slot: Slot) -> Result<Sessions, Pkcs11Error> {
-        let mut sessions = Vec::with_capacity(self.size);
-        for _ in 0..self.size {
-            let session = self
-                .module
-                .pkcs11()
-                .open_rw_session(slot)
-                .map_err(self.failed("opening a session"))?;
-            if sessions.is_empty() {
-                self.login(&session)?;
-            }
-            sessions.push(Mutex::new(session));
-        }
-        Ok(Sessions {
-            sessions,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    fn login(&self, session: &Session) -> Result<(), Pkcs11Error> {
-        let pin = AuthPin::new(self.pin.as_str().into());
-        let label = || self.label.clone();
-        match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(source) => Err(match rv(&source) {
-                Some(RvError::PinIncorrect) => Pkcs11Error::WrongPin { label: label() },
-                Some(RvError::PinLocked) => Pkcs11Error::PinLocked { label: label() },
-                Some(RvError::UserPinNotInitialized) => {
-                    Pkcs11Error::PinNotInitialized { label: label() }
-                }
-                _ if connection_lost(&source) => self.failed("logging in")(source),
-                _ => Pkcs11Error::Login {
-                    label: label(),
-                    source,
-                },
-            }),
-        }
+        Sessions::open(&self.module, slot, &self.label, &self.pin, self.size)
     }
 
     fn failed(&self, doing: &'static str) -> impl FnOnce(CkError) -> Pkcs11Error + '_ {
@@ -437,34 +339,4 @@ impl Connection {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-impl Sessions {
-    /// A free session, trying each from a rotating start, or, when all are busy, waiting
-    /// for one.
-    fn take(&self) -> MutexGuard<'_, Session> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let count = self.sessions.len();
-        (0..count)
-            .find_map(|i| match self.sessions[(start + i) % count].try_lock() {
-                Ok(guard) => Some(guard),
-                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            })
-            .unwrap_or_else(|| {
-                self.sessions[start % count]
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-            })
-    }
-}
-
-fn is_login_refusal(error: &Pkcs11Error) -> bool {
-    matches!(
-        error,
-        Pkcs11Error::WrongPin { .. }
-            | Pkcs11Error::PinLocked { .. }
-            | Pkcs11Error::PinNotInitialized { .. }
-            | Pkcs11Error::Login { .. }
-    )
 }
