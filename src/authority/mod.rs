@@ -116,6 +116,9 @@ impl Settings {
 
 /// A key set and the records (private keys included) it was built from.
 type Built = (KeySet, Vec<KeyRecord>);
+/// What opening a shared store plans and builds: the plan, the key set built from the
+/// records it leaves, and the token keys it drops.
+type Opened = (Plan, Built, Vec<KeyRecord>);
 
 #[derive(Debug)]
 pub struct RotationOutcome {
@@ -227,22 +230,29 @@ impl Authority {
         let opened = store
             .transact(
                 Vec::new(),
-                move |records| -> Result<((Plan, Built), Change), AuthorityError> {
+                move |records| -> Result<(Opened, Change), AuthorityError> {
                     let mut generate = taken.source();
                     let plan = lifecycle::due(records, &algorithms, timing, now, &mut generate)?;
+                    let dropped = dropped(records, &plan);
                     let records = plan.apply_to(records);
                     let set = KeySet::build(&records, &signers, &algorithms, encrypted, timing)?;
                     let change = Change {
                         changed: plan.changed.clone(),
                         deleted: plan.deleted.clone(),
                     };
-                    Ok(((plan, (set, records)), change))
+                    Ok(((plan, (set, records), dropped), change))
                 },
             )
             .await;
         blocking(move || reserve.release()).await?;
-        let ((plan, built), generation) = opened?;
+        let ((plan, built, dropped), generation) = opened?;
         log_plan(&plan);
+        if !dropped.is_empty() {
+            // Deleted after their retention while every replica was down: once committed,
+            // their token objects go too.
+            let signers = settings.signers.clone();
+            blocking(move || signers.destroy(&dropped.iter().collect::<Vec<_>>())).await?;
+        }
         let (position, refused) = generation
             .map(|settled| (settled.position, settled.refused))
             .unwrap_or_default();

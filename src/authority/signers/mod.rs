@@ -108,7 +108,9 @@ impl Signers {
     /// What signs with `record`'s key (and knows its verifying key).
     pub(crate) fn open(&self, record: &KeyRecord) -> Result<Arc<dyn SignatureSource>, CryptoError> {
         match (self, &record.token) {
-            (Signers::InProcess, None) => Ok(Arc::new(SigningKey::from_pkcs8(
+            // Keys made in the process; with the token signer, those made before the switch
+            // still sign in the process until they retire (the README's migration path).
+            (_, None) => Ok(Arc::new(SigningKey::from_pkcs8(
                 record.alg,
                 record.private_key.as_bytes(),
             )?)),
@@ -128,12 +130,6 @@ impl Signers {
                     alg: record.alg,
                     reason: chain(&e).to_string(),
                 }),
-            // Keys made before the switch to the token still sign in the process until they
-            // retire: the README's migration path.
-            (Signers::Pkcs11(_), None) => Ok(Arc::new(SigningKey::from_pkcs8(
-                record.alg,
-                record.private_key.as_bytes(),
-            )?)),
         }
     }
 }

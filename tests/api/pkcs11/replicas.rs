@@ -160,3 +160,36 @@ async fn two_replicas_on_one_token_each_sign_with_keys_the_other_made() {
     b.terminate();
     a.stop().await;
 }
+
+/// A key whose retention ended while no replica ran is deleted by the first replica to
+/// start, in the transaction that opens it; its objects then leave the token too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_as_a_replica_starts_leaves_the_token() {
+    let shared = Store::postgres().await;
+    let label = softhsm::new_token("retention");
+    let dir = DataDir::new();
+    let mut flags = signer_flags(&dir, &label);
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256".into();
+    flags.extend(shared.args());
+    flags.extend(["--max-ttl", "1s", "--default-ttl", "1s", "--leeway", "0s"].map(String::from));
+    let server = TestServer::start_with(crate::helpers::config(&dir, &args(&flags))).await;
+    let retired = server.rotate().await.previous_key_id;
+    assert_eq!(private_objects(&label, &retired).len(), 1);
+    server.stop().await;
+
+    // Past its retention (1 s of max ttl, no leeway) with every replica down.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let server = TestServer::start_with(crate::helpers::config(&dir, &args(&flags))).await;
+    assert!(
+        !server
+            .list_keys()
+            .await
+            .keys
+            .iter()
+            .any(|k| k.key_id == retired),
+        "the retired key is still listed"
+    );
+    assert!(private_objects(&label, &retired).is_empty());
+    server.stop().await;
+}
