@@ -156,6 +156,28 @@ async fn two_replicas_on_one_token_each_sign_with_keys_the_other_made() {
     assert_ne!(after.key_id, made_by_b);
     assert!(valid(&mut to_a, &after.token).await);
 
+    // The database holds no private half: every row names its token object and public key.
+    let stored = shared.pg().psql("SELECT record FROM ta_keys");
+    let records: Vec<serde_json::Value> = stored
+        .lines()
+        .filter(|line| line.trim_start().starts_with('{'))
+        .map(|line| serde_json::from_str(line.trim()).unwrap())
+        .collect();
+    assert!(records.len() >= 4, "{stored}");
+    for record in &records {
+        assert!(
+            record
+                .get("private_key")
+                .is_none_or(|key| key.is_null() || key == ""),
+            "{record}"
+        );
+        assert_eq!(
+            record["token"]["object_id"].as_str().map(str::len),
+            Some(32),
+            "{record}"
+        );
+    }
+
     let mut b = b;
     b.terminate();
     a.stop().await;
