@@ -121,6 +121,7 @@ pub async fn run(
             metrics: Arc::clone(&metrics),
         }),
     );
+    tasks::report_initial_health(&authority, &health.reporter).await;
     health.serving().await;
     // startup_ms: from opening the data directory to answering; the operator's figure for
     // how long a restarted pod is out of its Service.

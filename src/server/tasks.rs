@@ -152,6 +152,27 @@ pub(super) async fn report_keystore_health(
     }
 }
 
+/// The `keystore` and `signer` health statuses as the authority opened, set before the
+/// server says SERVING: a probe that asks for either right after never meets an unknown
+/// service. The tasks below keep them current from then on.
+pub(super) async fn report_initial_health(authority: &Authority, health: &HealthReporter) {
+    let status = |up: bool| {
+        if up {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    let in_step = *authority.in_step().borrow();
+    health
+        .set_service_status(KEYSTORE_HEALTH, status(in_step))
+        .await;
+    let available = authority.settings().signers.is_available();
+    health
+        .set_service_status(SIGNER_HEALTH, status(available))
+        .await;
+}
+
 /// The gRPC health service name that reports whether the signer answers: NOT_SERVING while
 /// the PKCS#11 token cannot be reached (IssueToken then answers UNAVAILABLE). Like
 /// `keystore`, it leaves `/readyz` and the main service's health alone: verification and

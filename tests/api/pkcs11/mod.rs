@@ -473,3 +473,37 @@ fn the_perf_script_measures_issue_with_both_signers() {
         );
     }
 }
+
+/// `signer` and `keystore` answer from the first moment the server says SERVING (a probe
+/// right after the start never meets "service not registered"): SERVING with keys in the
+/// process, and with a token that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signer_and_keystore_health_answer_from_the_first_moment_of_serving() {
+    let label = softhsm::new_token("health");
+    let token_dir = DataDir::new();
+    let token_flags = signer_flags(&token_dir, &label);
+    for start in 0..12 {
+        let dir = DataDir::new();
+        let flags: Vec<String> = if start % 4 == 3 {
+            token_flags.clone()
+        } else {
+            vec!["--algorithms".into(), "EdDSA".into()]
+        };
+        let data_dir = if start % 4 == 3 { &token_dir } else { &dir };
+        let server = TestServer::start_with(config(data_dir, &args(&flags))).await;
+        let channel = crate::helpers::endpoint(server.grpc_addr, None).connect_lazy();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        for service in ["signer", "keystore"] {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("start {start}, {service}: {e}"))
+                .into_inner()
+                .status;
+            assert_eq!(status, 1, "start {start}, {service}");
+        }
+        server.stop().await;
+    }
+}
