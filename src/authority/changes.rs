@@ -251,12 +251,7 @@ impl Authority {
         let signers = self.settings.signers.clone();
         // The keys the plan will ask for are made before the transaction opens (`reserve`).
         let wanted = reserve::demand(held.as_slice(), plan.clone());
-        let reserve = {
-            let signers = signers.clone();
-            blocking(move || KeyReserve::fill(signers, &wanted))
-                .await?
-                .map_err(LifecycleError::from)?
-        };
+        let reserve = KeyReserve::make(&signers, wanted).await?;
         let taken = reserve.clone();
         let changed = self
             .store

@@ -220,12 +220,7 @@ impl Authority {
         let wanted = reserve::demand(&found, |records, keys| {
             lifecycle::due(records, &algorithms, timing, now, keys)
         });
-        let reserve = {
-            let signers = signers.clone();
-            blocking(move || KeyReserve::fill(signers, &wanted))
-                .await?
-                .map_err(LifecycleError::from)?
-        };
+        let reserve = KeyReserve::make(&signers, wanted).await?;
         let taken = reserve.clone();
         let opened = store
             .transact(

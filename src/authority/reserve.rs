@@ -16,6 +16,7 @@ use crate::authority::{
     keys::{GeneratedKey, KeyRecord, PrivateKeyDer},
     lifecycle::{KeySource, LifecycleError, Plan},
     signers::Signers,
+    AuthorityError,
 };
 use token_authority_jose::crypto::{Algorithm, CryptoError};
 
@@ -81,6 +82,19 @@ impl KeyReserve {
             signers,
             made_inside: 0,
         }))))
+    }
+
+    /// `fill`, off the reactor; a generation that fails is the lifecycle's error, as it is
+    /// when the plan generates.
+    pub(super) async fn make(
+        signers: &Signers,
+        algorithms: Vec<Algorithm>,
+    ) -> Result<KeyReserve, AuthorityError> {
+        let signers = signers.clone();
+        let filled = tokio::task::spawn_blocking(move || KeyReserve::fill(signers, &algorithms))
+            .await
+            .map_err(AuthorityError::Task)?;
+        Ok(filled.map_err(LifecycleError::from)?)
     }
 
     /// A key of `alg`: one from the reserve, or a fresh one when none is left.

@@ -63,21 +63,22 @@ fn context() -> &'static Pkcs11 {
     }
 }
 
+/// The first slot whose token `wanted` accepts.
+fn slot(wanted: impl Fn(&cryptoki::slot::TokenInfo) -> bool) -> Option<cryptoki::slot::Slot> {
+    let pkcs11 = context();
+    pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|&slot| pkcs11.get_token_info(slot).is_ok_and(|info| wanted(&info)))
+}
+
 /// A fresh token with `USER_PIN`; returns its label.
 pub fn new_token(prefix: &str) -> String {
     let label = format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
     let _guard = TOKEN_INIT.lock().unwrap_or_else(PoisonError::into_inner);
     let pkcs11 = context();
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|&slot| {
-            pkcs11
-                .get_token_info(slot)
-                .is_ok_and(|info| !info.token_initialized())
-        })
-        .expect("a free slot");
+    let slot = slot(|info| !info.token_initialized()).expect("a free slot");
     let so_pin = AuthPin::new(SO_PIN.into());
     pkcs11.init_token(slot, &so_pin, &label).unwrap();
     let session = pkcs11.open_rw_session(slot).unwrap();
@@ -90,16 +91,7 @@ pub fn new_token(prefix: &str) -> String {
 /// A logged-in session of the tests' own on token `label`, to look at its objects.
 pub fn user_session(label: &str) -> Session {
     let pkcs11 = context();
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|&slot| {
-            pkcs11
-                .get_token_info(slot)
-                .is_ok_and(|info| info.token_initialized() && info.label() == label)
-        })
-        .expect("the token");
+    let slot = slot(|info| info.token_initialized() && info.label() == label).expect("the token");
     let session = pkcs11.open_rw_session(slot).unwrap();
     match session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => session,
