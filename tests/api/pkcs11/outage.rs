@@ -191,6 +191,23 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
         signer_gauge(&process.http).await,
         "token_authority_signer_available 0"
     );
+    // The replica stays in its Service: `/readyz` and the server's own health are unmoved.
+    let readyz = reqwest::get(format!("http://{}/readyz", process.http))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", process.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let overall = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(overall, 1, "the server's health while the token is gone");
     // Verification and the JWKS carry on meanwhile.
     let earlier = seen.lock().unwrap().issued[0].0.clone();
     let verdict = client
