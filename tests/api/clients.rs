@@ -53,6 +53,44 @@ fn run_client_with(
         .collect()
 }
 
+/// One real verifier: its name, the program and script that run it, the algorithms it
+/// supports.
+pub type VerifierClient = (&'static str, PathBuf, PathBuf, &'static [&'static str]);
+
+/// The verifiers teams run, installed on first use: PyJWT, jose, jsonwebtoken + jwks-rsa,
+/// and Node by hand.
+pub fn verifier_clients() -> Vec<VerifierClient> {
+    let node = PathBuf::from("node");
+    let clients_dir = tokio::task::block_in_place(tools::node_clients);
+    let python = tokio::task::block_in_place(tools::python);
+    vec![
+        (
+            "PyJWT",
+            python,
+            clients_dir.join("pyjwt_verify.py"),
+            &["RS256", "PS256", "ES256", "EdDSA"],
+        ),
+        (
+            "jose",
+            node.clone(),
+            clients_dir.join("jose_verify.js"),
+            &["RS256", "PS256", "ES256", "EdDSA"],
+        ),
+        (
+            "jsonwebtoken + jwks-rsa",
+            node.clone(),
+            clients_dir.join("jwks_rsa_verify.js"),
+            &["RS256", "PS256", "ES256"],
+        ),
+        (
+            "by hand (jwk-to-pem)",
+            node,
+            clients_dir.join("by_hand_verify.js"),
+            &["RS256"],
+        ),
+    ]
+}
+
 async fn issue(server: &TestServer, alg: &str, subject: &str) -> String {
     server
         .client
@@ -83,36 +121,7 @@ async fn real_clients_verify_across_a_rotation_and_reject_tampering() {
     let dir = DataDir::new();
     let server =
         TestServer::start_with(config(&dir, &["--algorithms", "RS256,PS256,ES256,EdDSA"])).await;
-    let node = PathBuf::from("node");
-    let clients_dir = tokio::task::block_in_place(tools::node_clients);
-    let python = tokio::task::block_in_place(tools::python);
-    // (client, program, script, the algorithms it supports)
-    let clients: Vec<(&str, PathBuf, PathBuf, &[&str])> = vec![
-        (
-            "PyJWT",
-            python,
-            clients_dir.join("pyjwt_verify.py"),
-            &["RS256", "PS256", "ES256", "EdDSA"],
-        ),
-        (
-            "jose",
-            node.clone(),
-            clients_dir.join("jose_verify.js"),
-            &["RS256", "PS256", "ES256", "EdDSA"],
-        ),
-        (
-            "jsonwebtoken + jwks-rsa",
-            node.clone(),
-            clients_dir.join("jwks_rsa_verify.js"),
-            &["RS256", "PS256", "ES256"],
-        ),
-        (
-            "by hand (jwk-to-pem)",
-            node,
-            clients_dir.join("by_hand_verify.js"),
-            &["RS256"],
-        ),
-    ];
+    let clients = verifier_clients();
     for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
         let old = issue(&server, alg, "before").await;
         server

@@ -1,8 +1,6 @@
-//! Tokens signed in the token verify with what services run: PyJWT, jose (Node) and
-//! jsonwebtoken with jwks-rsa (Node) from the JWKS URL, and the client crate's `Verifier`; a
-//! tampered one is refused by each. For every algorithm each supports.
-
-use std::path::PathBuf;
+//! Tokens signed in the token verify with what services run: PyJWT, jose (Node),
+//! jsonwebtoken with jwks-rsa (Node) and Node by hand from the JWKS URL, and the client
+//! crate's `Verifier`; a tampered one is refused by each. For every algorithm each supports.
 
 use serde_json::json;
 use token_authority::pb;
@@ -10,9 +8,8 @@ use token_authority_client::{Verifier, VerifierSettings};
 
 use super::{args, signer_flags, softhsm, ALGORITHMS};
 use crate::{
-    clients::{run_client, tamper},
+    clients::{run_client, tamper, verifier_clients},
     helpers::{config, endpoint, DataDir, TestServer},
-    tools,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,30 +18,7 @@ async fn tokens_signed_in_the_token_verify_with_pyjwt_jose_jwks_rsa_and_the_clie
     let dir = DataDir::new();
     let flags = signer_flags(&dir, &label);
     let server = TestServer::start_with(config(&dir, &args(&flags))).await;
-    let node = PathBuf::from("node");
-    let clients_dir = tokio::task::block_in_place(tools::node_clients);
-    let python = tokio::task::block_in_place(tools::python);
-    // (client, program, script, the algorithms it supports)
-    let clients: Vec<(&str, PathBuf, PathBuf, &[&str])> = vec![
-        (
-            "PyJWT",
-            python,
-            clients_dir.join("pyjwt_verify.py"),
-            &ALGORITHMS,
-        ),
-        (
-            "jose",
-            node.clone(),
-            clients_dir.join("jose_verify.js"),
-            &ALGORITHMS,
-        ),
-        (
-            "jsonwebtoken + jwks-rsa",
-            node,
-            clients_dir.join("jwks_rsa_verify.js"),
-            &["RS256", "PS256", "ES256"],
-        ),
-    ];
+    let clients = verifier_clients();
     let verifier = Verifier::connect(
         endpoint(server.grpc_addr, None).connect_lazy(),
         VerifierSettings::new(server.issuer.clone()),
