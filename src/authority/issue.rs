@@ -98,21 +98,8 @@ impl Authority {
         for (name, value) in request.claims.iter().chain(granted) {
             claims.insert(name.clone(), value.clone());
         }
-        let token =
-            jwt::sign(signer, &claims, self.settings.max_token_bytes).map_err(
-                |error| match error {
-                    too_large @ jwt::SignError::TooLarge { .. } => {
-                        AuthorityError::InvalidArgument(InvalidArgument {
-                            field: "claims_json",
-                            reason: too_large.to_string(),
-                        })
-                    }
-                    jwt::SignError::Crypto(error) if !self.settings.signers.is_available() => {
-                        AuthorityError::SignerUnavailable(error)
-                    }
-                    jwt::SignError::Crypto(error) => error.into(),
-                },
-            )?;
+        let token = jwt::sign(signer, &claims, self.settings.max_token_bytes)
+            .map_err(|error| self.sign_error(error, "claims_json"))?;
         Ok(Issued {
             token,
             alg,
@@ -121,6 +108,23 @@ impl Authority {
             issued_at: now,
             expires_at,
         })
+    }
+
+    /// What a failed signature means to the caller: a token too large for `field`, the
+    /// signer out of reach, or our failure.
+    pub(super) fn sign_error(&self, error: jwt::SignError, field: &'static str) -> AuthorityError {
+        match error {
+            too_large @ jwt::SignError::TooLarge { .. } => {
+                AuthorityError::InvalidArgument(InvalidArgument {
+                    field,
+                    reason: too_large.to_string(),
+                })
+            }
+            jwt::SignError::Crypto(error) if !self.settings.signers.is_available() => {
+                AuthorityError::SignerUnavailable(error)
+            }
+            jwt::SignError::Crypto(error) => error.into(),
+        }
     }
 
     pub fn verify(

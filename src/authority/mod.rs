@@ -44,6 +44,7 @@ mod reserve;
 mod served;
 pub mod signers;
 pub mod signing_pool;
+pub(crate) mod txn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {

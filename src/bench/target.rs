@@ -158,6 +158,7 @@ impl Target {
                     .verify_token(self.authorized(pb::VerifyTokenRequest {
                         token,
                         audience: self.audience.clone(),
+                        ..Default::default()
                     }))
                     .await
                     .map_err(|status| format!("grpc {:?}", status.code()))?;

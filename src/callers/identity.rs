@@ -21,12 +21,16 @@ use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use super::{issuers::TrustedIssuer, policy::Client, CallerSettings};
+use super::{
+    issuers::{IssuerConfig, TrustedIssuer},
+    policy::Client,
+    CallerSettings,
+};
 use token_authority_jose::{
     b64, crypto,
     jwt::{
         json::parse_object,
-        verify::{self, Expectations, Reason},
+        verify::{self, Expectations, Reason, TokenType},
     },
 };
 
@@ -212,16 +216,15 @@ pub(crate) fn client_caller(
     })
 }
 
-/// The caller a trusted issuer's token proves; `certificate` is the call's client
-/// certificate, which goes with a token only when the token's `cnf` names it. `settings`
-/// gives the server's own leeway, token size limit and issuer.
-pub(crate) async fn token_caller(
-    issuers: &[Arc<TrustedIssuer>],
+/// A trusted issuer's token, verified with that issuer's keys and bounds (audiences,
+/// lifetime, algorithms), and the issuer it came from. What the token proves is for the
+/// caller to decide: a caller (`token_caller`) or a Txn-Token's subject.
+pub(crate) async fn verify_issuer_token<'a>(
+    issuers: &'a [Arc<TrustedIssuer>],
     token: &str,
-    certificate: Option<Arc<[u8]>>,
     settings: &CallerSettings,
     now: u64,
-) -> Result<Caller, IdentityError> {
+) -> Result<(verify::Verified, &'a IssuerConfig), IdentityError> {
     let max_token_bytes = settings.max_token_bytes;
     if token.len() > max_token_bytes {
         return Err(IdentityError::Rejected(format!(
@@ -254,6 +257,9 @@ pub(crate) async fn token_caller(
         audiences: &audiences,
         max_lifetime: Some(config.max_token_lifetime),
         algorithms: Some(&config.algorithms),
+        // A Txn-Token never proves who a workload is, nor stands for an access token (the
+        // draft, "Transaction Tokens Are Not Authentication Credentials").
+        token_type: TokenType::Access,
     };
     let mut verdict = verify::verify_with(token, &*issuer.keys(), &rules, &expect, now);
     if let Err(rejection) = &verdict {
@@ -271,6 +277,34 @@ pub(crate) async fn token_caller(
             _ => rejection.detail,
         })
     })?;
+    Ok((verified, config))
+}
+
+/// `name`, a `sub` of `config`'s token, when the issuer may assert it (its `subjects`).
+pub(crate) fn asserted_subject(config: &IssuerConfig, name: String) -> Result<String, IdentityError> {
+    let name = checked_name(name)?;
+    if let Some(bound) = &config.subjects {
+        if !bound.allows(&name) {
+            return Err(IdentityError::Rejected(format!(
+                "its sub is not one the issuer {:?} may assert (its subjects)",
+                config.name
+            )));
+        }
+    }
+    Ok(name)
+}
+
+/// The caller a trusted issuer's token proves; `certificate` is the call's client
+/// certificate, which goes with a token only when the token's `cnf` names it. `settings`
+/// gives the server's own leeway, token size limit and issuer.
+pub(crate) async fn token_caller(
+    issuers: &[Arc<TrustedIssuer>],
+    token: &str,
+    certificate: Option<Arc<[u8]>>,
+    settings: &CallerSettings,
+    now: u64,
+) -> Result<Caller, IdentityError> {
+    let (verified, config) = verify_issuer_token(issuers, token, settings, now).await?;
     let bound =
         token_claims::check_confirmation(verified.claims.get("cnf"), certificate.as_deref())?;
     let kind = match verified.claims.get("act") {
@@ -286,15 +320,7 @@ pub(crate) async fn token_caller(
             actor: token_claims::actor_chain(act)?,
         },
     };
-    let name = checked_name(verified.subject)?;
-    if let Some(bound) = &config.subjects {
-        if !bound.allows(&name) {
-            return Err(IdentityError::Rejected(format!(
-                "its sub is not one the issuer {:?} may assert (its subjects)",
-                config.name
-            )));
-        }
-    }
+    let name = asserted_subject(config, verified.subject)?;
     Ok(Caller {
         name,
         kind,

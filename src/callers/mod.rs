@@ -12,6 +12,7 @@
 //! - `audit`: the hash-chained audit log and its verification.
 //! - `reload`: loading the policy file, and reloading it when its content changes.
 //! - `commands`: `policy check` and `audit verify`.
+//! - `txn`: who may have which Transaction Token, and its context.
 
 pub mod admin;
 pub mod audit;
@@ -21,6 +22,7 @@ pub(crate) mod issuers;
 pub(crate) mod names;
 pub(crate) mod policy;
 pub(crate) mod reload;
+pub(crate) mod txn;
 
 use std::sync::Arc;
 

@@ -59,6 +59,7 @@ label_values!(impl Reason {
     MissingClaim => "MISSING_CLAIM",
     UnsupportedHeader => "UNSUPPORTED_HEADER",
     LifetimeTooLong => "LIFETIME_TOO_LONG",
+    WrongTokenType => "WRONG_TOKEN_TYPE",
 });
 
 label_values! {
@@ -71,6 +72,7 @@ label_values! {
         RotateKeys => "RotateKeys",
         RevokeKey => "RevokeKey",
         ListKeys => "ListKeys",
+        ExchangeToken => "ExchangeToken",
     }
 }
 
@@ -83,6 +85,8 @@ label_values! {
         RotateKeys => "RotateKeys",
         RevokeKey => "RevokeKey",
         ListKeys => "ListKeys",
+        /// Txn-Token requests, over gRPC (ExchangeToken) and HTTP (POST /token).
+        ExchangeToken => "ExchangeToken",
     }
 }
 
@@ -103,6 +107,10 @@ label_values! {
         NotAdmin => "not_admin",
         AdminOnly => "admin_only",
         Throttled => "throttled",
+        /// A Txn-Token scope wider than the rule's or the subject token's.
+        Scope => "scope",
+        /// A Txn-Token request's subject token was refused.
+        SubjectToken => "subject_token",
     }
 }
 

@@ -17,6 +17,7 @@ use crate::{
     metrics::Metrics,
     transport::{
         grpc::GrpcService,
+        exchange::Exchanger,
         http::{self, HttpState},
         tls::TlsReloader,
         watch::Watchers,
@@ -101,11 +102,12 @@ pub async fn run(
     authority.report_key_ages(metrics.key_ages());
     log_keys_loaded(&authority);
 
+    let signing_pool = Arc::new(signing_pool);
     let service = GrpcService::new(
         Arc::clone(&authority),
         Arc::clone(&callers),
         Arc::clone(&metrics),
-        Arc::new(signing_pool),
+        Arc::clone(&signing_pool),
         Arc::new(Watchers::new(
             config.watch,
             stop.clone(),
@@ -119,6 +121,11 @@ pub async fn run(
             ready: Arc::clone(&health.ready),
             jwks_max_age: config.jwks_max_age,
             metrics: Arc::clone(&metrics),
+            exchanger: Exchanger {
+                authority: Arc::clone(&authority),
+                callers: Arc::clone(&callers),
+                signing_pool,
+            },
         }),
     );
     tasks::report_initial_health(&authority, &health.reporter).await;

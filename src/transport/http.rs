@@ -1,5 +1,5 @@
-//! The HTTP shim: the JWKS and OpenID discovery documents for off-the-shelf verifiers, and
-//! health endpoints. The JWKS body and ETag come pre-rendered from the key set; a request
+//! The HTTP shim: the JWKS and OpenID discovery documents for off-the-shelf verifiers,
+//! health endpoints, and the Transaction Token endpoint (`POST /token`, in `token`). The JWKS body and ETag come pre-rendered from the key set; a request
 //! only compares a header and clones a reference-counted buffer.
 
 use std::sync::{
@@ -12,13 +12,14 @@ use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 
 use crate::{
     authority::Authority,
     metrics::{AuthorityState, Metrics},
+    transport::{exchange::Exchanger, token},
 };
 
 /// What the handlers share.
@@ -29,6 +30,8 @@ pub(crate) struct HttpState {
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) jwks_max_age: u64,
     pub(crate) metrics: Arc<Metrics>,
+    /// Txn-Token requests (`POST /token`), when the policy has a `[txn]` table.
+    pub(crate) exchanger: Exchanger,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -39,13 +42,18 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(token::PATH, post(token::token))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(refuse_bodies))
         .with_state(state)
 }
 
-/// These endpoints take no body; a request that carries one is refused unread (413).
+/// These endpoints take no body; a request that carries one is refused unread (413). The
+/// token endpoint takes a bounded form (`token`).
 async fn refuse_bodies(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if request.uri().path() == token::PATH {
+        return next.run(request).await;
+    }
     let headers = request.headers();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers

@@ -97,6 +97,7 @@ pub(super) struct Registered<'a> {
     iss: Claim<Cow<'a, str>>,
     sub: Claim<Cow<'a, str>>,
     aud: Audience<'a>,
+    txn: Claim<Cow<'a, str>>,
 }
 
 /// Reads the decoded payload, in place when it can, else through the reference parser
@@ -160,6 +161,7 @@ impl<'a> Registered<'a> {
             iss: text("iss"),
             sub: text("sub"),
             aud,
+            txn: text("txn"),
         }
     }
 
@@ -272,6 +274,16 @@ impl<'a> Registered<'a> {
         }
     }
 
+    /// `txn`, the transaction's identifier, which every Txn-Token carries.
+    pub(super) fn check_txn(&self) -> Result<(), Rejection> {
+        match &self.txn {
+            Claim::Present(txn) if !txn.is_empty() => Ok(()),
+            Claim::Present(_) => reject(Reason::MissingClaim, "txn is empty"),
+            Claim::WrongType => reject(Reason::Malformed, "txn is not a string"),
+            Claim::Absent => reject(Reason::MissingClaim, "txn is required in a Txn-Token"),
+        }
+    }
+
     /// `sub`, required, as a string.
     pub(super) fn subject(&self) -> Result<&str, Rejection> {
         match &self.sub {
@@ -298,7 +310,7 @@ impl<'de> Visitor<'de> for RegisteredVisitor {
         let mut registered = Registered::default();
         let mut seen = Seen::new();
         while let Some(Text(name)) = access.next_key::<Text<'de>>()? {
-            let which = ["exp", "nbf", "iat", "iss", "sub", "aud"]
+            let which = ["exp", "nbf", "iat", "iss", "sub", "aud", "txn"]
                 .iter()
                 .position(|claim| *claim == name);
             seen.insert(name)?;
@@ -308,7 +320,8 @@ impl<'de> Visitor<'de> for RegisteredVisitor {
                 Some(2) => registered.iat = Claim::Present(access.next_value::<Num>()?.0),
                 Some(3) => registered.iss = Claim::Present(access.next_value::<Text<'de>>()?.0),
                 Some(4) => registered.sub = Claim::Present(access.next_value::<Text<'de>>()?.0),
-                Some(_) => registered.aud = access.next_value::<Aud<'de>>()?.0,
+                Some(5) => registered.aud = access.next_value::<Aud<'de>>()?.0,
+                Some(_) => registered.txn = Claim::Present(access.next_value::<Text<'de>>()?.0),
                 None => access.next_value_seed(Checked { depth: 1 })?,
             }
         }

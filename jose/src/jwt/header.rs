@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::{
     borrowed::{read_object, Checked, Seen, Text},
     verify::{reject, Reason, Rejection},
+    TokenType, TXN_TOKEN_TYP,
 };
 
 /// Header members that point at keys outside our key set: following them would let the
@@ -82,8 +83,8 @@ impl<'a> Header<'a> {
         }
     }
 
-    /// `crit`, key references and `typ`, in that order.
-    pub(super) fn check_members(&self) -> Result<(), Rejection> {
+    /// `crit`, key references and `typ` (for `expected`), in that order.
+    pub(super) fn check_members(&self, expected: TokenType) -> Result<(), Rejection> {
         if self.crit {
             return reject(
                 Reason::UnsupportedHeader,
@@ -101,10 +102,23 @@ impl<'a> Header<'a> {
                 format!("the header carries {name}: keys named inside a token are never trusted"),
             );
         }
-        match &self.typ {
-            Member::Absent => Ok(()),
-            Member::Text(typ) if typ.eq_ignore_ascii_case("JWT") => Ok(()),
-            _ => reject(Reason::UnsupportedHeader, "typ, when present, must be JWT"),
+        // Media type names compare without regard to case (RFC 7515 section 4.1.9).
+        let txn = matches!(&self.typ, Member::Text(typ) if typ.eq_ignore_ascii_case(TXN_TOKEN_TYP));
+        match (expected, &self.typ) {
+            (TokenType::Txn, _) if txn => Ok(()),
+            (TokenType::Txn, _) => reject(
+                Reason::WrongTokenType,
+                "not a Txn-Token: its typ is not txntoken+jwt",
+            ),
+            (TokenType::Access, _) if txn => reject(
+                Reason::WrongTokenType,
+                "a Txn-Token (typ txntoken+jwt) is not accepted where an access token is expected",
+            ),
+            (TokenType::Access, Member::Absent) => Ok(()),
+            (TokenType::Access, Member::Text(typ)) if typ.eq_ignore_ascii_case("JWT") => Ok(()),
+            (TokenType::Access, _) => {
+                reject(Reason::UnsupportedHeader, "typ, when present, must be JWT")
+            }
         }
     }
 }

@@ -61,13 +61,29 @@ impl SignatureSource for SigningKey {
     }
 }
 
-/// The key that signs for one algorithm, with its constant JWS header already encoded.
+/// The `typ` of a Transaction Token (draft-ietf-oauth-transaction-tokens, "JWT Header").
+pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";
+
+/// Which kind of token is signed or expected: each is refused where the other is wanted
+/// (`Reason::WrongTokenType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TokenType {
+    /// An access token: `typ` absent or `JWT`.
+    #[default]
+    Access,
+    /// A Transaction Token: `typ` `txntoken+jwt`, a `txn` claim, a short life.
+    Txn,
+}
+
+/// The key that signs for one algorithm, with its constant JWS headers already encoded.
 #[derive(Debug)]
 pub struct Signer {
     pub kid: String,
     pub key: Arc<dyn SignatureSource>,
     /// base64url of `{"alg":..,"kid":..,"typ":"JWT"}`: the same for every token of this key.
     pub header_segment: String,
+    /// The same with `"typ":"txntoken+jwt"`, for Transaction Tokens.
+    pub txn_header_segment: String,
 }
 
 impl Signer {
@@ -79,15 +95,23 @@ impl Signer {
     /// A signer of a key whose signatures come from elsewhere (a hardware token).
     pub fn with_source(kid: String, key: Arc<dyn SignatureSource>) -> Signer {
         Signer {
-            header_segment: header_segment(key.algorithm(), &kid),
+            header_segment: header_segment(key.algorithm(), &kid, "JWT"),
+            txn_header_segment: header_segment(key.algorithm(), &kid, TXN_TOKEN_TYP),
             kid,
             key,
         }
     }
+
+    fn header(&self, token_type: TokenType) -> &str {
+        match token_type {
+            TokenType::Access => &self.header_segment,
+            TokenType::Txn => &self.txn_header_segment,
+        }
+    }
 }
 
-fn header_segment(alg: Algorithm, kid: &str) -> String {
-    let header = serde_json::json!({ "alg": alg.name(), "kid": kid, "typ": "JWT" });
+fn header_segment(alg: Algorithm, kid: &str, typ: &str) -> String {
+    let header = serde_json::json!({ "alg": alg.name(), "kid": kid, "typ": typ });
     b64::encode(header.to_string())
 }
 
@@ -112,8 +136,19 @@ pub fn sign(
     claims: &Map<String, Value>,
     max_bytes: usize,
 ) -> Result<String, SignError> {
+    sign_as(signer, TokenType::Access, claims, max_bytes)
+}
+
+/// Signs as `sign` does, with the header of `token_type`.
+pub fn sign_as(
+    signer: &Signer,
+    token_type: TokenType,
+    claims: &Map<String, Value>,
+    max_bytes: usize,
+) -> Result<String, SignError> {
+    let header = signer.header(token_type);
     let payload = serde_json::to_vec(claims).map_err(|_| CryptoError::Signing)?;
-    let size = signer.header_segment.len()
+    let size = header.len()
         + 1
         + b64_len(payload.len())
         + 1
@@ -124,9 +159,8 @@ pub fn sign(
             limit: max_bytes,
         });
     }
-    let mut token =
-        String::with_capacity(signer.header_segment.len() + payload.len() * 4 / 3 + 360);
-    token.push_str(&signer.header_segment);
+    let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 360);
+    token.push_str(header);
     token.push('.');
     token.push_str(&b64::encode(payload));
     let signature = signer.key.sign(token.as_bytes())?;

@@ -13,6 +13,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 pub use super::claims::Claims;
+pub use super::TokenType;
 use super::{
     claims,
     header::{Header, Member},
@@ -46,8 +47,10 @@ pub enum Reason {
     RevokedKey,
     MissingClaim,
     UnsupportedHeader,
-    /// `exp - iat` is longer than the verifier accepts (caller tokens only).
+    /// `exp - iat` is longer than the verifier accepts (caller tokens and Txn-Tokens).
     LifetimeTooLong,
+    /// A Txn-Token where an access token is expected, or the reverse (by `typ`).
+    WrongTokenType,
 }
 
 /// A rejection: its reason and a detail for humans (never the token itself).
@@ -89,7 +92,14 @@ pub struct Expectations<'a> {
     pub max_lifetime: Option<u64>,
     /// The algorithms accepted; `None`: any the key supports.
     pub algorithms: Option<&'a [Algorithm]>,
+    /// The kind of token accepted: an access token unless told otherwise. A Txn-Token also
+    /// needs `txn`, and `max_lifetime` should then be set (`TXN_TOKEN_MAX_LIFETIME`).
+    pub token_type: TokenType,
 }
+
+/// The longest life a Txn-Token verifier accepts (`exp - iat`): the authority issues none
+/// longer (the draft's tokens live "on the order of minutes or less").
+pub const TXN_TOKEN_MAX_LIFETIME: u64 = 300;
 
 /// A token that passed every check.
 #[derive(Clone, Debug)]
@@ -183,7 +193,7 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
     };
     let mut header_map = None;
     let header = Header::read(header_bytes, &mut header_map)?;
-    header.check_members()?;
+    header.check_members(expect.token_type)?;
     let kid = match &header.kid {
         Member::Absent => return reject(Reason::UnknownKey, "the header names no kid"),
         Member::NotText => return reject(Reason::Malformed, "the header's kid is not a string"),
@@ -247,6 +257,9 @@ pub fn verify_with<K: KeyLookup + ?Sized>(
         }
         registered.check_issuer(&policy.issuer)?;
         registered.check_audience(expect.audiences)?;
+        if expect.token_type == TokenType::Txn {
+            registered.check_txn()?;
+        }
         Ok((registered.subject()?.to_owned(), expires_at))
     })?;
     Ok(Verified {
@@ -331,6 +344,7 @@ mod tests {
             audiences: &accepted,
             max_lifetime: Some(3600),
             algorithms: Some(&[Algorithm::ES256]),
+            token_type: TokenType::Access,
         };
         let good = token("other", Some(NOW - 10), NOW + 3000);
         assert!(verify_with(&good, &keys, &policy(), &expect, NOW).is_ok());

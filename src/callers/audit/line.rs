@@ -127,5 +127,7 @@ pub(crate) fn line_members(entry: &Entry<'_>) -> Map<String, Value> {
     optional("kid", entry.kid.map(Into::into));
     optional("rule", entry.rule.map(Into::into));
     optional("detail", entry.detail.map(Into::into));
+    optional("txn", entry.txn.map(Into::into));
+    optional("token_sha256", entry.token_sha256.map(Into::into));
     members
 }

@@ -153,8 +153,13 @@ pub(crate) struct Entry<'a> {
     pub(crate) kid: Option<&'a str>,
     /// The rule that allowed it (0-based index in the policy file).
     pub(crate) rule: Option<usize>,
-    /// For admin actions: what was done (e.g. the kid rotated in or revoked).
+    /// For admin actions: what was done (e.g. the kid rotated in or revoked); for a
+    /// Txn-Token, its scope.
     pub(crate) detail: Option<&'a str>,
+    /// A Txn-Token's transaction: its `txn`, and the SHA-256 of the token (hex), which
+    /// finds the line of a token seen elsewhere. The token itself is never written.
+    pub(crate) txn: Option<&'a str>,
+    pub(crate) token_sha256: Option<&'a str>,
 }
 
 /// Where and how the log is written.

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 mod file;
 mod subjects;
+pub(crate) mod txn;
 
 use self::subjects::SubjectPattern;
 use super::{identity::Caller, issuers::IssuerConfig};
@@ -82,6 +83,8 @@ pub(crate) struct Policy {
     pub(crate) issuers: Vec<IssuerConfig>,
     pub(crate) clients: HashMap<String, Client>,
     pub(crate) rules: Vec<Rule>,
+    /// `[txn]`: Transaction Tokens are issued only when it is there.
+    pub(crate) txn: Option<txn::TxnPolicy>,
 }
 
 /// Why a request is refused: the field, never the policy's text.
@@ -300,6 +303,23 @@ pub(crate) fn summary(policy: &Policy) -> String {
             rule.admin,
             if rule.bind_mtls { "mtls" } else { "none" }
         ));
+    }
+    if let Some(txn) = &policy.txn {
+        out.push_str(&format!(
+            "  txn ({}): trust domain {}, ttl {}s, {} txn_rule(s)\n",
+            crate::authority::txn::DRAFT,
+            txn.trust_domain,
+            txn.ttl,
+            txn.rules.len()
+        ));
+        for rule in &txn.rules {
+            let mut scopes: Vec<&str> = rule.scopes.iter().map(String::as_str).collect();
+            scopes.sort_unstable();
+            out.push_str(&format!(
+                "  txn_rule[{}]: scopes {scopes:?}, context {:?}, request_context {:?}, max_ttl {}s\n",
+                rule.index, rule.context, rule.request_context, rule.max_ttl
+            ));
+        }
     }
     out
 }

@@ -7,11 +7,10 @@ use super::GrpcService;
 use crate::{
     callers::{
         audit::{Entry, Outcome},
-        identity::IdentityError,
         CallerError, Principal,
     },
     metrics::{DecidedMethod, DecisionOutcome},
-    transport::{connection::ConnectionInfo, peers::Peer},
+    transport::{authenticate::authenticate, connection::ConnectionInfo},
 };
 
 impl GrpcService {
@@ -22,31 +21,13 @@ impl GrpcService {
         request: &Request<T>,
     ) -> Result<Principal, CallerError> {
         // A value that is not visible ASCII is a malformed credential, not an absent one.
-        let mut values = request.metadata().get_all("authorization").iter();
-        let authorization = values.next().map(|value| value.to_str().unwrap_or(""));
+        let values = request
+            .metadata()
+            .get_all("authorization")
+            .iter()
+            .map(|value| value.to_str().unwrap_or(""));
         let info = request.extensions().get::<ConnectionInfo>();
-        // A peer that failed too often is refused before its credentials cost anything.
-        let peer = info.and_then(|info| info.peer.as_ref());
-        peer.map(Peer::check).transpose()?;
-        let authenticated = async {
-            // Which of several would count is a guess an attacker could steer (a good Basic
-            // credential followed by `Bearer garbage`): more than one is refused.
-            if values.next().is_some() {
-                return Err(IdentityError::SeveralAuthorizations.into());
-            }
-            // Checked against the client CA bundle in use now, not only at the handshake.
-            let certificate = info.and_then(|info| info.client_certificate.as_ref());
-            let now = self.authority.clock().since_epoch();
-            let certificate = certificate.map(|c| c.current(now)).transpose()?;
-            self.callers
-                .authenticate(authorization, certificate, now.as_secs())
-                .await
-        }
-        .await;
-        if let Some(peer) = peer {
-            peer.judged(&authenticated);
-        }
-        authenticated
+        authenticate(&self.callers, self.authority.clock(), values, info).await
     }
 
     /// Authenticates an admin RPC and asks the policy; a refusal is counted and audited.

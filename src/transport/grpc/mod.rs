@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod access;
+mod exchange;
 mod issue;
 mod observe;
 pub(super) mod wire;
@@ -90,6 +91,19 @@ impl GrpcService {
     }
 }
 
+impl GrpcService {
+    /// The trust domain of the policy's `[txn]`: Txn-Tokens are verified only when there
+    /// is one.
+    fn trust_domain(&self) -> Result<String, Status> {
+        self.callers
+            .active()
+            .and_then(|active| active.policy.txn.as_ref().map(|txn| txn.trust_domain.clone()))
+            .ok_or_else(|| {
+                Status::failed_precondition("Txn-Tokens are off: the policy has no [txn] table")
+            })
+    }
+}
+
 /// How long RevokeKey waits for the other replicas to drop the revoked key.
 const REVOCATION_CONFIRMATION_BOUND: Duration = Duration::from_secs(2);
 
@@ -115,7 +129,26 @@ impl TokenAuthority for GrpcService {
         observe(&self.metrics, &self.log_limiter, Method::VerifyToken, async {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
-            let verdict = self.authority.verify(&request.token, audience, self.now());
+            let verdict = match pb::TokenType::try_from(request.expected_type) {
+                Ok(pb::TokenType::Access) => {
+                    self.authority.verify(&request.token, audience, self.now())
+                }
+                Ok(pb::TokenType::Txn) => {
+                    let trust_domain = self.trust_domain()?;
+                    if audience.is_some_and(|audience| audience != trust_domain) {
+                        return Err(Status::invalid_argument(
+                            "audience: a Txn-Token's audience is the trust domain; leave it empty or name it",
+                        ));
+                    }
+                    self.authority
+                        .verify_txn(&request.token, &trust_domain, self.now())
+                }
+                Err(_) => {
+                    return Err(Status::invalid_argument(
+                        "expected_type: not a TokenType this server knows",
+                    ))
+                }
+            };
             self.metrics.verified(verdict.as_ref().err().map(|rejection| rejection.reason));
             let response = match verdict {
                 Ok(verified) => pb::VerifyTokenResponse {
@@ -143,6 +176,19 @@ impl TokenAuthority for GrpcService {
             };
             Ok(Response::new(response))
         })
+        .await
+    }
+
+    async fn exchange_token(
+        &self,
+        request: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::ExchangeToken,
+            async { self.exchange(request).await.map(Response::new) },
+        )
         .await
     }
 

@@ -88,6 +88,7 @@ pub(super) fn reason_to_pb(reason: Reason) -> pb::VerifyFailureReason {
         Reason::MissingClaim => R::MissingClaim,
         Reason::UnsupportedHeader => R::UnsupportedHeader,
         Reason::LifetimeTooLong => R::LifetimeTooLong,
+        Reason::WrongTokenType => R::WrongTokenType,
     }
 }
 

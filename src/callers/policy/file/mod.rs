@@ -11,8 +11,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 mod issuers;
+mod txn;
 
-use self::issuers::{check_issuers, IssuerToml};
+use self::{
+    issuers::{check_issuers, IssuerToml},
+    txn::{check_txn, TxnRuleToml, TxnToml},
+};
 use super::{glob, Client, Policy, Problem, Rule, SubjectPattern, RESERVED};
 
 // The file as written. Unknown fields are errors: a misspelt `max_tl` must not silently
@@ -26,6 +30,9 @@ struct PolicyFile {
     clients: Vec<ClientToml>,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleToml>,
+    txn: Option<TxnToml>,
+    #[serde(default, rename = "txn_rule")]
+    txn_rules: Vec<TxnRuleToml>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,11 +82,13 @@ impl Policy {
             .enumerate()
             .filter_map(|(index, rule)| check_rule(index, rule, &clients, &mut problems))
             .collect();
+        let txn = check_txn(file.txn.as_ref(), &file.txn_rules, &mut problems);
         if problems.is_empty() {
             Ok(Policy {
                 issuers,
                 clients,
                 rules,
+                txn,
             })
         } else {
             Err(problems)

@@ -1,0 +1,159 @@
+//! The policy file's `[txn]` table and `[[txn_rule]]`s, checked whole.
+
+use std::collections::HashSet;
+
+use globset::GlobSetBuilder;
+use serde::Deserialize;
+
+use super::{duration, glob};
+use crate::callers::policy::{
+    txn::{TxnPolicy, TxnRule, DEFAULT_REQUEST_CONTEXT, TXN_DEFAULT_TTL, TXN_MAX_TTL},
+    Problem,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TxnToml {
+    trust_domain: String,
+    ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TxnRuleToml {
+    callers: Vec<String>,
+    scopes: Vec<String>,
+    #[serde(default)]
+    context: Vec<String>,
+    request_context: Option<Vec<String>>,
+    max_ttl: Option<String>,
+}
+
+/// A life in seconds, positive and at most `TXN_MAX_TTL`.
+fn txn_ttl(text: &str) -> Result<u64, String> {
+    let seconds = duration(text)?;
+    if seconds > TXN_MAX_TTL {
+        return Err(format!(
+            "{seconds}s is longer than the {TXN_MAX_TTL}s a Txn-Token may live"
+        ));
+    }
+    Ok(seconds)
+}
+
+pub(super) fn check_txn(
+    txn: Option<&TxnToml>,
+    rules: &[TxnRuleToml],
+    problems: &mut Vec<Problem>,
+) -> Option<TxnPolicy> {
+    let Some(txn) = txn else {
+        if !rules.is_empty() {
+            problems.push(Problem(
+                "txn_rule: [[txn_rule]] needs a [txn] table naming the trust_domain".into(),
+            ));
+        }
+        return None;
+    };
+    let before = problems.len();
+    let trust_domain = txn.trust_domain.trim();
+    if trust_domain.is_empty() || trust_domain != txn.trust_domain {
+        problems.push(Problem(
+            "txn.trust_domain: must be non-empty, without surrounding spaces".into(),
+        ));
+    }
+    let ttl = match txn.ttl.as_deref().map(txn_ttl) {
+        None => TXN_DEFAULT_TTL,
+        Some(Ok(ttl)) => ttl,
+        Some(Err(reason)) => {
+            problems.push(Problem(format!("txn.ttl: {reason}")));
+            TXN_DEFAULT_TTL
+        }
+    };
+    let rules = rules
+        .iter()
+        .enumerate()
+        .filter_map(|(index, rule)| check_rule(index, rule, problems))
+        .collect();
+    (problems.len() == before).then(|| TxnPolicy {
+        trust_domain: txn.trust_domain.clone(),
+        ttl,
+        rules,
+    })
+}
+
+fn check_rule(index: usize, rule: &TxnRuleToml, problems: &mut Vec<Problem>) -> Option<TxnRule> {
+    let before = problems.len();
+    let at =
+        |field: &str, problem: String| Problem(format!("txn_rule[{index}].{field}: {problem}"));
+    if rule.callers.is_empty() {
+        problems.push(at("callers", "names no caller".into()));
+    }
+    let mut callers = GlobSetBuilder::new();
+    for pattern in &rule.callers {
+        match glob(pattern) {
+            Ok(glob) => {
+                callers.add(glob);
+            }
+            Err(e) => problems.push(at("callers", format!("{pattern:?}: {}", e.kind()))),
+        }
+    }
+    if rule.scopes.is_empty() {
+        problems.push(at("scopes", "names no scope".into()));
+    }
+    // RFC 6749 section 3.3: a scope token is one or more of %x21 / %x23-5B / %x5D-7E.
+    for scope in &rule.scopes {
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !valid {
+            problems.push(at(
+                "scopes",
+                format!("{scope:?} is not a scope token (RFC 6749 section 3.3)"),
+            ));
+        }
+    }
+    for (field, keys) in [
+        ("context", Some(&rule.context)),
+        ("request_context", rule.request_context.as_ref()),
+    ] {
+        let mut seen = HashSet::new();
+        for key in keys.into_iter().flatten() {
+            if key.trim().is_empty() {
+                problems.push(at(field, "holds an empty entry".into()));
+            } else if !seen.insert(key) {
+                problems.push(at(field, format!("{key:?} is listed twice")));
+            }
+        }
+    }
+    let max_ttl = match rule.max_ttl.as_deref().map(txn_ttl) {
+        None => TXN_MAX_TTL,
+        Some(Ok(ttl)) => ttl,
+        Some(Err(reason)) => {
+            problems.push(at("max_ttl", reason));
+            TXN_MAX_TTL
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    let callers = match callers.build() {
+        Ok(set) => set,
+        Err(e) => {
+            problems.push(at("callers", e.to_string()));
+            return None;
+        }
+    };
+    Some(TxnRule {
+        index,
+        callers,
+        scopes: rule.scopes.iter().cloned().collect(),
+        context: rule.context.clone(),
+        request_context: rule.request_context.clone().unwrap_or_else(|| {
+            DEFAULT_REQUEST_CONTEXT
+                .iter()
+                .map(|key| (*key).to_owned())
+                .collect()
+        }),
+        max_ttl,
+    })
+}

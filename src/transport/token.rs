@@ -1,0 +1,167 @@
+//! `POST /token`: the Transaction Token Service's token endpoint (RFC 8693 as
+//! draft-ietf-oauth-transaction-tokens-10 profiles it). The form is read whole, at most
+//! `MAX_FORM_BYTES`, each parameter at most once (RFC 6749 section 3.2); the answer is the
+//! draft's JSON, or an RFC 6749 section 5.2 error, with `Cache-Control: no-store`. Without
+//! a `[txn]` table in the policy the path does not exist (404).
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+use super::http::HttpState;
+use crate::{
+    authority::txn::{ExchangeError, ExchangeForm, OAuthError, TXN_TOKEN_TYPE},
+    transport::connection::ConnectionInfo,
+};
+
+pub(crate) const PATH: &str = "/token";
+/// The largest form read: two tokens of the authority's size limit and the two JSON
+/// parameters, with room to spare.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+pub(crate) async fn token(State(state): State<HttpState>, request: Request) -> Response {
+    let Some(active) = state.exchanger.enabled() else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let form = match read_form(&parts.headers, body).await {
+        Ok(form) => form,
+        Err(error) => return error_response(&error),
+    };
+    let authorizations = parts
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(|value| value.to_str().unwrap_or(""));
+    let connection = parts.extensions.get::<ConnectionInfo>();
+    match state
+        .exchanger
+        .exchange(&active, authorizations, connection, form)
+        .await
+    {
+        Ok(exchanged) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "access_token": exchanged.token,
+                "issued_token_type": TXN_TOKEN_TYPE,
+                "token_type": "N_A",
+                "expires_in": exchanged.expires_at.saturating_sub(state.authority.clock().unix_now()),
+            }),
+        ),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The form parameters, each at most once.
+async fn read_form(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<ExchangeForm, ExchangeError> {
+    let invalid = |description: &str| ExchangeError::new(OAuthError::InvalidRequest, description);
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form_type {
+        return Err(invalid(
+            "the request must be a form: Content-Type: application/x-www-form-urlencoded",
+        ));
+    }
+    let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| invalid("the form is larger than 64 KiB, or was cut off"))?;
+    let mut form = ExchangeForm::default();
+    for (name, value) in form_urlencoded::parse(&body) {
+        let slot = match &*name {
+            "grant_type" => &mut form.grant_type,
+            "requested_token_type" => &mut form.requested_token_type,
+            "audience" => &mut form.audience,
+            "scope" => &mut form.scope,
+            "subject_token" => &mut form.subject_token,
+            "subject_token_type" => &mut form.subject_token_type,
+            "request_context" => &mut form.request_context,
+            "request_details" => &mut form.request_details,
+            // RFC 6749 section 3.2: unrecognized parameters are ignored.
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(ExchangeError::new(
+                OAuthError::InvalidRequest,
+                format!("{name} is given more than once"),
+            ));
+        }
+        // An empty parameter counts as absent (RFC 6749 section 3.2).
+        *slot = Some(value.into_owned()).filter(|value| !value.is_empty());
+    }
+    Ok(form)
+}
+
+/// The only place a Txn-Token refusal becomes an HTTP status: 400 for the request's
+/// mistakes (RFC 6749 section 5.2), 401 with a challenge for the requester's credentials,
+/// 429 for a throttled address, 503 when nothing was issued and a retry may succeed, 500
+/// for our own failures.
+fn error_response(error: &ExchangeError) -> Response {
+    let status = match error.error {
+        OAuthError::InvalidRequest
+        | OAuthError::InvalidGrant
+        | OAuthError::UnauthorizedClient
+        | OAuthError::UnsupportedGrantType
+        | OAuthError::InvalidScope
+        | OAuthError::InvalidTarget => StatusCode::BAD_REQUEST,
+        OAuthError::InvalidClient => StatusCode::UNAUTHORIZED,
+        OAuthError::SlowDown => StatusCode::TOO_MANY_REQUESTS,
+        OAuthError::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut response = json_response(
+        status,
+        &serde_json::json!({
+            "error": error.error.code(),
+            "error_description": description(&error.description),
+        }),
+    );
+    if error.error == OAuthError::InvalidClient {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"token-authority\", Bearer"),
+        );
+    }
+    response
+}
+
+/// RFC 6749 section 5.2: `error_description` holds %x20-21 / %x23-5B / %x5D-7E only.
+fn description(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' ' | '!' | '#'..='[' | ']'..='~' => c,
+            _ => '\'',
+        })
+        .collect()
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (header::PRAGMA, HeaderValue::from_static("no-cache")),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn descriptions_keep_only_what_rfc_6749_allows() {
+        assert_eq!(
+            super::description("scope \"a\" is wider\n\u{e9}"),
+            "scope 'a' is wider''"
+        );
+    }
+}
