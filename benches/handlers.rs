@@ -137,6 +137,7 @@ fn handlers(c: &mut Criterion) {
                     .block_on(service.verify_token(Request::new(pb::VerifyTokenRequest {
                         token: token.clone(),
                         audience: "service-b".into(),
+                        ..Default::default()
                     })))
                     .unwrap()
                     .into_inner();

@@ -281,7 +281,10 @@ pub(crate) async fn verify_issuer_token<'a>(
 }
 
 /// `name`, a `sub` of `config`'s token, when the issuer may assert it (its `subjects`).
-pub(crate) fn asserted_subject(config: &IssuerConfig, name: String) -> Result<String, IdentityError> {
+pub(crate) fn asserted_subject(
+    config: &IssuerConfig,
+    name: String,
+) -> Result<String, IdentityError> {
     let name = checked_name(name)?;
     if let Some(bound) = &config.subjects {
         if !bound.allows(&name) {

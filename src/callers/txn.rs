@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{
-    identity::{self, Caller},
+    identity::{self, Caller, IdentityError},
     policy::txn::{TxnPolicy, TxnRefusal, TxnRule},
     Active, Callers,
 };
@@ -55,12 +55,24 @@ impl Callers {
         let (verified, config) =
             identity::verify_issuer_token(&active.issuers, token, &self.settings, now)
                 .await
-                .map_err(|error| invalid_grant(error.to_string()))?;
+                .map_err(|error| invalid_grant(subject_reason(error)))?;
         let scopes = subject_scopes(verified.claims.get("scope"), verified.claims.get("scp"))
             .map_err(|reason| invalid_grant(reason.into()))?;
         let sub = identity::asserted_subject(config, verified.subject)
-            .map_err(|error| invalid_grant(error.to_string()))?;
+            .map_err(|error| invalid_grant(subject_reason(error)))?;
         Ok(Subject::Issued { sub, scopes })
+    }
+}
+
+/// Why a subject token is refused, in words about a subject token (the caller layer's
+/// errors speak of a bearer credential).
+fn subject_reason(error: IdentityError) -> String {
+    match error {
+        IdentityError::NotAJwt => "it is not a JWT".into(),
+        IdentityError::UnknownIssuer => "its iss is not a trusted [[issuer]]".into(),
+        IdentityError::Rejected(reason) => reason,
+        IdentityError::Name(reason) => format!("its sub {reason}"),
+        other => other.to_string(),
     }
 }
 
@@ -141,9 +153,8 @@ pub(crate) fn grant(
                 return Err(wider(scope, "the subject token's scope"));
             }
             TxnContext {
-                txn: new_txn_id().map_err(|_| {
-                    ExchangeError::new(OAuthError::ServerError, "internal error")
-                })?,
+                txn: new_txn_id()
+                    .map_err(|_| ExchangeError::new(OAuthError::ServerError, "internal error"))?,
                 sub,
                 scope: request.scopes.clone(),
                 req_wl: vec![caller.name.clone()],
@@ -196,8 +207,14 @@ mod tests {
     #[test]
     fn subject_scopes_come_from_scope_or_scp() {
         let words = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
-        assert_eq!(subject_scopes(Some(&json!("a b")), None), Ok(words(&["a", "b"])));
-        assert_eq!(subject_scopes(None, Some(&json!(["a", "c"]))), Ok(words(&["a", "c"])));
+        assert_eq!(
+            subject_scopes(Some(&json!("a b")), None),
+            Ok(words(&["a", "b"]))
+        );
+        assert_eq!(
+            subject_scopes(None, Some(&json!(["a", "c"]))),
+            Ok(words(&["a", "c"]))
+        );
         assert_eq!(subject_scopes(None, Some(&json!("a"))), Ok(words(&["a"])));
         assert_eq!(subject_scopes(None, None), Ok(None));
         assert_eq!(

@@ -16,8 +16,8 @@ use crate::{
     config::Config,
     metrics::Metrics,
     transport::{
-        grpc::GrpcService,
         exchange::Exchanger,
+        grpc::GrpcService,
         http::{self, HttpState},
         tls::TlsReloader,
         watch::Watchers,

@@ -47,7 +47,9 @@ pub(crate) struct Exchanger {
 impl Exchanger {
     /// The policy in force when it has a `[txn]` table; `None`: Txn-Tokens are off.
     pub(crate) fn enabled(&self) -> Option<Arc<Active>> {
-        self.callers.active().filter(|active| active.policy.txn.is_some())
+        self.callers
+            .active()
+            .filter(|active| active.policy.txn.is_some())
     }
 
     /// Answers one request under `active` (from `enabled`).
@@ -59,7 +61,10 @@ impl Exchanger {
         form: ExchangeForm,
     ) -> Result<Exchanged, ExchangeError> {
         let Some(policy) = active.policy.txn.as_ref() else {
-            return Err(ExchangeError::new(OAuthError::ServerError, "internal error"));
+            return Err(ExchangeError::new(
+                OAuthError::ServerError,
+                "internal error",
+            ));
         };
         let clock = self.authority.clock();
         let principal = authenticate(&self.callers, clock, authorizations, connection).await;
@@ -170,7 +175,9 @@ impl Exchanger {
         grant: &txn::TxnGrant,
     ) -> Result<crate::authority::Issued, ExchangeError> {
         let settings = self.authority.settings();
-        let resolved = settings.algorithm(None).map_err(|e| authority_error(&e.into()))?;
+        let resolved = settings
+            .algorithm(None)
+            .map_err(|e| authority_error(&e.into()))?;
         let sign = {
             let authority = Arc::clone(&self.authority);
             let context = grant.context.clone();
@@ -203,9 +210,7 @@ impl Exchanger {
             OAuthError::InvalidScope => (Outcome::Refused, Some(DecisionOutcome::Scope)),
             OAuthError::InvalidGrant => (Outcome::Refused, Some(DecisionOutcome::SubjectToken)),
             OAuthError::SlowDown => (Outcome::Refused, Some(DecisionOutcome::Throttled)),
-            OAuthError::TemporarilyUnavailable | OAuthError::ServerError => {
-                (Outcome::Failed, None)
-            }
+            OAuthError::TemporarilyUnavailable | OAuthError::ServerError => (Outcome::Failed, None),
         };
         let _ = self
             .callers

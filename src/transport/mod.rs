@@ -18,8 +18,8 @@
 
 pub(crate) mod authenticate;
 pub(crate) mod codec;
-pub(crate) mod exchange;
 pub(crate) mod connection;
+pub(crate) mod exchange;
 pub mod grpc;
 pub(crate) mod http;
 pub(crate) mod listener;

@@ -102,6 +102,7 @@ async fn sigkill_rounds(dir: &DataDir, args: &[&str], other: Option<&TestServer>
                 .verify_token(pb::VerifyTokenRequest {
                     token: token.clone(),
                     audience: "api".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

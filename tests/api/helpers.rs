@@ -278,6 +278,7 @@ impl TestServer {
             .verify_token(pb::VerifyTokenRequest {
                 token: token.into(),
                 audience: audience.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

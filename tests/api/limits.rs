@@ -17,6 +17,7 @@ async fn a_huge_message_is_refused_and_others_carry_on() {
     let huge = pb::VerifyTokenRequest {
         token: "x".repeat(100 * 1024 * 1024),
         audience: String::new(),
+        ..Default::default()
     };
     let status = hostile.verify_token(huge).await.unwrap_err();
     assert!(

@@ -61,6 +61,7 @@ async fn logs_carry_no_token_and_no_key_material() {
             .verify_token(pb::VerifyTokenRequest {
                 token: token.clone(),
                 audience: "api".into(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -47,6 +47,7 @@ mod startup_refusals;
 mod store_refusals;
 mod tls;
 mod tools;
+mod txn;
 mod watch_keys;
 mod watch_memory;
 mod write_failures;

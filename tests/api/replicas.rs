@@ -360,6 +360,7 @@ async fn with_the_database_down_the_replicas_keep_serving_and_catch_up_after() {
                         .verify_token(pb::VerifyTokenRequest {
                             token: issued.into_inner().token,
                             audience: "aud".into(),
+                            ..Default::default()
                         })
                         .await
                         .is_ok_and(|v| v.into_inner().valid),

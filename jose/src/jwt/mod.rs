@@ -148,11 +148,7 @@ pub fn sign_as(
 ) -> Result<String, SignError> {
     let header = signer.header(token_type);
     let payload = serde_json::to_vec(claims).map_err(|_| CryptoError::Signing)?;
-    let size = header.len()
-        + 1
-        + b64_len(payload.len())
-        + 1
-        + b64_len(signer.key.signature_len());
+    let size = header.len() + 1 + b64_len(payload.len()) + 1 + b64_len(signer.key.signature_len());
     if size > max_bytes {
         return Err(SignError::TooLarge {
             size,

@@ -59,8 +59,12 @@ impl Replaced {
             .map(str::to_owned)
             .collect();
         Ok(Replaced {
-            txn: text("txn").ok_or_else(|| invalid("txn is missing"))?.to_owned(),
-            sub: text("sub").ok_or_else(|| invalid("sub is missing"))?.to_owned(),
+            txn: text("txn")
+                .ok_or_else(|| invalid("txn is missing"))?
+                .to_owned(),
+            sub: text("sub")
+                .ok_or_else(|| invalid("sub is missing"))?
+                .to_owned(),
             scope: split_scope(text("scope").ok_or_else(|| invalid("scope is missing"))?),
             req_wl,
             tctx: object("tctx")?,

@@ -75,7 +75,10 @@ fn invalid_request(description: impl Into<String>) -> ExchangeError {
 impl TxnRequest {
     /// Checks `form` for the trust domain `trust_domain`, in the order RFC 6749 and RFC 8693
     /// list the parameters, so a request with several problems hears of the first.
-    pub(crate) fn parse(form: ExchangeForm, trust_domain: &str) -> Result<TxnRequest, ExchangeError> {
+    pub(crate) fn parse(
+        form: ExchangeForm,
+        trust_domain: &str,
+    ) -> Result<TxnRequest, ExchangeError> {
         match form.grant_type.as_deref() {
             None => return Err(invalid_request("grant_type is required")),
             Some(GRANT_TYPE) => {}
@@ -109,7 +112,11 @@ impl TxnRequest {
             .scope
             .ok_or_else(|| invalid_request("scope is required"))?;
         let scopes = split_scope(&scope);
-        if scopes.is_empty() || scope.chars().any(|c| !(c == ' ' || c.is_ascii_graphic()) || c == '"' || c == '\\') {
+        if scopes.is_empty()
+            || scope
+                .chars()
+                .any(|c| !(c == ' ' || c.is_ascii_graphic()) || c == '"' || c == '\\')
+        {
             return Err(ExchangeError::new(
                 OAuthError::InvalidScope,
                 "scope must be space-delimited scope tokens (RFC 6749 section 3.3)",
@@ -151,8 +158,7 @@ fn json_object(name: &str, text: Option<String>) -> Result<Map<String, Value>, E
             "{name} is longer than {MAX_CONTEXT_BYTES} bytes"
         )));
     }
-    jwt::json::parse_object(text.as_bytes())
-        .map_err(|e| invalid_request(format!("{name} is not a JSON object: {e}")))
+    jwt::json::parse_object(text.as_bytes()).map_err(|e| invalid_request(format!("{name}: {e}")))
 }
 
 impl Authority {
@@ -173,8 +179,13 @@ impl Authority {
         })?;
         let expires_at = now + ttl;
         let claims = context.claims(&self.settings.issuer, trust_domain, now, expires_at);
-        let token = jwt::sign_as(signer, TokenType::Txn, &claims, self.settings.max_token_bytes)
-            .map_err(|error| self.sign_error(error, "request_details"))?;
+        let token = jwt::sign_as(
+            signer,
+            TokenType::Txn,
+            &claims,
+            self.settings.max_token_bytes,
+        )
+        .map_err(|error| self.sign_error(error, "request_details"))?;
         Ok(Issued {
             token,
             alg,

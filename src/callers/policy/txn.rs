@@ -54,7 +54,11 @@ impl TxnPolicy {
     /// The first rule naming `caller` that allows every scope of `scopes`.
     pub(crate) fn decide(&self, caller: &str, scopes: &[String]) -> Result<&TxnRule, TxnRefusal> {
         let mut refused = None;
-        for rule in self.rules.iter().filter(|rule| rule.callers.is_match(caller)) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|rule| rule.callers.is_match(caller))
+        {
             match scopes.iter().find(|scope| !rule.scopes.contains(*scope)) {
                 None => return Ok(rule),
                 Some(scope) => {

@@ -97,7 +97,13 @@ impl GrpcService {
     fn trust_domain(&self) -> Result<String, Status> {
         self.callers
             .active()
-            .and_then(|active| active.policy.txn.as_ref().map(|txn| txn.trust_domain.clone()))
+            .and_then(|active| {
+                active
+                    .policy
+                    .txn
+                    .as_ref()
+                    .map(|txn| txn.trust_domain.clone())
+            })
             .ok_or_else(|| {
                 Status::failed_precondition("Txn-Tokens are off: the policy has no [txn] table")
             })

@@ -71,6 +71,13 @@ impl server::TokenAuthority for SkewedAuthority {
         Err(Status::unimplemented("not part of this test"))
     }
 
+    async fn exchange_token(
+        &self,
+        _: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
+        Err(Status::unimplemented("not part of this test"))
+    }
+
     async fn rotate_keys(
         &self,
         _: Request<pb::RotateKeysRequest>,

@@ -215,6 +215,7 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
         .verify_token(pb::VerifyTokenRequest {
             token: earlier,
             audience: "api".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -52,6 +52,7 @@ async fn valid(
         .verify_token(pb::VerifyTokenRequest {
             token: token.into(),
             audience: "api".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
