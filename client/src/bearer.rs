@@ -42,7 +42,7 @@ pub(crate) fn authenticate(
 }
 
 /// The token of a `Bearer` credential; the scheme name is case-insensitive (RFC 9110).
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -33,6 +33,9 @@ pub enum ClientError {
     /// A verifier was asked to watch an empty list of replicas.
     #[error("no authority replica to watch")]
     NoReplica,
+    /// The Txn-Token the authority answered with does not verify.
+    #[error("the Txn-Token received does not verify: {0}")]
+    TxnToken(crate::Rejection),
     /// No key set arrived from the authority in time.
     #[error("no key set from the authority within {0:?}")]
     NoKeySet(std::time::Duration),

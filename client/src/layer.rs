@@ -214,13 +214,13 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    fn inner(body: B) -> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> ResponseBody<B> {
         ResponseBody {
             kind: BodyKind::Inner { body },
         }
     }
 
-    fn refusal(text: Bytes) -> ResponseBody<B> {
+    pub(crate) fn refusal(text: Bytes) -> ResponseBody<B> {
         ResponseBody {
             kind: BodyKind::Refusal {
                 body: Full::new(text),

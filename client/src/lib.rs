@@ -8,6 +8,10 @@
 //!   authority pushes with WatchKeys: a rotation or a revocation reaches it at once.
 //! - [`interceptor`]: tonic interceptors that attach a `TokenSource` token to outgoing
 //!   calls and verify `authorization: Bearer` on incoming ones (also as a tower layer).
+//! - [`txn`]: Transaction Tokens along a call chain: the edge exchanges its request's
+//!   access token for a Txn-Token once ([`txn::ExchangeTxnTokenLayer`]), the services behind
+//!   it verify it locally ([`txn::RequireTxnTokenLayer`]) and forward it unchanged
+//!   ([`txn::ForwardTxnToken`]).
 //! - [`layer::RequireBearerLayer`]: the same verification as a tower layer over any
 //!   `http::Request` service (hyper, axum), answering refusals itself (401, or
 //!   UNAUTHENTICATED to gRPC requests).
@@ -37,6 +41,7 @@ pub mod keys;
 pub mod layer;
 pub mod pb;
 pub mod token_source;
+pub mod txn;
 pub mod verifier;
 
 pub use error::ClientError;
@@ -46,4 +51,5 @@ pub use layer::RequireBearerLayer;
 pub use token_authority_jose::clock::Clock;
 pub use token_authority_jose::jwt::verify::{Reason, Rejection, Verified};
 pub use token_source::{Credentials, TokenRequest, TokenSource};
+pub use txn::TxnToken;
 pub use verifier::{Verifier, VerifierSettings};

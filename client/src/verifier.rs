@@ -21,7 +21,7 @@ use std::{sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use token_authority_jose::{
     clock::Clock,
-    jwt::verify::{self, Policy, Reason, Rejection, Verified},
+    jwt::verify::{self, Expectations, Policy, Reason, Rejection, Verified},
 };
 use tonic::transport::Channel;
 
@@ -229,17 +229,48 @@ impl Verifier {
         audience: Option<&str>,
         now: u64,
     ) -> Result<Verified, Rejection> {
-        let verdict = verify::verify(
+        let single: [&str; 1];
+        let audiences: &[&str] = match audience {
+            Some(audience) => {
+                single = [audience];
+                &single
+            }
+            None => &[],
+        };
+        self.verify_with(
+            token,
+            &Expectations {
+                audiences,
+                ..Expectations::default()
+            },
+            now,
+        )
+    }
+
+    /// Verifies with `expect` against the key set in use, asking for a fetch on an
+    /// unknown kid.
+    pub(crate) fn verify_with(
+        &self,
+        token: &str,
+        expect: &Expectations<'_>,
+        now: u64,
+    ) -> Result<Verified, Rejection> {
+        let verdict = verify::verify_with(
             token,
             &**self.inner.keys.load(),
             &self.inner.policy,
-            audience,
+            expect,
             now,
         );
         if matches!(&verdict, Err(rejection) if rejection.reason == Reason::UnknownKey) {
             self.unknown_kid();
         }
         verdict
+    }
+
+    /// The clock `verify` reads.
+    pub(crate) fn clock(&self) -> Clock {
+        self.inner.clock
     }
 
     /// Asks for a JWKS fetch, unless one was asked for within the cooldown. The task only

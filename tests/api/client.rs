@@ -21,6 +21,7 @@ mod clock_skew;
 mod jwks_polling;
 mod replica_failover;
 mod tokens;
+mod txn_chain;
 mod watch_open;
 
 fn channel(server: &TestServer) -> Channel {
