@@ -228,3 +228,98 @@ fn payloads_get_the_reference_verdict() {
         .collect();
     check(&cases);
 }
+
+/// Access tokens and Txn-Tokens are told apart by `typ`, in both directions; a Txn-Token
+/// also needs a `txn` string and at most `TXN_TOKEN_MAX_LIFETIME` of life.
+#[test]
+fn txn_tokens_and_access_tokens_are_told_apart_by_typ() {
+    use super::verify::{verify_with, Expectations, TokenType, TXN_TOKEN_MAX_LIFETIME};
+    let key = SigningKey::from_pkcs8(Algorithm::ES256, &generate_pkcs8(Algorithm::ES256).unwrap())
+        .unwrap();
+    let keys = OneKey(key.verifying_key().unwrap());
+    let typed = |typ: &str| format!(r#"{{"alg":"ES256","kid":"k1"{typ}}}"#);
+    let payload = |extra: &str| {
+        format!(
+            r#"{{"aud":"ledger","iat":{},"exp":{},"iss":"https://issuer.test","sub":"svc"{extra}}}"#,
+            NOW - 10,
+            NOW + 50
+        )
+    };
+    let wrong = |detail| Err((Reason::WrongTokenType, detail));
+    let cases: Vec<(TokenType, String, String, Expected)> = vec![
+        (TokenType::Access, typed(""), payload(""), Ok("svc")),
+        (TokenType::Access, typed(r#","typ":"JWT""#), payload(r#","txn":5"#), Ok("svc")),
+        (
+            TokenType::Access,
+            typed(r#","typ":"txntoken+jwt""#),
+            payload(r#","txn":"t""#),
+            wrong("a Txn-Token (typ txntoken+jwt) is not accepted where an access token is expected"),
+        ),
+        (
+            TokenType::Access,
+            typed(r#","typ":"TxnToken+JWT""#),
+            payload(r#","txn":"t""#),
+            wrong("a Txn-Token (typ txntoken+jwt)"),
+        ),
+        (TokenType::Txn, typed(r#","typ":"txntoken+jwt""#), payload(r#","txn":"t""#), Ok("svc")),
+        (TokenType::Txn, typed(r#","typ":"TXNTOKEN+JWT""#), payload(r#","txn":"t""#), Ok("svc")),
+        (
+            TokenType::Txn,
+            typed(""),
+            payload(r#","txn":"t""#),
+            wrong("not a Txn-Token: its typ is not txntoken+jwt"),
+        ),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"JWT""#),
+            payload(r#","txn":"t""#),
+            wrong("not a Txn-Token"),
+        ),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"txntoken+jwt""#),
+            payload(""),
+            Err((Reason::MissingClaim, "txn is required in a Txn-Token")),
+        ),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"txntoken+jwt""#),
+            payload(r#","txn":"""#),
+            Err((Reason::MissingClaim, "txn is empty")),
+        ),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"txntoken+jwt""#),
+            payload(r#","txn":7"#),
+            Err((Reason::Malformed, "txn is not a string")),
+        ),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"txntoken+jwt""#),
+            format!(
+                r#"{{"aud":"ledger","iat":{},"exp":{},"iss":"https://issuer.test","sub":"svc","txn":"t"}}"#,
+                NOW - 10,
+                NOW - 10 + TXN_TOKEN_MAX_LIFETIME + 1
+            ),
+            Err((Reason::LifetimeTooLong, "the token lives longer than 300s")),
+        ),
+    ];
+    for (token_type, header, payload, expected) in cases {
+        let token = token(&key, header.as_bytes(), payload.as_bytes());
+        let expect = Expectations {
+            audiences: &["ledger"],
+            max_lifetime: (token_type == TokenType::Txn).then_some(TXN_TOKEN_MAX_LIFETIME),
+            algorithms: None,
+            token_type,
+        };
+        let verdict = verify_with(&token, &keys, &policy(), &expect, NOW);
+        match (verdict, expected) {
+            (Ok(verified), Ok(subject)) => assert_eq!(verified.subject, subject),
+            (Err(rejection), Err((reason, detail))) => {
+                assert_eq!(rejection.reason, reason, "{header} {payload}: {rejection}");
+                assert!(rejection.detail.starts_with(detail), "{header} {payload}: {rejection}");
+            }
+            (verdict, expected) => panic!("{header} {payload}: {verdict:?}, not {expected:?}"),
+        }
+    }
+}

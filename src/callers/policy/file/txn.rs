@@ -157,3 +157,106 @@ fn check_rule(index: usize, rule: &TxnRuleToml, problems: &mut Vec<Problem>) -> 
         max_ttl,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::callers::policy::Policy;
+
+    fn problems(text: &str) -> Vec<String> {
+        Policy::parse(text)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.0)
+            .collect()
+    }
+
+    #[test]
+    fn bad_txn_tables_are_refused_with_every_problem_named() {
+        assert_eq!(
+            problems("[[txn_rule]]\ncallers = [\"a\"]\nscopes = [\"s\"]\n"),
+            ["txn_rule: [[txn_rule]] needs a [txn] table naming the trust_domain"]
+        );
+        assert_eq!(
+            problems(
+                r#"
+[txn]
+trust_domain = " example.internal"
+ttl = "10m"
+
+[[txn_rule]]
+callers = []
+scopes = ["ok", "has space", ""]
+context = ["order_id", "order_id", ""]
+request_context = ["req_ip", "req_ip"]
+max_ttl = "6m"
+
+[[txn_rule]]
+callers = ["a[b"]
+scopes = []
+max_ttl = "1.5s"
+"#
+            ),
+            [
+                "txn.trust_domain: must be non-empty, without surrounding spaces",
+                "txn.ttl: 600s is longer than the 300s a Txn-Token may live",
+                "txn_rule[0].callers: names no caller",
+                "txn_rule[0].scopes: \"has space\" is not a scope token (RFC 6749 section 3.3)",
+                "txn_rule[0].scopes: \"\" is not a scope token (RFC 6749 section 3.3)",
+                "txn_rule[0].context: \"order_id\" is listed twice",
+                "txn_rule[0].context: holds an empty entry",
+                "txn_rule[0].request_context: \"req_ip\" is listed twice",
+                "txn_rule[0].max_ttl: 360s is longer than the 300s a Txn-Token may live",
+                "txn_rule[1].callers: \"a[b\": unclosed character class; missing ']'",
+                "txn_rule[1].scopes: names no scope",
+                "txn_rule[1].max_ttl: must be a positive whole number of seconds",
+            ]
+        );
+        assert_eq!(
+            problems("[txn]\ntrust_domain = \"d\"\nissuer = \"x\"\n")[0],
+            "line 3: unknown field `issuer`, expected `trust_domain` or `ttl`"
+        );
+    }
+
+    #[test]
+    fn a_txn_rule_grants_the_first_matching_caller_every_scope_or_says_which_not() {
+        use crate::callers::policy::txn::TxnRefusal;
+        let policy = Policy::parse(
+            r#"
+[txn]
+trust_domain = "example.internal"
+ttl = "2m"
+
+[[txn_rule]]
+callers = ["spiffe://example.internal/ns/edge/*"]
+scopes = ["orders.read"]
+
+[[txn_rule]]
+callers = ["spiffe://example.internal/ns/edge/*"]
+scopes = ["orders.read", "orders.write"]
+context = ["order_id"]
+max_ttl = "30s"
+"#,
+        )
+        .unwrap();
+        let txn = policy.txn.unwrap();
+        assert_eq!((txn.trust_domain.as_str(), txn.ttl), ("example.internal", 120));
+        let edge = "spiffe://example.internal/ns/edge/sa/gw";
+        let scopes = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(txn.decide(edge, &scopes(&["orders.read"])).unwrap().index, 0);
+        let both = txn.decide(edge, &scopes(&["orders.read", "orders.write"])).unwrap();
+        assert_eq!((both.index, both.max_ttl), (1, 30));
+        assert_eq!(both.request_context, ["req_ip", "authn"]);
+        assert_eq!(
+            txn.decide(edge, &scopes(&["ledger.write"])).unwrap_err(),
+            TxnRefusal::Scope {
+                caller: edge.into(),
+                scope: "ledger.write".into()
+            }
+        );
+        assert_eq!(
+            txn.decide("spiffe://example.internal/ns/other/sa/x", &scopes(&["orders.read"]))
+                .unwrap_err(),
+            TxnRefusal::NoRule("spiffe://example.internal/ns/other/sa/x".into())
+        );
+    }
+}
