@@ -28,6 +28,35 @@ use crate::{
 };
 use token_authority_jose::crypto::Algorithm;
 
+/// The subject token of `exchange`: read from `--subject-token-file`, or minted by the
+/// target with a `scope` claim.
+async fn subject_token(
+    args: &BenchArgs,
+    channel: &tonic::transport::Channel,
+    algorithm: &str,
+    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Result<String, BenchError> {
+    if let Some(path) = &args.subject_token_file {
+        return std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .map_err(|e| BenchError::Prepare(format!("{}: {e}", path.display())));
+    }
+    let issued = TokenAuthorityClient::new(channel.clone())
+        .issue_token(with_authorization(
+            pb::IssueTokenRequest {
+                subject: args.subject.clone(),
+                audience: vec![args.audience.clone()],
+                algorithm: algorithm.to_owned(),
+                claims_json: serde_json::json!({ "scope": args.scope }).to_string(),
+                ..Default::default()
+            },
+            authorization,
+        ))
+        .await
+        .map_err(|status| BenchError::Prepare(format!("minting the subject token: {status}")))?;
+    Ok(issued.into_inner().token)
+}
+
 /// Runs the warm-up (not recorded) and then the measured phase.
 pub(crate) async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Report, BenchError> {
     let tls = BenchTls::load(args)?;
@@ -106,6 +135,12 @@ pub(crate) async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Repo
             tokens.push(issued.into_inner().token);
         }
     }
+    let subject_token = match args.mode {
+        BenchMode::Exchange => {
+            Some(subject_token(args, &channels[0], &algorithm, authorization.as_ref()).await?)
+        }
+        _ => None,
+    };
     let mut target = Target {
         mode: args.mode,
         algorithm,
@@ -118,6 +153,9 @@ pub(crate) async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Repo
         subject: args.subject.clone(),
         audience: args.audience.clone(),
         authorization,
+        subject_token,
+        scope: args.scope.clone(),
+        trust_domain: args.trust_domain.clone(),
         rotation_start: AtomicU64::new(u64::MAX),
         rotation_end: AtomicU64::new(u64::MAX),
         epoch: Instant::now(),

@@ -42,6 +42,10 @@ pub(super) struct Target {
     pub(super) audience: String,
     /// The caller's `authorization` value, when it proves itself by a token or a secret.
     pub(super) authorization: Option<MetadataValue<Ascii>>,
+    /// exchange: the subject token, the scope and the trust domain asked for.
+    pub(super) subject_token: Option<String>,
+    pub(super) scope: String,
+    pub(super) trust_domain: String,
     /// The latest forced rotation, in µs since `epoch`: start, and end (`u64::MAX` while it
     /// runs; `start` is `u64::MAX` before the first).
     pub(super) rotation_start: AtomicU64,
@@ -167,6 +171,22 @@ impl Target {
                 } else {
                     Err("verdict invalid".into())
                 }
+            }
+            BenchMode::Exchange => {
+                let request = pb::ExchangeTokenRequest {
+                    grant_type: "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+                    requested_token_type: "urn:ietf:params:oauth:token-type:txn_token".into(),
+                    audience: self.trust_domain.clone(),
+                    scope: self.scope.clone(),
+                    subject_token: self.subject_token.clone().unwrap_or_default(),
+                    subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+                    ..Default::default()
+                };
+                TokenAuthorityClient::new(channel)
+                    .exchange_token(self.authorized(request))
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| format!("grpc {:?}", status.code()))
             }
             BenchMode::Health => tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(self.authorized(tonic_health::pb::HealthCheckRequest {

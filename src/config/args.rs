@@ -104,6 +104,10 @@ pub(crate) enum BenchMode {
     Healthz,
     /// 70% verify, 20% issue, 10% JWKS.
     Mixed,
+    /// ExchangeToken: a Txn-Token for a subject token of a trusted issuer (the policy's
+    /// `[txn]`), from `--subject-token-file` or, without one, from IssueToken with a
+    /// `scope` claim (a policy that trusts the authority's own tokens).
+    Exchange,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -176,6 +180,15 @@ pub struct BenchArgs {
     /// The file holding the secret of --client-id.
     #[arg(long, requires = "client_id")]
     pub(crate) client_secret_file: Option<PathBuf>,
+    /// exchange: the scope asked for (and, for a minted subject token, its `scope` claim).
+    #[arg(long, default_value = "bench")]
+    pub(crate) scope: String,
+    /// exchange: the trust domain (the policy's `[txn] trust_domain`).
+    #[arg(long, default_value = "bench.internal")]
+    pub(crate) trust_domain: String,
+    /// exchange: a file holding the subject token (an access token of a trusted issuer).
+    #[arg(long)]
+    pub(crate) subject_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use crate::{
     callers::{policy_text, Issuer},
 };
 
-fn check(text: &str) -> (i32, String, String) {
+pub fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, text).unwrap();

@@ -248,12 +248,19 @@ fn txn_tokens_and_access_tokens_are_told_apart_by_typ() {
     let wrong = |detail| Err((Reason::WrongTokenType, detail));
     let cases: Vec<(TokenType, String, String, Expected)> = vec![
         (TokenType::Access, typed(""), payload(""), Ok("svc")),
-        (TokenType::Access, typed(r#","typ":"JWT""#), payload(r#","txn":5"#), Ok("svc")),
+        (
+            TokenType::Access,
+            typed(r#","typ":"JWT""#),
+            payload(r#","txn":5"#),
+            Ok("svc"),
+        ),
         (
             TokenType::Access,
             typed(r#","typ":"txntoken+jwt""#),
             payload(r#","txn":"t""#),
-            wrong("a Txn-Token (typ txntoken+jwt) is not accepted where an access token is expected"),
+            wrong(
+                "a Txn-Token (typ txntoken+jwt) is not accepted where an access token is expected",
+            ),
         ),
         (
             TokenType::Access,
@@ -261,8 +268,18 @@ fn txn_tokens_and_access_tokens_are_told_apart_by_typ() {
             payload(r#","txn":"t""#),
             wrong("a Txn-Token (typ txntoken+jwt)"),
         ),
-        (TokenType::Txn, typed(r#","typ":"txntoken+jwt""#), payload(r#","txn":"t""#), Ok("svc")),
-        (TokenType::Txn, typed(r#","typ":"TXNTOKEN+JWT""#), payload(r#","txn":"t""#), Ok("svc")),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"txntoken+jwt""#),
+            payload(r#","txn":"t""#),
+            Ok("svc"),
+        ),
+        (
+            TokenType::Txn,
+            typed(r#","typ":"TXNTOKEN+JWT""#),
+            payload(r#","txn":"t""#),
+            Ok("svc"),
+        ),
         (
             TokenType::Txn,
             typed(""),
@@ -317,7 +334,10 @@ fn txn_tokens_and_access_tokens_are_told_apart_by_typ() {
             (Ok(verified), Ok(subject)) => assert_eq!(verified.subject, subject),
             (Err(rejection), Err((reason, detail))) => {
                 assert_eq!(rejection.reason, reason, "{header} {payload}: {rejection}");
-                assert!(rejection.detail.starts_with(detail), "{header} {payload}: {rejection}");
+                assert!(
+                    rejection.detail.starts_with(detail),
+                    "{header} {payload}: {rejection}"
+                );
             }
             (verdict, expected) => panic!("{header} {payload}: {verdict:?}, not {expected:?}"),
         }

@@ -4,6 +4,7 @@
 
 mod exchange;
 mod http_form;
+mod readme;
 mod replacement;
 
 use token_authority::pb;

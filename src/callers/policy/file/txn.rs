@@ -239,11 +239,19 @@ max_ttl = "30s"
         )
         .unwrap();
         let txn = policy.txn.unwrap();
-        assert_eq!((txn.trust_domain.as_str(), txn.ttl), ("example.internal", 120));
+        assert_eq!(
+            (txn.trust_domain.as_str(), txn.ttl),
+            ("example.internal", 120)
+        );
         let edge = "spiffe://example.internal/ns/edge/sa/gw";
         let scopes = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(txn.decide(edge, &scopes(&["orders.read"])).unwrap().index, 0);
-        let both = txn.decide(edge, &scopes(&["orders.read", "orders.write"])).unwrap();
+        assert_eq!(
+            txn.decide(edge, &scopes(&["orders.read"])).unwrap().index,
+            0
+        );
+        let both = txn
+            .decide(edge, &scopes(&["orders.read", "orders.write"]))
+            .unwrap();
         assert_eq!((both.index, both.max_ttl), (1, 30));
         assert_eq!(both.request_context, ["req_ip", "authn"]);
         assert_eq!(
@@ -254,8 +262,11 @@ max_ttl = "30s"
             }
         );
         assert_eq!(
-            txn.decide("spiffe://example.internal/ns/other/sa/x", &scopes(&["orders.read"]))
-                .unwrap_err(),
+            txn.decide(
+                "spiffe://example.internal/ns/other/sa/x",
+                &scopes(&["orders.read"])
+            )
+            .unwrap_err(),
             TxnRefusal::NoRule("spiffe://example.internal/ns/other/sa/x".into())
         );
     }
