@@ -28,33 +28,52 @@ use crate::{
 };
 use token_authority_jose::crypto::Algorithm;
 
-/// The subject token of `exchange`: read from `--subject-token-file`, or minted by the
-/// target with a `scope` claim.
-async fn subject_token(
+/// The subject tokens of `exchange`: read from `--subject-token-file`, or minted by the
+/// target with a `scope` claim, `--subject-tokens` of them, 64 requests at a time.
+async fn subject_tokens(
     args: &BenchArgs,
     channel: &tonic::transport::Channel,
     algorithm: &str,
     authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-) -> Result<String, BenchError> {
+) -> Result<Vec<String>, BenchError> {
     if let Some(path) = &args.subject_token_file {
         return std::fs::read_to_string(path)
-            .map(|text| text.trim().to_owned())
+            .map(|text| vec![text.trim().to_owned()])
             .map_err(|e| BenchError::Prepare(format!("{}: {e}", path.display())));
     }
-    let issued = TokenAuthorityClient::new(channel.clone())
-        .issue_token(with_authorization(
-            pb::IssueTokenRequest {
-                subject: args.subject.clone(),
-                audience: vec![args.audience.clone()],
-                algorithm: algorithm.to_owned(),
-                claims_json: serde_json::json!({ "scope": args.scope }).to_string(),
-                ..Default::default()
-            },
-            authorization,
-        ))
-        .await
-        .map_err(|status| BenchError::Prepare(format!("minting the subject token: {status}")))?;
-    Ok(issued.into_inner().token)
+    let request = pb::IssueTokenRequest {
+        subject: args.subject.clone(),
+        audience: vec![args.audience.clone()],
+        algorithm: algorithm.to_owned(),
+        claims_json: serde_json::json!({ "scope": args.scope }).to_string(),
+        ..Default::default()
+    };
+    let wanted = args.subject_tokens.max(1);
+    let mut minting = tokio::task::JoinSet::new();
+    for task in 0..wanted.min(64) {
+        let mut client = TokenAuthorityClient::new(channel.clone());
+        let request = request.clone();
+        let authorization = authorization.cloned();
+        let count = wanted / 64 + usize::from(task < wanted % 64);
+        minting.spawn(async move {
+            let mut tokens = Vec::with_capacity(count);
+            for _ in 0..count {
+                let issued = client
+                    .issue_token(with_authorization(request.clone(), authorization.as_ref()))
+                    .await
+                    .map_err(|status| {
+                        BenchError::Prepare(format!("minting the subject tokens: {status}"))
+                    })?;
+                tokens.push(issued.into_inner().token);
+            }
+            Ok::<_, BenchError>(tokens)
+        });
+    }
+    let mut tokens = Vec::with_capacity(wanted);
+    while let Some(minted) = minting.join_next().await {
+        tokens.extend(minted.map_err(|e| BenchError::Prepare(e.to_string()))??);
+    }
+    Ok(tokens)
 }
 
 /// Runs the warm-up (not recorded) and then the measured phase.
@@ -135,12 +154,9 @@ pub(crate) async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Repo
             tokens.push(issued.into_inner().token);
         }
     }
-    let subject_token = match args.mode {
-        BenchMode::Exchange => {
-            Some(subject_token(args, &channels[0], &algorithm, authorization.as_ref()).await?)
-        }
-        _ => None,
-    };
+    if args.mode == BenchMode::Exchange {
+        tokens = subject_tokens(args, &channels[0], &algorithm, authorization.as_ref()).await?;
+    }
     let mut target = Target {
         mode: args.mode,
         algorithm,
@@ -153,7 +169,6 @@ pub(crate) async fn run(args: &BenchArgs, alg: Option<Algorithm>) -> Result<Repo
         subject: args.subject.clone(),
         audience: args.audience.clone(),
         authorization,
-        subject_token,
         scope: args.scope.clone(),
         trust_domain: args.trust_domain.clone(),
         rotation_start: AtomicU64::new(u64::MAX),

@@ -42,8 +42,7 @@ pub(super) struct Target {
     pub(super) audience: String,
     /// The caller's `authorization` value, when it proves itself by a token or a secret.
     pub(super) authorization: Option<MetadataValue<Ascii>>,
-    /// exchange: the subject token, the scope and the trust domain asked for.
-    pub(super) subject_token: Option<String>,
+    /// exchange: the scope and the trust domain asked for (the subject tokens are `tokens`).
     pub(super) scope: String,
     pub(super) trust_domain: String,
     /// The latest forced rotation, in µs since `epoch`: start, and end (`u64::MAX` while it
@@ -178,7 +177,8 @@ impl Target {
                     requested_token_type: "urn:ietf:params:oauth:token-type:txn_token".into(),
                     audience: self.trust_domain.clone(),
                     scope: self.scope.clone(),
-                    subject_token: self.subject_token.clone().unwrap_or_default(),
+                    subject_token: self.tokens[(task + iteration as usize) % self.tokens.len()]
+                        .clone(),
                     subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
                     ..Default::default()
                 };

@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use super::{
-    issuers::{IssuerConfig, TrustedIssuer},
+    issuers::{IssuerConfig, IssuerKeys, TrustedIssuer},
     policy::Client,
     CallerSettings,
 };
@@ -224,7 +224,7 @@ pub(crate) async fn verify_issuer_token<'a>(
     token: &str,
     settings: &CallerSettings,
     now: u64,
-) -> Result<(verify::Verified, &'a IssuerConfig), IdentityError> {
+) -> Result<(verify::Verified, &'a Arc<TrustedIssuer>, Arc<IssuerKeys>), IdentityError> {
     let max_token_bytes = settings.max_token_bytes;
     if token.len() > max_token_bytes {
         return Err(IdentityError::Rejected(format!(
@@ -261,12 +261,14 @@ pub(crate) async fn verify_issuer_token<'a>(
         // draft, "Transaction Tokens Are Not Authentication Credentials").
         token_type: TokenType::Access,
     };
-    let mut verdict = verify::verify_with(token, &*issuer.keys(), &rules, &expect, now);
+    let mut keys = issuer.keys();
+    let mut verdict = verify::verify_with(token, &*keys, &rules, &expect, now);
     if let Err(rejection) = &verdict {
         if rejection.reason == Reason::UnknownKey {
             if let Some(kid) = unverified_kid(token) {
-                if let Some(keys) = issuer.refetch_for_unknown_kid(&kid).await {
-                    verdict = verify::verify_with(token, &*keys, &rules, &expect, now);
+                if let Some(fetched) = issuer.refetch_for_unknown_kid(&kid).await {
+                    verdict = verify::verify_with(token, &*fetched, &rules, &expect, now);
+                    keys = fetched;
                 }
             }
         }
@@ -277,7 +279,7 @@ pub(crate) async fn verify_issuer_token<'a>(
             _ => rejection.detail,
         })
     })?;
-    Ok((verified, config))
+    Ok((verified, issuer, keys))
 }
 
 /// `name`, a `sub` of `config`'s token, when the issuer may assert it (its `subjects`).
@@ -307,7 +309,8 @@ pub(crate) async fn token_caller(
     settings: &CallerSettings,
     now: u64,
 ) -> Result<Caller, IdentityError> {
-    let (verified, config) = verify_issuer_token(issuers, token, settings, now).await?;
+    let (verified, issuer, _) = verify_issuer_token(issuers, token, settings, now).await?;
+    let config = &issuer.config;
     let bound =
         token_claims::check_confirmation(verified.claims.get("cnf"), certificate.as_deref())?;
     let kind = match verified.claims.get("act") {

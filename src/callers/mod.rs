@@ -12,7 +12,8 @@
 //! - `audit`: the hash-chained audit log and its verification.
 //! - `reload`: loading the policy file, and reloading it when its content changes.
 //! - `commands`: `policy check` and `audit verify`.
-//! - `txn`: who may have which Transaction Token, and its context.
+//! - `txn`: who may have which Transaction Token, and its context; `subject_cache`: the
+//!   subject tokens it verified, kept while their verdict holds.
 
 pub mod admin;
 pub mod audit;
@@ -22,6 +23,7 @@ pub(crate) mod issuers;
 pub(crate) mod names;
 pub(crate) mod policy;
 pub(crate) mod reload;
+pub(crate) mod subject_cache;
 pub(crate) mod txn;
 
 use std::sync::Arc;
@@ -136,6 +138,8 @@ pub struct Active {
     pub(crate) issuers: Vec<Arc<TrustedIssuer>>,
     /// SHA-256 of the file content it came from, to notice changes.
     pub(crate) digest: [u8; 32],
+    /// Txn-Token subject tokens verified under this policy.
+    pub(crate) subjects: subject_cache::SubjectCache,
 }
 
 /// Settings of this layer that come from the server's configuration.

@@ -119,6 +119,7 @@ async fn prepare(
         policy,
         issuers,
         digest,
+        subjects: Default::default(),
     })
 }
 

@@ -2,17 +2,21 @@
 //! subject token verified against the trusted issuers, and the Txn-Token's context drawn
 //! from both, never wider than the subject token nor the rule.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::{
     identity::{self, Caller, IdentityError},
     policy::txn::{TxnPolicy, TxnRefusal, TxnRule},
+    subject_cache::Proven,
     Active, Callers,
 };
 use crate::authority::txn::{
     new_txn_id, pick, split_scope, ExchangeError, OAuthError, Replaced, TxnContext, TxnRequest,
     MAX_REQUESTERS,
 };
+use token_authority_jose::crypto;
 
 /// The subject of a Txn-Token request, once its token was verified.
 #[derive(Clone, Debug)]
@@ -52,14 +56,30 @@ impl Callers {
                 format!("the subject token is refused: {reason}"),
             )
         };
-        let (verified, config) =
+        let digest = crypto::sha256(token.as_bytes());
+        if let Some(Proven { sub, scopes }) = active.subjects.get(&digest, now) {
+            return Ok(Subject::Issued { sub, scopes });
+        }
+        let (verified, issuer, keys) =
             identity::verify_issuer_token(&active.issuers, token, &self.settings, now)
                 .await
                 .map_err(|error| invalid_grant(subject_reason(error)))?;
         let scopes = subject_scopes(verified.claims.get("scope"), verified.claims.get("scp"))
             .map_err(|reason| invalid_grant(reason.into()))?;
-        let sub = identity::asserted_subject(config, verified.subject)
+        let sub = identity::asserted_subject(&issuer.config, verified.subject)
             .map_err(|error| invalid_grant(subject_reason(error)))?;
+        active.subjects.insert(
+            digest,
+            Arc::clone(issuer),
+            keys,
+            verified.expires_at,
+            self.settings.leeway,
+            now,
+            Proven {
+                sub: sub.clone(),
+                scopes: scopes.clone(),
+            },
+        );
         Ok(Subject::Issued { sub, scopes })
     }
 }

@@ -187,8 +187,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench.internal")]
     pub(crate) trust_domain: String,
     /// exchange: a file holding the subject token (an access token of a trusted issuer).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "subject_tokens")]
     pub(crate) subject_token_file: Option<PathBuf>,
+    /// exchange: how many distinct subject tokens to mint and send in turn. The authority
+    /// verifies each once and keeps the verdict: a pool larger than the requests of the run
+    /// measures exchanges that all verify.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) subject_tokens: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ mod exchange;
 mod http_form;
 mod readme;
 mod replacement;
+mod subject_cache;
 
 use token_authority::pb;
 use tonic::Status;
