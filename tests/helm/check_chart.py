@@ -140,6 +140,12 @@ EXAMPLE_POLICY = {
         {"callers": ["spiffe://example.org/ns/ops/*"], "admin": True},
         {"callers": ["client:batch-job"], "subjects": ["batch"], "audiences": ["reports"]},
     ],
+    "txn": {"trust_domain": "example.internal", "ttl": "2m"},
+    "txnRules": [
+        {"callers": ["spiffe://example.internal/ns/edge/sa/gateway"], "scopes": ["orders.read", "orders.write"],
+         "context": ["order_id"], "max_ttl": "5m"},
+        {"callers": ["system:serviceaccount:orders:api"], "scopes": ["orders.read"], "request_context": ["req_ip"]},
+    ],
 }
 
 # The value sets the chart is rendered with. Each must render, lint, validate and satisfy
@@ -414,6 +420,40 @@ LIMITS_AUDIT_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
         ({"audit": {"sync": "yes"}}, "at '/audit/sync': got string, want boolean"),
     "an audit key in the values (it belongs in the Secret)":
         ({"audit": {"key": "c2VjcmV0"}}, "at '/audit': additional properties 'key' not allowed"),
+}
+
+# Transaction Tokens asked for wrongly: (values, the line of Helm's schema error that names
+# the bad value, whole).
+TXN_OK = {"trust_domain": "example.internal"}
+TXN_RULE_OK = {"callers": ["spiffe://example.internal/ns/edge/*"], "scopes": ["orders.read"]}
+TXN_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
+    "a txn rule without scopes":
+        ({"policy": {"txn": TXN_OK, "txnRules": [{"callers": TXN_RULE_OK["callers"]}]}},
+         "at '/policy/txnRules/0': missing property 'scopes'"),
+    "a txn rule with no scope":
+        ({"policy": {"txn": TXN_OK, "txnRules": [{**TXN_RULE_OK, "scopes": []}]}},
+         "at '/policy/txnRules/0/scopes': minItems: got 0, want 1"),
+    "a txn rule with no caller":
+        ({"policy": {"txn": TXN_OK, "txnRules": [{**TXN_RULE_OK, "callers": []}]}},
+         "at '/policy/txnRules/0/callers': minItems: got 0, want 1"),
+    "a scope that is no RFC 6749 scope token":
+        ({"policy": {"txn": TXN_OK, "txnRules": [{**TXN_RULE_OK, "scopes": ["orders read"]}]}},
+         r"at '/policy/txnRules/0/scopes/0': 'orders read' does not match pattern '^[\\x21\\x23-\\x5B\\x5D-\\x7E]+$'"),
+    "an unknown key in a txn rule (the IssueToken rule's audiences)":
+        ({"policy": {"txn": TXN_OK, "txnRules": [{**TXN_RULE_OK, "audiences": ["orders"]}]}},
+         "at '/policy/txnRules/0': additional properties 'audiences' not allowed"),
+    "an unknown key in txn":
+        ({"policy": {"txn": {**TXN_OK, "issuer": "https://tokens.example.com"}}},
+         "at '/policy/txn': additional properties 'issuer' not allowed"),
+    "txn without trust_domain":
+        ({"policy": {"txn": {"ttl": "60s"}}}, "at '/policy/txn': missing property 'trust_domain'"),
+    "txn rules without txn.trust_domain (no [txn] table)":
+        ({"policy": {"txnRules": [TXN_RULE_OK]}}, "at '/policy/txn': missing property 'trust_domain'"),
+    "a trust domain with surrounding spaces":
+        ({"policy": {"txn": {"trust_domain": " example.internal"}}},
+         r"at '/policy/txn/trust_domain': ' example.internal' does not match pattern '^\\S(.*\\S)?$'"),
+    "txn ttl as a number of seconds":
+        ({"policy": {"txn": {**TXN_OK, "ttl": 60}}}, "at '/policy/txn/ttl': got number, want string"),
 }
 
 
@@ -1360,14 +1400,15 @@ def expected_policy(set_name: str) -> dict[str, Any]:
             "subjects": kube["subjects"],
         })
     issuers += policy["issuers"]
-    expected = {"issuer": issuers, "client": policy["clients"], "rule": policy["rules"]}
+    expected = {"issuer": issuers, "client": policy["clients"], "rule": policy["rules"],
+                "txn": policy["txn"], "txn_rule": policy["txnRules"]}
     return {k: v for k, v in expected.items() if v}
 
 
 def check_policy_configmap(set_name: str) -> None:
     """policy.enabled: TA_POLICY_FILE names policy.toml of the chart's ConfigMap, mounted as
-    a directory; the TOML parses (tomllib) and is exactly the values' issuers, clients and
-    rules, integers kept integers, the Kubernetes issuer first."""
+    a directory; the TOML parses (tomllib) and is exactly the values' issuers, clients,
+    rules, txn and txn rules, integers kept integers, the Kubernetes issuer first."""
     values = merged_values(set_name)
     env = env_of(set_name)
     if not values["policy"]["enabled"]:
@@ -1390,7 +1431,8 @@ def check_policy_configmap(set_name: str) -> None:
         for name, value in rule.get("claims", {}).items():
             assert type(value) is type(next(r for r in expected["rule"] if r.get("claims"))["claims"][name]), \
                 f"claim {name} changed type to {type(value).__name__}"
-    print(f"       policy.toml: {', '.join(f'{len(v)} {k}' for k, v in parsed.items()) or 'empty'}")
+    # [txn] is one table, not a count of them.
+    print(f"       policy.toml: {', '.join(k if isinstance(v, dict) else f'{len(v)} {k}' for k, v in parsed.items()) or 'empty'}")
 
 
 def check_kubernetes_issuer_access(set_name: str) -> None:
@@ -3165,6 +3207,96 @@ def check_softhsm_image_entrypoint() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Transaction Tokens: the policy's [txn] table and [[txn_rule]]s
+# --------------------------------------------------------------------------------------
+
+def check_policy_txn_tables() -> None:
+    """policy.txn renders as one [txn] table (the server refuses [[txn]]), followed by a
+    [[txn_rule]] per policy.txnRules entry, keys as given, which `token-authority policy
+    check` accepts as the server would. The default values render no [txn]: the Transaction
+    Token Service stays off."""
+    text = policy_configmap("tls-disabled-policy")["data"]["policy.toml"]
+    headers = re.findall(r"(?m)^\[.*\]$", text)
+    rules = EXAMPLE_POLICY["txnRules"]
+    assert headers.count("[txn]") == 1 and "[[txn]]" not in headers, f"table headers {headers}"
+    assert headers[-1 - len(rules):] == ["[txn]"] + ["[[txn_rule]]"] * len(rules), \
+        f"table headers {headers}: [txn] must come right before the {len(rules)} [[txn_rule]]"
+    parsed = tomllib.loads(text)
+    assert parsed["txn"] == EXAMPLE_POLICY["txn"], f"[txn] {parsed['txn']} != {EXAMPLE_POLICY['txn']}"
+    assert parsed["txn_rule"] == rules, f"[[txn_rule]] {parsed['txn_rule']} != {rules}"
+    default = policy_configmap("default")["data"]["policy.toml"]
+    assert not {"txn", "txn_rule"} & set(tomllib.loads(default)), f"the default values render Txn-Token tables:\n{default}"
+    print(f"       [txn] then {len(rules)} [[txn_rule]]; the default render has none")
+    # Without the Kubernetes issuer: its files are the pod's, and the check fetches no JWKS.
+    values = {"policy": {"kubernetesIssuer": {"enabled": False}, "txn": EXAMPLE_POLICY["txn"], "txnRules": rules}}
+    with extra_value_set("txn-policy", values) as set_name, tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policy.toml"
+        policy.write_text(policy_configmap(set_name)["data"]["policy.toml"])
+        result = subprocess.run([str(server_binary()), "policy", "check", str(policy)],
+                                capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"policy check refused the rendered txn tables: exit {result.returncode}\n{output}"
+    summary = next((line.strip() for line in output.splitlines() if line.strip().startswith("txn (")), None)
+    assert summary and f"trust domain {EXAMPLE_POLICY['txn']['trust_domain']}," in summary \
+        and f"{len(rules)} txn_rule(s)" in summary, f"policy check does not report the txn tables:\n{output}"
+    print(f"       policy check: {summary}")
+
+
+def check_readme_txn_values_example() -> None:
+    """The README's chart values example for Transaction Tokens (under "Deploy on Kubernetes")
+    passes the schema and renders its txn and txnRules as the policy's tables."""
+    text = (REPO / "README.md").read_text()
+    deploy = text[text.index(f"\n{README_DEPLOY}\n"):]
+    found = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", deploy, re.S) if "txnRules:" in b]
+    assert len(found) == 1, f"{len(found)} README values examples with policy.txnRules under {README_DEPLOY!r}"
+    with extra_value_set("readme-txn", found[0]) as set_name:
+        parsed = tomllib.loads(policy_configmap(set_name)["data"]["policy.toml"])
+    policy = found[0]["policy"]
+    assert parsed.get("txn") == policy["txn"] and parsed.get("txn_rule") == policy["txnRules"], \
+        f"the README example renders [txn] {parsed.get('txn')} and [[txn_rule]] {parsed.get('txn_rule')}"
+    print(f"       README example: trust domain {parsed['txn']['trust_domain']}, {len(parsed['txn_rule'])} [[txn_rule]]")
+
+
+def check_schema_refuses_txn_misuse() -> None:
+    """Each way of writing the Txn-Token tables wrongly is refused by values.schema.json
+    before anything renders, with Helm's error line as is (TXN_BAD_VALUE_SETS); txn alone, and
+    txn with a minimal rule, are accepted."""
+    for label, (values, expected) in TXN_BAD_VALUE_SETS.items():
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmValuesError as e:
+            lines = [line.strip().removeprefix("- ") for line in str(e).strip().splitlines()]
+            assert expected in lines, f"{label}: refused, but not with {expected!r}:\n{e}"
+            print(f"       refused {label}: {expected}")
+            continue
+        raise AssertionError(f"values.schema.json accepted: {label} {values}")
+    for label, values in (("txn with trust_domain only", {"policy": {"txn": TXN_OK}}),
+                          ("txn with a minimal rule", {"policy": {"txn": TXN_OK, "txnRules": [TXN_RULE_OK]}})):
+        chart().validate_schema(values)
+        print(f"       accepted {label}")
+
+
+def check_txn_without_trust_domain_fails_render() -> None:
+    """Under --skip-schema-validation (a copy of the chart without values.schema.json) the
+    template itself refuses txn rules or a txn table without txn.trust_domain, naming the
+    value, rather than render a policy file the server refuses."""
+    tmp = scratch_dir()
+    copy = tmp / "token-authority"
+    shutil.copytree(CHART_DIR, copy)
+    (copy / "values.schema.json").unlink()
+    expected = "policy.txn.trust_domain is required with policy.txn or policy.txnRules"
+    for label, policy in (("txn rules without txn", {"txnRules": [TXN_RULE_OK]}),
+                          ("txn without trust_domain", {"txn": {"ttl": "60s"}})):
+        try:
+            render_copy(copy, {"policy": policy})
+        except helm_python.HelmRenderError as e:
+            assert expected in str(e), f"{label}: refused, but not with {expected!r}: {e}"
+            print(f"       refused {label}: {expected}")
+            continue
+        raise AssertionError(f"rendered {label} {policy}")
+
+
+# --------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------
 
@@ -3245,6 +3377,10 @@ GLOBAL = [
     check_server_signs_in_pkcs11_token,
     check_readme_pkcs11_examples,
     check_softhsm_image_entrypoint,
+    check_policy_txn_tables,
+    check_readme_txn_values_example,
+    check_schema_refuses_txn_misuse,
+    check_txn_without_trust_domain_fails_render,
 ]
 
 

@@ -261,9 +261,23 @@ and maps as inline tables. Call with the value itself; recursive for arrays and 
 One TOML array-of-tables entry: (list "issuer" dict) -> [[issuer]] and its keys, sorted.
 */}}
 {{- define "token-authority.tomlTable" -}}
-{{- $header := index . 0 }}
-{{- $table := index . 1 }}
-[[{{ $header }}]]
+[[{{ index . 0 }}]]
+{{- include "token-authority.tomlKeys" (index . 1) }}
+{{- end }}
+
+{{/*
+A table the policy file has at most one of: (list "txn" dict) -> [txn] and its keys, sorted.
+*/}}
+{{- define "token-authority.tomlSingleTable" -}}
+[{{ index . 0 }}]
+{{- include "token-authority.tomlKeys" (index . 1) }}
+{{- end }}
+
+{{/*
+The keys of a table, sorted, each on a line of its own after the header.
+*/}}
+{{- define "token-authority.tomlKeys" -}}
+{{- $table := . }}
 {{- range $k := keys $table | sortAlpha }}
 {{ $k }} = {{ include "token-authority.tomlValue" (get $table $k) }}
 {{- end }}
