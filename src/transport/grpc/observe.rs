@@ -12,7 +12,7 @@ use crate::{
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
 /// `info` for failures and admin RPCs, at `debug` for the data plane's successful calls.
-/// An info line per IssueToken/VerifyToken is megabytes a second at full load, and cost
+/// An info line per IssueToken/VerifyToken/ExchangeToken is megabytes a second at full load, and cost
 /// the service measurable throughput (see the README's Performance section); metrics
 /// count and time every call whatever the log level.
 pub(super) async fn observe<T>(
@@ -39,7 +39,11 @@ pub(super) async fn observe<T>(
     span.record("latency_us", latency.as_micros() as u64);
     let data_plane = matches!(
         method,
-        Method::IssueToken | Method::VerifyToken | Method::GetJwks | Method::WatchKeys
+        Method::IssueToken
+            | Method::VerifyToken
+            | Method::ExchangeToken
+            | Method::GetJwks
+            | Method::WatchKeys
     );
     match &result {
         Ok(_) if data_plane => span.in_scope(|| tracing::debug!("rpc finished")),

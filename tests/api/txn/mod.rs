@@ -4,6 +4,7 @@
 
 mod exchange;
 mod http_form;
+mod logs;
 mod readme;
 mod replacement;
 mod subject_cache;
