@@ -5,6 +5,8 @@
 mod exchange;
 mod http_form;
 mod logs;
+mod not_a_credential;
+mod perf_script;
 mod readme;
 mod replacement;
 mod subject_cache;
