@@ -13,6 +13,7 @@
 //! - `jwt`: signing compact JWS tokens and verifying them (RFC 7515, 7519, 8725);
 //!   `jwt::json` the strict JSON object parser.
 //! - `fetch` (feature `fetch`): the HTTPS client for JWKS and discovery documents.
+//! - `status_list`: the Token Status List: its packed statuses, `lst`, the `status` claim.
 //! - `jwk`: public JWKs, RFC 7638 thumbprints, and the JWKS document.
 //! - `crypto`: the crypto provider (ring by default, aws-lc-rs by feature), the only module
 //!   that names a cryptography library; `tls`: rustls on that same provider.
@@ -26,4 +27,5 @@ pub mod crypto;
 pub mod fetch;
 pub mod jwk;
 pub mod jwt;
+pub mod status_list;
 pub mod tls;

@@ -9,7 +9,8 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 use token_authority_jose::jwt::json::{parse_object, JsonError};
 
 /// The registered claims the authority sets itself; callers may not supply them.
-pub(crate) const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+pub(crate) const RESERVED_CLAIMS: [&str; 8] =
+    ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "status"];
 
 /// Claims the authority derives from the caller's identity (RFC 8693 `act`, RFC 8705
 /// `cnf`): a caller that could set them could claim to act for anyone or bind a token to
@@ -205,7 +206,7 @@ fn parse_claims(claims_json: &str) -> Result<Map<String, Value>, InvalidArgument
     {
         return invalid(
             "claims_json",
-            format!("sets the reserved claim {reserved:?}; the authority sets iss, sub, aud, exp, nbf, iat and jti itself"),
+            format!("sets the reserved claim {reserved:?}; the authority sets iss, sub, aud, exp, nbf, iat, jti and status itself"),
         );
     }
     if let Some(identity) = IDENTITY_CLAIMS
@@ -261,7 +262,7 @@ mod tests {
             12345678901234u64
         );
         const RESERVED_BY_AUTHORITY: &str =
-            "the authority sets iss, sub, aud, exp, nbf, iat and jti itself";
+            "the authority sets iss, sub, aud, exp, nbf, iat, jti and status itself";
         const RESERVED_BY_IDENTITY: &str =
             "the authority sets act and cnf from the caller's identity";
         for (bad, reason) in [

@@ -44,6 +44,7 @@ mod reserve;
 mod served;
 pub mod signers;
 pub mod signing_pool;
+pub(crate) mod status;
 pub(crate) mod txn;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,8 @@ pub struct Authority {
     /// The same snapshots as `keys`, for those who wait for the next one (WatchKeys) and
     /// for the metrics.
     changes: Served,
+    /// The status lists, once the server has opened them (never, when they are off).
+    status: std::sync::OnceLock<Arc<status::StatusLists>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -283,7 +286,20 @@ impl Authority {
             settings,
             policy,
             writer: tokio::sync::Mutex::new(Arc::new(records)),
+            status: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands the authority its status lists; the first call wins.
+    pub(crate) fn attach_status_lists(&self, lists: Arc<status::StatusLists>) {
+        if self.status.set(lists).is_err() {
+            tracing::warn!("status lists were attached twice; the first stays");
+        }
+    }
+
+    /// The status lists, when they are on.
+    pub(crate) fn status_lists(&self) -> Option<&Arc<status::StatusLists>> {
+        self.status.get()
     }
 
     /// Seconds since the key set was last known to match the store: always 0 for a store

@@ -35,7 +35,7 @@ use self::{
     audit::{AuditLog, Entry, Outcome},
     identity::{Caller, IdentityError, Presented},
     issuers::TrustedIssuer,
-    policy::{Grant, Policy, Refusal},
+    policy::{Grant, Policy, Refusal, StatusRule},
 };
 use crate::{
     authority::domain::IssueRequest,
@@ -277,6 +277,7 @@ impl Callers {
             rule: None,
             ttl: request.ttl,
             claims: Map::new(),
+            status: StatusRule::ByTtl,
         };
         match (self.active.load_full(), principal) {
             (None, _) if self.settings.loopback => Ok(open),

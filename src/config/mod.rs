@@ -68,10 +68,23 @@ pub struct Config {
     pub(crate) audit_key_file: Option<PathBuf>,
     pub(crate) audit_sync: bool,
     pub(crate) watch: WatchSettings,
+    pub(crate) status: StatusConfig,
     /// What the server reads the time from: the system clock; tests that run the server
     /// on paused time set a `Clock::tokio`.
     pub(crate) clock: Clock,
 }
+
+/// The status lists' flags, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StatusConfig {
+    /// `None`: `--status-min-ttl off`, no new token gets a status.
+    pub(crate) min_ttl: Option<u64>,
+    pub(crate) list_size: u64,
+    pub(crate) list_ttl: u64,
+}
+
+/// The largest list: 16,777,216 statuses are 4 MiB in memory and on the wire at worst.
+const MAX_STATUS_LIST_SIZE: u64 = 1 << 24;
 
 /// The limits of WatchKeys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +252,21 @@ impl TryFrom<ServeArgs> for Config {
                 "--store postgres://... needs --admin-token-file: every replica must accept the same admin token, and a replica keeps nothing on disk to generate one into".into(),
             ));
         }
+        let size = args.status_list_size;
+        if !(16..=MAX_STATUS_LIST_SIZE).contains(&size) || size % 4 != 0 {
+            return Err(ConfigError(format!(
+                "--status-list-size must be a multiple of 4 between 16 and {MAX_STATUS_LIST_SIZE}"
+            )));
+        }
+        let status = StatusConfig {
+            min_ttl: args
+                .status_min_ttl
+                .0
+                .map(|min| seconds("--status-min-ttl", min, 0))
+                .transpose()?,
+            list_size: size,
+            list_ttl: seconds("--status-list-ttl", args.status_list_ttl, 1)?,
+        };
         if args.store_sync_interval < Duration::from_millis(100) {
             return Err(ConfigError(
                 "--store-sync-interval must be at least 100ms".into(),
@@ -290,6 +318,7 @@ impl TryFrom<ServeArgs> for Config {
                 keepalive: args.watch_keepalive,
                 send_timeout: args.watch_send_timeout,
             },
+            status,
             clock: Clock::system(),
         })
     }

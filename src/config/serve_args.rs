@@ -251,6 +251,19 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_JWKS_MAX_AGE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub(crate) jwks_max_age: Duration,
 
+    /// Tokens that live at least this long get a status in a status list (revocable one
+    /// by one with SetTokenStatus); `off` issues none.
+    #[arg(long, env = "TA_STATUS_MIN_TTL", default_value = "10m", value_parser = parse_status_min_ttl)]
+    pub(crate) status_min_ttl: StatusMinTtl,
+
+    /// Statuses per status list (a multiple of 4); a full list rolls over to the next.
+    #[arg(long, env = "TA_STATUS_LIST_SIZE", default_value_t = 1_048_576)]
+    pub(crate) status_list_size: u64,
+
+    /// How long verifiers may cache a status list (its `ttl` claim and Cache-Control).
+    #[arg(long, env = "TA_STATUS_LIST_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) status_list_ttl: Duration,
+
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "TA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) shutdown_grace: Duration,
@@ -370,4 +383,17 @@ pub struct ServeArgs {
     /// fsync each batch of audit lines before the calls it records are answered.
     #[arg(long, env = "TA_AUDIT_SYNC", requires = "audit_log")]
     pub(crate) audit_sync: bool,
+}
+
+/// `--status-min-ttl`: a duration, or `off` (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StatusMinTtl(pub(crate) Option<Duration>);
+
+fn parse_status_min_ttl(text: &str) -> Result<StatusMinTtl, String> {
+    if text == "off" {
+        return Ok(StatusMinTtl(None));
+    }
+    humantime::parse_duration(text)
+        .map(|ttl| StatusMinTtl(Some(ttl)))
+        .map_err(|e| format!("{e} (a duration such as 10m, or off)"))
 }

@@ -60,6 +60,9 @@ label_values!(impl Reason {
     UnsupportedHeader => "UNSUPPORTED_HEADER",
     LifetimeTooLong => "LIFETIME_TOO_LONG",
     WrongTokenType => "WRONG_TOKEN_TYPE",
+    RevokedToken => "REVOKED_TOKEN",
+    SuspendedToken => "SUSPENDED_TOKEN",
+    StatusUnavailable => "STATUS_UNAVAILABLE",
 });
 
 label_values! {
@@ -73,6 +76,7 @@ label_values! {
         RevokeKey => "RevokeKey",
         ListKeys => "ListKeys",
         ExchangeToken => "ExchangeToken",
+        SetTokenStatus => "SetTokenStatus",
     }
 }
 
@@ -87,6 +91,7 @@ label_values! {
         ListKeys => "ListKeys",
         /// Txn-Token requests, over gRPC (ExchangeToken) and HTTP (POST /token).
         ExchangeToken => "ExchangeToken",
+        SetTokenStatus => "SetTokenStatus",
     }
 }
 

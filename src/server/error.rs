@@ -52,6 +52,9 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Pkcs11(#[from] Pkcs11Error),
+    /// The cause's chain, as text: the status list error type stays inside the crate.
+    #[error("cannot open the status lists: {0}")]
+    StatusLists(String),
 }
 
 impl ServerError {

@@ -101,6 +101,11 @@ pub async fn run(
     };
     authority.report_key_ages(metrics.key_ages());
     log_keys_loaded(&authority);
+    if let Err(error) = open::open_status_lists(&config, &authority, &issuer).await {
+        stop.cancel();
+        let _ = serving.drain(config.shutdown_grace).await;
+        return Err(error);
+    }
 
     let signing_pool = Arc::new(signing_pool);
     let service = GrpcService::new(

@@ -9,6 +9,7 @@ use super::ServerError;
 use crate::{
     authority::{
         signers::pkcs11::{Pkcs11Settings, Pkcs11Token},
+        status::{StatusLists, StatusSettings, STATUS_LISTS_PATH},
         Authority, AuthorityError, Settings, Signers,
     },
     callers::admin::{AdminToken, AdminTokenSource},
@@ -19,7 +20,7 @@ use crate::{
     config::Config,
     metrics::Metrics,
     store::file_modes,
-    store::{kek::Keks, KeyStore, PgSettings, PgStore},
+    store::{kek::Keks, status::StatusStore, KeyStore, PgSettings, PgStore},
     telemetry::chain,
 };
 
@@ -297,4 +298,37 @@ pub(super) async fn open_callers(
         policy,
         audit,
     ))
+}
+
+/// Opens the status lists the keystore holds and hands them to the authority (with
+/// `--status-min-ttl off` too: lists already handed out are still served and checked). A
+/// keystore that keeps none (PostgreSQL, for now) issues tokens
+/// without a status, and says so once.
+pub(super) async fn open_status_lists(
+    config: &Config,
+    authority: &Arc<Authority>,
+    issuer: &str,
+) -> Result<(), ServerError> {
+    let status = config.status;
+    let Some(store) = StatusStore::of(authority.store()) else {
+        tracing::warn!("status lists are kept in the sled keystore only: tokens from this replica carry no status");
+        return Ok(());
+    };
+    let settings = authority.settings();
+    let lists = StatusLists::open(
+        store,
+        StatusSettings {
+            min_ttl: status.min_ttl,
+            list_size: status.list_size,
+            list_ttl: status.list_ttl,
+            uri_prefix: format!("{}{}", issuer.trim_end_matches('/'), STATUS_LISTS_PATH),
+            max_ttl: settings.max_ttl,
+            leeway: settings.leeway,
+        },
+    )
+    .await
+    .map_err(|e| ServerError::StatusLists(chain(&e).to_string()))?;
+    tracing::info!(lists = lists.ids().len(), min_ttl = ?status.min_ttl, "status lists opened");
+    authority.attach_status_lists(Arc::new(lists));
+    Ok(())
 }

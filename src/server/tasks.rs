@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    authority::{Authority, AuthorityError},
+    authority::{status::StatusLists, Authority, AuthorityError},
     callers::{reload, Callers},
     config::Config,
     metrics::Metrics,
@@ -224,6 +224,36 @@ pub(super) async fn report_signer_health(
     }
 }
 
+/// How often lists whose tokens have all expired are dropped, with the jti records of
+/// expired tokens.
+const STATUS_PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Drops what no valid token can need any more, at start and then every interval.
+async fn purge_status_lists(
+    authority: Arc<Authority>,
+    lists: Arc<StatusLists>,
+    stop: CancellationToken,
+) {
+    loop {
+        match lists.purge(authority.clock().unix_now()).await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(
+                    ?dropped,
+                    "status lists dropped: every token holding an index in them has expired"
+                )
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "status lists could not be purged; retrying later")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STATUS_PURGE_INTERVAL) => {}
+        }
+    }
+}
+
 /// The background tasks of a serving authority: the schedule, following a shared store,
 /// the keystore's health, and the policy and TLS reloads.
 pub(super) struct Tasks {
@@ -266,6 +296,13 @@ impl Tasks {
             health.clone(),
             stop.clone(),
         ));
+        if let Some(lists) = authority.status_lists() {
+            tokio::spawn(purge_status_lists(
+                Arc::clone(authority),
+                Arc::clone(lists),
+                stop.clone(),
+            ));
+        }
         let reload = config.policy_file.clone().map(|path| {
             tokio::spawn(reload::watch(
                 Arc::clone(callers),

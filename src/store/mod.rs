@@ -19,6 +19,7 @@ pub(crate) mod guard;
 pub mod kek;
 pub mod postgres;
 mod sled;
+pub(crate) mod status;
 pub(crate) mod token;
 
 /// Reading an audit head from a stopped authority's sled keystore or from PostgreSQL.

@@ -1,5 +1,6 @@
 //! The HTTP shim: the JWKS and OpenID discovery documents for off-the-shelf verifiers,
-//! health endpoints, and the Transaction Token endpoint (`POST /token`, in `token`). The JWKS body and ETag come pre-rendered from the key set; a request
+//! health endpoints, the Transaction Token endpoint (`POST /token`, in `token`) and the
+//! status lists (`GET /statuslists/{id}`, in `status_lists`). The JWKS body and ETag come pre-rendered from the key set; a request
 //! only compares a header and clones a reference-counted buffer.
 
 use std::sync::{
@@ -19,7 +20,7 @@ use axum::{
 use crate::{
     authority::Authority,
     metrics::{AuthorityState, Metrics},
-    transport::{exchange::Exchanger, token},
+    transport::{exchange::Exchanger, status_lists, token},
 };
 
 /// What the handlers share.
@@ -43,6 +44,7 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(token::PATH, post(token::token))
+        .route(status_lists::ROUTE, get(status_lists::status_list))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(refuse_bodies))
         .with_state(state)
@@ -101,7 +103,7 @@ async fn jwks(State(state): State<HttpState>, headers: HeaderMap) -> Response {
 
 /// RFC 9110 section 13.1.2: `*` or any listed tag, compared weakly (a `W/` prefix on the
 /// client's copy still names the same representation).
-fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
+pub(super) fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -118,7 +120,7 @@ fn cache_control(max_age: u64, next_change: Option<u64>, now: u64) -> String {
     format!("public, max-age={max_age}, stale-while-revalidate=60, stale-if-error=86400")
 }
 
-fn header_value(text: &str) -> HeaderValue {
+pub(super) fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 

@@ -13,6 +13,7 @@
 //! - `watch`: WatchKeys, the key set streamed to watchers at every change.
 //! - `peers`: what one client address may take: its connections, its failed
 //!   authentications (its watchers are counted by `watch`).
+//! - `status_lists`: `GET /statuslists/{id}`, each status list as a signed token.
 //! - `token`: `POST /token` on the HTTP listener, the RFC 8693 form and RFC 6749 answers.
 //! - `tls`: loading and reloading the certificate, key and client CA bundle.
 
@@ -24,6 +25,7 @@ pub mod grpc;
 pub(crate) mod http;
 pub(crate) mod listener;
 pub(crate) mod peers;
+pub(crate) mod status_lists;
 pub(crate) mod tls;
 pub(crate) mod token;
 pub mod watch;

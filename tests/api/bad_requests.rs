@@ -193,7 +193,7 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
             format!("{message}, which would make one name look like another"),
         ));
     }
-    for reserved in ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"] {
+    for reserved in ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "status"] {
         cases.push((
             "reserved claim",
             pb::IssueTokenRequest {
@@ -201,7 +201,7 @@ async fn bad_issue_requests_are_invalid_argument_naming_the_field() {
                 ..request("s")
             },
             Code::InvalidArgument,
-            format!("claims_json: sets the reserved claim \"{reserved}\"; the authority sets iss, sub, aud, exp, nbf, iat and jti itself"),
+            format!("claims_json: sets the reserved claim \"{reserved}\"; the authority sets iss, sub, aud, exp, nbf, iat, jti and status itself"),
         ));
     }
     for (name, req, code, message) in cases {

@@ -44,6 +44,7 @@ mod replicas;
 mod round_trip;
 mod shredding;
 mod startup_refusals;
+mod status;
 mod store_refusals;
 mod tls;
 mod tools;

@@ -251,7 +251,7 @@ async fn every_reason_shows_at_zero_from_the_start() {
         .map_while(|value| pb::VerifyFailureReason::try_from(value).ok())
         .map(|reason| reason.as_str_name().to_owned())
         .collect();
-    assert_eq!(reasons.len(), 13, "{reasons:?}");
+    assert_eq!(reasons.len(), 16, "{reasons:?}");
     assert_eq!(documented_reasons(), reasons, "the README's reasons");
 
     let dir = DataDir::new();

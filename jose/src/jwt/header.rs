@@ -103,12 +103,19 @@ impl<'a> Header<'a> {
             );
         }
         // Media type names compare without regard to case (RFC 7515 section 4.1.9).
-        let txn = matches!(&self.typ, Member::Text(typ) if typ.eq_ignore_ascii_case(TXN_TOKEN_TYP));
+        let typ_is =
+            |name: &str| matches!(&self.typ, Member::Text(typ) if typ.eq_ignore_ascii_case(name));
+        let txn = typ_is(TXN_TOKEN_TYP);
         match (expected, &self.typ) {
             (TokenType::Txn, _) if txn => Ok(()),
             (TokenType::Txn, _) => reject(
                 Reason::WrongTokenType,
                 "not a Txn-Token: its typ is not txntoken+jwt",
+            ),
+            (TokenType::StatusList, _) if typ_is(crate::status_list::TYP) => Ok(()),
+            (TokenType::StatusList, _) => reject(
+                Reason::WrongTokenType,
+                "not a Status List Token: its typ is not statuslist+jwt",
             ),
             (TokenType::Access, _) if txn => reject(
                 Reason::WrongTokenType,

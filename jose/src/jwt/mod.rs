@@ -73,6 +73,8 @@ pub enum TokenType {
     Access,
     /// A Transaction Token: `typ` `txntoken+jwt`, a `txn` claim, a short life.
     Txn,
+    /// A Status List Token: `typ` `statuslist+jwt`, its `sub` the list's URI.
+    StatusList,
 }
 
 /// The key that signs for one algorithm, with its constant JWS headers already encoded.
@@ -84,6 +86,8 @@ pub struct Signer {
     pub header_segment: String,
     /// The same with `"typ":"txntoken+jwt"`, for Transaction Tokens.
     pub txn_header_segment: String,
+    /// The same with `"typ":"statuslist+jwt"`, for Status List Tokens.
+    pub status_list_header_segment: String,
 }
 
 impl Signer {
@@ -97,6 +101,11 @@ impl Signer {
         Signer {
             header_segment: header_segment(key.algorithm(), &kid, "JWT"),
             txn_header_segment: header_segment(key.algorithm(), &kid, TXN_TOKEN_TYP),
+            status_list_header_segment: header_segment(
+                key.algorithm(),
+                &kid,
+                crate::status_list::TYP,
+            ),
             kid,
             key,
         }
@@ -106,6 +115,7 @@ impl Signer {
         match token_type {
             TokenType::Access => &self.header_segment,
             TokenType::Txn => &self.txn_header_segment,
+            TokenType::StatusList => &self.status_list_header_segment,
         }
     }
 }

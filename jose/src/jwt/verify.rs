@@ -51,6 +51,13 @@ pub enum Reason {
     LifetimeTooLong,
     /// A Txn-Token where an access token is expected, or the reverse (by `typ`).
     WrongTokenType,
+    /// The token's status list says it is revoked (INVALID): final.
+    RevokedToken,
+    /// The token's status list says it is suspended: it may be reinstated.
+    SuspendedToken,
+    /// The token names a status list (or an index in one) that cannot be read: refused
+    /// rather than taken as valid.
+    StatusUnavailable,
 }
 
 /// A rejection: its reason and a detail for humans (never the token itself).

@@ -63,6 +63,29 @@ pub(crate) struct Rule {
     allow_claims: HashSet<String>,
     pub(crate) admin: bool,
     pub(crate) bind_mtls: bool,
+    pub(crate) status: StatusRule,
+}
+
+/// Whether a rule's tokens get a status (an index in a status list, revocable one by one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum StatusRule {
+    /// When they live at least `--status-min-ttl`.
+    #[default]
+    ByTtl,
+    /// Always, however short.
+    Required,
+    /// Never.
+    Forbidden,
+}
+
+impl StatusRule {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StatusRule::ByTtl => "by ttl",
+            StatusRule::Required => "required",
+            StatusRule::Forbidden => "forbidden",
+        }
+    }
 }
 
 impl Rule {
@@ -140,6 +163,8 @@ pub(crate) struct Grant {
     /// The latest `exp` the token may carry (unix seconds): a bound token's certificate's
     /// notAfter. The ttl is capped again at signing time, which may come later.
     pub(crate) expires_by: Option<u64>,
+    /// Whether the token gets a status.
+    pub(crate) status: StatusRule,
 }
 
 impl Policy {
@@ -269,6 +294,7 @@ fn judge(rule: &Rule, caller: &Caller, request: &IssueRequest) -> Result<Grant, 
             .bind_mtls
             .then(|| caller.certificate_not_after())
             .flatten(),
+        status: rule.status,
     })
 }
 
@@ -296,12 +322,16 @@ pub(crate) fn summary(policy: &Policy) -> String {
     }
     for rule in &policy.rules {
         out.push_str(&format!(
-            "  rule[{}]: max_ttl {}, admin {}, bind {}\n",
+            "  rule[{}]: max_ttl {}, admin {}, bind {}{}\n",
             rule.index,
             rule.max_ttl
                 .map_or("server's".to_owned(), |s| format!("{s}s")),
             rule.admin,
-            if rule.bind_mtls { "mtls" } else { "none" }
+            if rule.bind_mtls { "mtls" } else { "none" },
+            match rule.status {
+                StatusRule::ByTtl => String::new(),
+                other => format!(", status {}", other.name()),
+            }
         ));
     }
     if let Some(txn) = &policy.txn {
@@ -351,7 +381,7 @@ mod tests {
             audiences = ["token-authority"]
         "#;
         let cases: Vec<(String, Vec<&str>)> = vec![
-            ("[[rule]]\ncallers = [\"a\"]\nmax_tl = \"1m\"\n".into(), vec!["line 3: unknown field `max_tl`, expected one of `callers`, `subjects`, `audiences`, `max_ttl`, `claims`, `allow_claims`, `admin`, `bind`"]),
+            ("[[rule]]\ncallers = [\"a\"]\nmax_tl = \"1m\"\n".into(), vec!["line 3: unknown field `max_tl`, expected one of `callers`, `subjects`, `audiences`, `max_ttl`, `claims`, `allow_claims`, `admin`, `bind`, `status`"]),
             ("[[rule]]\ncallers = \"a\"\n".into(), vec!["line 2: invalid type: string \"a\", expected a sequence"]),
             (
                 r#"[[issuer]]

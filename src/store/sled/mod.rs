@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) mod audit;
 mod record;
+mod status;
 mod write;
 
 use self::{
@@ -358,7 +359,7 @@ mod tests {
     };
     use token_authority_jose::{b64, crypto::Algorithm};
 
-    fn record(kid: &str) -> KeyRecord {
+    pub(super) fn record(kid: &str) -> KeyRecord {
         KeyRecord {
             kid: kid.into(),
             alg: Algorithm::RS256,

@@ -16,11 +16,16 @@ use super::{
 use crate::{
     authority::domain::{IssueRequest, RequestedTtl, TtlPolicy},
     authority::{AuthorityError, Issued},
-    callers::{audit::Entry, audit::Outcome, policy::Grant, Principal},
+    callers::{
+        audit::Entry,
+        audit::Outcome,
+        policy::{Grant, StatusRule},
+        Principal,
+    },
     metrics::{DecidedMethod, DecisionOutcome},
     pb,
 };
-use token_authority_jose::crypto::Algorithm;
+use token_authority_jose::{crypto::Algorithm, status_list::StatusReference};
 
 impl GrpcService {
     pub(super) async fn issue(
@@ -37,10 +42,22 @@ impl GrpcService {
             ttl,
             claims,
             expires_by,
+            status,
         } = self.grant(&principal, &parsed).await?;
         parsed.ttl = ttl;
         let parsed = Arc::new(parsed);
+        let (claims, status) = match self.with_status(claims, ttl, status).await {
+            Ok(done) => done,
+            Err(status) => {
+                self.issue_refused(Some(&principal), Outcome::Failed, None, &status)
+                    .await;
+                return Err(status);
+            }
+        };
         let (issued, signed_at) = self.sign(&parsed, claims, expires_by, alg).await?;
+        if let (Some(lists), Some(reference)) = (self.authority.status_lists(), &status) {
+            lists.remember(&issued.jti, reference, issued.expires_at);
+        }
         self.record_issued(&principal, &parsed, rule, &issued)
             .await?;
         tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
@@ -124,6 +141,39 @@ impl GrpcService {
                 Err(status)
             }
         }
+    }
+
+    /// The claims with a `status` claim added when the token gets one (by its rule, else
+    /// when it lives at least `--status-min-ttl`), and that reference.
+    async fn with_status(
+        &self,
+        mut claims: serde_json::Map<String, serde_json::Value>,
+        ttl: u64,
+        rule: StatusRule,
+    ) -> Result<
+        (
+            serde_json::Map<String, serde_json::Value>,
+            Option<StatusReference>,
+        ),
+        Status,
+    > {
+        let lists = self.authority.status_lists();
+        let wanted = match rule {
+            StatusRule::Forbidden => false,
+            StatusRule::Required => true,
+            StatusRule::ByTtl => lists.is_some_and(|lists| lists.applies_to(ttl)),
+        };
+        let Some(lists) = lists.filter(|_| wanted) else {
+            if wanted {
+                return Err(Status::failed_precondition(
+                    "the caller's rule requires a status, and this authority keeps no status lists",
+                ));
+            }
+            return Ok((claims, None));
+        };
+        let reference = lists.allocate(self.now()).await.map_err(Status::from)?;
+        claims.insert("status".into(), reference.to_claim());
+        Ok((claims, Some(reference)))
     }
 
     /// The signed token and the instant it was signed at (to the nanosecond).

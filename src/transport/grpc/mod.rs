@@ -26,6 +26,7 @@ mod access;
 mod exchange;
 mod issue;
 mod observe;
+mod token_status;
 pub(super) mod wire;
 
 use self::observe::observe;
@@ -136,9 +137,13 @@ impl TokenAuthority for GrpcService {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
             let verdict = match pb::TokenType::try_from(request.expected_type) {
-                Ok(pb::TokenType::Access) => {
-                    self.authority.verify(&request.token, audience, self.now())
-                }
+                Ok(pb::TokenType::Access) => self
+                    .authority
+                    .verify(&request.token, audience, self.now())
+                    .and_then(|verified| {
+                        self.authority.check_status(&verified.claims)?;
+                        Ok(verified)
+                    }),
                 Ok(pb::TokenType::Txn) => {
                     let trust_domain = self.trust_domain()?;
                     if audience.is_some_and(|audience| audience != trust_domain) {
@@ -341,6 +346,19 @@ impl TokenAuthority for GrpcService {
                 replicas_live: replicas.live,
             }))
         })
+        .await
+    }
+
+    async fn set_token_status(
+        &self,
+        request: Request<pb::SetTokenStatusRequest>,
+    ) -> Result<Response<pb::SetTokenStatusResponse>, Status> {
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::SetTokenStatus,
+            async { self.set_status(request).await.map(Response::new) },
+        )
         .await
     }
 

@@ -8,7 +8,7 @@ use crate::{
     authority::keys::KeyState,
     authority::keyset::KeySet,
     authority::signing_pool::PoolError,
-    authority::{AuthorityError, ErrorKind},
+    authority::{status::StatusError, AuthorityError, ErrorKind},
     callers::CallerError,
     pb,
     telemetry::chain,
@@ -66,6 +66,27 @@ impl From<AuthorityError> for Status {
     }
 }
 
+/// Status list errors, the same way.
+impl From<StatusError> for Status {
+    fn from(error: StatusError) -> Status {
+        let message = error.to_string();
+        match error {
+            StatusError::UnknownJti
+            | StatusError::UnknownList(_)
+            | StatusError::NotHandedOut { .. } => Status::not_found(message),
+            StatusError::Final { .. } | StatusError::Off => Status::failed_precondition(message),
+            StatusError::Store(_) | StatusError::Exhausted => {
+                tracing::error!(error = %chain(&error), "status list request failed");
+                Status::unavailable("the status lists cannot be written now; nothing changed")
+            }
+            StatusError::Damaged(_) | StatusError::Poisoned | StatusError::Sign(_) => {
+                tracing::error!(error = %chain(&error), "status list request failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
 pub(in crate::transport) fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(unix_seconds).unwrap_or(i64::MAX),
@@ -89,6 +110,9 @@ pub(super) fn reason_to_pb(reason: Reason) -> pb::VerifyFailureReason {
         Reason::UnsupportedHeader => R::UnsupportedHeader,
         Reason::LifetimeTooLong => R::LifetimeTooLong,
         Reason::WrongTokenType => R::WrongTokenType,
+        Reason::RevokedToken => R::RevokedToken,
+        Reason::SuspendedToken => R::SuspendedToken,
+        Reason::StatusUnavailable => R::StatusUnavailable,
     }
 }
 

@@ -98,6 +98,13 @@ impl server::TokenAuthority for SkewedAuthority {
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         Err(Status::unimplemented("not part of this test"))
     }
+
+    async fn set_token_status(
+        &self,
+        _: Request<pb::SetTokenStatusRequest>,
+    ) -> Result<Response<pb::SetTokenStatusResponse>, Status> {
+        Err(Status::unimplemented("not part of this test"))
+    }
 }
 
 /// IssueToken calls while 100 tasks call `token()` for `run` (of tokio's time, paused by

@@ -12,7 +12,7 @@ fn section() -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("## Transaction Tokens").unwrap();
-    let end = start + readme[start..].find("\n## Security").unwrap();
+    let end = start + readme[start..].find("\n## Revoking one token").unwrap();
     readme[start..end].to_owned()
 }
 

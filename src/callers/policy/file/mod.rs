@@ -17,7 +17,7 @@ use self::{
     issuers::{check_issuers, IssuerToml},
     txn::{check_txn, TxnRuleToml, TxnToml},
 };
-use super::{glob, Client, Policy, Problem, Rule, SubjectPattern, RESERVED};
+use super::{glob, Client, Policy, Problem, Rule, StatusRule, SubjectPattern, RESERVED};
 
 // The file as written. Unknown fields are errors: a misspelt `max_tl` must not silently
 // lift a limit.
@@ -57,6 +57,8 @@ struct RuleToml {
     #[serde(default)]
     admin: bool,
     bind: Option<String>,
+    /// "required" or "forbidden"; absent: by `--status-min-ttl`.
+    status: Option<String>,
 }
 
 impl Policy {
@@ -265,6 +267,18 @@ fn check_rule(
             false
         }
     };
+    let status = match rule.status.as_deref() {
+        None => StatusRule::ByTtl,
+        Some("required") => StatusRule::Required,
+        Some("forbidden") => StatusRule::Forbidden,
+        Some(other) => {
+            problems.push(at(
+                "status",
+                format!("{other:?} is not a choice; use \"required\" or \"forbidden\" (or leave it out: by --status-min-ttl)"),
+            ));
+            StatusRule::ByTtl
+        }
+    };
     if problems.len() > before {
         return None;
     }
@@ -285,6 +299,7 @@ fn check_rule(
         allow_claims,
         admin: rule.admin,
         bind_mtls,
+        status,
     })
 }
 

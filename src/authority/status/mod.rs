@@ -1,0 +1,401 @@
+//! Status lists (draft-ietf-oauth-status-list): revoking or suspending one token rather
+//! than the key that signed it.
+//!
+//! A token that lives at least `min_ttl` gets an index in a list (its `status` claim). The
+//! lists are held in memory, two bits a token, and written through the store: a status
+//! change is durable before it is acknowledged, and indexes are reserved in durable blocks
+//! before they are handed out, so none is handed out twice, across restarts. A list that is
+//! full rolls over to the next id; a list is dropped once every token holding one of its
+//! indexes has expired (its `valid_until`).
+//!
+//! `served` renders each list's Status List Token once per change (or per half of its
+//! `ttl`), the way the JWKS is rendered once per key change.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use serde_json::{Map, Value};
+use token_authority_jose::{
+    jwt::verify::{Reason, Rejection},
+    status_list::{Status, StatusList, StatusReference},
+};
+
+use crate::store::{
+    status::{Block, JtiRecord, ListRecord, Reservation, StatusStore},
+    StoreError,
+};
+
+mod error;
+mod served;
+
+pub(crate) use error::StatusError;
+pub(crate) use served::ServedList;
+
+/// Where lists are served on the HTTP listener: this, then the list's id.
+pub(crate) const STATUS_LISTS_PATH: &str = "/statuslists/";
+/// Two bits a token: VALID, INVALID, SUSPENDED.
+pub(crate) const BITS: u8 = 2;
+/// Indexes reserved at a time: one durable write per this many tokens.
+const BLOCK: u64 = 1024;
+/// A block is used for this long at most, so a list's `valid_until` (reserved with the
+/// block) bounds the `exp` of every token that took an index from it.
+const BLOCK_WINDOW: u64 = 300;
+
+/// How status lists are run.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusSettings {
+    /// Tokens living at least this long (seconds) get a status; `None`: none does (the
+    /// lists are still served and checked, so a revoked token stays revoked).
+    pub(crate) min_ttl: Option<u64>,
+    /// Statuses per list.
+    pub(crate) list_size: u64,
+    /// How long a verifier may cache a list (its `ttl` claim and `Cache-Control`).
+    pub(crate) list_ttl: u64,
+    /// The `uri` of list `id` is this followed by `id`.
+    pub(crate) uri_prefix: String,
+    /// The longest token lifetime and the leeway verifiers grant: how long a list must
+    /// outlive its last block.
+    pub(crate) max_ttl: u64,
+    pub(crate) leeway: u64,
+}
+
+/// Where a status change is aimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Jti(String),
+    Index { list: u64, idx: u64 },
+}
+
+/// What a status change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Changed {
+    pub(crate) list: u64,
+    pub(crate) idx: u64,
+    pub(crate) previous: Status,
+    pub(crate) status: Status,
+}
+
+struct ListState {
+    record: ListRecord,
+    statuses: StatusList,
+    /// Bumped at every change: a served token of an older version is rendered again.
+    version: u64,
+    served: Option<Arc<ServedList>>,
+}
+
+struct OpenBlock {
+    block: Block,
+    next: u64,
+    opened_at: u64,
+}
+
+pub(crate) struct StatusLists {
+    settings: StatusSettings,
+    store: StatusStore,
+    lists: RwLock<BTreeMap<u64, ListState>>,
+    block: Mutex<Option<OpenBlock>>,
+    /// One reservation at a time: callers that find the block used up wait for it.
+    reserving: tokio::sync::Mutex<()>,
+    /// Serialises status changes, so a check and its write are one step.
+    changing: tokio::sync::Mutex<()>,
+    /// The count of changes, for those who wait for the next (the list watchers).
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for StatusLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusLists")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusLists {
+    /// The lists `store` holds.
+    pub(crate) async fn open(
+        store: StatusStore,
+        settings: StatusSettings,
+    ) -> Result<StatusLists, StatusError> {
+        let stored = store.load().await?;
+        let mut lists = BTreeMap::new();
+        for record in stored.lists {
+            let statuses = StatusList::new(BITS, record.size)
+                .map_err(|e| StatusError::Damaged(format!("list {}: {e}", record.id)))?;
+            lists.insert(
+                record.id,
+                ListState {
+                    record,
+                    statuses,
+                    version: 0,
+                    served: None,
+                },
+            );
+        }
+        for (list, idx, value) in stored.statuses {
+            // Statuses of a list already dropped are left for the next purge.
+            if let Some(state) = lists.get_mut(&list) {
+                state
+                    .statuses
+                    .set(idx, Status::from_value(value))
+                    .map_err(|e| StatusError::Damaged(format!("list {list}: {e}")))?;
+            }
+        }
+        Ok(StatusLists {
+            settings,
+            store,
+            lists: RwLock::new(lists),
+            block: Mutex::new(None),
+            reserving: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Whether a token living `ttl` seconds gets a status.
+    pub(crate) fn applies_to(&self, ttl: u64) -> bool {
+        self.settings.min_ttl.is_some_and(|min| ttl >= min)
+    }
+
+    pub(crate) fn uri(&self, list: u64) -> String {
+        format!("{}{list}", self.settings.uri_prefix)
+    }
+
+    /// The next index, from the open block or a newly reserved one.
+    pub(crate) async fn allocate(&self, now: u64) -> Result<StatusReference, StatusError> {
+        if let Some(taken) = self.take(now) {
+            return Ok(taken);
+        }
+        let _reserving = self.reserving.lock().await;
+        if let Some(taken) = self.take(now) {
+            return Ok(taken);
+        }
+        let count = BLOCK.min(self.settings.list_size);
+        let (record, block) = self
+            .store
+            .reserve(Reservation {
+                count,
+                size: self.settings.list_size,
+                valid_until: now + BLOCK_WINDOW + self.settings.max_ttl + self.settings.leeway,
+                now,
+            })
+            .await?;
+        self.install(record)?;
+        *self.block.lock().map_err(|_| StatusError::Poisoned)? = Some(OpenBlock {
+            block,
+            next: block.start,
+            opened_at: now,
+        });
+        self.take(now).ok_or(StatusError::Exhausted)
+    }
+
+    fn take(&self, now: u64) -> Option<StatusReference> {
+        let mut open = self.block.lock().ok()?;
+        let block = open.as_mut()?;
+        if block.next >= block.block.end || now >= block.opened_at + BLOCK_WINDOW {
+            return None;
+        }
+        let idx = block.next;
+        block.next += 1;
+        Some(StatusReference {
+            idx,
+            uri: self.uri(block.block.list),
+        })
+    }
+
+    /// A list's record as reserved: a new list joins, a known one takes the new bounds.
+    fn install(&self, record: ListRecord) -> Result<(), StatusError> {
+        let mut lists = self.lists.write().map_err(|_| StatusError::Poisoned)?;
+        match lists.get_mut(&record.id) {
+            Some(state) => state.record = record,
+            None => {
+                let statuses = StatusList::new(BITS, record.size)
+                    .map_err(|e| StatusError::Damaged(format!("list {}: {e}", record.id)))?;
+                lists.insert(
+                    record.id,
+                    ListState {
+                        record,
+                        statuses,
+                        version: 0,
+                        served: None,
+                    },
+                );
+                drop(lists);
+                self.changes.send_modify(|count| *count += 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The list and index of `reference`, when it names one of these lists.
+    pub(crate) fn locate(&self, reference: &StatusReference) -> Option<(u64, u64)> {
+        let id = reference.uri.strip_prefix(&self.settings.uri_prefix)?;
+        // Only the canonical spelling: "07" is not list 7.
+        let list: u64 = id
+            .parse()
+            .ok()
+            .filter(|list: &u64| list.to_string() == id)?;
+        Some((list, reference.idx))
+    }
+
+    /// Notes which index the token `jti` holds, until it expires.
+    pub(crate) fn remember(&self, jti: &str, reference: &StatusReference, exp: u64) {
+        let Some((list, idx)) = self.locate(reference) else {
+            return;
+        };
+        if let Err(error) = self.store.remember(jti, JtiRecord { list, idx, exp }) {
+            // The token stands and its status can still be set by list and index.
+            tracing::warn!(%error, list, idx, "a token's jti could not be recorded for SetTokenStatus");
+        }
+    }
+
+    /// Sets the status at `target`. INVALID is final: nothing changes it afterwards.
+    pub(crate) async fn set(
+        &self,
+        target: &Target,
+        status: Status,
+        now: u64,
+    ) -> Result<Changed, StatusError> {
+        let (list, idx) = match target {
+            Target::Index { list, idx } => (*list, *idx),
+            Target::Jti(jti) => match self.store.lookup(jti).await? {
+                Some(record) if record.exp >= now => (record.list, record.idx),
+                _ => return Err(StatusError::UnknownJti),
+            },
+        };
+        let _changing = self.changing.lock().await;
+        let previous = {
+            let lists = self.lists.read().map_err(|_| StatusError::Poisoned)?;
+            let state = lists.get(&list).ok_or(StatusError::UnknownList(list))?;
+            if idx >= state.record.allocated {
+                return Err(StatusError::NotHandedOut {
+                    list,
+                    idx,
+                    allocated: state.record.allocated,
+                });
+            }
+            state
+                .statuses
+                .get(idx)
+                .map_err(|e| StatusError::Damaged(e.to_string()))?
+        };
+        let changed = Changed {
+            list,
+            idx,
+            previous,
+            status,
+        };
+        if previous == status {
+            return Ok(changed);
+        }
+        if previous == Status::Invalid {
+            return Err(StatusError::Final { list, idx });
+        }
+        self.store.set_status(list, idx, status.value()).await?;
+        {
+            let mut lists = self.lists.write().map_err(|_| StatusError::Poisoned)?;
+            let state = lists.get_mut(&list).ok_or(StatusError::UnknownList(list))?;
+            state
+                .statuses
+                .set(idx, status)
+                .map_err(|e| StatusError::Damaged(e.to_string()))?;
+            state.version += 1;
+        }
+        self.changes.send_modify(|count| *count += 1);
+        Ok(changed)
+    }
+
+    /// VerifyToken's last step, for a token whose signature and claims held: what its
+    /// status says. A token without a `status` claim has none to check.
+    pub(crate) fn check(&self, claims: &Map<String, Value>) -> Result<(), Rejection> {
+        let unavailable = |detail: String| Rejection {
+            reason: Reason::StatusUnavailable,
+            detail,
+        };
+        let reference = match StatusReference::from_claims(claims) {
+            Ok(Some(reference)) => reference,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(unavailable(e.to_string())),
+        };
+        let (list, idx) = self.locate(&reference).ok_or_else(|| {
+            unavailable(format!(
+                "{} is not a status list of this authority",
+                reference.uri
+            ))
+        })?;
+        let lists = self
+            .lists
+            .read()
+            .map_err(|_| unavailable("the status lists cannot be read".into()))?;
+        let state = lists
+            .get(&list)
+            .ok_or_else(|| unavailable(format!("status list {list} does not exist")))?;
+        match state.statuses.get(idx) {
+            Ok(Status::Valid) => Ok(()),
+            Ok(Status::Invalid) => Err(Rejection {
+                reason: Reason::RevokedToken,
+                detail: format!("the token was revoked (status list {list}, index {idx})"),
+            }),
+            Ok(Status::Suspended) => Err(Rejection {
+                reason: Reason::SuspendedToken,
+                detail: format!("the token is suspended (status list {list}, index {idx})"),
+            }),
+            Ok(Status::Other(value)) => Err(unavailable(format!(
+                "status list {list} holds an unknown status {value} at index {idx}"
+            ))),
+            Err(e) => Err(unavailable(format!("status list {list}: {e}"))),
+        }
+    }
+
+    /// The ids of the lists held, oldest first.
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.lists
+            .read()
+            .map(|lists| lists.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Drops the lists whose tokens have all expired, and the jti records of expired
+    /// tokens; the list being filled stays.
+    pub(crate) async fn purge(&self, now: u64) -> Result<Vec<u64>, StatusError> {
+        let keep = self
+            .block
+            .lock()
+            .map_err(|_| StatusError::Poisoned)?
+            .as_ref()
+            .map(|open| open.block.list);
+        let keep = keep.or_else(|| self.ids().last().copied());
+        let dropped = self.store.purge(now, keep).await?;
+        if !dropped.is_empty() {
+            let mut lists = self.lists.write().map_err(|_| StatusError::Poisoned)?;
+            for id in &dropped {
+                lists.remove(id);
+            }
+            drop(lists);
+            self.changes.send_modify(|count| *count += 1);
+        }
+        Ok(dropped)
+    }
+}
+
+impl crate::authority::Authority {
+    /// What a verified token's status says: nothing to check without a `status` claim; a
+    /// refusal when it names a list this authority does not hold (or holds none).
+    pub(crate) fn check_status(&self, claims: &Map<String, Value>) -> Result<(), Rejection> {
+        match self.status_lists() {
+            Some(lists) => lists.check(claims),
+            None if claims.contains_key("status") => Err(Rejection {
+                reason: Reason::StatusUnavailable,
+                detail: "the token names a status list, and this authority keeps none".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<StoreError> for StatusError {
+    fn from(error: StoreError) -> StatusError {
+        StatusError::Store(error)
+    }
+}

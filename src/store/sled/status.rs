@@ -1,0 +1,274 @@
+//! Status lists in sled, in a tree of their own: the list being filled (`c`), each list's
+//! record (`l` + id), each status other than VALID (`s` + id + index) and each token's
+//! list and index by `jti` (`j` + jti). Ids and indexes are big-endian, so a list's
+//! statuses are one range.
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::SledStore;
+use crate::store::{
+    status::{Block, JtiRecord, ListRecord, Reservation, StoredLists},
+    StoreError,
+};
+
+const STATUS_TREE: &str = "status_lists";
+const CURSOR: &[u8] = b"c";
+const LIST: u8 = b'l';
+const STATUS: u8 = b's';
+const JTI: u8 = b'j';
+
+fn list_key(id: u64) -> [u8; 9] {
+    let mut key = [LIST; 9];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn status_key(list: u64, idx: u64) -> [u8; 17] {
+    let mut key = [STATUS; 17];
+    key[1..9].copy_from_slice(&list.to_be_bytes());
+    key[9..].copy_from_slice(&idx.to_be_bytes());
+    key
+}
+
+fn jti_key(jti: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + jti.len());
+    key.push(JTI);
+    key.extend_from_slice(jti.as_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn write_error(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Write(Box::new(e))
+}
+
+fn damaged(what: &str) -> StoreError {
+    StoreError::Write(format!("the status lists' {what} is damaged").into())
+}
+
+impl SledStore {
+    fn status_tree(&self) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(STATUS_TREE).map_err(write_error)
+    }
+
+    pub(crate) fn load_status_lists(&self) -> Result<StoredLists, StoreError> {
+        let tree = self.status_tree()?;
+        let mut stored = StoredLists::default();
+        for entry in tree.scan_prefix([LIST]) {
+            let (_, value) = entry.map_err(write_error)?;
+            stored
+                .lists
+                .push(serde_json::from_slice(&value).map_err(|_| damaged("list record"))?);
+        }
+        for entry in tree.scan_prefix([STATUS]) {
+            let (key, value) = entry.map_err(write_error)?;
+            let (list, idx) = match (
+                key.get(1..9).and_then(be_u64),
+                key.get(9..).and_then(be_u64),
+            ) {
+                (Some(list), Some(idx)) => (list, idx),
+                _ => return Err(damaged("status key")),
+            };
+            let value = *value.first().ok_or_else(|| damaged("status value"))?;
+            stored.statuses.push((list, idx, value));
+        }
+        Ok(stored)
+    }
+
+    /// Takes the next block of the list being filled (or of a new list when it is full) and
+    /// raises that list's `valid_until`, in one transaction, flushed.
+    pub(crate) fn reserve_status_block(
+        &self,
+        reservation: Reservation,
+    ) -> Result<(ListRecord, Block), StoreError> {
+        let tree = self.status_tree()?;
+        let reserved = tree
+            .transaction(|tx| {
+                let abort = |what: &'static str| ConflictableTransactionError::Abort(what);
+                let current = match tx.get(CURSOR)? {
+                    Some(bytes) => Some(be_u64(&bytes).ok_or_else(|| abort("cursor"))?),
+                    None => None,
+                };
+                let filling = match current {
+                    Some(id) => match tx.get(list_key(id))? {
+                        Some(bytes) => Some(
+                            serde_json::from_slice::<ListRecord>(&bytes)
+                                .map_err(|_| abort("list record"))?,
+                        ),
+                        None => None,
+                    },
+                    None => None,
+                };
+                let mut record = match filling {
+                    Some(record) if record.allocated < record.size => record,
+                    _ => ListRecord {
+                        id: current.unwrap_or(0) + 1,
+                        size: reservation.size,
+                        allocated: 0,
+                        valid_until: 0,
+                        created_at: reservation.now,
+                    },
+                };
+                let start = record.allocated;
+                let end = start.saturating_add(reservation.count).min(record.size);
+                record.allocated = end;
+                record.valid_until = record.valid_until.max(reservation.valid_until);
+                let value = serde_json::to_vec(&record).map_err(|_| abort("list record"))?;
+                tx.insert(&list_key(record.id), value)?;
+                tx.insert(CURSOR, &record.id.to_be_bytes())?;
+                let block = Block {
+                    list: record.id,
+                    start,
+                    end,
+                };
+                Ok((record, block))
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(what) => damaged(what),
+                TransactionError::Storage(e) => write_error(e),
+            })?;
+        tree.flush().map_err(write_error)?;
+        Ok(reserved)
+    }
+
+    pub(crate) fn set_token_status(
+        &self,
+        list: u64,
+        idx: u64,
+        value: u8,
+    ) -> Result<(), StoreError> {
+        let tree = self.status_tree()?;
+        let key = status_key(list, idx);
+        if value == 0 {
+            tree.remove(key).map_err(write_error)?;
+        } else {
+            tree.insert(key, &[value]).map_err(write_error)?;
+        }
+        tree.flush().map(|_| ()).map_err(write_error)
+    }
+
+    pub(crate) fn remember_jti(&self, jti: &str, record: JtiRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&record).map_err(write_error)?;
+        self.status_tree()?
+            .insert(jti_key(jti), value)
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    pub(crate) fn lookup_jti(&self, jti: &str) -> Result<Option<JtiRecord>, StoreError> {
+        match self.status_tree()?.get(jti_key(jti)).map_err(write_error)? {
+            Some(value) => Ok(Some(
+                serde_json::from_slice(&value).map_err(|_| damaged("jti record"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops every list (but `keep`) past its `valid_until`, with its statuses, and every
+    /// jti record past its token's `exp`.
+    pub(crate) fn purge_status_lists(
+        &self,
+        now: u64,
+        keep: Option<u64>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let tree = self.status_tree()?;
+        let mut dropped = Vec::new();
+        for entry in tree.scan_prefix([LIST]) {
+            let (key, value) = entry.map_err(write_error)?;
+            let record: ListRecord =
+                serde_json::from_slice(&value).map_err(|_| damaged("list record"))?;
+            if record.valid_until < now && Some(record.id) != keep {
+                let mut prefix = vec![STATUS];
+                prefix.extend_from_slice(&record.id.to_be_bytes());
+                for status in tree.scan_prefix(&prefix).keys() {
+                    tree.remove(status.map_err(write_error)?)
+                        .map_err(write_error)?;
+                }
+                tree.remove(key).map_err(write_error)?;
+                dropped.push(record.id);
+            }
+        }
+        for entry in tree.scan_prefix([JTI]) {
+            let (key, value) = entry.map_err(write_error)?;
+            let expired = serde_json::from_slice::<JtiRecord>(&value)
+                .map(|record| record.exp < now || dropped.contains(&record.list))
+                .unwrap_or(true);
+            if expired {
+                tree.remove(key).map_err(write_error)?;
+            }
+        }
+        tree.flush().map_err(write_error)?;
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(count: u64, size: u64, valid_until: u64) -> Reservation {
+        Reservation {
+            count,
+            size,
+            valid_until,
+            now: 1,
+        }
+    }
+
+    /// Blocks never overlap, a full list rolls over to the next id, and both survive a
+    /// reopen, with the statuses set.
+    #[test]
+    fn blocks_roll_over_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        {
+            let (store, _) = SledStore::open(&path, None).unwrap();
+            // Status lists live beside the keys of a keystore.
+            store.write(&[super::super::tests::record("a")]).unwrap();
+            let (_, a) = store.reserve_status_block(reservation(4, 6, 100)).unwrap();
+            let (_, b) = store.reserve_status_block(reservation(4, 6, 200)).unwrap();
+            let (record, c) = store.reserve_status_block(reservation(4, 6, 150)).unwrap();
+            assert_eq!((a.list, a.start, a.end), (1, 0, 4));
+            assert_eq!((b.list, b.start, b.end), (1, 4, 6));
+            assert_eq!((c.list, c.start, c.end), (2, 0, 4));
+            assert_eq!(record.valid_until, 150);
+            store.set_token_status(1, 5, 1).unwrap();
+            store.set_token_status(2, 0, 2).unwrap();
+            store.set_token_status(2, 0, 0).unwrap();
+            store
+                .remember_jti(
+                    "x",
+                    JtiRecord {
+                        list: 1,
+                        idx: 5,
+                        exp: 50,
+                    },
+                )
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let (store, _) = SledStore::open(&path, None).unwrap();
+        let stored = store.load_status_lists().unwrap();
+        assert_eq!(stored.statuses, [(1, 5, 1)]);
+        let valid_until: Vec<_> = stored.lists.iter().map(|l| (l.id, l.valid_until)).collect();
+        assert_eq!(valid_until, [(1, 200), (2, 150)]);
+        let (_, d) = store.reserve_status_block(reservation(4, 6, 100)).unwrap();
+        assert_eq!((d.list, d.start, d.end), (2, 4, 6));
+        assert_eq!(
+            store.lookup_jti("x").unwrap(),
+            Some(JtiRecord {
+                list: 1,
+                idx: 5,
+                exp: 50
+            })
+        );
+        // At 180 list 2 is past its time but kept (it is being filled); the jti is gone.
+        assert!(store.purge_status_lists(180, Some(2)).unwrap().is_empty());
+        assert_eq!(store.lookup_jti("x").unwrap(), None);
+        assert_eq!(store.purge_status_lists(201, Some(2)).unwrap(), [1]);
+        assert!(store.load_status_lists().unwrap().statuses.is_empty());
+    }
+}

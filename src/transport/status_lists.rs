@@ -1,0 +1,116 @@
+//! `GET /statuslists/{id}`: a status list as a Status List Token
+//! (`application/statuslist+jwt`), with an ETag and a Cache-Control that match its `ttl`.
+//! Lists that do not exist (never, or dropped once their tokens all expired) are 404.
+
+use axum::{
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use token_authority_jose::status_list::MEDIA_TYPE;
+
+use super::http::{header_value, if_none_match_hits, HttpState};
+use crate::{authority::status::StatusError, telemetry::chain};
+
+/// The route, with the list's id as its last segment.
+pub(crate) const ROUTE: &str = "/statuslists/{id}";
+
+pub(crate) async fn status_list(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    // Only the canonical spelling of an id: "07" or "+7" is not list 7.
+    let Some(id) = id.parse::<u64>().ok().filter(|n| n.to_string() == id) else {
+        return (StatusCode::NOT_FOUND, "no such status list\n").into_response();
+    };
+    if !accepts_jwt(&headers) {
+        return (
+            StatusCode::NOT_ACCEPTABLE,
+            format!("status lists are served as {MEDIA_TYPE} only\n"),
+        )
+            .into_response();
+    }
+    let now = state.authority.clock().unix_now();
+    let served = match state.authority.status_list_token(id, now).await {
+        Ok(served) => served,
+        Err(StatusError::UnknownList(_) | StatusError::Off) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("status list {id} does not exist\n"),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            tracing::error!(error = %chain(&error), list = id, "a status list could not be served");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the status list cannot be served now\n",
+            )
+                .into_response();
+        }
+    };
+    let cache_control = header_value(&format!("public, max-age={}", served.max_age(now)));
+    let etag = header_value(&served.etag);
+    if if_none_match_hits(&headers, &served.etag) {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)],
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE)),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache_control),
+        ],
+        served.token.clone(),
+    )
+        .into_response()
+}
+
+/// No Accept header, or one that admits the JWT form.
+fn accepts_jwt(headers: &HeaderMap) -> bool {
+    let mut accepts = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|range| {
+            range
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .peekable();
+    if accepts.peek().is_none() {
+        return true;
+    }
+    accepts.any(|range| range == MEDIA_TYPE || range == "application/*" || range == "*/*")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_ranges() {
+        let with = |accept: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+            accepts_jwt(&headers)
+        };
+        assert!(accepts_jwt(&HeaderMap::new()));
+        assert!(with("application/statuslist+jwt"));
+        assert!(with(
+            "application/statuslist+json;q=1, Application/StatusList+JWT;q=0.5"
+        ));
+        assert!(with("*/*"));
+        assert!(!with("application/statuslist+cwt"));
+        assert!(!with("text/html"));
+    }
+}
