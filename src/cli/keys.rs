@@ -311,7 +311,8 @@ pub(crate) fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
 /// or creates its own first and makes this refuse.
 pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
     let keks = Keks::load(&args.kek_file)?;
-    let (_store, records) = KeyStore::open(&args.data_dir.join("keystore"), Some(keks))?;
+    let (store, records) = KeyStore::open(&args.data_dir.join("keystore"), Some(keks))?;
+    let lists = store.export_status_lists()?;
     if records.is_empty() {
         return Err(KeysCommandError::NothingToMigrate(
             args.data_dir.display().to_string(),
@@ -346,12 +347,16 @@ pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
                     },
                 ))
             })
-            .await
-    })?;
-    Ok(format!(
-        "copied {count} keys into {}; start the replicas with --store and the same --kek-file",
-        target.shown()
-    ))
+            .await?;
+        target.import_status_lists(&lists).await.map_err(KeysCommandError::from)
+    })
+    .map(|copied_lists| {
+        format!(
+            "copied {count} keys and {copied_lists} status lists ({} statuses set) into {}; start the replicas with --store and the same --kek-file",
+            lists.statuses.len(),
+            target.shown()
+        )
+    })
 }
 
 fn check_kid(kid: &str) -> Result<String, KeysCommandError> {

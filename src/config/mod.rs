@@ -253,7 +253,7 @@ impl TryFrom<ServeArgs> for Config {
             ));
         }
         let size = args.status_list_size;
-        if !(16..=MAX_STATUS_LIST_SIZE).contains(&size) || size % 4 != 0 {
+        if !(16..=MAX_STATUS_LIST_SIZE).contains(&size) || !size.is_multiple_of(4) {
             return Err(ConfigError(format!(
                 "--status-list-size must be a multiple of 4 between 16 and {MAX_STATUS_LIST_SIZE}"
             )));

@@ -254,6 +254,30 @@ async fn purge_status_lists(
     }
 }
 
+/// Reads in the other replicas' status changes as they are notified, and every `interval`
+/// in case a notification was lost.
+async fn follow_status_lists(lists: Arc<StatusLists>, interval: Duration, stop: CancellationToken) {
+    let mut notified = lists.notifications();
+    loop {
+        let notification = async {
+            match notified.as_mut() {
+                Some(receiver) => receiver.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            got = notification => if got.is_none() {
+                notified = None;
+            },
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(error) = lists.refresh().await {
+            tracing::warn!(error = %chain(&error), "other replicas' status changes could not be read; retrying");
+        }
+    }
+}
+
 /// The background tasks of a serving authority: the schedule, following a shared store,
 /// the keystore's health, and the policy and TLS reloads.
 pub(super) struct Tasks {
@@ -302,6 +326,13 @@ impl Tasks {
                 Arc::clone(lists),
                 stop.clone(),
             ));
+            if lists.is_shared() {
+                tokio::spawn(follow_status_lists(
+                    Arc::clone(lists),
+                    config.store_sync_interval,
+                    stop.clone(),
+                ));
+            }
         }
         let reload = config.policy_file.clone().map(|path| {
             tokio::spawn(reload::watch(

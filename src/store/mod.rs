@@ -242,6 +242,14 @@ impl KeyStore {
         }
     }
 
+    /// Every status list of a sled keystore, for `keys migrate` (none from PostgreSQL).
+    pub(crate) fn export_status_lists(&self) -> Result<status::Exported, StoreError> {
+        match self {
+            KeyStore::Sled(store) => store.export_status_lists(),
+            KeyStore::Postgres(_) => Ok(status::Exported::default()),
+        }
+    }
+
     /// Makes every write durable; part of an orderly shutdown. Blocking.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         match self {

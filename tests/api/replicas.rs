@@ -556,6 +556,17 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
     // A rotation leaves a retired key that still verifies, and a token from the new one.
     sled.rotate().await;
     tokens.push(sled.issue("svc", &["aud"]).await.token);
+    // A token revoked on its own: its status moves with the keys.
+    let revoked = sled.issue("leaked", &["aud"]).await;
+    sled.client
+        .clone()
+        .set_token_status(crate::helpers::admin(pb::SetTokenStatusRequest {
+            jti: revoked.jti.clone(),
+            status: pb::TokenStatus::Invalid as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     let before = key_states(&sled.list_keys().await);
     let times: Vec<_> = sled
         .list_keys()
@@ -580,7 +591,10 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
             .unwrap()
             .unwrap()
     };
-    assert!(copied.starts_with("copied 5 keys"), "{copied}");
+    assert!(
+        copied.starts_with("copied 5 keys and 1 status lists (1 statuses set) into"),
+        "{copied}"
+    );
 
     let replica_dir = DataDir::new();
     let url = shared.pg().url();
@@ -614,6 +628,34 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
         assert!(verdict.valid, "{verdict:?}");
         crate::helpers::verify_independently(&jwks, token, &replica.issuer, "aud").unwrap();
     }
+    let verdict = replica.verify(&revoked.token, "aud").await;
+    assert_eq!(
+        verdict.reason(),
+        pb::VerifyFailureReason::RevokedToken,
+        "{verdict:?}"
+    );
+    // And by jti: the jti records moved too (revoked is final).
+    let error = replica
+        .client
+        .clone()
+        .set_token_status(crate::helpers::admin(pb::SetTokenStatusRequest {
+            jti: revoked.jti.clone(),
+            status: pb::TokenStatus::Valid as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    // Indexes go on after the migrated ones.
+    let next = replica.issue("svc", &["aud"]).await;
+    let (old, new) = (
+        crate::status::reference(&revoked.token).unwrap(),
+        crate::status::reference(&next.token).unwrap(),
+    );
+    assert!(
+        (crate::status::list_id(&new), new.idx) > (crate::status::list_id(&old), old.idx),
+        "{old:?} {new:?}"
+    );
     replica.stop().await;
 
     let refused = tokio::task::spawn_blocking(move || token_authority::cli::keys::migrate(&args))

@@ -23,7 +23,7 @@ use token_authority_jose::{
 };
 
 use crate::store::{
-    status::{Block, JtiRecord, ListRecord, Reservation, StatusStore},
+    status::{Block, JtiRecord, ListRecord, Reservation, SetOutcome, StatusStore, StoredLists},
     StoreError,
 };
 
@@ -100,6 +100,9 @@ pub(crate) struct StatusLists {
     reserving: tokio::sync::Mutex<()>,
     /// Serialises status changes, so a check and its write are one step.
     changing: tokio::sync::Mutex<()>,
+    /// The number of the last change of a shared store read in (0 with sled), held while
+    /// reading more.
+    seen: tokio::sync::Mutex<u64>,
     /// The count of changes, for those who wait for the next (the list watchers).
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -118,39 +121,94 @@ impl StatusLists {
         store: StatusStore,
         settings: StatusSettings,
     ) -> Result<StatusLists, StatusError> {
-        let stored = store.load().await?;
-        let mut lists = BTreeMap::new();
-        for record in stored.lists {
-            let statuses = StatusList::new(BITS, record.size)
-                .map_err(|e| StatusError::Damaged(format!("list {}: {e}", record.id)))?;
-            lists.insert(
-                record.id,
-                ListState {
-                    record,
-                    statuses,
-                    version: 0,
-                    served: None,
-                },
-            );
-        }
-        for (list, idx, value) in stored.statuses {
-            // Statuses of a list already dropped are left for the next purge.
-            if let Some(state) = lists.get_mut(&list) {
-                state
-                    .statuses
-                    .set(idx, Status::from_value(value))
-                    .map_err(|e| StatusError::Damaged(format!("list {list}: {e}")))?;
-            }
-        }
-        Ok(StatusLists {
+        let (stored, seen) = store.load().await?;
+        let lists = StatusLists {
             settings,
             store,
-            lists: RwLock::new(lists),
+            lists: RwLock::new(BTreeMap::new()),
             block: Mutex::new(None),
             reserving: tokio::sync::Mutex::new(()),
             changing: tokio::sync::Mutex::new(()),
+            seen: tokio::sync::Mutex::new(seen),
             changes: tokio::sync::watch::channel(0).0,
-        })
+        };
+        lists.apply(stored, true)?;
+        Ok(lists)
+    }
+
+    /// Takes in what the store holds: every list (a list it no longer holds was dropped,
+    /// when `whole`), and statuses (all of them, or those changed since the last read).
+    fn apply(&self, stored: StoredLists, whole: bool) -> Result<(), StatusError> {
+        let mut changed = false;
+        {
+            let mut lists = self.lists.write().map_err(|_| StatusError::Poisoned)?;
+            let held: std::collections::BTreeSet<u64> =
+                stored.lists.iter().map(|record| record.id).collect();
+            if whole {
+                let before = lists.len();
+                lists.retain(|id, _| held.contains(id));
+                changed |= lists.len() != before;
+            }
+            for record in stored.lists {
+                match lists.get_mut(&record.id) {
+                    Some(state) => state.record = record,
+                    None => {
+                        let statuses = StatusList::new(BITS, record.size).map_err(|e| {
+                            StatusError::Damaged(format!("list {}: {e}", record.id))
+                        })?;
+                        lists.insert(
+                            record.id,
+                            ListState {
+                                record,
+                                statuses,
+                                version: 0,
+                                served: None,
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+            }
+            for (list, idx, value) in stored.statuses {
+                // Statuses of a list already dropped are left for the next purge.
+                let Some(state) = lists.get_mut(&list) else {
+                    continue;
+                };
+                let status = Status::from_value(value);
+                if state.statuses.get(idx).ok() != Some(status) {
+                    state
+                        .statuses
+                        .set(idx, status)
+                        .map_err(|e| StatusError::Damaged(format!("list {list}: {e}")))?;
+                    state.version += 1;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.changes.send_modify(|count| *count += 1);
+        }
+        Ok(())
+    }
+
+    /// Reads in what other replicas changed (a shared store; nothing to do with sled).
+    pub(crate) async fn refresh(&self) -> Result<(), StatusError> {
+        let mut seen = self.seen.lock().await;
+        if let Some((stored, last)) = self.store.changes_since(*seen).await? {
+            self.apply(stored, true)?;
+            *seen = last;
+        }
+        Ok(())
+    }
+
+    /// Whether other replicas change these lists too.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
+    /// The notifications of other replicas' changes; `None` with sled.
+    pub(crate) fn notifications(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+        self.store.notifications()
     }
 
     /// Whether a token living `ttl` seconds gets a status.
@@ -250,7 +308,8 @@ impl StatusLists {
         }
     }
 
-    /// Sets the status at `target`. INVALID is final: nothing changes it afterwards.
+    /// Sets the status at `target`. INVALID is final: nothing changes it afterwards (the
+    /// store decides, so a replica whose copy is behind cannot undo another's revocation).
     pub(crate) async fn set(
         &self,
         target: &Target,
@@ -265,34 +324,15 @@ impl StatusLists {
             },
         };
         let _changing = self.changing.lock().await;
-        let previous = {
-            let lists = self.lists.read().map_err(|_| StatusError::Poisoned)?;
-            let state = lists.get(&list).ok_or(StatusError::UnknownList(list))?;
-            if idx >= state.record.allocated {
-                return Err(StatusError::NotHandedOut {
-                    list,
-                    idx,
-                    allocated: state.record.allocated,
-                });
-            }
-            state
-                .statuses
-                .get(idx)
-                .map_err(|e| StatusError::Damaged(e.to_string()))?
-        };
-        let changed = Changed {
-            list,
-            idx,
-            previous,
-            status,
-        };
-        if previous == status {
-            return Ok(changed);
+        if self.handed_out(list, idx).is_err() && self.is_shared() {
+            // Another replica may have made the list, or handed out more of it.
+            self.refresh().await?;
         }
-        if previous == Status::Invalid {
-            return Err(StatusError::Final { list, idx });
-        }
-        self.store.set_status(list, idx, status.value()).await?;
+        self.handed_out(list, idx)?;
+        let previous = match self.store.set_status(list, idx, status.value()).await? {
+            SetOutcome::Final => return Err(StatusError::Final { list, idx }),
+            SetOutcome::Set { previous } => Status::from_value(previous),
+        };
         {
             let mut lists = self.lists.write().map_err(|_| StatusError::Poisoned)?;
             let state = lists.get_mut(&list).ok_or(StatusError::UnknownList(list))?;
@@ -303,7 +343,26 @@ impl StatusLists {
             state.version += 1;
         }
         self.changes.send_modify(|count| *count += 1);
-        Ok(changed)
+        Ok(Changed {
+            list,
+            idx,
+            previous,
+            status,
+        })
+    }
+
+    /// Whether index `idx` of list `list` was handed out.
+    fn handed_out(&self, list: u64, idx: u64) -> Result<(), StatusError> {
+        let lists = self.lists.read().map_err(|_| StatusError::Poisoned)?;
+        let state = lists.get(&list).ok_or(StatusError::UnknownList(list))?;
+        if idx >= state.record.allocated {
+            return Err(StatusError::NotHandedOut {
+                list,
+                idx,
+                allocated: state.record.allocated,
+            });
+        }
+        Ok(())
     }
 
     /// VerifyToken's last step, for a token whose signature and claims held: what its
@@ -359,14 +418,7 @@ impl StatusLists {
     /// Drops the lists whose tokens have all expired, and the jti records of expired
     /// tokens; the list being filled stays.
     pub(crate) async fn purge(&self, now: u64) -> Result<Vec<u64>, StatusError> {
-        let keep = self
-            .block
-            .lock()
-            .map_err(|_| StatusError::Poisoned)?
-            .as_ref()
-            .map(|open| open.block.list);
-        let keep = keep.or_else(|| self.ids().last().copied());
-        let dropped = self.store.purge(now, keep).await?;
+        let dropped = self.store.purge(now).await?;
         if !dropped.is_empty() {
             let mut lists = self.lists.write().map_err(|_| StatusError::Poisoned)?;
             for id in &dropped {
@@ -381,10 +433,21 @@ impl StatusLists {
 
 impl crate::authority::Authority {
     /// What a verified token's status says: nothing to check without a `status` claim; a
-    /// refusal when it names a list this authority does not hold (or holds none).
-    pub(crate) fn check_status(&self, claims: &Map<String, Value>) -> Result<(), Rejection> {
+    /// refusal when it names a list this authority does not hold (or holds none). A list
+    /// another replica made moments ago is read in before the refusal.
+    pub(crate) async fn check_status(&self, claims: &Map<String, Value>) -> Result<(), Rejection> {
         match self.status_lists() {
-            Some(lists) => lists.check(claims),
+            Some(lists) => match lists.check(claims) {
+                Err(rejection)
+                    if rejection.reason == Reason::StatusUnavailable && lists.is_shared() =>
+                {
+                    if let Err(error) = lists.refresh().await {
+                        tracing::warn!(error = %crate::telemetry::chain(&error), "status lists could not be read in");
+                    }
+                    lists.check(claims)
+                }
+                verdict => verdict,
+            },
             None if claims.contains_key("status") => Err(Rejection {
                 reason: Reason::StatusUnavailable,
                 detail: "the token names a status list, and this authority keeps none".into(),

@@ -17,9 +17,19 @@ impl PgStore {
     /// notified generation (and a `0` after each reconnection, when some may have been
     /// missed) to `changes`, until the receiver is dropped. Reconnects with backoff.
     pub(crate) async fn listen(self: Arc<Self>, changes: mpsc::Sender<u64>) {
+        self.listen_on(CHANNEL, changes).await;
+    }
+
+    /// `listen` on `channel`: each notification's payload as a number (0 when it is not
+    /// one), and a `0` after each reconnection.
+    pub(crate) async fn listen_on(
+        self: Arc<Self>,
+        channel: &'static str,
+        changes: mpsc::Sender<u64>,
+    ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match self.listen_once(&changes).await {
+            match self.listen_once(channel, &changes).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(error = %chain(&error), "keystore notifications lost; reconnecting");
@@ -33,7 +43,11 @@ impl PgStore {
     }
 
     /// One LISTEN connection, until it fails (`Err`) or nobody listens any more (`Ok`).
-    async fn listen_once(&self, changes: &mpsc::Sender<u64>) -> Result<(), StoreError> {
+    async fn listen_once(
+        &self,
+        channel: &str,
+        changes: &mpsc::Sender<u64>,
+    ) -> Result<(), StoreError> {
         let (client, mut connection) = self
             .config
             .connect(self.tls.clone())
@@ -60,7 +74,7 @@ impl PgStore {
         });
         let result = async {
             client
-                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .batch_execute(&format!("LISTEN {channel}"))
                 .await
                 .map_err(|e| self.unavailable(e))?;
             // Listening from here on: whatever changed while not listening is re-read.

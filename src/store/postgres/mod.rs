@@ -33,6 +33,7 @@ mod read;
 mod record;
 mod replicas;
 mod schema;
+pub(crate) mod status;
 
 use self::connect::{client_config, tls_config};
 pub use self::errors::DbFailure;
@@ -50,6 +51,10 @@ pub const CHANGE_LOCK: i64 = 0x7461_6b65_7973_0001;
 
 /// The channel every commit notifies, with the new generation as payload.
 pub(crate) const CHANNEL: &str = "ta_keys";
+/// The channel every status list change notifies (a new block, a status set, a purge).
+pub(crate) const STATUS_CHANNEL: &str = "ta_status";
+/// Serialises status list changes: block reservations and status writes.
+pub(crate) const STATUS_LOCK: i64 = 0x7461_7374_6174_0001;
 
 /// How long a change waits for another replica's change before giving up: the bound on an
 /// emergency RevokeKey's wait. Above the session's idle-in-transaction timeout

@@ -52,6 +52,38 @@ const MIGRATIONS: &[&str] = &[
         seen_at timestamptz NOT NULL
     );
 ",
+    // Status lists (`status`): the lists and the one being filled, the statuses other than
+    // VALID (each change numbered from a sequence, drawn under the status lock, so replicas
+    // follow them in order), and each token's list and index by jti.
+    "
+    CREATE TABLE ta_status_lists (
+        id bigint PRIMARY KEY,
+        size bigint NOT NULL,
+        allocated bigint NOT NULL,
+        valid_until bigint NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE TABLE ta_status_cursor (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        list_id bigint NOT NULL
+    );
+    CREATE SEQUENCE ta_status_seq;
+    CREATE TABLE ta_token_status (
+        list_id bigint NOT NULL,
+        idx bigint NOT NULL,
+        status smallint NOT NULL,
+        seq bigint NOT NULL,
+        PRIMARY KEY (list_id, idx)
+    );
+    CREATE INDEX ta_token_status_seq ON ta_token_status (seq);
+    CREATE TABLE ta_status_jti (
+        jti text PRIMARY KEY,
+        list_id bigint NOT NULL,
+        idx bigint NOT NULL,
+        exp bigint NOT NULL
+    );
+    CREATE INDEX ta_status_jti_exp ON ta_status_jti (exp);
+",
 ];
 
 impl PgStore {

@@ -7,7 +7,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::SledStore;
 use crate::store::{
-    status::{Block, JtiRecord, ListRecord, Reservation, StoredLists},
+    status::{Block, Exported, JtiRecord, ListRecord, Reservation, SetOutcome, StoredLists},
     StoreError,
 };
 
@@ -134,20 +134,56 @@ impl SledStore {
         Ok(reserved)
     }
 
+    /// Sets one status, flushed; INVALID is final.
     pub(crate) fn set_token_status(
         &self,
         list: u64,
         idx: u64,
         value: u8,
-    ) -> Result<(), StoreError> {
+    ) -> Result<SetOutcome, StoreError> {
         let tree = self.status_tree()?;
         let key = status_key(list, idx);
+        let previous = match tree.get(key).map_err(write_error)? {
+            Some(bytes) => *bytes.first().ok_or_else(|| damaged("status value"))?,
+            None => 0,
+        };
+        if previous == value {
+            return Ok(SetOutcome::Set { previous });
+        }
+        if previous == 1 {
+            return Ok(SetOutcome::Final);
+        }
         if value == 0 {
             tree.remove(key).map_err(write_error)?;
         } else {
             tree.insert(key, &[value]).map_err(write_error)?;
         }
-        tree.flush().map(|_| ()).map_err(write_error)
+        tree.flush().map_err(write_error)?;
+        Ok(SetOutcome::Set { previous })
+    }
+
+    /// Everything, for `keys migrate`: the lists, the one being filled, the statuses and
+    /// the jti records.
+    pub(crate) fn export_status_lists(&self) -> Result<Exported, StoreError> {
+        let tree = self.status_tree()?;
+        let StoredLists { lists, statuses } = self.load_status_lists()?;
+        let cursor = match tree.get(CURSOR).map_err(write_error)? {
+            Some(bytes) => Some(be_u64(&bytes).ok_or_else(|| damaged("cursor"))?),
+            None => None,
+        };
+        let mut jtis = Vec::new();
+        for entry in tree.scan_prefix([JTI]) {
+            let (key, value) = entry.map_err(write_error)?;
+            let jti = String::from_utf8_lossy(&key[1..]).into_owned();
+            let record = serde_json::from_slice(&value).map_err(|_| damaged("jti record"))?;
+            jtis.push((jti, record));
+        }
+        Ok(Exported {
+            lists,
+            cursor,
+            statuses,
+            jtis,
+        })
     }
 
     pub(crate) fn remember_jti(&self, jti: &str, record: JtiRecord) -> Result<(), StoreError> {
@@ -167,14 +203,14 @@ impl SledStore {
         }
     }
 
-    /// Drops every list (but `keep`) past its `valid_until`, with its statuses, and every
-    /// jti record past its token's `exp`.
-    pub(crate) fn purge_status_lists(
-        &self,
-        now: u64,
-        keep: Option<u64>,
-    ) -> Result<Vec<u64>, StoreError> {
+    /// Drops every list (but the one being filled) past its `valid_until`, with its
+    /// statuses, and every jti record past its token's `exp`.
+    pub(crate) fn purge_status_lists(&self, now: u64) -> Result<Vec<u64>, StoreError> {
         let tree = self.status_tree()?;
+        let keep = match tree.get(CURSOR).map_err(write_error)? {
+            Some(bytes) => Some(be_u64(&bytes).ok_or_else(|| damaged("cursor"))?),
+            None => None,
+        };
         let mut dropped = Vec::new();
         for entry in tree.scan_prefix([LIST]) {
             let (key, value) = entry.map_err(write_error)?;
@@ -235,9 +271,12 @@ mod tests {
             assert_eq!((b.list, b.start, b.end), (1, 4, 6));
             assert_eq!((c.list, c.start, c.end), (2, 0, 4));
             assert_eq!(record.valid_until, 150);
-            store.set_token_status(1, 5, 1).unwrap();
-            store.set_token_status(2, 0, 2).unwrap();
-            store.set_token_status(2, 0, 0).unwrap();
+            let set = |list, idx, value| store.set_token_status(list, idx, value).unwrap();
+            assert_eq!(set(1, 5, 1), SetOutcome::Set { previous: 0 });
+            assert_eq!(set(1, 5, 0), SetOutcome::Final);
+            assert_eq!(set(1, 5, 1), SetOutcome::Set { previous: 1 });
+            assert_eq!(set(2, 0, 2), SetOutcome::Set { previous: 0 });
+            assert_eq!(set(2, 0, 0), SetOutcome::Set { previous: 2 });
             store
                 .remember_jti(
                     "x",
@@ -266,9 +305,9 @@ mod tests {
             })
         );
         // At 180 list 2 is past its time but kept (it is being filled); the jti is gone.
-        assert!(store.purge_status_lists(180, Some(2)).unwrap().is_empty());
+        assert!(store.purge_status_lists(180).unwrap().is_empty());
         assert_eq!(store.lookup_jti("x").unwrap(), None);
-        assert_eq!(store.purge_status_lists(201, Some(2)).unwrap(), [1]);
+        assert_eq!(store.purge_status_lists(201).unwrap(), [1]);
         assert!(store.load_status_lists().unwrap().statuses.is_empty());
     }
 }

@@ -137,13 +137,16 @@ impl TokenAuthority for GrpcService {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
             let verdict = match pb::TokenType::try_from(request.expected_type) {
-                Ok(pb::TokenType::Access) => self
-                    .authority
-                    .verify(&request.token, audience, self.now())
-                    .and_then(|verified| {
-                        self.authority.check_status(&verified.claims)?;
-                        Ok(verified)
-                    }),
+                Ok(pb::TokenType::Access) => {
+                    match self.authority.verify(&request.token, audience, self.now()) {
+                        Ok(verified) => self
+                            .authority
+                            .check_status(&verified.claims)
+                            .await
+                            .map(|()| verified),
+                        rejected => rejected,
+                    }
+                }
                 Ok(pb::TokenType::Txn) => {
                     let trust_domain = self.trust_domain()?;
                     if audience.is_some_and(|audience| audience != trust_domain) {

@@ -6,6 +6,7 @@ mod audit;
 mod lists_http;
 mod policy;
 mod readme;
+mod replicas;
 mod restart;
 mod set_status;
 mod vectors;
