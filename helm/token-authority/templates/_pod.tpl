@@ -109,6 +109,13 @@ spec:
           value: {{ .Values.config.publishLead | quote }}
         - name: TA_ROTATION_PERIOD
           value: {{ .Values.config.rotationPeriod | quote }}
+        {{- /* A bare `off` in a values file is YAML's false: the same as "off". */}}
+        - name: TA_STATUS_MIN_TTL
+          value: {{ ternary "off" .Values.status.minTtl (eq (toString .Values.status.minTtl) "false") | quote }}
+        - name: TA_STATUS_LIST_SIZE
+          value: {{ .Values.status.listSize | int | toString | quote }}
+        - name: TA_STATUS_LIST_TTL
+          value: {{ .Values.status.listTtl | quote }}
         - name: TA_SHUTDOWN_GRACE
           value: {{ .Values.config.shutdownGrace | quote }}
         {{- if $tls }}
