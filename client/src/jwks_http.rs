@@ -52,6 +52,74 @@ impl JwksFetcher {
         })
     }
 
+    /// A status list over HTTP: its URI's path on the JWKS URL's origin (the issuer's name
+    /// may not resolve where the verifier runs; the JWKS URL reaches a replica), fetched
+    /// conditionally. `None` when it did not change.
+    pub(crate) async fn fetch_list(
+        &self,
+        uri: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(String, Option<String>)>, ClientError> {
+        let path = uri
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.path_and_query().map(|p| p.as_str().to_owned()))
+            .ok_or_else(|| ClientError::Jwks(format!("{uri:?} is not a URL")))?;
+        let url = self.on_origin(&path)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(token_authority_jose::status_list::MEDIA_TYPE),
+        );
+        if let Some(etag) = etag.and_then(|etag| HeaderValue::try_from(etag).ok()) {
+            headers.insert(header::IF_NONE_MATCH, etag);
+        }
+        match self.client.get(&url, headers).await {
+            Ok(shared::Fetched::NotModified { .. }) => Ok(None),
+            Ok(shared::Fetched::Document { body, etag, .. }) => {
+                let token = String::from_utf8(body.to_vec())
+                    .map_err(|_| ClientError::Jwks(format!("{url}: not text")))?;
+                Ok(Some((token, etag)))
+            }
+            Err(e) => Err(ClientError::Jwks(format!("{url}: {e}"))),
+        }
+    }
+
+    /// `path` on the JWKS URL's origin.
+    fn on_origin(&self, path: &str) -> Result<String, ClientError> {
+        let base = self
+            .url
+            .parse::<http::Uri>()
+            .map_err(|_| ClientError::Jwks(format!("{:?} is not a URL", self.url)))?;
+        Ok(format!(
+            "{}://{}{path}",
+            base.scheme_str().unwrap_or("https"),
+            base.authority().map_or("", |a| a.as_str())
+        ))
+    }
+
+    /// The Status List Aggregation (`/statuslists` on the JWKS URL's origin): the URI of
+    /// every list the authority serves; empty when it keeps none.
+    pub(crate) async fn fetch_aggregation(&self) -> Result<Vec<String>, ClientError> {
+        let url = self.on_origin("/statuslists")?;
+        match self.client.get(&url, HeaderMap::new()).await {
+            Ok(shared::Fetched::Document { body, .. }) => {
+                let document: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| ClientError::Jwks(format!("{url}: {e}")))?;
+                let uris = document["status_lists"]
+                    .as_array()
+                    .ok_or_else(|| ClientError::Jwks(format!("{url}: no status_lists array")))?;
+                Ok(uris
+                    .iter()
+                    .filter_map(|uri| uri.as_str().map(str::to_owned))
+                    .collect())
+            }
+            Ok(shared::Fetched::NotModified { .. }) => Ok(Vec::new()),
+            Err(shared::FetchError::Status(http::StatusCode::NOT_FOUND)) => Ok(Vec::new()),
+            Err(e) => Err(ClientError::Jwks(format!("{url}: {e}"))),
+        }
+    }
+
     /// One conditional GET; returns what changed and the `max-age` the answer allows.
     pub(crate) async fn fetch(&mut self) -> Result<(Fetched, Option<Duration>), ClientError> {
         let mut headers = HeaderMap::new();

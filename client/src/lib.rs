@@ -19,6 +19,8 @@
 //! # Layout
 //! - `jwks_http`: the HTTP JWKS the verifier falls back on while WatchKeys is unavailable.
 //! - `keys`: the client's copy of the public key set, as the verifier looks keys up.
+//! - `status`: the client's copies of the status lists, as the verifier checks a token's
+//!   status.
 //! - `verifier`, `token_source`, `interceptor`, `layer`: the things above; `bearer`: the
 //!   check of an `authorization` header that `interceptor` and `layer` share.
 //!   `verifier::watch` is the verifier's background task: the stream over the replicas, and
@@ -40,6 +42,7 @@ mod jwks_http;
 pub mod keys;
 pub mod layer;
 pub mod pb;
+pub mod status;
 pub mod token_source;
 pub mod txn;
 pub mod verifier;

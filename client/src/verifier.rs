@@ -26,8 +26,11 @@ use token_authority_jose::{
 use tonic::transport::Channel;
 
 use crate::{
-    error::ClientError, jwks_http::JwksFetcher, keys::KeySet,
+    error::ClientError,
+    jwks_http::JwksFetcher,
+    keys::KeySet,
     pb::token_authority_client::TokenAuthorityClient,
+    status::{HeldLists, NO_COPY},
 };
 
 mod watch;
@@ -99,6 +102,8 @@ pub struct Verifier {
 #[derive(Debug)]
 struct Inner {
     keys: Arc<ArcSwap<KeySet>>,
+    /// The status lists WatchKeys pushed, verified.
+    lists: Arc<ArcSwap<HeldLists>>,
     policy: Policy,
     audience: Option<String>,
     clock: Clock,
@@ -107,6 +112,8 @@ struct Inner {
     /// Wakes the background task to fetch the HTTP JWKS (an unknown kid while the stream
     /// is down).
     refetch: Arc<tokio::sync::Notify>,
+    /// Lists tokens named that no copy is held of, for the background task to fetch.
+    wanted: Arc<std::sync::Mutex<Vec<String>>>,
     /// When an unknown kid last asked for a fetch. Taken only on that failure path.
     last_refetch: std::sync::Mutex<Option<std::time::Instant>>,
     cooldown: Duration,
@@ -148,6 +155,12 @@ impl Verifier {
             return Err(ClientError::NoReplica);
         }
         let keys = Arc::new(ArcSwap::from_pointee(KeySet::default()));
+        let lists = Arc::new(ArcSwap::from_pointee(HeldLists::default()));
+        let policy = Policy {
+            issuer: settings.issuer,
+            leeway: settings.leeway,
+            max_token_bytes: settings.max_token_bytes,
+        };
         let (first_tx, mut first_rx) = tokio::sync::watch::channel(false);
         let fetcher = settings
             .jwks_url
@@ -155,30 +168,34 @@ impl Verifier {
             .map(|url| JwksFetcher::new(url, settings.jwks_tls.clone()))
             .transpose()?;
         let refetch = Arc::new(tokio::sync::Notify::new());
+        let wanted = Arc::new(std::sync::Mutex::new(Vec::new()));
         let task = tokio::spawn(
             watch::Watch {
                 replicas,
                 open_timeout: settings.watch_open_timeout,
                 poll_interval: settings.jwks_poll_interval,
                 keys: Arc::clone(&keys),
+                lists: Arc::clone(&lists),
+                policy: policy.clone(),
+                clock: settings.clock,
                 first: first_tx,
                 fetcher,
                 refetch: Arc::clone(&refetch),
+                wanted: Arc::clone(&wanted),
+                http_keys: false,
             }
             .run(),
         );
         let verifier = Verifier {
             inner: Arc::new(Inner {
                 keys,
-                policy: Policy {
-                    issuer: settings.issuer,
-                    leeway: settings.leeway,
-                    max_token_bytes: settings.max_token_bytes,
-                },
+                lists,
+                policy,
                 audience: settings.audience,
                 clock: settings.clock,
                 watcher: Some(task.abort_handle()),
                 refetch,
+                wanted,
                 last_refetch: std::sync::Mutex::new(None),
                 cooldown: settings.unknown_kid_cooldown,
             }),
@@ -200,6 +217,7 @@ impl Verifier {
         Verifier {
             inner: Arc::new(Inner {
                 keys: Arc::new(ArcSwap::from_pointee(keys)),
+                lists: Arc::new(ArcSwap::from_pointee(HeldLists::default())),
                 policy: Policy {
                     issuer: settings.issuer,
                     leeway: settings.leeway,
@@ -209,6 +227,7 @@ impl Verifier {
                 clock: settings.clock,
                 watcher: None,
                 refetch: Arc::new(tokio::sync::Notify::new()),
+                wanted: Arc::new(std::sync::Mutex::new(Vec::new())),
                 last_refetch: std::sync::Mutex::new(None),
                 cooldown: settings.unknown_kid_cooldown,
             }),
@@ -265,7 +284,24 @@ impl Verifier {
         if matches!(&verdict, Err(rejection) if rejection.reason == Reason::UnknownKey) {
             self.unknown_kid();
         }
-        verdict
+        let verified = verdict?;
+        // The token's status last, as VerifyToken checks it: from the lists held.
+        let checked =
+            self.inner
+                .lists
+                .load()
+                .check(&verified.claims, self.inner.policy.leeway, now);
+        if let Err(rejection) = &checked {
+            if let Some(uri) = rejection.detail.strip_prefix(NO_COPY) {
+                self.unknown_list(uri);
+            }
+        }
+        checked.map(|()| verified)
+    }
+
+    /// How many status lists the verifier holds a verified copy of.
+    pub fn status_lists_held(&self) -> usize {
+        self.inner.lists.load().len()
     }
 
     /// The clock `verify` reads.
@@ -287,6 +323,23 @@ impl Verifier {
         }
         *last = Some(now);
         self.inner.refetch.notify_one();
+    }
+
+    /// Asks for a list no copy is held of (fetched over HTTP while no stream is up), within
+    /// the same cooldown as unknown kids.
+    fn unknown_list(&self, uri: &str) {
+        {
+            let mut wanted = self
+                .inner
+                .wanted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if wanted.iter().any(|held| held == uri) || wanted.len() >= 64 {
+                return;
+            }
+            wanted.push(uri.to_owned());
+        }
+        self.unknown_kid();
     }
 
     /// The key set in use now.

@@ -10,7 +10,10 @@ use std::io::{Read, Write};
 
 use serde_json::{Map, Value};
 
-use crate::b64;
+use crate::{
+    b64,
+    jwt::verify::{Reason, Rejection},
+};
 
 /// The media type of a Status List Token in JWT form.
 pub const MEDIA_TYPE: &str = "application/statuslist+jwt";
@@ -215,6 +218,33 @@ impl StatusList {
             .and_then(Value::as_str)
             .ok_or(StatusListError::Claim("status_list.lst is not a string"))?;
         StatusList::decode(bits, lst, max_inflated)
+    }
+}
+
+/// What a referenced token's status means to a verifier, the server's and the client's
+/// alike: VALID passes; INVALID is `RevokedToken`, SUSPENDED `SuspendedToken`; anything
+/// else, or an index out of the list, `StatusUnavailable`. `list` names the list in the
+/// detail.
+pub fn judge(list: &StatusList, idx: u64, named: &str) -> Result<(), Rejection> {
+    let refuse = |reason, detail: String| Err(Rejection { reason, detail });
+    match list.get(idx) {
+        Ok(Status::Valid) => Ok(()),
+        Ok(Status::Invalid) => refuse(
+            Reason::RevokedToken,
+            format!("the token was revoked (status list {named}, index {idx})"),
+        ),
+        Ok(Status::Suspended) => refuse(
+            Reason::SuspendedToken,
+            format!("the token is suspended (status list {named}, index {idx})"),
+        ),
+        Ok(Status::Other(value)) => refuse(
+            Reason::StatusUnavailable,
+            format!("status list {named} holds an unknown status {value} at index {idx}"),
+        ),
+        Err(e) => refuse(
+            Reason::StatusUnavailable,
+            format!("status list {named}: {e}"),
+        ),
     }
 }
 

@@ -322,6 +322,7 @@ pub(super) async fn open_status_lists(
             max_ttl: settings.max_ttl,
             leeway: settings.leeway,
         },
+        authority.clock().unix_now(),
     )
     .await
     .map_err(|e| ServerError::StatusLists(chain(&e).to_string()))?;

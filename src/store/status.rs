@@ -141,11 +141,12 @@ impl StatusStore {
         }
     }
 
-    /// Reserves a block durably (committed before this returns).
+    /// Reserves a block durably (committed before this returns); returns the block, its
+    /// list's record and that of the list after it (made ahead, empty).
     pub(crate) async fn reserve(
         &self,
         reservation: Reservation,
-    ) -> Result<(ListRecord, Block), StoreError> {
+    ) -> Result<(Vec<ListRecord>, Block), StoreError> {
         match self {
             StatusStore::Sled(store) => {
                 let store = Arc::clone(store);

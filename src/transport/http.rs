@@ -45,6 +45,10 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route(token::PATH, post(token::token))
         .route(status_lists::ROUTE, get(status_lists::status_list))
+        .route(
+            status_lists::AGGREGATION_ROUTE,
+            get(status_lists::aggregation),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn(refuse_bodies))
         .with_state(state)
@@ -127,14 +131,22 @@ pub(super) fn header_value(text: &str) -> HeaderValue {
 async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
     let settings = state.authority.settings();
     let algorithms: Vec<&str> = settings.algorithms.iter().map(|alg| alg.name()).collect();
-    Json(serde_json::json!({
+    let mut document = serde_json::json!({
         "issuer": settings.issuer,
         "jwks_uri": format!("{}/.well-known/jwks.json", settings.issuer),
         "id_token_signing_alg_values_supported": algorithms,
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
         "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"],
-    }))
+    });
+    // draft-ietf-oauth-status-list: where a verifier finds every list.
+    if let Some(lists) = state.authority.status_lists() {
+        document["status_list_aggregation_endpoint"] = lists.aggregation_uri().into();
+        if let Some(claims) = document["claims_supported"].as_array_mut() {
+            claims.push("status".into());
+        }
+    }
+    Json(document)
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

@@ -14,6 +14,35 @@ use crate::{authority::status::StatusError, telemetry::chain};
 
 /// The route, with the list's id as its last segment.
 pub(crate) const ROUTE: &str = "/statuslists/{id}";
+/// The Status List Aggregation: every list's URI.
+pub(crate) const AGGREGATION_ROUTE: &str = "/statuslists";
+
+/// `GET /statuslists`: the Status List Aggregation (`{"status_lists": [URI, ...]}`), so a
+/// verifier can fetch every list before a token names one.
+pub(crate) async fn aggregation(State(state): State<HttpState>) -> Response {
+    let Some(lists) = state.authority.status_lists() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this authority keeps no status lists\n",
+        )
+            .into_response();
+    };
+    let uris: Vec<String> = lists.ids().into_iter().map(|id| lists.uri(id)).collect();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                header_value(&format!("public, max-age={}", lists.list_ttl())),
+            ),
+        ],
+        serde_json::json!({ "status_lists": uris }).to_string(),
+    )
+        .into_response()
+}
 
 pub(crate) async fn status_list(
     State(state): State<HttpState>,

@@ -20,6 +20,7 @@ use crate::helpers::{admin, config, endpoint, metric, DataDir, TestServer};
 mod clock_skew;
 mod jwks_polling;
 mod replica_failover;
+mod status_lists;
 mod tokens;
 mod txn_chain;
 mod watch_open;

@@ -592,7 +592,7 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
             .unwrap()
     };
     assert!(
-        copied.starts_with("copied 5 keys and 1 status lists (1 statuses set) into"),
+        copied.starts_with("copied 5 keys and 2 status lists (1 statuses set) into"),
         "{copied}"
     );
 

@@ -29,7 +29,7 @@ async fn next_set(stream: &mut Streaming<pb::WatchKeysResponse>) -> pb::WatchedK
             .expect("the stream ended");
         match message.event.expect("an event") {
             Event::KeySet(set) => return set,
-            Event::Keepalive(_) => continue,
+            Event::Keepalive(_) | Event::StatusLists(_) => continue,
         }
     }
 }

@@ -16,10 +16,13 @@ use token_authority_jose::backoff::{jitter, Backoff};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use token_authority_jose::{clock::Clock, jwt::verify::Policy};
+
 use crate::{
     jwks_http::{Fetched, JwksFetcher},
     keys::KeySet,
     pb::{self, token_authority_client::TokenAuthorityClient, watch_keys_response::Event},
+    status::HeldLists,
 };
 
 /// The first delay before reconnecting a broken stream, and the cap it doubles up to.
@@ -33,11 +36,20 @@ pub(super) struct Watch {
     pub(super) open_timeout: Duration,
     pub(super) poll_interval: Duration,
     pub(super) keys: Arc<ArcSwap<KeySet>>,
+    /// The status lists pushed after the key set, verified against it.
+    pub(super) lists: Arc<ArcSwap<HeldLists>>,
+    /// What a list token must satisfy (the issuer, the leeway), and the time.
+    pub(super) policy: Policy,
+    pub(super) clock: Clock,
     /// Turns true at the first key set.
     pub(super) first: tokio::sync::watch::Sender<bool>,
     pub(super) fetcher: Option<JwksFetcher>,
-    /// An unknown kid asks for a fetch at once.
+    /// An unknown kid (or a list not held) asks for a fetch at once.
     pub(super) refetch: Arc<tokio::sync::Notify>,
+    /// Lists tokens named that no copy is held of: fetched over HTTP with the JWKS.
+    pub(super) wanted: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Whether a key set came over HTTP: the verifier is ready once the lists are fetched.
+    pub(super) http_keys: bool,
 }
 
 impl Watch {
@@ -58,6 +70,7 @@ impl Watch {
                 if let Some(at) = self.fetch_jwks().await {
                     next_fetch = at;
                 }
+                self.fetch_lists().await;
             }
             let pause = tokio::time::sleep(backoff.delay());
             tokio::pin!(pause);
@@ -70,6 +83,7 @@ impl Watch {
                 if let Some(at) = self.fetch_jwks().await {
                     next_fetch = at;
                 }
+                self.fetch_lists().await;
             }
             if replica == 0 {
                 backoff.double();
@@ -117,8 +131,17 @@ impl Watch {
                     return received;
                 }
             };
-            let Some(Event::KeySet(watched)) = message.event else {
-                continue;
+            let watched = match message.event {
+                Some(Event::KeySet(watched)) => watched,
+                Some(Event::StatusLists(lists)) => {
+                    self.take_lists(&lists);
+                    // Ready once the lists announced with the first key set are held too.
+                    if received {
+                        self.first.send_replace(true);
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             if let Some(interval) = &watched.keepalive_interval {
                 let interval = Duration::new(
@@ -130,12 +153,85 @@ impl Watch {
             match KeySet::from_watched(&watched) {
                 Ok(set) => {
                     self.keys.store(Arc::new(set));
-                    self.first.send_replace(true);
+                    // A key set that announces status lists is ready with them.
+                    if !watched.status_lists {
+                        self.first.send_replace(true);
+                    }
                     received = true;
                 }
                 // Keep the last good set; a bad one must not empty the verifier.
                 Err(error) => tracing::error!(%error, "key set refused"),
             }
+        }
+    }
+
+    /// Keeps the pushed status lists that verify against the key set held.
+    fn take_lists(&self, watched: &pb::WatchedStatusLists) {
+        let keys = self.keys.load();
+        let (held, refused) =
+            self.lists
+                .load()
+                .apply(watched, &**keys, &self.policy, self.clock.unix_now());
+        for refusal in refused {
+            // The copy held before (if any) stays in use until it expires.
+            tracing::error!(%refusal, "status list refused");
+        }
+        self.lists.store(Arc::new(held));
+    }
+
+    /// While no stream is up: every list held, and every list a token named that none is
+    /// held of, fetched over HTTP (conditionally) and kept once it verifies.
+    async fn fetch_lists(&mut self) {
+        let Some(fetcher) = self.fetcher.as_ref() else {
+            return;
+        };
+        let mut uris = self.lists.load().held();
+        match fetcher.fetch_aggregation().await {
+            Ok(served) => {
+                for uri in served {
+                    if !uris.iter().any(|(held, _)| *held == uri) {
+                        uris.push((uri, None));
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "status list aggregation fetch failed"),
+        }
+        let wanted = std::mem::take(
+            &mut *self
+                .wanted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for uri in wanted {
+            if !uris.iter().any(|(held, _)| *held == uri) {
+                uris.push((uri, None));
+            }
+        }
+        for (uri, etag) in uris {
+            let fetched = fetcher.fetch_list(&uri, etag.as_deref()).await;
+            match fetched {
+                Ok(Some((token, etag))) => {
+                    let keys = self.keys.load();
+                    let now = self.clock.unix_now();
+                    match self.lists.load().with_fetched(
+                        &uri,
+                        &token,
+                        etag,
+                        &**keys,
+                        &self.policy,
+                        now,
+                    ) {
+                        Ok(held) => self.lists.store(Arc::new(held)),
+                        Err(refusal) => tracing::error!(%refusal, "status list refused"),
+                    }
+                }
+                Ok(None) => {}
+                // The copy held (if any) stays in use until it expires.
+                Err(error) => tracing::warn!(%error, "status list fetch failed"),
+            }
+        }
+        if self.http_keys {
+            self.first.send_replace(true);
         }
     }
 
@@ -149,7 +245,8 @@ impl Watch {
             Ok((Fetched::Changed(set), max_age)) => {
                 let set = set.keep_revoked(&self.keys.load());
                 self.keys.store(Arc::new(set));
-                self.first.send_replace(true);
+                // Ready once the lists are fetched too (`fetch_lists`, next).
+                self.http_keys = true;
                 max_age
             }
             Ok((Fetched::NotModified, max_age)) => max_age,

@@ -19,7 +19,7 @@ use std::{
 use serde_json::{Map, Value};
 use token_authority_jose::{
     jwt::verify::{Reason, Rejection},
-    status_list::{Status, StatusList, StatusReference},
+    status_list::{judge, Status, StatusList, StatusReference},
 };
 
 use crate::store::{
@@ -100,6 +100,9 @@ pub(crate) struct StatusLists {
     reserving: tokio::sync::Mutex<()>,
     /// Serialises status changes, so a check and its write are one step.
     changing: tokio::sync::Mutex<()>,
+    /// One rendering at a time: watchers and fetches that find a rendering stale together
+    /// wait for one signature rather than each making their own.
+    rendering: tokio::sync::Mutex<()>,
     /// The number of the last change of a shared store read in (0 with sled), held while
     /// reading more.
     seen: tokio::sync::Mutex<u64>,
@@ -120,6 +123,7 @@ impl StatusLists {
     pub(crate) async fn open(
         store: StatusStore,
         settings: StatusSettings,
+        now: u64,
     ) -> Result<StatusLists, StatusError> {
         let (stored, seen) = store.load().await?;
         let lists = StatusLists {
@@ -129,10 +133,12 @@ impl StatusLists {
             block: Mutex::new(None),
             reserving: tokio::sync::Mutex::new(()),
             changing: tokio::sync::Mutex::new(()),
+            rendering: tokio::sync::Mutex::new(()),
             seen: tokio::sync::Mutex::new(seen),
             changes: tokio::sync::watch::channel(0).0,
         };
         lists.apply(stored, true)?;
+        lists.prepare(now).await?;
         Ok(lists)
     }
 
@@ -220,6 +226,11 @@ impl StatusLists {
         format!("{}{list}", self.settings.uri_prefix)
     }
 
+    /// The Status List Aggregation's URI: the lists' prefix without its last slash.
+    pub(crate) fn aggregation_uri(&self) -> String {
+        self.settings.uri_prefix.trim_end_matches('/').to_owned()
+    }
+
     /// The next index, from the open block or a newly reserved one.
     pub(crate) async fn allocate(&self, now: u64) -> Result<StatusReference, StatusError> {
         if let Some(taken) = self.take(now) {
@@ -230,7 +241,7 @@ impl StatusLists {
             return Ok(taken);
         }
         let count = BLOCK.min(self.settings.list_size);
-        let (record, block) = self
+        let (records, block) = self
             .store
             .reserve(Reservation {
                 count,
@@ -239,13 +250,36 @@ impl StatusLists {
                 now,
             })
             .await?;
-        self.install(record)?;
+        for record in records {
+            self.install(record)?;
+        }
         *self.block.lock().map_err(|_| StatusError::Poisoned)? = Some(OpenBlock {
             block,
             next: block.start,
             opened_at: now,
         });
         self.take(now).ok_or(StatusError::Exhausted)
+    }
+
+    /// Makes the first list (and the one after it) when there is none, so the lists a
+    /// token will name exist, and reach watchers, before any token is issued.
+    async fn prepare(&self, now: u64) -> Result<(), StatusError> {
+        if !self.ids().is_empty() {
+            return Ok(());
+        }
+        let (records, _) = self
+            .store
+            .reserve(Reservation {
+                count: 0,
+                size: self.settings.list_size,
+                valid_until: 0,
+                now,
+            })
+            .await?;
+        for record in records {
+            self.install(record)?;
+        }
+        Ok(())
     }
 
     fn take(&self, now: u64) -> Option<StatusReference> {
@@ -390,21 +424,17 @@ impl StatusLists {
         let state = lists
             .get(&list)
             .ok_or_else(|| unavailable(format!("status list {list} does not exist")))?;
-        match state.statuses.get(idx) {
-            Ok(Status::Valid) => Ok(()),
-            Ok(Status::Invalid) => Err(Rejection {
-                reason: Reason::RevokedToken,
-                detail: format!("the token was revoked (status list {list}, index {idx})"),
-            }),
-            Ok(Status::Suspended) => Err(Rejection {
-                reason: Reason::SuspendedToken,
-                detail: format!("the token is suspended (status list {list}, index {idx})"),
-            }),
-            Ok(Status::Other(value)) => Err(unavailable(format!(
-                "status list {list} holds an unknown status {value} at index {idx}"
-            ))),
-            Err(e) => Err(unavailable(format!("status list {list}: {e}"))),
-        }
+        judge(&state.statuses, idx, &list.to_string())
+    }
+
+    /// A receiver that sees a new value at every change of any list.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// How long verifiers may cache a list (seconds).
+    pub(crate) fn list_ttl(&self) -> u64 {
+        self.settings.list_ttl
     }
 
     /// The ids of the lists held, oldest first.

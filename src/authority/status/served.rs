@@ -60,7 +60,9 @@ impl StatusLists {
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + ttl * EXP_IN_TTLS).into());
         claims.insert("ttl".into(), ttl.into());
-        claims.insert("status_list".into(), state.statuses.to_claim());
+        let mut list = state.statuses.to_claim();
+        list["aggregation_uri"] = self.aggregation_uri().into();
+        claims.insert("status_list".into(), list);
         Ok((claims, state.version))
     }
 
@@ -83,6 +85,10 @@ impl Authority {
         now: u64,
     ) -> Result<Arc<ServedList>, StatusError> {
         let lists = self.status_lists().ok_or(StatusError::Off)?;
+        if let (Some(served), _) = lists.cached(id, now)? {
+            return Ok(served);
+        }
+        let _rendering = lists.rendering.lock().await;
         if let (Some(served), _) = lists.cached(id, now)? {
             return Ok(served);
         }

@@ -114,7 +114,7 @@ impl PgStore {
     pub(crate) async fn reserve_status_block(
         &self,
         reservation: Reservation,
-    ) -> Result<(ListRecord, Block), StoreError> {
+    ) -> Result<(Vec<ListRecord>, Block), StoreError> {
         let mut client = self.client().await?;
         let tx = self.locked(&mut client).await?;
         let current: Option<i64> = tx
@@ -130,15 +130,21 @@ impl PgStore {
                 .map(|row| list_record(&row)),
             None => None,
         };
+        let fresh = |id: u64| ListRecord {
+            id,
+            size: reservation.size,
+            allocated: 0,
+            valid_until: 0,
+            created_at: reservation.now,
+        };
         let mut record = match filling {
             Some(record) if record.allocated < record.size => record,
-            _ => ListRecord {
-                id: current.map_or(0, small) + 1,
-                size: reservation.size,
-                allocated: 0,
-                valid_until: 0,
-                created_at: reservation.now,
-            },
+            _ => {
+                let id = current.map_or(0, small) + 1;
+                self.list_record(&tx, id)
+                    .await?
+                    .unwrap_or_else(|| fresh(id))
+            }
         };
         let start = record.allocated;
         let end = start.saturating_add(reservation.count).min(record.size);
@@ -166,6 +172,17 @@ impl PgStore {
         )
         .await
         .map_err(|e| self.unavailable(e))?;
+        // The next list exists before its first index is needed, so watchers hold it
+        // before any token names it.
+        let next = fresh(record.id + 1);
+        tx.execute(
+            "INSERT INTO ta_status_lists (id, size, allocated, valid_until, created_at)
+             VALUES ($1, $2, 0, 0, $3) ON CONFLICT (id) DO NOTHING",
+            &[&big(next.id), &big(next.size), &big(next.created_at)],
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        let next = self.list_record(&tx, next.id).await?.unwrap_or(next);
         self.notify_status(&tx).await?;
         self.commit(tx).await?;
         let block = Block {
@@ -173,7 +190,19 @@ impl PgStore {
             start,
             end,
         };
-        Ok((record, block))
+        Ok((vec![record, next], block))
+    }
+
+    async fn list_record(
+        &self,
+        tx: &Transaction<'_>,
+        id: u64,
+    ) -> Result<Option<ListRecord>, StoreError> {
+        Ok(tx
+            .query_opt(&format!("{LISTS} WHERE id = $1"), &[&big(id)])
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .map(|row| list_record(&row)))
     }
 
     pub(crate) async fn set_token_status(
@@ -260,6 +289,7 @@ impl PgStore {
             .query(
                 "DELETE FROM ta_status_lists
                  WHERE valid_until < $1
+                   AND allocated > 0
                    AND id <> coalesce((SELECT list_id FROM ta_status_cursor), 0)
                  RETURNING id",
                 &[&big(now)],

@@ -83,7 +83,7 @@ impl SledStore {
     pub(crate) fn reserve_status_block(
         &self,
         reservation: Reservation,
-    ) -> Result<(ListRecord, Block), StoreError> {
+    ) -> Result<(Vec<ListRecord>, Block), StoreError> {
         let tree = self.status_tree()?;
         let reserved = tree
             .transaction(|tx| {
@@ -102,15 +102,31 @@ impl SledStore {
                     },
                     None => None,
                 };
+                let read = |id: u64| -> Result<
+                    Option<ListRecord>,
+                    ConflictableTransactionError<&'static str>,
+                > {
+                    match tx.get(list_key(id))? {
+                        Some(bytes) => Ok(Some(
+                            serde_json::from_slice::<ListRecord>(&bytes)
+                                .map_err(|_| abort("list record"))?,
+                        )),
+                        None => Ok(None),
+                    }
+                };
+                let fresh = |id: u64| ListRecord {
+                    id,
+                    size: reservation.size,
+                    allocated: 0,
+                    valid_until: 0,
+                    created_at: reservation.now,
+                };
                 let mut record = match filling {
                     Some(record) if record.allocated < record.size => record,
-                    _ => ListRecord {
-                        id: current.unwrap_or(0) + 1,
-                        size: reservation.size,
-                        allocated: 0,
-                        valid_until: 0,
-                        created_at: reservation.now,
-                    },
+                    _ => {
+                        let id = current.unwrap_or(0) + 1;
+                        read(id)?.unwrap_or_else(|| fresh(id))
+                    }
                 };
                 let start = record.allocated;
                 let end = start.saturating_add(reservation.count).min(record.size);
@@ -119,12 +135,23 @@ impl SledStore {
                 let value = serde_json::to_vec(&record).map_err(|_| abort("list record"))?;
                 tx.insert(&list_key(record.id), value)?;
                 tx.insert(CURSOR, &record.id.to_be_bytes())?;
+                // The next list exists before its first index is needed, so watchers hold
+                // it before any token names it.
+                let next = match read(record.id + 1)? {
+                    Some(next) => next,
+                    None => {
+                        let next = fresh(record.id + 1);
+                        let value = serde_json::to_vec(&next).map_err(|_| abort("list record"))?;
+                        tx.insert(&list_key(next.id), value)?;
+                        next
+                    }
+                };
                 let block = Block {
                     list: record.id,
                     start,
                     end,
                 };
-                Ok((record, block))
+                Ok((vec![record, next], block))
             })
             .map_err(|e| match e {
                 TransactionError::Abort(what) => damaged(what),
@@ -216,7 +243,8 @@ impl SledStore {
             let (key, value) = entry.map_err(write_error)?;
             let record: ListRecord =
                 serde_json::from_slice(&value).map_err(|_| damaged("list record"))?;
-            if record.valid_until < now && Some(record.id) != keep {
+            // A list made ahead and not used yet stays.
+            if record.valid_until < now && record.allocated > 0 && Some(record.id) != keep {
                 let mut prefix = vec![STATUS];
                 prefix.extend_from_slice(&record.id.to_be_bytes());
                 for status in tree.scan_prefix(&prefix).keys() {
@@ -264,9 +292,13 @@ mod tests {
             let (store, _) = SledStore::open(&path, None).unwrap();
             // Status lists live beside the keys of a keystore.
             store.write(&[super::super::tests::record("a")]).unwrap();
-            let (_, a) = store.reserve_status_block(reservation(4, 6, 100)).unwrap();
+            let (records, a) = store.reserve_status_block(reservation(4, 6, 100)).unwrap();
+            // The next list is made with the first block of the one before.
+            let ids: Vec<_> = records.iter().map(|r| (r.id, r.allocated)).collect();
+            assert_eq!(ids, [(1, 4), (2, 0)]);
             let (_, b) = store.reserve_status_block(reservation(4, 6, 200)).unwrap();
-            let (record, c) = store.reserve_status_block(reservation(4, 6, 150)).unwrap();
+            let (records, c) = store.reserve_status_block(reservation(4, 6, 150)).unwrap();
+            let record = &records[0];
             assert_eq!((a.list, a.start, a.end), (1, 0, 4));
             assert_eq!((b.list, b.start, b.end), (1, 4, 6));
             assert_eq!((c.list, c.start, c.end), (2, 0, 4));
@@ -293,7 +325,7 @@ mod tests {
         let stored = store.load_status_lists().unwrap();
         assert_eq!(stored.statuses, [(1, 5, 1)]);
         let valid_until: Vec<_> = stored.lists.iter().map(|l| (l.id, l.valid_until)).collect();
-        assert_eq!(valid_until, [(1, 200), (2, 150)]);
+        assert_eq!(valid_until, [(1, 200), (2, 150), (3, 0)]);
         let (_, d) = store.reserve_status_block(reservation(4, 6, 100)).unwrap();
         assert_eq!((d.list, d.start, d.end), (2, 4, 6));
         assert_eq!(
@@ -308,6 +340,10 @@ mod tests {
         assert!(store.purge_status_lists(180).unwrap().is_empty());
         assert_eq!(store.lookup_jti("x").unwrap(), None);
         assert_eq!(store.purge_status_lists(201).unwrap(), [1]);
-        assert!(store.load_status_lists().unwrap().statuses.is_empty());
+        let left = store.load_status_lists().unwrap();
+        assert!(left.statuses.is_empty());
+        // The list made ahead stays, however old.
+        let ids: Vec<_> = left.lists.iter().map(|l| l.id).collect();
+        assert_eq!(ids, [2, 3]);
     }
 }

@@ -18,7 +18,7 @@ use crate::{
     transport::{
         connection::ConnectionInfo,
         listener::StreamReset,
-        watch::{WatchStream, WatcherPeer, Watchers},
+        watch::{StatusFeed, WatchStream, WatcherPeer, Watchers},
     },
 };
 
@@ -234,7 +234,11 @@ impl TokenAuthority for GrpcService {
                 reset: request.extensions().get::<StreamReset>().cloned(),
             };
             self.watchers
-                .open(self.authority.subscribe(), peer)
+                .open(
+                    self.authority.subscribe(),
+                    StatusFeed::of(&self.authority),
+                    peer,
+                )
                 .map(Response::new)
         })
         .await

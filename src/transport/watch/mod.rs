@@ -21,7 +21,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -33,8 +36,10 @@ use super::{
 use crate::{authority::keyset::KeySet, config::WatchSettings, metrics::WatchMetrics, pb};
 
 mod slots;
+mod status;
 
 use self::slots::{Refused, Slot, Slots};
+pub(crate) use self::status::StatusFeed;
 
 /// The watchers of one server: their places, limits and the shutdown signal.
 #[derive(Debug)]
@@ -70,6 +75,7 @@ impl Watchers {
     pub(crate) fn open(
         &self,
         keys: watch::Receiver<Arc<KeySet>>,
+        lists: Option<StatusFeed>,
         peer: WatcherPeer,
     ) -> Result<WatchStream, Status> {
         let slot = self
@@ -91,6 +97,7 @@ impl Watchers {
         let ended = Arc::new(OnceLock::new());
         tokio::spawn(pump(
             keys,
+            lists,
             tx,
             self.settings,
             self.stop.clone(),
@@ -132,38 +139,77 @@ impl Dropper {
     }
 }
 
-/// Forwards key sets and keepalives to one watcher until it goes away, is too slow, or the
-/// server stops. Holding `dropper` is what counts the watcher against the caps.
+/// Forwards key sets, status lists and keepalives to one watcher until it goes away, is too
+/// slow, or the server stops. Holding `dropper` is what counts the watcher against the caps.
 async fn pump(
     mut keys: watch::Receiver<Arc<KeySet>>,
+    mut lists: Option<StatusFeed>,
     tx: mpsc::Sender<Result<pb::WatchKeysResponse, Status>>,
     settings: WatchSettings,
     stop: CancellationToken,
     ended: Arc<OnceLock<Status>>,
     dropper: Dropper,
 ) {
-    let mut message = key_set_message(&keys.borrow_and_update(), settings.keepalive);
+    let announced = lists.is_some();
+    let mut next = Some(key_set_message(
+        &keys.borrow_and_update(),
+        settings.keepalive,
+        announced,
+    ));
+    // The lists follow the first key set, whose keys verify them.
+    let mut lists_due = lists.is_some();
+    let mut keepalive_at = Instant::now() + settings.keepalive;
+    let mut refresh_at = Instant::now()
+        + lists
+            .as_ref()
+            .map_or(Duration::from_secs(365 * 86_400), |l| l.refresh);
     loop {
-        match tx.send_timeout(Ok(message), settings.send_timeout).await {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                tracing::info!(timeout = ?settings.send_timeout, "key watcher dropped and its stream reset: it did not read its messages");
-                dropper.drop_slow(&ended);
-                return;
+        if let Some(message) = next.take() {
+            match tx.send_timeout(Ok(message), settings.send_timeout).await {
+                Ok(()) => keepalive_at = Instant::now() + settings.keepalive,
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    tracing::info!(timeout = ?settings.send_timeout, "key watcher dropped and its stream reset: it did not read its messages");
+                    dropper.drop_slow(&ended);
+                    return;
+                }
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
         }
-        message = tokio::select! {
+        if lists_due {
+            lists_due = false;
+            if let Some(feed) = lists.as_mut() {
+                refresh_at = Instant::now() + feed.refresh;
+                next = feed.message().await;
+                if next.is_some() {
+                    continue;
+                }
+            }
+        }
+        let list_changed = async {
+            match lists.as_mut() {
+                Some(feed) => feed.changes.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
             changed = keys.changed() => match changed {
-                Ok(()) => key_set_message(&keys.borrow_and_update(), settings.keepalive),
+                Ok(()) => next = Some(key_set_message(&keys.borrow_and_update(), settings.keepalive, announced)),
                 // The authority is gone: the server is stopping.
                 Err(_) => return,
             },
-            () = tokio::time::sleep(settings.keepalive) => pb::WatchKeysResponse {
+            changed = list_changed => {
+                if changed {
+                    lists_due = true;
+                } else {
+                    lists = None;
+                }
+            }
+            () = tokio::time::sleep_until(refresh_at) => lists_due = true,
+            () = tokio::time::sleep_until(keepalive_at) => next = Some(pb::WatchKeysResponse {
                 event: Some(pb::watch_keys_response::Event::Keepalive(pb::WatchKeepalive {
                     etag: keys.borrow().jwks().etag.clone(),
                 })),
-            },
+            }),
             () = stop.cancelled() => {
                 let _ = ended.set(Status::unavailable("the server is shutting down; reconnect to another replica"));
                 return;
@@ -200,7 +246,11 @@ impl tokio_stream::Stream for WatchStream {
 
 /// The public view of a key set: the JWKS bytes and ETag, and each key's lifecycle facts.
 /// Built field by field from the records, so no private member can slip in.
-pub(crate) fn key_set_message(keys: &KeySet, keepalive: Duration) -> pb::WatchKeysResponse {
+pub(crate) fn key_set_message(
+    keys: &KeySet,
+    keepalive: Duration,
+    status_lists: bool,
+) -> pb::WatchKeysResponse {
     let jwks = keys.jwks();
     let watched = pb::WatchedKeySet {
         jwks_json: String::from_utf8_lossy(&jwks.body).into_owned(),
@@ -223,6 +273,7 @@ pub(crate) fn key_set_message(keys: &KeySet, keepalive: Duration) -> pb::WatchKe
             seconds: i64::try_from(keepalive.as_secs()).unwrap_or(i64::MAX),
             nanos: i32::try_from(keepalive.subsec_nanos()).unwrap_or(0),
         }),
+        status_lists,
     };
     pb::WatchKeysResponse {
         event: Some(pb::watch_keys_response::Event::KeySet(watched)),

@@ -70,6 +70,11 @@ async fn lists_show_each_change_at_once() {
         claims["exp"].as_u64().unwrap(),
     );
     assert_eq!(exp - iat, 600);
+    let aggregation_uri = format!("{}/statuslists", server.issuer);
+    assert_eq!(
+        claims["status_list"]["aggregation_uri"],
+        aggregation_uri.as_str()
+    );
     let list = StatusList::from_claim(&claims["status_list"], DEFAULT_MAX_INFLATED).unwrap();
     assert_eq!(list.bits(), 2);
     assert_eq!(list.size(), 1 << 20);
@@ -114,8 +119,30 @@ async fn lists_show_each_change_at_once() {
         .count();
     assert_eq!(others, 0);
 
-    // Refusals.
+    // The Status List Aggregation names every list: the one in use and the one made
+    // ahead of it; the discovery document names the aggregation.
     let id = list_id(&ra);
+    let aggregation: serde_json::Value = server
+        .http
+        .get(server.url("/statuslists"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = format!("{}/statuslists/{}", server.issuer, id + 1);
+    assert_eq!(
+        aggregation,
+        serde_json::json!({ "status_lists": [ra.uri.as_str(), next.as_str()] })
+    );
+    let discovery = server.http_json("/.well-known/openid-configuration").await;
+    assert_eq!(
+        discovery["status_list_aggregation_endpoint"],
+        aggregation_uri.as_str()
+    );
+
+    // Refusals.
     for (path, accept, status) in [
         (
             format!("/statuslists/{}", id + 99),

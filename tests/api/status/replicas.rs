@@ -39,6 +39,13 @@ async fn replicas_never_hand_out_an_index_twice_and_follow_each_others_statuses(
     let shared = Store::postgres().await;
     let dirs: Vec<DataDir> = (0..3).map(|_| DataDir::new()).collect();
     let servers = Arc::new(replicas(&shared, &dirs).await);
+    // A client verifier watching replica 2.
+    let local = token_authority_client::Verifier::connect(
+        crate::helpers::endpoint(servers[2].grpc_addr, None).connect_lazy(),
+        token_authority_client::VerifierSettings::new(servers[2].issuer.clone()),
+    )
+    .await
+    .unwrap();
 
     let per_task = TOKENS / (servers.len() * TASKS_PER_REPLICA);
     let mut tasks = Vec::new();
@@ -134,6 +141,26 @@ async fn replicas_never_hand_out_an_index_twice_and_follow_each_others_statuses(
                     server.grpc_addr
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // And the client's verifier, from the lists replica 2 pushed.
+    use token_authority_client::Reason as Local;
+    for (token, reason) in [
+        (&revoked, Local::RevokedToken),
+        (&suspended, Local::SuspendedToken),
+    ] {
+        loop {
+            match local.verify(token) {
+                Err(rejection) if rejection.reason == reason => break,
+                other => {
+                    assert!(other.is_ok(), "{other:?}");
+                    assert!(
+                        changed.elapsed() < Duration::from_secs(2),
+                        "the verifier still says {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
     }

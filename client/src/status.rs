@@ -1,0 +1,197 @@
+//! The verifier's copies of the authority's status lists (draft-ietf-oauth-status-list),
+//! as WatchKeys pushes them: every list after the first key set, then each list again when
+//! it changes or is re-signed. Each list token is verified before it is kept: signed by a
+//! key of the key set, `typ` `statuslist+jwt`, from the authority's issuer, not expired,
+//! its `sub` the list's URI, and its `lst` inflating to at most `MAX_INFLATED` bytes. A token
+//! whose `status` names a list the verifier holds no valid copy of is refused
+//! (`StatusUnavailable`), never taken as valid.
+
+use std::{collections::HashMap, sync::Arc};
+
+use token_authority_jose::{
+    jwt::{
+        verify::{self, Expectations, KeyLookup, Policy, Reason, Rejection},
+        TokenType,
+    },
+    status_list::{judge, StatusList, StatusReference},
+};
+
+use crate::pb;
+
+/// The most a list's `lst` may inflate to: 16 MiB, 67,108,864 two-bit statuses. A list
+/// token that inflates past it is refused (a few kilobytes can inflate to gigabytes).
+pub const MAX_INFLATED: usize = token_authority_jose::status_list::DEFAULT_MAX_INFLATED;
+/// How a refusal for a list not held starts (the URI follows): the verifier then asks for
+/// the list over HTTP, when it has a JWKS URL.
+pub(crate) const NO_COPY: &str = "no copy is held of status list ";
+/// The longest list token accepted.
+const MAX_LIST_TOKEN_BYTES: usize = 8 * 1024 * 1024;
+
+/// A verified copy of one list.
+#[derive(Debug)]
+struct Held {
+    list: StatusList,
+    /// Its token's `exp`: past it (and the leeway) the copy is not used.
+    exp: u64,
+    /// The ETag it was fetched with over HTTP, for the next conditional fetch.
+    etag: Option<String>,
+}
+
+/// Every list held, by URI.
+#[derive(Debug, Default)]
+pub(crate) struct HeldLists {
+    by_uri: HashMap<String, Arc<Held>>,
+}
+
+/// Why a pushed list was not kept.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListRefused {
+    #[error("list {uri}: {rejection}")]
+    Token { uri: String, rejection: Rejection },
+    #[error("list {uri}: its sub is {sub:?}, not its URI")]
+    Subject { uri: String, sub: String },
+    #[error("list {uri}: {reason}")]
+    List { uri: String, reason: String },
+}
+
+impl HeldLists {
+    /// These lists with `watched` applied: each pushed list verified against `keys` and
+    /// kept (a refused one leaves the copy held before, if any), lists no longer served
+    /// dropped. Returns the lists refused.
+    pub(crate) fn apply<K: KeyLookup + ?Sized>(
+        &self,
+        watched: &pb::WatchedStatusLists,
+        keys: &K,
+        policy: &Policy,
+        now: u64,
+    ) -> (HeldLists, Vec<ListRefused>) {
+        let mut by_uri = self.by_uri.clone();
+        let mut refused = Vec::new();
+        for pushed in &watched.lists {
+            match read_list(&pushed.token, &pushed.uri, keys, policy, now) {
+                Ok(held) => {
+                    by_uri.insert(pushed.uri.clone(), Arc::new(held));
+                }
+                Err(why) => refused.push(why),
+            }
+        }
+        // Served lists end their URI in their id; a list not named is gone.
+        by_uri.retain(|uri, _| {
+            watched.lists.iter().any(|list| &list.uri == uri)
+                || watched.list_ids.iter().any(|id| {
+                    uri.rsplit_once('/')
+                        .is_some_and(|(_, last)| last == id.to_string())
+                })
+        });
+        (HeldLists { by_uri }, refused)
+    }
+
+    /// What `claims`' status says, from the copies held (nothing to check without a
+    /// `status` claim).
+    pub(crate) fn check(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        leeway: u64,
+        now: u64,
+    ) -> Result<(), Rejection> {
+        let unavailable = |detail: String| Rejection {
+            reason: Reason::StatusUnavailable,
+            detail,
+        };
+        let reference = match StatusReference::from_claims(claims) {
+            Ok(Some(reference)) => reference,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(unavailable(e.to_string())),
+        };
+        let held = self
+            .by_uri
+            .get(&reference.uri)
+            .ok_or_else(|| unavailable(format!("{NO_COPY}{}", reference.uri)))?;
+        if now > held.exp.saturating_add(leeway) {
+            return Err(unavailable(format!(
+                "the copy of status list {} expired",
+                reference.uri
+            )));
+        }
+        judge(&held.list, reference.idx, &reference.uri)
+    }
+
+    /// How many lists are held.
+    pub(crate) fn len(&self) -> usize {
+        self.by_uri.len()
+    }
+
+    /// The URIs held, with the ETag each was fetched with over HTTP.
+    pub(crate) fn held(&self) -> Vec<(String, Option<String>)> {
+        self.by_uri
+            .iter()
+            .map(|(uri, held)| (uri.clone(), held.etag.clone()))
+            .collect()
+    }
+
+    /// These lists with `token`, fetched over HTTP for `uri`, verified and kept.
+    pub(crate) fn with_fetched<K: KeyLookup + ?Sized>(
+        &self,
+        uri: &str,
+        token: &str,
+        etag: Option<String>,
+        keys: &K,
+        policy: &Policy,
+        now: u64,
+    ) -> Result<HeldLists, ListRefused> {
+        let mut held = read_list(token, uri, keys, policy, now)?;
+        held.etag = etag;
+        let mut by_uri = self.by_uri.clone();
+        by_uri.insert(uri.to_owned(), Arc::new(held));
+        Ok(HeldLists { by_uri })
+    }
+}
+
+/// A list token verified as the draft asks, and its list.
+fn read_list<K: KeyLookup + ?Sized>(
+    token: &str,
+    uri: &str,
+    keys: &K,
+    policy: &Policy,
+    now: u64,
+) -> Result<Held, ListRefused> {
+    let policy = Policy {
+        max_token_bytes: MAX_LIST_TOKEN_BYTES,
+        ..policy.clone()
+    };
+    let expect = Expectations {
+        token_type: TokenType::StatusList,
+        ..Expectations::default()
+    };
+    let verified =
+        verify::verify_with(token, keys, &policy, &expect, now).map_err(|rejection| {
+            ListRefused::Token {
+                uri: uri.to_owned(),
+                rejection,
+            }
+        })?;
+    if verified.subject != uri {
+        return Err(ListRefused::Subject {
+            uri: uri.to_owned(),
+            sub: verified.subject,
+        });
+    }
+    let list = verified
+        .claims
+        .get("status_list")
+        .ok_or_else(|| ListRefused::List {
+            uri: uri.to_owned(),
+            reason: "no status_list claim".into(),
+        })
+        .and_then(|claim| {
+            StatusList::from_claim(claim, MAX_INFLATED).map_err(|e| ListRefused::List {
+                uri: uri.to_owned(),
+                reason: e.to_string(),
+            })
+        })?;
+    Ok(Held {
+        list,
+        exp: u64::try_from(verified.expires_at).unwrap_or(0),
+        etag: None,
+    })
+}
