@@ -195,3 +195,206 @@ fn read_list<K: KeyLookup + ?Sized>(
         etag: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use token_authority_jose::{
+        crypto::{generate_pkcs8, Algorithm, SigningKey},
+        jwk::{render_jwks, PublicJwk},
+        jwt::{sign_as, Signer},
+        status_list::Status,
+    };
+
+    use super::*;
+    use crate::keys::KeySet;
+
+    const T0: u64 = 1_700_000_000;
+    const ISS: &str = "https://token-authority.test";
+    const URI: &str = "https://token-authority.test/statuslists/1";
+
+    fn signer(kid: &str) -> Signer {
+        let key = generate_pkcs8(Algorithm::ES256).unwrap();
+        Signer::new(
+            kid.into(),
+            SigningKey::from_pkcs8(Algorithm::ES256, &key).unwrap(),
+        )
+    }
+
+    fn keys(signer: &Signer) -> KeySet {
+        let public = signer.key.verifying_key().unwrap();
+        let jwks = render_jwks(&[PublicJwk::new(
+            &signer.kid,
+            Algorithm::ES256,
+            public.components(),
+        )]);
+        KeySet::from_jwks(&jwks, String::new()).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            issuer: ISS.into(),
+            leeway: 60,
+            max_token_bytes: 8192,
+        }
+    }
+
+    /// A list of 64 statuses with index 3 revoked and 5 suspended, as the authority signs
+    /// it, with `change` applied to the claims.
+    fn list_token(
+        signer: &Signer,
+        token_type: TokenType,
+        change: impl FnOnce(&mut serde_json::Value),
+    ) -> String {
+        let mut list = StatusList::new(2, 64).unwrap();
+        list.set(3, Status::Invalid).unwrap();
+        list.set(5, Status::Suspended).unwrap();
+        let mut claims = json!({
+            "iss": ISS, "sub": URI, "iat": T0, "exp": T0 + 600, "ttl": 60,
+            "status_list": list.to_claim(),
+        });
+        change(&mut claims);
+        sign_as(signer, token_type, claims.as_object().unwrap(), 1 << 24).unwrap()
+    }
+
+    fn pushed(token: String) -> pb::WatchedStatusLists {
+        pb::WatchedStatusLists {
+            lists: vec![pb::WatchedStatusList {
+                list_id: 1,
+                uri: URI.into(),
+                token,
+            }],
+            list_ids: vec![1],
+        }
+    }
+
+    fn referencing(idx: u64) -> serde_json::Map<String, serde_json::Value> {
+        let mut claims = serde_json::Map::new();
+        claims.insert(
+            "status".into(),
+            json!({"status_list": {"idx": idx, "uri": URI}}),
+        );
+        claims
+    }
+
+    #[test]
+    fn a_good_list_is_kept_and_read() {
+        let authority = signer("k");
+        let (held, refused) = HeldLists::default().apply(
+            &pushed(list_token(&authority, TokenType::StatusList, |_| {})),
+            &keys(&authority),
+            &policy(),
+            T0,
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        let reason = |idx| {
+            held.check(&referencing(idx), 60, T0)
+                .err()
+                .map(|r| r.reason)
+        };
+        assert_eq!(reason(0), None);
+        assert_eq!(reason(3), Some(Reason::RevokedToken));
+        assert_eq!(reason(5), Some(Reason::SuspendedToken));
+        // Past the end of the list: refused, as the draft asks.
+        assert_eq!(reason(64), Some(Reason::StatusUnavailable));
+        // A token without a status claim has nothing to check.
+        assert!(held.check(&serde_json::Map::new(), 60, T0).is_ok());
+        // Once the copy has expired (exp plus the leeway), it is not used.
+        let late = held.check(&referencing(0), 60, T0 + 661).unwrap_err();
+        assert_eq!(late.reason, Reason::StatusUnavailable);
+        assert!(late.detail.contains("expired"), "{late:?}");
+        // A list no longer served is dropped.
+        let (emptied, _) = held.apply(
+            &pb::WatchedStatusLists {
+                lists: vec![],
+                list_ids: vec![2],
+            },
+            &keys(&authority),
+            &policy(),
+            T0,
+        );
+        assert_eq!(emptied.len(), 0);
+        let missing = emptied.check(&referencing(0), 60, T0).unwrap_err();
+        assert_eq!(missing.detail, format!("{NO_COPY}{URI}"));
+    }
+
+    /// Hostile list tokens: each is refused, and the copy held before stays.
+    #[test]
+    fn hostile_lists_are_refused() {
+        let authority = signer("k");
+        let forger = signer("k");
+        let set = keys(&authority);
+        let good = list_token(&authority, TokenType::StatusList, |_| {});
+        let (held, _) = HeldLists::default().apply(&pushed(good), &set, &policy(), T0);
+        // A bomb: just past the cap of VALID, a few kilobytes compressed.
+        let bomb = StatusList::from_bytes(8, vec![0; MAX_INFLATED + 1])
+            .unwrap()
+            .encode();
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "signed by another key",
+                list_token(&forger, TokenType::StatusList, |_| {}),
+                "BadSignature",
+            ),
+            (
+                "an access token, not a list token",
+                list_token(&authority, TokenType::Access, |_| {}),
+                "WrongTokenType",
+            ),
+            (
+                "another list's sub",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c["sub"] = json!("https://token-authority.test/statuslists/2")
+                }),
+                "its sub is",
+            ),
+            (
+                "expired",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c["exp"] = json!(T0 - 120)
+                }),
+                "Expired",
+            ),
+            (
+                "another issuer",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c["iss"] = json!("https://elsewhere.test")
+                }),
+                "IssuerMismatch",
+            ),
+            (
+                "a decompression bomb",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c["status_list"] = json!({"bits": 8, "lst": bomb})
+                }),
+                "inflates past 16777216 bytes",
+            ),
+            (
+                "bits of 3",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c["status_list"]["bits"] = json!(3)
+                }),
+                "bits must be 1, 2, 4 or 8",
+            ),
+            (
+                "no list",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c.as_object_mut().unwrap().remove("status_list");
+                }),
+                "no status_list claim",
+            ),
+        ];
+        for (name, token, expected) in cases {
+            let (after, refused) = held.apply(&pushed(token), &set, &policy(), T0);
+            assert_eq!(refused.len(), 1, "{name}");
+            let shown = format!("{:?} {}", refused[0], refused[0]);
+            assert!(shown.contains(expected), "{name}: {shown}");
+            // The good copy stays in use.
+            assert_eq!(
+                after.check(&referencing(3), 60, T0).unwrap_err().reason,
+                Reason::RevokedToken,
+                "{name}"
+            );
+        }
+    }
+}
