@@ -3,6 +3,7 @@
 //! rollover, and the draft's encoding vectors read by an independent decoder.
 
 mod audit;
+mod crash;
 mod lists_http;
 mod policy;
 mod readme;
