@@ -30,6 +30,9 @@ pub enum ClientError {
     /// The HTTP JWKS could not be fetched or read.
     #[error("the JWKS fallback failed: {0}")]
     Jwks(String),
+    /// A status list token was refused (`Verifier::hold_status_list`).
+    #[error("status list refused: {0}")]
+    StatusList(String),
     /// A verifier was asked to watch an empty list of replicas.
     #[error("no authority replica to watch")]
     NoReplica,

@@ -299,6 +299,28 @@ impl Verifier {
         checked.map(|()| verified)
     }
 
+    /// Holds a Status List Token the caller fetched itself (a copy pinned beside a pinned key
+    /// set, tests, benchmarks), verified against the key set in use as a pushed one is: a
+    /// token naming `uri` is then checked against it.
+    pub fn hold_status_list(&self, uri: &str, token: &str) -> Result<(), ClientError> {
+        let keys = self.inner.keys.load();
+        let held = self
+            .inner
+            .lists
+            .load()
+            .with_fetched(
+                uri,
+                token,
+                None,
+                &**keys,
+                &self.inner.policy,
+                self.inner.clock.unix_now(),
+            )
+            .map_err(|refused| ClientError::StatusList(refused.to_string()))?;
+        self.inner.lists.store(Arc::new(held));
+        Ok(())
+    }
+
     /// How many status lists the verifier holds a verified copy of.
     pub fn status_lists_held(&self) -> usize {
         self.inner.lists.load().len()

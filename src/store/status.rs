@@ -86,46 +86,78 @@ pub(crate) struct Reservation {
     pub(crate) now: u64,
 }
 
-/// How many jti records a replica writes to PostgreSQL in one statement, and how long one
-/// waits for company.
+/// How many jti records are written in one statement (PostgreSQL) or batch (sled), how
+/// long the writer waits for company after a wake-up, and how many may wait unwritten
+/// (while the database is unreachable) before new ones are dropped.
 const JTI_BATCH: usize = 512;
-const JTI_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+const JTI_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+const JTI_PENDING_MAX: usize = 1 << 20;
 
-/// The store of status lists: the keystore's backend.
+/// jti records not yet written: looked up here first, so SetTokenStatus by jti works on
+/// this replica from the moment the token is issued.
+#[derive(Debug)]
+struct Pending {
+    records: std::sync::Mutex<std::collections::HashMap<String, JtiRecord>>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Where they go. The writer holds the queue weakly, so the keystore is closed (and
+    /// sled's lock released) as soon as the authority is gone.
+    backend: Backend,
+}
+
+impl Drop for Pending {
+    /// The writer exits once the queue is gone.
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
 #[derive(Clone, Debug)]
-pub(crate) enum StatusStore {
+enum Backend {
     Sled(Arc<SledStore>),
-    /// With the queue of jti records a background task writes in batches.
-    Postgres(Arc<PgStore>, mpsc::Sender<(String, JtiRecord)>),
+    Postgres(Arc<PgStore>),
+}
+
+/// The store of status lists: the keystore's backend, and the jti records on their way to
+/// it, which a background task writes in batches off the issuing path.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusStore {
+    backend: Backend,
+    pending: Arc<Pending>,
 }
 
 impl StatusStore {
-    /// The status store of `keystore`. With PostgreSQL, starts the task that writes jti
-    /// records in batches (it ends when the store is dropped).
+    /// The status store of `keystore`, and the task that writes jti records in batches
+    /// (it ends when the store is dropped).
     pub(crate) fn of(keystore: &KeyStore) -> StatusStore {
-        match keystore {
-            KeyStore::Sled(store) => StatusStore::Sled(Arc::clone(store)),
-            KeyStore::Postgres(store) => {
-                let (sender, receiver) = mpsc::channel(JTI_BATCH * 16);
-                tokio::spawn(write_jtis(Arc::clone(store), receiver));
-                StatusStore::Postgres(Arc::clone(store), sender)
-            }
-        }
+        let backend = match keystore {
+            KeyStore::Sled(store) => Backend::Sled(Arc::clone(store)),
+            KeyStore::Postgres(store) => Backend::Postgres(Arc::clone(store)),
+        };
+        let pending = Arc::new(Pending {
+            records: std::sync::Mutex::default(),
+            wake: Arc::default(),
+            backend: backend.clone(),
+        });
+        tokio::spawn(write_jtis(
+            Arc::downgrade(&pending),
+            Arc::clone(&pending.wake),
+        ));
+        StatusStore { backend, pending }
     }
 
     /// Whether other replicas change these lists too.
     pub(crate) fn is_shared(&self) -> bool {
-        matches!(self, StatusStore::Postgres(..))
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     pub(crate) async fn load(&self) -> Result<(StoredLists, u64), StoreError> {
-        match self {
-            StatusStore::Sled(store) => {
+        match &self.backend {
+            Backend::Sled(store) => {
                 let store = Arc::clone(store);
                 let stored = blocking(move || store.load_status_lists()).await?;
                 Ok((stored, 0))
             }
-            StatusStore::Postgres(store, _) => store.load_status_lists().await,
+            Backend::Postgres(store) => store.load_status_lists().await,
         }
     }
 
@@ -135,9 +167,9 @@ impl StatusStore {
         &self,
         seen: u64,
     ) -> Result<Option<(StoredLists, u64)>, StoreError> {
-        match self {
-            StatusStore::Sled(_) => Ok(None),
-            StatusStore::Postgres(store, _) => store.status_changes_since(seen).await.map(Some),
+        match &self.backend {
+            Backend::Sled(_) => Ok(None),
+            Backend::Postgres(store) => store.status_changes_since(seen).await.map(Some),
         }
     }
 
@@ -147,12 +179,12 @@ impl StatusStore {
         &self,
         reservation: Reservation,
     ) -> Result<(Vec<ListRecord>, Block), StoreError> {
-        match self {
-            StatusStore::Sled(store) => {
+        match &self.backend {
+            Backend::Sled(store) => {
                 let store = Arc::clone(store);
                 blocking(move || store.reserve_status_block(reservation)).await
             }
-            StatusStore::Postgres(store, _) => store.reserve_status_block(reservation).await,
+            Backend::Postgres(store) => store.reserve_status_block(reservation).await,
         }
     }
 
@@ -163,55 +195,77 @@ impl StatusStore {
         idx: u64,
         value: u8,
     ) -> Result<SetOutcome, StoreError> {
-        match self {
-            StatusStore::Sled(store) => {
+        match &self.backend {
+            Backend::Sled(store) => {
                 let store = Arc::clone(store);
                 blocking(move || store.set_token_status(list, idx, value)).await
             }
-            StatusStore::Postgres(store, _) => store.set_token_status(list, idx, value).await,
+            Backend::Postgres(store) => store.set_token_status(list, idx, value).await,
         }
     }
 
-    /// Remembers which index a token holds. Written without waiting for the disk (sled) or
-    /// in batches (PostgreSQL): the index is in the token itself, so a record lost to a
-    /// crash only means that token's status is set by list and index instead of by jti.
+    /// Remembers which index a token holds, without waiting: the record is written in a
+    /// batch moments later, and looked up here until then. The index is in the token
+    /// itself, so a record lost to a crash only means that token's status is set by list
+    /// and index instead of by jti.
     pub(crate) fn remember(&self, jti: &str, record: JtiRecord) -> Result<(), StoreError> {
-        match self {
-            StatusStore::Sled(store) => store.remember_jti(jti, record),
-            StatusStore::Postgres(_, queue) => queue
-                .try_send((jti.to_owned(), record))
-                .map_err(|_| StoreError::Write("the jti queue is full".into())),
+        let mut records = self
+            .pending
+            .records
+            .lock()
+            .map_err(|_| StoreError::Write("the jti queue is poisoned".into()))?;
+        if records.len() >= JTI_PENDING_MAX {
+            return Err(StoreError::Write("the jti queue is full".into()));
         }
+        records.insert(jti.to_owned(), record);
+        drop(records);
+        self.pending.wake.notify_one();
+        Ok(())
     }
 
     pub(crate) async fn lookup(&self, jti: &str) -> Result<Option<JtiRecord>, StoreError> {
-        match self {
-            StatusStore::Sled(store) => {
+        let queued = self
+            .pending
+            .records
+            .lock()
+            .map_err(|_| StoreError::Write("the jti queue is poisoned".into()))?
+            .get(jti)
+            .copied();
+        if queued.is_some() {
+            return Ok(queued);
+        }
+        match &self.backend {
+            Backend::Sled(store) => {
                 let (store, jti) = (Arc::clone(store), jti.to_owned());
                 blocking(move || store.lookup_jti(&jti)).await
             }
-            StatusStore::Postgres(store, _) => store.lookup_jti(jti).await,
+            Backend::Postgres(store) => store.lookup_jti(jti).await,
         }
+    }
+
+    /// Writes the jti records still queued; part of an orderly shutdown.
+    pub(crate) async fn flush_jtis(&self) -> Result<(), StoreError> {
+        write_pending(&self.pending).await
     }
 
     /// Forgets lists whose tokens have all expired (with their statuses) and jti records
     /// past their token's `exp`; returns the ids of the lists dropped.
     pub(crate) async fn purge(&self, now: u64) -> Result<Vec<u64>, StoreError> {
-        match self {
-            StatusStore::Sled(store) => {
+        match &self.backend {
+            Backend::Sled(store) => {
                 let store = Arc::clone(store);
                 blocking(move || store.purge_status_lists(now)).await
             }
-            StatusStore::Postgres(store, _) => store.purge_status_lists(now).await,
+            Backend::Postgres(store) => store.purge_status_lists(now).await,
         }
     }
 
     /// Another replica's status changes, as they are notified (a `0` after every
     /// reconnection, when some may have been missed); `None` for sled.
     pub(crate) fn notifications(&self) -> Option<mpsc::Receiver<u64>> {
-        match self {
-            StatusStore::Sled(_) => None,
-            StatusStore::Postgres(store, _) => {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(store) => {
                 let (sender, receiver) = mpsc::channel(16);
                 tokio::spawn(Arc::clone(store).listen_on(STATUS_CHANNEL, sender));
                 Some(receiver)
@@ -230,23 +284,52 @@ where
         .map_err(StoreError::Task)?
 }
 
-/// Writes queued jti records in batches until the queue's senders are gone.
-async fn write_jtis(store: Arc<PgStore>, mut queue: mpsc::Receiver<(String, JtiRecord)>) {
-    let mut batch = Vec::with_capacity(JTI_BATCH);
-    while queue.recv_many(&mut batch, JTI_BATCH).await > 0 {
-        if batch.len() < JTI_BATCH {
-            // A moment for company: one statement for a burst.
-            tokio::time::sleep(JTI_FLUSH).await;
-            let room = JTI_BATCH - batch.len();
-            let mut more = Vec::with_capacity(room);
-            if !queue.is_empty() {
-                queue.recv_many(&mut more, room).await;
+/// Writes queued jti records in batches until the queue is dropped (a last wake-up).
+async fn write_jtis(pending: std::sync::Weak<Pending>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        wake.notified().await;
+        // A moment for company: one write for a burst.
+        tokio::time::sleep(JTI_WAIT).await;
+        let Some(pending) = pending.upgrade() else {
+            return;
+        };
+        let written = write_pending(&pending).await;
+        drop(pending);
+        if let Err(error) = written {
+            tracing::warn!(error = %crate::telemetry::chain(&error), "jti records could not be written; retrying; those tokens' statuses can be set by list and index meanwhile");
+            wake.notify_one();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Writes what is queued, in batches; each batch leaves the queue once written.
+async fn write_pending(pending: &Pending) -> Result<(), StoreError> {
+    loop {
+        let batch: Vec<(String, JtiRecord)> = pending
+            .records
+            .lock()
+            .map_err(|_| StoreError::Write("the jti queue is poisoned".into()))?
+            .iter()
+            .take(JTI_BATCH)
+            .map(|(jti, record)| (jti.clone(), *record))
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match &pending.backend {
+            Backend::Sled(store) => {
+                let (store, batch) = (Arc::clone(store), batch.clone());
+                blocking(move || store.remember_jtis(&batch)).await?;
             }
-            batch.append(&mut more);
+            Backend::Postgres(store) => store.remember_jtis(&batch).await?,
         }
-        if let Err(error) = store.remember_jtis(&batch).await {
-            tracing::warn!(error = %crate::telemetry::chain(&error), records = batch.len(), "jti records could not be written; those tokens' statuses can still be set by list and index");
+        let mut records = pending
+            .records
+            .lock()
+            .map_err(|_| StoreError::Write("the jti queue is poisoned".into()))?;
+        for (jti, _) in &batch {
+            records.remove(jti);
         }
-        batch.clear();
     }
 }

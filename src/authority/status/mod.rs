@@ -91,11 +91,25 @@ struct OpenBlock {
     opened_at: u64,
 }
 
+impl OpenBlock {
+    /// Indexes left, and within the window its list's `valid_until` was reserved for.
+    fn usable(&self, now: u64) -> bool {
+        self.next < self.block.end && now < self.opened_at + BLOCK_WINDOW
+    }
+}
+
+/// The block indexes are taken from, and the one reserved ahead to follow it.
+#[derive(Default)]
+struct Blocks {
+    open: Option<OpenBlock>,
+    spare: Option<OpenBlock>,
+}
+
 pub(crate) struct StatusLists {
     settings: StatusSettings,
     store: StatusStore,
     lists: RwLock<BTreeMap<u64, ListState>>,
-    block: Mutex<Option<OpenBlock>>,
+    block: Mutex<Blocks>,
     /// One reservation at a time: callers that find the block used up wait for it.
     reserving: tokio::sync::Mutex<()>,
     /// Serialises status changes, so a check and its write are one step.
@@ -130,7 +144,7 @@ impl StatusLists {
             settings,
             store,
             lists: RwLock::new(BTreeMap::new()),
-            block: Mutex::new(None),
+            block: Mutex::new(Blocks::default()),
             reserving: tokio::sync::Mutex::new(()),
             changing: tokio::sync::Mutex::new(()),
             rendering: tokio::sync::Mutex::new(()),
@@ -231,20 +245,53 @@ impl StatusLists {
         self.settings.uri_prefix.trim_end_matches('/').to_owned()
     }
 
-    /// The next index, from the open block or a newly reserved one.
+    /// The next index, from the open block, the spare one, or a newly reserved one. When
+    /// the open block is half used, the request that notices reserves the spare, so the
+    /// others never wait for the disk.
     pub(crate) async fn allocate(&self, now: u64) -> Result<StatusReference, StatusError> {
-        if let Some(taken) = self.take(now) {
+        if let Some((taken, low)) = self.take(now) {
+            if low {
+                self.reserve_spare(now).await;
+            }
             return Ok(taken);
         }
         let _reserving = self.reserving.lock().await;
-        if let Some(taken) = self.take(now) {
+        if let Some((taken, _)) = self.take(now) {
             return Ok(taken);
         }
-        let count = BLOCK.min(self.settings.list_size);
+        let block = self.reserve_block(now).await?;
+        self.block.lock().map_err(|_| StatusError::Poisoned)?.open = Some(block);
+        self.take(now)
+            .map(|(taken, _)| taken)
+            .ok_or(StatusError::Exhausted)
+    }
+
+    /// Reserves the spare block, unless one is held or being reserved. A failure is left
+    /// for the next request, which reserves when the open block runs out.
+    async fn reserve_spare(&self, now: u64) {
+        let Ok(_reserving) = self.reserving.try_lock() else {
+            return;
+        };
+        if self.block.lock().map(|b| b.spare.is_some()).unwrap_or(true) {
+            return;
+        }
+        match self.reserve_block(now).await {
+            Ok(block) => {
+                if let Ok(mut blocks) = self.block.lock() {
+                    blocks.spare = Some(block);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::chain(&error), "a spare block of status indexes could not be reserved")
+            }
+        }
+    }
+
+    async fn reserve_block(&self, now: u64) -> Result<OpenBlock, StatusError> {
         let (records, block) = self
             .store
             .reserve(Reservation {
-                count,
+                count: BLOCK.min(self.settings.list_size),
                 size: self.settings.list_size,
                 valid_until: now + BLOCK_WINDOW + self.settings.max_ttl + self.settings.leeway,
                 now,
@@ -253,12 +300,11 @@ impl StatusLists {
         for record in records {
             self.install(record)?;
         }
-        *self.block.lock().map_err(|_| StatusError::Poisoned)? = Some(OpenBlock {
+        Ok(OpenBlock {
             block,
             next: block.start,
             opened_at: now,
-        });
-        self.take(now).ok_or(StatusError::Exhausted)
+        })
     }
 
     /// Makes the first list (and the one after it) when there is none, so the lists a
@@ -282,18 +328,30 @@ impl StatusLists {
         Ok(())
     }
 
-    fn take(&self, now: u64) -> Option<StatusReference> {
-        let mut open = self.block.lock().ok()?;
-        let block = open.as_mut()?;
-        if block.next >= block.block.end || now >= block.opened_at + BLOCK_WINDOW {
-            return None;
+    /// An index from the open block (the spare one taking over when it runs out), and
+    /// whether the spare should be reserved now.
+    fn take(&self, now: u64) -> Option<(StatusReference, bool)> {
+        let mut blocks = self.block.lock().ok()?;
+        loop {
+            if let Some(open) = blocks.open.as_mut().filter(|open| open.usable(now)) {
+                let idx = open.next;
+                open.next += 1;
+                let list = open.block.list;
+                let low = open.block.end - open.next < (open.block.end - open.block.start) / 2;
+                let want_spare = low && blocks.spare.is_none();
+                return Some((
+                    StatusReference {
+                        idx,
+                        uri: self.uri(list),
+                    },
+                    want_spare,
+                ));
+            }
+            match blocks.spare.take() {
+                Some(spare) if spare.usable(now) => blocks.open = Some(spare),
+                _ => return None,
+            }
         }
-        let idx = block.next;
-        block.next += 1;
-        Some(StatusReference {
-            idx,
-            uri: self.uri(block.block.list),
-        })
     }
 
     /// A list's record as reserved: a new list joins, a known one takes the new bounds.
@@ -443,6 +501,11 @@ impl StatusLists {
             .read()
             .map(|lists| lists.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Writes the jti records still queued; part of an orderly shutdown.
+    pub(crate) async fn flush(&self) -> Result<(), StatusError> {
+        Ok(self.store.flush_jtis().await?)
     }
 
     /// Drops the lists whose tokens have all expired, and the jti records of expired

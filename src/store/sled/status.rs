@@ -213,12 +213,16 @@ impl SledStore {
         })
     }
 
-    pub(crate) fn remember_jti(&self, jti: &str, record: JtiRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(&record).map_err(write_error)?;
-        self.status_tree()?
-            .insert(jti_key(jti), value)
-            .map(|_| ())
-            .map_err(write_error)
+    /// Writes a batch of jti records (not flushed: sled's own flush follows).
+    pub(crate) fn remember_jtis(&self, records: &[(String, JtiRecord)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (jti, record) in records {
+            batch.insert(
+                jti_key(jti),
+                serde_json::to_vec(record).map_err(write_error)?,
+            );
+        }
+        self.status_tree()?.apply_batch(batch).map_err(write_error)
     }
 
     pub(crate) fn lookup_jti(&self, jti: &str) -> Result<Option<JtiRecord>, StoreError> {
@@ -309,16 +313,12 @@ mod tests {
             assert_eq!(set(1, 5, 1), SetOutcome::Set { previous: 1 });
             assert_eq!(set(2, 0, 2), SetOutcome::Set { previous: 0 });
             assert_eq!(set(2, 0, 0), SetOutcome::Set { previous: 2 });
-            store
-                .remember_jti(
-                    "x",
-                    JtiRecord {
-                        list: 1,
-                        idx: 5,
-                        exp: 50,
-                    },
-                )
-                .unwrap();
+            let record = JtiRecord {
+                list: 1,
+                idx: 5,
+                exp: 50,
+            };
+            store.remember_jtis(&[("x".into(), record)]).unwrap();
             store.flush().unwrap();
         }
         let (store, _) = SledStore::open(&path, None).unwrap();

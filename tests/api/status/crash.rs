@@ -18,7 +18,12 @@ const KILLS: usize = 12;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_status_change_and_reuses_no_index() {
     let dir = DataDir::new();
-    let args = ["--issuer", "http://token-authority.test", "--status-list-size", "64"];
+    let args = [
+        "--issuer",
+        "http://token-authority.test",
+        "--status-list-size",
+        "64",
+    ];
     // Every token received: (list, index) -> token.
     let mut held: HashMap<(u64, u64), String> = HashMap::new();
     // What each acknowledged change left: (list, index) -> the status it must have.
