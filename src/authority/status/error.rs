@@ -26,3 +26,10 @@ pub(crate) enum StatusError {
     #[error("the status list token could not be signed: {0}")]
     Sign(String),
 }
+
+impl StatusError {
+    /// The store cannot be written now (a database down): worth retrying later.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self, StatusError::Store(_) | StatusError::Exhausted)
+    }
+}

@@ -42,6 +42,8 @@ const BLOCK: u64 = 1024;
 /// A block is used for this long at most, so a list's `valid_until` (reserved with the
 /// block) bounds the `exp` of every token that took an index from it.
 const BLOCK_WINDOW: u64 = 300;
+/// After a failed reservation, seconds before the next is tried.
+const RESERVATION_RETRY: u64 = 2;
 
 /// How status lists are run.
 #[derive(Clone, Debug)]
@@ -122,6 +124,12 @@ pub(crate) struct StatusLists {
     seen: tokio::sync::Mutex<u64>,
     /// The count of changes, for those who wait for the next (the list watchers).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Tokens issued without a status because no index could be reserved, and when that
+    /// was last logged (unix seconds).
+    unstatused: std::sync::atomic::AtomicU64,
+    unstatused_logged: std::sync::atomic::AtomicU64,
+    /// When a block reservation last failed (unix seconds; 0: never).
+    reservation_failed_at: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for StatusLists {
@@ -150,6 +158,9 @@ impl StatusLists {
             rendering: tokio::sync::Mutex::new(()),
             seen: tokio::sync::Mutex::new(seen),
             changes: tokio::sync::watch::channel(0).0,
+            unstatused: std::sync::atomic::AtomicU64::new(0),
+            unstatused_logged: std::sync::atomic::AtomicU64::new(0),
+            reservation_failed_at: std::sync::atomic::AtomicU64::new(0),
         };
         lists.apply(stored, true)?;
         lists.prepare(now).await?;
@@ -255,15 +266,37 @@ impl StatusLists {
             }
             return Ok(taken);
         }
+        // After a failed reservation (the database down), requests do not queue behind
+        // the next attempt's connect timeout: they are told at once for a while.
+        if self.reservation_failed_recently(now) {
+            return Err(StatusError::Exhausted);
+        }
         let _reserving = self.reserving.lock().await;
         if let Some((taken, _)) = self.take(now) {
             return Ok(taken);
         }
-        let block = self.reserve_block(now).await?;
+        if self.reservation_failed_recently(now) {
+            return Err(StatusError::Exhausted);
+        }
+        let block = match self.reserve_block(now).await {
+            Ok(block) => block,
+            Err(error) => {
+                self.reservation_failed_at
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         self.block.lock().map_err(|_| StatusError::Poisoned)?.open = Some(block);
         self.take(now)
             .map(|(taken, _)| taken)
             .ok_or(StatusError::Exhausted)
+    }
+
+    fn reservation_failed_recently(&self, now: u64) -> bool {
+        let at = self
+            .reservation_failed_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        at != 0 && now < at + RESERVATION_RETRY
     }
 
     /// Reserves the spare block, unless one is held or being reserved. A failure is left
@@ -351,6 +384,23 @@ impl StatusLists {
                 Some(spare) if spare.usable(now) => blocks.open = Some(spare),
                 _ => return None,
             }
+        }
+    }
+
+    /// Notes a token issued without a status because the store could not reserve an
+    /// index: logged at most every 10 seconds, with the count since the last line.
+    pub(crate) fn issued_without_status(&self, error: &StatusError, now: u64) {
+        use std::sync::atomic::Ordering;
+        let count = self.unstatused.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.unstatused_logged.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .unstatused_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.unstatused.store(0, Ordering::Relaxed);
+            tracing::warn!(error = %crate::telemetry::chain(error), tokens = count, "tokens issued without a status: no index could be reserved (they can be withdrawn only by revoking their key)");
         }
     }
 

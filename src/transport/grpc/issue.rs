@@ -171,7 +171,16 @@ impl GrpcService {
             }
             return Ok((claims, None));
         };
-        let reference = lists.allocate(self.now()).await.map_err(Status::from)?;
+        let reference = match lists.allocate(self.now()).await {
+            Ok(reference) => reference,
+            // The store is down: IssueToken stays up (the keys are in memory), its tokens
+            // without a status, unless the rule requires one.
+            Err(error) if error.is_unavailable() && rule != StatusRule::Required => {
+                lists.issued_without_status(&error, self.now());
+                return Ok((claims, None));
+            }
+            Err(error) => return Err(Status::from(error)),
+        };
         claims.insert("status".into(), reference.to_claim());
         Ok((claims, Some(reference)))
     }

@@ -69,8 +69,8 @@ async fn sigkill_loses_no_acknowledged_status_change_and_reuses_no_index() {
                     at.1,
                     at.0
                 );
-                if step % 2 == 0 {
-                    let status = if step % 4 == 0 {
+                if step.is_multiple_of(2) {
+                    let status = if step.is_multiple_of(4) {
                         TokenStatus::Invalid
                     } else {
                         TokenStatus::Suspended
