@@ -102,6 +102,11 @@ struct Pending {
     /// Where they go. The writer holds the queue weakly, so the keystore is closed (and
     /// sled's lock released) as soon as the authority is gone.
     backend: Backend,
+    /// Held by a write in progress: the shutdown's flush waits for it.
+    writing: tokio::sync::Mutex<()>,
+    /// Set by the shutdown's flush: the writer writes nothing after it, so nothing holds
+    /// the keystore once the server has stopped.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Pending {
@@ -137,6 +142,8 @@ impl StatusStore {
             records: std::sync::Mutex::default(),
             wake: Arc::default(),
             backend: backend.clone(),
+            writing: tokio::sync::Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(write_jtis(
             Arc::downgrade(&pending),
@@ -243,8 +250,13 @@ impl StatusStore {
         }
     }
 
-    /// Writes the jti records still queued; part of an orderly shutdown.
+    /// Writes the jti records still queued, after any write in progress, and stops the
+    /// writer; part of an orderly shutdown.
     pub(crate) async fn flush_jtis(&self) -> Result<(), StoreError> {
+        let _writing = self.pending.writing.lock().await;
+        self.pending
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
         write_pending(&self.pending).await
     }
 
@@ -293,7 +305,12 @@ async fn write_jtis(pending: std::sync::Weak<Pending>, wake: Arc<tokio::sync::No
         let Some(pending) = pending.upgrade() else {
             return;
         };
+        let writing = pending.writing.lock().await;
+        if pending.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let written = write_pending(&pending).await;
+        drop(writing);
         drop(pending);
         if let Err(error) = written {
             tracing::warn!(error = %crate::telemetry::chain(&error), "jti records could not be written; retrying; those tokens' statuses can be set by list and index meanwhile");
