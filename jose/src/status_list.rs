@@ -148,6 +148,24 @@ impl StatusList {
         &self.bytes
     }
 
+    /// How many statuses hold each value (indexed by value; 2^bits counts).
+    pub fn tally(&self) -> Vec<u64> {
+        let per_byte = 8 / self.bits;
+        let mask = ((1u16 << self.bits) - 1) as u8;
+        let mut counts = vec![0u64; 1 << self.bits];
+        for &byte in &self.bytes {
+            // Most bytes of a list are all VALID.
+            if byte == 0 {
+                counts[0] += u64::from(per_byte);
+                continue;
+            }
+            for slot in 0..per_byte {
+                counts[usize::from((byte >> (slot * self.bits)) & mask)] += 1;
+            }
+        }
+        counts
+    }
+
     /// The status at `index`; past the end is a refusal, as the draft requires.
     pub fn get(&self, index: u64) -> Result<Status, StatusListError> {
         let (byte, shift) = self.position(index)?;
@@ -330,6 +348,15 @@ mod tests {
         assert_eq!(decoded.get(3).unwrap(), Status::Other(3));
         // And ours round-trip.
         assert_eq!(StatusList::decode(2, &two.encode(), 1024).unwrap(), two);
+        // The §4.1 lists, counted.
+        assert_eq!(one.tally(), [7, 9]);
+        assert_eq!(two.tally(), [3, 4, 2, 3]);
+        let eight = StatusList::from_bytes(8, vec![0, 3, 3, 255]).unwrap();
+        let mut expected = vec![0u64; 256];
+        expected[0] = 1;
+        expected[3] = 2;
+        expected[255] = 1;
+        assert_eq!(eight.tally(), expected);
     }
 
     #[test]

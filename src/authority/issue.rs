@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Authority, AuthorityError};
+use super::{status::Slot, Authority, AuthorityError};
 use crate::authority::domain::{InvalidArgument, IssueRequest};
 use token_authority_jose::{
     b64,
@@ -41,6 +41,7 @@ impl Authority {
         alg: Option<Algorithm>,
         now: u64,
         expires_by: Option<u64>,
+        status: Option<Slot>,
     ) -> Result<Issued, AuthorityError> {
         match expires_by {
             Some(by) if now + request.ttl > by => match by.checked_sub(now) {
@@ -49,7 +50,7 @@ impl Authority {
                         ttl: left,
                         ..request.clone()
                     };
-                    self.issue(&capped, granted, alg, now)
+                    self.issue(&capped, granted, alg, now, status)
                 }
                 _ => Err(AuthorityError::from(InvalidArgument {
                     field: "ttl",
@@ -57,16 +58,19 @@ impl Authority {
                         .into(),
                 })),
             },
-            _ => self.issue(request, granted, alg, now),
+            _ => self.issue(request, granted, alg, now, status),
         }
     }
 
+    /// A token given a `status` holds that place in a list: its `status` claim names it,
+    /// and its `jti` carries it (for SetTokenStatus).
     pub(crate) fn issue(
         &self,
         request: &IssueRequest,
         granted: &Map<String, Value>,
         alg: Option<Algorithm>,
         now: u64,
+        status: Option<Slot>,
     ) -> Result<Issued, AuthorityError> {
         let alg = self.settings.algorithm(alg)?;
         let keys = self.keys.load();
@@ -74,9 +78,13 @@ impl Authority {
             field: "algorithm",
             reason: format!("{alg} is not configured on this authority"),
         })?;
-        let jti = b64::encode(crypto::random_bytes(16)?);
         let expires_at = now + request.ttl;
-        let mut claims = Map::with_capacity(request.claims.len() + granted.len() + 7);
+        let status = status.and_then(|slot| Some((slot, self.status_lists()?)));
+        let jti = match status {
+            Some((slot, lists)) => lists.jti(slot, expires_at),
+            None => b64::encode(crypto::random_bytes(16)?),
+        };
+        let mut claims = Map::with_capacity(request.claims.len() + granted.len() + 8);
         claims.insert("iss".into(), Value::String(self.settings.issuer.clone()));
         claims.insert("sub".into(), Value::String(request.subject.clone()));
         match request.audiences.as_slice() {
@@ -97,6 +105,9 @@ impl Authority {
         claims.insert("jti".into(), Value::String(jti.clone()));
         for (name, value) in request.claims.iter().chain(granted) {
             claims.insert(name.clone(), value.clone());
+        }
+        if let Some((slot, lists)) = status {
+            claims.insert("status".into(), lists.reference(slot).to_claim());
         }
         let token = jwt::sign(signer, &claims, self.settings.max_token_bytes)
             .map_err(|error| self.sign_error(error, "claims_json"))?;
@@ -172,7 +183,7 @@ mod tests {
             claims: Map::new(),
         };
         let claims = Map::new();
-        let issue = |now, by| authority.issue_by(&request, &claims, None, now, by);
+        let issue = |now, by| authority.issue_by(&request, &claims, None, now, by, None);
         // Decided with 600 s left on the certificate, signed 20 s later: 580 s.
         let late = issue(T0 + 20, Some(T0 + 600)).unwrap();
         assert_eq!((late.issued_at, late.expires_at), (T0 + 20, T0 + 600));

@@ -17,6 +17,7 @@ mod audit;
 mod key_ages;
 mod labels;
 mod registry;
+mod status;
 
 pub(crate) use self::{
     audit::AuditMetrics,
@@ -51,6 +52,8 @@ pub(crate) struct AuthorityState {
     pub(crate) refused_records: usize,
     /// Whether the signer answered its last call (always, for keys held in the process).
     pub(crate) signer_available: bool,
+    /// The status lists' counts (zero when the authority keeps none).
+    pub(crate) status: crate::authority::status::Census,
 }
 
 pub struct Metrics {
@@ -80,6 +83,7 @@ pub struct Metrics {
     pub(crate) http_listener: ListenerMetrics,
     pub watchers: WatchMetrics,
     pub(crate) audit: AuditMetrics,
+    status: status::StatusMetrics,
 }
 
 /// WatchKeys streams: how many are open, and how many the server refused or dropped.
@@ -252,6 +256,7 @@ impl Metrics {
         self.store_refused_records
             .set(i64::try_from(store.refused_records).unwrap_or(i64::MAX));
         self.signer_available.set(i64::from(store.signer_available));
+        self.status.set(store.status);
         for (alg, ages) in self.key_ages.at(now) {
             if let Some(gauge) = self.key_age.get(&alg) {
                 gauge.set(ages.age as i64);

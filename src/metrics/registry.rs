@@ -37,6 +37,7 @@ impl Metrics {
     pub fn new(algorithms: &[Algorithm]) -> Metrics {
         let mut registry = Registry::with_prefix("token_authority");
         let audit = super::AuditMetrics::register(&mut registry);
+        let status = super::status::StatusMetrics::register(&mut registry);
 
         let issued_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -210,6 +211,7 @@ impl Metrics {
             grpc_listener: listener(ListenerName::Grpc),
             http_listener: listener(ListenerName::Http),
             audit,
+            status,
             watchers: WatchMetrics {
                 open: watchers_open,
                 refused_at_limit: watchers_ended.get(WatcherEnd::Limit).clone(),

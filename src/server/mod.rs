@@ -175,11 +175,6 @@ pub async fn run(
     if let Some(tasks) = audit_tasks {
         tasks.stop().await;
     }
-    if let Some(lists) = authority.status_lists() {
-        if let Err(error) = lists.flush().await {
-            tracing::warn!(error = %crate::telemetry::chain(&error), "jti records still queued could not be written");
-        }
-    }
     authority.flush().await?;
     tracing::info!("keystore flushed; stopped");
     result

@@ -224,8 +224,7 @@ pub(super) async fn report_signer_health(
     }
 }
 
-/// How often lists whose tokens have all expired are dropped, with the jti records of
-/// expired tokens.
+/// How often lists whose tokens have all expired are dropped.
 const STATUS_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Drops what no valid token can need any more, at start and then every interval.

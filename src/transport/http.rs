@@ -156,6 +156,11 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         history_rewinds: state.authority.history_rewinds(),
         refused_records: state.authority.refused_records(),
         signer_available: state.authority.settings().signers.is_available(),
+        status: state
+            .authority
+            .status_lists()
+            .map(|lists| lists.census())
+            .unwrap_or_default(),
     };
     let text = state.metrics.render(&store, now);
     (

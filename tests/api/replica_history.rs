@@ -283,7 +283,7 @@ async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
     shared.pg().psql(
         "BEGIN; ALTER TABLE ta_generation DROP COLUMN database_id, DROP COLUMN lineage, \
          DROP COLUMN manifest; DROP TABLE ta_history; DROP TABLE ta_replicas; \
-         DROP TABLE ta_status_lists, ta_status_cursor, ta_token_status, ta_status_jti; \
+         DROP TABLE ta_status_lists, ta_status_cursor, ta_token_status, ta_status_jti_key; \
          DROP SEQUENCE ta_status_seq; \
          DELETE FROM ta_schema_version WHERE version >= 3; COMMIT;",
     );
@@ -296,7 +296,7 @@ async fn a_database_from_before_the_manifest_is_migrated_with_its_keys() {
             .pg()
             .psql("SELECT max(version) FROM ta_schema_version")
             .trim(),
-        "5"
+        "6"
     );
     a.stop().await;
     shared.pg().psql(&format!(

@@ -634,7 +634,7 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
         pb::VerifyFailureReason::RevokedToken,
         "{verdict:?}"
     );
-    // And by jti: the jti records moved too (revoked is final).
+    // And by jti: the jti key moved too (revoked is final).
     let error = replica
         .client
         .clone()

@@ -3,9 +3,7 @@
 //! waits for the disk, and nothing reserved for a moment after a failed reservation (the
 //! database down), when tokens are issued without a status instead.
 
-use token_authority_jose::status_list::StatusReference;
-
-use super::{StatusError, StatusLists};
+use super::{Slot, StatusError, StatusLists};
 use crate::store::status::{Block, Reservation};
 
 /// Indexes reserved at a time: one durable write per this many tokens.
@@ -40,7 +38,7 @@ impl StatusLists {
     /// The next index, from the open block, the spare one, or a newly reserved one. When
     /// the open block is half used, the request that notices reserves the spare, so the
     /// others never wait for the disk.
-    pub(crate) async fn allocate(&self, now: u64) -> Result<StatusReference, StatusError> {
+    pub(crate) async fn allocate(&self, now: u64) -> Result<Slot, StatusError> {
         if let Some((taken, low)) = self.take(now) {
             if low {
                 self.reserve_spare(now).await;
@@ -144,7 +142,7 @@ impl StatusLists {
 
     /// An index from the open block (the spare one taking over when it runs out), and
     /// whether the spare should be reserved now.
-    fn take(&self, now: u64) -> Option<(StatusReference, bool)> {
+    fn take(&self, now: u64) -> Option<(Slot, bool)> {
         let mut blocks = self.block.lock().ok()?;
         loop {
             if let Some(open) = blocks.open.as_mut().filter(|open| open.usable(now)) {
@@ -153,13 +151,7 @@ impl StatusLists {
                 let list = open.block.list;
                 let low = open.block.end - open.next < (open.block.end - open.block.start) / 2;
                 let want_spare = low && blocks.spare.is_none();
-                return Some((
-                    StatusReference {
-                        idx,
-                        uri: self.uri(list),
-                    },
-                    want_spare,
-                ));
+                return Some((Slot { list, idx }, want_spare));
             }
             match blocks.spare.take() {
                 Some(spare) if spare.usable(now) => blocks.open = Some(spare),
@@ -172,6 +164,7 @@ impl StatusLists {
     /// index: logged at most every 10 seconds, with the count since the last line.
     pub(crate) fn issued_without_status(&self, error: &StatusError, now: u64) {
         use std::sync::atomic::Ordering;
+        self.unstatused_total.fetch_add(1, Ordering::Relaxed);
         let count = self.unstatused.fetch_add(1, Ordering::Relaxed) + 1;
         let last = self.unstatused_logged.load(Ordering::Relaxed);
         if now >= last + 10

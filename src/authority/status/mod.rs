@@ -20,16 +20,20 @@ use std::{
 use token_authority_jose::status_list::{Status, StatusList, StatusReference};
 
 use crate::store::{
-    status::{JtiRecord, ListRecord, SetOutcome, StatusStore, StoredLists},
+    status::{ListRecord, SetOutcome, StatusStore, StoredLists},
     StoreError,
 };
 
 mod blocks;
+mod census;
 mod check;
 mod error;
+mod jti;
 mod served;
 
+pub(crate) use census::Census;
 pub(crate) use error::StatusError;
+pub(crate) use jti::Slot;
 pub(crate) use served::ServedList;
 
 /// Where lists are served on the HTTP listener: this, then the list's id.
@@ -81,6 +85,8 @@ struct ListState {
 pub(crate) struct StatusLists {
     settings: StatusSettings,
     store: StatusStore,
+    /// Mints the jti of each token with a status, and reads it back for SetTokenStatus.
+    jtis: jti::JtiMinter,
     lists: RwLock<BTreeMap<u64, ListState>>,
     block: Mutex<blocks::Blocks>,
     /// One reservation at a time: callers that find the block used up wait for it.
@@ -99,6 +105,8 @@ pub(crate) struct StatusLists {
     /// was last logged (unix seconds).
     unstatused: std::sync::atomic::AtomicU64,
     unstatused_logged: std::sync::atomic::AtomicU64,
+    /// The same since start, for the metrics.
+    unstatused_total: std::sync::atomic::AtomicU64,
     /// When a block reservation last failed (unix seconds; 0: never).
     reservation_failed_at: std::sync::atomic::AtomicU64,
 }
@@ -119,9 +127,11 @@ impl StatusLists {
         now: u64,
     ) -> Result<StatusLists, StatusError> {
         let (stored, seen) = store.load().await?;
+        let jtis = jti::JtiMinter::new(&store.jti_key().await?);
         let lists = StatusLists {
             settings,
             store,
+            jtis,
             lists: RwLock::new(BTreeMap::new()),
             block: Mutex::new(blocks::Blocks::default()),
             reserving: tokio::sync::Mutex::new(()),
@@ -131,6 +141,7 @@ impl StatusLists {
             changes: tokio::sync::watch::channel(0).0,
             unstatused: std::sync::atomic::AtomicU64::new(0),
             unstatused_logged: std::sync::atomic::AtomicU64::new(0),
+            unstatused_total: std::sync::atomic::AtomicU64::new(0),
             reservation_failed_at: std::sync::atomic::AtomicU64::new(0),
         };
         lists.apply(stored, true)?;
@@ -262,15 +273,18 @@ impl StatusLists {
         Some((list, reference.idx))
     }
 
-    /// Notes which index the token `jti` holds, until it expires.
-    pub(crate) fn remember(&self, jti: &str, reference: &StatusReference, exp: u64) {
-        let Some((list, idx)) = self.locate(reference) else {
-            return;
-        };
-        if let Err(error) = self.store.remember(jti, JtiRecord { list, idx, exp }) {
-            // The token stands and its status can still be set by list and index.
-            tracing::warn!(%error, list, idx, "a token's jti could not be recorded for SetTokenStatus");
+    /// The `status` claim of the token holding `slot`.
+    pub(crate) fn reference(&self, slot: Slot) -> StatusReference {
+        StatusReference {
+            idx: slot.idx,
+            uri: self.uri(slot.list),
         }
+    }
+
+    /// The `jti` of the token holding `slot`, which expires at `exp`: SetTokenStatus finds
+    /// the slot from it, on any replica, until then.
+    pub(crate) fn jti(&self, slot: Slot, exp: u64) -> String {
+        self.jtis.mint(slot, exp)
     }
 
     /// Sets the status at `target`. INVALID is final: nothing changes it afterwards (the
@@ -283,8 +297,8 @@ impl StatusLists {
     ) -> Result<Changed, StatusError> {
         let (list, idx) = match target {
             Target::Index { list, idx } => (*list, *idx),
-            Target::Jti(jti) => match self.store.lookup(jti).await? {
-                Some(record) if record.exp >= now => (record.list, record.idx),
+            Target::Jti(jti) => match self.jtis.read(jti) {
+                Some((slot, exp)) if exp >= now => (slot.list, slot.idx),
                 _ => return Err(StatusError::UnknownJti),
             },
         };
@@ -348,13 +362,7 @@ impl StatusLists {
             .unwrap_or_default()
     }
 
-    /// Writes the jti records still queued; part of an orderly shutdown.
-    pub(crate) async fn flush(&self) -> Result<(), StatusError> {
-        Ok(self.store.flush_jtis().await?)
-    }
-
-    /// Drops the lists whose tokens have all expired, and the jti records of expired
-    /// tokens; the list being filled stays.
+    /// Drops the lists whose tokens have all expired; the list being filled stays.
     pub(crate) async fn purge(&self, now: u64) -> Result<Vec<u64>, StatusError> {
         let dropped = self.store.purge(now).await?;
         if !dropped.is_empty() {

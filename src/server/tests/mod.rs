@@ -166,6 +166,7 @@ impl InProcess {
                 history_rewinds: 0,
                 refused_records: 0,
                 signer_available: true,
+                status: Default::default(),
             },
             self.authority.clock().unix_now(),
         );

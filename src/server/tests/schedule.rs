@@ -100,7 +100,7 @@ fn issue(authority: &Authority, alg: Algorithm, now: u64) -> (String, String) {
         claims: Map::new(),
     };
     let issued = authority
-        .issue(&request, &Map::new(), Some(alg), now)
+        .issue(&request, &Map::new(), Some(alg), now, None)
         .unwrap();
     (issued.kid, issued.token)
 }

@@ -84,6 +84,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX ta_status_jti_exp ON ta_status_jti (exp);
 ",
+    // A token's jti carries its list and index under a MAC (`authority::status::jti`):
+    // the per-token records go, the key the replicas share comes.
+    "
+    DROP TABLE ta_status_jti;
+    CREATE TABLE ta_status_jti_key (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        mac_key bytea NOT NULL CHECK (length(mac_key) = 32)
+    );
+",
 ];
 
 impl PgStore {

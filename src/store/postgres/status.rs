@@ -8,7 +8,7 @@ use deadpool_postgres::Transaction;
 
 use super::{PgStore, STATUS_CHANNEL, STATUS_LOCK};
 use crate::store::{
-    status::{Block, Exported, JtiRecord, ListRecord, Reservation, SetOutcome, StoredLists},
+    status::{Block, Exported, ListRecord, Reservation, SetOutcome, StoredLists},
     StoreError,
 };
 
@@ -242,46 +242,30 @@ impl PgStore {
         Ok(SetOutcome::Set { previous })
     }
 
-    /// Writes a batch of jti records in one statement.
-    pub(crate) async fn remember_jtis(
-        &self,
-        batch: &[(String, JtiRecord)],
-    ) -> Result<(), StoreError> {
+    /// The key status jtis are minted under: `made` when there is none yet. Replicas
+    /// starting together agree: the first insert wins and every one reads it back.
+    pub(crate) async fn status_jti_key(&self, made: [u8; 32]) -> Result<[u8; 32], StoreError> {
         let client = self.client().await?;
-        let jtis: Vec<&str> = batch.iter().map(|(jti, _)| jti.as_str()).collect();
-        let lists: Vec<i64> = batch.iter().map(|(_, r)| big(r.list)).collect();
-        let idxs: Vec<i64> = batch.iter().map(|(_, r)| big(r.idx)).collect();
-        let exps: Vec<i64> = batch.iter().map(|(_, r)| big(r.exp)).collect();
         client
             .execute(
-                "INSERT INTO ta_status_jti (jti, list_id, idx, exp)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-                 ON CONFLICT (jti) DO NOTHING",
-                &[&jtis, &lists, &idxs, &exps],
+                "INSERT INTO ta_status_jti_key (singleton, mac_key) VALUES (true, $1)
+                 ON CONFLICT (singleton) DO NOTHING",
+                &[&&made[..]],
             )
             .await
-            .map(|_| ())
-            .map_err(|e| self.unavailable(e))
-    }
-
-    pub(crate) async fn lookup_jti(&self, jti: &str) -> Result<Option<JtiRecord>, StoreError> {
-        let client = self.client().await?;
-        Ok(client
-            .query_opt(
-                "SELECT list_id, idx, exp FROM ta_status_jti WHERE jti = $1",
-                &[&jti],
-            )
+            .map_err(|e| self.unavailable(e))?;
+        let key: Vec<u8> = client
+            .query_one("SELECT mac_key FROM ta_status_jti_key", &[])
             .await
             .map_err(|e| self.unavailable(e))?
-            .map(|row| JtiRecord {
-                list: small(row.get(0)),
-                idx: small(row.get(1)),
-                exp: small(row.get(2)),
-            }))
+            .get(0);
+        key.try_into().map_err(|_| {
+            StoreError::Write(format!("{}: the status jti key is damaged", self.shown).into())
+        })
     }
 
     /// Drops lists past their `valid_until` (but the one being filled) with their
-    /// statuses, and jti records past their token's `exp`.
+    /// statuses.
     pub(crate) async fn purge_status_lists(&self, now: u64) -> Result<Vec<u64>, StoreError> {
         let mut client = self.client().await?;
         let tx = self.locked(&mut client).await?;
@@ -302,12 +286,6 @@ impl PgStore {
         tx.execute(
             "DELETE FROM ta_token_status WHERE list_id = ANY($1)",
             &[&dropped],
-        )
-        .await
-        .map_err(|e| self.unavailable(e))?;
-        tx.execute(
-            "DELETE FROM ta_status_jti WHERE exp < $1 OR list_id = ANY($2)",
-            &[&big(now), &dropped],
         )
         .await
         .map_err(|e| self.unavailable(e))?;
@@ -367,10 +345,17 @@ impl PgStore {
             .await
             .map_err(|e| self.unavailable(e))?;
         }
-        self.commit(tx).await?;
-        for batch in exported.jtis.chunks(1000) {
-            self.remember_jtis(batch).await?;
+        if let Some(key) = exported.jti_key {
+            // The lists' tokens keep being named by their jtis.
+            tx.execute(
+                "INSERT INTO ta_status_jti_key (singleton, mac_key) VALUES (true, $1)
+                 ON CONFLICT (singleton) DO UPDATE SET mac_key = EXCLUDED.mac_key",
+                &[&&key[..]],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
         }
+        self.commit(tx).await?;
         Ok(exported.lists.len())
     }
 }

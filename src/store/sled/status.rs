@@ -1,13 +1,13 @@
 //! Status lists in sled, in a tree of their own: the list being filled (`c`), each list's
-//! record (`l` + id), each status other than VALID (`s` + id + index) and each token's
-//! list and index by `jti` (`j` + jti). Ids and indexes are big-endian, so a list's
-//! statuses are one range.
+//! record (`l` + id), each status other than VALID (`s` + id + index) and the key status
+//! jtis are minted under (`k`). Ids and indexes are big-endian, so a list's statuses are
+//! one range.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::SledStore;
 use crate::store::{
-    status::{Block, Exported, JtiRecord, ListRecord, Reservation, SetOutcome, StoredLists},
+    status::{Block, Exported, ListRecord, Reservation, SetOutcome, StoredLists},
     StoreError,
 };
 
@@ -15,7 +15,7 @@ const STATUS_TREE: &str = "status_lists";
 const CURSOR: &[u8] = b"c";
 const LIST: u8 = b'l';
 const STATUS: u8 = b's';
-const JTI: u8 = b'j';
+const JTI_KEY: &[u8] = b"k";
 
 fn list_key(id: u64) -> [u8; 9] {
     let mut key = [LIST; 9];
@@ -27,13 +27,6 @@ fn status_key(list: u64, idx: u64) -> [u8; 17] {
     let mut key = [STATUS; 17];
     key[1..9].copy_from_slice(&list.to_be_bytes());
     key[9..].copy_from_slice(&idx.to_be_bytes());
-    key
-}
-
-fn jti_key(jti: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + jti.len());
-    key.push(JTI);
-    key.extend_from_slice(jti.as_bytes());
     key
 }
 
@@ -189,8 +182,23 @@ impl SledStore {
         Ok(SetOutcome::Set { previous })
     }
 
+    /// The key status jtis are minted under: `made` when there is none yet (kept, flushed).
+    pub(crate) fn status_jti_key(&self, made: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let tree = self.status_tree()?;
+        // Only one key ever: a key already stored stays.
+        let _ = tree
+            .compare_and_swap(JTI_KEY, None::<&[u8]>, Some(&made[..]))
+            .map_err(write_error)?;
+        tree.flush().map_err(write_error)?;
+        let stored = tree.get(JTI_KEY).map_err(write_error)?;
+        stored
+            .as_deref()
+            .and_then(|key| key.try_into().ok())
+            .ok_or_else(|| damaged("jti key"))
+    }
+
     /// Everything, for `keys migrate`: the lists, the one being filled, the statuses and
-    /// the jti records.
+    /// the jti key.
     pub(crate) fn export_status_lists(&self) -> Result<Exported, StoreError> {
         let tree = self.status_tree()?;
         let StoredLists { lists, statuses } = self.load_status_lists()?;
@@ -198,44 +206,20 @@ impl SledStore {
             Some(bytes) => Some(be_u64(&bytes).ok_or_else(|| damaged("cursor"))?),
             None => None,
         };
-        let mut jtis = Vec::new();
-        for entry in tree.scan_prefix([JTI]) {
-            let (key, value) = entry.map_err(write_error)?;
-            let jti = String::from_utf8_lossy(&key[1..]).into_owned();
-            let record = serde_json::from_slice(&value).map_err(|_| damaged("jti record"))?;
-            jtis.push((jti, record));
-        }
+        let jti_key = match tree.get(JTI_KEY).map_err(write_error)? {
+            Some(key) => Some((&key[..]).try_into().map_err(|_| damaged("jti key"))?),
+            None => None,
+        };
         Ok(Exported {
             lists,
             cursor,
             statuses,
-            jtis,
+            jti_key,
         })
     }
 
-    /// Writes a batch of jti records (not flushed: sled's own flush follows).
-    pub(crate) fn remember_jtis(&self, records: &[(String, JtiRecord)]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (jti, record) in records {
-            batch.insert(
-                jti_key(jti),
-                serde_json::to_vec(record).map_err(write_error)?,
-            );
-        }
-        self.status_tree()?.apply_batch(batch).map_err(write_error)
-    }
-
-    pub(crate) fn lookup_jti(&self, jti: &str) -> Result<Option<JtiRecord>, StoreError> {
-        match self.status_tree()?.get(jti_key(jti)).map_err(write_error)? {
-            Some(value) => Ok(Some(
-                serde_json::from_slice(&value).map_err(|_| damaged("jti record"))?,
-            )),
-            None => Ok(None),
-        }
-    }
-
     /// Drops every list (but the one being filled) past its `valid_until`, with its
-    /// statuses, and every jti record past its token's `exp`.
+    /// statuses.
     pub(crate) fn purge_status_lists(&self, now: u64) -> Result<Vec<u64>, StoreError> {
         let tree = self.status_tree()?;
         let keep = match tree.get(CURSOR).map_err(write_error)? {
@@ -257,15 +241,6 @@ impl SledStore {
                 }
                 tree.remove(key).map_err(write_error)?;
                 dropped.push(record.id);
-            }
-        }
-        for entry in tree.scan_prefix([JTI]) {
-            let (key, value) = entry.map_err(write_error)?;
-            let expired = serde_json::from_slice::<JtiRecord>(&value)
-                .map(|record| record.exp < now || dropped.contains(&record.list))
-                .unwrap_or(true);
-            if expired {
-                tree.remove(key).map_err(write_error)?;
             }
         }
         tree.flush().map_err(write_error)?;
@@ -313,12 +288,7 @@ mod tests {
             assert_eq!(set(1, 5, 1), SetOutcome::Set { previous: 1 });
             assert_eq!(set(2, 0, 2), SetOutcome::Set { previous: 0 });
             assert_eq!(set(2, 0, 0), SetOutcome::Set { previous: 2 });
-            let record = JtiRecord {
-                list: 1,
-                idx: 5,
-                exp: 50,
-            };
-            store.remember_jtis(&[("x".into(), record)]).unwrap();
+            assert_eq!(store.status_jti_key([1; 32]).unwrap(), [1; 32]);
             store.flush().unwrap();
         }
         let (store, _) = SledStore::open(&path, None).unwrap();
@@ -328,17 +298,10 @@ mod tests {
         assert_eq!(valid_until, [(1, 200), (2, 150), (3, 0)]);
         let (_, d) = store.reserve_status_block(reservation(4, 6, 100)).unwrap();
         assert_eq!((d.list, d.start, d.end), (2, 4, 6));
-        assert_eq!(
-            store.lookup_jti("x").unwrap(),
-            Some(JtiRecord {
-                list: 1,
-                idx: 5,
-                exp: 50
-            })
-        );
-        // At 180 list 2 is past its time but kept (it is being filled); the jti is gone.
+        // The first key stays, across a reopen.
+        assert_eq!(store.status_jti_key([2; 32]).unwrap(), [1; 32]);
+        // At 180 list 2 is past its time but kept (it is being filled).
         assert!(store.purge_status_lists(180).unwrap().is_empty());
-        assert_eq!(store.lookup_jti("x").unwrap(), None);
         assert_eq!(store.purge_status_lists(201).unwrap(), [1]);
         let left = store.load_status_lists().unwrap();
         assert!(left.statuses.is_empty());

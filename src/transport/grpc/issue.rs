@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     authority::domain::{IssueRequest, RequestedTtl, TtlPolicy},
-    authority::{AuthorityError, Issued},
+    authority::{status::Slot, AuthorityError, Issued},
     callers::{
         audit::Entry,
         audit::Outcome,
@@ -25,7 +25,7 @@ use crate::{
     metrics::{DecidedMethod, DecisionOutcome},
     pb,
 };
-use token_authority_jose::{crypto::Algorithm, status_list::StatusReference};
+use token_authority_jose::crypto::Algorithm;
 
 impl GrpcService {
     pub(super) async fn issue(
@@ -46,18 +46,15 @@ impl GrpcService {
         } = self.grant(&principal, &parsed).await?;
         parsed.ttl = ttl;
         let parsed = Arc::new(parsed);
-        let (claims, status) = match self.with_status(claims, ttl, status).await {
-            Ok(done) => done,
+        let slot = match self.status_slot(ttl, status).await {
+            Ok(slot) => slot,
             Err(status) => {
                 self.issue_refused(Some(&principal), Outcome::Failed, None, &status)
                     .await;
                 return Err(status);
             }
         };
-        let (issued, signed_at) = self.sign(&parsed, claims, expires_by, alg).await?;
-        if let (Some(lists), Some(reference)) = (self.authority.status_lists(), &status) {
-            lists.remember(&issued.jti, reference, issued.expires_at);
-        }
+        let (issued, signed_at) = self.sign(&parsed, claims, expires_by, alg, slot).await?;
         self.record_issued(&principal, &parsed, rule, &issued)
             .await?;
         tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
@@ -143,20 +140,9 @@ impl GrpcService {
         }
     }
 
-    /// The claims with a `status` claim added when the token gets one (by its rule, else
-    /// when it lives at least `--status-min-ttl`), and that reference.
-    async fn with_status(
-        &self,
-        mut claims: serde_json::Map<String, serde_json::Value>,
-        ttl: u64,
-        rule: StatusRule,
-    ) -> Result<
-        (
-            serde_json::Map<String, serde_json::Value>,
-            Option<StatusReference>,
-        ),
-        Status,
-    > {
+    /// The place in a list the token gets, if it gets one: by its rule, else when it
+    /// lives at least `--status-min-ttl`.
+    async fn status_slot(&self, ttl: u64, rule: StatusRule) -> Result<Option<Slot>, Status> {
         let lists = self.authority.status_lists();
         let wanted = match rule {
             StatusRule::Forbidden => false,
@@ -169,20 +155,18 @@ impl GrpcService {
                     "the caller's rule requires a status, and this authority keeps no status lists",
                 ));
             }
-            return Ok((claims, None));
+            return Ok(None);
         };
-        let reference = match lists.allocate(self.now()).await {
-            Ok(reference) => reference,
+        match lists.allocate(self.now()).await {
+            Ok(slot) => Ok(Some(slot)),
             // The store is down: IssueToken stays up (the keys are in memory), its tokens
             // without a status, unless the rule requires one.
             Err(error) if error.is_unavailable() && rule != StatusRule::Required => {
                 lists.issued_without_status(&error, self.now());
-                return Ok((claims, None));
+                Ok(None)
             }
-            Err(error) => return Err(Status::from(error)),
-        };
-        claims.insert("status".into(), reference.to_claim());
-        Ok((claims, Some(reference)))
+            Err(error) => Err(Status::from(error)),
+        }
     }
 
     /// The signed token and the instant it was signed at (to the nanosecond).
@@ -196,6 +180,7 @@ impl GrpcService {
         claims: serde_json::Map<String, serde_json::Value>,
         expires_by: Option<u64>,
         alg: Option<Algorithm>,
+        slot: Option<Slot>,
     ) -> Result<(Issued, Duration), Status> {
         let sign = {
             let authority = Arc::clone(&self.authority);
@@ -204,8 +189,14 @@ impl GrpcService {
             move || {
                 let started = Instant::now();
                 let signed_at = clock.since_epoch();
-                let issued =
-                    authority.issue_by(&parsed, &claims, alg, signed_at.as_secs(), expires_by);
+                let issued = authority.issue_by(
+                    &parsed,
+                    &claims,
+                    alg,
+                    signed_at.as_secs(),
+                    expires_by,
+                    slot,
+                );
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
         };

@@ -5,6 +5,7 @@
 mod audit;
 mod crash;
 mod lists_http;
+mod outage;
 mod perf_script;
 mod policy;
 mod readme;

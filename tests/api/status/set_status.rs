@@ -6,7 +6,10 @@ use token_authority::pb::{self, TokenStatus, VerifyFailureReason as Reason};
 use tonic::Code;
 
 use super::{at_index, issue_for, list_id, reference, set_request, verdict, LONG, SHORT};
-use crate::helpers::{admin, DataDir, TestServer};
+use crate::helpers::{admin, metric, DataDir, TestServer};
+
+const REVOKED: &str = r#"token_authority_status_list_tokens{status="invalid"}"#;
+const SUSPENDED: &str = r#"token_authority_status_list_tokens{status="suspended"}"#;
 
 #[tokio::test]
 async fn revoke_suspend_and_reinstate_one_token() {
@@ -26,6 +29,9 @@ async fn revoke_suspend_and_reinstate_one_token() {
     for token in [&revoked, &suspended, &bystander, &short] {
         assert_eq!(verdict(&server, &token.token).await, Reason::Unspecified);
     }
+    // The list in use and the one made ahead, nothing set yet.
+    assert_eq!(metric(&server, "token_authority_status_lists").await, 2.0);
+    assert_eq!(metric(&server, REVOKED).await, 0.0);
 
     let mut client = server.client.clone();
     let answer = client
@@ -67,6 +73,13 @@ async fn revoke_suspend_and_reinstate_one_token() {
         verdict(&server, &suspended.token).await,
         Reason::SuspendedToken
     );
+    assert_eq!(
+        (
+            metric(&server, REVOKED).await,
+            metric(&server, SUSPENDED).await
+        ),
+        (1.0, 1.0)
+    );
     let answer = client
         .set_token_status(admin(set_request(&suspended.jti, TokenStatus::Valid)))
         .await
@@ -77,6 +90,7 @@ async fn revoke_suspend_and_reinstate_one_token() {
         verdict(&server, &suspended.token).await,
         Reason::Unspecified
     );
+    assert_eq!(metric(&server, SUSPENDED).await, 0.0);
 
     // Revoked is final: neither VALID nor SUSPENDED undoes it; INVALID again is a no-op.
     for status in [TokenStatus::Valid, TokenStatus::Suspended] {
@@ -119,6 +133,17 @@ async fn bad_requests() {
     let list = list_id(&held);
     let short = issue_for(&server, "svc", SHORT).await;
     let valid = TokenStatus::Valid;
+    // A jti names its token's list and index under the authority's MAC: a garbled one, or
+    // another authority's (whose first token holds the same list and index as ours), names
+    // nothing here.
+    let mut garbled = token.jti.clone().into_bytes();
+    garbled[10] = if garbled[10] == b'A' { b'B' } else { b'A' };
+    let garbled = String::from_utf8(garbled).unwrap();
+    let other_dir = DataDir::new();
+    let other = TestServer::start(&other_dir).await;
+    let foreign = issue_for(&other, "svc", LONG).await;
+    other.stop().await;
+    assert_eq!(reference(&foreign.token).unwrap().idx, held.idx);
     let cases: Vec<(&str, pb::SetTokenStatusRequest, Code, String)> = vec![
         (
             "unknown jti",
@@ -129,6 +154,18 @@ async fn bad_requests() {
         (
             "jti of a token without a status",
             set_request(&short.jti, TokenStatus::Invalid),
+            Code::NotFound,
+            "no token with this jti holds a status (unknown, or expired)".into(),
+        ),
+        (
+            "jti with one character changed",
+            set_request(&garbled, TokenStatus::Invalid),
+            Code::NotFound,
+            "no token with this jti holds a status (unknown, or expired)".into(),
+        ),
+        (
+            "another authority's jti for the same list and index",
+            set_request(&foreign.jti, TokenStatus::Invalid),
             Code::NotFound,
             "no token with this jti holds a status (unknown, or expired)".into(),
         ),
