@@ -301,9 +301,7 @@ pub(super) async fn open_callers(
 }
 
 /// Opens the status lists the keystore holds and hands them to the authority (with
-/// `--status-min-ttl off` too: lists already handed out are still served and checked). A
-/// keystore that keeps none (PostgreSQL, for now) issues tokens
-/// without a status, and says so once.
+/// `--status-min-ttl off` too: lists already handed out are still served and checked).
 pub(super) async fn open_status_lists(
     config: &Config,
     authority: &Arc<Authority>,

@@ -228,7 +228,7 @@ pub(super) async fn report_signer_health(
 const STATUS_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Drops what no valid token can need any more, at start and then every interval.
-async fn purge_status_lists(
+pub(super) async fn purge_status_lists(
     authority: Arc<Authority>,
     lists: Arc<StatusLists>,
     stop: CancellationToken,

@@ -32,6 +32,7 @@ mod log_hygiene;
 mod metrics;
 mod mtls_lifetime;
 mod peer_limits;
+mod perf_scripts;
 mod persistence_and_rotation;
 mod pkcs11;
 mod pki;

@@ -7,36 +7,20 @@
 # Usage: cargo build --release && tests/perf/pkcs11.sh   (DUR=5s ROUNDS=4 ALGS="RS256 ES256 EdDSA")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=${TA_BIN:-$PWD/target/release/token-authority}
+source tests/perf/common.sh
 MODULE=${TA_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 ALGS=${ALGS:-RS256 ES256 EdDSA}
-W=$(mktemp -d)
-trap 'for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$W"' EXIT
-free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 mkdir "$W/tokens"
 printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$W/tokens" > "$W/softhsm2.conf"
 export SOFTHSM2_CONF="$W/softhsm2.conf"
 softhsm2-util --init-token --free --label bench --pin 1234 --so-pin 5678 >/dev/null
 printf 1234 > "$W/pin"; chmod 600 "$W/pin"
 start() { # name serve-flags... -> the gRPC port, once serving
-  local name=$1 g h d="$W/$1"; shift
+  local name=$1 g h
+  shift
   g=$(free); h=$(free)
-  mkdir -p "$d"; chmod 700 "$d"
-  "$BIN" serve --data-dir "$d/data" --algorithms "$(echo "$ALGS" | tr ' ' ,)" \
-    --issuer http://ta.test --grpc-listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" \
-    --log-format json "$@" >/dev/null 2>"$d/log" &
-  echo $! > "$d/pid"
-  for _ in $(seq 300); do grep -q '"serving"' "$d/log" 2>/dev/null && break; sleep 0.1; done
-  grep -q '"serving"' "$d/log" || { echo "$name did not start:" >&2; cat "$d/log" >&2; exit 1; }
+  serve "$name" "$g" "$h" --algorithms "$(echo "$ALGS" | tr ' ' ,)" "$@"
   echo "$g"
-}
-run() { # side alg port -> one line "side alg req/s p50 p99 errors"
-  "$BIN" bench issue --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
-    --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --json | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-l = r["latency_us"]
-print(sys.argv[1], sys.argv[2], round(r["requests_per_s"]), l["p50"], l["p99"], sum(r["errors"].values()))' "$1" "$2"
 }
 P=$(start process)
 T=$(start token --signer pkcs11 --pkcs11-module "$MODULE" --pkcs11-token-label bench \
@@ -48,7 +32,7 @@ for round in $(seq "${ROUNDS:-4}"); do
   for alg in $ALGS; do
     for side in $order; do
       case $side in process) port=$P ;; token) port=$T ;; esac
-      run "$side" "$alg" "$port" | tee -a "$W/runs"
+      bench_issue "$side" "$alg" "$port" | tee -a "$W/runs"
     done
   done
 done

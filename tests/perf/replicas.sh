@@ -7,39 +7,29 @@
 # Usage: cargo build --release && tests/perf/replicas.sh   (DUR=5s ROUNDS=4 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=${TA_BIN:-$PWD/target/release/token-authority}
+source tests/perf/common.sh
+chmod 755 "$W"
 PG=${TA_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}
-W=$(mktemp -d); chmod 755 "$W"
 as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$1"; else sh -c "$1"; fi; }
-free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 PGPORT=$(free)
 mkdir "$W/pg"; [ "$(id -u)" = 0 ] && chown postgres "$W/pg"
 as_pg "$PG/initdb -D $W/pg/data -A trust -U postgres --no-sync >/dev/null && $PG/pg_ctl start -w -D $W/pg/data -l $W/pg/log -o '-c listen_addresses=127.0.0.1 -p $PGPORT -k $W/pg' >/dev/null"
-trap 'for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done; as_pg "$PG/pg_ctl stop -m immediate -D $W/pg/data" >/dev/null; rm -rf "$W"' EXIT
+trap 'stop_servers; as_pg "$PG/pg_ctl stop -m immediate -D $W/pg/data" >/dev/null; rm -rf "$W"' EXIT
 head -c 32 /dev/urandom | base64 > "$W/kek"; chmod 600 "$W/kek"
 echo "bench-admin-token-0123456789" > "$W/admin"; chmod 600 "$W/admin"
 URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 start() { # name store -> the gRPC port, once serving
-  local g h d="$W/$1"
+  local g h
   g=$(free); h=$(free)
-  mkdir -p "$d"; chmod 700 "$d"
-  # One --issuer for all: the default follows each replica's own address.
-  "$BIN" serve --data-dir "$d/data" --admin-token-file "$W/admin" --kek-file "$W/kek" \
-    --store "$2" --issuer http://ta.test --grpc-listen "127.0.0.1:$g" \
-    --http-listen "127.0.0.1:$h" --log-format json >/dev/null 2>"$d/log" &
-  echo $! > "$d/pid"
-  for _ in $(seq 100); do grep -q '"serving"' "$d/log" 2>/dev/null && break; sleep 0.1; done
+  # One --issuer for all (serve's): the default follows each replica's own address.
+  serve "$1" "$g" "$h" --admin-token-file "$W/admin" --kek-file "$W/kek" --store "$2"
   echo "$g"
 }
 run() { # side mode port... -> one line "side mode req/s p50 p99 errors"
   local side=$1 mode=$2 t; shift 2
   t=$(printf 'http://127.0.0.1:%s,' "$@"); t=${t%,}
   "$BIN" bench "$mode" --target "$t" --duration "${DUR:-5s}" --warmup 1s --concurrency 64 \
-    --connections 6 --json | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-l = r["latency_us"]
-print(sys.argv[1], sys.argv[2], round(r["requests_per_s"]), l["p50"], l["p99"], sum(r["errors"].values()))' "$side" "$mode"
+    --connections 6 --json | bench_line "$side" "$mode"
 }
 S=$(start sled sled)
 A=$(start a "$URL")

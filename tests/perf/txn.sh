@@ -11,11 +11,8 @@
 # Usage: cargo build --release && tests/perf/txn.sh   (DUR=5s ROUNDS=3 FRESH=45000 FRESH_RSA=10000 ALGS="RS256 ES256")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=${TA_BIN:-$PWD/target/release/token-authority}
+source tests/perf/common.sh
 ALGS=${ALGS:-RS256 PS256 ES256 EdDSA}
-W=$(mktemp -d)
-trap 'for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$W"' EXIT
-free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 printf 'bench-secret-0123456789' > "$W/secret"
 SECRET_SHA=$(sha256sum < "$W/secret" | cut -d' ' -f1)
 start() { # alg -> "grpc-port", once serving
@@ -47,12 +44,8 @@ trust_domain = "bench.internal"
 callers = ["client:bench"]
 scopes = ["bench"]
 TOML
-  "$BIN" serve --data-dir "$d/data" --algorithms "$alg" --issuer http://ta.test \
-    --grpc-listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --policy-file "$d/policy.toml" \
-    --audit-log "$d/audit.log" --log-format json >/dev/null 2>"$d/log" &
-  echo $! > "$d/pid"
-  for _ in $(seq 300); do grep -q '"serving"' "$d/log" 2>/dev/null && break; sleep 0.1; done
-  grep -q '"serving"' "$d/log" || { echo "$alg did not start:" >&2; cat "$d/log" >&2; exit 1; }
+  serve "$alg" "$g" "$h" --algorithms "$alg" --policy-file "$d/policy.toml" \
+    --audit-log "$d/audit.log"
   echo "$g"
 }
 run() { # label alg port -> one line "label alg req/s p50 p99 errors"
@@ -66,11 +59,7 @@ run() { # label alg port -> one line "label alg req/s p50 p99 errors"
   esac
   "$BIN" bench "$mode" --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
     --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --client-id bench \
-    --client-secret-file "$W/secret" "${extra[@]}" --json | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-l = r["latency_us"]
-print(sys.argv[1], sys.argv[2], round(r["requests_per_s"]), l["p50"], l["p99"], sum(r["errors"].values()))' "$1" "$2"
+    --client-secret-file "$W/secret" "${extra[@]}" --json | bench_line "$1" "$2"
 }
 : > "$W/runs"
 for alg in $ALGS; do

@@ -8,6 +8,7 @@
 //! # Layout
 //! - `schedule`: rotations, retirements and deletions over months of the schedule.
 //! - `client`: the client's refresh before expiry and its verifier's expiry checks.
+//! - `status`: status lists kept until their last token has expired, then dropped.
 
 use std::{
     io,
@@ -40,6 +41,7 @@ use token_authority_jose::clock::Clock;
 
 mod client;
 mod schedule;
+mod status;
 
 /// Where the test clocks start: 2023-11-14T22:13:20Z.
 const T0: u64 = 1_700_000_000;

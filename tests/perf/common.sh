@@ -1,0 +1,43 @@
+# Sourced by the perf scripts (from the repository's root): the binary measured, a work
+# folder removed at exit with every server started in it, free ports, starting a server,
+# and one line per bench run.
+
+BIN=${TA_BIN:-$PWD/target/release/token-authority}
+W=$(mktemp -d)
+stop_servers() {
+  for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+# A script with more to stop sets its own trap, calling stop_servers first.
+trap 'stop_servers; rm -rf "$W"' EXIT
+
+free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# serve NAME GRPC_PORT HTTP_PORT serve-flags...: starts a server in $W/NAME (its pid in
+# $W/NAME/pid, its log in $W/NAME/log) and returns once it serves; exits if it does not.
+serve() {
+  local name=$1 g=$2 h=$3 d="$W/$1"
+  shift 3
+  mkdir -p "$d"; chmod 700 "$d"
+  "$BIN" serve --data-dir "$d/data" --issuer http://ta.test --grpc-listen "127.0.0.1:$g" \
+    --http-listen "127.0.0.1:$h" --log-format json "$@" >/dev/null 2>"$d/log" &
+  echo $! > "$d/pid"
+  for _ in $(seq 300); do grep -q '"serving"' "$d/log" 2>/dev/null && break; sleep 0.1; done
+  grep -q '"serving"' "$d/log" || { echo "$name did not start:" >&2; cat "$d/log" >&2; exit 1; }
+}
+
+# ... | bench_line LABEL KIND: a `bench --json` report as one line
+# "LABEL KIND req/s p50 p99 errors".
+bench_line() {
+  python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+l = r["latency_us"]
+print(sys.argv[1], sys.argv[2], round(r["requests_per_s"]), l["p50"], l["p99"], sum(r["errors"].values()))' "$1" "$2"
+}
+
+# bench_issue LABEL ALG PORT: IssueToken for DUR (after WARMUP), as one bench_line.
+bench_issue() {
+  "$BIN" bench issue --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
+    --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --json | bench_line "$1" "$2"
+}
