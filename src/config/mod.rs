@@ -76,11 +76,11 @@ pub struct Config {
 
 /// The status lists' flags, checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct StatusConfig {
+pub struct StatusConfig {
     /// `None`: `--status-min-ttl off`, no new token gets a status.
-    pub(crate) min_ttl: Option<u64>,
-    pub(crate) list_size: u64,
-    pub(crate) list_ttl: u64,
+    pub min_ttl: Option<u64>,
+    pub list_size: u64,
+    pub list_ttl: u64,
 }
 
 /// The largest list: 16,777,216 statuses are 4 MiB in memory and on the wire at worst.

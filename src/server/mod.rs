@@ -37,6 +37,7 @@ mod tests;
 
 pub use error::ServerError;
 use health::Health;
+pub use open::open_status_lists;
 use open::{authority_settings, open_authority, open_callers, open_secrets, open_signers};
 use serving::Serving;
 use tasks::Tasks;
@@ -101,7 +102,7 @@ pub async fn run(
     };
     authority.report_key_ages(metrics.key_ages());
     log_keys_loaded(&authority);
-    if let Err(error) = open::open_status_lists(&config, &authority, &issuer).await {
+    if let Err(error) = open::open_status_lists(config.status, &authority, &issuer).await {
         stop.cancel();
         let _ = serving.drain(config.shutdown_grace).await;
         return Err(error);

@@ -17,7 +17,7 @@ use crate::{
         audit::{self, AuditLog, AuditSettings},
         reload, CallerSettings, Callers,
     },
-    config::Config,
+    config::{Config, StatusConfig},
     metrics::Metrics,
     store::file_modes,
     store::{kek::Keks, status::StatusStore, KeyStore, PgSettings, PgStore},
@@ -302,12 +302,11 @@ pub(super) async fn open_callers(
 
 /// Opens the status lists the keystore holds and hands them to the authority (with
 /// `--status-min-ttl off` too: lists already handed out are still served and checked).
-pub(super) async fn open_status_lists(
-    config: &Config,
+pub async fn open_status_lists(
+    status: StatusConfig,
     authority: &Arc<Authority>,
     issuer: &str,
 ) -> Result<(), ServerError> {
-    let status = config.status;
     let store = StatusStore::of(authority.store());
     let settings = authority.settings();
     let lists = StatusLists::open(

@@ -3,6 +3,8 @@
 //! waits for the disk, and nothing reserved for a moment after a failed reservation (the
 //! database down), when tokens are issued without a status instead.
 
+use std::sync::Arc;
+
 use super::{Slot, StatusError, StatusLists};
 use crate::store::status::{Block, Reservation};
 
@@ -32,16 +34,19 @@ impl OpenBlock {
 pub(super) struct Blocks {
     open: Option<OpenBlock>,
     spare: Option<OpenBlock>,
+    /// A task reserving the spare is on its way: no request starts another.
+    spare_asked: bool,
 }
 
 impl StatusLists {
     /// The next index, from the open block, the spare one, or a newly reserved one. When
-    /// the open block is half used, the request that notices reserves the spare, so the
-    /// others never wait for the disk.
-    pub(crate) async fn allocate(&self, now: u64) -> Result<Slot, StatusError> {
+    /// the open block is half used, the spare is reserved by a task of its own: no request
+    /// waits for the disk, not even the one that noticed.
+    pub(crate) async fn allocate(self: &Arc<Self>, now: u64) -> Result<Slot, StatusError> {
         if let Some((taken, low)) = self.take(now) {
             if low {
-                self.reserve_spare(now).await;
+                let lists = Arc::clone(self);
+                tokio::spawn(async move { lists.reserve_spare(now).await });
             }
             return Ok(taken);
         }
@@ -81,6 +86,13 @@ impl StatusLists {
     /// Reserves the spare block, unless one is held or being reserved. A failure is left
     /// for the next request, which reserves when the open block runs out.
     async fn reserve_spare(&self, now: u64) {
+        self.try_reserve_spare(now).await;
+        if let Ok(mut blocks) = self.block.lock() {
+            blocks.spare_asked = false;
+        }
+    }
+
+    async fn try_reserve_spare(&self, now: u64) {
         let Ok(_reserving) = self.reserving.try_lock() else {
             return;
         };
@@ -150,7 +162,8 @@ impl StatusLists {
                 open.next += 1;
                 let list = open.block.list;
                 let low = open.block.end - open.next < (open.block.end - open.block.start) / 2;
-                let want_spare = low && blocks.spare.is_none();
+                let want_spare = low && blocks.spare.is_none() && !blocks.spare_asked;
+                blocks.spare_asked |= want_spare;
                 return Some((Slot { list, idx }, want_spare));
             }
             match blocks.spare.take() {
