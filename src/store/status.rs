@@ -86,6 +86,47 @@ enum Backend {
     Postgres(Arc<PgStore>),
 }
 
+impl Reservation {
+    /// A list nothing was reserved from yet, made with this reservation.
+    pub(crate) fn fresh(&self, id: u64) -> ListRecord {
+        ListRecord {
+            id,
+            size: self.size,
+            allocated: 0,
+            valid_until: 0,
+            created_at: self.now,
+        }
+    }
+
+    /// Where the block comes from: the list being filled (`cursor`, whose record is
+    /// `filling`) while it has room, else (`Err`) the id after it, whose record the backend
+    /// reads (made ahead) or makes (`fresh`).
+    pub(crate) fn list_to_fill(
+        cursor: Option<u64>,
+        filling: Option<ListRecord>,
+    ) -> Result<ListRecord, u64> {
+        match filling {
+            Some(record) if record.allocated < record.size => Ok(record),
+            _ => Err(cursor.unwrap_or(0) + 1),
+        }
+    }
+
+    /// Takes the block from `record`: the record as it is after (its `valid_until` raised
+    /// to this reservation's), and the block.
+    pub(crate) fn take_from(&self, mut record: ListRecord) -> (ListRecord, Block) {
+        let start = record.allocated;
+        let end = start.saturating_add(self.count).min(record.size);
+        record.allocated = end;
+        record.valid_until = record.valid_until.max(self.valid_until);
+        let block = Block {
+            list: record.id,
+            start,
+            end,
+        };
+        (record, block)
+    }
+}
+
 /// The store of status lists: the keystore's backend.
 #[derive(Clone, Debug)]
 pub(crate) struct StatusStore {
@@ -210,4 +251,34 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(StoreError::Task)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule both backends follow: the list being filled while it has room, else the
+    /// next id; a block never runs past its list's end, and `valid_until` only grows.
+    #[test]
+    fn a_block_comes_from_the_list_being_filled_until_it_is_full() {
+        let reservation = Reservation {
+            count: 4,
+            size: 6,
+            valid_until: 100,
+            now: 7,
+        };
+        assert_eq!(Reservation::list_to_fill(None, None), Err(1));
+        let fresh = reservation.fresh(1);
+        assert_eq!((fresh.allocated, fresh.created_at), (0, 7));
+        let (record, a) = reservation.take_from(fresh);
+        assert_eq!((a.list, a.start, a.end), (1, 0, 4));
+        let filling = Reservation::list_to_fill(Some(1), Some(record.clone())).unwrap();
+        let later = Reservation {
+            valid_until: 50,
+            ..reservation
+        };
+        let (record, b) = later.take_from(filling);
+        assert_eq!((b.start, b.end, record.valid_until), (4, 6, 100));
+        assert_eq!(Reservation::list_to_fill(Some(1), Some(record)), Err(2));
+    }
 }

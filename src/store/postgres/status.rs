@@ -130,26 +130,14 @@ impl PgStore {
                 .map(|row| list_record(&row)),
             None => None,
         };
-        let fresh = |id: u64| ListRecord {
-            id,
-            size: reservation.size,
-            allocated: 0,
-            valid_until: 0,
-            created_at: reservation.now,
+        let record = match Reservation::list_to_fill(current.map(small), filling) {
+            Ok(record) => record,
+            Err(id) => self
+                .list_record(&tx, id)
+                .await?
+                .unwrap_or_else(|| reservation.fresh(id)),
         };
-        let mut record = match filling {
-            Some(record) if record.allocated < record.size => record,
-            _ => {
-                let id = current.map_or(0, small) + 1;
-                self.list_record(&tx, id)
-                    .await?
-                    .unwrap_or_else(|| fresh(id))
-            }
-        };
-        let start = record.allocated;
-        let end = start.saturating_add(reservation.count).min(record.size);
-        record.allocated = end;
-        record.valid_until = record.valid_until.max(reservation.valid_until);
+        let (record, block) = reservation.take_from(record);
         tx.execute(
             "INSERT INTO ta_status_lists (id, size, allocated, valid_until, created_at)
              VALUES ($1, $2, $3, $4, $5)
@@ -174,7 +162,7 @@ impl PgStore {
         .map_err(|e| self.unavailable(e))?;
         // The next list exists before its first index is needed, so watchers hold it
         // before any token names it.
-        let next = fresh(record.id + 1);
+        let next = reservation.fresh(record.id + 1);
         tx.execute(
             "INSERT INTO ta_status_lists (id, size, allocated, valid_until, created_at)
              VALUES ($1, $2, 0, 0, $3) ON CONFLICT (id) DO NOTHING",
@@ -185,11 +173,6 @@ impl PgStore {
         let next = self.list_record(&tx, next.id).await?.unwrap_or(next);
         self.notify_status(&tx).await?;
         self.commit(tx).await?;
-        let block = Block {
-            list: record.id,
-            start,
-            end,
-        };
         Ok((vec![record, next], block))
     }
 

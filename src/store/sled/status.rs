@@ -107,24 +107,11 @@ impl SledStore {
                         None => Ok(None),
                     }
                 };
-                let fresh = |id: u64| ListRecord {
-                    id,
-                    size: reservation.size,
-                    allocated: 0,
-                    valid_until: 0,
-                    created_at: reservation.now,
-                };
-                let mut record = match filling {
-                    Some(record) if record.allocated < record.size => record,
-                    _ => {
-                        let id = current.unwrap_or(0) + 1;
-                        read(id)?.unwrap_or_else(|| fresh(id))
-                    }
-                };
-                let start = record.allocated;
-                let end = start.saturating_add(reservation.count).min(record.size);
-                record.allocated = end;
-                record.valid_until = record.valid_until.max(reservation.valid_until);
+                let (record, block) =
+                    reservation.take_from(match Reservation::list_to_fill(current, filling) {
+                        Ok(record) => record,
+                        Err(id) => read(id)?.unwrap_or_else(|| reservation.fresh(id)),
+                    });
                 let value = serde_json::to_vec(&record).map_err(|_| abort("list record"))?;
                 tx.insert(&list_key(record.id), value)?;
                 tx.insert(CURSOR, &record.id.to_be_bytes())?;
@@ -133,16 +120,11 @@ impl SledStore {
                 let next = match read(record.id + 1)? {
                     Some(next) => next,
                     None => {
-                        let next = fresh(record.id + 1);
+                        let next = reservation.fresh(record.id + 1);
                         let value = serde_json::to_vec(&next).map_err(|_| abort("list record"))?;
                         tx.insert(&list_key(next.id), value)?;
                         next
                     }
-                };
-                let block = Block {
-                    list: record.id,
-                    start,
-                    end,
                 };
                 Ok((vec![record, next], block))
             })
