@@ -287,3 +287,46 @@ async fn every_reason_shows_at_zero_from_the_start() {
     }
     server.stop().await;
 }
+
+/// The README's metrics table lists every family `/metrics` serves, and nothing it does not
+/// (a counter under its `_total` name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_lists_every_metric_family_served() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `token_authority_"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("token_authority_{name}"))
+        .collect();
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.stop().await;
+    let mut served: BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|line| match line.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => line.to_owned(),
+        })
+        .collect();
+    // Served only with a policy that trusts an issuer, as its row says.
+    served.insert("token_authority_caller_jwks_fetch_failures_total".to_owned());
+    let missing: Vec<_> = served.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "served but not in the README's table: {missing:?}; in the table but not served: {stale:?}"
+    );
+}
