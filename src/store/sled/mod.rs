@@ -65,11 +65,7 @@ impl SledStore {
         keks: Option<Keks>,
     ) -> Result<(SledStore, Vec<KeyRecord>), StoreError> {
         let shown = path.display().to_string();
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(|e| open_error(&shown, e))?;
+        let db = open_db(path, &shown)?;
         let keys = db.open_tree(KEYS_TREE).map_err(|e| open_error(&shown, e))?;
         // sled creates its directory and files with the umask's modes: owner-only, now and
         // at every start (a store made by an older version, or under another umask).
@@ -335,6 +331,30 @@ impl SledStore {
     }
 }
 
+/// How long an open waits for sled's lock before calling the store in use. sled lets go of
+/// its lock file only when the last of its handles is dropped, and its io threads hold
+/// handles of their own for a moment after a database is closed: a store closed and opened
+/// again in one process can find its own lock still held. Another process holding it is
+/// still refused, after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_db(path: &Path, shown: &str) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|e| open_error(shown, e));
+        match opened {
+            Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_error(path: &str, error: sled::Error) -> StoreError {
     match &error {
         // sled reports its lock as a formatted `Other` error; the text is all there is to match.
@@ -425,6 +445,23 @@ mod tests {
         let (_, records) =
             SledStore::open(&path, Some(Keks::from_bytes(&[[2u8; 32], [1u8; 32]]))).unwrap();
         assert_eq!(records.len(), 1);
+    }
+
+    /// sled's io threads can hold a closed database's lock for a moment; an open in that
+    /// moment waits for it instead of calling the store in use.
+    #[test]
+    fn a_lock_let_go_of_within_the_wait_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore");
+        let lingering = sled::open(&path).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(lingering);
+        });
+        let opened = SledStore::open(&path, None);
+        release.join().unwrap();
+        let (_, records) = opened.unwrap();
+        assert!(records.is_empty());
     }
 
     #[test]
