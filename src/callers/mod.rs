@@ -316,6 +316,12 @@ impl Callers {
         };
         if let Some(outcome) = counted {
             self.metrics.decision(entry.method, outcome);
+            // On the RPC's span (and so its trace), the caller and what was decided.
+            let span = tracing::Span::current();
+            if !entry.caller.is_empty() {
+                span.record("caller", entry.caller);
+            }
+            span.record("decision", crate::metrics::LabelValue::as_str(outcome));
         }
         if let Some(audit) = &self.audit {
             if let Err(error) = audit.record(entry).await {

@@ -98,7 +98,24 @@ async fn serve(args: crate::config::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let traces = match telemetry::init(config.log_format, config.traces.as_ref()) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {}", telemetry::chain(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve_with(config, traces.is_some()).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    code
+}
+
+async fn serve_with(config: Config, tracing: bool) -> ExitCode {
+    if tracing {
+        tracing::info!(endpoint = ?config.traces.as_ref().map(|t| &t.endpoint), "exporting traces over OTLP");
+    }
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(error) => {

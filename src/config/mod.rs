@@ -8,7 +8,7 @@ mod args;
 mod serve_args;
 
 pub use self::{args::*, serve_args::*};
-use crate::store::PgSettings;
+use crate::{store::PgSettings, telemetry::TraceSettings};
 use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 /// The TLS files of `serve`; both listeners use them.
@@ -57,6 +57,8 @@ pub struct Config {
     pub(crate) rotation_period: u64,
     pub(crate) shutdown_grace: Duration,
     pub(crate) log_format: LogFormat,
+    /// Where spans are exported; `None`: no traces.
+    pub(crate) traces: Option<TraceSettings>,
     pub(crate) max_token_bytes: usize,
     /// TLS on both listeners; `None` serves plaintext.
     pub(crate) tls: Option<TlsFiles>,
@@ -292,6 +294,9 @@ impl TryFrom<ServeArgs> for Config {
             rotation_period,
             shutdown_grace: args.shutdown_grace,
             log_format: args.log_format,
+            traces: trace_settings(args.otlp_endpoint, args.otlp_ca_file, |name| {
+                std::env::var(name).ok()
+            })?,
             max_token_bytes: MAX_TOKEN_BYTES,
             tls,
             tls_reload_interval: args.tls_reload_interval,
@@ -326,3 +331,46 @@ impl TryFrom<ServeArgs> for Config {
 
 #[cfg(test)]
 mod tests;
+
+/// The collector from the flags, else the standard `OTEL_*` variables (the traces-specific
+/// one first); `OTEL_SDK_DISABLED=true` turns traces off.
+pub(crate) fn trace_settings(
+    endpoint: Option<String>,
+    ca_file: Option<PathBuf>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<TraceSettings>, ConfigError> {
+    let from_env = |names: [&str; 2]| {
+        names
+            .into_iter()
+            .find_map(|name| env(name).filter(|value| !value.is_empty()))
+    };
+    if env("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let Some(endpoint) = endpoint.or_else(|| {
+        from_env([
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ])
+    }) else {
+        return Ok(None);
+    };
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err(ConfigError(format!(
+            "--otlp-endpoint {endpoint:?}: give the collector as http://host:port or https://host:port"
+        )));
+    }
+    let ca_file = ca_file.or_else(|| {
+        from_env([
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ])
+        .map(PathBuf::from)
+    });
+    if ca_file.is_some() && !endpoint.starts_with("https://") {
+        return Err(ConfigError(format!(
+            "--otlp-ca-file needs an https:// collector, not {endpoint:?}"
+        )));
+    }
+    Ok(Some(TraceSettings { endpoint, ca_file }))
+}

@@ -272,6 +272,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
 
+    /// Export traces over OTLP/gRPC to this collector (`http://host:4317`, or `https://`
+    /// with --otlp-ca-file or the public web roots). Else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    /// or OTEL_EXPORTER_OTLP_ENDPOINT; without any, no traces.
+    #[arg(long, env = "TA_OTLP_ENDPOINT")]
+    pub(crate) otlp_endpoint: Option<String>,
+
+    /// PEM file of the CAs that sign the collector's certificate (else
+    /// OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE or OTEL_EXPORTER_OTLP_CERTIFICATE).
+    #[arg(long, env = "TA_OTLP_CA_FILE")]
+    pub(crate) otlp_ca_file: Option<PathBuf>,
+
     /// Server certificate chain (PEM, leaf first). With --tls-key, both listeners speak TLS
     /// only (ALPN h2 on gRPC, http/1.1 on HTTP). Re-read when it changes on disk.
     #[arg(long, env = "TA_TLS_CERT")]

@@ -127,3 +127,93 @@ fn plaintext_and_tls_flag_rules() {
         }
     }
 }
+
+/// Where traces go: the flags, else the standard variables (the traces-specific one
+/// first), nothing without either, and `OTEL_SDK_DISABLED=true` over all.
+#[test]
+fn trace_settings_come_from_the_flags_then_the_otel_variables() {
+    use super::trace_settings;
+    use crate::telemetry::TraceSettings;
+    type Case<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        Result<Option<(&'a str, Option<&'a str>)>, &'a str>,
+    );
+    let cases: &[Case] = &[
+        (None, None, &[], Ok(None)),
+        (Some("http://c:4317"), None, &[], Ok(Some(("http://c:4317", None)))),
+        (
+            None,
+            None,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://all:4317")],
+            Ok(Some(("http://all:4317", None))),
+        ),
+        (
+            None,
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://all:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ],
+            Ok(Some(("http://traces:4317", None))),
+        ),
+        (
+            Some("https://flag:4317"),
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+            ],
+            Ok(Some(("https://flag:4317", Some("/etc/ca.pem")))),
+        ),
+        (
+            Some("https://flag:4317"),
+            Some("/flag/ca.pem"),
+            &[("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/ca.pem")],
+            Ok(Some(("https://flag:4317", Some("/flag/ca.pem")))),
+        ),
+        (
+            Some("http://c:4317"),
+            None,
+            &[("OTEL_SDK_DISABLED", "true")],
+            Ok(None),
+        ),
+        (
+            Some("c:4317"),
+            None,
+            &[],
+            Err("invalid configuration: --otlp-endpoint \"c:4317\": give the collector as http://host:port or https://host:port"),
+        ),
+        (
+            Some("http://c:4317"),
+            Some("/ca.pem"),
+            &[],
+            Err("invalid configuration: --otlp-ca-file needs an https:// collector, not \"http://c:4317\""),
+        ),
+    ];
+    for (endpoint, ca, env, expected) in cases {
+        let got = trace_settings(
+            endpoint.map(str::to_owned),
+            ca.map(std::path::PathBuf::from),
+            |name| {
+                env.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            },
+        );
+        let expected = expected
+            .map(|settings| {
+                settings.map(|(endpoint, ca)| TraceSettings {
+                    endpoint: endpoint.to_owned(),
+                    ca_file: ca.map(std::path::PathBuf::from),
+                })
+            })
+            .map_err(str::to_owned);
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            expected,
+            "{endpoint:?} {ca:?} {env:?}"
+        );
+    }
+}

@@ -7,7 +7,10 @@ use std::{collections::HashMap, time::Duration};
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -39,9 +42,21 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 /// Latency buckets from 100 µs to about 3 s.
 fn latency_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.0001, 2.0, 16,
-    ))
+    Histogram::new(latency_buckets())
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)
+}
+
+fn latency_histogram_with_exemplars() -> HistogramWithExemplars<TraceExemplar> {
+    HistogramWithExemplars::new(latency_buckets())
+}
+
+/// The exemplar of a latency bucket: the trace of a call that fell in it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct TraceExemplar {
+    trace_id: String,
 }
 
 /// What the authority's state shows in the metrics, read from it at each scrape.
@@ -62,7 +77,7 @@ pub struct Metrics {
     signing: HashMap<Algorithm, Histogram>,
     valid: Counter,
     invalid: PerLabel<Reason, Counter>,
-    rpc: PerLabel<Method, Histogram>,
+    rpc: PerLabel<Method, HistogramWithExemplars<TraceExemplar>>,
     jwks: PerLabel<JwksStatus, Counter>,
     key_events: PerLabel<KeyEvent, Counter>,
     key_age: HashMap<Algorithm, Gauge>,
@@ -181,8 +196,13 @@ impl Metrics {
         };
     }
 
-    pub(crate) fn rpc(&self, method: Method, latency: Duration) {
-        self.rpc.get(method).observe(latency.as_secs_f64());
+    /// One RPC's latency; `trace_id`, of a sampled trace, becomes its bucket's exemplar.
+    pub(crate) fn rpc(&self, method: Method, latency: Duration, trace_id: Option<String>) {
+        self.rpc.get(method).observe(
+            latency.as_secs_f64(),
+            trace_id.map(|trace_id| TraceExemplar { trace_id }),
+            None,
+        );
     }
 
     /// One caller decision.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use prometheus_client::{
     metrics::{
         counter::Counter,
+        exemplar::HistogramWithExemplars,
         family::{Family, MetricConstructor},
         gauge::Gauge,
         histogram::Histogram,
@@ -14,9 +15,9 @@ use prometheus_client::{
 };
 
 use super::{
-    labels, latency_histogram, DecidedMethod, DecisionOutcome, JwksStatus, KeyEvent, LabelValue,
-    Labels, ListenerMetrics, ListenerName, Method, Metrics, PerLabel, ReloadOutcome, WatchMetrics,
-    WatcherEnd,
+    labels, latency_histogram, latency_histogram_with_exemplars, DecidedMethod, DecisionOutcome,
+    JwksStatus, KeyEvent, LabelValue, Labels, ListenerMetrics, ListenerName, Method, Metrics,
+    PerLabel, ReloadOutcome, TraceExemplar, WatchMetrics, WatcherEnd,
 };
 use token_authority_jose::{crypto::Algorithm, jwt::verify::Reason};
 
@@ -59,13 +60,19 @@ impl Metrics {
             "VerifyToken answers, by outcome and reason",
             verified_family.clone(),
         );
-        let rpc_family = Family::<Labels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let rpc_family =
+            Family::<Labels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+                latency_histogram_with_exemplars as fn() -> HistogramWithExemplars<TraceExemplar>,
+            );
         registry.register(
             "rpc_duration_seconds",
-            "gRPC request latency, by method",
+            "gRPC request latency, by method (with traces on, a trace id per bucket as exemplar)",
             rpc_family.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans that never reached the collector: the export queue was full, or an export failed",
+            crate::telemetry::traces::SPANS_DROPPED.clone(),
         );
         let jwks_family = Family::<Labels, Counter>::default();
         registry.register(

@@ -37,6 +37,15 @@ use crate::authority::keys::KeyRecord;
 pub use error::StoreError;
 pub(crate) use error::{Cause, Context};
 use kek::Keks;
+use tracing::Instrument as _;
+
+/// A store call's span, under the request's (only with traces on).
+pub(crate) fn call_span(op: &'static str, shared: bool) -> tracing::Span {
+    crate::telemetry::traces::child(|| {
+        let backend = if shared { "postgres" } else { "sled" };
+        tracing::info_span!("store", op, backend)
+    })
+}
 
 /// A lifecycle change as the store writes it: records inserted or replaced by kid, and
 /// kids deleted, in one transaction.
@@ -129,25 +138,30 @@ impl KeyStore {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        match self {
-            KeyStore::Sled(store) => {
-                let store = Arc::clone(store);
-                // Key generation and sled's flush both block: off the reactor.
-                tokio::task::spawn_blocking(move || {
-                    let (value, change) = plan(&held)?;
-                    if !change.is_empty() {
-                        store.apply(&change.changed, &change.deleted)?;
-                    }
-                    Ok((value, None))
-                })
-                .await
-                .map_err(StoreError::Task)?
+        let change = async {
+            match self {
+                KeyStore::Sled(store) => {
+                    let store = Arc::clone(store);
+                    // Key generation and sled's flush both block: off the reactor.
+                    tokio::task::spawn_blocking(move || {
+                        let (value, change) = plan(&held)?;
+                        if !change.is_empty() {
+                            store.apply(&change.changed, &change.deleted)?;
+                        }
+                        Ok((value, None))
+                    })
+                    .await
+                    .map_err(StoreError::Task)?
+                }
+                KeyStore::Postgres(store) => {
+                    let (value, settled) = store.transact(plan).await?;
+                    Ok((value, Some(settled)))
+                }
             }
-            KeyStore::Postgres(store) => {
-                let (value, settled) = store.transact(plan).await?;
-                Ok((value, Some(settled)))
-            }
-        }
+        };
+        change
+            .instrument(call_span("transact", self.is_shared()))
+            .await
     }
 
     /// Records that this replica serves `position` (a shared store; nothing for sled).

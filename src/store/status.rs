@@ -12,8 +12,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::{
+    call_span,
     postgres::{PgStore, STATUS_CHANNEL},
     KeyStore, SledStore, StoreError,
 };
@@ -192,13 +194,18 @@ impl StatusStore {
         &self,
         reservation: Reservation,
     ) -> Result<(Vec<ListRecord>, Block), StoreError> {
-        match &self.backend {
-            Backend::Sled(store) => {
-                let store = Arc::clone(store);
-                blocking(move || store.reserve_status_block(reservation)).await
+        let reserve = async {
+            match &self.backend {
+                Backend::Sled(store) => {
+                    let store = Arc::clone(store);
+                    blocking(move || store.reserve_status_block(reservation)).await
+                }
+                Backend::Postgres(store) => store.reserve_status_block(reservation).await,
             }
-            Backend::Postgres(store) => store.reserve_status_block(reservation).await,
-        }
+        };
+        reserve
+            .instrument(call_span("reserve_status_block", self.is_shared()))
+            .await
     }
 
     /// Sets one status durably (committed before this returns); INVALID is final.
@@ -208,13 +215,17 @@ impl StatusStore {
         idx: u64,
         value: u8,
     ) -> Result<SetOutcome, StoreError> {
-        match &self.backend {
-            Backend::Sled(store) => {
-                let store = Arc::clone(store);
-                blocking(move || store.set_token_status(list, idx, value)).await
+        let set = async {
+            match &self.backend {
+                Backend::Sled(store) => {
+                    let store = Arc::clone(store);
+                    blocking(move || store.set_token_status(list, idx, value)).await
+                }
+                Backend::Postgres(store) => store.set_token_status(list, idx, value).await,
             }
-            Backend::Postgres(store) => store.set_token_status(list, idx, value).await,
-        }
+        };
+        set.instrument(call_span("set_token_status", self.is_shared()))
+            .await
     }
 
     /// Forgets lists whose tokens have all expired (with their statuses); returns the ids

@@ -1,28 +1,65 @@
 //! Logging: tracing to stderr as text or one JSON object per line, filtered by `RUST_LOG`
-//! (default `info`); errors are logged and printed with their causes (`chain`).
+//! (default `info`); errors are logged and printed with their causes (`chain`). With an OTLP
+//! endpoint, this crate's spans are exported as traces too (`traces`).
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{
+    filter::{filter_fn, Targets},
+    fmt,
+    layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
+    EnvFilter, Layer as _,
+};
 
 use crate::config::LogFormat;
 
 mod chain;
+pub(crate) mod traces;
 pub use chain::{chain, Chain};
+pub use traces::{TraceError, TraceSettings, Traces};
 
-pub(crate) fn init(format: LogFormat) {
+/// Installs the log output and, with `traces`, the exporter of spans. `RUST_LOG` filters
+/// the log lines only: the exported spans are this crate's at `info`, whatever it says.
+pub(crate) fn init(
+    format: LogFormat,
+    traces: Option<&TraceSettings>,
+) -> Result<Option<Traces>, TraceError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // A second init (tests that start several servers in one process) is harmless.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let ansi = std::io::stderr().is_terminal();
+    let log = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    let (traces, otel) = match traces {
+        Some(settings) => {
+            let (traces, tracer) = Traces::start(settings)?;
+            let spans_only = Targets::new().with_target("token_authority", tracing::Level::INFO);
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(spans_only)
+                .with_filter(filter_fn(|metadata| metadata.is_span()));
+            (Some(traces), Some(layer))
+        }
+        None => (None, None),
+    };
+    // A second init (tests that start several servers in one process) is harmless.
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(otel)
+        .try_init();
+    Ok(traces)
 }

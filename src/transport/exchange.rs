@@ -98,6 +98,9 @@ impl Exchanger {
             Ok(issued) => issued,
             Err(error) => return Err(self.refused(Some(&principal), error).await),
         };
+        let rpc = tracing::Span::current();
+        rpc.record("kid", issued.kid.as_str());
+        rpc.record("alg", issued.alg.name());
         let hash = hex::encode(crypto::sha256(issued.token.as_bytes()));
         let scope = format!("scope {}", grant.context.scope.join(" "));
         let recorded = self
@@ -183,9 +186,23 @@ impl Exchanger {
             let context = grant.context.clone();
             let trust_domain = policy.trust_domain.clone();
             let ttl = grant.ttl;
+            let rpc = tracing::Span::current();
             move || {
+                let span = crate::telemetry::traces::child(|| {
+                    tracing::info_span!(
+                        parent: &rpc,
+                        "sign",
+                        alg = resolved.name(),
+                        kid = tracing::field::Empty
+                    )
+                });
+                let _entered = span.enter();
                 let now = authority.clock().unix_now();
-                authority.issue_txn(&context, &trust_domain, None, now, ttl)
+                let issued = authority.issue_txn(&context, &trust_domain, None, now, ttl);
+                if let Ok(issued) = &issued {
+                    span.record("kid", issued.kid.as_str());
+                }
+                issued
             }
         };
         let issued = if resolved.is_slow_to_sign() || settings.signers.blocks() {

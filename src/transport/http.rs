@@ -17,6 +17,8 @@ use axum::{
     Json, Router,
 };
 
+use tracing::Instrument as _;
+
 use crate::{
     authority::Authority,
     metrics::{AuthorityState, Metrics},
@@ -37,7 +39,7 @@ pub(crate) struct HttpState {
 
 pub(crate) fn router(state: HttpState) -> Router {
     // `get` answers HEAD too, and 405 (with `Allow`) for any other method on these paths.
-    Router::new()
+    let routes = Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(healthz))
@@ -48,10 +50,53 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route(
             status_lists::AGGREGATION_ROUTE,
             get(status_lists::aggregation),
-        )
+        );
+    // With traces on, a span per request to a route (after routing: it is named by the
+    // route, not by the path asked for).
+    let routes = if crate::telemetry::traces::enabled() {
+        routes.route_layer(axum::middleware::from_fn(traced))
+    } else {
+        routes
+    };
+    routes
         .fallback(not_found)
         .layer(axum::middleware::from_fn(refuse_bodies))
         .with_state(state)
+}
+
+/// Runs one request inside its span, a child of the caller's when it sent a `traceparent`.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |path| path.as_str())
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        caller = tracing::field::Empty,
+        decision = tracing::field::Empty,
+        kid = tracing::field::Empty,
+        alg = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::traces::adopt(
+        &span,
+        crate::telemetry::traces::parent_from(request.headers()),
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// These endpoints take no body; a request that carries one is refused unread (413). The

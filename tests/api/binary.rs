@@ -47,6 +47,18 @@ pub fn spawn_binary_with_env(dir: &DataDir, extra: &[&str], envs: &[(&str, &str)
     spawn_command(command, dir, extra, None)
 }
 
+/// Like `spawn_binary_with_env`, with `RUST_LOG` set to `filter`.
+pub fn spawn_binary_with_env_logging(
+    dir: &DataDir,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    filter: &str,
+) -> Process {
+    let mut command = Command::new(BIN);
+    command.envs(envs.iter().copied());
+    spawn_command(command, dir, extra, Some(filter))
+}
+
 /// Like `spawn_binary`, started under `umask` (through `sh`, which then execs the binary).
 pub fn spawn_binary_with_umask(dir: &DataDir, extra: &[&str], umask: &str) -> Process {
     spawn_command(umask_command(umask), dir, extra, None)

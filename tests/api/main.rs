@@ -49,6 +49,7 @@ mod status;
 mod store_refusals;
 mod tls;
 mod tools;
+mod traces;
 mod txn;
 mod watch_keys;
 mod watch_memory;

@@ -182,11 +182,28 @@ impl GrpcService {
         alg: Option<Algorithm>,
         slot: Option<Slot>,
     ) -> Result<(Issued, Duration), Status> {
+        let resolved = self
+            .authority
+            .settings()
+            .algorithm(alg)
+            .map_err(AuthorityError::from)?;
         let sign = {
             let authority = Arc::clone(&self.authority);
             let parsed = Arc::clone(parsed);
             let clock = self.authority.clock();
+            // The signing pool's threads have no span of their own: the signature's span
+            // is made under the RPC's, wherever it runs.
+            let rpc = tracing::Span::current();
             move || {
+                let span = crate::telemetry::traces::child(|| {
+                    tracing::info_span!(
+                        parent: &rpc,
+                        "sign",
+                        alg = resolved.name(),
+                        kid = tracing::field::Empty
+                    )
+                });
+                let _entered = span.enter();
                 let started = Instant::now();
                 let signed_at = clock.since_epoch();
                 let issued = authority.issue_by(
@@ -197,14 +214,12 @@ impl GrpcService {
                     expires_by,
                     slot,
                 );
+                if let Ok(issued) = &issued {
+                    span.record("kid", issued.kid.as_str());
+                }
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
         };
-        let resolved = self
-            .authority
-            .settings()
-            .algorithm(alg)
-            .map_err(AuthorityError::from)?;
         let (issued, signing) =
             if resolved.is_slow_to_sign() || self.authority.settings().signers.blocks() {
                 self.signing_pool.run(sign).await?
@@ -212,6 +227,9 @@ impl GrpcService {
                 sign()
             };
         let (issued, signed_at) = issued?;
+        let rpc = tracing::Span::current();
+        rpc.record("kid", issued.kid.as_str());
+        rpc.record("alg", issued.alg.name());
         self.metrics.token_issued(issued.alg, signing);
         Ok((issued, signed_at))
     }

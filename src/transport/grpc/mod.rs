@@ -15,6 +15,7 @@ use crate::{
     },
     metrics::{DecidedMethod, LabelValue, Method, Metrics},
     pb::{self, token_authority_server::TokenAuthority},
+    telemetry::traces,
     transport::{
         connection::ConnectionInfo,
         listener::StreamReset,
@@ -124,6 +125,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::IssueToken,
+            traces::parent_from(request.metadata().as_ref()),
             async { self.issue(request).await.map(Response::new) },
         )
         .await
@@ -133,7 +135,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::VerifyToken, async {
+        observe(&self.metrics, &self.log_limiter, Method::VerifyToken, traces::parent_from(request.metadata().as_ref()), async {
             let request = request.into_inner();
             let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
             let verdict = match pb::TokenType::try_from(request.expected_type) {
@@ -164,6 +166,18 @@ impl TokenAuthority for GrpcService {
                 }
             };
             self.metrics.verified(verdict.as_ref().err().map(|rejection| rejection.reason));
+            if traces::enabled() {
+                let rpc = tracing::Span::current();
+                match &verdict {
+                    Ok(verified) => {
+                        rpc.record("decision", "valid");
+                        rpc.record("kid", verified.kid.as_str());
+                    }
+                    Err(rejection) => {
+                        rpc.record("decision", rejection.reason.as_str());
+                    }
+                }
+            }
             let response = match verdict {
                 Ok(verified) => pb::VerifyTokenResponse {
                     valid: true,
@@ -201,6 +215,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::ExchangeToken,
+            traces::parent_from(request.metadata().as_ref()),
             async { self.exchange(request).await.map(Response::new) },
         )
         .await
@@ -210,9 +225,13 @@ impl TokenAuthority for GrpcService {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::GetJwks, async {
-            Ok(Response::new(jwks_response(&self.authority.keys())))
-        })
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::GetJwks,
+            traces::parent_from(_request.metadata().as_ref()),
+            async { Ok(Response::new(jwks_response(&self.authority.keys()))) },
+        )
         .await
     }
 
@@ -224,23 +243,29 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::WatchKeys, async {
-            let peer = WatcherPeer {
-                addr: request
-                    .extensions()
-                    .get::<ConnectionInfo>()
-                    .and_then(|info| info.remote_addr)
-                    .map(|addr| addr.ip()),
-                reset: request.extensions().get::<StreamReset>().cloned(),
-            };
-            self.watchers
-                .open(
-                    self.authority.subscribe(),
-                    StatusFeed::of(&self.authority),
-                    peer,
-                )
-                .map(Response::new)
-        })
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::WatchKeys,
+            traces::parent_from(request.metadata().as_ref()),
+            async {
+                let peer = WatcherPeer {
+                    addr: request
+                        .extensions()
+                        .get::<ConnectionInfo>()
+                        .and_then(|info| info.remote_addr)
+                        .map(|addr| addr.ip()),
+                    reset: request.extensions().get::<StreamReset>().cloned(),
+                };
+                self.watchers
+                    .open(
+                        self.authority.subscribe(),
+                        StatusFeed::of(&self.authority),
+                        peer,
+                    )
+                    .map(Response::new)
+            },
+        )
         .await
     }
 
@@ -248,7 +273,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::RotateKeys, async {
+        observe(&self.metrics, &self.log_limiter, Method::RotateKeys, traces::parent_from(request.metadata().as_ref()), async {
             let principal = self.check_admin(&request, DecidedMethod::RotateKeys).await?;
             let request = request.into_inner();
             let alg = parse_algorithm(&request.algorithm)?;
@@ -290,69 +315,75 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::RevokeKey, async {
-            let principal = self.check_admin(&request, DecidedMethod::RevokeKey).await?;
-            let request = request.into_inner();
-            if request.key_id.is_empty() {
-                return Err(Status::invalid_argument("key_id: is required"));
-            }
-            let reason = request.reason.trim();
-            if reason.len() > 512 {
-                return Err(Status::invalid_argument("reason: is longer than 512 bytes"));
-            }
-            self.admin_line(
-                &principal,
-                DecidedMethod::RevokeKey,
-                Outcome::Allowed,
-                &format!("revoke {}", request.key_id),
-            )
-            .await?;
-            let (current, keys) = match self
-                .authority
-                .revoke(&request.key_id, reason, self.now())
-                .await
-            {
-                Ok(done) => done,
-                Err(error) => {
-                    let status = Status::from(error);
-                    self.admin_result(
-                        &principal,
-                        DecidedMethod::RevokeKey,
-                        Outcome::Failed,
-                        status.message(),
-                    )
-                    .await;
-                    return Err(status);
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::RevokeKey,
+            traces::parent_from(request.metadata().as_ref()),
+            async {
+                let principal = self.check_admin(&request, DecidedMethod::RevokeKey).await?;
+                let request = request.into_inner();
+                if request.key_id.is_empty() {
+                    return Err(Status::invalid_argument("key_id: is required"));
                 }
-            };
-            self.metrics.key_events(0, 1, 0);
-            let replicas = self
-                .authority
-                .await_replicas(REVOCATION_CONFIRMATION_BOUND)
-                .await
-                .unwrap_or_default();
-            tracing::warn!(
-                kid = %request.key_id,
-                reason,
-                current = %current,
-                replicas_confirmed = replicas.confirmed,
-                replicas_live = replicas.live,
-                "key revoked"
-            );
-            self.admin_result(
-                &principal,
-                DecidedMethod::RevokeKey,
-                Outcome::Done,
-                &format!("revoked {} current {current}", request.key_id),
-            )
-            .await;
-            Ok(Response::new(pb::RevokeKeyResponse {
-                current_key_id: current,
-                keys: key_infos(&keys),
-                replicas_confirmed: replicas.confirmed,
-                replicas_live: replicas.live,
-            }))
-        })
+                let reason = request.reason.trim();
+                if reason.len() > 512 {
+                    return Err(Status::invalid_argument("reason: is longer than 512 bytes"));
+                }
+                self.admin_line(
+                    &principal,
+                    DecidedMethod::RevokeKey,
+                    Outcome::Allowed,
+                    &format!("revoke {}", request.key_id),
+                )
+                .await?;
+                let (current, keys) = match self
+                    .authority
+                    .revoke(&request.key_id, reason, self.now())
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(error) => {
+                        let status = Status::from(error);
+                        self.admin_result(
+                            &principal,
+                            DecidedMethod::RevokeKey,
+                            Outcome::Failed,
+                            status.message(),
+                        )
+                        .await;
+                        return Err(status);
+                    }
+                };
+                self.metrics.key_events(0, 1, 0);
+                let replicas = self
+                    .authority
+                    .await_replicas(REVOCATION_CONFIRMATION_BOUND)
+                    .await
+                    .unwrap_or_default();
+                tracing::warn!(
+                    kid = %request.key_id,
+                    reason,
+                    current = %current,
+                    replicas_confirmed = replicas.confirmed,
+                    replicas_live = replicas.live,
+                    "key revoked"
+                );
+                self.admin_result(
+                    &principal,
+                    DecidedMethod::RevokeKey,
+                    Outcome::Done,
+                    &format!("revoked {} current {current}", request.key_id),
+                )
+                .await;
+                Ok(Response::new(pb::RevokeKeyResponse {
+                    current_key_id: current,
+                    keys: key_infos(&keys),
+                    replicas_confirmed: replicas.confirmed,
+                    replicas_live: replicas.live,
+                }))
+            },
+        )
         .await
     }
 
@@ -364,6 +395,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::SetTokenStatus,
+            traces::parent_from(request.metadata().as_ref()),
             async { self.set_status(request).await.map(Response::new) },
         )
         .await
@@ -373,19 +405,25 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::ListKeys, async {
-            let principal = self.check_admin(&request, DecidedMethod::ListKeys).await?;
-            self.admin_line(
-                &principal,
-                DecidedMethod::ListKeys,
-                Outcome::Allowed,
-                "listed",
-            )
-            .await?;
-            Ok(Response::new(pb::ListKeysResponse {
-                keys: key_infos(&self.authority.keys()),
-            }))
-        })
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::ListKeys,
+            traces::parent_from(request.metadata().as_ref()),
+            async {
+                let principal = self.check_admin(&request, DecidedMethod::ListKeys).await?;
+                self.admin_line(
+                    &principal,
+                    DecidedMethod::ListKeys,
+                    Outcome::Allowed,
+                    "listed",
+                )
+                .await?;
+                Ok(Response::new(pb::ListKeysResponse {
+                    keys: key_infos(&self.authority.keys()),
+                }))
+            },
+        )
         .await
     }
 }

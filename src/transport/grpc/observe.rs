@@ -8,6 +8,7 @@ use tracing::{field, Instrument as _};
 use crate::{
     callers::audit::Limiter,
     metrics::{LabelValue, Method, Metrics},
+    telemetry::traces,
 };
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
@@ -15,18 +16,45 @@ use crate::{
 /// An info line per IssueToken/VerifyToken/ExchangeToken is megabytes a second at full load, and cost
 /// the service measurable throughput (see the README's Performance section); metrics
 /// count and time every call whatever the log level.
+///
+/// With traces on, the span is a child of the caller's (`parent`, from its `traceparent`),
+/// carries the trace id into the request's log lines, and lends it to the latency
+/// histogram as an exemplar. The handlers record the caller, the decision, and the key and
+/// algorithm on it; never a token, secret or claim value.
 pub(super) async fn observe<T>(
     metrics: &Metrics,
     limiter: &Limiter,
     method: Method,
+    parent: Option<opentelemetry::Context>,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    let span = tracing::info_span!(
-        "rpc",
-        method = method.as_str(),
-        outcome = field::Empty,
-        latency_us = field::Empty
-    );
+    // The fields the handlers fill in; with traces on, the span is also named and kinded
+    // for the collector (which takes both only when the span is made).
+    macro_rules! rpc_span {
+        ($($otel:tt)*) => {
+            tracing::info_span!(
+                "rpc",
+                $($otel)*
+                method = method.as_str(),
+                outcome = field::Empty,
+                latency_us = field::Empty,
+                caller = field::Empty,
+                decision = field::Empty,
+                kid = field::Empty,
+                alg = field::Empty,
+                trace_id = field::Empty,
+                otel.status_code = field::Empty,
+                rpc.grpc.status_code = field::Empty,
+            )
+        };
+    }
+    let span = if traces::enabled() {
+        let name = format!("tokenauthority.v1.TokenAuthority/{}", method.as_str());
+        rpc_span!(otel.name = name, otel.kind = "server", rpc.system = "grpc",)
+    } else {
+        rpc_span!()
+    };
+    let exemplar = traces::adopt(&span, parent);
     let started = Instant::now();
     let result = call.instrument(span.clone()).await;
     let outcome = match &result {
@@ -34,8 +62,15 @@ pub(super) async fn observe<T>(
         Err(status) => format!("{:?}", status.code()),
     };
     span.record("outcome", outcome.as_str());
+    if traces::enabled() {
+        let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
+        span.record("rpc.grpc.status_code", code as i64);
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let latency = started.elapsed();
-    metrics.rpc(method, latency);
+    metrics.rpc(method, latency, exemplar);
     span.record("latency_us", latency.as_micros() as u64);
     let data_plane = matches!(
         method,
