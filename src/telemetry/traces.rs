@@ -71,9 +71,15 @@ pub(crate) struct DropReason {
     reason: &'static str,
 }
 
-/// Spans lost, by reason: registered with the other metrics whether tracing is on or not.
-pub(crate) static SPANS_DROPPED: LazyLock<Family<DropReason, Counter>> =
-    LazyLock::new(Family::default);
+/// Spans lost, by reason: registered with the other metrics whether tracing is on or not,
+/// each reason shown from the start.
+pub(crate) static SPANS_DROPPED: LazyLock<Family<DropReason, Counter>> = LazyLock::new(|| {
+    let family = Family::default();
+    for reason in ["queue_full", "export_failed"] {
+        family.get_or_create(&DropReason { reason });
+    }
+    family
+});
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 

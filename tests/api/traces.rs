@@ -401,3 +401,54 @@ async fn spans_reach_a_tls_collector_trusted_through_the_ca_file_only() {
         tokio::task::block_in_place(|| process.terminate());
     }
 }
+
+/// The standard variables: `OTEL_SERVICE_NAME` names the service, and
+/// `OTEL_TRACES_SAMPLER=always_off` exports nothing, even for a caller that sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
+    let receiver = Receiver::start(&[]);
+    let endpoint = receiver.endpoint();
+    for (sampler, trace) in [
+        ("parentbased_always_on", "33333333333333333333333333333333"),
+        ("always_off", "44444444444444444444444444444444"),
+    ] {
+        let dir = crate::helpers::DataDir::new();
+        let mut process = tokio::task::block_in_place(|| {
+            spawn_binary_with_env(
+                &dir,
+                &["--otlp-endpoint", &endpoint],
+                &[
+                    FAST_BATCHES,
+                    ("OTEL_SERVICE_NAME", "edge-authority"),
+                    ("OTEL_TRACES_SAMPLER", sampler),
+                ],
+            )
+        });
+        let mut client = connect(&process.grpc).await;
+        client
+            .get_jwks(with_parent(
+                pb::GetJwksRequest {},
+                trace,
+                "00f067aa0ba902b7",
+            ))
+            .await
+            .unwrap();
+        // Shutdown sends what is queued: after it, every span of the call has arrived.
+        tokio::task::block_in_place(|| process.terminate());
+        if sampler == "always_off" {
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(
+                !receiver
+                    .spans
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["trace_id"] == trace),
+                "always_off exported a span"
+            );
+        } else {
+            let span = receiver.span("of GetJwks", |s| s["trace_id"] == trace);
+            assert_eq!(span["service"], "edge-authority");
+        }
+    }
+}
