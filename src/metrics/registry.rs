@@ -38,6 +38,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("token_authority");
         let audit = super::AuditMetrics::register(&mut registry);
         let status = super::status::StatusMetrics::register(&mut registry);
+        let tls_expiry = super::tls_expiry::TlsExpiryMetrics::register(&mut registry);
 
         let issued_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -203,6 +204,7 @@ impl Metrics {
             jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
+            tls_expiry,
             schedule_failures,
             store_sync_age,
             store_history_rewinds,

@@ -323,6 +323,8 @@ async fn the_readme_lists_every_metric_family_served() {
         .collect();
     // Served only with a policy that trusts an issuer, as its row says.
     served.insert("token_authority_caller_jwks_fetch_failures_total".to_owned());
+    // Served only with TLS, as its row says (tls::the_certificate_expiry_metrics_...).
+    served.insert("token_authority_tls_certificate_expiry_seconds".to_owned());
     let missing: Vec<_> = served.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&served).collect();
     assert!(
