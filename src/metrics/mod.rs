@@ -77,6 +77,8 @@ pub struct Metrics {
     tls_reloads: Counter,
     tls_reload_failures: Counter,
     tls_expiry: tls_expiry::TlsExpiryMetrics,
+    /// Identifies the public key set served (from `key_ages`, at each scrape).
+    key_set_fingerprint: Gauge,
     schedule_failures: Counter,
     store_sync_age: Gauge,
     store_history_rewinds: Counter,
@@ -267,6 +269,10 @@ impl Metrics {
         self.signer_available.set(i64::from(store.signer_available));
         self.status.set(store.status);
         self.tls_expiry.set(now);
+        if let Some(fingerprint) = self.key_ages.fingerprint() {
+            self.key_set_fingerprint
+                .set(i64::try_from(fingerprint).unwrap_or(i64::MAX));
+        }
         for (alg, ages) in self.key_ages.at(now) {
             if let Some(gauge) = self.key_age.get(&alg) {
                 gauge.set(ages.age as i64);

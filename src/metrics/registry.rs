@@ -104,6 +104,12 @@ impl Metrics {
             "Changed TLS files that could not be loaded (the previous set stays in use)",
             tls_reload_failures.clone(),
         );
+        let key_set_fingerprint = Gauge::default();
+        registry.register(
+            "key_set_fingerprint",
+            "Identifies the public key set (JWKS) served: equal on replicas that serve the same keys, different otherwise; only equality means anything",
+            key_set_fingerprint.clone(),
+        );
         let schedule_failures = Counter::default();
         registry.register(
             "scheduled_key_step_failures",
@@ -205,6 +211,7 @@ impl Metrics {
             tls_reloads,
             tls_reload_failures,
             tls_expiry,
+            key_set_fingerprint,
             schedule_failures,
             store_sync_age,
             store_history_rewinds,
