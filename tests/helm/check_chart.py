@@ -318,6 +318,9 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "denied share jump above 1 (a share, not a percentage)": {"prometheusRule": {"deniedShareJump": 20}},
     "issue failure share of 0 (every blip pages)": {"prometheusRule": {"issueFailureShare": 0}},
     "rotation overdue for in words": {"prometheusRule": {"rotationOverdueFor": "30 minutes"}},
+    "certificate expiry warning in seconds (a duration, 14d)": {"prometheusRule": {"certificateExpiryWarning": 1209600}},
+    "certificate expiry warning in two units": {"prometheusRule": {"certificateExpiryWarning": "14d12h"}},
+    "replicas disagree for in words": {"prometheusRule": {"replicasDisagreeFor": "5 minutes"}},
     "runbook URL with an anchor (each alert adds its own)": {"prometheusRule": {"runbookBaseUrl": "https://x.example/README.md#alerts"}},
     "series selector with braces": {"prometheusRule": {"seriesSelector": '{job="ta"}'}},
     "unknown key in prometheusRule": {"prometheusRule": {"severity": "critical"}},
@@ -3504,6 +3507,8 @@ ALERTS = {
     "TokenAuthorityDeniedShareJump": ("warning", "Denied share jump"),
     "TokenAuthorityAuditLogNotWritable": ("critical", "Audit log not writable"),
     "TokenAuthorityStoreUnreachable": ("warning", "Store unreachable"),
+    "TokenAuthorityCertificateExpiring": ("warning", "Certificate expiring"),
+    "TokenAuthorityReplicasDisagreeOnKeys": ("warning", "Replicas disagree on keys"),
 }
 # What `promtool check metrics` (Debian's prometheus 2.42) says of the server's /metrics, known
 # and tolerated: it reads the scrape as Prometheus text, where a counter's HELP names the
@@ -3592,13 +3597,20 @@ def check_prometheus_rule() -> None:
                 f"{r['alert']}: selector {{{selector}}} does not pick job {job} in {NAMESPACE}"
         print(f"       {r['alert']}: {severity}, for {r.get('for', '0s')}, runbook #{github_anchor(heading)}")
     tuned = {"rotationOverdueFor": "45m", "issueFailureShare": 0.125, "deniedShareJump": 0.375, "deniedRateFloor": 1.5,
-             "storeSyncAgeSeconds": 600, "seriesSelector": 'cluster="eu-1",job="tokens"',
+             "storeSyncAgeSeconds": 600, "certificateExpiryWarning": "3w", "replicasDisagreeFor": "12m",
+             "seriesSelector": 'cluster="eu-1",job="tokens"',
              "runbookBaseUrl": "https://wiki.example.com/token-authority"}
     custom = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {"enabled": True, **tuned}}))}
     expected = {"TokenAuthorityRotationOverdue": [], "TokenAuthorityIssueTokenFailing": ["> 0.125\n"],
                 "TokenAuthorityDeniedShareJump": ["+ 0.375\n", "> 1.5\n"], "TokenAuthorityAuditLogNotWritable": [],
-                "TokenAuthorityStoreUnreachable": ["> 600\n"]}
+                "TokenAuthorityStoreUnreachable": ["> 600\n"], "TokenAuthorityCertificateExpiring": ["< 1814400\n"],
+                "TokenAuthorityReplicasDisagreeOnKeys": []}
     assert custom["TokenAuthorityRotationOverdue"]["for"] == "45m", custom["TokenAuthorityRotationOverdue"]["for"]
+    assert custom["TokenAuthorityReplicasDisagreeOnKeys"]["for"] == "12m", custom["TokenAuthorityReplicasDisagreeOnKeys"]["for"]
+    for warning, seconds in (("14d", 1209600), ("336h", 1209600), ("2w", 1209600), ("90m", 5400), ("86400s", 86400)):
+        expr = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {
+            "enabled": True, "certificateExpiryWarning": warning}}))}["TokenAuthorityCertificateExpiring"]["expr"]
+        assert expr.endswith(f"< {seconds}\n"), f"certificateExpiryWarning {warning}: {expr}"
     for name, fragments in expected.items():
         for fragment in fragments:
             assert fragment in custom[name]["expr"], f"{name}: {fragment.strip()!r} not in {custom[name]['expr']}"
