@@ -3744,6 +3744,9 @@ DASHBOARD_PANELS = [
     ("status lists", "token_authority_status_lists", ""),
     ("statuses set", "token_authority_status_list_tokens", "status"),
     ("audit log writable", "token_authority_audit_log_writable", "pod"),
+    ("distinct key sets served (replica agreement)", "token_authority_key_set_fingerprint", "count_values by"),
+    ("key set fingerprint per pod", "token_authority_key_set_fingerprint", "by (pod)"),
+    ("certificate expiry", "token_authority_tls_certificate_expiry_seconds", "certificate"),
 ]
 
 
