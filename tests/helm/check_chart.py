@@ -247,8 +247,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "audit": {"enabled": False, "sync": True},
         "networkPolicy": {"enabled": True},
     },
-    # The alert rules and the Grafana dashboard, beside the ServiceMonitor whose series they read.
+    # The alert rules and the Grafana dashboard, beside the ServiceMonitor whose series they read;
+    # the client CA bundle on (the generated CA), so that the server started with this render
+    # (live_metrics) serves the expiry of both certificates the rules and the dashboard read.
     "alerts-dashboard": {
+        "tls": {"clientCa": {"enabled": True}},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Identity"}},
@@ -3666,17 +3669,46 @@ def check_alert_rules_promtool() -> None:
 
 
 _live_metrics: str | None = None
+_live_metrics_at = 0.0
 
 
 def live_metrics() -> str:
-    """GET /metrics of the server started with the default render's environment (cached)."""
-    global _live_metrics
+    """GET /metrics of the server started with the alerts' render's environment (cached): TLS
+    from the generated Secret, with the client CA bundle."""
+    global _live_metrics, _live_metrics_at
     if _live_metrics is None:
-        with ChartConfiguredServer() as server:
+        with ChartConfiguredServer(ALERTS_SET) as server:
+            assert server.tls and "TA_CLIENT_CA" in server.env, "the alerts' render must turn TLS and the client CA on"
+            _live_metrics_at = time.time()
             status, body = server.get("/metrics")
             assert status == 200, f"GET /metrics: {status}"
             _live_metrics = body.decode()
     return _live_metrics
+
+
+def certificate_not_after(pem: bytes) -> float:
+    """The notAfter of a PEM certificate, unix seconds (Python's own X.509 decoder)."""
+    import ssl
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        decoded = ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+    return ssl.cert_time_to_seconds(decoded["notAfter"])
+
+
+def check_live_certificate_expiry() -> None:
+    """The server started with the alerts' render serves token_authority_tls_certificate_expiry_seconds
+    for the serving certificate and the client CA bundle, each the seconds from the scrape to the
+    notAfter of the certificate mounted (tls.crt; the bundle, ca.crt): the series the expiry alert
+    and panel read are there, and right."""
+    scrape = live_metrics()
+    secret = tls_secrets(ALERTS_SET)[0]["data"]
+    for certificate, key in (("serving", "tls.crt"), ("client_ca", "ca.crt")):
+        found = re.search(rf'(?m)^token_authority_tls_certificate_expiry_seconds\{{certificate="{certificate}"\}} (\S+)$', scrape)
+        assert found, f"no {certificate} certificate expiry in the live /metrics"
+        expected = certificate_not_after(base64.b64decode(secret[key])) - _live_metrics_at
+        assert abs(float(found.group(1)) - expected) <= 5, f"{certificate}: {found.group(1)} s left, {key} says {expected:.0f}"
+        print(f"       {certificate}: {float(found.group(1)) / 86400:.1f} days left, as {key} says")
 
 
 def dashboard() -> dict[str, Any]:
@@ -3897,6 +3929,7 @@ GLOBAL = [
     check_prometheus_rule,
     check_alert_rules_promtool,
     check_alerts_and_dashboard_use_exported_metrics,
+    check_live_certificate_expiry,
     check_promtool_check_metrics,
     check_grafana_dashboard,
     check_readme_alerts_and_dashboard,
