@@ -3610,6 +3610,11 @@ def check_prometheus_rule() -> None:
                 "TokenAuthorityReplicasDisagreeOnKeys": []}
     assert custom["TokenAuthorityRotationOverdue"]["for"] == "45m", custom["TokenAuthorityRotationOverdue"]["for"]
     assert custom["TokenAuthorityReplicasDisagreeOnKeys"]["for"] == "12m", custom["TokenAuthorityReplicasDisagreeOnKeys"]["for"]
+    # The default warns after cert-manager's default renewal time has passed (README: a renewal
+    # on time never fires it).
+    defaults = merged_values("default")
+    assert duration_seconds(defaults["prometheusRule"]["certificateExpiryWarning"]) \
+        < duration_seconds(defaults["tls"]["certManager"]["renewBefore"]), "certificateExpiryWarning not below renewBefore"
     for warning, seconds in (("14d", 1209600), ("336h", 1209600), ("2w", 1209600), ("90m", 5400), ("86400s", 86400)):
         expr = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {
             "enabled": True, "certificateExpiryWarning": warning}}))}["TokenAuthorityCertificateExpiring"]["expr"]
