@@ -38,12 +38,26 @@ pub(crate) struct KnownKey {
     pub(crate) key: Arc<VerifyingKey>,
 }
 
-/// The JWKS as served: body bytes, strong ETag, and the structured keys.
+/// The JWKS as served: body bytes, strong ETag, the structured keys, and a fingerprint.
 #[derive(Debug)]
 pub struct Jwks {
     pub(crate) body: bytes::Bytes,
     pub(crate) etag: String,
     pub keys: Vec<PublicJwk>,
+    /// Identifies the public keys, whatever their order: the first 52 bits of the SHA-256 of
+    /// the JWKS with its keys sorted by kid (exact as a float64 metric value).
+    pub(crate) fingerprint: u64,
+}
+
+/// The fingerprint of a set of public keys: the same for the same keys in any order (a kid
+/// is the RFC 7638 thumbprint of its key, so sorting by kid orders the keys themselves).
+fn fingerprint(keys: &[PublicJwk]) -> u64 {
+    let mut sorted = keys.to_vec();
+    sorted.sort_by(|a, b| a.kid.cmp(&b.kid));
+    let digest = sha256(&render_jwks(&sorted));
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) >> 12
 }
 
 #[derive(Debug)]
@@ -174,6 +188,7 @@ impl KeySet {
         }
         let body = render_jwks(&published);
         let etag = format!("\"{}\"", &b64::encode(sha256(&body))[..27]);
+        let fingerprint = fingerprint(&published);
         Ok(KeySet {
             next_change: lifecycle::next_change(records, timing),
             timing,
@@ -185,6 +200,7 @@ impl KeySet {
                 body: bytes::Bytes::from(body),
                 etag,
                 keys: published,
+                fingerprint,
             },
             encrypted_at_rest,
         })
@@ -341,5 +357,38 @@ mod tests {
             &again.known(&current).unwrap().key
         ));
         assert_ne!(again.jwks().etag, next.jwks().etag);
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_public_keys_not_their_order() {
+        let mut generate = keys::generate;
+        let first = lifecycle::due(&[], &ALGS, TIMING, 1000, &mut generate).unwrap();
+        let records = first.apply_to(&[]);
+        let build = |records: &[KeyRecord]| {
+            KeySet::build(records, &Signers::InProcess, &ALGS, false, TIMING).unwrap()
+        };
+        let set = build(&records);
+        assert!(set.jwks().keys.len() > 1, "a current and a next key");
+        assert!(set.jwks().fingerprint < 1 << 52, "exact in a float64");
+
+        // The same keys in another order: another body, the same fingerprint.
+        let mut reversed = records.clone();
+        reversed.reverse();
+        let same = build(&reversed);
+        assert_ne!(same.jwks().body, set.jwks().body);
+        assert_eq!(same.jwks().fingerprint, set.jwks().fingerprint);
+
+        // A rotation publishes a new next key: another fingerprint.
+        let rotated = lifecycle::rotate(
+            &records,
+            Algorithm::ES256,
+            true,
+            TIMING,
+            1001,
+            &mut generate,
+        )
+        .unwrap()
+        .apply_to(&records);
+        assert_ne!(build(&rotated).jwks().fingerprint, set.jwks().fingerprint);
     }
 }

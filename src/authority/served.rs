@@ -60,14 +60,18 @@ impl Served {
 }
 
 /// Each algorithm's current key's activation time (its creation time if it has none: a
-/// key that has signed since it was made).
+/// key that has signed since it was made), and the fingerprint of the keys published.
 fn report(key_ages: &KeyAges, set: &KeySet) {
     let current = set
         .infos()
         .iter()
         .filter(|record| record.state == KeyState::Current)
         .map(|record| (record.alg, record.activated_at.unwrap_or(record.created_at)));
-    key_ages.serving(current, set.timing().rotation_period);
+    key_ages.serving(
+        current,
+        set.timing().rotation_period,
+        set.jwks().fingerprint,
+    );
 }
 
 #[cfg(test)]
@@ -105,6 +109,14 @@ mod tests {
         )
     }
 
+    fn fingerprint(metrics: &Metrics, now: u64) -> String {
+        let text = metrics.render(&AuthorityState::default(), now);
+        text.lines()
+            .find_map(|line| line.strip_prefix("token_authority_key_set_fingerprint "))
+            .unwrap()
+            .to_owned()
+    }
+
     #[test]
     fn the_metrics_follow_each_set_served_from_when_they_are_attached() {
         let mut generate = keys::generate;
@@ -115,6 +127,11 @@ mod tests {
         let metrics = Metrics::new(&ALGS);
         served.report_key_ages(metrics.key_ages());
         assert_eq!(gauges(&metrics, 1100), ("100".into(), "3500".into()));
+        let first_fingerprint = fingerprint(&metrics, 1100);
+        assert_eq!(
+            first_fingerprint,
+            served.sets.borrow().jwks().fingerprint.to_string()
+        );
 
         let rotated = lifecycle::rotate(
             &records,
@@ -129,5 +146,6 @@ mod tests {
         let next = KeySet::build(&rotated, &Signers::InProcess, &ALGS, false, TIMING).unwrap();
         served.send_replace(Arc::new(next));
         assert_eq!(gauges(&metrics, 2100), ("100".into(), "3500".into()));
+        assert_ne!(fingerprint(&metrics, 2100), first_fingerprint);
     }
 }

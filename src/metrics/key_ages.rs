@@ -1,6 +1,7 @@
-//! The inputs of the key-age gauges: when each algorithm's current key began signing, and
-//! the rotation period. Whoever serves a new key set sets them; a scrape only reads them,
-//! and works the ages out from its own clock (they grow between changes).
+//! The inputs of the gauges that follow the key set served: when each algorithm's current
+//! key began signing, the rotation period, and the set's fingerprint. Whoever serves a new
+//! key set sets them; a scrape only reads them, and works the ages out from its own clock
+//! (they grow between changes).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -13,6 +14,8 @@ struct Served {
     /// Unix seconds each algorithm's current key was activated.
     activated: HashMap<Algorithm, u64>,
     rotation_period: u64,
+    /// Identifies the public keys served (`None` before a set is).
+    fingerprint: Option<u64>,
 }
 
 /// A handle shared by the metrics and the one that serves key sets.
@@ -30,16 +33,24 @@ pub(super) struct Ages {
 
 impl KeyAges {
     /// A new key set is served: `current` names each algorithm's current key's activation
-    /// time (unix seconds). An algorithm without one keeps its gauges where they were.
+    /// time (unix seconds), `fingerprint` identifies its public keys. An algorithm without a
+    /// current key keeps its gauges where they were.
     pub(crate) fn serving(
         &self,
         current: impl IntoIterator<Item = (Algorithm, u64)>,
         rotation_period: u64,
+        fingerprint: u64,
     ) {
         self.served.store(Arc::new(Served {
             activated: current.into_iter().collect(),
             rotation_period,
+            fingerprint: Some(fingerprint),
         }));
+    }
+
+    /// The fingerprint of the set served, once one is.
+    pub(super) fn fingerprint(&self) -> Option<u64> {
+        self.served.load().fingerprint
     }
 
     /// The gauges' values at `now`, for the algorithms that have a current key.
@@ -68,7 +79,7 @@ mod tests {
     fn ages_grow_with_the_clock_from_what_was_served() {
         let ages = KeyAges::default();
         assert!(ages.at(1_000).is_empty());
-        ages.serving([(Algorithm::ES256, 1_000)], 3_600);
+        ages.serving([(Algorithm::ES256, 1_000)], 3_600, 7);
         let at = |now| ages.at(now).pop().map(|(_, ages)| ages);
         assert_eq!(
             at(1_100),
@@ -84,7 +95,7 @@ mod tests {
                 until_rotation: 0
             })
         );
-        ages.serving([(Algorithm::ES256, 4_600)], 3_600);
+        ages.serving([(Algorithm::ES256, 4_600)], 3_600, 8);
         assert_eq!(
             at(5_000),
             Some(Ages {

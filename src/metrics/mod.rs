@@ -21,6 +21,7 @@ mod key_ages;
 mod labels;
 mod registry;
 mod status;
+mod tls_expiry;
 
 pub(crate) use self::{
     audit::AuditMetrics,
@@ -29,6 +30,7 @@ pub(crate) use self::{
         ClosedReason, DecidedMethod, DecisionOutcome, JwksStatus, KeyEvent, LabelValue,
         ListenerName, Method, PerLabel, ReloadOutcome, WatcherEnd,
     },
+    tls_expiry::CertificateExpiry,
 };
 
 type Labels = Vec<(String, String)>;
@@ -89,6 +91,9 @@ pub struct Metrics {
     jwks_fetch_failures: Family<Labels, Counter>,
     tls_reloads: Counter,
     tls_reload_failures: Counter,
+    tls_expiry: tls_expiry::TlsExpiryMetrics,
+    /// Identifies the public key set served (from `key_ages`, at each scrape).
+    key_set_fingerprint: Gauge,
     schedule_failures: Counter,
     store_sync_age: Gauge,
     store_history_rewinds: Counter,
@@ -254,6 +259,11 @@ impl Metrics {
         self.schedule_failures.inc();
     }
 
+    /// The TLS set whose certificates expire at these times is in use from now on.
+    pub(crate) fn tls_in_use(&self, expiry: CertificateExpiry) {
+        self.tls_expiry.in_use(expiry);
+    }
+
     pub(crate) fn tls_reloaded(&self, ok: bool) {
         if ok {
             self.tls_reloads.inc();
@@ -263,7 +273,8 @@ impl Metrics {
     }
 
     /// Renders the OpenMetrics text, first setting the gauges that follow from the key set
-    /// served (its activation times, at `now`) and the store's state.
+    /// served (its activation times, at `now`), the TLS certificates in use (their expiry, at
+    /// `now`) and the store's state.
     pub(crate) fn render(&self, store: &AuthorityState, now: u64) -> String {
         self.store_sync_age
             .set(i64::try_from(store.sync_age).unwrap_or(i64::MAX));
@@ -277,6 +288,11 @@ impl Metrics {
             .set(i64::try_from(store.refused_records).unwrap_or(i64::MAX));
         self.signer_available.set(i64::from(store.signer_available));
         self.status.set(store.status);
+        self.tls_expiry.set(now);
+        if let Some(fingerprint) = self.key_ages.fingerprint() {
+            self.key_set_fingerprint
+                .set(i64::try_from(fingerprint).unwrap_or(i64::MAX));
+        }
         for (alg, ages) in self.key_ages.at(now) {
             if let Some(gauge) = self.key_age.get(&alg) {
                 gauge.set(ages.age as i64);

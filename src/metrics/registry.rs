@@ -39,6 +39,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("token_authority");
         let audit = super::AuditMetrics::register(&mut registry);
         let status = super::status::StatusMetrics::register(&mut registry);
+        let tls_expiry = super::tls_expiry::TlsExpiryMetrics::register(&mut registry);
 
         let issued_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -109,6 +110,12 @@ impl Metrics {
             "tls_reload_failures",
             "Changed TLS files that could not be loaded (the previous set stays in use)",
             tls_reload_failures.clone(),
+        );
+        let key_set_fingerprint = Gauge::default();
+        registry.register(
+            "key_set_fingerprint",
+            "Identifies the public key set (JWKS) served: equal on replicas that serve the same keys, different otherwise; only equality means anything",
+            key_set_fingerprint.clone(),
         );
         let schedule_failures = Counter::default();
         registry.register(
@@ -210,6 +217,8 @@ impl Metrics {
             jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
+            tls_expiry,
+            key_set_fingerprint,
             schedule_failures,
             store_sync_age,
             store_history_rewinds,

@@ -84,6 +84,9 @@ pub async fn run(
     let grpc_routes = routes::grpc_base(&health)?;
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::new(&config.algorithms));
+    if let Some(tls) = &tls {
+        metrics.tls_in_use(tls.expiry());
+    }
     let signing_pool = SigningPool::per_core().map_err(ServerError::SigningPool)?;
     let callers = Arc::new(open_callers(&config, &issuer, grpc_addr, admin, &metrics).await?);
     let serving = Serving::start(listeners, &config, tls.as_ref(), &health, &metrics, &stop);

@@ -21,8 +21,13 @@ use rustls::{
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
+use x509_parser::{certificate::X509Certificate, prelude::FromDer as _};
 
-use crate::{config::TlsFiles, metrics::Metrics, telemetry::chain};
+use crate::{
+    config::TlsFiles,
+    metrics::{CertificateExpiry, Metrics},
+    telemetry::chain,
+};
 
 /// Why a set of TLS files could not be loaded. Messages name the file and never include key
 /// material.
@@ -60,6 +65,8 @@ pub(crate) struct TlsConfigs {
     /// The client CA bundle's verifier, when `--client-ca` is set: the listener checks each
     /// request's client certificate against the one current then, not only at the handshake.
     pub(crate) client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// When the serving certificate and the client CA bundle expire, for the metrics.
+    expiry: CertificateExpiry,
 }
 
 /// The current configurations, swapped whole on reload; a handshake takes the set current
@@ -112,9 +119,19 @@ fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> 
     let key = PrivateKeyDer::from_pem_slice(&snapshot.key).map_err(|_| TlsError::Key {
         path: files.key.display().to_string(),
     })?;
-    let verifier = match (&files.client_ca, &snapshot.client_ca) {
-        (Some(path), Some(pem)) => Some(client_verifier(path, pem, &provider)?),
+    let client_ca = match (&files.client_ca, &snapshot.client_ca) {
+        (Some(path), Some(pem)) => Some((path, certificates(path, pem)?)),
         _ => None,
+    };
+    let verifier = client_ca
+        .as_ref()
+        .map(|(path, roots)| client_verifier(path, roots, &provider))
+        .transpose()?;
+    let expiry = CertificateExpiry {
+        serving: not_after(&files.cert, &chain[0]),
+        client_ca: client_ca
+            .as_ref()
+            .and_then(|(path, roots)| roots.iter().filter_map(|root| not_after(path, root)).min()),
     };
     let certified = |error: rustls::Error| TlsError::CertifiedKey {
         cert: files.cert.display().to_string(),
@@ -145,14 +162,27 @@ fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> 
         grpc: make(b"h2")?,
         http: make(b"http/1.1")?,
         client_verifier: verifier,
+        expiry,
     })
+}
+
+/// A certificate's notAfter (unix seconds). One whose validity cannot be read (rustls took
+/// it, so this is unlikely) is logged and left out of the expiry metric, not refused.
+fn not_after(path: &Path, der: &CertificateDer<'_>) -> Option<i64> {
+    match X509Certificate::from_der(der) {
+        Ok((_, certificate)) => Some(certificate.validity().not_after.timestamp()),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), error = %error, "cannot read a certificate's notAfter: it is left out of token_authority_tls_certificate_expiry_seconds");
+            None
+        }
+    }
 }
 
 /// Client certificates are optional at the handshake (token and secret callers connect
 /// without one); one that is presented must chain to the bundle and be valid now.
 fn client_verifier(
     path: &Path,
-    pem: &[u8],
+    certs: &[CertificateDer<'static>],
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let unusable = |detail: String| TlsError::ClientCa {
@@ -160,8 +190,10 @@ fn client_verifier(
         detail,
     };
     let mut roots = RootCertStore::empty();
-    for cert in certificates(path, pem)? {
-        roots.add(cert).map_err(|e| unusable(e.to_string()))?;
+    for cert in certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| unusable(e.to_string()))?;
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
         .allow_unauthenticated()
@@ -192,6 +224,11 @@ impl TlsReloader {
         })
     }
 
+    /// When the certificates of the set in use expire.
+    pub(crate) fn expiry(&self) -> CertificateExpiry {
+        self.current.load().expiry
+    }
+
     /// The configurations the listeners take each handshake from.
     pub(crate) fn configs(&self) -> SharedTlsConfigs {
         Arc::clone(&self.current)
@@ -213,6 +250,7 @@ impl TlsReloader {
         };
         match (seen, outcome) {
             (Seen::Contents(snapshot), Ok(configs)) => {
+                metrics.tls_in_use(configs.expiry);
                 self.current.store(Arc::new(configs));
                 self.applied = snapshot;
                 self.rejected = None;

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, io::Write as _, process::Stdio};
 use serde_json::Value;
 use token_authority::pb;
 
-use crate::helpers::{admin, DataDir, TestServer};
+use crate::helpers::{admin, metric, DataDir, TestServer};
 
 /// Parses OpenMetrics text with prometheus_client's strict parser: {sample name: [[labels, value]]}.
 fn parse(text: &str) -> serde_json::Map<String, Value> {
@@ -227,6 +227,59 @@ async fn metrics_count_what_happened_and_parse_as_openmetrics() {
     server.stop().await;
 }
 
+/// `token_authority_key_set_fingerprint` identifies the JWKS served: the same keys give the
+/// same value in another process (a restart here, a replica in production), other keys
+/// another value, and a rotation, which publishes a new key, changes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_fingerprint_is_equal_for_the_same_keys_and_changes_with_them() {
+    let name = "token_authority_key_set_fingerprint";
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let jwks = server.http_jwks().await;
+    let fingerprint = metric(&server, name).await;
+    assert!(
+        fingerprint > 0.0 && fingerprint < 2f64.powi(52) && fingerprint.fract() == 0.0,
+        "{fingerprint}"
+    );
+    server.stop().await;
+
+    // The same keys in another process.
+    let server = TestServer::start(&dir).await;
+    assert_eq!(server.http_jwks().await, jwks);
+    assert_eq!(metric(&server, name).await, fingerprint);
+
+    // Other keys.
+    let other_dir = DataDir::new();
+    let other = TestServer::start(&other_dir).await;
+    assert_ne!(other.http_jwks().await, jwks);
+    assert_ne!(metric(&other, name).await, fingerprint);
+    other.stop().await;
+
+    // A rotation publishes a new next key, a revocation withdraws one: each time another
+    // set, another fingerprint.
+    let signing = server.issue("svc", &[]).await.key_id;
+    server.rotate().await;
+    assert_ne!(server.http_jwks().await, jwks);
+    let rotated = metric(&server, name).await;
+    assert_ne!(rotated, fingerprint);
+    server
+        .client
+        .clone()
+        .revoke_key(admin(pb::RevokeKeyRequest {
+            key_id: signing.clone(),
+            reason: "fingerprint test".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(!crate::helpers::kids(&server.http_jwks().await).contains(&signing));
+    let revoked = metric(&server, name).await;
+    assert!(revoked != rotated && revoked != fingerprint, "{revoked}");
+    server.stop().await;
+    let server = TestServer::start(&dir).await;
+    assert_eq!(metric(&server, name).await, revoked);
+    server.stop().await;
+}
+
 /// The reasons the README's metrics table lists for `verifications_total`.
 fn documented_reasons() -> BTreeSet<String> {
     let readme =
@@ -323,6 +376,8 @@ async fn the_readme_lists_every_metric_family_served() {
         .collect();
     // Served only with a policy that trusts an issuer, as its row says.
     served.insert("token_authority_caller_jwks_fetch_failures_total".to_owned());
+    // Served only with TLS, as its row says (tls::the_certificate_expiry_metrics_...).
+    served.insert("token_authority_tls_certificate_expiry_seconds".to_owned());
     let missing: Vec<_> = served.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&served).collect();
     assert!(

@@ -45,7 +45,18 @@ impl Pki {
 
     /// A new CA with this common name (e.g. a second, untrusted CA).
     pub fn named(name: &str) -> Pki {
+        Pki::with_params(name, CertificateParams::new(Vec::<String>::new()).unwrap())
+    }
+
+    /// A new CA with this common name, valid from a minute ago until `not_after` (unix
+    /// seconds).
+    pub fn named_until(name: &str, not_after: u64) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        valid_until(&mut params, not_after);
+        Pki::with_params(name, params)
+    }
+
+    fn with_params(name: &str, mut params: CertificateParams) -> Pki {
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -67,16 +78,14 @@ impl Pki {
 
     /// A server certificate for these names: IP addresses become IP SANs, others DNS SANs.
     pub fn server(&self, names: &[&str]) -> Identity {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.subject_alt_names = names
-            .iter()
-            .map(|name| match name.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*name).try_into().unwrap()),
-            })
-            .collect();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(server_params(names))
+    }
+
+    /// A server certificate like `server`'s, valid from a minute ago until `not_after` (unix
+    /// seconds).
+    pub fn server_until(&self, names: &[&str], not_after: u64) -> Identity {
+        let mut params = server_params(names);
+        valid_until(&mut params, not_after);
         self.sign(params)
     }
 
@@ -101,12 +110,7 @@ impl Pki {
     /// A client certificate valid from a minute ago until `not_after` (unix seconds).
     pub fn client_until(&self, uri: Option<&str>, dns: Option<&str>, not_after: u64) -> Identity {
         let mut params = client_params(uri, dns);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + time_seconds(now - 60);
-        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_seconds(not_after as i64);
+        valid_until(&mut params, not_after);
         self.sign(params)
     }
 
@@ -126,6 +130,30 @@ impl Pki {
             der: cert.der().to_vec(),
         }
     }
+}
+
+fn server_params(names: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.subject_alt_names = names
+        .iter()
+        .map(|name| match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*name).try_into().unwrap()),
+        })
+        .collect();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params
+}
+
+/// Valid from a minute ago until `not_after` (unix seconds).
+fn valid_until(params: &mut CertificateParams, not_after: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + time_seconds(now - 60);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_seconds(not_after as i64);
 }
 
 fn client_params(uri: Option<&str>, dns: Option<&str>) -> CertificateParams {

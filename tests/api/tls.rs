@@ -21,8 +21,8 @@ use tokio_rustls::{client::TlsStream, TlsConnector};
 
 use crate::{
     helpers::{
-        config, connect, connect_tls, https_client, kids, metric, verify_independently,
-        wait_for_metric, ClientTls, DataDir, TestServer, TlsSetup,
+        config, connect, connect_tls, https_client, kids, metric, metric_sample, now,
+        verify_independently, wait_for_metric, ClientTls, DataDir, TestServer, TlsSetup,
     },
     pki::{Identity, Pki},
 };
@@ -545,6 +545,103 @@ async fn a_changed_client_ca_bundle_is_applied_to_new_handshakes() {
         mtls_outcome(server.grpc_addr, &server_ca, &old_client).await,
         "received fatal alert: UnknownCA"
     );
+    server.stop().await;
+}
+
+/// `token_authority_tls_certificate_expiry_seconds{certificate}` of a server, if served.
+async fn expiry_seconds(server: &TestServer, certificate: &str) -> Option<f64> {
+    let name =
+        format!("token_authority_tls_certificate_expiry_seconds{{certificate=\"{certificate}\"}}");
+    metric_sample(server, &name).await
+}
+
+/// Asserts that the seconds left until `not_after` (unix seconds), as scraped, are within a
+/// few seconds of what this test's clock says.
+async fn assert_expires_at(server: &TestServer, certificate: &str, not_after: u64) {
+    let before = now();
+    let seconds = expiry_seconds(server, certificate)
+        .await
+        .unwrap_or_else(|| panic!("no {certificate} expiry in /metrics"));
+    let expected = not_after as f64 - before as f64;
+    assert!(
+        (expected - 3.0..=expected + 1.0).contains(&seconds),
+        "{certificate}: {seconds} s left, expected {expected}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_expiry_metrics_follow_the_certificates_in_use() {
+    let day = 24 * 3600;
+    let dir = DataDir::new();
+    let pki = Pki::new();
+    let ca = pki.ca_pem();
+    let serving_until = now() + 30 * day;
+    let first = pki.server_until(&["localhost", "127.0.0.1"], serving_until);
+    // The client CA bundle: its earliest certificate is the one that counts.
+    let (soon, later) = (now() + 10 * day, now() + 20 * day);
+    let bundle = format!(
+        "{}{}",
+        Pki::named_until("later client CA", later).ca_pem(),
+        Pki::named_until("sooner client CA", soon).ca_pem()
+    );
+    let secret = tempfile::tempdir().unwrap();
+    let mut volume = SecretVolume::new(
+        secret.path(),
+        &[
+            ("tls.crt", &first.cert_pem),
+            ("tls.key", &first.key_pem),
+            ("ca.crt", &bundle),
+        ],
+    );
+    let args = [
+        "--tls-cert",
+        &volume.path("tls.crt"),
+        "--tls-key",
+        &volume.path("tls.key"),
+        "--client-ca",
+        &volume.path("ca.crt"),
+        "--tls-reload-interval",
+        "100ms",
+    ];
+    let client_tls = ClientTls {
+        ca_pem: ca.clone(),
+        identity: None,
+    };
+    let server = TestServer::start_tls(config(&dir, &args), client_tls).await;
+    assert_expires_at(&server, "serving", serving_until).await;
+    assert_expires_at(&server, "client_ca", soon).await;
+
+    // Renewed: a certificate with a later notAfter, and a bundle of one CA.
+    let renewed_until = now() + 90 * day;
+    let second = pki.server_until(&["localhost", "127.0.0.1"], renewed_until);
+    let bundle_until = now() + 365 * day;
+    volume.update(&[
+        ("tls.crt", &second.cert_pem),
+        ("tls.key", &second.key_pem),
+        (
+            "ca.crt",
+            &Pki::named_until("renewed client CA", bundle_until).ca_pem(),
+        ),
+    ]);
+    wait_for_metric(&server, "token_authority_tls_reloads_total", 1.0).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, second.der);
+    assert_expires_at(&server, "serving", renewed_until).await;
+    assert_expires_at(&server, "client_ca", bundle_until).await;
+    server.stop().await;
+
+    // Without --client-ca: the serving certificate only.
+    let tls = TlsSetup::new();
+    let dir = DataDir::new();
+    let server = tls.start(&dir, false, &[]).await;
+    assert!(expiry_seconds(&server, "serving").await.is_some());
+    assert_eq!(expiry_seconds(&server, "client_ca").await, None);
+    server.stop().await;
+
+    // Without TLS: neither.
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    assert_eq!(expiry_seconds(&server, "serving").await, None);
+    assert_eq!(expiry_seconds(&server, "client_ca").await, None);
     server.stop().await;
 }
 

@@ -247,8 +247,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "audit": {"enabled": False, "sync": True},
         "networkPolicy": {"enabled": True},
     },
-    # The alert rules and the Grafana dashboard, beside the ServiceMonitor whose series they read.
+    # The alert rules and the Grafana dashboard, beside the ServiceMonitor whose series they read;
+    # the client CA bundle on (the generated CA), so that the server started with this render
+    # (live_metrics) serves the expiry of both certificates the rules and the dashboard read.
     "alerts-dashboard": {
+        "tls": {"clientCa": {"enabled": True}},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Identity"}},
@@ -318,6 +321,9 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "denied share jump above 1 (a share, not a percentage)": {"prometheusRule": {"deniedShareJump": 20}},
     "issue failure share of 0 (every blip pages)": {"prometheusRule": {"issueFailureShare": 0}},
     "rotation overdue for in words": {"prometheusRule": {"rotationOverdueFor": "30 minutes"}},
+    "certificate expiry warning in seconds (a duration, 14d)": {"prometheusRule": {"certificateExpiryWarning": 1209600}},
+    "certificate expiry warning in two units": {"prometheusRule": {"certificateExpiryWarning": "14d12h"}},
+    "replicas disagree for in words": {"prometheusRule": {"replicasDisagreeFor": "5 minutes"}},
     "runbook URL with an anchor (each alert adds its own)": {"prometheusRule": {"runbookBaseUrl": "https://x.example/README.md#alerts"}},
     "series selector with braces": {"prometheusRule": {"seriesSelector": '{job="ta"}'}},
     "unknown key in prometheusRule": {"prometheusRule": {"severity": "critical"}},
@@ -3504,6 +3510,8 @@ ALERTS = {
     "TokenAuthorityDeniedShareJump": ("warning", "Denied share jump"),
     "TokenAuthorityAuditLogNotWritable": ("critical", "Audit log not writable"),
     "TokenAuthorityStoreUnreachable": ("warning", "Store unreachable"),
+    "TokenAuthorityCertificateExpiring": ("warning", "Certificate expiring"),
+    "TokenAuthorityReplicasDisagreeOnKeys": ("warning", "Replicas disagree on keys"),
 }
 # What `promtool check metrics` (Debian's prometheus 2.42) says of the server's /metrics, known
 # and tolerated: it reads the scrape as Prometheus text, where a counter's HELP names the
@@ -3592,13 +3600,25 @@ def check_prometheus_rule() -> None:
                 f"{r['alert']}: selector {{{selector}}} does not pick job {job} in {NAMESPACE}"
         print(f"       {r['alert']}: {severity}, for {r.get('for', '0s')}, runbook #{github_anchor(heading)}")
     tuned = {"rotationOverdueFor": "45m", "issueFailureShare": 0.125, "deniedShareJump": 0.375, "deniedRateFloor": 1.5,
-             "storeSyncAgeSeconds": 600, "seriesSelector": 'cluster="eu-1",job="tokens"',
+             "storeSyncAgeSeconds": 600, "certificateExpiryWarning": "3w", "replicasDisagreeFor": "12m",
+             "seriesSelector": 'cluster="eu-1",job="tokens"',
              "runbookBaseUrl": "https://wiki.example.com/token-authority"}
     custom = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {"enabled": True, **tuned}}))}
     expected = {"TokenAuthorityRotationOverdue": [], "TokenAuthorityIssueTokenFailing": ["> 0.125\n"],
                 "TokenAuthorityDeniedShareJump": ["+ 0.375\n", "> 1.5\n"], "TokenAuthorityAuditLogNotWritable": [],
-                "TokenAuthorityStoreUnreachable": ["> 600\n"]}
+                "TokenAuthorityStoreUnreachable": ["> 600\n"], "TokenAuthorityCertificateExpiring": ["< 1814400\n"],
+                "TokenAuthorityReplicasDisagreeOnKeys": []}
     assert custom["TokenAuthorityRotationOverdue"]["for"] == "45m", custom["TokenAuthorityRotationOverdue"]["for"]
+    assert custom["TokenAuthorityReplicasDisagreeOnKeys"]["for"] == "12m", custom["TokenAuthorityReplicasDisagreeOnKeys"]["for"]
+    # The default warns after cert-manager's default renewal time has passed (README: a renewal
+    # on time never fires it).
+    defaults = merged_values("default")
+    assert duration_seconds(defaults["prometheusRule"]["certificateExpiryWarning"]) \
+        < duration_seconds(defaults["tls"]["certManager"]["renewBefore"]), "certificateExpiryWarning not below renewBefore"
+    for warning, seconds in (("14d", 1209600), ("336h", 1209600), ("2w", 1209600), ("90m", 5400), ("86400s", 86400)):
+        expr = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {
+            "enabled": True, "certificateExpiryWarning": warning}}))}["TokenAuthorityCertificateExpiring"]["expr"]
+        assert expr.endswith(f"< {seconds}\n"), f"certificateExpiryWarning {warning}: {expr}"
     for name, fragments in expected.items():
         for fragment in fragments:
             assert fragment in custom[name]["expr"], f"{name}: {fragment.strip()!r} not in {custom[name]['expr']}"
@@ -3654,17 +3674,46 @@ def check_alert_rules_promtool() -> None:
 
 
 _live_metrics: str | None = None
+_live_metrics_at = 0.0
 
 
 def live_metrics() -> str:
-    """GET /metrics of the server started with the default render's environment (cached)."""
-    global _live_metrics
+    """GET /metrics of the server started with the alerts' render's environment (cached): TLS
+    from the generated Secret, with the client CA bundle."""
+    global _live_metrics, _live_metrics_at
     if _live_metrics is None:
-        with ChartConfiguredServer() as server:
+        with ChartConfiguredServer(ALERTS_SET) as server:
+            assert server.tls and "TA_CLIENT_CA" in server.env, "the alerts' render must turn TLS and the client CA on"
+            _live_metrics_at = time.time()
             status, body = server.get("/metrics")
             assert status == 200, f"GET /metrics: {status}"
             _live_metrics = body.decode()
     return _live_metrics
+
+
+def certificate_not_after(pem: bytes) -> float:
+    """The notAfter of a PEM certificate, unix seconds (Python's own X.509 decoder)."""
+    import ssl
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        decoded = ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+    return ssl.cert_time_to_seconds(decoded["notAfter"])
+
+
+def check_live_certificate_expiry() -> None:
+    """The server started with the alerts' render serves token_authority_tls_certificate_expiry_seconds
+    for the serving certificate and the client CA bundle, each the seconds from the scrape to the
+    notAfter of the certificate mounted (tls.crt; the bundle, ca.crt): the series the expiry alert
+    and panel read are there, and right."""
+    scrape = live_metrics()
+    secret = tls_secrets(ALERTS_SET)[0]["data"]
+    for certificate, key in (("serving", "tls.crt"), ("client_ca", "ca.crt")):
+        found = re.search(rf'(?m)^token_authority_tls_certificate_expiry_seconds\{{certificate="{certificate}"\}} (\S+)$', scrape)
+        assert found, f"no {certificate} certificate expiry in the live /metrics"
+        expected = certificate_not_after(base64.b64decode(secret[key])) - _live_metrics_at
+        assert abs(float(found.group(1)) - expected) <= 5, f"{certificate}: {found.group(1)} s left, {key} says {expected:.0f}"
+        print(f"       {certificate}: {float(found.group(1)) / 86400:.1f} days left, as {key} says")
 
 
 def dashboard() -> dict[str, Any]:
@@ -3732,6 +3781,9 @@ DASHBOARD_PANELS = [
     ("status lists", "token_authority_status_lists", ""),
     ("statuses set", "token_authority_status_list_tokens", "status"),
     ("audit log writable", "token_authority_audit_log_writable", "pod"),
+    ("distinct key sets served (replica agreement)", "token_authority_key_set_fingerprint", "count_values by"),
+    ("key set fingerprint per pod", "token_authority_key_set_fingerprint", "by (pod)"),
+    ("certificate expiry", "token_authority_tls_certificate_expiry_seconds", "certificate"),
 ]
 
 
@@ -3882,6 +3934,7 @@ GLOBAL = [
     check_prometheus_rule,
     check_alert_rules_promtool,
     check_alerts_and_dashboard_use_exported_metrics,
+    check_live_certificate_expiry,
     check_promtool_check_metrics,
     check_grafana_dashboard,
     check_readme_alerts_and_dashboard,
