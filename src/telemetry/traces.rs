@@ -76,7 +76,7 @@ pub(crate) struct DropReason {
 pub(crate) static SPANS_DROPPED: LazyLock<Family<DropReason, Counter>> = LazyLock::new(|| {
     let family = Family::default();
     for reason in ["queue_full", "export_failed"] {
-        family.get_or_create(&DropReason { reason });
+        family.get_or_create_owned(&DropReason { reason });
     }
     family
 });
