@@ -3522,7 +3522,7 @@ PROMTOOL_METRICS_KNOWN = {f"token_authority_{name}_total no help text" for name 
     "caller_jwks_fetch_failures", "calls_throttled", "connections_closed_by_server", "jwks_responses", "key_events",
     "key_watchers_refused_or_dropped", "policy_reloads", "scheduled_key_step_failures",
     "store_history_rewinds", "tls_reload_failures", "tls_reloads", "tokens_issued",
-    "tokens_issued_without_status", "verifications")}
+    "tokens_issued_without_status", "trace_spans_dropped", "verifications")}
 # Label names the rules and the dashboard match on that the scrape adds (Prometheus, the
 # ServiceMonitor), not the server.
 SCRAPE_LABELS = {"job", "namespace", "pod", "instance"}
