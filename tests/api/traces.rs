@@ -452,3 +452,31 @@ async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
         }
     }
 }
+
+/// The README's traces figure comes from `tests/perf/traces.sh`: IssueToken and VerifyToken
+/// with traces on (to the real receiver) and off, driven end to end.
+#[test]
+fn the_perf_script_measures_traces_on_against_off() {
+    let python = python().display().to_string();
+    let env = [
+        ("DUR", "300ms"),
+        ("WARMUP", "100ms"),
+        ("ROUNDS", "2"),
+        ("ALGS", "ES256"),
+        ("PYTHON", python.as_str()),
+    ];
+    let stdout = crate::perf_scripts::run("traces.sh", &env, &["on ", "off "], 8);
+    for kind in ["issue-ES256", "verify-ES256"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(kind)
+                && l.contains("medians over 2 runs: traces on")
+                && l.contains("median of the rounds' ratios")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("spans dropped by the traced ES256 server: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("errors: 0"), "{stdout}");
+}

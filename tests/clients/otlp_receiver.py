@@ -1,11 +1,12 @@
 """An OTLP/gRPC trace receiver for the tests: decodes every ExportTraceServiceRequest with the
 protocol's own Python classes and writes each span as one JSON line to stdout.
 
-    otlp_receiver.py PORT_FILE [--delay SECONDS] [--fail] [--tls CERT_PEM KEY_PEM]
+    otlp_receiver.py PORT_FILE [--delay SECONDS] [--fail] [--tls CERT_PEM KEY_PEM] [--quiet]
 
 Listens on a free loopback port and writes it to PORT_FILE once serving. `--delay` makes each
 export wait (a slow collector); `--fail` answers every export UNAVAILABLE (a collector in
-trouble); `--tls` serves TLS with that certificate. A span line: {"trace_id", "span_id", "parent_span_id", "name", "kind",
+trouble); `--tls` serves TLS with that certificate;
+`--quiet` decodes the spans and writes nothing (a benchmark's collector). A span line: {"trace_id", "span_id", "parent_span_id", "name", "kind",
 "service", "attributes": {key: value}, "status_code"} with ids in hex.
 """
 
@@ -33,15 +34,18 @@ def value_of(any_value):
     return value
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, delay, fail):
+    def __init__(self, delay, fail, quiet):
         self.delay = delay
         self.fail = fail
+        self.quiet = quiet
 
     def Export(self, request, context):
         if self.delay:
             time.sleep(self.delay)
         if self.fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the test collector refuses")
+        if self.quiet:
+            return trace_service_pb2.ExportTraceServiceResponse()
         for resource_spans in request.resource_spans:
             resource = {a.key: value_of(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -66,7 +70,7 @@ def main():
     delay = float(sys.argv[sys.argv.index("--delay") + 1]) if "--delay" in sys.argv else 0.0
     fail = "--fail" in sys.argv
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(delay, fail), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(delay, fail, "--quiet" in sys.argv), server)
     if "--tls" in sys.argv:
         at = sys.argv.index("--tls")
         with open(sys.argv[at + 1], "rb") as f:
