@@ -26,6 +26,8 @@
 //!   `verifier::watch` is the verifier's background task: the stream over the replicas, and
 //!   the JWKS polled while it is down.
 //! - `error`: this crate's error type. `pb`: the generated client.
+//! - `telemetry`: the trace context sent with IssueToken and WatchKeys, and what the
+//!   client's spans (`token_refresh`, `watch_keys`) record.
 //!
 //! # Example
 //! Two services, `orders` calling `ledger` with a token (`examples/two_services.rs`,
@@ -43,6 +45,7 @@ pub mod keys;
 pub mod layer;
 pub mod pb;
 pub mod status;
+mod telemetry;
 pub mod token_source;
 pub mod txn;
 pub mod verifier;

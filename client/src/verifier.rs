@@ -179,6 +179,7 @@ impl Verifier {
                 policy: policy.clone(),
                 clock: settings.clock,
                 first: first_tx,
+                caller: Some(tracing::Span::current()),
                 fetcher,
                 refetch: Arc::clone(&refetch),
                 wanted: Arc::clone(&wanted),
