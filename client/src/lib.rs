@@ -27,7 +27,7 @@
 //!   the JWKS polled while it is down.
 //! - `error`: this crate's error type. `pb`: the generated client.
 //! - `telemetry`: the trace context sent with IssueToken and WatchKeys, and what the
-//!   client's spans (`token_refresh`, `watch_keys`) record.
+//!   client's spans (`token_refresh`, `watch_keys`, `verify_token`) record.
 //!
 //! # Example
 //! Two services, `orders` calling `ledger` with a token (`examples/two_services.rs`,

@@ -10,9 +10,11 @@
 //! (no-op) propagator nothing is written: the calls go out as before.
 //!
 //! No span records a token, a credential or a claim value: the refresh span counts the
-//! audiences.
+//! audiences, the verification span names the algorithm, the kid (only one the key set
+//! knows: a kid is whatever the token's sender wrote) and the verdict.
 
 use opentelemetry::propagation::Injector;
+use token_authority_jose::jwt::verify::{KeyLookup, Reason, Rejection, Verified};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -54,6 +56,29 @@ impl Injector for Metadata<'_> {
     }
 }
 
+/// A rejection's reason as VerifyToken names it (`VerifyFailureReason`, and the server's
+/// metrics label).
+pub(crate) fn reason_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Malformed => "MALFORMED",
+        Reason::UnknownKey => "UNKNOWN_KEY",
+        Reason::BadSignature => "BAD_SIGNATURE",
+        Reason::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
+        Reason::Expired => "EXPIRED",
+        Reason::NotYetValid => "NOT_YET_VALID",
+        Reason::IssuerMismatch => "ISSUER_MISMATCH",
+        Reason::AudienceMismatch => "AUDIENCE_MISMATCH",
+        Reason::RevokedKey => "REVOKED_KEY",
+        Reason::MissingClaim => "MISSING_CLAIM",
+        Reason::UnsupportedHeader => "UNSUPPORTED_HEADER",
+        Reason::LifetimeTooLong => "LIFETIME_TOO_LONG",
+        Reason::WrongTokenType => "WRONG_TOKEN_TYPE",
+        Reason::RevokedToken => "REVOKED_TOKEN",
+        Reason::SuspendedToken => "SUSPENDED_TOKEN",
+        Reason::StatusUnavailable => "STATUS_UNAVAILABLE",
+    }
+}
+
 /// What kind of failure a `ClientError` is, for a span: never its text, which may quote
 /// the authority's message or a file path.
 pub(crate) fn error_kind(error: &ClientError) -> &'static str {
@@ -70,6 +95,55 @@ pub(crate) fn error_kind(error: &ClientError) -> &'static str {
         ClientError::TxnToken(_) => "txn_token",
         ClientError::NoKeySet(_) => "no_key_set",
     }
+}
+
+/// Records a verification's verdict on its `verify_token` span: the outcome, the reason
+/// of a rejection, and the kid and algorithm of the key, from `keys` (the set it was
+/// verified against) rather than from the token.
+pub(crate) fn record_verdict<K: KeyLookup + ?Sized>(
+    span: &tracing::Span,
+    keys: &K,
+    token: &str,
+    verdict: &Result<Verified, Rejection>,
+) {
+    let known;
+    let kid = match verdict {
+        Ok(verified) => {
+            span.record("outcome", "valid");
+            Some(verified.kid.as_str())
+        }
+        Err(rejection) => {
+            span.record("outcome", "rejected");
+            span.record("reason", reason_name(rejection.reason));
+            known = known_kid(token, keys);
+            known.as_deref()
+        }
+    };
+    let Some(kid) = kid else {
+        return;
+    };
+    span.record("kid", kid);
+    if let Some(key) = keys.verifying_key(kid) {
+        span.record("alg", key.algorithm().name());
+    }
+}
+
+/// The longest header segment read for the verification span's kid: a header the
+/// authority signs is well under this.
+const MAX_HEADER_B64: usize = 1024;
+
+/// The kid a rejected token's header names, when `keys` knows it (published or revoked):
+/// a kid the key set does not know is the sender's text, and is not recorded. Read only
+/// for a span someone records (a verified token's kid comes with the verdict).
+fn known_kid<K: KeyLookup + ?Sized>(token: &str, keys: &K) -> Option<String> {
+    let header = token.split('.').next()?;
+    if header.len() > MAX_HEADER_B64 {
+        return None;
+    }
+    let header = token_authority_jose::b64::decode(header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let kid = header.get("kid")?.as_str()?;
+    (keys.verifying_key(kid).is_some() || keys.is_revoked(kid)).then(|| kid.to_owned())
 }
 
 #[cfg(test)]
