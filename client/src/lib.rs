@@ -15,6 +15,10 @@
 //! - [`layer::RequireBearerLayer`]: the same verification as a tower layer over any
 //!   `http::Request` service (hyper, axum), answering refusals itself (401, or
 //!   UNAUTHENTICATED to gRPC requests).
+//! - Tracing: IssueToken and WatchKeys carry the trace context of the application (through
+//!   the OpenTelemetry propagator it installed), and the client records `token_refresh`,
+//!   `watch_keys` and `verify_token` spans with `tracing`, never a token, a credential or a
+//!   claim (the README's Tracing paragraph).
 //!
 //! # Layout
 //! - `jwks_http`: the HTTP JWKS the verifier falls back on while WatchKeys is unavailable.
