@@ -15,6 +15,10 @@
 //! - [`layer::RequireBearerLayer`]: the same verification as a tower layer over any
 //!   `http::Request` service (hyper, axum), answering refusals itself (401, or
 //!   UNAUTHENTICATED to gRPC requests).
+//! - Tracing: IssueToken and WatchKeys carry the trace context of the application (through
+//!   the OpenTelemetry propagator it installed), and the client records `token_refresh`,
+//!   `watch_keys` and `verify_token` spans with `tracing`, never a token, a credential or a
+//!   claim (the README's Tracing paragraph).
 //!
 //! # Layout
 //! - `jwks_http`: the HTTP JWKS the verifier falls back on while WatchKeys is unavailable.
@@ -26,6 +30,8 @@
 //!   `verifier::watch` is the verifier's background task: the stream over the replicas, and
 //!   the JWKS polled while it is down.
 //! - `error`: this crate's error type. `pb`: the generated client.
+//! - `telemetry`: the trace context sent with IssueToken and WatchKeys, and what the
+//!   client's spans (`token_refresh`, `watch_keys`, `verify_token`) record.
 //!
 //! # Example
 //! Two services, `orders` calling `ledger` with a token (`examples/two_services.rs`,
@@ -43,6 +49,7 @@ pub mod keys;
 pub mod layer;
 pub mod pb;
 pub mod status;
+mod telemetry;
 pub mod token_source;
 pub mod txn;
 pub mod verifier;

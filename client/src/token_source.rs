@@ -17,6 +17,10 @@
 //! file is used as soon as it changes; a client secret is sent as HTTP Basic. When the
 //! authority refuses the credential (UNAUTHENTICATED), it is read again at once and, if it
 //! changed meanwhile (the file was rotated between the read and the answer), sent once more.
+//!
+//! Each fetch is one `token_refresh` span (`crate::telemetry`): a child of the caller's span
+//! for a fetch a caller waits on, a root for the background refresh. Its IssueToken calls
+//! carry its trace context.
 
 mod credentials;
 
@@ -25,12 +29,14 @@ use std::{sync::Arc, time::Duration};
 use token_authority_jose::backoff::{jitter, Backoff};
 use tokio::time::Instant;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
+use tracing::{field, Instrument as _};
 
 pub use credentials::Credentials;
 
 use crate::{
     error::ClientError,
     pb::{self, token_authority_client::TokenAuthorityClient},
+    telemetry,
 };
 
 /// What the service asks for: IssueToken's fields.
@@ -177,7 +183,7 @@ impl Inner {
                 return Err(ClientError::Shared(failure.clone()));
             }
         }
-        self.attempt(&mut attempts).await
+        self.attempt(&mut attempts, "caller").await
     }
 
     /// The background refresh: one IssueToken unless the token in the cache is not due (a
@@ -192,12 +198,46 @@ impl Inner {
         if !due {
             return Ok(());
         }
-        self.attempt(&mut attempts).await.map(drop)
+        self.attempt(&mut attempts, "background").await.map(drop)
     }
 
-    /// One IssueToken, recorded in `attempts` (the guard of `fetching`).
-    async fn attempt(&self, attempts: &mut Attempts) -> Result<String, ClientError> {
-        let result = self.fetch().await;
+    /// One IssueToken, recorded in `attempts` (the guard of `fetching`), in its span:
+    /// `trigger` says who asked, a caller ("caller") or the refresh task ("background").
+    async fn attempt(
+        &self,
+        attempts: &mut Attempts,
+        trigger: &'static str,
+    ) -> Result<String, ClientError> {
+        // Counts and kinds only: never the token, the credential, or the subject, audiences
+        // and claims asked for.
+        let span = tracing::info_span!(
+            "token_refresh",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = telemetry::SERVICE,
+            rpc.method = "IssueToken",
+            trigger,
+            audiences = self.request.audience.len(),
+            outcome = field::Empty,
+            error = field::Empty,
+            rpc.grpc.status_code = field::Empty,
+            otel.status_code = field::Empty,
+        );
+        let result = self.fetch().instrument(span.clone()).await;
+        match &result {
+            Ok(_) => {
+                span.record("outcome", "issued");
+                span.record("rpc.grpc.status_code", Code::Ok as i64);
+            }
+            Err(error) => {
+                span.record("outcome", "failed");
+                span.record("error", telemetry::error_kind(error));
+                span.record("otel.status_code", "error");
+                if let ClientError::Rpc(status) = error {
+                    span.record("rpc.grpc.status_code", status.code() as i64);
+                }
+            }
+        }
         attempts.ended += 1;
         attempts.last_failure = result.as_ref().err().map(ToString::to_string);
         self.attempts_ended
@@ -250,7 +290,8 @@ impl Inner {
         Ok(issued.token)
     }
 
-    /// One IssueToken call with `authorization`.
+    /// One IssueToken call with `authorization`, carrying the trace context of the current
+    /// span (the fetch's `token_refresh`).
     async fn issue(
         &self,
         authorization: Option<&str>,
@@ -271,6 +312,7 @@ impl Inner {
                 .map_err(|_| ClientError::BadCredential)?;
             request.metadata_mut().insert("authorization", value);
         }
+        telemetry::inject(&tracing::Span::current(), request.metadata_mut());
         Ok(self.client.clone().issue_token(request).await?.into_inner())
     }
 }

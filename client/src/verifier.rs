@@ -15,13 +15,21 @@
 //! fetched over HTTP keeps the kids an earlier push reported revoked. Over anything but
 //! loopback, give both the channel and the JWKS URL TLS: the keys they carry decide which
 //! tokens are accepted.
+//!
+//! Every verification is a `verify_token` span (`crate::telemetry`): the token type, the
+//! key's algorithm and kid (a kid the key set knows only), the outcome and the reason, never
+//! the token. With no subscriber interested it costs a check of a static flag, and nothing
+//! is read for it.
 
 use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use token_authority_jose::{
     clock::Clock,
-    jwt::verify::{self, Expectations, Policy, Reason, Rejection, Verified},
+    jwt::{
+        verify::{self, Expectations, Policy, Reason, Rejection, Verified},
+        TokenType,
+    },
 };
 use tonic::transport::Channel;
 
@@ -31,6 +39,7 @@ use crate::{
     keys::KeySet,
     pb::token_authority_client::TokenAuthorityClient,
     status::{HeldLists, NO_COPY},
+    telemetry,
 };
 
 mod watch;
@@ -179,6 +188,7 @@ impl Verifier {
                 policy: policy.clone(),
                 clock: settings.clock,
                 first: first_tx,
+                caller: Some(tracing::Span::current()),
                 fetcher,
                 refetch: Arc::clone(&refetch),
                 wanted: Arc::clone(&wanted),
@@ -267,20 +277,44 @@ impl Verifier {
     }
 
     /// Verifies with `expect` against the key set in use, asking for a fetch on an
-    /// unknown kid.
+    /// unknown kid, in a `verify_token` span.
     pub(crate) fn verify_with(
         &self,
         token: &str,
         expect: &Expectations<'_>,
         now: u64,
     ) -> Result<Verified, Rejection> {
-        let verdict = verify::verify_with(
-            token,
-            &**self.inner.keys.load(),
-            &self.inner.policy,
-            expect,
-            now,
+        // Not entered: nothing inside logs, and its fields are recorded at the end, only
+        // when someone records the span.
+        let span = tracing::info_span!(
+            "verify_token",
+            token_type = match expect.token_type {
+                TokenType::Access => "access",
+                TokenType::Txn => "txn",
+                TokenType::StatusList => "statuslist",
+            },
+            alg = tracing::field::Empty,
+            kid = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
         );
+        let keys = self.inner.keys.load();
+        let verdict = self.verify_against(&keys, token, expect, now);
+        if !span.is_disabled() {
+            telemetry::record_verdict(&span, &**keys, token, &verdict);
+        }
+        verdict
+    }
+
+    /// `verify_with`'s verdict, against `keys`.
+    fn verify_against(
+        &self,
+        keys: &KeySet,
+        token: &str,
+        expect: &Expectations<'_>,
+        now: u64,
+    ) -> Result<Verified, Rejection> {
+        let verdict = verify::verify_with(token, keys, &self.inner.policy, expect, now);
         if matches!(&verdict, Err(rejection) if rejection.reason == Reason::UnknownKey) {
             self.unknown_kid();
         }

@@ -8,6 +8,11 @@
 //! ETag: a revocation made on a live replica reaches the verifier within that interval,
 //! where the `max-age` alone (minutes) would keep the revoked key in use. The polling stops
 //! as soon as a stream is back: a stream pushes every change itself.
+//!
+//! Opening a stream is a `watch_keys` span, whose WatchKeys call carries its trace context:
+//! a child of the span `Verifier::connect` was called in until the verifier is ready (the
+//! caller is waiting for it), a root after that (a reconnect in the background). The span
+//! ends once the stream is open, not with the stream, which may last for days.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,6 +20,7 @@ use arc_swap::ArcSwap;
 use token_authority_jose::backoff::{jitter, Backoff};
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use tracing::{field, Instrument as _};
 
 use token_authority_jose::{clock::Clock, jwt::verify::Policy};
 
@@ -23,6 +29,7 @@ use crate::{
     keys::KeySet,
     pb::{self, token_authority_client::TokenAuthorityClient, watch_keys_response::Event},
     status::HeldLists,
+    telemetry,
 };
 
 /// The first delay before reconnecting a broken stream, and the cap it doubles up to.
@@ -41,8 +48,11 @@ pub(super) struct Watch {
     /// What a list token must satisfy (the issuer, the leeway), and the time.
     pub(super) policy: Policy,
     pub(super) clock: Clock,
-    /// Turns true at the first key set.
+    /// Turns true at the first key set (`ready`).
     pub(super) first: tokio::sync::watch::Sender<bool>,
+    /// The span `Verifier::connect` was called in, the parent of the `watch_keys` spans
+    /// until the verifier is ready; then dropped, so the caller's span can end.
+    pub(super) caller: Option<tracing::Span>,
     pub(super) fetcher: Option<JwksFetcher>,
     /// An unknown kid (or a list not held) asks for a fetch at once.
     pub(super) refetch: Arc<tokio::sync::Notify>,
@@ -94,12 +104,39 @@ impl Watch {
     /// Opens a stream on `replica` and applies what it pushes until it breaks; whether a
     /// key set arrived.
     async fn hold_stream(&mut self, replica: usize) -> bool {
+        let span = tracing::info_span!(
+            parent: self.caller.as_ref().and_then(tracing::Span::id),
+            "watch_keys",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = telemetry::SERVICE,
+            rpc.method = "WatchKeys",
+            replica,
+            outcome = field::Empty,
+            rpc.grpc.status_code = field::Empty,
+            otel.status_code = field::Empty,
+        );
+        let mut request = tonic::Request::new(pb::WatchKeysRequest {});
+        telemetry::inject(&span, request.metadata_mut());
         let client = &mut self.replicas[replica];
         let opened = tokio::time::timeout(
             self.open_timeout,
-            client.watch_keys(pb::WatchKeysRequest {}),
+            client.watch_keys(request).instrument(span.clone()),
         )
         .await;
+        let (outcome, code) = match &opened {
+            Ok(Ok(_)) => ("opened", Some(tonic::Code::Ok)),
+            Ok(Err(status)) => ("refused", Some(status.code())),
+            Err(_) => ("timed_out", None),
+        };
+        span.record("outcome", outcome);
+        if let Some(code) = code {
+            span.record("rpc.grpc.status_code", code as i64);
+        }
+        if code != Some(tonic::Code::Ok) {
+            span.record("otel.status_code", "error");
+        }
+        drop(span);
         let mut stream = match opened {
             Ok(Ok(stream)) => stream.into_inner(),
             Ok(Err(status)) => {
@@ -137,7 +174,7 @@ impl Watch {
                     self.take_lists(&lists);
                     // Ready once the lists announced with the first key set are held too.
                     if received {
-                        self.first.send_replace(true);
+                        self.ready();
                     }
                     continue;
                 }
@@ -155,7 +192,7 @@ impl Watch {
                     self.keys.store(Arc::new(set));
                     // A key set that announces status lists is ready with them.
                     if !watched.status_lists {
-                        self.first.send_replace(true);
+                        self.ready();
                     }
                     received = true;
                 }
@@ -231,8 +268,15 @@ impl Watch {
             }
         }
         if self.http_keys {
-            self.first.send_replace(true);
+            self.ready();
         }
+    }
+
+    /// The verifier holds what it needs: `Verifier::connect` returns, and what comes next
+    /// is no longer part of its caller's work.
+    fn ready(&mut self) {
+        self.first.send_replace(true);
+        self.caller = None;
     }
 
     /// Fetches the HTTP JWKS (when there is one) and swaps in a changed set; returns when
