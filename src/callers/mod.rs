@@ -316,12 +316,15 @@ impl Callers {
         };
         if let Some(outcome) = counted {
             self.metrics.decision(entry.method, outcome);
-            // On the RPC's span (and so its trace), the caller and what was decided.
-            let span = tracing::Span::current();
-            if !entry.caller.is_empty() {
-                span.record("caller", entry.caller);
+            // In the call's trace: the caller and what was decided.
+            if crate::telemetry::traces::enabled() {
+                let span = tracing::Span::current();
+                if !entry.caller.is_empty() {
+                    crate::telemetry::traces::set(&span, "caller", entry.caller.to_owned());
+                }
+                let decision = crate::metrics::LabelValue::as_str(outcome);
+                crate::telemetry::traces::set(&span, "decision", decision);
             }
-            span.record("decision", crate::metrics::LabelValue::as_str(outcome));
         }
         if let Some(audit) = &self.audit {
             if let Err(error) = audit.record(entry).await {

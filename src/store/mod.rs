@@ -43,7 +43,7 @@ use tracing::Instrument as _;
 pub(crate) fn call_span(op: &'static str, shared: bool) -> tracing::Span {
     crate::telemetry::traces::child(|| {
         let backend = if shared { "postgres" } else { "sled" };
-        tracing::info_span!("store", op, backend)
+        tracing::info_span!(target: crate::telemetry::traces::TRACES_ONLY, "store", op, backend)
     })
 }
 

@@ -32,6 +32,9 @@ pub(crate) fn init(
             .with_writer(std::io::stderr)
             .with_ansi(ansi)
             .with_filter(filter)
+            .with_filter(filter_fn(|metadata| {
+                metadata.target() != traces::TRACES_ONLY
+            }))
             .boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(std::io::stderr)
@@ -40,6 +43,9 @@ pub(crate) fn init(
             .with_current_span(true)
             .with_span_list(false)
             .with_filter(filter)
+            .with_filter(filter_fn(|metadata| {
+                metadata.target() != traces::TRACES_ONLY
+            }))
             .boxed(),
     };
     let (traces, otel) = match traces {
@@ -50,6 +56,8 @@ pub(crate) fn init(
                 .with_tracer(tracer)
                 .with_threads(false)
                 .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_target(false)
                 .with_filter(spans_only)
                 .with_filter(filter_fn(|metadata| metadata.is_span()));
             (Some(traces), Some(layer))

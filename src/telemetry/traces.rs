@@ -305,6 +305,26 @@ pub(crate) fn adopt(span: &tracing::Span, parent: Option<Context>) -> Option<Str
     span_context.is_sampled().then_some(trace_id)
 }
 
+/// The target of spans made for traces only (`sign`, `store`): the log output leaves them
+/// out, so they cost it nothing.
+pub(crate) const TRACES_ONLY: &str = "token_authority::traced";
+
+/// Sets an attribute of `span` in its trace, with traces on. Straight into the exported span:
+/// a span field recorded after the span is made would also be re-rendered by the JSON log
+/// output at every record, for lines that do not show it.
+pub(crate) fn set(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    if enabled() {
+        span.set_attribute(key, value);
+    }
+}
+
+/// Marks `span` failed in its trace, with traces on.
+pub(crate) fn set_error(span: &tracing::Span, description: String) {
+    if enabled() {
+        span.set_status(opentelemetry::trace::Status::error(description));
+    }
+}
+
 /// A child span made only while traces are exported: the log lines do not use these, and
 /// without traces they would be work for nothing on every request.
 pub(crate) fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {

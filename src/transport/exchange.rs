@@ -99,8 +99,8 @@ impl Exchanger {
             Err(error) => return Err(self.refused(Some(&principal), error).await),
         };
         let rpc = tracing::Span::current();
-        rpc.record("kid", issued.kid.as_str());
-        rpc.record("alg", issued.alg.name());
+        crate::telemetry::traces::set(&rpc, "kid", issued.kid.clone());
+        crate::telemetry::traces::set(&rpc, "alg", issued.alg.name());
         let hash = hex::encode(crypto::sha256(issued.token.as_bytes()));
         let scope = format!("scope {}", grant.context.scope.join(" "));
         let recorded = self
@@ -190,17 +190,17 @@ impl Exchanger {
             move || {
                 let span = crate::telemetry::traces::child(|| {
                     tracing::info_span!(
+                        target: crate::telemetry::traces::TRACES_ONLY,
                         parent: &rpc,
                         "sign",
                         alg = resolved.name(),
-                        kid = tracing::field::Empty
                     )
                 });
                 let _entered = span.enter();
                 let now = authority.clock().unix_now();
                 let issued = authority.issue_txn(&context, &trust_domain, None, now, ttl);
                 if let Ok(issued) = &issued {
-                    span.record("kid", issued.kid.as_str());
+                    crate::telemetry::traces::set(&span, "kid", issued.kid.clone());
                 }
                 issued
             }

@@ -22,6 +22,7 @@ use tracing::Instrument as _;
 use crate::{
     authority::Authority,
     metrics::{AuthorityState, Metrics},
+    telemetry::traces,
     transport::{exchange::Exchanger, status_lists, token},
 };
 
@@ -78,12 +79,6 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
         otel.kind = "server",
         http.request.method = method,
         http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        caller = tracing::field::Empty,
-        decision = tracing::field::Empty,
-        kid = tracing::field::Empty,
-        alg = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
     crate::telemetry::traces::adopt(
@@ -92,9 +87,13 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     );
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
-    span.record("http.response.status_code", i64::from(status.as_u16()));
+    traces::set(
+        &span,
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    );
     if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+        traces::set_error(&span, status.to_string());
     }
     response
 }

@@ -197,10 +197,10 @@ impl GrpcService {
             move || {
                 let span = crate::telemetry::traces::child(|| {
                     tracing::info_span!(
+                        target: crate::telemetry::traces::TRACES_ONLY,
                         parent: &rpc,
                         "sign",
                         alg = resolved.name(),
-                        kid = tracing::field::Empty
                     )
                 });
                 let _entered = span.enter();
@@ -215,7 +215,7 @@ impl GrpcService {
                     slot,
                 );
                 if let Ok(issued) = &issued {
-                    span.record("kid", issued.kid.as_str());
+                    crate::telemetry::traces::set(&span, "kid", issued.kid.clone());
                 }
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
@@ -228,8 +228,8 @@ impl GrpcService {
             };
         let (issued, signed_at) = issued?;
         let rpc = tracing::Span::current();
-        rpc.record("kid", issued.kid.as_str());
-        rpc.record("alg", issued.alg.name());
+        crate::telemetry::traces::set(&rpc, "kid", issued.kid.clone());
+        crate::telemetry::traces::set(&rpc, "alg", issued.alg.name());
         self.metrics.token_issued(issued.alg, signing);
         Ok((issued, signed_at))
     }

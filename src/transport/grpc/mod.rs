@@ -170,11 +170,11 @@ impl TokenAuthority for GrpcService {
                 let rpc = tracing::Span::current();
                 match &verdict {
                     Ok(verified) => {
-                        rpc.record("decision", "valid");
-                        rpc.record("kid", verified.kid.as_str());
+                        traces::set(&rpc, "decision", "valid");
+                        traces::set(&rpc, "kid", verified.kid.clone());
                     }
                     Err(rejection) => {
-                        rpc.record("decision", rejection.reason.as_str());
+                        traces::set(&rpc, "decision", rejection.reason.as_str());
                     }
                 }
             }

@@ -28,8 +28,8 @@ pub(super) async fn observe<T>(
     parent: Option<opentelemetry::Context>,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    // The fields the handlers fill in; with traces on, the span is also named and kinded
-    // for the collector (which takes both only when the span is made).
+    // With traces on, the span is also named and kinded for the collector (which takes
+    // both only when the span is made); the handlers set its other attributes in the trace.
     macro_rules! rpc_span {
         ($($otel:tt)*) => {
             tracing::info_span!(
@@ -38,13 +38,7 @@ pub(super) async fn observe<T>(
                 method = method.as_str(),
                 outcome = field::Empty,
                 latency_us = field::Empty,
-                caller = field::Empty,
-                decision = field::Empty,
-                kid = field::Empty,
-                alg = field::Empty,
                 trace_id = field::Empty,
-                otel.status_code = field::Empty,
-                rpc.grpc.status_code = field::Empty,
             )
         };
     }
@@ -64,9 +58,9 @@ pub(super) async fn observe<T>(
     span.record("outcome", outcome.as_str());
     if traces::enabled() {
         let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
-        span.record("rpc.grpc.status_code", code as i64);
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
+        traces::set(&span, "rpc.grpc.status_code", code as i64);
+        if let Err(status) = &result {
+            traces::set_error(&span, format!("{:?}", status.code()));
         }
     }
     let latency = started.elapsed();
