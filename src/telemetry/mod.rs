@@ -4,8 +4,9 @@
 
 use std::io::IsTerminal as _;
 
+use tracing::subscriber::Interest;
 use tracing_subscriber::{
-    filter::{filter_fn, Targets},
+    filter::{dynamic_filter_fn, LevelFilter, Targets},
     fmt,
     layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
@@ -32,9 +33,7 @@ pub(crate) fn init(
             .with_writer(std::io::stderr)
             .with_ansi(ansi)
             .with_filter(filter)
-            .with_filter(filter_fn(|metadata| {
-                metadata.target() != traces::TRACES_ONLY
-            }))
+            .with_filter(not_traces_only())
             .boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(std::io::stderr)
@@ -43,9 +42,7 @@ pub(crate) fn init(
             .with_current_span(true)
             .with_span_list(false)
             .with_filter(filter)
-            .with_filter(filter_fn(|metadata| {
-                metadata.target() != traces::TRACES_ONLY
-            }))
+            .with_filter(not_traces_only())
             .boxed(),
     };
     let (traces, otel) = match traces {
@@ -59,7 +56,7 @@ pub(crate) fn init(
                 .with_location(false)
                 .with_target(false)
                 .with_filter(spans_only)
-                .with_filter(filter_fn(|metadata| metadata.is_span()));
+                .with_filter(spans());
             (Some(traces), Some(layer))
         }
         None => (None, None),
@@ -70,4 +67,23 @@ pub(crate) fn init(
         .with(otel)
         .try_init();
     Ok(traces)
+}
+
+/// The log output leaves out the spans made for traces only. A `Targets` filter is decided
+/// once per callsite: a filter function would be asked again at every event of every crate.
+fn not_traces_only() -> Targets {
+    Targets::new()
+        .with_target(traces::TRACES_ONLY, LevelFilter::OFF)
+        .with_default(LevelFilter::TRACE)
+}
+
+/// Spans, never events, decided once per callsite (see above).
+fn spans<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    dynamic_filter_fn(|metadata, _| metadata.is_span()).with_callsite_filter(|metadata| {
+        if metadata.is_span() {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    })
 }
