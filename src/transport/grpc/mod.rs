@@ -28,10 +28,11 @@ mod exchange;
 mod issue;
 mod observe;
 mod token_status;
+mod verify;
 pub(super) mod wire;
 
 use self::observe::observe;
-use self::wire::{jwks_response, key_infos, parse_algorithm, reason_to_pb};
+use self::wire::{jwks_response, key_infos, parse_algorithm};
 
 /// Log lines of refused or malformed calls per second at most (a flood of bad calls must
 /// not become a flood of log); the rest are counted and summed up in the next line.
@@ -135,75 +136,13 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::VerifyToken, traces::parent_from(request.metadata().as_ref()), async {
-            let request = request.into_inner();
-            let audience = Some(request.audience.as_str()).filter(|a| !a.is_empty());
-            let verdict = match pb::TokenType::try_from(request.expected_type) {
-                Ok(pb::TokenType::Access) => {
-                    match self.authority.verify(&request.token, audience, self.now()) {
-                        Ok(verified) => self
-                            .authority
-                            .check_status(&verified.claims)
-                            .await
-                            .map(|()| verified),
-                        rejected => rejected,
-                    }
-                }
-                Ok(pb::TokenType::Txn) => {
-                    let trust_domain = self.trust_domain()?;
-                    if audience.is_some_and(|audience| audience != trust_domain) {
-                        return Err(Status::invalid_argument(
-                            "audience: a Txn-Token's audience is the trust domain; leave it empty or name it",
-                        ));
-                    }
-                    self.authority
-                        .verify_txn(&request.token, &trust_domain, self.now())
-                }
-                Err(_) => {
-                    return Err(Status::invalid_argument(
-                        "expected_type: not a TokenType this server knows",
-                    ))
-                }
-            };
-            self.metrics.verified(verdict.as_ref().err().map(|rejection| rejection.reason));
-            if traces::enabled() {
-                let rpc = tracing::Span::current();
-                match &verdict {
-                    Ok(verified) => {
-                        traces::set(&rpc, "decision", "valid");
-                        traces::set(&rpc, "kid", verified.kid.clone());
-                    }
-                    Err(rejection) => {
-                        traces::set(&rpc, "decision", rejection.reason.as_str());
-                    }
-                }
-            }
-            let response = match verdict {
-                Ok(verified) => pb::VerifyTokenResponse {
-                    valid: true,
-                    reason: pb::VerifyFailureReason::Unspecified as i32,
-                    subject: verified.subject,
-                    key_id: verified.kid,
-                    claims_json: verified.claims.to_sorted_json(),
-                    expires_at: Some(prost_types::Timestamp {
-                        seconds: verified.expires_at,
-                        nanos: 0,
-                    }),
-                    detail: String::new(),
-                },
-                Err(rejection) => {
-                    // A verdict, not a failure of the RPC; counted by reason in the metrics.
-                    tracing::debug!(reason = ?rejection.reason, detail = %rejection.detail, "token rejected");
-                    pb::VerifyTokenResponse {
-                        valid: false,
-                        reason: reason_to_pb(rejection.reason) as i32,
-                        detail: rejection.detail,
-                        ..Default::default()
-                    }
-                }
-            };
-            Ok(Response::new(response))
-        })
+        observe(
+            &self.metrics,
+            &self.log_limiter,
+            Method::VerifyToken,
+            traces::parent_from(request.metadata().as_ref()),
+            async { self.verify(request.into_inner()).await.map(Response::new) },
+        )
         .await
     }
 
