@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::serve_args::{ServeArgs, SignerKind, StoreArgs};
+use super::{
+    serve_args::{ServeArgs, SignerKind},
+    store_args::StoreArgs,
+};
 
 #[derive(Debug, Parser)]
 #[command(

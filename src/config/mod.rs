@@ -6,8 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod args;
 mod serve_args;
+mod store_args;
 
-pub use self::{args::*, serve_args::*};
+pub use self::{args::*, serve_args::*, store_args::*};
 use crate::{store::PgSettings, telemetry::TraceSettings};
 use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
