@@ -334,3 +334,9 @@ pub(crate) fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
         tracing::Span::none()
     }
 }
+
+/// A signature's span under the call's span `rpc` (with traces on), wherever the signature
+/// runs: the signing pool's threads have no span of their own.
+pub(crate) fn sign_span(rpc: &tracing::Span, alg: &'static str) -> tracing::Span {
+    child(|| tracing::info_span!(target: TRACES_ONLY, parent: rpc, "sign", alg))
+}

@@ -188,14 +188,7 @@ impl Exchanger {
             let ttl = grant.ttl;
             let rpc = tracing::Span::current();
             move || {
-                let span = crate::telemetry::traces::child(|| {
-                    tracing::info_span!(
-                        target: crate::telemetry::traces::TRACES_ONLY,
-                        parent: &rpc,
-                        "sign",
-                        alg = resolved.name(),
-                    )
-                });
+                let span = crate::telemetry::traces::sign_span(&rpc, resolved.name());
                 let _entered = span.enter();
                 let now = authority.clock().unix_now();
                 let issued = authority.issue_txn(&context, &trust_domain, None, now, ttl);

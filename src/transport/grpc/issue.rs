@@ -195,14 +195,7 @@ impl GrpcService {
             // is made under the RPC's, wherever it runs.
             let rpc = tracing::Span::current();
             move || {
-                let span = crate::telemetry::traces::child(|| {
-                    tracing::info_span!(
-                        target: crate::telemetry::traces::TRACES_ONLY,
-                        parent: &rpc,
-                        "sign",
-                        alg = resolved.name(),
-                    )
-                });
+                let span = crate::telemetry::traces::sign_span(&rpc, resolved.name());
                 let _entered = span.enter();
                 let started = Instant::now();
                 let signed_at = clock.since_epoch();
