@@ -283,6 +283,18 @@ async fn issue_many(process: &Process, calls: usize) -> Duration {
     slowest
 }
 
+/// Waits (30 s at most) until the server has counted a span dropped for `reason`.
+async fn wait_for_dropped(process: &Process, reason: &str, case: &str) {
+    let started = Instant::now();
+    while dropped(process, reason).await == 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{case}: no span counted as dropped ({reason})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn dropped(process: &Process, reason: &str) -> f64 {
     let metrics = reqwest::get(format!("http://{}/metrics", process.http))
         .await
@@ -324,14 +336,7 @@ async fn a_collector_down_failing_or_slow_never_fails_or_holds_up_a_request() {
             slowest < Duration::from_secs(2),
             "{case}: a call took {slowest:?}"
         );
-        let started = Instant::now();
-        while dropped(&process, reason).await == 0.0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{case}: no span counted as dropped ({reason})"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_dropped(&process, reason, case).await;
         // Shutdown waits for the exporter only a few seconds, whatever the collector does.
         let stopping = Instant::now();
         tokio::task::block_in_place(|| process.terminate());
@@ -380,14 +385,7 @@ async fn spans_reach_a_tls_collector_trusted_through_the_ca_file_only() {
         if arrives {
             receiver.span("over TLS", |s| s["trace_id"] == trace);
         } else {
-            let started = Instant::now();
-            while dropped(&process, "export_failed").await == 0.0 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{case}: the export did not fail"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_for_dropped(&process, "export_failed", case).await;
             assert!(
                 !receiver
                     .spans
