@@ -1,0 +1,118 @@
+//! The bounded way out of finished spans: an admission counter in front of the SDK's batch
+//! processor, and an exporter that gives admissions back and counts what a failed export lost.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{BatchSpanProcessor, SpanData, SpanExporter},
+    Resource,
+};
+
+use super::{dropped, QUEUE_CAPACITY};
+
+/// Spans handed to the batch processor and not yet through an export. The processor's own
+/// queue holds at most as many, so it never drops one itself: every drop is counted here.
+#[derive(Debug, Default)]
+pub(super) struct Admission {
+    pending: AtomicUsize,
+}
+
+/// Admits a finished span only while fewer than the queue's capacity are pending.
+#[derive(Debug)]
+pub(super) struct Bounded {
+    pub(super) inner: BatchSpanProcessor,
+    pub(super) admission: Arc<Admission>,
+}
+
+impl opentelemetry_sdk::trace::SpanProcessor for Bounded {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.admission.pending.fetch_add(1, Ordering::AcqRel) >= QUEUE_CAPACITY {
+            self.admission.pending.fetch_sub(1, Ordering::AcqRel);
+            dropped("queue_full").inc();
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, giving back its batch's admissions when the export ends, however it
+/// ends (an abandoned export drops its future).
+#[derive(Debug)]
+pub(super) struct Counted<E> {
+    pub(super) inner: E,
+    pub(super) admission: Arc<Admission>,
+}
+
+/// Gives back `spans` admissions when dropped; counts them lost unless `exported`.
+struct Release {
+    admission: Arc<Admission>,
+    spans: usize,
+    exported: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.admission
+            .pending
+            .fetch_sub(self.spans, Ordering::AcqRel);
+        if !self.exported {
+            dropped("export_failed").inc_by(self.spans as u64);
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let release = Release {
+            admission: Arc::clone(&self.admission),
+            spans: batch.len(),
+            exported: false,
+        };
+        let export = self.inner.export(batch);
+        async move {
+            let mut release = release;
+            let result = export.await;
+            release.exported = result.is_ok();
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}

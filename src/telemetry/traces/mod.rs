@@ -1,0 +1,168 @@
+//! OpenTelemetry traces over OTLP/gRPC, off unless an endpoint is configured.
+//!
+//! Each RPC and HTTP request is one span (`transport`), a child of the caller's when it sent
+//! a W3C `traceparent`; signatures and store calls are spans under it. Only spans of this
+//! crate are exported, never log events, so no log line's fields reach a collector.
+//!
+//! The exporter never slows a request: a finished span is handed to a bounded queue that
+//! the SDK's batch processor drains on its own thread; when the queue is full the span is
+//! dropped and counted (`token_authority_trace_spans_dropped_total`), as are spans a failed
+//! export lost.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, LazyLock,
+    },
+    time::Duration,
+};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::{
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
+    Resource,
+};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+mod export;
+mod spans;
+
+use export::{Admission, Bounded, Counted};
+pub(crate) use spans::{adopt, child, parent_from, set, set_error, sign_span, TRACES_ONLY};
+
+/// Finished spans waiting for export at most; beyond it they are dropped and counted.
+const QUEUE_CAPACITY: usize = 4096;
+/// An export call that takes longer fails (its spans counted as lost).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last spans may take to leave at shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where traces go, from the flags or the standard `OTEL_*` variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// The collector's OTLP/gRPC endpoint, `http://host:4317` or `https://...`.
+    pub endpoint: String,
+    /// CAs that sign the collector's certificate (else the public web roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("cannot read the collector's CA file {path}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the OTLP exporter to {endpoint}")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Why a span never reached the collector, as the metric labels it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct DropReason {
+    reason: &'static str,
+}
+
+/// Spans lost, by reason: registered with the other metrics whether tracing is on or not,
+/// each reason shown from the start.
+pub(crate) static SPANS_DROPPED: LazyLock<Family<DropReason, Counter>> = LazyLock::new(|| {
+    let family = Family::default();
+    for reason in ["queue_full", "export_failed"] {
+        family.get_or_create_owned(&DropReason { reason });
+    }
+    family
+});
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// True once traces are exported: the request paths skip all trace work otherwise.
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+fn dropped(reason: &'static str) -> Counter {
+    SPANS_DROPPED.get_or_create_owned(&DropReason { reason })
+}
+
+/// The provider behind the tracing layer, kept to flush its last spans at shutdown.
+#[derive(Debug)]
+pub struct Traces {
+    provider: SdkTracerProvider,
+}
+
+impl Traces {
+    /// Builds the exporter and provider. Needs a Tokio runtime (tonic's channel is made
+    /// here); connecting is lazy, so a collector that is down does not stop the server.
+    pub(crate) fn start(
+        settings: &TraceSettings,
+    ) -> Result<(Traces, opentelemetry_sdk::trace::Tracer), TraceError> {
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .with_timeout(EXPORT_TIMEOUT);
+        if settings.endpoint.starts_with("https://") {
+            let tls = tonic::transport::ClientTlsConfig::new();
+            let tls = match &settings.ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| TraceError::CaFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tls.with_webpki_roots(),
+            };
+            builder = builder.with_tls_config(tls);
+        }
+        let exporter = builder.build().map_err(|source| TraceError::Exporter {
+            endpoint: settings.endpoint.clone(),
+            source,
+        })?;
+        let admission = Arc::new(Admission::default());
+        let processor = BatchSpanProcessor::builder(Counted {
+            inner: exporter,
+            admission: Arc::clone(&admission),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(QUEUE_CAPACITY)
+                .build(),
+        )
+        .build();
+        let mut resource = Resource::builder();
+        // OTEL_SERVICE_NAME, read by the default detectors, wins over ours.
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("token-authority");
+        }
+        // The sampler comes from OTEL_TRACES_SAMPLER (default: the caller's decision, else
+        // every trace).
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Bounded {
+                inner: processor,
+                admission,
+            })
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("token-authority");
+        ENABLED.store(true, Ordering::Relaxed);
+        Ok((Traces { provider }, tracer))
+    }
+
+    /// Sends what is queued, waiting at most a few seconds (the collector may be gone).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let flushed =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
+                .await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(%error, "the last spans could not be exported");
+        }
+    }
+}
