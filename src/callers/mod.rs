@@ -318,12 +318,11 @@ impl Callers {
             self.metrics.decision(entry.method, outcome);
             // In the call's trace: the caller and what was decided.
             if crate::telemetry::traces::enabled() {
-                let span = tracing::Span::current();
+                let span = crate::telemetry::traces::Trace::current();
                 if !entry.caller.is_empty() {
-                    crate::telemetry::traces::set(&span, "caller", entry.caller.to_owned());
+                    span.set("caller", entry.caller.to_owned());
                 }
-                let decision = crate::metrics::LabelValue::as_str(outcome);
-                crate::telemetry::traces::set(&span, "decision", decision);
+                span.set("decision", crate::metrics::LabelValue::as_str(outcome));
             }
         }
         if let Some(audit) = &self.audit {

@@ -37,14 +37,23 @@ use crate::authority::keys::KeyRecord;
 pub use error::StoreError;
 pub(crate) use error::{Cause, Context};
 use kek::Keks;
-use tracing::Instrument as _;
 
-/// A store call's span, under the request's (only with traces on).
-pub(crate) fn call_span(op: &'static str, shared: bool) -> tracing::Span {
-    crate::telemetry::traces::child(|| {
+/// Runs a store call in its span, under the request's (only with traces on).
+pub(crate) async fn traced<T>(
+    op: &'static str,
+    shared: bool,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    let span = crate::telemetry::traces::Trace::current().child("store", || {
         let backend = if shared { "postgres" } else { "sled" };
-        tracing::info_span!(target: crate::telemetry::traces::TRACES_ONLY, "store", op, backend)
-    })
+        vec![
+            opentelemetry::KeyValue::new("op", op),
+            opentelemetry::KeyValue::new("backend", backend),
+        ]
+    });
+    let result = call.await;
+    span.end();
+    result
 }
 
 /// A lifecycle change as the store writes it: records inserted or replaced by kid, and
@@ -159,9 +168,7 @@ impl KeyStore {
                 }
             }
         };
-        change
-            .instrument(call_span("transact", self.is_shared()))
-            .await
+        traced("transact", self.is_shared(), change).await
     }
 
     /// Records that this replica serves `position` (a shared store; nothing for sled).

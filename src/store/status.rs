@@ -12,12 +12,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use tokio::sync::mpsc;
-use tracing::Instrument as _;
 
 use super::{
-    call_span,
     postgres::{PgStore, STATUS_CHANNEL},
-    KeyStore, SledStore, StoreError,
+    traced, KeyStore, SledStore, StoreError,
 };
 use token_authority_jose::crypto;
 
@@ -203,9 +201,7 @@ impl StatusStore {
                 Backend::Postgres(store) => store.reserve_status_block(reservation).await,
             }
         };
-        reserve
-            .instrument(call_span("reserve_status_block", self.is_shared()))
-            .await
+        traced("reserve_status_block", self.is_shared(), reserve).await
     }
 
     /// Sets one status durably (committed before this returns); INVALID is final.
@@ -224,8 +220,7 @@ impl StatusStore {
                 Backend::Postgres(store) => store.set_token_status(list, idx, value).await,
             }
         };
-        set.instrument(call_span("set_token_status", self.is_shared()))
-            .await
+        traced("set_token_status", self.is_shared(), set).await
     }
 
     /// Forgets lists whose tokens have all expired (with their statuses); returns the ids

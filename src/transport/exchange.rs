@@ -98,9 +98,11 @@ impl Exchanger {
             Ok(issued) => issued,
             Err(error) => return Err(self.refused(Some(&principal), error).await),
         };
-        let rpc = tracing::Span::current();
-        crate::telemetry::traces::set(&rpc, "kid", issued.kid.clone());
-        crate::telemetry::traces::set(&rpc, "alg", issued.alg.name());
+        if crate::telemetry::traces::enabled() {
+            let rpc = crate::telemetry::traces::Trace::current();
+            rpc.set("kid", issued.kid.clone());
+            rpc.set("alg", issued.alg.name());
+        }
         let hash = hex::encode(crypto::sha256(issued.token.as_bytes()));
         let scope = format!("scope {}", grant.context.scope.join(" "));
         let recorded = self
@@ -186,15 +188,15 @@ impl Exchanger {
             let context = grant.context.clone();
             let trust_domain = policy.trust_domain.clone();
             let ttl = grant.ttl;
-            let rpc = tracing::Span::current();
+            let rpc = crate::telemetry::traces::Trace::current();
             move || {
                 let span = crate::telemetry::traces::sign_span(&rpc, resolved.name());
-                let _entered = span.enter();
                 let now = authority.clock().unix_now();
                 let issued = authority.issue_txn(&context, &trust_domain, None, now, ttl);
                 if let Ok(issued) = &issued {
-                    crate::telemetry::traces::set(&span, "kid", issued.kid.clone());
+                    span.set("kid", issued.kid.clone());
                 }
+                span.end();
                 issued
             }
         };

@@ -17,6 +17,7 @@ use axum::{
     Json, Router,
 };
 
+use opentelemetry::KeyValue;
 use tracing::Instrument as _;
 
 use crate::{
@@ -73,28 +74,30 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
         .map_or("", |path| path.as_str())
         .to_owned();
     let method = request.method().as_str().to_owned();
+    let trace = traces::Trace::server(
+        || format!("{method} {route}").into(),
+        traces::parent_from(request.headers()),
+        || {
+            vec![
+                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("http.route", route.clone()),
+            ]
+        },
+    );
+    // The request's log lines carry its trace id.
     let span = tracing::info_span!(
         "http",
-        otel.name = format!("{method} {route}"),
-        otel.kind = "server",
         http.request.method = method,
         http.route = route,
-        trace_id = tracing::field::Empty,
+        trace_id = trace.trace_id(),
     );
-    crate::telemetry::traces::adopt(
-        &span,
-        crate::telemetry::traces::parent_from(request.headers()),
-    );
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = trace.in_scope(next.run(request).instrument(span)).await;
     let status = response.status();
-    traces::set(
-        &span,
-        "http.response.status_code",
-        i64::from(status.as_u16()),
-    );
+    trace.set("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
-        traces::set_error(&span, status.to_string());
+        trace.set_error(status.to_string());
     }
+    trace.end();
     response
 }
 

@@ -1,8 +1,9 @@
 //! OpenTelemetry traces over OTLP/gRPC, off unless an endpoint is configured.
 //!
 //! Each RPC and HTTP request is one span (`transport`), a child of the caller's when it sent
-//! a W3C `traceparent`; signatures and store calls are spans under it. Only spans of this
-//! crate are exported, never log events, so no log line's fields reach a collector.
+//! a W3C `traceparent`; signatures and store calls are spans under it. The spans are made
+//! with the OpenTelemetry API (`spans`), apart from the log output: no log event or field
+//! reaches a collector.
 //!
 //! The exporter never slows a request: a finished span is handed to a bounded queue that
 //! the SDK's batch processor drains on its own thread; when the queue is full the span is
@@ -11,10 +12,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, LazyLock,
-    },
+    sync::{Arc, LazyLock},
     time::Duration,
 };
 
@@ -30,7 +28,7 @@ mod export;
 mod spans;
 
 use export::{Admission, Bounded, Counted};
-pub(crate) use spans::{adopt, child, parent_from, set, set_error, sign_span, TRACES_ONLY};
+pub(crate) use spans::{enabled, parent_from, sign_span, Trace};
 
 /// Finished spans waiting for export at most; beyond it they are dropped and counted.
 const QUEUE_CAPACITY: usize = 4096;
@@ -80,18 +78,11 @@ pub(crate) static SPANS_DROPPED: LazyLock<Family<DropReason, Counter>> = LazyLoc
     family
 });
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
-
-/// True once traces are exported: the request paths skip all trace work otherwise.
-pub(crate) fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
 fn dropped(reason: &'static str) -> Counter {
     SPANS_DROPPED.get_or_create_owned(&DropReason { reason })
 }
 
-/// The provider behind the tracing layer, kept to flush its last spans at shutdown.
+/// The provider behind the spans, kept to flush its last spans at shutdown.
 #[derive(Debug)]
 pub struct Traces {
     provider: SdkTracerProvider,
@@ -100,9 +91,7 @@ pub struct Traces {
 impl Traces {
     /// Builds the exporter and provider. Needs a Tokio runtime (tonic's channel is made
     /// here); connecting is lazy, so a collector that is down does not stop the server.
-    pub(crate) fn start(
-        settings: &TraceSettings,
-    ) -> Result<(Traces, opentelemetry_sdk::trace::Tracer), TraceError> {
+    pub(crate) fn start(settings: &TraceSettings) -> Result<Traces, TraceError> {
         let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(settings.endpoint.clone())
@@ -150,9 +139,8 @@ impl Traces {
             })
             .with_resource(resource.build())
             .build();
-        let tracer = provider.tracer("token-authority");
-        ENABLED.store(true, Ordering::Relaxed);
-        Ok((Traces { provider }, tracer))
+        spans::install(provider.tracer("token-authority"));
+        Ok(Traces { provider })
     }
 
     /// Sends what is queued, waiting at most a few seconds (the collector may be gone).

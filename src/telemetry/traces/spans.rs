@@ -1,14 +1,33 @@
-//! The trace context of a request: read from the caller, and set on its spans.
+//! The spans of a request's trace, made with the OpenTelemetry API itself.
+//!
+//! Not through `tracing`: a bridge layer builds every span twice (once in the `tracing`
+//! registry, once for OpenTelemetry) and puts a per-layer filter in front of every span and
+//! event of every crate. Measured on IssueToken ES256, that was most of what traces cost
+//! (see the README's Performance section). The log lines keep their own `tracing` span,
+//! which carries the trace id.
+
+use std::{borrow::Cow, future::Future, sync::OnceLock};
 
 use opentelemetry::{
+    context::FutureExt as _,
     propagation::{Extractor, TextMapPropagator as _},
-    trace::TraceContextExt as _,
-    Context,
+    trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _, Tracer as _},
+    Context, KeyValue, Value,
 };
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracer};
 
-use super::enabled;
+/// The tracer of the exporting provider. The first server of a process to start traces
+/// installs it; it is never replaced (tests start several servers in one process).
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+pub(super) fn install(tracer: SdkTracer) {
+    let _ = TRACER.set(tracer);
+}
+
+/// True once traces are exported: the request paths skip all trace work otherwise.
+pub(crate) fn enabled() -> bool {
+    TRACER.get().is_some()
+}
 
 /// Reads W3C trace context from gRPC metadata or HTTP headers (tonic's metadata is an HTTP
 /// header map underneath).
@@ -32,54 +51,103 @@ pub(crate) fn parent_from(headers: &axum::http::HeaderMap) -> Option<Context> {
     Some(TraceContextPropagator::new().extract(&Headers(headers)))
 }
 
-/// Makes `span` a child of the caller's span and records its trace id on it, so the log
-/// lines of the request carry it. Returns the trace id, for the latency exemplar.
-pub(crate) fn adopt(span: &tracing::Span, parent: Option<Context>) -> Option<String> {
-    let parent = parent?;
-    // Fails only without the layer (tracing off): nothing to adopt then.
-    let _ = span.set_parent(parent);
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if !span_context.is_valid() {
-        return None;
+/// A span of a request's trace, or nothing with traces off. Clones share the span; it ends
+/// at `end`, or when the last clone is dropped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Trace(Option<Context>);
+
+impl Trace {
+    /// A request's span, of kind server: a child of the caller's (`parent`, from its
+    /// `traceparent`), else the root of a new trace. The sampler decides here, once.
+    pub(crate) fn server(
+        name: impl FnOnce() -> Cow<'static, str>,
+        parent: Option<Context>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Trace {
+        let Some(tracer) = TRACER.get() else {
+            return Trace(None);
+        };
+        let parent = parent.unwrap_or_default();
+        let builder = SpanBuilder::from_name(name())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes());
+        let span = tracer.build_with_context(builder, &parent);
+        Trace(Some(parent.with_span(span)))
     }
-    let trace_id = span_context.trace_id().to_string();
-    span.record("trace_id", trace_id.as_str());
-    span_context.is_sampled().then_some(trace_id)
+
+    /// The span of the request this runs in (see `in_scope`), for the handlers to set what
+    /// they decided on. Outside a request, a new trace's spans start under it.
+    pub(crate) fn current() -> Trace {
+        if !enabled() {
+            return Trace(None);
+        }
+        Trace(Some(Context::current()))
+    }
+
+    /// A span under this one, started now. Made only with traces on: without them it
+    /// would be work for nothing on every request.
+    pub(crate) fn child(
+        &self,
+        name: &'static str,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Trace {
+        let (Some(parent), Some(tracer)) = (&self.0, TRACER.get()) else {
+            return Trace(None);
+        };
+        let builder = SpanBuilder::from_name(name).with_attributes(attributes());
+        let span = tracer.build_with_context(builder, parent);
+        Trace(Some(parent.with_span(span)))
+    }
+
+    /// Sets an attribute (nothing if the span is not sampled).
+    pub(crate) fn set(&self, key: &'static str, value: impl Into<Value>) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks the span failed.
+    pub(crate) fn set_error(&self, description: String) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_status(Status::error(description));
+        }
+    }
+
+    /// Its trace id, for the log lines of the request (sampled or not).
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        let cx = self.0.as_ref()?;
+        let span = cx.span();
+        let span_context = span.span_context();
+        span_context
+            .is_valid()
+            .then(|| span_context.trace_id().to_string())
+    }
+
+    /// Whether the span is exported.
+    pub(crate) fn is_sampled(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|cx| cx.span().span_context().is_sampled())
+    }
+
+    /// Ends the span now; it is exported once ended.
+    pub(crate) fn end(&self) {
+        if let Some(cx) = &self.0 {
+            cx.span().end();
+        }
+    }
+
+    /// Runs `future` with this span current, so what it calls finds it (`Trace::current`).
+    pub(crate) async fn in_scope<F: Future>(&self, future: F) -> F::Output {
+        match &self.0 {
+            Some(cx) => future.with_context(cx.clone()).await,
+            None => future.await,
+        }
+    }
 }
 
-/// The target of spans made for traces only (`sign`, `store`): the log output leaves them
-/// out, so they cost it nothing.
-pub(crate) const TRACES_ONLY: &str = "token_authority::traced";
-
-/// Sets an attribute of `span` in its trace, with traces on. Straight into the exported span:
-/// a span field recorded after the span is made would also be re-rendered by the JSON log
-/// output at every record, for lines that do not show it.
-pub(crate) fn set(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
-    if enabled() {
-        span.set_attribute(key, value);
-    }
-}
-
-/// Marks `span` failed in its trace, with traces on.
-pub(crate) fn set_error(span: &tracing::Span, description: String) {
-    if enabled() {
-        span.set_status(opentelemetry::trace::Status::error(description));
-    }
-}
-
-/// A child span made only while traces are exported: the log lines do not use these, and
-/// without traces they would be work for nothing on every request.
-pub(crate) fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if enabled() {
-        make()
-    } else {
-        tracing::Span::none()
-    }
-}
-
-/// A signature's span under the call's span `rpc` (with traces on), wherever the signature
-/// runs: the signing pool's threads have no span of their own.
-pub(crate) fn sign_span(rpc: &tracing::Span, alg: &'static str) -> tracing::Span {
-    child(|| tracing::info_span!(target: TRACES_ONLY, parent: rpc, "sign", alg))
+/// A signature's span under the call's span `rpc`, wherever the signature runs: the
+/// signing pool's threads are in no request of their own.
+pub(crate) fn sign_span(rpc: &Trace, alg: &'static str) -> Trace {
+    rpc.child("sign", || vec![KeyValue::new("alg", alg)])
 }

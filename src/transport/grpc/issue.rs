@@ -193,10 +193,9 @@ impl GrpcService {
             let clock = self.authority.clock();
             // The signing pool's threads have no span of their own: the signature's span
             // is made under the RPC's, wherever it runs.
-            let rpc = tracing::Span::current();
+            let rpc = crate::telemetry::traces::Trace::current();
             move || {
                 let span = crate::telemetry::traces::sign_span(&rpc, resolved.name());
-                let _entered = span.enter();
                 let started = Instant::now();
                 let signed_at = clock.since_epoch();
                 let issued = authority.issue_by(
@@ -208,8 +207,9 @@ impl GrpcService {
                     slot,
                 );
                 if let Ok(issued) = &issued {
-                    crate::telemetry::traces::set(&span, "kid", issued.kid.clone());
+                    span.set("kid", issued.kid.clone());
                 }
+                span.end();
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
         };
@@ -220,9 +220,11 @@ impl GrpcService {
                 sign()
             };
         let (issued, signed_at) = issued?;
-        let rpc = tracing::Span::current();
-        crate::telemetry::traces::set(&rpc, "kid", issued.kid.clone());
-        crate::telemetry::traces::set(&rpc, "alg", issued.alg.name());
+        if crate::telemetry::traces::enabled() {
+            let rpc = crate::telemetry::traces::Trace::current();
+            rpc.set("kid", issued.kid.clone());
+            rpc.set("alg", issued.alg.name());
+        }
         self.metrics.token_issued(issued.alg, signing);
         Ok((issued, signed_at))
     }

@@ -5,10 +5,12 @@ use std::time::Instant;
 use tonic::Status;
 use tracing::{field, Instrument as _};
 
+use opentelemetry::KeyValue;
+
 use crate::{
     callers::audit::Limiter,
     metrics::{LabelValue, Method, Metrics},
-    telemetry::traces,
+    telemetry::traces::{self, Trace},
 };
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
@@ -28,29 +30,30 @@ pub(super) async fn observe<T>(
     parent: Option<opentelemetry::Context>,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    // With traces on, the span is also named and kinded for the collector (which takes
-    // both only when the span is made); the handlers set its other attributes in the trace.
-    macro_rules! rpc_span {
-        ($($otel:tt)*) => {
-            tracing::info_span!(
-                "rpc",
-                $($otel)*
-                method = method.as_str(),
-                outcome = field::Empty,
-                latency_us = field::Empty,
-                trace_id = field::Empty,
-            )
-        };
-    }
-    let span = if traces::enabled() {
-        let name = format!("tokenauthority.v1.TokenAuthority/{}", method.as_str());
-        rpc_span!(otel.name = name, otel.kind = "server", rpc.system = "grpc",)
-    } else {
-        rpc_span!()
-    };
-    let exemplar = traces::adopt(&span, parent);
+    let trace = Trace::server(
+        || format!("tokenauthority.v1.TokenAuthority/{}", method.as_str()).into(),
+        parent,
+        || {
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", "tokenauthority.v1.TokenAuthority"),
+                KeyValue::new("rpc.method", method.as_str()),
+            ]
+        },
+    );
+    // The log lines of the request carry its trace id; its latency carries it as an
+    // exemplar when the trace is exported.
+    let trace_id = trace.trace_id();
+    let span = tracing::info_span!(
+        "rpc",
+        method = method.as_str(),
+        outcome = field::Empty,
+        latency_us = field::Empty,
+        trace_id = trace_id.as_deref(),
+    );
+    let exemplar = trace_id.filter(|_| trace.is_sampled());
     let started = Instant::now();
-    let result = call.instrument(span.clone()).await;
+    let result = trace.in_scope(call.instrument(span.clone())).await;
     let outcome = match &result {
         Ok(_) => "ok".to_owned(),
         Err(status) => format!("{:?}", status.code()),
@@ -58,10 +61,11 @@ pub(super) async fn observe<T>(
     span.record("outcome", outcome.as_str());
     if traces::enabled() {
         let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
-        traces::set(&span, "rpc.grpc.status_code", code as i64);
+        trace.set("rpc.grpc.status_code", code as i64);
         if let Err(status) = &result {
-            traces::set_error(&span, format!("{:?}", status.code()));
+            trace.set_error(format!("{:?}", status.code()));
         }
+        trace.end();
     }
     let latency = started.elapsed();
     metrics.rpc(method, latency, exemplar);

@@ -43,14 +43,14 @@ impl GrpcService {
         self.metrics
             .verified(verdict.as_ref().err().map(|rejection| rejection.reason));
         if traces::enabled() {
-            let rpc = tracing::Span::current();
+            let rpc = traces::Trace::current();
             match &verdict {
                 Ok(verified) => {
-                    traces::set(&rpc, "decision", "valid");
-                    traces::set(&rpc, "kid", verified.kid.clone());
+                    rpc.set("decision", "valid");
+                    rpc.set("kid", verified.kid.clone());
                 }
                 Err(rejection) => {
-                    traces::set(&rpc, "decision", rejection.reason.as_str());
+                    rpc.set("decision", rejection.reason.as_str());
                 }
             }
         }
