@@ -9,7 +9,13 @@ mod serve_args;
 mod store_args;
 
 pub use self::{args::*, serve_args::*, store_args::*};
-use crate::{store::PgSettings, telemetry::TraceSettings};
+use crate::{
+    store::PgSettings,
+    telemetry::{
+        traces::{DEFAULT_QUEUE_CAPACITY, MAX_QUEUE_CAPACITY},
+        TraceSettings,
+    },
+};
 use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 /// The TLS files of `serve`; both listeners use them.
@@ -334,7 +340,8 @@ impl TryFrom<ServeArgs> for Config {
 mod tests;
 
 /// The collector from the flags, else the standard `OTEL_*` variables (the traces-specific
-/// one first); `OTEL_SDK_DISABLED=true` turns traces off.
+/// one first); `OTEL_SDK_DISABLED=true` turns traces off. `OTEL_BSP_MAX_QUEUE_SIZE` bounds
+/// the spans waiting for export.
 pub(crate) fn trace_settings(
     endpoint: Option<String>,
     ca_file: Option<PathBuf>,
@@ -373,5 +380,21 @@ pub(crate) fn trace_settings(
             "--otlp-ca-file needs an https:// collector, not {endpoint:?}"
         )));
     }
-    Ok(Some(TraceSettings { endpoint, ca_file }))
+    let queue_capacity = match env("OTEL_BSP_MAX_QUEUE_SIZE").filter(|value| !value.is_empty()) {
+        None => DEFAULT_QUEUE_CAPACITY,
+        Some(value) => value
+            .parse()
+            .ok()
+            .filter(|capacity| (1..=MAX_QUEUE_CAPACITY).contains(capacity))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "OTEL_BSP_MAX_QUEUE_SIZE {value:?}: give a number of spans from 1 to {MAX_QUEUE_CAPACITY}"
+                ))
+            })?,
+    };
+    Ok(Some(TraceSettings {
+        endpoint,
+        ca_file,
+        queue_capacity,
+    }))
 }

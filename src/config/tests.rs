@@ -207,6 +207,7 @@ fn trace_settings_come_from_the_flags_then_the_otel_variables() {
                 settings.map(|(endpoint, ca)| TraceSettings {
                     endpoint: endpoint.to_owned(),
                     ca_file: ca.map(std::path::PathBuf::from),
+                    queue_capacity: crate::telemetry::traces::DEFAULT_QUEUE_CAPACITY,
                 })
             })
             .map_err(str::to_owned);
@@ -215,5 +216,35 @@ fn trace_settings_come_from_the_flags_then_the_otel_variables() {
             expected,
             "{endpoint:?} {ca:?} {env:?}"
         );
+    }
+}
+
+#[test]
+fn the_trace_queue_follows_otel_bsp_max_queue_size() {
+    use super::trace_settings;
+    let refusal = |value: &str| {
+        format!(
+            "invalid configuration: OTEL_BSP_MAX_QUEUE_SIZE {value:?}: give a number of spans from 1 to 1048576"
+        )
+    };
+    let cases: &[(Option<&str>, Result<usize, String>)] = &[
+        (None, Ok(4096)),
+        (Some(""), Ok(4096)),
+        (Some("64"), Ok(64)),
+        (Some("1048576"), Ok(1_048_576)),
+        (Some("0"), Err(refusal("0"))),
+        (Some("1048577"), Err(refusal("1048577"))),
+        (Some("-1"), Err(refusal("-1"))),
+        (Some("many"), Err(refusal("many"))),
+    ];
+    for (value, expected) in cases {
+        let got = trace_settings(Some("http://c:4317".into()), None, |name| {
+            (name == "OTEL_BSP_MAX_QUEUE_SIZE")
+                .then(|| value.map(str::to_owned))
+                .flatten()
+        })
+        .map(|settings| settings.expect("traces are on").queue_capacity)
+        .map_err(|e| e.to_string());
+        assert_eq!(&got, expected, "{value:?}");
     }
 }

@@ -321,16 +321,20 @@ async fn a_collector_down_failing_or_slow_never_fails_or_holds_up_a_request() {
     drop(closed);
     let failing = Receiver::start(&["--fail"]);
     let slow = Receiver::start(&["--delay", "5"]);
-    for (case, endpoint, reason, calls) in [
-        ("down", down, "export_failed", 300),
-        ("failing", failing.endpoint(), "export_failed", 300),
-        ("slow", slow.endpoint(), "queue_full", 3000),
+    // The slow collector's server queues 64 spans at most: the first export holds 64 for
+    // 5 s, so the next 64 spans fill the queue however slowly the calls come.
+    let small_queue = ("OTEL_BSP_MAX_QUEUE_SIZE", "64");
+    for (case, endpoint, reason, queue) in [
+        ("down", down, "export_failed", None),
+        ("failing", failing.endpoint(), "export_failed", None),
+        ("slow", slow.endpoint(), "queue_full", Some(small_queue)),
     ] {
         let dir = crate::helpers::DataDir::new();
         let mut args = vec!["--otlp-endpoint", endpoint.as_str()];
         args.extend(es256);
-        let mut process =
-            tokio::task::block_in_place(|| spawn_binary_with_env(&dir, &args, &[FAST_BATCHES]));
+        let envs: Vec<_> = [FAST_BATCHES].into_iter().chain(queue).collect();
+        let mut process = tokio::task::block_in_place(|| spawn_binary_with_env(&dir, &args, &envs));
+        let calls = 300;
         let slowest = issue_many(&process, calls).await;
         assert!(
             slowest < Duration::from_secs(2),

@@ -16,13 +16,23 @@ use opentelemetry_sdk::{
     Resource,
 };
 
-use super::{dropped, QUEUE_CAPACITY};
+use super::dropped;
 
 /// Spans handed to the batch processor and not yet through an export. The processor's own
 /// queue holds at most as many, so it never drops one itself: every drop is counted here.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Admission {
     pending: AtomicUsize,
+    capacity: usize,
+}
+
+impl Admission {
+    pub(super) fn new(capacity: usize) -> Admission {
+        Admission {
+            pending: AtomicUsize::new(0),
+            capacity,
+        }
+    }
 }
 
 /// Admits a finished span only while fewer than the queue's capacity are pending.
@@ -38,7 +48,7 @@ impl opentelemetry_sdk::trace::SpanProcessor for Bounded {
     }
 
     fn on_end(&self, span: SpanData) {
-        if self.admission.pending.fetch_add(1, Ordering::AcqRel) >= QUEUE_CAPACITY {
+        if self.admission.pending.fetch_add(1, Ordering::AcqRel) >= self.admission.capacity {
             self.admission.pending.fetch_sub(1, Ordering::AcqRel);
             dropped("queue_full").inc();
             return;

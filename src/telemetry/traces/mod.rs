@@ -30,8 +30,11 @@ mod spans;
 use export::{Admission, Bounded, Counted};
 pub(crate) use spans::{enabled, parent_from, sign_span, Trace};
 
-/// Finished spans waiting for export at most; beyond it they are dropped and counted.
-const QUEUE_CAPACITY: usize = 4096;
+/// Finished spans waiting for export at most, unless `OTEL_BSP_MAX_QUEUE_SIZE` says
+/// otherwise; beyond it they are dropped and counted.
+pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+/// The most `OTEL_BSP_MAX_QUEUE_SIZE` may ask for (a span is a few hundred bytes queued).
+pub(crate) const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 /// An export call that takes longer fails (its spans counted as lost).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last spans may take to leave at shutdown.
@@ -44,6 +47,8 @@ pub struct TraceSettings {
     pub endpoint: String,
     /// CAs that sign the collector's certificate (else the public web roots).
     pub ca_file: Option<PathBuf>,
+    /// Finished spans waiting for export at most.
+    pub queue_capacity: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,14 +119,14 @@ impl Traces {
             endpoint: settings.endpoint.clone(),
             source,
         })?;
-        let admission = Arc::new(Admission::default());
+        let admission = Arc::new(Admission::new(settings.queue_capacity));
         let processor = BatchSpanProcessor::builder(Counted {
             inner: exporter,
             admission: Arc::clone(&admission),
         })
         .with_batch_config(
             BatchConfigBuilder::default()
-                .with_max_queue_size(QUEUE_CAPACITY)
+                .with_max_queue_size(settings.queue_capacity)
                 .build(),
         )
         .build();
