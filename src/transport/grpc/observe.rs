@@ -1,17 +1,26 @@
 //! Each RPC's span, metrics and outcome log line.
 
-use std::time::Instant;
-
-use tonic::Status;
-use tracing::{field, Instrument as _};
+use std::{borrow::Cow, sync::LazyLock, time::Instant};
 
 use opentelemetry::KeyValue;
+use tonic::Status;
+use tracing::{field, Instrument as _, Level};
 
 use crate::{
     callers::audit::Limiter,
     metrics::{LabelValue, Method, Metrics},
     telemetry::traces::{self, Trace},
 };
+
+const SERVICE: &str = "tokenauthority.v1.TokenAuthority";
+
+/// Each method's span name in a trace, `<service>/<method>`, made once.
+static SPAN_NAMES: LazyLock<Vec<String>> = LazyLock::new(|| {
+    Method::ALL
+        .iter()
+        .map(|method| format!("{SERVICE}/{}", method.as_str()))
+        .collect()
+});
 
 /// Runs one RPC inside a span carrying its method, and logs its outcome and latency: at
 /// `info` for failures and admin RPCs, at `debug` for the data plane's successful calls.
@@ -31,14 +40,17 @@ pub(super) async fn observe<T>(
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let trace = Trace::server(
-        || format!("tokenauthority.v1.TokenAuthority/{}", method.as_str()).into(),
+        || Cow::Borrowed(SPAN_NAMES[method.index()].as_str()),
         parent,
         || {
-            vec![
+            // Room for what the handlers set, so it is allocated once.
+            let mut attributes = Vec::with_capacity(8);
+            attributes.extend([
                 KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", "tokenauthority.v1.TokenAuthority"),
+                KeyValue::new("rpc.service", SERVICE),
                 KeyValue::new("rpc.method", method.as_str()),
-            ]
+            ]);
+            attributes
         },
     );
     // The log lines of the request carry its trace id; its latency carries it as an
@@ -54,11 +66,6 @@ pub(super) async fn observe<T>(
     let exemplar = trace_id.filter(|_| trace.is_sampled());
     let started = Instant::now();
     let result = trace.in_scope(call.instrument(span.clone())).await;
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err(status) => format!("{:?}", status.code()),
-    };
-    span.record("outcome", outcome.as_str());
     if traces::enabled() {
         let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
         trace.set("rpc.grpc.status_code", code as i64);
@@ -69,7 +76,6 @@ pub(super) async fn observe<T>(
     }
     let latency = started.elapsed();
     metrics.rpc(method, latency, exemplar);
-    span.record("latency_us", latency.as_micros() as u64);
     let data_plane = matches!(
         method,
         Method::IssueToken
@@ -78,22 +84,41 @@ pub(super) async fn observe<T>(
             | Method::GetJwks
             | Method::WatchKeys
     );
-    match &result {
-        Ok(_) if data_plane => span.in_scope(|| tracing::debug!("rpc finished")),
-        Ok(_) => span.in_scope(|| tracing::info!("rpc finished")),
+    let level = match &result {
+        Ok(_) if data_plane => Level::DEBUG,
+        Ok(_) => Level::INFO,
         // Failures are counted by the metrics whatever happens here; their log lines are
         // rate-limited, with a summary of what was left out.
         Err(status) => {
-            if let Some(suppressed) =
+            let Some(suppressed) =
                 limiter.admit(&format!("{}:{:?}", method.as_str(), status.code()))
-            {
-                if !suppressed.is_empty() {
-                    let count: u64 = suppressed.values().sum();
-                    tracing::info!(count, by_method_and_code = ?suppressed, "failed-call log lines suppressed by the rate limit");
-                }
-                span.in_scope(|| tracing::info!("rpc finished"));
+            else {
+                return result;
+            };
+            if !suppressed.is_empty() {
+                let count: u64 = suppressed.values().sum();
+                tracing::info!(count, by_method_and_code = ?suppressed, "failed-call log lines suppressed by the rate limit");
             }
+            Level::INFO
         }
+    };
+    // The outcome and latency go on the span only for a line that is written: each record
+    // renders the span's fields again for the JSON log output.
+    let written = span.in_scope(|| match level {
+        Level::DEBUG => tracing::enabled!(Level::DEBUG),
+        _ => tracing::enabled!(Level::INFO),
+    });
+    if written {
+        let outcome: Cow<str> = match &result {
+            Ok(_) => "ok".into(),
+            Err(status) => format!("{:?}", status.code()).into(),
+        };
+        span.record("outcome", outcome.as_ref());
+        span.record("latency_us", latency.as_micros() as u64);
+        span.in_scope(|| match level {
+            Level::DEBUG => tracing::debug!("rpc finished"),
+            _ => tracing::info!("rpc finished"),
+        });
     }
     result
 }
