@@ -406,6 +406,7 @@ async fn spans_reach_a_tls_collector_trusted_through_the_ca_file_only() {
 
 /// The standard variables: `OTEL_SERVICE_NAME` names the service, and
 /// `OTEL_TRACES_SAMPLER=always_off` exports nothing, even for a caller that sampled.
+/// `RUST_LOG` does not change what is traced: it turns off every log line but `serving`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
     let receiver = Receiver::start(&[]);
@@ -416,7 +417,7 @@ async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
     ] {
         let dir = crate::helpers::DataDir::new();
         let mut process = tokio::task::block_in_place(|| {
-            spawn_binary_with_env(
+            spawn_binary_with_env_logging(
                 &dir,
                 &["--otlp-endpoint", &endpoint],
                 &[
@@ -424,6 +425,7 @@ async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
                     ("OTEL_SERVICE_NAME", "edge-authority"),
                     ("OTEL_TRACES_SAMPLER", sampler),
                 ],
+                "off,token_authority::server=info",
             )
         });
         let mut client = connect(&process.grpc).await;
