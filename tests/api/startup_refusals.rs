@@ -211,3 +211,72 @@ fn contents(store: &std::path::Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     }
     out
 }
+
+/// Trace settings that cannot work stop the server before it touches its data directory,
+/// each with its reason: from the flags and from the standard `OTEL_*` variables.
+#[test]
+fn trace_settings_that_cannot_work_stop_the_server_with_their_reason() {
+    // The flags, the environment, and the line the server prints.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--otlp-endpoint", "c:4317"],
+            &[],
+            r#"error: invalid configuration: --otlp-endpoint "c:4317": give the collector as http://host:port or https://host:port"#,
+        ),
+        (
+            &["--otlp-ca-file", "/ca.pem"],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")],
+            r#"error: invalid configuration: --otlp-ca-file needs an https:// collector, not "http://127.0.0.1:4317""#,
+        ),
+        (
+            &["--otlp-endpoint", "http://127.0.0.1:4317"],
+            &[("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+            r#"error: invalid configuration: OTEL_BSP_MAX_QUEUE_SIZE "0": give a number of spans from 1 to 1048576"#,
+        ),
+        (
+            &["--otlp-endpoint", "http://127.0.0.1:4317"],
+            &[("OTEL_BSP_MAX_QUEUE_SIZE", "a lot")],
+            r#"error: invalid configuration: OTEL_BSP_MAX_QUEUE_SIZE "a lot": give a number of spans from 1 to 1048576"#,
+        ),
+    ];
+    for (args, envs, line) in cases {
+        let dir = DataDir::new();
+        let data = dir.path.join("data");
+        let mut child = Command::new(BIN)
+            .env_remove("RUST_LOG")
+            .envs(envs.iter().copied())
+            .args(["serve", "--data-dir", data.to_str().unwrap()])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(*args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that wrongly starts is stopped and named, not waited on forever.
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{args:?} {envs:?}: the server started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
+        assert!(
+            stderr.lines().any(|l| l == *line),
+            "{args:?} {envs:?}: no line\n{line}\nin:\n{stderr}"
+        );
+        assert!(
+            !data.exists(),
+            "{args:?} {envs:?}: the data directory was made"
+        );
+    }
+}
