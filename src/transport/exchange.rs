@@ -23,6 +23,7 @@ use crate::{
         Active, CallerError, Callers, Principal,
     },
     metrics::{DecidedMethod, DecisionOutcome},
+    telemetry::traces,
     transport::{authenticate::authenticate, connection::ConnectionInfo},
 };
 use token_authority_jose::{crypto, jwt::verify::Reason};
@@ -98,11 +99,7 @@ impl Exchanger {
             Ok(issued) => issued,
             Err(error) => return Err(self.refused(Some(&principal), error).await),
         };
-        if crate::telemetry::traces::enabled() {
-            let rpc = crate::telemetry::traces::Trace::current();
-            rpc.set("kid", issued.kid.clone());
-            rpc.set("alg", issued.alg.name());
-        }
+        traces::record_signing_key(&issued.kid, issued.alg.name());
         let hash = hex::encode(crypto::sha256(issued.token.as_bytes()));
         let scope = format!("scope {}", grant.context.scope.join(" "));
         let recorded = self
@@ -188,16 +185,15 @@ impl Exchanger {
             let context = grant.context.clone();
             let trust_domain = policy.trust_domain.clone();
             let ttl = grant.ttl;
-            let rpc = crate::telemetry::traces::Trace::current();
+            let rpc = traces::Trace::current();
             move || {
-                let span = crate::telemetry::traces::sign_span(&rpc, resolved.name());
                 let now = authority.clock().unix_now();
-                let issued = authority.issue_txn(&context, &trust_domain, None, now, ttl);
-                if let Ok(issued) = &issued {
-                    span.set("kid", issued.kid.clone());
-                }
-                span.end();
-                issued
+                traces::signing(
+                    &rpc,
+                    resolved.name(),
+                    || authority.issue_txn(&context, &trust_domain, None, now, ttl),
+                    |issued| issued.kid.clone(),
+                )
             }
         };
         let issued = if resolved.is_slow_to_sign() || settings.signers.blocks() {

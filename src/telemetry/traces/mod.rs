@@ -28,7 +28,7 @@ mod export;
 mod spans;
 
 use export::{Admission, Bounded, Counted};
-pub(crate) use spans::{enabled, parent_from, sign_span, Trace};
+pub(crate) use spans::{enabled, parent_from, record_signing_key, signing, Trace};
 
 /// Finished spans waiting for export at most, unless `OTEL_BSP_MAX_QUEUE_SIZE` says
 /// otherwise; beyond it they are dropped and counted.

@@ -146,8 +146,29 @@ impl Trace {
     }
 }
 
-/// A signature's span under the call's span `rpc`, wherever the signature runs: the
-/// signing pool's threads are in no request of their own.
-pub(crate) fn sign_span(rpc: &Trace, alg: &'static str) -> Trace {
-    rpc.child("sign", || vec![KeyValue::new("alg", alg)])
+/// Runs `sign` in a `sign` span (with `alg`, and the `kid` it signed with) under the
+/// call's span `rpc`, wherever it runs: the signing pool's threads are in no request of
+/// their own.
+pub(crate) fn signing<T, E>(
+    rpc: &Trace,
+    alg: &'static str,
+    sign: impl FnOnce() -> Result<T, E>,
+    kid: impl FnOnce(&T) -> String,
+) -> Result<T, E> {
+    let span = rpc.child("sign", || vec![KeyValue::new("alg", alg)]);
+    let signed = sign();
+    if let (Some(_), Ok(signed)) = (&span.0, &signed) {
+        span.set("kid", kid(signed));
+    }
+    span.end();
+    signed
+}
+
+/// Records on the current call's span the key it signed with.
+pub(crate) fn record_signing_key(kid: &str, alg: &'static str) {
+    if enabled() {
+        let rpc = Trace::current();
+        rpc.set("kid", kid.to_owned());
+        rpc.set("alg", alg);
+    }
 }

@@ -24,6 +24,7 @@ use crate::{
     },
     metrics::{DecidedMethod, DecisionOutcome},
     pb,
+    telemetry::traces,
 };
 use token_authority_jose::crypto::Algorithm;
 
@@ -193,23 +194,25 @@ impl GrpcService {
             let clock = self.authority.clock();
             // The signing pool's threads have no span of their own: the signature's span
             // is made under the RPC's, wherever it runs.
-            let rpc = crate::telemetry::traces::Trace::current();
+            let rpc = traces::Trace::current();
             move || {
-                let span = crate::telemetry::traces::sign_span(&rpc, resolved.name());
                 let started = Instant::now();
                 let signed_at = clock.since_epoch();
-                let issued = authority.issue_by(
-                    &parsed,
-                    &claims,
-                    alg,
-                    signed_at.as_secs(),
-                    expires_by,
-                    slot,
+                let issued = traces::signing(
+                    &rpc,
+                    resolved.name(),
+                    || {
+                        authority.issue_by(
+                            &parsed,
+                            &claims,
+                            alg,
+                            signed_at.as_secs(),
+                            expires_by,
+                            slot,
+                        )
+                    },
+                    |issued| issued.kid.clone(),
                 );
-                if let Ok(issued) = &issued {
-                    span.set("kid", issued.kid.clone());
-                }
-                span.end();
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
         };
@@ -220,11 +223,7 @@ impl GrpcService {
                 sign()
             };
         let (issued, signed_at) = issued?;
-        if crate::telemetry::traces::enabled() {
-            let rpc = crate::telemetry::traces::Trace::current();
-            rpc.set("kid", issued.kid.clone());
-            rpc.set("alg", issued.alg.name());
-        }
+        traces::record_signing_key(&issued.kid, issued.alg.name());
         self.metrics.token_issued(issued.alg, signing);
         Ok((issued, signed_at))
     }
