@@ -1,0 +1,89 @@
+//! The standard OTEL_ variables, and the perf script of the README's traces figure.
+
+use std::time::Duration;
+
+use token_authority::pb;
+
+use super::{with_parent, Receiver, FAST_BATCHES};
+use crate::{binary::spawn_binary_with_env_logging, helpers::connect, tools::python};
+
+/// The standard variables: `OTEL_SERVICE_NAME` names the service, and
+/// `OTEL_TRACES_SAMPLER=always_off` exports nothing, even for a caller that sampled.
+/// `RUST_LOG` does not change what is traced: it turns off every log line but `serving`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
+    let receiver = Receiver::start(&[]);
+    let endpoint = receiver.endpoint();
+    for (sampler, trace) in [
+        ("parentbased_always_on", "33333333333333333333333333333333"),
+        ("always_off", "44444444444444444444444444444444"),
+    ] {
+        let dir = crate::helpers::DataDir::new();
+        let mut process = tokio::task::block_in_place(|| {
+            spawn_binary_with_env_logging(
+                &dir,
+                &["--otlp-endpoint", &endpoint],
+                &[
+                    FAST_BATCHES,
+                    ("OTEL_SERVICE_NAME", "edge-authority"),
+                    ("OTEL_TRACES_SAMPLER", sampler),
+                ],
+                "off,token_authority::server=info",
+            )
+        });
+        let mut client = connect(&process.grpc).await;
+        client
+            .get_jwks(with_parent(
+                pb::GetJwksRequest {},
+                trace,
+                "00f067aa0ba902b7",
+            ))
+            .await
+            .unwrap();
+        // Shutdown sends what is queued: after it, every span of the call has arrived.
+        tokio::task::block_in_place(|| process.terminate());
+        if sampler == "always_off" {
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(
+                !receiver
+                    .spans
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["trace_id"] == trace),
+                "always_off exported a span"
+            );
+        } else {
+            let span = receiver.span("of GetJwks", |s| s["trace_id"] == trace);
+            assert_eq!(span["service"], "edge-authority");
+        }
+    }
+}
+
+/// The README's traces figure comes from `tests/perf/traces.sh`: IssueToken and VerifyToken
+/// with traces on (to the real receiver) and off, driven end to end.
+#[test]
+fn the_perf_script_measures_traces_on_against_off() {
+    let python = python().display().to_string();
+    let env = [
+        ("DUR", "300ms"),
+        ("WARMUP", "100ms"),
+        ("ROUNDS", "2"),
+        ("ALGS", "ES256"),
+        ("PYTHON", python.as_str()),
+    ];
+    let stdout = crate::perf_scripts::run("traces.sh", &env, &["on ", "off "], 8);
+    for kind in ["issue-ES256", "verify-ES256"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(kind)
+                && l.contains("medians over 2 runs: traces on")
+                && l.contains("median of the rounds' ratios")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("spans dropped by the traced ES256 server: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("errors: 0"), "{stdout}");
+}

@@ -1,0 +1,151 @@
+//! A request's spans: children of the caller's, with the caller, decision, kid and
+//! algorithm, and never a token.
+
+use serde_json::Value;
+use token_authority::pb;
+
+use super::{attribute, traceparent, with_parent, Receiver, FAST_BATCHES};
+use crate::{
+    binary::spawn_binary_with_env_logging,
+    helpers::{admin, connect, ADMIN_TOKEN},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_children_of_the_callers_with_their_attributes_and_no_token() {
+    let receiver = Receiver::start(&[]);
+    let dir = crate::helpers::DataDir::new();
+    let endpoint = receiver.endpoint();
+    let mut process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env_logging(
+            &dir,
+            &["--otlp-endpoint", &endpoint],
+            &[FAST_BATCHES],
+            "token_authority=debug",
+        )
+    });
+    let mut client = connect(&process.grpc).await;
+
+    let issue_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let issue_parent = "00f067aa0ba902b7";
+    let issued = client
+        .issue_token(with_parent(
+            pb::IssueTokenRequest {
+                subject: "svc".into(),
+                audience: vec!["api".into()],
+                ..Default::default()
+            },
+            issue_trace,
+            issue_parent,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let verify_trace = "0af7651916cd43dd8448eb211c80319c";
+    let verified = client
+        .verify_token(with_parent(
+            pb::VerifyTokenRequest {
+                token: issued.token.clone(),
+                audience: "api".into(),
+                ..Default::default()
+            },
+            verify_trace,
+            "b7ad6b7169203331",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.valid);
+    let rotate_trace = "5b8efff798038103d269b633813fc60c";
+    let mut rotate = admin(pb::RotateKeysRequest {
+        force: true,
+        ..Default::default()
+    });
+    rotate
+        .metadata_mut()
+        .insert("traceparent", traceparent(rotate_trace, "eee19b7ec3c1b174"));
+    client.rotate_keys(rotate).await.unwrap();
+    let http_trace = "a3ce929d0e0e47364bf92f3577b34da6";
+    let jwks = reqwest::Client::new()
+        .get(format!("http://{}/.well-known/jwks.json", process.http))
+        .header(
+            "traceparent",
+            format!("00-{http_trace}-00f067aa0ba902b8-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+
+    let rpc = receiver.span("of IssueToken", |s| {
+        s["trace_id"] == issue_trace && s["name"] == "tokenauthority.v1.TokenAuthority/IssueToken"
+    });
+    assert_eq!(rpc["parent_span_id"], issue_parent, "{rpc:#}");
+    assert_eq!(rpc["kind"], 2, "SPAN_KIND_SERVER: {rpc:#}");
+    assert_eq!(rpc["service"], "token-authority");
+    assert_eq!(attribute(&rpc, "kid"), issued.key_id.as_str(), "{rpc:#}");
+    assert_eq!(attribute(&rpc, "alg"), "RS256", "{rpc:#}");
+    // An open authority (no policy) knows no caller.
+    assert!(attribute(&rpc, "caller").is_null(), "{rpc:#}");
+    assert_eq!(attribute(&rpc, "decision"), "allowed", "{rpc:#}");
+    assert_eq!(attribute(&rpc, "rpc.grpc.status_code"), 0, "{rpc:#}");
+    let sign = receiver.span("of the signature", |s| {
+        s["trace_id"] == issue_trace && s["name"] == "sign"
+    });
+    assert_eq!(sign["parent_span_id"], rpc["span_id"], "{sign:#}");
+    assert_eq!(attribute(&sign, "kid"), issued.key_id.as_str());
+
+    let verify = receiver.span("of VerifyToken", |s| {
+        s["trace_id"] == verify_trace && s["name"] == "tokenauthority.v1.TokenAuthority/VerifyToken"
+    });
+    assert_eq!(attribute(&verify, "decision"), "valid", "{verify:#}");
+    assert_eq!(attribute(&verify, "kid"), issued.key_id.as_str());
+
+    let rotate = receiver.span("of RotateKeys", |s| {
+        s["trace_id"] == rotate_trace && s["name"] == "tokenauthority.v1.TokenAuthority/RotateKeys"
+    });
+    assert_eq!(attribute(&rotate, "caller"), "admin", "{rotate:#}");
+    let store = receiver.span("of the store's change", |s| {
+        s["trace_id"] == rotate_trace && s["name"] == "store"
+    });
+    assert_eq!(store["parent_span_id"], rotate["span_id"], "{store:#}");
+    assert_eq!(attribute(&store, "op"), "transact");
+    assert_eq!(attribute(&store, "backend"), "sled");
+
+    let http = receiver.span("of the JWKS request", |s| s["trace_id"] == http_trace);
+    assert_eq!(http["name"], "GET /.well-known/jwks.json", "{http:#}");
+    assert_eq!(http["parent_span_id"], "00f067aa0ba902b8");
+    assert_eq!(attribute(&http, "http.response.status_code"), 200);
+
+    // The request's log lines carry its trace id, and so does its latency bucket.
+    let metrics = reqwest::get(format!("http://{}/metrics", process.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("token_authority_rpc_duration_seconds_bucket{")
+            && line.contains(r#"method="IssueToken""#)
+            && line.contains(&format!(r#"# {{trace_id="{issue_trace}"}}"#))),
+        "no exemplar of the IssueToken trace:\n{metrics}"
+    );
+    let log = process.terminate();
+    assert!(
+        log.iter().any(|line| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            event["span"]["trace_id"] == issue_trace
+        }),
+        "no log line of the IssueToken call carries its trace id:\n{}",
+        log.join("\n")
+    );
+
+    // Never a token, a part of one, or the admin token, in any span.
+    let spans = receiver.spans.lock().unwrap().clone();
+    let text = serde_json::to_string(&spans).unwrap();
+    let mut secrets: Vec<&str> = issued.token.split('.').collect();
+    secrets.extend([issued.token.as_str(), ADMIN_TOKEN]);
+    for secret in secrets {
+        assert!(!text.contains(secret), "a span carries {secret}");
+    }
+}
