@@ -4,6 +4,7 @@
 //! exemplars; a collector that is down, slow or failing never fails or holds up a request.
 
 mod collector;
+mod exchange;
 mod settings;
 mod spans;
 
