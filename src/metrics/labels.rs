@@ -6,6 +6,7 @@
 use std::marker::PhantomData;
 
 use token_authority_jose::jwt::verify::Reason;
+use tonic::Code;
 
 /// A label's values: all of them, each one's text, and its place in `ALL`.
 pub(crate) trait LabelValue: Copy + 'static {
@@ -63,6 +64,28 @@ label_values!(impl Reason {
     RevokedToken => "REVOKED_TOKEN",
     SuspendedToken => "SUSPENDED_TOKEN",
     StatusUnavailable => "STATUS_UNAVAILABLE",
+});
+
+// A gRPC status code as gRPC's own list (and OpenTelemetry's `rpc.response.status_code`)
+// names it. `Code` is in that list's order, from 0.
+label_values!(impl Code {
+    Ok => "OK",
+    Cancelled => "CANCELLED",
+    Unknown => "UNKNOWN",
+    InvalidArgument => "INVALID_ARGUMENT",
+    DeadlineExceeded => "DEADLINE_EXCEEDED",
+    NotFound => "NOT_FOUND",
+    AlreadyExists => "ALREADY_EXISTS",
+    PermissionDenied => "PERMISSION_DENIED",
+    ResourceExhausted => "RESOURCE_EXHAUSTED",
+    FailedPrecondition => "FAILED_PRECONDITION",
+    Aborted => "ABORTED",
+    OutOfRange => "OUT_OF_RANGE",
+    Unimplemented => "UNIMPLEMENTED",
+    Internal => "INTERNAL",
+    Unavailable => "UNAVAILABLE",
+    DataLoss => "DATA_LOSS",
+    Unauthenticated => "UNAUTHENTICATED",
 });
 
 label_values! {
@@ -223,6 +246,7 @@ mod tests {
     #[test]
     fn every_label_lists_its_values_in_order_and_once() {
         check::<Reason>();
+        check::<Code>();
         check::<Method>();
         check::<DecidedMethod>();
         check::<DecisionOutcome>();

@@ -80,6 +80,7 @@ pub struct Metrics {
     valid: Counter,
     invalid: PerLabel<Reason, Counter>,
     rpc: PerLabel<Method, HistogramWithExemplars<TraceExemplar>>,
+    rpc_requests: PerLabel<Method, PerLabel<tonic::Code, Counter>>,
     jwks: PerLabel<JwksStatus, Counter>,
     key_events: PerLabel<KeyEvent, Counter>,
     key_age: HashMap<Algorithm, Gauge>,
@@ -202,7 +203,15 @@ impl Metrics {
     }
 
     /// One RPC's latency; `trace_id`, of a sampled trace, becomes its bucket's exemplar.
-    pub(crate) fn rpc(&self, method: Method, latency: Duration, trace_id: Option<String>) {
+    /// One RPC answered with `code`, after `latency`.
+    pub(crate) fn rpc(
+        &self,
+        method: Method,
+        code: tonic::Code,
+        latency: Duration,
+        trace_id: Option<String>,
+    ) {
+        self.rpc_requests.get(method).get(code).inc();
         self.rpc.get(method).observe(
             latency.as_secs_f64(),
             trace_id.map(|trace_id| TraceExemplar { trace_id }),

@@ -70,6 +70,12 @@ impl Metrics {
             "gRPC request latency, by method (with traces on, a trace id per bucket as exemplar)",
             rpc_family.clone(),
         );
+        let requests_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC requests answered, by method and status code (OK, INVALID_ARGUMENT, UNAVAILABLE, ...)",
+            requests_family.clone(),
+        );
         registry.register(
             "trace_spans_dropped",
             "Spans that never reached the collector: the export queue was full, or an export failed",
@@ -244,6 +250,12 @@ impl Metrics {
             }),
             rpc: PerLabel::new(|method: Method| {
                 rpc_family.get_or_create_owned(&labels(&[("method", method.as_str())]))
+            }),
+            rpc_requests: PerLabel::new(|method: Method| {
+                PerLabel::new(|code: tonic::Code| {
+                    let set = labels(&[("method", method.as_str()), ("code", code.as_str())]);
+                    requests_family.get_or_create_owned(&set)
+                })
             }),
             jwks: PerLabel::new(|status: JwksStatus| {
                 jwks_family.get_or_create_owned(&labels(&[("status", status.as_str())]))

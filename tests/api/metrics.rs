@@ -385,3 +385,57 @@ async fn the_readme_lists_every_metric_family_served() {
         "served but not in the README's table: {missing:?}; in the table but not served: {stale:?}"
     );
 }
+
+/// `token_authority_rpc_requests_total` counts each answer by method and gRPC code. Every
+/// method's every code is there from the start at 0, so the first failure is already a rate
+/// (a series that appears at 1 would hide it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_method_and_code_from_zero() {
+    let dir = DataDir::new();
+    let server = TestServer::start(&dir).await;
+    let count = |method: &'static str, code: &'static str| {
+        let name =
+            format!(r#"token_authority_rpc_requests_total{{method="{method}",code="{code}"}}"#);
+        let server = &server;
+        async move { metric(server, &name).await }
+    };
+    for (method, code) in [
+        ("IssueToken", "OK"),
+        ("IssueToken", "INVALID_ARGUMENT"),
+        ("IssueToken", "UNAVAILABLE"),
+        ("RotateKeys", "UNAUTHENTICATED"),
+        ("SetTokenStatus", "DATA_LOSS"),
+    ] {
+        assert_eq!(count(method, code).await, 0.0, "{method} {code} at start");
+    }
+
+    server.issue("svc", &["api"]).await;
+    server.issue("svc", &["api"]).await;
+    let mut client = server.client.clone();
+    let refused = client
+        .issue_token(pb::IssueTokenRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let refused = client
+        .rotate_keys(pb::RotateKeysRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    client
+        .list_keys(admin(pb::ListKeysRequest {}))
+        .await
+        .unwrap();
+
+    for (method, code, expected) in [
+        ("IssueToken", "OK", 2.0),
+        ("IssueToken", "INVALID_ARGUMENT", 1.0),
+        ("IssueToken", "UNAVAILABLE", 0.0),
+        ("RotateKeys", "UNAUTHENTICATED", 1.0),
+        ("RotateKeys", "OK", 0.0),
+        ("ListKeys", "OK", 1.0),
+    ] {
+        assert_eq!(count(method, code).await, expected, "{method} {code}");
+    }
+    server.stop().await;
+}

@@ -3520,7 +3520,7 @@ ALERTS = {
 PROMTOOL_METRICS_KNOWN = {f"token_authority_{name}_total no help text" for name in (
     "audit_head_record_failures", "audit_unrecorded_decisions", "audit_write_failures", "caller_decisions",
     "caller_jwks_fetch_failures", "calls_throttled", "connections_closed_by_server", "jwks_responses", "key_events",
-    "key_watchers_refused_or_dropped", "policy_reloads", "scheduled_key_step_failures",
+    "key_watchers_refused_or_dropped", "policy_reloads", "rpc_requests", "scheduled_key_step_failures",
     "store_history_rewinds", "tls_reload_failures", "tls_reloads", "tokens_issued",
     "tokens_issued_without_status", "trace_spans_dropped", "verifications")}
 # Label names the rules and the dashboard match on that the scrape adds (Prometheus, the
@@ -3742,11 +3742,12 @@ def check_alerts_and_dashboard_use_exported_metrics() -> None:
             used.add(name)
             if name not in exported:
                 missing.append(f"{name} ({source})")
-        for label, _op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', query):
+        for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', query):
             if label in SCRAPE_LABELS or label == "__name__" or "$" in value:
                 continue
-            if (label, value) not in pairs:
-                missing.append(f'{label}="{value}" ({source})')
+            # A regular expression that lists values (`a|b|c`): each of them.
+            values = value.split("|") if op == "=~" and re.fullmatch(r"\w+(\|\w+)*", value) else [value]
+            missing.extend(f'{label}="{v}" ({source})' for v in values if (label, v) not in pairs)
     assert not missing, f"not in the server's /metrics: {sorted(set(missing))}"
     print(f"       {len(used)} metric names used, all exported: {', '.join(sorted(used))}")
 
@@ -3771,7 +3772,8 @@ def check_promtool_check_metrics() -> None:
 
 # (what a panel shows, a metric its query reads, a fragment the query has)
 DASHBOARD_PANELS = [
-    ("request rate per RPC", "token_authority_rpc_duration_seconds_count", "by (method)"),
+    ("request rate per RPC", "token_authority_rpc_requests_total", "by (method)"),
+    ("errors per RPC by code", "token_authority_rpc_requests_total", 'by (method, code) (rate(token_authority_rpc_requests_total{code!="OK",'),
     ("latency per RPC", "token_authority_rpc_duration_seconds_bucket", "histogram_quantile("),
     ("decisions by outcome", "token_authority_caller_decisions_total", "outcome"),
     ("key events", "token_authority_key_events_total", "by (event)"),

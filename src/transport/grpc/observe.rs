@@ -66,8 +66,8 @@ pub(super) async fn observe<T>(
     let exemplar = trace_id.filter(|_| trace.is_sampled());
     let started = Instant::now();
     let result = trace.in_scope(call.instrument(span.clone())).await;
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
     if traces::enabled() {
-        let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
         trace.set("rpc.grpc.status_code", code as i64);
         if let Err(status) = &result {
             trace.set_error(format!("{:?}", status.code()));
@@ -75,7 +75,7 @@ pub(super) async fn observe<T>(
         trace.end();
     }
     let latency = started.elapsed();
-    metrics.rpc(method, latency, exemplar);
+    metrics.rpc(method, code, latency, exemplar);
     let data_plane = matches!(
         method,
         Method::IssueToken
