@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-
 use super::{attribute, traceparent, Receiver, FAST_BATCHES};
 use crate::{
     binary::spawn_binary_with_env,
