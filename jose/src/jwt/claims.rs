@@ -23,12 +23,21 @@ use super::{
 pub struct Claims {
     json: String,
     map: OnceLock<Map<String, Value>>,
+    /// Whether the claim set has a top-level `status` member, seen as it was read.
+    status: bool,
 }
 
 impl Claims {
     /// The payload exactly as the token carries it: a JSON object with unique member names.
     pub fn json(&self) -> &str {
         &self.json
+    }
+
+    /// Whether the claim set has a top-level `status` member (a Token Status List
+    /// reference), known without parsing the claims into a map: most tokens have none,
+    /// and their verification need not parse them.
+    pub fn has_status(&self) -> bool {
+        self.status
     }
 
     /// The claims as compact JSON with their members in name order, as `serde_json` writes
@@ -98,6 +107,8 @@ pub(super) struct Registered<'a> {
     sub: Claim<Cow<'a, str>>,
     aud: Audience<'a>,
     txn: Claim<Cow<'a, str>>,
+    /// A top-level `status` member is there (its value is read from the map, if asked).
+    status: bool,
 }
 
 /// Reads the decoded payload, in place when it can, else through the reference parser
@@ -117,17 +128,22 @@ pub(super) fn read<T>(
     };
     if let Ok(registered) = read_object(&json, RegisteredVisitor) {
         let checked = check(&registered)?;
+        let status = registered.status;
         let claims = Claims {
             json,
             map: OnceLock::new(),
+            status,
         };
         return Ok((checked, claims));
     }
     let map = parse_segment(json.as_bytes(), "payload")?;
-    let checked = check(&Registered::from_map(&map))?;
+    let registered = Registered::from_map(&map);
+    let checked = check(&registered)?;
+    let status = registered.status;
     let claims = Claims {
         json,
         map: OnceLock::from(map),
+        status,
     };
     Ok((checked, claims))
 }
@@ -162,6 +178,7 @@ impl<'a> Registered<'a> {
             sub: text("sub"),
             aud,
             txn: text("txn"),
+            status: map.contains_key("status"),
         }
     }
 
@@ -313,6 +330,7 @@ impl<'de> Visitor<'de> for RegisteredVisitor {
             let which = ["exp", "nbf", "iat", "iss", "sub", "aud", "txn"]
                 .iter()
                 .position(|claim| *claim == name);
+            registered.status |= name == "status";
             seen.insert(name)?;
             match which {
                 Some(0) => registered.exp = Claim::Present(access.next_value::<Num>()?.0),
