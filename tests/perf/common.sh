@@ -3,6 +3,10 @@
 # and one line per bench run.
 
 BIN=${TA_BIN:-$PWD/target/release/token-authority}
+# SERVER_CPUS=1 CLIENT_CPUS=0: the servers on CPU 1, the load (and a script's other helpers) on
+# CPU 0, so what the servers do is measured on a CPU of their own (`taskset -c`).
+SERVER_TASKSET=${SERVER_CPUS:+taskset -c $SERVER_CPUS}
+CLIENT_TASKSET=${CLIENT_CPUS:+taskset -c $CLIENT_CPUS}
 W=$(mktemp -d)
 stop_servers() {
   for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done
@@ -19,7 +23,7 @@ serve() {
   local name=$1 g=$2 h=$3 d="$W/$1"
   shift 3
   mkdir -p "$d"; chmod 700 "$d"
-  "$BIN" serve --data-dir "$d/data" --issuer http://ta.test --grpc-listen "127.0.0.1:$g" \
+  $SERVER_TASKSET "$BIN" serve --data-dir "$d/data" --issuer http://ta.test --grpc-listen "127.0.0.1:$g" \
     --http-listen "127.0.0.1:$h" --log-format json "$@" >/dev/null 2>"$d/log" &
   echo $! > "$d/pid"
   for _ in $(seq 300); do grep -q '"serving"' "$d/log" 2>/dev/null && break; sleep 0.1; done
@@ -38,6 +42,6 @@ print(sys.argv[1], sys.argv[2], round(r["requests_per_s"]), l["p50"], l["p99"], 
 
 # bench_issue LABEL ALG PORT: IssueToken for DUR (after WARMUP), as one bench_line.
 bench_issue() {
-  "$BIN" bench issue --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
+  $CLIENT_TASKSET "$BIN" bench issue --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
     --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --json | bench_line "$1" "$2"
 }

@@ -28,7 +28,7 @@ start() { # name store -> the gRPC port, once serving
 run() { # side mode port... -> one line "side mode req/s p50 p99 errors"
   local side=$1 mode=$2 t; shift 2
   t=$(printf 'http://127.0.0.1:%s,' "$@"); t=${t%,}
-  "$BIN" bench "$mode" --target "$t" --duration "${DUR:-5s}" --warmup 1s --concurrency 64 \
+  $CLIENT_TASKSET "$BIN" bench "$mode" --target "$t" --duration "${DUR:-5s}" --warmup 1s --concurrency 64 \
     --connections 6 --json | bench_line "$side" "$mode"
 }
 S=$(start sled sled)

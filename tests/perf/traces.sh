@@ -13,7 +13,7 @@ source tests/perf/common.sh
 PYTHON=${PYTHON:-target/test-tools/bin/python}
 ALGS=${ALGS:-ES256 RS256}
 MODES=${MODES:-issue verify}
-"$PYTHON" tests/clients/otlp_receiver.py "$W/collector-port" --quiet &
+$CLIENT_TASKSET "$PYTHON" tests/clients/otlp_receiver.py "$W/collector-port" --quiet &
 receiver=$!
 # The receiver first: stop_servers waits for every child.
 trap 'kill $receiver 2>/dev/null || true; stop_servers; rm -rf "$W"' EXIT
@@ -28,7 +28,7 @@ start() { # name alg flags... -> "grpc-port http-port", once serving
   echo "$g $h"
 }
 bench() { # label mode alg port
-  "$BIN" bench "$2" --algorithm "$3" --target "http://127.0.0.1:$4" --duration "${DUR:-5s}" \
+  $CLIENT_TASKSET "$BIN" bench "$2" --algorithm "$3" --target "http://127.0.0.1:$4" --duration "${DUR:-5s}" \
     --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --json | bench_line "$1" "$2-$3"
 }
 : > "$W/runs"

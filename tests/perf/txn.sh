@@ -57,7 +57,7 @@ run() { # label alg port -> one line "label alg req/s p50 p99 errors"
       case $2 in RS256|PS256) extra=(--subject-tokens "${FRESH_RSA:-10000}") ;;
         *) extra=(--subject-tokens "${FRESH:-45000}") ;; esac ;;
   esac
-  "$BIN" bench "$mode" --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
+  $CLIENT_TASKSET "$BIN" bench "$mode" --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
     --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --client-id bench \
     --client-secret-file "$W/secret" "${extra[@]}" --json | bench_line "$1" "$2"
 }
