@@ -15,6 +15,7 @@ use std::{
 use base64::Engine as _;
 
 mod binaries;
+mod perf_script;
 
 pub struct Postgres {
     dir: tempfile::TempDir,
