@@ -61,16 +61,27 @@ async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
 }
 
 /// The README's traces figure comes from `tests/perf/traces.sh`: IssueToken and VerifyToken
-/// with traces on (to the real receiver) and off, driven end to end.
+/// with traces on (to the real receiver) and off, driven end to end, with the servers and
+/// the load pinned as the README's first table is (here both on the first CPU this process
+/// may use, which every machine has).
 #[test]
 fn the_perf_script_measures_traces_on_against_off() {
     let python = python().display().to_string();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cpu = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| list.trim().split([',', '-']).next())
+        .unwrap()
+        .to_owned();
     let env = [
         ("DUR", "300ms"),
         ("WARMUP", "100ms"),
         ("ROUNDS", "2"),
         ("ALGS", "ES256"),
         ("PYTHON", python.as_str()),
+        ("SERVER_CPUS", cpu.as_str()),
+        ("CLIENT_CPUS", cpu.as_str()),
     ];
     let stdout = crate::perf_scripts::run("traces.sh", &env, &["on ", "off "], 8);
     for kind in ["issue-ES256", "verify-ES256"] {
