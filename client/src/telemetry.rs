@@ -1,7 +1,8 @@
 //! Tracing: the trace context the client sends with its calls to the authority, and what
 //! its spans say.
 //!
-//! IssueToken and WatchKeys carry the context of the client's own span for the call, in
+//! IssueToken, WatchKeys and ExchangeToken carry the context of the client's own span for
+//! the call, in
 //! the metadata the application's OpenTelemetry propagator writes (`traceparent` and
 //! `tracestate` with the W3C propagator), so the authority's span for the call joins the
 //! application's trace. The client's spans are `tracing` spans: they reach OpenTelemetry
@@ -10,7 +11,8 @@
 //! (no-op) propagator nothing is written: the calls go out as before.
 //!
 //! No span records a token, a credential or a claim value: the refresh span counts the
-//! audiences, the verification span names the algorithm, the kid (only one the key set
+//! audiences, the exchange span says only how it ended, the verification span names the
+//! algorithm, the kid (only one the key set
 //! knows: a kid is whatever the token's sender wrote) and the verdict.
 
 use opentelemetry::propagation::Injector;
@@ -33,6 +35,30 @@ pub(crate) fn inject(span: &tracing::Span, metadata: &mut MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut Metadata(metadata));
     });
+}
+
+/// Records how a call to the authority ended on its span: `outcome` (`ok_outcome`, or
+/// `failed` with the error's kind), the gRPC code when there is one, and an error status.
+/// Never the error's message: the authority's refusal can name what was asked for.
+pub(crate) fn record_call<T>(
+    span: &tracing::Span,
+    result: &Result<T, ClientError>,
+    ok_outcome: &'static str,
+) {
+    match result {
+        Ok(_) => {
+            span.record("outcome", ok_outcome);
+            span.record("rpc.grpc.status_code", tonic::Code::Ok as i64);
+        }
+        Err(error) => {
+            span.record("outcome", "failed");
+            span.record("error", error_kind(error));
+            span.record("otel.status_code", "error");
+            if let ClientError::Rpc(status) = error {
+                span.record("rpc.grpc.status_code", status.code() as i64);
+            }
+        }
+    }
 }
 
 /// tonic's metadata as the propagator's carrier. A key or value that is not valid ASCII

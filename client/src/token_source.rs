@@ -224,20 +224,7 @@ impl Inner {
             otel.status_code = field::Empty,
         );
         let result = self.fetch().instrument(span.clone()).await;
-        match &result {
-            Ok(_) => {
-                span.record("outcome", "issued");
-                span.record("rpc.grpc.status_code", Code::Ok as i64);
-            }
-            Err(error) => {
-                span.record("outcome", "failed");
-                span.record("error", telemetry::error_kind(error));
-                span.record("otel.status_code", "error");
-                if let ClientError::Rpc(status) = error {
-                    span.record("rpc.grpc.status_code", status.code() as i64);
-                }
-            }
-        }
+        telemetry::record_call(&span, &result, "issued");
         attempts.ended += 1;
         attempts.last_failure = result.as_ref().err().map(ToString::to_string);
         self.attempts_ended

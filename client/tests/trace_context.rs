@@ -19,7 +19,9 @@ use opentelemetry::{
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SpanData};
 use support::{attribute, parse_traceparent, spans, texts, Authority, Behaviour, Watch};
 use token_authority_client::{
-    keys::KeySet, Credentials, TokenRequest, TokenSource, Verifier, VerifierSettings,
+    keys::KeySet,
+    txn::{TxnExchanger, TxnRequest},
+    Credentials, TokenRequest, TokenSource, Verifier, VerifierSettings,
 };
 use token_authority_jose::{
     crypto::{generate_pkcs8, Algorithm, SigningKey},
@@ -545,5 +547,97 @@ async fn with_a_propagator_but_no_tracer_nothing_is_sent() {
     for call in calls {
         assert_eq!(call.traceparent, None, "{call:?}");
         assert_eq!(call.tracestate, None, "{call:?}");
+    }
+}
+
+/// An exchange for a Txn-Token inside the application's span: the ExchangeToken call
+/// carries a `traceparent` of the application's trace whose parent is the client's
+/// `txn_exchange` span, itself a child of the application's span. A refused exchange
+/// records the code, not the message. Neither span carries the access token, the
+/// Txn-Token, the credential or the scope asked for.
+#[tokio::test]
+async fn an_exchange_sends_its_trace_and_is_a_child_of_the_applications_span() {
+    propagate();
+    let (exporter, _provider, subscriber) = support::tracer();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (authority, channel) = Authority::start(Behaviour {
+        refuse_exchanges: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let verifier = Verifier::with_keys(
+        KeySet::from_jwks(authority.jwks().as_bytes(), String::new()).unwrap(),
+        VerifierSettings::new(support::ISSUER),
+    );
+    let exchanger = TxnExchanger::new(channel, credentials(), verifier, support::TRUST_DOMAIN);
+    let access_token = "access-token-value.part-two.part-three";
+    let asked = TxnRequest {
+        scope: "scope-asked-value".into(),
+        request_details: Some(serde_json::json!({"order_id": "order-detail-value"})),
+        request_context: None,
+    };
+
+    let refused = exchanger
+        .exchange(access_token, &asked)
+        .instrument(request_span())
+        .await;
+    assert!(refused.is_err());
+    let app = request_span();
+    let (trace, app_span) = ids(&app);
+    let txn = exchanger
+        .exchange(access_token, &asked)
+        .instrument(app.clone())
+        .await
+        .unwrap();
+    drop(app);
+
+    let calls = authority.calls("ExchangeToken");
+    assert_eq!(calls.len(), 2);
+    let (sent_trace, sent_parent) =
+        parse_traceparent(calls[1].traceparent.as_deref().expect("a traceparent"));
+    assert_eq!(sent_trace, trace);
+    assert_eq!(calls[1].tracestate.as_deref(), Some(INCOMING_STATE));
+
+    let exchanges = spans(&exporter, "txn_exchange");
+    assert_eq!(exchanges.len(), 2);
+    let (failed, exchanged) = (&exchanges[0], &exchanges[1]);
+    assert_eq!(
+        exchanged.span_context.trace_id().to_string(),
+        INCOMING_TRACE
+    );
+    assert_eq!(exchanged.parent_span_id, app_span);
+    assert_eq!(exchanged.span_context.span_id().to_string(), sent_parent);
+    assert_eq!(exchanged.span_kind, SpanKind::Client);
+    assert_eq!(
+        attribute(exchanged, "outcome").as_deref(),
+        Some("exchanged")
+    );
+    assert_eq!(
+        attribute(exchanged, "rpc.method").as_deref(),
+        Some("ExchangeToken")
+    );
+    assert_eq!(
+        attribute(exchanged, "rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    assert_eq!(attribute(failed, "outcome").as_deref(), Some("failed"));
+    assert_eq!(attribute(failed, "error").as_deref(), Some("rpc"));
+    assert_eq!(
+        attribute(failed, "rpc.grpc.status_code").as_deref(),
+        Some("7")
+    );
+    assert!(matches!(failed.status, Status::Error { .. }));
+
+    let mut secrets: Vec<&str> = SECRETS.to_vec();
+    secrets.extend(access_token.split('.'));
+    secrets.extend(txn.as_str().split('.'));
+    secrets.extend([
+        "scope-asked-value",
+        "order-detail-value",
+        "txn-subject-value",
+        "txn-id-value",
+    ]);
+    for span in [failed, exchanged] {
+        assert_keeps_secrets(span, &secrets);
     }
 }

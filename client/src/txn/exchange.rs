@@ -11,6 +11,7 @@ use std::{
 
 use http::{header, request::Parts, Request, Response};
 use tonic::{metadata::MetadataValue, transport::Channel};
+use tracing::{field, Instrument as _};
 
 use super::{
     layer::{is_grpc, refuse, BoxFuture},
@@ -18,7 +19,7 @@ use super::{
 };
 use crate::{
     bearer::bearer, error::ClientError, layer::ResponseBody, pb,
-    pb::token_authority_client::TokenAuthorityClient, Credentials, Verifier,
+    pb::token_authority_client::TokenAuthorityClient, telemetry, Credentials, Verifier,
 };
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -65,12 +66,34 @@ impl TxnExchanger {
         }
     }
 
-    /// A Txn-Token for `access_token`'s subject, with `asked`'s scope and details.
+    /// A Txn-Token for `access_token`'s subject, with `asked`'s scope and details. The
+    /// call is a `txn_exchange` span (a child of the caller's), whose trace context the
+    /// ExchangeToken call carries.
     pub async fn exchange(
         &self,
         access_token: &str,
         asked: &TxnRequest,
     ) -> Result<TxnToken, ClientError> {
+        // How it ended only: never the access token, the Txn-Token, the credential, or the
+        // scope and details asked for.
+        let span = tracing::info_span!(
+            "txn_exchange",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = telemetry::SERVICE,
+            rpc.method = "ExchangeToken",
+            outcome = field::Empty,
+            error = field::Empty,
+            rpc.grpc.status_code = field::Empty,
+            otel.status_code = field::Empty,
+        );
+        let result = self.ask(access_token, asked).instrument(span.clone()).await;
+        telemetry::record_call(&span, &result, "exchanged");
+        result
+    }
+
+    /// One ExchangeToken call and the check of its answer, inside the `txn_exchange` span.
+    async fn ask(&self, access_token: &str, asked: &TxnRequest) -> Result<TxnToken, ClientError> {
         let text = |value: &Option<serde_json::Value>| {
             value.as_ref().map(ToString::to_string).unwrap_or_default()
         };
@@ -90,6 +113,7 @@ impl TxnExchanger {
                 .map_err(|_| ClientError::BadCredential)?;
             request.metadata_mut().insert("authorization", value);
         }
+        telemetry::inject(&tracing::Span::current(), request.metadata_mut());
         let answer = self
             .client
             .clone()

@@ -1,5 +1,5 @@
 //! A stand-in authority for the tracing tests: an in-process tonic server answering
-//! IssueToken and WatchKeys (the client crate generates no server code, so the service is
+//! IssueToken, WatchKeys and ExchangeToken (the client crate generates no server code, so the service is
 //! written out here as tonic's generated code would be), recording each call's trace
 //! context metadata; and an application's tracer: a `tracing-opentelemetry` layer over an
 //! SDK tracer provider exporting to memory.
@@ -20,7 +20,7 @@ use token_authority_client::pb;
 use token_authority_jose::{
     crypto::{generate_pkcs8, Algorithm, SigningKey},
     jwk::{render_jwks, PublicJwk},
-    jwt::Signer,
+    jwt::{sign_as, Signer, TokenType},
 };
 use tokio_stream::StreamExt as _;
 use tonic::{
@@ -34,8 +34,10 @@ pub const ISSUER: &str = "https://token-authority.test";
 pub const KID: &str = "trace-test";
 /// What the stand-in answers IssueToken with; never to be found in a span.
 pub const ISSUED_TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJvcmRlcnMifQ.c2lnbmF0dXJl";
-/// The message of a refused IssueToken; never to be found in a span either.
+/// The message of a refused IssueToken or ExchangeToken; never to be found in a span either.
 pub const REFUSAL: &str = "orders may not ask for audience ledger";
+/// The trust domain of the Txn-Tokens the stand-in issues.
+pub const TRUST_DOMAIN: &str = "orders.example";
 
 /// One call the stand-in received: its method and trace context metadata.
 #[derive(Clone, Debug)]
@@ -63,6 +65,8 @@ pub struct Behaviour {
     pub token_life: Option<Duration>,
     /// How many IssueTokens to refuse (PERMISSION_DENIED) before answering.
     pub refuse_issues: usize,
+    /// How many ExchangeTokens to refuse (PERMISSION_DENIED) before answering.
+    pub refuse_exchanges: usize,
     /// How to answer the first WatchKeys calls, in turn; once these are used up, with the
     /// key set on a stream held open.
     pub watches: VecDeque<Watch>,
@@ -103,7 +107,7 @@ impl Authority {
         (authority, channel)
     }
 
-    /// The calls received so far of `method` ("IssueToken", "WatchKeys").
+    /// The calls received so far of `method` ("IssueToken", "WatchKeys", "ExchangeToken").
     pub fn calls(&self, method: &str) -> Vec<Call> {
         self.calls
             .lock()
@@ -145,6 +149,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Authority {
         let method = match request.uri().path() {
             "/tokenauthority.v1.TokenAuthority/IssueToken" => "IssueToken",
             "/tokenauthority.v1.TokenAuthority/WatchKeys" => "WatchKeys",
+            "/tokenauthority.v1.TokenAuthority/ExchangeToken" => "ExchangeToken",
             _ => "other",
         };
         self.calls.lock().unwrap().push(Call {
@@ -169,6 +174,15 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Authority {
                     });
                     Grpc::new(tonic_prost::ProstCodec::default())
                         .server_streaming(watch, request)
+                        .await
+                }
+                "ExchangeToken" => {
+                    let exchange =
+                        tower::service_fn(|request: tonic::Request<pb::ExchangeTokenRequest>| {
+                            std::future::ready(authority.exchange(request.into_inner()))
+                        });
+                    Grpc::new(tonic_prost::ProstCodec::default())
+                        .unary(exchange, request)
                         .await
                 }
                 _ => Status::unimplemented("not in the stand-in").into_http(),
@@ -203,6 +217,45 @@ impl Authority {
             expires_at: Some(at(now + life)),
         };
         Ok(tonic::Response::new(answer))
+    }
+
+    /// A Txn-Token of `TRUST_DOMAIN` for the scope asked, signed with the stand-in's key.
+    fn exchange(
+        &self,
+        request: pb::ExchangeTokenRequest,
+    ) -> Result<tonic::Response<pb::ExchangeTokenResponse>, Status> {
+        {
+            let mut behaviour = self.behaviour.lock().unwrap();
+            if behaviour.refuse_exchanges > 0 {
+                behaviour.refuse_exchanges -= 1;
+                return Err(Status::permission_denied(REFUSAL));
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "iss": ISSUER, "sub": "txn-subject-value", "aud": TRUST_DOMAIN,
+            "txn": "txn-id-value", "scope": request.scope, "iat": now, "exp": now + 60,
+        });
+        let token = sign_as(
+            &self.signer,
+            TokenType::Txn,
+            claims.as_object().unwrap(),
+            8 * 1024,
+        )
+        .unwrap();
+        Ok(tonic::Response::new(pb::ExchangeTokenResponse {
+            access_token: token,
+            issued_token_type: "urn:ietf:params:oauth:token-type:txn_token".into(),
+            token_type: "N_A".into(),
+            txn: "txn-id-value".into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: now as i64 + 60,
+                nanos: 0,
+            }),
+        }))
     }
 
     async fn watch(&self) -> Result<tonic::Response<WatchStream>, Status> {
