@@ -202,8 +202,8 @@ impl Metrics {
         };
     }
 
-    /// One RPC's latency; `trace_id`, of a sampled trace, becomes its bucket's exemplar.
-    /// One RPC answered with `code`, after `latency`.
+    /// One RPC answered with `code` after `latency`; `trace_id`, of a sampled trace,
+    /// becomes its latency bucket's exemplar.
     pub(crate) fn rpc(
         &self,
         method: Method,
