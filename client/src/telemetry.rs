@@ -2,18 +2,17 @@
 //! its spans say.
 //!
 //! IssueToken, WatchKeys and ExchangeToken carry the context of the client's own span for
-//! the call, in
-//! the metadata the application's OpenTelemetry propagator writes (`traceparent` and
-//! `tracestate` with the W3C propagator), so the authority's span for the call joins the
-//! application's trace. The client's spans are `tracing` spans: they reach OpenTelemetry
+//! the call, in the metadata the application's OpenTelemetry propagator writes
+//! (`traceparent` and `tracestate` with the W3C propagator), so the authority's span for
+//! the call joins the application's trace. The client's spans are `tracing` spans: they reach OpenTelemetry
 //! through the application's `tracing-opentelemetry` layer, which gives them their trace
 //! and span ids. With no such layer there is no context to send, and with the default
 //! (no-op) propagator nothing is written: the calls go out as before.
 //!
 //! No span records a token, a credential or a claim value: the refresh span counts the
 //! audiences, the exchange span says only how it ended, the verification span names the
-//! algorithm, the kid (only one the key set
-//! knows: a kid is whatever the token's sender wrote) and the verdict.
+//! algorithm, the kid (only one the key set knows: a kid is whatever the token's sender
+//! wrote) and the verdict.
 
 use opentelemetry::propagation::Injector;
 use token_authority_jose::jwt::verify::{KeyLookup, Reason, Rejection, Verified};
