@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use token_authority::pb;
 
-use super::{wait_for_dropped, with_parent, Receiver, FAST_BATCHES};
+use super::{wait_for_dropped, Receiver, FAST_BATCHES};
 use crate::{
     binary::{spawn_binary_with_env, Process},
     helpers::{connect, TlsSetup},
@@ -96,15 +96,7 @@ async fn spans_reach_a_tls_collector_trusted_through_the_ca_file_only() {
         } else {
             "22222222222222222222222222222222"
         };
-        let mut client = connect(&process.grpc).await;
-        client
-            .get_jwks(with_parent(
-                pb::GetJwksRequest {},
-                trace,
-                "00f067aa0ba902b7",
-            ))
-            .await
-            .unwrap();
+        super::get_jwks_in(&process.grpc, trace).await;
         if arrives {
             receiver.span("over TLS", |s| s["trace_id"] == trace);
         } else {

@@ -8,7 +8,7 @@ use crate::{
     binary::spawn_binary_with_env,
     callers::with_auth,
     helpers::{connect, DataDir},
-    txn::{ask, edge, policy, Idp, EDGE_SECRET},
+    txn::{ask, edge, write_policy, Idp, EDGE_SECRET},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,14 +16,7 @@ async fn an_exchange_is_traced_with_its_caller_key_and_signature_and_no_token() 
     let receiver = Receiver::start(&[]);
     let idp = Idp::start().await;
     let dir = DataDir::new();
-    dir.create();
-    let policy_path = dir.path.parent().unwrap().join("policy.toml");
-    std::fs::write(
-        &policy_path,
-        policy(&idp.server.url("/.well-known/jwks.json")),
-    )
-    .unwrap();
-    let policy_arg = policy_path.display().to_string();
+    let policy_arg = write_policy(&dir, &idp);
     let endpoint = receiver.endpoint();
     let mut process = tokio::task::block_in_place(|| {
         spawn_binary_with_env(

@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 use tonic::Request;
 
-use crate::{binary::Process, tools::python};
+use crate::{binary::Process, helpers::connect, tools::python};
 
 /// `tests/clients/otlp_receiver.py`, collecting the spans it prints.
 struct Receiver {
@@ -137,13 +137,31 @@ async fn wait_for_dropped(process: &Process, reason: &str, case: &str) {
     }
 }
 
-async fn dropped(process: &Process, reason: &str) -> f64 {
-    let metrics = reqwest::get(format!("http://{}/metrics", process.http))
+/// The server's `/metrics` text.
+async fn metrics_text(process: &Process) -> String {
+    reqwest::get(format!("http://{}/metrics", process.http))
         .await
         .unwrap()
         .text()
         .await
+        .unwrap()
+}
+
+/// A GetJwks call on `grpc` in the trace `trace_id` (the caller's span `00f067aa0ba902b7`).
+async fn get_jwks_in(grpc: &str, trace_id: &str) {
+    connect(grpc)
+        .await
+        .get_jwks(with_parent(
+            token_authority::pb::GetJwksRequest {},
+            trace_id,
+            "00f067aa0ba902b7",
+        ))
+        .await
         .unwrap();
+}
+
+async fn dropped(process: &Process, reason: &str) -> f64 {
+    let metrics = metrics_text(process).await;
     let series = format!(r#"token_authority_trace_spans_dropped_total{{reason="{reason}"}} "#);
     metrics
         .lines()

@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use token_authority::pb;
-
-use super::{with_parent, Receiver, FAST_BATCHES};
-use crate::{binary::spawn_binary_with_env_logging, helpers::connect, tools::python};
+use super::{Receiver, FAST_BATCHES};
+use crate::{binary::spawn_binary_with_env_logging, tools::python};
 
 /// The standard variables: `OTEL_SERVICE_NAME` names the service, and
 /// `OTEL_TRACES_SAMPLER=always_off` exports nothing, even for a caller that sampled.
@@ -31,15 +29,7 @@ async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
                 "off,token_authority::server=info",
             )
         });
-        let mut client = connect(&process.grpc).await;
-        client
-            .get_jwks(with_parent(
-                pb::GetJwksRequest {},
-                trace,
-                "00f067aa0ba902b7",
-            ))
-            .await
-            .unwrap();
+        super::get_jwks_in(&process.grpc, trace).await;
         // Shutdown sends what is queued: after it, every span of the call has arrived.
         tokio::task::block_in_place(|| process.terminate());
         if sampler == "always_off" {

@@ -117,12 +117,7 @@ async fn spans_are_children_of_the_callers_with_their_attributes_and_no_token() 
     assert_eq!(attribute(&http, "http.response.status_code"), 200);
 
     // The request's log lines carry its trace id, and so does its latency bucket.
-    let metrics = reqwest::get(format!("http://{}/metrics", process.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = super::metrics_text(&process).await;
     assert!(
         metrics.lines().any(|line| line
             .starts_with("token_authority_rpc_duration_seconds_bucket{")

@@ -2,7 +2,7 @@
 //! (an exchange is data plane, like IssueToken), and at `debug` never a Txn-Token nor a
 //! subject token.
 
-use super::{ask, edge, policy, Idp};
+use super::{ask, edge, write_policy, Idp};
 use crate::{
     binary::spawn_binary_logging,
     helpers::{connect, DataDir},
@@ -11,14 +11,7 @@ use crate::{
 async fn exchange_three_times(filter: &str) -> (Vec<String>, Vec<String>) {
     let idp = Idp::start().await;
     let dir = DataDir::new();
-    dir.create();
-    let policy_path = dir.path.parent().unwrap().join("policy.toml");
-    std::fs::write(
-        &policy_path,
-        policy(&idp.server.url("/.well-known/jwks.json")),
-    )
-    .unwrap();
-    let policy_arg = policy_path.display().to_string();
+    let policy_arg = write_policy(&dir, &idp);
     let mut process = tokio::task::block_in_place(|| {
         spawn_binary_logging(
             &dir,

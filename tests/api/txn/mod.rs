@@ -130,6 +130,15 @@ max_ttl = "1s"
     )
 }
 
+/// Creates `dir` and writes `policy` (trusting `idp`) beside it; returns the file's path
+/// for `--policy-file`.
+pub fn write_policy(dir: &DataDir, idp: &Idp) -> String {
+    dir.create();
+    let path = dir.path.parent().unwrap().join("policy.toml");
+    std::fs::write(&path, policy(&idp.server.url("/.well-known/jwks.json"))).unwrap();
+    path.display().to_string()
+}
+
 /// The IdP, and the authority under its policy with an audit log, leeway 0 (so a
 /// one-second token is expired two seconds later).
 pub struct Fixture {
@@ -143,15 +152,8 @@ impl Fixture {
     pub async fn start() -> Fixture {
         let idp = Idp::start().await;
         let dir = DataDir::new();
-        dir.create();
-        let policy_path = dir.path.parent().unwrap().join("policy.toml");
-        std::fs::write(
-            &policy_path,
-            policy(&idp.server.url("/.well-known/jwks.json")),
-        )
-        .unwrap();
+        let policy_arg = write_policy(&dir, &idp);
         let audit_log = dir.path.parent().unwrap().join("audit.log");
-        let policy_arg = policy_path.display().to_string();
         let audit_arg = audit_log.display().to_string();
         let server = TestServer::start_with(config(
             &dir,
