@@ -136,7 +136,7 @@ impl Authority {
             .await?;
         let current = keys
             .signer(alg)
-            .map(|signer| signer.kid.clone())
+            .map(|signer| signer.kid.to_string())
             .unwrap_or_default();
         Ok((current, keys))
     }

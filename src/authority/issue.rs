@@ -2,6 +2,8 @@
 //! grants, then the registered ones the authority alone sets), signed by the current key of
 //! its algorithm; and verification against the key set served.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use super::{status::Slot, Authority, AuthorityError};
@@ -20,7 +22,8 @@ use token_authority_jose::{
 pub(crate) struct Issued {
     pub(crate) token: String,
     pub(crate) alg: Algorithm,
-    pub(crate) kid: String,
+    /// The signer's own, shared.
+    pub(crate) kid: Arc<str>,
     pub(crate) jti: String,
     /// Unix seconds.
     pub(crate) issued_at: u64,

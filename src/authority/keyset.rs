@@ -146,7 +146,7 @@ impl KeySet {
                 .and_then(|_| previous?.known(&record.kid));
             let reused_signer = previous
                 .and_then(|set| set.signer(record.alg))
-                .filter(|signer| signer.kid == record.kid && reused.is_some())
+                .filter(|signer| *signer.kid == *record.kid && reused.is_some())
                 .filter(|_| record.state == KeyState::Current);
             let parse = || source.open(record);
             let (verifying, mut parsed) = match reused {
@@ -340,7 +340,7 @@ mod tests {
         // A record whose private key changed under the same kid is parsed again.
         let mut swapped = rotated.clone();
         let other = keys::generate(Algorithm::ES256).unwrap();
-        let retired = swapped.iter_mut().find(|r| r.kid == current).unwrap();
+        let retired = swapped.iter_mut().find(|r| *r.kid == *current).unwrap();
         retired.private_key = other.private_key;
         let again = next
             .rebuild(

@@ -188,12 +188,9 @@ impl Exchanger {
             let rpc = traces::Trace::current();
             move || {
                 let now = authority.clock().unix_now();
-                traces::signing(
-                    &rpc,
-                    resolved.name(),
-                    || authority.issue_txn(&context, &trust_domain, None, now, ttl),
-                    |issued| issued.kid.clone(),
-                )
+                traces::signing(&rpc, || {
+                    authority.issue_txn(&context, &trust_domain, None, now, ttl)
+                })
             }
         };
         let issued = if resolved.is_slow_to_sign() || settings.signers.blocks() {

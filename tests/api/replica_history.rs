@@ -150,7 +150,7 @@ fn signer(authority: &Authority) -> String {
         .signer(Algorithm::ES256)
         .unwrap()
         .kid
-        .clone()
+        .to_string()
 }
 
 /// The database goes back and then forward again to the very generation a replica holds

@@ -303,7 +303,7 @@ async fn a_rotation_falling_due_on_every_replica_happens_once() {
                     .signer(Algorithm::ES256)
                     .unwrap()
                     .kid
-                    .clone()
+                    .to_string()
             })
             .collect();
         assert!(current.iter().all(|kid| *kid == current[0]), "{current:?}");
@@ -738,8 +738,8 @@ async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next
     let (a, b, c) = tokio::join!(open(later), open(later), open(later));
     for authority in [&a, &b, &c] {
         assert_eq!(
-            authority.keys().signer(Algorithm::ES256).unwrap().kid,
-            next,
+            *authority.keys().signer(Algorithm::ES256).unwrap().kid,
+            *next,
             "the key published as next signs after the missed rotation"
         );
     }
@@ -750,11 +750,11 @@ async fn a_rotation_missed_while_every_replica_was_down_happens_once_at_the_next
     let retired = shared
         .pg()
         .psql("SELECT kid FROM ta_keys WHERE record::json->>'state' = 'retired'");
-    assert_eq!(retired.trim(), signer);
+    assert_eq!(retired.trim(), &*signer);
     let generation = shared.pg().psql("SELECT generation FROM ta_generation");
 
     let again = open(later + 1).await;
-    assert_eq!(again.keys().signer(Algorithm::ES256).unwrap().kid, next);
+    assert_eq!(*again.keys().signer(Algorithm::ES256).unwrap().kid, *next);
     assert_eq!(
         shared.pg().psql("SELECT generation FROM ta_generation"),
         generation,

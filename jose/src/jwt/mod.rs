@@ -80,7 +80,8 @@ pub enum TokenType {
 /// The key that signs for one algorithm, with its constant JWS headers already encoded.
 #[derive(Debug)]
 pub struct Signer {
-    pub kid: String,
+    /// Shared, not copied, with what records the key a token was signed with.
+    pub kid: Arc<str>,
     pub key: Arc<dyn SignatureSource>,
     /// base64url of `{"alg":..,"kid":..,"typ":"JWT"}`: the same for every token of this key.
     pub header_segment: String,
@@ -106,7 +107,7 @@ impl Signer {
                 &kid,
                 crate::status_list::TYP,
             ),
-            kid,
+            kid: kid.into(),
             key,
         }
     }

@@ -65,7 +65,7 @@ fn one_current_one_next_and_the_signer_published(keys: &KeySet, when: &str) {
         }
         let signer = &keys.signer(alg).unwrap().kid;
         assert!(
-            keys.jwks().keys.iter().any(|jwk| &jwk.kid == signer),
+            keys.jwks().keys.iter().any(|jwk| *jwk.kid == **signer),
             "{when}: the {alg} signer {signer} is not in the JWKS served with it"
         );
     }
@@ -102,7 +102,7 @@ fn issue(authority: &Authority, alg: Algorithm, now: u64) -> (String, String) {
     let issued = authority
         .issue(&request, &Map::new(), Some(alg), now, None)
         .unwrap();
-    (issued.kid, issued.token)
+    (issued.kid.to_string(), issued.token)
 }
 
 /// With nothing but the schedule running, keys rotate when their period is over, retire,

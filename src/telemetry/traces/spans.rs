@@ -6,7 +6,11 @@
 //! (see the README's Performance section). The log lines keep their own `tracing` span,
 //! which carries the trace id.
 
-use std::{borrow::Cow, future::Future, sync::OnceLock};
+use std::{
+    borrow::Cow,
+    future::Future,
+    sync::{Arc, OnceLock},
+};
 
 use opentelemetry::{
     context::FutureExt as _,
@@ -113,14 +117,20 @@ impl Trace {
         }
     }
 
-    /// Its trace id, for the log lines of the request (sampled or not).
+    /// Its trace id, for the log lines of the request (sampled or not), in the W3C form:
+    /// 32 lowercase hex digits.
     pub(crate) fn trace_id(&self) -> Option<String> {
         let cx = self.0.as_ref()?;
         let span = cx.span();
         let span_context = span.span_context();
-        span_context
-            .is_valid()
-            .then(|| span_context.trace_id().to_string())
+        if !span_context.is_valid() {
+            return None;
+        }
+        // `hex` writes the digits straight into the buffer; the `Display` of a `u128`
+        // is several times the instructions, on every traced call.
+        let mut digits = [0u8; 32];
+        hex::encode_to_slice(span_context.trace_id().to_bytes(), &mut digits).ok()?;
+        String::from_utf8(digits.to_vec()).ok()
     }
 
     /// Whether the span is exported.
@@ -146,29 +156,24 @@ impl Trace {
     }
 }
 
-/// Runs `sign` in a `sign` span (with `alg`, and the `kid` it signed with) under the
-/// call's span `rpc`, wherever it runs: the signing pool's threads are in no request of
-/// their own.
-pub(crate) fn signing<T, E>(
-    rpc: &Trace,
-    alg: &'static str,
-    sign: impl FnOnce() -> Result<T, E>,
-    kid: impl FnOnce(&T) -> String,
-) -> Result<T, E> {
-    let span = rpc.child("sign", || vec![KeyValue::new("alg", alg)]);
+/// Runs `sign` in a `sign` span under the call's span `rpc`, wherever it runs: the signing
+/// pool's threads are in no request of their own. The span repeats nothing of its parent's
+/// (the call's span carries the key and the algorithm): each attribute is copied and
+/// converted again by the exporter, which is most of what a trace costs (see the README's
+/// Performance section).
+pub(crate) fn signing<T, E>(rpc: &Trace, sign: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let span = rpc.child("sign", Vec::new);
     let signed = sign();
-    if let (Some(_), Ok(signed)) = (&span.0, &signed) {
-        span.set("kid", kid(signed));
-    }
     span.end();
     signed
 }
 
-/// Records on the current call's span the key it signed with.
-pub(crate) fn record_signing_key(kid: &str, alg: &'static str) {
+/// Records on the current call's span the key it signed with (shared with the signer, not
+/// copied).
+pub(crate) fn record_signing_key(kid: &Arc<str>, alg: &'static str) {
     if enabled() {
         let rpc = Trace::current();
-        rpc.set("kid", kid.to_owned());
+        rpc.set("kid", Arc::clone(kid));
         rpc.set("alg", alg);
     }
 }

@@ -198,21 +198,9 @@ impl GrpcService {
             move || {
                 let started = Instant::now();
                 let signed_at = clock.since_epoch();
-                let issued = traces::signing(
-                    &rpc,
-                    resolved.name(),
-                    || {
-                        authority.issue_by(
-                            &parsed,
-                            &claims,
-                            alg,
-                            signed_at.as_secs(),
-                            expires_by,
-                            slot,
-                        )
-                    },
-                    |issued| issued.kid.clone(),
-                );
+                let issued = traces::signing(&rpc, || {
+                    authority.issue_by(&parsed, &claims, alg, signed_at.as_secs(), expires_by, slot)
+                });
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
         };
@@ -263,7 +251,7 @@ impl GrpcService {
 fn issued_response(issued: Issued, signed_at: Duration) -> pb::IssueTokenResponse {
     pb::IssueTokenResponse {
         token: issued.token,
-        key_id: issued.kid,
+        key_id: issued.kid.to_string(),
         jti: issued.jti,
         // To the nanosecond (the `iat` claim is its whole seconds): a client measures the
         // token's life as expires_at - issued_at, and whole seconds would overstate it by up
