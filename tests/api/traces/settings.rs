@@ -1,4 +1,4 @@
-//! The standard OTEL_ variables, and the perf script of the README's traces figure.
+//! The standard OTEL_ variables, and the perf scripts of the README's traces figures.
 
 use std::time::Duration;
 
@@ -87,4 +87,41 @@ fn the_perf_script_measures_traces_on_against_off() {
         "{stdout}"
     );
     assert!(stdout.contains("errors: 0"), "{stdout}");
+}
+
+/// The README's instruction counts come from `tests/perf/instructions.sh`: each server under
+/// callgrind with traces on and off, counted over a window of IssueTokens. On the test
+/// build and briefly, so what is checked is that the script runs end to end, every call in
+/// the windows answered, and counts.
+#[test]
+fn the_instruction_script_counts_traces_on_against_off() {
+    let python = python().display().to_string();
+    let env = [
+        ("DUR", "2"),
+        ("WARMUP", "1"),
+        ("ALGS", "ES256"),
+        ("MODES", "issue"),
+        ("PYTHON", python.as_str()),
+    ];
+    let stdout = crate::perf_scripts::run("instructions.sh", &env, &["on ", "off "], 2);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("issue-ES256"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let number = |after: &str| -> u64 {
+        let at = line.find(after).unwrap_or_else(|| panic!("{line}")) + after.len();
+        line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ',')
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"))
+    };
+    let (on, off) = (number("traces on "), number(", off "));
+    // An ES256 signature alone is over 100,000 instructions. Which side costs more is left
+    // to real windows: over two seconds of the test build (a few hundred calls), the count
+    // per call moves between runs by more than a trace costs.
+    assert!(on > 100_000 && off > 100_000, "{line}");
+    assert!(line.contains("off/on "), "{line}");
 }
