@@ -8,7 +8,8 @@
 # Prints each run ("on|off KIND instructions-per-call calls failed-calls"), then per kind the
 # two counts and off/on, the share of throughput traces leave when CPU is what limits.
 # Usage: cargo build --release && tests/perf/instructions.sh   (DUR=20 ALGS="ES256 RS256"
-# MODES="issue verify"). Needs valgrind; PYTHON as for traces.sh.
+# MODES="issue verify"; PROFILES=DIR keeps each window's profile there, for callgrind_annotate).
+# Needs valgrind; PYTHON as for traces.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/perf/common.sh
@@ -66,6 +67,7 @@ measure() { # label mode alg serve-flags... -> one run line
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$d/callgrind.out.1")
+  if [ -n "${PROFILES:-}" ]; then cp "$d/callgrind.out.1" "$PROFILES/$label-$mode-$alg.callgrind"; fi
   (( ok1 > ok0 )) || { echo "$label $mode-$alg: no call answered in the window" >&2; exit 1; }
   echo "$label $mode-$alg $(( ir / (ok1 - ok0) )) $(( ok1 - ok0 )) $(( bad1 - bad0 ))"
 }

@@ -96,7 +96,10 @@ fn the_perf_script_measures_traces_on_against_off() {
 #[test]
 fn the_instruction_script_counts_traces_on_against_off() {
     let python = python().display().to_string();
+    let profiles = tempfile::tempdir().unwrap();
+    let profiles_dir = profiles.path().display().to_string();
     let env = [
+        ("PROFILES", profiles_dir.as_str()),
         ("DUR", "2"),
         ("WARMUP", "1"),
         ("ALGS", "ES256"),
@@ -124,4 +127,12 @@ fn the_instruction_script_counts_traces_on_against_off() {
     // per call moves between runs by more than a trace costs.
     assert!(on > 100_000 && off > 100_000, "{line}");
     assert!(line.contains("off/on "), "{line}");
+    for run in ["on-issue-ES256", "off-issue-ES256"] {
+        let profile = std::fs::read_to_string(profiles.path().join(format!("{run}.callgrind")))
+            .unwrap_or_else(|e| panic!("{run}'s profile: {e}"));
+        assert!(
+            profile.contains("\nsummary: ") || profile.contains("\ntotals: "),
+            "{run}"
+        );
+    }
 }
