@@ -45,3 +45,17 @@ bench_issue() {
   $CLIENT_TASKSET "$BIN" bench issue --algorithm "$2" --target "http://127.0.0.1:$3" --duration "${DUR:-5s}" \
     --warmup "${WARMUP:-1s}" --concurrency 64 --connections 4 --json | bench_line "$1" "$2"
 }
+
+# start_receiver: a real OTLP/gRPC receiver (tests/clients/otlp_receiver.py, decoding each
+# export with grpcio; PYTHON names a Python that has it, by default the test virtualenv's) on
+# a free loopback port, with the load's CPUs, stopped at exit. Sets $collector to its endpoint.
+start_receiver() {
+  $CLIENT_TASKSET "${PYTHON:-target/test-tools/bin/python}" tests/clients/otlp_receiver.py \
+    "$W/collector-port" --quiet &
+  receiver=$!
+  # The receiver first: stop_servers waits for every child.
+  trap 'kill $receiver 2>/dev/null || true; stop_servers; rm -rf "$W"' EXIT
+  for _ in $(seq 300); do [ -s "$W/collector-port" ] && break; sleep 0.1; done
+  [ -s "$W/collector-port" ] || { echo "the OTLP receiver did not start" >&2; exit 1; }
+  collector="http://127.0.0.1:$(cat "$W/collector-port")"
+}

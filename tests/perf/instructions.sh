@@ -14,15 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/perf/common.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
-PYTHON=${PYTHON:-target/test-tools/bin/python}
 ALGS=${ALGS:-ES256 RS256}
 MODES=${MODES:-issue verify}
-$CLIENT_TASKSET "$PYTHON" tests/clients/otlp_receiver.py "$W/collector-port" --quiet &
-receiver=$!
-trap 'kill $receiver 2>/dev/null || true; stop_servers; rm -rf "$W"' EXIT
-for _ in $(seq 300); do [ -s "$W/collector-port" ] && break; sleep 0.1; done
-[ -s "$W/collector-port" ] || { echo "the OTLP receiver did not start" >&2; exit 1; }
-collector="http://127.0.0.1:$(cat "$W/collector-port")"
+start_receiver
 
 answered() { # http-port method ok|failed -> that method's answers so far, OK or not
   curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="method=\"$2\"" -v want="$3" '

@@ -10,16 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/perf/common.sh
-PYTHON=${PYTHON:-target/test-tools/bin/python}
 ALGS=${ALGS:-ES256 RS256}
 MODES=${MODES:-issue verify}
-$CLIENT_TASKSET "$PYTHON" tests/clients/otlp_receiver.py "$W/collector-port" --quiet &
-receiver=$!
-# The receiver first: stop_servers waits for every child.
-trap 'kill $receiver 2>/dev/null || true; stop_servers; rm -rf "$W"' EXIT
-for _ in $(seq 300); do [ -s "$W/collector-port" ] && break; sleep 0.1; done
-[ -s "$W/collector-port" ] || { echo "the OTLP receiver did not start" >&2; exit 1; }
-collector="http://127.0.0.1:$(cat "$W/collector-port")"
+start_receiver
 start() { # name alg flags... -> "grpc-port http-port", once serving
   local name=$1 alg=$2 g h
   shift 2
