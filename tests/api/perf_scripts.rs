@@ -5,12 +5,7 @@
 /// succeeded and printed `runs` run lines (those starting with one of `labels`), each
 /// without an error, and returns what it printed.
 pub fn run(script: &str, env: &[(&str, &str)], labels: &[&str], runs: usize) -> String {
-    let path = format!("{}/tests/perf/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = std::process::Command::new(path)
-        .env("TA_BIN", crate::binary::BIN)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let output = output(script, env);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -26,4 +21,15 @@ pub fn run(script: &str, env: &[(&str, &str)], labels: &[&str], runs: usize) -> 
         assert!(line.ends_with(" 0"), "a run with errors: {line}");
     }
     stdout
+}
+
+/// Runs `tests/perf/{script}` with `env` on the test build, and returns how it ended and
+/// what it printed, whatever that was.
+pub fn output(script: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let path = format!("{}/tests/perf/{script}", env!("CARGO_MANIFEST_DIR"));
+    std::process::Command::new(path)
+        .env("TA_BIN", crate::binary::BIN)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }

@@ -3,7 +3,8 @@
 # sampled, exported to a real OTLP receiver on loopback) against off, per algorithm, two
 # servers side by side, in ROUNDS rounds, the order swapped every round. Prints each run,
 # then per mode and algorithm the median req/s of each, their ratio, the median of the
-# rounds' own ratios, and the spans the traced server dropped (0: every span was exported).
+# rounds' own ratios, and the spans the traced server dropped (0: every span was exported;
+# any other count makes the script fail, its ratios being those of spans never sent).
 # Usage: cargo build --release && tests/perf/traces.sh   (DUR=5s ROUNDS=5 ALGS="ES256 RS256")
 # The receiver needs grpcio and opentelemetry-proto: PYTHON names a Python that has them
 # (default: the test virtualenv's, made by `cargo test`).
@@ -56,8 +57,15 @@ for kind, sides in runs.items():
     paired = statistics.median(a / b for a, b in zip(sides["on"], sides["off"]))
     print(f"{kind:13} medians over {len(sides['on'])} runs: traces on {on:6.0f} req/s, "
           f"off {off:6.0f} req/s, ratio {on / off:.2f}, median of the rounds' ratios {paired:.2f}")
+dropped_total = 0
 for line in open(sys.argv[2]):
     alg, dropped = line.split()
     print(f"spans dropped by the traced {alg} server: {dropped}")
+    dropped_total += int(dropped)
 print(f"errors: {errors}")
+if dropped_total:
+    # A span dropped is one never exported: the traced server's rate then leaves out work
+    # that every call sampled would cost, and its ratio looks better than it is.
+    sys.exit("the traced servers dropped spans, so the ratios above are not what exporting "
+             "every span costs (OTEL_BSP_MAX_QUEUE_SIZE holds more, or give less load)")
 PY

@@ -56,23 +56,8 @@ async fn the_service_name_and_the_sampler_follow_the_otel_variables() {
 /// may use, which every machine has).
 #[test]
 fn the_perf_script_measures_traces_on_against_off() {
-    let python = python().display().to_string();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let cpu = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .and_then(|list| list.trim().split([',', '-']).next())
-        .unwrap()
-        .to_owned();
-    let env = [
-        ("DUR", "300ms"),
-        ("WARMUP", "100ms"),
-        ("ROUNDS", "2"),
-        ("ALGS", "ES256"),
-        ("PYTHON", python.as_str()),
-        ("SERVER_CPUS", cpu.as_str()),
-        ("CLIENT_CPUS", cpu.as_str()),
-    ];
+    let (python, cpu) = (python().display().to_string(), first_cpu());
+    let env = brief_traces_run(&python, &cpu);
     let stdout = crate::perf_scripts::run("traces.sh", &env, &["on ", "off "], 8);
     for kind in ["issue-ES256", "verify-ES256"] {
         assert!(
@@ -87,6 +72,58 @@ fn the_perf_script_measures_traces_on_against_off() {
         "{stdout}"
     );
     assert!(stdout.contains("errors: 0"), "{stdout}");
+}
+
+/// A traced server that dropped spans did less work than exporting every span costs, and
+/// its ratio would flatter traces: the script says so and fails. Here a queue of one span
+/// makes the traced server drop most of them.
+#[test]
+fn the_perf_script_fails_when_the_traced_server_dropped_spans() {
+    let (python, cpu) = (python().display().to_string(), first_cpu());
+    let mut env = brief_traces_run(&python, &cpu).to_vec();
+    env.extend([("MODES", "issue"), ("OTEL_BSP_MAX_QUEUE_SIZE", "1")]);
+    let output = crate::perf_scripts::output("traces.sh", &env);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    let dropped: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("spans dropped by the traced ES256 server: "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "{stdout}");
+    assert!(
+        stderr.contains("the traced servers dropped spans, so the ratios above are not"),
+        "{stderr}"
+    );
+}
+
+/// The first CPU this process may use, which every machine has: the servers and the load
+/// are pinned there, as the README's first table pins them to a core each.
+fn first_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| list.trim().split([',', '-']).next())
+        .unwrap()
+        .to_owned()
+}
+
+/// `traces.sh` for two short rounds of ES256.
+fn brief_traces_run<'a>(python: &'a str, cpu: &'a str) -> [(&'a str, &'a str); 7] {
+    [
+        ("DUR", "300ms"),
+        ("WARMUP", "100ms"),
+        ("ROUNDS", "2"),
+        ("ALGS", "ES256"),
+        ("PYTHON", python),
+        ("SERVER_CPUS", cpu),
+        ("CLIENT_CPUS", cpu),
+    ]
 }
 
 /// The README's instruction counts come from `tests/perf/instructions.sh`: each server under
