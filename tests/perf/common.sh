@@ -3,13 +3,20 @@
 # and one line per bench run.
 
 BIN=${TA_BIN:-$PWD/target/release/token-authority}
+# Without TA_BIN, the binary measured is this tree's release build: one missing, or older
+# than a source it is built from, would measure some other version of the code.
+if [ -z "${TA_BIN:-}" ]; then
+  [ -x "$BIN" ] || { echo "no $BIN: cargo build --release first (or name a binary with TA_BIN)" >&2; exit 1; }
+  newer=$(find src jose/src jose/Cargo.toml proto build.rs Cargo.toml Cargo.lock -type f -newer "$BIN" -print -quit 2>/dev/null || true)
+  [ -z "$newer" ] || { echo "$BIN is older than $newer: cargo build --release first (or name a binary with TA_BIN)" >&2; exit 1; }
+fi
 # SERVER_CPUS=1 CLIENT_CPUS=0: the servers on CPU 1, the load (and a script's other helpers) on
 # CPU 0, so what the servers do is measured on a CPU of their own (`taskset -c`).
 SERVER_TASKSET=${SERVER_CPUS:+taskset -c $SERVER_CPUS}
 CLIENT_TASKSET=${CLIENT_CPUS:+taskset -c $CLIENT_CPUS}
 W=$(mktemp -d)
 stop_servers() {
-  for p in "$W"/*/pid; do kill "$(cat "$p")" 2>/dev/null || true; done
+  for p in "$W"/*/pid; do [ -e "$p" ] || continue; kill "$(cat "$p")" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 # A script with more to stop sets its own trap, calling stop_servers first.
