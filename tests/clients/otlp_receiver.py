@@ -6,8 +6,8 @@ protocol's own Python classes and writes each span as one JSON line to stdout.
 Listens on a free loopback port and writes it to PORT_FILE once serving. `--delay` makes each
 export wait (a slow collector); `--fail` answers every export UNAVAILABLE (a collector in
 trouble); `--tls` serves TLS with that certificate;
-`--quiet` decodes the spans and writes nothing (a benchmark's collector). A span line: {"trace_id", "span_id", "parent_span_id", "name", "kind",
-"service", "attributes": {key: value}, "status_code"} with ids in hex.
+`--quiet` decodes the spans and writes nothing (a benchmark's collector). A span line: {"trace_id", "span_id", "parent_span_id", "trace_state", "name",
+"kind", "service", "attributes": {key: value}, "status_code"} with ids in hex.
 """
 
 import json
@@ -54,6 +54,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "trace_id": span.trace_id.hex(),
                         "span_id": span.span_id.hex(),
                         "parent_span_id": span.parent_span_id.hex(),
+                        "trace_state": span.trace_state,
                         "name": span.name,
                         "kind": span.kind,
                         "service": resource.get("service.name"),

@@ -34,17 +34,58 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// Reads W3C trace context from gRPC metadata or HTTP headers (tonic's metadata is an HTTP
-/// header map underneath).
+/// header map underneath). A `traceparent` not of the W3C form is not read, so the request
+/// starts a trace of its own and its `tracestate` is ignored, as the recommendation asks: the
+/// SDK's propagator would take `00-1-2-01` as trace 1 under span 2.
 struct Headers<'a>(&'a axum::http::HeaderMap);
+
+const TRACEPARENT: &str = "traceparent";
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        let value = self.0.get(key).and_then(|value| value.to_str().ok())?;
+        if key == TRACEPARENT && !is_w3c_traceparent(value.trim()) {
+            return None;
+        }
+        Some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|name| name.as_str()).collect()
     }
+}
+
+/// Whether `value` is a `traceparent` of the W3C Trace Context form:
+/// `version-traceid-parentid-flags` in lowercase hex of 2, 32, 16 and 2 digits, neither id all
+/// zeros, version `ff` invalid. Version `00` is exactly that; a later version may go on after
+/// a `-`, which is ignored.
+fn is_w3c_traceparent(value: &str) -> bool {
+    fn hex(field: &[u8]) -> bool {
+        field
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    }
+    fn zeros(field: &[u8]) -> bool {
+        field.iter().all(|&b| b == b'0')
+    }
+    let value = value.as_bytes();
+    if value.len() < 55 {
+        return false;
+    }
+    let (head, rest) = value.split_at(55);
+    let (version, trace_id, parent_id, flags) =
+        (&head[0..2], &head[3..35], &head[36..52], &head[53..55]);
+    let dashes = head[2] == b'-' && head[35] == b'-' && head[52] == b'-';
+    let tail_allowed = match version {
+        b"00" => rest.is_empty(),
+        _ => rest.is_empty() || rest[0] == b'-',
+    };
+    dashes
+        && tail_allowed
+        && [version, trace_id, parent_id, flags].into_iter().all(hex)
+        && version != b"ff"
+        && !zeros(trace_id)
+        && !zeros(parent_id)
 }
 
 /// The caller's trace context, if tracing is on (else nothing is read).
@@ -175,5 +216,97 @@ pub(crate) fn record_signing_key(kid: &Arc<str>, alg: &'static str) {
         let rpc = Trace::current();
         rpc.set("kid", Arc::clone(kid));
         rpc.set("alg", alg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_w3c_traceparent;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn only_a_traceparent_of_the_w3c_form_is_read() {
+        let valid = format!("00-{TRACE}-{PARENT}-01");
+        let cases: Vec<(&str, String, bool)> = vec![
+            ("sampled", valid.clone(), true),
+            ("not sampled", format!("00-{TRACE}-{PARENT}-00"), true),
+            ("unknown flags", format!("00-{TRACE}-{PARENT}-ff"), true),
+            ("a later version", format!("01-{TRACE}-{PARENT}-01"), true),
+            (
+                "a later version, more after a dash",
+                format!("cc-{TRACE}-{PARENT}-01-what-next"),
+                true,
+            ),
+            (
+                "version 00 with more after it",
+                format!("{valid}-extra"),
+                false,
+            ),
+            (
+                "a later version, more without a dash",
+                format!("01-{TRACE}-{PARENT}-01x"),
+                false,
+            ),
+            ("version ff", format!("ff-{TRACE}-{PARENT}-01"), false),
+            (
+                "a one-digit version",
+                format!("0-{TRACE}-{PARENT}-01"),
+                false,
+            ),
+            ("short ids", "00-1-2-01".into(), false),
+            (
+                "a trace id of 31 digits",
+                format!("00-{}-{PARENT}-01", &TRACE[1..]),
+                false,
+            ),
+            (
+                "a trace id of 33 digits",
+                format!("00-{TRACE}0-{PARENT}-01"),
+                false,
+            ),
+            (
+                "a parent id of 15 digits",
+                format!("00-{TRACE}-{}-01", &PARENT[1..]),
+                false,
+            ),
+            (
+                "a signed trace id",
+                format!("00-+{}-{PARENT}-01", &TRACE[1..]),
+                false,
+            ),
+            (
+                "uppercase hex",
+                format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),
+                false,
+            ),
+            (
+                "a non-hex digit",
+                format!("00-{}g-{PARENT}-01", &TRACE[1..]),
+                false,
+            ),
+            (
+                "an all-zero trace id",
+                format!("00-{}-{PARENT}-01", "0".repeat(32)),
+                false,
+            ),
+            (
+                "an all-zero parent id",
+                format!("00-{TRACE}-{}-01", "0".repeat(16)),
+                false,
+            ),
+            (
+                "a one-digit flags field",
+                format!("00-{TRACE}-{PARENT}-1"),
+                false,
+            ),
+            ("underscores for dashes", valid.replace('-', "_"), false),
+            ("empty", String::new(), false),
+            ("a kilobyte of dashes", "-".repeat(1024), false),
+        ];
+        for (case, value, read) in cases {
+            assert_eq!(is_w3c_traceparent(&value), read, "{case}: {value:?}");
+        }
     }
 }

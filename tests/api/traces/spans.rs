@@ -145,3 +145,122 @@ async fn spans_are_children_of_the_callers_with_their_attributes_and_no_token() 
         assert!(!text.contains(secret), "a span carries {secret}");
     }
 }
+
+/// A `traceparent` not of the W3C form is ignored (and its `tracestate` with it): the call
+/// succeeds in a trace of its own. The SDK's propagator alone reads several of these, such
+/// as `00-1-2-01`, as a parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let receiver = Receiver::start(&[]);
+    let dir = crate::helpers::DataDir::new();
+    let endpoint = receiver.endpoint();
+    let process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env_logging(
+            &dir,
+            &["--otlp-endpoint", &endpoint],
+            &[FAST_BATCHES],
+            "token_authority=info",
+        )
+    });
+    let mut client = connect(&process.grpc).await;
+    // (case, traceparent, read as the parent)
+    let cases = [
+        ("W3C, version 00", format!("00-{TRACE}-{PARENT}-01"), true),
+        (
+            "W3C, a later version with more",
+            format!("cc-{TRACE}-{PARENT}-01-next"),
+            true,
+        ),
+        ("short ids", "00-1-2-01".to_owned(), false),
+        (
+            "a one-digit version",
+            format!("0-{TRACE}-{PARENT}-01"),
+            false,
+        ),
+        (
+            "a signed trace id",
+            format!("00-+{}-{PARENT}-01", &TRACE[1..]),
+            false,
+        ),
+        (
+            "a trace id of 31 digits",
+            format!("00-{}-{PARENT}-01", &TRACE[1..]),
+            false,
+        ),
+        (
+            "a one-digit flags field",
+            format!("00-{TRACE}-{PARENT}-1"),
+            false,
+        ),
+        ("version ff", format!("ff-{TRACE}-{PARENT}-01"), false),
+        (
+            "version 00 with more",
+            format!("00-{TRACE}-{PARENT}-01-extra"),
+            false,
+        ),
+    ];
+    let name = "tokenauthority.v1.TokenAuthority/GetJwks";
+    for (n, (case, traceparent, read)) in cases.iter().enumerate() {
+        let mut request = tonic::Request::new(pb::GetJwksRequest {});
+        let metadata = request.metadata_mut();
+        metadata.insert("traceparent", traceparent.parse().unwrap());
+        metadata.insert("tracestate", "vendor=caller".parse().unwrap());
+        client
+            .get_jwks(request)
+            .await
+            .unwrap_or_else(|status| panic!("{case}: {status:?}"));
+        // Calls one at a time: the (n+1)th span of GetJwks to arrive is this call's.
+        let span = nth_span(&receiver, name, n, case);
+        if *read {
+            assert_eq!(span["trace_id"], TRACE, "{case}: {span:#}");
+            assert_eq!(span["parent_span_id"], PARENT, "{case}: {span:#}");
+            assert_eq!(span["trace_state"], "vendor=caller", "{case}: {span:#}");
+        } else {
+            assert_eq!(
+                span["parent_span_id"], "",
+                "{case}: a parent was read: {span:#}"
+            );
+            let trace_id = span["trace_id"].as_str().unwrap();
+            assert!(
+                trace_id.len() == 32 && !traceparent.contains(trace_id.trim_start_matches('0')),
+                "{case}: the trace id {trace_id} came from the header"
+            );
+            assert_eq!(
+                span["trace_state"], "",
+                "{case}: its tracestate was read: {span:#}"
+            );
+        }
+    }
+    // The HTTP side reads its headers the same way.
+    let jwks = reqwest::Client::new()
+        .get(format!("http://{}/.well-known/jwks.json", process.http))
+        .header("traceparent", "00-1-2-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+    let http = receiver.span("of the JWKS request", |s| {
+        s["name"] == "GET /.well-known/jwks.json"
+    });
+    assert_eq!(http["parent_span_id"], "", "a parent was read: {http:#}");
+    assert_ne!(http["trace_id"], format!("{:032x}", 1), "{http:#}");
+}
+
+/// The `n`th span named `name` to arrive (from 0), once it has (30 s at most).
+fn nth_span(receiver: &Receiver, name: &str, n: usize, case: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let spans = receiver.spans.lock().unwrap();
+        if let Some(span) = spans.iter().filter(|s| s["name"] == name).nth(n) {
+            return span.clone();
+        }
+        drop(spans);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{case}: no span of its call arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
