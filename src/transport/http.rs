@@ -73,13 +73,16 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
         .get::<axum::extract::MatchedPath>()
         .map_or("", |path| path.as_str())
         .to_owned();
-    let method = request.method().as_str().to_owned();
+    let method = method_name(request.method());
     let trace = traces::Trace::server(
-        || format!("{method} {route}").into(),
+        || match method {
+            OTHER_METHOD => format!("HTTP {route}").into(),
+            _ => format!("{method} {route}").into(),
+        },
         traces::parent_from(request.headers()),
         || {
             vec![
-                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("http.request.method", method),
                 KeyValue::new("http.route", route.clone()),
             ]
         },
@@ -99,6 +102,28 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     }
     trace.end();
     response
+}
+
+/// What HTTP's semantic conventions record for a method not of the standard nine.
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The method as HTTP's semantic conventions record it: one of the nine of RFC 9110 and
+/// RFC 5789, else `_OTHER`. A client may send any token as a method, thousands of bytes long:
+/// it names no span and reaches no collector.
+fn method_name(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => OTHER_METHOD,
+    }
 }
 
 /// These endpoints take no body; a request that carries one is refused unread (413). The

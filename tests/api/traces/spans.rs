@@ -250,10 +250,20 @@ async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
 
 /// The `n`th span named `name` to arrive (from 0), once it has (30 s at most).
 fn nth_span(receiver: &Receiver, name: &str, n: usize, case: &str) -> Value {
+    nth_span_where(receiver, |s| s["name"] == name, n, case)
+}
+
+/// The `n`th span that is `wanted` to arrive (from 0), once it has (30 s at most).
+fn nth_span_where(
+    receiver: &Receiver,
+    wanted: impl Fn(&Value) -> bool,
+    n: usize,
+    case: &str,
+) -> Value {
     let started = std::time::Instant::now();
     loop {
         let spans = receiver.spans.lock().unwrap();
-        if let Some(span) = spans.iter().filter(|s| s["name"] == name).nth(n) {
+        if let Some(span) = spans.iter().filter(|s| wanted(s)).nth(n) {
             return span.clone();
         }
         drop(spans);
@@ -262,5 +272,68 @@ fn nth_span(receiver: &Receiver, name: &str, n: usize, case: &str) -> Value {
             "{case}: no span of its call arrived"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A client may send any token as an HTTP method: one not of the standard nine is recorded
+/// as `_OTHER` and names its span `HTTP <route>`, as HTTP's semantic conventions ask; the
+/// client's own word reaches no collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_of_the_clients_own_names_no_span_and_is_not_exported() {
+    let receiver = Receiver::start(&[]);
+    let dir = crate::helpers::DataDir::new();
+    let endpoint = receiver.endpoint();
+    let process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env_logging(
+            &dir,
+            &["--otlp-endpoint", &endpoint],
+            &[FAST_BATCHES],
+            "token_authority=info",
+        )
+    });
+    let long = "M".repeat(5000);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/.well-known/jwks.json", process.http);
+    // (method sent, status, recorded as, span name)
+    let cases = [
+        ("GET", 200, "GET", "GET /.well-known/jwks.json"),
+        ("FOO", 405, "_OTHER", "HTTP /.well-known/jwks.json"),
+        (long.as_str(), 405, "_OTHER", "HTTP /.well-known/jwks.json"),
+    ];
+    let jwks_request = |s: &Value| {
+        s["kind"] == 2
+            && s["name"]
+                .as_str()
+                .is_some_and(|name| name.ends_with(" /.well-known/jwks.json"))
+    };
+    for (n, (method, status, recorded, name)) in cases.iter().enumerate() {
+        let case = &method[..3];
+        let response = client
+            .request(method.parse().unwrap(), &url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), *status, "{case}");
+        // Requests one at a time: the (n+1)th span of a JWKS request is this one's.
+        let span = nth_span_where(&receiver, jwks_request, n, case);
+        assert_eq!(span["name"], *name, "{case}: {span:#}");
+        assert_eq!(
+            attribute(&span, "http.request.method"),
+            *recorded,
+            "{case}: {span:#}"
+        );
+        assert_eq!(
+            attribute(&span, "http.response.status_code"),
+            *status,
+            "{case}"
+        );
+    }
+    let spans = serde_json::to_string(&*receiver.spans.lock().unwrap()).unwrap();
+    for method in ["FOO", &long] {
+        assert!(
+            !spans.contains(method),
+            "a span carries the method {}",
+            &method[..3]
+        );
     }
 }
