@@ -19,7 +19,11 @@ use std::{
 use serde_json::Value;
 use tonic::Request;
 
-use crate::{binary::Process, helpers::connect, tools::python};
+use crate::{
+    binary::{spawn_binary_with_env_logging, Process},
+    helpers::{connect, DataDir},
+    tools::python,
+};
 
 /// `tests/clients/otlp_receiver.py`, collecting the spans it prints.
 struct Receiver {
@@ -105,6 +109,14 @@ impl Drop for Receiver {
 
 /// Spans leave in batches every 100 ms instead of 5 s, so the test does not wait.
 const FAST_BATCHES: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
+
+/// The binary, exporting to `receiver` (batches every 100 ms), its log filtered by `log`.
+fn traced_binary(dir: &DataDir, receiver: &Receiver, log: &str) -> Process {
+    let endpoint = receiver.endpoint();
+    tokio::task::block_in_place(|| {
+        spawn_binary_with_env_logging(dir, &["--otlp-endpoint", &endpoint], &[FAST_BATCHES], log)
+    })
+}
 
 fn traceparent(
     trace_id: &str,

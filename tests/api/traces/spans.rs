@@ -4,25 +4,14 @@
 use serde_json::Value;
 use token_authority::pb;
 
-use super::{attribute, traceparent, with_parent, Receiver, FAST_BATCHES};
-use crate::{
-    binary::spawn_binary_with_env_logging,
-    helpers::{admin, connect, ADMIN_TOKEN},
-};
+use super::{attribute, traced_binary, traceparent, with_parent, Receiver};
+use crate::helpers::{admin, connect, ADMIN_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_children_of_the_callers_with_their_attributes_and_no_token() {
     let receiver = Receiver::start(&[]);
     let dir = crate::helpers::DataDir::new();
-    let endpoint = receiver.endpoint();
-    let mut process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env_logging(
-            &dir,
-            &["--otlp-endpoint", &endpoint],
-            &[FAST_BATCHES],
-            "token_authority=debug",
-        )
-    });
+    let mut process = traced_binary(&dir, &receiver, "token_authority=debug");
     let mut client = connect(&process.grpc).await;
 
     let issue_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -155,15 +144,7 @@ async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
     const PARENT: &str = "00f067aa0ba902b7";
     let receiver = Receiver::start(&[]);
     let dir = crate::helpers::DataDir::new();
-    let endpoint = receiver.endpoint();
-    let process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env_logging(
-            &dir,
-            &["--otlp-endpoint", &endpoint],
-            &[FAST_BATCHES],
-            "token_authority=info",
-        )
-    });
+    let process = traced_binary(&dir, &receiver, "token_authority=info");
     let mut client = connect(&process.grpc).await;
     // (case, traceparent, read as the parent)
     let cases = [
@@ -282,15 +263,7 @@ fn nth_span_where(
 async fn a_method_of_the_clients_own_names_no_span_and_is_not_exported() {
     let receiver = Receiver::start(&[]);
     let dir = crate::helpers::DataDir::new();
-    let endpoint = receiver.endpoint();
-    let process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env_logging(
-            &dir,
-            &["--otlp-endpoint", &endpoint],
-            &[FAST_BATCHES],
-            "token_authority=info",
-        )
-    });
+    let process = traced_binary(&dir, &receiver, "token_authority=info");
     let long = "M".repeat(5000);
     let client = reqwest::Client::new();
     let url = format!("http://{}/.well-known/jwks.json", process.http);
