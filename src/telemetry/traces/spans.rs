@@ -34,24 +34,56 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// Reads W3C trace context from gRPC metadata or HTTP headers (tonic's metadata is an HTTP
-/// header map underneath). A `traceparent` not of the W3C form is not read, so the request
-/// starts a trace of its own and its `tracestate` is ignored, as the recommendation asks: the
-/// SDK's propagator would take `00-1-2-01` as trace 1 under span 2.
-struct Headers<'a>(&'a axum::http::HeaderMap);
+/// header map underneath), as the recommendation asks where the SDK's propagator does not:
+/// - a `traceparent` not of the W3C form is not read (the SDK would take `00-1-2-01` as
+///   trace 1 under span 2), nor are two of them: the request starts a trace of its own, and
+///   its `tracestate` is ignored with it;
+/// - several `tracestate` headers are one list, in their order (the SDK reads the first).
+struct Headers<'a> {
+    map: &'a axum::http::HeaderMap,
+    /// The `tracestate` headers joined, when there are several (a copy only then).
+    joined_tracestate: Option<String>,
+}
 
 const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+impl<'a> Headers<'a> {
+    fn new(map: &'a axum::http::HeaderMap) -> Headers<'a> {
+        let mut values = map.get_all(TRACESTATE).iter();
+        let joined_tracestate = match (values.next(), values.next()) {
+            (Some(_), Some(_)) => Some(
+                map.get_all(TRACESTATE)
+                    .iter()
+                    .map(|value| value.to_str())
+                    .collect::<Result<Vec<_>, _>>()
+                    // A value that is not visible ASCII spoils the list, as it would alone.
+                    .map_or_else(|_| String::new(), |values| values.join(",")),
+            ),
+            _ => None,
+        };
+        Headers {
+            map,
+            joined_tracestate,
+        }
+    }
+}
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        let value = self.0.get(key).and_then(|value| value.to_str().ok())?;
-        if key == TRACEPARENT && !is_w3c_traceparent(value.trim()) {
-            return None;
+        match key {
+            TRACEPARENT => {
+                let mut values = self.map.get_all(key).iter();
+                let value = values.next()?.to_str().ok()?;
+                (values.next().is_none() && is_w3c_traceparent(value.trim())).then_some(value)
+            }
+            TRACESTATE if self.joined_tracestate.is_some() => self.joined_tracestate.as_deref(),
+            _ => self.map.get(key).and_then(|value| value.to_str().ok()),
         }
-        Some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|name| name.as_str()).collect()
+        self.map.keys().map(|name| name.as_str()).collect()
     }
 }
 
@@ -93,7 +125,7 @@ pub(crate) fn parent_from(headers: &axum::http::HeaderMap) -> Option<Context> {
     if !enabled() {
         return None;
     }
-    Some(TraceContextPropagator::new().extract(&Headers(headers)))
+    Some(TraceContextPropagator::new().extract(&Headers::new(headers)))
 }
 
 /// A span of a request's trace, or nothing with traces off. Clones share the span; it ends
@@ -221,7 +253,10 @@ pub(crate) fn record_signing_key(kid: &Arc<str>, alg: &'static str) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_w3c_traceparent;
+    use axum::http::{HeaderMap, HeaderValue};
+    use opentelemetry::propagation::Extractor as _;
+
+    use super::{is_w3c_traceparent, Headers};
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const PARENT: &str = "00f067aa0ba902b7";
@@ -307,6 +342,65 @@ mod tests {
         ];
         for (case, value, read) in cases {
             assert_eq!(is_w3c_traceparent(&value), read, "{case}: {value:?}");
+        }
+    }
+
+    /// (case, traceparent values, tracestate values, traceparent read, tracestate read)
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a [u8]],
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+
+    #[test]
+    fn two_traceparents_are_not_read_and_several_tracestates_are_one_list() {
+        let one = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let cases: [Case; 6] = [
+            (
+                "one of each",
+                &[one],
+                &[b"a=1,b=2"],
+                Some(one),
+                Some("a=1,b=2"),
+            ),
+            ("no tracestate", &[one], &[], Some(one), None),
+            (
+                "two traceparents",
+                &[one, other],
+                &[b"a=1"],
+                None,
+                Some("a=1"),
+            ),
+            ("the same traceparent twice", &[one, one], &[], None, None),
+            (
+                "three tracestates",
+                &[one],
+                &[b"a=1", b"b=2,c=3", b"d=4"],
+                Some(one),
+                Some("a=1,b=2,c=3,d=4"),
+            ),
+            (
+                "one of them not ASCII",
+                &[one],
+                &[b"a=1", b"b=\xff"],
+                Some(one),
+                Some(""),
+            ),
+        ];
+        for (case, traceparents, tracestates, traceparent, tracestate) in cases {
+            let mut map = HeaderMap::new();
+            for value in traceparents {
+                map.append("traceparent", HeaderValue::from_str(value).unwrap());
+            }
+            for value in tracestates {
+                map.append("tracestate", HeaderValue::from_bytes(value).unwrap());
+            }
+            let headers = Headers::new(&map);
+            assert_eq!(headers.get("traceparent"), traceparent, "{case}");
+            assert_eq!(headers.get("tracestate"), tracestate, "{case}");
         }
     }
 }

@@ -135,8 +135,8 @@ async fn spans_are_children_of_the_callers_with_their_attributes_and_no_token() 
     }
 }
 
-/// A `traceparent` not of the W3C form is ignored (and its `tracestate` with it): the call
-/// succeeds in a trace of its own. The SDK's propagator alone reads several of these, such
+/// A `traceparent` not of the W3C form, or two of them, is ignored (and the `tracestate` with
+/// it): the call succeeds in a trace of its own. Several `tracestate` headers are one list. The SDK's propagator alone reads several of these, such
 /// as `00-1-2-01`, as a parent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
@@ -187,7 +187,9 @@ async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
         let mut request = tonic::Request::new(pb::GetJwksRequest {});
         let metadata = request.metadata_mut();
         metadata.insert("traceparent", traceparent.parse().unwrap());
-        metadata.insert("tracestate", "vendor=caller".parse().unwrap());
+        // Two headers, one list.
+        metadata.append("tracestate", "vendor=caller".parse().unwrap());
+        metadata.append("tracestate", "other=2".parse().unwrap());
         client
             .get_jwks(request)
             .await
@@ -197,23 +199,30 @@ async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
         if *read {
             assert_eq!(span["trace_id"], TRACE, "{case}: {span:#}");
             assert_eq!(span["parent_span_id"], PARENT, "{case}: {span:#}");
-            assert_eq!(span["trace_state"], "vendor=caller", "{case}: {span:#}");
+            assert_eq!(
+                span["trace_state"], "vendor=caller,other=2",
+                "{case}: {span:#}"
+            );
         } else {
-            assert_eq!(
-                span["parent_span_id"], "",
-                "{case}: a parent was read: {span:#}"
-            );
-            let trace_id = span["trace_id"].as_str().unwrap();
-            assert!(
-                trace_id.len() == 32 && !traceparent.contains(trace_id.trim_start_matches('0')),
-                "{case}: the trace id {trace_id} came from the header"
-            );
-            assert_eq!(
-                span["trace_state"], "",
-                "{case}: its tracestate was read: {span:#}"
-            );
+            assert_a_trace_of_its_own(&span, traceparent, case);
         }
     }
+    // Two W3C traceparents: neither is read.
+    let mut request = tonic::Request::new(pb::GetJwksRequest {});
+    let other = format!("00-{TRACE}-{PARENT}-01");
+    let first = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    request
+        .metadata_mut()
+        .append("traceparent", first.parse().unwrap());
+    request
+        .metadata_mut()
+        .append("traceparent", other.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("tracestate", "vendor=caller".parse().unwrap());
+    client.get_jwks(request).await.unwrap();
+    let span = nth_span(&receiver, name, cases.len(), "two traceparents");
+    assert_a_trace_of_its_own(&span, &format!("{first} {other}"), "two traceparents");
     // The HTTP side reads its headers the same way.
     let jwks = reqwest::Client::new()
         .get(format!("http://{}/.well-known/jwks.json", process.http))
@@ -227,6 +236,23 @@ async fn a_traceparent_not_of_the_w3c_form_starts_a_trace_of_its_own() {
     });
     assert_eq!(http["parent_span_id"], "", "a parent was read: {http:#}");
     assert_ne!(http["trace_id"], format!("{:032x}", 1), "{http:#}");
+}
+
+/// `span` has no parent, no `tracestate` and a trace id not from `headers`.
+fn assert_a_trace_of_its_own(span: &Value, headers: &str, case: &str) {
+    assert_eq!(
+        span["parent_span_id"], "",
+        "{case}: a parent was read: {span:#}"
+    );
+    let trace_id = span["trace_id"].as_str().unwrap();
+    assert!(
+        trace_id.len() == 32 && !headers.contains(trace_id.trim_start_matches('0')),
+        "{case}: the trace id {trace_id} came from the header"
+    );
+    assert_eq!(
+        span["trace_state"], "",
+        "{case}: its tracestate was read: {span:#}"
+    );
 }
 
 /// The `n`th span named `name` to arrive (from 0), once it has (30 s at most).
