@@ -196,7 +196,11 @@ async fn a_full_disk_refuses_decisions_until_it_has_room_and_never_tears_a_line(
         before,
         "rotated anyway"
     );
-    assert_eq!(service_status(&server).await, ServingStatus::NotServing);
+    // Health follows the log's state from a task of its own: it may be a moment behind.
+    until("the service to report NOT_SERVING", || async {
+        service_status(&server).await == ServingStatus::NotServing
+    })
+    .await;
     assert_eq!(
         server
             .http
@@ -218,7 +222,10 @@ async fn a_full_disk_refuses_decisions_until_it_has_room_and_never_tears_a_line(
 
     std::fs::remove_file(filler).unwrap();
     server.issue("after", &["a"]).await;
-    assert_eq!(service_status(&server).await, ServingStatus::Serving);
+    until("the service to report SERVING again", || async {
+        service_status(&server).await == ServingStatus::Serving
+    })
+    .await;
     assert_eq!(
         metric(&server, "token_authority_audit_log_writable").await,
         1.0
