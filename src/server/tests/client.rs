@@ -12,22 +12,14 @@ use tokio::time::Instant;
 
 use super::{clock_at, InProcess, AUDIENCE, ISSUER, T0};
 use crate::authority::Settings;
-use token_authority_jose::{clock::Clock, crypto::Algorithm};
+use token_authority_jose::clock::Clock;
 
 const STEP: Duration = Duration::from_millis(10);
 
 fn settings(clock: Clock) -> Settings {
     Settings {
-        issuer: ISSUER.into(),
         default_ttl: 600,
-        max_ttl: 3600,
-        leeway: 60,
-        max_token_bytes: 8192,
-        algorithms: vec![Algorithm::ES256],
-        publish_lead: 900,
-        rotation_period: 30 * 86_400,
-        clock,
-        signers: Default::default(),
+        ..super::settings(clock)
     }
 }
 

@@ -37,7 +37,7 @@ use crate::{
     store::KeyStore,
     transport::{grpc::GrpcService, watch::Watchers},
 };
-use token_authority_jose::clock::Clock;
+use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
 mod client;
 mod schedule;
@@ -47,10 +47,30 @@ mod status;
 const T0: u64 = 1_700_000_000;
 const ISSUER: &str = "https://token-authority.test";
 const AUDIENCE: &str = "ledger";
+const HOUR: u64 = 3600;
+/// The verifiers' leeway, and the authority's.
+const LEEWAY: u64 = 60;
 
 /// A clock at `T0` plus `millis`, following tokio's time.
 fn clock_at(millis: u64) -> Clock {
     Clock::tokio(UNIX_EPOCH + Duration::from_millis(T0 * 1000 + millis))
+}
+
+/// The authority's settings these tests share: ES256, tokens of an hour at most, a minute's
+/// leeway, a monthly rotation published 15 minutes ahead. Each file changes what it is about.
+fn settings(clock: Clock) -> Settings {
+    Settings {
+        issuer: ISSUER.into(),
+        default_ttl: HOUR,
+        max_ttl: HOUR,
+        leeway: LEEWAY,
+        max_token_bytes: 8192,
+        algorithms: vec![Algorithm::ES256],
+        publish_lead: 900,
+        rotation_period: 30 * 86_400,
+        clock,
+        signers: Default::default(),
+    }
 }
 
 /// An authority, its schedule and its gRPC service, in this process.

@@ -14,31 +14,23 @@ use token_authority_client::{keys::KeySet as FetchedJwks, Verifier, VerifierSett
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{clock_at, InProcess, AUDIENCE, ISSUER, T0};
+use super::{clock_at, InProcess, AUDIENCE, HOUR, ISSUER, LEEWAY, T0};
 use crate::authority::{domain::IssueRequest, keys::KeyState, keyset::KeySet, Authority, Settings};
 use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
-const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 const PERIOD: u64 = 30 * DAY;
 const LEAD: u64 = DAY;
-const LEEWAY: u64 = 60;
 /// Three rotations (days 30, 60 and 90) and the deletions after them.
 const SPAN: u64 = 95 * DAY;
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::ES256, Algorithm::EdDSA];
 
 fn settings(clock: Clock) -> Settings {
     Settings {
-        issuer: ISSUER.into(),
-        default_ttl: HOUR,
-        max_ttl: HOUR,
-        leeway: LEEWAY,
-        max_token_bytes: 8192,
         algorithms: ALGORITHMS.to_vec(),
         publish_lead: LEAD,
         rotation_period: PERIOD,
-        clock,
-        signers: Default::default(),
+        ..super::settings(clock)
     }
 }
 

@@ -6,36 +6,15 @@ use std::sync::Arc;
 
 use tonic::{metadata::MetadataValue, Code, Request};
 
-use super::{clock_at, InProcess, AUDIENCE, ISSUER};
+use super::{clock_at, settings, InProcess, AUDIENCE, HOUR, ISSUER, LEEWAY};
 use crate::{
-    authority::{
-        status::{StatusLists, StatusSettings, STATUS_LISTS_PATH},
-        Settings,
-    },
+    authority::status::{StatusLists, StatusSettings, STATUS_LISTS_PATH},
     pb::{self, token_authority_client::TokenAuthorityClient, TokenStatus},
     store::status::StatusStore,
 };
-use token_authority_jose::{clock::Clock, crypto::Algorithm};
 
-const HOUR: u64 = 3600;
-const LEEWAY: u64 = 60;
 /// Statuses per list, and so per block: the 17th token rolls over to list 2.
 const SIZE: u64 = 16;
-
-fn settings(clock: Clock) -> Settings {
-    Settings {
-        issuer: ISSUER.into(),
-        default_ttl: HOUR,
-        max_ttl: HOUR,
-        leeway: LEEWAY,
-        max_token_bytes: 8192,
-        algorithms: vec![Algorithm::ES256],
-        publish_lead: 900,
-        rotation_period: 30 * 86_400,
-        clock,
-        signers: Default::default(),
-    }
-}
 
 fn admin<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
