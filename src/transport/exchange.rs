@@ -53,13 +53,15 @@ impl Exchanger {
             .filter(|active| active.policy.txn.is_some())
     }
 
-    /// Answers one request under `active` (from `enabled`).
+    /// Answers one request under `active` (from `enabled`). `form` is the request's
+    /// parameters, or why the transport could not read them: refused once the credentials
+    /// are checked, and audited.
     pub(crate) async fn exchange<'a>(
         &self,
         active: &Active,
         authorizations: impl Iterator<Item = &'a str>,
         connection: Option<&ConnectionInfo>,
-        form: ExchangeForm,
+        form: Result<ExchangeForm, ExchangeError>,
     ) -> Result<Exchanged, ExchangeError> {
         let Some(policy) = active.policy.txn.as_ref() else {
             return Err(ExchangeError::new(
@@ -89,6 +91,10 @@ impl Exchanger {
                 );
                 return Err(self.refused(Some(&principal), error).await);
             }
+        };
+        let form = match form {
+            Ok(form) => form,
+            Err(error) => return Err(self.refused(Some(&principal), error).await),
         };
         let decided = self.decide(active, policy, caller, form).await;
         let grant = match decided {
@@ -164,6 +170,14 @@ impl Exchanger {
                             format!("the subject Txn-Token is refused: {detail}"),
                         )
                     })?;
+                // The leeway is for other issuers' clocks. The draft: a Txn-Token that has
+                // expired MUST NOT be replaced, and this one is ours.
+                if verified.expires_at <= now as i64 {
+                    return Err(ExchangeError::new(
+                        OAuthError::InvalidGrant,
+                        "the subject Txn-Token is refused: the token has expired",
+                    ));
+                }
                 Subject::Replaced(Replaced::from_claims(&verified.claims)?)
             }
         };

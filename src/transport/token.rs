@@ -26,10 +26,9 @@ pub(crate) async fn token(State(state): State<HttpState>, request: Request) -> R
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     let (parts, body) = request.into_parts();
-    let form = match read_form(&parts.headers, body).await {
-        Ok(form) => form,
-        Err(error) => return error_response(&error),
-    };
+    // A form refused is answered after the credentials are checked, and audited, as every
+    // other refusal is.
+    let form = read_form(&parts.headers, body).await;
     let authorizations = parts
         .headers
         .get_all(header::AUTHORIZATION)
@@ -77,26 +76,38 @@ async fn read_form(
     let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| invalid("the form is larger than 64 KiB, or was cut off"))?;
+    // `form_urlencoded` decodes lossily: bytes that are not UTF-8 would reach the token as
+    // U+FFFD, a value other than the one sent. Percent-decoding the whole body is UTF-8 exactly
+    // when every name and value is (the separators are ASCII).
+    if percent_encoding::percent_decode(&body)
+        .decode_utf8()
+        .is_err()
+    {
+        return Err(invalid("the form is not UTF-8 once percent-decoded"));
+    }
     let mut form = ExchangeForm::default();
+    // The parameters seen, by bit, empty ones included: `scope=&scope=x` repeats `scope`.
+    let mut seen = 0u8;
     for (name, value) in form_urlencoded::parse(&body) {
-        let slot = match &*name {
-            "grant_type" => &mut form.grant_type,
-            "requested_token_type" => &mut form.requested_token_type,
-            "audience" => &mut form.audience,
-            "scope" => &mut form.scope,
-            "subject_token" => &mut form.subject_token,
-            "subject_token_type" => &mut form.subject_token_type,
-            "request_context" => &mut form.request_context,
-            "request_details" => &mut form.request_details,
+        let (bit, slot) = match &*name {
+            "grant_type" => (0, &mut form.grant_type),
+            "requested_token_type" => (1, &mut form.requested_token_type),
+            "audience" => (2, &mut form.audience),
+            "scope" => (3, &mut form.scope),
+            "subject_token" => (4, &mut form.subject_token),
+            "subject_token_type" => (5, &mut form.subject_token_type),
+            "request_context" => (6, &mut form.request_context),
+            "request_details" => (7, &mut form.request_details),
             // RFC 6749 section 3.2: unrecognized parameters are ignored.
             _ => continue,
         };
-        if slot.is_some() {
+        if seen & (1 << bit) != 0 {
             return Err(ExchangeError::new(
                 OAuthError::InvalidRequest,
                 format!("{name} is given more than once"),
             ));
         }
+        seen |= 1 << bit;
         // An empty parameter counts as absent (RFC 6749 section 3.2).
         *slot = Some(value.into_owned()).filter(|value| !value.is_empty());
     }

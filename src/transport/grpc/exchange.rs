@@ -51,7 +51,7 @@ impl GrpcService {
             request_details: field(&message.request_details),
         };
         let exchanged = exchanger
-            .exchange(&active, authorizations.into_iter(), connection, form)
+            .exchange(&active, authorizations.into_iter(), connection, Ok(form))
             .await
             .map_err(|error| exchange_status(&error))?;
         Ok(pb::ExchangeTokenResponse {

@@ -107,6 +107,28 @@ async fn python_requests_gets_the_drafts_answers_and_pyjwt_and_jose_verify_the_t
             400,
             Some("invalid_request"),
         ),
+        // The credentials are checked first, whatever the body.
+        (
+            "not a form, and no credentials",
+            json!({"form": {"grant_type": GRANT}, "content_type": "application/json"}),
+            401,
+            Some("invalid_client"),
+        ),
+        // RFC 6749 section 3.2: an empty parameter counts as absent, but it is still sent
+        // once at most (else a proxy reading the first value sees another request).
+        (
+            "an empty parameter, then the same again",
+            json!({"authorization": edge, "form": form(&[("scope", None)]), "append": "scope=&scope=orders.read"}),
+            400,
+            Some("invalid_request"),
+        ),
+        // Bytes that are not UTF-8 would otherwise reach tctx as U+FFFD.
+        (
+            "a value not UTF-8",
+            json!({"authorization": edge, "form": form(&[("request_details", None)]), "append": "request_details=%7B%22order_id%22%3A%22o%FF%22%7D"}),
+            400,
+            Some("invalid_request"),
+        ),
     ];
     let request = json!({
         "url": server.url("/token"),
@@ -170,6 +192,24 @@ async fn python_requests_gets_the_drafts_answers_and_pyjwt_and_jose_verify_the_t
         let challenge = answer["www_authenticate"].as_str();
         assert_eq!(challenge.is_some(), *status == 401, "{name}");
     }
+    // Every request has its audit line, those refused before their form was read too.
+    let audit = std::fs::read_to_string(&fixture.audit_log).unwrap();
+    let outcomes: Vec<(String, String)> = audit
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| line["method"] == "ExchangeToken")
+        .map(|line| {
+            (
+                line["caller"].as_str().unwrap_or("").to_owned(),
+                line["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes.len(), cases.len(), "{outcomes:?}");
+    assert_eq!(
+        outcomes[cases.len() - 1],
+        ("client:edge".to_owned(), "malformed".to_owned())
+    );
 
     // jose, given typ, accepts the Txn-Token; it refuses an access token of the same
     // authority and key, which has another typ.

@@ -139,8 +139,8 @@ pub fn write_policy(dir: &DataDir, idp: &Idp) -> String {
     path.display().to_string()
 }
 
-/// The IdP, and the authority under its policy with an audit log, leeway 0 (so a
-/// one-second token is expired two seconds later).
+/// The IdP, and the authority under its policy with an audit log, leeway 0 unless told
+/// otherwise (so a one-second token is expired two seconds later).
 pub struct Fixture {
     pub idp: Idp,
     pub server: TestServer,
@@ -150,6 +150,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start() -> Fixture {
+        Fixture::start_with_leeway("0s").await
+    }
+
+    /// The same with another `--leeway`.
+    pub async fn start_with_leeway(leeway: &str) -> Fixture {
         let idp = Idp::start().await;
         let dir = DataDir::new();
         let policy_arg = write_policy(&dir, &idp);
@@ -163,7 +168,7 @@ impl Fixture {
                 "--audit-log",
                 &audit_arg,
                 "--leeway",
-                "0s",
+                leeway,
             ],
         ))
         .await;
