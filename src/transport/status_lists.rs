@@ -100,26 +100,40 @@ pub(crate) async fn status_list(
         .into_response()
 }
 
-/// No Accept header, or one that admits the JWT form.
+/// No Accept header, or one that admits the JWT form: the most specific range that names it
+/// (`application/statuslist+jwt`, then `application/*`, then `*/*`) with a `q` above 0
+/// (RFC 9110 section 12.5.1).
 fn accepts_jwt(headers: &HeaderMap) -> bool {
-    let mut accepts = headers
+    let mut ranges = 0;
+    // The specificity of the most specific range naming the JWT form, and whether its `q`
+    // admits it.
+    let mut best: Option<(u8, bool)> = None;
+    for range in headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .map(|range| {
-            range
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .peekable();
-    if accepts.peek().is_none() {
-        return true;
+    {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if media.is_empty() {
+            continue;
+        }
+        ranges += 1;
+        let specificity = match media.as_str() {
+            MEDIA_TYPE => 3,
+            "application/*" => 2,
+            "*/*" => 1,
+            _ => continue,
+        };
+        let refused = parts.filter_map(|p| p.split_once('=')).any(|(name, q)| {
+            name.trim().eq_ignore_ascii_case("q") && q.trim().parse::<f64>().is_ok_and(|q| q <= 0.0)
+        });
+        if best.is_none_or(|(most, _)| specificity > most) {
+            best = Some((specificity, !refused));
+        }
     }
-    accepts.any(|range| range == MEDIA_TYPE || range == "application/*" || range == "*/*")
+    ranges == 0 || best.is_some_and(|(_, admitted)| admitted)
 }
 
 #[cfg(test)]
@@ -141,5 +155,12 @@ mod tests {
         assert!(with("*/*"));
         assert!(!with("application/statuslist+cwt"));
         assert!(!with("text/html"));
+        // q=0 is "not acceptable" (RFC 9110 section 12.4.2), and the most specific range wins.
+        assert!(!with("application/statuslist+jwt;q=0"));
+        assert!(!with("text/html, */*;q=0"));
+        assert!(!with("application/statuslist+jwt; q=0.000, */*"));
+        assert!(with("application/statuslist+jwt;q=0.1, */*;q=0"));
+        assert!(with("application/*, */*;q=0"));
+        assert!(!with("application/*;Q=0, */*"));
     }
 }

@@ -38,6 +38,17 @@ pub(super) struct Blocks {
     spare_asked: bool,
 }
 
+impl Blocks {
+    /// Whether index `idx` of list `list` is still to be handed out from the open or the
+    /// spare block.
+    pub(super) fn ahead(&self, list: u64, idx: u64) -> bool {
+        [&self.open, &self.spare]
+            .into_iter()
+            .flatten()
+            .any(|block| block.block.list == list && (block.next..block.block.end).contains(&idx))
+    }
+}
+
 impl StatusLists {
     /// The next index, from the open block, the spare one, or a newly reserved one. When
     /// the open block is half used, the spare is reserved by a task of its own: no request
@@ -161,6 +172,12 @@ impl StatusLists {
                 let idx = open.next;
                 open.next += 1;
                 let list = open.block.list;
+                // Given a status by index before its token was issued (on another replica,
+                // which cannot know what this one has handed out): passed over, so no token
+                // is born revoked or suspended.
+                if self.is_set(list, idx) {
+                    continue;
+                }
                 let low = open.block.end - open.next < (open.block.end - open.block.start) / 2;
                 let want_spare = low && blocks.spare.is_none() && !blocks.spare_asked;
                 blocks.spare_asked |= want_spare;

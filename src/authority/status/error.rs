@@ -11,6 +11,8 @@ pub(crate) enum StatusError {
     UnknownList(u64),
     #[error("index {idx} of status list {list} was never handed out (the list has handed out {allocated})")]
     NotHandedOut { list: u64, idx: u64, allocated: u64 },
+    #[error("index {idx} of status list {list} has not been handed out yet: no token holds it")]
+    NotYetHandedOut { list: u64, idx: u64 },
     #[error("the token at index {idx} of status list {list} is revoked, which is final")]
     Final { list: u64, idx: u64 },
     #[error("status lists are off on this authority")]

@@ -330,18 +330,41 @@ impl StatusLists {
         })
     }
 
-    /// Whether index `idx` of list `list` was handed out.
+    /// Whether index `idx` of list `list` was handed out: reserved, and not still ahead in
+    /// one of this replica's own blocks. (Another replica's block may hold indexes it has
+    /// not handed out yet; `take` passes over any of them given a status meanwhile.)
     fn handed_out(&self, list: u64, idx: u64) -> Result<(), StatusError> {
-        let lists = self.lists.read().map_err(|_| StatusError::Poisoned)?;
-        let state = lists.get(&list).ok_or(StatusError::UnknownList(list))?;
-        if idx >= state.record.allocated {
-            return Err(StatusError::NotHandedOut {
-                list,
-                idx,
-                allocated: state.record.allocated,
-            });
+        {
+            let lists = self.lists.read().map_err(|_| StatusError::Poisoned)?;
+            let state = lists.get(&list).ok_or(StatusError::UnknownList(list))?;
+            if idx >= state.record.allocated {
+                return Err(StatusError::NotHandedOut {
+                    list,
+                    idx,
+                    allocated: state.record.allocated,
+                });
+            }
+        }
+        // Not under the lists' lock: `take` locks the blocks, then the lists.
+        if self
+            .block
+            .lock()
+            .map_err(|_| StatusError::Poisoned)?
+            .ahead(list, idx)
+        {
+            return Err(StatusError::NotYetHandedOut { list, idx });
         }
         Ok(())
+    }
+
+    /// Whether index `idx` of list `list` holds a status other than VALID.
+    fn is_set(&self, list: u64, idx: u64) -> bool {
+        self.lists.read().is_ok_and(|lists| {
+            lists
+                .get(&list)
+                .and_then(|state| state.statuses.get(idx).ok())
+                .is_some_and(|status| status != Status::Valid)
+        })
     }
 
     /// A receiver that sees a new value at every change of any list.

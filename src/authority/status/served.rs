@@ -39,7 +39,8 @@ impl StatusLists {
         let state = lists.get(&id).ok_or(StatusError::UnknownList(id))?;
         let fresh = state.served.as_ref().filter(|served| {
             served.version == state.version
-                && now.saturating_sub(served.issued_at) < self.settings.list_ttl / 2
+                // At least a second: with a `ttl` of 1 s, every fetch would sign again.
+                && now.saturating_sub(served.issued_at) < (self.settings.list_ttl / 2).max(1)
         });
         Ok((fresh.cloned(), state.version))
     }
@@ -109,7 +110,12 @@ impl Authority {
         .await
         .map_err(|e| StatusError::Sign(e.to_string()))??;
         let served = Arc::new(ServedList {
-            etag: format!("\"{id}-{version}-{now}\""),
+            // The bytes' own hash: it names this rendering and no other, on every replica
+            // and across restarts (a count of changes would not: each process keeps its own).
+            etag: format!(
+                "\"{}\"",
+                hex::encode(token_authority_jose::crypto::sha256(token.as_bytes()))
+            ),
             token,
             issued_at: now,
             ttl: lists.settings.list_ttl,

@@ -73,7 +73,8 @@ impl From<StatusError> for Status {
         match error {
             StatusError::UnknownJti
             | StatusError::UnknownList(_)
-            | StatusError::NotHandedOut { .. } => Status::not_found(message),
+            | StatusError::NotHandedOut { .. }
+            | StatusError::NotYetHandedOut { .. } => Status::not_found(message),
             StatusError::Final { .. } | StatusError::Off => Status::failed_precondition(message),
             StatusError::Store(_) | StatusError::Exhausted => {
                 tracing::error!(error = %chain(&error), "status list request failed");

@@ -89,6 +89,23 @@ async fn lists_show_each_change_at_once() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    // The ETag is the SHA-256 of the bytes served: it names that token on every replica
+    // and across restarts, never another rendering.
+    let raw = server
+        .http
+        .get(server.url(ra.uri.strip_prefix(&server.issuer).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    let tag = raw.headers()[header::ETAG].to_str().unwrap().to_owned();
+    let body = raw.text().await.unwrap();
+    assert_eq!(
+        tag,
+        format!(
+            "\"{}\"",
+            hex::encode(token_authority_jose::crypto::sha256(body.as_bytes()))
+        )
+    );
 
     // A revocation shows at the next fetch, with a new ETag.
     let mut client = server.client.clone();

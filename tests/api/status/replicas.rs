@@ -171,3 +171,91 @@ async fn replicas_never_hand_out_an_index_twice_and_follow_each_others_statuses(
         server.stop().await;
     }
 }
+
+/// Replica 0 cannot know which indexes of replica 1's block replica 1 has handed out, so it
+/// takes a status set there by index; replica 1 then passes over those indexes: no token is
+/// born revoked or suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_given_a_status_before_its_token_is_never_handed_out() {
+    let shared = Store::postgres().await;
+    let dirs: Vec<DataDir> = (0..2).map(|_| DataDir::new()).collect();
+    let servers = replicas(&shared, &dirs).await;
+    let first = reference(
+        &super::issue_for(&servers[0], "svc", super::LONG)
+            .await
+            .token,
+    )
+    .unwrap();
+    let other = reference(
+        &super::issue_for(&servers[1], "svc", super::LONG)
+            .await
+            .token,
+    )
+    .unwrap();
+    let list = list_id(&other);
+    assert_eq!(list_id(&first), list);
+    assert_ne!(
+        first.idx / 1024,
+        other.idx / 1024,
+        "each replica its own block"
+    );
+    // Replica 0 refuses what is ahead in its own block, and takes what is in replica 1's.
+    let own = servers[0]
+        .client
+        .clone()
+        .set_token_status(admin(super::at_index(
+            list,
+            first.idx + 1,
+            TokenStatus::Invalid,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::NotFound, "{own:?}");
+    let ahead = [
+        (other.idx + 1, TokenStatus::Invalid),
+        (other.idx + 2, TokenStatus::Suspended),
+    ];
+    for (idx, status) in ahead {
+        servers[0]
+            .client
+            .clone()
+            .set_token_status(admin(super::at_index(list, idx, status)))
+            .await
+            .unwrap();
+    }
+    // Once replica 1 serves both statuses (within 2 s), its next token takes the index after.
+    let changed = Instant::now();
+    loop {
+        let served = servers[1]
+            .http
+            .get(servers[1].url(&format!("/statuslists/{list}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let claims = super::payload(&served);
+        let statuses = token_authority_jose::status_list::StatusList::from_claim(
+            &claims["status_list"],
+            token_authority_jose::status_list::DEFAULT_MAX_INFLATED,
+        )
+        .unwrap();
+        if statuses.get(other.idx + 2).unwrap() != token_authority_jose::status_list::Status::Valid
+        {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "replica 1 does not serve the statuses"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let next = super::issue_for(&servers[1], "svc", super::LONG).await;
+    let at = reference(&next.token).unwrap();
+    assert_eq!((list_id(&at), at.idx), (list, other.idx + 3));
+    assert_eq!(verdict(&servers[1], &next.token).await, Reason::Unspecified);
+    for server in servers {
+        server.stop().await;
+    }
+}

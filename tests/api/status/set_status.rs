@@ -181,6 +181,17 @@ async fn bad_requests() {
             Code::NotFound,
             format!("index 1000000 of status list {list} was never handed out (the list has handed out 1024)"),
         ),
+        // Reserved for this authority's next tokens: no token holds it, and setting it would
+        // have a token born revoked.
+        (
+            "index reserved, not handed out yet",
+            at_index(list, held.idx + 5, TokenStatus::Invalid),
+            Code::NotFound,
+            format!(
+                "index {} of status list {list} has not been handed out yet: no token holds it",
+                held.idx + 5
+            ),
+        ),
         (
             "nothing named",
             pb::SetTokenStatusRequest {
