@@ -17,6 +17,7 @@
 use std::{
     sync::{mpsc, Arc, Mutex},
     thread,
+    time::Duration,
 };
 
 use tokio::sync::oneshot;
@@ -25,6 +26,12 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// How many jobs may wait per signing thread: about 60 ms of RSA-2048 signatures.
 pub(crate) const QUEUED_PER_THREAD: usize = 128;
+
+/// How long a caller waits for its signature, queue included. A full queue of RSA
+/// signatures is some 60 ms and a network HSM answers in well under a second: past this, the
+/// signer has stopped answering (a hung device), and the caller is told so rather than held
+/// until its own deadline. The signature, if it ever comes, is thrown away.
+pub(crate) const SIGN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why a job was not run.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -35,12 +42,16 @@ pub(crate) enum PoolError {
     /// The pool has stopped (its threads are gone); only seen during shutdown.
     #[error("the signing pool has stopped")]
     Stopped,
+    /// No signature within the deadline: the signer has stopped answering.
+    #[error("the signer did not answer within {0:?}; nothing was issued, and a retry is safe")]
+    TimedOut(Duration),
 }
 
 #[derive(Debug)]
 pub struct SigningPool {
     jobs: mpsc::SyncSender<Job>,
     capacity: usize,
+    deadline: Duration,
 }
 
 impl SigningPool {
@@ -81,7 +92,17 @@ impl SigningPool {
                     }
                 })?;
         }
-        Ok(SigningPool { jobs, capacity })
+        Ok(SigningPool {
+            jobs,
+            capacity,
+            deadline: SIGN_DEADLINE,
+        })
+    }
+
+    /// The same pool, its callers waiting `deadline` at most.
+    #[cfg(test)]
+    fn with_deadline(self, deadline: Duration) -> SigningPool {
+        SigningPool { deadline, ..self }
     }
 
     /// A pool with one thread per core.
@@ -111,9 +132,14 @@ impl SigningPool {
             mpsc::TrySendError::Full(_) => PoolError::Busy(self.capacity),
             mpsc::TrySendError::Disconnected(_) => PoolError::Stopped,
         });
+        let deadline = self.deadline;
         async move {
             queued?;
-            result.await.map_err(|_| PoolError::Stopped)
+            // On time out `result` is dropped: the job is skipped if it has not started.
+            match tokio::time::timeout(deadline, result).await {
+                Ok(done) => done.map_err(|_| PoolError::Stopped),
+                Err(_) => Err(PoolError::TimedOut(deadline)),
+            }
         }
     }
 }
@@ -177,6 +203,34 @@ mod tests {
         // Only the job whose caller waited ran.
         assert_eq!(ran.load(Ordering::SeqCst), 1);
         assert_eq!(pool.run(job(&ran)).await, Ok(1));
+    }
+
+    /// A signature that does not come (a hung device) fails its caller at the deadline;
+    /// a job queued behind it whose caller gave up meanwhile is skipped.
+    #[tokio::test]
+    async fn a_signer_that_stops_answering_fails_its_callers_at_the_deadline() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let deadline = Duration::from_millis(200);
+        let pool = SigningPool::new(1).unwrap().with_deadline(deadline);
+        let (release, gate) = mpsc::channel::<()>();
+        let hung = pool.run(move || {
+            let _ = gate.recv();
+        });
+        let ran = Arc::new(AtomicBool::new(false));
+        let behind = {
+            let ran = Arc::clone(&ran);
+            pool.run(move || ran.store(true, Ordering::SeqCst))
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(hung.await, Err(PoolError::TimedOut(deadline)));
+        assert_eq!(behind.await, Err(PoolError::TimedOut(deadline)));
+        assert!(started.elapsed() < deadline * 5, "{:?}", started.elapsed());
+        release.send(()).unwrap();
+        assert_eq!(pool.run(|| 7u8).await, Ok(7));
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "a job nobody waits for was run"
+        );
     }
 
     #[tokio::test]

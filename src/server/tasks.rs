@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    authority::{status::StatusLists, Authority, AuthorityError},
+    authority::{signing_pool::SIGN_DEADLINE, status::StatusLists, Authority, AuthorityError},
     callers::{reload, Callers},
     config::Config,
     metrics::Metrics,
@@ -192,11 +192,26 @@ pub(super) async fn report_signer_health(
 ) {
     let signers = authority.settings().signers.clone();
     let mut reported = None;
+    // A probe still in the token from an earlier round: waited for again, never doubled.
+    let mut pending: Option<JoinHandle<bool>> = None;
     loop {
-        let probing = signers.clone();
-        let available = tokio::task::spawn_blocking(move || probing.probe())
-            .await
-            .unwrap_or(false);
+        let mut probe = pending.take().unwrap_or_else(|| {
+            let probing = signers.clone();
+            tokio::task::spawn_blocking(move || probing.probe())
+        });
+        // A token that does not answer within the signing deadline is down for the callers,
+        // who stop waiting then too.
+        let answered = tokio::select! {
+            answered = tokio::time::timeout(SIGN_DEADLINE, &mut probe) => answered,
+            () = stop.cancelled() => return,
+        };
+        let available = match answered {
+            Ok(available) => available.unwrap_or(false),
+            Err(_) => {
+                pending = Some(probe);
+                false
+            }
+        };
         if reported != Some(available) {
             if reported.is_some() {
                 if available {

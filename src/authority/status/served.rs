@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use token_authority_jose::jwt::{self, TokenType};
 
 use super::{StatusError, StatusLists};
-use crate::authority::Authority;
+use crate::authority::{signing_pool::SIGN_DEADLINE, Authority};
 
 /// A rendered Status List Token.
 #[derive(Debug)]
@@ -95,8 +95,9 @@ impl Authority {
         }
         let (claims, version) = lists.claims(id, &self.settings.issuer, now)?;
         let authority = Arc::clone(self);
-        // An RSA or hardware signature blocks for a while: off the reactor.
-        let token = tokio::task::spawn_blocking(move || {
+        // An RSA or hardware signature blocks for a while: off the reactor, and waited for
+        // no longer than any other signature (a hung device).
+        let signing = tokio::task::spawn_blocking(move || {
             let keys = authority.keys.load();
             let alg = authority.settings.algorithms[0];
             let signer = keys
@@ -106,9 +107,15 @@ impl Authority {
             let limit = claims.len() * 64 + 4096 + lst_len(&claims) + 1024;
             jwt::sign_as(signer, TokenType::StatusList, &claims, limit)
                 .map_err(|e| StatusError::Sign(e.to_string()))
-        })
-        .await
-        .map_err(|e| StatusError::Sign(e.to_string()))??;
+        });
+        let token = tokio::time::timeout(SIGN_DEADLINE, signing)
+            .await
+            .map_err(|_| {
+                StatusError::Sign(format!(
+                    "the signer did not answer within {SIGN_DEADLINE:?}"
+                ))
+            })?
+            .map_err(|e| StatusError::Sign(e.to_string()))??;
         let served = Arc::new(ServedList {
             // The bytes' own hash: it names this rendering and no other, on every replica
             // and across restarts (a count of changes would not: each process keeps its own).

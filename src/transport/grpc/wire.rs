@@ -34,12 +34,13 @@ impl From<CallerError> for Status {
 }
 
 /// A full signing queue is back-pressure the client can act on (retry with backoff); a
-/// stopped pool is a server going away.
+/// stopped pool is a server going away; a signer past its deadline is out of reach for now.
 impl From<PoolError> for Status {
     fn from(error: PoolError) -> Status {
         match error {
             PoolError::Busy(_) => Status::resource_exhausted(error.to_string()),
             PoolError::Stopped => Status::unavailable("the server is shutting down"),
+            PoolError::TimedOut(_) => Status::unavailable(error.to_string()),
         }
     }
 }

@@ -98,6 +98,29 @@ async fn every_algorithm_signs_in_the_token_and_nothing_private_is_stored() {
             values.contains(&Attribute::Sensitive(true)),
             "{alg}: {values:?}"
         );
+        // It signs and does nothing else: no decryption, unwrapping or derivation with it,
+        // even on a token that ignores the allowed-mechanisms list.
+        let uses = session
+            .get_attributes(
+                objects[0],
+                &[
+                    AttributeType::Sign,
+                    AttributeType::Decrypt,
+                    AttributeType::Unwrap,
+                    AttributeType::Derive,
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            uses,
+            [
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false)
+            ],
+            "{alg}"
+        );
         assert!(
             session
                 .get_attributes(objects[0], &[AttributeType::Value])

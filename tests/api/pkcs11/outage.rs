@@ -296,3 +296,140 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
         "no reconnection logged"
     );
 }
+
+/// Holds a lock on every file of the SoftHSM token directory `tokens` until dropped: SoftHSM
+/// then blocks inside C_Sign, as a network HSM behind a dead connection does.
+struct Frozen(std::process::Child);
+
+impl Frozen {
+    fn lock(tokens: &Path) -> Frozen {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, os, sys\n\
+                 held = []\n\
+                 for root, _, files in os.walk(sys.argv[1]):\n\
+                 \x20   for name in files:\n\
+                 \x20       f = open(os.path.join(root, name), 'r+b')\n\
+                 \x20       fcntl.lockf(f, fcntl.LOCK_EX)\n\
+                 \x20       held.append(f)\n\
+                 print('locked', len(held), flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .arg(tokens)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("locked "), "{line:?}");
+        Frozen(child)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A token that stops answering (C_Sign never returns): IssueToken answers UNAVAILABLE
+/// within the signing deadline, never holding the caller until its own deadline; the
+/// `signer` health service says NOT_SERVING and the gauge 0 while a call hangs in it;
+/// verification carries on; once the token answers again, so does everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_stops_answering_is_unavailable_within_the_deadline() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = own_softhsm(root.path(), "frozen");
+    let dir = DataDir::new();
+    let mut flags = super::signer_flags(&dir, "frozen");
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256".into();
+    flags.extend(["--issuer".into(), ISSUER.into()]);
+    let conf = conf.display().to_string();
+    let process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
+    });
+    let client = connect(&process.grpc).await;
+    let issue = || {
+        let mut client = client.clone();
+        async move {
+            let mut request = tonic::Request::new(pb::IssueTokenRequest {
+                subject: "svc".into(),
+                audience: vec!["api".into()],
+                ..Default::default()
+            });
+            // Longer than the server's signing deadline (5 s), shorter than tonic's own 30 s.
+            request.set_timeout(Duration::from_secs(15));
+            client.issue_token(request).await
+        }
+    };
+    let before = issue().await.unwrap().into_inner().token;
+
+    let frozen = Frozen::lock(&root.path().join("tokens"));
+    // The first call waits for the deadline; those after it are refused at once while the
+    // first is still in the token.
+    for call in 0..3 {
+        let status = issue().await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "call {call}: {status:?}"
+        );
+        let expected = if call == 0 {
+            "the signer did not answer within 5s; nothing was issued, and a retry is safe"
+        } else {
+            UNAVAILABLE
+        };
+        assert_eq!(status.message(), expected, "call {call}");
+    }
+    until("signer health NOT_SERVING", Duration::from_secs(15), || {
+        let grpc = process.grpc.clone();
+        async move { signer_health(&grpc).await == 2 }
+    })
+    .await;
+    assert_eq!(
+        signer_gauge(&process.http).await,
+        "token_authority_signer_available 0"
+    );
+    let verdict = client
+        .clone()
+        .verify_token(pb::VerifyTokenRequest {
+            token: before,
+            audience: "api".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.valid, "{verdict:?}");
+
+    drop(frozen);
+    until(
+        "signer health SERVING again",
+        Duration::from_secs(20),
+        || {
+            let grpc = process.grpc.clone();
+            async move { signer_health(&grpc).await == 1 }
+        },
+    )
+    .await;
+    let after = issue().await.unwrap().into_inner().token;
+    let jwks: serde_json::Value =
+        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    verify_independently(&jwks, &after, ISSUER, "api").unwrap();
+    assert_eq!(
+        signer_gauge(&process.http).await,
+        "token_authority_signer_available 1"
+    );
+}

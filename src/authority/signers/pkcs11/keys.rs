@@ -196,6 +196,11 @@ fn private_template(alg: Algorithm, id: &[u8], restrict: bool) -> Vec<Attribute>
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        // Tokens default these to true (SoftHSM does): a signing key does nothing else, even
+        // where the allowed-mechanisms list is not honoured.
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
         Attribute::Id(id.to_vec()),
     ];
     if restrict {

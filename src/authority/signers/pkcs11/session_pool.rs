@@ -16,9 +16,10 @@
 //! last. A reconnection refused at login (a changed or locked PIN) is never retried, as
 //! every try would bring the token closer to locking the PIN.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::error::Error as CkError;
@@ -31,7 +32,7 @@ use super::error::{connection_lost, failed, Pkcs11Error};
 use super::module::Module;
 use super::sessions::{self, Sessions};
 use super::slot;
-use crate::telemetry::chain;
+use crate::{authority::signing_pool::SIGN_DEADLINE, telemetry::chain};
 
 /// The shortest time between two reconnection attempts while the token is down.
 pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -50,6 +51,27 @@ pub(super) struct Connection {
     size: usize,
     state: RwLock<State>,
     available: AtomicBool,
+    /// The calls in the token now, by ticket, with when each started: one that has not
+    /// come back within `SIGN_DEADLINE` means the token stopped answering (a C_Sign that
+    /// never returns answers nothing, so `available` alone would not say so).
+    in_flight: Mutex<BTreeMap<u64, Instant>>,
+    tickets: AtomicU64,
+}
+
+/// A call in the token, struck off `in_flight` when it returns.
+struct InFlight<'a> {
+    connection: &'a Connection,
+    ticket: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.connection
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.ticket);
+    }
 }
 
 struct State {
@@ -106,6 +128,8 @@ impl Connection {
                 last_attempt: Instant::now(),
             }),
             available: AtomicBool::new(false),
+            in_flight: Mutex::new(BTreeMap::new()),
+            tickets: AtomicU64::new(0),
         };
         let call = connection.module.call();
         let sessions = connection
@@ -134,17 +158,48 @@ impl Connection {
         self.module.path()
     }
 
+    /// The token answered its last call, and no call has been in it past the deadline.
     pub(super) fn is_available(&self) -> bool {
-        self.available.load(Ordering::Acquire)
+        self.available.load(Ordering::Acquire) && !self.stalled()
+    }
+
+    /// Whether a call has been in the token for longer than callers wait for it.
+    fn stalled(&self) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_key_value()
+            .is_some_and(|(_, started)| started.elapsed() >= SIGN_DEADLINE)
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ticket, Instant::now());
+        InFlight {
+            connection: self,
+            ticket,
+        }
     }
 
     /// Runs `op` on a session of its own (waiting for one if all are busy). When the token
-    /// went away (or a handle went stale), reconnects once and runs `op` again.
+    /// went away (or a handle went stale), reconnects once and runs `op` again. Refused at
+    /// once while another call has been in the token past `SIGN_DEADLINE`.
     pub(super) fn run<R>(
         &self,
         doing: &'static str,
         mut op: impl FnMut(&Session, Try) -> Result<R, Pkcs11Error>,
     ) -> Result<R, Pkcs11Error> {
+        // A token that holds a call past the deadline gets no more: each would hang a
+        // thread too. Calls go in again once that one has come back.
+        if self.stalled() {
+            return Err(self.unreachable(
+                doing,
+                format!("a call has been in the token for more than {SIGN_DEADLINE:?}"),
+            ));
+        }
         let seen = match self.attempt(&mut op, false) {
             Attempt::Done(result) => return result,
             Attempt::Lost { epoch, error } => {
@@ -186,7 +241,10 @@ impl Connection {
                     epoch: state.epoch,
                     after_reconnect,
                 };
-                match op(&session, attempt) {
+                let in_flight = self.enter();
+                let result = op(&session, attempt);
+                drop(in_flight);
+                match result {
                     Err(error) if error.calls_for_reconnect() => Attempt::Lost {
                         epoch: state.epoch,
                         error,
