@@ -215,6 +215,11 @@ impl KeySet {
         self.signers.get(&alg)
     }
 
+    /// The current key's signer of each algorithm.
+    pub(crate) fn signers(&self) -> impl Iterator<Item = &Arc<Signer>> {
+        self.signers.values()
+    }
+
     /// A published key (next, current or retired).
     pub(crate) fn known(&self, kid: &str) -> Option<&KnownKey> {
         self.known.get(kid)

@@ -197,7 +197,8 @@ pub(super) async fn report_signer_health(
     loop {
         let mut probe = pending.take().unwrap_or_else(|| {
             let probing = signers.clone();
-            tokio::task::spawn_blocking(move || probing.probe())
+            let keys = authority.keys();
+            tokio::task::spawn_blocking(move || probing.probe(&keys))
         });
         // A token that does not answer within the signing deadline is down for the callers,
         // who stop waiting then too.

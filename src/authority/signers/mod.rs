@@ -9,6 +9,7 @@ use std::sync::Arc;
 use self::pkcs11::{Pkcs11Token, TokenKey};
 use crate::{
     authority::keys::{self, GeneratedKey, KeyRecord, PrivateKeyDer, TokenObject},
+    authority::keyset::KeySet,
     telemetry::chain,
 };
 use token_authority_jose::{
@@ -40,12 +41,12 @@ impl Signers {
         }
     }
 
-    /// Whether the signer answers now: asks the token (reconnecting when it went away).
-    /// Blocking.
-    pub(crate) fn probe(&self) -> bool {
+    /// Whether the signer can sign with `keys`' current keys now: asks the token
+    /// (reconnecting when it went away). Blocking.
+    pub(crate) fn probe(&self, keys: &KeySet) -> bool {
         match self {
             Signers::InProcess => true,
-            Signers::Pkcs11(token) => token.probe(),
+            Signers::Pkcs11(token) => token.probe(keys),
         }
     }
 

@@ -433,3 +433,147 @@ async fn a_token_that_stops_answering_is_unavailable_within_the_deadline() {
         "token_authority_signer_available 1"
     );
 }
+
+/// Runs `pkcs11-tool` (OpenSC) on token `label` of the SoftHSM configuration `conf`.
+fn pkcs11_tool(conf: &str, label: &str, args: &[&str]) {
+    let out = std::process::Command::new("pkcs11-tool")
+        .args(["--module", super::softhsm::MODULE, "--token-label", label])
+        .args(["--login", "--pin", super::softhsm::USER_PIN])
+        .args(args)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .expect("pkcs11-tool (apt-get install opensc)");
+    assert!(out.status.success(), "pkcs11-tool {args:?}: {out:?}");
+}
+
+/// The current keys' private objects replaced behind the server's back by other keys under
+/// the same CKA_ID and label: nothing they sign leaves (UNAVAILABLE), the `signer` health
+/// says NOT_SERVING and the gauge 0, the token is not reconnected to at every call (at most
+/// once); a forced rotation to keys the token holds brings issuing and health back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_keys_replaced_in_the_token_are_refused_and_shown_in_health() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = own_softhsm(root.path(), "replaced");
+    let dir = DataDir::new();
+    let mut flags = super::signer_flags(&dir, "replaced");
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256,RS256".into();
+    flags.extend(["--issuer".into(), ISSUER.into()]);
+    let conf = conf.display().to_string();
+    let mut process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
+    });
+    let client = connect(&process.grpc).await;
+    let issue = |alg: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .issue_token(pb::IssueTokenRequest {
+                    subject: "svc".into(),
+                    audience: vec!["api".into()],
+                    algorithm: alg.into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    issue("ES256").await.unwrap();
+    issue("RS256").await.unwrap();
+
+    let keys = client
+        .clone()
+        .list_keys(crate::helpers::admin(pb::ListKeysRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let current: Vec<_> = keys
+        .iter()
+        .filter(|key| key.state == pb::KeyState::Current as i32)
+        .collect();
+    assert_eq!(current.len(), 2, "{keys:?}");
+    tokio::task::block_in_place(|| {
+        for key in &current {
+            let id = key.token_object_id.as_str();
+            let kind = if key.algorithm == "ES256" {
+                "EC:prime256v1"
+            } else {
+                "rsa:2048"
+            };
+            pkcs11_tool(
+                &conf,
+                "replaced",
+                &["--delete-object", "--type", "privkey", "--id", id],
+            );
+            pkcs11_tool(
+                &conf,
+                "replaced",
+                &[
+                    "--keypairgen",
+                    "--key-type",
+                    kind,
+                    "--id",
+                    id,
+                    "--label",
+                    &key.key_id,
+                ],
+            );
+        }
+    });
+
+    for n in 0..10 {
+        let alg = if n % 2 == 0 { "ES256" } else { "RS256" };
+        let status = issue(alg).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{alg}: {status:?}");
+    }
+    until("signer health NOT_SERVING", Duration::from_secs(15), || {
+        let grpc = process.grpc.clone();
+        async move { signer_health(&grpc).await == 2 }
+    })
+    .await;
+    assert_eq!(
+        signer_gauge(&process.http).await,
+        "token_authority_signer_available 0"
+    );
+
+    for alg in ["ES256", "RS256"] {
+        client
+            .clone()
+            .rotate_keys(crate::helpers::admin(pb::RotateKeysRequest {
+                force: true,
+                algorithm: alg.into(),
+            }))
+            .await
+            .unwrap();
+    }
+    until(
+        "signer health SERVING again",
+        Duration::from_secs(15),
+        || {
+            let grpc = process.grpc.clone();
+            async move { signer_health(&grpc).await == 1 }
+        },
+    )
+    .await;
+    let jwks: serde_json::Value =
+        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    for alg in ["ES256", "RS256"] {
+        let token = issue(alg).await.unwrap().into_inner().token;
+        verify_independently(&jwks, &token, ISSUER, "api").unwrap();
+    }
+    assert_eq!(
+        signer_gauge(&process.http).await,
+        "token_authority_signer_available 1"
+    );
+    let lines = process.terminate();
+    let reconnections = lines
+        .iter()
+        .filter(|line| line.contains("reconnected to the PKCS#11 token"))
+        .count();
+    assert!(reconnections <= 1, "{reconnections} reconnections");
+}

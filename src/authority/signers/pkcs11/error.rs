@@ -93,6 +93,17 @@ impl Pkcs11Error {
         matches!(self, Pkcs11Error::Unreachable { .. })
     }
 
+    /// Whether the token answered but the key cannot sign: no object under its CKA_ID, or
+    /// one that is another key.
+    pub(super) fn is_the_keys_own(&self) -> bool {
+        matches!(
+            self,
+            Pkcs11Error::KeyNotFound { .. }
+                | Pkcs11Error::KeyMismatch { .. }
+                | Pkcs11Error::WrongSignature { .. }
+        )
+    }
+
     /// Whether reconnecting may cure it: the token, the session or the module state went
     /// away, or an object handle stopped naming the key it was found for (handles change
     /// when the module is initialised again, and a stale one may name another object, or

@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 
 pub use error::Pkcs11Error;
 
+use crate::authority::keyset::KeySet;
 use error::failed;
 use keys::{destroy_all, find_recorded, parse_object_id};
 use session_pool::Connection;
@@ -168,15 +169,24 @@ impl Pkcs11Token {
     }
 
     /// Asks the token for a session's state, reconnecting when it went away (at most once
-    /// per `RECONNECT_PAUSE`); returns whether it answers. Blocking.
-    pub(crate) fn probe(&self) -> bool {
+    /// per `RECONNECT_PAUSE`), then has each of `keys`' current keys sign a probe (checked
+    /// against its public key, as every signature is): whether this replica can issue. A
+    /// token that answers but lacks a current key, or holds another under its CKA_ID,
+    /// cannot. Blocking.
+    pub(crate) fn probe(&self, keys: &KeySet) -> bool {
         let label = self.connection.label();
+        self.connection.forget_unusable_keys();
         let answered = self.connection.run("checking the token", |session, _| {
             session
                 .get_session_info()
                 .map(|_| ())
                 .map_err(failed(label, "checking the token"))
         });
-        answered.is_ok() && self.is_available()
+        // Not a JWS signing input (a space is not base64url): no token can be made of it.
+        let signed = answered.is_ok()
+            && keys
+                .signers()
+                .all(|signer| signer.key.sign(b"token-authority signer probe").is_ok());
+        signed && self.is_available()
     }
 }

@@ -56,6 +56,10 @@ pub(super) struct Connection {
     /// never returns answers nothing, so `available` alone would not say so).
     in_flight: Mutex<BTreeMap<u64, Instant>>,
     tickets: AtomicU64,
+    /// The CKA_IDs of keys whose last signature failed for the key's own reason (no such
+    /// object, or one that signs with another key): the token answers, but cannot issue
+    /// with them. Each probe starts the set again from the current keys.
+    unusable_keys: Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// A call in the token, struck off `in_flight` when it returns.
@@ -130,6 +134,7 @@ impl Connection {
             available: AtomicBool::new(false),
             in_flight: Mutex::new(BTreeMap::new()),
             tickets: AtomicU64::new(0),
+            unusable_keys: Mutex::new(std::collections::HashSet::new()),
         };
         let call = connection.module.call();
         let sessions = connection
@@ -158,9 +163,38 @@ impl Connection {
         self.module.path()
     }
 
-    /// The token answered its last call, and no call has been in it past the deadline.
+    /// The token answered its last call, no call has been in it past the deadline, and
+    /// every key that signed last (or that the last probe tried) could sign.
     pub(super) fn is_available(&self) -> bool {
-        self.available.load(Ordering::Acquire) && !self.stalled()
+        self.available.load(Ordering::Acquire)
+            && !self.stalled()
+            && self
+                .unusable_keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+    }
+
+    /// Notes whether key `id` could sign.
+    pub(super) fn key_signed(&self, id: &[u8], usable: bool) {
+        let mut unusable = self
+            .unusable_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if usable {
+            unusable.remove(id);
+        } else {
+            unusable.insert(id.to_vec());
+        }
+    }
+
+    /// Forgets which keys could not sign: a probe tries the current ones again (a key
+    /// rotated away no longer counts).
+    pub(super) fn forget_unusable_keys(&self) {
+        self.unusable_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Whether a call has been in the token for longer than callers wait for it.

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
@@ -28,8 +29,11 @@ const P256_ORDER: [u8; 32] = [
 #[derive(Clone, Copy, Debug)]
 enum Handle {
     Found { epoch: u64, handle: ObjectHandle },
-    Mismatch { epoch: u64 },
+    Mismatch { epoch: u64, at: Instant },
 }
+
+/// How long a key found to be another is refused without asking the token again.
+const MISMATCH_RECHECK: Duration = Duration::from_secs(5);
 
 pub(super) struct TokenSigner {
     connection: Arc<Connection>,
@@ -69,49 +73,67 @@ impl TokenSigner {
         message: &[u8],
         input: &[u8],
     ) -> Result<Vec<u8>, Pkcs11Error> {
-        let result = self.handle(session, attempt.epoch).and_then(|handle| {
-            let mut signature = session
-                .sign(&sign_mechanism(self.alg), handle, input)
-                .map_err(failed(self.connection.label(), "signing"))?;
-            if self.alg == Algorithm::ES256 && signature.len() == 64 {
-                normalize_p256_low_s(&mut signature);
-            }
-            if self.verifying.verify(message, &signature) {
-                Ok(signature)
-            } else {
-                Err(Pkcs11Error::WrongSignature {
-                    label: self.connection.label().to_owned(),
-                    object_id: object_id(&self.id),
-                })
-            }
-        });
+        let result = self
+            .handle(session, attempt.epoch)
+            .and_then(|(handle, fresh)| {
+                let mut signature = session
+                    .sign(&sign_mechanism(self.alg), handle, input)
+                    .map_err(failed(self.connection.label(), "signing"))?;
+                if self.alg == Algorithm::ES256 && signature.len() == 64 {
+                    normalize_p256_low_s(&mut signature);
+                }
+                if self.verifying.verify(message, &signature) {
+                    Ok(signature)
+                } else if fresh {
+                    // The handle was found by CKA_ID in this very epoch: it is not stale, so the
+                    // object under that CKA_ID is another key, and reconnecting cures nothing
+                    // (with two such keys, each reconnection would undo the other's memo).
+                    Err(self.mismatch("the object under its CKA_ID signs with another key"))
+                } else {
+                    Err(Pkcs11Error::WrongSignature {
+                        label: self.connection.label().to_owned(),
+                        object_id: object_id(&self.id),
+                    })
+                }
+            });
         if let Err(error) = &result {
-            if attempt.after_reconnect && error.calls_for_reconnect() && !error.token_gone() {
+            let own = matches!(error, Pkcs11Error::KeyMismatch { .. })
+                || (attempt.after_reconnect && error.calls_for_reconnect() && !error.token_gone());
+            if own {
                 self.remember(Handle::Mismatch {
                     epoch: attempt.epoch,
+                    at: Instant::now(),
                 });
             }
         }
         result
     }
 
-    /// The private key's handle in `epoch`, looked up again by CKA_ID in a new epoch.
-    fn handle(&self, session: &Session, epoch: u64) -> Result<ObjectHandle, Pkcs11Error> {
+    fn mismatch(&self, reason: &str) -> Pkcs11Error {
+        Pkcs11Error::KeyMismatch {
+            label: self.connection.label().to_owned(),
+            object_id: object_id(&self.id),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The private key's handle in `epoch`, looked up again by CKA_ID in a new epoch (then
+    /// `fresh`). A key found to be another is refused at once for `MISMATCH_RECHECK`, then
+    /// looked up again (an operator may have put the right object back).
+    fn handle(&self, session: &Session, epoch: u64) -> Result<(ObjectHandle, bool), Pkcs11Error> {
         let known = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
         let label = self.connection.label();
         match known {
-            Handle::Found { epoch: e, handle } if e == epoch => Ok(handle),
-            Handle::Mismatch { epoch: e } if e == epoch => Err(Pkcs11Error::KeyMismatch {
-                label: label.to_owned(),
-                object_id: object_id(&self.id),
-                reason:
-                    "it made no signature the stored public key verifies, even after reconnecting"
-                        .to_owned(),
-            }),
+            Handle::Found { epoch: e, handle } if e == epoch => Ok((handle, false)),
+            Handle::Mismatch { epoch: e, at } if e == epoch && at.elapsed() < MISMATCH_RECHECK => {
+                Err(self.mismatch(
+                    "it made no signature the stored public key verifies, even after reconnecting",
+                ))
+            }
             _ => {
                 let handle = find_private(session, label, &self.id)?;
                 self.remember(Handle::Found { epoch, handle });
-                Ok(handle)
+                Ok((handle, true))
             }
         }
     }
@@ -142,21 +164,25 @@ impl SignatureSource for TokenSigner {
         } else {
             message
         };
-        self.connection
-            .run("signing", |session, attempt| {
-                self.sign_once(session, attempt, message, input)
-            })
-            .map_err(|error| {
-                tracing::warn!(
-                    token = %self.connection.label(),
-                    object_id = %object_id(&self.id),
-                    alg = self.alg.name(),
-                    transient = error.is_transient(),
-                    error = %chain(&error),
-                    "signing with a PKCS#11 key failed"
-                );
-                CryptoError::Signing
-            })
+        let signed = self.connection.run("signing", |session, attempt| {
+            self.sign_once(session, attempt, message, input)
+        });
+        match &signed {
+            Ok(_) => self.connection.key_signed(&self.id, true),
+            Err(error) if error.is_the_keys_own() => self.connection.key_signed(&self.id, false),
+            Err(_) => {}
+        }
+        signed.map_err(|error| {
+            tracing::warn!(
+                token = %self.connection.label(),
+                object_id = %object_id(&self.id),
+                alg = self.alg.name(),
+                transient = error.is_transient(),
+                error = %chain(&error),
+                "signing with a PKCS#11 key failed"
+            );
+            CryptoError::Signing
+        })
     }
 }
 
