@@ -289,7 +289,15 @@ impl Authority {
                 },
             )
             .await;
-        let made_inside = blocking(move || reserve.release()).await?;
+        // The records the change left, to keep the token keys they name and destroy the
+        // others it took; unknown when whether it committed is.
+        let committed: Option<Vec<KeyRecord>> = match &changed {
+            Ok(((_, Some((_, records))), _)) => Some(records.clone()),
+            Ok(((_, None), _)) => Some(before_change.to_vec()),
+            Err(error) if error.changed_nothing() => Some(before_change.to_vec()),
+            Err(_) => None,
+        };
+        let made_inside = blocking(move || reserve.release(committed.as_deref())).await?;
         if made_inside > 0 {
             tracing::debug!(
                 made_inside,

@@ -66,6 +66,22 @@ pub enum AuthorityError {
     SignerUnavailable(#[source] CryptoError),
 }
 
+impl AuthorityError {
+    /// Whether a key change that failed so is known to have changed nothing: the plan or
+    /// the new key set refused it before the commit, or the store says so.
+    pub(crate) fn changed_nothing(&self) -> bool {
+        match self {
+            AuthorityError::Store(error) => error.changed_nothing(),
+            AuthorityError::InvalidArgument(_)
+            | AuthorityError::Lifecycle(_)
+            | AuthorityError::KeySet(_)
+            | AuthorityError::Crypto(_)
+            | AuthorityError::SignerUnavailable(_) => true,
+            AuthorityError::Task(_) => false,
+        }
+    }
+}
+
 /// The token rules of this authority.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -169,27 +185,41 @@ impl Authority {
         settings: Settings,
         now: u64,
     ) -> Result<Authority, AuthorityError> {
-        let mut generate = |alg| settings.signers.generate(alg);
-        let plan = lifecycle::due(
-            &records,
-            &settings.algorithms,
-            settings.timing(),
-            now,
-            &mut generate,
-        )?;
-        // Build first: a keystore whose records do not load is refused before anything is
-        // written to it.
+        // Keys are generated through a reserve (empty: it only counts what is taken), so
+        // that token keys made for a start that then fails are destroyed.
+        let reserve = KeyReserve::fill(settings.signers.clone(), &[])?;
         let before = records;
-        let records = plan.apply_to(&before);
-        let set = KeySet::build(
-            &records,
-            &settings.signers,
-            &settings.algorithms,
-            store.encrypts_at_rest(),
-            settings.timing(),
-        )?;
+        let opened = (|| -> Result<(Plan, KeySet, Vec<KeyRecord>), AuthorityError> {
+            let plan = lifecycle::due(
+                &before,
+                &settings.algorithms,
+                settings.timing(),
+                now,
+                &mut reserve.source(),
+            )?;
+            // Build first: a keystore whose records do not load is refused before anything
+            // is written to it.
+            let records = plan.apply_to(&before);
+            let set = KeySet::build(
+                &records,
+                &settings.signers,
+                &settings.algorithms,
+                store.encrypts_at_rest(),
+                settings.timing(),
+            )?;
+            if !plan.is_empty() {
+                store.apply(&plan.changed, &plan.deleted)?;
+            }
+            Ok((plan, set, records))
+        })();
+        let committed = match &opened {
+            Ok((_, _, records)) => Some(records.as_slice()),
+            Err(error) if error.changed_nothing() => Some(before.as_slice()),
+            Err(_) => None,
+        };
+        reserve.release(committed);
+        let (plan, set, records) = opened?;
         if !plan.is_empty() {
-            store.apply(&plan.changed, &plan.deleted)?;
             log_plan(&plan);
             let dropped = dropped(&before, &plan);
             settings
@@ -243,7 +273,12 @@ impl Authority {
                 },
             )
             .await;
-        blocking(move || reserve.release()).await?;
+        let committed: Option<Vec<KeyRecord>> = match &opened {
+            Ok(((_, (_, records), _), _)) => Some(records.clone()),
+            Err(error) if error.changed_nothing() => Some(found.clone()),
+            Err(_) => None,
+        };
+        blocking(move || reserve.release(committed.as_deref())).await?;
         let ((plan, built, dropped), generation) = opened?;
         log_plan(&plan);
         if !dropped.is_empty() {

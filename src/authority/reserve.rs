@@ -59,6 +59,9 @@ struct Reserve {
     signers: Signers,
     /// Keys the plan asked for beyond the reserve, generated in the transaction.
     made_inside: usize,
+    /// The token keys the plan took (in every run of it: a database may run the
+    /// transaction again), destroyed at release unless the committed records name them.
+    taken: Vec<GeneratedKey>,
 }
 
 impl KeyReserve {
@@ -81,6 +84,7 @@ impl KeyReserve {
             keys,
             signers,
             made_inside: 0,
+            taken: Vec::new(),
         }))))
     }
 
@@ -100,21 +104,49 @@ impl KeyReserve {
     /// A key of `alg`: one from the reserve, or a fresh one when none is left.
     fn take(&self, alg: Algorithm) -> Result<GeneratedKey, CryptoError> {
         let mut reserve = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = reserve.keys.iter().position(|key| key.alg == alg) {
-            return Ok(reserve.keys.remove(at));
+        let key = match reserve.keys.iter().position(|key| key.alg == alg) {
+            Some(at) => reserve.keys.remove(at),
+            None => {
+                reserve.made_inside += 1;
+                let signers = reserve.signers.clone();
+                drop(reserve);
+                let key = signers.generate(alg)?;
+                reserve = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                key
+            }
+        };
+        if let Some(token) = &key.token {
+            reserve.taken.push(GeneratedKey {
+                kid: key.kid.clone(),
+                alg,
+                private_key: PrivateKeyDer::new(zeroize::Zeroizing::new(Vec::new())),
+                token: Some(token.clone()),
+            });
         }
-        reserve.made_inside += 1;
-        let signers = reserve.signers.clone();
-        drop(reserve);
-        signers.generate(alg)
+        Ok(key)
     }
 
-    /// Drops the keys nobody took (a token's objects are destroyed: no record names them)
-    /// and returns how many keys had to be generated inside the transaction.
-    pub(super) fn release(&self) -> usize {
+    /// Drops the keys nobody took, and the token keys taken that no committed record
+    /// names (a token's objects are destroyed), and returns how many keys had to be
+    /// generated inside the transaction. `committed`: the records as the change left them
+    /// (before it, when it failed and is known to have changed nothing); `None` when
+    /// whether it committed is unknown, and then the taken keys stay in the token (a key
+    /// left over wastes room; a key destroyed that a record names could never sign again).
+    pub(super) fn release(&self, committed: Option<&[KeyRecord]>) -> usize {
         let mut reserve = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let unused = std::mem::take(&mut reserve.keys);
         reserve.signers.destroy_unused(&unused);
+        if let Some(records) = committed {
+            let taken = std::mem::take(&mut reserve.taken);
+            let named = |key: &GeneratedKey| {
+                records.iter().any(|record| {
+                    record.token.as_ref().map(|t| &t.object_id)
+                        == key.token.as_ref().map(|t| &t.object_id)
+                })
+            };
+            let orphans: Vec<GeneratedKey> = taken.into_iter().filter(|key| !named(key)).collect();
+            reserve.signers.destroy_unused(&orphans);
+        }
         reserve.made_inside
     }
 
@@ -164,7 +196,7 @@ mod tests {
         let second = source.generate(Algorithm::ES256).unwrap();
         assert_eq!(first.kid, reserved);
         assert_ne!(second.kid, reserved);
-        assert_eq!(reserve.release(), 1);
+        assert_eq!(reserve.release(Some(&[])), 1);
     }
 
     #[test]
@@ -173,7 +205,7 @@ mod tests {
             KeyReserve::fill(Signers::InProcess, &[Algorithm::ES256, Algorithm::EdDSA]).unwrap();
         let mut source = reserve.source();
         source.generate(Algorithm::EdDSA).unwrap();
-        assert_eq!(reserve.release(), 0);
+        assert_eq!(reserve.release(Some(&[])), 0);
         assert!(reserve.0.lock().unwrap().keys.is_empty());
     }
 

@@ -162,6 +162,17 @@ impl StoreError {
         )
     }
 
+    /// Whether a failed change is known to have left the store as it was.
+    pub(crate) fn changed_nothing(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotApplied(_)
+                | StoreError::Unavailable { .. }
+                | StoreError::ChangeLockBusy { .. }
+                | StoreError::Refused { .. }
+        )
+    }
+
     /// For a failed lifecycle write: what a client may be told about its effect, without
     /// the cause (which goes to the log). `None` for errors that are not write outcomes.
     pub(crate) fn outcome(&self) -> Option<&'static str> {

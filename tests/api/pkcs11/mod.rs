@@ -139,6 +139,57 @@ async fn every_algorithm_signs_in_the_token_and_nothing_private_is_stored() {
     }
 }
 
+/// Every private key object in token `label`.
+fn all_private_objects(label: &str) -> usize {
+    softhsm::user_session(label)
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .unwrap()
+        .len()
+}
+
+/// A rotation whose keystore write fails changes nothing, as it says: the key it made in
+/// the token is destroyed with it, however often it is retried; the retry that succeeds
+/// leaves exactly its one new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_that_fails_leaves_no_key_in_the_token() {
+    let label = softhsm::new_token("undone");
+    let dir = DataDir::new();
+    let mut flags = signer_flags(&dir, &label);
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256".into();
+    let server = TestServer::start_with(config(&dir, &args(&flags))).await;
+    let before = all_private_objects(&label);
+    assert_eq!(before, 2, "a current and a next key");
+
+    let blocker = dir.path.join("keystore.guard.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    for _ in 0..3 {
+        let status = server
+            .client
+            .clone()
+            .rotate_keys(admin(pb::RotateKeysRequest {
+                force: true,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert!(status.message().contains("nothing changed"), "{status:?}");
+        assert_eq!(all_private_objects(&label), before);
+    }
+    std::fs::remove_dir(&blocker).unwrap();
+    server
+        .client
+        .clone()
+        .rotate_keys(admin(pb::RotateKeysRequest {
+            force: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(all_private_objects(&label), before + 1, "the new next key");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_restarted_server_signs_with_the_keys_it_finds_again_and_revocation_destroys_them() {
     let label = softhsm::new_token("restart");
