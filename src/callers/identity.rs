@@ -194,6 +194,39 @@ pub(crate) fn parse_authorization(value: Option<&str>) -> Result<Presented<'_>, 
     })
 }
 
+/// The caller a Basic credential proves: its id and secret as sent, else (when that fails
+/// and they hold a `+` or a `%`) each form-urlencoded, as RFC 6749 section 2.3.1 has OAuth
+/// clients send them (`+` a space, `%2B` a plus): OAuth libraries encode, `curl -u` and
+/// grpcurl do not, and a secret is the same secret either way.
+pub(crate) fn basic_caller(
+    clients: &HashMap<String, Client>,
+    id: &str,
+    secret: &str,
+) -> Result<Caller, IdentityError> {
+    let error = match client_caller(clients, id, secret) {
+        Ok(caller) => return Ok(caller),
+        Err(error) => error,
+    };
+    let decode = |text: &str| -> Option<Zeroizing<String>> {
+        if !text.contains(['+', '%']) {
+            return None;
+        }
+        let spaced = Zeroizing::new(text.replace('+', " "));
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .ok()
+            .map(|decoded| Zeroizing::new(decoded.into_owned()))
+    };
+    match (decode(id), decode(secret)) {
+        (None, None) => Err(error),
+        (decoded_id, decoded_secret) => client_caller(
+            clients,
+            decoded_id.as_deref().map_or(id, String::as_str),
+            decoded_secret.as_deref().map_or(secret, String::as_str),
+        ),
+    }
+}
+
 /// The caller a client secret proves. Unknown ids cost the same comparison as known ones.
 pub(crate) fn client_caller(
     clients: &HashMap<String, Client>,
@@ -656,6 +689,53 @@ mod tests {
             assert_eq!(
                 client_caller(&clients, id, secret).unwrap_err(),
                 IdentityError::BadSecret
+            );
+        }
+    }
+
+    /// RFC 6749 section 2.3.1: OAuth clients form-urlencode the id and the secret inside
+    /// Basic; others send them as they are. Both prove the client, nothing else does.
+    #[test]
+    fn basic_credentials_are_read_as_sent_or_form_urlencoded() {
+        let secret = "a+b/c=d%e:f g";
+        let clients = HashMap::from([
+            (
+                "special".to_owned(),
+                Client {
+                    secret_sha256: crypto::sha256(secret.as_bytes()),
+                },
+            ),
+            (
+                "batch job".to_owned(),
+                Client {
+                    secret_sha256: crypto::sha256(b"plain"),
+                },
+            ),
+        ]);
+        let encoded = "a%2Bb%2Fc%3Dd%25e%3Af+g";
+        for (id, presented) in [
+            ("special", secret),
+            ("special", encoded),
+            ("special", "a%2Bb%2Fc%3Dd%25e%3Af%20g"),
+            ("batch+job", "plain"),
+            ("batch%20job", "plain"),
+        ] {
+            assert!(
+                basic_caller(&clients, id, presented).is_ok(),
+                "{id}:{presented}"
+            );
+        }
+        for (id, presented) in [
+            ("special", "a b/c=d%e:f g"),
+            ("special", "a%2Bb%2Fc%3Dd%25e%3Af"),
+            ("special", "%FF"),
+            ("special", "wrong"),
+            ("batch", "plain"),
+        ] {
+            assert_eq!(
+                basic_caller(&clients, id, presented).unwrap_err(),
+                IdentityError::BadSecret,
+                "{id}:{presented}"
             );
         }
     }

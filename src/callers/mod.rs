@@ -256,7 +256,7 @@ impl Callers {
             (Presented::Basic { id, secret }, None) => {
                 let clients = active.as_ref().map(|a| &a.policy.clients);
                 let empty = Default::default();
-                Ok(Principal::Caller(identity::client_caller(
+                Ok(Principal::Caller(identity::basic_caller(
                     clients.unwrap_or(&empty),
                     &id,
                     &secret,

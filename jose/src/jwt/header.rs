@@ -122,10 +122,17 @@ impl<'a> Header<'a> {
                 "a Txn-Token (typ txntoken+jwt) is not accepted where an access token is expected",
             ),
             (TokenType::Access, Member::Absent) => Ok(()),
-            (TokenType::Access, Member::Text(typ)) if typ.eq_ignore_ascii_case("JWT") => Ok(()),
-            (TokenType::Access, _) => {
-                reject(Reason::UnsupportedHeader, "typ, when present, must be JWT")
+            // RFC 9068 section 2.1: a JWT access token carries `at+jwt` (its full media type
+            // `application/at+jwt` is the same value, RFC 7515 section 4.1.9).
+            (TokenType::Access, _)
+                if typ_is("JWT") || typ_is("at+jwt") || typ_is("application/at+jwt") =>
+            {
+                Ok(())
             }
+            (TokenType::Access, _) => reject(
+                Reason::UnsupportedHeader,
+                "typ, when present, must be JWT or at+jwt",
+            ),
         }
     }
 }

@@ -106,6 +106,15 @@ fn headers_get_the_reference_verdict() {
         (r#"{"alg":"ES256","kid":"k\u0031"}"#, Ok("svc")),
         (r#"{"\u0061lg":"ES256","kid":"k1"}"#, Ok("svc")),
         (r#"{"alg":"ES256","kid":"k1","typ":"jwt"}"#, Ok("svc")),
+        (r#"{"alg":"ES256","kid":"k1","typ":"at+jwt"}"#, Ok("svc")),
+        (
+            r#"{"alg":"ES256","kid":"k1","typ":"application/AT+JWT"}"#,
+            Ok("svc"),
+        ),
+        (
+            r#"{"alg":"ES256","kid":"k1","typ":"application/jwt+at"}"#,
+            unsupported("typ, when present, must be JWT or at+jwt"),
+        ),
         (
             r#"{"alg":"ES256","kid":"k1","cty":{"a":[1,{"b":2}]}}"#,
             Ok("svc"),
@@ -142,11 +151,11 @@ fn headers_get_the_reference_verdict() {
         ),
         (
             r#"{"alg":"ES256","kid":"k1","typ":"JOSE"}"#,
-            unsupported("typ, when present, must be JWT"),
+            unsupported("typ, when present, must be JWT or at+jwt"),
         ),
         (
             r#"{"alg":"ES256","kid":"k1","typ":1}"#,
-            unsupported("typ, when present, must be JWT"),
+            unsupported("typ, when present, must be JWT or at+jwt"),
         ),
         (
             r#"{"alg":"ES256","kid":1}"#,

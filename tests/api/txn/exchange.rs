@@ -127,6 +127,33 @@ async fn a_txn_token_carries_the_drafts_claims_and_verifies_only_as_a_txn_token(
     );
 }
 
+/// An identity provider that follows RFC 9068 types its access tokens `at+jwt` (or in
+/// full, `application/at+jwt`): they are exchanged like any other.
+#[tokio::test]
+async fn an_rfc_9068_access_token_is_exchanged() {
+    let fixture = Fixture::start().await;
+    let idp = &fixture.idp;
+    let t = now();
+    for typ in ["at+jwt", "application/at+jwt"] {
+        let header = idp
+            .key
+            .header()
+            .replace(r#""typ":"JWT""#, &format!(r#""typ":"{typ}""#));
+        let token = idp.key.forge(
+            &header,
+            &format!(
+                r#"{{"iss":"{IDP_ISS}","sub":"user-1234","aud":"api.example","scope":"orders.read","iat":{},"exp":{}}}"#,
+                t - 5,
+                t + 600
+            ),
+        );
+        let answer = exchange_as(&fixture.server, Some(&edge()), ask("orders.read", &token))
+            .await
+            .unwrap_or_else(|status| panic!("{typ}: {status:?}"));
+        assert_eq!(payload(&answer.access_token)["sub"], "user-1234", "{typ}");
+    }
+}
+
 #[tokio::test]
 async fn each_refused_request_gets_its_rfc_6749_error_and_grpc_code() {
     let fixture = Fixture::start().await;
