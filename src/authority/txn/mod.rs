@@ -158,7 +158,55 @@ fn json_object(name: &str, text: Option<String>) -> Result<Map<String, Value>, E
             "{name} is longer than {MAX_CONTEXT_BYTES} bytes"
         )));
     }
+    if let Some(integer) = inexact_integer(&text) {
+        return Err(invalid_request(format!(
+            "{name}: the integer {integer} does not fit in 64 bits, so the Txn-Token could not carry it exactly; send it as a string"
+        )));
+    }
     jwt::json::parse_object(text.as_bytes()).map_err(|e| invalid_request(format!("{name}: {e}")))
+}
+
+/// The first integer literal of the JSON `text` (outside its strings) that neither `i64`
+/// nor `u64` holds: the parser would make it the nearest float, and the Txn-Token would
+/// assert a value the requester never gave. Numbers with a fraction or an exponent are
+/// floats as written, and stay so.
+fn inexact_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut at, mut in_string, mut escaped) = (0, false, false);
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            at += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            at += 1;
+            continue;
+        }
+        if byte == b'-' || byte.is_ascii_digit() {
+            let start = at;
+            while at < bytes.len()
+                && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                at += 1;
+            }
+            let literal = &text[start..at];
+            let integral = !literal.contains(['.', 'e', 'E']);
+            if integral && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                return Some(literal);
+            }
+            continue;
+        }
+        at += 1;
+    }
+    None
 }
 
 impl Authority {
@@ -216,5 +264,41 @@ impl Authority {
             },
             now,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inexact_integer;
+
+    #[test]
+    fn integers_beyond_64_bits_are_found_outside_strings() {
+        for (text, found) in [
+            (
+                r#"{"a":123456789012345678901234567890}"#,
+                Some("123456789012345678901234567890"),
+            ),
+            (
+                r#"{"a":[1,-9223372036854775809]}"#,
+                Some("-9223372036854775809"),
+            ),
+            (
+                r#"{"a":18446744073709551616}"#,
+                Some("18446744073709551616"),
+            ),
+            (
+                r#"{"a":18446744073709551615,"b":-9223372036854775808}"#,
+                None,
+            ),
+            (r#"{"a":1.5e300,"b":-0.25,"c":1E400}"#, None),
+            (r#"{"a":"123456789012345678901234567890"}"#, None),
+            (r#"{"a\"99999999999999999999":1}"#, None),
+            (
+                r#"{"a":"\\","b":99999999999999999999}"#,
+                Some("99999999999999999999"),
+            ),
+        ] {
+            assert_eq!(inexact_integer(text), found, "{text}");
+        }
     }
 }

@@ -129,6 +129,13 @@ async fn python_requests_gets_the_drafts_answers_and_pyjwt_and_jose_verify_the_t
             400,
             Some("invalid_request"),
         ),
+        // A parser would round it, and the Txn-Token assert a value never asked for.
+        (
+            "an integer beyond 64 bits",
+            json!({"authorization": edge, "form": form(&[("request_details", Some(r#"{"order_id":123456789012345678901234567890}"#))])}),
+            400,
+            Some("invalid_request"),
+        ),
     ];
     let request = json!({
         "url": server.url("/token"),
