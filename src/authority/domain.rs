@@ -17,6 +17,10 @@ pub(crate) const RESERVED_CLAIMS: [&str; 8] =
 /// any certificate.
 pub(crate) const IDENTITY_CLAIMS: [&str; 2] = ["act", "cnf"];
 
+/// The claims of Transaction Tokens, which only the token endpoint issues: an access token
+/// carrying them could pass for one with a verifier that does not check `typ`.
+pub(crate) const TXN_CLAIMS: [&str; 4] = ["txn", "tctx", "rctx", "req_wl"];
+
 pub(crate) const MAX_SUBJECT_BYTES: usize = 1024;
 pub(crate) const MAX_AUDIENCES: usize = 16;
 pub(crate) const MAX_AUDIENCE_BYTES: usize = 256;
@@ -216,6 +220,12 @@ fn parse_claims(claims_json: &str) -> Result<Map<String, Value>, InvalidArgument
         return invalid(
             "claims_json",
             format!("sets the reserved claim {identity:?}; the authority sets act and cnf from the caller's identity"),
+        );
+    }
+    if let Some(txn) = TXN_CLAIMS.iter().find(|name| claims.contains_key(**name)) {
+        return invalid(
+            "claims_json",
+            format!("sets the reserved claim {txn:?}; txn, tctx, rctx and req_wl are Txn-Token claims, which only the token endpoint issues"),
         );
     }
     Ok(claims)

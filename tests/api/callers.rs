@@ -238,6 +238,8 @@ async fn callers_table_each_refusal_with_its_code_and_message() {
             format!("claims_json: caller \"{PAYMENTS_SA}\" may not set the claim \"role\"")),
         ("good caller setting act", Some(good.clone()), ask(PAYMENTS_SA, &["ledger"], None, r#"{"act":{"sub":"root"}}"#), Code::InvalidArgument,
             "claims_json: sets the reserved claim \"act\"; the authority sets act and cnf from the caller's identity".into()),
+        ("good caller setting a Txn-Token claim", Some(good.clone()), ask(PAYMENTS_SA, &["ledger"], None, r#"{"req_wl":"client:edge"}"#), Code::InvalidArgument,
+            "claims_json: sets the reserved claim \"req_wl\"; txn, tctx, rctx and req_wl are Txn-Token claims, which only the token endpoint issues".into()),
         ("caller no rule covers", Some(bearer(issuer.good("system:serviceaccount:billing:api"))), ask("system:serviceaccount:billing:api", &["ledger"], None, ""), Code::PermissionDenied,
             "caller \"system:serviceaccount:billing:api\" is not allowed to issue tokens".into()),
     ];

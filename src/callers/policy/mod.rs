@@ -25,9 +25,10 @@ use self::subjects::SubjectPattern;
 use super::{identity::Caller, issuers::IssuerConfig};
 use crate::{authority::domain::IssueRequest, metrics::DecisionOutcome};
 
-/// Claims a rule may neither fix nor let callers set: the authority sets them itself.
-pub(crate) const RESERVED: [&str; 9] = [
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "act", "cnf",
+/// Claims a rule may neither fix nor let callers set: the authority sets them itself (the
+/// last four only in Txn-Tokens, which an access token must never pass for).
+pub(crate) const RESERVED: [&str; 13] = [
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "act", "cnf", "txn", "tctx", "rctx", "req_wl",
 ];
 
 /// The default cap on a caller token's total lifetime (`exp - iat`).

@@ -85,6 +85,9 @@ impl Policy {
             .filter_map(|(index, rule)| check_rule(index, rule, &clients, &mut problems))
             .collect();
         let txn = check_txn(file.txn.as_ref(), &file.txn_rules, &mut problems);
+        if let Some(txn) = &txn {
+            check_trust_domain_audience(&file.rules, &txn.trust_domain, &mut problems);
+        }
         if problems.is_empty() {
             Ok(Policy {
                 issuers,
@@ -158,6 +161,27 @@ fn decode_hex(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
+}
+
+/// An access token for the trust domain, from IssueToken, would pass for a Txn-Token with a
+/// verifier that checks signature, `aud` and `exp` as the draft lists but not `typ`: only
+/// the token endpoint issues for the trust domain.
+fn check_trust_domain_audience(
+    rules: &[RuleToml],
+    trust_domain: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for (index, rule) in rules.iter().enumerate() {
+        if rule
+            .audiences
+            .iter()
+            .any(|audience| audience == trust_domain)
+        {
+            problems.push(Problem(format!(
+                "rule[{index}].audiences: {trust_domain:?} is the [txn] trust_domain; only the token endpoint issues tokens for it (an access token for it could pass for a Txn-Token)"
+            )));
+        }
+    }
 }
 
 fn check_rule(

@@ -215,6 +215,29 @@ max_ttl = "1.5s"
             problems("[txn]\ntrust_domain = \"d\"\nissuer = \"x\"\n")[0],
             "line 3: unknown field `issuer`, expected `trust_domain` or `ttl`"
         );
+        // Access tokens never pass for Txn-Tokens: none for the trust domain, none with
+        // their claims.
+        assert_eq!(
+            problems(
+                r#"
+[txn]
+trust_domain = "example.internal"
+
+[[rule]]
+callers = ["svc"]
+audiences = ["ledger", "example.internal"]
+claims = { tctx = "x" }
+allow_claims = ["txn", "req_wl", "rctx"]
+"#
+            ),
+            [
+                "rule[0].claims: \"tctx\" is set by the authority and cannot be fixed by a rule",
+                "rule[0].allow_claims: \"txn\" is set by the authority; callers can never set it",
+                "rule[0].allow_claims: \"req_wl\" is set by the authority; callers can never set it",
+                "rule[0].allow_claims: \"rctx\" is set by the authority; callers can never set it",
+                "rule[0].audiences: \"example.internal\" is the [txn] trust_domain; only the token endpoint issues tokens for it (an access token for it could pass for a Txn-Token)",
+            ]
+        );
     }
 
     #[test]
