@@ -33,6 +33,8 @@ struct Held {
     list: StatusList,
     /// Its token's `exp`: past it (and the leeway) the copy is not used.
     exp: u64,
+    /// Its token's `iat`: a token of the same list issued earlier does not replace it.
+    iat: u64,
     /// The ETag it was fetched with over HTTP, for the next conditional fetch.
     etag: Option<String>,
 }
@@ -52,6 +54,9 @@ pub(crate) enum ListRefused {
     Subject { uri: String, sub: String },
     #[error("list {uri}: {reason}")]
     List { uri: String, reason: String },
+    /// A stale copy (from a cache, or replayed): it would undo changes the copy held shows.
+    #[error("list {uri}: issued at {iat}, before the copy held (issued at {held})")]
+    Older { uri: String, iat: u64, held: u64 },
 }
 
 impl HeldLists {
@@ -68,7 +73,9 @@ impl HeldLists {
         let mut by_uri = self.by_uri.clone();
         let mut refused = Vec::new();
         for pushed in &watched.lists {
-            match read_list(&pushed.token, &pushed.uri, keys, policy, now) {
+            let read = read_list(&pushed.token, &pushed.uri, keys, policy, now)
+                .and_then(|held| not_older(&by_uri, &pushed.uri, held));
+            match read {
                 Ok(held) => {
                     by_uri.insert(pushed.uri.clone(), Arc::new(held));
                 }
@@ -139,11 +146,27 @@ impl HeldLists {
         policy: &Policy,
         now: u64,
     ) -> Result<HeldLists, ListRefused> {
-        let mut held = read_list(token, uri, keys, policy, now)?;
+        let mut held = not_older(&self.by_uri, uri, read_list(token, uri, keys, policy, now)?)?;
         held.etag = etag;
         let mut by_uri = self.by_uri.clone();
         by_uri.insert(uri.to_owned(), Arc::new(held));
         Ok(HeldLists { by_uri })
+    }
+}
+
+/// `held`, unless the copy of `uri` already held was issued later.
+fn not_older(
+    by_uri: &HashMap<String, Arc<Held>>,
+    uri: &str,
+    held: Held,
+) -> Result<Held, ListRefused> {
+    match by_uri.get(uri) {
+        Some(kept) if kept.iat > held.iat => Err(ListRefused::Older {
+            uri: uri.to_owned(),
+            iat: held.iat,
+            held: kept.iat,
+        }),
+        _ => Ok(held),
     }
 }
 
@@ -189,9 +212,19 @@ fn read_list<K: KeyLookup + ?Sized>(
                 reason: e.to_string(),
             })
         })?;
+    // The draft requires iat; a list token without one cannot be ordered against another.
+    let iat = verified
+        .claims
+        .get("iat")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| ListRefused::List {
+            uri: uri.to_owned(),
+            reason: "no iat claim of whole seconds".into(),
+        })?;
     Ok(Held {
         list,
         exp: u64::try_from(verified.expires_at).unwrap_or(0),
+        iat,
         etag: None,
     })
 }
@@ -382,6 +415,23 @@ mod tests {
                     c.as_object_mut().unwrap().remove("status_list");
                 }),
                 "no status_list claim",
+            ),
+            (
+                "no iat",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c.as_object_mut().unwrap().remove("iat");
+                }),
+                "no iat claim",
+            ),
+            // A stale copy from a cache, or replayed, with index 3 still valid: it would
+            // undo the revocation the copy held shows.
+            (
+                "issued before the copy held",
+                list_token(&authority, TokenType::StatusList, |c| {
+                    c["iat"] = json!(T0 - 1);
+                    c["status_list"] = StatusList::new(2, 64).unwrap().to_claim();
+                }),
+                "before the copy held",
             ),
         ];
         for (name, token, expected) in cases {
