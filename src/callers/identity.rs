@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use super::{
     issuers::{IssuerConfig, IssuerKeys, TrustedIssuer},
     policy::Client,
-    CallerSettings,
+    CallerSettings, StatusLists,
 };
 use token_authority_jose::{
     b64, crypto,
@@ -251,11 +251,14 @@ pub(crate) fn client_caller(
 
 /// A trusted issuer's token, verified with that issuer's keys and bounds (audiences,
 /// lifetime, algorithms), and the issuer it came from. What the token proves is for the
-/// caller to decide: a caller (`token_caller`) or a Txn-Token's subject.
+/// caller to decide: a caller (`token_caller`) or a Txn-Token's subject. A token of the
+/// authority's own (an `[[issuer]]` with `allow_own_issuer`) is checked against its status
+/// lists (`own_status`) too: a token revoked one by one proves nothing anywhere.
 pub(crate) async fn verify_issuer_token<'a>(
     issuers: &'a [Arc<TrustedIssuer>],
     token: &str,
     settings: &CallerSettings,
+    own_status: Option<&StatusLists>,
     now: u64,
 ) -> Result<(verify::Verified, &'a Arc<TrustedIssuer>, Arc<IssuerKeys>), IdentityError> {
     let max_token_bytes = settings.max_token_bytes;
@@ -312,6 +315,14 @@ pub(crate) async fn verify_issuer_token<'a>(
             _ => rejection.detail,
         })
     })?;
+    if config.issuer == *settings.own_issuer {
+        if let Some(lists) = own_status {
+            lists
+                .check_fresh(&verified.claims)
+                .await
+                .map_err(|rejection| IdentityError::Rejected(rejection.detail))?;
+        }
+    }
     Ok((verified, issuer, keys))
 }
 
@@ -340,9 +351,11 @@ pub(crate) async fn token_caller(
     token: &str,
     certificate: Option<Arc<[u8]>>,
     settings: &CallerSettings,
+    own_status: Option<&StatusLists>,
     now: u64,
 ) -> Result<Caller, IdentityError> {
-    let (verified, issuer, _) = verify_issuer_token(issuers, token, settings, now).await?;
+    let (verified, issuer, _) =
+        verify_issuer_token(issuers, token, settings, own_status, now).await?;
     let config = &issuer.config;
     let bound =
         token_claims::check_confirmation(verified.claims.get("cnf"), certificate.as_deref())?;

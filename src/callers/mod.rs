@@ -38,7 +38,7 @@ use self::{
     policy::{Grant, Policy, Refusal, StatusRule},
 };
 use crate::{
-    authority::domain::IssueRequest,
+    authority::{domain::IssueRequest, status::StatusLists},
     callers::admin::AdminToken,
     metrics::{DecisionOutcome, Metrics},
 };
@@ -159,6 +159,9 @@ pub struct CallerSettings {
 /// What the gRPC handlers ask.
 pub struct Callers {
     active: ArcSwapOption<Active>,
+    /// The authority's status lists, once open: a token of its own presented as a caller's
+    /// credential or a subject token is checked against them, as VerifyToken checks it.
+    own_status: std::sync::OnceLock<Arc<StatusLists>>,
     admin: Arc<AdminToken>,
     audit: Option<Arc<AuditLog>>,
     metrics: Arc<Metrics>,
@@ -184,11 +187,22 @@ impl Callers {
     ) -> Callers {
         Callers {
             active: ArcSwapOption::new(policy.map(Arc::new)),
+            own_status: std::sync::OnceLock::new(),
             admin,
             audit,
             metrics,
             settings,
         }
+    }
+
+    /// Hands over the authority's status lists (opened after the callers).
+    pub(crate) fn attach_own_status(&self, lists: Arc<StatusLists>) {
+        let _ = self.own_status.set(lists);
+    }
+
+    /// The status lists a token of the authority's own is checked against, once open.
+    pub(crate) fn own_status(&self) -> Option<&StatusLists> {
+        self.own_status.get().map(Arc::as_ref)
     }
 
     /// The policy in force, if any.
@@ -248,6 +262,7 @@ impl Callers {
                     token,
                     certificate,
                     &self.settings,
+                    self.own_status(),
                     now,
                 )
                 .await?;

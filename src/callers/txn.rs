@@ -60,14 +60,26 @@ impl Callers {
         if let Some(Proven { sub, scopes }) = active.subjects.get(&digest, now) {
             return Ok(Subject::Issued { sub, scopes });
         }
-        let (verified, issuer, keys) =
-            identity::verify_issuer_token(&active.issuers, token, &self.settings, now)
-                .await
-                .map_err(|error| invalid_grant(subject_reason(error)))?;
+        let (verified, issuer, keys) = identity::verify_issuer_token(
+            &active.issuers,
+            token,
+            &self.settings,
+            self.own_status(),
+            now,
+        )
+        .await
+        .map_err(|error| invalid_grant(subject_reason(error)))?;
         let scopes = subject_scopes(verified.claims.get("scope"), verified.claims.get("scp"))
             .map_err(|reason| invalid_grant(reason.into()))?;
+        // A token of the authority's own with a status can be revoked at any moment: its
+        // verdict is not kept, its status is read at every exchange.
+        let revocable =
+            issuer.config.issuer == *self.settings.own_issuer && verified.claims.has_status();
         let sub = identity::asserted_subject(&issuer.config, verified.subject)
             .map_err(|error| invalid_grant(subject_reason(error)))?;
+        if revocable {
+            return Ok(Subject::Issued { sub, scopes });
+        }
         active.subjects.insert(
             digest,
             Arc::clone(issuer),

@@ -105,7 +105,11 @@ pub async fn run(
     };
     authority.report_key_ages(metrics.key_ages());
     log_keys_loaded(&authority);
-    if let Err(error) = open::open_status_lists(config.status, &authority, &issuer).await {
+    let opened_lists = open::open_status_lists(config.status, &authority, &issuer).await;
+    if let Some(lists) = authority.status_lists() {
+        callers.attach_own_status(Arc::clone(lists));
+    }
+    if let Err(error) = opened_lists {
         stop.cancel();
         let _ = serving.drain(config.shutdown_grace).await;
         return Err(error);

@@ -40,27 +40,38 @@ impl StatusLists {
     }
 }
 
+impl StatusLists {
+    /// `check` for a verified token of this authority, wherever it is presented
+    /// (VerifyToken, a caller's credential, a Txn-Token's subject token): nothing to check
+    /// without a `status` claim; a list another replica made moments ago is read in before
+    /// a refusal.
+    pub(crate) async fn check_fresh(&self, claims: &Claims) -> Result<(), Rejection> {
+        // Known as the claims were read: a token without one is not parsed into a map here.
+        if !claims.has_status() {
+            return Ok(());
+        }
+        match self.check(claims) {
+            Err(rejection) if rejection.reason == Reason::StatusUnavailable && self.is_shared() => {
+                if let Err(error) = self.refresh().await {
+                    tracing::warn!(error = %crate::telemetry::chain(&error), "status lists could not be read in");
+                }
+                self.check(claims)
+            }
+            verdict => verdict,
+        }
+    }
+}
+
 impl crate::authority::Authority {
     /// What a verified token's status says: nothing to check without a `status` claim; a
     /// refusal when it names a list this authority does not hold (or holds none). A list
     /// another replica made moments ago is read in before the refusal.
     pub(crate) async fn check_status(&self, claims: &Claims) -> Result<(), Rejection> {
-        // Known as the claims were read: a token without one is not parsed into a map here.
         if !claims.has_status() {
             return Ok(());
         }
         match self.status_lists() {
-            Some(lists) => match lists.check(claims) {
-                Err(rejection)
-                    if rejection.reason == Reason::StatusUnavailable && lists.is_shared() =>
-                {
-                    if let Err(error) = lists.refresh().await {
-                        tracing::warn!(error = %crate::telemetry::chain(&error), "status lists could not be read in");
-                    }
-                    lists.check(claims)
-                }
-                verdict => verdict,
-            },
+            Some(lists) => lists.check_fresh(claims).await,
             None => Err(Rejection {
                 reason: Reason::StatusUnavailable,
                 detail: "the token names a status list, and this authority keeps none".into(),

@@ -6,6 +6,7 @@ mod audit;
 mod crash;
 mod lists_http;
 mod outage;
+mod own_tokens;
 mod perf_script;
 mod policy;
 mod readme;
