@@ -98,6 +98,13 @@ async fn read_form(
             "subject_token_type" => (5, &mut form.subject_token_type),
             "request_context" => (6, &mut form.request_context),
             "request_details" => (7, &mut form.request_details),
+            // RFC 8693's delegation: a Txn-Token has no actor, and one asked for must not be
+            // dropped without a word (the requester would take the token for a delegation).
+            "actor_token" | "actor_token_type" => {
+                return Err(invalid(
+                    "actor_token: a Txn-Token names no actor; delegation is not offered here",
+                ))
+            }
             // RFC 6749 section 3.2: unrecognized parameters are ignored.
             _ => continue,
         };

@@ -129,6 +129,13 @@ async fn python_requests_gets_the_drafts_answers_and_pyjwt_and_jose_verify_the_t
             400,
             Some("invalid_request"),
         ),
+        // RFC 8693 delegation is not offered: asked for, it is refused, not dropped.
+        (
+            "an actor token",
+            json!({"authorization": edge, "form": form(&[("actor_token", Some("eyJ.x.y")), ("actor_token_type", Some("urn:ietf:params:oauth:token-type:jwt"))])}),
+            400,
+            Some("invalid_request"),
+        ),
         // A parser would round it, and the Txn-Token assert a value never asked for.
         (
             "an integer beyond 64 bits",
