@@ -289,7 +289,7 @@ impl Verifier {
         let span = tracing::info_span!(
             "verify_token",
             token_type = match expect.token_type {
-                TokenType::Access => "access",
+                TokenType::Access | TokenType::IssuerAccess => "access",
                 TokenType::Txn => "txn",
                 TokenType::StatusList => "statuslist",
             },

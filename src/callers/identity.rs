@@ -295,7 +295,8 @@ pub(crate) async fn verify_issuer_token<'a>(
         algorithms: Some(&config.algorithms),
         // A Txn-Token never proves who a workload is, nor stands for an access token (the
         // draft, "Transaction Tokens Are Not Authentication Credentials").
-        token_type: TokenType::Access,
+        // Another issuer's: RFC 9068's `at+jwt` too.
+        token_type: TokenType::IssuerAccess,
     };
     let mut keys = issuer.keys();
     let mut verdict = verify::verify_with(token, &*keys, &rules, &expect, now);
@@ -316,11 +317,18 @@ pub(crate) async fn verify_issuer_token<'a>(
         })
     })?;
     if config.issuer == *settings.own_issuer {
-        if let Some(lists) = own_status {
-            lists
+        match own_status {
+            Some(lists) => lists
                 .check_fresh(&verified.claims)
                 .await
-                .map_err(|rejection| IdentityError::Rejected(rejection.detail))?;
+                .map_err(|rejection| IdentityError::Rejected(rejection.detail))?,
+            // As VerifyToken answers: a status no list here can say is no status known.
+            None if verified.claims.has_status() => {
+                return Err(IdentityError::Rejected(
+                    "the token names a status list, and this authority keeps none".into(),
+                ))
+            }
+            None => {}
         }
     }
     Ok((verified, issuer, keys))

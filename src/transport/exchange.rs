@@ -207,6 +207,11 @@ impl Exchanger {
                 })
             }
         };
+        if settings.signers.is_stalled() {
+            return Err(authority_error(&AuthorityError::SignerUnavailable(
+                crypto::CryptoError::Signing,
+            )));
+        }
         let issued = if resolved.is_slow_to_sign() || settings.signers.blocks() {
             self.signing_pool.run(sign).await.map_err(|error| {
                 ExchangeError::new(OAuthError::TemporarilyUnavailable, error.to_string())

@@ -117,22 +117,25 @@ impl<'a> Header<'a> {
                 Reason::WrongTokenType,
                 "not a Status List Token: its typ is not statuslist+jwt",
             ),
-            (TokenType::Access, _) if txn => reject(
+            (TokenType::Access | TokenType::IssuerAccess, _) if txn => reject(
                 Reason::WrongTokenType,
                 "a Txn-Token (typ txntoken+jwt) is not accepted where an access token is expected",
             ),
-            (TokenType::Access, Member::Absent) => Ok(()),
-            // RFC 9068 section 2.1: a JWT access token carries `at+jwt` (its full media type
-            // `application/at+jwt` is the same value, RFC 7515 section 4.1.9).
-            (TokenType::Access, _)
-                if typ_is("JWT") || typ_is("at+jwt") || typ_is("application/at+jwt") =>
-            {
+            (TokenType::Access | TokenType::IssuerAccess, Member::Absent) => Ok(()),
+            (TokenType::Access | TokenType::IssuerAccess, _) if typ_is("JWT") => Ok(()),
+            // RFC 9068 section 2.1: another issuer's JWT access token may carry `at+jwt` (its
+            // full media type `application/at+jwt` is the same value, RFC 7515 section
+            // 4.1.9). The authority's own never do.
+            (TokenType::IssuerAccess, _) if typ_is("at+jwt") || typ_is("application/at+jwt") => {
                 Ok(())
             }
-            (TokenType::Access, _) => reject(
+            (TokenType::IssuerAccess, _) => reject(
                 Reason::UnsupportedHeader,
                 "typ, when present, must be JWT or at+jwt",
             ),
+            (TokenType::Access, _) => {
+                reject(Reason::UnsupportedHeader, "typ, when present, must be JWT")
+            }
         }
     }
 }

@@ -68,9 +68,12 @@ pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";
 /// (`Reason::WrongTokenType`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TokenType {
-    /// An access token: `typ` absent or `JWT`.
+    /// An access token: `typ` absent or `JWT` (as the authority's own are).
     #[default]
     Access,
+    /// Another issuer's access token (a caller's credential, a Txn-Token's subject token):
+    /// `typ` absent, `JWT`, or RFC 9068's `at+jwt`. Never signed here.
+    IssuerAccess,
     /// A Transaction Token: `typ` `txntoken+jwt`, a `txn` claim, a short life.
     Txn,
     /// A Status List Token: `typ` `statuslist+jwt`, its `sub` the list's URI.
@@ -114,7 +117,7 @@ impl Signer {
 
     fn header(&self, token_type: TokenType) -> &str {
         match token_type {
-            TokenType::Access => &self.header_segment,
+            TokenType::Access | TokenType::IssuerAccess => &self.header_segment,
             TokenType::Txn => &self.txn_header_segment,
             TokenType::StatusList => &self.status_list_header_segment,
         }

@@ -41,6 +41,15 @@ impl Signers {
         }
     }
 
+    /// Whether a call has been in the token past the signing deadline (a hung device): a
+    /// signature asked for now would wait for the deadline behind it, so none is asked.
+    pub(crate) fn is_stalled(&self) -> bool {
+        match self {
+            Signers::InProcess => false,
+            Signers::Pkcs11(token) => token.is_stalled(),
+        }
+    }
+
     /// Whether the signer can sign with `keys`' current keys now: asks the token
     /// (reconnecting when it went away). Blocking.
     pub(crate) fn probe(&self, keys: &KeySet) -> bool {

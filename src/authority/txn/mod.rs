@@ -158,12 +158,15 @@ fn json_object(name: &str, text: Option<String>) -> Result<Map<String, Value>, E
             "{name} is longer than {MAX_CONTEXT_BYTES} bytes"
         )));
     }
+    let object = jwt::json::parse_object(text.as_bytes())
+        .map_err(|e| invalid_request(format!("{name}: {e}")))?;
+    // Valid JSON: every literal the scan finds is a number.
     if let Some(integer) = inexact_integer(&text) {
         return Err(invalid_request(format!(
             "{name}: the integer {integer} does not fit in 64 bits, so the Txn-Token could not carry it exactly; send it as a string"
         )));
     }
-    jwt::json::parse_object(text.as_bytes()).map_err(|e| invalid_request(format!("{name}: {e}")))
+    Ok(object)
 }
 
 /// The first integer literal of the JSON `text` (outside its strings) that neither `i64`

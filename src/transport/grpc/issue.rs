@@ -204,12 +204,20 @@ impl GrpcService {
                 (issued.map(|issued| (issued, signed_at)), started.elapsed())
             }
         };
-        let (issued, signing) =
-            if resolved.is_slow_to_sign() || self.authority.settings().signers.blocks() {
-                self.signing_pool.run(sign).await?
-            } else {
-                sign()
-            };
+        let signers = &self.authority.settings().signers;
+        // A token holding a call past the deadline has every signing thread waiting on it
+        // soon: refused here, the call does not queue behind them for the deadline.
+        if signers.is_stalled() {
+            return Err(AuthorityError::SignerUnavailable(
+                token_authority_jose::crypto::CryptoError::Signing,
+            )
+            .into());
+        }
+        let (issued, signing) = if resolved.is_slow_to_sign() || signers.blocks() {
+            self.signing_pool.run(sign).await?
+        } else {
+            sign()
+        };
         let (issued, signed_at) = issued?;
         traces::record_signing_key(&issued.kid, issued.alg.name());
         self.metrics.token_issued(issued.alg, signing);

@@ -372,21 +372,36 @@ async fn a_token_that_stops_answering_is_unavailable_within_the_deadline() {
     let before = issue().await.unwrap().into_inner().token;
 
     let frozen = Frozen::lock(&root.path().join("tokens"));
-    // The first call waits for the deadline; those after it are refused at once while the
-    // first is still in the token.
-    for call in 0..3 {
-        let status = issue().await.unwrap_err();
+    // Sixteen at once: the signing threads all hang in the token, the calls queued behind
+    // them wait for the deadline, and each is told so (or refused at once, once a call has
+    // hung past it).
+    let waited = [
+        "the signer did not answer within 5s; nothing was issued, and a retry is safe",
+        UNAVAILABLE,
+    ];
+    let first: Vec<_> = (0..16).map(|_| tokio::spawn(issue())).collect();
+    for (call, answer) in first.into_iter().enumerate() {
+        let status = answer.await.unwrap().unwrap_err();
         assert_eq!(
             status.code(),
             tonic::Code::Unavailable,
             "call {call}: {status:?}"
         );
-        let expected = if call == 0 {
-            "the signer did not answer within 5s; nothing was issued, and a retry is safe"
-        } else {
-            UNAVAILABLE
-        };
-        assert_eq!(status.message(), expected, "call {call}");
+        assert!(
+            waited.contains(&status.message()),
+            "call {call}: {status:?}"
+        );
+    }
+    // The token still holds those calls: the next ones are refused at once, not queued
+    // behind the hung threads for the deadline.
+    let next: Vec<_> = (0..4).map(|_| tokio::spawn(issue())).collect();
+    for (call, answer) in next.into_iter().enumerate() {
+        let status = answer.await.unwrap().unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::Unavailable, UNAVAILABLE),
+            "call {call}"
+        );
     }
     until("signer health NOT_SERVING", Duration::from_secs(15), || {
         let grpc = process.grpc.clone();
@@ -576,4 +591,119 @@ async fn current_keys_replaced_in_the_token_are_refused_and_shown_in_health() {
         .filter(|line| line.contains("reconnected to the PKCS#11 token"))
         .count();
     assert!(reconnections <= 1, "{reconnections} reconnections");
+}
+
+/// A second private key put under the current key's CKA_ID makes the key ambiguous: its
+/// calls answer UNAVAILABLE. Once the intruder is removed the key signs again within
+/// moments, however steadily callers keep asking meanwhile (each refusal must not put off
+/// the next look at the token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_ambiguous_signs_again_once_mended_under_steady_calls() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = own_softhsm(root.path(), "mended");
+    let dir = DataDir::new();
+    let mut flags = super::signer_flags(&dir, "mended");
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = "ES256".into();
+    flags.extend(["--issuer".into(), ISSUER.into()]);
+    let conf = conf.display().to_string();
+    let process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
+    });
+    let client = connect(&process.grpc).await;
+    let issue = || {
+        let mut client = client.clone();
+        async move {
+            client
+                .issue_token(pb::IssueTokenRequest {
+                    subject: "svc".into(),
+                    audience: vec!["api".into()],
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    issue().await.unwrap();
+    let keys = client
+        .clone()
+        .list_keys(crate::helpers::admin(pb::ListKeysRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let current = keys
+        .iter()
+        .find(|key| key.state == pb::KeyState::Current as i32)
+        .unwrap();
+    let id = current.token_object_id.clone();
+    tokio::task::block_in_place(|| {
+        pkcs11_tool(
+            &conf,
+            "mended",
+            &[
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--id",
+                &id,
+                "--label",
+                "intruder",
+            ],
+        )
+    });
+    // The signer holds the key's handle; it looks the key up again (and finds two) after it
+    // reconnects: the token goes away for a moment.
+    let tokens = root.path().join("tokens");
+    let token_dir = std::fs::read_dir(&tokens)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let away = root.path().join("away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    assert_eq!(issue().await.unwrap_err().code(), tonic::Code::Unavailable);
+    std::fs::rename(&away, &token_dir).unwrap();
+    // Refused, call after call, for two seconds once the token is back.
+    let mut refusals = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let status = issue().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        refusals += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(refusals >= 10, "{refusals}");
+    tokio::task::block_in_place(|| {
+        for kind in ["privkey", "pubkey"] {
+            pkcs11_tool(
+                &conf,
+                "mended",
+                &["--delete-object", "--type", kind, "--label", "intruder"],
+            );
+        }
+    });
+    // Callers keep asking every 250 ms; one of them gets a token within 15 s.
+    let mended = Instant::now();
+    let token = loop {
+        match issue().await {
+            Ok(issued) => break issued.into_inner().token,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(
+                    mended.elapsed() < Duration::from_secs(15),
+                    "still refused 15 s after the intruder left: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let jwks: serde_json::Value =
+        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    verify_independently(&jwks, &token, ISSUER, "api").unwrap();
 }

@@ -133,17 +133,25 @@ fn generate_pair(
     };
     let mut last = None;
     for ec_params in params {
-        for restrict in [true, false] {
+        // The most a token takes: some refuse CKA_ALLOWED_MECHANISMS, or the usage
+        // attributes a key type does not have (CKA_DECRYPT on an EC key).
+        for (mechanisms, usage) in [(true, true), (false, true), (true, false), (false, false)] {
             match session.generate_key_pair(
                 &keygen_mechanism(alg),
                 &public_template(alg, id, ec_params),
-                &private_template(alg, id, restrict),
+                &private_template(alg, id, Limits { mechanisms, usage }),
             ) {
                 Ok(pair) => {
-                    if !restrict {
+                    if !mechanisms {
                         tracing::info!(
                             alg = alg.name(),
                             "the PKCS#11 token does not take CKA_ALLOWED_MECHANISMS; the key is not tied to one mechanism"
+                        );
+                    }
+                    if !usage {
+                        tracing::info!(
+                            alg = alg.name(),
+                            "the PKCS#11 token does not take CKA_DECRYPT, CKA_UNWRAP and CKA_DERIVE false; its defaults stand"
                         );
                     }
                     return Ok(pair);
@@ -189,21 +197,34 @@ fn public_template(alg: Algorithm, id: &[u8], ec_params: &[u8]) -> Vec<Attribute
     template
 }
 
-fn private_template(alg: Algorithm, id: &[u8], restrict: bool) -> Vec<Attribute> {
+/// What a private key's template limits beyond signing.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// `CKA_ALLOWED_MECHANISMS`: the one signing mechanism.
+    mechanisms: bool,
+    /// `CKA_DECRYPT`, `CKA_UNWRAP`, `CKA_DERIVE` false.
+    usage: bool,
+}
+
+fn private_template(alg: Algorithm, id: &[u8], limits: Limits) -> Vec<Attribute> {
     let mut template = vec![
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
-        // Tokens default these to true (SoftHSM does): a signing key does nothing else, even
-        // where the allowed-mechanisms list is not honoured.
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
         Attribute::Id(id.to_vec()),
     ];
-    if restrict {
+    if limits.usage {
+        // Tokens default these to true (SoftHSM does): a signing key does nothing else, even
+        // where the allowed-mechanisms list is not honoured.
+        template.extend([
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ]);
+    }
+    if limits.mechanisms {
         template.push(Attribute::AllowedMechanisms(vec![sign_mechanism_type(alg)]));
     }
     template

@@ -168,6 +168,11 @@ impl Pkcs11Token {
         self.connection.is_available()
     }
 
+    /// Whether a call has been in the token past the signing deadline.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.connection.stalled()
+    }
+
     /// Asks the token for a session's state, reconnecting when it went away (at most once
     /// per `RECONNECT_PAUSE`), then has each of `keys`' current keys sign a probe (checked
     /// against its public key, as every signature is): whether this replica can issue. A

@@ -198,7 +198,7 @@ impl Connection {
     }
 
     /// Whether a call has been in the token for longer than callers wait for it.
-    fn stalled(&self) -> bool {
+    pub(super) fn stalled(&self) -> bool {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -319,7 +319,12 @@ impl Connection {
             }
         }
         state.last_attempt = Instant::now();
+        // Down until it is back; and a reconnection that hangs in the token counts as a call
+        // in it (`stalled`), so the calls behind the lock are refused rather than queued.
+        self.available.store(false, Ordering::Release);
+        let in_flight = self.enter();
         let connected = self.connect_again(&mut state);
+        drop(in_flight);
         match connected {
             Ok(sessions) => {
                 state.epoch += 1;

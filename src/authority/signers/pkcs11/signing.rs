@@ -73,6 +73,11 @@ impl TokenSigner {
         message: &[u8],
         input: &[u8],
     ) -> Result<Vec<u8>, Pkcs11Error> {
+        // Refused by the memo: not a new finding, so the memo keeps its time (else calls
+        // every few seconds would keep the key from ever being looked up again).
+        if let Some(refused) = self.refused_by_memo(attempt.epoch) {
+            return Err(refused);
+        }
         let result = self
             .handle(session, attempt.epoch)
             .and_then(|(handle, fresh)| {
@@ -117,19 +122,28 @@ impl TokenSigner {
         }
     }
 
+    /// A key found to be another in `epoch` is refused at once for `MISMATCH_RECHECK`
+    /// after that finding, then looked up again (an operator may have put the right object
+    /// back).
+    fn refused_by_memo(&self, epoch: u64) -> Option<Pkcs11Error> {
+        let known = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        match known {
+            Handle::Mismatch { epoch: e, at } if e == epoch && at.elapsed() < MISMATCH_RECHECK => {
+                Some(self.mismatch(
+                    "it made no signature the stored public key verifies, even after reconnecting",
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// The private key's handle in `epoch`, looked up again by CKA_ID in a new epoch (then
-    /// `fresh`). A key found to be another is refused at once for `MISMATCH_RECHECK`, then
-    /// looked up again (an operator may have put the right object back).
+    /// `fresh`).
     fn handle(&self, session: &Session, epoch: u64) -> Result<(ObjectHandle, bool), Pkcs11Error> {
         let known = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
         let label = self.connection.label();
         match known {
             Handle::Found { epoch: e, handle } if e == epoch => Ok((handle, false)),
-            Handle::Mismatch { epoch: e, at } if e == epoch && at.elapsed() < MISMATCH_RECHECK => {
-                Err(self.mismatch(
-                    "it made no signature the stored public key verifies, even after reconnecting",
-                ))
-            }
             _ => {
                 let handle = find_private(session, label, &self.id)?;
                 self.remember(Handle::Found { epoch, handle });
