@@ -78,6 +78,19 @@ pub struct KnownKey {
 }
 
 impl KnownKey {
+    /// Writes the JWKS of this key alone to `path`: a `jwks_file` for an `[[issuer]]` that
+    /// trusts the authority's own tokens.
+    pub fn write_jwks(&self, path: &std::path::Path) {
+        let public = self.signer.verifying_key().unwrap();
+        let jwks =
+            token_authority_jose::jwk::render_jwks(&[token_authority_jose::jwk::PublicJwk::new(
+                &self.kid,
+                Algorithm::RS256,
+                public.components(),
+            )]);
+        std::fs::write(path, jwks).unwrap();
+    }
+
     /// Writes a fresh current RS256 key into `dir`'s keystore.
     pub fn seed(dir: &DataDir) -> KnownKey {
         KnownKey::seed_activated(dir, now() - 10)

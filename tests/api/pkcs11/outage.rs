@@ -11,10 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use token_authority::pb;
+use token_authority::pb::{self, token_authority_client::TokenAuthorityClient};
+use tonic::transport::Channel;
 
 use crate::{
-    binary::spawn_binary_with_env,
+    binary::{spawn_binary_with_env, Process},
     helpers::{connect, verify_independently, DataDir},
 };
 
@@ -43,6 +44,50 @@ fn own_softhsm(root: &Path, label: &str) -> std::path::PathBuf {
         .expect("softhsm2-util (apt-get install softhsm2)");
     assert!(made.status.success(), "{made:?}");
     conf
+}
+
+/// The binary signing with `algorithms` in token `label` of a SoftHSM of its own under
+/// `root`, its data in `dir`; and that SoftHSM's configuration file (for `pkcs11-tool`).
+fn serve_on_own_token(
+    root: &Path,
+    dir: &DataDir,
+    label: &str,
+    algorithms: &str,
+) -> (Process, String) {
+    let conf = own_softhsm(root, label).display().to_string();
+    let mut flags = super::signer_flags(dir, label);
+    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+    flags[at + 1] = algorithms.into();
+    flags.extend(["--issuer".into(), ISSUER.into()]);
+    let process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
+    });
+    (process, conf)
+}
+
+/// The JWKS the server at `http` serves.
+async fn http_jwks(http: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{http}/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// VerifyToken says `token` (audience `api`) is valid.
+async fn assert_valid(client: &TokenAuthorityClient<Channel>, token: String) {
+    let verdict = client
+        .clone()
+        .verify_token(pb::VerifyTokenRequest {
+            token,
+            audience: "api".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.valid, "{verdict:?}");
 }
 
 async fn signer_health(addr: &str) -> i32 {
@@ -96,16 +141,8 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signature_is_wrong() {
     let root = tempfile::tempdir().unwrap();
-    let conf = own_softhsm(root.path(), "outage");
     let dir = DataDir::new();
-    let mut flags = super::signer_flags(&dir, "outage");
-    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
-    flags[at + 1] = "ES256,RS256".into();
-    flags.extend(["--issuer".into(), ISSUER.into()]);
-    let conf = conf.display().to_string();
-    let mut process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
-    });
+    let (mut process, _) = serve_on_own_token(root.path(), &dir, "outage", "ES256,RS256");
     let client = connect(&process.grpc).await;
     assert_eq!(
         signer_health(&process.grpc).await,
@@ -210,17 +247,7 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
     assert_eq!(overall, 1, "the server's health while the token is gone");
     // Verification and the JWKS carry on meanwhile.
     let earlier = seen.lock().unwrap().issued[0].0.clone();
-    let verdict = client
-        .clone()
-        .verify_token(pb::VerifyTokenRequest {
-            token: earlier,
-            audience: "api".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verdict.valid, "{verdict:?}");
+    assert_valid(&client, earlier).await;
     let jwks = reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
         .await
         .unwrap();
@@ -273,13 +300,7 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
             (tonic::Code::Unavailable, UNAVAILABLE)
         );
     }
-    let jwks: serde_json::Value =
-        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let jwks = http_jwks(&process.http).await;
     for (token, at) in &seen.issued {
         verify_independently(&jwks, token, ISSUER, "api").unwrap_or_else(|e| {
             panic!(
@@ -345,16 +366,8 @@ impl Drop for Frozen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_stops_answering_is_unavailable_within_the_deadline() {
     let root = tempfile::tempdir().unwrap();
-    let conf = own_softhsm(root.path(), "frozen");
     let dir = DataDir::new();
-    let mut flags = super::signer_flags(&dir, "frozen");
-    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
-    flags[at + 1] = "ES256".into();
-    flags.extend(["--issuer".into(), ISSUER.into()]);
-    let conf = conf.display().to_string();
-    let process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
-    });
+    let (process, _) = serve_on_own_token(root.path(), &dir, "frozen", "ES256");
     let client = connect(&process.grpc).await;
     let issue = || {
         let mut client = client.clone();
@@ -412,17 +425,7 @@ async fn a_token_that_stops_answering_is_unavailable_within_the_deadline() {
         signer_gauge(&process.http).await,
         "token_authority_signer_available 0"
     );
-    let verdict = client
-        .clone()
-        .verify_token(pb::VerifyTokenRequest {
-            token: before,
-            audience: "api".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verdict.valid, "{verdict:?}");
+    assert_valid(&client, before).await;
 
     drop(frozen);
     until(
@@ -435,13 +438,7 @@ async fn a_token_that_stops_answering_is_unavailable_within_the_deadline() {
     )
     .await;
     let after = issue().await.unwrap().into_inner().token;
-    let jwks: serde_json::Value =
-        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let jwks = http_jwks(&process.http).await;
     verify_independently(&jwks, &after, ISSUER, "api").unwrap();
     assert_eq!(
         signer_gauge(&process.http).await,
@@ -468,16 +465,8 @@ fn pkcs11_tool(conf: &str, label: &str, args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_keys_replaced_in_the_token_are_refused_and_shown_in_health() {
     let root = tempfile::tempdir().unwrap();
-    let conf = own_softhsm(root.path(), "replaced");
     let dir = DataDir::new();
-    let mut flags = super::signer_flags(&dir, "replaced");
-    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
-    flags[at + 1] = "ES256,RS256".into();
-    flags.extend(["--issuer".into(), ISSUER.into()]);
-    let conf = conf.display().to_string();
-    let mut process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
-    });
+    let (mut process, conf) = serve_on_own_token(root.path(), &dir, "replaced", "ES256,RS256");
     let client = connect(&process.grpc).await;
     let issue = |alg: &'static str| {
         let mut client = client.clone();
@@ -570,13 +559,7 @@ async fn current_keys_replaced_in_the_token_are_refused_and_shown_in_health() {
         },
     )
     .await;
-    let jwks: serde_json::Value =
-        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let jwks = http_jwks(&process.http).await;
     for alg in ["ES256", "RS256"] {
         let token = issue(alg).await.unwrap().into_inner().token;
         verify_independently(&jwks, &token, ISSUER, "api").unwrap();
@@ -600,16 +583,8 @@ async fn current_keys_replaced_in_the_token_are_refused_and_shown_in_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_made_ambiguous_signs_again_once_mended_under_steady_calls() {
     let root = tempfile::tempdir().unwrap();
-    let conf = own_softhsm(root.path(), "mended");
     let dir = DataDir::new();
-    let mut flags = super::signer_flags(&dir, "mended");
-    let at = flags.iter().position(|f| f == "--algorithms").unwrap();
-    flags[at + 1] = "ES256".into();
-    flags.extend(["--issuer".into(), ISSUER.into()]);
-    let conf = conf.display().to_string();
-    let process = tokio::task::block_in_place(|| {
-        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
-    });
+    let (process, conf) = serve_on_own_token(root.path(), &dir, "mended", "ES256");
     let client = connect(&process.grpc).await;
     let issue = || {
         let mut client = client.clone();
@@ -698,12 +673,6 @@ async fn a_key_made_ambiguous_signs_again_once_mended_under_steady_calls() {
             }
         }
     };
-    let jwks: serde_json::Value =
-        reqwest::get(format!("http://{}/.well-known/jwks.json", process.http))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let jwks = http_jwks(&process.http).await;
     verify_independently(&jwks, &token, ISSUER, "api").unwrap();
 }

@@ -3,10 +3,7 @@
 //! `allow_own_issuer`), not as a Txn-Token's subject token, as VerifyToken refuses it.
 
 use token_authority::pb::TokenStatus;
-use token_authority_jose::{
-    crypto::{self, Algorithm},
-    jwk::{render_jwks, PublicJwk},
-};
+use token_authority_jose::crypto;
 use tonic::Code;
 
 use super::set_request;
@@ -24,16 +21,7 @@ async fn a_revoked_token_of_its_own_is_neither_a_credential_nor_a_subject_token(
     let own = KnownKey::seed(&dir);
     let parent = dir.path.parent().unwrap();
     let jwks = parent.join("own-jwks.json");
-    let public = own.signer.verifying_key().unwrap();
-    std::fs::write(
-        &jwks,
-        render_jwks(&[PublicJwk::new(
-            &own.kid,
-            Algorithm::RS256,
-            public.components(),
-        )]),
-    )
-    .unwrap();
+    own.write_jwks(&jwks);
     let policy = format!(
         r#"
 [[issuer]]

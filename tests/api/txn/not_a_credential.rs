@@ -2,7 +2,6 @@
 //! authority that trusts its own tokens as callers (`allow_own_issuer`) still refuses its
 //! Txn-Tokens as credentials, even one whose `sub` and `aud` a rule would accept.
 
-use token_authority_jose::jwk::{render_jwks, PublicJwk};
 use tonic::Code;
 
 use super::{ask, edge, exchange_as, Idp, EDGE_SECRET, IDP_ISS, TRUST_DOMAIN};
@@ -10,7 +9,7 @@ use crate::{
     callers::{hex, issue_as},
     helpers::{config, DataDir, KnownKey, TestServer},
 };
-use token_authority_jose::crypto::{self, Algorithm};
+use token_authority_jose::crypto;
 
 #[tokio::test]
 async fn a_txn_token_never_authenticates_a_caller() {
@@ -19,16 +18,7 @@ async fn a_txn_token_never_authenticates_a_caller() {
     let own = KnownKey::seed(&dir);
     let parent = dir.path.parent().unwrap();
     let jwks = parent.join("own-jwks.json");
-    let public = own.signer.verifying_key().unwrap();
-    std::fs::write(
-        &jwks,
-        render_jwks(&[PublicJwk::new(
-            &own.kid,
-            Algorithm::RS256,
-            public.components(),
-        )]),
-    )
-    .unwrap();
+    own.write_jwks(&jwks);
     let policy = format!(
         r#"
 [[issuer]]
