@@ -60,6 +60,14 @@ fn widened_trust(policy: &policy::Policy) -> String {
             issuer.name, issuer.issuer
         ));
     }
+    if let Some(txn) = &policy.txn {
+        if txn.subject_issuers.is_none() && policy.issuers.len() > 1 {
+            out.push_str(&format!(
+                "  warning: [txn]: all {} [[issuer]]s supply subject tokens, and a sub two of them assert would name two subjects in one trust domain; name those that do in [txn] subject_issuers\n",
+                policy.issuers.len()
+            ));
+        }
+    }
     out
 }
 

@@ -77,6 +77,36 @@ impl Callers {
             issuer.config.issuer == *self.settings.own_issuer && verified.claims.has_status();
         let sub = identity::asserted_subject(&issuer.config, verified.subject)
             .map_err(|error| invalid_grant(subject_reason(error)))?;
+        let named = active
+            .policy
+            .txn
+            .as_ref()
+            .and_then(|txn| txn.subject_issuers.as_ref());
+        if let Some(names) = named {
+            if !names.contains(&issuer.config.name) {
+                return Err(invalid_grant(format!(
+                    "its issuer {:?} is not one of [txn] subject_issuers",
+                    issuer.config.name
+                )));
+            }
+            // The draft: a Txn-Token's sub is unique in the trust domain. A sub another
+            // subject issuer may assert too would name two subjects.
+            let also = active.issuers.iter().find(|other| {
+                other.config.name != issuer.config.name
+                    && names.contains(&other.config.name)
+                    && other
+                        .config
+                        .subjects
+                        .as_ref()
+                        .is_none_or(|bound| bound.allows(&sub))
+            });
+            if let Some(other) = also {
+                return Err(invalid_grant(format!(
+                    "its sub is one the [[issuer]] {:?} may assert too, so it would not name one subject in the trust domain",
+                    other.config.name
+                )));
+            }
+        }
         if revocable {
             return Ok(Subject::Issued { sub, scopes });
         }

@@ -22,6 +22,8 @@ pub(crate) struct TxnPolicy {
     pub(crate) trust_domain: String,
     /// Seconds; at most `TXN_MAX_TTL`.
     pub(crate) ttl: u64,
+    /// The `[[issuer]]`s whose tokens are subject tokens; `None`: every one.
+    pub(crate) subject_issuers: Option<Vec<String>>,
     pub(crate) rules: Vec<TxnRule>,
 }
 

@@ -10,6 +10,7 @@ mod perf_script;
 mod readme;
 mod replacement;
 mod subject_cache;
+mod subject_issuers;
 
 use token_authority::pb;
 use tonic::Status;

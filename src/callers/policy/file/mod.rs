@@ -84,7 +84,7 @@ impl Policy {
             .enumerate()
             .filter_map(|(index, rule)| check_rule(index, rule, &clients, &mut problems))
             .collect();
-        let txn = check_txn(file.txn.as_ref(), &file.txn_rules, &mut problems);
+        let txn = check_txn(file.txn.as_ref(), &file.txn_rules, &issuers, &mut problems);
         if let Some(txn) = &txn {
             check_trust_domain_audience(&file.rules, &txn.trust_domain, &mut problems);
         }

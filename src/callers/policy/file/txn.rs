@@ -6,9 +6,12 @@ use globset::GlobSetBuilder;
 use serde::Deserialize;
 
 use super::{duration, glob};
-use crate::callers::policy::{
-    txn::{TxnPolicy, TxnRule, DEFAULT_REQUEST_CONTEXT, TXN_DEFAULT_TTL, TXN_MAX_TTL},
-    Problem,
+use crate::callers::{
+    issuers::IssuerConfig,
+    policy::{
+        txn::{TxnPolicy, TxnRule, DEFAULT_REQUEST_CONTEXT, TXN_DEFAULT_TTL, TXN_MAX_TTL},
+        Problem,
+    },
 };
 
 #[derive(Debug, Deserialize)]
@@ -16,6 +19,7 @@ use crate::callers::policy::{
 pub(super) struct TxnToml {
     trust_domain: String,
     ttl: Option<String>,
+    subject_issuers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +47,7 @@ fn txn_ttl(text: &str) -> Result<u64, String> {
 pub(super) fn check_txn(
     txn: Option<&TxnToml>,
     rules: &[TxnRuleToml],
+    issuers: &[IssuerConfig],
     problems: &mut Vec<Problem>,
 ) -> Option<TxnPolicy> {
     let Some(txn) = txn else {
@@ -68,6 +73,10 @@ pub(super) fn check_txn(
             TXN_DEFAULT_TTL
         }
     };
+    let subject_issuers = txn
+        .subject_issuers
+        .as_ref()
+        .map(|names| check_subject_issuers(names, issuers, problems));
     let rules = rules
         .iter()
         .enumerate()
@@ -76,8 +85,39 @@ pub(super) fn check_txn(
     (problems.len() == before).then(|| TxnPolicy {
         trust_domain: txn.trust_domain.clone(),
         ttl,
+        subject_issuers,
         rules,
     })
+}
+
+/// `[txn] subject_issuers`: `[[issuer]]` names, each once; several only when each bounds
+/// its `subjects`, so that a `sub` can be told to come from one of them (the draft: a
+/// Txn-Token's `sub` is unique in the trust domain).
+fn check_subject_issuers(
+    names: &[String],
+    issuers: &[IssuerConfig],
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    let at = |problem: String| Problem(format!("txn.subject_issuers: {problem}"));
+    if names.is_empty() {
+        problems.push(at(
+            "names no issuer (leave it out for every [[issuer]])".into()
+        ));
+    }
+    let mut seen = HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            problems.push(at(format!("{name:?} is listed twice")));
+        }
+        match issuers.iter().find(|issuer| issuer.name == *name) {
+            None => problems.push(at(format!("{name:?} names no [[issuer]]"))),
+            Some(issuer) if names.len() > 1 && issuer.subjects.is_none() => problems.push(at(format!(
+                "{name:?} has no subjects: with several subject issuers, each needs `subjects`, so that a sub names one subject in the trust domain"
+            ))),
+            Some(_) => {}
+        }
+    }
+    names.to_vec()
 }
 
 fn check_rule(index: usize, rule: &TxnRuleToml, problems: &mut Vec<Problem>) -> Option<TxnRule> {
@@ -213,8 +253,40 @@ max_ttl = "1.5s"
         );
         assert_eq!(
             problems("[txn]\ntrust_domain = \"d\"\nissuer = \"x\"\n")[0],
-            "line 3: unknown field `issuer`, expected `trust_domain` or `ttl`"
+            "line 3: unknown field `issuer`, expected one of `trust_domain`, `ttl`, `subject_issuers`"
         );
+        let issuers = r#"
+[[issuer]]
+name = "idp"
+issuer = "https://login.example.com"
+jwks_file = "/dev/null"
+audiences = ["api"]
+subjects = ["user-*"]
+
+[[issuer]]
+name = "partner"
+issuer = "https://partner.example.net"
+jwks_file = "/dev/null"
+audiences = ["api"]
+"#;
+        for (names, expected) in [
+            ("[]", vec!["txn.subject_issuers: names no issuer (leave it out for every [[issuer]])"]),
+            (r#"["idp", "idp"]"#, vec!["txn.subject_issuers: \"idp\" is listed twice"]),
+            (r#"["ghost"]"#, vec!["txn.subject_issuers: \"ghost\" names no [[issuer]]"]),
+            (
+                r#"["idp", "partner"]"#,
+                vec!["txn.subject_issuers: \"partner\" has no subjects: with several subject issuers, each needs `subjects`, so that a sub names one subject in the trust domain"],
+            ),
+        ] {
+            let text = format!("{issuers}\n[txn]\ntrust_domain = \"d\"\nsubject_issuers = {names}\n");
+            assert_eq!(problems(&text), expected, "{names}");
+        }
+        // One subject issuer needs no subjects; several that all bound theirs are fine.
+        for names in [r#"["partner"]"#, r#"["idp"]"#] {
+            let text =
+                format!("{issuers}\n[txn]\ntrust_domain = \"d\"\nsubject_issuers = {names}\n");
+            assert!(Policy::parse(&text).is_ok(), "{names}");
+        }
         // Access tokens never pass for Txn-Tokens: none for the trust domain, none with
         // their claims.
         assert_eq!(
