@@ -16,6 +16,7 @@
 //! - `error`: `Pkcs11Error`.
 
 mod error;
+mod health;
 mod keys;
 mod mechanisms;
 mod module;

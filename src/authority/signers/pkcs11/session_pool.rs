@@ -16,10 +16,9 @@
 //! last. A reconnection refused at login (a changed or locked PIN) is never retried, as
 //! every try would bring the token closer to locking the PIN.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::error::Error as CkError;
@@ -29,6 +28,7 @@ use token_authority_jose::crypto::Algorithm;
 use zeroize::Zeroizing;
 
 use super::error::{connection_lost, failed, Pkcs11Error};
+use super::health::TokenHealth;
 use super::module::Module;
 use super::sessions::{self, Sessions};
 use super::slot;
@@ -51,31 +51,9 @@ pub(super) struct Connection {
     size: usize,
     state: RwLock<State>,
     available: AtomicBool,
-    /// The calls in the token now, by ticket, with when each started: one that has not
-    /// come back within `SIGN_DEADLINE` means the token stopped answering (a C_Sign that
-    /// never returns answers nothing, so `available` alone would not say so).
-    in_flight: Mutex<BTreeMap<u64, Instant>>,
-    tickets: AtomicU64,
-    /// The CKA_IDs of keys whose last signature failed for the key's own reason (no such
-    /// object, or one that signs with another key): the token answers, but cannot issue
-    /// with them. Each probe starts the set again from the current keys.
-    unusable_keys: Mutex<std::collections::HashSet<Vec<u8>>>,
-}
-
-/// A call in the token, struck off `in_flight` when it returns.
-struct InFlight<'a> {
-    connection: &'a Connection,
-    ticket: u64,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.connection
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.ticket);
-    }
+    /// The calls in the token and the keys that could not sign: what `available` alone
+    /// would not say (a call that never returns answers nothing).
+    health: TokenHealth,
 }
 
 struct State {
@@ -132,9 +110,7 @@ impl Connection {
                 last_attempt: Instant::now(),
             }),
             available: AtomicBool::new(false),
-            in_flight: Mutex::new(BTreeMap::new()),
-            tickets: AtomicU64::new(0),
-            unusable_keys: Mutex::new(std::collections::HashSet::new()),
+            health: TokenHealth::default(),
         };
         let call = connection.module.call();
         let sessions = connection
@@ -167,55 +143,24 @@ impl Connection {
     /// every key that signed last (or that the last probe tried) could sign.
     pub(super) fn is_available(&self) -> bool {
         self.available.load(Ordering::Acquire)
-            && !self.stalled()
-            && self
-                .unusable_keys
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
+            && !self.health.stalled()
+            && self.health.keys_usable()
     }
 
     /// Notes whether key `id` could sign.
     pub(super) fn key_signed(&self, id: &[u8], usable: bool) {
-        let mut unusable = self
-            .unusable_keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if usable {
-            unusable.remove(id);
-        } else {
-            unusable.insert(id.to_vec());
-        }
+        self.health.key_signed(id, usable);
     }
 
     /// Forgets which keys could not sign: a probe tries the current ones again (a key
     /// rotated away no longer counts).
     pub(super) fn forget_unusable_keys(&self) {
-        self.unusable_keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.health.forget_unusable_keys();
     }
 
     /// Whether a call has been in the token for longer than callers wait for it.
     pub(super) fn stalled(&self) -> bool {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .first_key_value()
-            .is_some_and(|(_, started)| started.elapsed() >= SIGN_DEADLINE)
-    }
-
-    fn enter(&self) -> InFlight<'_> {
-        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ticket, Instant::now());
-        InFlight {
-            connection: self,
-            ticket,
-        }
+        self.health.stalled()
     }
 
     /// Runs `op` on a session of its own (waiting for one if all are busy). When the token
@@ -275,7 +220,7 @@ impl Connection {
                     epoch: state.epoch,
                     after_reconnect,
                 };
-                let in_flight = self.enter();
+                let in_flight = self.health.enter();
                 let result = op(&session, attempt);
                 drop(in_flight);
                 match result {
@@ -322,7 +267,7 @@ impl Connection {
         // Down until it is back; and a reconnection that hangs in the token counts as a call
         // in it (`stalled`), so the calls behind the lock are refused rather than queued.
         self.available.store(false, Ordering::Release);
-        let in_flight = self.enter();
+        let in_flight = self.health.enter();
         let connected = self.connect_again(&mut state);
         drop(in_flight);
         match connected {
