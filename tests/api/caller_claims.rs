@@ -281,7 +281,6 @@ async fn trusting_the_authoritys_own_issuer_needs_allow_own_issuer() {
 #[test]
 fn policy_check_warns_about_allow_own_issuer() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.toml");
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
     let text = |settings: &str| {
@@ -292,14 +291,8 @@ fn policy_check_warns_about_allow_own_issuer() {
     };
     let warning = "  warning: issuer own: allow_own_issuer = true: where https://ta.example is this authority's own --issuer, a token it minted for a subject proves that subject as a caller to whoever holds it\n";
     for (settings, warned) in [("allow_own_issuer = true", true), ("", false)] {
-        std::fs::write(&path, text(settings)).unwrap();
-        let output = std::process::Command::new(crate::binary::BIN)
-            .args(["policy", "check"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(output.status.code(), Some(0), "{stdout}");
+        let (code, stdout, stderr) = crate::policy_command::check(&text(settings));
+        assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
         assert_eq!(stdout.contains(warning), warned, "{settings}: {stdout}");
     }
 }

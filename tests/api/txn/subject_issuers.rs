@@ -153,7 +153,6 @@ async fn a_sub_names_one_subject_in_the_trust_domain() {
 #[test]
 fn policy_check_warns_when_every_issuer_supplies_subject_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.toml");
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
     let issuer = |name: &str| {
@@ -186,14 +185,8 @@ fn policy_check_warns_when_every_issuer_supplies_subject_tokens() {
         ),
         (format!("{}{}", issuer("a"), issuer("b")), false),
     ] {
-        std::fs::write(&path, &text).unwrap();
-        let output = std::process::Command::new(crate::binary::BIN)
-            .args(["policy", "check"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(output.status.code(), Some(0), "{text}\n{stdout}");
+        let (code, stdout, stderr) = crate::policy_command::check(&text);
+        assert_eq!((code, stderr.as_str()), (0, ""), "{text}\n{stdout}");
         assert_eq!(stdout.contains(warning), warned, "{text}\n{stdout}");
     }
 }
