@@ -261,7 +261,11 @@ fn client_error(error: &CallerError) -> ExchangeError {
         error if error.is_unauthenticated() => OAuthError::InvalidClient,
         _ => OAuthError::UnauthorizedClient,
     };
-    ExchangeError::new(code, error.to_string())
+    let mut refused = ExchangeError::new(code, error.to_string());
+    if let CallerError::Throttled { retry_after_secs } = error {
+        refused.retry_after_secs = Some(*retry_after_secs);
+    }
+    refused
 }
 
 fn authority_error(error: &AuthorityError) -> ExchangeError {

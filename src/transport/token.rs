@@ -123,7 +123,7 @@ async fn read_form(
 
 /// The only place a Txn-Token refusal becomes an HTTP status: 400 for the request's
 /// mistakes (RFC 6749 section 5.2), 401 with a challenge for the requester's credentials,
-/// 429 for a throttled address, 503 when nothing was issued and a retry may succeed, 500
+/// 429 with `Retry-After` for a throttled address, 503 when nothing was issued and a retry may succeed, 500
 /// for our own failures.
 fn error_response(error: &ExchangeError) -> Response {
     let status = match error.error {
@@ -145,6 +145,11 @@ fn error_response(error: &ExchangeError) -> Response {
             "error_description": description(&error.description),
         }),
     );
+    if let Some(seconds) = error.retry_after_secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if error.error == OAuthError::InvalidClient {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,

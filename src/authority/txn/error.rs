@@ -52,6 +52,8 @@ impl OAuthError {
 pub(crate) struct ExchangeError {
     pub(crate) error: OAuthError,
     pub(crate) description: String,
+    /// Seconds until a throttled address is heard again (HTTP's `Retry-After`).
+    pub(crate) retry_after_secs: Option<u64>,
 }
 
 impl ExchangeError {
@@ -59,6 +61,7 @@ impl ExchangeError {
         ExchangeError {
             error,
             description: description.into(),
+            retry_after_secs: None,
         }
     }
 }

@@ -259,3 +259,49 @@ async fn python_requests_gets_the_drafts_answers_and_pyjwt_and_jose_verify_the_t
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "POST");
 }
+
+/// An address refused for failing authentication too often hears when to come back: 429,
+/// `slow_down` (RFC 8628's code, which RFC 6749 clients retry), and `Retry-After` in
+/// seconds (RFC 9110 section 10.2.3), as gRPC callers read it in the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_address_is_told_when_to_retry() {
+    let fixture = Fixture::start().await;
+    let server = &fixture.server;
+    let post = |authorization: String| {
+        server
+            .http
+            .post(server.url("/token"))
+            .header("authorization", authorization)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type={GRANT}"))
+            .send()
+    };
+    let mut failures = 0;
+    let throttled = loop {
+        let response = post(basic("edge", "guess")).await.unwrap();
+        match response.status().as_u16() {
+            401 => failures += 1,
+            _ => break response,
+        }
+        assert!(failures < 200, "never slowed down");
+    };
+    assert_eq!(throttled.status().as_u16(), 429);
+    assert_eq!(
+        throttled
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(
+        throttled.json::<Value>().await.unwrap(),
+        json!({
+            "error": "slow_down",
+            "error_description": "too many failed authentications from this address; retry in 1s",
+        })
+    );
+    // The good secret from the same address is slowed too, and told the same.
+    let response = post(edge()).await.unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+}
