@@ -148,9 +148,21 @@ impl KeySet {
                 .and_then(|set| set.signer(record.alg))
                 .filter(|signer| *signer.kid == *record.kid && reused.is_some())
                 .filter(|_| record.state == KeyState::Current);
-            let parse = || source.open(record);
+            // A start opens each current key knowing the token may have lost it (it then
+            // serves and refuses to sign, as it would running); a change does not make a
+            // key current that cannot sign.
+            let parse = || match previous {
+                None => source.open_at_start(record),
+                Some(_) => source.open(record),
+            };
             let (verifying, mut parsed) = match reused {
                 Some(old) => (Arc::clone(&old.key), None),
+                // Only a current key signs: the others need their verifying key, which a
+                // token key has as stored (the token is not asked).
+                None if record.state != KeyState::Current => (
+                    Arc::new(source.verifying_key(record).map_err(key_error)?),
+                    None,
+                ),
                 None => {
                     let signing = parse().map_err(key_error)?;
                     (

@@ -98,6 +98,10 @@ pub enum CryptoError {
     Generation(String),
     #[error("the stored private key is not a valid {alg} PKCS#8 document: {reason}")]
     BadPrivateKey { alg: Algorithm, reason: String },
+    /// A key held by a signing device (its private half never in the process) that the
+    /// device cannot use.
+    #[error("the {alg} key cannot sign where it is held: {reason}")]
+    HeldKey { alg: Algorithm, reason: String },
     #[error("signing failed")]
     Signing,
     #[error("the system random number generator failed")]

@@ -13,7 +13,7 @@ use crate::{
     telemetry::chain,
 };
 use token_authority_jose::{
-    crypto::{Algorithm, CryptoError, SigningKey},
+    crypto::{Algorithm, CryptoError, SigningKey, VerifyingKey},
     jwt::SignatureSource,
 };
 
@@ -117,6 +117,23 @@ impl Signers {
 
     /// What signs with `record`'s key (and knows its verifying key).
     pub(crate) fn open(&self, record: &KeyRecord) -> Result<Arc<dyn SignatureSource>, CryptoError> {
+        self.open_as(record, false)
+    }
+
+    /// Like `open`, at a start: a current key its token does not hold as recorded still
+    /// gets a signer, which refuses until the key is found (`Pkcs11Token::signer_at_start`).
+    pub(crate) fn open_at_start(
+        &self,
+        record: &KeyRecord,
+    ) -> Result<Arc<dyn SignatureSource>, CryptoError> {
+        self.open_as(record, true)
+    }
+
+    fn open_as(
+        &self,
+        record: &KeyRecord,
+        at_start: bool,
+    ) -> Result<Arc<dyn SignatureSource>, CryptoError> {
         match (self, &record.token) {
             // Keys made in the process; with the token signer, those made before the switch
             // still sign in the process until they retire (the README's migration path).
@@ -125,21 +142,49 @@ impl Signers {
                 record.private_key.as_bytes(),
             )?)),
             // A key that never left its token cannot sign in the process.
-            (Signers::InProcess, Some(_)) => Err(CryptoError::BadPrivateKey {
+            (Signers::InProcess, Some(_)) => Err(CryptoError::HeldKey {
                 alg: record.alg,
-                reason: "the key lives in a PKCS#11 token; start with --signer pkcs11".into(),
+                reason: "it lives in a PKCS#11 token; start with --signer pkcs11".into(),
             }),
-            (Signers::Pkcs11(token), Some(object)) => token
-                .signer(&TokenKey {
-                    kid: record.kid.clone(),
-                    alg: record.alg,
-                    object_id: object.object_id.clone(),
-                    public: object.public.clone(),
-                })
-                .map_err(|e| CryptoError::BadPrivateKey {
+            (Signers::Pkcs11(token), Some(object)) => {
+                let key = token_key(record, object);
+                let signer = if at_start {
+                    token.signer_at_start(&key)
+                } else {
+                    token.signer(&key)
+                };
+                signer.map_err(|e| CryptoError::HeldKey {
                     alg: record.alg,
                     reason: chain(&e).to_string(),
-                }),
+                })
+            }
         }
+    }
+
+    /// The verifying key of `record`, for a key that does not sign: an in-process key's,
+    /// from its private key; a token key's, as stored (the token is not asked: a key that
+    /// retired verifies the tokens it signed whether or not the token still holds it).
+    pub(crate) fn verifying_key(&self, record: &KeyRecord) -> Result<VerifyingKey, CryptoError> {
+        match &record.token {
+            None => {
+                SigningKey::from_pkcs8(record.alg, record.private_key.as_bytes())?.verifying_key()
+            }
+            Some(object) => pkcs11::stored_public(&token_key(record, object)).map_err(|reason| {
+                CryptoError::HeldKey {
+                    alg: record.alg,
+                    reason,
+                }
+            }),
+        }
+    }
+}
+
+/// What the token is asked about `record`, a key it holds as `object`.
+fn token_key(record: &KeyRecord, object: &TokenObject) -> TokenKey {
+    TokenKey {
+        kid: record.kid.clone(),
+        alg: record.alg,
+        object_id: object.object_id.clone(),
+        public: object.public.clone(),
     }
 }

@@ -676,3 +676,116 @@ async fn a_key_made_ambiguous_signs_again_once_mended_under_steady_calls() {
     let jwks = http_jwks(&process.http).await;
     verify_independently(&jwks, &token, ISSUER, "api").unwrap();
 }
+
+/// A restart finds what the running server found: a key object destroyed behind its back
+/// stops no start. A retired key's object gone changes nothing (it never signs again, and
+/// verifies with its stored public key); a current key's object gone leaves the server
+/// serving the JWKS and VerifyToken, refusing only to sign with it (`UNAVAILABLE`, `signer`
+/// health NOT_SERVING), until a forced rotation makes a key the token holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_key_objects_gone_serves_and_refuses_only_to_sign() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = DataDir::new();
+    let (mut process, conf) = serve_on_own_token(root.path(), &dir, "restarted", "ES256");
+    let client = connect(&process.grpc).await;
+    let issue = |client: TokenAuthorityClient<Channel>| async move {
+        client
+            .clone()
+            .issue_token(pb::IssueTokenRequest {
+                subject: "svc".into(),
+                audience: vec!["api".into()],
+                ..Default::default()
+            })
+            .await
+    };
+    let by_first_key = issue(client.clone()).await.unwrap().into_inner().token;
+    client
+        .clone()
+        .rotate_keys(crate::helpers::admin(pb::RotateKeysRequest {
+            force: true,
+            algorithm: "ES256".into(),
+        }))
+        .await
+        .unwrap();
+    let by_second_key = issue(client.clone()).await.unwrap().into_inner().token;
+    let keys = client
+        .clone()
+        .list_keys(crate::helpers::admin(pb::ListKeysRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let object_of = |state: pb::KeyState| {
+        keys.iter()
+            .find(|key| key.state == state as i32)
+            .unwrap_or_else(|| panic!("a {state:?} key in {keys:?}"))
+            .token_object_id
+            .clone()
+    };
+    let (retired, current) = (
+        object_of(pb::KeyState::Retired),
+        object_of(pb::KeyState::Current),
+    );
+    let restart = |process: &mut Process| {
+        process.terminate();
+        let mut flags = super::signer_flags(&dir, "restarted");
+        let at = flags.iter().position(|f| f == "--algorithms").unwrap();
+        flags[at + 1] = "ES256".into();
+        flags.extend(["--issuer".into(), ISSUER.into()]);
+        spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
+    };
+
+    // The retired key's object destroyed: the restart serves as before.
+    process = tokio::task::block_in_place(|| {
+        pkcs11_tool(
+            &conf,
+            "restarted",
+            &["--delete-object", "--type", "privkey", "--id", &retired],
+        );
+        restart(&mut process)
+    });
+    let client = connect(&process.grpc).await;
+    assert_valid(&client, by_first_key.clone()).await;
+    issue(client.clone()).await.unwrap();
+
+    // The current key's object destroyed too: the restart still serves, and says why it
+    // cannot sign.
+    process = tokio::task::block_in_place(|| {
+        pkcs11_tool(
+            &conf,
+            "restarted",
+            &["--delete-object", "--type", "privkey", "--id", &current],
+        );
+        restart(&mut process)
+    });
+    let client = connect(&process.grpc).await;
+    assert_valid(&client, by_first_key.clone()).await;
+    assert_valid(&client, by_second_key.clone()).await;
+    let status = issue(client.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    until("signer health NOT_SERVING", Duration::from_secs(15), || {
+        let grpc = process.grpc.clone();
+        async move { signer_health(&grpc).await == 2 }
+    })
+    .await;
+    client
+        .clone()
+        .rotate_keys(crate::helpers::admin(pb::RotateKeysRequest {
+            force: true,
+            algorithm: "ES256".into(),
+        }))
+        .await
+        .unwrap();
+    let token = issue(client.clone()).await.unwrap().into_inner().token;
+    verify_independently(&http_jwks(&process.http).await, &token, ISSUER, "api").unwrap();
+    until(
+        "signer health SERVING again",
+        Duration::from_secs(15),
+        || {
+            let grpc = process.grpc.clone();
+            async move { signer_health(&grpc).await == 1 }
+        },
+    )
+    .await;
+    process.terminate();
+}

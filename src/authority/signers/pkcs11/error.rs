@@ -64,7 +64,7 @@ pub enum Pkcs11Error {
         #[source]
         source: CkError,
     },
-    #[error("token {label:?} holds no key with CKA_ID {object_id}; the key was destroyed or the token replaced: remove it from the key set")]
+    #[error("token {label:?} holds no key with CKA_ID {object_id}; the key was destroyed or the token replaced: put the object back, or rotate with force (RotateKeys) to a key the token makes")]
     KeyNotFound { label: String, object_id: String },
     #[error("the key with CKA_ID {object_id} in token {label:?} is not the stored key ({reason}); refusing to sign with it")]
     KeyMismatch {

@@ -74,6 +74,17 @@ pub(crate) struct TokenKey {
     pub(crate) public: PublicComponents,
 }
 
+/// The verifying key `key` records, checked to be the key its kid names (else why not). It
+/// verifies without the token: a key that no longer signs needs nothing else.
+pub(crate) fn stored_public(key: &TokenKey) -> Result<VerifyingKey, String> {
+    let verifying = VerifyingKey::from_components(key.alg, key.public.clone())
+        .map_err(|error| format!("the stored public key: {error}"))?;
+    if thumbprint(&key.public) != key.kid {
+        return Err("the stored kid is not the thumbprint of the stored public key".to_owned());
+    }
+    Ok(verifying)
+}
+
 /// A logged-in connection to one token. Clones share it.
 #[derive(Clone)]
 pub struct Pkcs11Token {
@@ -128,19 +139,12 @@ impl Pkcs11Token {
     /// CKA_ID, of `key.alg`'s type, and beside it the public key `key` records.
     pub(crate) fn signer(&self, key: &TokenKey) -> Result<Arc<dyn SignatureSource>, Pkcs11Error> {
         let label = self.connection.label();
-        let mismatch = |reason: String| Pkcs11Error::KeyMismatch {
+        let verifying = stored_public(key).map_err(|reason| Pkcs11Error::KeyMismatch {
             label: label.to_owned(),
             object_id: key.object_id.clone(),
             reason,
-        };
+        })?;
         let id = parse_object_id(&key.object_id)?;
-        let verifying = VerifyingKey::from_components(key.alg, key.public.clone())
-            .map_err(|error| mismatch(format!("the stored public key: {error}")))?;
-        if thumbprint(&key.public) != key.kid {
-            return Err(mismatch(
-                "the stored kid is not the thumbprint of the stored public key".to_owned(),
-            ));
-        }
         let (epoch, private) = self.connection.run("finding a key", |session, attempt| {
             Ok((attempt.epoch, find_recorded(session, label, key, &id)?))
         })?;
@@ -149,9 +153,43 @@ impl Pkcs11Token {
             key.alg,
             id,
             verifying,
-            epoch,
-            private,
+            Some((epoch, private)),
         )))
+    }
+
+    /// Like `signer`, for a start: a key the token does not hold as recorded (its object
+    /// destroyed, or another key under its CKA_ID) gets a signer all the same, which looks
+    /// the key up at each call and refuses until it is found (as a running server does when
+    /// the object goes), so the server serves its JWKS and verifies, and a forced rotation
+    /// can mend it.
+    pub(crate) fn signer_at_start(
+        &self,
+        key: &TokenKey,
+    ) -> Result<Arc<dyn SignatureSource>, Pkcs11Error> {
+        match self.signer(key) {
+            // Only a key whose own record holds together: one whose stored public key is
+            // not its kid's stays refused.
+            Err(error) if error.is_the_keys_own() && stored_public(key).is_ok() => {
+                tracing::error!(
+                    kid = %key.kid,
+                    alg = key.alg.name(),
+                    error = %crate::telemetry::chain(&error),
+                    "a current key cannot sign: IssueToken with it answers UNAVAILABLE until the object is put back or a forced rotation (RotateKeys with force) makes a new key"
+                );
+                Ok(Arc::new(TokenSigner::new(
+                    Arc::clone(&self.connection),
+                    key.alg,
+                    parse_object_id(&key.object_id)?,
+                    stored_public(key).map_err(|reason| Pkcs11Error::KeyMismatch {
+                        label: self.connection.label().to_owned(),
+                        object_id: key.object_id.clone(),
+                        reason,
+                    })?,
+                    None,
+                )))
+            }
+            other => other,
+        }
     }
 
     /// Destroys both objects of the key with CKA_ID `object_id`; a key already gone is no

@@ -28,8 +28,16 @@ const P256_ORDER: [u8; 32] = [
 /// What the signer knows of its private key object in one epoch of the connection.
 #[derive(Clone, Copy, Debug)]
 enum Handle {
-    Found { epoch: u64, handle: ObjectHandle },
-    Mismatch { epoch: u64, at: Instant },
+    /// Not looked up yet (a start that did not find it): looked up at the next call.
+    Unknown,
+    Found {
+        epoch: u64,
+        handle: ObjectHandle,
+    },
+    Mismatch {
+        epoch: u64,
+        at: Instant,
+    },
 }
 
 /// How long a key found to be another is refused without asking the token again.
@@ -49,15 +57,18 @@ impl TokenSigner {
         alg: Algorithm,
         id: Vec<u8>,
         verifying: VerifyingKey,
-        epoch: u64,
-        handle: ObjectHandle,
+        found: Option<(u64, ObjectHandle)>,
     ) -> TokenSigner {
+        let handle = found.map_or(Handle::Unknown, |(epoch, handle)| Handle::Found {
+            epoch,
+            handle,
+        });
         TokenSigner {
             connection,
             alg,
             id,
             verifying,
-            handle: Mutex::new(Handle::Found { epoch, handle }),
+            handle: Mutex::new(handle),
         }
     }
 
