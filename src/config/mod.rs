@@ -368,11 +368,14 @@ pub(crate) fn trace_settings(
             "--otlp-endpoint {endpoint:?}: give the collector as http://host:port or https://host:port"
         )));
     }
+    // The variables may be set for every signal and every exporter at once: a certificate
+    // from them means nothing to an http:// collector, while the flag asks for TLS.
     let ca_file = ca_file.or_else(|| {
         from_env([
             "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         ])
+        .filter(|_| endpoint.starts_with("https://"))
         .map(PathBuf::from)
     });
     if ca_file.is_some() && !endpoint.starts_with("https://") {
@@ -392,9 +395,59 @@ pub(crate) fn trace_settings(
                 ))
             })?,
     };
+    check_sdk_variables(&env)?;
     Ok(Some(TraceSettings {
         endpoint,
         ca_file,
         queue_capacity,
     }))
+}
+
+/// The samplers `OTEL_TRACES_SAMPLER` may name (the SDK's, but for remote ones).
+const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+/// The variables the SDK reads for itself, checked first: it would take a wrong value
+/// without a word (a sampler mistyped samples every trace; a schedule delay of 0 has the
+/// export thread spin on a core).
+fn check_sdk_variables(env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let set = |name: &str| env(name).filter(|value| !value.is_empty());
+    if let Some(value) = set("OTEL_BSP_SCHEDULE_DELAY") {
+        if !value.parse::<u64>().is_ok_and(|ms| ms >= 1) {
+            return Err(ConfigError(format!(
+                "OTEL_BSP_SCHEDULE_DELAY {value:?}: give the milliseconds between exports, at least 1"
+            )));
+        }
+    }
+    let sampler = set("OTEL_TRACES_SAMPLER");
+    if let Some(value) = &sampler {
+        if !SAMPLERS.contains(&value.as_str()) {
+            return Err(ConfigError(format!(
+                "OTEL_TRACES_SAMPLER {value:?}: give one of {}",
+                SAMPLERS.join(", ")
+            )));
+        }
+    }
+    if sampler
+        .as_deref()
+        .is_some_and(|s| s.ends_with("traceidratio"))
+    {
+        if let Some(value) = set("OTEL_TRACES_SAMPLER_ARG") {
+            if !value
+                .parse::<f64>()
+                .is_ok_and(|ratio| (0.0..=1.0).contains(&ratio))
+            {
+                return Err(ConfigError(format!(
+                    "OTEL_TRACES_SAMPLER_ARG {value:?}: give the share of traces to sample, from 0 to 1"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

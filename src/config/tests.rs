@@ -191,6 +191,16 @@ fn trace_settings_come_from_the_flags_then_the_otel_variables() {
             &[],
             Err("invalid configuration: --otlp-ca-file needs an https:// collector, not \"http://c:4317\""),
         ),
+        // Set for every signal, the variable means nothing to an http:// collector.
+        (
+            None,
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://all:4317"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+            ],
+            Ok(Some(("http://all:4317", None))),
+        ),
     ];
     for (endpoint, ca, env, expected) in cases {
         let got = trace_settings(
@@ -246,5 +256,60 @@ fn the_trace_queue_follows_otel_bsp_max_queue_size() {
         .map(|settings| settings.expect("traces are on").queue_capacity)
         .map_err(|e| e.to_string());
         assert_eq!(&got, expected, "{value:?}");
+    }
+}
+
+/// The variables the SDK reads for itself are checked at start, each refusal naming what to
+/// give: the SDK would take a wrong value without a word.
+#[test]
+fn the_sdk_variables_are_checked_at_start() {
+    use super::trace_settings;
+    type Case<'a> = (&'a [(&'a str, &'a str)], Result<(), &'a str>);
+    let cases: &[Case] = &[
+        (&[], Ok(())),
+        (&[("OTEL_BSP_SCHEDULE_DELAY", "")], Ok(())),
+        (&[("OTEL_BSP_SCHEDULE_DELAY", "1")], Ok(())),
+        (&[("OTEL_BSP_SCHEDULE_DELAY", "5000")], Ok(())),
+        (
+            &[("OTEL_BSP_SCHEDULE_DELAY", "0")],
+            Err("invalid configuration: OTEL_BSP_SCHEDULE_DELAY \"0\": give the milliseconds between exports, at least 1"),
+        ),
+        (
+            &[("OTEL_BSP_SCHEDULE_DELAY", "soon")],
+            Err("invalid configuration: OTEL_BSP_SCHEDULE_DELAY \"soon\": give the milliseconds between exports, at least 1"),
+        ),
+        (&[("OTEL_TRACES_SAMPLER", "parentbased_always_on")], Ok(())),
+        (&[("OTEL_TRACES_SAMPLER", "always_off")], Ok(())),
+        (
+            &[("OTEL_TRACES_SAMPLER", "bogus")],
+            Err("invalid configuration: OTEL_TRACES_SAMPLER \"bogus\": give one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"),
+        ),
+        (
+            &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.01")],
+            Ok(()),
+        ),
+        (
+            &[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "abc")],
+            Err("invalid configuration: OTEL_TRACES_SAMPLER_ARG \"abc\": give the share of traces to sample, from 0 to 1"),
+        ),
+        (
+            &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")],
+            Err("invalid configuration: OTEL_TRACES_SAMPLER_ARG \"1.5\": give the share of traces to sample, from 0 to 1"),
+        ),
+        // An argument other samplers do not read is not theirs to refuse.
+        (
+            &[("OTEL_TRACES_SAMPLER", "always_on"), ("OTEL_TRACES_SAMPLER_ARG", "abc")],
+            Ok(()),
+        ),
+    ];
+    for (env, expected) in cases {
+        let got = trace_settings(Some("http://c:4317".into()), None, |name| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+        assert_eq!(got, expected.map_err(str::to_owned), "{env:?}");
     }
 }

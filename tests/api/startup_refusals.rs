@@ -239,6 +239,33 @@ fn trace_settings_that_cannot_work_stop_the_server_with_their_reason() {
             &[("OTEL_BSP_MAX_QUEUE_SIZE", "a lot")],
             r#"error: invalid configuration: OTEL_BSP_MAX_QUEUE_SIZE "a lot": give a number of spans from 1 to 1048576"#,
         ),
+        (
+            &["--otlp-endpoint", "http://127.0.0.1:4317"],
+            &[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "1%"),
+            ],
+            r#"error: invalid configuration: OTEL_TRACES_SAMPLER_ARG "1%": give the share of traces to sample, from 0 to 1"#,
+        ),
+        (
+            &["--otlp-endpoint", "http://127.0.0.1:4317"],
+            &[("OTEL_BSP_SCHEDULE_DELAY", "0")],
+            r#"error: invalid configuration: OTEL_BSP_SCHEDULE_DELAY "0": give the milliseconds between exports, at least 1"#,
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "https://127.0.0.1:4317",
+                "--otlp-ca-file",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ],
+            &[],
+            concat!(
+                "error: the collector's CA file ",
+                env!("CARGO_MANIFEST_DIR"),
+                "/Cargo.toml holds no PEM certificate"
+            ),
+        ),
     ];
     for (args, envs, line) in cases {
         let dir = DataDir::new();

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -77,6 +77,27 @@ pub(super) struct Counted<E> {
     pub(super) admission: Arc<Admission>,
 }
 
+/// Seconds between two log lines about failed exports: a collector that is down fails
+/// every batch, and the counter has each.
+const FAILURE_LOG_INTERVAL: u64 = 60;
+static FAILURE_LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Says that an export failed (at most once a minute), so that a collector refusing the
+/// server's TLS or its batches is found in the log, not only in a counter.
+fn export_failed(error: &opentelemetry_sdk::error::OTelSdkError, spans: usize) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let last = FAILURE_LOGGED_AT.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + FAILURE_LOG_INTERVAL)
+        && FAILURE_LOGGED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(%error, spans, "spans could not be exported to the collector (counted in token_authority_trace_spans_dropped_total; this line at most once a minute)");
+    }
+}
+
 /// Gives back `spans` admissions when dropped; counts them lost unless `exported`.
 struct Release {
     admission: Arc<Admission>,
@@ -110,6 +131,9 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
             let mut release = release;
             let result = export.await;
             release.exported = result.is_ok();
+            if let Err(error) = &result {
+                export_failed(error, release.spans);
+            }
             result
         }
     }

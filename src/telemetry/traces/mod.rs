@@ -59,6 +59,8 @@ pub enum TraceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the collector's CA file {path} holds no PEM certificate")]
+    NoCertificate { path: String },
     #[error("cannot set up the OTLP exporter to {endpoint}")]
     Exporter {
         endpoint: String,
@@ -109,6 +111,12 @@ impl Traces {
                         path: path.display().to_string(),
                         source,
                     })?;
+                    // Else every export would fail its handshake, and only a counter say so.
+                    if !holds_a_certificate(&pem) {
+                        return Err(TraceError::NoCertificate {
+                            path: path.display().to_string(),
+                        });
+                    }
                     tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
                 }
                 None => tls.with_webpki_roots(),
@@ -131,8 +139,7 @@ impl Traces {
         )
         .build();
         let mut resource = Resource::builder();
-        // OTEL_SERVICE_NAME, read by the default detectors, wins over ours.
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        if !service_named(|name| std::env::var(name).ok()) {
             resource = resource.with_service_name("token-authority");
         }
         // The sampler comes from OTEL_TRACES_SAMPLER (default: the caller's decision, else
@@ -156,6 +163,58 @@ impl Traces {
                 .await;
         if let Ok(Err(error)) = flushed {
             tracing::warn!(%error, "the last spans could not be exported");
+        }
+    }
+}
+
+/// Whether `pem` holds at least one well-formed certificate.
+fn holds_a_certificate(pem: &[u8]) -> bool {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
+    CertificateDer::pem_slice_iter(pem).any(|cert| cert.is_ok())
+}
+
+/// Whether the environment names the service, for the SDK's default detectors to read: a
+/// non-empty `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`. Either
+/// wins over ours; an empty one does not (the SDK would call the service `unknown_service`).
+fn service_named(env: impl Fn(&str) -> Option<String>) -> bool {
+    env("OTEL_SERVICE_NAME").is_some_and(|name| !name.is_empty())
+        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attributes| {
+            attributes.split(',').any(|pair| {
+                pair.split_once('=').is_some_and(|(key, value)| {
+                    key.trim() == "service.name" && !value.trim().is_empty()
+                })
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_service_is_named_by_the_environment_only_when_it_gives_a_name() {
+        for (service_name, attributes, named) in [
+            (None, None, false),
+            (Some(""), None, false),
+            (Some("orders-tts"), None, true),
+            (None, Some("service.name=from-attributes"), true),
+            (
+                None,
+                Some("deployment.environment=prod, service.name = tts"),
+                true,
+            ),
+            (None, Some("service.name="), false),
+            (None, Some("service.namespace=auth"), false),
+            (Some(""), Some("service.name=tts"), true),
+        ] {
+            let env = |name: &str| match name {
+                "OTEL_SERVICE_NAME" => service_name.map(str::to_owned),
+                "OTEL_RESOURCE_ATTRIBUTES" => attributes.map(str::to_owned),
+                _ => None,
+            };
+            assert_eq!(
+                super::service_named(env),
+                named,
+                "{service_name:?} {attributes:?}"
+            );
         }
     }
 }

@@ -38,35 +38,64 @@ pub(crate) fn enabled() -> bool {
 /// - a `traceparent` not of the W3C form is not read (the SDK would take `00-1-2-01` as
 ///   trace 1 under span 2), nor are two of them: the request starts a trace of its own, and
 ///   its `tracestate` is ignored with it;
-/// - several `tracestate` headers are one list, in their order (the SDK reads the first).
+/// - several `tracestate` headers are one list, in their order (the SDK reads the first);
+/// - a `tracestate` longer than 512 characters is cut down (`bounded_tracestate`): every span
+///   keeps it, so a caller's 16 KiB of it would be copied into each of its spans, swell the
+///   export queue's memory, and take batches past what collectors accept.
 struct Headers<'a> {
     map: &'a axum::http::HeaderMap,
-    /// The `tracestate` headers joined, when there are several (a copy only then).
-    joined_tracestate: Option<String>,
+    /// The `tracestate` list as read: borrowed when one header holds it whole.
+    tracestate: Option<Cow<'a, str>>,
 }
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
+/// The `tracestate` kept at most, in characters: what the recommendation asks every
+/// vendor to propagate.
+const TRACESTATE_MAX: usize = 512;
+/// List members longer than this are the first to go when the list is cut.
+const TRACESTATE_MEMBER_MAX: usize = 128;
 
 impl<'a> Headers<'a> {
     fn new(map: &'a axum::http::HeaderMap) -> Headers<'a> {
         let mut values = map.get_all(TRACESTATE).iter();
-        let joined_tracestate = match (values.next(), values.next()) {
-            (Some(_), Some(_)) => Some(
+        let tracestate = match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(one), None) => one.to_str().ok().map(Cow::Borrowed),
+            (Some(_), Some(_)) => Some(Cow::Owned(
                 map.get_all(TRACESTATE)
                     .iter()
                     .map(|value| value.to_str())
                     .collect::<Result<Vec<_>, _>>()
                     // A value that is not visible ASCII spoils the list, as it would alone.
                     .map_or_else(|_| String::new(), |values| values.join(",")),
-            ),
-            _ => None,
+            )),
         };
         Headers {
             map,
-            joined_tracestate,
+            tracestate: tracestate.map(bounded_tracestate),
         }
     }
+}
+
+/// `list` cut to `TRACESTATE_MAX` characters as W3C Trace Context (section 3.3.1.5) says:
+/// members longer than `TRACESTATE_MEMBER_MAX` go first, then members from the end.
+fn bounded_tracestate(list: Cow<'_, str>) -> Cow<'_, str> {
+    if list.len() <= TRACESTATE_MAX {
+        return list;
+    }
+    let mut kept: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|member| !member.is_empty() && member.len() <= TRACESTATE_MEMBER_MAX)
+        .collect();
+    let joined_len = |members: &[&str]| {
+        members.iter().map(|m| m.len()).sum::<usize>() + members.len().saturating_sub(1)
+    };
+    while joined_len(&kept) > TRACESTATE_MAX {
+        kept.pop();
+    }
+    Cow::Owned(kept.join(","))
 }
 
 impl Extractor for Headers<'_> {
@@ -77,7 +106,7 @@ impl Extractor for Headers<'_> {
                 let value = values.next()?.to_str().ok()?;
                 (values.next().is_none() && is_w3c_traceparent(value.trim())).then_some(value)
             }
-            TRACESTATE if self.joined_tracestate.is_some() => self.joined_tracestate.as_deref(),
+            TRACESTATE => self.tracestate.as_deref(),
             _ => self.map.get(key).and_then(|value| value.to_str().ok()),
         }
     }
@@ -401,6 +430,44 @@ mod tests {
             let headers = Headers::new(&map);
             assert_eq!(headers.get("traceparent"), traceparent, "{case}");
             assert_eq!(headers.get("tracestate"), tracestate, "{case}");
+        }
+    }
+
+    /// A caller's `tracestate` is kept to 512 characters: members over 128 go first, then
+    /// members from the end, the order of the rest kept; a list within bounds is untouched.
+    #[test]
+    fn a_long_tracestate_is_cut_as_w3c_trace_context_says() {
+        let long = |key: &str| format!("{key}={}", "v".repeat(200));
+        let short = |n: usize| format!("k{n:02}={}", "x".repeat(36));
+        // 40-character members: twelve fit in 512 with their commas, a thirteenth does not.
+        let mut members: Vec<String> = (0..20).map(short).collect();
+        members.insert(1, long("first-long"));
+        members.insert(5, long("second-long"));
+        let sent = members.join(",");
+        let within: Vec<String> = (0..12).map(short).collect();
+        for (case, header, kept) in [
+            ("long", sent.clone(), within.join(",")),
+            ("within bounds", within.join(","), within.join(",")),
+            (
+                "a long member alone within bounds",
+                long("only"),
+                long("only"),
+            ),
+            (
+                "thirty members of 500 characters",
+                (0..30)
+                    .map(|n| long(&format!("m{n}")))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                String::new(),
+            ),
+        ] {
+            let mut map = HeaderMap::new();
+            map.append("tracestate", HeaderValue::from_str(&header).unwrap());
+            let headers = Headers::new(&map);
+            let read = headers.get("tracestate").unwrap();
+            assert!(read.len() <= 512, "{case}: {} characters", read.len());
+            assert_eq!(read, kept, "{case}");
         }
     }
 }

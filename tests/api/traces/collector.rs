@@ -30,7 +30,7 @@ async fn issue_many(process: &Process, calls: usize) -> Duration {
 
 /// A collector that is down, refuses every export, or takes 5 s per export: every call still
 /// succeeds and none waits on the exporter (a call that did would take the 5 s); the spans
-/// that could not be sent are counted.
+/// that could not be sent are counted, and a failed export is logged (once a minute at most).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_down_failing_or_slow_never_fails_or_holds_up_a_request() {
     let es256 = ["--algorithms", "ES256"];
@@ -62,12 +62,20 @@ async fn a_collector_down_failing_or_slow_never_fails_or_holds_up_a_request() {
         wait_for_dropped(&process, reason, case).await;
         // Shutdown waits for the exporter only a few seconds, whatever the collector does.
         let stopping = Instant::now();
-        tokio::task::block_in_place(|| process.terminate());
+        let lines = tokio::task::block_in_place(|| process.terminate());
         assert!(
             stopping.elapsed() < Duration::from_secs(15),
             "{case}: shutdown took {:?}",
             stopping.elapsed()
         );
+        // Failed exports are in the log as well as counted: once, however many failed.
+        if reason == "export_failed" {
+            let said = lines
+                .iter()
+                .filter(|line| line.contains("spans could not be exported to the collector"))
+                .count();
+            assert_eq!(said, 1, "{case}: {lines:#?}");
+        }
     }
 }
 
