@@ -219,6 +219,12 @@ impl Metrics {
         );
     }
 
+    /// The RPCs of `method` answered with `code` so far.
+    #[cfg(test)]
+    pub(crate) fn rpc_count(&self, method: Method, code: tonic::Code) -> u64 {
+        self.rpc_requests.get(method).get(code).get()
+    }
+
     /// One caller decision.
     pub(crate) fn decision(&self, method: DecidedMethod, outcome: DecisionOutcome) {
         self.decisions.get(method).get(outcome).inc();

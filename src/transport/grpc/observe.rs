@@ -63,19 +63,21 @@ pub(super) async fn observe<T>(
         latency_us = field::Empty,
         trace_id = trace_id.as_deref(),
     );
-    let exemplar = trace_id.filter(|_| trace.is_sampled());
     let started = Instant::now();
+    let mut unanswered = Unanswered {
+        trace: &trace,
+        metrics,
+        method,
+        started,
+        exemplar: trace_id.filter(|_| trace.is_sampled()),
+        answered: false,
+    };
     let result = trace.in_scope(call.instrument(span.clone())).await;
+    unanswered.answered = true;
     let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
-    if traces::enabled() {
-        trace.set("rpc.grpc.status_code", code as i64);
-        if let Err(status) = &result {
-            trace.set_error(format!("{:?}", status.code()));
-        }
-        trace.end();
-    }
+    finish(&trace, code);
     let latency = started.elapsed();
-    metrics.rpc(method, code, latency, exemplar);
+    metrics.rpc(method, code, latency, unanswered.exemplar.take());
     let data_plane = matches!(
         method,
         Method::IssueToken
@@ -121,4 +123,78 @@ pub(super) async fn observe<T>(
         });
     }
     result
+}
+
+/// Ends the call's span with the status it answered.
+fn finish(trace: &Trace, code: tonic::Code) {
+    if traces::enabled() {
+        trace.set("rpc.grpc.status_code", code as i64);
+        if code != tonic::Code::Ok {
+            trace.set_error(format!("{code:?}"));
+        }
+        trace.end();
+    }
+}
+
+/// A call whose future was dropped before it answered: its client cancelled it, or its
+/// deadline (`grpc-timeout`) passed. Counted and its span ended as CANCELLED, as gRPC
+/// names a call abandoned on the server's side; else it would leave no count, no latency,
+/// and a span whose status says nothing, with a `sign` under it for a token never sent.
+struct Unanswered<'a> {
+    trace: &'a Trace,
+    metrics: &'a Metrics,
+    method: Method,
+    started: Instant,
+    exemplar: Option<String>,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        finish(self.trace, tonic::Code::Cancelled);
+        self.metrics.rpc(
+            self.method,
+            tonic::Code::Cancelled,
+            self.started.elapsed(),
+            self.exemplar.take(),
+        );
+        tracing::debug!(
+            method = self.method.as_str(),
+            "rpc abandoned by its client before it answered"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call dropped before it answers (the client gone, its deadline passed) is counted
+    /// as CANCELLED; one that answers is counted once, by its own status.
+    #[tokio::test]
+    async fn a_call_dropped_before_it_answers_is_counted_as_cancelled() {
+        let metrics = Metrics::new(&[]);
+        let limiter = Limiter::new(10);
+        let hung = observe(
+            &metrics,
+            &limiter,
+            Method::IssueToken,
+            None,
+            std::future::pending::<Result<(), Status>>(),
+        );
+        let gone = tokio::time::timeout(std::time::Duration::from_millis(10), hung).await;
+        assert!(gone.is_err());
+        observe(&metrics, &limiter, Method::IssueToken, None, async {
+            Err::<(), _>(Status::permission_denied("no"))
+        })
+        .await
+        .unwrap_err();
+        let count = |code: tonic::Code| metrics.rpc_count(Method::IssueToken, code);
+        assert_eq!(count(tonic::Code::Cancelled), 1);
+        assert_eq!(count(tonic::Code::PermissionDenied), 1);
+        assert_eq!(count(tonic::Code::Ok), 0);
+    }
 }
