@@ -1,5 +1,5 @@
 //! The indexes a list hands out: reserved in durable blocks (one write per `BLOCK` tokens),
-//! taken from the open block, with a spare reserved when it is half used so no request
+//! taken from the open block in a random order, with a spare reserved when it is half used so no request
 //! waits for the disk, and nothing reserved for a moment after a failed reservation (the
 //! database down), when tokens are issued without a status instead.
 
@@ -18,14 +18,69 @@ const RESERVATION_RETRY: u64 = 2;
 
 pub(super) struct OpenBlock {
     block: Block,
-    next: u64,
+    /// The block's indexes (as offsets from its start) in the random order they are handed
+    /// out in, and how many have been.
+    order: Vec<u32>,
+    next: usize,
+    /// Which offsets have been handed out (or passed over).
+    taken: Vec<bool>,
     opened_at: u64,
 }
 
 impl OpenBlock {
+    /// The block, its indexes to be handed out in a random order: the draft RECOMMENDS
+    /// indexes that are not sequential, so that one does not tell how many tokens were
+    /// issued before it, nor link two tokens issued one after the other. Without the system's
+    /// randomness they go in order (nothing else depends on the order).
+    fn new(block: Block, opened_at: u64) -> OpenBlock {
+        let len = usize::try_from(block.end - block.start).unwrap_or(0);
+        let mut order: Vec<u32> = (0..len as u32).collect();
+        match token_authority_jose::crypto::random_bytes(4 * len) {
+            Ok(random) => {
+                // Fisher-Yates; the bias of a 32-bit draw reduced modulo at most 2^20 is
+                // below one in four thousand, immaterial to hiding an order.
+                for i in (1..len).rev() {
+                    let draw =
+                        u32::from_le_bytes(random[4 * i..4 * i + 4].try_into().unwrap_or_default());
+                    order.swap(i, draw as usize % (i + 1));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "status indexes of a block are handed out in order: no randomness to shuffle them")
+            }
+        }
+        OpenBlock {
+            block,
+            order,
+            next: 0,
+            taken: vec![false; len],
+            opened_at,
+        }
+    }
+
     /// Indexes left, and within the window its list's `valid_until` was reserved for.
     fn usable(&self, now: u64) -> bool {
-        self.next < self.block.end && now < self.opened_at + BLOCK_WINDOW
+        self.next < self.order.len() && now < self.opened_at + BLOCK_WINDOW
+    }
+
+    /// The next index, marked taken.
+    fn take(&mut self) -> u64 {
+        let offset = self.order[self.next];
+        self.next += 1;
+        self.taken[offset as usize] = true;
+        self.block.start + u64::from(offset)
+    }
+
+    /// Whether `idx` of `list` is in this block and not handed out yet.
+    fn holds_ahead(&self, list: u64, idx: u64) -> bool {
+        self.block.list == list
+            && (self.block.start..self.block.end).contains(&idx)
+            && !self.taken[(idx - self.block.start) as usize]
+    }
+
+    /// Fewer than half its indexes left.
+    fn low(&self) -> bool {
+        self.order.len() - self.next < self.order.len() / 2
     }
 }
 
@@ -45,7 +100,7 @@ impl Blocks {
         [&self.open, &self.spare]
             .into_iter()
             .flatten()
-            .any(|block| block.block.list == list && (block.next..block.block.end).contains(&idx))
+            .any(|block| block.holds_ahead(list, idx))
     }
 }
 
@@ -135,11 +190,7 @@ impl StatusLists {
         for record in records {
             self.install(record)?;
         }
-        Ok(OpenBlock {
-            block,
-            next: block.start,
-            opened_at: now,
-        })
+        Ok(OpenBlock::new(block, now))
     }
 
     /// Makes the first list (and the one after it) when there is none, so the lists a
@@ -169,8 +220,7 @@ impl StatusLists {
         let mut blocks = self.block.lock().ok()?;
         loop {
             if let Some(open) = blocks.open.as_mut().filter(|open| open.usable(now)) {
-                let idx = open.next;
-                open.next += 1;
+                let idx = open.take();
                 let list = open.block.list;
                 // Given a status by index before its token was issued (on another replica,
                 // which cannot know what this one has handed out): passed over, so no token
@@ -178,7 +228,7 @@ impl StatusLists {
                 if self.is_set(list, idx) {
                     continue;
                 }
-                let low = open.block.end - open.next < (open.block.end - open.block.start) / 2;
+                let low = open.low();
                 let want_spare = low && blocks.spare.is_none() && !blocks.spare_asked;
                 blocks.spare_asked |= want_spare;
                 return Some((Slot { list, idx }, want_spare));

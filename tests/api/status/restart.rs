@@ -68,3 +68,31 @@ async fn indexes_continue_and_statuses_survive_a_restart() {
     let lists: HashSet<u64> = held.iter().map(|(list, _)| *list).collect();
     assert!(lists.len() >= 3, "{lists:?}");
 }
+
+/// Indexes are not handed out in order (the draft RECOMMENDS non-sequential indexes: one
+/// would tell how many tokens came before it, and link tokens issued one after another):
+/// each block goes in an order of its own, every index of it once.
+#[tokio::test]
+async fn indexes_are_handed_out_in_a_random_order() {
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        let dir = DataDir::new();
+        let server = TestServer::start(&dir).await;
+        let mut order = Vec::new();
+        for n in 0..40 {
+            let issued = issue_for(&server, &format!("svc-{n}"), LONG).await;
+            order.push(reference(&issued.token).unwrap().idx);
+        }
+        server.stop().await;
+        let distinct: HashSet<_> = order.iter().collect();
+        assert_eq!(distinct.len(), order.len(), "an index twice: {order:?}");
+        assert!(
+            order.iter().all(|&idx| idx < 1024),
+            "beyond the first block: {order:?}"
+        );
+        // In order by chance: one chance in 40 factorial.
+        assert!(order.windows(2).any(|w| w[0] > w[1]), "in order: {order:?}");
+        orders.push(order);
+    }
+    assert_ne!(orders[0], orders[1], "two authorities, one order");
+}
