@@ -75,6 +75,21 @@ async fn a_list_is_dropped_with_its_statuses_once_its_last_token_has_expired() {
         first_list.push(issue().await);
     }
     let on_second = issue().await;
+    // Its index in list 2, handed out in a random order.
+    let second_idx = {
+        use base64::Engine as _;
+        let payload = on_second.token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        token_authority_jose::status_list::StatusReference::from_claims(claims.as_object().unwrap())
+            .unwrap()
+            .unwrap()
+            .idx
+    };
     assert_eq!(lists.ids(), [1, 2, 3]);
     client
         .set_token_status(admin(pb::SetTokenStatusRequest {
@@ -85,7 +100,7 @@ async fn a_list_is_dropped_with_its_statuses_once_its_last_token_has_expired() {
         .await
         .unwrap();
     client
-        .set_token_status(admin(set((2, 0), TokenStatus::Suspended)))
+        .set_token_status(admin(set((2, second_idx), TokenStatus::Suspended)))
         .await
         .unwrap();
     let last_exp = first_list.last().unwrap().expires_at.unwrap().seconds as u64;
@@ -105,7 +120,7 @@ async fn a_list_is_dropped_with_its_statuses_once_its_last_token_has_expired() {
     let (stored, _) = store.load().await.unwrap();
     let ids: Vec<u64> = stored.lists.iter().map(|list| list.id).collect();
     assert_eq!(ids, [2, 3]);
-    assert_eq!(stored.statuses, [(2, 0, 2)]);
+    assert_eq!(stored.statuses, [(2, second_idx, 2)]);
     // Nothing of list 1 can be named any more: by jti (its token expired), or by index.
     let by_jti = client
         .set_token_status(admin(pb::SetTokenStatusRequest {
