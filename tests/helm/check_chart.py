@@ -3505,6 +3505,7 @@ README = REPO / "README.md"
 # Each alert the chart renders: its severity and the README heading of its runbook paragraph
 # (under "## Operating", "### Alerts and dashboard").
 ALERTS = {
+    "TokenAuthorityNotScraped": ("critical", "Not scraped"),
     "TokenAuthorityRotationOverdue": ("warning", "Rotation overdue"),
     "TokenAuthorityIssueTokenFailing": ("critical", "IssueToken failing"),
     "TokenAuthorityDeniedShareJump": ("warning", "Denied share jump"),
@@ -3595,7 +3596,7 @@ def check_prometheus_rule() -> None:
         assert github_anchor(heading) in anchors, f"{r['alert']}: README has no heading with anchor #{github_anchor(heading)}"
         bare = re.findall(r"\btoken_authority_\w+\b(?!\{)", r["expr"])
         assert not bare, f"{r['alert']}: series read without the release's selector: {bare}"
-        for selector in re.findall(r"\btoken_authority_\w+\{([^}]*)\}", r["expr"]):
+        for selector in re.findall(r"\b(?:token_authority_\w+|up)\{([^}]*)\}", r["expr"]):
             assert f'job="{job}"' in selector and f'namespace="{NAMESPACE}"' in selector, \
                 f"{r['alert']}: selector {{{selector}}} does not pick job {job} in {NAMESPACE}"
         print(f"       {r['alert']}: {severity}, for {r.get('for', '0s')}, runbook #{github_anchor(heading)}")
@@ -3604,7 +3605,7 @@ def check_prometheus_rule() -> None:
              "seriesSelector": 'cluster="eu-1",job="tokens"',
              "runbookBaseUrl": "https://wiki.example.com/token-authority"}
     custom = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {"enabled": True, **tuned}}))}
-    expected = {"TokenAuthorityRotationOverdue": [], "TokenAuthorityIssueTokenFailing": ["> 0.125\n"],
+    expected = {"TokenAuthorityNotScraped": [], "TokenAuthorityRotationOverdue": [], "TokenAuthorityIssueTokenFailing": ["> 0.125\n"],
                 "TokenAuthorityDeniedShareJump": ["+ 0.375\n", "> 1.5\n"], "TokenAuthorityAuditLogNotWritable": [],
                 "TokenAuthorityStoreUnreachable": ["> 600\n"], "TokenAuthorityCertificateExpiring": ["< 1814400\n"],
                 "TokenAuthorityReplicasDisagreeOnKeys": []}
@@ -3622,7 +3623,7 @@ def check_prometheus_rule() -> None:
     for name, fragments in expected.items():
         for fragment in fragments:
             assert fragment in custom[name]["expr"], f"{name}: {fragment.strip()!r} not in {custom[name]['expr']}"
-        selectors = re.findall(r"\btoken_authority_\w+\{([^}]*)\}", custom[name]["expr"])
+        selectors = re.findall(r"\b(?:token_authority_\w+|up)\{([^}]*)\}", custom[name]["expr"])
         assert selectors and all(s.endswith('cluster="eu-1",job="tokens"') and "namespace=" not in s for s in selectors), \
             f"{name}: seriesSelector not used alone: {selectors}"
         assert custom[name]["annotations"]["runbook_url"].startswith("https://wiki.example.com/token-authority#"), name
