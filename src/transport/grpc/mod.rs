@@ -31,7 +31,7 @@ mod token_status;
 mod verify;
 pub(super) mod wire;
 
-use self::observe::observe;
+use self::observe::{observe, CallContext};
 use self::wire::{jwks_response, key_infos, parse_algorithm};
 
 /// Log lines of refused or malformed calls per second at most (a flood of bad calls must
@@ -126,7 +126,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::IssueToken,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async { self.issue(request).await.map(Response::new) },
         )
         .await
@@ -140,7 +140,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::VerifyToken,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async { self.verify(request.into_inner()).await.map(Response::new) },
         )
         .await
@@ -154,7 +154,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::ExchangeToken,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async { self.exchange(request).await.map(Response::new) },
         )
         .await
@@ -168,7 +168,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::GetJwks,
-            traces::parent_from(_request.metadata().as_ref()),
+            CallContext::of(_request.metadata()),
             async { Ok(Response::new(jwks_response(&self.authority.keys()))) },
         )
         .await
@@ -186,7 +186,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::WatchKeys,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async {
                 let peer = WatcherPeer {
                     addr: request
@@ -212,7 +212,7 @@ impl TokenAuthority for GrpcService {
         &self,
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
-        observe(&self.metrics, &self.log_limiter, Method::RotateKeys, traces::parent_from(request.metadata().as_ref()), async {
+        observe(&self.metrics, &self.log_limiter, Method::RotateKeys, CallContext::of(request.metadata()), async {
             let principal = self.check_admin(&request, DecidedMethod::RotateKeys).await?;
             let request = request.into_inner();
             let alg = parse_algorithm(&request.algorithm)?;
@@ -258,7 +258,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::RevokeKey,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async {
                 let principal = self.check_admin(&request, DecidedMethod::RevokeKey).await?;
                 let request = request.into_inner();
@@ -334,7 +334,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::SetTokenStatus,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async { self.set_status(request).await.map(Response::new) },
         )
         .await
@@ -348,7 +348,7 @@ impl TokenAuthority for GrpcService {
             &self.metrics,
             &self.log_limiter,
             Method::ListKeys,
-            traces::parent_from(request.metadata().as_ref()),
+            CallContext::of(request.metadata()),
             async {
                 let principal = self.check_admin(&request, DecidedMethod::ListKeys).await?;
                 self.admin_line(

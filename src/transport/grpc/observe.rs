@@ -36,9 +36,10 @@ pub(super) async fn observe<T>(
     metrics: &Metrics,
     limiter: &Limiter,
     method: Method,
-    parent: Option<opentelemetry::Context>,
+    context: CallContext,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
+    let CallContext { parent, deadline } = context;
     let trace = Trace::server(
         || Cow::Borrowed(SPAN_NAMES[method.index()].as_str()),
         parent,
@@ -72,7 +73,16 @@ pub(super) async fn observe<T>(
         exemplar: trace_id.filter(|_| trace.is_sampled()),
         answered: false,
     };
-    let result = trace.in_scope(call.instrument(span.clone())).await;
+    // A call past its deadline answers DEADLINE_EXCEEDED here, where it is counted and
+    // traced like any other answer (a hung store or signer shows in the error rate).
+    let result = tokio::time::timeout(deadline, trace.in_scope(call.instrument(span.clone())))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "the call did not end within its deadline ({} ms); whether it took effect is not known",
+                deadline.as_millis()
+            )))
+        });
     unanswered.answered = true;
     let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
     finish(&trace, code);
@@ -123,6 +133,23 @@ pub(super) async fn observe<T>(
         });
     }
     result
+}
+
+/// What `observe` reads of a call's metadata: the caller's trace context (with traces on)
+/// and the call's deadline.
+pub(super) struct CallContext {
+    parent: Option<opentelemetry::Context>,
+    deadline: std::time::Duration,
+}
+
+impl CallContext {
+    pub(super) fn of(metadata: &tonic::metadata::MetadataMap) -> CallContext {
+        let headers = metadata.as_ref();
+        CallContext {
+            parent: traces::parent_from(headers),
+            deadline: crate::transport::listener::call_deadline(headers),
+        }
+    }
 }
 
 /// Ends the call's span with the status it answered.
@@ -182,19 +209,53 @@ mod tests {
             &metrics,
             &limiter,
             Method::IssueToken,
-            None,
+            CallContext::of(&Default::default()),
             std::future::pending::<Result<(), Status>>(),
         );
         let gone = tokio::time::timeout(std::time::Duration::from_millis(10), hung).await;
         assert!(gone.is_err());
-        observe(&metrics, &limiter, Method::IssueToken, None, async {
-            Err::<(), _>(Status::permission_denied("no"))
-        })
+        observe(
+            &metrics,
+            &limiter,
+            Method::IssueToken,
+            CallContext::of(&Default::default()),
+            async { Err::<(), _>(Status::permission_denied("no")) },
+        )
         .await
         .unwrap_err();
         let count = |code: tonic::Code| metrics.rpc_count(Method::IssueToken, code);
         assert_eq!(count(tonic::Code::Cancelled), 1);
         assert_eq!(count(tonic::Code::PermissionDenied), 1);
         assert_eq!(count(tonic::Code::Ok), 0);
+    }
+
+    /// A call that outlives its deadline (the client's `grpc-timeout`, else 30 s) answers
+    /// DEADLINE_EXCEEDED, counted: a hung signer or store shows in the error rate.
+    #[tokio::test]
+    async fn a_call_past_its_deadline_answers_deadline_exceeded_and_is_counted() {
+        let metrics = Metrics::new(&[]);
+        let limiter = Limiter::new(10);
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", "50m".parse().unwrap());
+        let started = Instant::now();
+        let status = observe(
+            &metrics,
+            &limiter,
+            Method::IssueToken,
+            CallContext::of(&metadata),
+            std::future::pending::<Result<(), Status>>(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(
+            metrics.rpc_count(Method::IssueToken, tonic::Code::DeadlineExceeded),
+            1
+        );
+        assert_eq!(
+            metrics.rpc_count(Method::IssueToken, tonic::Code::Cancelled),
+            0
+        );
     }
 }

@@ -54,6 +54,7 @@ mod stream_task;
 mod tracked;
 
 pub(crate) use self::stream_task::StreamReset;
+pub(crate) use self::tracked::call_deadline;
 use self::{
     lifetime::jittered_age,
     state::ConnState,
@@ -108,7 +109,8 @@ impl Protocol {
                     .into_http()
             }
             (Protocol::Grpc, Refusal::Timeout) => {
-                tonic::Status::cancelled("Timeout expired").into_http()
+                tonic::Status::deadline_exceeded("the call did not end within its deadline")
+                    .into_http()
             }
             (Protocol::Http, _) => {
                 let mut response = Response::new(Body::from("overloaded\n"));

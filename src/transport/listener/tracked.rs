@@ -57,10 +57,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             return Box::pin(std::future::ready(Ok(refused.map(TrackedBody::untracked))));
         };
         let router = self.router.clone();
-        // The client's deadline, when shorter than ours (what tonic's server honoured).
-        let deadline = grpc_timeout(request.headers()).map_or(GRPC_REQUEST_TIMEOUT, |client| {
-            client.min(GRPC_REQUEST_TIMEOUT)
-        });
+        // The client's deadline, when shorter than ours (what tonic's server honoured). The
+        // service's own calls end at it themselves (`grpc::observe`), counted and traced;
+        // this is the backstop for the rest, a moment later so as not to race them.
+        let deadline = call_deadline(request.headers()) + DEADLINE_BACKSTOP;
         Box::pin(async move {
             // Read here, inside the stream's task: a handler that must end its stream while
             // hyper is stuck on the client's window fires it.
@@ -84,9 +84,19 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     }
 }
 
+/// How long after a call's deadline the listener ends a call that did not end itself.
+const DEADLINE_BACKSTOP: Duration = Duration::from_millis(500);
+
+/// A gRPC call's deadline: the client's (`grpc-timeout`), when shorter than ours.
+pub(crate) fn call_deadline(headers: &hyper::HeaderMap) -> Duration {
+    grpc_timeout(headers).map_or(GRPC_REQUEST_TIMEOUT, |client| {
+        client.min(GRPC_REQUEST_TIMEOUT)
+    })
+}
+
 /// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit); `None` when
 /// absent or malformed, as tonic did.
-pub(super) fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
