@@ -50,12 +50,16 @@ impl GrpcService {
         let slot = match self.status_slot(ttl, status).await {
             Ok(slot) => slot,
             Err(status) => {
+                self.granted_but_failed();
                 self.issue_refused(Some(&principal), Outcome::Failed, None, &status)
                     .await;
                 return Err(status);
             }
         };
-        let (issued, signed_at) = self.sign(&parsed, claims, expires_by, alg, slot).await?;
+        let (issued, signed_at) = self
+            .sign(&parsed, claims, expires_by, alg, slot)
+            .await
+            .inspect_err(|_| self.granted_but_failed())?;
         self.record_issued(&principal, &parsed, rule, &issued)
             .await?;
         tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");
@@ -222,6 +226,18 @@ impl GrpcService {
         traces::record_signing_key(&issued.kid, issued.alg.name());
         self.metrics.token_issued(issued.alg, signing);
         Ok((issued, signed_at))
+    }
+
+    /// A call the policy allowed that then issued nothing (no status index, no signature):
+    /// counted `allowed` all the same, as `record_issued` counts the calls that issue, so
+    /// that allowed decisions outrunning tokens issued say that issuing fails, and an outage
+    /// does not read as a jump in the share of refusals.
+    fn granted_but_failed(&self) {
+        self.metrics
+            .decision(DecidedMethod::IssueToken, DecisionOutcome::Allowed);
+        if traces::enabled() {
+            traces::Trace::current().set("decision", "allowed");
+        }
     }
 
     /// The token leaves only once its line is written (else UNAVAILABLE).

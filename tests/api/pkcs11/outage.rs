@@ -309,6 +309,30 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
             )
         });
     }
+    // Each call refused for want of a signature was allowed first, and counted so: allowed
+    // decisions outrun tokens issued by exactly those calls (what the IssueTokenFailing alert
+    // reads), and none is missing from the decisions.
+    let text = reqwest::get(format!("http://{}/metrics", process.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let allowed =
+        sum(r#"token_authority_caller_decisions_total{method="IssueToken",outcome="allowed"}"#);
+    let issued = sum("token_authority_tokens_issued_total{");
+    assert_eq!(
+        allowed - issued,
+        seen.refused.len() as f64,
+        "allowed {allowed}, issued {issued}, refused {}",
+        seen.refused.len()
+    );
     let lines = process.terminate();
     assert!(
         lines
