@@ -1,5 +1,5 @@
-//! When the TLS certificates in use expire: the serving certificate and the earliest of the
-//! client CA bundle. Whoever loads a TLS set says when they expire (their notAfter); a scrape
+//! When the TLS certificates in use expire: the serving chain's first to expire, and the
+//! latest of the client CA bundle. Whoever loads a TLS set says when they expire (their notAfter); a scrape
 //! works the seconds left out from its own clock, so the gauges count down between reloads.
 
 use std::sync::{Mutex, PoisonError};
@@ -14,9 +14,10 @@ use super::{labels, Labels};
 /// The notAfter times (unix seconds) of the certificates a TLS set puts in use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CertificateExpiry {
-    /// The serving certificate's (the chain's leaf); `None` if its validity cannot be read.
+    /// The earliest of the serving chain's certificates (leaf and intermediates); `None` if
+    /// no validity can be read.
     pub(crate) serving: Option<i64>,
-    /// The earliest of the client CA bundle's certificates; `None` without `--client-ca`.
+    /// The latest of the client CA bundle's certificates; `None` without `--client-ca`.
     pub(crate) client_ca: Option<i64>,
 }
 
@@ -32,7 +33,7 @@ impl TlsExpiryMetrics {
         let metrics = TlsExpiryMetrics::default();
         registry.register(
             "tls_certificate_expiry_seconds",
-            "Seconds until the TLS certificate in use expires (negative once it has), by certificate: serving, or client_ca (the earliest of the --client-ca bundle)",
+            "Seconds until the TLS certificate in use expires (negative once it has), by certificate: serving (the first of its chain to expire), or client_ca (the latest of the --client-ca bundle)",
             metrics.seconds.clone(),
         );
         metrics

@@ -53,6 +53,10 @@ pub enum TlsError {
     },
     #[error("{path}: the client CA bundle is unusable: {detail}")]
     ClientCa { path: String, detail: String },
+    /// Served, it would fail every client's handshake (and the metrics' scrape), where the
+    /// set in use may still hold.
+    #[error("{path}: the certificate expired {seconds_ago} s ago; renew it")]
+    Expired { path: String, seconds_ago: i64 },
 }
 
 /// The server configurations of the two listeners, built from one set of files.
@@ -127,11 +131,31 @@ fn build(files: &TlsFiles, snapshot: &Snapshot) -> Result<TlsConfigs, TlsError> 
         .as_ref()
         .map(|(path, roots)| client_verifier(path, roots, &provider))
         .transpose()?;
+    if let Some(leaf) = not_after(&files.cert, &chain[0]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        if leaf <= now {
+            return Err(TlsError::Expired {
+                path: files.cert.display().to_string(),
+                seconds_ago: now - leaf,
+            });
+        }
+    }
     let expiry = CertificateExpiry {
-        serving: not_after(&files.cert, &chain[0]),
+        // The chain is as good as its first certificate to expire, intermediates included:
+        // clients refuse it then.
+        serving: chain
+            .iter()
+            .filter_map(|cert| not_after(&files.cert, cert))
+            .min(),
+        // The bundle serves while one of its CAs does: a CA added beside an old one (a
+        // rollover) is what the alert asks for, and an expired one left behind harms nothing.
         client_ca: client_ca
             .as_ref()
-            .and_then(|(path, roots)| roots.iter().filter_map(|root| not_after(path, root)).min()),
+            .and_then(|(path, roots)| roots.iter().filter_map(|root| not_after(path, root)).max()),
     };
     let certified = |error: rustls::Error| TlsError::CertifiedKey {
         cert: files.cert.display().to_string(),

@@ -575,9 +575,16 @@ async fn the_certificate_expiry_metrics_follow_the_certificates_in_use() {
     let dir = DataDir::new();
     let pki = Pki::new();
     let ca = pki.ca_pem();
-    let serving_until = now() + 30 * day;
-    let first = pki.server_until(&["localhost", "127.0.0.1"], serving_until);
-    // The client CA bundle: its earliest certificate is the one that counts.
+    let first = pki.server_until(&["localhost", "127.0.0.1"], now() + 30 * day);
+    // The chain served: its intermediate expires first, and clients refuse the chain then.
+    let serving_until = now() + 3 * day;
+    let chain = format!(
+        "{}{}",
+        first.cert_pem,
+        Pki::named_until("intermediate", serving_until).ca_pem()
+    );
+    // The client CA bundle: its latest certificate is the one that counts (a new CA added
+    // beside the old one is the rollover the alert asks for).
     let (soon, later) = (now() + 10 * day, now() + 20 * day);
     let bundle = format!(
         "{}{}",
@@ -588,7 +595,7 @@ async fn the_certificate_expiry_metrics_follow_the_certificates_in_use() {
     let mut volume = SecretVolume::new(
         secret.path(),
         &[
-            ("tls.crt", &first.cert_pem),
+            ("tls.crt", &chain),
             ("tls.key", &first.key_pem),
             ("ca.crt", &bundle),
         ],
@@ -609,7 +616,7 @@ async fn the_certificate_expiry_metrics_follow_the_certificates_in_use() {
     };
     let server = TestServer::start_tls(config(&dir, &args), client_tls).await;
     assert_expires_at(&server, "serving", serving_until).await;
-    assert_expires_at(&server, "client_ca", soon).await;
+    assert_expires_at(&server, "client_ca", later).await;
 
     // Renewed: a certificate with a later notAfter, and a bundle of one CA.
     let renewed_until = now() + 90 * day;
@@ -660,6 +667,8 @@ async fn tls_files_that_do_not_load_stop_the_start_with_the_file_named() {
     )
     .unwrap();
     let missing = dir_path.join("missing.pem");
+    let expired = tls.pki.server_until(&["127.0.0.1"], now() - 3600);
+    let (expired_cert, expired_key) = expired.write(dir_path, "expired");
     let (cert, key, ca) = (&tls.cert, &tls.key, &tls.ca);
     let show = |path: &Path| path.display().to_string();
     let cases: Vec<(&str, [&Path; 3], String)> = vec![
@@ -695,6 +704,14 @@ async fn tls_files_that_do_not_load_stop_the_start_with_the_file_named() {
                  the private key is not the certificate's",
                 show(cert),
                 show(&other_key)
+            ),
+        ),
+        (
+            "certificate expired",
+            [&expired_cert, &expired_key, ca],
+            format!(
+                "cannot load the TLS files: {}: the certificate expired ",
+                show(&expired_cert)
             ),
         ),
         (
