@@ -138,6 +138,7 @@ pub async fn run(
                 authority: Arc::clone(&authority),
                 callers: Arc::clone(&callers),
                 signing_pool,
+                metrics: Arc::clone(&metrics),
             },
         }),
     );

@@ -22,7 +22,7 @@ use crate::{
         txn::{self, Subject},
         Active, CallerError, Callers, Principal,
     },
-    metrics::{DecidedMethod, DecisionOutcome},
+    metrics::{DecidedMethod, DecisionOutcome, Metrics},
     telemetry::traces,
     transport::{authenticate::authenticate, connection::ConnectionInfo},
 };
@@ -43,6 +43,7 @@ pub(crate) struct Exchanger {
     pub(crate) authority: Arc<Authority>,
     pub(crate) callers: Arc<Callers>,
     pub(crate) signing_pool: Arc<SigningPool>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Exchanger {
@@ -201,10 +202,12 @@ impl Exchanger {
             let ttl = grant.ttl;
             let rpc = traces::Trace::current();
             move || {
+                let started = std::time::Instant::now();
                 let now = authority.clock().unix_now();
-                traces::signing(&rpc, || {
+                let issued = traces::signing(&rpc, || {
                     authority.issue_txn(&context, &trust_domain, None, now, ttl)
-                })
+                });
+                (issued, started.elapsed())
             }
         };
         if settings.signers.is_stalled() {
@@ -212,14 +215,17 @@ impl Exchanger {
                 crypto::CryptoError::Signing,
             )));
         }
-        let issued = if resolved.is_slow_to_sign() || settings.signers.blocks() {
+        let (issued, signing) = if resolved.is_slow_to_sign() || settings.signers.blocks() {
             self.signing_pool.run(sign).await.map_err(|error| {
                 ExchangeError::new(OAuthError::TemporarilyUnavailable, error.to_string())
             })?
         } else {
             sign()
         };
-        issued.map_err(|error| authority_error(&error))
+        let issued = issued.map_err(|error| authority_error(&error))?;
+        // Counted with IssueToken's: every token the authority mints.
+        self.metrics.token_issued(issued.alg, signing);
+        Ok(issued)
     }
 
     /// Audits a refusal and hands it back. A refusal that cannot be recorded is still a

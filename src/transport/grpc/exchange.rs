@@ -17,6 +17,7 @@ impl GrpcService {
             authority: self.authority.clone(),
             callers: self.callers.clone(),
             signing_pool: self.signing_pool.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -305,3 +305,29 @@ async fn without_a_txn_table_the_service_is_off() {
         )
     );
 }
+
+/// A Txn-Token is a token the authority minted: counted in `tokens_issued_total` (by its
+/// algorithm) and timed in the signing histogram, as IssueToken's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txn_token_is_counted_with_the_tokens_issued() {
+    let fixture = Fixture::start().await;
+    let server = &fixture.server;
+    let user = fixture.idp.access_token("user-1234", "orders.read");
+    let issued = |server| async move {
+        let mut sum = 0.0;
+        for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
+            let name = format!(r#"token_authority_tokens_issued_total{{algorithm="{alg}"}}"#);
+            sum += crate::helpers::metric_sample(server, &name)
+                .await
+                .unwrap_or(0.0);
+        }
+        sum
+    };
+    let before = issued(server).await;
+    for _ in 0..3 {
+        exchange_as(server, Some(&edge()), ask("orders.read", &user))
+            .await
+            .unwrap();
+    }
+    assert_eq!(issued(server).await - before, 3.0);
+}
