@@ -104,7 +104,13 @@ impl Exchanger {
         };
         let issued = match self.sign(policy, &grant).await {
             Ok(issued) => issued,
-            Err(error) => return Err(self.refused(Some(&principal), error).await),
+            Err(error) => {
+                // Allowed, then not signed: counted `allowed` (as a signed one is when its
+                // line is written), so allowed decisions outrunning tokens issued show it.
+                self.metrics
+                    .decision(DecidedMethod::ExchangeToken, DecisionOutcome::Allowed);
+                return Err(self.refused(Some(&principal), error).await);
+            }
         };
         traces::record_signing_key(&issued.kid, issued.alg.name());
         let hash = hex::encode(crypto::sha256(issued.token.as_bytes()));
