@@ -3629,6 +3629,27 @@ def check_prometheus_rule() -> None:
         assert custom[name]["annotations"]["runbook_url"].startswith("https://wiki.example.com/token-authority#"), name
 
 
+def check_store_sync_threshold_follows_the_interval() -> None:
+    """prometheusRule.storeSyncAgeSeconds below twice store.postgres.syncInterval fails the
+    render, naming both: a healthy replica's sync age climbs to the interval between reads,
+    and TokenAuthorityStoreUnreachable would page on it. At twice, or with sled, it renders."""
+    pg = {"url": PG_URL, "passwordSecret": {"name": "ta-db"}}
+    for interval, threshold, renders in (("60s", 120, True), ("61s", 120, False), ("1m", 119, False),
+                                         ("2m", 600, True), ("", 10, True), ("", 9, False)):
+        values = {"store": {"postgres": {**pg, "syncInterval": interval}},
+                  "prometheusRule": {"enabled": True, "storeSyncAgeSeconds": threshold}}
+        try:
+            render_values(values)
+        except helm_python.HelmRenderError as e:
+            assert not renders, f"syncInterval {interval!r}, threshold {threshold}: refused: {e}"
+            expected = f"prometheusRule.storeSyncAgeSeconds ({threshold}) must be at least twice store.postgres.syncInterval ({interval or '5s'})"
+            assert expected in str(e), f"syncInterval {interval!r}: refused, but not with {expected!r}: {e}"
+            continue
+        assert renders, f"syncInterval {interval!r}, threshold {threshold}: rendered"
+    render_values({"prometheusRule": {"enabled": True, "storeSyncAgeSeconds": 5}})
+    print("       below twice the sync interval refused (60s/120 renders, 61s/120 and 1m/119 do not)")
+
+
 def check_alert_rules_promtool() -> None:
     """The rules the chart renders pass `promtool check rules` and the unit tests of
     tests/helm/alerts_test.yaml (`promtool test rules`), which hold, for every alert, input that
@@ -3935,6 +3956,7 @@ GLOBAL = [
     check_schema_refuses_status_misuse,
     check_server_serves_status_lists,
     check_prometheus_rule,
+    check_store_sync_threshold_follows_the_interval,
     check_alert_rules_promtool,
     check_alerts_and_dashboard_use_exported_metrics,
     check_live_certificate_expiry,
