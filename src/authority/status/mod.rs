@@ -95,6 +95,8 @@ pub(crate) struct StatusLists {
     unstatused_total: std::sync::atomic::AtomicU64,
     /// When a block reservation last failed (unix seconds; 0: never).
     reservation_failed_at: std::sync::atomic::AtomicU64,
+    /// The last census, and the count of changes it was taken at (`census`).
+    census: Mutex<Option<(u64, Census)>>,
 }
 
 impl std::fmt::Debug for StatusLists {
@@ -129,6 +131,7 @@ impl StatusLists {
             unstatused_logged: std::sync::atomic::AtomicU64::new(0),
             unstatused_total: std::sync::atomic::AtomicU64::new(0),
             reservation_failed_at: std::sync::atomic::AtomicU64::new(0),
+            census: Mutex::new(None),
         };
         lists.apply(stored, true)?;
         lists.prepare(now).await?;
