@@ -16,6 +16,8 @@ pub struct Process {
     pub grpc: String,
     pub http: String,
     pub log: std::sync::mpsc::Receiver<String>,
+    /// The lines logged before `serving`, that line included.
+    pub startup: Vec<String>,
 }
 
 /// Runs the binary to its end with `args` (a command other than `serve`): whether it
@@ -112,6 +114,7 @@ fn spawn_command(
         grpc: String::new(),
         http: String::new(),
         log: rx,
+        startup: Vec::new(),
     };
     loop {
         let line = process
@@ -120,6 +123,7 @@ fn spawn_command(
             .expect("the server logged no 'serving' line");
         let event: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        process.startup.push(line);
         if event["fields"]["message"] == "serving" {
             process.grpc = event["fields"]["grpc"].as_str().unwrap().to_owned();
             process.http = event["fields"]["http"].as_str().unwrap().to_owned();

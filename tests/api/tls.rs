@@ -486,6 +486,15 @@ async fn a_broken_or_mismatched_change_keeps_the_previous_certificate() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(metric(&server, failures).await, 2.0);
 
+    // A "renewal" already expired: refused, as at start; the set in use stays.
+    let expired = pki.server_until(&["localhost", "127.0.0.1"], now() - 3600);
+    volume.update(&[
+        ("tls.crt", &expired.cert_pem),
+        ("tls.key", &expired.key_pem),
+    ]);
+    wait_for_metric(&server, failures, 3.0).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, first.der);
+
     // The key arrives: the pair is applied.
     volume.update(&[("tls.crt", &second.cert_pem), ("tls.key", &second.key_pem)]);
     wait_for_metric(&server, "token_authority_tls_reloads_total", 1.0).await;

@@ -811,5 +811,14 @@ async fn a_restart_with_key_objects_gone_serves_and_refuses_only_to_sign() {
         },
     )
     .await;
+    // The start said which key could not sign, and what mends it.
+    let said = process
+        .startup
+        .iter()
+        .find(|line| line.contains("a current key cannot sign"))
+        .unwrap_or_else(|| panic!("no error line at start: {:#?}", process.startup))
+        .clone();
+    assert!(said.contains("\"ERROR\""), "{said}");
+    assert!(said.contains("RotateKeys with force"), "{said}");
     process.terminate();
 }
