@@ -132,7 +132,22 @@ fn spawn_command(
     }
 }
 
+/// The `/metrics` text of the server whose HTTP listener is `http`.
+pub async fn metrics_text(http: &str) -> String {
+    ::reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 impl Process {
+    /// Its `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        metrics_text(&self.http).await
+    }
+
     /// Sends SIGTERM, asserts the drained exit 0, and returns every log line written.
     pub fn terminate(&mut self) -> Vec<String> {
         let pid = self.child.id().to_string();

@@ -43,12 +43,7 @@ fn rss_kb(process: &Process) -> u64 {
 }
 
 async fn metric(process: &Process, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", process.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = process.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)

@@ -107,13 +107,9 @@ async fn signer_health(addr: &str) -> i32 {
 }
 
 async fn signer_gauge(http: &str) -> String {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+    crate::binary::metrics_text(http)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|line| line.starts_with("token_authority_signer_available "))
         .expect("the signer gauge")
         .to_owned()
@@ -312,12 +308,7 @@ async fn a_token_gone_under_load_answers_unavailable_then_recovers_and_no_signat
     // Each call refused for want of a signature was allowed first, and counted so: allowed
     // decisions outrun tokens issued by exactly those calls (what the IssueTokenFailing alert
     // reads), and none is missing from the decisions.
-    let text = reqwest::get(format!("http://{}/metrics", process.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = process.metrics_text().await;
     let sum = |prefix: &str| -> f64 {
         text.lines()
             .filter(|line| line.starts_with(prefix))
@@ -759,29 +750,26 @@ async fn a_restart_with_key_objects_gone_serves_and_refuses_only_to_sign() {
         spawn_binary_with_env(&dir, &super::args(&flags), &[("SOFTHSM2_CONF", &conf)])
     };
 
+    let destroy_and_restart = |process: &mut Process, object_id: &str| {
+        tokio::task::block_in_place(|| {
+            pkcs11_tool(
+                &conf,
+                "restarted",
+                &["--delete-object", "--type", "privkey", "--id", object_id],
+            );
+            restart(process)
+        })
+    };
+
     // The retired key's object destroyed: the restart serves as before.
-    process = tokio::task::block_in_place(|| {
-        pkcs11_tool(
-            &conf,
-            "restarted",
-            &["--delete-object", "--type", "privkey", "--id", &retired],
-        );
-        restart(&mut process)
-    });
+    process = destroy_and_restart(&mut process, &retired);
     let client = connect(&process.grpc).await;
     assert_valid(&client, by_first_key.clone()).await;
     issue(client.clone()).await.unwrap();
 
     // The current key's object destroyed too: the restart still serves, and says why it
     // cannot sign.
-    process = tokio::task::block_in_place(|| {
-        pkcs11_tool(
-            &conf,
-            "restarted",
-            &["--delete-object", "--type", "privkey", "--id", &current],
-        );
-        restart(&mut process)
-    });
+    process = destroy_and_restart(&mut process, &current);
     let client = connect(&process.grpc).await;
     assert_valid(&client, by_first_key.clone()).await;
     assert_valid(&client, by_second_key.clone()).await;

@@ -151,12 +151,7 @@ async fn wait_for_dropped(process: &Process, reason: &str, case: &str) {
 
 /// The server's `/metrics` text.
 async fn metrics_text(process: &Process) -> String {
-    reqwest::get(format!("http://{}/metrics", process.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    process.metrics_text().await
 }
 
 /// A GetJwks call on `grpc` in the trace `trace_id` (the caller's span `00f067aa0ba902b7`).
