@@ -37,6 +37,7 @@ impl AuditTasks {
     ) -> AuditTasks {
         let stop = CancellationToken::new();
         let upkeep = tokio::spawn(audit::upkeep(Arc::clone(&log), store, stop.clone()));
+        tokio::spawn(audit::watch_stalls(Arc::clone(&log), server_stop.clone()));
         tokio::spawn(follow_state(
             Arc::clone(&log),
             health,

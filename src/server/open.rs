@@ -278,6 +278,7 @@ pub(super) async fn open_callers(
                     key,
                     sync: config.audit_sync,
                     clock: config.clock,
+                    stall_after: audit::STALLED_AFTER,
                 },
                 metrics.audit.clone(),
             )?;

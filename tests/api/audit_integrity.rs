@@ -775,3 +775,55 @@ async fn an_audit_key_file_others_can_read_or_of_the_wrong_size_stops_the_start(
         assert_eq!(result.unwrap_err().to_string(), message);
     }
 }
+
+/// The chain needs a file it can read back and cut: a FIFO would hold the start on its first
+/// read, and a device would take every line and keep none. The real binary, so that a start
+/// that hangs fails the test instead of holding it.
+#[tokio::test]
+async fn an_audit_log_that_is_not_a_regular_file_stops_the_start() {
+    let dir = DataDir::new();
+    let fifo = dir.path.parent().unwrap().join("audit.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let not_a_file = "not a regular file (a FIFO, device or socket); name a file, or - for stderr";
+    let cases = [
+        (fifo.to_str().unwrap(), not_a_file),
+        ("/dev/null", not_a_file),
+        ("/", "Is a directory (os error 21)"),
+    ];
+    for (path, reason) in cases {
+        let mut child = Command::new(crate::binary::BIN)
+            .arg("serve")
+            .args(["--data-dir", dir.path.to_str().unwrap()])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--audit-log", path])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{path}: the start neither ended nor was refused");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{path}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot open the audit log {path}: {reason}")),
+            "{path}: {stderr}"
+        );
+    }
+}

@@ -73,6 +73,13 @@ pub(super) fn open_file(
         .read(true)
         .append(true)
         .open(path)?;
+    // A FIFO would hold the start on its first read, and a device (`/dev/null`) would take
+    // every line and keep none: the chain needs a file it can read back and cut.
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO, device or socket); name a file, or - for stderr",
+        ));
+    }
     let mut reader = BufReader::new(&file);
     let mut good_len = 0u64;
     let mut lines = 0u64;

@@ -22,7 +22,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
@@ -48,7 +48,6 @@ pub(crate) use self::head::Head;
 pub(crate) use self::limiter::{Limiter, Suppressed};
 pub(crate) use self::verify::{file_id_of, verify};
 use self::{
-    head::Heads,
     line::{line_members, summary, Tagger},
     writer::{Job, Shared, Writer},
 };
@@ -61,6 +60,10 @@ const QUEUE: usize = 4096;
 
 /// How often the upkeep writes the suppressed-lines summary and records the head.
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A write that has not returned for this long makes the log not writable until it does:
+/// longer than a busy disk's slowest fsync, shorter than the callers' deadlines.
+pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -173,6 +176,9 @@ pub(crate) struct AuditSettings {
     pub(crate) sync: bool,
     /// What the lines the log writes of itself (openings, summaries, heads) are dated by.
     pub(crate) clock: Clock,
+    /// How long a write may go unreturned before the log counts as not writable
+    /// (`STALLED_AFTER`).
+    pub(crate) stall_after: Duration,
 }
 
 /// The audit log, as the request path sees it: a queue to the writer thread.
@@ -197,12 +203,7 @@ impl AuditLog {
         settings: AuditSettings,
         metrics: AuditMetrics,
     ) -> Result<AuditLog, AuditError> {
-        let shared = Arc::new(Shared {
-            heads: Heads::default(),
-            writable: watch::Sender::new(true),
-            metrics,
-            clock: settings.clock,
-        });
+        let shared = Arc::new(Shared::new(metrics, settings.clock, settings.stall_after));
         let tagger = match settings.key {
             Some(key) => Tagger::Mac(Box::new(key)),
             None => Tagger::Hash,
@@ -230,6 +231,11 @@ impl AuditLog {
     /// may be suppressed by the rate limit (and summed up later); allowed ones and admin
     /// actions never are.
     pub(crate) async fn record(&self, entry: &Entry<'_>) -> Result<(), NotRecorded> {
+        // A write that does not return holds every line behind it: refuse at once rather
+        // than queue the call until its deadline.
+        if self.shared.stalled.load(Ordering::Acquire) {
+            return Err(NotRecorded);
+        }
         let limited = matches!(entry.outcome, Some(Outcome::Refused | Outcome::Malformed));
         let suppressed = if limited {
             match self
@@ -310,6 +316,26 @@ impl AuditLog {
     }
 }
 
+/// Until `stop`: marks the log not writable while a write has not returned for
+/// `stall_after`, so that readiness, health and the gauge say so (a write that fails says
+/// so itself; one that hangs cannot). Its own task: the upkeep waits on the writer's queue.
+pub(crate) async fn watch_stalls(log: Arc<AuditLog>, stop: CancellationToken) {
+    let period = log.shared.stall_after / 5;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = stop.cancelled() => return,
+        }
+        if log.shared.check_stall() {
+            tracing::error!(
+                path = %log.path.display(),
+                seconds = log.shared.stall_after.as_secs_f64(),
+                "a write to the audit log has not returned (a hung disk or filesystem, or a pipe nobody reads); IssueToken and admin RPCs answer UNAVAILABLE until it does"
+            );
+        }
+    }
+}
+
 /// Once a second until `stop`: writes the summary of suppressed lines and records the
 /// chain's head in the keystore; at `stop`, both once more after the last line.
 pub(crate) async fn upkeep(log: Arc<AuditLog>, store: KeyStore, stop: CancellationToken) {
@@ -352,6 +378,7 @@ mod tests {
                 key: key.map(|key| MacKey::new(&key)),
                 sync: false,
                 clock: Clock::system(),
+                stall_after: STALLED_AFTER,
             },
             AuditMetrics::default(),
         )
@@ -492,6 +519,65 @@ mod tests {
             (verified.lines, verified.keyed),
             (written as u64 + 2, false)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_does_not_return_makes_the_log_not_writable_until_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let metrics = AuditMetrics::default();
+        let log = Arc::new(
+            AuditLog::open(
+                AuditSettings {
+                    path: path.clone(),
+                    key: None,
+                    sync: false,
+                    clock: Clock::system(),
+                    stall_after: Duration::from_millis(300),
+                },
+                metrics.clone(),
+            )
+            .unwrap(),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_stalls(Arc::clone(&log), stop.clone()));
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
+        // Writes that return, however many, never look stalled.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(*log.writable().borrow());
+
+        let point = format!("audit.write:{}", path.display());
+        fail::cfg(&point, "pause").unwrap();
+        let held = tokio::spawn({
+            let log = Arc::clone(&log);
+            async move { log.record(&entry(Outcome::Allowed, None)).await }
+        });
+        let mut writable = log.writable();
+        tokio::time::timeout(Duration::from_secs(10), writable.wait_for(|ok| !*ok))
+            .await
+            .expect("a held write never made the log not writable")
+            .unwrap();
+        assert_eq!(metrics.writable.get(), 0);
+        // A new decision is refused at once instead of waiting behind the held write.
+        assert_eq!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                log.record(&entry(Outcome::Allowed, None))
+            )
+            .await
+            .expect("a decision waited behind a held write"),
+            Err(NotRecorded)
+        );
+        assert!(!held.is_finished());
+
+        fail::remove(&point);
+        assert_eq!(held.await.unwrap(), Ok(()));
+        assert!(*log.writable().borrow());
+        assert_eq!(metrics.writable.get(), 1);
+        log.record(&entry(Outcome::Allowed, None)).await.unwrap();
+        stop.cancel();
+        // The opening line, and the three decisions that were not refused.
+        assert_eq!(verify(&path, None, None).unwrap().lines, 4);
     }
 
     #[tokio::test]

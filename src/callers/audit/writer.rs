@@ -11,7 +11,11 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
 };
 
 use serde_json::{Map, Value};
@@ -49,6 +53,62 @@ pub(crate) struct Shared {
     pub(crate) writable: watch::Sender<bool>,
     pub(crate) metrics: AuditMetrics,
     pub(crate) clock: Clock,
+    /// When the write in progress began (`None` between writes), for the stall watchdog.
+    pub(crate) writing: Mutex<Option<Instant>>,
+    /// Set by the watchdog while a write has not returned for `stall_after`; cleared when
+    /// it returns. Read without a lock on every `record`.
+    pub(crate) stalled: AtomicBool,
+    pub(crate) stall_after: Duration,
+}
+
+impl Shared {
+    pub(crate) fn new(metrics: AuditMetrics, clock: Clock, stall_after: Duration) -> Shared {
+        Shared {
+            heads: Heads::default(),
+            writable: watch::Sender::new(true),
+            metrics,
+            clock,
+            writing: Mutex::new(None),
+            stalled: AtomicBool::new(false),
+            stall_after,
+        }
+    }
+
+    fn begin_write(&self) {
+        *self.writing.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Ends the write begun last, and says whether the log is writable after it. Under the
+    /// same lock as `check_stall`, so a stall declared just as the write returned never
+    /// outlives it.
+    fn end_write(&self, ok: bool) {
+        let mut writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        *writing = None;
+        self.stalled.store(false, Ordering::Release);
+        self.publish(ok);
+    }
+
+    /// Marks the log not writable when the write in progress has not returned for
+    /// `stall_after` (a hung disk or filesystem, or a pipe nobody reads): `true` the first
+    /// time it does, for the one log line that says so.
+    pub(crate) fn check_stall(&self) -> bool {
+        let writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let stalled = writing.is_some_and(|since| since.elapsed() >= self.stall_after);
+        if !stalled || self.stalled.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.publish(false);
+        true
+    }
+
+    fn publish(&self, ok: bool) {
+        self.metrics.writable.set(i64::from(ok));
+        self.writable.send_if_modified(|writable| {
+            let changed = *writable != ok;
+            *writable = ok;
+            changed
+        });
+    }
 }
 
 enum Sink {
@@ -131,6 +191,7 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: Vec<Pending>) {
+        self.shared.begin_write();
         let followed = self.follow_rotation();
         let mut text = String::new();
         let mut prev = self.prev.clone();
@@ -154,6 +215,8 @@ impl Writer {
             chain(members, &mut text);
         }
         written += count;
+        // Tests hold a write here (`pause`) to play a disk whose writes do not return.
+        fail::fail_point!(&format!("audit.write:{}", self.path.display()));
         let result = match &mut self.sink {
             // Lines written to a file no longer at the path would be lost to every reader.
             Sink::File(_) if !followed => Err(std::io::Error::other(
@@ -176,19 +239,14 @@ impl Writer {
             Err(error) => {
                 // Said once when writes start failing (the metrics count every line), so a
                 // full disk does not also become a flood of server log lines.
-                if *self.shared.writable.borrow() {
+                if *self.shared.writable.borrow() || self.shared.stalled.load(Ordering::Acquire) {
                     tracing::error!(path = %self.path.display(), error = %telemetry::chain(&error), "cannot write the audit log; IssueToken and admin RPCs answer UNAVAILABLE until a write succeeds");
                 }
                 self.shared.metrics.write_failures.inc_by(count);
                 false
             }
         };
-        self.shared.metrics.writable.set(i64::from(ok));
-        self.shared.writable.send_if_modified(|writable| {
-            let changed = *writable != ok;
-            *writable = ok;
-            changed
-        });
+        self.shared.end_write(ok);
         for sender in senders.into_iter().flatten() {
             let _ = sender.send(ok);
         }
