@@ -19,7 +19,10 @@ use super::{
     policy::{Policy, Problem},
     Active, Callers,
 };
-use crate::{metrics::Metrics, telemetry::chain};
+use crate::{
+    metrics::{Metrics, ReloadedFile},
+    telemetry::chain,
+};
 use token_authority_jose::crypto;
 
 #[derive(Debug, thiserror::Error)]
@@ -169,11 +172,15 @@ pub(crate) async fn watch(
                                 "policy reloaded"
                             );
                             callers.metrics().policy_reload(true);
+                            callers
+                                .metrics()
+                                .config_refused(ReloadedFile::Policy, false);
                             callers.replace(active);
                         }
                         Err(error) => {
                             tracing::error!(error = %chain(&error), "the new policy file is refused; the policy in force stays");
                             callers.metrics().policy_reload(false);
+                            callers.metrics().config_refused(ReloadedFile::Policy, true);
                         }
                     }
                 }
@@ -186,6 +193,7 @@ pub(crate) async fn watch(
                     seen = Some(digest);
                     tracing::error!(path = %path.display(), error = %chain(&error), "cannot read the policy file; the policy in force stays");
                     callers.metrics().policy_reload(false);
+                    callers.metrics().config_refused(ReloadedFile::Policy, true);
                 }
             }
         }

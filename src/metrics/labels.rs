@@ -151,6 +151,14 @@ label_values! {
 }
 
 label_values! {
+    /// A file the server reloads while it runs.
+    pub(crate) enum ReloadedFile {
+        Policy => "policy",
+        Tls => "tls",
+    }
+}
+
+label_values! {
     /// The JWKS responses' statuses.
     pub(crate) enum JwksStatus {
         Full => "200",
@@ -251,6 +259,7 @@ mod tests {
         check::<DecidedMethod>();
         check::<DecisionOutcome>();
         check::<ReloadOutcome>();
+        check::<ReloadedFile>();
         check::<JwksStatus>();
         check::<KeyEvent>();
         check::<ListenerName>();

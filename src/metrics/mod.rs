@@ -28,7 +28,7 @@ pub(crate) use self::{
     key_ages::KeyAges,
     labels::{
         ClosedReason, DecidedMethod, DecisionOutcome, JwksStatus, KeyEvent, LabelValue,
-        ListenerName, Method, PerLabel, ReloadOutcome, WatcherEnd,
+        ListenerName, Method, PerLabel, ReloadOutcome, ReloadedFile, WatcherEnd,
     },
     tls_expiry::CertificateExpiry,
 };
@@ -92,6 +92,7 @@ pub struct Metrics {
     jwks_fetch_failures: Family<Labels, Counter>,
     tls_reloads: Counter,
     tls_reload_failures: Counter,
+    config_refused: PerLabel<ReloadedFile, Gauge>,
     tls_expiry: tls_expiry::TlsExpiryMetrics,
     /// Identifies the public key set served (from `key_ages`, at each scrape).
     key_set_fingerprint: Gauge,
@@ -277,6 +278,11 @@ impl Metrics {
     /// The TLS set whose certificates expire at these times is in use from now on.
     pub(crate) fn tls_in_use(&self, expiry: CertificateExpiry) {
         self.tls_expiry.in_use(expiry);
+    }
+
+    /// Whether `file`'s content on disk is one that was refused (the one in force is older).
+    pub(crate) fn config_refused(&self, file: ReloadedFile, refused: bool) {
+        self.config_refused.get(file).set(i64::from(refused));
     }
 
     pub(crate) fn tls_reloaded(&self, ok: bool) {

@@ -17,7 +17,7 @@ use prometheus_client::{
 use super::{
     labels, latency_histogram, latency_histogram_with_exemplars, DecidedMethod, DecisionOutcome,
     JwksStatus, KeyEvent, LabelValue, Labels, ListenerMetrics, ListenerName, Method, Metrics,
-    PerLabel, ReloadOutcome, TraceExemplar, WatchMetrics, WatcherEnd,
+    PerLabel, ReloadOutcome, ReloadedFile, TraceExemplar, WatchMetrics, WatcherEnd,
 };
 use token_authority_jose::{crypto::Algorithm, jwt::verify::Reason};
 
@@ -117,6 +117,15 @@ impl Metrics {
             "Changed TLS files that could not be loaded (the previous set stays in use)",
             tls_reload_failures.clone(),
         );
+        let refused_family = Family::<Labels, Gauge>::default();
+        registry.register(
+            "config_refused",
+            "1 while a reloaded file (policy, tls) holds a content that was refused: the one in force is older, and a restart would not start with it",
+            refused_family.clone(),
+        );
+        let config_refused = PerLabel::new(|file: ReloadedFile| {
+            refused_family.get_or_create_owned(&labels(&[("file", file.as_str())]))
+        });
         let key_set_fingerprint = Gauge::default();
         registry.register(
             "key_set_fingerprint",
@@ -223,6 +232,7 @@ impl Metrics {
             jwks_fetch_failures,
             tls_reloads,
             tls_reload_failures,
+            config_refused,
             tls_expiry,
             key_set_fingerprint,
             schedule_failures,

@@ -25,7 +25,7 @@ use x509_parser::{certificate::X509Certificate, prelude::FromDer as _};
 
 use crate::{
     config::TlsFiles,
-    metrics::{CertificateExpiry, Metrics},
+    metrics::{CertificateExpiry, Metrics, ReloadedFile},
     telemetry::chain,
 };
 
@@ -265,6 +265,7 @@ impl TlsReloader {
             Err(error) => (Seen::Unreadable(error.to_string()), Err(error)),
             Ok(snapshot) if snapshot == self.applied => {
                 self.rejected = None;
+                metrics.config_refused(ReloadedFile::Tls, false);
                 return;
             }
             Ok(snapshot) => {
@@ -279,6 +280,7 @@ impl TlsReloader {
                 self.applied = snapshot;
                 self.rejected = None;
                 metrics.tls_reloaded(true);
+                metrics.config_refused(ReloadedFile::Tls, false);
                 tracing::info!(cert = %self.files.cert.display(), "TLS files changed: the new set is in use");
             }
             (seen, outcome) => {
@@ -287,6 +289,7 @@ impl TlsReloader {
                 }
                 self.rejected = Some(seen);
                 metrics.tls_reloaded(false);
+                metrics.config_refused(ReloadedFile::Tls, true);
                 if let Err(error) = outcome {
                     tracing::error!(error = %chain(&error), "TLS files changed but cannot be loaded; the previous set stays in use");
                 }

@@ -115,7 +115,9 @@ async fn reload_under_load_fails_no_request_and_a_broken_file_keeps_the_old_poli
     .await;
     let ok = r#"token_authority_policy_reloads_total{outcome="ok"}"#;
     let failed_reloads = r#"token_authority_policy_reloads_total{outcome="failed"}"#;
+    let refused = r#"token_authority_config_refused{file="policy"}"#;
     assert_eq!(metric(&server, ok).await, 1.0);
+    assert_eq!(metric(&server, refused).await, 0.0);
 
     // Not TOML, then valid TOML that is inconsistent: each refused whole, each counted.
     swap(&path, "[[rule]\ncallers = [");
@@ -133,6 +135,15 @@ async fn reload_under_load_fails_no_request_and_a_broken_file_keeps_the_old_poli
     // v2 is still in force: b (which the refused files would have dropped) still issues.
     b_allowed().await.unwrap();
     assert_eq!(metric(&server, ok).await, 1.0);
+    assert_eq!(metric(&server, refused).await, 1.0);
+    // The file put back to what is in force: nothing refused on disk any more.
+    swap(&path, &v2);
+    eventually("the file in force again", || {
+        let server = Arc::clone(&server);
+        async move { metric(&server, refused).await == 0.0 }
+    })
+    .await;
+    assert_eq!(metric(&server, failed_reloads).await, 2.0);
 
     stop.store(true, Ordering::Relaxed);
     for worker in workers {

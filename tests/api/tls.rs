@@ -465,6 +465,8 @@ async fn a_broken_or_mismatched_change_keeps_the_previous_certificate() {
         ..
     } = Reloadable::start(&dir).await;
     let failures = "token_authority_tls_reload_failures_total";
+    let refused = r#"token_authority_config_refused{file="tls"}"#;
+    assert_eq!(metric(&server, refused).await, 0.0);
 
     // A certificate file that does not parse.
     volume.update(&[
@@ -476,6 +478,7 @@ async fn a_broken_or_mismatched_change_keeps_the_previous_certificate() {
     ]);
     wait_for_metric(&server, failures, 1.0).await;
     assert_eq!(served_certificate(server.grpc_addr, &ca).await, first.der);
+    assert_eq!(metric(&server, refused).await, 1.0);
 
     // A renewed certificate whose key has not arrived yet: not half-applied.
     let second = pki.server(&["localhost", "127.0.0.1"]);
@@ -498,6 +501,22 @@ async fn a_broken_or_mismatched_change_keeps_the_previous_certificate() {
     // The key arrives: the pair is applied.
     volume.update(&[("tls.crt", &second.cert_pem), ("tls.key", &second.key_pem)]);
     wait_for_metric(&server, "token_authority_tls_reloads_total", 1.0).await;
+    assert_eq!(served_certificate(server.grpc_addr, &ca).await, second.der);
+    assert_eq!(metric(&server, refused).await, 0.0);
+
+    // A bad set again, then the files back to the set in use: nothing to refuse any more.
+    volume.update(&[("tls.crt", &first.cert_pem), ("tls.key", &second.key_pem)]);
+    wait_for_metric(&server, failures, 4.0).await;
+    assert_eq!(metric(&server, refused).await, 1.0);
+    volume.update(&[("tls.crt", &second.cert_pem), ("tls.key", &second.key_pem)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&server, refused).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the set in use put back is still counted as refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(served_certificate(server.grpc_addr, &ca).await, second.der);
     server.stop().await;
 }

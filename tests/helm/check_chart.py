@@ -3510,6 +3510,7 @@ ALERTS = {
     "TokenAuthorityIssueTokenFailing": ("critical", "IssueToken failing"),
     "TokenAuthorityDeniedShareJump": ("warning", "Denied share jump"),
     "TokenAuthorityAuditLogNotWritable": ("critical", "Audit log not writable"),
+    "TokenAuthorityConfigRefused": ("warning", "Config refused"),
     "TokenAuthorityStoreUnreachable": ("warning", "Store unreachable"),
     "TokenAuthorityCertificateExpiring": ("warning", "Certificate expiring"),
     "TokenAuthorityReplicasDisagreeOnKeys": ("warning", "Replicas disagree on keys"),
@@ -3607,6 +3608,7 @@ def check_prometheus_rule() -> None:
     custom = {r["alert"]: r for r in alert_rules(render_values({"prometheusRule": {"enabled": True, **tuned}}))}
     expected = {"TokenAuthorityNotScraped": [], "TokenAuthorityRotationOverdue": [], "TokenAuthorityIssueTokenFailing": ["> 0.125\n"],
                 "TokenAuthorityDeniedShareJump": ["+ 0.375\n", "> 1.5\n"], "TokenAuthorityAuditLogNotWritable": [],
+                "TokenAuthorityConfigRefused": [],
                 "TokenAuthorityStoreUnreachable": ["> 600\n"], "TokenAuthorityCertificateExpiring": ["< 1814400\n"],
                 "TokenAuthorityReplicasDisagreeOnKeys": []}
     assert custom["TokenAuthorityRotationOverdue"]["for"] == "45m", custom["TokenAuthorityRotationOverdue"]["for"]
