@@ -42,13 +42,16 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// Latency buckets from 100 µs to about 3 s.
+/// Latency buckets from 100 µs to about 52 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
+/// Doubling from 100 µs to 52.4 s: the last finite bucket is above the longest a call can
+/// take (its deadline, at most 30 s, and the listener's backstop after it), so a call that
+/// hangs until then is told from one that took 4 s, not lumped with it in `+Inf`.
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 20)
 }
 
 fn latency_histogram_with_exemplars() -> HistogramWithExemplars<TraceExemplar> {
@@ -326,5 +329,22 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latency_buckets_reach_past_the_longest_call() {
+        let longest = crate::transport::listener::GRPC_REQUEST_TIMEOUT + Duration::from_secs(1);
+        let buckets: Vec<f64> = latency_buckets().collect();
+        assert!(buckets[0] <= 0.0001);
+        assert!(
+            buckets[buckets.len() - 2] < longest.as_secs_f64()
+                && buckets[buckets.len() - 1] > longest.as_secs_f64(),
+            "{buckets:?}"
+        );
     }
 }
