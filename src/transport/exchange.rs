@@ -106,10 +106,13 @@ impl Exchanger {
             Ok(issued) => issued,
             Err(error) => {
                 // Allowed, then not signed: counted `allowed` (as a signed one is when its
-                // line is written), so allowed decisions outrunning tokens issued show it.
+                // line is written), so allowed decisions outrunning tokens issued show it;
+                // its line says `failed`, whatever the error, and counts nothing more.
                 self.metrics
                     .decision(DecidedMethod::ExchangeToken, DecisionOutcome::Allowed);
-                return Err(self.refused(Some(&principal), error).await);
+                return Err(self
+                    .audited(Some(&principal), error, Outcome::Failed, None)
+                    .await);
             }
         };
         traces::record_signing_key(&issued.kid, issued.alg.name());
@@ -248,6 +251,18 @@ impl Exchanger {
             OAuthError::SlowDown => (Outcome::Refused, Some(DecisionOutcome::Throttled)),
             OAuthError::TemporarilyUnavailable | OAuthError::ServerError => (Outcome::Failed, None),
         };
+        self.audited(principal, error, outcome, label).await
+    }
+
+    /// Writes the line of a call that issued nothing (counted by its `label`, if any), and
+    /// hands the error back.
+    async fn audited(
+        &self,
+        principal: Option<&Principal>,
+        error: ExchangeError,
+        outcome: Outcome,
+        label: Option<DecisionOutcome>,
+    ) -> ExchangeError {
         let _ = self
             .callers
             .record(&Entry {

@@ -321,3 +321,70 @@ async fn a_flood_of_refused_calls_is_counted_and_its_lines_rate_limited() {
     server.stop().await;
     assert!(audit_verify(&audit_path).0);
 }
+
+/// An IssueToken the policy allowed that then issues nothing (here a token over
+/// the 8 KiB a token may take) has its line, `failed`, and is one decision: `allowed`, not also
+/// `malformed`, so allowed outrunning tokens issued shows what failed.
+#[tokio::test]
+async fn an_allowed_call_that_issues_nothing_has_a_failed_line_and_one_decision() {
+    let issuer = Issuer::start().await;
+    let dir = DataDir::new();
+    let audit_path = dir.path.parent().unwrap().join("audit.log");
+    let audit_arg = audit_path.display().to_string();
+    let (server, _) = start_with_policy(
+        &dir,
+        &policy_text(&issuer.jwks_uri()),
+        &["--audit-log", &audit_arg],
+    )
+    .await;
+    let bearer = format!("Bearer {}", issuer.good(PAYMENTS_SA));
+    let decision = |outcome: &'static str| {
+        let server = &server;
+        async move {
+            metric(
+                server,
+                &format!(
+                    r#"token_authority_caller_decisions_total{{method="IssueToken",outcome="{outcome}"}}"#
+                ),
+            )
+            .await
+        }
+    };
+    let too_large = issue_as(
+        &server,
+        Some(&bearer),
+        ask(
+            PAYMENTS_SA,
+            &["ledger"],
+            Some(60),
+            &format!(r#"{{"scope":"{}"}}"#, "s".repeat(7000)),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        too_large.code(),
+        tonic::Code::InvalidArgument,
+        "{too_large:?}"
+    );
+    assert!(
+        too_large
+            .message()
+            .starts_with("claims_json: the token would be"),
+        "{too_large:?}"
+    );
+    assert_eq!(
+        (decision("allowed").await, decision("malformed").await),
+        (1.0, 0.0)
+    );
+    let last = lines(&audit_path).pop().unwrap();
+    assert_eq!(
+        (&last["method"], &last["outcome"], &last["caller"]),
+        (
+            &Value::from("IssueToken"),
+            &Value::from("failed"),
+            &Value::from(PAYMENTS_SA)
+        )
+    );
+    assert_eq!(last["reason"], too_large.message());
+}

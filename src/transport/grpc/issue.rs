@@ -56,10 +56,16 @@ impl GrpcService {
                 return Err(status);
             }
         };
-        let (issued, signed_at) = self
-            .sign(&parsed, claims, expires_by, alg, slot)
-            .await
-            .inspect_err(|_| self.granted_but_failed())?;
+        let (issued, signed_at) = match self.sign(&parsed, claims, expires_by, alg, slot).await {
+            Ok(signed) => signed,
+            Err(status) => {
+                // Allowed, then nothing issued: its line says so (`failed`).
+                self.granted_but_failed();
+                self.issue_refused(Some(&principal), Outcome::Failed, None, &status)
+                    .await;
+                return Err(status);
+            }
+        };
         self.record_issued(&principal, &parsed, rule, &issued)
             .await?;
         tracing::debug!(kid = %issued.kid, jti = %issued.jti, "token issued");

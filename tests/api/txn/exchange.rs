@@ -331,3 +331,59 @@ async fn a_txn_token_is_counted_with_the_tokens_issued() {
     }
     assert_eq!(issued(server).await - before, 3.0);
 }
+
+/// A Txn-Token too large to sign is one decision, as an IssueToken too large is: the policy
+/// allowed it (counted `allowed`, so allowed outrunning tokens issued shows it), then nothing
+/// was issued (its audit line says `failed`), and it is not counted `malformed` on top.
+#[tokio::test]
+async fn a_txn_token_too_large_to_sign_is_one_decision_allowed_then_failed() {
+    let fixture = Fixture::start().await;
+    let server = &fixture.server;
+    let user_token = fixture.idp.access_token("user-1234", "orders.read");
+    let mut request = ask("orders.read", &user_token);
+    request.request_details = format!(r#"{{"order_id":"{}"}}"#, "o".repeat(4000));
+    request.request_context = format!(r#"{{"req_ip":"{}"}}"#, "1".repeat(4000));
+    let decisions = || async {
+        let mut counts = Vec::new();
+        for outcome in ["allowed", "malformed"] {
+            counts.push(
+                crate::helpers::metric(
+                    server,
+                    &format!(
+                        r#"token_authority_caller_decisions_total{{method="ExchangeToken",outcome="{outcome}"}}"#
+                    ),
+                )
+                .await,
+            );
+        }
+        counts
+    };
+    let before = decisions().await;
+    let status = exchange_as(server, Some(&edge()), request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("invalid_request: request_details: the token would be"),
+        "{status:?}"
+    );
+    let after = decisions().await;
+    assert_eq!(
+        (after[0] - before[0], after[1] - before[1]),
+        (1.0, 0.0),
+        "ExchangeToken decisions (allowed, malformed) counted for one call"
+    );
+    let audit = std::fs::read_to_string(&fixture.audit_log).unwrap();
+    let line: serde_json::Value = audit
+        .lines()
+        .rev()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|line| line["method"] == "ExchangeToken")
+        .expect("an audit line for the call");
+    assert_eq!(
+        (&line["outcome"], &line["caller"]),
+        (&json!("failed"), &json!("client:edge"))
+    );
+}
