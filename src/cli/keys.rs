@@ -203,10 +203,15 @@ pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
             r.revoked_reason.as_deref().unwrap_or("-"),
         );
     }
+    let in_store = records
+        .iter()
+        .any(|record| !record.private_key.as_bytes().is_empty());
     let _ = writeln!(
         out,
         "private keys at rest: {}",
-        if store.encrypts_at_rest() {
+        if !in_store {
+            "none in the keystore (each is held in a PKCS#11 token, or was erased)"
+        } else if store.encrypts_at_rest() {
             "encrypted"
         } else {
             "UNENCRYPTED (no --kek-file)"

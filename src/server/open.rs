@@ -8,6 +8,7 @@ use token_authority_jose::backoff::Backoff;
 use super::ServerError;
 use crate::{
     authority::{
+        keys::KeyRecord,
         signers::pkcs11::{Pkcs11Settings, Pkcs11Token},
         status::{StatusLists, StatusSettings, STATUS_LISTS_PATH},
         Authority, AuthorityError, Settings, Signers,
@@ -44,15 +45,12 @@ pub(super) fn open_secrets(config: &Config) -> Result<(AdminToken, Option<Keks>)
         }
     }
     let keks = config.kek_file.as_deref().map(Keks::load).transpose()?;
-    match &keks {
-        Some(keks) => tracing::info!(
+    // Without a KEK, what is said depends on what the keystore holds (`open_sled`).
+    if let Some(keks) = &keks {
+        tracing::info!(
             sealing_kek = keks.sealing_id(),
             "private keys are encrypted at rest"
-        ),
-        None => tracing::warn!(
-            "no --kek-file: private keys are stored UNENCRYPTED in the data directory; \
-             give a key-encryption key in production"
-        ),
+        );
     }
     Ok((admin, keks))
 }
@@ -137,6 +135,9 @@ async fn open_sled(
                 "some private keys are still stored unencrypted; run `token-authority keys rewrap`"
             );
         }
+        if !store.encrypts_at_rest() {
+            warn_unencrypted(&records, &settings.signers);
+        }
         let fresh = records.is_empty();
         let now = settings.clock.unix_now();
         let authority = Authority::open(store, records, settings, now)?;
@@ -147,6 +148,31 @@ async fn open_sled(
     })
     .await
     .map_err(ServerError::Task)?
+}
+
+/// Without a KEK: private keys made in process are stored unencrypted, which is worth a
+/// warning; a PKCS#11 token keeps those it makes, and only keys made in process before it
+/// (still in the keystore) are.
+fn warn_unencrypted(records: &[KeyRecord], signers: &Signers) {
+    let in_store = records
+        .iter()
+        .filter(|record| !record.private_key.as_bytes().is_empty())
+        .count();
+    match signers {
+        Signers::InProcess => tracing::warn!(
+            "no --kek-file: private keys are stored UNENCRYPTED in the data directory; \
+             give a key-encryption key in production"
+        ),
+        Signers::Pkcs11(_) if in_store > 0 => tracing::warn!(
+            keys = in_store,
+            "no --kek-file: private keys made in process before the PKCS#11 token are stored \
+             UNENCRYPTED in the data directory; give a key-encryption key, or revoke them once \
+             the token's keys sign"
+        ),
+        Signers::Pkcs11(_) => tracing::info!(
+            "no private key is stored in the data directory: the PKCS#11 token holds them"
+        ),
+    }
 }
 
 /// The shared PostgreSQL keystore: its schema migrated, and the authority over its key set.

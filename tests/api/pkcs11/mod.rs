@@ -401,6 +401,28 @@ fn the_readme_softhsm_commands_start_a_server() {
         "{}",
         seen.join("\n")
     );
+    // No private key is stored outside the token, so no warning says one is unencrypted.
+    assert!(
+        seen.iter().any(|l| l.contains(
+            "no private key is stored in the data directory: the PKCS#11 token holds them"
+        )) && !seen.iter().any(|l| l.contains("UNENCRYPTED")),
+        "{}",
+        seen.join("\n")
+    );
+    let listed = std::process::Command::new(crate::binary::BIN)
+        .args(["keys", "list"])
+        .current_dir(work.path())
+        .env_remove("TA_SIGNER")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.ends_with(
+            "private keys at rest: none in the keystore (each is held in a PKCS#11 token, or was erased)\n"
+        ),
+        "{table}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
 }
 
 /// Where each key lives, in ListKeys and in `keys list`; and `keys import` refuses a key
@@ -449,6 +471,11 @@ async fn keys_show_where_they_live_and_import_refuses_next_to_the_token() {
             .unwrap()
     };
     let table = String::from_utf8(keys(&["list"]).stdout).unwrap();
+    // The key made in the process is still in the keystore, without a KEK.
+    assert!(
+        table.ends_with("private keys at rest: UNENCRYPTED (no --kek-file)\n"),
+        "{table}"
+    );
     let line_of = |kid: &str| {
         table
             .lines()
