@@ -73,6 +73,17 @@ async fn read_form(
             "the request must be a form: Content-Type: application/x-www-form-urlencoded",
         ));
     }
+    // A compressed body would be read as form text, and refused for what it looks like.
+    if let Some(coding) = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("?").trim())
+        .find(|coding| !coding.eq_ignore_ascii_case("identity"))
+    {
+        return Err(invalid(&format!(
+            "Content-Encoding {coding} is not accepted: send the form uncompressed"
+        )));
+    }
     let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| invalid("the form is larger than 64 KiB, or was cut off"))?;
@@ -109,6 +120,14 @@ async fn read_form(
             _ => continue,
         };
         if seen & (1 << bit) != 0 {
+            // RFC 8693 lets `audience` name several targets; a Txn-Token has one, the trust
+            // domain, so that is a target it cannot issue for, not a malformed form.
+            if bit == 2 {
+                return Err(ExchangeError::new(
+                    OAuthError::InvalidTarget,
+                    "audience is given more than once: a Txn-Token's only audience is the trust domain",
+                ));
+            }
             return Err(ExchangeError::new(
                 OAuthError::InvalidRequest,
                 format!("{name} is given more than once"),
@@ -187,6 +206,97 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Each form refused with the error and description the requester gets.
+    #[tokio::test]
+    async fn forms_refused_before_any_credential_matters() {
+        const FORM: &str = "application/x-www-form-urlencoded";
+        // (name, headers, body, error, description)
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+            OAuthError,
+            &'static str,
+        );
+        let cases: [Case; 6] = [
+            (
+                "json",
+                &[("content-type", "application/json")],
+                "grant_type=x",
+                OAuthError::InvalidRequest,
+                "the request must be a form: Content-Type: application/x-www-form-urlencoded",
+            ),
+            (
+                "gzip",
+                &[("content-type", FORM), ("content-encoding", "gzip")],
+                "grant_type=x",
+                OAuthError::InvalidRequest,
+                "Content-Encoding gzip is not accepted: send the form uncompressed",
+            ),
+            (
+                "identity, then br",
+                &[
+                    ("content-type", FORM),
+                    ("content-encoding", "identity"),
+                    ("content-encoding", "br"),
+                ],
+                "grant_type=x",
+                OAuthError::InvalidRequest,
+                "Content-Encoding br is not accepted: send the form uncompressed",
+            ),
+            (
+                "scope twice",
+                &[("content-type", FORM)],
+                "scope=a&scope=b",
+                OAuthError::InvalidRequest,
+                "scope is given more than once",
+            ),
+            (
+                "audience twice",
+                &[("content-type", FORM)],
+                "audience=a&audience=b",
+                OAuthError::InvalidTarget,
+                "audience is given more than once: a Txn-Token's only audience is the trust domain",
+            ),
+            (
+                "not UTF-8",
+                &[("content-type", FORM)],
+                "scope=%FF",
+                OAuthError::InvalidRequest,
+                "the form is not UTF-8 once percent-decoded",
+            ),
+        ];
+        for (name, headers, body, error, description) in cases {
+            let mut map = HeaderMap::new();
+            for (header, value) in headers {
+                map.append(*header, HeaderValue::from_static(value));
+            }
+            let refused = read_form(&map, axum::body::Body::from(body))
+                .await
+                .expect_err(name);
+            assert_eq!(
+                (refused.error, refused.description.as_str()),
+                (error, description),
+                "{name}"
+            );
+        }
+        let mut identity = HeaderMap::new();
+        identity.insert(header::CONTENT_TYPE, HeaderValue::from_static(FORM));
+        identity.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        let read = read_form(&identity, axum::body::Body::from("scope=a&audience=b"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (read.scope.as_deref(), read.audience.as_deref()),
+            (Some("a"), Some("b"))
+        );
+    }
+
     #[test]
     fn descriptions_keep_only_what_rfc_6749_allows() {
         assert_eq!(

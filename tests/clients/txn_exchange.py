@@ -4,7 +4,8 @@ RFC 8693 form, and verifies what it gets with PyJWT, the Txn-Token's typ require
 stdin: {"url": ..., "jwks_uri": ..., "issuer": ..., "trust_domain": ..., "ca_file": optional,
         "cases": [{"authorization": optional, "form": {...} or [[name, value], ...],
                    "content_type": optional, "method": optional,
-                   "append": optional, raw form text put after the encoded form}]}
+                   "append": optional, raw form text put after the encoded form,
+                   "headers": optional, more request headers}]}
 stdout: one JSON object per case: {"status": ..., "content_type": ..., "cache_control": ...,
         "www_authenticate": ..., "body": the JSON answer (or the text), "verified": the claims
         PyJWT accepted, or {"error": ...}, for an answer carrying a token}
@@ -47,6 +48,7 @@ for case in request["cases"]:
     data = case["form"]
     if isinstance(data, list):
         data = [tuple(pair) for pair in data]
+    headers.update(case.get("headers", {}))
     if "content_type" in case or "append" in case:
         headers["Content-Type"] = case.get("content_type", "application/x-www-form-urlencoded")
         data = requests.models.RequestEncodingMixin._encode_params(data)

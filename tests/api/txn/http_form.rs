@@ -129,6 +129,20 @@ async fn python_requests_gets_the_drafts_answers_and_pyjwt_and_jose_verify_the_t
             400,
             Some("invalid_request"),
         ),
+        // A compressed body is refused for what it is, not read as form text.
+        (
+            "a gzip Content-Encoding",
+            json!({"authorization": edge, "form": form(&[]), "headers": {"Content-Encoding": "gzip"}}),
+            400,
+            Some("invalid_request"),
+        ),
+        // RFC 8693 allows several audiences; a Txn-Token has one, the trust domain.
+        (
+            "a second audience",
+            json!({"authorization": edge, "form": form(&[]), "append": "audience=other.example"}),
+            400,
+            Some("invalid_target"),
+        ),
         // RFC 8693 delegation is not offered: asked for, it is refused, not dropped.
         (
             "an actor token",
