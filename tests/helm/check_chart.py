@@ -3810,6 +3810,7 @@ DASHBOARD_PANELS = [
     ("distinct key sets served (replica agreement)", "token_authority_key_set_fingerprint", "count_values by"),
     ("key set fingerprint per pod", "token_authority_key_set_fingerprint", "by (pod)"),
     ("certificate expiry", "token_authority_tls_certificate_expiry_seconds", "certificate"),
+    ("config files refused", "token_authority_config_refused", "by (pod, file)"),
 ]
 
 
