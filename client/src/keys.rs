@@ -25,15 +25,17 @@ impl KeySet {
     /// Builds the set from a WatchKeys message. A JWKS that does not parse is refused
     /// whole: the last good set stays in use.
     pub fn from_watched(watched: &pb::WatchedKeySet) -> Result<KeySet, JwksError> {
-        let keys = parse_jwks(watched.jwks_json.as_bytes())?
+        let mut keys: HashMap<String, VerifyingKey> = parse_jwks(watched.jwks_json.as_bytes())?
             .into_iter()
             .collect();
-        let revoked = watched
+        let revoked: HashSet<String> = watched
             .keys
             .iter()
             .filter(|key| key.state() == pb::KeyState::Revoked)
             .map(|key| key.key_id.clone())
             .collect();
+        // A key reported revoked verifies nothing, even if its JWK is still listed.
+        keys.retain(|kid, _| !revoked.contains(kid));
         Ok(KeySet {
             keys,
             revoked,
@@ -51,16 +53,14 @@ impl KeySet {
         })
     }
 
-    /// Carries over `previous`'s revoked kids: a revocation is forever.
+    /// Carries over `previous`'s revoked kids: a revocation is forever. A later set that
+    /// lists one of them again (a cached or replayed JWKS, a replica that has not seen the
+    /// revocation yet, a database restored from before it) does not bring the key back.
     pub fn keep_revoked(mut self, previous: &KeySet) -> KeySet {
-        let keys = &self.keys;
-        let carried: Vec<String> = previous
-            .revoked
-            .iter()
-            .filter(|kid| !keys.contains_key(*kid))
-            .cloned()
-            .collect();
-        self.revoked.extend(carried);
+        for kid in &previous.revoked {
+            self.keys.remove(kid);
+            self.revoked.insert(kid.clone());
+        }
         self
     }
 

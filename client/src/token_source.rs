@@ -60,16 +60,33 @@ struct Attempts {
     ended: u64,
     /// `None` when the last attempt succeeded.
     last_failure: Option<String>,
+    /// When the last attempt began: the next waits until `MIN_REFRESH_INTERVAL` after it, so
+    /// that neither request-driven callers of an authority that is down nor a callee that
+    /// refuses every token (its clock behind, a wrong audience) can make more than one
+    /// IssueToken a second. Callers waiting meanwhile share the attempt's answer.
+    last_started: Option<Instant>,
 }
 
 /// A token and when to replace it, on this process's monotonic clock: measured from when
 /// the answer arrived plus the token's own lifetime (`exp - iat`), never by comparing the
 /// server's timestamps with the local wall clock, which may disagree by any amount.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Cached {
     token: String,
     expires_at: Instant,
     refresh_at: Instant,
+}
+
+/// Never the token itself: a source printed with `{:?}` (in an application's state, say)
+/// must not put a bearer token in its logs.
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
 }
 
 /// A source of tokens for one request shape. Cheap to clone; the background refresh stops
@@ -107,6 +124,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// token is refreshed at half its life at the earliest, never in a loop.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long an IssueToken (or ExchangeToken) call may take before the client gives up on it:
+/// an authority that accepts the connection and never answers must not hold the callers,
+/// who queue behind the one call in flight, for good.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl TokenSource {
     /// A source that fetches on first use and refreshes in the background after that. Must
@@ -223,10 +244,15 @@ impl Inner {
             rpc.grpc.status_code = field::Empty,
             otel.status_code = field::Empty,
         );
+        if let Some(floor) = attempts.last_started.map(|at| at + MIN_REFRESH_INTERVAL) {
+            tokio::time::sleep_until(floor).await;
+        }
+        attempts.last_started = Some(Instant::now());
         let result = self.fetch().instrument(span.clone()).await;
         telemetry::record_call(&span, &result, "issued");
         attempts.ended += 1;
         attempts.last_failure = result.as_ref().err().map(ToString::to_string);
+
         self.attempts_ended
             .store(attempts.ended, std::sync::atomic::Ordering::Release);
         result
@@ -300,7 +326,17 @@ impl Inner {
             request.metadata_mut().insert("authorization", value);
         }
         telemetry::inject(&tracing::Span::current(), request.metadata_mut());
-        Ok(self.client.clone().issue_token(request).await?.into_inner())
+        // The authority ends the call at its deadline too (`grpc-timeout`); the local
+        // timeout also covers one that never answers at all.
+        request.set_timeout(CALL_TIMEOUT);
+        let mut client = self.client.clone();
+        let call = client.issue_token(request);
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(answer) => Ok(answer?.into_inner()),
+            Err(_) => Err(ClientError::Rpc(tonic::Status::deadline_exceeded(format!(
+                "IssueToken did not answer within {CALL_TIMEOUT:?}"
+            )))),
+        }
     }
 }
 

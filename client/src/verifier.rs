@@ -113,6 +113,8 @@ struct Inner {
     keys: Arc<ArcSwap<KeySet>>,
     /// The status lists WatchKeys pushed, verified.
     lists: Arc<ArcSwap<HeldLists>>,
+    /// Held by every writer of `keys` and `lists` while it reads and replaces them.
+    writes: Arc<std::sync::Mutex<()>>,
     policy: Policy,
     audience: Option<String>,
     clock: Clock,
@@ -178,6 +180,7 @@ impl Verifier {
             .transpose()?;
         let refetch = Arc::new(tokio::sync::Notify::new());
         let wanted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writes = Arc::new(std::sync::Mutex::new(()));
         let task = tokio::spawn(
             watch::Watch {
                 replicas,
@@ -185,6 +188,7 @@ impl Verifier {
                 poll_interval: settings.jwks_poll_interval,
                 keys: Arc::clone(&keys),
                 lists: Arc::clone(&lists),
+                writes: Arc::clone(&writes),
                 policy: policy.clone(),
                 clock: settings.clock,
                 first: first_tx,
@@ -192,7 +196,6 @@ impl Verifier {
                 fetcher,
                 refetch: Arc::clone(&refetch),
                 wanted: Arc::clone(&wanted),
-                http_keys: false,
             }
             .run(),
         );
@@ -200,6 +203,7 @@ impl Verifier {
             inner: Arc::new(Inner {
                 keys,
                 lists,
+                writes,
                 policy,
                 audience: settings.audience,
                 clock: settings.clock,
@@ -228,6 +232,7 @@ impl Verifier {
             inner: Arc::new(Inner {
                 keys: Arc::new(ArcSwap::from_pointee(keys)),
                 lists: Arc::new(ArcSwap::from_pointee(HeldLists::default())),
+                writes: Arc::new(std::sync::Mutex::new(())),
                 policy: Policy {
                     issuer: settings.issuer,
                     leeway: settings.leeway,
@@ -341,6 +346,12 @@ impl Verifier {
     /// set, tests, benchmarks), verified against the key set in use as a pushed one is: a
     /// token naming `uri` is then checked against it.
     pub fn hold_status_list(&self, uri: &str, token: &str) -> Result<(), ClientError> {
+        // A list pushed or fetched meanwhile is not lost to this one's store.
+        let _writing = self
+            .inner
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let keys = self.inner.keys.load();
         let held = self
             .inner

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use crate::error::ClientError;
 
-/// How the service proves who it is to the authority, beyond its connection.
-#[derive(Clone, Debug)]
+/// How the service proves who it is to the authority, beyond its connection. Its `Debug`
+/// never shows the secret.
+#[derive(Clone)]
 pub enum Credentials {
     /// Nothing beyond the channel: mTLS (the channel's TLS identity), or an open authority.
     Channel,
@@ -20,6 +21,20 @@ pub enum Credentials {
         /// Its secret.
         secret: String,
     },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Channel => f.write_str("Channel"),
+            Credentials::BearerFile(path) => f.debug_tuple("BearerFile").field(path).finish(),
+            Credentials::ClientSecret { id, .. } => f
+                .debug_struct("ClientSecret")
+                .field("id", id)
+                .field("secret", &"<redacted>")
+                .finish(),
+        }
+    }
 }
 
 impl Credentials {

@@ -14,12 +14,13 @@ use tonic::{metadata::MetadataValue, transport::Channel};
 use tracing::{field, Instrument as _};
 
 use super::{
-    layer::{is_grpc, refuse, BoxFuture},
+    layer::{is_grpc, refuse, unavailable, BoxFuture},
     TxnToken, CURRENT,
 };
 use crate::{
     bearer::bearer, error::ClientError, layer::ResponseBody, pb,
-    pb::token_authority_client::TokenAuthorityClient, telemetry, Credentials, Verifier,
+    pb::token_authority_client::TokenAuthorityClient, telemetry, token_source::CALL_TIMEOUT,
+    Credentials, Verifier,
 };
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -114,15 +115,55 @@ impl TxnExchanger {
             request.metadata_mut().insert("authorization", value);
         }
         telemetry::inject(&tracing::Span::current(), request.metadata_mut());
-        let answer = self
-            .client
-            .clone()
-            .exchange_token(request)
-            .await?
-            .into_inner();
+        request.set_timeout(CALL_TIMEOUT);
+        let mut client = self.client.clone();
+        let call = client.exchange_token(request);
+        let answer = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(answer) => answer?.into_inner(),
+            Err(_) => {
+                return Err(ClientError::Rpc(tonic::Status::deadline_exceeded(format!(
+                    "ExchangeToken did not answer within {CALL_TIMEOUT:?}"
+                ))))
+            }
+        };
         self.verifier
             .verify_txn(&answer.access_token, &self.trust_domain)
             .map_err(ClientError::TxnToken)
+    }
+}
+
+/// What the edge's caller hears when its access token was refused.
+const NOT_ACCEPTED: &str = "the access token is not accepted for this request";
+/// What it hears when the authority could not be asked, or failed.
+const UNAVAILABLE: &str = "the transaction token service is unavailable; retry later";
+
+/// Why an exchange gave no Txn-Token, as the edge's caller is told.
+#[derive(Debug, PartialEq, Eq)]
+enum NotExchanged {
+    /// The authority refused the request (the access token, the scope): 401, not retried.
+    Refused,
+    /// The authority was out of reach, too slow or failing, or its answer did not verify:
+    /// 503, which a client retries.
+    Unavailable,
+}
+
+fn not_exchanged(error: &ClientError) -> NotExchanged {
+    use tonic::Code;
+    match error {
+        ClientError::Rpc(status)
+            if matches!(
+                status.code(),
+                Code::InvalidArgument
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::NotFound
+            ) =>
+        {
+            NotExchanged::Refused
+        }
+        _ => NotExchanged::Unavailable,
     }
 }
 
@@ -218,7 +259,15 @@ where
             let asked = (layer.describe)(&parts);
             let token = match layer.exchanger.exchange(&access_token, &asked).await {
                 Ok(token) => token,
-                Err(error) => return Ok(refuse(format!("no Txn-Token: {error}"), grpc)),
+                Err(error) => {
+                    // The authority's own words name the edge's policy and the authority's
+                    // addresses: they go to the edge's log, not to the outside caller.
+                    tracing::warn!(%error, "no Txn-Token for the request");
+                    return Ok(match not_exchanged(&error) {
+                        NotExchanged::Refused => refuse(NOT_ACCEPTED.into(), grpc),
+                        NotExchanged::Unavailable => unavailable(UNAVAILABLE.into(), grpc),
+                    });
+                }
             };
             parts.extensions.insert(token.clone());
             let future = inner.call(Request::from_parts(parts, body));
@@ -230,5 +279,38 @@ where
                 })
                 .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edges_caller_is_told_whether_to_retry_and_nothing_of_the_authority() {
+        let rpc = |code| ClientError::Rpc(tonic::Status::new(code, "internal detail"));
+        for (error, expected) in [
+            (rpc(tonic::Code::InvalidArgument), NotExchanged::Refused),
+            (rpc(tonic::Code::PermissionDenied), NotExchanged::Refused),
+            (rpc(tonic::Code::Unauthenticated), NotExchanged::Refused),
+            (rpc(tonic::Code::Unavailable), NotExchanged::Unavailable),
+            (
+                rpc(tonic::Code::DeadlineExceeded),
+                NotExchanged::Unavailable,
+            ),
+            (rpc(tonic::Code::Cancelled), NotExchanged::Unavailable),
+            (
+                rpc(tonic::Code::ResourceExhausted),
+                NotExchanged::Unavailable,
+            ),
+            (rpc(tonic::Code::Internal), NotExchanged::Unavailable),
+            (ClientError::BadCredential, NotExchanged::Unavailable),
+            (
+                ClientError::BadAnswer("expires_at"),
+                NotExchanged::Unavailable,
+            ),
+        ] {
+            assert_eq!(not_exchanged(&error), expected, "{error}");
+        }
     }
 }

@@ -100,13 +100,38 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// The answer to a refused request: UNAUTHENTICATED to gRPC, `401` to anything else.
 pub(super) fn refuse<B>(message: String, grpc: bool) -> Response<ResponseBody<B>> {
+    answer(
+        tonic::Code::Unauthenticated,
+        StatusCode::UNAUTHORIZED,
+        message,
+        grpc,
+    )
+}
+
+/// The answer to a request that could not be served for now (the authority out of reach):
+/// UNAVAILABLE to gRPC, `503` to anything else, both of which clients retry.
+pub(super) fn unavailable<B>(message: String, grpc: bool) -> Response<ResponseBody<B>> {
+    answer(
+        tonic::Code::Unavailable,
+        StatusCode::SERVICE_UNAVAILABLE,
+        message,
+        grpc,
+    )
+}
+
+fn answer<B>(
+    code: tonic::Code,
+    http: StatusCode,
+    message: String,
+    grpc: bool,
+) -> Response<ResponseBody<B>> {
     if grpc {
-        return tonic::Status::unauthenticated(message)
+        return tonic::Status::new(code, message)
             .into_http::<()>()
             .map(|()| ResponseBody::refusal(Bytes::new()));
     }
     let mut response = Response::new(ResponseBody::refusal(Bytes::from(message + "\n")));
-    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    *response.status_mut() = http;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -35,11 +35,20 @@ use crate::Verifier;
 pub const TXN_TOKEN_HEADER: &str = "txn-token";
 
 /// A Txn-Token that verified: the token as received (to forward unchanged) and its claims,
-/// read on first use.
-#[derive(Clone, Debug)]
+/// read on first use. Its `Debug` shows the transaction, not the token.
+#[derive(Clone)]
 pub struct TxnToken {
     token: String,
     verified: Verified,
+}
+
+impl std::fmt::Debug for TxnToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnToken")
+            .field("txn", &self.txn())
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl TxnToken {

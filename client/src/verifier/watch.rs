@@ -1,4 +1,4 @@
-//! The verifier's background task: one WatchKeys stream at a time over the replicas it was
+//! The verifier's background tasks: one WatchKeys stream at a time over the replicas it was
 //! given, and the HTTP JWKS polled while no stream is up.
 //!
 //! A broken stream (or one that cannot be opened) hands over to the next replica in the
@@ -8,6 +8,12 @@
 //! ETag: a revocation made on a live replica reaches the verifier within that interval,
 //! where the `max-age` alone (minutes) would keep the revoked key in use. The polling stops
 //! as soon as a stream is back: a stream pushes every change itself.
+//!
+//! The polling is a task of its own (`Fallback`): an HTTP endpoint that hangs (each fetch
+//! may take its full timeout) must not hold up the stream's reconnect, which would keep
+//! revocations from arriving. Once a stream is up, what the polling fetched is not stored:
+//! the stream's set is the newer. Whatever either stores, a key once reported revoked stays
+//! revoked (`KeySet::keep_revoked`).
 //!
 //! Opening a stream is a `watch_keys` span, whose WatchKeys call carries its trace context:
 //! a child of the span `Verifier::connect` was called in until the verifier is ready (the
@@ -32,11 +38,22 @@ use crate::{
     telemetry,
 };
 
+/// How long a stream may stay silent: twice the keepalive interval the authority announced,
+/// within 200 ms and 2 hours whatever it sent (a value out of range, or so large that
+/// doubling it would overflow, must not stop the task).
+fn silence_after(interval: &prost_types::Duration) -> Duration {
+    let interval = Duration::new(
+        u64::try_from(interval.seconds.clamp(0, 3600)).unwrap_or(0),
+        u32::try_from(interval.nanos.clamp(0, 999_999_999)).unwrap_or(0),
+    );
+    (interval * 2).max(Duration::from_millis(200))
+}
+
 /// The first delay before reconnecting a broken stream, and the cap it doubles up to.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Everything the background task owns.
+/// Everything the background tasks own.
 pub(super) struct Watch {
     /// One client per replica, tried in turn; never empty.
     pub(super) replicas: Vec<TokenAuthorityClient<Channel>>,
@@ -45,6 +62,9 @@ pub(super) struct Watch {
     pub(super) keys: Arc<ArcSwap<KeySet>>,
     /// The status lists pushed after the key set, verified against it.
     pub(super) lists: Arc<ArcSwap<HeldLists>>,
+    /// Held while the key set or the lists are read and replaced, by every writer (the
+    /// stream, the polling, `Verifier::hold_status_list`), so none undoes another's change.
+    pub(super) writes: Arc<std::sync::Mutex<()>>,
     /// What a list token must satisfy (the issuer, the leeway), and the time.
     pub(super) policy: Policy,
     pub(super) clock: Clock,
@@ -58,43 +78,113 @@ pub(super) struct Watch {
     pub(super) refetch: Arc<tokio::sync::Notify>,
     /// Lists tokens named that no copy is held of: fetched over HTTP with the JWKS.
     pub(super) wanted: Arc<std::sync::Mutex<Vec<String>>>,
-    /// Whether a key set came over HTTP: the verifier is ready once the lists are fetched.
-    pub(super) http_keys: bool,
+}
+
+/// Where the stream stands, as the polling reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    /// No attempt has ended yet: the polling waits for the first one.
+    Starting,
+    /// A key set arrived on the stream in use.
+    Up,
+    Down,
+}
+
+/// The polling task: the HTTP JWKS and status lists while no stream is up.
+struct Fallback {
+    fetcher: JwksFetcher,
+    poll_interval: Duration,
+    keys: Arc<ArcSwap<KeySet>>,
+    lists: Arc<ArcSwap<HeldLists>>,
+    writes: Arc<std::sync::Mutex<()>>,
+    policy: Policy,
+    clock: Clock,
+    stream: tokio::sync::watch::Receiver<Stream>,
+    /// Turned true once a key set and the lists came over HTTP (the verifier is ready).
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
+    refetch: Arc<tokio::sync::Notify>,
+    wanted: Arc<std::sync::Mutex<Vec<String>>>,
+    http_keys: bool,
+}
+
+/// Aborts the polling task when the stream's task ends (the verifier was dropped).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The stream's half of `Watch`.
+struct Streaming {
+    replicas: Vec<TokenAuthorityClient<Channel>>,
+    open_timeout: Duration,
+    keys: Arc<ArcSwap<KeySet>>,
+    lists: Arc<ArcSwap<HeldLists>>,
+    writes: Arc<std::sync::Mutex<()>>,
+    policy: Policy,
+    clock: Clock,
+    stream: tokio::sync::watch::Sender<Stream>,
+    first: Arc<tokio::sync::watch::Sender<bool>>,
+    caller: Option<tracing::Span>,
 }
 
 impl Watch {
     /// Holds a WatchKeys stream for as long as the verifier lives, reconnecting when it
-    /// breaks.
-    pub(super) async fn run(mut self) {
+    /// breaks, with the HTTP polling in a task of its own beside it.
+    pub(super) async fn run(self) {
+        let (stream, watching) = tokio::sync::watch::channel(Stream::Starting);
+        let first = Arc::new(self.first);
+        let _polling = self.fetcher.map(|fetcher| {
+            let fallback = Fallback {
+                fetcher,
+                poll_interval: self.poll_interval,
+                keys: Arc::clone(&self.keys),
+                lists: Arc::clone(&self.lists),
+                writes: Arc::clone(&self.writes),
+                policy: self.policy.clone(),
+                clock: self.clock,
+                stream: watching,
+                ready: Arc::clone(&first),
+                refetch: self.refetch,
+                wanted: self.wanted,
+                http_keys: false,
+            };
+            AbortOnDrop(tokio::spawn(fallback.run()).abort_handle())
+        });
+        Streaming {
+            replicas: self.replicas,
+            open_timeout: self.open_timeout,
+            keys: self.keys,
+            lists: self.lists,
+            writes: self.writes,
+            policy: self.policy,
+            clock: self.clock,
+            stream,
+            first,
+            caller: self.caller,
+        }
+        .run()
+        .await;
+    }
+}
+
+impl Streaming {
+    async fn run(mut self) {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(0.25);
-        let mut next_fetch = Instant::now();
         let mut replica = 0;
         loop {
+            if *self.first.borrow() {
+                // Ready over HTTP meanwhile: the caller of `connect` has moved on.
+                self.caller = None;
+            }
             if self.hold_stream(replica).await {
                 backoff.reset();
             }
+            self.stream.send_replace(Stream::Down);
             replica = (replica + 1) % self.replicas.len();
-            // The stream is down: the HTTP JWKS, when due, then wait to reconnect, polling
-            // the JWKS meanwhile (and fetching at once for an unknown kid).
-            if Instant::now() >= next_fetch {
-                if let Some(at) = self.fetch_jwks().await {
-                    next_fetch = at;
-                }
-                self.fetch_lists().await;
-            }
-            let pause = tokio::time::sleep(backoff.delay());
-            tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    () = &mut pause => break,
-                    () = self.refetch.notified() => {}
-                    () = tokio::time::sleep_until(next_fetch), if self.fetcher.is_some() => {}
-                }
-                if let Some(at) = self.fetch_jwks().await {
-                    next_fetch = at;
-                }
-                self.fetch_lists().await;
-            }
+            tokio::time::sleep(backoff.delay()).await;
             if replica == 0 {
                 backoff.double();
             }
@@ -181,15 +271,21 @@ impl Watch {
                 _ => continue,
             };
             if let Some(interval) = &watched.keepalive_interval {
-                let interval = Duration::new(
-                    u64::try_from(interval.seconds).unwrap_or(30),
-                    u32::try_from(interval.nanos).unwrap_or(0),
-                );
-                silence = (interval * 2).max(Duration::from_millis(200));
+                silence = silence_after(interval);
             }
             match KeySet::from_watched(&watched) {
                 Ok(set) => {
-                    self.keys.store(Arc::new(set));
+                    {
+                        let _writing = self
+                            .writes
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        self.stream.send_replace(Stream::Up);
+                        // A replica behind the one that revoked a key (or one restored from
+                        // before) still lists it: the revocation stands.
+                        let set = set.keep_revoked(&self.keys.load());
+                        self.keys.store(Arc::new(set));
+                    }
                     // A key set that announces status lists is ready with them.
                     if !watched.status_lists {
                         self.ready();
@@ -204,6 +300,10 @@ impl Watch {
 
     /// Keeps the pushed status lists that verify against the key set held.
     fn take_lists(&self, watched: &pb::WatchedStatusLists) {
+        let _writing = self
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let keys = self.keys.load();
         let (held, refused) =
             self.lists
@@ -216,12 +316,44 @@ impl Watch {
         self.lists.store(Arc::new(held));
     }
 
+    /// The verifier holds what it needs: `Verifier::connect` returns, and what comes next
+    /// is no longer part of its caller's work.
+    fn ready(&mut self) {
+        self.first.send_replace(true);
+        self.caller = None;
+    }
+}
+
+impl Fallback {
+    /// While no stream is up: the JWKS when due (or at once for an unknown kid) and the
+    /// status lists after it; nothing while a stream is up.
+    async fn run(mut self) {
+        let mut next_fetch = Instant::now();
+        loop {
+            if self.stream.wait_for(|s| *s == Stream::Down).await.is_err() {
+                return;
+            }
+            if Instant::now() < next_fetch {
+                tokio::select! {
+                    up = self.stream.wait_for(|s| *s == Stream::Up) => {
+                        if up.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    () = self.refetch.notified() => {}
+                    () = tokio::time::sleep_until(next_fetch) => {}
+                }
+            }
+            next_fetch = self.fetch_jwks().await;
+            self.fetch_lists().await;
+        }
+    }
+
     /// While no stream is up: every list held, and every list a token named that none is
     /// held of, fetched over HTTP (conditionally) and kept once it verifies.
     async fn fetch_lists(&mut self) {
-        let Some(fetcher) = self.fetcher.as_ref() else {
-            return;
-        };
+        let fetcher = &self.fetcher;
         let mut uris = self.lists.load().held();
         match fetcher.fetch_aggregation().await {
             Ok(served) => {
@@ -248,6 +380,10 @@ impl Watch {
             let fetched = fetcher.fetch_list(&uri, etag.as_deref()).await;
             match fetched {
                 Ok(Some((token, etag))) => {
+                    let _writing = self
+                        .writes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let keys = self.keys.load();
                     let now = self.clock.unix_now();
                     match self.lists.load().with_fetched(
@@ -268,29 +404,28 @@ impl Watch {
             }
         }
         if self.http_keys {
-            self.ready();
+            self.ready.send_replace(true);
         }
     }
 
-    /// The verifier holds what it needs: `Verifier::connect` returns, and what comes next
-    /// is no longer part of its caller's work.
-    fn ready(&mut self) {
-        self.first.send_replace(true);
-        self.caller = None;
-    }
-
-    /// Fetches the HTTP JWKS (when there is one) and swaps in a changed set; returns when
+    /// Fetches the HTTP JWKS and swaps in a changed set (unless a stream came up meanwhile:
+    /// its set is the newer); returns when
     /// to fetch again: after the poll interval, or the answer's `max-age` when that is
     /// shorter, never sooner than 1 s, with jitter so a fleet whose streams broke together does not
     /// poll in step.
-    async fn fetch_jwks(&mut self) -> Option<Instant> {
-        let fetcher = self.fetcher.as_mut()?;
-        let max_age = match fetcher.fetch().await {
+    async fn fetch_jwks(&mut self) -> Instant {
+        let max_age = match self.fetcher.fetch().await {
             Ok((Fetched::Changed(set), max_age)) => {
-                let set = set.keep_revoked(&self.keys.load());
-                self.keys.store(Arc::new(set));
-                // Ready once the lists are fetched too (`fetch_lists`, next).
-                self.http_keys = true;
+                let _writing = self
+                    .writes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *self.stream.borrow() != Stream::Up {
+                    let set = set.keep_revoked(&self.keys.load());
+                    self.keys.store(Arc::new(set));
+                    // Ready once the lists are fetched too (`fetch_lists`, next).
+                    self.http_keys = true;
+                }
                 max_age
             }
             Ok((Fetched::NotModified, max_age)) => max_age,
@@ -304,6 +439,6 @@ impl Watch {
             .unwrap_or(self.poll_interval)
             .min(self.poll_interval)
             .max(Duration::from_secs(1));
-        Some(Instant::now() + again + jitter(again / 4))
+        Instant::now() + again + jitter(again / 4)
     }
 }

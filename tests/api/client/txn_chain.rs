@@ -236,6 +236,23 @@ async fn edge_exchanges_once_and_orders_and_ledger_see_the_same_txn() {
             "authorization: Bearer <access token> is required"
         )
     );
+    // An access token the authority refuses: the caller is told no more than that (the
+    // authority's message names the edge's policy), and not to retry.
+    let wrong_scope = fixture.idp.access_token("user-1234", "profile");
+    let status = edge
+        .check(check_with(&[(
+            "authorization",
+            format!("Bearer {wrong_scope}"),
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::Unauthenticated,
+            "the access token is not accepted for this request"
+        )
+    );
     // A call made outside any request holding a Txn-Token is not sent.
     let status = HealthClient::with_interceptor(orders_channel, ForwardTxnToken)
         .check(HealthCheckRequest::default())
