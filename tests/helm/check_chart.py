@@ -303,6 +303,19 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
     "shared volume access mode": {"persistence": {"accessMode": "ReadWriteMany"}},
     "boolean as a string": {"networkPolicy": {"enabled": "yes"}},
     "resources as a string": {"resources": "plenty"},
+    # A disruption budget of 0% blocks every drain, as 0 pods would.
+    "maxUnavailable 0%": {"store": {"postgres": {"url": "postgres://ta@db/ta"}},
+                          "podDisruptionBudget": {"maxUnavailable": "0%"}},
+    "maxUnavailable 101%": {"store": {"postgres": {"url": "postgres://ta@db/ta"}},
+                            "podDisruptionBudget": {"maxUnavailable": "101%"}},
+    # The password comes from passwordSecret, never in the Deployment's env in plain text.
+    "a password= parameter in the database URL": {"store": {"postgres": {
+        "url": "postgres://ta@db/ta?sslmode=verify-full&password=hunter2"}}},
+    # cert-manager refuses these key sizes: the Certificate would never be issued.
+    "an RSA certificate key of 256 bits": {"tls": {"mode": "certManager", "certManager": {
+        "issuerRef": {"name": "ca"}, "privateKey": {"algorithm": "RSA"}}}},
+    "an ECDSA certificate key of 2048 bits": {"tls": {"mode": "certManager", "certManager": {
+        "issuerRef": {"name": "ca"}, "privateKey": {"algorithm": "ECDSA", "size": 2048}}}},
     "tls.mode not one of the four": {"tls": {"mode": "on"}},
     "tls.mode=certManager without an issuerRef name": {"tls": {"mode": "certManager"}},
     "tls.mode=existingSecret without a Secret name": {"tls": {"mode": "existingSecret"}},
@@ -1660,8 +1673,8 @@ def store_port(set_name: str) -> int:
 
 
 def check_network_policy_egress(set_name: str) -> None:
-    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) when the Kubernetes issuer
-    or store.postgres needs names resolved, the API server ports when the Kubernetes issuer is
+    """With restrictEgress, egress is denied except DNS (53 UDP+TCP) when the Kubernetes issuer,
+    store.postgres or extraEgress needs names resolved, the API server ports when the Kubernetes issuer is
     on, the database's port with store.postgres (to networkPolicy.storeTo, else anywhere),
     plus extraEgress."""
     values = merged_values(set_name)
@@ -1689,10 +1702,10 @@ def check_network_policy_egress(set_name: str) -> None:
             assert rule.get("to", []) == net["kubernetesApi"]["to"], f"API server egress to {rule.get('to')}"
     else:
         assert not any(api_rules), "egress to the API server opened without the Kubernetes issuer"
-    if kube_on or shared:
+    if kube_on or shared or net["extraEgress"]:
         for protocol in ("UDP", "TCP"):
             dns = rule_with(53, protocol)
-            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc or the database host cannot be resolved"
+            assert dns, f"DNS over {protocol} denied: kubernetes.default.svc, the database host or extraEgress's peers cannot be resolved"
             assert dns.get("to", []) == net["dnsTo"], f"DNS egress to {dns.get('to')}"
     else:
         assert not rule_with(53, "UDP"), "DNS egress opened with nothing to resolve"
@@ -1703,7 +1716,7 @@ def check_network_policy_egress(set_name: str) -> None:
         assert store["ports"] == [{"port": store_port(set_name), "protocol": "TCP"}], store["ports"]
     for extra in net["extraEgress"]:
         assert extra in rules, f"extraEgress rule {extra} missing"
-    expected_count = (1 if kube_on or shared else 0) + (1 if kube_on else 0) + (1 if shared else 0) + len(net["extraEgress"])
+    expected_count = (1 if kube_on or shared or net["extraEgress"] else 0) + (1 if kube_on else 0) + (1 if shared else 0) + len(net["extraEgress"])
     assert len(rules) == expected_count, f"{len(rules)} egress rules, expected {expected_count}: {rules}"
     for rule in rules:
         assert rule.get("ports"), f"an egress rule without ports opens every port: {rule}"
@@ -1886,6 +1899,65 @@ def check_generated_tls_long_names() -> None:
         assert 0 < len(cn) <= 64, f"{key} common name of {len(cn)} characters: {cn}"
     host = f"{name}.{NAMESPACE}.svc.cluster.local"
     assert host in certificate_dns_names(base64.b64decode(secret["data"]["tls.crt"])), f"{host} not covered"
+
+
+def check_statefulset_name_fits_its_revision_label() -> None:
+    """A long release name or a 63-character fullnameOverride: the StatefulSet is named within
+    52 characters, so its pods' controller-revision-hash label (<name>-<up to 10 characters>)
+    stays a valid label value and the pod can be created (kubernetes#64023); the other objects
+    keep the fullname, and NOTES names the StatefulSet the chart made."""
+    for values, release in (({"fullnameOverride": "t" * 63}, RELEASE),
+                            ({}, "payments-prod-eu-west-1-identity-tokens1")):
+        files = chart().render(values, name=release, namespace=NAMESPACE)
+        objects = [doc for path, text in files.items() if not path.endswith("NOTES.txt")
+                   for doc in yaml.safe_load_all(text) if doc]
+        sts = next(o for o in objects if o["kind"] == "StatefulSet")
+        name = sts["metadata"]["name"]
+        assert len(name) <= 52 and len(f"{name}-{'f' * 10}") <= 63, f"StatefulSet {name} ({len(name)} characters)"
+        service = next(o for o in objects if o["kind"] == "Service" and "headless" not in o["metadata"]["name"])
+        assert len(service["metadata"]["name"]) > 52, f"the Service was shortened too: {service['metadata']['name']}"
+        notes_text = next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+        assert f"rollout status statefulset/{name}\n" in notes_text, "NOTES does not name the StatefulSet"
+        print(f"       {release} {values}: StatefulSet {name} ({len(name)} characters)")
+
+
+def check_render_refuses_what_kubernetes_or_the_server_would_not_run() -> None:
+    """Values the schema cannot relate fail the render with a message naming them: an
+    autoscaler whose minimum is above its maximum (the API server refuses it part-way through
+    an upgrade), and a grace period that does not leave the server 5 s past its drain to
+    flush its keystore (Kubernetes would kill it mid-drain). Their boundaries render; an
+    image tag with a digest still makes a valid version label."""
+    pg = {"url": PG_URL, "passwordSecret": {"name": "ta-db"}}
+    refused = (
+        ({"store": {"postgres": pg}, "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+         "autoscaling.minReplicas (5) must be at most autoscaling.maxReplicas (2)"),
+        ({"config": {"shutdownGrace": "60s"}},
+         "terminationGracePeriodSeconds (30) must exceed config.shutdownGrace (60s) by at least 5 s"),
+        ({"config": {"shutdownGrace": "25001ms"}},
+         "terminationGracePeriodSeconds (30) must exceed config.shutdownGrace (25001ms) by at least 5 s"),
+        ({"config": {"shutdownGrace": "1m"}, "terminationGracePeriodSeconds": 64},
+         "terminationGracePeriodSeconds (64) must exceed config.shutdownGrace (1m) by at least 5 s"),
+    )
+    for values, expected in refused:
+        try:
+            render_values(values)
+        except helm_python.HelmRenderError as e:
+            assert expected in str(e), f"{values}: refused, but not with {expected!r}: {e}"
+            print(f"       refused {values}: {expected}")
+            continue
+        raise AssertionError(f"rendered {values}")
+    for values in ({"store": {"postgres": pg}, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 2}},
+                   {"config": {"shutdownGrace": "25s"}},
+                   {"config": {"shutdownGrace": "1m 30s"}, "terminationGracePeriodSeconds": 95}):
+        render_values(values)
+        print(f"       rendered {values}")
+    digest = "0.1.0@sha256:" + "0123456789abcdef" * 4
+    for o in render_values({"image": {"tag": digest}}):
+        version = o["metadata"].get("labels", {}).get("app.kubernetes.io/version")
+        if version is not None:
+            assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", version), \
+                f"{o['kind']}: version label {version!r} is not a label value"
+    print(f"       image tag {digest[:20]}...: version labels valid")
 
 
 def check_api_server_egress_from_lookup() -> None:
@@ -3910,6 +3982,8 @@ PER_VALUE_SET = [
 
 GLOBAL = [
     check_chart_metadata,
+    check_render_refuses_what_kubernetes_or_the_server_would_not_run,
+    check_statefulset_name_fits_its_revision_label,
     check_schema_closed_and_complete,
     check_schema_accepts_every_value_set,
     check_schema_rejects_bad_values,

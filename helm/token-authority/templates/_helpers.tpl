@@ -23,6 +23,15 @@ release name already contains the chart name). Truncated to 63 characters, the D
 {{- end }}
 
 {{/*
+The StatefulSet's name: the fullname within 52 characters. Its pods carry the label
+controller-revision-hash=<name>-<hash of up to 10 characters>, a label value of at most 63
+characters: a longer name is accepted, and its pod is never created (kubernetes#64023).
+*/}}
+{{- define "token-authority.statefulSetName" -}}
+{{- include "token-authority.fullname" . | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
 chart-name-version, as used by the helm.sh/chart label.
 */}}
 {{- define "token-authority.chart" -}}
@@ -42,7 +51,7 @@ The labels every object shares, minus name/instance/component.
 */}}
 {{- define "token-authority.commonLabels" -}}
 helm.sh/chart: {{ include "token-authority.chart" . }}
-app.kubernetes.io/version: {{ (include "token-authority.imageTag" .) | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/version: {{ regexReplaceAll "[^-A-Za-z0-9_.]" (include "token-authority.imageTag" .) "_" | trunc 63 | trimAll "-_." | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: token-authority
 {{- end }}
@@ -346,4 +355,19 @@ The directories the chart mounts volumes at, which signer.pkcs11.mountPath must 
 */}}
 {{- define "token-authority.mountDirs" -}}
 {{- toJson (list (include "token-authority.dataDir" .) (include "token-authority.secretsDir" .) (include "token-authority.tlsDir" .) (include "token-authority.clientCaDir" .) (include "token-authority.policyDir" .) (include "token-authority.kubeTokenDir" .) (include "token-authority.storePasswordDir" .) (include "token-authority.storeCaDir" .) (include "token-authority.pkcs11PinDir" .)) }}
+{{- end }}
+
+{{/*
+A duration as the server reads it ("10s", "1m 30s", "500ms") in milliseconds; units it does
+not know count 0 (the server refuses them at start).
+*/}}
+{{- define "token-authority.durationMillis" -}}
+{{- $total := 0 }}
+{{- range (regexFindAll "[0-9]+\\s*[A-Za-z]+" . -1) }}
+{{- $n := regexFind "^[0-9]+" . | atoi }}
+{{- $unit := regexFind "[A-Za-z]+$" . }}
+{{- $ms := get (dict "ms" 1 "s" 1000 "sec" 1000 "secs" 1000 "m" 60000 "min" 60000 "mins" 60000 "h" 3600000 "hr" 3600000 "d" 86400000) $unit | default 0 | int }}
+{{- $total = add $total (mul $n $ms) }}
+{{- end }}
+{{- $total }}
 {{- end }}
