@@ -316,6 +316,9 @@ BAD_VALUE_SETS: dict[str, dict[str, Any]] = {
         "issuerRef": {"name": "ca"}, "privateKey": {"algorithm": "RSA"}}}},
     "an ECDSA certificate key of 2048 bits": {"tls": {"mode": "certManager", "certManager": {
         "issuerRef": {"name": "ca"}, "privateKey": {"algorithm": "ECDSA", "size": 2048}}}},
+    # The server takes at most 1,000,000 of each.
+    "maxConnections above 1000000": {"config": {"maxConnections": 2000000}},
+    "maxWatchers above 1000000": {"config": {"maxWatchers": 2000000}},
     "tls.mode not one of the four": {"tls": {"mode": "on"}},
     "tls.mode=certManager without an issuerRef name": {"tls": {"mode": "certManager"}},
     "tls.mode=existingSecret without a Secret name": {"tls": {"mode": "existingSecret"}},
@@ -1958,6 +1961,47 @@ def check_render_refuses_what_kubernetes_or_the_server_would_not_run() -> None:
             assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", version), \
                 f"{o['kind']}: version label {version!r} is not a label value"
     print(f"       image tag {digest[:20]}...: version labels valid")
+
+
+def check_render_refuses_what_the_server_refuses_to_start_with() -> None:
+    """Settings the schema accepts but the server refuses at start fail the render, naming
+    the values, instead of an upgrade that replaces the pod with one that crash-loops: each
+    case is also run through the real binary with the env the chart would give it, which must
+    refuse it with its own message. The boundaries render."""
+    cases = (
+        ({"config": {"defaultTtl": "48h"}}, "config.defaultTtl (48h) is above config.maxTtl (24h)",
+         {"TA_DEFAULT_TTL": "48h", "TA_MAX_TTL": "24h"}, "--default-ttl (172800s) is above --max-ttl (86400s)"),
+        ({"config": {"jwksMaxAge": "30m"}}, "config.publishLead (15m) is shorter than config.jwksMaxAge (30m)",
+         {"TA_JWKS_MAX_AGE": "30m", "TA_PUBLISH_LEAD": "15m"}, "--publish-lead (900s) is shorter than --jwks-max-age (1800s)"),
+        ({"config": {"leeway": "500ms"}}, "config.leeway (500ms) must be a whole number of seconds",
+         {"TA_LEEWAY": "500ms"}, "--leeway must be a whole number of seconds"),
+        ({"config": {"leeway": "2h"}}, "config.leeway (2h) must be at most 1h",
+         {"TA_LEEWAY": "2h"}, "--leeway must be at most 1h"),
+        ({"config": {"maxTtl": "400d"}}, "config.maxTtl (400d) must be at most 366 days",
+         {"TA_MAX_TTL": "400d"}, "--max-ttl must be at most 366 days"),
+        ({"config": {"defaultTtl": "0s"}}, "config.defaultTtl must be at least 1s",
+         {"TA_DEFAULT_TTL": "0s"}, "--default-ttl must be at least 1s"),
+        ({"status": {"minTtl": "1500ms"}}, "status.minTtl (1500ms) must be a whole number of seconds",
+         {"TA_STATUS_MIN_TTL": "1500ms"}, "whole number of seconds"),
+    )
+    for values, rendered, env_vars, started in cases:
+        try:
+            render_values(values)
+        except helm_python.HelmRenderError as e:
+            assert rendered in str(e), f"{values}: refused, but not with {rendered!r}: {e}"
+        else:
+            raise AssertionError(f"rendered {values}, which the server refuses to start with")
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TA_")}
+            env.update({"TA_DATA_DIR": str(Path(tmp) / "data"), **env_vars})
+            refused = subprocess.run([str(server_binary()), "serve"], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and started in refused.stderr, \
+            f"{env_vars}: the server did not refuse with {started!r}: exit {refused.returncode} {refused.stderr[-400:]}"
+        print(f"       refused {values}: {rendered}")
+    for values in ({"config": {"defaultTtl": "24h"}}, {"config": {"jwksMaxAge": "15m"}}, {"config": {"publishLead": "0s", "jwksMaxAge": "1h"}},
+                   {"config": {"leeway": "1h", "maxTtl": "366d"}}, {"status": {"minTtl": "off"}}, {"config": {"rotationPeriod": "2weeks"}}):
+        render_values(values)
+        print(f"       rendered {values}")
 
 
 def check_api_server_egress_from_lookup() -> None:
@@ -3982,6 +4026,7 @@ PER_VALUE_SET = [
 
 GLOBAL = [
     check_chart_metadata,
+    check_render_refuses_what_the_server_refuses_to_start_with,
     check_render_refuses_what_kubernetes_or_the_server_would_not_run,
     check_statefulset_name_fits_its_revision_label,
     check_schema_closed_and_complete,

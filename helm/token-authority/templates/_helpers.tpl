@@ -358,16 +358,73 @@ The directories the chart mounts volumes at, which signer.pkcs11.mountPath must 
 {{- end }}
 
 {{/*
-A duration as the server reads it ("10s", "1m 30s", "500ms") in milliseconds; units it does
-not know count 0 (the server refuses them at start).
+A duration as the server reads it (humantime: "10s", "1m 30s", "500ms", "2weeks") in
+nanoseconds, or -1 when it holds a unit the server does not know (the server refuses it
+at start; the checks that read this then leave the value to it).
+*/}}
+{{- define "token-authority.durationNanos" -}}
+{{- $units := dict "ns" 1 "nsec" 1 "us" 1000 "usec" 1000 "ms" 1000000 "msec" 1000000 "s" 1000000000 "sec" 1000000000 "second" 1000000000 "seconds" 1000000000 "m" 60000000000 "min" 60000000000 "minute" 60000000000 "minutes" 60000000000 "h" 3600000000000 "hr" 3600000000000 "hour" 3600000000000 "hours" 3600000000000 "d" 86400000000000 "day" 86400000000000 "days" 86400000000000 "w" 604800000000000 "week" 604800000000000 "weeks" 604800000000000 "M" 2630016000000000 "month" 2630016000000000 "months" 2630016000000000 "y" 31557600000000000 "year" 31557600000000000 "years" 31557600000000000 }}
+{{- $total := 0 }}
+{{- $known := true }}
+{{- range (regexFindAll "[0-9]+\\s*[A-Za-z]+" (toString .) -1) }}
+{{- $unit := regexFind "[A-Za-z]+$" . }}
+{{- if hasKey $units $unit }}
+{{- $total = add $total (mul (regexFind "^[0-9]+" . | atoi) (get $units $unit)) }}
+{{- else }}
+{{- $known = false }}
+{{- end }}
+{{- end }}
+{{- ternary $total -1 $known }}
+{{- end }}
+
+{{/*
+The same in milliseconds (-1: a unit the server does not know).
 */}}
 {{- define "token-authority.durationMillis" -}}
-{{- $total := 0 }}
-{{- range (regexFindAll "[0-9]+\\s*[A-Za-z]+" . -1) }}
-{{- $n := regexFind "^[0-9]+" . | atoi }}
-{{- $unit := regexFind "[A-Za-z]+$" . }}
-{{- $ms := get (dict "ms" 1 "s" 1000 "sec" 1000 "secs" 1000 "m" 60000 "min" 60000 "mins" 60000 "h" 3600000 "hr" 3600000 "d" 86400000) $unit | default 0 | int }}
-{{- $total = add $total (mul $n $ms) }}
+{{- $nanos := include "token-authority.durationNanos" . | int64 }}
+{{- ternary (div $nanos 1000000) -1 (ge $nanos 0) }}
 {{- end }}
-{{- $total }}
+
+{{/*
+What the server refuses to start with, found at render time instead of in a crash loop after
+an upgrade has replaced the pod: each rule is the server's own (src/config/mod.rs), named by
+the values. Durations with a unit the server does not know are left to the server.
+*/}}
+{{- define "token-authority.checkConfig" -}}
+{{- $c := .Values.config }}
+{{- $second := 1000000000 }}
+{{- $n := dict }}
+{{- range $name, $value := dict "config.defaultTtl" $c.defaultTtl "config.maxTtl" $c.maxTtl "config.leeway" $c.leeway "config.jwksMaxAge" $c.jwksMaxAge "config.publishLead" $c.publishLead "config.rotationPeriod" $c.rotationPeriod "status.listTtl" .Values.status.listTtl }}
+{{- $nanos := include "token-authority.durationNanos" $value | int64 }}
+{{- if ge $nanos 0 }}
+{{- if ne (mod $nanos $second) 0 }}
+{{- fail (printf "%s (%s) must be a whole number of seconds: the server refuses to start with it" $name (toString $value)) }}
+{{- end }}
+{{- $_ := set $n $name (div $nanos $second) }}
+{{- end }}
+{{- end }}
+{{- $minTtl := toString .Values.status.minTtl }}
+{{- if and (ne $minTtl "off") (ne $minTtl "false") }}
+{{- $nanos := include "token-authority.durationNanos" $minTtl | int64 }}
+{{- if and (ge $nanos 0) (ne (mod $nanos $second) 0) }}
+{{- fail (printf "status.minTtl (%s) must be a whole number of seconds, or off: the server refuses to start with it" $minTtl) }}
+{{- end }}
+{{- end }}
+{{- range $name := list "config.defaultTtl" "config.maxTtl" "config.rotationPeriod" "status.listTtl" }}
+{{- if and (hasKey $n $name) (lt (int64 (get $n $name)) 1) }}
+{{- fail (printf "%s must be at least 1s: the server refuses to start with it" $name) }}
+{{- end }}
+{{- end }}
+{{- if and (hasKey $n "config.defaultTtl") (hasKey $n "config.maxTtl") (gt (int64 (get $n "config.defaultTtl")) (int64 (get $n "config.maxTtl"))) }}
+{{- fail (printf "config.defaultTtl (%s) is above config.maxTtl (%s): the server refuses to start with it" (toString $c.defaultTtl) (toString $c.maxTtl)) }}
+{{- end }}
+{{- if and (hasKey $n "config.maxTtl") (gt (int64 (get $n "config.maxTtl")) 31622400) }}
+{{- fail (printf "config.maxTtl (%s) must be at most 366 days: the server refuses to start with it" (toString $c.maxTtl)) }}
+{{- end }}
+{{- if and (hasKey $n "config.leeway") (gt (int64 (get $n "config.leeway")) 3600) }}
+{{- fail (printf "config.leeway (%s) must be at most 1h: the server refuses to start with it" (toString $c.leeway)) }}
+{{- end }}
+{{- if and (hasKey $n "config.publishLead") (hasKey $n "config.jwksMaxAge") (gt (int64 (get $n "config.publishLead")) 0) (lt (int64 (get $n "config.publishLead")) (int64 (get $n "config.jwksMaxAge"))) }}
+{{- fail (printf "config.publishLead (%s) is shorter than config.jwksMaxAge (%s): verifiers could miss a new key, and the server refuses to start with it" (toString $c.publishLead) (toString $c.jwksMaxAge)) }}
+{{- end }}
 {{- end }}

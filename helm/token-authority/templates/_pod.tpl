@@ -61,6 +61,7 @@ spec:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
   {{- /* The server drains for config.shutdownGrace, then flushes its keystore: Kubernetes
   must not kill it before. */}}
+  {{- include "token-authority.checkConfig" . }}
   {{- $drainMillis := include "token-authority.durationMillis" .Values.config.shutdownGrace | int }}
   {{- if gt (add $drainMillis 5000) (mul (int .Values.terminationGracePeriodSeconds) 1000) }}
   {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed config.shutdownGrace (%s) by at least 5 s: the server drains for shutdownGrace after SIGTERM, then flushes its keystore, and Kubernetes kills it at the grace period" .Values.terminationGracePeriodSeconds .Values.config.shutdownGrace) }}
