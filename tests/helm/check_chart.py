@@ -3401,6 +3401,54 @@ def check_softhsm_image_entrypoint() -> None:
 # Transaction Tokens: the policy's [txn] table and [[txn_rule]]s
 # --------------------------------------------------------------------------------------
 
+def check_policy_the_server_refuses_is_refused_before_it_lands() -> None:
+    """Policy values the server would refuse (at a restart: a running pod keeps its policy)
+    are refused by the schema or the render, and the same mistake written as a policy file is
+    refused by `token-authority policy check`: a rule naming no caller, an issuer with no
+    audience, a reserved claim fixed or freed by a rule, two issuers or two clients alike."""
+    secret = "0" * 64
+    base = {"kubernetesIssuer": {"enabled": False}}
+    issuer = {"name": "idp", "issuer": "https://idp.example.com", "jwks_uri": "https://idp.example.com/jwks",
+              "audiences": ["ta"]}
+    rule = {"callers": ["client:a"], "audiences": ["api"]}
+    client = {"id": "a", "secret_sha256": secret}
+    issuer_toml = '[[issuer]]\nname = "idp"\nissuer = "https://idp.example.com"\njwks_uri = "https://idp.example.com/jwks"\n'
+    client_toml = f'[[client]]\nid = "a"\nsecret_sha256 = "{secret}"\n'
+    cases = (
+        ("a rule naming no caller", {"clients": [client], "rules": [{**rule, "callers": []}]},
+         client_toml + '[[rule]]\ncallers = []\naudiences = ["api"]\n', "rule[0].callers"),
+        ("an issuer with no audience", {"issuers": [{**issuer, "audiences": []}]},
+         issuer_toml + 'audiences = []\n', "audiences"),
+        ("a rule fixing sub", {"clients": [client], "rules": [{**rule, "claims": {"sub": "x"}}]},
+         client_toml + '[[rule]]\ncallers = ["client:a"]\naudiences = ["api"]\n[rule.claims]\nsub = "x"\n', "\"sub\" is set by the authority"),
+        ("a rule freeing exp", {"clients": [client], "rules": [{**rule, "allow_claims": ["exp"]}]},
+         client_toml + '[[rule]]\ncallers = ["client:a"]\naudiences = ["api"]\nallow_claims = ["exp"]\n', "\"exp\" is set by the authority"),
+        ("two issuers named alike", {"issuers": [issuer, issuer]},
+         issuer_toml + 'audiences = ["ta"]\n' + issuer_toml + 'audiences = ["ta"]\n', "is used by another issuer"),
+        ("two clients with one id", {"clients": [client, client]},
+         client_toml + client_toml, "is defined twice"),
+    )
+    for label, policy, toml_text, server_says in cases:
+        values = {"policy": {**base, **policy}}
+        try:
+            render_values(values)
+        except (helm_python.HelmValuesError, helm_python.HelmRenderError) as e:
+            print(f"       refused {label}: {str(e).strip().splitlines()[-1].strip()[:110]}")
+        else:
+            raise AssertionError(f"rendered {label}, a policy the server refuses")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "policy.toml"
+            path.write_text(toml_text)
+            result = subprocess.run([str(server_binary()), "policy", "check", str(path)],
+                                    capture_output=True, text=True, timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and server_says in output, \
+            f"{label}: policy check did not refuse it with {server_says!r}: exit {result.returncode}\n{output}"
+    render_values({"policy": {**base, "clients": [client, {**client, "id": "b"}], "issuers": [issuer],
+                              "rules": [{**rule, "claims": {"tier": "gold"}, "allow_claims": ["scope"]}]}})
+    print("       rendered distinct names, a custom claim fixed and one freed")
+
+
 def check_policy_txn_tables() -> None:
     """policy.txn renders as one [txn] table (the server refuses [[txn]]), followed by a
     [[txn_rule]] per policy.txnRules entry, keys as given, which `token-authority policy
@@ -4026,6 +4074,7 @@ PER_VALUE_SET = [
 
 GLOBAL = [
     check_chart_metadata,
+    check_policy_the_server_refuses_is_refused_before_it_lands,
     check_render_refuses_what_the_server_refuses_to_start_with,
     check_render_refuses_what_kubernetes_or_the_server_would_not_run,
     check_statefulset_name_fits_its_revision_label,
