@@ -63,6 +63,7 @@ pub struct Config {
     pub(crate) publish_lead: u64,
     pub(crate) rotation_period: u64,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) shutdown_delay: Duration,
     pub(crate) log_format: LogFormat,
     /// Where spans are exported; `None`: no traces.
     pub(crate) traces: Option<TraceSettings>,
@@ -300,6 +301,7 @@ impl TryFrom<ServeArgs> for Config {
             publish_lead,
             rotation_period,
             shutdown_grace: args.shutdown_grace,
+            shutdown_delay: args.shutdown_delay,
             log_format: args.log_format,
             traces: trace_settings(args.otlp_endpoint, args.otlp_ca_file, |name| {
                 std::env::var(name).ok()

@@ -181,6 +181,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) shutdown_grace: Duration,
 
+    /// How long to keep accepting new connections and calls after SIGTERM/SIGINT, with
+    /// readiness already failing, before the drain: the time a load balancer (a Kubernetes
+    /// Service's endpoints) takes to stop sending new connections here.
+    #[arg(long, env = "TA_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub(crate) shutdown_delay: Duration,
+
     /// Log line format.
     #[arg(long, env = "TA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

@@ -2,7 +2,8 @@
 //! caller has bound, and shuts down in order when the shutdown future completes.
 //!
 //! Production passes the SIGTERM|SIGINT future; tests pass a oneshot receiver. Shutdown:
-//! health goes NOT_SERVING, both servers stop accepting and drain within the grace period,
+//! health goes NOT_SERVING, the servers keep serving for `--shutdown-delay` (while load
+//! balancers take the pod out), then stop accepting and drain within the grace period, and
 //! the keystore is flushed. What it opens first is in `open`, its background tasks in `tasks`,
 //! the audit log's in `audit`.
 
@@ -175,8 +176,14 @@ pub async fn run(
     });
 
     shutdown.await;
-    tracing::info!("shutting down: health NOT_SERVING, draining");
     health.stopping().await;
+    if !config.shutdown_delay.is_zero() {
+        // Readiness fails from now on, but the endpoints that still list this pod take a
+        // moment to learn it: new connections are served meanwhile, not refused.
+        tracing::info!(delay = ?config.shutdown_delay, "shutting down: health NOT_SERVING, still serving until the delay ends");
+        tokio::time::sleep(config.shutdown_delay).await;
+    }
+    tracing::info!("shutting down: health NOT_SERVING, draining");
     stop.cancel();
     tasks.join().await;
     let result = serving.drain(config.shutdown_grace).await;

@@ -378,6 +378,57 @@ fn sigterm_drains_flushes_and_exits_zero() {
     );
 }
 
+/// `--shutdown-delay`: after SIGTERM, readiness fails at once, yet new connections are still
+/// served until the delay ends (the endpoints that list the pod learn it late); then the
+/// drain, and exit 0.
+#[test]
+fn after_sigterm_new_connections_are_served_for_the_shutdown_delay() {
+    let dir = DataDir::new();
+    let mut process = spawn_binary(&dir, &["--shutdown-delay", "3s"]);
+    let status = |path: &str| {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            ::reqwest::get(format!("http://{}{path}", process.http))
+                .await
+                .map(|response| response.status().as_u16())
+        })
+    };
+    assert_eq!(status("/readyz").unwrap(), 200);
+    let pid = process.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let signalled = std::time::Instant::now();
+    while status("/readyz").unwrap() != 503 {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "readiness still passing after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each request is a new connection (a fresh client): accepted and answered.
+    for _ in 0..3 {
+        assert_eq!(status("/.well-known/jwks.json").unwrap(), 200);
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the checks outlasted the delay; they prove nothing"
+    );
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
+    let mut lines = Vec::new();
+    while let Ok(line) = process.log.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("still serving until the delay ends")),
+        "{lines:?}"
+    );
+    assert!(status("/readyz").is_err(), "still listening after the exit");
+}
+
 mod reqwest {
     /// A minimal blocking GET over a fresh runtime, for the synchronous process tests.
     pub fn blocking_get(url: &str) -> String {

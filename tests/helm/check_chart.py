@@ -1935,11 +1935,13 @@ def check_render_refuses_what_kubernetes_or_the_server_would_not_run() -> None:
         ({"store": {"postgres": pg}, "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
          "autoscaling.minReplicas (5) must be at most autoscaling.maxReplicas (2)"),
         ({"config": {"shutdownGrace": "60s"}},
-         "terminationGracePeriodSeconds (30) must exceed config.shutdownGrace (60s) by at least 5 s"),
-        ({"config": {"shutdownGrace": "25001ms"}},
-         "terminationGracePeriodSeconds (30) must exceed config.shutdownGrace (25001ms) by at least 5 s"),
-        ({"config": {"shutdownGrace": "1m"}, "terminationGracePeriodSeconds": 64},
-         "terminationGracePeriodSeconds (64) must exceed config.shutdownGrace (1m) by at least 5 s"),
+         "terminationGracePeriodSeconds (30) must exceed config.shutdownDelay (5s) plus config.shutdownGrace (60s) by at least 5 s"),
+        ({"config": {"shutdownGrace": "20001ms"}},
+         "terminationGracePeriodSeconds (30) must exceed config.shutdownDelay (5s) plus config.shutdownGrace (20001ms) by at least 5 s"),
+        ({"config": {"shutdownGrace": "1m", "shutdownDelay": "0s"}, "terminationGracePeriodSeconds": 64},
+         "terminationGracePeriodSeconds (64) must exceed config.shutdownDelay (0s) plus config.shutdownGrace (1m) by at least 5 s"),
+        ({"config": {"shutdownDelay": "20s"}},
+         "terminationGracePeriodSeconds (30) must exceed config.shutdownDelay (20s) plus config.shutdownGrace (10s) by at least 5 s"),
     )
     for values, expected in refused:
         try:
@@ -1950,8 +1952,9 @@ def check_render_refuses_what_kubernetes_or_the_server_would_not_run() -> None:
             continue
         raise AssertionError(f"rendered {values}")
     for values in ({"store": {"postgres": pg}, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 2}},
-                   {"config": {"shutdownGrace": "25s"}},
-                   {"config": {"shutdownGrace": "1m 30s"}, "terminationGracePeriodSeconds": 95}):
+                   {"config": {"shutdownGrace": "20s"}},
+                   {"config": {"shutdownGrace": "25s", "shutdownDelay": "0s"}},
+                   {"config": {"shutdownGrace": "1m 30s"}, "terminationGracePeriodSeconds": 100}):
         render_values(values)
         print(f"       rendered {values}")
     digest = "0.1.0@sha256:" + "0123456789abcdef" * 4

@@ -63,8 +63,9 @@ spec:
   must not kill it before. */}}
   {{- include "token-authority.checkConfig" . }}
   {{- $drainMillis := include "token-authority.durationMillis" .Values.config.shutdownGrace | int }}
-  {{- if gt (add $drainMillis 5000) (mul (int .Values.terminationGracePeriodSeconds) 1000) }}
-  {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed config.shutdownGrace (%s) by at least 5 s: the server drains for shutdownGrace after SIGTERM, then flushes its keystore, and Kubernetes kills it at the grace period" .Values.terminationGracePeriodSeconds .Values.config.shutdownGrace) }}
+  {{- $delayMillis := include "token-authority.durationMillis" (.Values.config.shutdownDelay | default "0s") | int }}
+  {{- if gt (add (max $delayMillis 0) $drainMillis 5000) (mul (int .Values.terminationGracePeriodSeconds) 1000) }}
+  {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed config.shutdownDelay (%s) plus config.shutdownGrace (%s) by at least 5 s: after SIGTERM the server serves for shutdownDelay, drains for shutdownGrace, then flushes its keystore, and Kubernetes kills it at the grace period" .Values.terminationGracePeriodSeconds (.Values.config.shutdownDelay | default "0s") .Values.config.shutdownGrace) }}
   {{- end }}
   terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
   containers:
@@ -125,6 +126,10 @@ spec:
           value: {{ .Values.status.listTtl | quote }}
         - name: TA_SHUTDOWN_GRACE
           value: {{ .Values.config.shutdownGrace | quote }}
+        {{- with .Values.config.shutdownDelay }}
+        - name: TA_SHUTDOWN_DELAY
+          value: {{ . | quote }}
+        {{- end }}
         {{- if $tls }}
         - name: TA_TLS_CERT
           value: {{ printf "%s/tls.crt" (include "token-authority.tlsDir" .) | quote }}
