@@ -1675,6 +1675,24 @@ def store_port(set_name: str) -> int:
     return int(postgres["port"])
 
 
+def check_network_policy_opens_every_database_port() -> None:
+    """A multi-host database URL (libpq's failover form) opens each host's port, and a
+    `port=` parameter stands for the hosts that name none (one for all, or one per host)."""
+    for url, expected in (("postgres://ta@pg-a.db:5432,pg-b.db:5433/ta?target_session_attrs=read-write", [5432, 5433]),
+                          ("postgres://ta@pgbouncer.db/ta?sslmode=verify-full&port=6432", [6432]),
+                          ("postgres://ta@a.db,b.db/ta?port=6432,6433", [6432, 6433]),
+                          ("postgres://ta@a.db,b.db:7000/ta", [5432, 7000]),
+                          (PG_URL, [5432])):
+        values = {"store": {"postgres": {"url": url, "passwordSecret": {"name": "ta-db"}}},
+                  "networkPolicy": {"enabled": True}}
+        policy = next(o for o in render_values(values) if o["kind"] == "NetworkPolicy")
+        rules = [r for r in policy["spec"]["egress"]
+                 if any(p.get("port") not in (53, 443, 6443) for p in r.get("ports", []))]
+        ports = sorted(p["port"] for r in rules for p in r["ports"])
+        assert ports == expected, f"{url}: egress to the database on {ports}, expected {expected}"
+        print(f"       {url}: {ports}")
+
+
 def check_network_policy_egress(set_name: str) -> None:
     """With restrictEgress, egress is denied except DNS (53 UDP+TCP) when the Kubernetes issuer,
     store.postgres or extraEgress needs names resolved, the API server ports when the Kubernetes issuer is
@@ -4077,6 +4095,7 @@ PER_VALUE_SET = [
 
 GLOBAL = [
     check_chart_metadata,
+    check_network_policy_opens_every_database_port,
     check_policy_the_server_refuses_is_refused_before_it_lands,
     check_render_refuses_what_the_server_refuses_to_start_with,
     check_render_refuses_what_kubernetes_or_the_server_would_not_run,

@@ -325,14 +325,31 @@ sslMode (the schema keeps those free of URL syntax). Never a password: that is a
 The database port, for the NetworkPolicy's egress rule: the port of store.postgres.url (5432
 when it names none), else store.postgres.port.
 */}}
-{{- define "token-authority.storePort" -}}
+{{- /*
+The database's ports, comma-separated: each host's of the URL (several for a multi-host URL,
+postgres://u@a:5432,b:5433/db), a host without one taking the `port=` parameter's (one for all,
+or one per host) or 5432; else store.postgres.port.
+*/}}
+{{- define "token-authority.storePorts" -}}
 {{- $pg := .Values.store.postgres }}
+{{- $ports := list }}
 {{- if $pg.url }}
-{{- $port := regexFind ":[0-9]+$" (urlParse $pg.url).host | trimPrefix ":" }}
-{{- default "5432" $port }}
-{{- else }}
-{{- int $pg.port }}
+{{- $u := urlParse $pg.url }}
+{{- $param := list }}
+{{- range (splitList "&" $u.query) }}
+{{- if hasPrefix "port=" . }}{{ $param = splitList "," (trimPrefix "port=" .) }}{{ end }}
 {{- end }}
+{{- range $i, $host := splitList "," $u.host }}
+{{- $p := regexFind ":[0-9]+$" $host | trimPrefix ":" }}
+{{- if and (not $p) $param }}
+{{- $p = index $param (min $i (sub (len $param) 1)) }}
+{{- end }}
+{{- $ports = append $ports (default "5432" $p) }}
+{{- end }}
+{{- else }}
+{{- $ports = append $ports (toString (int $pg.port)) }}
+{{- end }}
+{{- $ports | uniq | join "," }}
 {{- end }}
 
 {{- define "token-authority.storePasswordDir" -}}
