@@ -89,10 +89,12 @@ impl AdminToken {
 }
 
 fn read(path: &Path) -> Result<AdminToken, AdminTokenError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AdminTokenError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = crate::config::read::regular_text(path, crate::config::read::SECRET_MAX).map_err(
+        |source| AdminTokenError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
     let token = text.trim();
     if token.is_empty() {
         return Err(AdminTokenError::Empty {

@@ -11,13 +11,15 @@ use crate::{config::pg_settings, config::AuditVerifyArgs, store::audit_heads, te
 /// here: the machine running the check may not reach a cluster-internal issuer, nor hold
 /// the files a pod mounts (`ca_file`, `bearer_token_file`). `Err` every problem of the file.
 pub(crate) async fn policy_check(path: &Path) -> Result<String, String> {
-    let text = std::fs::read(path).map_err(|source| {
-        let error = reload::LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        };
-        format!("{error}\n")
-    })?;
+    let text = crate::config::read::regular_file(path, crate::config::read::DOCUMENT_MAX).map_err(
+        |source| {
+            let error = reload::LoadError::Read {
+                path: path.display().to_string(),
+                source,
+            };
+            format!("{error}\n")
+        },
+    )?;
     let policy = policy::Policy::parse(&String::from_utf8_lossy(&text)).map_err(|problems| {
         let mut out = format!("{}: {} problem(s)\n", path.display(), problems.len());
         for problem in problems {

@@ -62,10 +62,12 @@ pub(crate) async fn load(
     metrics: Option<&Arc<Metrics>>,
     fetch: bool,
 ) -> Result<Active, LoadError> {
-    let text = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = crate::config::read::regular_file(path, crate::config::read::DOCUMENT_MAX).map_err(
+        |source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
     prepare(path, &text, previous, metrics, fetch).await
 }
 
@@ -152,7 +154,17 @@ pub(crate) async fn watch(
             () = stop.cancelled() => return,
         }
         let current = callers.active();
-        match std::fs::read(&path) {
+        // Off the runtime's workers, and only a regular file: a FIFO swapped in would hold a
+        // worker (and the shutdown) for good.
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::config::read::regular_file(&path, crate::config::read::DOCUMENT_MAX)
+            })
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())))
+        };
+        match read {
             Ok(content) => {
                 let digest = crypto::sha256(&content);
                 if Some(digest) == seen {

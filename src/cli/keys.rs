@@ -228,10 +228,11 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
         path: shown.clone(),
         reason,
     };
-    let pem = std::fs::read(&args.pem).map_err(|source| KeysCommandError::Read {
-        path: shown.clone(),
-        source,
-    })?;
+    let pem = crate::config::read::regular_file(&args.pem, crate::config::read::SECRET_MAX)
+        .map_err(|source| KeysCommandError::Read {
+            path: shown.clone(),
+            source,
+        })?;
     let der = crypto::pkcs8_from_pem(&pem).map_err(|source| KeysCommandError::NotPkcs8Pem {
         path: shown.clone(),
         source,

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod args;
+pub(crate) mod read;
 mod serve_args;
 mod store_args;
 

@@ -66,7 +66,8 @@ pub(super) async fn open_signers(config: &Config) -> Result<Signers, ServerError
         "PKCS#11 PIN file",
         config.allow_group_readable_files,
     )?;
-    let pin = std::fs::read_to_string(&files.pin_file).map_err(|source| ServerError::Pin {
+    let pin = crate::config::read::regular_text(&files.pin_file, crate::config::read::SECRET_MAX)
+        .map_err(|source| ServerError::Pin {
         path: files.pin_file.display().to_string(),
         source,
     })?;

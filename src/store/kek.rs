@@ -66,10 +66,11 @@ impl fmt::Debug for Keks {
 impl Keks {
     pub fn load(path: &Path) -> Result<Keks, KekError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KekError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = crate::config::read::regular_text(path, crate::config::read::SECRET_MAX)
+            .map_err(|source| KekError::Read {
+                path: shown.clone(),
+                source,
+            })?;
         let mut keys = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -96,9 +96,11 @@ impl Snapshot {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
+    crate::config::read::regular_file(path, crate::config::read::DOCUMENT_MAX).map_err(|source| {
+        TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        }
     })
 }
 

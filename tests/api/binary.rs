@@ -495,3 +495,58 @@ fn json_logs_are_one_object_per_line_with_rpc_fields() {
         .collect();
     assert_eq!(outcomes, [("IssueToken".into(), "InvalidArgument".into())]);
 }
+
+/// A policy file replaced by a FIFO while the server runs: the reload refuses it (not a
+/// regular file) instead of waiting on it, so the server keeps answering, says the file is
+/// refused, and still stops at SIGTERM.
+#[test]
+fn a_policy_file_swapped_for_a_fifo_is_refused_and_the_server_keeps_serving() {
+    let dir = DataDir::new();
+    let work = tempfile::tempdir().unwrap();
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\ncallers = [\"spiffe://example.test/*\"]\naudiences = [\"api\"]\n",
+    )
+    .unwrap();
+    let mut process = spawn_binary(
+        &dir,
+        &[
+            "--policy-file",
+            policy.to_str().unwrap(),
+            "--policy-reload-interval",
+            "100ms",
+        ],
+    );
+    std::fs::remove_file(&policy).unwrap();
+    assert!(Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&policy)
+        .status()
+        .unwrap()
+        .success());
+    let refused = r#"token_authority_config_refused{file="policy"} 1"#;
+    let started = std::time::Instant::now();
+    loop {
+        let text = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(process.metrics_text());
+        if text.lines().any(|line| line == refused) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the FIFO was never refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Several reloads later, still answering.
+    std::thread::sleep(Duration::from_millis(500));
+    let jwks = reqwest::blocking_get(&format!("http://{}/.well-known/jwks.json", process.http));
+    assert!(jwks.contains("\"keys\""));
+    let lines = process.terminate();
+    assert!(
+        lines.iter().any(|line| line.contains("not a regular file")),
+        "{lines:?}"
+    );
+}

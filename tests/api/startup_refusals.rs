@@ -307,3 +307,67 @@ fn trace_settings_that_cannot_work_stop_the_server_with_their_reason() {
         );
     }
 }
+
+/// Every file a flag names is read only if it is a regular file: a FIFO (which a plain read
+/// would wait on forever, before the server handles SIGTERM) or a device stops the start at
+/// once with the reason. The real binary, so that a start that hangs fails the test.
+#[tokio::test]
+async fn a_fifo_or_a_device_named_by_a_file_flag_stops_the_start() {
+    let dir = DataDir::new();
+    let work = tempfile::tempdir().unwrap();
+    let fifo = work.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let fifo = fifo.to_str().unwrap();
+    let audit = work.path().join("audit.log");
+    let audit = audit.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--kek-file", fifo], "KEK file"),
+        (&["--admin-token-file", fifo], "admin token"),
+        (&["--policy-file", fifo], "policy file"),
+        (
+            &["--audit-log", audit, "--audit-key-file", fifo],
+            "audit key file",
+        ),
+        (&["--tls-cert", fifo, "--tls-key", fifo], "tls"),
+        (&["--kek-file", "/dev/zero"], "KEK file"),
+    ];
+    for (flags, what) in cases {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--data-dir", dir.path.to_str().unwrap()])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--allow-group-readable-files"])
+            .args(flags)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{flags:?}: the start neither ended nor was refused");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("not a regular file (a FIFO, device, socket or directory)")
+                && stderr.to_lowercase().contains(&what.to_lowercase()),
+            "{flags:?}: {stderr}"
+        );
+    }
+}

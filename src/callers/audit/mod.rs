@@ -96,10 +96,12 @@ pub(crate) struct NotRecorded;
 /// Reads the audit key: one standard-base64 line of 32 bytes, as the KEK file holds.
 pub(crate) fn load_key(path: &Path) -> Result<MacKey, AuditError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| AuditError::KeyRead {
-        path: shown.clone(),
-        source,
-    })?;
+    let text = crate::config::read::regular_text(path, crate::config::read::SECRET_MAX).map_err(
+        |source| AuditError::KeyRead {
+            path: shown.clone(),
+            source,
+        },
+    )?;
     let bytes = b64::decode_standard(text.trim())
         .ok()
         .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())

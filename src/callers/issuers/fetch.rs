@@ -106,10 +106,12 @@ impl Origin {
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, FetchError> {
-    std::fs::read(path).map_err(|source| FetchError::Read {
-        path: path.display().to_string(),
-        source,
+fn read(path: &std::path::Path) -> Result<Vec<u8>, FetchError> {
+    crate::config::read::regular_file(path, crate::config::read::DOCUMENT_MAX).map_err(|source| {
+        FetchError::Read {
+            path: path.display().to_string(),
+            source,
+        }
     })
 }
 
