@@ -63,6 +63,8 @@ pub enum KeysCommandError {
     },
     #[error("--kid {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
     BadKid(String),
+    #[error("{0} holds no keystore (is --data-dir right?); nothing was done, nothing created")]
+    NoKeystore(String),
     #[error("the keystore in {0} holds no keys: nothing to migrate")]
     NothingToMigrate(String),
     #[error("{database} already holds {keys} keys: migrate only into an empty database (a merge could leave two current keys)")]
@@ -81,15 +83,29 @@ enum Target {
     Shared(Box<(PgStore, tokio::runtime::Runtime)>),
 }
 
-/// Opens the sled keystore in `data_dir`, or the shared database `store` names; returns
-/// its records too.
+/// Refuses a data directory without a keystore: opening one would create it, and a command
+/// run on a mistyped `--data-dir` would report success on an empty keystore (`rewrap`'s
+/// "re-sealed 0 keys", after which an operator retires the old KEK of the real one).
+fn existing_keystore(data_dir: &Path) -> Result<(), KeysCommandError> {
+    if data_dir.join("keystore").is_dir() {
+        return Ok(());
+    }
+    Err(KeysCommandError::NoKeystore(data_dir.display().to_string()))
+}
+
+/// Opens the sled keystore in `data_dir` (creating it only when `create`), or the shared
+/// database `store` names; returns its records too.
 fn open(
     data_dir: &Path,
     store: &StoreArgs,
     kek_file: Option<&Path>,
+    create: bool,
 ) -> Result<(Target, Vec<KeyRecord>), KeysCommandError> {
     let keks = kek_file.map(Keks::load).transpose()?;
     let Some(settings) = store.shared(kek_file)? else {
+        if !create {
+            existing_keystore(data_dir)?;
+        }
         let (store, records) = KeyStore::open(&data_dir.join("keystore"), keks)?;
         return Ok((Target::Sled(store), records));
     };
@@ -164,7 +180,7 @@ fn location(record: &KeyRecord) -> String {
 
 /// The key table, one line per key, in the fields ListKeys answers.
 pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
-    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
+    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref(), false)?;
     let lead = args.publish_lead.as_secs();
     let mut out = String::new();
     let _ = writeln!(
@@ -260,7 +276,7 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
             "--signer pkcs11 keeps every signing key in the token",
         ));
     }
-    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref())?;
+    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref(), true)?;
     if records
         .iter()
         .any(|r| r.token.is_some() && r.state != KeyState::Revoked)
@@ -300,7 +316,7 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
 
 /// Re-writes every record, which seals each private key under the first KEK.
 pub(crate) fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
-    let (store, records) = open(&args.data_dir, &args.store, Some(&args.kek_file))?;
+    let (store, records) = open(&args.data_dir, &args.store, Some(&args.kek_file), false)?;
     let sealing = Keks::load(&args.kek_file)?.sealing_id().to_owned();
     let count = store.change(records, |records| {
         let change = Change {
@@ -317,6 +333,7 @@ pub(crate) fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
 /// or creates its own first and makes this refuse.
 pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
     let keks = Keks::load(&args.kek_file)?;
+    existing_keystore(&args.data_dir)?;
     let (store, records) = KeyStore::open(&args.data_dir.join("keystore"), Some(keks))?;
     let lists = store.export_status_lists()?;
     if records.is_empty() {

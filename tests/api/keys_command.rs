@@ -221,3 +221,44 @@ fn bad_imports_are_refused_with_the_reason() {
     // Nothing was written by a refused import.
     assert!(!dir.path.join("keystore").exists());
 }
+
+/// `keys list`, `keys rewrap` and `keys migrate` on a data directory that holds no keystore
+/// (a mistyped `--data-dir`, the default `./data` run from elsewhere) refuse and create
+/// nothing: a "re-sealed 0 keys" there would have an operator retire the KEK the real keystore
+/// is sealed under.
+#[test]
+fn keys_commands_on_a_directory_without_a_keystore_refuse_and_create_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let typo = work.path().join("typo");
+    let kek = work.path().join("kek");
+    std::fs::write(&kek, format!("{}\n", "A".repeat(43) + "=")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let expected = format!(
+        "error: {} holds no keystore (is --data-dir right?); nothing was done, nothing created",
+        typo.display()
+    );
+    for args in [
+        vec!["list"],
+        vec!["rewrap", "--kek-file", kek.to_str().unwrap()],
+        vec![
+            "migrate",
+            "--kek-file",
+            kek.to_str().unwrap(),
+            "--to",
+            "postgres://ta@127.0.0.1:9/ta",
+        ],
+    ] {
+        let output = std::process::Command::new(crate::binary::BIN)
+            .arg("keys")
+            .args(&args)
+            .args(["--data-dir", typo.to_str().unwrap()])
+            .env_remove("TA_STORE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end(), expected, "{args:?}");
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+}
