@@ -154,7 +154,7 @@ impl<S: KeySource + ?Sized> Draft<'_, S> {
         self.update(current, |r| {
             r.state = KeyState::Retired;
             r.retired_at = Some(now);
-            r.delete_after = Some(now + r.max_token_ttl + leeway);
+            r.delete_after = Some(now.saturating_add(r.max_token_ttl).saturating_add(leeway));
         });
         let next = match self.find(alg, KeyState::Next) {
             Some(next) => next,
@@ -260,7 +260,7 @@ pub fn due(
         };
         let period_over = draft.records[current]
             .activated_at
-            .is_some_and(|at| at + timing.rotation_period <= now);
+            .is_some_and(|at| at.saturating_add(timing.rotation_period) <= now);
         if period_over && draft.safe_at(next) <= now {
             draft.promote(alg)?;
         }
@@ -380,11 +380,13 @@ pub(crate) fn next_change(records: &[KeyRecord], timing: Timing) -> Option<u64> 
         .iter()
         .filter(|r| r.state == KeyState::Current)
         .filter_map(|current| {
-            let period_end = current.activated_at? + timing.rotation_period;
+            let period_end = current.activated_at?.saturating_add(timing.rotation_period);
             let next_safe = records
                 .iter()
                 .find(|r| r.alg == current.alg && r.state == KeyState::Next)
-                .map_or(period_end, |next| next.published_at + timing.publish_lead);
+                .map_or(period_end, |next| {
+                    next.published_at.saturating_add(timing.publish_lead)
+                });
             Some(period_end.max(next_safe))
         });
     let deletions = records

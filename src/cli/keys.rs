@@ -17,7 +17,7 @@ use crate::{
     authority::lifecycle::{self, LifecycleError},
     config::{
         pg_settings, ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, SignerKind,
-        StoreArgs,
+        StoreArgs, MAX_TTL_CEILING,
     },
     store::{
         kek::{KekError, Keks},
@@ -63,6 +63,8 @@ pub enum KeysCommandError {
     },
     #[error("--kid {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
     BadKid(String),
+    #[error("--max-ttl must be a whole number of seconds from 1s to 366 days, as serve's")]
+    MaxTtl,
     #[error("{0} holds no keystore (is --data-dir right?); nothing was done, nothing created")]
     NoKeystore(String),
     #[error("the keystore in {0} holds no keys: nothing to migrate")]
@@ -164,10 +166,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, KeysCommandError> {
 }
 
 fn time(unix: Option<u64>) -> String {
-    unix.map_or_else(
-        || "-".to_owned(),
-        |t| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string(),
-    )
+    // RFC 3339 ends at the year 9999; a time past it (a huge --publish-lead) is not a date.
+    const YEAR_10000: u64 = 253_402_300_800;
+    match unix {
+        None => "-".to_owned(),
+        Some(t) if t >= YEAR_10000 => "never".to_owned(),
+        Some(t) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string()
+        }
+    }
 }
 
 /// Where a key lives: `process`, or `token:` and the CKA_ID of its objects.
@@ -199,7 +206,7 @@ pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
     );
     for r in &records {
         let activation = match r.state {
-            KeyState::Next => Some(r.published_at + lead),
+            KeyState::Next => Some(r.published_at.saturating_add(lead)),
             _ => r.activated_at,
         };
         let state = format!("{:?}", r.state).to_lowercase();
@@ -291,6 +298,11 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
         private_key: PrivateKeyDer::new(der),
         token: None,
     };
+    // The same bounds as `serve --max-ttl`: the key's deletion is worked out from it.
+    if args.max_ttl.subsec_nanos() != 0 || !(1..=MAX_TTL_CEILING).contains(&args.max_ttl.as_secs())
+    {
+        return Err(KeysCommandError::MaxTtl);
+    }
     let (now, max_ttl) = (clock.unix_now(), args.max_ttl.as_secs());
     let (deleted, was_empty) = store.change(records, move |records| {
         let plan = lifecycle::import(records, key, now, max_ttl)?;

@@ -117,6 +117,12 @@ pub struct ConfigError(String);
 /// Far above any file-descriptor limit; keeps the listener's permit count in range.
 pub(crate) const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
 
+/// The longest `--max-ttl` (`serve` and `keys import`): 366 days.
+pub(crate) const MAX_TTL_CEILING: u64 = 366 * 24 * 3600;
+
+/// The longest rotation period, publish lead and JWKS max-age: 10 years.
+pub(crate) const LONG_DURATION_CEILING: u64 = 10 * 366 * 24 * 3600;
+
 /// Tokens longer than this are rejected before parsing.
 pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -176,8 +182,19 @@ impl TryFrom<ServeArgs> for Config {
                 "--default-ttl ({default_ttl}s) is above --max-ttl ({max_ttl}s)"
             )));
         }
-        if max_ttl > 366 * 24 * 3600 {
+        if max_ttl > MAX_TTL_CEILING {
             return Err(ConfigError("--max-ttl must be at most 366 days".into()));
+        }
+        // Far beyond any sensible setting, and far enough below u64 seconds that times worked
+        // out from them (an activation, a deletion, a list's `exp`) cannot overflow.
+        for (flag, value) in [
+            ("--rotation-period", rotation_period),
+            ("--publish-lead", publish_lead),
+            ("--jwks-max-age", jwks_max_age),
+        ] {
+            if value > LONG_DURATION_CEILING {
+                return Err(ConfigError(format!("{flag} must be at most 10 years")));
+            }
         }
         if leeway > 3600 {
             return Err(ConfigError("--leeway must be at most 1h".into()));
@@ -278,6 +295,11 @@ impl TryFrom<ServeArgs> for Config {
             list_size: size,
             list_ttl: seconds("--status-list-ttl", args.status_list_ttl, 1)?,
         };
+        if status.list_ttl > 7 * 24 * 3600 {
+            return Err(ConfigError(
+                "--status-list-ttl must be at most 7 days: a revoked token would be accepted for as long by verifiers holding the list".into(),
+            ));
+        }
         if args.store_sync_interval < Duration::from_millis(100) {
             return Err(ConfigError(
                 "--store-sync-interval must be at least 100ms".into(),

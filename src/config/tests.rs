@@ -81,6 +81,12 @@ fn bad_values_are_refused_with_the_flag_named() {
         (&["--handshake-timeout", "0s"], "invalid configuration: --handshake-timeout must be at least 100ms"),
         (&["--idle-timeout", "10ms"], "invalid configuration: --idle-timeout must be at least 100ms"),
         (&["--tls-reload-interval", "0s"], "invalid configuration: --tls-reload-interval must be at least 100ms"),
+        // Times worked out from these (an activation, a deletion, a list's exp) once overflowed.
+        (&["--rotation-period", "18446744073709551615s"], "invalid configuration: --rotation-period must be at most 10 years"),
+        (&["--publish-lead", "18446744073709551615s"], "invalid configuration: --publish-lead must be at most 10 years"),
+        (&["--jwks-max-age", "11years", "--publish-lead", "11years"], "invalid configuration: --publish-lead must be at most 10 years"),
+        (&["--status-list-ttl", "2000000000000000000s"], "invalid configuration: --status-list-ttl must be at most 7 days: a revoked token would be accepted for as long by verifiers holding the list"),
+        (&["--max-ttl", "367d"], "invalid configuration: --max-ttl must be at most 366 days"),
     ];
     for (args, expected) in cases {
         let err = parse(args).unwrap_err();

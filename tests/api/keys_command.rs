@@ -262,3 +262,33 @@ fn keys_commands_on_a_directory_without_a_keystore_refuse_and_create_nothing() {
         assert!(!typo.exists(), "{args:?} created {}", typo.display());
     }
 }
+
+/// Durations past what `serve` accepts: `keys import --max-ttl` is held to serve's bounds (a
+/// huge one overflowed the retired key's deletion time, which stopped the scheduled
+/// rotations), and `keys list` shows an activation past the year 9999 as `never` instead of
+/// panicking.
+#[test]
+fn keys_commands_hold_durations_to_what_serve_accepts() {
+    let dir = DataDir::new();
+    let work = tempfile::tempdir().unwrap();
+    let ec = openssl_key(
+        work.path(),
+        "ec.pem",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let ec = ec.to_str().unwrap();
+    for max_ttl in ["18446744073709551615s", "367d", "1500ms", "0s"] {
+        let output = keys(&["import", "--pem", ec, "--max-ttl", max_ttl], &dir);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr).trim_end(),
+            "error: --max-ttl must be a whole number of seconds from 1s to 366 days, as serve's",
+            "{max_ttl}"
+        );
+    }
+    let output = keys(&["import", "--pem", ec, "--max-ttl", "366d"], &dir);
+    assert!(output.status.success(), "{output:?}");
+    let output = keys(&["list", "--publish-lead", "18446744073709551615s"], &dir);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(table.contains(" never "), "{table}");
+}

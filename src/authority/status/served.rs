@@ -59,7 +59,10 @@ impl StatusLists {
         claims.insert("iss".into(), Value::String(issuer.to_owned()));
         claims.insert("sub".into(), Value::String(self.uri(id)));
         claims.insert("iat".into(), now.into());
-        claims.insert("exp".into(), (now + ttl * EXP_IN_TTLS).into());
+        claims.insert(
+            "exp".into(),
+            now.saturating_add(ttl.saturating_mul(EXP_IN_TTLS)).into(),
+        );
         claims.insert("ttl".into(), ttl.into());
         let mut list = state.statuses.to_claim();
         list["aggregation_uri"] = self.aggregation_uri().into();
