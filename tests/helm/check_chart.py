@@ -2004,6 +2004,10 @@ def check_render_refuses_what_the_server_refuses_to_start_with() -> None:
          {"TA_DEFAULT_TTL": "0s"}, "--default-ttl must be at least 1s"),
         ({"status": {"minTtl": "1500ms"}}, "status.minTtl (1500ms) must be a whole number of seconds",
          {"TA_STATUS_MIN_TTL": "1500ms"}, "whole number of seconds"),
+        ({"config": {"rotationPeriod": "11years"}}, "config.rotationPeriod must be at most 10 years",
+         {"TA_ROTATION_PERIOD": "11years"}, "--rotation-period must be at most 10 years"),
+        ({"status": {"listTtl": "8d"}}, "status.listTtl (8d) must be at most 7 days",
+         {"TA_STATUS_LIST_TTL": "8d"}, "--status-list-ttl must be at most 7 days"),
     )
     for values, rendered, env_vars, started in cases:
         try:

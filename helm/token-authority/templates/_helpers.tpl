@@ -438,6 +438,14 @@ the values. Durations with a unit the server does not know are left to the serve
 {{- if and (hasKey $n "config.maxTtl") (gt (int64 (get $n "config.maxTtl")) 31622400) }}
 {{- fail (printf "config.maxTtl (%s) must be at most 366 days: the server refuses to start with it" (toString $c.maxTtl)) }}
 {{- end }}
+{{- range $name := list "config.rotationPeriod" "config.publishLead" "config.jwksMaxAge" }}
+{{- if and (hasKey $n $name) (gt (int64 (get $n $name)) 316224000) }}
+{{- fail (printf "%s must be at most 10 years: the server refuses to start with it" $name) }}
+{{- end }}
+{{- end }}
+{{- if and (hasKey $n "status.listTtl") (gt (int64 (get $n "status.listTtl")) 604800) }}
+{{- fail (printf "status.listTtl (%s) must be at most 7 days: the server refuses to start with it" (toString .Values.status.listTtl)) }}
+{{- end }}
 {{- if and (hasKey $n "config.leeway") (gt (int64 (get $n "config.leeway")) 3600) }}
 {{- fail (printf "config.leeway (%s) must be at most 1h: the server refuses to start with it" (toString $c.leeway)) }}
 {{- end }}
