@@ -388,6 +388,16 @@ pub(crate) fn trace_settings(
     }) else {
         return Ok(None);
     };
+    // Credentials in the URL would be logged with it (and gRPC sends none from there): they
+    // go in OTEL_EXPORTER_OTLP_HEADERS. Said without echoing the URL.
+    let authority = endpoint.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    if authority.contains('@') {
+        return Err(ConfigError(
+            "--otlp-endpoint carries credentials (user:password@): give the collector as http(s)://host:port, and its credentials in OTEL_EXPORTER_OTLP_HEADERS".into(),
+        ));
+    }
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
         return Err(ConfigError(format!(
             "--otlp-endpoint {endpoint:?}: give the collector as http://host:port or https://host:port"

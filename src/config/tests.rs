@@ -197,6 +197,19 @@ fn trace_settings_come_from_the_flags_then_the_otel_variables() {
             &[],
             Err("invalid configuration: --otlp-ca-file needs an https:// collector, not \"http://c:4317\""),
         ),
+        // Credentials in the URL would be logged with it; the refusal does not echo them.
+        (
+            Some("http://user:S3CRET@c:4317"),
+            None,
+            &[],
+            Err("invalid configuration: --otlp-endpoint carries credentials (user:password@): give the collector as http(s)://host:port, and its credentials in OTEL_EXPORTER_OTLP_HEADERS"),
+        ),
+        (
+            None,
+            None,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://u:p@c:4317/v1")],
+            Err("invalid configuration: --otlp-endpoint carries credentials (user:password@): give the collector as http(s)://host:port, and its credentials in OTEL_EXPORTER_OTLP_HEADERS"),
+        ),
         // Set for every signal, the variable means nothing to an http:// collector.
         (
             None,
