@@ -19,6 +19,8 @@ pub enum AdminTokenError {
     },
     #[error("the admin token file {path} is empty")]
     Empty { path: String },
+    #[error("the admin token in {path} is {length} characters: use at least {MIN_ADMIN_TOKEN} random ones (openssl rand -base64 32)")]
+    Short { path: String, length: usize },
     #[error("cannot write a new admin token to {path}: {source}")]
     Write {
         path: String,
@@ -88,6 +90,9 @@ impl AdminToken {
     }
 }
 
+/// The shortest admin token accepted from a file.
+const MIN_ADMIN_TOKEN: usize = 16;
+
 fn read(path: &Path) -> Result<AdminToken, AdminTokenError> {
     let text = crate::config::read::regular_text(path, crate::config::read::SECRET_MAX).map_err(
         |source| AdminTokenError::Read {
@@ -99,6 +104,15 @@ fn read(path: &Path) -> Result<AdminToken, AdminTokenError> {
     if token.is_empty() {
         return Err(AdminTokenError::Empty {
             path: path.display().to_string(),
+        });
+    }
+    // The admin token is the only secret between a caller and RotateKeys, RevokeKey and
+    // SetTokenStatus; the per-address failure limit can be turned off.
+    let length = token.chars().count();
+    if length < MIN_ADMIN_TOKEN {
+        return Err(AdminTokenError::Short {
+            path: path.display().to_string(),
+            length,
         });
     }
     Ok(AdminToken::new(token))
@@ -155,9 +169,20 @@ mod tests {
             AdminToken::load(Some(&file), dir.path()),
             Err(AdminTokenError::Empty { .. })
         ));
-        std::fs::write(&file, "s3cret\n").unwrap();
+        // A short one is refused, with its length and how to make a good one.
+        std::fs::write(&file, "a\n").unwrap();
+        assert_eq!(
+            AdminToken::load(Some(&file), dir.path())
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "the admin token in {} is 1 characters: use at least 16 random ones (openssl rand -base64 32)",
+                file.display()
+            )
+        );
+        std::fs::write(&file, "s3cret-s3cret-16\n").unwrap();
         let (token, _) = AdminToken::load(Some(&file), dir.path()).unwrap();
-        assert!(token.matches("s3cret"));
+        assert!(token.matches("s3cret-s3cret-16"));
         assert!(!dir.path().join("admin-token").exists());
     }
 }
