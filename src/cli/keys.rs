@@ -19,6 +19,7 @@ use crate::{
         pg_settings, ConfigError, ImportArgs, ListArgs, MigrateArgs, RewrapArgs, SignerKind,
         StoreArgs, MAX_TTL_CEILING,
     },
+    store::file_modes,
     store::{
         kek::{KekError, Keks},
         Change, KeyStore, PgStore, StoreError,
@@ -63,6 +64,8 @@ pub enum KeysCommandError {
     },
     #[error("--kid {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
     BadKid(String),
+    #[error(transparent)]
+    FileMode(#[from] crate::store::file_modes::FileModeError),
     #[error("--max-ttl must be a whole number of seconds from 1s to 366 days, as serve's")]
     MaxTtl,
     #[error("{0} holds no keystore (is --data-dir right?); nothing was done, nothing created")]
@@ -102,11 +105,19 @@ fn open(
     store: &StoreArgs,
     kek_file: Option<&Path>,
     create: bool,
+    allow_group_readable: bool,
 ) -> Result<(Target, Vec<KeyRecord>), KeysCommandError> {
+    // The same refusals as `serve`: a KEK or a keystore others can read is not used.
+    if let Some(kek) = kek_file {
+        file_modes::check_private(kek, "KEK file", allow_group_readable)?;
+    }
     let keks = kek_file.map(Keks::load).transpose()?;
     let Some(settings) = store.shared(kek_file)? else {
         if !create {
             existing_keystore(data_dir)?;
+        }
+        if data_dir.exists() {
+            file_modes::check_private(data_dir, "data directory", allow_group_readable)?;
         }
         let (store, records) = KeyStore::open(&data_dir.join("keystore"), keks)?;
         return Ok((Target::Sled(store), records));
@@ -187,7 +198,13 @@ fn location(record: &KeyRecord) -> String {
 
 /// The key table, one line per key, in the fields ListKeys answers.
 pub(crate) fn list(args: &ListArgs) -> Result<String, KeysCommandError> {
-    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref(), false)?;
+    let (store, records) = open(
+        &args.data_dir,
+        &args.store,
+        args.kek_file.as_deref(),
+        false,
+        args.allow_group_readable_files,
+    )?;
     let lead = args.publish_lead.as_secs();
     let mut out = String::new();
     let _ = writeln!(
@@ -283,7 +300,13 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
             "--signer pkcs11 keeps every signing key in the token",
         ));
     }
-    let (store, records) = open(&args.data_dir, &args.store, args.kek_file.as_deref(), true)?;
+    let (store, records) = open(
+        &args.data_dir,
+        &args.store,
+        args.kek_file.as_deref(),
+        true,
+        args.allow_group_readable_files,
+    )?;
     if records
         .iter()
         .any(|r| r.token.is_some() && r.state != KeyState::Revoked)
@@ -328,7 +351,13 @@ pub fn import(args: &ImportArgs, clock: Clock) -> Result<String, KeysCommandErro
 
 /// Re-writes every record, which seals each private key under the first KEK.
 pub(crate) fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
-    let (store, records) = open(&args.data_dir, &args.store, Some(&args.kek_file), false)?;
+    let (store, records) = open(
+        &args.data_dir,
+        &args.store,
+        Some(&args.kek_file),
+        false,
+        args.allow_group_readable_files,
+    )?;
     let sealing = Keks::load(&args.kek_file)?.sealing_id().to_owned();
     let count = store.change(records, |records| {
         let change = Change {
@@ -346,6 +375,12 @@ pub(crate) fn rewrap(args: &RewrapArgs) -> Result<String, KeysCommandError> {
 pub fn migrate(args: &MigrateArgs) -> Result<String, KeysCommandError> {
     let keks = Keks::load(&args.kek_file)?;
     existing_keystore(&args.data_dir)?;
+    file_modes::check_private(&args.kek_file, "KEK file", args.allow_group_readable_files)?;
+    file_modes::check_private(
+        &args.data_dir,
+        "data directory",
+        args.allow_group_readable_files,
+    )?;
     let (store, records) = KeyStore::open(&args.data_dir.join("keystore"), Some(keks))?;
     let lists = store.export_status_lists()?;
     if records.is_empty() {

@@ -232,6 +232,10 @@ pub struct MigrateArgs {
     /// PEM file of the CAs that sign the PostgreSQL server's certificate.
     #[arg(long, env = "TA_STORE_CA_FILE")]
     pub store_ca_file: Option<PathBuf>,
+    /// Accept a data directory or KEK file that group or others can access, as `serve
+    /// --allow-group-readable-files` does (refused otherwise, naming the chmod that fixes it).
+    #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
+    pub allow_group_readable_files: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -246,6 +250,10 @@ pub struct RewrapArgs {
     /// The KEK file: the first KEK seals; every KEK listed may unseal the current records.
     #[arg(long, env = "TA_KEK_FILE")]
     pub(crate) kek_file: PathBuf,
+    /// Accept a data directory or KEK file that group or others can access, as `serve
+    /// --allow-group-readable-files` does (refused otherwise, naming the chmod that fixes it).
+    #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
+    pub(crate) allow_group_readable_files: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -263,6 +271,10 @@ pub struct ListArgs {
     /// The server's publish lead, to show when the next key may sign.
     #[arg(long, env = "TA_PUBLISH_LEAD", default_value = "15m", value_parser = humantime::parse_duration)]
     pub(crate) publish_lead: Duration,
+    /// Accept a data directory or KEK file that group or others can access, as `serve
+    /// --allow-group-readable-files` does (refused otherwise, naming the chmod that fixes it).
+    #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
+    pub(crate) allow_group_readable_files: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -294,4 +306,8 @@ pub struct ImportArgs {
     /// are not non-extractable).
     #[arg(long, env = "TA_SIGNER", value_enum, default_value = "process")]
     pub signer: SignerKind,
+    /// Accept a data directory or KEK file that group or others can access, as `serve
+    /// --allow-group-readable-files` does (refused otherwise, naming the chmod that fixes it).
+    #[arg(long, env = "TA_ALLOW_GROUP_READABLE_FILES")]
+    pub allow_group_readable_files: bool,
 }

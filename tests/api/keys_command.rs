@@ -292,3 +292,42 @@ fn keys_commands_hold_durations_to_what_serve_accepts() {
     assert!(output.status.success(), "{output:?}");
     assert!(table.contains(" never "), "{table}");
 }
+
+/// The `keys` commands refuse what `serve` refuses: a data directory or a KEK file that group
+/// or others can access, naming the chmod, unless `--allow-group-readable-files`.
+#[test]
+fn keys_commands_refuse_files_others_can_read_as_serve_does() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = DataDir::new();
+    let work = tempfile::tempdir().unwrap();
+    let ec = openssl_key(
+        work.path(),
+        "ec.pem",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let output = keys(&["import", "--pem", ec.to_str().unwrap()], &dir);
+    assert!(output.status.success(), "{output:?}");
+    let data_dir = dir.path.to_str().unwrap();
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = keys(&["list"], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+        format!("error: the data directory {data_dir} is accessible to group or others (mode 0755); run `chmod 700 {data_dir}`, or start with --allow-group-readable-files (TA_ALLOW_GROUP_READABLE_FILES=true) where the platform sets these modes")
+    );
+    let output = keys(&["list", "--allow-group-readable-files"], &dir);
+    assert!(output.status.success(), "{output:?}");
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let kek = work.path().join("kek");
+    std::fs::write(&kek, format!("{}\n", "A".repeat(43) + "=")).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = keys(&["rewrap", "--kek-file", kek.to_str().unwrap()], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with(&format!(
+            "error: the KEK file {} is accessible to group or others (mode 0644)",
+            kek.display()
+        )),
+        "{output:?}"
+    );
+}

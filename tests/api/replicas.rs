@@ -583,6 +583,7 @@ async fn keys_migrate_moves_a_sled_keystore_into_postgres() {
         to: shared.pg().url(),
         store_password_file: None,
         store_ca_file: None,
+        allow_group_readable_files: false,
     };
     let copied = {
         let args = args.clone();
