@@ -103,3 +103,43 @@ fn the_readme_example_policy_checks_with_a_warning_on_a_workstation() {
         "{stdout}"
     );
 }
+
+/// Issuers whose JWKS does not answer (an address that accepts and never replies) are tried
+/// at once, as the server does: three cost one fetch timeout (10 s), not three in a row, and
+/// each is named in its own warning, in the file's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuers_that_do_not_answer_are_tried_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            held.push(socket);
+        }
+    });
+    let text: String = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            format!(
+                "[[issuer]]\nname = \"{name}\"\nissuer = \"https://{name}.example\"\njwks_uri = \"http://{addr}/{name}\"\naudiences = [\"ta\"]\n\n"
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || check(&text))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{stdout}");
+    let warned: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("warning: issuer "))
+        .map(|rest| rest.split(':').next().unwrap())
+        .collect();
+    assert_eq!(warned, ["a", "b", "c"], "{stdout}");
+    assert!(
+        took < std::time::Duration::from_secs(25),
+        "three issuers that do not answer took {took:?}: tried one after another"
+    );
+}

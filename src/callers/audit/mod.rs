@@ -582,6 +582,17 @@ mod tests {
         assert_eq!(verify(&path, None, None).unwrap().lines, 4);
     }
 
+    #[test]
+    fn a_line_longer_than_any_the_authority_writes_is_reported_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, vec![b'a'; 2 * 1024 * 1024]).unwrap();
+        assert_eq!(
+            verify(&path, None, None).unwrap_err().to_string(),
+            "line 1: is longer than 1 MiB, which no line the authority writes is"
+        );
+    }
+
     #[tokio::test]
     async fn lines_are_refused_while_the_rotated_path_cannot_be_reopened() {
         let dir = tempfile::tempdir().unwrap();

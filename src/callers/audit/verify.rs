@@ -41,6 +41,34 @@ pub(crate) struct Verified {
     pub(crate) head_checked: bool,
 }
 
+/// The longest line read: far above any the authority writes (a few KiB at most), so that a
+/// file that is not an audit log cannot make `audit verify` hold it whole in memory.
+const MAX_LINE: u64 = 1024 * 1024;
+
+enum Line {
+    End,
+    Whole,
+    TooLong,
+}
+
+/// The next line of `reader` into `bytes`, without its `\n` (the last one may lack it).
+fn next_line(reader: &mut impl std::io::BufRead, bytes: &mut Vec<u8>) -> std::io::Result<Line> {
+    bytes.clear();
+    let read = std::io::Read::take(&mut *reader, MAX_LINE + 1).read_until(b'\n', bytes)?;
+    if read == 0 {
+        return Ok(Line::End);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        return Ok(Line::Whole);
+    }
+    Ok(if bytes.len() as u64 > MAX_LINE {
+        Line::TooLong
+    } else {
+        Line::Whole
+    })
+}
+
 /// The id of the file at `path` (from its first line); `None` when it is empty.
 pub(crate) fn file_id_of(path: &Path) -> Result<Option<String>, AuditError> {
     let read_error = |source| AuditError::Read {
@@ -48,9 +76,11 @@ pub(crate) fn file_id_of(path: &Path) -> Result<Option<String>, AuditError> {
         source,
     };
     let mut first = Vec::new();
-    BufReader::new(File::open(path).map_err(read_error)?)
-        .read_until(b'\n', &mut first)
-        .map_err(read_error)?;
+    next_line(
+        &mut BufReader::new(File::open(path).map_err(read_error)?),
+        &mut first,
+    )
+    .map_err(read_error)?;
     Ok((!first.is_empty()).then(|| file_id(&String::from_utf8_lossy(&first))))
 }
 
@@ -68,14 +98,27 @@ pub(crate) fn verify(
     let mut prev: Option<String> = None;
     let mut count = 0u64;
     let mut keyed = false;
-    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let number = index as u64 + 1;
+    let mut reader = BufReader::new(file);
+    let mut bytes = Vec::new();
+    let mut number = 0u64;
+    loop {
+        let read = next_line(&mut reader, &mut bytes).map_err(read_error)?;
+        number += 1;
         let broken = |reason: &str| VerifyError::Broken {
             line: number,
             reason: reason.to_owned(),
         };
-        let line = line.map_err(read_error)?;
-        let line = String::from_utf8(line).map_err(|_| broken("is not UTF-8 text"))?;
+        match read {
+            Line::End => break,
+            Line::TooLong => {
+                return Err(broken(
+                    "is longer than 1 MiB, which no line the authority writes is",
+                ))
+            }
+            Line::Whole => {}
+        }
+        let line = String::from_utf8(std::mem::take(&mut bytes))
+            .map_err(|_| broken("is not UTF-8 text"))?;
         let members: Map<String, Value> =
             serde_json::from_str(&line).map_err(|_| broken("is not a JSON object"))?;
         let tagged = line::split(&line).ok_or_else(|| broken("does not end with its tag"))?;
