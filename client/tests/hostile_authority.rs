@@ -251,6 +251,34 @@ async fn http_jwks_counted(body: String, fetches: Arc<AtomicUsize>) -> String {
     format!("http://{addr}/.well-known/jwks.json")
 }
 
+/// Two keys, `k-old` and `k-new`, and the JWKS with both and with `k-new` alone.
+struct Keys {
+    old: Signer,
+    new: Signer,
+    both: String,
+    only_new: String,
+}
+
+fn keys() -> Keys {
+    let (old, new) = (signer("k-old"), signer("k-new"));
+    let (both, only_new) = (jwks(&[&old, &new]), jwks(&[&new]));
+    Keys {
+        old,
+        new,
+        both,
+        only_new,
+    }
+}
+
+/// Waits until `done`, checking every 20 ms; fails with `why` after `seconds`.
+async fn until(seconds: u64, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", why());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A listener that accepts connections and never answers on them.
 async fn black_hole() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -273,10 +301,12 @@ fn verdict(verifier: &Verifier, token: &str) -> Result<String, Reason> {
 /// still lists it (a cache serving `stale-if-error`, a lagging replica, a replayed answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_http_jwks_does_not_bring_a_revoked_key_back() {
-    let old = signer("k-old");
-    let new = signer("k-new");
-    let both = jwks(&[&old, &new]);
-    let only_new = jwks(&[&new]);
+    let Keys {
+        old,
+        new,
+        both,
+        only_new,
+    } = keys();
     let stand = Stand::default();
     stand.watches.lock().unwrap().push_back(Script {
         messages: vec![
@@ -299,14 +329,12 @@ async fn a_stale_http_jwks_does_not_bring_a_revoked_key_back() {
     let token = access_token(&old);
     assert_eq!(verdict(&verifier, &token), Ok("k-old".into()));
     // The stream ends after the revocation; the polling then fetches the stale JWKS.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fetches.load(Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the JWKS was never fetched"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        20,
+        || fetches.load(Ordering::SeqCst) > 0,
+        || "the JWKS was never fetched".into(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(verdict(&verifier, &token), Err(Reason::RevokedKey));
     // The key the stale set lists beside it still verifies.
@@ -317,10 +345,12 @@ async fn a_stale_http_jwks_does_not_bring_a_revoked_key_back() {
 /// before it) pushes a set that lists the key as current: it stays revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_from_a_lagging_replica_does_not_bring_a_revoked_key_back() {
-    let old = signer("k-old");
-    let new = signer("k-new");
-    let both = jwks(&[&old, &new]);
-    let only_new = jwks(&[&new]);
+    let Keys {
+        old,
+        new,
+        both,
+        only_new,
+    } = keys();
     let stand = Stand::default();
     stand.watches.lock().unwrap().push_back(Script {
         messages: vec![
@@ -341,14 +371,12 @@ async fn a_push_from_a_lagging_replica_does_not_bring_a_revoked_key_back() {
         .await
         .unwrap();
     let token = access_token(&old);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while stand.watch_calls.load(Ordering::SeqCst) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stream was not reopened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        20,
+        || stand.watch_calls.load(Ordering::SeqCst) >= 2,
+        || "the stream was not reopened".into(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(verdict(&verifier, &token), Err(Reason::RevokedKey));
     assert_eq!(verdict(&verifier, &access_token(&new)), Ok("k-new".into()));
@@ -359,10 +387,12 @@ async fn a_push_from_a_lagging_replica_does_not_bring_a_revoked_key_back() {
 /// the reconnect's backoff, not after the fetches' timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_jwks_url_does_not_hold_up_the_streams_reconnect() {
-    let old = signer("k-old");
-    let new = signer("k-new");
-    let both = jwks(&[&old, &new]);
-    let only_new = jwks(&[&new]);
+    let Keys {
+        old,
+        new: _,
+        both,
+        only_new,
+    } = keys();
     let stand = Stand::default();
     stand.watches.lock().unwrap().push_back(Script {
         messages: vec![(Duration::ZERO, key_set(&both, &[], secs(30)))],
@@ -383,15 +413,8 @@ async fn a_hung_jwks_url_does_not_hold_up_the_streams_reconnect() {
     let verifier = Verifier::connect(channel, settings).await.unwrap();
     let token = access_token(&old);
     // The fetch timeout alone is 10 s; the reconnect's backoff is 100 ms.
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    while verdict(&verifier, &token).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the revocation on the reopened stream waited behind the hung JWKS fetch ({} WatchKeys calls)",
-            stand.watch_calls.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(8, || verdict(&verifier, &token).is_err(), || format!("the revocation on the reopened stream waited behind the hung JWKS fetch ({} WatchKeys calls)",
+            stand.watch_calls.load(Ordering::SeqCst))).await;
     assert_eq!(verdict(&verifier, &token), Err(Reason::RevokedKey));
 }
 
@@ -400,10 +423,12 @@ async fn a_hung_jwks_url_does_not_hold_up_the_streams_reconnect() {
 /// push applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keepalive_out_of_range_does_not_stop_the_watch() {
-    let old = signer("k-old");
-    let new = signer("k-new");
-    let both = jwks(&[&old, &new]);
-    let only_new = jwks(&[&new]);
+    let Keys {
+        old,
+        new: _,
+        both,
+        only_new,
+    } = keys();
     let stand = Stand::default();
     let huge = prost_types::Duration {
         seconds: i64::MAX,
@@ -425,15 +450,17 @@ async fn a_keepalive_out_of_range_does_not_stop_the_watch() {
         .await
         .unwrap();
     let token = access_token(&old);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while verdict(&verifier, &token).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the watch stopped ({} WatchKeys calls)",
-            stand.watch_calls.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        20,
+        || verdict(&verifier, &token).is_err(),
+        || {
+            format!(
+                "the watch stopped ({} WatchKeys calls)",
+                stand.watch_calls.load(Ordering::SeqCst)
+            )
+        },
+    )
+    .await;
     assert_eq!(verdict(&verifier, &token), Err(Reason::RevokedKey));
     assert_eq!(stand.watch_calls.load(Ordering::SeqCst), 2);
 }

@@ -795,30 +795,8 @@ async fn an_audit_log_that_is_not_a_regular_file_stops_the_start() {
         ("/", "Is a directory (os error 21)"),
     ];
     for (path, reason) in cases {
-        let mut child = Command::new(crate::binary::BIN)
-            .arg("serve")
-            .args(["--data-dir", dir.path.to_str().unwrap()])
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--audit-log", path])
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("{path}: the start neither ended nor was refused");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let output = child.wait_with_output().unwrap();
+        let output =
+            crate::binary::serve_until_it_stops(&dir.path, &["--audit-log", path], &[], path);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{path}: {stderr}");
         assert!(

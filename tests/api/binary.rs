@@ -132,6 +132,43 @@ fn spawn_command(
     }
 }
 
+/// `serve` with `args` and `envs` on the data directory `data` and ephemeral ports, expected
+/// to stop by itself (a refused start): its output once it has, or a panic naming `what`
+/// after 60 s, so that a start that hangs (or wrongly serves) fails the test instead of
+/// holding it.
+pub fn serve_until_it_stops(
+    data: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    what: &str,
+) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{what}: the start neither ended nor was refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// The `/metrics` text of the server whose HTTP listener is `http`.
 pub async fn metrics_text(http: &str) -> String {
     ::reqwest::get(format!("http://{http}/metrics"))

@@ -270,31 +270,9 @@ fn trace_settings_that_cannot_work_stop_the_server_with_their_reason() {
     for (args, envs, line) in cases {
         let dir = DataDir::new();
         let data = dir.path.join("data");
-        let mut child = Command::new(BIN)
-            .env_remove("RUST_LOG")
-            .envs(envs.iter().copied())
-            .args(["serve", "--data-dir", data.to_str().unwrap()])
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(*args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
         // A server that wrongly starts is stopped and named, not waited on forever.
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > std::time::Duration::from_secs(30) {
-                child.kill().unwrap();
-                panic!("{args:?} {envs:?}: the server started");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let output = child.wait_with_output().unwrap();
+        let output =
+            crate::binary::serve_until_it_stops(&data, args, envs, &format!("{args:?} {envs:?}"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
         assert!(
@@ -337,31 +315,10 @@ async fn a_fifo_or_a_device_named_by_a_file_flag_stops_the_start() {
         (&["--kek-file", "/dev/zero"], "KEK file"),
     ];
     for (flags, what) in cases {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(["--data-dir", dir.path.to_str().unwrap()])
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--allow-group-readable-files"])
-            .args(flags)
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > std::time::Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("{flags:?}: the start neither ended nor was refused");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let output = child.wait_with_output().unwrap();
+        let mut args = vec!["--allow-group-readable-files"];
+        args.extend_from_slice(flags);
+        let output =
+            crate::binary::serve_until_it_stops(&dir.path, &args, &[], &format!("{flags:?}"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_ne!(output.status.code(), Some(0), "{flags:?}: {stderr}");
         assert!(
