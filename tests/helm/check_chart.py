@@ -2029,6 +2029,29 @@ def check_render_refuses_what_the_server_refuses_to_start_with() -> None:
         print(f"       rendered {values}")
 
 
+def check_autoscaling_keeps_the_live_replica_count() -> None:
+    """autoscaling.enabled on an existing Deployment: the render writes back its live replica
+    count (a lookup, answered here by a stand-in Deployment of 4), so the upgrade that hands
+    the count to the HPA does not drop the field and briefly scale to 1; without a cluster
+    (helm template) no replicas field, and without autoscaling replicaCount."""
+    tmp = scratch_dir()
+    copy = tmp / "token-authority"
+    shutil.copytree(CHART_DIR, copy)
+    template = copy / "templates" / "deployment.yaml"
+    text, n = re.subn(r'lookup\s+"apps/v1"\s+"Deployment"\s+\.Release\.Namespace\s+\(include "token-authority\.fullname" \.\)',
+                      '(fromJson `{"spec": {"replicas": 4}}`)', template.read_text())
+    assert n == 1, "deployment.yaml does not look up the live Deployment"
+    template.write_text(text)
+    pg = {"url": PG_URL, "passwordSecret": {"name": "ta-db"}}
+    auto = {"store": {"postgres": pg}, "autoscaling": {"enabled": True}}
+    for chart_dir, values, expected in ((copy, auto, 4), (CHART_DIR, auto, None),
+                                        (CHART_DIR, {"store": {"postgres": pg}, "replicaCount": 5}, 5)):
+        deployment = next(o for o in render_copy(chart_dir, values) if o["kind"] == "Deployment")
+        assert deployment["spec"].get("replicas") == expected, \
+            f"{values}: replicas {deployment['spec'].get('replicas')}, expected {expected}"
+    print("       autoscaling: the live 4 kept; helm template: no replicas; replicaCount 5: 5")
+
+
 def check_api_server_egress_from_lookup() -> None:
     """networkPolicy.kubernetesApi.to empty: the chart allows the addresses of the endpoints
     of Service default/kubernetes (lookup of its EndpointSlices, rendered here with a stand-in
@@ -4099,6 +4122,7 @@ PER_VALUE_SET = [
 
 GLOBAL = [
     check_chart_metadata,
+    check_autoscaling_keeps_the_live_replica_count,
     check_network_policy_opens_every_database_port,
     check_policy_the_server_refuses_is_refused_before_it_lands,
     check_render_refuses_what_the_server_refuses_to_start_with,
