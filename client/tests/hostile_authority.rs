@@ -489,9 +489,11 @@ async fn calls_to_an_authority_that_never_answers_end_at_their_timeout() {
     for caller in callers {
         match caller.await.unwrap().expect("token() hung") {
             Err(ClientError::Rpc(status)) => assert!(timed_out(&status), "{status:?}"),
-            Err(ClientError::Shared(shared)) => {
-                assert!(shared.contains("Timeout expired"), "{shared}")
-            }
+            // Another caller's attempt, ended by whichever timeout came first.
+            Err(ClientError::Shared(shared)) => assert!(
+                shared.contains("Timeout expired") || shared.contains("did not answer within"),
+                "{shared}"
+            ),
             other => panic!("{other:?}"),
         }
     }
