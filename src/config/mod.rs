@@ -13,7 +13,7 @@ pub use self::{args::*, serve_args::*, store_args::*};
 use crate::{
     store::PgSettings,
     telemetry::{
-        traces::{DEFAULT_QUEUE_CAPACITY, MAX_QUEUE_CAPACITY},
+        traces::{CollectorHeaders, DEFAULT_QUEUE_CAPACITY, MAX_QUEUE_CAPACITY},
         TraceSettings,
     },
 };
@@ -430,11 +430,33 @@ pub(crate) fn trace_settings(
                 ))
             })?,
     };
+    let set = |name: &'static str| {
+        env(name)
+            .filter(|value| !value.is_empty())
+            .map(|value| (name, value))
+    };
+    let headers = match set("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        .or_else(|| set("OTEL_EXPORTER_OTLP_HEADERS"))
+    {
+        None => CollectorHeaders::default(),
+        Some((name, value)) => CollectorHeaders::parse(name, &value).map_err(ConfigError)?,
+    };
+    // Spans go uncompressed: a collector on the cluster's network gains little from gzip,
+    // and the server's CPU would pay for it on every batch.
+    if let Some((name, value)) = set("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+        .or_else(|| set("OTEL_EXPORTER_OTLP_COMPRESSION"))
+        .filter(|(_, value)| !value.eq_ignore_ascii_case("none"))
+    {
+        return Err(ConfigError(format!(
+            "{name} {value:?}: spans are sent uncompressed; set it to none or unset it"
+        )));
+    }
     check_sdk_variables(&env)?;
     Ok(Some(TraceSettings {
         endpoint,
         ca_file,
         queue_capacity,
+        headers,
     }))
 }
 

@@ -237,6 +237,7 @@ fn trace_settings_come_from_the_flags_then_the_otel_variables() {
                     endpoint: endpoint.to_owned(),
                     ca_file: ca.map(std::path::PathBuf::from),
                     queue_capacity: crate::telemetry::traces::DEFAULT_QUEUE_CAPACITY,
+                    headers: Default::default(),
                 })
             })
             .map_err(str::to_owned);
@@ -246,6 +247,36 @@ fn trace_settings_come_from_the_flags_then_the_otel_variables() {
             "{endpoint:?} {ca:?} {env:?}"
         );
     }
+}
+
+/// The headers sent with every export: the traces-specific variable over the general one.
+#[test]
+fn collector_headers_come_from_the_traces_variable_first() {
+    use super::trace_settings;
+    use crate::telemetry::traces::CollectorHeaders;
+    let headers = |env: &[(&str, &str)]| {
+        trace_settings(Some("http://c:4317".into()), None, |name| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+        .unwrap()
+        .expect("traces are on")
+        .headers
+    };
+    let parsed = |value| CollectorHeaders::parse("", value).unwrap();
+    assert_eq!(headers(&[]), CollectorHeaders::default());
+    assert_eq!(
+        headers(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=1")]),
+        parsed("a=1")
+    );
+    assert_eq!(
+        headers(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+        ]),
+        parsed("b=2")
+    );
 }
 
 #[test]
@@ -319,6 +350,32 @@ fn the_sdk_variables_are_checked_at_start() {
         (
             &[("OTEL_TRACES_SAMPLER", "always_on"), ("OTEL_TRACES_SAMPLER_ARG", "abc")],
             Ok(()),
+        ),
+        // The exporter's own: headers (never echoed), and no compression.
+        (&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret")], Ok(())),
+        (
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "s3cret")],
+            Err("invalid configuration: OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not name=value (entries are separated by commas)"),
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=good"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=b,s3cret"),
+            ],
+            Err("invalid configuration: OTEL_EXPORTER_OTLP_TRACES_HEADERS: entry 2 is not name=value (entries are separated by commas)"),
+        ),
+        (&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")], Ok(())),
+        (&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "NONE")], Ok(())),
+        (
+            &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")],
+            Err("invalid configuration: OTEL_EXPORTER_OTLP_COMPRESSION \"gzip\": spans are sent uncompressed; set it to none or unset it"),
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+            ],
+            Err("invalid configuration: OTEL_EXPORTER_OTLP_TRACES_COMPRESSION \"zstd\": spans are sent uncompressed; set it to none or unset it"),
         ),
     ];
     for (env, expected) in cases {

@@ -1,13 +1,15 @@
 """An OTLP/gRPC trace receiver for the tests: decodes every ExportTraceServiceRequest with the
 protocol's own Python classes and writes each span as one JSON line to stdout.
 
-    otlp_receiver.py PORT_FILE [--delay SECONDS] [--fail] [--tls CERT_PEM KEY_PEM] [--quiet]
+    otlp_receiver.py PORT_FILE [--delay SECONDS] [--fail] [--fail-first N] [--reject] [--tls CERT_PEM KEY_PEM] [--quiet]
 
 Listens on a free loopback port and writes it to PORT_FILE once serving. `--delay` makes each
 export wait (a slow collector); `--fail` answers every export UNAVAILABLE (a collector in
-trouble); `--tls` serves TLS with that certificate;
-`--quiet` decodes the spans and writes nothing (a benchmark's collector). A span line: {"trace_id", "span_id", "parent_span_id", "trace_state", "name",
-"kind", "service", "attributes": {key: value}, "status_code"} with ids in hex.
+trouble), `--fail-first N` only the first N (one that comes back); `--reject` accepts every export but answers that it dropped all its spans (a
+partial success); `--tls` serves TLS with that certificate; `--quiet` decodes the spans and
+writes nothing (a benchmark's collector). A span line: {"trace_id", "span_id",
+"parent_span_id", "trace_state", "name", "kind", "service", "attributes": {key: value},
+"status_code", "metadata": {the export's gRPC metadata, but grpc-*}} with ids in hex.
 """
 
 import json
@@ -34,18 +36,32 @@ def value_of(any_value):
     return value
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, delay, fail, quiet):
+    def __init__(self, delay, fail, reject, quiet, fail_first=0):
         self.delay = delay
         self.fail = fail
+        self.fail_first = fail_first
+        self.reject = reject
         self.quiet = quiet
 
     def Export(self, request, context):
         if self.delay:
             time.sleep(self.delay)
+        with LOCK:
+            failing = self.fail_first > 0
+            self.fail_first -= 1
+        if failing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the test collector is starting")
         if self.fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the test collector refuses")
         if self.quiet:
             return trace_service_pb2.ExportTraceServiceResponse()
+        if self.reject:
+            spans = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            response = trace_service_pb2.ExportTraceServiceResponse()
+            response.partial_success.rejected_spans = spans
+            response.partial_success.error_message = "the test collector keeps no span"
+            return response
+        metadata = {k: v for k, v in context.invocation_metadata() if not k.startswith("grpc-")}
         for resource_spans in request.resource_spans:
             resource = {a.key: value_of(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -60,6 +76,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "service": resource.get("service.name"),
                         "attributes": {a.key: value_of(a.value) for a in span.attributes},
                         "status_code": span.status.code,
+                        "metadata": metadata,
                     }
                     with LOCK:
                         sys.stdout.write(json.dumps(line) + "\n")
@@ -70,8 +87,9 @@ def main():
     port_file = sys.argv[1]
     delay = float(sys.argv[sys.argv.index("--delay") + 1]) if "--delay" in sys.argv else 0.0
     fail = "--fail" in sys.argv
+    fail_first = int(sys.argv[sys.argv.index("--fail-first") + 1]) if "--fail-first" in sys.argv else 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(delay, fail, "--quiet" in sys.argv), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(delay, fail, "--reject" in sys.argv, "--quiet" in sys.argv, fail_first), server)
     if "--tls" in sys.argv:
         at = sys.argv.index("--tls")
         with open(sys.argv[at + 1], "rb") as f:

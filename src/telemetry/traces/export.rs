@@ -77,23 +77,37 @@ pub(super) struct Counted<E> {
     pub(super) admission: Arc<Admission>,
 }
 
-/// Seconds between two log lines about failed exports: a collector that is down fails
-/// every batch, and the counter has each.
-const FAILURE_LOG_INTERVAL: u64 = 60;
-static FAILURE_LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+/// Seconds between two log lines of a kind: a collector that is down fails every batch,
+/// and the counter has each.
+const LOG_INTERVAL: u64 = 60;
+
+/// Lets a log line through at most once a minute.
+pub(super) struct LogLimit(AtomicU64);
+
+impl LogLimit {
+    pub(super) const fn new() -> LogLimit {
+        LogLimit(AtomicU64::new(0))
+    }
+
+    pub(super) fn admit(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let last = self.0.load(Ordering::Relaxed);
+        (last == 0 || now >= last + LOG_INTERVAL)
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+static FAILURE_LOGGED: LogLimit = LogLimit::new();
 
 /// Says that an export failed (at most once a minute), so that a collector refusing the
 /// server's TLS or its batches is found in the log, not only in a counter.
 fn export_failed(error: &opentelemetry_sdk::error::OTelSdkError, spans: usize) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    let last = FAILURE_LOGGED_AT.load(Ordering::Relaxed);
-    if (last == 0 || now >= last + FAILURE_LOG_INTERVAL)
-        && FAILURE_LOGGED_AT
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    if FAILURE_LOGGED.admit() {
         tracing::warn!(%error, spans, "spans could not be exported to the collector (counted in token_authority_trace_spans_dropped_total; this line at most once a minute)");
     }
 }

@@ -8,7 +8,8 @@
 //! The exporter never slows a request: a finished span is handed to a bounded queue that
 //! the SDK's batch processor drains on its own thread; when the queue is full the span is
 //! dropped and counted (`token_authority_trace_spans_dropped_total`), as are spans a failed
-//! export lost.
+//! export lost and spans the collector reports rejecting. The batches are written and sent
+//! by an exporter of our own (`otlp`).
 
 use std::{
     path::PathBuf,
@@ -17,7 +18,6 @@ use std::{
 };
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
     Resource,
@@ -25,9 +25,11 @@ use opentelemetry_sdk::{
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
 mod export;
+mod otlp;
 mod spans;
 
-use export::{Admission, Bounded, Counted};
+use export::{Admission, Bounded, Counted, LogLimit};
+pub use otlp::CollectorHeaders;
 pub(crate) use spans::{enabled, parent_from, record_signing_key, signing, Trace};
 
 /// Finished spans waiting for export at most, unless `OTEL_BSP_MAX_QUEUE_SIZE` says
@@ -49,6 +51,8 @@ pub struct TraceSettings {
     pub ca_file: Option<PathBuf>,
     /// Finished spans waiting for export at most.
     pub queue_capacity: usize,
+    /// Sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`): the collector's credentials.
+    pub headers: CollectorHeaders,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +69,7 @@ pub enum TraceError {
     Exporter {
         endpoint: String,
         #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
+        source: tonic::transport::Error,
     },
 }
 
@@ -79,7 +83,7 @@ pub(crate) struct DropReason {
 /// each reason shown from the start.
 pub(crate) static SPANS_DROPPED: LazyLock<Family<DropReason, Counter>> = LazyLock::new(|| {
     let family = Family::default();
-    for reason in ["queue_full", "export_failed"] {
+    for reason in ["queue_full", "export_failed", "rejected"] {
         family.get_or_create_owned(&DropReason { reason });
     }
     family
@@ -99,10 +103,13 @@ impl Traces {
     /// Builds the exporter and provider. Needs a Tokio runtime (tonic's channel is made
     /// here); connecting is lazy, so a collector that is down does not stop the server.
     pub(crate) fn start(settings: &TraceSettings) -> Result<Traces, TraceError> {
-        let mut builder = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT);
+        let exporter_error = |source| TraceError::Exporter {
+            endpoint: settings.endpoint.clone(),
+            source,
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+            .map_err(exporter_error)?
+            .timeout(EXPORT_TIMEOUT);
         if settings.endpoint.starts_with("https://") {
             let tls = tonic::transport::ClientTlsConfig::new();
             let tls = match &settings.ca_file {
@@ -121,12 +128,10 @@ impl Traces {
                 }
                 None => tls.with_webpki_roots(),
             };
-            builder = builder.with_tls_config(tls);
+            endpoint = endpoint.tls_config(tls).map_err(exporter_error)?;
         }
-        let exporter = builder.build().map_err(|source| TraceError::Exporter {
-            endpoint: settings.endpoint.clone(),
-            source,
-        })?;
+        let exporter =
+            otlp::OtlpExporter::new(endpoint.connect_lazy(), &settings.headers, EXPORT_TIMEOUT);
         let admission = Arc::new(Admission::new(settings.queue_capacity));
         let processor = BatchSpanProcessor::builder(Counted {
             inner: exporter,

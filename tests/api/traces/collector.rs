@@ -122,3 +122,87 @@ async fn spans_reach_a_tls_collector_trusted_through_the_ca_file_only() {
         tokio::task::block_in_place(|| process.terminate());
     }
 }
+
+/// The collector's credentials, from `OTEL_EXPORTER_OTLP_HEADERS` (values percent-decoded),
+/// go with every export, and never into the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headers_variable_reaches_the_collector_and_never_the_log() {
+    let receiver = Receiver::start(&[]);
+    let endpoint = receiver.endpoint();
+    let dir = crate::helpers::DataDir::new();
+    let mut process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(
+            &dir,
+            &["--otlp-endpoint", &endpoint],
+            &[
+                FAST_BATCHES,
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "authorization=Bearer%20s3cret-collector-key,x-tenant=blue",
+                ),
+            ],
+        )
+    });
+    let trace = "55555555555555555555555555555555";
+    super::get_jwks_in(&process.grpc, trace).await;
+    let span = receiver.span("with the headers", |s| s["trace_id"] == trace);
+    assert_eq!(
+        span["metadata"]["authorization"],
+        "Bearer s3cret-collector-key"
+    );
+    assert_eq!(span["metadata"]["x-tenant"], "blue");
+    let lines = tokio::task::block_in_place(|| process.terminate());
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.contains("s3cret-collector-key")),
+        "{lines:#?}"
+    );
+}
+
+/// A collector that refuses the first exports (UNAVAILABLE: starting, restarting) gets them
+/// again with backoff: the spans arrive, and none is counted as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_a_collector_refuses_for_a_moment_is_retried() {
+    let receiver = Receiver::start(&["--fail-first", "2"]);
+    let endpoint = receiver.endpoint();
+    let dir = crate::helpers::DataDir::new();
+    let mut process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(&dir, &["--otlp-endpoint", &endpoint], &[FAST_BATCHES])
+    });
+    let trace = "66666666666666666666666666666666";
+    super::get_jwks_in(&process.grpc, trace).await;
+    receiver.span("after two refusals", |s| s["trace_id"] == trace);
+    assert_eq!(super::dropped(&process, "export_failed").await, 0.0);
+    tokio::task::block_in_place(|| process.terminate());
+}
+
+/// A collector that takes an export but answers that it dropped its spans (a partial
+/// success): they are counted as `rejected`, not as exported, and said once in the log with
+/// what the collector gave as the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_a_collector_says_it_dropped_are_counted_as_rejected() {
+    let receiver = Receiver::start(&["--reject"]);
+    let endpoint = receiver.endpoint();
+    let dir = crate::helpers::DataDir::new();
+    let mut process = tokio::task::block_in_place(|| {
+        spawn_binary_with_env(
+            &dir,
+            &["--otlp-endpoint", &endpoint, "--algorithms", "ES256"],
+            &[FAST_BATCHES],
+        )
+    });
+    issue_many(&process, 20).await;
+    wait_for_dropped(&process, "rejected", "a rejecting collector").await;
+    assert_eq!(super::dropped(&process, "export_failed").await, 0.0);
+    let lines = tokio::task::block_in_place(|| process.terminate());
+    let said: Vec<_> = lines
+        .iter()
+        .filter(|line| line.contains("the collector rejected spans"))
+        .collect();
+    assert_eq!(said.len(), 1, "{lines:#?}");
+    assert!(
+        said[0].contains("the test collector keeps no span"),
+        "{said:?}"
+    );
+}
