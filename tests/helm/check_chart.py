@@ -3544,6 +3544,43 @@ def check_readme_txn_values_example() -> None:
     print(f"       README example: trust domain {parsed['txn']['trust_domain']}, {len(parsed['txn_rule'])} [[txn_rule]]")
 
 
+README_TRACES = "### Traces from the cluster"
+
+
+def check_readme_traces_example() -> None:
+    """The README's "Traces from the cluster" (under "Deploy on Kubernetes"): its values pass
+    the schema and the strict Kubernetes schemas; the server container gets the collector's
+    endpoint and the headers from the Secret and key the section's `kubectl create secret`
+    line creates; the NetworkPolicy opens the collector's port; and the section's `printf`
+    line, run here, writes the headers as the server reads them (name=value, the space
+    percent-encoded)."""
+    text = (REPO / "README.md").read_text()
+    deploy = text.index(f"\n{README_DEPLOY}\n")
+    start = text.index(f"\n{README_TRACES}\n", deploy)
+    end = min(i for i in (text.find("\n### ", start + 1), text.find("\n## ", start + 1)) if i != -1)
+    section = text[start:end]
+    examples = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    assert len(examples) == 1, f"{len(examples)} values examples in {README_TRACES!r}"
+    created = set(re.findall(r"kubectl -n \S+ create secret generic (\S+) --from-file=([\w.-]+)=", section))
+    with extra_value_set("readme-traces", examples[0]) as set_name:
+        check_kubernetes_schemas(set_name)
+        env = {e["name"]: e for e in server_container(set_name).get("env", [])}
+        endpoint = env["TA_OTLP_ENDPOINT"]["value"]
+        assert endpoint.startswith(("http://", "https://")), endpoint
+        ref = env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) in created, f"the headers come from {ref}, which no kubectl line creates ({sorted(created)})"
+        port = int(endpoint.rsplit(":", 1)[1].split("/")[0])
+        egress = one(set_name, "NetworkPolicy")["spec"].get("egress", [])
+        assert any(p.get("port") == port for rule in egress for p in rule.get("ports", [])), \
+            f"the NetworkPolicy does not open port {port}: {egress}"
+    printf = next(line for line in section.splitlines() if line.startswith("printf "))
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["bash", "-c", printf], cwd=d, env={**os.environ, "COLLECTOR_TOKEN": "abc123"}, check=True)
+        written = (Path(d) / "otel-headers").read_text()
+    assert written == "authorization=Bearer%20abc123", f"the printf line writes {written!r}"
+    print(f"       README example: {endpoint}, headers from {ref['name']}/{ref['key']}, egress to port {port}")
+
+
 def check_schema_refuses_txn_misuse() -> None:
     """Each way of writing the Txn-Token tables wrongly is refused by values.schema.json
     before anything renders, with Helm's error line as is (TXN_BAD_VALUE_SETS); txn alone, and
@@ -4171,6 +4208,7 @@ GLOBAL = [
     check_softhsm_image_entrypoint,
     check_policy_txn_tables,
     check_readme_txn_values_example,
+    check_readme_traces_example,
     check_schema_refuses_txn_misuse,
     check_txn_without_trust_domain_fails_render,
     check_status_values_render,
