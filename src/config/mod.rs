@@ -372,10 +372,13 @@ pub(crate) fn trace_settings(
     ca_file: Option<PathBuf>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<TraceSettings>, ConfigError> {
-    let from_env = |names: [&str; 2]| {
-        names
-            .into_iter()
-            .find_map(|name| env(name).filter(|value| !value.is_empty()))
+    // The first of `names` set (the traces-specific one first), with its name.
+    let from_env = |names: [&'static str; 2]| {
+        names.into_iter().find_map(|name| {
+            env(name)
+                .filter(|value| !value.is_empty())
+                .map(|value| (name, value))
+        })
     };
     if env("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
         return Ok(None);
@@ -385,6 +388,7 @@ pub(crate) fn trace_settings(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         ])
+        .map(|(_, value)| value)
     }) else {
         return Ok(None);
     };
@@ -411,7 +415,7 @@ pub(crate) fn trace_settings(
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         ])
         .filter(|_| endpoint.starts_with("https://"))
-        .map(PathBuf::from)
+        .map(|(_, value)| PathBuf::from(value))
     });
     if ca_file.is_some() && !endpoint.starts_with("https://") {
         return Err(ConfigError(format!(
@@ -430,22 +434,20 @@ pub(crate) fn trace_settings(
                 ))
             })?,
     };
-    let set = |name: &'static str| {
-        env(name)
-            .filter(|value| !value.is_empty())
-            .map(|value| (name, value))
-    };
-    let headers = match set("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        .or_else(|| set("OTEL_EXPORTER_OTLP_HEADERS"))
-    {
+    let headers = match from_env([
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ]) {
         None => CollectorHeaders::default(),
         Some((name, value)) => CollectorHeaders::parse(name, &value).map_err(ConfigError)?,
     };
     // Spans go uncompressed: a collector on the cluster's network gains little from gzip,
     // and the server's CPU would pay for it on every batch.
-    if let Some((name, value)) = set("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
-        .or_else(|| set("OTEL_EXPORTER_OTLP_COMPRESSION"))
-        .filter(|(_, value)| !value.eq_ignore_ascii_case("none"))
+    if let Some((name, value)) = from_env([
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ])
+    .filter(|(_, value)| !value.eq_ignore_ascii_case("none"))
     {
         return Err(ConfigError(format!(
             "{name} {value:?}: spans are sent uncompressed; set it to none or unset it"
